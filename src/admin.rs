@@ -1,0 +1,146 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/pins`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::proxy::State;
+
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed; backing off");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if state.draining.load(Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(state.shared.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/pins" => {
+            let body = serde_json::to_vec_pretty(&pins_view(state)).unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: /healthz /readyz /metrics /pins\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+#[derive(Serialize)]
+struct PinsView {
+    generation: u64,
+    source_hash: String,
+    defaults: DefaultsView,
+    hosts: Vec<HostView>,
+}
+
+#[derive(Serialize)]
+struct DefaultsView {
+    unlisted: crate::config::Unlisted,
+    mode: crate::config::Mode,
+    trust: String,
+    ports: Vec<u16>,
+    allow_private: bool,
+}
+
+#[derive(Serialize)]
+struct HostView {
+    host: String,
+    pins: Vec<String>,
+    next_pins: Vec<String>,
+    mode: crate::config::Mode,
+    trust: String,
+    expires: Option<String>,
+    ports: Vec<u16>,
+    address: Option<String>,
+}
+
+fn pins_view(state: &State) -> PinsView {
+    let snap = state.snapshot.load();
+    let p = &snap.policy;
+    PinsView {
+        generation: snap.generation,
+        source_hash: p.source_hash.clone(),
+        defaults: DefaultsView {
+            unlisted: p.defaults.unlisted,
+            mode: p.defaults.mode,
+            trust: p.defaults.trust.describe(),
+            ports: p.defaults.ports.clone(),
+            allow_private: p.defaults.allow_private,
+        },
+        hosts: p
+            .hosts
+            .iter()
+            .map(|h| HostView {
+                host: h.name.clone(),
+                pins: h.pins.iter().map(|p| p.to_string()).collect(),
+                next_pins: h.next_pins.iter().map(|p| p.to_string()).collect(),
+                mode: h.mode,
+                trust: h.trust.describe(),
+                expires: h.expires_date().map(|d| d.to_string()),
+                ports: h.ports.clone(),
+                address: h.address.map(|a| a.to_string()),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,103 @@
+//! Human-readable certificate summaries, shared by `pinproxy pin`,
+//! `check --live` and the admin `/pins` drift view.
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+
+use crate::pin::Pin;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CertInfo {
+    pub pin: String,
+    pub subject: String,
+    pub issuer: String,
+    /// RFC 3339.
+    pub not_after: String,
+    pub not_after_unix: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Parse { path: String, detail: String },
+}
+
+// === impl CertInfo ===
+
+impl CertInfo {
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let spki = cert.tbs_certificate.subject_pki.raw;
+        let not_after = cert.validity().not_after;
+        Ok(Self {
+            pin: Pin::of_spki_der(spki).to_string(),
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            not_after: not_after
+                .to_datetime()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| not_after.to_string()),
+            not_after_unix: not_after.timestamp(),
+        })
+    }
+
+    /// `sha256/… subject=… issuer=… notAfter=…`: the `pin` command's line.
+    pub fn line(&self) -> String {
+        format!(
+            "{}  subject={:?} issuer={:?} notAfter={}",
+            self.pin, self.subject, self.issuer, self.not_after
+        )
+    }
+}
+
+/// Reads every certificate in a PEM or DER file.
+pub fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_string(),
+        source,
+    })?;
+    if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+        let certs = certs.map_err(|e| Error::Parse {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })?;
+        if certs.is_empty() {
+            return Err(Error::Parse {
+                path: path.to_string(),
+                detail: "no CERTIFICATE block in PEM file".into(),
+            });
+        }
+        return Ok(certs);
+    }
+    Ok(vec![CertificateDer::from(bytes)])
+}
+
+/// A pinset snippet for `host`, ready to paste under `hosts:`.
+pub fn yaml_snippet(host: &str, chain: &[CertInfo]) -> String {
+    let mut s = format!("  {}:\n    pins:\n", yaml_key(host));
+    for (i, c) in chain.iter().enumerate() {
+        let role = match i {
+            0 => "leaf",
+            _ if i + 1 == chain.len() && chain.len() > 1 => "root / top of chain",
+            _ => "intermediate",
+        };
+        s.push_str(&format!("      - {}  # {role}: {}\n", c.pin, c.subject));
+    }
+    s.push_str("      # add a backup pin: a key you hold in reserve, or your next CA's key\n");
+    s
+}
+
+fn yaml_key(host: &str) -> String {
+    if host.starts_with('*') || host.contains(':') {
+        format!("{host:?}")
+    } else {
+        host.to_string()
+    }
+}

@@ -1,0 +1,408 @@
+//! The `run`, `pin` and `check` commands. Exit codes: 0 success, 1 the thing
+//! checked is bad, 2 usage error.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::chain::{self, CertInfo};
+use crate::cli::{CheckArgs, LogFormat, PinArgs, RunArgs};
+use crate::config::{self, Trust};
+use crate::host::Host;
+use crate::intercept::Intercept;
+use crate::metrics::Metrics;
+use crate::pin::Pin;
+use crate::probe;
+use crate::proxy::{self, Limits, State};
+use crate::upstream::{Shared, Timeouts};
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PINPROXY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn secs(v: f64, name: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number of seconds"))
+}
+
+pub fn run(args: RunArgs) -> u8 {
+    init_tracing(args.log_format);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(w) = args.workers {
+        rt.worker_threads(w.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pinproxy: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> u8 {
+    let policy = match config::load(&args.pins) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 1;
+        }
+    };
+    for w in &policy.warnings {
+        tracing::warn!("{}: warning: {w}", args.pins.display());
+    }
+    let timeouts = (|| -> Result<Timeouts, String> {
+        Ok(Timeouts {
+            connect: secs(args.connect_timeout, "connect-timeout")?,
+            handshake: secs(args.handshake_timeout, "handshake-timeout")?,
+            ..Timeouts::default()
+        })
+    })();
+    let limits = (|| -> Result<Limits, String> {
+        Ok(Limits {
+            max_connections: args.max_connections.max(1),
+            header_read_timeout: secs(args.header_timeout, "header-timeout")?,
+            drain_timeout: secs(args.drain_timeout, "drain-timeout")?,
+            ..Limits::default()
+        })
+    })();
+    let (timeouts, limits) = match (timeouts, limits) {
+        (Ok(t), Ok(l)) => (t, l),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("pinproxy: {e}");
+            return 2;
+        }
+    };
+    let metrics = Metrics::new();
+    let mut shared = Shared::new(metrics.clone());
+    shared.timeouts = timeouts;
+    shared.admin_addr = Some(args.admin);
+
+    let intercept = match (&args.ca_cert, &args.ca_key) {
+        (Some(c), Some(k)) => Intercept::load(c, k, shared.provider.clone(), metrics.clone(), args.leaf_cache),
+        _ => Intercept::generate(shared.provider.clone(), metrics.clone(), args.leaf_cache),
+    };
+    let intercept = match intercept {
+        Ok(i) => Arc::new(i),
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 1;
+        }
+    };
+    let state = match State::new(policy, shared, args.pins.clone(), limits, Some(intercept.clone())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pinproxy: building the TLS configuration: {e}");
+            return 1;
+        }
+    };
+    let listener = match bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 1;
+        }
+    };
+    let admin = match bind(args.admin).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 1;
+        }
+    };
+    match &args.ca_out {
+        Some(dir) => match intercept.write_ca(dir) {
+            Ok(path) => tracing::info!(path = %path.display(), "wrote the pod CA certificate"),
+            Err(e) => {
+                eprintln!("pinproxy: {e}");
+                return 1;
+            }
+        },
+        None => intercept.mark_ready(),
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    // The admin listener outlives the proxy's drain, so probes see 503.
+    let admin_task = tokio::spawn(crate::admin::serve(admin, state.clone(), admin_stop));
+    let _watcher = match crate::reload::spawn(state.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the pinset directory; reload with SIGHUP");
+            None
+        }
+    };
+    let _hup = crate::reload::spawn_sighup(state.clone()).ok();
+    tracing::info!(listen = %args.listen, admin = %args.admin, pins = %args.pins.display(), "pinproxy ready");
+
+    let shutdown_state = state.clone();
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        shutdown_state.draining.store(true, Ordering::Release);
+        // A second signal exits at once.
+        tokio::spawn(async {
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(0);
+        });
+    };
+    proxy::serve(listener, state, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    0
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+// === pin ===
+
+pub fn pin(args: PinArgs) -> u8 {
+    if let Some(target) = &args.connect {
+        return pin_connect(target, args.servername.as_deref(), args.ca_file.as_deref());
+    }
+    let mut code = 0;
+    for file in &args.files {
+        let path = file.display().to_string();
+        match chain::read_certificates(&path) {
+            Ok(certs) => {
+                for cert in certs {
+                    match CertInfo::from_der(cert.as_ref()) {
+                        Ok(info) => println!("{}", info.line()),
+                        Err(e) => {
+                            eprintln!("{path}: {e}");
+                            code = 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+fn split_host_port(s: &str) -> Result<(Host, u16), String> {
+    let uri: http::Uri = format!("https://{s}/").parse().map_err(|_| format!("invalid HOST[:PORT] {s:?}"))?;
+    let authority = uri.authority().ok_or_else(|| format!("invalid HOST[:PORT] {s:?}"))?;
+    let (host, port) = crate::proxy::forward::split_authority(authority)?;
+    Ok((host, port.unwrap_or(443)))
+}
+
+fn pin_connect(target: &str, servername: Option<&str>, ca_file: Option<&Path>) -> u8 {
+    let (host, port) = match split_host_port(target) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 2;
+        }
+    };
+    let name = match servername.map(Host::parse).transpose() {
+        Ok(n) => n.unwrap_or_else(|| host.clone()),
+        Err(e) => {
+            eprintln!("pinproxy: --servername: {e}");
+            return 2;
+        }
+    };
+    let anchors = match ca_file {
+        Some(f) => match config::load_bundle(f) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("pinproxy: {e}");
+                return 1;
+            }
+        },
+        None => crate::verify::webpki_roots(),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 1;
+        }
+    };
+    let seen = match rt.block_on(probe::probe(&host, port, None, &name, Some(anchors), Duration::from_secs(10))) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pinproxy: {host}:{port}: {e}");
+            return 1;
+        }
+    };
+    let validated = seen.validated_pins();
+    let presented = seen.presented_info();
+    println!("# chain presented by {host}:{port} (SNI {name}), leaf first");
+    for info in &presented {
+        let mark = match info.pin.parse::<Pin>() {
+            Ok(p) if validated.contains(&p) => "",
+            _ => "  [not on a validated path]",
+        };
+        println!("{}{mark}", info.line());
+    }
+    // Roots are usually not sent: show the anchors of the validated paths.
+    for path in &seen.paths {
+        if let Some(anchor) = path.last() {
+            if !presented.iter().any(|i| i.pin == anchor.to_string()) {
+                println!("{anchor}  (trust anchor of a validated path)");
+            }
+        }
+    }
+    match &seen.error {
+        Some(e) => {
+            println!("# NOT VALID: {e}");
+            1
+        }
+        None => {
+            let mut on_path: Vec<CertInfo> = presented
+                .iter()
+                .filter(|i| i.pin.parse::<Pin>().is_ok_and(|p| validated.contains(&p)))
+                .cloned()
+                .collect();
+            if let Some(anchor) = seen.paths.first().and_then(|p| p.last()) {
+                if !on_path.iter().any(|i| i.pin == anchor.to_string()) {
+                    on_path.push(CertInfo {
+                        pin: anchor.to_string(),
+                        subject: "trust anchor".into(),
+                        issuer: String::new(),
+                        not_after: String::new(),
+                        not_after_unix: 0,
+                    });
+                }
+            }
+            println!("# pinset snippet (pin an intermediate or root and keep a backup pin):");
+            print!("{}", chain::yaml_snippet(&name.to_string(), &on_path));
+            0
+        }
+    }
+}
+
+// === check ===
+
+pub fn check(args: CheckArgs) -> u8 {
+    let policy = match config::load(&args.path) {
+        Ok(p) => p,
+        Err(config::Error::Invalid { path, problems }) => {
+            for p in &problems {
+                println!("{}: error: {p}", path.display());
+            }
+            return 1;
+        }
+        Err(e) => {
+            println!("{e}");
+            return 1;
+        }
+    };
+    for w in &policy.warnings {
+        println!("{}: warning: {w}", args.path.display());
+    }
+    println!("{}: ok ({} hosts)", args.path.display(), policy.hosts.len());
+    if !args.live {
+        return 0;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 1;
+        }
+    };
+    let roots = crate::verify::webpki_roots();
+    let mut bad = 0;
+    let now = time::OffsetDateTime::now_utc();
+    for entry in &policy.hosts {
+        if entry.name.starts_with("*.") {
+            println!("{}: skipped (a wildcard names no single server)", entry.name);
+            continue;
+        }
+        let host = match Host::parse(&entry.name) {
+            Ok(h) => h,
+            Err(_) => continue,
+        };
+        let port = entry.ports.first().copied().unwrap_or(443);
+        let anchors = match &entry.trust {
+            Trust::WebPki => Some(roots.clone()),
+            Trust::Bundle { anchors, .. } => Some(anchors.clone()),
+            Trust::PinOnly => None,
+        };
+        let seen = match rt.block_on(probe::probe(&host, port, entry.address, &host, anchors, Duration::from_secs(10))) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("{}: UNREACHABLE: {e}", entry.name);
+                bad += 1;
+                continue;
+            }
+        };
+        if let Some(e) = &seen.error {
+            println!("{}: UNTRUSTED: {e}", entry.name);
+            bad += 1;
+            continue;
+        }
+        let validated = seen.validated_pins();
+        let matched: Vec<String> = entry.pins.iter().filter(|p| validated.contains(p)).map(|p| p.to_string()).collect();
+        let expired = entry.pins_expired(now);
+        if matched.is_empty() {
+            let live: Vec<String> = validated.iter().map(|p| p.to_string()).collect();
+            let verdict = match (expired, entry.mode) {
+                (true, _) => "MISMATCH (pins expired: not enforced)",
+                (false, config::Mode::Report) => "MISMATCH (report mode: would be counted, not blocked)",
+                (false, config::Mode::Enforce) => {
+                    bad += 1;
+                    "MISMATCH: requests would be refused"
+                }
+            };
+            println!("{}: {verdict}; live chain pins: {}", entry.name, live.join(", "));
+        } else {
+            println!("{}: ok, matches {}", entry.name, matched.join(", "));
+        }
+        if !entry.next_pins.is_empty() {
+            let next: Vec<String> = entry.next_pins.iter().filter(|p| validated.contains(p)).map(|p| p.to_string()).collect();
+            if next.is_empty() {
+                println!("{}: next_pins: MISMATCH — promoting next_pins now would break this host", entry.name);
+            } else {
+                println!("{}: next_pins: ok, matches {}", entry.name, next.join(", "));
+            }
+        }
+    }
+    u8::from(bad > 0)
+}

@@ -1,0 +1,270 @@
+//! The pod-local CA that lets pinproxy terminate a client's TLS inside a
+//! CONNECT tunnel (under TLS 1.3 the server certificate is encrypted, so a
+//! proxy cannot check pins by watching bytes).
+//!
+//! The CA is loaded (`--ca-cert/--ca-key`, e.g. from a Secret) or generated
+//! at start (ECDSA P-256; the key never leaves memory). Its certificate is
+//! written atomically to `--ca-out DIR/ca.crt` before readiness. Leaves are
+//! minted per host (ECDSA, short validity) and kept in a bounded cache.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+
+use crate::host::Host;
+use crate::metrics::Metrics;
+
+/// How long a minted leaf is valid, and when the cache re-mints it.
+const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+const LEAF_REFRESH: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the CA certificate to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA: {0}")]
+    Ca(String),
+    #[error("minting a leaf for {host}: {detail}")]
+    Mint { host: String, detail: String },
+}
+
+pub struct Intercept {
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
+    ca_pem: String,
+    provider: Arc<CryptoProvider>,
+    cache: Mutex<LeafCache>,
+    metrics: Arc<Metrics>,
+    written: AtomicBool,
+}
+
+impl std::fmt::Debug for Intercept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercept").finish_non_exhaustive()
+    }
+}
+
+struct LeafCache {
+    capacity: usize,
+    entries: HashMap<Host, (Instant, Arc<ServerConfig>)>,
+    order: VecDeque<Host>,
+}
+
+// === impl Intercept ===
+
+impl Intercept {
+    /// Generates a fresh CA that lives only in this process.
+    pub fn generate(provider: Arc<CryptoProvider>, metrics: Arc<Metrics>, capacity: usize) -> Result<Self, Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| Error::Ca(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "pinproxy");
+        dn.push(DnType::CommonName, "pinproxy pod CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(365);
+        let cert = params.self_signed(&key).map_err(|e| Error::Ca(e.to_string()))?;
+        Ok(Self::from_parts(cert, key, provider, metrics, capacity))
+    }
+
+    /// Loads a CA certificate and key (PEM) — for instance from a Secret.
+    pub fn load(cert: &Path, key: &Path, provider: Arc<CryptoProvider>, metrics: Arc<Metrics>, capacity: usize) -> Result<Self, Error> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| Error::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let cert_pem = read(cert)?;
+        let key_pem = read(key)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| Error::Ca(format!("{}: {e}", key.display())))?;
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
+        if !matches!(params.is_ca, IsCa::Ca(_)) {
+            return Err(Error::Ca(format!("{} is not a CA certificate", cert.display())));
+        }
+        // rcgen signs with an issuer object; the clients trust the original
+        // PEM, which has the same subject and key.
+        let issuer = params.self_signed(&key).map_err(|e| Error::Ca(e.to_string()))?;
+        if issuer.der().as_ref().is_empty() {
+            return Err(Error::Ca("empty CA certificate".into()));
+        }
+        let mut this = Self::from_parts(issuer, key, provider, metrics, capacity);
+        this.ca_pem = cert_pem;
+        Ok(this)
+    }
+
+    fn from_parts(ca_cert: rcgen::Certificate, ca_key: KeyPair, provider: Arc<CryptoProvider>, metrics: Arc<Metrics>, capacity: usize) -> Self {
+        let ca_pem = ca_cert.pem();
+        Self {
+            ca_cert,
+            ca_key,
+            ca_pem,
+            provider,
+            cache: Mutex::new(LeafCache {
+                capacity: capacity.max(1),
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            metrics,
+            written: AtomicBool::new(false),
+        }
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Writes `ca.crt` into `dir` atomically (temp file + rename), so an app
+    /// never reads half a certificate.
+    pub fn write_ca(&self, dir: &Path) -> Result<PathBuf, Error> {
+        let wrap = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Write { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(wrap(dir))?;
+        let tmp = dir.join(".ca.crt.tmp");
+        let dst = dir.join("ca.crt");
+        std::fs::write(&tmp, self.ca_pem.as_bytes()).map_err(wrap(&tmp))?;
+        std::fs::rename(&tmp, &dst).map_err(wrap(&dst))?;
+        self.written.store(true, Ordering::Release);
+        Ok(dst)
+    }
+
+    /// Marks the CA as available without writing it (no `--ca-out`).
+    pub fn mark_ready(&self) {
+        self.written.store(true, Ordering::Release);
+    }
+
+    pub fn ca_written(&self) -> bool {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// The TLS server config presenting a leaf for `host`, minted on first
+    /// use and then served from the cache.
+    pub fn server_config(&self, host: &Host) -> Result<Arc<ServerConfig>, Error> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((minted, cfg)) = cache.entries.get(host) {
+                if minted.elapsed() < LEAF_REFRESH {
+                    self.metrics.minted_leaves.with_label_values(&["cached"]).inc();
+                    return Ok(cfg.clone());
+                }
+            }
+        }
+        // Minting happens outside the lock; two racing first requests for
+        // one host may both mint, and one result wins.
+        let cfg = Arc::new(self.mint(host)?);
+        self.metrics.minted_leaves.with_label_values(&["minted"]).inc();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.entries.insert(host.clone(), (Instant::now(), cfg.clone())).is_none() {
+            cache.order.push_back(host.clone());
+        }
+        while cache.entries.len() > cache.capacity {
+            match cache.order.pop_front() {
+                Some(old) => {
+                    cache.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn cached_leaves(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).entries.len()
+    }
+
+    fn mint(&self, host: &Host) -> Result<ServerConfig, Error> {
+        let fail = |detail: String| Error::Mint {
+            host: host.to_string(),
+            detail,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host.to_string());
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![match host {
+            Host::Name(n) => SanType::DnsName(n.clone().try_into().map_err(|e: rcgen::Error| fail(e.to_string()))?),
+            Host::Ip(ip) => SanType::IpAddress(*ip),
+        }];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + LEAF_VALIDITY;
+        let leaf = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .map_err(|e| fail(e.to_string()))?;
+        let chain = vec![CertificateDer::from(leaf.der().to_vec())];
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(|e| fail(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// A server config that refuses every handshake with a TLS alert: rustls
+/// answers `handshake_failure` when no certificate resolves.
+pub fn refusing_config(provider: Arc<CryptoProvider>) -> Option<Arc<ServerConfig>> {
+    #[derive(Debug)]
+    struct Nothing;
+    impl rustls::server::ResolvesServerCert for Nothing {
+        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+    ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()
+        .map(|b| Arc::new(b.with_no_client_auth().with_cert_resolver(Arc::new(Nothing))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_reuses_and_stays_bounded() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let i = Intercept::generate(provider, Metrics::new(), 2).unwrap();
+        let a = Host::parse("a.test").unwrap();
+        let first = i.server_config(&a).unwrap();
+        let again = i.server_config(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "a cached leaf must be reused");
+        i.server_config(&Host::parse("b.test").unwrap()).unwrap();
+        i.server_config(&Host::parse("c.test").unwrap()).unwrap();
+        assert_eq!(i.cached_leaves(), 2);
+        let a2 = i.server_config(&a).unwrap();
+        assert!(!Arc::ptr_eq(&first, &a2), "the oldest entry was evicted");
+    }
+}

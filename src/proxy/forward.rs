@@ -1,0 +1,234 @@
+//! Absolute-form requests from `HTTP_PROXY` clients: pinproxy originates
+//! TLS to the URL's host and forwards the request over a pooled, pinned
+//! connection. The URL's authority decides the host, never `Host` (RFC 9112
+//! §3.2.2; Squid CVE-2009-0801).
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::{admit, count, deny, upstream_refusal, Admission, Body, State, Target};
+use crate::host::Host;
+use crate::upstream::{Snapshot, UpstreamError};
+
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let target = match parse_absolute(req.uri()) {
+        Ok(t) => t,
+        Err(msg) => return deny(state, StatusCode::BAD_REQUEST, "bad-request", "", &msg),
+    };
+    let snap = state.snapshot.load_full();
+    let label = match admit(state, &snap, &target) {
+        Ok(Admission::Pinned(e)) => e.name.clone(),
+        Ok(Admission::Unlisted) => "unlisted".to_string(),
+        Err(refusal) => return refusal,
+    };
+    send(state, &snap, &label, &target, req).await
+}
+
+/// Sends a request upstream through the snapshot's pinned client and
+/// returns the response, or the refusal for why it could not be sent.
+pub async fn send(state: &State, snap: &Arc<Snapshot>, label: &str, target: &Target, req: Request<Incoming>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    parts.uri = match upstream_uri(target, path) {
+        Ok(u) => u,
+        Err(msg) => return deny(state, StatusCode::BAD_REQUEST, "bad-request", &target.host.to_string(), &msg),
+    };
+    parts.version = Version::HTTP_11;
+    let trailers = wants_trailers(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    if trailers {
+        parts.headers.insert(header::TE, te_trailers());
+    }
+    // The client regenerates Host from the URL authority.
+    parts.headers.remove(header::HOST);
+    let out = Request::from_parts(parts, body);
+    match snap.client.request(out).await {
+        Ok(resp) => {
+            count(state, label, "ok");
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts.version = Version::HTTP_11;
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(e) => {
+            let (resp, reason) = match UpstreamError::find(&e) {
+                Some(u) => upstream_refusal(state, u),
+                None => {
+                    tracing::debug!(error = ?e, host = %target.host, "upstream request failed");
+                    (
+                        super::refuse(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream-unreachable",
+                            &target.host.to_string(),
+                            &format!("upstream request failed: {}", error_chain(&e)),
+                        ),
+                        "upstream-unreachable",
+                    )
+                }
+            };
+            count(state, label, reason);
+            resp
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// Validates an absolute-form request target (`http://host[:port]/path`).
+pub fn parse_absolute(uri: &Uri) -> Result<Target, String> {
+    let scheme = uri.scheme().ok_or_else(|| {
+        "request target must be in absolute form (http://host/path): send requests through HTTP_PROXY".to_string()
+    })?;
+    let default_port = if *scheme == Scheme::HTTP {
+        443
+    } else if *scheme == Scheme::HTTPS {
+        443
+    } else {
+        return Err(format!("unsupported scheme {scheme:?}"));
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "absolute-form URL has no host".to_string())?;
+    let (host, port) = split_authority(authority)?;
+    // Plain-HTTP clients say port 80: pinproxy upgrades to TLS on 443.
+    let port = match port {
+        None => default_port,
+        Some(80) if *scheme == Scheme::HTTP => 443,
+        Some(p) => p,
+    };
+    Ok(Target { host, port })
+}
+
+/// Splits and validates an authority: no userinfo, a valid host, a port in
+/// range if present.
+pub fn split_authority(authority: &Authority) -> Result<(Host, Option<u16>), String> {
+    let raw = authority.as_str();
+    if raw.contains('@') {
+        return Err("userinfo (user@host) is not allowed in the request target".into());
+    }
+    let host = Host::parse(authority.host()).map_err(|e| format!("invalid host {:?}: {e}", authority.host()))?;
+    let port = match authority.port() {
+        None => {
+            if raw.ends_with(':') {
+                return Err("empty port".into());
+            }
+            None
+        }
+        Some(p) => match p.as_u16() {
+            0 => return Err("port 0".into()),
+            n => Some(n),
+        },
+    };
+    Ok((host, port))
+}
+
+fn upstream_uri(target: &Target, path: &str) -> Result<Uri, String> {
+    let authority = if target.port == 443 {
+        target.host.authority_form()
+    } else {
+        format!("{}:{}", target.host.authority_form(), target.port)
+    };
+    Uri::builder()
+        .scheme(Scheme::HTTPS)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("invalid request target: {e}"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every
+/// header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// `TE: trailers` is the one TE value allowed through (gRPC needs it).
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+pub fn te_trailers() -> HeaderValue {
+    HeaderValue::from_static("trailers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(s: &str) -> Result<(String, u16), String> {
+        parse_absolute(&s.parse::<Uri>().unwrap()).map(|t| (t.host.to_string(), t.port))
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        assert_eq!(target("http://API.Example.com./x").unwrap(), ("api.example.com".into(), 443));
+        assert_eq!(target("http://api.example.com:80/x").unwrap(), ("api.example.com".into(), 443));
+        assert_eq!(target("http://api.example.com:8443/x").unwrap(), ("api.example.com".into(), 8443));
+        assert_eq!(target("https://api.example.com/x").unwrap(), ("api.example.com".into(), 443));
+        assert_eq!(target("http://[::1]:8443/").unwrap(), ("::1".into(), 8443));
+        assert!(target("/relative").is_err());
+        assert!(target("http://user@api.example.com/").is_err());
+        assert!(target("http://0x7f.1/").is_err());
+        assert!(target("http://2130706433/").is_err());
+        assert!(target("ftp://api.example.com/").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}
