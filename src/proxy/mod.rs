@@ -232,6 +232,10 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, mut stop: watch:
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
+                    // hyper answered unparseable requests itself (400/431).
+                    if e.is_parse() || e.is_parse_too_large() {
+                        state.shared.metrics.denied.with_label_values(&["bad-request"]).inc();
+                    }
                     tracing::debug!(error = %e, "client connection error");
                 }
                 return;

@@ -1,0 +1,495 @@
+//! Test support: a PKI made with rcgen, real TLS upstreams on 127.0.0.1,
+//! the proxy started in-process, and a small HTTP client that talks to it.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use pinproxy::config;
+use pinproxy::intercept::Intercept;
+use pinproxy::metrics::Metrics;
+use pinproxy::pin::Pin;
+use pinproxy::proxy::{self, Limits, State};
+use pinproxy::upstream::Shared;
+
+// === PKI ===
+
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+}
+
+impl Ca {
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn pin(&self) -> Pin {
+        Pin::of_certificate(self.cert.der()).unwrap()
+    }
+
+    pub fn key_copy(&self) -> KeyPair {
+        KeyPair::from_pem(&self.key.serialize_pem()).unwrap()
+    }
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "pinproxy tests");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(365);
+    p
+}
+
+pub fn root(cn: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let cert = ca_params(cn).self_signed(&key).unwrap();
+    Ca { cert, key }
+}
+
+/// An intermediate CA named `cn` with its own (or the given) key.
+pub fn intermediate(cn: &str, issuer: &Ca, key: Option<KeyPair>) -> Ca {
+    let key = key.unwrap_or_else(|| KeyPair::generate().unwrap());
+    let cert = ca_params(cn).signed_by(&key, &issuer.cert, &issuer.key).unwrap();
+    Ca { cert, key }
+}
+
+pub struct Leaf {
+    pub cert: CertificateDer<'static>,
+    pub key: KeyPair,
+}
+
+impl Leaf {
+    pub fn pin(&self) -> Pin {
+        Pin::of_certificate(&self.cert).unwrap()
+    }
+
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
+    }
+}
+
+pub struct LeafOpts {
+    pub expired: bool,
+}
+
+pub fn leaf(names: &[&str], issuer: &Ca) -> Leaf {
+    leaf_with(names, issuer, LeafOpts { expired: false }, None)
+}
+
+pub fn leaf_with(names: &[&str], issuer: &Ca, opts: LeafOpts, key: Option<KeyPair>) -> Leaf {
+    let key = key.unwrap_or_else(|| KeyPair::generate().unwrap());
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(names[0]);
+    p.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*n).to_string().try_into().unwrap()),
+        })
+        .collect();
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    if opts.expired {
+        p.not_before = now - time::Duration::days(30);
+        p.not_after = now - time::Duration::days(1);
+    } else {
+        p.not_before = now - time::Duration::days(1);
+        p.not_after = now + time::Duration::days(90);
+    }
+    let cert = p.signed_by(&key, &issuer.cert, &issuer.key).unwrap();
+    Leaf {
+        cert: cert.der().clone(),
+        key,
+    }
+}
+
+/// A normal PKI: root → intermediate → leaf for `names`.
+pub struct Pki {
+    pub root: Ca,
+    pub int: Ca,
+    pub leaf: Leaf,
+}
+
+impl Pki {
+    pub fn new(names: &[&str]) -> Self {
+        let root = root("Test Root");
+        let int = intermediate("Test Intermediate", &root, None);
+        let leaf = leaf(names, &int);
+        Self { root, int, leaf }
+    }
+
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.leaf.cert.clone(), self.int.der()]
+    }
+}
+
+pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+// === upstreams ===
+
+pub struct UpstreamOpts {
+    pub name: &'static str,
+    pub alpn: Vec<Vec<u8>>,
+    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+}
+
+impl UpstreamOpts {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        }
+    }
+
+    pub fn h1_only(mut self) -> Self {
+        self.alpn = vec![b"http/1.1".to_vec()];
+        self
+    }
+
+    pub fn h2_only(mut self) -> Self {
+        self.alpn = vec![b"h2".to_vec()];
+        self
+    }
+
+    pub fn tls12_only(mut self) -> Self {
+        self.versions = vec![&rustls::version::TLS12];
+        self
+    }
+
+    pub fn tls13_only(mut self) -> Self {
+        self.versions = vec![&rustls::version::TLS13];
+        self
+    }
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// Presents `chain` but signs the handshake with whatever key it is given:
+/// with a key that doesn't match the leaf, it is an impostor.
+#[derive(Debug)]
+struct FixedResolver(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedResolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+pub async fn upstream(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, opts: UpstreamOpts) -> Upstream {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let signing = provider.key_provider.load_private_key(key).unwrap();
+    let certified = Arc::new(CertifiedKey::new(chain, signing));
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&opts.versions)
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedResolver(certified)));
+    cfg.alpn_protocols = opts.alpn.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let name = opts.name;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |req| upstream_handler(name, req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, connections }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Echoes what it saw; `/grpc` answers with trailers; `/ws` upgrades and
+/// echoes bytes.
+async fn upstream_handler(name: &'static str, mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let path = req.uri().path().to_string();
+    if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        resp.headers_mut().insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        return Ok(resp);
+    }
+    let te = req
+        .headers()
+        .get(http::header::TE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if path == "/grpc" {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "ok".parse().unwrap());
+        let frames = futures_stream(body, trailers);
+        let mut resp = Response::new(frames);
+        resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+        return Ok(resp);
+    }
+    let text = format!("upstream={name} host={host} path={path} version={version} te={te} body={}", String::from_utf8_lossy(&body));
+    let mut resp = Response::new(Full::new(Bytes::from(text)).boxed());
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    Ok(resp)
+}
+
+fn futures_stream(data: Bytes, trailers: http::HeaderMap) -> UpBody {
+    use http_body::Frame;
+    let frames = vec![Ok::<_, Infallible>(Frame::data(data)), Ok(Frame::trailers(trailers))];
+    http_body_util::StreamBody::new(tokio_stream_iter(frames)).boxed()
+}
+
+fn tokio_stream_iter<T: Send + Unpin + 'static>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Send {
+    struct Iter<T>(std::vec::IntoIter<T>);
+    impl<T> futures_core::Stream for Iter<T>
+    where
+        T: Unpin,
+    {
+        type Item = T;
+        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(items.into_iter())
+}
+
+// === the proxy ===
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<State>,
+    pub metrics: Arc<Metrics>,
+    pub intercept: Arc<Intercept>,
+    pub dir: tempfile::TempDir,
+    pub pins_path: PathBuf,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts the proxy in-process on 127.0.0.1:0 with the pinset `yaml`,
+/// written into a fresh directory (relative CA bundle paths resolve there).
+pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, contents) in files {
+        write(dir.path(), name, contents);
+    }
+    let pins_path = write(dir.path(), "pins.yaml", yaml);
+    let policy = config::load(&pins_path).unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Metrics::new();
+    let shared = Shared::new(metrics.clone());
+    let intercept = Arc::new(Intercept::generate(shared.provider.clone(), metrics.clone(), 16).unwrap());
+    intercept.write_ca(dir.path()).unwrap();
+    let state = State::new(policy, shared, pins_path.clone(), Limits::default(), Some(intercept.clone())).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    let mut rx1 = rx.clone();
+    let mut rx2 = rx;
+    tokio::spawn(proxy::serve(listener, state.clone(), async move {
+        let _ = rx1.wait_for(|v| *v).await;
+    }));
+    tokio::spawn(pinproxy::admin::serve(admin_listener, state.clone(), async move {
+        let _ = rx2.wait_for(|v| *v).await;
+    }));
+    Proxy {
+        addr,
+        admin,
+        state,
+        metrics,
+        intercept,
+        dir,
+        pins_path,
+        stop,
+    }
+}
+
+impl Proxy {
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    pub fn mismatches(&self, host: &str, mode: &str) -> u64 {
+        self.metrics.pin_mismatch.with_label_values(&[host, mode]).get()
+    }
+
+    pub fn denied(&self, reason: &str) -> u64 {
+        self.metrics.denied.with_label_values(&[reason]).get()
+    }
+
+    pub fn requests(&self, host: &str, outcome: &str) -> u64 {
+        self.metrics.requests.with_label_values(&[host, outcome]).get()
+    }
+
+    pub fn tls_failures(&self, host: &str, reason: &str) -> u64 {
+        self.metrics.tls_verify_failures.with_label_values(&[host, reason]).get()
+    }
+}
+
+// === a client of the proxy ===
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn error(&self) -> Option<&str> {
+        self.headers.get("x-pinproxy-error").and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `GET url` in absolute form through the proxy on a new connection.
+pub async fn get(proxy: SocketAddr, url: &str) -> Reply {
+    get_with(proxy, url, &[]).await
+}
+
+pub async fn get_with(proxy: SocketAddr, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut conn = ProxyConn::open(proxy).await;
+    conn.get(url, headers).await
+}
+
+/// One keep-alive client connection to the proxy.
+pub struct ProxyConn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl ProxyConn {
+    pub async fn open(proxy: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(proxy).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Self { sender }
+    }
+
+    pub async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        let uri: http::Uri = url.parse().unwrap();
+        let mut req = Request::get(uri.clone());
+        let has_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+        if !has_host {
+            if let Some(a) = uri.authority() {
+                req = req.header(http::header::HOST, a.as_str());
+            }
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        self.sender.ready().await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), self.sender.send_request(req))
+            .await
+            .expect("proxy answered in time")
+            .expect("proxy answered");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
+/// Sends raw bytes to the proxy and reads until it closes (or 5 s).
+pub async fn raw(proxy: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A pinset with one host entry.
+pub fn pinset(host: &str, pins: &[Pin], extra: &str, addr: SocketAddr) -> String {
+    let pins: Vec<String> = pins.iter().map(|p| p.to_string()).collect();
+    format!(
+        "version: 1\nhosts:\n  {host:?}:\n    pins: [{}]\n    trust: ca.pem\n    address: {addr}\n{extra}",
+        pins.join(", ")
+    )
+}
