@@ -70,19 +70,26 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/pins" => {
             let body = serde_json::to_vec_pretty(&pins_view(state)).unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: /healthz /readyz /metrics /pins\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /healthz /readyz /metrics /pins\n",
+        ),
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

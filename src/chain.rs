@@ -32,7 +32,8 @@ pub enum Error {
 
 impl CertInfo {
     pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
         let spki = cert.tbs_certificate.subject_pki.raw;
         let not_after = cert.validity().not_after;
         Ok(Self {

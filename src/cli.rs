@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "pinproxy", version, about = "Sidecar egress proxy that enforces TLS SPKI pins")]
+#[command(
+    name = "pinproxy",
+    version,
+    about = "Sidecar egress proxy that enforces TLS SPKI pins"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -23,7 +23,9 @@ use crate::upstream::{Shared, Timeouts};
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PINPROXY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -31,7 +33,8 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 fn secs(v: f64, name: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("--{name} must be a non-negative number of seconds"))
 }
 
 pub fn run(args: RunArgs) -> u8 {
@@ -90,7 +93,13 @@ async fn run_async(args: RunArgs) -> u8 {
     shared.admin_addr = Some(args.admin);
 
     let intercept = match (&args.ca_cert, &args.ca_key) {
-        (Some(c), Some(k)) => Intercept::load(c, k, shared.provider.clone(), metrics.clone(), args.leaf_cache),
+        (Some(c), Some(k)) => Intercept::load(
+            c,
+            k,
+            shared.provider.clone(),
+            metrics.clone(),
+            args.leaf_cache,
+        ),
         _ => Intercept::generate(shared.provider.clone(), metrics.clone(), args.leaf_cache),
     };
     let intercept = match intercept {
@@ -100,7 +109,13 @@ async fn run_async(args: RunArgs) -> u8 {
             return 1;
         }
     };
-    let state = match State::new(policy, shared, args.pins.clone(), limits, Some(intercept.clone())) {
+    let state = match State::new(
+        policy,
+        shared,
+        args.pins.clone(),
+        limits,
+        Some(intercept.clone()),
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pinproxy: building the TLS configuration: {e}");
@@ -169,14 +184,19 @@ async fn run_async(args: RunArgs) -> u8 {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -225,8 +245,12 @@ pub fn pin(args: PinArgs) -> u8 {
 }
 
 fn split_host_port(s: &str) -> Result<(Host, u16), String> {
-    let uri: http::Uri = format!("https://{s}/").parse().map_err(|_| format!("invalid HOST[:PORT] {s:?}"))?;
-    let authority = uri.authority().ok_or_else(|| format!("invalid HOST[:PORT] {s:?}"))?;
+    let uri: http::Uri = format!("https://{s}/")
+        .parse()
+        .map_err(|_| format!("invalid HOST[:PORT] {s:?}"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("invalid HOST[:PORT] {s:?}"))?;
     let (host, port) = crate::proxy::forward::split_authority(authority)?;
     Ok((host, port.unwrap_or(443)))
 }
@@ -256,14 +280,24 @@ fn pin_connect(target: &str, servername: Option<&str>, ca_file: Option<&Path>) -
         },
         None => crate::verify::webpki_roots(),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pinproxy: {e}");
             return 1;
         }
     };
-    let seen = match rt.block_on(probe::probe(&host, port, None, &name, Some(anchors), Duration::from_secs(10))) {
+    let seen = match rt.block_on(probe::probe(
+        &host,
+        port,
+        None,
+        &name,
+        Some(anchors),
+        Duration::from_secs(10),
+    )) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pinproxy: {host}:{port}: {e}");
@@ -340,7 +374,10 @@ pub fn check(args: CheckArgs) -> u8 {
     if !args.live {
         return 0;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pinproxy: {e}");
@@ -352,7 +389,10 @@ pub fn check(args: CheckArgs) -> u8 {
     let now = time::OffsetDateTime::now_utc();
     for entry in &policy.hosts {
         if entry.name.starts_with("*.") {
-            println!("{}: skipped (a wildcard names no single server)", entry.name);
+            println!(
+                "{}: skipped (a wildcard names no single server)",
+                entry.name
+            );
             continue;
         }
         let host = match Host::parse(&entry.name) {
@@ -365,7 +405,14 @@ pub fn check(args: CheckArgs) -> u8 {
             Trust::Bundle { anchors, .. } => Some(anchors.clone()),
             Trust::PinOnly => None,
         };
-        let seen = match rt.block_on(probe::probe(&host, port, entry.address, &host, anchors, Duration::from_secs(10))) {
+        let seen = match rt.block_on(probe::probe(
+            &host,
+            port,
+            entry.address,
+            &host,
+            anchors,
+            Duration::from_secs(10),
+        )) {
             Ok(s) => s,
             Err(e) => {
                 println!("{}: UNREACHABLE: {e}", entry.name);
@@ -379,26 +426,45 @@ pub fn check(args: CheckArgs) -> u8 {
             continue;
         }
         let validated = seen.validated_pins();
-        let matched: Vec<String> = entry.pins.iter().filter(|p| validated.contains(p)).map(|p| p.to_string()).collect();
+        let matched: Vec<String> = entry
+            .pins
+            .iter()
+            .filter(|p| validated.contains(p))
+            .map(|p| p.to_string())
+            .collect();
         let expired = entry.pins_expired(now);
         if matched.is_empty() {
             let live: Vec<String> = validated.iter().map(|p| p.to_string()).collect();
             let verdict = match (expired, entry.mode) {
                 (true, _) => "MISMATCH (pins expired: not enforced)",
-                (false, config::Mode::Report) => "MISMATCH (report mode: would be counted, not blocked)",
+                (false, config::Mode::Report) => {
+                    "MISMATCH (report mode: would be counted, not blocked)"
+                }
                 (false, config::Mode::Enforce) => {
                     bad += 1;
                     "MISMATCH: requests would be refused"
                 }
             };
-            println!("{}: {verdict}; live chain pins: {}", entry.name, live.join(", "));
+            println!(
+                "{}: {verdict}; live chain pins: {}",
+                entry.name,
+                live.join(", ")
+            );
         } else {
             println!("{}: ok, matches {}", entry.name, matched.join(", "));
         }
         if !entry.next_pins.is_empty() {
-            let next: Vec<String> = entry.next_pins.iter().filter(|p| validated.contains(p)).map(|p| p.to_string()).collect();
+            let next: Vec<String> = entry
+                .next_pins
+                .iter()
+                .filter(|p| validated.contains(p))
+                .map(|p| p.to_string())
+                .collect();
             if next.is_empty() {
-                println!("{}: next_pins: MISMATCH — promoting next_pins now would break this host", entry.name);
+                println!(
+                    "{}: next_pins: MISMATCH — promoting next_pins now would break this host",
+                    entry.name
+                );
             } else {
                 println!("{}: next_pins: ok, matches {}", entry.name, next.join(", "));
             }

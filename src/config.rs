@@ -168,7 +168,8 @@ impl HostPolicy {
 
     /// The `expires` date as written (the day before the instant we store).
     pub fn expires_date(&self) -> Option<time::Date> {
-        self.expires.map(|e| e.date().previous_day().unwrap_or(e.date()))
+        self.expires
+            .map(|e| e.date().previous_day().unwrap_or(e.date()))
     }
 }
 
@@ -280,8 +281,17 @@ pub fn parse(bytes: &[u8], base: &Path, now: OffsetDateTime) -> Result<Policy, V
             message: format!("file is not UTF-8: {e}"),
         }]
     })?;
-    if text.trim().is_empty() {
-        return Err(vec![problem(None, None, None, "file is empty".into())]);
+    // A truncated or half-written Secret can be empty or comments only.
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(vec![problem(
+            None,
+            None,
+            None,
+            "file is empty (no YAML content)".into(),
+        )]);
     }
     let wire: FileWire = serde_yaml::from_str(text).map_err(|e| {
         let loc = e.location();
@@ -290,7 +300,7 @@ pub fn parse(bytes: &[u8], base: &Path, now: OffsetDateTime) -> Result<Policy, V
             field: None,
             line: loc.as_ref().map(|l| l.line()),
             column: loc.as_ref().map(|l| l.column()),
-            message: e.to_string(),
+            message: strip_location(&e.to_string()),
         }]
     })?;
     Validator {
@@ -303,7 +313,20 @@ pub fn parse(bytes: &[u8], base: &Path, now: OffsetDateTime) -> Result<Policy, V
     .run(wire, bytes)
 }
 
-fn problem(host: Option<&str>, field: Option<&str>, line: Option<usize>, message: String) -> Problem {
+/// serde_yaml appends " at line N column M"; we print the location first.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(" column ") => msg[..i].to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+fn problem(
+    host: Option<&str>,
+    field: Option<&str>,
+    line: Option<usize>,
+    message: String,
+) -> Problem {
     Problem {
         host: host.map(str::to_string),
         field: field.map(str::to_string),
@@ -325,7 +348,12 @@ impl Validator<'_> {
     fn run(mut self, wire: FileWire, bytes: &[u8]) -> Result<Policy, Vec<Problem>> {
         if wire.version != 1 {
             let line = self.key_line("version", 0);
-            self.err(None, Some("version"), line, format!("unsupported version {}; expected 1", wire.version));
+            self.err(
+                None,
+                Some("version"),
+                line,
+                format!("unsupported version {}; expected 1", wire.version),
+            );
         }
         let defaults = self.defaults(wire.defaults);
         let mut exact: HashMap<Host, Arc<HostPolicy>> = HashMap::new();
@@ -342,7 +370,12 @@ impl Validator<'_> {
                 Pattern::Wildcard(base) => format!("*.{base}"),
             };
             if let Some(first) = seen.get(&canonical) {
-                self.err(Some(&key), None, line, format!("duplicate host: the same entry as {first:?}"));
+                self.err(
+                    Some(&key),
+                    None,
+                    line,
+                    format!("duplicate host: the same entry as {first:?}"),
+                );
                 continue;
             }
             seen.insert(canonical, key.clone());
@@ -369,11 +402,23 @@ impl Validator<'_> {
         })
     }
 
-    fn err(&mut self, host: Option<&str>, field: Option<&str>, line: Option<usize>, message: String) {
+    fn err(
+        &mut self,
+        host: Option<&str>,
+        field: Option<&str>,
+        line: Option<usize>,
+        message: String,
+    ) {
         self.problems.push(problem(host, field, line, message));
     }
 
-    fn warn(&mut self, host: Option<&str>, field: Option<&str>, line: Option<usize>, message: String) {
+    fn warn(
+        &mut self,
+        host: Option<&str>,
+        field: Option<&str>,
+        line: Option<usize>,
+        message: String,
+    ) {
         self.warnings.push(problem(host, field, line, message));
     }
 
@@ -386,11 +431,14 @@ impl Validator<'_> {
                     None,
                     Some("defaults.trust"),
                     line,
-                    "pin-only cannot be a default: set it on the hosts whose leaf keys you pin".into(),
+                    "pin-only cannot be a default: set it on the hosts whose leaf keys you pin"
+                        .into(),
                 );
                 Trust::WebPki
             }
-            Some(t) => self.trust(t, None, "defaults.trust", None).unwrap_or(Trust::WebPki),
+            Some(t) => self
+                .trust(t, None, "defaults.trust", None)
+                .unwrap_or(Trust::WebPki),
         };
         let ports = match d.ports {
             Some(p) => self.ports(p, None, "defaults.ports", None),
@@ -408,20 +456,35 @@ impl Validator<'_> {
     fn pattern(&mut self, key: &str, line: Option<usize>) -> Option<Pattern> {
         if let Some(base) = key.strip_prefix("*.") {
             if base.contains('*') {
-                self.err(Some(key), None, line, "a wildcard may only be a whole first label (*.example.com)".into());
+                self.err(
+                    Some(key),
+                    None,
+                    line,
+                    "a wildcard may only be a whole first label (*.example.com)".into(),
+                );
                 return None;
             }
             return match Host::parse(base) {
                 Ok(Host::Name(base)) => {
                     if is_public_suffix(&base) {
-                        self.err(Some(key), None, line, format!("wildcard covers the public suffix {base:?}"));
+                        self.err(
+                            Some(key),
+                            None,
+                            line,
+                            format!("wildcard covers the public suffix {base:?}"),
+                        );
                         None
                     } else {
                         Some(Pattern::Wildcard(base))
                     }
                 }
                 Ok(Host::Ip(_)) => {
-                    self.err(Some(key), None, line, "a wildcard cannot cover an IP address".into());
+                    self.err(
+                        Some(key),
+                        None,
+                        line,
+                        "a wildcard cannot cover an IP address".into(),
+                    );
                     None
                 }
                 Err(e) => {
@@ -431,7 +494,12 @@ impl Validator<'_> {
             };
         }
         if key.contains('*') {
-            self.err(Some(key), None, line, "partial wildcard: only *.example.com (one whole first label) is allowed".into());
+            self.err(
+                Some(key),
+                None,
+                line,
+                "partial wildcard: only *.example.com (one whole first label) is allowed".into(),
+            );
             return None;
         }
         match Host::parse(key) {
@@ -443,17 +511,34 @@ impl Validator<'_> {
         }
     }
 
-    fn host(&mut self, key: &str, w: HostWire, d: &Defaults, line: Option<usize>) -> Option<HostPolicy> {
+    fn host(
+        &mut self,
+        key: &str,
+        w: HostWire,
+        d: &Defaults,
+        line: Option<usize>,
+    ) -> Option<HostPolicy> {
         let before = self.problems.len();
         let field_line = |s: &Self, f: &str| s.field_line(line, f).or(line);
         let pins = match w.pins {
             None => {
-                self.err(Some(key), Some("pins"), line, "missing: at least one pin is required".into());
+                self.err(
+                    Some(key),
+                    Some("pins"),
+                    line,
+                    "missing: at least one pin is required".into(),
+                );
                 Vec::new()
             }
             Some(p) if p.is_empty() => {
                 let l = field_line(self, "pins");
-                self.err(Some(key), Some("pins"), l, "empty: at least one pin is required (an empty pinset would pin nothing)".into());
+                self.err(
+                    Some(key),
+                    Some("pins"),
+                    l,
+                    "empty: at least one pin is required (an empty pinset would pin nothing)"
+                        .into(),
+                );
                 Vec::new()
             }
             Some(p) => self.pins(key, "pins", p, field_line(self, "pins")),
@@ -462,7 +547,12 @@ impl Validator<'_> {
             None => Vec::new(),
             Some(p) if p.is_empty() => {
                 let l = field_line(self, "next_pins");
-                self.err(Some(key), Some("next_pins"), l, "empty: omit next_pins or list the pins about to roll out".into());
+                self.err(
+                    Some(key),
+                    Some("next_pins"),
+                    l,
+                    "empty: omit next_pins or list the pins about to roll out".into(),
+                );
                 Vec::new()
             }
             Some(p) => self.pins(key, "next_pins", p, field_line(self, "next_pins")),
@@ -472,7 +562,8 @@ impl Validator<'_> {
             None => d.trust.clone(),
             Some(t) => {
                 let l = field_line(self, "trust");
-                self.trust(t, Some(key), "trust", l).unwrap_or(Trust::WebPki)
+                self.trust(t, Some(key), "trust", l)
+                    .unwrap_or(Trust::WebPki)
             }
         };
         if matches!(trust, Trust::PinOnly) && mode == Mode::Report {
@@ -499,12 +590,22 @@ impl Validator<'_> {
                             };
                             self.warn(Some(key), Some("expires"), l, what.into());
                         } else if end - self.now < time::Duration::days(30) {
-                            self.warn(Some(key), Some("expires"), l, format!("pinset expires within 30 days ({s})"));
+                            self.warn(
+                                Some(key),
+                                Some("expires"),
+                                l,
+                                format!("pinset expires within 30 days ({s})"),
+                            );
                         }
                         Some(end)
                     }
                     Err(()) => {
-                        self.err(Some(key), Some("expires"), l, format!("invalid date {s:?}: expected YYYY-MM-DD"));
+                        self.err(
+                            Some(key),
+                            Some("expires"),
+                            l,
+                            format!("invalid date {s:?}: expected YYYY-MM-DD"),
+                        );
                         None
                     }
                 }
@@ -523,14 +624,24 @@ impl Validator<'_> {
                 Ok(a) => Some(a),
                 Err(_) => {
                     let l = field_line(self, "address");
-                    self.err(Some(key), Some("address"), l, format!("{a:?} is not IP:port (e.g. 10.0.0.7:8443 or [fd00::7]:443)"));
+                    self.err(
+                        Some(key),
+                        Some("address"),
+                        l,
+                        format!("{a:?} is not IP:port (e.g. 10.0.0.7:8443 or [fd00::7]:443)"),
+                    );
                     None
                 }
             },
         };
         if address.is_some() && key.starts_with("*.") {
             let l = field_line(self, "address");
-            self.err(Some(key), Some("address"), l, "a wildcard entry cannot name one address".into());
+            self.err(
+                Some(key),
+                Some("address"),
+                l,
+                "a wildcard entry cannot name one address".into(),
+            );
         }
         if self.problems.len() != before {
             return None;
@@ -561,18 +672,39 @@ impl Validator<'_> {
         for (i, p) in raw.iter().enumerate() {
             match p.parse::<Pin>() {
                 Ok(pin) if out.contains(&pin) => {
-                    self.err(Some(key), Some(&format!("{field}[{i}]")), line, format!("duplicate pin {pin}"));
+                    self.err(
+                        Some(key),
+                        Some(&format!("{field}[{i}]")),
+                        line,
+                        format!("duplicate pin {pin}"),
+                    );
                 }
                 Ok(pin) => out.push(pin),
-                Err(e) => self.err(Some(key), Some(&format!("{field}[{i}]")), line, e.to_string()),
+                Err(e) => self.err(
+                    Some(key),
+                    Some(&format!("{field}[{i}]")),
+                    line,
+                    e.to_string(),
+                ),
             }
         }
         out
     }
 
-    fn ports(&mut self, raw: Vec<u16>, host: Option<&str>, field: &str, line: Option<usize>) -> Vec<u16> {
+    fn ports(
+        &mut self,
+        raw: Vec<u16>,
+        host: Option<&str>,
+        field: &str,
+        line: Option<usize>,
+    ) -> Vec<u16> {
         if raw.is_empty() {
-            self.err(host, Some(field), line, "empty: list at least one port".into());
+            self.err(
+                host,
+                Some(field),
+                line,
+                "empty: list at least one port".into(),
+            );
         }
         if raw.contains(&0) {
             self.err(host, Some(field), line, "port 0 is not a port".into());
@@ -580,12 +712,23 @@ impl Validator<'_> {
         raw
     }
 
-    fn trust(&mut self, raw: &str, host: Option<&str>, field: &str, line: Option<usize>) -> Option<Trust> {
+    fn trust(
+        &mut self,
+        raw: &str,
+        host: Option<&str>,
+        field: &str,
+        line: Option<usize>,
+    ) -> Option<Trust> {
         match raw {
             "webpki" => Some(Trust::WebPki),
             "pin-only" => Some(Trust::PinOnly),
             "" => {
-                self.err(host, Some(field), line, "empty: use webpki, pin-only or a path to a PEM CA bundle".into());
+                self.err(
+                    host,
+                    Some(field),
+                    line,
+                    "empty: use webpki, pin-only or a path to a PEM CA bundle".into(),
+                );
                 None
             }
             path => {
@@ -631,7 +774,10 @@ impl Validator<'_> {
             if indent(l) <= host_indent {
                 return None;
             }
-            if l.trim_start().strip_prefix(field).is_some_and(|r| r.starts_with(':')) {
+            if l.trim_start()
+                .strip_prefix(field)
+                .is_some_and(|r| r.starts_with(':'))
+            {
                 return Some(i + 1);
             }
         }
@@ -651,16 +797,25 @@ fn parse_date(s: &str) -> Result<time::Date, ()> {
 
 /// Reads a PEM CA bundle into trust anchors.
 pub fn load_bundle(path: &Path) -> Result<Arc<[TrustAnchor<'static>]>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
     let mut anchors = Vec::new();
     for (i, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
-        let cert = cert.map_err(|e| format!("CA bundle {}: certificate {i}: {e}", path.display()))?;
-        let anchor = webpki::anchor_from_trusted_cert(&cert)
-            .map_err(|e| format!("CA bundle {}: certificate {i} is not usable as a trust anchor: {e:?}", path.display()))?;
+        let cert =
+            cert.map_err(|e| format!("CA bundle {}: certificate {i}: {e}", path.display()))?;
+        let anchor = webpki::anchor_from_trusted_cert(&cert).map_err(|e| {
+            format!(
+                "CA bundle {}: certificate {i} is not usable as a trust anchor: {e:?}",
+                path.display()
+            )
+        })?;
         anchors.push(anchor.to_owned());
     }
     if anchors.is_empty() {
-        return Err(format!("CA bundle {} holds no PEM certificate", path.display()));
+        return Err(format!(
+            "CA bundle {} holds no PEM certificate",
+            path.display()
+        ));
     }
     Ok(anchors.into())
 }
@@ -674,7 +829,23 @@ fn is_public_suffix(base: &str) -> bool {
         [_] => true,
         [sld, tld] => {
             tld.len() == 2
-                && matches!(*sld, "co" | "com" | "net" | "org" | "gov" | "edu" | "ac" | "or" | "ne" | "go" | "gob" | "mil" | "nic" | "ltd" | "plc")
+                && matches!(
+                    *sld,
+                    "co" | "com"
+                        | "net"
+                        | "org"
+                        | "gov"
+                        | "edu"
+                        | "ac"
+                        | "or"
+                        | "ne"
+                        | "go"
+                        | "gob"
+                        | "mil"
+                        | "nic"
+                        | "ltd"
+                        | "plc"
+                )
         }
         _ => false,
     }
@@ -758,9 +929,18 @@ mod tests {
         let p = ok(&format!(
             "version: 1\nhosts:\n  \"*.example.test\":\n    pins: [{PIN_A}, {PIN_B}]\n  special.example.test:\n    pins: [{PIN_B}, {PIN_A}]\n"
         ));
-        assert_eq!(name_of(&p, "a.example.test").as_deref(), Some("*.example.test"));
-        assert_eq!(name_of(&p, "A.EXAMPLE.TEST.").as_deref(), Some("*.example.test"));
-        assert_eq!(name_of(&p, "special.example.test").as_deref(), Some("special.example.test"));
+        assert_eq!(
+            name_of(&p, "a.example.test").as_deref(),
+            Some("*.example.test")
+        );
+        assert_eq!(
+            name_of(&p, "A.EXAMPLE.TEST.").as_deref(),
+            Some("*.example.test")
+        );
+        assert_eq!(
+            name_of(&p, "special.example.test").as_deref(),
+            Some("special.example.test")
+        );
         for miss in [
             "example.test",
             "a.b.example.test",
@@ -813,13 +993,18 @@ mod tests {
         let problems = bad(&format!(
             "version: 1\nhosts:\n  api.test:\n    pins: [{PIN_A}]\n  API.test.:\n    pins: [{PIN_B}]\n"
         ));
-        assert!(problems[0].message.contains("duplicate host"), "{problems:?}");
+        assert!(
+            problems[0].message.contains("duplicate host"),
+            "{problems:?}"
+        );
         assert_eq!(problems[0].line, Some(5));
     }
 
     #[test]
     fn unknown_field_reports_line_and_column() {
-        let problems = bad(&format!("version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    report_onyl: true\n"));
+        let problems = bad(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    report_onyl: true\n"
+        ));
         assert_eq!(problems[0].line, Some(5), "{problems:?}");
         assert!(problems[0].message.contains("report_onyl"));
     }
@@ -834,15 +1019,23 @@ mod tests {
 
     #[test]
     fn expiry_and_warnings() {
-        let p = ok(&format!("version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-12-01\n"));
+        let p = ok(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-12-01\n"
+        ));
         let h = &p.hosts[0];
         assert!(!h.pins_expired(now()));
         assert!(!h.pins_expired(time::macros::datetime!(2026-12-01 23:59 UTC)));
         assert!(h.pins_expired(time::macros::datetime!(2026-12-02 00:00 UTC)));
         assert_eq!(h.expires_date(), Some(time::macros::date!(2026 - 12 - 01)));
-        let w: Vec<_> = p.warnings.iter().map(|w| w.field.clone().unwrap_or_default()).collect();
+        let w: Vec<_> = p
+            .warnings
+            .iter()
+            .map(|w| w.field.clone().unwrap_or_default())
+            .collect();
         assert_eq!(w, vec!["expires", "pins"]);
-        let problems = bad(&format!("version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-13-01\n"));
+        let problems = bad(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-13-01\n"
+        ));
         assert_eq!(problems[0].field.as_deref(), Some("expires"));
     }
 

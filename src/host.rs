@@ -144,8 +144,14 @@ mod tests {
 
     #[test]
     fn case_and_trailing_dot_normalize() {
-        assert_eq!(Host::parse("API.Example.COM.").unwrap(), name("api.example.com"));
-        assert_eq!(Host::parse("api.example.com").unwrap(), name("api.example.com"));
+        assert_eq!(
+            Host::parse("API.Example.COM.").unwrap(),
+            name("api.example.com")
+        );
+        assert_eq!(
+            Host::parse("api.example.com").unwrap(),
+            name("api.example.com")
+        );
         assert_eq!(Host::parse("a.b.").unwrap(), Host::parse("A.B").unwrap());
         // Only one trailing dot is ignored.
         assert_eq!(Host::parse("a.b.."), Err(Error::EmptyLabel));
@@ -157,9 +163,22 @@ mod tests {
             Host::parse("127.0.0.1").unwrap(),
             Host::Ip("127.0.0.1".parse().unwrap())
         );
-        assert_eq!(Host::parse("[::1]").unwrap(), Host::Ip("::1".parse().unwrap()));
-        assert_eq!(Host::parse("::1").unwrap(), Host::Ip("::1".parse().unwrap()));
-        for bad in ["2130706433", "0x7f.1", "127.1", "0x7f000001", "127.000.0.1", "1.2.3.4.5"] {
+        assert_eq!(
+            Host::parse("[::1]").unwrap(),
+            Host::Ip("::1".parse().unwrap())
+        );
+        assert_eq!(
+            Host::parse("::1").unwrap(),
+            Host::Ip("::1".parse().unwrap())
+        );
+        for bad in [
+            "2130706433",
+            "0x7f.1",
+            "127.1",
+            "0x7f000001",
+            "127.000.0.1",
+            "1.2.3.4.5",
+        ] {
             assert!(
                 matches!(Host::parse(bad), Err(Error::NonCanonicalIp(_))),
                 "{bad} must be refused"

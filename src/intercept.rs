@@ -73,24 +73,41 @@ struct LeafCache {
 
 impl Intercept {
     /// Generates a fresh CA that lives only in this process.
-    pub fn generate(provider: Arc<CryptoProvider>, metrics: Arc<Metrics>, capacity: usize) -> Result<Self, Error> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| Error::Ca(e.to_string()))?;
+    pub fn generate(
+        provider: Arc<CryptoProvider>,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+    ) -> Result<Self, Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| Error::Ca(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "pinproxy");
         dn.push(DnType::CommonName, "pinproxy pod CA");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(365);
-        let cert = params.self_signed(&key).map_err(|e| Error::Ca(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| Error::Ca(e.to_string()))?;
         Ok(Self::from_parts(cert, key, provider, metrics, capacity))
     }
 
     /// Loads a CA certificate and key (PEM) — for instance from a Secret.
-    pub fn load(cert: &Path, key: &Path, provider: Arc<CryptoProvider>, metrics: Arc<Metrics>, capacity: usize) -> Result<Self, Error> {
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        provider: Arc<CryptoProvider>,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+    ) -> Result<Self, Error> {
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|source| Error::Read {
                 path: p.to_path_buf(),
@@ -99,14 +116,21 @@ impl Intercept {
         };
         let cert_pem = read(cert)?;
         let key_pem = read(key)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| Error::Ca(format!("{}: {e}", key.display())))?;
-        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| Error::Ca(format!("{}: {e}", key.display())))?;
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem)
+            .map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
         if !matches!(params.is_ca, IsCa::Ca(_)) {
-            return Err(Error::Ca(format!("{} is not a CA certificate", cert.display())));
+            return Err(Error::Ca(format!(
+                "{} is not a CA certificate",
+                cert.display()
+            )));
         }
         // rcgen signs with an issuer object; the clients trust the original
         // PEM, which has the same subject and key.
-        let issuer = params.self_signed(&key).map_err(|e| Error::Ca(e.to_string()))?;
+        let issuer = params
+            .self_signed(&key)
+            .map_err(|e| Error::Ca(e.to_string()))?;
         if issuer.der().as_ref().is_empty() {
             return Err(Error::Ca("empty CA certificate".into()));
         }
@@ -115,7 +139,13 @@ impl Intercept {
         Ok(this)
     }
 
-    fn from_parts(ca_cert: rcgen::Certificate, ca_key: KeyPair, provider: Arc<CryptoProvider>, metrics: Arc<Metrics>, capacity: usize) -> Self {
+    fn from_parts(
+        ca_cert: rcgen::Certificate,
+        ca_key: KeyPair,
+        provider: Arc<CryptoProvider>,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+    ) -> Self {
         let ca_pem = ca_cert.pem();
         Self {
             ca_cert,
@@ -168,7 +198,10 @@ impl Intercept {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((minted, cfg)) = cache.entries.get(host) {
                 if minted.elapsed() < LEAF_REFRESH {
-                    self.metrics.minted_leaves.with_label_values(&["cached"]).inc();
+                    self.metrics
+                        .minted_leaves
+                        .with_label_values(&["cached"])
+                        .inc();
                     return Ok(cfg.clone());
                 }
             }
@@ -176,9 +209,16 @@ impl Intercept {
         // Minting happens outside the lock; two racing first requests for
         // one host may both mint, and one result wins.
         let cfg = Arc::new(self.mint(host)?);
-        self.metrics.minted_leaves.with_label_values(&["minted"]).inc();
+        self.metrics
+            .minted_leaves
+            .with_label_values(&["minted"])
+            .inc();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.entries.insert(host.clone(), (Instant::now(), cfg.clone())).is_none() {
+        if cache
+            .entries
+            .insert(host.clone(), (Instant::now(), cfg.clone()))
+            .is_none()
+        {
             cache.order.push_back(host.clone());
         }
         while cache.entries.len() > cache.capacity {
@@ -193,7 +233,11 @@ impl Intercept {
     }
 
     pub fn cached_leaves(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).entries.len()
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len()
     }
 
     fn mint(&self, host: &Host) -> Result<ServerConfig, Error> {
@@ -201,13 +245,18 @@ impl Intercept {
             host: host.to_string(),
             detail,
         };
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(e.to_string()))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| fail(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, host.to_string());
         params.distinguished_name = dn;
         params.subject_alt_names = vec![match host {
-            Host::Name(n) => SanType::DnsName(n.clone().try_into().map_err(|e: rcgen::Error| fail(e.to_string()))?),
+            Host::Name(n) => SanType::DnsName(
+                n.clone()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| fail(e.to_string()))?,
+            ),
             Host::Ip(ip) => SanType::IpAddress(*ip),
         }];
         params.is_ca = IsCa::ExplicitNoCa;
@@ -239,14 +288,22 @@ pub fn refusing_config(provider: Arc<CryptoProvider>) -> Option<Arc<ServerConfig
     #[derive(Debug)]
     struct Nothing;
     impl rustls::server::ResolvesServerCert for Nothing {
-        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
             None
         }
     }
     ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()
-        .map(|b| Arc::new(b.with_no_client_auth().with_cert_resolver(Arc::new(Nothing))))
+        .map(|b| {
+            Arc::new(
+                b.with_no_client_auth()
+                    .with_cert_resolver(Arc::new(Nothing)),
+            )
+        })
 }
 
 #[cfg(test)]

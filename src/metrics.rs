@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::verify::{Observer, Outcome, Verdict};
@@ -49,17 +49,23 @@ impl Metrics {
             .expect("a constant prefix is valid");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
             c
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
             g
         };
         let int_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
             g
         };
         let handshake_seconds = HistogramVec::new(
@@ -292,7 +298,11 @@ mod tests {
         let m = Metrics::new();
         m.connections_active.set(0);
         let text = String::from_utf8(m.render()).unwrap();
-        for name in ["pinproxy_denied_total", "pinproxy_config_reloads_total", "pinproxy_connections_active"] {
+        for name in [
+            "pinproxy_denied_total",
+            "pinproxy_config_reloads_total",
+            "pinproxy_connections_active",
+        ] {
             assert!(text.contains(name), "{name} missing");
         }
     }

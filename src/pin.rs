@@ -99,7 +99,10 @@ impl FromStr for Pin {
         let s = s.trim();
         let Some(b64) = s.strip_prefix(PREFIX) else {
             return match s.split_once('/') {
-                Some((alg, _)) if !alg.is_empty() && alg.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+                Some((alg, _))
+                    if !alg.is_empty()
+                        && alg.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+                {
                     Err(Error::Algorithm(alg.to_string()))
                 }
                 _ => Err(Error::NoPrefix),

@@ -70,7 +70,9 @@ impl ServerCertVerifier for Recorder {
             .collect();
         let fail = |seen: &mut Seen, msg: String| {
             seen.error = Some(msg);
-            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
         };
         let ee = match EndEntityCert::try_from(end_entity) {
             Ok(ee) => ee,
@@ -81,8 +83,13 @@ impl ServerCertVerifier for Recorder {
             let paths = Mutex::new(Vec::new());
             let record = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
                 let mut pins = vec![leaf];
-                pins.extend(path.intermediate_certificates().map(|c| Pin::of_spki_der(c.subject_public_key_info().as_ref())));
-                pins.push(Pin::of_spki_contents(path.anchor().subject_public_key_info.as_ref()));
+                pins.extend(
+                    path.intermediate_certificates()
+                        .map(|c| Pin::of_spki_der(c.subject_public_key_info().as_ref())),
+                );
+                pins.push(Pin::of_spki_contents(
+                    path.anchor().subject_public_key_info.as_ref(),
+                ));
                 paths.lock().unwrap_or_else(|e| e.into_inner()).push(pins);
                 // Refuse so webpki enumerates every valid path.
                 Err(webpki::Error::UnknownIssuer)
@@ -105,21 +112,36 @@ impl ServerCertVerifier for Recorder {
             seen.paths = vec![vec![leaf]];
         }
         if let Err(e) = ee.verify_is_valid_for_subject_name(server_name) {
-            return fail(&mut seen, format!("certificate not valid for the name: {e}"));
+            return fail(
+                &mut seen,
+                format!("certificate not valid for the name: {e}"),
+            );
         }
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -156,7 +178,11 @@ pub async fn probe(
         Host::Name(n) => ServerName::try_from(n.clone()).map_err(|e| e.to_string())?,
         Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
     };
-    let hs = tokio::time::timeout(timeout, TlsConnector::from(Arc::new(cfg)).connect(name, tcp)).await;
+    let hs = tokio::time::timeout(
+        timeout,
+        TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await;
     let mut seen = std::mem::take(&mut *recorder.seen.lock().unwrap_or_else(|e| e.into_inner()));
     match hs {
         Err(_) => return Err("TLS handshake timed out".into()),

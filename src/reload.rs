@@ -40,7 +40,11 @@ pub fn spawn(state: Arc<State>) -> Result<tokio::task::JoinHandle<()>, notify::E
     }))
 }
 
-fn watch_dirs(watcher: &mut impl Watcher, watched: &mut HashSet<PathBuf>, state: &State) -> Result<(), notify::Error> {
+fn watch_dirs(
+    watcher: &mut impl Watcher,
+    watched: &mut HashSet<PathBuf>,
+    state: &State,
+) -> Result<(), notify::Error> {
     let snap = state.snapshot.load();
     let files = std::iter::once(state.pins_path.clone()).chain(snap.policy.bundle_paths());
     for file in files {

@@ -240,12 +240,20 @@ impl Conn {
 impl Connector {
     /// Resolves (or takes the entry's `address`), dials each address in turn,
     /// and completes a pinned TLS handshake with SNI = `host`.
-    pub async fn connect(&self, host: &Host, port: u16) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    pub async fn connect(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         self.connect_with(host, port, &self.tls).await
     }
 
     /// As [`Connector::connect`], offering only HTTP/1.1 (for upgrades).
-    pub async fn connect_h1(&self, host: &Host, port: u16) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    pub async fn connect_h1(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         self.connect_with(host, port, &self.tls_h1).await
     }
 
@@ -277,7 +285,11 @@ impl Connector {
                     host,
                     format!(
                         "resolves only to private, loopback or link-local addresses ({})",
-                        addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
+                        addrs
+                            .iter()
+                            .map(|a| a.ip().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -288,7 +300,12 @@ impl Connector {
         Ok(addrs)
     }
 
-    async fn connect_with(&self, host: &Host, port: u16, tls: &Arc<ClientConfig>) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    async fn connect_with(
+        &self,
+        host: &Host,
+        port: u16,
+        tls: &Arc<ClientConfig>,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let label = match self.policy.lookup(host) {
             Decision::Listed(e) => e.name.as_str(),
             Decision::Unlisted => "unlisted",
@@ -297,15 +314,24 @@ impl Connector {
         let addrs = self.addresses(host, port).await?;
         let tcp = self.dial(host, &addrs).await?;
         let server_name = match host {
-            Host::Name(n) => ServerName::try_from(n.clone())
-                .map_err(|_| UpstreamError::new(Failure::Untrusted("wrong-name"), host, "not a valid TLS server name"))?,
+            Host::Name(n) => ServerName::try_from(n.clone()).map_err(|_| {
+                UpstreamError::new(
+                    Failure::Untrusted("wrong-name"),
+                    host,
+                    "not a valid TLS server name",
+                )
+            })?,
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
         };
         let handshake = TlsConnector::from(tls.clone()).connect(server_name, tcp);
         let tls = match tokio::time::timeout(self.timeouts.handshake, handshake).await {
             Err(_) => {
                 self.count_failure(label, "timeout");
-                return Err(UpstreamError::new(Failure::Timeout, host, "TLS handshake timed out"));
+                return Err(UpstreamError::new(
+                    Failure::Timeout,
+                    host,
+                    "TLS handshake timed out",
+                ));
             }
             Ok(Err(e)) => {
                 let (failure, reason, detail) = classify_tls(&e);
@@ -334,12 +360,24 @@ impl Connector {
             Host::Name(name) => {
                 let lookup = tokio::net::lookup_host((name.as_str(), port));
                 match tokio::time::timeout(self.timeouts.connect, lookup).await {
-                    Err(_) => Err(UpstreamError::new(Failure::Timeout, host, "DNS lookup timed out")),
-                    Ok(Err(e)) => Err(UpstreamError::new(Failure::Unreachable, host, format!("DNS lookup failed: {e}"))),
+                    Err(_) => Err(UpstreamError::new(
+                        Failure::Timeout,
+                        host,
+                        "DNS lookup timed out",
+                    )),
+                    Ok(Err(e)) => Err(UpstreamError::new(
+                        Failure::Unreachable,
+                        host,
+                        format!("DNS lookup failed: {e}"),
+                    )),
                     Ok(Ok(addrs)) => {
                         let addrs: Vec<SocketAddr> = addrs.collect();
                         if addrs.is_empty() {
-                            Err(UpstreamError::new(Failure::Unreachable, host, "DNS lookup returned no address"))
+                            Err(UpstreamError::new(
+                                Failure::Unreachable,
+                                host,
+                                "DNS lookup returned no address",
+                            ))
                         } else {
                             Ok(addrs)
                         }
@@ -357,23 +395,39 @@ impl Connector {
                     let _ = s.set_nodelay(true);
                     return Ok(s);
                 }
-                Ok(Err(e)) => last = Some(UpstreamError::new(Failure::Unreachable, host, format!("connect to {addr}: {e}"))),
-                Err(_) => last = Some(UpstreamError::new(Failure::Timeout, host, format!("connect to {addr} timed out"))),
+                Ok(Err(e)) => {
+                    last = Some(UpstreamError::new(
+                        Failure::Unreachable,
+                        host,
+                        format!("connect to {addr}: {e}"),
+                    ))
+                }
+                Err(_) => {
+                    last = Some(UpstreamError::new(
+                        Failure::Timeout,
+                        host,
+                        format!("connect to {addr} timed out"),
+                    ))
+                }
             }
         }
-        Err(last.unwrap_or_else(|| UpstreamError::new(Failure::Unreachable, host, "no address to connect to")))
+        Err(last.unwrap_or_else(|| {
+            UpstreamError::new(Failure::Unreachable, host, "no address to connect to")
+        }))
     }
 }
 
 fn classify_tls(e: &io::Error) -> (Failure, &'static str, String) {
-    let rustls_err = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let rustls_err = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_err {
         Some(r) => {
             let reason = verify::failure_reason(r);
             let failure = match r {
-                rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure) => {
-                    Failure::PinMismatch
-                }
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ) => Failure::PinMismatch,
                 rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
                     Failure::Untrusted(reason)
                 }
@@ -386,7 +440,11 @@ fn classify_tls(e: &io::Error) -> (Failure, &'static str, String) {
             "closed",
             "connection closed during the TLS handshake".into(),
         ),
-        None => (Failure::Tls("io"), "io", format!("TLS handshake failed: {e}")),
+        None => (
+            Failure::Tls("io"),
+            "io",
+            format!("TLS handshake failed: {e}"),
+        ),
     }
 }
 
@@ -440,7 +498,9 @@ impl tower_service::Service<Uri> for Connector {
                 detail: e.to_string(),
             })?;
             let port = uri.port_u16().unwrap_or(443);
-            this.connect(&host, port).await.map(|s| Conn(TokioIo::new(s)))
+            this.connect(&host, port)
+                .await
+                .map(|s| Conn(TokioIo::new(s)))
         })
     }
 }
@@ -467,7 +527,11 @@ impl hyper::rt::Read for Conn {
 }
 
 impl hyper::rt::Write for Conn {
-    fn poll_write(mut self: StdPin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: StdPin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         StdPin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -498,7 +562,19 @@ mod tests {
 
     #[test]
     fn private_ranges() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "172.32.0.1"] {

@@ -271,7 +271,12 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -280,7 +285,12 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -317,8 +327,9 @@ pub fn failure_reason(e: &rustls::Error) -> &'static str {
                 "not-yet-valid"
             }
             CertificateError::UnknownIssuer => "unknown-issuer",
-            CertificateError::NotValidForName
-            | CertificateError::NotValidForNameContext { .. } => "wrong-name",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "wrong-name"
+            }
             CertificateError::BadSignature => "bad-signature",
             CertificateError::Revoked => "revoked",
             CertificateError::BadEncoding => "bad-encoding",

@@ -18,7 +18,11 @@ async fn serve(pki: &Pki) -> Upstream {
 }
 
 async fn proxy_for(pki: &Pki, pins: &[Pin], extra: &str, up: &Upstream) -> Proxy {
-    proxy(&pinset(HOST, pins, extra, up.addr), &[("ca.pem", pki.root.pem())]).await
+    proxy(
+        &pinset(HOST, pins, extra, up.addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -48,7 +52,11 @@ async fn rogue_but_trusted_ca_is_a_pin_mismatch() {
     let up = serve(&rogue).await;
     // Both roots are trusted: the rogue chain is valid, only the pin fails.
     let bundle = format!("{}{}", real.root.pem(), rogue.root.pem());
-    let p = proxy(&pinset(HOST, &[real.int.pin(), real.root.pin()], "", up.addr), &[("ca.pem", bundle)]).await;
+    let p = proxy(
+        &pinset(HOST, &[real.int.pin(), real.root.pin()], "", up.addr),
+        &[("ca.pem", bundle)],
+    )
+    .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.error(), Some("pin-mismatch"));
@@ -69,13 +77,37 @@ async fn pinned_intermediate_sent_as_an_extra_certificate_does_not_count() {
     let rogue_leaf = leaf(&[HOST], &lookalike);
     let bundle = format!("{}{}", real.root.pem(), rogue_root.pem());
     for (what, chain) in [
-        ("appended", vec![rogue_leaf.cert.clone(), lookalike.der(), real.int.der(), real.root.der()]),
-        ("placed first", vec![rogue_leaf.cert.clone(), real.int.der(), real.root.der(), lookalike.der()]),
+        (
+            "appended",
+            vec![
+                rogue_leaf.cert.clone(),
+                lookalike.der(),
+                real.int.der(),
+                real.root.der(),
+            ],
+        ),
+        (
+            "placed first",
+            vec![
+                rogue_leaf.cert.clone(),
+                real.int.der(),
+                real.root.der(),
+                lookalike.der(),
+            ],
+        ),
     ] {
         let up = upstream(chain, rogue_leaf.key_der(), UpstreamOpts::new("rogue")).await;
-        let p = proxy(&pinset(HOST, &[real.int.pin(), real.root.pin()], "", up.addr), &[("ca.pem", bundle.clone())]).await;
+        let p = proxy(
+            &pinset(HOST, &[real.int.pin(), real.root.pin()], "", up.addr),
+            &[("ca.pem", bundle.clone())],
+        )
+        .await;
         let r = get(p.addr, &url("/")).await;
-        assert_eq!((r.status.as_u16(), r.error()), (502, Some("pin-mismatch")), "{what}: {r:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.error()),
+            (502, Some("pin-mismatch")),
+            "{what}: {r:?}"
+        );
         assert_eq!(p.mismatches(HOST, "enforce"), 1, "{what}");
     }
 }
@@ -94,11 +126,19 @@ async fn cross_signed_paths_pass_when_either_carries_a_pin() {
         let chain = vec![l.cert.clone(), order[0].clone(), order[1].clone()];
         let up = upstream(chain, l.key_der(), UpstreamOpts::new("cross")).await;
         for pin in [root_a.pin(), root_b.pin()] {
-            let p = proxy(&pinset(HOST, &[pin], "", up.addr), &[("ca.pem", bundle.clone())]).await;
+            let p = proxy(
+                &pinset(HOST, &[pin], "", up.addr),
+                &[("ca.pem", bundle.clone())],
+            )
+            .await;
             let r = get(p.addr, &url("/")).await;
             assert_eq!(r.status, 200, "pin {pin}: {r:?}");
         }
-        let p = proxy(&pinset(HOST, &[Pin::from_bytes([1; 32])], "", up.addr), &[("ca.pem", bundle.clone())]).await;
+        let p = proxy(
+            &pinset(HOST, &[Pin::from_bytes([1; 32])], "", up.addr),
+            &[("ca.pem", bundle.clone())],
+        )
+        .await;
         let r = get(p.addr, &url("/")).await;
         assert_eq!(r.error(), Some("pin-mismatch"), "{r:?}");
     }
@@ -109,18 +149,36 @@ async fn cross_signed_paths_pass_when_either_carries_a_pin() {
 async fn expired_or_wrong_name_fails_even_when_pinned() {
     let pki = Pki::new(&[HOST]);
     let expired = leaf_with(&[HOST], &pki.int, LeafOpts { expired: true }, None);
-    let up = upstream(vec![expired.cert.clone(), pki.int.der()], expired.key_der(), UpstreamOpts::new("expired")).await;
+    let up = upstream(
+        vec![expired.cert.clone(), pki.int.der()],
+        expired.key_der(),
+        UpstreamOpts::new("expired"),
+    )
+    .await;
     let p = proxy_for(&pki, &[expired.pin(), pki.int.pin()], "", &up).await;
     let r = get(p.addr, &url("/")).await;
-    assert_eq!((r.status.as_u16(), r.error()), (502, Some("untrusted-certificate")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("untrusted-certificate")),
+        "{r:?}"
+    );
     assert_eq!(p.tls_failures(HOST, "expired"), 1);
     assert_eq!(p.mismatches(HOST, "enforce"), 0);
 
     let wrong = leaf(&["other.pinned.test"], &pki.int);
-    let up = upstream(vec![wrong.cert.clone(), pki.int.der()], wrong.key_der(), UpstreamOpts::new("wrong")).await;
+    let up = upstream(
+        vec![wrong.cert.clone(), pki.int.der()],
+        wrong.key_der(),
+        UpstreamOpts::new("wrong"),
+    )
+    .await;
     let p = proxy_for(&pki, &[wrong.pin(), pki.int.pin()], "", &up).await;
     let r = get(p.addr, &url("/")).await;
-    assert_eq!((r.status.as_u16(), r.error()), (502, Some("untrusted-certificate")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("untrusted-certificate")),
+        "{r:?}"
+    );
     assert_eq!(p.tls_failures(HOST, "wrong-name"), 1);
 }
 
@@ -130,22 +188,44 @@ async fn expired_or_wrong_name_fails_even_when_pinned() {
 async fn impostor_signing_with_another_key_is_refused() {
     let pki = Pki::new(&[HOST]);
     let impostor_key = leaf(&[HOST], &pki.int).key_der();
-    for (trust_extra, pins) in [("", vec![pki.leaf.pin(), pki.int.pin()]), ("    trust: pin-only\n", vec![pki.leaf.pin()])] {
-        for (version, opts) in [("1.2", UpstreamOpts::new("impostor").tls12_only()), ("1.3", UpstreamOpts::new("impostor").tls13_only())] {
+    for (trust_extra, pins) in [
+        ("", vec![pki.leaf.pin(), pki.int.pin()]),
+        ("    trust: pin-only\n", vec![pki.leaf.pin()]),
+    ] {
+        for (version, opts) in [
+            ("1.2", UpstreamOpts::new("impostor").tls12_only()),
+            ("1.3", UpstreamOpts::new("impostor").tls13_only()),
+        ] {
             let up = upstream(pki.chain(), impostor_key.clone_key(), opts).await;
             let yaml = pinset(HOST, &pins, "", up.addr);
-            let yaml = if trust_extra.is_empty() { yaml } else { yaml.replace("    trust: ca.pem\n", trust_extra) };
+            let yaml = if trust_extra.is_empty() {
+                yaml
+            } else {
+                yaml.replace("    trust: ca.pem\n", trust_extra)
+            };
             let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
             let r = get(p.addr, &url("/")).await;
             assert_eq!(r.status, 502, "TLS {version} {trust_extra:?}: {r:?}");
-            assert_eq!(r.error(), Some("untrusted-certificate"), "TLS {version} {trust_extra:?}: {r:?}");
-            assert_eq!(p.tls_failures(HOST, "bad-signature"), 1, "TLS {version} {trust_extra:?}");
+            assert_eq!(
+                r.error(),
+                Some("untrusted-certificate"),
+                "TLS {version} {trust_extra:?}: {r:?}"
+            );
+            assert_eq!(
+                p.tls_failures(HOST, "bad-signature"),
+                1,
+                "TLS {version} {trust_extra:?}"
+            );
             assert_eq!(p.requests(HOST, "ok"), 0);
         }
         // The genuine server with the same settings passes.
         let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
         let yaml = pinset(HOST, &pins, "", up.addr);
-        let yaml = if trust_extra.is_empty() { yaml } else { yaml.replace("    trust: ca.pem\n", trust_extra) };
+        let yaml = if trust_extra.is_empty() {
+            yaml
+        } else {
+            yaml.replace("    trust: ca.pem\n", trust_extra)
+        };
         let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
         assert_eq!(get(p.addr, &url("/")).await.status, 200, "{trust_extra:?}");
     }
@@ -156,7 +236,9 @@ async fn pin_only_accepts_the_leaf_key_only() {
     // A self-signed-style internal service: its CA is trusted by nobody.
     let pki = Pki::new(&[HOST]);
     let up = serve(&pki).await;
-    let yaml = |pin: Pin| pinset(HOST, &[pin], "", up.addr).replace("    trust: ca.pem\n", "    trust: pin-only\n");
+    let yaml = |pin: Pin| {
+        pinset(HOST, &[pin], "", up.addr).replace("    trust: ca.pem\n", "    trust: pin-only\n")
+    };
     let p = proxy(&yaml(pki.leaf.pin()), &[]).await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -164,13 +246,23 @@ async fn pin_only_accepts_the_leaf_key_only() {
     // An intermediate pin proves nothing without a validated chain.
     let p = proxy(&yaml(pki.int.pin()), &[]).await;
     let r = get(p.addr, &url("/")).await;
-    assert_eq!((r.status.as_u16(), r.error()), (502, Some("pin-mismatch")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("pin-mismatch")),
+        "{r:?}"
+    );
     assert_eq!(p.mismatches(HOST, "enforce"), 1);
 
     // The name is still checked.
     let wrong = leaf(&["other.test"], &pki.int);
-    let up2 = upstream(vec![wrong.cert.clone()], wrong.key_der(), UpstreamOpts::new("wrong")).await;
-    let y = pinset(HOST, &[wrong.pin()], "", up2.addr).replace("    trust: ca.pem\n", "    trust: pin-only\n");
+    let up2 = upstream(
+        vec![wrong.cert.clone()],
+        wrong.key_der(),
+        UpstreamOpts::new("wrong"),
+    )
+    .await;
+    let y = pinset(HOST, &[wrong.pin()], "", up2.addr)
+        .replace("    trust: ca.pem\n", "    trust: pin-only\n");
     let p = proxy(&y, &[]).await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(r.error(), Some("untrusted-certificate"), "{r:?}");
@@ -198,7 +290,13 @@ async fn report_mode_passes_and_counts() {
 async fn expired_pinset_is_not_enforced_but_pin_only_fails_closed() {
     let pki = Pki::new(&[HOST]);
     let up = serve(&pki).await;
-    let p = proxy_for(&pki, &[Pin::from_bytes([9; 32])], "    expires: 2020-01-01\n", &up).await;
+    let p = proxy_for(
+        &pki,
+        &[Pin::from_bytes([9; 32])],
+        "    expires: 2020-01-01\n",
+        &up,
+    )
+    .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(r.status, 200, "expired pins are not enforced: {r:?}");
     assert_eq!(p.mismatches(HOST, "enforce"), 0);
@@ -206,21 +304,46 @@ async fn expired_pinset_is_not_enforced_but_pin_only_fails_closed() {
     // CA validation still applies after expiry.
     let rogue = Pki::new(&[HOST]);
     let up2 = serve(&rogue).await;
-    let p = proxy_for(&pki, &[Pin::from_bytes([9; 32])], "    expires: 2020-01-01\n", &up2).await;
-    assert_eq!(get(p.addr, &url("/")).await.error(), Some("untrusted-certificate"));
+    let p = proxy_for(
+        &pki,
+        &[Pin::from_bytes([9; 32])],
+        "    expires: 2020-01-01\n",
+        &up2,
+    )
+    .await;
+    assert_eq!(
+        get(p.addr, &url("/")).await.error(),
+        Some("untrusted-certificate")
+    );
 
     // Pin-only has nothing left once its pins expire: fail closed, even
     // with the right leaf pin.
-    let y = pinset(HOST, &[pki.leaf.pin()], "    expires: 2020-01-01\n", up.addr).replace("    trust: ca.pem\n", "    trust: pin-only\n");
+    let y = pinset(
+        HOST,
+        &[pki.leaf.pin()],
+        "    expires: 2020-01-01\n",
+        up.addr,
+    )
+    .replace("    trust: ca.pem\n", "    trust: pin-only\n");
     let p = proxy(&y, &[]).await;
     let r = get(p.addr, &url("/")).await;
-    assert_eq!((r.status.as_u16(), r.error()), (502, Some("pin-mismatch")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("pin-mismatch")),
+        "{r:?}"
+    );
     assert!(r.body.contains("expired"), "{}", r.body);
 }
 
 #[tokio::test]
 async fn host_spellings_wildcards_unlisted_and_ports() {
-    let pki = Pki::new(&["a.wild.test", "b.wild.test", "a.b.wild.test", "wild.test", HOST]);
+    let pki = Pki::new(&[
+        "a.wild.test",
+        "b.wild.test",
+        "a.b.wild.test",
+        "wild.test",
+        HOST,
+    ]);
     let up = serve(&pki).await;
     let yaml = format!(
         "version: 1\nhosts:\n  \"*.wild.test\":\n    pins: [{int}]\n    trust: ca.pem\n  {HOST}:\n    pins: [{int}]\n    trust: ca.pem\n    address: {addr}\n",
@@ -237,7 +360,11 @@ async fn host_spellings_wildcards_unlisted_and_ports() {
     // Wildcards cover exactly one label; other names are unlisted (denied).
     for miss in ["wild.test", "a.b.wild.test", "evil-wild.test", "xwild.test"] {
         let r = get(p.addr, &format!("http://{miss}/")).await;
-        assert_eq!((r.status.as_u16(), r.error()), (403, Some("host-not-allowed")), "{miss}: {r:?}");
+        assert_eq!(
+            (r.status.as_u16(), r.error()),
+            (403, Some("host-not-allowed")),
+            "{miss}: {r:?}"
+        );
     }
     assert_eq!(p.denied("host-not-allowed"), 4);
     // a.wild.test matches the wildcard entry: its port rule applies, not
@@ -248,7 +375,11 @@ async fn host_spellings_wildcards_unlisted_and_ports() {
     assert_eq!(r.error(), Some("port-not-allowed"), "{r:?}");
     // Port not allowed.
     let r = get(p.addr, &format!("http://{HOST}:8443/")).await;
-    assert_eq!((r.status.as_u16(), r.error()), (403, Some("port-not-allowed")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (403, Some("port-not-allowed")),
+        "{r:?}"
+    );
     assert_eq!(p.denied("port-not-allowed"), 3);
 }
 
@@ -266,7 +397,11 @@ async fn unlisted_allow_validates_the_chain_without_pins() {
     let yaml = yaml.replace("  allow_private: true\n", "");
     let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
     let r = get(p.addr, &format!("http://127.0.0.1:{port}/x")).await;
-    assert_eq!((r.status.as_u16(), r.error()), (403, Some("private-address")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (403, Some("private-address")),
+        "{r:?}"
+    );
     assert_eq!(p.denied("private-address"), 1);
     // An untrusted chain fails for unlisted hosts too.
     let other = Pki::new(&["127.0.0.1"]);
@@ -284,11 +419,26 @@ async fn absolute_url_wins_over_host_header() {
     let p = proxy_for(&pki, &[pki.int.pin()], "", &up).await;
     let r = get_with(p.addr, &url("/x"), &[("host", "evil.example")]).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body.contains(&format!("host={HOST}")), "upstream saw: {}", r.body);
+    assert!(
+        r.body.contains(&format!("host={HOST}")),
+        "upstream saw: {}",
+        r.body
+    );
     // Userinfo never changes the host: it is refused outright.
-    let r = raw(p.addr, format!("GET http://evil.example@{HOST}/ HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let r = raw(
+        p.addr,
+        format!(
+            "GET http://evil.example@{HOST}/ HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-    assert!(r.to_ascii_lowercase().contains("x-pinproxy-error: bad-request"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("x-pinproxy-error: bad-request"),
+        "{r}"
+    );
 }
 
 /// Chromium CanPool / OkHttp isEligible: a connection verified for one host
@@ -310,10 +460,18 @@ async fn two_hosts_on_one_server_never_share_a_connection() {
     // Same proxy connection, same upstream server and certificate, but b's
     // pins differ: it must get its own, failing, handshake.
     let r = c.get("http://b.shared.test/", &[]).await;
-    assert_eq!((r.status.as_u16(), r.error()), (502, Some("pin-mismatch")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("pin-mismatch")),
+        "{r:?}"
+    );
     let r = c.get("http://a.shared.test/", &[]).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 2, "a reused its pooled connection; b made its own");
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "a reused its pooled connection; b made its own"
+    );
 }
 
 #[tokio::test]
@@ -321,19 +479,43 @@ async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
     let pki = Pki::new(&[HOST]);
     let up = serve(&pki).await;
     let p = proxy_for(&pki, &[pki.int.pin()], "", &up).await;
-    let r = raw(p.addr, b"GET /relative HTTP/1.1\r\nHost: api.pinned.test\r\nConnection: close\r\n\r\n").await;
+    let r = raw(
+        p.addr,
+        b"GET /relative HTTP/1.1\r\nHost: api.pinned.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-    assert!(r.to_ascii_lowercase().contains("x-pinproxy-error: bad-request"), "{r}");
-    for bad in ["http://0x7f.1/", "http://2130706433/", "ftp://api.pinned.test/"] {
-        let r = raw(p.addr, format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("x-pinproxy-error: bad-request"),
+        "{r}"
+    );
+    for bad in [
+        "http://0x7f.1/",
+        "http://2130706433/",
+        "ftp://api.pinned.test/",
+    ] {
+        let r = raw(
+            p.addr,
+            format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
-        assert!(r.to_ascii_lowercase().contains("x-pinproxy-error: bad-request"), "{bad}: {r}");
+        assert!(
+            r.to_ascii_lowercase()
+                .contains("x-pinproxy-error: bad-request"),
+            "{bad}: {r}"
+        );
     }
     // Bytes that are not HTTP at all.
     let r = raw(p.addr, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
     // Non-ASCII host bytes.
-    let r = raw(p.addr, "GET http://api\u{3002}pinned.test/ HTTP/1.1\r\nHost: x\r\n\r\n".as_bytes()).await;
+    let r = raw(
+        p.addr,
+        "GET http://api\u{3002}pinned.test/ HTTP/1.1\r\nHost: x\r\n\r\n".as_bytes(),
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
     // The first four are answered by pinproxy (with the reason header);
     // unparseable bytes by the HTTP parser; all six are counted.
@@ -357,7 +539,12 @@ async fn keep_alive_reuses_the_pinned_connection_and_streams_bodies() {
     }
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
     // HTTP/1.1-only upstream.
-    let up1 = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("h1").h1_only()).await;
+    let up1 = upstream(
+        pki.chain(),
+        pki.leaf.key_der(),
+        UpstreamOpts::new("h1").h1_only(),
+    )
+    .await;
     let p = proxy_for(&pki, &[pki.int.pin()], "", &up1).await;
     let r = get(p.addr, &url("/")).await;
     assert!(r.body.contains("version=HTTP/1.1"), "{}", r.body);
@@ -367,8 +554,19 @@ async fn keep_alive_reuses_the_pinned_connection_and_streams_bodies() {
 async fn unreachable_upstream_is_502() {
     let pki = Pki::new(&[HOST]);
     // Bind then drop to get a closed port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let p = proxy(&pinset(HOST, &[pki.int.pin()], "", closed), &[("ca.pem", pki.root.pem())]).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", closed),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
     let r = get(p.addr, &url("/")).await;
-    assert_eq!((r.status.as_u16(), r.error()), (502, Some("upstream-unreachable")), "{r:?}");
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("upstream-unreachable")),
+        "{r:?}"
+    );
 }

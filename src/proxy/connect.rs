@@ -28,7 +28,11 @@ use crate::config::{Decision, HostPolicy};
 use crate::host::Host;
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    tracker: TaskTracker,
+) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
         Err(msg) => return deny(&state, StatusCode::BAD_REQUEST, "bad-request", "", &msg),
@@ -55,7 +59,12 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, tracker: TaskTrac
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "minting an interception certificate");
-                    return super::refuse(StatusCode::BAD_GATEWAY, "upstream-tls-error", &target.host.to_string(), "cannot mint an interception certificate");
+                    return super::refuse(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream-tls-error",
+                        &target.host.to_string(),
+                        "cannot mint an interception certificate",
+                    );
                 }
             };
             let upgrade = hyper::upgrade::on(req);
@@ -73,16 +82,28 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, tracker: TaskTrac
 /// Validates a CONNECT target: authority form `host:port`, nothing else.
 pub fn parse_connect<B>(req: &Request<B>) -> Result<Target, String> {
     let uri = req.uri();
-    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+    if uri.scheme().is_some()
+        || uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
         return Err("CONNECT target must be host:port".into());
     }
-    let authority = uri.authority().ok_or_else(|| "CONNECT target must be host:port".to_string())?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "CONNECT target must be host:port".to_string())?;
     let (host, port) = split_authority(authority)?;
     let port = port.ok_or_else(|| "CONNECT target needs a port (host:port)".to_string())?;
     Ok(Target { host, port })
 }
 
-async fn tunnel_unlisted(state: Arc<State>, snap: Arc<Snapshot>, target: Target, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {
+async fn tunnel_unlisted(
+    state: Arc<State>,
+    snap: Arc<Snapshot>,
+    target: Target,
+    req: Request<Incoming>,
+    tracker: TaskTracker,
+) -> Response<Body> {
     // Dial before answering, so refusals (private address, unreachable)
     // are the answer to the CONNECT.
     let upstream = match snap.connector.dial_plain(&target.host, target.port).await {
@@ -122,7 +143,12 @@ async fn tunnel_unlisted(state: Arc<State>, snap: Arc<Snapshot>, target: Target,
 
 /// Resolves when a reload changes what the policy says for `host`
 /// compared with `entry` (the entry the tunnel was admitted under).
-async fn entry_changed(state: &State, rx: &mut tokio::sync::watch::Receiver<u64>, host: &Host, entry: Option<&Arc<HostPolicy>>) {
+async fn entry_changed(
+    state: &State,
+    rx: &mut tokio::sync::watch::Receiver<u64>,
+    host: &Host,
+    entry: Option<&Arc<HostPolicy>>,
+) {
     loop {
         if rx.changed().await.is_err() {
             return std::future::pending().await;
@@ -151,14 +177,27 @@ fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
         && a.address == b.address
         && a.trust.describe() == b.trust.describe()
         && match (&a.trust, &b.trust) {
-            (crate::config::Trust::Bundle { anchors: x, .. }, crate::config::Trust::Bundle { anchors: y, .. }) => {
-                x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| p.subject_public_key_info == q.subject_public_key_info && p.subject == q.subject)
+            (
+                crate::config::Trust::Bundle { anchors: x, .. },
+                crate::config::Trust::Bundle { anchors: y, .. },
+            ) => {
+                x.len() == y.len()
+                    && x.iter().zip(y.iter()).all(|(p, q)| {
+                        p.subject_public_key_info == q.subject_public_key_info
+                            && p.subject == q.subject
+                    })
             }
             _ => true,
         }
 }
 
-async fn intercepted(state: Arc<State>, target: Target, entry: Arc<HostPolicy>, tls: Arc<rustls::ServerConfig>, up: Upgraded) {
+async fn intercepted(
+    state: Arc<State>,
+    target: Target,
+    entry: Arc<HostPolicy>,
+    tls: Arc<rustls::ServerConfig>,
+    up: Upgraded,
+) {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(up));
     let start = match tokio::time::timeout(state.limits.header_read_timeout, acceptor).await {
         Ok(Ok(s)) => s,
@@ -173,7 +212,12 @@ async fn intercepted(state: Arc<State>, target: Target, entry: Arc<HostPolicy>, 
     let sni = start.client_hello().server_name().map(Host::parse);
     if let Some(sni) = sni {
         if sni.as_ref() != Ok(&target.host) {
-            state.shared.metrics.denied.with_label_values(&["sni-mismatch"]).inc();
+            state
+                .shared
+                .metrics
+                .denied
+                .with_label_values(&["sni-mismatch"])
+                .inc();
             tracing::warn!(connect = %target.host, sni = ?sni, "refusing TLS inside CONNECT: SNI names another host");
             if let Some(refuse) = crate::intercept::refusing_config(state.shared.provider.clone()) {
                 let _ = start.into_stream(refuse).await;
@@ -181,7 +225,12 @@ async fn intercepted(state: Arc<State>, target: Target, entry: Arc<HostPolicy>, 
             return;
         }
     }
-    let stream = match tokio::time::timeout(state.limits.header_read_timeout, start.into_stream(tls)).await {
+    let stream = match tokio::time::timeout(
+        state.limits.header_read_timeout,
+        start.into_stream(tls),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, host = %target.host, "client TLS handshake failed");
@@ -219,7 +268,12 @@ async fn intercepted(state: Arc<State>, target: Target, entry: Arc<HostPolicy>, 
 
 /// One request inside an intercepted tunnel. The target is always the
 /// CONNECT host: the inner `Host` / `:authority` cannot redirect it.
-async fn inner_request(state: Arc<State>, target: Target, label: String, req: Request<Incoming>) -> Response<Body> {
+async fn inner_request(
+    state: Arc<State>,
+    target: Target,
+    label: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let snap = state.snapshot.load_full();
     // Re-admit under the snapshot in force now: a reload may have removed
     // the host or changed its ports since the tunnel opened.
@@ -247,7 +301,13 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// An HTTP/1.1 Upgrade (WebSocket) inside a tunnel: a dedicated pinned
 /// HTTP/1.1 connection upstream, then the two upgraded streams are spliced.
-async fn upgrade_request(state: Arc<State>, snap: Arc<Snapshot>, label: String, target: Target, mut req: Request<Incoming>) -> Response<Body> {
+async fn upgrade_request(
+    state: Arc<State>,
+    snap: Arc<Snapshot>,
+    label: String,
+    target: Target,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let host = target.host.to_string();
     let tls = match snap.connector.connect_h1(&target.host, target.port).await {
         Ok(s) => s,
@@ -260,7 +320,11 @@ async fn upgrade_request(state: Arc<State>, snap: Arc<Snapshot>, label: String, 
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
         Ok(x) => x,
         Err(e) => {
-            let err = UpstreamError { failure: Failure::Unreachable, host: host.clone(), detail: e.to_string() };
+            let err = UpstreamError {
+                failure: Failure::Unreachable,
+                host: host.clone(),
+                detail: e.to_string(),
+            };
             let (resp, reason) = upstream_refusal(&state, &err);
             count(&state, &label, reason);
             return resp;
@@ -273,13 +337,29 @@ async fn upgrade_request(state: Arc<State>, snap: Arc<Snapshot>, label: String, 
     });
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
     parts.uri = match path.parse() {
         Ok(u) => u,
-        Err(_) => return deny(&state, StatusCode::BAD_REQUEST, "bad-request", &host, "invalid request path"),
+        Err(_) => {
+            return deny(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                &host,
+                "invalid request path",
+            )
+        }
     };
     parts.version = http::Version::HTTP_11;
-    let authority = if target.port == 443 { target.host.authority_form() } else { format!("{}:{}", target.host.authority_form(), target.port) };
+    let authority = if target.port == 443 {
+        target.host.authority_form()
+    } else {
+        format!("{}:{}", target.host.authority_form(), target.port)
+    };
     if let Ok(v) = authority.parse() {
         parts.headers.insert(header::HOST, v);
     }
@@ -288,7 +368,12 @@ async fn upgrade_request(state: Arc<State>, snap: Arc<Snapshot>, label: String, 
         Ok(r) => r,
         Err(e) => {
             count(&state, &label, "upstream-unreachable");
-            return super::refuse(StatusCode::BAD_GATEWAY, "upstream-unreachable", &host, &format!("upstream upgrade failed: {e}"));
+            return super::refuse(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unreachable",
+                &host,
+                &format!("upstream upgrade failed: {e}"),
+            );
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

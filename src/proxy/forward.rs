@@ -31,7 +31,13 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
 
 /// Sends a request upstream through the snapshot's pinned client and
 /// returns the response, or the refusal for why it could not be sent.
-pub async fn send(state: &State, snap: &Arc<Snapshot>, label: &str, target: &Target, req: Request<Incoming>) -> Response<Body> {
+pub async fn send(
+    state: &State,
+    snap: &Arc<Snapshot>,
+    label: &str,
+    target: &Target,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -41,7 +47,15 @@ pub async fn send(state: &State, snap: &Arc<Snapshot>, label: &str, target: &Tar
         .unwrap_or("/");
     parts.uri = match upstream_uri(target, path) {
         Ok(u) => u,
-        Err(msg) => return deny(state, StatusCode::BAD_REQUEST, "bad-request", &target.host.to_string(), &msg),
+        Err(msg) => {
+            return deny(
+                state,
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                &target.host.to_string(),
+                &msg,
+            )
+        }
     };
     parts.version = Version::HTTP_11;
     let trailers = wants_trailers(&parts.headers);
@@ -98,13 +112,11 @@ pub fn parse_absolute(uri: &Uri) -> Result<Target, String> {
     let scheme = uri.scheme().ok_or_else(|| {
         "request target must be in absolute form (http://host/path): send requests through HTTP_PROXY".to_string()
     })?;
-    let default_port = if *scheme == Scheme::HTTP {
-        443
-    } else if *scheme == Scheme::HTTPS {
-        443
-    } else {
+    // Plain-HTTP URLs are upgraded: pinproxy always speaks TLS upstream.
+    if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
         return Err(format!("unsupported scheme {scheme:?}"));
-    };
+    }
+    let default_port = 443;
     let authority = uri
         .authority()
         .ok_or_else(|| "absolute-form URL has no host".to_string())?;
@@ -125,7 +137,8 @@ pub fn split_authority(authority: &Authority) -> Result<(Host, Option<u16>), Str
     if raw.contains('@') {
         return Err("userinfo (user@host) is not allowed in the request target".into());
     }
-    let host = Host::parse(authority.host()).map_err(|e| format!("invalid host {:?}: {e}", authority.host()))?;
+    let host = Host::parse(authority.host())
+        .map_err(|e| format!("invalid host {:?}: {e}", authority.host()))?;
     let port = match authority.port() {
         None => {
             if raw.ends_with(':') {
@@ -207,10 +220,22 @@ mod tests {
 
     #[test]
     fn absolute_form_targets() {
-        assert_eq!(target("http://API.Example.com./x").unwrap(), ("api.example.com".into(), 443));
-        assert_eq!(target("http://api.example.com:80/x").unwrap(), ("api.example.com".into(), 443));
-        assert_eq!(target("http://api.example.com:8443/x").unwrap(), ("api.example.com".into(), 8443));
-        assert_eq!(target("https://api.example.com/x").unwrap(), ("api.example.com".into(), 443));
+        assert_eq!(
+            target("http://API.Example.com./x").unwrap(),
+            ("api.example.com".into(), 443)
+        );
+        assert_eq!(
+            target("http://api.example.com:80/x").unwrap(),
+            ("api.example.com".into(), 443)
+        );
+        assert_eq!(
+            target("http://api.example.com:8443/x").unwrap(),
+            ("api.example.com".into(), 8443)
+        );
+        assert_eq!(
+            target("https://api.example.com/x").unwrap(),
+            ("api.example.com".into(), 443)
+        );
         assert_eq!(target("http://[::1]:8443/").unwrap(), ("::1".into(), 8443));
         assert!(target("/relative").is_err());
         assert!(target("http://user@api.example.com/").is_err());

@@ -176,7 +176,12 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            state.shared.metrics.denied.with_label_values(&["overloaded"]).inc();
+            state
+                .shared
+                .metrics
+                .denied
+                .with_label_values(&["overloaded"])
+                .inc();
             tracker.spawn(refuse_overloaded(stream));
             continue;
         };
@@ -212,7 +217,12 @@ async fn refuse_overloaded(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
 }
 
-async fn serve_connection(stream: TcpStream, state: Arc<State>, mut stop: watch::Receiver<bool>, tracker: TaskTracker) {
+async fn serve_connection(
+    stream: TcpStream,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    tracker: TaskTracker,
+) {
     let svc_state = state.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = svc_state.clone();
@@ -228,25 +238,21 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, mut stop: watch:
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    // hyper answered unparseable requests itself (400/431).
-                    if e.is_parse() || e.is_parse_too_large() {
-                        state.shared.metrics.denied.with_label_values(&["bad-request"]).inc();
-                    }
-                    tracing::debug!(error = %e, "client connection error");
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                // hyper answered unparseable requests itself (400/431).
+                if e.is_parse() || e.is_parse_too_large() {
+                    state.shared.metrics.denied.with_label_values(&["bad-request"]).inc();
                 }
-                return;
+                tracing::debug!(error = %e, "client connection error");
             }
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                // Keep polling until hyper finishes the in-flight exchange.
-                if let Err(e) = conn.as_mut().await {
-                    tracing::debug!(error = %e, "client connection error while draining");
-                }
-                return;
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            // Keep polling until hyper finishes the in-flight exchange.
+            if let Err(e) = conn.as_mut().await {
+                tracing::debug!(error = %e, "client connection error while draining");
             }
         }
     }
@@ -261,7 +267,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, tracker: TaskTracker)
 }
 
 /// A refusal: status, `x-pinproxy-error` reason and a short human body.
-pub fn refuse(status: StatusCode, reason: &'static str, host: &str, message: &str) -> Response<Body> {
+pub fn refuse(
+    status: StatusCode,
+    reason: &'static str,
+    host: &str,
+    message: &str,
+) -> Response<Body> {
     let body = if host.is_empty() {
         format!("pinproxy: {message}\n")
     } else {
@@ -271,13 +282,27 @@ pub fn refuse(status: StatusCode, reason: &'static str, host: &str, message: &st
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
 /// A refusal made before any upstream connection: also counted as denied.
-pub fn deny(state: &State, status: StatusCode, reason: &'static str, host: &str, message: &str) -> Response<Body> {
-    state.shared.metrics.denied.with_label_values(&[reason]).inc();
+pub fn deny(
+    state: &State,
+    status: StatusCode,
+    reason: &'static str,
+    host: &str,
+    message: &str,
+) -> Response<Body> {
+    state
+        .shared
+        .metrics
+        .denied
+        .with_label_values(&[reason])
+        .inc();
     refuse(status, reason, host, message)
 }
 
@@ -290,7 +315,12 @@ pub fn upstream_refusal(state: &State, err: &UpstreamError) -> (Response<Body>, 
         Failure::Untrusted(_) => (StatusCode::BAD_GATEWAY, "untrusted-certificate"),
         Failure::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream-tls-error"),
         Failure::PrivateAddress => {
-            state.shared.metrics.denied.with_label_values(&["private-address"]).inc();
+            state
+                .shared
+                .metrics
+                .denied
+                .with_label_values(&["private-address"])
+                .inc();
             (StatusCode::FORBIDDEN, "private-address")
         }
     };
@@ -312,6 +342,7 @@ pub enum Admission {
 
 /// Policy checks that need no network: unlisted deny, ports, expired
 /// pin-only entries. Returns the refusal on failure.
+#[allow(clippy::result_large_err)] // the refusal is the answer; it is not kept
 pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admission, Response<Body>> {
     let host = target.host.to_string();
     match snap.policy.lookup(&target.host) {
@@ -322,10 +353,15 @@ pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admissio
                     StatusCode::FORBIDDEN,
                     "port-not-allowed",
                     &host,
-                    &format!("port {} is not in ports {:?} of entry {:?}", target.port, entry.ports, entry.name),
+                    &format!(
+                        "port {} is not in ports {:?} of entry {:?}",
+                        target.port, entry.ports, entry.name
+                    ),
                 ));
             }
-            if matches!(entry.trust, config::Trust::PinOnly) && entry.pins_expired(time::OffsetDateTime::now_utc()) {
+            if matches!(entry.trust, config::Trust::PinOnly)
+                && entry.pins_expired(time::OffsetDateTime::now_utc())
+            {
                 count(state, &entry.name, "pin-mismatch");
                 return Err(refuse(
                     StatusCode::BAD_GATEWAY,
@@ -338,7 +374,13 @@ pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admissio
         }
         Decision::Unlisted => {
             if snap.policy.defaults.unlisted == config::Unlisted::Deny {
-                return Err(deny(state, StatusCode::FORBIDDEN, "host-not-allowed", &host, "host is not in the pinset and unlisted hosts are denied"));
+                return Err(deny(
+                    state,
+                    StatusCode::FORBIDDEN,
+                    "host-not-allowed",
+                    &host,
+                    "host is not in the pinset and unlisted hosts are denied",
+                ));
             }
             if !snap.policy.defaults.ports.contains(&target.port) {
                 return Err(deny(
@@ -346,7 +388,10 @@ pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admissio
                     StatusCode::FORBIDDEN,
                     "port-not-allowed",
                     &host,
-                    &format!("port {} is not in defaults.ports {:?}", target.port, snap.policy.defaults.ports),
+                    &format!(
+                        "port {} is not in defaults.ports {:?}",
+                        target.port, snap.policy.defaults.ports
+                    ),
                 ));
             }
             Ok(Admission::Unlisted)
@@ -356,5 +401,10 @@ pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admissio
 
 /// Counts a finished request or tunnel.
 pub fn count(state: &State, host: &str, outcome: &str) {
-    state.shared.metrics.requests.with_label_values(&[host, outcome]).inc();
+    state
+        .shared
+        .metrics
+        .requests
+        .with_label_values(&[host, outcome])
+        .inc();
 }

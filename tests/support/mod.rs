@@ -86,7 +86,9 @@ pub fn root(cn: &str) -> Ca {
 /// An intermediate CA named `cn` with its own (or the given) key.
 pub fn intermediate(cn: &str, issuer: &Ca, key: Option<KeyPair>) -> Ca {
     let key = key.unwrap_or_else(|| KeyPair::generate().unwrap());
-    let cert = ca_params(cn).signed_by(&key, &issuer.cert, &issuer.key).unwrap();
+    let cert = ca_params(cn)
+        .signed_by(&key, &issuer.cert, &issuer.key)
+        .unwrap();
     Ca { cert, key }
 }
 
@@ -223,7 +225,11 @@ impl ResolvesServerCert for FixedResolver {
     }
 }
 
-pub async fn upstream(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, opts: UpstreamOpts) -> Upstream {
+pub async fn upstream(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    opts: UpstreamOpts,
+) -> Upstream {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let signing = provider.key_provider.load_private_key(key).unwrap();
     let certified = Arc::new(CertifiedKey::new(chain, signing));
@@ -241,11 +247,15 @@ pub async fn upstream(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'s
     let name = opts.name;
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             counter.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = service_fn(move |req| upstream_handler(name, req));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -260,7 +270,10 @@ type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Echoes what it saw; `/grpc` answers with trailers; `/ws` upgrades and
 /// echoes bytes.
-async fn upstream_handler(name: &'static str, mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+async fn upstream_handler(
+    name: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -281,8 +294,10 @@ async fn upstream_handler(name: &'static str, mut req: Request<Incoming>) -> Res
         });
         let mut resp = Response::new(Full::new(Bytes::new()).boxed());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert(http::header::UPGRADE, "websocket".parse().unwrap());
-        resp.headers_mut().insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        resp.headers_mut()
+            .insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
         return Ok(resp);
     }
     let te = req
@@ -291,36 +306,54 @@ async fn upstream_handler(name: &'static str, mut req: Request<Incoming>) -> Res
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     if path == "/grpc" {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         trailers.insert("grpc-message", "ok".parse().unwrap());
         let frames = futures_stream(body, trailers);
         let mut resp = Response::new(frames);
-        resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
         return Ok(resp);
     }
-    let text = format!("upstream={name} host={host} path={path} version={version} te={te} body={}", String::from_utf8_lossy(&body));
+    let text = format!(
+        "upstream={name} host={host} path={path} version={version} te={te} body={}",
+        String::from_utf8_lossy(&body)
+    );
     let mut resp = Response::new(Full::new(Bytes::from(text)).boxed());
-    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
     Ok(resp)
 }
 
 fn futures_stream(data: Bytes, trailers: http::HeaderMap) -> UpBody {
     use http_body::Frame;
-    let frames = vec![Ok::<_, Infallible>(Frame::data(data)), Ok(Frame::trailers(trailers))];
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(data)),
+        Ok(Frame::trailers(trailers)),
+    ];
     http_body_util::StreamBody::new(tokio_stream_iter(frames)).boxed()
 }
 
-fn tokio_stream_iter<T: Send + Unpin + 'static>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Send {
+fn tokio_stream_iter<T: Send + Unpin + 'static>(
+    items: Vec<T>,
+) -> impl futures_core::Stream<Item = T> + Send {
     struct Iter<T>(std::vec::IntoIter<T>);
     impl<T> futures_core::Stream for Iter<T>
     where
         T: Unpin,
     {
         type Item = T;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
             std::task::Poll::Ready(self.0.next())
         }
     }
@@ -357,9 +390,17 @@ pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
     let policy = config::load(&pins_path).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Metrics::new();
     let shared = Shared::new(metrics.clone());
-    let intercept = Arc::new(Intercept::generate(shared.provider.clone(), metrics.clone(), 16).unwrap());
+    let intercept =
+        Arc::new(Intercept::generate(shared.provider.clone(), metrics.clone(), 16).unwrap());
     intercept.write_ca(dir.path()).unwrap();
-    let state = State::new(policy, shared, pins_path.clone(), Limits::default(), Some(intercept.clone())).unwrap();
+    let state = State::new(
+        policy,
+        shared,
+        pins_path.clone(),
+        Limits::default(),
+        Some(intercept.clone()),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -370,9 +411,13 @@ pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
     tokio::spawn(proxy::serve(listener, state.clone(), async move {
         let _ = rx1.wait_for(|v| *v).await;
     }));
-    tokio::spawn(pinproxy::admin::serve(admin_listener, state.clone(), async move {
-        let _ = rx2.wait_for(|v| *v).await;
-    }));
+    tokio::spawn(pinproxy::admin::serve(
+        admin_listener,
+        state.clone(),
+        async move {
+            let _ = rx2.wait_for(|v| *v).await;
+        },
+    ));
     Proxy {
         addr,
         admin,
@@ -391,7 +436,10 @@ impl Proxy {
     }
 
     pub fn mismatches(&self, host: &str, mode: &str) -> u64 {
-        self.metrics.pin_mismatch.with_label_values(&[host, mode]).get()
+        self.metrics
+            .pin_mismatch
+            .with_label_values(&[host, mode])
+            .get()
     }
 
     pub fn denied(&self, reason: &str) -> u64 {
@@ -399,11 +447,17 @@ impl Proxy {
     }
 
     pub fn requests(&self, host: &str, outcome: &str) -> u64 {
-        self.metrics.requests.with_label_values(&[host, outcome]).get()
+        self.metrics
+            .requests
+            .with_label_values(&[host, outcome])
+            .get()
     }
 
     pub fn tls_failures(&self, host: &str, reason: &str) -> u64 {
-        self.metrics.tls_verify_failures.with_label_values(&[host, reason]).get()
+        self.metrics
+            .tls_verify_failures
+            .with_label_values(&[host, reason])
+            .get()
     }
 }
 
@@ -418,7 +472,9 @@ pub struct Reply {
 
 impl Reply {
     pub fn error(&self) -> Option<&str> {
-        self.headers.get("x-pinproxy-error").and_then(|v| v.to_str().ok())
+        self.headers
+            .get("x-pinproxy-error")
+            .and_then(|v| v.to_str().ok())
     }
 }
 
@@ -440,7 +496,9 @@ pub struct ProxyConn {
 impl ProxyConn {
     pub async fn open(proxy: SocketAddr) -> Self {
         let tcp = TcpStream::connect(proxy).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -466,7 +524,11 @@ impl ProxyConn {
             .expect("proxy answered in time")
             .expect("proxy answered");
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         Reply {
             status: parts.status,
             headers: parts.headers,

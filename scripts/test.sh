@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one command that runs every test. It installs what the tests need
+# (curl, openssl, promtool from Debian's `prometheus`) when missing, so it
+# passes on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo test --locked --all-targets
+
+if [ -x scripts/k8s-check.sh ]; then
+  scripts/k8s-check.sh
+fi

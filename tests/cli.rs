@@ -1,0 +1,244 @@
+//! The `pin` and `check` commands, run as the built binary.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use pinproxy::pin::Pin;
+
+fn pinproxy(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(args)
+        .output()
+        .expect("run pinproxy");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// DESIGN §1: `pin` must equal this pipeline, byte for byte.
+fn openssl_pin(pem: &Path) -> String {
+    let script = format!(
+        "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+        pem.display()
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("sha256/{}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn pin_output_equals_the_openssl_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::Pki::new(&["api.test"]);
+    // ECDSA (rcgen's default) and RSA, PEM and DER, several per file.
+    let rsa_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256);
+    let mut pems = vec![("root", pki.root.pem()), ("int", pki.int.pem())];
+    if let Ok(key) = rsa_key {
+        let mut params = rcgen::CertificateParams::new(vec!["rsa.test".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let cert = params.self_signed(&key).unwrap();
+        pems.push(("rsa", cert.pem()));
+    }
+    for (name, pem) in &pems {
+        let path = support::write(dir.path(), &format!("{name}.pem"), pem);
+        let (code, out, err) = pinproxy(&["pin", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let first = out.split_whitespace().next().unwrap();
+        assert_eq!(first, openssl_pin(&path), "{name}");
+    }
+    let bundle = support::write(
+        dir.path(),
+        "bundle.pem",
+        &format!("{}{}", pki.int.pem(), pki.root.pem()),
+    );
+    let (_, out, _) = pinproxy(&["pin", bundle.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with(&pki.int.pin().to_string()));
+    assert!(
+        lines[0].contains("subject=")
+            && lines[0].contains("issuer=")
+            && lines[0].contains("notAfter="),
+        "{}",
+        lines[0]
+    );
+    let der = dir.path().join("leaf.der");
+    std::fs::write(&der, pki.leaf.cert.as_ref()).unwrap();
+    let (code, out, _) = pinproxy(&["pin", der.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&pki.leaf.pin().to_string()), "{out}");
+    let (code, _, err) = pinproxy(&["pin", dir.path().join("missing.pem").to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+}
+
+/// webpki keeps a trust anchor's SPKI without its SEQUENCE; the root pin
+/// pinproxy computes from an anchor must still equal openssl's.
+#[test]
+fn trust_anchor_pin_equals_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::root("Anchor Root");
+    let path = support::write(dir.path(), "root.pem", &root.pem());
+    let der = root.der();
+    let anchor = webpki::anchor_from_trusted_cert(&der).unwrap();
+    let from_anchor = Pin::of_spki_contents(anchor.subject_public_key_info.as_ref());
+    assert_eq!(from_anchor.to_string(), openssl_pin(&path));
+    // And a real Mozilla root (RSA 4096: a long-form DER length).
+    let isrg = webpki_roots::TLS_SERVER_ROOTS
+        .iter()
+        .find(|a| String::from_utf8_lossy(a.subject.as_ref()).contains("ISRG Root X1"))
+        .expect("ISRG Root X1 is in webpki-roots");
+    assert_eq!(
+        Pin::of_spki_contents(isrg.subject_public_key_info.as_ref()).to_string(),
+        "sha256/C5+lpZ7tcVwmwQIMcRtPbsQtWLABXhQzejna0wHFr8M="
+    );
+}
+
+#[test]
+fn check_rejects_each_malformed_fixture_naming_host_and_field() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") || name == "good.yaml" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        let (code, out, err) = pinproxy(&["check", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{name} must fail: {out}{err}");
+        if let Some(expect) = first.strip_prefix("# expect: ") {
+            assert!(
+                out.contains(expect),
+                "{name}: expected {expect:?} in:\n{out}{err}"
+            );
+        } else if let Some(n) = first.strip_prefix("# expect-count: ") {
+            let errors = out.lines().filter(|l| l.contains(": error: ")).count();
+            assert_eq!(errors, n.parse::<usize>().unwrap(), "{name}:\n{out}");
+        } else {
+            panic!("{name} has no '# expect' line");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 25, "only {seen} fixtures");
+}
+
+#[test]
+fn check_accepts_a_good_file_and_warns() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml");
+    let (code, out, err) = pinproxy(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning: line 11: host \"single.test\": pins: only one pin"),
+        "{out}"
+    );
+    assert!(out.contains("ok (4 hosts)"), "{out}");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pins.yaml");
+    let (code, out, _) = pinproxy(&["check", example.to_str().unwrap()]);
+    assert_eq!(code, 0, "examples/pins.yaml: {out}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, _) = pinproxy(&["check"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = pinproxy(&["frobnicate"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = pinproxy(&["run"]);
+    assert_eq!(code, 2, "--pins is required");
+}
+
+#[tokio::test]
+async fn pin_connect_and_check_live_against_a_local_server() {
+    let pki = support::Pki::new(&["live.test"]);
+    let up = support::upstream(
+        pki.chain(),
+        pki.leaf.key_der(),
+        support::UpstreamOpts::new("live"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::write(dir.path(), "ca.pem", &pki.root.pem());
+    let target = format!("127.0.0.1:{}", up.addr.port());
+    let out = tokio::task::spawn_blocking({
+        let ca = ca.clone();
+        move || {
+            pinproxy(&[
+                "pin",
+                "--connect",
+                &target,
+                "--servername",
+                "live.test",
+                "--ca-file",
+                ca.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.0, 0, "{}{}", out.1, out.2);
+    for pin in [pki.leaf.pin(), pki.int.pin(), pki.root.pin()] {
+        assert!(
+            out.1.contains(&pin.to_string()),
+            "{pin} missing:\n{}",
+            out.1
+        );
+    }
+    assert!(out.1.contains("  live.test:\n    pins:\n"), "{}", out.1);
+
+    let pins = |p: &[Pin], next: &str| {
+        let p: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        format!(
+            "version: 1\nhosts:\n  live.test:\n    pins: [{}]\n    trust: ca.pem\n    address: {}\n{next}",
+            p.join(", "),
+            up.addr
+        )
+    };
+    let good = support::write(
+        dir.path(),
+        "good.yaml",
+        &pins(
+            &[pki.int.pin()],
+            &format!("    next_pins: [{}]\n", Pin::from_bytes([5; 32])),
+        ),
+    );
+    let out =
+        tokio::task::spawn_blocking(move || pinproxy(&["check", "--live", good.to_str().unwrap()]))
+            .await
+            .unwrap();
+    assert_eq!(out.0, 0, "{}{}", out.1, out.2);
+    assert!(
+        out.1
+            .contains(&format!("live.test: ok, matches {}", pki.int.pin())),
+        "{}",
+        out.1
+    );
+    assert!(out.1.contains("next_pins: MISMATCH"), "{}", out.1);
+    let bad = support::write(
+        dir.path(),
+        "bad.yaml",
+        &pins(&[Pin::from_bytes([6; 32])], ""),
+    );
+    let out =
+        tokio::task::spawn_blocking(move || pinproxy(&["check", "--live", bad.to_str().unwrap()]))
+            .await
+            .unwrap();
+    assert_eq!(out.0, 1, "{}", out.1);
+    assert!(
+        out.1.contains("MISMATCH: requests would be refused"),
+        "{}",
+        out.1
+    );
+}
