@@ -120,6 +120,7 @@ struct HostView {
     expires: Option<String>,
     ports: Vec<u16>,
     address: Option<String>,
+    last_seen: Option<crate::drift::LastSeen>,
 }
 
 fn pins_view(state: &State) -> PinsView {
@@ -147,6 +148,7 @@ fn pins_view(state: &State) -> PinsView {
                 expires: h.expires_date().map(|d| d.to_string()),
                 ports: h.ports.clone(),
                 address: h.address.map(|a| a.to_string()),
+                last_seen: state.shared.drift.get(&h.name),
             })
             .collect(),
     }

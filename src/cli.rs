@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// Bounded cache of minted interception certificates.
     #[arg(long, env = "PINPROXY_LEAF_CACHE", default_value_t = 1024)]
     pub leaf_cache: usize,
+    /// Don't watch the pinset directory; reload only on SIGHUP.
+    #[arg(long, env = "PINPROXY_NO_WATCH")]
+    pub no_watch: bool,
     /// Worker threads (default: the CPUs available to the process).
     #[arg(long, env = "PINPROXY_WORKERS")]
     pub workers: Option<usize>,

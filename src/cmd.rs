@@ -155,11 +155,15 @@ async fn run_async(args: RunArgs) -> u8 {
     };
     // The admin listener outlives the proxy's drain, so probes see 503.
     let admin_task = tokio::spawn(crate::admin::serve(admin, state.clone(), admin_stop));
-    let _watcher = match crate::reload::spawn(state.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the pinset directory; reload with SIGHUP");
-            None
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        match crate::reload::spawn(state.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the pinset directory; reload with SIGHUP");
+                None
+            }
         }
     };
     let _hup = crate::reload::spawn_sighup(state.clone()).ok();

@@ -309,6 +309,7 @@ pub fn parse(bytes: &[u8], base: &Path, now: OffsetDateTime) -> Result<Policy, V
         now,
         problems: Vec::new(),
         warnings: Vec::new(),
+        bundles: Vec::new(),
     }
     .run(wire, bytes)
 }
@@ -342,6 +343,9 @@ struct Validator<'a> {
     now: OffsetDateTime,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// CA bundles read, with their bytes: part of the source hash, so a
+    /// rotated bundle is a change even when the pinset text is not.
+    bundles: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Validator<'_> {
@@ -397,9 +401,20 @@ impl Validator<'_> {
             hosts,
             exact,
             wildcard,
-            source_hash: hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()),
+            source_hash: self.source_hash(bytes),
             warnings: self.warnings,
         })
+    }
+
+    fn source_hash(&self, bytes: &[u8]) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(bytes);
+        for (path, contents) in &self.bundles {
+            ctx.update(path.as_os_str().as_encoded_bytes());
+            ctx.update(&(contents.len() as u64).to_be_bytes());
+            ctx.update(contents);
+        }
+        hex(ctx.finish().as_ref())
     }
 
     fn err(
@@ -733,8 +748,11 @@ impl Validator<'_> {
             }
             path => {
                 let path = self.base.join(path);
-                match load_bundle(&path) {
-                    Ok(anchors) => Some(Trust::Bundle { path, anchors }),
+                match read_bundle(&path) {
+                    Ok((anchors, contents)) => {
+                        self.bundles.push((path.clone(), contents));
+                        Some(Trust::Bundle { path, anchors })
+                    }
                     Err(e) => {
                         self.err(host, Some(field), line, e);
                         None
@@ -797,6 +815,10 @@ fn parse_date(s: &str) -> Result<time::Date, ()> {
 
 /// Reads a PEM CA bundle into trust anchors.
 pub fn load_bundle(path: &Path) -> Result<Arc<[TrustAnchor<'static>]>, String> {
+    read_bundle(path).map(|(anchors, _)| anchors)
+}
+
+fn read_bundle(path: &Path) -> Result<(Arc<[TrustAnchor<'static>]>, Vec<u8>), String> {
     let bytes = std::fs::read(path)
         .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
     let mut anchors = Vec::new();
@@ -817,7 +839,7 @@ pub fn load_bundle(path: &Path) -> Result<Arc<[TrustAnchor<'static>]>, String> {
             path.display()
         ));
     }
-    Ok(anchors.into())
+    Ok((anchors.into(), bytes))
 }
 
 /// A deliberately small public-suffix check: a wildcard's base needs two

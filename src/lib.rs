@@ -23,6 +23,7 @@ pub mod chain;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod drift;
 pub mod host;
 pub mod intercept;
 pub mod metrics;

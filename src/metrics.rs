@@ -10,6 +10,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::drift::Drift;
 use crate::verify::{Observer, Outcome, Verdict};
 
 #[derive(Debug)]
@@ -177,25 +178,33 @@ pub struct Telemetry {
     metrics: Arc<Metrics>,
     generation: u64,
     limiter: Arc<LogLimiter>,
+    drift: Arc<Drift>,
 }
 
 impl Telemetry {
-    pub fn new(metrics: Arc<Metrics>, generation: u64, limiter: Arc<LogLimiter>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        generation: u64,
+        limiter: Arc<LogLimiter>,
+        drift: Arc<Drift>,
+    ) -> Self {
         Self {
             metrics,
             generation,
             limiter,
+            drift,
         }
     }
 }
 
 impl Observer for Telemetry {
     fn verdict(&self, v: &Verdict<'_>) {
-        if let Ok((_, cert)) = x509_parser::parse_x509_certificate(v.end_entity.as_ref()) {
+        // Parses the chain only when it changed since the last handshake.
+        if let Some(not_after) = self.drift.record(v, self.generation, v.next_pins) {
             self.metrics
                 .upstream_cert_expiry
                 .with_label_values(&[v.host])
-                .set(cert.validity().not_after.timestamp() as f64);
+                .set(not_after as f64);
         }
         if v.next_pins_matched == Some(false) {
             self.metrics

@@ -27,6 +27,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Decision, Policy};
+use crate::drift::Drift;
 use crate::host::Host;
 use crate::metrics::{LogLimiter, Metrics, Telemetry};
 use crate::verify::{self, Observer, PinVerifier};
@@ -124,6 +125,7 @@ pub struct Shared {
     pub roots: Arc<[TrustAnchor<'static>]>,
     pub provider: Arc<CryptoProvider>,
     pub limiter: Arc<LogLimiter>,
+    pub drift: Arc<Drift>,
     pub timeouts: Timeouts,
     /// The admin listener: never a target for unlisted egress.
     pub admin_addr: Option<SocketAddr>,
@@ -136,6 +138,7 @@ impl Shared {
             roots: verify::webpki_roots(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             limiter: LogLimiter::new(Duration::from_secs(10), 5),
+            drift: Arc::new(Drift::default()),
             timeouts: Timeouts::default(),
             admin_addr: None,
         }
@@ -151,6 +154,7 @@ impl Snapshot {
             shared.metrics.clone(),
             generation,
             shared.limiter.clone(),
+            shared.drift.clone(),
         ));
         let verifier = Arc::new(PinVerifier::new(
             policy.clone(),

@@ -33,6 +33,7 @@ pub struct Verdict<'a> {
     /// leaf alone under pin-only.
     pub path_pins: &'a [Pin],
     pub expected: &'a [Pin],
+    pub next_pins: &'a [Pin],
     pub matched: Option<Pin>,
     /// `None` when the entry has no `next_pins`.
     pub next_pins_matched: Option<bool>,
@@ -134,6 +135,7 @@ impl PinVerifier {
             outcome,
             path_pins: &leaf,
             expected: &entry.pins,
+            next_pins: &entry.next_pins,
             matched,
             next_pins_matched: next_matched(entry, &leaf),
             end_entity,
@@ -250,6 +252,7 @@ impl ServerCertVerifier for PinVerifier {
             outcome,
             path_pins: &path_pins,
             expected: entry.map_or(&[][..], |e| &e.pins),
+            next_pins: entry.map_or(&[][..], |e| &e.next_pins),
             matched: matched.get(),
             next_pins_matched: entry.and_then(|e| (!e.next_pins.is_empty()).then(|| next_ok.get())),
             end_entity,

@@ -387,6 +387,12 @@ pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
         write(dir.path(), name, contents);
     }
     let pins_path = write(dir.path(), "pins.yaml", yaml);
+    proxy_at(dir, pins_path, false).await
+}
+
+/// Starts the proxy on an existing pinset path, optionally with the
+/// directory watcher running.
+pub async fn proxy_at(dir: tempfile::TempDir, pins_path: PathBuf, watch: bool) -> Proxy {
     let policy = config::load(&pins_path).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Metrics::new();
     let shared = Shared::new(metrics.clone());
@@ -418,6 +424,14 @@ pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
             let _ = rx2.wait_for(|v| *v).await;
         },
     ));
+    if watch {
+        let task = pinproxy::reload::spawn(state.clone()).unwrap();
+        let mut rx3 = stop.subscribe();
+        tokio::spawn(async move {
+            let _ = rx3.wait_for(|v| *v).await;
+            task.abort();
+        });
+    }
     Proxy {
         addr,
         admin,
@@ -432,7 +446,12 @@ pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
 
 impl Proxy {
     pub fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
+        self.dir.path().join("ca-out/ca.crt")
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        get_with(self.admin, &format!("http://{}{path}", self.admin), &[]).await
     }
 
     pub fn mismatches(&self, host: &str, mode: &str) -> u64 {
@@ -554,4 +573,50 @@ pub fn pinset(host: &str, pins: &[Pin], extra: &str, addr: SocketAddr) -> String
         "version: 1\nhosts:\n  {host:?}:\n    pins: [{}]\n    trust: ca.pem\n    address: {addr}\n{extra}",
         pins.join(", ")
     )
+}
+
+// === kubelet AtomicWriter ===
+
+/// Writes a Secret volume the way the kubelet does: files in a new
+/// timestamped directory, a `..data_tmp` symlink to it renamed over
+/// `..data`, user-visible names as symlinks through `..data`, the old
+/// directory removed.
+pub struct SecretVolume {
+    pub dir: PathBuf,
+    n: usize,
+}
+
+impl SecretVolume {
+    pub fn new(dir: &Path, files: &[(&str, &str)]) -> Self {
+        let mut v = Self {
+            dir: dir.to_path_buf(),
+            n: 0,
+        };
+        v.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+        v
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn update(&mut self, files: &[(&str, &str)]) {
+        self.n += 1;
+        let old = std::fs::read_link(self.dir.join("..data")).ok();
+        let ts = format!("..2026_11_24_08_00_00.{:04}", self.n);
+        let ts_dir = self.dir.join(&ts);
+        std::fs::create_dir(&ts_dir).unwrap();
+        for (name, contents) in files {
+            std::fs::write(ts_dir.join(name), contents).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&ts, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.join(old)).unwrap();
+        }
+    }
 }

@@ -1,0 +1,129 @@
+//! The drift view: per pinset entry, the chain last seen upstream and which
+//! pins it matched — what an operator reads during a key rotation (`/pins`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::chain::CertInfo;
+use crate::verify::{Outcome, Verdict};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeenCert {
+    #[serde(flatten)]
+    pub info: CertInfo,
+    /// On the path webpki validated (the leaf under pin-only).
+    pub on_validated_path: bool,
+    pub matches_pin: bool,
+    pub matches_next_pin: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastSeen {
+    pub generation: u64,
+    /// RFC 3339.
+    pub seen_at: String,
+    pub outcome: &'static str,
+    pub matched_pin: Option<String>,
+    /// `None` when the entry has no `next_pins`.
+    pub next_pins_matched: Option<bool>,
+    /// As presented, leaf first; a trust anchor the server did not send is
+    /// appended (subject "trust anchor").
+    pub chain: Vec<SeenCert>,
+    /// notAfter of the leaf, Unix time.
+    pub leaf_not_after: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Drift {
+    seen: Mutex<HashMap<String, (Vec<u8>, LastSeen)>>,
+}
+
+pub fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "pass",
+        Outcome::PassPinsExpired => "pass-pins-expired",
+        Outcome::PassUnpinned => "pass-unpinned",
+        Outcome::ReportedMismatch => "reported-mismatch",
+        Outcome::Mismatch => "mismatch",
+        Outcome::ExpiredPinOnly => "expired-pin-only",
+    }
+}
+
+// === impl Drift ===
+
+impl Drift {
+    /// Records a verdict; returns the leaf's notAfter when the chain is new.
+    pub fn record(
+        &self,
+        v: &Verdict<'_>,
+        generation: u64,
+        next_pins: &[crate::pin::Pin],
+    ) -> Option<i64> {
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let mut key: Vec<u8> = v.end_entity.as_ref().to_vec();
+        for c in v.intermediates {
+            key.extend_from_slice(c.as_ref());
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, last)) = seen.get_mut(v.host) {
+            if *k == key && last.generation == generation {
+                // Same chain under the same pinset: only the verdict moves.
+                last.seen_at = now;
+                last.outcome = outcome_str(v.outcome);
+                last.matched_pin = v.matched.map(|p| p.to_string());
+                last.next_pins_matched = v.next_pins_matched;
+                return None;
+            }
+        }
+        let mut chain: Vec<SeenCert> = std::iter::once(v.end_entity)
+            .chain(v.intermediates.iter())
+            .filter_map(|c| CertInfo::from_der(c.as_ref()).ok())
+            .map(|info| seen_cert(info, v, next_pins))
+            .collect();
+        if let Some(anchor) = v.path_pins.last().filter(|_| v.path_pins.len() > 1) {
+            let pin = anchor.to_string();
+            if !chain.iter().any(|c| c.info.pin == pin) {
+                let info = CertInfo {
+                    pin,
+                    subject: "trust anchor".into(),
+                    issuer: String::new(),
+                    not_after: String::new(),
+                    not_after_unix: 0,
+                };
+                chain.push(seen_cert(info, v, next_pins));
+            }
+        }
+        let leaf_not_after = chain.first().map(|c| c.info.not_after_unix).unwrap_or(0);
+        let last = LastSeen {
+            generation,
+            seen_at: now,
+            outcome: outcome_str(v.outcome),
+            matched_pin: v.matched.map(|p| p.to_string()),
+            next_pins_matched: v.next_pins_matched,
+            chain,
+            leaf_not_after,
+        };
+        seen.insert(v.host.to_string(), (key, last));
+        Some(leaf_not_after)
+    }
+
+    pub fn get(&self, host: &str) -> Option<LastSeen> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(host).map(|(_, l)| l.clone())
+    }
+}
+
+fn seen_cert(info: CertInfo, v: &Verdict<'_>, next_pins: &[crate::pin::Pin]) -> SeenCert {
+    let pin = info.pin.parse::<crate::pin::Pin>().ok();
+    let has = |set: &[crate::pin::Pin]| pin.is_some_and(|p| set.contains(&p));
+    SeenCert {
+        on_validated_path: has(v.path_pins),
+        matches_pin: has(v.expected),
+        matches_next_pin: has(next_pins),
+        info,
+    }
+}
