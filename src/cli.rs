@@ -24,6 +24,10 @@ pub enum Command {
     Pin(PinArgs),
     /// Validate a pinset file; --live also dials each host.
     Check(CheckArgs),
+    /// Add the pinproxy sidecar to Kubernetes manifests (a YAML stream).
+    Inject(crate::inject::InjectArgs),
+    /// Serve the mutating admission webhook that injects the sidecar.
+    Webhook(crate::webhook::WebhookArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -63,9 +67,18 @@ pub struct RunArgs {
     /// Upstream TLS handshake timeout, seconds.
     #[arg(long, env = "PINPROXY_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
     pub handshake_timeout: f64,
-    /// Client request-header read timeout, seconds.
-    #[arg(long, env = "PINPROXY_HEADER_TIMEOUT", default_value_t = 10.0)]
+    /// Upstream response timeout (request sent to response head), seconds.
+    #[arg(long, env = "PINPROXY_RESPONSE_TIMEOUT", default_value_t = 60.0)]
+    pub response_timeout: f64,
+    /// Time a client may take to send a request head, idle keep-alive time
+    /// included (hyper's header read timer runs while a connection waits
+    /// for its next request), seconds.
+    #[arg(long, env = "PINPROXY_HEADER_TIMEOUT", default_value_t = 30.0)]
     pub header_timeout: f64,
+    /// After SIGTERM, keep serving new connections this long (endpoint
+    /// propagation) before draining, seconds.
+    #[arg(long, env = "PINPROXY_SHUTDOWN_GRACE", default_value_t = 2.0)]
+    pub shutdown_grace: f64,
     /// How long SIGTERM waits for in-flight requests and tunnels, seconds.
     #[arg(long, env = "PINPROXY_DRAIN_TIMEOUT", default_value_t = 20.0)]
     pub drain_timeout: f64,

@@ -22,6 +22,7 @@ use crate::upstream::{Shared, Timeouts};
 
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PINPROXY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -69,6 +70,7 @@ async fn run_async(args: RunArgs) -> u8 {
         Ok(Timeouts {
             connect: secs(args.connect_timeout, "connect-timeout")?,
             handshake: secs(args.handshake_timeout, "handshake-timeout")?,
+            response: secs(args.response_timeout, "response-timeout")?,
             ..Timeouts::default()
         })
     })();
@@ -90,7 +92,7 @@ async fn run_async(args: RunArgs) -> u8 {
     let metrics = Metrics::new();
     let mut shared = Shared::new(metrics.clone());
     shared.timeouts = timeouts;
-    shared.admin_addr = Some(args.admin);
+    shared.own_addrs = vec![args.admin, args.listen];
 
     let intercept = match (&args.ca_cert, &args.ca_key) {
         (Some(c), Some(k)) => Intercept::load(
@@ -170,16 +172,27 @@ async fn run_async(args: RunArgs) -> u8 {
     tracing::info!(listen = %args.listen, admin = %args.admin, pins = %args.pins.display(), "pinproxy ready");
 
     let shutdown_state = state.clone();
+    let grace = match secs(args.shutdown_grace, "shutdown-grace") {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 2;
+        }
+    };
     let shutdown = async move {
         wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight requests");
+        // /readyz turns 503 at once; new connections are still served for
+        // the grace period while endpoints propagate, then we drain.
         shutdown_state.draining.store(true, Ordering::Release);
+        tracing::info!(grace = ?grace, "shutting down: not ready, serving through the grace period");
         // A second signal exits at once.
         tokio::spawn(async {
             wait_for_signal().await;
             tracing::warn!("second signal: exiting now");
             std::process::exit(0);
         });
+        tokio::time::sleep(grace).await;
+        tracing::info!("draining in-flight requests and tunnels");
     };
     proxy::serve(listener, state, shutdown).await;
     let _ = stop_tx.send(true);
@@ -475,4 +488,37 @@ pub fn check(args: CheckArgs) -> u8 {
         }
     }
     u8::from(bad > 0)
+}
+
+// === inject, webhook ===
+
+pub fn inject(args: &crate::inject::InjectArgs) -> u8 {
+    match crate::inject::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pinproxy inject: {e}");
+            1
+        }
+    }
+}
+
+pub fn webhook(args: &crate::webhook::WebhookArgs) -> u8 {
+    init_tracing(LogFormat::Json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pinproxy webhook: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(crate::webhook::run(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pinproxy webhook: {e}");
+            1
+        }
+    }
 }

@@ -37,6 +37,8 @@ use crate::verify::{self, Observer, PinVerifier};
 pub struct Timeouts {
     pub connect: Duration,
     pub handshake: Duration,
+    /// From sending a request to the upstream's response head.
+    pub response: Duration,
     pub pool_idle: Duration,
 }
 
@@ -45,6 +47,7 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(5),
             handshake: Duration::from_secs(10),
+            response: Duration::from_secs(60),
             pool_idle: Duration::from_secs(90),
         }
     }
@@ -118,29 +121,61 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// Name resolution, injectable so tests control every answer (and never
+/// ask a real resolver).
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    fn resolve(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> StdPin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static>>;
+}
+
+/// The system resolver (getaddrinfo on a blocking thread).
+#[derive(Debug)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> StdPin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((name.as_str(), port))
+                .await?
+                .collect())
+        })
+    }
+}
+
 /// Things a snapshot needs that outlive generations.
 #[derive(Clone, Debug)]
 pub struct Shared {
+    pub resolver: Arc<dyn Resolve>,
     pub metrics: Arc<Metrics>,
     pub roots: Arc<[TrustAnchor<'static>]>,
     pub provider: Arc<CryptoProvider>,
     pub limiter: Arc<LogLimiter>,
     pub drift: Arc<Drift>,
     pub timeouts: Timeouts,
-    /// The admin listener: never a target for unlisted egress.
-    pub admin_addr: Option<SocketAddr>,
+    /// pinproxy's own listeners (admin, proxy): never a target for
+    /// unlisted egress, whatever `allow_private` says.
+    pub own_addrs: Vec<SocketAddr>,
 }
 
 impl Shared {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
+            resolver: Arc::new(SystemResolver),
             metrics,
             roots: verify::webpki_roots(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             limiter: LogLimiter::new(Duration::from_secs(10), 5),
             drift: Arc::new(Drift::default()),
             timeouts: Timeouts::default(),
-            admin_addr: None,
+            own_addrs: Vec::new(),
         }
     }
 }
@@ -173,12 +208,13 @@ impl Snapshot {
         let tls = Arc::new(tls);
         let tls_h1 = Arc::new(tls_h1);
         let connector = Connector {
+            resolver: shared.resolver.clone(),
             policy: policy.clone(),
             tls: tls.clone(),
             tls_h1: tls_h1.clone(),
             metrics: shared.metrics.clone(),
             timeouts: shared.timeouts,
-            admin_addr: shared.admin_addr,
+            own_addrs: shared.own_addrs.clone(),
         };
         let connector_h1 = Connector {
             tls: tls_h1.clone(),
@@ -196,6 +232,14 @@ impl Snapshot {
         metrics.config_generation.set(generation as i64);
         metrics.pinset_expiry.reset();
         for h in &policy.hosts {
+            // Series exist at 0 from load time, so `increase()` alerts fire
+            // on a host's first mismatch too.
+            metrics
+                .pin_mismatch
+                .with_label_values(&[&h.name, h.mode.as_str()]);
+            if !h.next_pins.is_empty() {
+                metrics.next_pins_mismatch.with_label_values(&[&h.name]);
+            }
             if let Some(e) = h.expires {
                 metrics
                     .pinset_expiry
@@ -218,12 +262,13 @@ impl Snapshot {
 /// Dials an upstream with this generation's pinned TLS config.
 #[derive(Clone)]
 pub struct Connector {
+    resolver: Arc<dyn Resolve>,
     policy: Arc<Policy>,
     tls: Arc<ClientConfig>,
     tls_h1: Arc<ClientConfig>,
     metrics: Arc<Metrics>,
     timeouts: Timeouts,
-    admin_addr: Option<SocketAddr>,
+    own_addrs: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -277,30 +322,35 @@ impl Connector {
             Some(a) => vec![a],
             None => self.resolve(host, port).await?,
         };
-        let addrs = if unlisted && !self.policy.defaults.allow_private {
-            let public: Vec<SocketAddr> = addrs
+        if !unlisted {
+            return Ok(addrs);
+        }
+        // Unlisted egress can't be turned against the pod or the cluster:
+        // checked on the resolved addresses, so DNS rebinding can't bypass it.
+        let allow_private = self.policy.defaults.allow_private;
+        let allowed: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.is_own(a) && (allow_private || !is_private(a.ip())))
+            .collect();
+        if allowed.is_empty() {
+            let list = addrs
                 .iter()
-                .copied()
-                .filter(|a| !is_private(a.ip()) && Some(*a) != self.admin_addr)
-                .collect();
-            if public.is_empty() {
-                return Err(UpstreamError::new(
-                    Failure::PrivateAddress,
-                    host,
-                    format!(
-                        "resolves only to private, loopback or link-local addresses ({})",
-                        addrs
-                            .iter()
-                            .map(|a| a.ip().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-            public
-        } else {
-            addrs
-        };
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let why = if addrs.iter().any(|a| self.is_own(a)) {
+                "is pinproxy's own listener"
+            } else {
+                "resolves only to private, loopback or link-local addresses"
+            };
+            return Err(UpstreamError::new(
+                Failure::PrivateAddress,
+                host,
+                format!("{why} ({list})"),
+            ));
+        }
+        let addrs = allowed;
         Ok(addrs)
     }
 
@@ -351,6 +401,18 @@ impl Connector {
         Ok(tls)
     }
 
+    /// The proxy's own listeners (admin, proxy): a wildcard bind matches
+    /// every local address on that port.
+    fn is_own(&self, target: &SocketAddr) -> bool {
+        self.own_addrs.iter().any(|own| {
+            own.port() == target.port()
+                && (own.ip() == target.ip()
+                    || own.ip().is_unspecified()
+                    || target.ip().is_loopback()
+                    || target.ip().is_unspecified())
+        })
+    }
+
     fn count_failure(&self, label: &str, reason: &str) {
         self.metrics
             .tls_verify_failures
@@ -362,7 +424,7 @@ impl Connector {
         match host {
             Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
             Host::Name(name) => {
-                let lookup = tokio::net::lookup_host((name.as_str(), port));
+                let lookup = self.resolver.resolve(name, port);
                 match tokio::time::timeout(self.timeouts.connect, lookup).await {
                     Err(_) => Err(UpstreamError::new(
                         Failure::Timeout,
@@ -375,7 +437,6 @@ impl Connector {
                         format!("DNS lookup failed: {e}"),
                     )),
                     Ok(Ok(addrs)) => {
-                        let addrs: Vec<SocketAddr> = addrs.collect();
                         if addrs.is_empty() {
                             Err(UpstreamError::new(
                                 Failure::Unreachable,

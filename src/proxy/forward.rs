@@ -66,7 +66,17 @@ pub async fn send(
     // The client regenerates Host from the URL authority.
     parts.headers.remove(header::HOST);
     let out = Request::from_parts(parts, body);
-    match snap.client.request(out).await {
+    let sent = tokio::time::timeout(state.shared.timeouts.response, snap.client.request(out)).await;
+    let Ok(sent) = sent else {
+        count(state, label, "upstream-timeout");
+        return super::refuse(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            &target.host.to_string(),
+            "no response from upstream in time",
+        );
+    };
+    match sent {
         Ok(resp) => {
             count(state, label, "ok");
             let (mut parts, body) = resp.into_parts();

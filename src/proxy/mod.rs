@@ -51,7 +51,7 @@ impl Default for Limits {
         Self {
             max_connections: 4096,
             max_header_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
         }
     }

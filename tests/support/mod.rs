@@ -283,6 +283,9 @@ async fn upstream_handler(
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_string();
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -393,24 +396,51 @@ pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
 /// Starts the proxy on an existing pinset path, optionally with the
 /// directory watcher running.
 pub async fn proxy_at(dir: tempfile::TempDir, pins_path: PathBuf, watch: bool) -> Proxy {
+    proxy_full(dir, pins_path, watch, |_, _| {}).await
+}
+
+/// Starts the proxy with `tune` applied to its shared settings and limits.
+pub async fn proxy_tuned(
+    yaml: &str,
+    files: &[(&str, String)],
+    tune: impl FnOnce(&mut Shared, &mut Limits),
+) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, contents) in files {
+        write(dir.path(), name, contents);
+    }
+    let pins_path = write(dir.path(), "pins.yaml", yaml);
+    proxy_full(dir, pins_path, false, tune).await
+}
+
+pub async fn proxy_full(
+    dir: tempfile::TempDir,
+    pins_path: PathBuf,
+    watch: bool,
+    tune: impl FnOnce(&mut Shared, &mut Limits),
+) -> Proxy {
     let policy = config::load(&pins_path).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Metrics::new();
-    let shared = Shared::new(metrics.clone());
-    let intercept =
-        Arc::new(Intercept::generate(shared.provider.clone(), metrics.clone(), 16).unwrap());
-    intercept.write_ca(dir.path()).unwrap();
-    let state = State::new(
-        policy,
-        shared,
-        pins_path.clone(),
-        Limits::default(),
-        Some(intercept.clone()),
-    )
-    .unwrap();
+    let mut shared = Shared::new(metrics.clone());
+    let mut limits = Limits::default();
+    tune(&mut shared, &mut limits);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
+    shared.own_addrs = vec![addr, admin];
+    let intercept =
+        Arc::new(Intercept::generate(shared.provider.clone(), metrics.clone(), 16).unwrap());
+    // Outside the pins directory, so writing it doesn't look like a reload.
+    intercept.write_ca(&dir.path().join("ca-out")).unwrap();
+    let state = State::new(
+        policy,
+        shared,
+        pins_path.clone(),
+        limits,
+        Some(intercept.clone()),
+    )
+    .unwrap();
     let (stop, rx) = watch::channel(false);
     let mut rx1 = rx.clone();
     let mut rx2 = rx;
@@ -618,5 +648,109 @@ impl SecretVolume {
         if let Some(old) = old {
             std::fs::remove_dir_all(self.dir.join(old)).unwrap();
         }
+    }
+}
+
+// === hostile upstreams and resolvers ===
+
+/// A TLS server whose connection handler is the test's own code.
+pub async fn raw_tls_upstream<F, Fut>(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    handler: F,
+) -> SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    handler(tls).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A plain TCP server whose connection handler is the test's own code.
+pub async fn raw_tcp_upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move { handler(tcp).await });
+        }
+    });
+    addr
+}
+
+/// Reads an HTTP/1.1 request head from `s`.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.ok()? == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Answers names from a fixed table; anything else fails like NXDOMAIN.
+#[derive(Debug, Default)]
+pub struct StaticResolver(pub std::collections::HashMap<String, Vec<std::net::IpAddr>>);
+
+impl pinproxy::upstream::Resolve for StaticResolver {
+    fn resolve(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static>,
+    > {
+        let found = self.0.get(name).cloned();
+        let name = name.to_string();
+        Box::pin(async move {
+            match found {
+                Some(ips) => Ok(ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()),
+                None => Err(std::io::Error::other(format!(
+                    "failed to lookup address information: {name}: Name or service not known"
+                ))),
+            }
+        })
     }
 }

@@ -1,0 +1,598 @@
+//! Faults, limits and lifecycle: hostile upstreams, slow clients, load,
+//! SSRF-safe egress, graceful drain.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use pinproxy::pin::Pin;
+use support::*;
+
+const HOST: &str = "api.pinned.test";
+
+fn url(path: &str) -> String {
+    format!("http://{HOST}{path}")
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_body_truncates_and_the_proxy_survives() {
+    let pki = Pki::new(&[HOST]);
+    let addr = raw_tls_upstream(pki.chain(), pki.leaf.key_der(), |mut tls| async move {
+        if read_head(&mut tls).await.is_none() {
+            return;
+        }
+        let _ = tls
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npartial body")
+            .await;
+        let _ = tls.flush().await;
+        // Let the head and some body arrive, then reset the connection.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (tcp, _) = tls.into_inner();
+        #[allow(deprecated)] // SO_LINGER 0 is exactly the RST we want
+        let _ = tcp.set_linger(Some(Duration::ZERO));
+    })
+    .await;
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let out = raw(
+        p.addr,
+        format!("GET {} HTTP/1.1\r\nHost: {HOST}\r\n\r\n", url("/")).as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("partial body"), "{out}");
+    assert!(out.len() < 100_000, "the body was truncated, not completed");
+    // Survives: a healthy upstream next.
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("ok")).await;
+    let p2 = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    assert_eq!(get(p2.addr, &url("/")).await.status, 200);
+    assert_eq!(
+        get(p.addr, "http://unlisted.test/").await.status,
+        403,
+        "the first proxy still serves"
+    );
+}
+
+#[tokio::test]
+async fn stalled_upstreams_time_out() {
+    let pki = Pki::new(&[HOST]);
+    // Accepts TCP, never speaks TLS.
+    let silent = raw_tcp_upstream(|tcp| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(tcp);
+    })
+    .await;
+    let tune = |s: &mut pinproxy::upstream::Shared, _: &mut pinproxy::proxy::Limits| {
+        s.timeouts.handshake = Duration::from_millis(300);
+        s.timeouts.response = Duration::from_millis(500);
+    };
+    let p = proxy_tuned(
+        &pinset(HOST, &[pki.int.pin()], "", silent),
+        &[("ca.pem", pki.root.pem())],
+        tune,
+    )
+    .await;
+    let start = Instant::now();
+    let r = get(p.addr, &url("/")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (504, Some("upstream-timeout")),
+        "{r:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(p.tls_failures(HOST, "timeout"), 1);
+
+    // Completes TLS, then never answers the request.
+    let mute = raw_tls_upstream(pki.chain(), pki.leaf.key_der(), |mut tls| async move {
+        let _ = read_head(&mut tls).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let p = proxy_tuned(
+        &pinset(HOST, &[pki.int.pin()], "", mute),
+        &[("ca.pem", pki.root.pem())],
+        tune,
+    )
+    .await;
+    let r = get(p.addr, &url("/")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (504, Some("upstream-timeout")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_speaking_garbage_is_a_tls_error() {
+    let pki = Pki::new(&[HOST]);
+    let garbage = raw_tcp_upstream(|mut tcp| async move {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", garbage),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let r = get(p.addr, &url("/")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("upstream-tls-error")),
+        "{r:?}"
+    );
+    assert_eq!(p.requests(HOST, "upstream-tls-error"), 1);
+}
+
+#[tokio::test]
+async fn dns_failure_and_rebinding() {
+    let pki = Pki::new(&["nodns.test", "rebind.test"]);
+    let yaml = format!(
+        "version: 1\ndefaults:\n  unlisted: allow\nhosts:\n  nodns.test:\n    pins: [{}]\n    trust: ca.pem\n",
+        pki.int.pin()
+    );
+    let mut table = HashMap::new();
+    table.insert("rebind.test".to_string(), vec!["10.0.0.7".parse().unwrap()]);
+    table.insert(
+        "metadata.test".to_string(),
+        vec!["169.254.169.254".parse().unwrap()],
+    );
+    table.insert(
+        "mapped.test".to_string(),
+        vec!["::ffff:127.0.0.1".parse().unwrap()],
+    );
+    let resolver = Arc::new(StaticResolver(table));
+    let p = proxy_tuned(&yaml, &[("ca.pem", pki.root.pem())], move |s, _| {
+        s.resolver = resolver
+    })
+    .await;
+    let r = get(p.addr, "http://nodns.test/").await;
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (502, Some("upstream-unreachable")),
+        "{r:?}"
+    );
+    assert!(r.body.contains("DNS"), "{}", r.body);
+    // The check is on the resolved address, not the name.
+    for name in ["rebind.test", "metadata.test", "mapped.test"] {
+        let r = get(p.addr, &format!("http://{name}/")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error()),
+            (403, Some("private-address")),
+            "{name}: {r:?}"
+        );
+        let (s, head) = connect_status(p.addr, &format!("{name}:443")).await;
+        assert_eq!(s, 403, "{name} CONNECT: {head}");
+    }
+    assert_eq!(p.denied("private-address"), 6);
+}
+
+async fn connect_status(proxy: std::net::SocketAddr, target: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await.unwrap_or_default();
+    (
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        head,
+    )
+}
+
+#[tokio::test]
+async fn the_proxys_own_ports_are_never_egress_targets() {
+    // Even with allow_private, unlisted egress can't reach pinproxy's own
+    // admin (or proxy) listener: /metrics, /pins are not the app's to fetch
+    // through the proxy, and a request must not loop back into it.
+    let p = proxy("version: 1\nhosts: {}\n", &[]).await;
+    for own in [p.admin.port(), p.addr.port()] {
+        let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{own}]\nhosts: {{}}\n");
+        std::fs::write(&p.pins_path, yaml).unwrap();
+        p.state.reload().await.unwrap();
+        let (s, head) = connect_status(p.addr, &format!("127.0.0.1:{own}")).await;
+        assert_eq!(s, 403, "{head}");
+        assert!(head.contains("x-pinproxy-error: private-address"), "{head}");
+        let r = get(p.addr, &format!("http://127.0.0.1:{own}/metrics")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error()),
+            (403, Some("private-address")),
+            "{r:?}"
+        );
+        assert!(r.body.contains("own listener"), "{}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_closed_by_the_upstream_between_requests() {
+    let pki = Pki::new(&[HOST]);
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c2 = conns.clone();
+    // Answers one request per connection, then closes without saying so.
+    let addr = raw_tls_upstream(pki.chain(), pki.leaf.key_der(), move |mut tls| {
+        let conns = c2.clone();
+        async move {
+            conns.fetch_add(1, Ordering::SeqCst);
+            if read_head(&mut tls).await.is_none() {
+                return;
+            }
+            let _ = tls
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            let _ = tls.shutdown().await;
+        }
+    })
+    .await;
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let mut c = ProxyConn::open(p.addr).await;
+    for i in 0..10 {
+        let r = c.get(&url(&format!("/{i}")), &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        10,
+        "each request needed a fresh upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn five_hundred_clients_at_once() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            get(addr, &url(&format!("/c{i}"))).await.status.as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 500);
+    assert_eq!(p.requests(HOST, "ok"), 500);
+}
+
+#[tokio::test]
+async fn slowloris_clients_are_cut_off_without_starving_others() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = proxy_tuned(
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+        &[("ca.pem", pki.root.pem())],
+        |_, l| {
+            l.header_read_timeout = Duration::from_millis(800);
+        },
+    )
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+        tcp.write_all(b"GET http://api.pinned.test/ HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    let trickle = tokio::spawn(async move {
+        let mut cut = 0;
+        for _ in 0..15 {
+            for s in slow.iter_mut() {
+                let _ = s.write_all(b"s").await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for mut s in slow {
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => cut += 1,
+                Ok(Ok(_)) => cut += 1, // an error response, then close
+                Err(_) => {}
+            }
+        }
+        cut
+    });
+    let start = Instant::now();
+    let r = get(p.addr, &url("/")).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "a normal client waited {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        trickle.await.unwrap(),
+        100,
+        "every slowloris connection was cut off"
+    );
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503_overloaded() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = proxy_tuned(
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+        &[("ca.pem", pki.root.pem())],
+        |_, l| {
+            l.max_connections = 2;
+        },
+    )
+    .await;
+    let _a = ProxyConn::open(p.addr).await;
+    let _b = ProxyConn::open(p.addr).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = raw(
+        p.addr,
+        b"GET http://api.pinned.test/ HTTP/1.1\r\nHost: api.pinned.test\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(out.contains("x-pinproxy-error: overloaded"), "{out}");
+    assert_eq!(p.denied("overloaded"), 1);
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        get(p.addr, &url("/")).await.status,
+        200,
+        "a freed slot serves again"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let big = "x".repeat(200 * 1024);
+    let out = raw(
+        p.addr,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {big}\r\n\r\n",
+            url("/")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &out[..out.len().min(200)]
+    );
+    assert_eq!(p.denied("bad-request"), 1);
+    assert_eq!(get(p.addr, &url("/")).await.status, 200);
+}
+
+#[tokio::test]
+async fn pinset_deleted_and_restored_under_load_fails_nothing() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = pinset(
+        HOST,
+        &[pki.int.pin(), Pin::from_bytes([1; 32])],
+        "",
+        up.addr,
+    );
+    let root = pki.root.pem();
+    let mut vol = SecretVolume::new(dir.path(), &[("pins.yaml", &good), ("ca.pem", &root)]);
+    let p = proxy_at(dir, vol.path("pins.yaml"), true).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (addr, stop) = (p.addr, stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut c = ProxyConn::open(addr).await;
+            let (mut ok, mut bad) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                if c.get(&url("/"), &[]).await.status == 200 {
+                    ok += 1;
+                } else {
+                    bad += 1;
+                }
+            }
+            (ok, bad)
+        }));
+    }
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if i % 2 == 0 {
+            vol.update(&[("ca.pem", &root)]);
+        } else {
+            vol.update(&[("pins.yaml", &good), ("ca.pem", &root)]);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut bad) = (0, 0);
+    for w in workers {
+        let (o, b) = w.await.unwrap();
+        ok += o;
+        bad += b;
+    }
+    assert_eq!(bad, 0, "{bad} requests failed that should have passed");
+    assert!(ok > 50, "only {ok} requests ran");
+    assert!(
+        p.metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .get()
+            >= 1
+    );
+}
+
+fn spawn_binary(
+    pins: &std::path::Path,
+    extra: &[&str],
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let mut args = vec![
+        "run".to_string(),
+        "--pins".into(),
+        pins.display().to_string(),
+        "--listen".into(),
+        listen.to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(&args)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, listen, admin)
+}
+
+async fn wait_listening(addr: std::net::SocketAddr) {
+    for _ in 0..400 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{addr} never listened");
+}
+
+async fn status_of(addr: std::net::SocketAddr, path: &str) -> u16 {
+    match TcpStream::connect(addr).await {
+        Ok(mut s) => {
+            let _ = s
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            out.split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        }
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn sigterm_turns_unready_serves_the_grace_period_and_drains() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &pki.root.pem());
+    let pins = write(
+        dir.path(),
+        "pins.yaml",
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+    );
+    let (mut child, listen, admin) =
+        spawn_binary(&pins, &["--shutdown-grace", "0.7", "--drain-timeout", "5"]);
+    wait_listening(listen).await;
+    assert_eq!(status_of(admin, "/readyz").await, 200);
+    // An in-flight request that outlives the grace period.
+    let inflight = tokio::spawn(async move { get(listen, &url("/slow")).await.status.as_u16() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        status_of(admin, "/readyz").await,
+        503,
+        "not ready once SIGTERM arrives"
+    );
+    assert_eq!(
+        get(listen, &url("/")).await.status,
+        200,
+        "new connections are served during the grace period"
+    );
+    assert_eq!(
+        inflight.await.unwrap(),
+        200,
+        "the in-flight request finished"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &pki.root.pem());
+    let pins = write(
+        dir.path(),
+        "pins.yaml",
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+    );
+    let (mut child, listen, _) =
+        spawn_binary(&pins, &["--shutdown-grace", "30", "--drain-timeout", "30"]);
+    wait_listening(listen).await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(status.success(), "{status:?}");
+}
