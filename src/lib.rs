@@ -14,7 +14,8 @@
 //! - [`reload`] watches the mounted Secret and swaps in new snapshots;
 //!   [`admin`] serves health, readiness, [`metrics`] and the `/pins` view.
 //! - [`cmd`] implements the `run`, `pin` and `check` commands ([`probe`] and
-//!   [`chain`] serve `pin --connect` and `check --live`).
+//!   [`chain`] serve `pin --connect` and `check --live`); [`inject`] adds the
+//!   sidecar to Kubernetes manifests, [`webhook`] does the same at admission.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod cmd;
 pub mod config;
 pub mod drift;
 pub mod host;
+pub mod inject;
 pub mod intercept;
 pub mod metrics;
 pub mod pin;
@@ -33,3 +35,4 @@ pub mod proxy;
 pub mod reload;
 pub mod upstream;
 pub mod verify;
+pub mod webhook;

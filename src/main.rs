@@ -17,6 +17,8 @@ fn main() -> ExitCode {
         Command::Run(args) => pinproxy::cmd::run(args),
         Command::Pin(args) => pinproxy::cmd::pin(args),
         Command::Check(args) => pinproxy::cmd::check(args),
+        Command::Inject(args) => pinproxy::cmd::inject(&args),
+        Command::Webhook(args) => pinproxy::cmd::webhook(&args),
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""idle10k.py PROXY_PID [N=10000] [PORT=15014]: open N keep-alive client connections to the proxy, send one
+absolute-form GET on each (so every connection has served a request and sits idle in keep-alive),
+then report the proxy's RSS. Raises RLIMIT_NOFILE to the hard limit. Loopback only; bounded."""
+import asyncio, json, resource, sys, time
+
+def rss_kb(pid):
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1])
+
+async def main(pid, n, port):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    before = rss_kb(pid)
+    conns, ok, sem = [], 0, asyncio.Semaphore(200)
+    async def opener():
+        nonlocal ok
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET http://api.local/ HTTP/1.1\r\nHost: api.local\r\n\r\n")
+            head = await r.readuntil(b"\r\n\r\n")
+            n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+            await r.readexactly(n)
+            ok += head.startswith(b"HTTP/1.1 200")
+            conns.append(w)
+    t0 = time.monotonic()
+    res = await asyncio.gather(*(opener() for _ in range(n)), return_exceptions=True)
+    errs = [repr(e) for e in res if isinstance(e, Exception)]
+    t1 = time.monotonic()
+    await asyncio.sleep(2)
+    held = rss_kb(pid)
+    for w in conns: w.close()
+    await asyncio.sleep(1)
+    print(json.dumps({"connections": len(conns), "ok_200": ok, "errors": len(errs), "first_error": errs[:1],
+                      "open_s": round(t1 - t0, 2), "rss_before_kb": before, "rss_with_idle_conns_kb": held,
+                      "rss_after_close_kb": rss_kb(pid)}))
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 10000,
+                     int(sys.argv[3]) if len(sys.argv) > 3 else 15014))

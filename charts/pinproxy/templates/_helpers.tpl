@@ -1,0 +1,44 @@
+{{/* Name of the chart, truncated for label values. */}}
+{{- define "pinproxy.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name. */}}
+{{- define "pinproxy.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pinproxy.webhookName" -}}
+{{- printf "%s-webhook" (include "pinproxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pinproxy.tlsSecretName" -}}
+{{- printf "%s-tls" (include "pinproxy.webhookName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pinproxy.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "pinproxy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "pinproxy.webhookSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "pinproxy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end -}}
+
+{{- define "pinproxy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The Secret the sidecars mount. */}}
+{{- define "pinproxy.pinsSecretName" -}}
+{{- .Values.pins.existingSecret | default .Values.pins.secretName -}}
+{{- end -}}

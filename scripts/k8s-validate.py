@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Offline checks for pinproxy's Kubernetes manifests (used by k8s-check.sh).
+
+  k8s-validate.py [--kubernetes-version V[,V...]] FILE...
+      Validate every document against the Kubernetes OpenAPI schemas shipped
+      in the kubernetes-validate package, in strict mode (unknown fields are
+      errors). Custom resources (PodMonitor, PrometheusRule, Certificate,
+      Issuer) have no offline schema: they are listed and skipped, and the
+      PrometheusRule groups are checked by --compare-rules instead.
+
+  k8s-validate.py --compare-rules RULES FILE...
+      Every PrometheusRule in FILEs must carry exactly the groups of the plain
+      Prometheus rules file RULES.
+
+  k8s-validate.py --write-rules
+      Regenerate the PrometheusRule copies from deploy/prometheus/pinproxy-rules.yaml.
+"""
+import argparse
+import os
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CANONICAL = os.path.join(ROOT, "deploy/prometheus/pinproxy-rules.yaml")
+BASE_RULE = os.path.join(ROOT, "deploy/base/prometheusrule.yaml")
+CHART_RULES = os.path.join(ROOT, "charts/pinproxy/files/pinproxy-rules.yaml")
+
+# Custom resources: no schema in kubernetes-validate. Skipped explicitly.
+CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/")
+
+
+def documents(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def name_of(doc):
+    meta = doc.get("metadata") or {}
+    return "%s/%s" % (doc.get("kind"), meta.get("name") or meta.get("generateName") or "?")
+
+
+def validate(paths, versions):
+    import kubernetes_validate
+    from kubernetes_validate import utils as kv
+
+    failures = checked = 0
+    skipped = []
+    for path in paths:
+        rel = os.path.relpath(path, ROOT) if path.startswith(ROOT) else path
+        try:
+            docs = documents(path)
+        except yaml.YAMLError as e:
+            print("ERROR %s: not YAML: %s" % (rel, e))
+            failures += 1
+            continue
+        for doc in docs:
+            if not isinstance(doc, dict) or "apiVersion" not in doc or "kind" not in doc:
+                print("ERROR %s: a document without apiVersion/kind" % rel)
+                failures += 1
+                continue
+            if doc["apiVersion"].startswith(CRD_GROUPS):
+                skipped.append("%s %s (%s)" % (rel, name_of(doc), doc["apiVersion"]))
+                continue
+            for version in versions:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                    checked += 1
+                except kv.ValidationError as e:
+                    where = ".".join(str(p) for p in e.path)
+                    print("ERROR %s: %s against Kubernetes %s: %s: %s"
+                          % (rel, name_of(doc), e.version, where, e.message))
+                    failures += 1
+                except kv.SchemaNotFoundError as e:
+                    print("ERROR %s: %s: %s" % (rel, name_of(doc), e.message))
+                    failures += 1
+    for s in skipped:
+        print("SKIP  %s: custom resource, no offline schema" % s)
+    print("validated %d document(s) x version(s) [%s] in %d file(s); %d skipped; %d error(s)"
+          % (checked, ", ".join(versions), len(paths), len(skipped), failures))
+    return failures == 0
+
+
+def rule_groups(path):
+    with open(path) as f:
+        return yaml.safe_load(f)["groups"]
+
+
+def compare_rules(canonical, paths):
+    want = rule_groups(canonical)
+    ok, found = True, 0
+    for path in paths:
+        for doc in documents(path):
+            if doc.get("kind") != "PrometheusRule":
+                continue
+            found += 1
+            if doc.get("spec", {}).get("groups") != want:
+                print("ERROR %s: %s differs from %s (run scripts/k8s-validate.py --write-rules)"
+                      % (path, name_of(doc), os.path.relpath(canonical, ROOT)))
+                ok = False
+            else:
+                print("OK    %s: %s matches" % (os.path.relpath(path, ROOT) if path.startswith(ROOT) else path,
+                                               name_of(doc)))
+    if found < len(paths):
+        print("ERROR expected a PrometheusRule in each of %d file(s), found %d" % (len(paths), found))
+        ok = False
+    return ok
+
+
+def write_rules():
+    with open(CANONICAL) as f:
+        text = f.read()
+    body = "".join(l for l in text.splitlines(True) if not l.startswith("#")).lstrip("\n")
+    header = ("# GENERATED from deploy/prometheus/pinproxy-rules.yaml by\n"
+              "# `python3 scripts/k8s-validate.py --write-rules`. Do not edit by hand.\n")
+    with open(BASE_RULE, "w") as f:
+        f.write(header)
+        f.write("apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n"
+                "  name: pinproxy\n  labels:\n    app.kubernetes.io/name: pinproxy\nspec:\n")
+        f.write("".join("  " + l if l.strip() else l for l in body.splitlines(True)))
+    os.makedirs(os.path.dirname(CHART_RULES), exist_ok=True)
+    with open(CHART_RULES, "w") as f:
+        f.write(header)
+        f.write(body)
+    print("wrote %s and %s" % (os.path.relpath(BASE_RULE, ROOT), os.path.relpath(CHART_RULES, ROOT)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kubernetes-version", default="1.29.0,1.33.0",
+                    help="comma-separated Kubernetes versions to validate against")
+    ap.add_argument("--compare-rules", metavar="RULES")
+    ap.add_argument("--write-rules", action="store_true")
+    ap.add_argument("files", nargs="*")
+    args = ap.parse_args()
+    if args.write_rules:
+        write_rules()
+        return 0
+    if not args.files:
+        ap.error("no files")
+    if args.compare_rules:
+        return 0 if compare_rules(args.compare_rules, args.files) else 1
+    versions = [v.strip() for v in args.kubernetes_version.split(",") if v.strip()]
+    return 0 if validate(args.files, versions) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+//! Golden tests for `pinproxy inject`.
+//!
+//! Every `tests/fixtures/inject/NAME.in.yaml` is injected and compared with
+//! `NAME.out.yaml`. Cases named `legacy-*` use the regular-container
+//! sidecar; the rest use the defaults with a fixed image so the files do not
+//! change with the crate version. `PINPROXY_BLESS=1 cargo test --test inject`
+//! rewrites the expected files; review the diff before committing it.
+
+use std::path::{Path, PathBuf};
+
+use pinproxy::inject::{inject_stream, InjectError, InjectOptions};
+use serde_yaml::Value;
+
+const IMAGE: &str = "ghcr.io/pinproxy/pinproxy:test";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject")
+}
+
+fn options_for(case: &str) -> InjectOptions {
+    InjectOptions {
+        image: IMAGE.into(),
+        native_sidecar: !case.starts_with("legacy-"),
+        ..InjectOptions::default()
+    }
+}
+
+/// (case name, input text) for every fixture.
+fn cases() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(fixtures())
+        .expect("fixture directory exists")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".in.yaml")?
+                .to_string();
+            Some((name, std::fs::read_to_string(&path).ok()?))
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 10, "fixtures missing: found {}", out.len());
+    out
+}
+
+/// Split a stream on its `---` lines, keeping the text of each document.
+fn documents(stream: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in stream.split_inclusive('\n') {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(String::new());
+        }
+        docs.last_mut().unwrap().push_str(line);
+    }
+    docs
+}
+
+fn kind(doc: &Value) -> &str {
+    doc.get("kind").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Pod templates of a document, as (metadata, spec).
+fn pod_specs(doc: &Value) -> Vec<&Value> {
+    match kind(doc) {
+        "Pod" => vec![doc],
+        "CronJob" => vec![&doc["spec"]["jobTemplate"]["spec"]["template"]],
+        "List" => doc["items"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(pod_specs)
+            .collect(),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            vec![&doc["spec"]["template"]]
+        }
+        _ => vec![],
+    }
+}
+
+#[test]
+fn golden() {
+    let bless = std::env::var_os("PINPROXY_BLESS").is_some();
+    let mut failures = Vec::new();
+    for (case, input) in cases() {
+        let got = inject_stream(&input, &options_for(&case))
+            .unwrap_or_else(|e| panic!("{case}: inject failed: {e}"));
+        let expected_path = fixtures().join(format!("{case}.out.yaml"));
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with PINPROXY_BLESS=1)",
+                expected_path.display()
+            )
+        });
+        if got != expected {
+            failures.push(format!("--- {case}: got\n{got}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "golden mismatches:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn injecting_twice_equals_once() {
+    for (case, input) in cases() {
+        let opts = options_for(&case);
+        let once = inject_stream(&input, &opts).unwrap();
+        let twice = inject_stream(&once, &opts).unwrap();
+        assert_eq!(once, twice, "{case}: second injection changed the output");
+    }
+}
+
+#[test]
+fn every_pod_template_gets_a_hardened_sidecar() {
+    for (case, input) in cases() {
+        let opts = options_for(&case);
+        let out = inject_stream(&input, &opts).unwrap();
+        for text in documents(&out) {
+            let doc: Value = serde_yaml::from_str(&text).unwrap();
+            for tmpl in pod_specs(&doc) {
+                let spec = &tmpl["spec"];
+                if !spec["containers"].is_sequence() {
+                    continue; // a patch or fragment, left alone
+                }
+                let opted_out = tmpl["metadata"]["annotations"]["pinproxy.io/inject"].as_str()
+                    == Some("false")
+                    || doc["metadata"]["annotations"]["pinproxy.io/inject"].as_str()
+                        == Some("false");
+                let list = if opts.native_sidecar {
+                    "initContainers"
+                } else {
+                    "containers"
+                };
+                let sidecars: Vec<&Value> = spec[list]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["name"].as_str() == Some("pinproxy"))
+                    .collect();
+                if opted_out {
+                    assert!(sidecars.is_empty(), "{case}: opted-out template injected");
+                    continue;
+                }
+                assert_eq!(
+                    sidecars.len(),
+                    1,
+                    "{case}: want one sidecar in {list}:\n{text}"
+                );
+                let c = sidecars[0];
+                // First, so it starts before the app and any other init container.
+                assert_eq!(spec[list][0]["name"].as_str(), Some("pinproxy"), "{case}");
+                if opts.native_sidecar {
+                    assert_eq!(c["restartPolicy"].as_str(), Some("Always"), "{case}");
+                }
+                assert_eq!(
+                    c["startupProbe"]["httpGet"]["path"].as_str(),
+                    Some("/readyz"),
+                    "{case}"
+                );
+                assert_eq!(
+                    c["readinessProbe"]["httpGet"]["path"].as_str(),
+                    Some("/readyz"),
+                    "{case}"
+                );
+                assert_eq!(
+                    c["livenessProbe"]["httpGet"]["path"].as_str(),
+                    Some("/healthz"),
+                    "{case}"
+                );
+                let sc = &c["securityContext"];
+                assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{case}");
+                assert_eq!(
+                    sc["allowPrivilegeEscalation"].as_bool(),
+                    Some(false),
+                    "{case}"
+                );
+                assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{case}");
+                assert_eq!(
+                    sc["capabilities"]["drop"][0].as_str(),
+                    Some("ALL"),
+                    "{case}"
+                );
+                assert_eq!(
+                    sc["seccompProfile"]["type"].as_str(),
+                    Some("RuntimeDefault"),
+                    "{case}"
+                );
+                assert!(c["resources"]["requests"]["memory"].is_string(), "{case}");
+                assert!(c["resources"]["limits"]["memory"].is_string(), "{case}");
+                // The pins Secret is mounted as a directory: subPath never updates.
+                for m in c["volumeMounts"].as_sequence().unwrap() {
+                    assert!(m.get("subPath").is_none(), "{case}: subPath mount");
+                }
+                let volumes = spec["volumes"].as_sequence().unwrap();
+                assert!(
+                    volumes
+                        .iter()
+                        .any(|v| v["name"].as_str() == Some("pinproxy-pins")
+                            && v["secret"]["secretName"].is_string()),
+                    "{case}"
+                );
+                assert!(
+                    volumes
+                        .iter()
+                        .any(|v| v["name"].as_str() == Some("pinproxy-ca")
+                            && v["emptyDir"].is_mapping()),
+                    "{case}"
+                );
+                for app in spec["containers"].as_sequence().unwrap() {
+                    if app["name"].as_str() == Some("pinproxy") {
+                        continue;
+                    }
+                    let env = |name: &str| {
+                        app["env"]
+                            .as_sequence()
+                            .unwrap()
+                            .iter()
+                            .filter(|e| e["name"].as_str() == Some(name))
+                            .map(|e| e["value"].as_str().unwrap().to_string())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(env("HTTPS_PROXY"), ["http://127.0.0.1:3128"], "{case}");
+                    assert_eq!(env("HTTP_PROXY"), ["http://127.0.0.1:3128"], "{case}");
+                    assert_eq!(env("SSL_CERT_FILE"), ["/var/run/pinproxy/ca.crt"], "{case}");
+                    assert_eq!(
+                        env("NODE_EXTRA_CA_CERTS"),
+                        ["/var/run/pinproxy/ca.crt"],
+                        "{case}"
+                    );
+                    assert_eq!(
+                        env("REQUESTS_CA_BUNDLE"),
+                        ["/var/run/pinproxy/ca.crt"],
+                        "{case}"
+                    );
+                    let no_proxy = env("NO_PROXY");
+                    assert_eq!(no_proxy.len(), 1, "{case}");
+                    for host in [
+                        "localhost",
+                        "127.0.0.1",
+                        ".svc",
+                        ".cluster.local",
+                        "kubernetes.default.svc",
+                    ] {
+                        assert!(
+                            no_proxy[0].split(',').any(|h| h == host),
+                            "{case}: NO_PROXY lacks {host}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn documents_other_than_workloads_come_back_byte_for_byte() {
+    let input = std::fs::read_to_string(fixtures().join("multi-doc.in.yaml")).unwrap();
+    let out = inject_stream(&input, &options_for("multi-doc")).unwrap();
+    let (before, after) = (documents(&input), documents(&out));
+    assert_eq!(before.len(), after.len());
+    let mut changed = 0;
+    for (b, a) in before.iter().zip(&after) {
+        let doc: Value = serde_yaml::from_str(b).unwrap_or(Value::Null);
+        let injectable = !pod_specs(&doc).is_empty()
+            && pod_specs(&doc)
+                .iter()
+                .all(|t| t["spec"]["containers"].is_sequence());
+        if injectable {
+            assert_ne!(a, b, "a workload was not injected");
+            changed += 1;
+        } else {
+            assert_eq!(a, b, "a non-workload document changed");
+        }
+    }
+    assert_eq!(changed, 2, "the Deployment and the List with a Pod");
+}
+
+#[test]
+fn opted_out_stream_is_untouched() {
+    let input = std::fs::read_to_string(fixtures().join("opt-out.in.yaml")).unwrap();
+    assert_eq!(
+        inject_stream(&input, &options_for("opt-out")).unwrap(),
+        input
+    );
+}
+
+#[test]
+fn new_options_update_an_injected_workload_in_place() {
+    let input = std::fs::read_to_string(fixtures().join("deployment.in.yaml")).unwrap();
+    let old = InjectOptions {
+        image: "ghcr.io/pinproxy/pinproxy:0.0.1".into(),
+        ..options_for("deployment")
+    };
+    let new = options_for("deployment");
+    let via_old = inject_stream(&inject_stream(&input, &old).unwrap(), &new).unwrap();
+    assert_eq!(via_old, inject_stream(&input, &new).unwrap());
+    // Switching between native and legacy moves the sidecar, never duplicates it.
+    let legacy = InjectOptions {
+        native_sidecar: false,
+        ..new.clone()
+    };
+    let back = inject_stream(&inject_stream(&via_old, &legacy).unwrap(), &new).unwrap();
+    let doc: Value = serde_yaml::from_str(&back).unwrap();
+    let spec = &doc["spec"]["template"]["spec"];
+    let count = |list: &str| {
+        spec[list]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"].as_str() == Some("pinproxy"))
+            .count()
+    };
+    assert_eq!((count("initContainers"), count("containers")), (1, 0));
+}
+
+#[test]
+fn octal_modes_keep_their_value() {
+    let input = std::fs::read_to_string(fixtures().join("deployment.in.yaml")).unwrap();
+    let out = inject_stream(&input, &options_for("deployment")).unwrap();
+    assert!(
+        out.contains("defaultMode: 420"),
+        "0644 must stay octal 0644 = 420:\n{out}"
+    );
+    // YAML 1.1 readers (Kubernetes) would take a plain `on` for a boolean.
+    assert!(out.contains("value: \"on\""), "{out}");
+}
+
+#[test]
+fn invalid_yaml_names_the_document() {
+    let input = "apiVersion: v1\nkind: ConfigMap\n---\nkind: Pod\nspec: [unclosed\n";
+    match inject_stream(input, &InjectOptions::default()) {
+        Err(InjectError::Parse { index, line, .. }) => assert_eq!((index, line), (1, 3)),
+        other => panic!("want a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_workload_is_an_error_not_a_panic() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a}]\n  volumes: notalist\n";
+    let err = inject_stream(input, &InjectOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("volumes"), "{err}");
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let opts = InjectOptions {
+        pins_secret: "Not A Name".into(),
+        ..InjectOptions::default()
+    };
+    assert!(matches!(
+        inject_stream("kind: Pod\n", &opts),
+        Err(InjectError::Options(_))
+    ));
+}

@@ -1,0 +1,449 @@
+//! Tests for `pinproxy webhook`: AdmissionReview in, JSONPatch out, and the
+//! patched Pod equals what `pinproxy inject` makes of the same Pod.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use pinproxy::inject::{inject_stream, InjectOptions};
+use pinproxy::webhook::{review, serve, CertReloader, Mode, Reply};
+use serde_json::{json, Value as Json};
+
+fn opts() -> InjectOptions {
+    InjectOptions {
+        image: "ghcr.io/pinproxy/pinproxy:test".into(),
+        ..InjectOptions::default()
+    }
+}
+
+fn admission_review(pod: &Json) -> Json {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+}
+
+fn response(reply: &Reply) -> &Json {
+    &reply.body["response"]
+}
+
+/// Apply the reply's patch to `pod`.
+fn patched(pod: &Json, reply: &Reply) -> Json {
+    let r = response(reply);
+    assert_eq!(r["allowed"], json!(true), "{r}");
+    assert_eq!(r["patchType"], json!("JSONPatch"), "{r}");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(r["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch).expect("patch applies");
+    doc
+}
+
+/// The Pods a controller would create from each workload fixture, as YAML.
+fn fixture_pods() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
+    let mut pods = Vec::new();
+    for case in [
+        "deployment",
+        "statefulset",
+        "daemonset",
+        "replicaset",
+        "job",
+        "cronjob",
+        "pod",
+    ] {
+        // The API server sends JSON, where a file mode is already a number.
+        let text = std::fs::read_to_string(dir.join(format!("{case}.in.yaml")))
+            .unwrap()
+            .replace("defaultMode: 0644", "defaultMode: 420");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let template = match case {
+            "pod" => doc.clone(),
+            "cronjob" => doc["spec"]["jobTemplate"]["spec"]["template"].clone(),
+            _ => doc["spec"]["template"].clone(),
+        };
+        let mut metadata = template
+            .get("metadata")
+            .cloned()
+            .unwrap_or_else(|| serde_yaml::from_str("{}").unwrap());
+        metadata["generateName"] = serde_yaml::Value::from(format!("{case}-"));
+        let pod: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {}",
+            serde_json::to_string(&metadata).unwrap(),
+            serde_json::to_string(&template["spec"]).unwrap(),
+        ))
+        .unwrap();
+        pods.push((case.to_string(), serde_yaml::to_string(&pod).unwrap()));
+    }
+    pods
+}
+
+fn yaml_to_json(text: &str) -> Json {
+    let v: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    serde_json::to_value(v).unwrap()
+}
+
+#[test]
+fn patched_pod_equals_inject_output() {
+    for (case, pod_yaml) in fixture_pods() {
+        let pod = yaml_to_json(&pod_yaml);
+        let reply = review(
+            admission_review(&pod).to_string().as_bytes(),
+            Mode::OptOut,
+            &opts(),
+        );
+        assert_eq!(reply.status, 200, "{case}");
+        let expected = yaml_to_json(&inject_stream(&pod_yaml, &opts()).unwrap());
+        assert_eq!(patched(&pod, &reply), expected, "{case}");
+    }
+}
+
+#[test]
+fn opt_in_needs_the_annotation_or_label() {
+    let (_, pod_yaml) = fixture_pods().remove(0);
+    let mut pod = yaml_to_json(&pod_yaml);
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptIn,
+        &opts(),
+    );
+    assert_eq!(response(&reply)["allowed"], json!(true));
+    assert!(
+        response(&reply).get("patch").is_none(),
+        "not opted in: no patch"
+    );
+
+    for field in ["annotations", "labels"] {
+        let mut p = pod.clone();
+        p["metadata"][field]["pinproxy.io/inject"] = json!("true");
+        let reply = review(
+            admission_review(&p).to_string().as_bytes(),
+            Mode::OptIn,
+            &opts(),
+        );
+        let as_yaml: serde_yaml::Value = serde_json::from_value(p.clone()).unwrap();
+        let expected = inject_stream(&serde_yaml::to_string(&as_yaml).unwrap(), &opts()).unwrap();
+        assert_eq!(patched(&p, &reply), yaml_to_json(&expected), "{field}");
+    }
+
+    pod["metadata"]["annotations"]["pinproxy.io/inject"] = json!("false");
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    assert!(
+        response(&reply).get("patch").is_none(),
+        "opted out in a labelled namespace"
+    );
+}
+
+#[test]
+fn an_injected_pod_gets_no_patch() {
+    let (_, pod_yaml) = fixture_pods().remove(0);
+    let injected = yaml_to_json(&inject_stream(&pod_yaml, &opts()).unwrap());
+    let reply = review(
+        admission_review(&injected).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    assert_eq!(response(&reply)["allowed"], json!(true));
+    assert!(response(&reply).get("patch").is_none(), "{}", reply.body);
+}
+
+#[test]
+fn malformed_reviews_get_clear_errors() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": {"containers": [{"name": "a"}]}});
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"".to_vec(), 400, "not JSON"),
+        (b"{not json".to_vec(), 400, "not JSON"),
+        (b"\xff\xfe\x00garbage".to_vec(), 400, "not JSON"),
+        (b"[]".to_vec(), 400, "admission.k8s.io/v1"),
+        (json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "x"}})
+            .to_string().into_bytes(), 400, "admission.k8s.io/v1"),
+        (json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string().into_bytes(),
+            400, "no request"),
+        (json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"object": pod}})
+            .to_string().into_bytes(), 400, "uid"),
+        ({
+            let mut r = admission_review(&pod);
+            r["request"]["object"] = json!("a string");
+            r.to_string().into_bytes()
+        }, 200, "request.object"),
+        ({
+            let mut p = pod.clone();
+            p["spec"]["volumes"] = json!("not a list");
+            admission_review(&p).to_string().into_bytes()
+        }, 200, "volumes"),
+        ({
+            let mut p = pod.clone();
+            p["spec"]["containers"] = json!({"a": 1});
+            admission_review(&p).to_string().into_bytes()
+        }, 200, "containers"),
+    ];
+    for (body, status, needle) in cases {
+        let reply = review(&body, Mode::OptOut, &opts());
+        let r = response(&reply);
+        assert_eq!(reply.status.as_u16(), status, "{needle}: {}", reply.body);
+        assert_eq!(r["allowed"], json!(false), "{needle}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{needle}: message {msg:?}");
+        if status == 200 {
+            assert_eq!(r["uid"], json!("705ab4f5-6393-11e8-b7cc-42010a800002"));
+        }
+    }
+}
+
+#[test]
+fn requests_outside_the_registration_pass_untouched() {
+    let mut r = admission_review(&json!({"apiVersion": "v1", "kind": "Service", "spec": {}}));
+    r["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Service"});
+    let reply = review(r.to_string().as_bytes(), Mode::OptOut, &opts());
+    assert_eq!(
+        (reply.status.as_u16(), &response(&reply)["allowed"]),
+        (200, &json!(true))
+    );
+    assert!(response(&reply).get("patch").is_none());
+
+    let (_, pod_yaml) = fixture_pods().remove(0);
+    let mut r = admission_review(&yaml_to_json(&pod_yaml));
+    r["request"]["operation"] = json!("UPDATE");
+    let reply = review(r.to_string().as_bytes(), Mode::OptOut, &opts());
+    assert!(response(&reply).get("patch").is_none());
+}
+
+// --- over TLS ---------------------------------------------------------------
+
+struct Pki {
+    ca_pem: String,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            ca,
+            ca_key,
+        }
+    }
+
+    /// (cert PEM, key PEM) for `name`.
+    fn leaf(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+async fn call(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    server_name: &str,
+    req: http::Request<Full<Bytes>>,
+) -> Result<(u16, Json), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Json::Null)))
+}
+
+fn post(path: &str, body: Vec<u8>) -> http::Request<Full<Bytes>> {
+    http::Request::post(path)
+        .header("host", "pinproxy-webhook.pinproxy-system.svc")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serves_reviews_over_tls_and_follows_cert_renewals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("first.test");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+
+    let certs = Arc::new(CertReloader::load(&cert_path, &key_path).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        certs.clone(),
+        Arc::new(opts()),
+        Duration::from_secs(3600), // reloads driven by hand below
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let get = http::Request::get("/healthz")
+        .header("host", "x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, body) = call(addr, &pki.ca_pem, "first.test", get).await.unwrap();
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+
+    let (_, pod_yaml) = fixture_pods().remove(0);
+    let pod = yaml_to_json(&pod_yaml);
+    let (status, body) = call(
+        addr,
+        &pki.ca_pem,
+        "first.test",
+        post(
+            "/inject-namespace",
+            admission_review(&pod).to_string().into_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let reply = Reply {
+        status: http::StatusCode::OK,
+        body,
+    };
+    assert_eq!(
+        patched(&pod, &reply),
+        yaml_to_json(&inject_stream(&pod_yaml, &opts()).unwrap())
+    );
+
+    let (status, body) = call(
+        addr,
+        &pki.ca_pem,
+        "first.test",
+        post("/inject", b"{oops".to_vec()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(body["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not JSON"));
+
+    // A broken file never replaces a working pair.
+    std::fs::write(&key_path, "not a key").unwrap();
+    assert!(certs.reload_if_changed().is_err());
+    let (status, _) = call(
+        addr,
+        &pki.ca_pem,
+        "first.test",
+        http::Request::get("/healthz")
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+
+    // Renewal: the next handshake presents the new certificate.
+    let (cert, key) = pki.leaf("second.test");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    assert!(certs.reload_if_changed().unwrap());
+    assert!(
+        !certs.reload_if_changed().unwrap(),
+        "unchanged files are not reloaded"
+    );
+    let get = || {
+        http::Request::get("/healthz")
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        call(addr, &pki.ca_pem, "second.test", get())
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(
+        call(addr, &pki.ca_pem, "first.test", get()).await.is_err(),
+        "old name no longer served"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn bad_certificate_files_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    assert!(
+        CertReloader::load(&cert_path, &key_path).is_err(),
+        "missing files"
+    );
+    let pki = Pki::new();
+    let (cert, _) = pki.leaf("a.test");
+    let (_, other_key) = pki.leaf("b.test");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, other_key).unwrap();
+    let err = CertReloader::load(&cert_path, &key_path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match"), "{err}");
+}
