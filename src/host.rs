@@ -16,7 +16,7 @@ pub enum Host {
     Ip(IpAddr),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("empty host name")]
     Empty,

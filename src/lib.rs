@@ -25,6 +25,8 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod drift;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod inject;
 pub mod intercept;

@@ -449,3 +449,113 @@ async fn ca_is_written_before_readyz_turns_ready() {
     assert!(cert.is_ca(), "ca.crt is a CA certificate");
     let _ = child.start_kill();
 }
+
+/// A CA made elsewhere (openssl, as an operator would for a shared Secret)
+/// is loaded with --ca-cert/--ca-key, and curl (OpenSSL, which matches
+/// issuers by key identifier) accepts the leaves minted from it.
+#[tokio::test]
+async fn a_loaded_ca_signs_leaves_that_curl_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ca.key");
+    let cert = dir.path().join("ca.crt");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=operator CA",
+        ])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    write(dir.path(), "ca.pem", &pki.root.pem());
+    let pins = write(
+        dir.path(),
+        "pins.yaml",
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+    );
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args([
+            "run",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args([
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if TcpStream::connect(listen).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let args: Vec<String> = [
+        "-sS",
+        "--max-time",
+        "10",
+        "-x",
+        &format!("http://{listen}"),
+        "--cacert",
+        cert.to_str().unwrap(),
+        &format!("https://{HOST}/ca"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("path=/ca"), "{stdout}");
+    let _ = child.start_kill();
+}
