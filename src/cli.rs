@@ -79,6 +79,9 @@ pub struct RunArgs {
     /// propagation) before draining, seconds.
     #[arg(long, env = "PINPROXY_SHUTDOWN_GRACE", default_value_t = 2.0)]
     pub shutdown_grace: f64,
+    /// Close CONNECT tunnels and WebSockets idle this long, seconds.
+    #[arg(long, env = "PINPROXY_TUNNEL_IDLE_TIMEOUT", default_value_t = 3600.0)]
+    pub tunnel_idle_timeout: f64,
     /// How long SIGTERM waits for in-flight requests and tunnels, seconds.
     #[arg(long, env = "PINPROXY_DRAIN_TIMEOUT", default_value_t = 20.0)]
     pub drain_timeout: f64,

@@ -79,6 +79,7 @@ async fn run_async(args: RunArgs) -> u8 {
             max_connections: args.max_connections.max(1),
             header_read_timeout: secs(args.header_timeout, "header-timeout")?,
             drain_timeout: secs(args.drain_timeout, "drain-timeout")?,
+            tunnel_idle: secs(args.tunnel_idle_timeout, "tunnel-idle-timeout")?,
             ..Limits::default()
         })
     })();

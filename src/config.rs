@@ -259,19 +259,38 @@ impl Error {
 
 /// Reads and validates a pinset file.
 pub fn load(path: &Path) -> Result<Policy, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let read_err = |source| Error::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    parse(&bytes, base, OffsetDateTime::now_utc()).map_err(|problems| Error::Invalid {
-        path: path.to_path_buf(),
-        problems,
+    };
+    // Resolve the kubelet's `..data` symlink once: the pinset and the CA
+    // bundles beside it are then read from one version of the Secret, even
+    // if the kubelet swaps in another between the reads.
+    let real = std::fs::canonicalize(path).map_err(read_err)?;
+    let bytes = std::fs::read(&real).map_err(read_err)?;
+    let shown = path.parent().unwrap_or(Path::new("."));
+    let read_from = real.parent().unwrap_or(shown);
+    parse_in(&bytes, shown, read_from, OffsetDateTime::now_utc()).map_err(|problems| {
+        Error::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }
     })
 }
 
 /// Validates pinset bytes; relative CA bundle paths resolve against `base`.
 pub fn parse(bytes: &[u8], base: &Path, now: OffsetDateTime) -> Result<Policy, Vec<Problem>> {
+    parse_in(bytes, base, base, now)
+}
+
+/// As [`parse`]; relative bundle paths are *named* under `shown` (what the
+/// operator wrote and the watcher watches) and *read* under `read_from`.
+fn parse_in(
+    bytes: &[u8],
+    shown: &Path,
+    read_from: &Path,
+    now: OffsetDateTime,
+) -> Result<Policy, Vec<Problem>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         vec![Problem {
             host: None,
@@ -305,7 +324,8 @@ pub fn parse(bytes: &[u8], base: &Path, now: OffsetDateTime) -> Result<Policy, V
     })?;
     Validator {
         text,
-        base,
+        base: shown,
+        read_from,
         now,
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -340,6 +360,7 @@ fn problem(
 struct Validator<'a> {
     text: &'a str,
     base: &'a Path,
+    read_from: &'a Path,
     now: OffsetDateTime,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
@@ -746,9 +767,9 @@ impl Validator<'_> {
                 );
                 None
             }
-            path => {
-                let path = self.base.join(path);
-                match read_bundle(&path) {
+            raw => {
+                let path = self.base.join(raw);
+                match read_bundle(&self.read_from.join(raw)) {
                     Ok((anchors, contents)) => {
                         self.bundles.push((path.clone(), contents));
                         Some(Trust::Bundle { path, anchors })

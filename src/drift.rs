@@ -25,6 +25,8 @@ pub struct LastSeen {
     /// RFC 3339.
     pub seen_at: String,
     pub outcome: &'static str,
+    /// Why the handshake failed after the chain was judged, if it did.
+    pub failure: Option<&'static str>,
     pub matched_pin: Option<String>,
     /// `None` when the entry has no `next_pins`.
     pub next_pins_matched: Option<bool>,
@@ -74,6 +76,7 @@ impl Drift {
                 // Same chain under the same pinset: only the verdict moves.
                 last.seen_at = now;
                 last.outcome = outcome_str(v.outcome);
+                last.failure = None;
                 last.matched_pin = v.matched.map(|p| p.to_string());
                 last.next_pins_matched = v.next_pins_matched;
                 return None;
@@ -102,6 +105,7 @@ impl Drift {
             generation,
             seen_at: now,
             outcome: outcome_str(v.outcome),
+            failure: None,
             matched_pin: v.matched.map(|p| p.to_string()),
             next_pins_matched: v.next_pins_matched,
             chain,
@@ -109,6 +113,25 @@ impl Drift {
         };
         seen.insert(v.host.to_string(), (key, last));
         Some(leaf_not_after)
+    }
+
+    /// A handshake whose verdict was recorded then failed later (a bad
+    /// handshake signature): the drift view must not say "pass".
+    pub fn mark_failed(&self, host: &str, reason: &'static str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, last)) = seen
+            .get_mut(host)
+            .filter(|(_, l)| l.outcome.starts_with("pass"))
+        {
+            last.outcome = "handshake-failed";
+            last.failure = Some(reason);
+        }
+    }
+
+    /// Keeps only the hosts `keep` says yes to.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|h, _| keep(h));
     }
 
     pub fn get(&self, host: &str) -> Option<LastSeen> {

@@ -52,14 +52,14 @@ impl Host {
             let inner = inner.strip_suffix(']').ok_or(Error::InvalidIpv6)?;
             return inner
                 .parse::<Ipv6Addr>()
-                .map(|ip| Host::Ip(IpAddr::V6(ip)))
+                .map(|ip| Host::from_ip(IpAddr::V6(ip)))
                 .map_err(|_| Error::InvalidIpv6);
         }
         if raw.contains(':') {
             // A bare IPv6 (as in a pinset key or SNI-less literal).
             return raw
                 .parse::<Ipv6Addr>()
-                .map(|ip| Host::Ip(IpAddr::V6(ip)))
+                .map(|ip| Host::from_ip(IpAddr::V6(ip)))
                 .map_err(|_| Error::InvalidChar(':'));
         }
         let name = raw.strip_suffix('.').unwrap_or(raw);
@@ -96,6 +96,12 @@ impl Host {
             };
         }
         Ok(Host::Name(lower))
+    }
+
+    /// An IP host in canonical form: `::ffff:a.b.c.d` *is* `a.b.c.d` (the
+    /// kernel connects one to the other), so both spell one entry.
+    pub fn from_ip(ip: IpAddr) -> Self {
+        Host::Ip(ip.to_canonical())
     }
 
     pub fn as_name(&self) -> Option<&str> {
@@ -185,6 +191,10 @@ mod tests {
             );
         }
         assert_eq!(Host::parse("[::1"), Err(Error::InvalidIpv6));
+        assert_eq!(
+            Host::parse("[::ffff:203.0.113.7]").unwrap(),
+            Host::parse("203.0.113.7").unwrap()
+        );
     }
 
     #[test]

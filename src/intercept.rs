@@ -19,6 +19,7 @@ use rcgen::{
 };
 use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
@@ -114,11 +115,33 @@ impl Intercept {
                 source,
             })
         };
-        let cert_pem = read(cert)?;
+        let cert_file = read(cert)?;
         let key_pem = read(key)?;
-        let key = KeyPair::from_pem(&key_pem)
+        // Only the certificate is published to the app: a combined
+        // cert+key file must never leak its key into ca.crt.
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_file.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
+        let [ca_der] = certs.as_slice() else {
+            return Err(Error::Ca(format!(
+                "{}: expected exactly one CERTIFICATE block, found {}",
+                cert.display(),
+                certs.len()
+            )));
+        };
+        let key_pair = KeyPair::from_pem(&key_pem)
             .map_err(|e| Error::Ca(format!("{}: {e}", key.display())))?;
-        let params = CertificateParams::from_ca_cert_pem(&cert_pem)
+        let (_, parsed) = x509_parser::parse_x509_certificate(ca_der.as_ref())
+            .map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
+        if parsed.tbs_certificate.subject_pki.raw != key_pair.public_key_der().as_slice() {
+            return Err(Error::Ca(format!(
+                "{} does not hold the private key of {}",
+                key.display(),
+                cert.display()
+            )));
+        }
+        let params = CertificateParams::from_ca_cert_der(ca_der)
             .map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
         if !matches!(params.is_ca, IsCa::Ca(_)) {
             return Err(Error::Ca(format!(
@@ -127,15 +150,12 @@ impl Intercept {
             )));
         }
         // rcgen signs with an issuer object; the clients trust the original
-        // PEM, which has the same subject and key.
+        // certificate, which has the same subject, key and key identifier.
         let issuer = params
-            .self_signed(&key)
+            .self_signed(&key_pair)
             .map_err(|e| Error::Ca(e.to_string()))?;
-        if issuer.der().as_ref().is_empty() {
-            return Err(Error::Ca("empty CA certificate".into()));
-        }
-        let mut this = Self::from_parts(issuer, key, provider, metrics, capacity);
-        this.ca_pem = cert_pem;
+        let mut this = Self::from_parts(issuer, key_pair, provider, metrics, capacity);
+        this.ca_pem = der_to_pem(ca_der.as_ref());
         Ok(this)
     }
 
@@ -280,6 +300,18 @@ impl Intercept {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// A server config that refuses every handshake with a TLS alert: rustls

@@ -42,6 +42,18 @@ pub const DENY_REASONS: &[&str] = &[
     "overloaded",
 ];
 
+/// Every `outcome` label of `pinproxy_requests_total`.
+pub const OUTCOMES: &[&str] = &[
+    "ok",
+    "tunnel",
+    "pin-mismatch",
+    "untrusted-certificate",
+    "upstream-unreachable",
+    "upstream-timeout",
+    "upstream-tls-error",
+    "private-address",
+];
+
 // === impl Metrics ===
 
 impl Metrics {
@@ -159,6 +171,26 @@ impl Metrics {
             m.config_reloads.with_label_values(&[r]);
         }
         Arc::new(m)
+    }
+
+    /// Removes every series labelled with `host` (an entry no longer in the
+    /// pinset), so stale expiry gauges can't fire alerts.
+    pub fn forget_host(&self, host: &str) {
+        for mode in ["enforce", "report"] {
+            let _ = self.pin_mismatch.remove_label_values(&[host, mode]);
+        }
+        let _ = self.next_pins_mismatch.remove_label_values(&[host]);
+        let _ = self.upstream_cert_expiry.remove_label_values(&[host]);
+        let _ = self.pinset_expiry.remove_label_values(&[host]);
+        let _ = self.handshake_seconds.remove_label_values(&[host]);
+        for reason in crate::verify::FAILURE_REASONS {
+            let _ = self
+                .tls_verify_failures
+                .remove_label_values(&[host, reason]);
+        }
+        for outcome in OUTCOMES {
+            let _ = self.requests.remove_label_values(&[host, outcome]);
+        }
     }
 
     /// The Prometheus text exposition.

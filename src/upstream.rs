@@ -209,6 +209,7 @@ impl Snapshot {
         let tls_h1 = Arc::new(tls_h1);
         let connector = Connector {
             resolver: shared.resolver.clone(),
+            drift: shared.drift.clone(),
             policy: policy.clone(),
             tls: tls.clone(),
             tls_h1: tls_h1.clone(),
@@ -263,6 +264,7 @@ impl Snapshot {
 #[derive(Clone)]
 pub struct Connector {
     resolver: Arc<dyn Resolve>,
+    drift: Arc<Drift>,
     policy: Arc<Policy>,
     tls: Arc<ClientConfig>,
     tls_h1: Arc<ClientConfig>,
@@ -327,11 +329,10 @@ impl Connector {
         }
         // Unlisted egress can't be turned against the pod or the cluster:
         // checked on the resolved addresses, so DNS rebinding can't bypass it.
-        let allow_private = self.policy.defaults.allow_private;
         let allowed: Vec<SocketAddr> = addrs
             .iter()
             .copied()
-            .filter(|a| !self.is_own(a) && (allow_private || !is_private(a.ip())))
+            .filter(|a| self.egress_allowed(a))
             .collect();
         if allowed.is_empty() {
             let list = addrs
@@ -390,6 +391,7 @@ impl Connector {
             Ok(Err(e)) => {
                 let (failure, reason, detail) = classify_tls(&e);
                 self.count_failure(label, reason);
+                self.drift.mark_failed(label, reason);
                 return Err(UpstreamError::new(failure, host, detail));
             }
             Ok(Ok(tls)) => tls,
@@ -403,13 +405,19 @@ impl Connector {
 
     /// The proxy's own listeners (admin, proxy): a wildcard bind matches
     /// every local address on that port.
+    /// Whether unlisted egress may go to `addr` under this generation.
+    pub fn egress_allowed(&self, addr: &SocketAddr) -> bool {
+        !self.is_own(addr) && (self.policy.defaults.allow_private || !is_private(addr.ip()))
+    }
+
     fn is_own(&self, target: &SocketAddr) -> bool {
+        let ip = target.ip().to_canonical();
         self.own_addrs.iter().any(|own| {
             own.port() == target.port()
-                && (own.ip() == target.ip()
+                && (own.ip().to_canonical() == ip
                     || own.ip().is_unspecified()
-                    || target.ip().is_loopback()
-                    || target.ip().is_unspecified())
+                    || ip.is_loopback()
+                    || ip.is_unspecified())
         })
     }
 
@@ -516,7 +524,7 @@ fn classify_tls(e: &io::Error) -> (Failure, &'static str, String) {
 /// Loopback, private (RFC 1918, ULA), link-local (cloud metadata),
 /// unspecified, CGNAT and similar non-public ranges.
 pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             v4.is_loopback()
@@ -524,6 +532,7 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
                 || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
                 || (o[0] == 192 && o[1] == 0 && o[2] == 0)
@@ -531,15 +540,23 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || o[0] >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
             let s = v6.segments();
+            // Addresses that embed an IPv4 address: judge the embedded one.
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_private(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x64 && s[1] == 0xff9b)
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
+                || s[..6] == [0; 6] // IPv4-compatible ::a.b.c.d (deprecated)
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] && embedded(s[6], s[7])) // NAT64 well-known
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // NAT64 local-use
+                || (s[0] == 0x2002 && embedded(s[1], s[2])) // 6to4
         }
     }
 }
@@ -642,7 +659,13 @@ mod tests {
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "172.32.0.1"] {
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "2002:101:101::1",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -177,7 +177,7 @@ impl ServerCertVerifier for PinVerifier {
         let host = match server_name {
             ServerName::DnsName(d) => Host::parse(d.as_ref())
                 .map_err(|_| rustls::Error::from(CertificateError::NotValidForName))?,
-            ServerName::IpAddress(ip) => Host::Ip(std::net::IpAddr::from(*ip)),
+            ServerName::IpAddress(ip) => Host::from_ip(std::net::IpAddr::from(*ip)),
             _ => return Err(CertificateError::NotValidForName.into()),
         };
         let entry = match self.policy.lookup(&host) {
@@ -319,6 +319,26 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
     };
     ce.into()
 }
+
+/// Every reason [`failure_reason`] can return, plus the connector's own.
+pub const FAILURE_REASONS: &[&str] = &[
+    "pin-mismatch",
+    "expired",
+    "not-yet-valid",
+    "unknown-issuer",
+    "wrong-name",
+    "bad-signature",
+    "revoked",
+    "bad-encoding",
+    "invalid-certificate",
+    "no-certificate",
+    "alert-received",
+    "protocol-error",
+    "tls-error",
+    "timeout",
+    "closed",
+    "io",
+];
 
 /// A short, stable reason label for a failed upstream handshake.
 pub fn failure_reason(e: &rustls::Error) -> &'static str {

@@ -5,26 +5,35 @@
 //!   client's SNI must name that same host), serves HTTP/1.1 or h2 on it,
 //!   and forwards every request over pinned upstream connections — the same
 //!   path as plain-HTTP forwarding, so no request skips the verifier.
-//! - An unlisted host allowed by `unlisted: allow` is tunnelled as bytes.
+//! - An unlisted host allowed by `unlisted: allow` is tunnelled as bytes,
+//!   after checking that a TLS ClientHello names the CONNECT host.
 //!
 //! Refusals known before `200` answer the CONNECT; an upstream pin failure
 //! answers the first request inside the tunnel with 502 + `x-pinproxy-error`.
+//! Every tunnel holds its client connection's slot, closes when idle, and
+//! closes when a reload means it would no longer be admitted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{header, Request, Response, StatusCode};
+use http::uri::Authority;
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::task::TaskTracker;
 
-use super::forward::{self, split_authority};
-use super::{admit, count, deny, upstream_refusal, Admission, Body, State, Target};
-use crate::config::{Decision, HostPolicy};
+use super::forward::{self, split_authority, strip_hop_by_hop};
+use super::tunnel::{self, Hello};
+use super::{
+    admit, count, deny, refuse, revoked, upstream_refusal, Admission, Body, ConnGuard, State,
+    Target, ERROR_HEADER,
+};
 use crate::host::Host;
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
@@ -32,21 +41,26 @@ pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     tracker: TaskTracker,
+    guard: Arc<ConnGuard>,
 ) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
         Err(msg) => return deny(&state, StatusCode::BAD_REQUEST, "bad-request", "", &msg),
     };
+    // Subscribe before deciding, so a reload in between is not missed.
+    let generation = state.generation_tx.subscribe();
     let snap = state.snapshot.load_full();
     let admission = match admit(&state, &snap, &target) {
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
     match admission {
-        Admission::Unlisted => tunnel_unlisted(state, snap, target, req, tracker).await,
-        Admission::Pinned(entry) => {
+        Admission::Unlisted => {
+            tunnel_unlisted(state, snap, target, req, tracker, guard, generation).await
+        }
+        Admission::Pinned(ref entry) => {
             let Some(intercept) = state.intercept.clone() else {
-                return super::refuse(
+                return refuse(
                     StatusCode::BAD_GATEWAY,
                     "upstream-tls-error",
                     &target.host.to_string(),
@@ -59,7 +73,7 @@ pub async fn handle(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "minting an interception certificate");
-                    return super::refuse(
+                    return refuse(
                         StatusCode::BAD_GATEWAY,
                         "upstream-tls-error",
                         &target.host.to_string(),
@@ -67,11 +81,16 @@ pub async fn handle(
                     );
                 }
             };
+            let label = entry.name.clone();
             let upgrade = hyper::upgrade::on(req);
             tracker.spawn(async move {
-                match upgrade.await {
-                    Ok(up) => intercepted(state, target, entry, tls, up).await,
-                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                let Ok(up) = upgrade.await else {
+                    return;
+                };
+                let revoked = revoked(state.clone(), generation, target.clone(), admission, None);
+                tokio::select! {
+                    _ = intercepted(state.clone(), target.clone(), label, tls, up, guard) => {}
+                    _ = revoked => tracing::info!(host = %target.host, "closing intercepted tunnel: a reload changed its pins or policy"),
                 }
             });
             Response::new(Either::Right(Full::default()))
@@ -103,6 +122,8 @@ async fn tunnel_unlisted(
     target: Target,
     req: Request<Incoming>,
     tracker: TaskTracker,
+    guard: Arc<ConnGuard>,
+    generation: tokio::sync::watch::Receiver<u64>,
 ) -> Response<Body> {
     // Dial before answering, so refusals (private address, unreachable)
     // are the answer to the CONNECT.
@@ -114,89 +135,49 @@ async fn tunnel_unlisted(
             return resp;
         }
     };
+    let peer = upstream.peer_addr().ok();
     let upgrade = hyper::upgrade::on(req);
-    let mut generation = state.generation_tx.subscribe();
     tracker.spawn(async move {
-        let mut client = match upgrade.await {
-            Ok(up) => TokioIo::new(up),
-            Err(e) => {
-                tracing::debug!(error = %e, "CONNECT upgrade failed");
+        let _guard = guard;
+        let Ok(up) = upgrade.await else {
+            return;
+        };
+        let mut client = TokioIo::new(up);
+        // The host dialed and the name the client's TLS asks for must be
+        // one name here too (domain fronting through an unlisted alias).
+        let (hello, first) = tunnel::peek_hello(&mut client, state.limits.header_read_timeout).await;
+        if let Hello::Tls(Some(sni)) = &hello {
+            if Host::parse(sni).as_ref() != Ok(&target.host) {
+                state.shared.metrics.denied.with_label_values(&["sni-mismatch"]).inc();
+                tracing::warn!(connect = %target.host, sni = %sni, "refusing tunnel: SNI names another host");
+                let _ = client.write_all(&tunnel::HANDSHAKE_FAILURE_ALERT).await;
                 return;
             }
-        };
+        }
+        if hello == Hello::Nothing {
+            return;
+        }
         let mut upstream = upstream;
+        if upstream.write_all(&first).await.is_err() {
+            return;
+        }
         count(&state, "unlisted", "tunnel");
-        let host = target.host.clone();
+        let revoked = revoked(state.clone(), generation, target.clone(), Admission::Unlisted, peer);
         tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "tunnel closed");
-                }
-            }
-            _ = entry_changed(&state, &mut generation, &host, None) => {
-                tracing::info!(host = %host, "closing tunnel: the pinset now lists this host");
-            }
+            _ = tunnel::splice(client, upstream, state.limits.tunnel_idle) => {}
+            _ = revoked => tracing::info!(host = %target.host, "closing tunnel: a reload no longer admits it"),
         }
     });
     Response::new(Either::Right(Full::default()))
 }
 
-/// Resolves when a reload changes what the policy says for `host`
-/// compared with `entry` (the entry the tunnel was admitted under).
-async fn entry_changed(
-    state: &State,
-    rx: &mut tokio::sync::watch::Receiver<u64>,
-    host: &Host,
-    entry: Option<&Arc<HostPolicy>>,
-) {
-    loop {
-        if rx.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        let snap = state.snapshot.load();
-        let now = match snap.policy.lookup(host) {
-            Decision::Listed(e) => Some(e),
-            Decision::Unlisted => None,
-        };
-        let same = match (entry, now) {
-            (None, None) => true,
-            (Some(a), Some(b)) => same_enforcement(a, b),
-            _ => false,
-        };
-        if !same {
-            return;
-        }
-    }
-}
-
-fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
-    a.pins == b.pins
-        && a.mode == b.mode
-        && a.expires == b.expires
-        && a.ports == b.ports
-        && a.address == b.address
-        && a.trust.describe() == b.trust.describe()
-        && match (&a.trust, &b.trust) {
-            (
-                crate::config::Trust::Bundle { anchors: x, .. },
-                crate::config::Trust::Bundle { anchors: y, .. },
-            ) => {
-                x.len() == y.len()
-                    && x.iter().zip(y.iter()).all(|(p, q)| {
-                        p.subject_public_key_info == q.subject_public_key_info
-                            && p.subject == q.subject
-                    })
-            }
-            _ => true,
-        }
-}
-
 async fn intercepted(
     state: Arc<State>,
     target: Target,
-    entry: Arc<HostPolicy>,
+    label: String,
     tls: Arc<rustls::ServerConfig>,
     up: Upgraded,
+    guard: Arc<ConnGuard>,
 ) {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(up));
     let start = match tokio::time::timeout(state.limits.header_read_timeout, acceptor).await {
@@ -209,8 +190,7 @@ async fn intercepted(
     };
     // The host dialed, the name verified and the pinset entry must be one
     // name: a different SNI is domain fronting.
-    let sni = start.client_hello().server_name().map(Host::parse);
-    if let Some(sni) = sni {
+    if let Some(sni) = start.client_hello().server_name().map(Host::parse) {
         if sni.as_ref() != Ok(&target.host) {
             state
                 .shared
@@ -225,12 +205,8 @@ async fn intercepted(
             return;
         }
     }
-    let stream = match tokio::time::timeout(
-        state.limits.header_read_timeout,
-        start.into_stream(tls),
-    )
-    .await
-    {
+    let handshake = start.into_stream(tls);
+    let stream = match tokio::time::timeout(state.limits.header_read_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, host = %target.host, "client TLS handshake failed");
@@ -238,19 +214,32 @@ async fn intercepted(
         }
         Err(_) => return,
     };
+    let clock = tunnel::Clock::new();
+    let stream = tunnel::Activity::new(stream, clock.clone());
     let svc_state = state.clone();
     let svc_target = target.clone();
-    let label = entry.name.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = svc_state.clone();
         let target = svc_target.clone();
         let label = label.clone();
-        async move { Ok::<_, std::convert::Infallible>(inner_request(state, target, label, req).await) }
+        let guard = guard.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(inner_request(state, target, label, req, guard).await)
+        }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_read_timeout)
+        .max_buf_size(state.limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let mut generation = state.generation_tx.subscribe();
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -258,22 +247,42 @@ async fn intercepted(
             }
             return;
         }
-        _ = entry_changed(&state, &mut generation, &target.host, Some(&entry)) => {
-            tracing::info!(host = %target.host, "closing intercepted tunnel: its pins changed");
+        _ = clock.idle(state.limits.tunnel_idle) => {
+            tracing::debug!(host = %target.host, "intercepted tunnel idle: closing");
         }
     }
     conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.as_mut()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
 }
 
 /// One request inside an intercepted tunnel. The target is always the
-/// CONNECT host: the inner `Host` / `:authority` cannot redirect it.
+/// CONNECT host: a request naming another host is misdirected (421), never
+/// rerouted, so credentials meant for one host never reach another.
 async fn inner_request(
     state: Arc<State>,
     target: Target,
     label: String,
     req: Request<Incoming>,
+    guard: Arc<ConnGuard>,
 ) -> Response<Body> {
+    if let Some(named) = request_authority(&req) {
+        let same = named
+            .parse::<Authority>()
+            .ok()
+            .and_then(|a| split_authority(&a).ok())
+            .is_some_and(|(h, p)| h == target.host && p.is_none_or(|p| p == target.port));
+        if !same {
+            return refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected-request",
+                &target.host.to_string(),
+                &format!(
+                    "this tunnel is for {}:{}; the request names {named:?}",
+                    target.host, target.port
+                ),
+            );
+        }
+    }
     let snap = state.snapshot.load_full();
     // Re-admit under the snapshot in force now: a reload may have removed
     // the host or changed its ports since the tunnel opened.
@@ -283,9 +292,23 @@ async fn inner_request(
         Err(refusal) => return refusal,
     };
     if is_upgrade(&req) {
-        return upgrade_request(state, snap, label, target, req).await;
+        return upgrade_request(state, snap, label, target, req, guard).await;
     }
-    forward::send(&state, &snap, &label, &target, req).await
+    // The whole tunnel is revoked by its owner task; no per-request watch.
+    forward::send(&state, &snap, &label, &target, req, None).await
+}
+
+/// The authority a request names: h2 `:authority` / absolute URI, else Host.
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -307,8 +330,14 @@ async fn upgrade_request(
     label: String,
     target: Target,
     mut req: Request<Incoming>,
+    guard: Arc<ConnGuard>,
 ) -> Response<Body> {
     let host = target.host.to_string();
+    let generation = state.generation_tx.subscribe();
+    let admitted = match super::decide(&snap, &target) {
+        Ok(a) => a,
+        Err(r) => return refuse(r.status, r.reason, &host, &r.message),
+    };
     let tls = match snap.connector.connect_h1(&target.host, target.port).await {
         Ok(s) => s,
         Err(e) => {
@@ -355,6 +384,14 @@ async fn upgrade_request(
         }
     };
     parts.version = http::Version::HTTP_11;
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = protocol {
+        parts.headers.insert(header::UPGRADE, p);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let authority = if target.port == 443 {
         target.host.authority_form()
     } else {
@@ -364,41 +401,46 @@ async fn upgrade_request(
         parts.headers.insert(header::HOST, v);
     }
     let out = Request::from_parts(parts, body);
-    let mut resp = match sender.send_request(out).await {
-        Ok(r) => r,
-        Err(e) => {
+    let sent = tokio::time::timeout(state.shared.timeouts.response, sender.send_request(out)).await;
+    let mut resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             count(&state, &label, "upstream-unreachable");
-            return super::refuse(
+            return refuse(
                 StatusCode::BAD_GATEWAY,
                 "upstream-unreachable",
                 &host,
                 &format!("upstream upgrade failed: {e}"),
             );
         }
+        Err(_) => {
+            count(&state, &label, "upstream-timeout");
+            return refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                &host,
+                "no response from upstream in time",
+            );
+        }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let mut generation = state.generation_tx.subscribe();
-        let entry = match snap.policy.lookup(&target.host) {
-            Decision::Listed(e) => Some(e.clone()),
-            Decision::Unlisted => None,
-        };
         let st = state.clone();
-        let h = target.host.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) else {
                 return;
             };
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            let revoked = revoked(st.clone(), generation, target.clone(), admitted, None);
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
-                _ = entry_changed(&st, &mut generation, &h, entry.as_ref()) => {
-                    tracing::info!(host = %h, "closing upgraded stream: its pins changed");
-                }
+                _ = tunnel::splice(TokioIo::new(c), TokioIo::new(u), st.limits.tunnel_idle) => {}
+                _ = revoked => tracing::info!(host = %target.host, "closing upgraded stream: a reload changed its pins or policy"),
             }
         });
     }
     count(&state, &label, "ok");
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, Either::Left(body))
+    let (mut parts, body) = resp.into_parts();
+    // Only pinproxy speaks x-pinproxy-error.
+    parts.headers.remove(ERROR_HEADER);
+    Response::from_parts(parts, Either::Left(super::Streamed::new(body, None)))
 }

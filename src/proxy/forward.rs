@@ -11,22 +11,35 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::{admit, count, deny, upstream_refusal, Admission, Body, State, Target};
+use super::{
+    admit, count, deny, revoked, upstream_refusal, Admission, Body, Revocation, State, Streamed,
+    Target, ERROR_HEADER,
+};
 use crate::host::Host;
 use crate::upstream::{Snapshot, UpstreamError};
 
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
         Ok(t) => t,
-        Err(msg) => return deny(state, StatusCode::BAD_REQUEST, "bad-request", "", &msg),
+        Err(msg) => return deny(&state, StatusCode::BAD_REQUEST, "bad-request", "", &msg),
     };
+    // Subscribe before deciding, so a reload in between is not missed.
+    let rx = state.generation_tx.subscribe();
     let snap = state.snapshot.load_full();
-    let label = match admit(state, &snap, &target) {
-        Ok(Admission::Pinned(e)) => e.name.clone(),
-        Ok(Admission::Unlisted) => "unlisted".to_string(),
+    let admission = match admit(&state, &snap, &target) {
+        Ok(a) => a,
         Err(refusal) => return refusal,
     };
-    send(state, &snap, &label, &target, req).await
+    let label = match &admission {
+        Admission::Pinned(e) => e.name.clone(),
+        Admission::Unlisted => "unlisted".to_string(),
+    };
+    let revocation = Revocation {
+        state: state.clone(),
+        rx,
+        admission,
+    };
+    send(&state, &snap, &label, &target, req, Some(revocation)).await
 }
 
 /// Sends a request upstream through the snapshot's pinned client and
@@ -37,6 +50,7 @@ pub async fn send(
     label: &str,
     target: &Target,
     req: Request<Incoming>,
+    revocation: Option<Revocation>,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let path = parts
@@ -81,8 +95,15 @@ pub async fn send(
             count(state, label, "ok");
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // Only pinproxy speaks x-pinproxy-error.
+            parts.headers.remove(ERROR_HEADER);
             parts.version = Version::HTTP_11;
-            Response::from_parts(parts, Either::Left(body))
+            let revoked = revocation.map(|r| {
+                let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                    Box::pin(revoked(r.state, r.rx, target.clone(), r.admission, None));
+                fut
+            });
+            Response::from_parts(parts, Either::Left(Streamed::new(body, revoked)))
         }
         Err(e) => {
             let (resp, reason) = match UpstreamError::find(&e) {

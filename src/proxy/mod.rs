@@ -5,6 +5,7 @@
 
 pub mod connect;
 pub mod forward;
+pub mod tunnel;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,7 +33,61 @@ use crate::intercept::Intercept;
 use crate::upstream::{Failure, Shared, Snapshot, UpstreamError};
 
 /// Response bodies: streamed from upstream, or a short local answer.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Streamed, Full<Bytes>>;
+
+/// An upstream response body that ends (with an error, so the client sees
+/// a truncated response, not a clean end) if a reload revokes the
+/// admission it was fetched under: a long stream never outlives its pins.
+pub struct Streamed {
+    inner: Incoming,
+    revoked: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Streamed {
+    pub fn new(
+        inner: Incoming,
+        revoked: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ) -> Self {
+        Self { inner, revoked }
+    }
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if let Some(revoked) = self.revoked.as_mut() {
+            if revoked.as_mut().poll(cx).is_ready() {
+                self.revoked = None;
+                return std::task::Poll::Ready(Some(Err(
+                    "pinset reloaded: this host's pins or policy changed".into(),
+                )));
+            }
+        }
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a streamed response needs to watch for revocation.
+pub struct Revocation {
+    pub state: Arc<State>,
+    pub rx: watch::Receiver<u64>,
+    pub admission: Admission,
+}
 
 /// The header carrying a refusal's machine-readable reason.
 pub const ERROR_HEADER: &str = "x-pinproxy-error";
@@ -44,6 +99,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub drain_timeout: Duration,
+    /// A tunnel (CONNECT, WebSocket) with no bytes either way this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +110,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
+            tunnel_idle: Duration::from_secs(3600),
         }
     }
 }
@@ -145,11 +203,48 @@ impl State {
                 source: std::io::Error::other(e.to_string()),
             }
         })?;
-        self.snapshot.store(Arc::new(snapshot));
+        let old = self.snapshot.swap(Arc::new(snapshot));
         self.generation_tx.send_replace(generation);
+        let new = self.snapshot.load();
+        warn_if_weaker(&old.policy, &new.policy);
+        // Series and drift entries of hosts no longer listed go away.
+        for gone in old
+            .policy
+            .hosts
+            .iter()
+            .filter(|h| !new.policy.hosts.iter().any(|n| n.name == h.name))
+        {
+            metrics.forget_host(&gone.name);
+        }
+        self.shared
+            .drift
+            .retain(|h| new.policy.hosts.iter().any(|n| n.name == h));
         metrics.config_reloads.with_label_values(&["success"]).inc();
         tracing::info!(generation, "pinset reloaded");
         Ok(Reloaded::Swapped(generation))
+    }
+}
+
+/// Logs what a reload relaxes: hosts removed, enforce → report, unlisted
+/// deny → allow. Legitimate, but worth a line an operator can alert on.
+fn warn_if_weaker(old: &config::Policy, new: &config::Policy) {
+    let mut weaker = Vec::new();
+    if old.defaults.unlisted == config::Unlisted::Deny
+        && new.defaults.unlisted == config::Unlisted::Allow
+    {
+        weaker.push("unlisted: deny -> allow".to_string());
+    }
+    for h in &old.hosts {
+        match new.hosts.iter().find(|n| n.name == h.name) {
+            None => weaker.push(format!("host {:?} removed", h.name)),
+            Some(n) if h.mode == config::Mode::Enforce && n.mode == config::Mode::Report => {
+                weaker.push(format!("host {:?}: enforce -> report", h.name))
+            }
+            Some(_) => {}
+        }
+    }
+    if !weaker.is_empty() {
+        tracing::warn!(changes = ?weaker, "reloaded pinset relaxes enforcement");
     }
 }
 
@@ -186,14 +281,12 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let guard = Arc::new(ConnGuard::new(permit, state.shared.metrics.clone()));
         let state = state.clone();
         let stop = stop_rx.clone();
         let conn_tracker = tracker.clone();
         tracker.spawn(async move {
-            state.shared.metrics.connections_active.inc();
-            serve_connection(stream, state.clone(), stop, conn_tracker).await;
-            state.shared.metrics.connections_active.dec();
-            drop(permit);
+            serve_connection(stream, state, stop, conn_tracker, guard).await;
             tracing::trace!(%peer, "client connection closed");
         });
     }
@@ -222,12 +315,14 @@ async fn serve_connection(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     tracker: TaskTracker,
+    guard: Arc<ConnGuard>,
 ) {
     let svc_state = state.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = svc_state.clone();
         let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(handle(state, req, tracker).await) }
+        let guard = guard.clone();
+        async move { Ok::<_, Infallible>(handle(state, req, tracker, guard).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -258,11 +353,16 @@ async fn serve_connection(
     }
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>, tracker: TaskTracker) -> Response<Body> {
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    tracker: TaskTracker,
+    guard: Arc<ConnGuard>,
+) -> Response<Body> {
     if req.method() == http::Method::CONNECT {
-        connect::handle(state, req, tracker).await
+        connect::handle(state, req, tracker, guard).await
     } else {
-        forward::handle(&state, req).await
+        forward::handle(state, req).await
     }
 }
 
@@ -335,67 +435,176 @@ pub struct Target {
 }
 
 /// What the policy says about a target, before dialing.
+#[derive(Clone)]
 pub enum Admission {
     Pinned(Arc<HostPolicy>),
     Unlisted,
 }
 
+/// Why the policy refuses a target before any dialing.
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    /// Counted in `denied_total` (policy) rather than as a request outcome.
+    pub denied: bool,
+}
+
 /// Policy checks that need no network: unlisted deny, ports, expired
-/// pin-only entries. Returns the refusal on failure.
-#[allow(clippy::result_large_err)] // the refusal is the answer; it is not kept
-pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admission, Response<Body>> {
-    let host = target.host.to_string();
+/// pin-only entries. Pure: used to admit a request and to re-check open
+/// tunnels after a reload.
+pub fn decide(snap: &Snapshot, target: &Target) -> Result<Admission, Refusal> {
     match snap.policy.lookup(&target.host) {
         Decision::Listed(entry) => {
             if !entry.ports.contains(&target.port) {
-                return Err(deny(
-                    state,
-                    StatusCode::FORBIDDEN,
-                    "port-not-allowed",
-                    &host,
-                    &format!(
+                return Err(Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    reason: "port-not-allowed",
+                    message: format!(
                         "port {} is not in ports {:?} of entry {:?}",
                         target.port, entry.ports, entry.name
                     ),
-                ));
+                    denied: true,
+                });
             }
             if matches!(entry.trust, config::Trust::PinOnly)
                 && entry.pins_expired(time::OffsetDateTime::now_utc())
             {
-                count(state, &entry.name, "pin-mismatch");
-                return Err(refuse(
-                    StatusCode::BAD_GATEWAY,
-                    "pin-mismatch",
-                    &host,
-                    "the pin-only pinset has expired and nothing else can authenticate this host; renew the pins",
-                ));
+                return Err(Refusal {
+                    status: StatusCode::BAD_GATEWAY,
+                    reason: "pin-mismatch",
+                    message: "the pin-only pinset has expired and nothing else can authenticate this host; renew the pins".into(),
+                    denied: false,
+                });
             }
             Ok(Admission::Pinned(entry.clone()))
         }
         Decision::Unlisted => {
             if snap.policy.defaults.unlisted == config::Unlisted::Deny {
-                return Err(deny(
-                    state,
-                    StatusCode::FORBIDDEN,
-                    "host-not-allowed",
-                    &host,
-                    "host is not in the pinset and unlisted hosts are denied",
-                ));
+                return Err(Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    reason: "host-not-allowed",
+                    message: "host is not in the pinset and unlisted hosts are denied".into(),
+                    denied: true,
+                });
             }
             if !snap.policy.defaults.ports.contains(&target.port) {
-                return Err(deny(
-                    state,
-                    StatusCode::FORBIDDEN,
-                    "port-not-allowed",
-                    &host,
-                    &format!(
+                return Err(Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    reason: "port-not-allowed",
+                    message: format!(
                         "port {} is not in defaults.ports {:?}",
                         target.port, snap.policy.defaults.ports
                     ),
-                ));
+                    denied: true,
+                });
             }
             Ok(Admission::Unlisted)
         }
+    }
+}
+
+/// [`decide`], with the refusal turned into a counted response.
+#[allow(clippy::result_large_err)] // the refusal is the answer; it is not kept
+pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admission, Response<Body>> {
+    decide(snap, target).map_err(|r| {
+        let host = target.host.to_string();
+        if r.denied {
+            deny(state, r.status, r.reason, &host, &r.message)
+        } else {
+            if let Decision::Listed(e) = snap.policy.lookup(&target.host) {
+                count(state, &e.name, r.reason);
+            }
+            refuse(r.status, r.reason, &host, &r.message)
+        }
+    })
+}
+
+/// Would `target` (reached at `peer`, admitted as `admitted`) still be let
+/// through under the snapshot in force now? Open tunnels, WebSockets and
+/// streaming responses ask this after every reload.
+pub fn still_allowed(
+    state: &State,
+    target: &Target,
+    admitted: &Admission,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
+    let snap = state.snapshot.load();
+    match (admitted, decide(&snap, target)) {
+        (Admission::Pinned(old), Ok(Admission::Pinned(new))) => same_enforcement(old, &new),
+        (Admission::Unlisted, Ok(Admission::Unlisted)) => {
+            peer.is_none_or(|p| snap.connector.egress_allowed(&p))
+        }
+        _ => false,
+    }
+}
+
+/// Whether two entries enforce the same thing (pins, mode, expiry, ports,
+/// address, trust and the CA bundle's contents).
+pub fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
+    let same_trust = match (&a.trust, &b.trust) {
+        (config::Trust::WebPki, config::Trust::WebPki)
+        | (config::Trust::PinOnly, config::Trust::PinOnly) => true,
+        (config::Trust::Bundle { anchors: x, .. }, config::Trust::Bundle { anchors: y, .. }) => {
+            x.len() == y.len()
+                && x.iter().zip(y.iter()).all(|(p, q)| {
+                    p.subject_public_key_info == q.subject_public_key_info && p.subject == q.subject
+                })
+        }
+        _ => false,
+    };
+    same_trust
+        && a.pins == b.pins
+        && a.mode == b.mode
+        && a.expires == b.expires
+        && a.ports == b.ports
+        && a.address == b.address
+}
+
+/// Resolves when a reload means the admission no longer holds. Subscribe
+/// (`generation_tx.subscribe()`) *before* deciding admission, so a reload
+/// in between is seen.
+pub async fn revoked(
+    state: Arc<State>,
+    mut rx: watch::Receiver<u64>,
+    target: Target,
+    admitted: Admission,
+    peer: Option<std::net::SocketAddr>,
+) {
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if !still_allowed(&state, &target, &admitted, peer) {
+            return;
+        }
+    }
+}
+
+/// One client connection's share of `--max-connections` and of
+/// `connections_active`; tunnels carried out of the HTTP connection keep a
+/// clone, so the slot is held until the last of them closes.
+pub struct ConnGuard {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl ConnGuard {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        metrics.connections_active.inc();
+        Self {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.metrics.connections_active.dec();
     }
 }
 

@@ -286,7 +286,36 @@ async fn upstream_handler(
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
+    if path == "/spoof" {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"spoofed")).boxed());
+        resp.headers_mut()
+            .insert("x-pinproxy-error", "pin-mismatch".parse().unwrap());
+        return Ok(resp);
+    }
+    if path == "/stream" {
+        // 50 chunks, 100 ms apart: a long-lived streaming response.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for i in 0..50 {
+                if tx
+                    .send(Ok(http_body::Frame::data(Bytes::from(format!(
+                        "chunk {i}\n"
+                    )))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        return Ok(Response::new(
+            http_body_util::StreamBody::new(ChannelStream(rx)).boxed(),
+        ));
+    }
     if path == "/ws" {
+        let saw_proxy_auth = req.headers().contains_key("proxy-authorization")
+            || req.headers().contains_key("x-hop");
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = upgrade.await {
@@ -301,6 +330,9 @@ async fn upstream_handler(
             .insert(http::header::UPGRADE, "websocket".parse().unwrap());
         resp.headers_mut()
             .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        let saw = if saw_proxy_auth { "yes" } else { "no" };
+        resp.headers_mut()
+            .insert("x-saw-hop-by-hop", saw.parse().unwrap());
         return Ok(resp);
     }
     let te = req
@@ -333,6 +365,18 @@ async fn upstream_handler(
     resp.headers_mut()
         .insert("x-upstream", name.parse().unwrap());
     Ok(resp)
+}
+
+struct ChannelStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ChannelStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 fn futures_stream(data: Bytes, trailers: http::HeaderMap) -> UpBody {
