@@ -532,7 +532,15 @@ async fn sigterm_turns_unready_serves_the_grace_period_and_drains() {
     let (mut child, listen, admin) =
         spawn_binary(&pins, &["--shutdown-grace", "0.7", "--drain-timeout", "5"]);
     wait_listening(listen).await;
-    assert_eq!(status_of(admin, "/readyz").await, 200);
+    let mut ready = false;
+    for _ in 0..200 {
+        if status_of(admin, "/readyz").await == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "/readyz never turned 200");
     // An in-flight request that outlives the grace period.
     let inflight = tokio::spawn(async move { get(listen, &url("/slow")).await.status.as_u16() });
     tokio::time::sleep(Duration::from_millis(150)).await;

@@ -471,3 +471,59 @@ fn locked_rustls_webpki_has_the_name_constraint_fix() {
     }
     assert!(found);
 }
+
+/// Server-first protocols (SSH, SMTP banners) still work through an
+/// unlisted tunnel while it waits for the client's first bytes, and a late
+/// ClientHello is judged like an early one.
+#[tokio::test]
+async fn unlisted_tunnel_serves_server_first_protocols_and_judges_late_hellos() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = s.write_all(b"SSH-2.0-banner\r\n").await;
+                let mut b = [0u8; 1024];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let p = proxy(&allow_yaml(port), &[]).await;
+    let (_, _, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
+    let mut banner = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(2), tcp.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&banner, b"SSH-2.0-banner\r\n");
+    assert!(alive(&mut tcp).await);
+
+    let (_, _, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    // The banner arrives first; rustls then sees garbage or our alert:
+    // either way no handshake with the fronted name gets through.
+    let r = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(rustls_pki_types::ServerName::try_from(HOST).unwrap(), tcp)
+        .await;
+    assert!(r.is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        p.denied("sni-mismatch"),
+        1,
+        "the late ClientHello was judged"
+    );
+}

@@ -24,7 +24,6 @@ use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -142,29 +141,23 @@ async fn tunnel_unlisted(
         let Ok(up) = upgrade.await else {
             return;
         };
-        let mut client = TokioIo::new(up);
+        count(&state, "unlisted", "tunnel");
         // The host dialed and the name the client's TLS asks for must be
         // one name here too (domain fronting through an unlisted alias).
-        let (hello, first) = tunnel::peek_hello(&mut client, state.limits.header_read_timeout).await;
-        if let Hello::Tls(Some(sni)) = &hello {
-            if Host::parse(sni).as_ref() != Ok(&target.host) {
-                state.shared.metrics.denied.with_label_values(&["sni-mismatch"]).inc();
-                tracing::warn!(connect = %target.host, sni = %sni, "refusing tunnel: SNI names another host");
-                let _ = client.write_all(&tunnel::HANDSHAKE_FAILURE_ALERT).await;
-                return;
-            }
-        }
-        if hello == Hello::Nothing {
-            return;
-        }
-        let mut upstream = upstream;
-        if upstream.write_all(&first).await.is_err() {
-            return;
-        }
-        count(&state, "unlisted", "tunnel");
+        let host = target.host.clone();
+        let accept = |hello: &Hello| match hello {
+            Hello::Tls(Some(sni)) => Host::parse(sni).as_ref() == Ok(&host),
+            _ => true,
+        };
+        let splice = tunnel::splice_checked(TokioIo::new(up), upstream, state.limits.tunnel_idle, accept);
         let revoked = revoked(state.clone(), generation, target.clone(), Admission::Unlisted, peer);
         tokio::select! {
-            _ = tunnel::splice(client, upstream, state.limits.tunnel_idle) => {}
+            done = splice => {
+                if let tunnel::Spliced::Refused(Hello::Tls(sni)) = done {
+                    state.shared.metrics.denied.with_label_values(&["sni-mismatch"]).inc();
+                    tracing::warn!(connect = %target.host, sni = ?sni, "refused tunnel: SNI names another host");
+                }
+            }
             _ = revoked => tracing::info!(host = %target.host, "closing tunnel: a reload no longer admits it"),
         }
     });

@@ -121,52 +121,111 @@ pub enum Hello {
     Tls(Option<String>),
     /// Not TLS (or not parseable as a ClientHello).
     Other,
-    /// The client closed or sent nothing in time.
-    Nothing,
 }
 
 /// The largest ClientHello we wait for (post-quantum key shares are big).
 const MAX_HELLO: usize = 32 * 1024;
 
-/// Reads from `io` until a ClientHello can be judged; returns the verdict
-/// and every byte read, which the caller must forward.
-pub async fn peek_hello<S: AsyncRead + Unpin>(io: &mut S, timeout: Duration) -> (Hello, Vec<u8>) {
-    let mut buf = Vec::with_capacity(2048);
-    let mut acceptor = rustls::server::Acceptor::default();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
-            Ok(Ok(n)) => n,
-            _ => 0,
-        };
-        if n == 0 {
-            let verdict = if buf.is_empty() {
-                Hello::Nothing
-            } else {
-                Hello::Other
-            };
-            return (verdict, buf);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf[0] != 0x16 {
-            return (Hello::Other, buf);
-        }
-        let mut fresh = &chunk[..n];
-        while !fresh.is_empty() {
-            if acceptor.read_tls(&mut fresh).is_err() {
-                return (Hello::Other, buf);
-            }
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let sni = accepted.client_hello().server_name().map(str::to_string);
-                return (Hello::Tls(sni), buf);
-            }
-            Ok(None) if buf.len() < MAX_HELLO => continue,
-            _ => return (Hello::Other, buf),
+/// Judges a tunnel's first client bytes incrementally.
+struct HelloReader {
+    buf: Vec<u8>,
+    acceptor: rustls::server::Acceptor,
+}
+
+impl HelloReader {
+    fn new() -> Self {
+        Self {
+            buf: Vec::with_capacity(2048),
+            acceptor: rustls::server::Acceptor::default(),
         }
     }
+
+    /// Feeds bytes; `Some` once the hello can be judged.
+    fn feed(&mut self, mut fresh: &[u8]) -> Option<Hello> {
+        self.buf.extend_from_slice(fresh);
+        if self.buf[0] != 0x16 {
+            return Some(Hello::Other);
+        }
+        while !fresh.is_empty() {
+            if self.acceptor.read_tls(&mut fresh).is_err() {
+                return Some(Hello::Other);
+            }
+        }
+        match self.acceptor.accept() {
+            Ok(Some(accepted)) => Some(Hello::Tls(
+                accepted.client_hello().server_name().map(str::to_string),
+            )),
+            Ok(None) if self.buf.len() < MAX_HELLO => None,
+            _ => Some(Hello::Other),
+        }
+    }
+}
+
+/// How a checked splice ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Spliced {
+    /// Bytes flowed until a side closed or the tunnel went idle.
+    Done,
+    /// `accept` refused the client's hello; a TLS alert was sent.
+    Refused(Hello),
+}
+
+/// Splices `client` and `upstream`, but holds the client's bytes back until
+/// its first message is judged by `accept` (server-first protocols keep
+/// working: upstream → client flows meanwhile). There is no deadline for the
+/// judgement — a late ClientHello is judged like an early one — only the
+/// idle timeout.
+pub async fn splice_checked<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    accept: impl Fn(&Hello) -> bool,
+) -> Spliced
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let clock = Clock::new();
+    let mut client = Activity::new(client, clock.clone());
+    let mut upstream = Activity::new(upstream, clock.clone());
+    let mut reader = HelloReader::new();
+    {
+        let (mut cr, mut cw) = tokio::io::split(&mut client);
+        let (mut ur, mut uw) = tokio::io::split(&mut upstream);
+        let mut cbuf = vec![0u8; 4096];
+        let mut sbuf = vec![0u8; 8192];
+        let hello = loop {
+            tokio::select! {
+                r = cr.read(&mut cbuf) => match r {
+                    Ok(0) | Err(_) => return Spliced::Done,
+                    Ok(n) => if let Some(h) = reader.feed(&cbuf[..n]) { break h },
+                },
+                r = ur.read(&mut sbuf) => match r {
+                    Ok(0) | Err(_) => return Spliced::Done,
+                    Ok(n) => if cw.write_all(&sbuf[..n]).await.is_err() { return Spliced::Done },
+                },
+                _ = clock.idle(idle) => return Spliced::Done,
+            }
+        };
+        if !accept(&hello) {
+            let _ = cw.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+            let _ = cw.shutdown().await;
+            return Spliced::Refused(hello);
+        }
+        if uw.write_all(&reader.buf).await.is_err() {
+            return Spliced::Done;
+        }
+    }
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tunnel closed");
+            }
+        }
+        _ = clock.idle(idle) => tracing::debug!("tunnel idle: closing"),
+    }
+    Spliced::Done
 }
 
 /// A TLS `handshake_failure` alert record, sent before closing a tunnel
