@@ -91,7 +91,8 @@ pub struct RunArgs {
     /// Don't watch the pinset directory; reload only on SIGHUP.
     #[arg(long, env = "PINPROXY_NO_WATCH")]
     pub no_watch: bool,
-    /// Worker threads (default: the CPUs available to the process).
+    /// Worker threads (default: the CPUs available to the process, cgroup
+    /// quota included; 1 runs a single-threaded runtime).
     #[arg(long, env = "PINPROXY_WORKERS")]
     pub workers: Option<usize>,
 }

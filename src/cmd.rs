@@ -40,11 +40,20 @@ fn secs(v: f64, name: &str) -> Result<Duration, String> {
 
 pub fn run(args: RunArgs) -> u8 {
     init_tracing(args.log_format);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker per CPU the pod may use (std reads the cgroup quota). With
+    // one, a current-thread runtime skips work-stealing overhead entirely.
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     rt.enable_all();
-    if let Some(w) = args.workers {
-        rt.worker_threads(w.max(1));
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -397,6 +397,9 @@ async fn sighup_reloads_the_binary() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
         .args([
             "run",
+            // The single-threaded runtime: signals and reloads work there too.
+            "--workers",
+            "1",
             "--no-watch",
             "--pins",
             pins.to_str().unwrap(),
