@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// Close CONNECT tunnels and WebSockets idle this long, seconds.
     #[arg(long, env = "PINPROXY_TUNNEL_IDLE_TIMEOUT", default_value_t = 3600.0)]
     pub tunnel_idle_timeout: f64,
+    /// After a reload revokes a host's tunnels and streaming responses, how
+    /// long in-flight work may finish before they are closed, seconds.
+    #[arg(long, env = "PINPROXY_REVOKE_GRACE", default_value_t = 5.0)]
+    pub revoke_grace: f64,
     /// How long SIGTERM waits for in-flight requests and tunnels, seconds.
     #[arg(long, env = "PINPROXY_DRAIN_TIMEOUT", default_value_t = 20.0)]
     pub drain_timeout: f64,

@@ -89,6 +89,7 @@ async fn run_async(args: RunArgs) -> u8 {
             header_read_timeout: secs(args.header_timeout, "header-timeout")?,
             drain_timeout: secs(args.drain_timeout, "drain-timeout")?,
             tunnel_idle: secs(args.tunnel_idle_timeout, "tunnel-idle-timeout")?,
+            revoke_grace: secs(args.revoke_grace, "revoke-grace")?,
             ..Limits::default()
         })
     })();

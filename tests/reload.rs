@@ -451,3 +451,31 @@ async fn sighup_reloads_the_binary() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Issue 4: in-flight requests finish across a reload that removes their pin.
+#[tokio::test]
+async fn in_flight_requests_finish_across_a_reload() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = proxy(
+        &pins_yaml(&[pki.int.pin()], up.addr, ""),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let addr = p.addr;
+    let slow = tokio::spawn(async move { get(addr, &format!("http://{HOST}/slow")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        &p.pins_path,
+        pins_yaml(&[Pin::from_bytes([2; 32])], up.addr, ""),
+    )
+    .unwrap();
+    p.state.reload().await.unwrap();
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("path=/slow"));
+    assert_eq!(
+        get(p.addr, &format!("http://{HOST}/")).await.error(),
+        Some("pin-mismatch")
+    );
+}

@@ -102,7 +102,10 @@ fn mapped_spelling_hits_the_pinned_ip_entry() {
 #[tokio::test]
 async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
     let port = echo().await;
-    let p = proxy(&allow_yaml(port), &[]).await;
+    let p = proxy_tuned(&allow_yaml(port), &[], |_, l| {
+        l.revoke_grace = Duration::from_millis(300)
+    })
+    .await;
     let (s, head, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(s, 200, "{head}");
     assert!(alive(&mut tcp).await, "the tunnel works before the reload");
@@ -112,7 +115,11 @@ async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
     )
     .unwrap();
     p.state.reload().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        alive(&mut tcp).await,
+        "in-flight work gets the grace period"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !alive(&mut tcp).await,
         "an unlisted tunnel outlived unlisted: deny"
@@ -212,7 +219,10 @@ async fn streaming_response_ends_when_its_pins_change() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("stream")).await;
     let yaml = pinset(HOST, &[pki.int.pin()], "", up.addr);
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = proxy_tuned(&yaml, &[("ca.pem", pki.root.pem())], |_, l| {
+        l.revoke_grace = Duration::from_millis(300)
+    })
+    .await;
     let tcp = TcpStream::connect(p.addr).await.unwrap();
     let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
@@ -320,9 +330,10 @@ async fn intercepted_tls(p: &Proxy) -> tokio_rustls::client::TlsStream<TcpStream
 async fn websocket_strips_hop_by_hop_and_closes_on_pin_change() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("ws")).await;
-    let p = proxy(
+    let p = proxy_tuned(
         &pinset(HOST, &[pki.int.pin()], "", up.addr),
         &[("ca.pem", pki.root.pem())],
+        |_, l| l.revoke_grace = Duration::from_millis(100),
     )
     .await;
     let mut tls = intercepted_tls(&p).await;

@@ -101,6 +101,9 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// A tunnel (CONNECT, WebSocket) with no bytes either way this long is closed.
     pub tunnel_idle: Duration,
+    /// After a reload revokes a tunnel or a streaming response, how long
+    /// in-flight work may still finish before it is closed.
+    pub revoke_grace: Duration,
 }
 
 impl Default for Limits {
@@ -111,6 +114,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
             tunnel_idle: Duration::from_secs(3600),
+            revoke_grace: Duration::from_secs(5),
         }
     }
 }
@@ -561,7 +565,8 @@ pub fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
         && a.address == b.address
 }
 
-/// Resolves when a reload means the admission no longer holds. Subscribe
+/// Resolves `revoke_grace` after a reload means the admission no longer
+/// holds. Subscribe
 /// (`generation_tx.subscribe()`) *before* deciding admission, so a reload
 /// in between is seen.
 pub async fn revoked(
@@ -576,6 +581,9 @@ pub async fn revoked(
             return std::future::pending().await;
         }
         if !still_allowed(&state, &target, &admitted, peer) {
+            // In-flight exchanges finish; only what outlives the grace
+            // period (a long stream, an open tunnel) is cut.
+            tokio::time::sleep(state.limits.revoke_grace).await;
             return;
         }
     }
