@@ -149,6 +149,8 @@ pub struct Defaults {
 /// One `hosts:` entry after validation.
 #[derive(Clone, Debug)]
 pub struct HostPolicy {
+    /// Position in `Policy::hosts` (file order).
+    pub index: usize,
     /// The key as written in the file: the metric label and log name.
     pub name: String,
     pub pins: Vec<Pin>,
@@ -404,9 +406,10 @@ impl Validator<'_> {
                 continue;
             }
             seen.insert(canonical, key.clone());
-            let Some(policy) = self.host(&key, entry, &defaults, line) else {
+            let Some(mut policy) = self.host(&key, entry, &defaults, line) else {
                 continue;
             };
+            policy.index = hosts.len();
             let policy = Arc::new(policy);
             match pattern {
                 Pattern::Exact(h) => exact.insert(h, policy.clone()),
@@ -692,6 +695,7 @@ impl Validator<'_> {
             );
         }
         Some(HostPolicy {
+            index: 0,
             name: key.to_string(),
             pins,
             next_pins,

@@ -111,6 +111,34 @@ pub struct Snapshot {
     pub connector: Connector,
     pub client: Client<Connector, Incoming>,
     pub client_h1: Client<Connector, Incoming>,
+    /// `requests_total{outcome="ok"}` per entry (by `index`), then unlisted:
+    /// resolved once here rather than by label on every request.
+    ok_counters: Vec<prometheus::IntCounter>,
+}
+
+impl Snapshot {
+    /// The `ok` counter of an entry of this snapshot (or of unlisted hosts).
+    pub fn count_ok(&self, entry: Option<&crate::config::HostPolicy>) {
+        let index = match entry {
+            None => Some(self.policy.hosts.len()),
+            Some(e) => self
+                .policy
+                .hosts
+                .get(e.index)
+                .filter(|h| std::ptr::eq(h.as_ref(), e))
+                .map(|_| e.index),
+        };
+        match index.and_then(|i| self.ok_counters.get(i)) {
+            Some(c) => c.inc(),
+            // An entry from another generation: look the label up.
+            None => self
+                .connector
+                .metrics
+                .requests
+                .with_label_values(&[entry.map_or("unlisted", |e| e.name.as_str()), "ok"])
+                .inc(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -207,7 +235,7 @@ impl Snapshot {
         tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = Arc::new(tls);
         let tls_h1 = Arc::new(tls_h1);
-        let connector = Connector {
+        let inner = |tls: &Arc<ClientConfig>| ConnectorInner {
             resolver: shared.resolver.clone(),
             drift: shared.drift.clone(),
             policy: policy.clone(),
@@ -217,10 +245,8 @@ impl Snapshot {
             timeouts: shared.timeouts,
             own_addrs: shared.own_addrs.clone(),
         };
-        let connector_h1 = Connector {
-            tls: tls_h1.clone(),
-            ..connector.clone()
-        };
+        let connector = Connector(Arc::new(inner(&tls)));
+        let connector_h1 = Connector(Arc::new(inner(&tls_h1)));
         let client = |c: Connector| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
@@ -248,7 +274,15 @@ impl Snapshot {
                     .set(e.unix_timestamp() as f64);
             }
         }
+        let ok_counters = policy
+            .hosts
+            .iter()
+            .map(|h| h.name.as_str())
+            .chain(std::iter::once("unlisted"))
+            .map(|name| metrics.requests.with_label_values(&[name, "ok"]))
+            .collect();
         Ok(Self {
+            ok_counters,
             generation,
             client: client(connector.clone()),
             client_h1: client(connector_h1),
@@ -260,9 +294,12 @@ impl Snapshot {
     }
 }
 
-/// Dials an upstream with this generation's pinned TLS config.
+/// Dials an upstream with this generation's pinned TLS config. Cheap to
+/// clone: the HTTP client clones it for every request.
 #[derive(Clone)]
-pub struct Connector {
+pub struct Connector(Arc<ConnectorInner>);
+
+pub struct ConnectorInner {
     resolver: Arc<dyn Resolve>,
     drift: Arc<Drift>,
     policy: Arc<Policy>,
@@ -271,6 +308,14 @@ pub struct Connector {
     metrics: Arc<Metrics>,
     timeouts: Timeouts,
     own_addrs: Vec<SocketAddr>,
+}
+
+impl std::ops::Deref for Connector {
+    type Target = ConnectorInner;
+
+    fn deref(&self) -> &ConnectorInner {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for Connector {

@@ -279,16 +279,14 @@ async fn inner_request(
     let snap = state.snapshot.load_full();
     // Re-admit under the snapshot in force now: a reload may have removed
     // the host or changed its ports since the tunnel opened.
-    let label = match admit(&state, &snap, &target) {
-        Ok(Admission::Pinned(e)) => e.name.clone(),
-        Ok(Admission::Unlisted) => label,
-        Err(refusal) => return refusal,
-    };
+    if let Err(refusal) = admit(&state, &snap, &target) {
+        return refusal;
+    }
     if is_upgrade(&req) {
         return upgrade_request(state, snap, label, target, req, guard).await;
     }
     // The whole tunnel is revoked by its owner task; no per-request watch.
-    forward::send(&state, &snap, &label, &target, req, None).await
+    forward::send(&state, &snap, target, req, None).await
 }
 
 /// The authority a request names: h2 `:authority` / absolute URI, else Host.

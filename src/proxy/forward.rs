@@ -12,8 +12,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::{
-    admit, count, deny, revoked, upstream_refusal, Admission, Body, Revocation, State, Streamed,
-    Target, ERROR_HEADER,
+    admit, count, deny, upstream_refusal, Body, Revocation, State, Streamed, Target, ERROR_HEADER,
 };
 use crate::host::Host;
 use crate::upstream::{Snapshot, UpstreamError};
@@ -30,36 +29,31 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
-    let label = match &admission {
-        Admission::Pinned(e) => e.name.clone(),
-        Admission::Unlisted => "unlisted".to_string(),
-    };
     let revocation = Revocation {
         state: state.clone(),
         rx,
         admission,
     };
-    send(&state, &snap, &label, &target, req, Some(revocation)).await
+    send(&state, &snap, target, req, Some(revocation)).await
 }
 
 /// Sends a request upstream through the snapshot's pinned client and
 /// returns the response, or the refusal for why it could not be sent.
+/// The metric label is the entry `revocation` (or the policy) admitted.
 pub async fn send(
     state: &State,
     snap: &Arc<Snapshot>,
-    label: &str,
-    target: &Target,
+    target: Target,
     req: Request<Incoming>,
     revocation: Option<Revocation>,
 ) -> Response<Body> {
+    let entry = match snap.policy.lookup(&target.host) {
+        crate::config::Decision::Listed(e) => Some(e.clone()),
+        crate::config::Decision::Unlisted => None,
+    };
+    let label = entry.as_deref().map_or("unlisted", |e| e.name.as_str());
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .filter(|p| !p.is_empty())
-        .unwrap_or("/");
-    parts.uri = match upstream_uri(target, path) {
+    parts.uri = match upstream_uri(&target, &parts.uri) {
         Ok(u) => u,
         Err(msg) => {
             return deny(
@@ -92,18 +86,14 @@ pub async fn send(
     };
     match sent {
         Ok(resp) => {
-            count(state, label, "ok");
+            snap.count_ok(entry.as_deref());
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             // Only pinproxy speaks x-pinproxy-error.
             parts.headers.remove(ERROR_HEADER);
             parts.version = Version::HTTP_11;
-            let revoked = revocation.map(|r| {
-                let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-                    Box::pin(revoked(r.state, r.rx, target.clone(), r.admission, None));
-                fut
-            });
-            Response::from_parts(parts, Either::Left(Streamed::new(body, revoked)))
+            let watch = revocation.map(|r| Box::new((r, target)));
+            Response::from_parts(parts, Either::Left(Streamed::new(body, watch)))
         }
         Err(e) => {
             let (resp, reason) = match UpstreamError::find(&e) {
@@ -185,32 +175,47 @@ pub fn split_authority(authority: &Authority) -> Result<(Host, Option<u16>), Str
     Ok((host, port))
 }
 
-fn upstream_uri(target: &Target, path: &str) -> Result<Uri, String> {
-    let authority = if target.port == 443 {
-        target.host.authority_form()
-    } else {
-        format!("{}:{}", target.host.authority_form(), target.port)
+/// The upstream URL: `https://host[:port]/path`. The client's own
+/// authority is reused when it already is the canonical spelling (the
+/// common case), which saves building and parsing a string per request.
+fn upstream_uri(target: &Target, incoming: &Uri) -> Result<Uri, String> {
+    let path = incoming
+        .path_and_query()
+        .filter(|p| !p.as_str().is_empty())
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let canonical = incoming.authority().filter(|a| {
+        let same_host = matches!(&target.host, Host::Name(n) if a.host() == n);
+        let same_port = match a.port_u16() {
+            None => target.port == 443,
+            Some(p) => p == target.port && p != 443,
+        };
+        same_host && same_port && !a.as_str().contains('@')
+    });
+    let authority = match canonical {
+        Some(a) => a.clone(),
+        None => {
+            let s = if target.port == 443 {
+                target.host.authority_form()
+            } else {
+                format!("{}:{}", target.host.authority_form(), target.port)
+            };
+            s.parse::<Authority>()
+                .map_err(|e| format!("invalid request target: {e}"))?
+        }
     };
-    Uri::builder()
-        .scheme(Scheme::HTTPS)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| format!("invalid request target: {e}"))
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).map_err(|e| format!("invalid request target: {e}"))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every
 /// header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        remove_connection_tokens(headers);
     }
     for name in [
         header::CONNECTION,
@@ -225,6 +230,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+fn remove_connection_tokens(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
 }
 
 /// `TE: trailers` is the one TE value allowed through (gRPC needs it).

@@ -38,17 +38,25 @@ pub type Body = Either<Streamed, Full<Bytes>>;
 /// An upstream response body that ends (with an error, so the client sees
 /// a truncated response, not a clean end) if a reload revokes the
 /// admission it was fetched under: a long stream never outlives its pins.
+/// The watch is armed only once the body has to wait for the upstream, so
+/// a response that is already complete costs no timer or allocation.
 pub struct Streamed {
     inner: Incoming,
-    revoked: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    watch: Watch,
+}
+
+enum Watch {
+    Off,
+    Idle(Box<(Revocation, Target)>),
+    Armed(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 impl Streamed {
-    pub fn new(
-        inner: Incoming,
-        revoked: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
-    ) -> Self {
-        Self { inner, revoked }
+    pub fn new(inner: Incoming, watch: Option<Box<(Revocation, Target)>>) -> Self {
+        Self {
+            inner,
+            watch: watch.map_or(Watch::Off, Watch::Idle),
+        }
     }
 }
 
@@ -60,17 +68,32 @@ impl hyper::body::Body for Streamed {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        if let Some(revoked) = self.revoked.as_mut() {
+        use std::task::Poll;
+        if let Watch::Armed(revoked) = &mut self.watch {
             if revoked.as_mut().poll(cx).is_ready() {
-                self.revoked = None;
-                return std::task::Poll::Ready(Some(Err(
+                self.watch = Watch::Off;
+                return Poll::Ready(Some(Err(
                     "pinset reloaded: this host's pins or policy changed".into(),
                 )));
             }
         }
-        std::pin::Pin::new(&mut self.inner)
+        let polled = std::pin::Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map_err(Into::into)
+            .map_err(Into::into);
+        if polled.is_pending() && matches!(self.watch, Watch::Idle(_)) {
+            if let Watch::Idle(w) = std::mem::replace(&mut self.watch, Watch::Off) {
+                let (r, target) = *w;
+                let mut fut: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                    Box::pin(revoked(r.state, r.rx, target, r.admission, None));
+                if fut.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(
+                        "pinset reloaded: this host's pins or policy changed".into(),
+                    )));
+                }
+                self.watch = Watch::Armed(fut);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
