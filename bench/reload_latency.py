@@ -23,8 +23,11 @@ def swap(content, i):
     shutil.rmtree(f"{D}/{old}")
     return t
 def status(conn):
-    conn.request("GET", "http://api.local/", headers={"Host": "api.local"})
-    r = conn.getresponse(); r.read()
+    try:
+        conn.request("GET", "http://api.local/", headers={"Host": "api.local"})
+        r = conn.getresponse(); r.read()
+    except (http.client.HTTPException, OSError):   # a reload may close idle client connections: reconnect, poll again
+        conn.close(); return None, None
     return r.status, r.getheader("x-pinproxy-error")
 
 if __name__ == "__main__":

@@ -38,7 +38,17 @@ fi
 
 # ---- 2. build -------------------------------------------------------------------------------------
 log "building pinproxy (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+BUILT_FROM="working tree"
+if ! (cd "$ROOT" && cargo build --release --quiet); then
+  # the tree may be mid-edit: measure the last binary built from it, else build a snapshot of HEAD (git archive: read-only)
+  if [ -x "$BIN" ]; then BUILT_FROM="previous build of the working tree ($(date -r $BIN '+%F %T'); current tree does not compile)"
+  else
+    rm -rf /tmp/bench-pinproxy-head && mkdir -p /tmp/bench-pinproxy-head
+    (cd "$ROOT" && git archive HEAD) | tar -x -C /tmp/bench-pinproxy-head
+    (cd /tmp/bench-pinproxy-head && cargo build --release --quiet); BUILT_FROM="HEAD snapshot (working tree does not compile)"
+  fi
+  echo "WARNING: cargo build failed; measuring $BUILT_FROM" >&2
+fi
 
 # ---- 3. start everything -----------------------------------------------------------------------
 mkdir -p $P $B/upstream-fresh/{logs,tmp}
@@ -57,9 +67,16 @@ EXTRA=$'    expires: 2020-01-01\n' pinset 127.0.0.1:8445 $FILLER "$INT" "$LEAF" 
 $BIN check $P/pins.yaml >/dev/null && $BIN check $P/pins-ten.yaml >/dev/null
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+stop_pp() { # SIGTERM our own instance, wait (bounded) for it to release its ports, then SIGKILL
+  alive $P/$1.pid || return 0
+  local pid; pid=$(cat $P/$1.pid); kill $pid 2>/dev/null || true
+  running() { ps -o stat= -p $1 2>/dev/null | grep -qv Z; }     # zombies (PID 1 may not reap) count as gone
+  for i in $(seq 60); do running $pid || break; sleep 0.1; done
+  running $pid && kill -9 $pid 2>/dev/null; rm -f $P/$1.pid
+}
 start_pp() { # name port admin pins workers [extra args]
   local n=$1 port=$2 adm=$3 pins=$4 w=$5; shift 5
-  alive $P/$n.pid && { kill "$(cat $P/$n.pid)"; sleep 0.5; }
+  stop_pp $n
   rm -rf $P/ca-$n
   nohup "$BIN" run --pins "$pins" --listen 127.0.0.1:$port --admin 127.0.0.1:$adm --workers "$w" \
       --ca-out $P/ca-$n "$@" > $P/$n.log 2>&1 &
@@ -68,7 +85,7 @@ start_pp() { # name port admin pins workers [extra args]
   echo "pinproxy $n did not become ready; see $P/$n.log" >&2; exit 1
 }
 stop_all() {
-  for n in pinproxy pinproxy2 ppca ppten pp10k; do alive $P/$n.pid && kill "$(cat $P/$n.pid)"; rm -f $P/$n.pid; done
+  for n in pinproxy pinproxy2 ppca ppten pp10k; do stop_pp $n; done
   alive $B/upstream-fresh/logs/nginx.pid && nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf -s quit
   $B/peers.sh stop >/dev/null 2>&1 || true
 }
@@ -106,6 +123,17 @@ smoke || { echo "SMOKE FAILED" >&2; exit 1; }
 [ $SMOKE = 1 ] && { echo "smoke OK"; exit 0; }
 
 # ---- 4. the comparison ---------------------------------------------------------------------------
+busy() { # % of all CPUs busy over 2 s (everything running now: the bench is idle at this point)
+  local a b; a=($(head -1 /proc/stat)); sleep 2; b=($(head -1 /proc/stat))
+  local idle=$(( (b[4]+b[5]) - (a[4]+a[5]) )) tot=0 i
+  for i in 1 2 3 4 5 6 7 8; do tot=$(( tot + b[i] - a[i] )); done
+  echo $(( 100 * (tot - idle) / (tot > 0 ? tot : 1) ))
+}
+for i in $(seq ${QUIET_WAIT:-60}); do   # wait (bounded, ~3 min) for other work on the machine to stop: it skews every figure
+  bz=$(busy); [ "$bz" -le 10 ] && break
+  [ $i = 1 ] && { echo "machine is ${bz}% busy before the bench; waiting for it to go quiet:" >&2; ps -eo pcpu,args --sort=-pcpu | sed -n 2,4p >&2; }
+done
+BACKGROUND_BUSY=$bz
 OUT=$B/results/pinproxy-$(date +%Y%m%d-%H%M%S); mkdir -p $OUT
 for r in $(seq $REPS); do
   log "wrk -t2 -c50 ${D}s, repetition $r/$REPS"
@@ -131,7 +159,7 @@ log "10,000 idle keep-alive client connections"
 ( ulimit -n 20000
   start_pp pp10k 15014 19014 $P/pins.yaml 1 --max-connections 12000 --header-timeout 300
   python3 $HERE/idle10k.py "$(cat $P/pp10k.pid)" 10000 15014 > $OUT/idle10k.json
-  kill "$(cat $P/pp10k.pid)"; rm -f $P/pp10k.pid ); cat $OUT/idle10k.json >&2
+  stop_pp pp10k ); cat $OUT/idle10k.json >&2
 
 log "live pins: ..data swap to enforcement"
 python3 $HERE/reload_latency.py $BIN 20 "$INT" > $OUT/reload.json; cat $OUT/reload.json >&2
@@ -146,11 +174,13 @@ cat $OUT/startup*.json >&2
   echo "envoy_bytes $(stat -L -c %s $B/venv/lib/python3.11/site-packages/envoy/_bin/envoy)"
   echo "nginx_bytes $(stat -L -c %s "$(command -v nginx)")"
   echo "haproxy_bytes $(stat -L -c %s "$(command -v haproxy)")"
-  echo "image_bytes $(docker image inspect pinproxy:dev --format '{{.Size}}' 2>/dev/null || echo n/a)"
+  img=$(docker image inspect pinproxy:dev --format '{{.Size}}' 2>/dev/null | head -1) || true; echo "image_bytes ${img:-n/a}"
 } > $OUT/sizes.txt
 { echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo $PRETTY_NAME), kernel $(uname -r)"
   grep -m1 'model name' /proc/cpuinfo | cut -d: -f2
-  echo "pinproxy $(cd $ROOT && git rev-parse --short HEAD 2>/dev/null) ($($BIN --version)), $(rustc --version)"
+  echo "binary: $BUILT_FROM"
+  echo "background CPU busy before the run: ${BACKGROUND_BUSY}% of all cores"
+  echo "pinproxy $(cd $ROOT && git rev-parse --short HEAD 2>/dev/null)$(cd $ROOT && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo +dirty) ($($BIN --version)), $(rustc --version)"
   echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); nginx $(nginx -v 2>&1 | cut -d/ -f2); haproxy $(haproxy -v | head -1 | awk '{print $3}'); envoy $($B/venv/lib/python3.11/site-packages/envoy/_bin/envoy --version | grep -o '[0-9a-f]*/1\.[0-9.]*' | cut -d/ -f2)"
 } > $OUT/machine.txt
 
