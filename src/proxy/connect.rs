@@ -225,7 +225,7 @@ async fn intercepted(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.limits.header_read_timeout)
-        .max_buf_size(state.limits.max_header_bytes.max(8192));
+        .max_buf_size(super::parse_buffer(&state.limits));
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -355,7 +355,7 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.limits.header_read_timeout)
-        .max_buf_size(state.limits.max_header_bytes.max(8192));
+        .max_buf_size(parse_buffer(&state.limits));
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -386,11 +386,42 @@ async fn handle(
     tracker: TaskTracker,
     guard: Arc<ConnGuard>,
 ) -> Response<Body> {
+    if head_size(&req) > state.limits.max_header_bytes {
+        return deny(
+            &state,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "bad-request",
+            "",
+            &format!(
+                "request head is over {} bytes",
+                state.limits.max_header_bytes
+            ),
+        );
+    }
     if req.method() == http::Method::CONNECT {
         connect::handle(state, req, tracker, guard).await
     } else {
         forward::handle(state, req).await
     }
+}
+
+/// hyper's parse buffer: twice the header limit, so a head over the limit
+/// but within the buffer reaches us and gets a 431 *with* its reason;
+/// only heads beyond twice the limit get the parser's bare 431.
+pub fn parse_buffer(limits: &Limits) -> usize {
+    limits.max_header_bytes.saturating_mul(2).max(8192)
+}
+
+/// Approximate size of a request head as sent (target, names, values).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    req.headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + target
+        + 16
 }
 
 /// A refusal: status, `x-pinproxy-error` reason and a short human body.
