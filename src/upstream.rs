@@ -551,7 +551,13 @@ fn classify_tls(e: &io::Error) -> (Failure, &'static str, String) {
                 }
                 _ => Failure::Tls(reason),
             };
-            (failure, reason, format!("TLS handshake failed: {r}"))
+            let detail = match failure {
+                Failure::PinMismatch => "the validated certificate chain carries none of this host's pins \
+                     (or its pin-only pinset expired); the presented pins are in pinproxy's log and /pins"
+                    .to_string(),
+                _ => format!("TLS handshake failed: {r}"),
+            };
+            (failure, reason, detail)
         }
         None if e.kind() == io::ErrorKind::UnexpectedEof => (
             Failure::Tls("closed"),
