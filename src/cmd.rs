@@ -242,6 +242,21 @@ async fn wait_for_signal() {
     }
 }
 
+/// A single-threaded runtime for the one-off network work of `pin --connect`
+/// and `check --live`.
+fn small_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            None
+        }
+    }
+}
+
 // === pin ===
 
 pub fn pin(args: PinArgs) -> u8 {
@@ -308,15 +323,8 @@ fn pin_connect(target: &str, servername: Option<&str>, ca_file: Option<&Path>) -
         },
         None => crate::verify::webpki_roots(),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pinproxy: {e}");
-            return 1;
-        }
+    let Some(rt) = small_runtime() else {
+        return 1;
     };
     let seen = match rt.block_on(probe::probe(
         &host,
@@ -402,15 +410,8 @@ pub fn check(args: CheckArgs) -> u8 {
     if !args.live {
         return 0;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pinproxy: {e}");
-            return 1;
-        }
+    let Some(rt) = small_runtime() else {
+        return 1;
     };
     let roots = crate::verify::webpki_roots();
     let mut bad = 0;

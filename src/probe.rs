@@ -82,14 +82,7 @@ impl ServerCertVerifier for Recorder {
         if let Some(anchors) = &self.anchors {
             let paths = Mutex::new(Vec::new());
             let record = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
-                let mut pins = vec![leaf];
-                pins.extend(
-                    path.intermediate_certificates()
-                        .map(|c| Pin::of_spki_der(c.subject_public_key_info().as_ref())),
-                );
-                pins.push(Pin::of_spki_contents(
-                    path.anchor().subject_public_key_info.as_ref(),
-                ));
+                let pins = crate::verify::path_pins(leaf, path);
                 paths.lock().unwrap_or_else(|e| e.into_inner()).push(pins);
                 // Refuse so webpki enumerates every valid path.
                 Err(webpki::Error::UnknownIssuer)

@@ -153,7 +153,7 @@ fn next_matched(entry: &HostPolicy, path: &[Pin]) -> Option<bool> {
 }
 
 /// Pins of a validated path: leaf, the intermediates webpki used, the anchor.
-fn path_pins(leaf: Pin, path: &VerifiedPath<'_>) -> Vec<Pin> {
+pub(crate) fn path_pins(leaf: Pin, path: &VerifiedPath<'_>) -> Vec<Pin> {
     let mut pins = Vec::with_capacity(4);
     pins.push(leaf);
     for cert in path.intermediate_certificates() {

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,33 +21,6 @@ use pinproxy::pin::Pin;
 use support::*;
 
 const HOST: &str = "api.pinned.test";
-
-/// Sends CONNECT and returns the status line, the head and the stream.
-async fn connect(proxy: SocketAddr, target: &str) -> (u16, String, TcpStream) {
-    let mut tcp = TcpStream::connect(proxy).await.unwrap();
-    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head, tcp)
-}
 
 fn client_config(roots_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
@@ -77,7 +49,7 @@ async fn tls(
 
 /// Opens an intercepted tunnel to HOST and returns the client TLS stream.
 async fn tunnel(p: &Proxy, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let (status, head, tcp) = connect(p.addr, &format!("{HOST}:443")).await;
+    let (status, head, tcp) = connect_status(p.addr, &format!("{HOST}:443")).await;
     assert_eq!(status, 200, "{head}");
     tls(tcp, client_config(p.intercept.ca_pem(), alpn), HOST)
         .await
@@ -169,13 +141,13 @@ async fn curl_through_connect_reaches_the_pinned_host() {
 async fn connect_refusals_answer_the_connect() {
     let (pki, up, p) = setup(&[], UpstreamOpts::new("real")).await;
     let _ = (&pki, &up);
-    let (s, head, _) = connect(p.addr, "unlisted.test:443").await;
+    let (s, head, _) = connect_status(p.addr, "unlisted.test:443").await;
     assert_eq!(s, 403, "{head}");
     assert!(
         head.contains("x-pinproxy-error: host-not-allowed"),
         "{head}"
     );
-    let (s, head, _) = connect(p.addr, &format!("{HOST}:8443")).await;
+    let (s, head, _) = connect_status(p.addr, &format!("{HOST}:8443")).await;
     assert_eq!(s, 403, "{head}");
     assert!(
         head.contains("x-pinproxy-error: port-not-allowed"),
@@ -187,7 +159,7 @@ async fn connect_refusals_answer_the_connect() {
         "0x7f.1:443".to_string(),
         format!("{HOST}:0"),
     ] {
-        let (s, head, _) = connect(p.addr, &bad).await;
+        let (s, head, _) = connect_status(p.addr, &bad).await;
         assert_eq!(s, 400, "{bad}: {head}");
         assert!(
             head.contains("x-pinproxy-error: bad-request"),
@@ -215,7 +187,7 @@ async fn pin_mismatch_inside_the_tunnel_is_a_readable_502() {
 async fn sni_naming_another_host_is_refused() {
     let (pki, _up, p) = setup(&[], UpstreamOpts::new("real")).await;
     let _ = pki;
-    let (status, _, tcp) = connect(p.addr, &format!("{HOST}:443")).await;
+    let (status, _, tcp) = connect_status(p.addr, &format!("{HOST}:443")).await;
     assert_eq!(status, 200);
     let err = tls(
         tcp,
@@ -231,7 +203,7 @@ async fn sni_naming_another_host_is_refused() {
     );
     assert_eq!(p.denied("sni-mismatch"), 1);
     // The same host name with different spelling is the same host.
-    let (_, _, tcp) = connect(p.addr, &format!("{HOST}:443")).await;
+    let (_, _, tcp) = connect_status(p.addr, &format!("{HOST}:443")).await;
     assert!(tls(
         tcp,
         client_config(p.intercept.ca_pem(), &[b"http/1.1"]),
@@ -373,7 +345,7 @@ async fn unlisted_allow_tunnels_bytes_unchanged() {
     let port = up.addr.port();
     let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  ports: [{port}]\n  allow_private: true\nhosts: {{}}\n");
     let p = proxy(&yaml, &[]).await;
-    let (status, head, tcp) = connect(p.addr, &format!("127.0.0.1:{port}")).await;
+    let (status, head, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(status, 200, "{head}");
     // The client trusts only the upstream's own root: no interception.
     let cfg = client_config(&pki.root.pem(), &[b"http/1.1"]);
@@ -389,7 +361,7 @@ async fn unlisted_allow_tunnels_bytes_unchanged() {
     assert_eq!(p.requests("unlisted", "tunnel"), 1);
     // Loopback without allow_private: refused before 200.
     let p = proxy(&yaml.replace("  allow_private: true\n", ""), &[]).await;
-    let (status, head, _) = connect(p.addr, &format!("127.0.0.1:{port}")).await;
+    let (status, head, _) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(status, 403, "{head}");
     assert!(head.contains("x-pinproxy-error: private-address"), "{head}");
 }

@@ -176,25 +176,10 @@ async fn dns_failure_and_rebinding() {
             (403, Some("private-address")),
             "{name}: {r:?}"
         );
-        let (s, head) = connect_status(p.addr, &format!("{name}:443")).await;
+        let (s, head, _) = connect_status(p.addr, &format!("{name}:443")).await;
         assert_eq!(s, 403, "{name} CONNECT: {head}");
     }
     assert_eq!(p.denied("private-address"), 6);
-}
-
-async fn connect_status(proxy: std::net::SocketAddr, target: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(proxy).await.unwrap();
-    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut tcp).await.unwrap_or_default();
-    (
-        head.split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        head,
-    )
 }
 
 #[tokio::test]
@@ -207,7 +192,7 @@ async fn the_proxys_own_ports_are_never_egress_targets() {
         let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{own}]\nhosts: {{}}\n");
         std::fs::write(&p.pins_path, yaml).unwrap();
         p.state.reload().await.unwrap();
-        let (s, head) = connect_status(p.addr, &format!("127.0.0.1:{own}")).await;
+        let (s, head, _) = connect_status(p.addr, &format!("127.0.0.1:{own}")).await;
         assert_eq!(s, 403, "{head}");
         assert!(head.contains("x-pinproxy-error: private-address"), "{head}");
         let r = get(p.addr, &format!("http://127.0.0.1:{own}/metrics")).await;
@@ -482,49 +467,6 @@ async fn pinset_deleted_and_restored_under_load_fails_nothing() {
             .get()
             >= 1
     );
-}
-
-fn spawn_binary(
-    pins: &std::path::Path,
-    extra: &[&str],
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
-    let mut args = vec![
-        "run".to_string(),
-        "--pins".into(),
-        pins.display().to_string(),
-        "--listen".into(),
-        listen.to_string(),
-        "--admin".into(),
-        admin.to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args(&args)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    (child, listen, admin)
-}
-
-async fn wait_listening(addr: std::net::SocketAddr) {
-    for _ in 0..400 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{addr} never listened");
 }
 
 async fn status_of(addr: std::net::SocketAddr, path: &str) -> u16 {

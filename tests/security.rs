@@ -14,20 +14,6 @@ use support::*;
 
 const HOST: &str = "api.pinned.test";
 
-async fn connect_status(proxy: std::net::SocketAddr, target: &str) -> (u16, String, TcpStream) {
-    let mut tcp = TcpStream::connect(proxy).await.unwrap();
-    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut tcp).await.unwrap_or_default();
-    let s = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (s, head, tcp)
-}
-
 /// An echo server on 127.0.0.1 for byte tunnels.
 async fn echo() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

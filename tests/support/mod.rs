@@ -798,3 +798,66 @@ impl pinproxy::upstream::Resolve for StaticResolver {
         })
     }
 }
+
+// === CONNECT and the built binary ===
+
+/// Sends CONNECT; returns the status, the response head and the stream.
+pub async fn connect_status(proxy: SocketAddr, target: &str) -> (u16, String, TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await.unwrap_or_default();
+    let s = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (s, head, tcp)
+}
+
+/// Runs the built binary on free loopback ports: (child, proxy, admin).
+pub fn spawn_binary(
+    pins: &std::path::Path,
+    extra: &[&str],
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let mut args = vec![
+        "run".to_string(),
+        "--pins".into(),
+        pins.display().to_string(),
+        "--listen".into(),
+        listen.to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(&args)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, listen, admin)
+}
+
+/// Waits (bounded) until `addr` accepts connections.
+pub async fn wait_listening(addr: std::net::SocketAddr) {
+    for _ in 0..400 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{addr} never listened");
+}
