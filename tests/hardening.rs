@@ -575,3 +575,89 @@ async fn a_second_sigterm_exits_at_once() {
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(status.success(), "{status:?}");
 }
+
+/// Every address a name resolves to is tried in turn.
+#[tokio::test]
+async fn every_resolved_address_is_tried_in_turn() {
+    let pki = Pki::new(&["multi.test"]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("second")).await;
+    let port = up.addr.port();
+    let yaml = format!("version: 1\nhosts:\n  multi.test:\n    pins: [{}]\n    trust: ca.pem\n    ports: [{port}]\n", pki.int.pin());
+    let mut table = HashMap::new();
+    // 127.0.0.2 is loopback too, with nothing listening: refused first.
+    table.insert(
+        "multi.test".to_string(),
+        vec!["127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+    );
+    let resolver = Arc::new(StaticResolver(table));
+    let p = proxy_tuned(&yaml, &[("ca.pem", pki.root.pem())], move |s, _| {
+        s.resolver = resolver
+    })
+    .await;
+    let r = get(p.addr, &format!("http://multi.test:{port}/")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("upstream=second"));
+}
+
+/// Accept errors (EMFILE) back off instead of killing the listener.
+#[tokio::test]
+async fn running_out_of_file_descriptors_does_not_stop_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = write(dir.path(), "pins.yaml", "version: 1\nhosts: {}\n");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let mut child = tokio::process::Command::new("prlimit")
+        .args([
+            "--nofile=64",
+            env!("CARGO_BIN_EXE_pinproxy"),
+            "run",
+            "--workers",
+            "1",
+            "--no-watch",
+        ])
+        .args([
+            "--pins",
+            pins.to_str().unwrap(),
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit (util-linux) is installed");
+    wait_listening(listen).await;
+    // Hold more connections than the process has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(s) = TcpStream::connect(listen).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "pinproxy exited on EMFILE"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ok = false;
+    for _ in 0..40 {
+        let r = tokio::time::timeout(Duration::from_secs(2), get(listen, "http://unlisted.test/"))
+            .await;
+        if matches!(r, Ok(ref r) if r.error() == Some("host-not-allowed")) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ok,
+        "the listener did not recover after descriptors were freed"
+    );
+}

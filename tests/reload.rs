@@ -479,3 +479,122 @@ async fn in_flight_requests_finish_across_a_reload() {
         Some("pin-mismatch")
     );
 }
+
+/// A CA bundle mounted from its own Secret/ConfigMap (another directory) is
+/// watched too.
+#[tokio::test]
+async fn a_ca_bundle_in_another_mounted_directory_is_watched() {
+    let old_ca = Pki::new(&[HOST]);
+    let new_ca = Pki::new(&[HOST]);
+    let up = upstream(
+        new_ca.chain(),
+        new_ca.leaf.key_der(),
+        UpstreamOpts::new("new"),
+    )
+    .await;
+    let bundles = tempfile::tempdir().unwrap();
+    let mut bundle_vol = SecretVolume::new(bundles.path(), &[("ca.pem", &old_ca.root.pem())]);
+    let trust = bundle_vol.path("ca.pem").display().to_string();
+    let yaml = format!(
+        "version: 1\nhosts:\n  {HOST}:\n    pins: [{}]\n    trust: {trust}\n    address: {}\n",
+        new_ca.leaf.pin(),
+        up.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let vol = SecretVolume::new(dir.path(), &[("pins.yaml", &yaml)]);
+    let p = proxy_at(dir, vol.path("pins.yaml"), true).await;
+    assert_eq!(
+        get(p.addr, &format!("http://{HOST}/")).await.error(),
+        Some("untrusted-certificate")
+    );
+    bundle_vol.update(&[("ca.pem", &new_ca.root.pem())]);
+    let ok = within(Duration::from_secs(2), || async {
+        get(p.addr, &format!("http://{HOST}/")).await.status == 200
+    })
+    .await;
+    assert!(ok.is_some(), "the bundle's own directory was not watched");
+}
+
+/// Mismatches are logged as one structured JSON event each, with what was
+/// presented and expected, and rate-limited per host.
+#[tokio::test]
+async fn mismatch_logs_are_structured_and_rate_limited() {
+    use tokio::io::AsyncBufReadExt;
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &pki.root.pem());
+    let pins = write(
+        dir.path(),
+        "pins.yaml",
+        &pins_yaml(&[Pin::from_bytes([5; 32])], up.addr, ""),
+    );
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--pins",
+            pins.to_str().unwrap(),
+        ])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(listen).await;
+    for _ in 0..20 {
+        assert_eq!(
+            get(listen, &format!("http://{HOST}/")).await.error(),
+            Some("pin-mismatch")
+        );
+    }
+    let _ = child.start_kill();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut events = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["message"] == "pin mismatch" {
+            events.push(v);
+        }
+    }
+    assert!(
+        !events.is_empty() && events.len() <= 5,
+        "{} mismatch events for 20 mismatches",
+        events.len()
+    );
+    let e = &events[0];
+    assert_eq!(e["host"], HOST);
+    assert_eq!(e["mode"], "enforce");
+    assert_eq!(e["generation"], 1);
+    let presented = e["presented"].as_str().unwrap();
+    assert!(
+        presented.contains(&pki.leaf.pin().to_string())
+            && presented.contains(&pki.root.pin().to_string()),
+        "{presented}"
+    );
+    assert!(e["expected"]
+        .as_str()
+        .unwrap()
+        .contains(&Pin::from_bytes([5; 32]).to_string()));
+    assert!(e["subjects"]
+        .as_str()
+        .unwrap()
+        .contains("CN=api.pinned.test"));
+}
