@@ -89,7 +89,7 @@ fn mapped_spelling_hits_the_pinned_ip_entry() {
 async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
     let port = echo().await;
     let p = proxy_tuned(&allow_yaml(port), &[], |_, l| {
-        l.revoke_grace = Duration::from_millis(300)
+        l.revoke_grace = Duration::from_millis(1000)
     })
     .await;
     let (s, head, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
@@ -105,7 +105,7 @@ async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
         alive(&mut tcp).await,
         "in-flight work gets the grace period"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !alive(&mut tcp).await,
         "an unlisted tunnel outlived unlisted: deny"
@@ -174,7 +174,7 @@ async fn a_half_written_file_that_parses_is_not_swapped_in() {
     use std::io::Write;
     f.write_all(&full.as_bytes()[..cut]).unwrap();
     f.flush().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
     // The writer continues within a few debounce periods.
     f.write_all(&full.as_bytes()[cut..]).unwrap();
     f.write_all(b"# done\n").unwrap();
