@@ -129,7 +129,7 @@ async fn tunnels_count_against_the_connection_limit_and_idle_out() {
     let port = echo().await;
     let p = proxy_tuned(&allow_yaml(port), &[], |_, l| {
         l.max_connections = 2;
-        l.tunnel_idle = Duration::from_millis(400);
+        l.tunnel_idle = Duration::from_millis(1200);
     })
     .await;
     let (_, _, mut a) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
@@ -140,7 +140,7 @@ async fn tunnels_count_against_the_connection_limit_and_idle_out() {
     assert_eq!(s, 503, "{head}");
     assert!(head.contains("x-pinproxy-error: overloaded"), "{head}");
     // Idle tunnels close and give their slots back.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!alive(&mut a).await, "an idle tunnel stayed open");
     assert_eq!(p.metrics.connections_active.get(), 0);
     let (s, _, _) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
