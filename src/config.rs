@@ -867,35 +867,11 @@ fn read_bundle(path: &Path) -> Result<(Arc<[TrustAnchor<'static>]>, Vec<u8>), St
     Ok((anchors.into(), bytes))
 }
 
-/// A deliberately small public-suffix check: a wildcard's base needs two
-/// labels, and three when the second-level label is a common registry
-/// label under a two-letter country code (`*.co.uk`, `*.com.au`).
+/// Whether a wildcard's base is itself a public suffix (`com`, `co.uk`,
+/// `github.io`), by the Public Suffix List (ICANN and private sections): a
+/// wildcard over it would cover every registrant's hosts.
 fn is_public_suffix(base: &str) -> bool {
-    let labels: Vec<&str> = base.split('.').collect();
-    match labels.as_slice() {
-        [_] => true,
-        [sld, tld] => {
-            tld.len() == 2
-                && matches!(
-                    *sld,
-                    "co" | "com"
-                        | "net"
-                        | "org"
-                        | "gov"
-                        | "edu"
-                        | "ac"
-                        | "or"
-                        | "ne"
-                        | "go"
-                        | "gob"
-                        | "mil"
-                        | "nic"
-                        | "ltd"
-                        | "plc"
-                )
-        }
-        _ => false,
-    }
+    !base.contains('.') || psl::suffix_str(base) == Some(base)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -1088,9 +1064,24 @@ mod tests {
 
     #[test]
     fn public_suffix_rule() {
-        assert!(is_public_suffix("com"));
-        assert!(is_public_suffix("co.uk"));
-        assert!(!is_public_suffix("example.com"));
-        assert!(!is_public_suffix("example.co.uk"));
+        for suffix in [
+            "com",
+            "test",
+            "co.uk",
+            "com.au",
+            "github.io",
+            "herokuapp.com",
+            "s3.amazonaws.com",
+        ] {
+            assert!(is_public_suffix(suffix), "{suffix}");
+        }
+        for base in [
+            "example.com",
+            "example.co.uk",
+            "pinproxy.github.io",
+            "payments.example.test",
+        ] {
+            assert!(!is_public_suffix(base), "{base}");
+        }
     }
 }
