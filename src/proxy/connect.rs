@@ -279,14 +279,16 @@ async fn inner_request(
     let snap = state.snapshot.load_full();
     // Re-admit under the snapshot in force now: a reload may have removed
     // the host or changed its ports since the tunnel opened.
-    if let Err(refusal) = admit(&state, &snap, &target) {
-        return refusal;
-    }
+    let entry = match admit(&state, &snap, &target) {
+        Ok(Admission::Pinned(e)) => Some(e),
+        Ok(Admission::Unlisted) => None,
+        Err(refusal) => return refusal,
+    };
     if is_upgrade(&req) {
         return upgrade_request(state, snap, label, target, req, guard).await;
     }
     // The whole tunnel is revoked by its owner task; no per-request watch.
-    forward::send(&state, &snap, target, req, None).await
+    forward::send(&state, &snap, entry, target, req, None).await
 }
 
 /// The authority a request names: h2 `:authority` / absolute URI, else Host.

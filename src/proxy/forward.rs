@@ -12,7 +12,8 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::{
-    admit, count, deny, upstream_refusal, Body, Revocation, State, Streamed, Target, ERROR_HEADER,
+    admit, count, deny, upstream_refusal, Admission, Body, Revocation, State, Streamed, Target,
+    ERROR_HEADER,
 };
 use crate::host::Host;
 use crate::upstream::{Snapshot, UpstreamError};
@@ -29,28 +30,29 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
+    let entry = match &admission {
+        Admission::Pinned(e) => Some(e.clone()),
+        Admission::Unlisted => None,
+    };
     let revocation = Revocation {
         state: state.clone(),
         rx,
         admission,
     };
-    send(&state, &snap, target, req, Some(revocation)).await
+    send(&state, &snap, entry, target, req, Some(revocation)).await
 }
 
 /// Sends a request upstream through the snapshot's pinned client and
 /// returns the response, or the refusal for why it could not be sent.
-/// The metric label is the entry `revocation` (or the policy) admitted.
+/// `entry` is what admission found for the target (`None`: unlisted).
 pub async fn send(
     state: &State,
     snap: &Arc<Snapshot>,
+    entry: Option<Arc<crate::config::HostPolicy>>,
     target: Target,
     req: Request<Incoming>,
     revocation: Option<Revocation>,
 ) -> Response<Body> {
-    let entry = match snap.policy.lookup(&target.host) {
-        crate::config::Decision::Listed(e) => Some(e.clone()),
-        crate::config::Decision::Unlisted => None,
-    };
     let label = entry.as_deref().map_or("unlisted", |e| e.name.as_str());
     let (mut parts, body) = req.into_parts();
     parts.uri = match upstream_uri(&target, &parts.uri) {
