@@ -661,3 +661,28 @@ async fn running_out_of_file_descriptors_does_not_stop_the_listener() {
         "the listener did not recover after descriptors were freed"
     );
 }
+
+/// A client that connects and never speaks is closed after the header
+/// timeout (it waits without hyper's buffers until then).
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_header_timeout() {
+    let p = proxy_tuned("version: 1\nhosts: {}\n", &[], |_, l| {
+        l.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let mut silent = TcpStream::connect(p.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "still open: {r:?}");
+    // A connection that speaks late but within the timeout is served.
+    let mut late = TcpStream::connect(p.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    late.write_all(b"GET http://unlisted.test/ HTTP/1.1\r\nHost: unlisted.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut late).await.unwrap();
+    assert!(
+        head.contains("x-pinproxy-error: host-not-allowed"),
+        "{head}"
+    );
+}

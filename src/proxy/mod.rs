@@ -344,6 +344,20 @@ async fn serve_connection(
     tracker: TaskTracker,
     guard: Arc<ConnGuard>,
 ) {
+    // hyper allocates its buffers (~12 KiB) as soon as it serves a
+    // connection: a client that has connected but not spoken (a pre-warmed
+    // pool) waits here without them, under the same header timeout.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        // `peek` waits for a first byte without consuming it (`readable`
+        // may report ready before any data has arrived).
+        r = tokio::time::timeout(state.limits.header_read_timeout, stream.peek(&mut first)) => {
+            if !matches!(r, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+        }
+        _ = stop.changed() => return,
+    }
     let svc_state = state.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let state = svc_state.clone();
