@@ -686,3 +686,42 @@ async fn silent_connections_are_closed_after_the_header_timeout() {
         "{head}"
     );
 }
+
+/// Idle keep-alive connections are parked (hyper's buffers released) and
+/// served again, on the same connection, when the client speaks — also
+/// when it was parked in the middle of a request head.
+#[tokio::test]
+async fn parked_keep_alive_connections_are_served_again() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", up.addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let mut c = ProxyConn::open(p.addr).await;
+    assert_eq!(c.get(&url("/before"), &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let r = c.get(&url("/after"), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("path=/after"));
+
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(format!("GET {} HTTP/1.1\r\nHo", url("/split")).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    tcp.write_all(format!("st: {HOST}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        p.metrics.connections_active.get(),
+        1,
+        "the parked keep-alive client still holds its slot"
+    );
+    assert_eq!(c.get(&url("/again"), &[]).await.status, 200);
+}

@@ -21,7 +21,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
@@ -30,8 +29,8 @@ use tokio_util::task::TaskTracker;
 use super::forward::{self, split_authority, strip_hop_by_hop};
 use super::tunnel::{self, Hello};
 use super::{
-    admit, count, deny, refuse, revoked, upstream_refusal, Admission, Body, ConnGuard, State,
-    Target, ERROR_HEADER,
+    admit, count, deny, refuse, revoked, upstream_refusal, Admission, Body, ClientIo, ConnGuard,
+    Handoff, State, Target, ERROR_HEADER,
 };
 use crate::host::Host;
 use crate::upstream::{Failure, Snapshot, UpstreamError};
@@ -41,6 +40,7 @@ pub async fn handle(
     req: Request<Incoming>,
     tracker: TaskTracker,
     guard: Arc<ConnGuard>,
+    handoff: Arc<Handoff>,
 ) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
@@ -55,7 +55,7 @@ pub async fn handle(
     };
     match admission {
         Admission::Unlisted => {
-            tunnel_unlisted(state, snap, target, req, tracker, guard, generation).await
+            tunnel_unlisted(state, snap, target, tracker, guard, handoff, generation).await
         }
         Admission::Pinned(ref entry) => {
             let Some(intercept) = state.intercept.clone() else {
@@ -81,7 +81,9 @@ pub async fn handle(
                 }
             };
             let label = entry.name.clone();
-            let upgrade = hyper::upgrade::on(req);
+            // The connection task hands the client stream over once the
+            // 200 is written.
+            let upgrade = handoff.claim();
             tracker.spawn(async move {
                 let Ok(up) = upgrade.await else {
                     return;
@@ -119,9 +121,9 @@ async fn tunnel_unlisted(
     state: Arc<State>,
     snap: Arc<Snapshot>,
     target: Target,
-    req: Request<Incoming>,
     tracker: TaskTracker,
     guard: Arc<ConnGuard>,
+    handoff: Arc<Handoff>,
     generation: tokio::sync::watch::Receiver<u64>,
 ) -> Response<Body> {
     // Dial before answering, so refusals (private address, unreachable)
@@ -135,7 +137,7 @@ async fn tunnel_unlisted(
         }
     };
     let peer = upstream.peer_addr().ok();
-    let upgrade = hyper::upgrade::on(req);
+    let upgrade = handoff.claim();
     tracker.spawn(async move {
         let _guard = guard;
         let Ok(up) = upgrade.await else {
@@ -149,7 +151,7 @@ async fn tunnel_unlisted(
             Hello::Tls(Some(sni)) => Host::parse(sni).as_ref() == Ok(&host),
             _ => true,
         };
-        let splice = tunnel::splice_checked(TokioIo::new(up), upstream, state.limits.tunnel_idle, accept);
+        let splice = tunnel::splice_checked(up, upstream, state.limits.tunnel_idle, accept);
         let revoked = revoked(state.clone(), generation, target.clone(), Admission::Unlisted, peer);
         tokio::select! {
             done = splice => {
@@ -169,10 +171,10 @@ async fn intercepted(
     target: Target,
     label: String,
     tls: Arc<rustls::ServerConfig>,
-    up: Upgraded,
+    up: ClientIo,
     guard: Arc<ConnGuard>,
 ) {
-    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(up));
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), up);
     let start = match tokio::time::timeout(state.limits.header_read_timeout, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -337,6 +337,73 @@ async fn refuse_overloaded(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
 }
 
+/// The client side of a connection: a TCP stream with any bytes hyper had
+/// buffered put back in front.
+pub type ClientIo = tunnel::Rewind<TcpStream>;
+
+/// Where a CONNECT handler leaves its claim on the client stream: after
+/// hyper has written the `200`, the connection task hands the raw stream
+/// (and whatever the client sent after the CONNECT head) over.
+#[derive(Default)]
+pub struct Handoff(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<ClientIo>>>);
+
+impl Handoff {
+    pub fn claim(&self) -> tokio::sync::oneshot::Receiver<ClientIo> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    fn take(&self) -> Option<tokio::sync::oneshot::Sender<ClientIo>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Requests in flight on one connection, and a counter of requests seen,
+/// to tell when it has been idle long enough to park.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+/// A response body that marks its request finished when hyper drops it.
+pub struct Counted {
+    body: Body,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How long a keep-alive connection must be idle before it is parked:
+/// hyper's buffers (~21 KiB) are released and the connection waits on a
+/// one-byte peek until the client speaks again.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 async fn serve_connection(
     stream: TcpStream,
     state: Arc<State>,
@@ -344,53 +411,106 @@ async fn serve_connection(
     tracker: TaskTracker,
     guard: Arc<ConnGuard>,
 ) {
-    // hyper allocates its buffers (~12 KiB) as soon as it serves a
-    // connection: a client that has connected but not spoken (a pre-warmed
-    // pool) waits here without them, under the same header timeout.
-    let mut first = [0u8; 1];
-    tokio::select! {
-        // `peek` waits for a first byte without consuming it (`readable`
-        // may report ready before any data has arrived).
-        r = tokio::time::timeout(state.limits.header_read_timeout, stream.peek(&mut first)) => {
-            if !matches!(r, Ok(Ok(n)) if n > 0) {
-                return;
-            }
-        }
-        _ = stop.changed() => return,
-    }
-    let svc_state = state.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let state = svc_state.clone();
-        let tracker = tracker.clone();
-        let guard = guard.clone();
-        async move { Ok::<_, Infallible>(handle(state, req, tracker, guard).await) }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout)
-        .max_buf_size(parse_buffer(&state.limits));
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                // hyper answered unparseable requests itself (400/431).
-                if e.is_parse() || e.is_parse_too_large() {
-                    state.shared.metrics.denied.with_label_values(&["bad-request"]).inc();
+    let mut io = tunnel::Rewind::new(stream);
+    let mut stopping = false;
+    // A connection parked in the middle of a request head (bytes buffered)
+    // is not parked again: parking restarts hyper's header timer, and a
+    // slow client must not get more than one extra header timeout.
+    let mut may_park = true;
+    loop {
+        // A client that hasn't spoken (new, or parked) waits here without
+        // hyper's buffers, under the header timeout.
+        if !io.has_prefix() {
+            let mut first = [0u8; 1];
+            tokio::select! {
+                // `peek` waits for a byte without consuming it (`readable`
+                // may report ready before any data has arrived).
+                r = tokio::time::timeout(state.limits.header_read_timeout, io.get_ref().peek(&mut first)) => {
+                    if !matches!(r, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
                 }
-                tracing::debug!(error = %e, "client connection error");
+                _ = stop.changed(), if !stopping => return,
             }
         }
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            // Keep polling until hyper finishes the in-flight exchange.
-            if let Err(e) = conn.as_mut().await {
-                tracing::debug!(error = %e, "client connection error while draining");
+        let handoff = Arc::new(Handoff::default());
+        let activity = Arc::new(Activity::default());
+        let svc_state = state.clone();
+        let svc_tracker = tracker.clone();
+        let svc_guard = guard.clone();
+        let svc_handoff = handoff.clone();
+        let svc_activity = activity.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let state = svc_state.clone();
+            let tracker = svc_tracker.clone();
+            let guard = svc_guard.clone();
+            let handoff = svc_handoff.clone();
+            let activity = svc_activity.clone();
+            activity.in_flight.fetch_add(1, Ordering::AcqRel);
+            activity.seen.fetch_add(1, Ordering::AcqRel);
+            Box::pin(async move {
+                let resp = handle(state, req, tracker, guard, handoff).await;
+                Ok::<_, Infallible>(resp.map(|body| Counted { body, activity }))
+            })
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.limits.header_read_timeout)
+            .max_buf_size(parse_buffer(&state.limits));
+        let mut conn = builder.serve_connection(TokioIo::new(io), service);
+        let park = async {
+            let mut last = activity.seen.load(Ordering::Acquire);
+            loop {
+                tokio::time::sleep(PARK_AFTER).await;
+                let now = activity.seen.load(Ordering::Acquire);
+                if now == last && activity.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                last = now;
             }
+        };
+        tokio::pin!(park);
+        let mut parked = false;
+        let done = loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                _ = &mut park, if may_park && !parked && !stopping => {
+                    parked = true;
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    // Finish the in-flight exchange, then close.
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = done {
+            // hyper answered unparseable requests itself (400/431).
+            if e.is_parse() || e.is_parse_too_large() {
+                state
+                    .shared
+                    .metrics
+                    .denied
+                    .with_label_values(&["bad-request"])
+                    .inc();
+            }
+            tracing::debug!(error = %e, "client connection error");
+            return;
         }
+        let parts = conn.into_parts();
+        let rest = parts.io.into_inner().rewind(parts.read_buf);
+        // A CONNECT was answered 200: the tunnel takes the stream.
+        if let Some(tx) = handoff.take() {
+            let _ = tx.send(rest);
+            return;
+        }
+        if stopping || !parked {
+            return;
+        }
+        may_park = !rest.has_prefix();
+        io = rest;
     }
 }
 
@@ -399,6 +519,7 @@ async fn handle(
     req: Request<Incoming>,
     tracker: TaskTracker,
     guard: Arc<ConnGuard>,
+    handoff: Arc<Handoff>,
 ) -> Response<Body> {
     if head_size(&req) > state.limits.max_header_bytes {
         return deny(
@@ -413,7 +534,7 @@ async fn handle(
         );
     }
     if req.method() == http::Method::CONNECT {
-        connect::handle(state, req, tracker, guard).await
+        connect::handle(state, req, tracker, guard, handoff).await
     } else {
         forward::handle(state, req).await
     }

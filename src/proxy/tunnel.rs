@@ -231,3 +231,84 @@ where
 /// A TLS `handshake_failure` alert record, sent before closing a tunnel
 /// whose SNI is refused, so the client sees a TLS error, not a bare reset.
 pub const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
+
+/// A stream with bytes already read from it put back in front: what hyper
+/// had buffered when a connection was parked or handed to a tunnel.
+pub struct Rewind<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            prefix: bytes::Bytes::new(),
+            inner,
+        }
+    }
+
+    /// Puts `buffered` (read before the current prefix) back in front.
+    pub fn rewind(mut self, buffered: bytes::Bytes) -> Self {
+        if !buffered.is_empty() {
+            let mut joined = bytes::BytesMut::with_capacity(buffered.len() + self.prefix.len());
+            joined.extend_from_slice(&buffered);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
+        self
+    }
+
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
