@@ -376,29 +376,8 @@ async fn ca_is_written_before_readyz_turns_ready() {
         &pinset(HOST, &[pki.int.pin()], "", "127.0.0.1:9".parse().unwrap()),
     );
     write(dir.path(), "ca.pem", &pki.root.pem());
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
     let ca_out = dir.path().join("ca-out");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args([
-            "run",
-            "--pins",
-            pins.to_str().unwrap(),
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--ca-out",
-            ca_out.to_str().unwrap(),
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut child, _, admin) = spawn_binary(&pins, &["--ca-out", ca_out.to_str().unwrap()]);
     let mut ready = false;
     for _ in 0..200 {
         if let Ok(mut s) = TcpStream::connect(admin).await {
@@ -469,38 +448,16 @@ async fn a_loaded_ca_signs_leaves_that_curl_accepts() {
         "pins.yaml",
         &pinset(HOST, &[pki.int.pin()], "", up.addr),
     );
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args([
-            "run",
-            "--pins",
-            pins.to_str().unwrap(),
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .args([
+    let (mut child, listen, _) = spawn_binary(
+        &pins,
+        &[
             "--ca-cert",
             cert.to_str().unwrap(),
             "--ca-key",
             key.to_str().unwrap(),
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..400 {
-        if TcpStream::connect(listen).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        ],
+    );
+    wait_listening(listen).await;
     let args: Vec<String> = [
         "-sS",
         "--max-time",

@@ -387,35 +387,9 @@ async fn sighup_reloads_the_binary() {
         "pins.yaml",
         &pins_yaml(&[pki.int.pin()], up.addr, ""),
     );
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args([
-            "run",
-            // The single-threaded runtime: signals and reloads work there too.
-            "--workers",
-            "1",
-            "--no-watch",
-            "--pins",
-            pins.to_str().unwrap(),
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let up_now = within(Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(listen).await.is_ok()
-    })
-    .await;
-    assert!(up_now.is_some());
+    // The single-threaded runtime: signals and reloads work there too.
+    let (mut child, listen, _) = spawn_binary(&pins, &["--workers", "1", "--no-watch"]);
+    wait_listening(listen).await;
     assert_eq!(get(listen, &format!("http://{HOST}/")).await.status, 200);
     write(
         dir.path(),
