@@ -104,13 +104,6 @@ impl Host {
         Host::Ip(ip.to_canonical())
     }
 
-    pub fn as_name(&self) -> Option<&str> {
-        match self {
-            Host::Name(n) => Some(n),
-            Host::Ip(_) => None,
-        }
-    }
-
     /// The form used in a URL authority (`[::1]` for IPv6).
     pub fn authority_form(&self) -> String {
         match self {

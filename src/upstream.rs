@@ -104,13 +104,11 @@ impl UpstreamError {
 pub struct Snapshot {
     pub generation: u64,
     pub policy: Arc<Policy>,
-    /// ALPN h2 + http/1.1: for forwarded requests.
-    pub tls: Arc<ClientConfig>,
-    /// ALPN http/1.1 only: for upgrades (WebSocket) that h2 can't carry here.
-    pub tls_h1: Arc<ClientConfig>,
+    /// Dials with this generation's TLS configs (also for WebSocket
+    /// upgrades, which need an HTTP/1.1-only connection).
     pub connector: Connector,
+    /// Pooled, for forwarded requests (h2 or HTTP/1.1 by ALPN).
     pub client: Client<Connector, Incoming>,
-    pub client_h1: Client<Connector, Incoming>,
     /// `requests_total{outcome="ok"}` per entry (by `index`), then unlisted:
     /// resolved once here rather than by label on every request.
     ok_counters: Vec<prometheus::IntCounter>,
@@ -235,26 +233,22 @@ impl Snapshot {
         tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = Arc::new(tls);
         let tls_h1 = Arc::new(tls_h1);
-        let inner = |tls: &Arc<ClientConfig>| ConnectorInner {
+        let connector = Connector(Arc::new(ConnectorInner {
             resolver: shared.resolver.clone(),
             drift: shared.drift.clone(),
             policy: policy.clone(),
-            tls: tls.clone(),
-            tls_h1: tls_h1.clone(),
+            tls,
+            tls_h1,
             metrics: shared.metrics.clone(),
             timeouts: shared.timeouts,
             own_addrs: shared.own_addrs.clone(),
-        };
-        let connector = Connector(Arc::new(inner(&tls)));
-        let connector_h1 = Connector(Arc::new(inner(&tls_h1)));
-        let client = |c: Connector| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(shared.timeouts.pool_idle)
-                .pool_max_idle_per_host(256)
-                .build(c)
-        };
+        }));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(shared.timeouts.pool_idle)
+            .pool_max_idle_per_host(256)
+            .build(connector.clone());
         let metrics = &shared.metrics;
         metrics.config_generation.set(generation as i64);
         metrics.pinset_expiry.reset();
@@ -284,12 +278,9 @@ impl Snapshot {
         Ok(Self {
             ok_counters,
             generation,
-            client: client(connector.clone()),
-            client_h1: client(connector_h1),
+            client,
             connector,
             policy,
-            tls,
-            tls_h1,
         })
     }
 }
@@ -326,12 +317,6 @@ impl std::fmt::Debug for Connector {
 
 /// A pinned TLS connection, as the HTTP client sees it.
 pub struct Conn(TokioIo<TlsStream<TcpStream>>);
-
-impl Conn {
-    pub fn into_inner(self) -> TlsStream<TcpStream> {
-        self.0.into_inner()
-    }
-}
 
 impl Connector {
     /// Resolves (or takes the entry's `address`), dials each address in turn,

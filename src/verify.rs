@@ -62,14 +62,6 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     fn verdict(&self, verdict: &Verdict<'_>);
 }
 
-/// An observer that ignores everything (for `check --live` and tests).
-#[derive(Debug)]
-pub struct Ignore;
-
-impl Observer for Ignore {
-    fn verdict(&self, _: &Verdict<'_>) {}
-}
-
 #[derive(Debug)]
 pub struct PinVerifier {
     policy: Arc<Policy>,
