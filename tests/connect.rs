@@ -91,13 +91,7 @@ async fn setup(pins: &[Pin], opts: UpstreamOpts) -> (Pki, Upstream, Proxy) {
 
 #[tokio::test]
 async fn curl_through_connect_reaches_the_pinned_host() {
-    let pki = Pki::new(&[HOST]);
-    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let (_, _, p) = pinned(HOST).await;
     let ca = p.ca_path();
     assert!(ca.exists());
     for extra in [&[][..], &["--http1.1"][..]] {

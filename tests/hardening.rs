@@ -245,13 +245,7 @@ async fn keep_alive_closed_by_the_upstream_between_requests() {
 
 #[tokio::test]
 async fn five_hundred_clients_at_once() {
-    let pki = Pki::new(&[HOST]);
-    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let (_, _, p) = pinned(HOST).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..500 {
@@ -357,13 +351,7 @@ async fn connection_limit_answers_503_overloaded() {
 
 #[tokio::test]
 async fn oversized_headers_get_431() {
-    let pki = Pki::new(&[HOST]);
-    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let (_, up, p) = pinned(HOST).await;
     // Over the 64 KiB limit: pinproxy's own 431 with its reason.
     let big = "x".repeat(80 * 1024);
     let out = raw(
@@ -692,13 +680,7 @@ async fn silent_connections_are_closed_after_the_header_timeout() {
 /// when it was parked in the middle of a request head.
 #[tokio::test]
 async fn parked_keep_alive_connections_are_served_again() {
-    let pki = Pki::new(&[HOST]);
-    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let (_, _, p) = pinned(HOST).await;
     let mut c = ProxyConn::open(p.addr).await;
     assert_eq!(c.get(&url("/before"), &[]).await.status, 200);
     tokio::time::sleep(Duration::from_millis(2600)).await;

@@ -351,13 +351,7 @@ async fn websocket_strips_hop_by_hop_and_closes_on_pin_change() {
 /// 421, never rerouted to the CONNECT host.
 #[tokio::test]
 async fn misdirected_requests_inside_a_tunnel_get_421() {
-    let pki = Pki::new(&[HOST]);
-    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let (_, up, p) = pinned(HOST).await;
     let mut tls = intercepted_tls(&p).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: other.pinned.test\r\n\r\n")
         .await

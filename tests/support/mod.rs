@@ -640,6 +640,19 @@ pub async fn raw(proxy: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The usual fixture: a PKI for `host`, an upstream serving its chain, and
+/// a proxy pinning its intermediate.
+pub async fn pinned(host: &str) -> (Pki, Upstream, Proxy) {
+    let pki = Pki::new(&[host]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = proxy(
+        &pinset(host, &[pki.int.pin()], "", up.addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    (pki, up, p)
+}
+
 /// A pinset with one host entry.
 pub fn pinset(host: &str, pins: &[Pin], extra: &str, addr: SocketAddr) -> String {
     let pins: Vec<String> = pins.iter().map(|p| p.to_string()).collect();
