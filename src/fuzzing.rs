@@ -5,15 +5,15 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::config::{self, Decision};
-use crate::host::Host;
-use crate::pin::Pin;
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
+use crate::policy::{self, Decision};
 
 /// The pinset loader and validator: any bytes yield a policy or a list of
 /// problems; an accepted policy's entries all have pins.
 pub fn pinset(data: &[u8]) {
     let now = time::macros::datetime!(2026-11-24 00:00 UTC);
-    if let Ok(policy) = config::parse(data, Path::new("/nonexistent"), now) {
+    if let Ok(policy) = policy::parse(data, Path::new("/nonexistent"), now) {
         for h in &policy.hosts {
             assert!(!h.pins.is_empty(), "an accepted entry without pins");
             assert!(!h.ports.is_empty(), "an accepted entry without ports");
@@ -45,7 +45,7 @@ pub fn host_match(data: &[u8]) {
     let again = Host::parse(&host.authority_form()).expect("a normalized host parses again");
     assert_eq!(again, host, "normalization is idempotent");
     let yaml = "version: 1\nhosts:\n  \"*.example.test\":\n    pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=]\n";
-    let policy = config::parse(
+    let policy = policy::parse(
         yaml.as_bytes(),
         Path::new("."),
         time::OffsetDateTime::UNIX_EPOCH,

@@ -14,11 +14,11 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Run(args) => pinproxy::cmd::run(args),
-        Command::Pin(args) => pinproxy::cmd::pin(args),
-        Command::Check(args) => pinproxy::cmd::check(args),
-        Command::Inject(args) => pinproxy::cmd::inject(&args),
-        Command::Webhook(args) => pinproxy::cmd::webhook(&args),
+        Command::Run(args) => pinproxy::cli::cmd::run(args),
+        Command::Pin(args) => pinproxy::cli::cmd::pin(args),
+        Command::Check(args) => pinproxy::cli::cmd::check(args),
+        Command::Inject(args) => pinproxy::cli::cmd::inject(&args),
+        Command::Webhook(args) => pinproxy::cli::cmd::webhook(&args),
     };
     ExitCode::from(code)
 }

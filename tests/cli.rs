@@ -5,7 +5,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use pinproxy::pin::Pin;
+use pinproxy::policy::pin::Pin;
 
 fn pinproxy(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))

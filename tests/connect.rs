@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use pinproxy::pin::Pin;
+use pinproxy::policy::pin::Pin;
 use support::*;
 
 const HOST: &str = "api.pinned.test";

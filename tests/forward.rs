@@ -5,7 +5,7 @@ mod support;
 
 use support::*;
 
-use pinproxy::pin::Pin;
+use pinproxy::policy::pin::Pin;
 
 const HOST: &str = "api.pinned.test";
 

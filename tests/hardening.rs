@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use pinproxy::pin::Pin;
+use pinproxy::policy::pin::Pin;
 use support::*;
 
 const HOST: &str = "api.pinned.test";

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pinproxy::inject::{inject_stream, InjectError, InjectOptions};
+use pinproxy::k8s::inject::{inject_stream, InjectError, InjectOptions};
 use serde_yaml::Value;
 
 const IMAGE: &str = "ghcr.io/pinproxy/pinproxy:test";

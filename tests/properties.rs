@@ -4,8 +4,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use pinproxy::config::{self, Decision};
-use pinproxy::host::Host;
+use pinproxy::policy::host::Host;
+use pinproxy::policy::{self, Decision};
 
 fn label() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?"
@@ -15,9 +15,9 @@ fn name() -> impl Strategy<Value = String> {
     prop::collection::vec(label(), 1..5).prop_map(|l| l.join("."))
 }
 
-fn wildcard_policy() -> config::Policy {
+fn wildcard_policy() -> policy::Policy {
     let yaml = "version: 1\nhosts:\n  \"*.example.test\":\n    pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=]\n  exact.example.test:\n    pins: [sha256/YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=]\n";
-    config::parse(
+    policy::parse(
         yaml.as_bytes(),
         Path::new("."),
         time::OffsetDateTime::UNIX_EPOCH,
@@ -25,7 +25,7 @@ fn wildcard_policy() -> config::Policy {
     .unwrap()
 }
 
-fn entry(p: &config::Policy, host: &str) -> Option<String> {
+fn entry(p: &policy::Policy, host: &str) -> Option<String> {
     let host = Host::parse(host).ok()?;
     match p.lookup(&host) {
         Decision::Listed(e) => Some(e.name.clone()),

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use pinproxy::pin::Pin;
+use pinproxy::policy::pin::Pin;
 use support::*;
 
 const HOST: &str = "api.pinned.test";

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use pinproxy::pin::Pin;
+use pinproxy::policy::pin::Pin;
 use support::*;
 
 const HOST: &str = "api.pinned.test";
@@ -70,16 +70,16 @@ async fn mapped_loopback_cannot_reach_the_proxys_own_ports() {
 #[test]
 fn mapped_spelling_hits_the_pinned_ip_entry() {
     let yaml = "version: 1\nhosts:\n  \"203.0.113.7\":\n    pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=]\n";
-    let p = pinproxy::config::parse(
+    let p = pinproxy::policy::parse(
         yaml.as_bytes(),
         std::path::Path::new("."),
         time::OffsetDateTime::now_utc(),
     )
     .unwrap();
-    let mapped = pinproxy::host::Host::parse("[::ffff:203.0.113.7]").unwrap();
+    let mapped = pinproxy::policy::host::Host::parse("[::ffff:203.0.113.7]").unwrap();
     assert!(matches!(
         p.lookup(&mapped),
-        pinproxy::config::Decision::Listed(_)
+        pinproxy::policy::Decision::Listed(_)
     ));
 }
 
@@ -184,7 +184,7 @@ async fn a_half_written_file_that_parses_is_not_swapped_in() {
     let mode = snap.policy.hosts.first().map(|h| h.mode);
     assert_eq!(
         mode,
-        Some(pinproxy::config::Mode::Enforce),
+        Some(pinproxy::policy::Mode::Enforce),
         "a prefix was in force: generation {}",
         snap.generation
     );
@@ -415,9 +415,9 @@ fn loaded_ca_publishes_only_its_certificate_and_must_match_its_key() {
     );
     let key = write(dir.path(), "ca.key", &ca.key.serialize_pem());
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let metrics = pinproxy::metrics::Metrics::new();
+    let metrics = pinproxy::control::metrics::Metrics::new();
     let i =
-        pinproxy::intercept::Intercept::load(&combined, &key, provider.clone(), metrics.clone(), 4)
+        pinproxy::tls::ca::Intercept::load(&combined, &key, provider.clone(), metrics.clone(), 4)
             .unwrap();
     let out = i.write_ca(&dir.path().join("out")).unwrap();
     let written = std::fs::read_to_string(out).unwrap();
@@ -428,7 +428,7 @@ fn loaded_ca_publishes_only_its_certificate_and_must_match_its_key() {
         "other.key",
         &rcgen::KeyPair::generate().unwrap().serialize_pem(),
     );
-    let err = pinproxy::intercept::Intercept::load(&combined, &other, provider, metrics, 4)
+    let err = pinproxy::tls::ca::Intercept::load(&combined, &other, provider, metrics, 4)
         .expect_err("mismatched key refused");
     assert!(
         err.to_string().contains("does not hold the private key"),

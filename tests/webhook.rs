@@ -9,8 +9,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use pinproxy::inject::{inject_stream, InjectOptions};
-use pinproxy::webhook::{review, serve, CertReloader, Mode, Reply};
+use pinproxy::k8s::inject::{inject_stream, InjectOptions};
+use pinproxy::k8s::webhook::{review, serve, CertReloader, Mode, Reply};
 use serde_json::{json, Value as Json};
 
 fn opts() -> InjectOptions {

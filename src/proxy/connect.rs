@@ -32,7 +32,7 @@ use super::{
     admit, count, deny, refuse, revoked, upstream_refusal, Admission, Body, ClientIo, ConnGuard,
     Handoff, State, Target, ERROR_HEADER,
 };
-use crate::host::Host;
+use crate::policy::host::Host;
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
 pub async fn handle(
@@ -194,7 +194,7 @@ async fn intercepted(
                 .with_label_values(&["sni-mismatch"])
                 .inc();
             tracing::warn!(connect = %target.host, sni = ?sni, "refusing TLS inside CONNECT: SNI names another host");
-            if let Some(refuse) = crate::intercept::refusing_config(state.shared.provider.clone()) {
+            if let Some(refuse) = crate::tls::ca::refusing_config(state.shared.provider.clone()) {
                 let _ = start.into_stream(refuse).await;
             }
             return;

@@ -15,7 +15,7 @@ use super::{
     admit, count, deny, upstream_refusal, Admission, Body, Revocation, State, Streamed, Target,
     ERROR_HEADER,
 };
-use crate::host::Host;
+use crate::policy::host::Host;
 use crate::upstream::{Snapshot, UpstreamError};
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
@@ -48,7 +48,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
 pub async fn send(
     state: &State,
     snap: &Arc<Snapshot>,
-    entry: Option<Arc<crate::config::HostPolicy>>,
+    entry: Option<Arc<crate::policy::HostPolicy>>,
     target: Target,
     req: Request<Incoming>,
     revocation: Option<Revocation>,

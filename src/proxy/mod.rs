@@ -27,9 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Decision, HostPolicy};
-use crate::host::Host;
-use crate::intercept::Intercept;
+use crate::policy::host::Host;
+use crate::policy::{self, Decision, HostPolicy};
+use crate::tls::ca::Intercept;
 use crate::upstream::{Failure, Shared, Snapshot, UpstreamError};
 
 /// Response bodies: streamed from upstream, or a short local answer.
@@ -167,7 +167,7 @@ pub enum Reloaded {
 
 impl State {
     pub fn new(
-        policy: config::Policy,
+        policy: policy::Policy,
         shared: Shared,
         pins_path: PathBuf,
         limits: Limits,
@@ -197,13 +197,13 @@ impl State {
     /// Re-reads the pinset (off the async workers), validates it, builds a
     /// whole new snapshot and swaps it in. An invalid file leaves the last
     /// good snapshot in force.
-    pub async fn reload(&self) -> Result<Reloaded, config::Error> {
+    pub async fn reload(&self) -> Result<Reloaded, policy::Error> {
         let _guard = self.reload_lock.lock().await;
         let path = self.pins_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+        let loaded = tokio::task::spawn_blocking(move || policy::load(&path))
             .await
             .unwrap_or_else(|e| {
-                Err(config::Error::Read {
+                Err(policy::Error::Read {
                     path: self.pins_path.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })
@@ -225,7 +225,7 @@ impl State {
         drop(current);
         let snapshot = Snapshot::build(policy, generation, &self.shared).map_err(|e| {
             metrics.config_reloads.with_label_values(&["failure"]).inc();
-            config::Error::Read {
+            policy::Error::Read {
                 path: self.pins_path.clone(),
                 source: std::io::Error::other(e.to_string()),
             }
@@ -254,17 +254,17 @@ impl State {
 
 /// Logs what a reload relaxes: hosts removed, enforce → report, unlisted
 /// deny → allow. Legitimate, but worth a line an operator can alert on.
-fn warn_if_weaker(old: &config::Policy, new: &config::Policy) {
+fn warn_if_weaker(old: &policy::Policy, new: &policy::Policy) {
     let mut weaker = Vec::new();
-    if old.defaults.unlisted == config::Unlisted::Deny
-        && new.defaults.unlisted == config::Unlisted::Allow
+    if old.defaults.unlisted == policy::Unlisted::Deny
+        && new.defaults.unlisted == policy::Unlisted::Allow
     {
         weaker.push("unlisted: deny -> allow".to_string());
     }
     for h in &old.hosts {
         match new.hosts.iter().find(|n| n.name == h.name) {
             None => weaker.push(format!("host {:?} removed", h.name)),
-            Some(n) if h.mode == config::Mode::Enforce && n.mode == config::Mode::Report => {
+            Some(n) if h.mode == policy::Mode::Enforce && n.mode == policy::Mode::Report => {
                 weaker.push(format!("host {:?}: enforce -> report", h.name))
             }
             Some(_) => {}
@@ -660,7 +660,7 @@ pub fn decide(snap: &Snapshot, target: &Target) -> Result<Admission, Refusal> {
                     denied: true,
                 });
             }
-            if matches!(entry.trust, config::Trust::PinOnly)
+            if matches!(entry.trust, policy::Trust::PinOnly)
                 && entry.pins_expired(time::OffsetDateTime::now_utc())
             {
                 return Err(Refusal {
@@ -673,7 +673,7 @@ pub fn decide(snap: &Snapshot, target: &Target) -> Result<Admission, Refusal> {
             Ok(Admission::Pinned(entry.clone()))
         }
         Decision::Unlisted => {
-            if snap.policy.defaults.unlisted == config::Unlisted::Deny {
+            if snap.policy.defaults.unlisted == policy::Unlisted::Deny {
                 return Err(Refusal {
                     status: StatusCode::FORBIDDEN,
                     reason: "host-not-allowed",
@@ -736,9 +736,9 @@ pub fn still_allowed(
 /// address, trust and the CA bundle's contents).
 pub fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
     let same_trust = match (&a.trust, &b.trust) {
-        (config::Trust::WebPki, config::Trust::WebPki)
-        | (config::Trust::PinOnly, config::Trust::PinOnly) => true,
-        (config::Trust::Bundle { anchors: x, .. }, config::Trust::Bundle { anchors: y, .. }) => {
+        (policy::Trust::WebPki, policy::Trust::WebPki)
+        | (policy::Trust::PinOnly, policy::Trust::PinOnly) => true,
+        (policy::Trust::Bundle { anchors: x, .. }, policy::Trust::Bundle { anchors: y, .. }) => {
             x.len() == y.len()
                 && x.iter().zip(y.iter()).all(|(p, q)| {
                     p.subject_public_key_info == q.subject_public_key_info && p.subject == q.subject
@@ -783,13 +783,13 @@ pub async fn revoked(
 /// clone, so the slot is held until the last of them closes.
 pub struct ConnGuard {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::control::metrics::Metrics>,
 }
 
 impl ConnGuard {
     fn new(
         permit: tokio::sync::OwnedSemaphorePermit,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::control::metrics::Metrics>,
     ) -> Self {
         metrics.connections_active.inc();
         Self {

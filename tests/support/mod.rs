@@ -27,11 +27,11 @@ use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use pinproxy::config;
-use pinproxy::intercept::Intercept;
-use pinproxy::metrics::Metrics;
-use pinproxy::pin::Pin;
+use pinproxy::control::metrics::Metrics;
+use pinproxy::policy;
+use pinproxy::policy::pin::Pin;
 use pinproxy::proxy::{self, Limits, State};
+use pinproxy::tls::ca::Intercept;
 use pinproxy::upstream::Shared;
 
 // === PKI ===
@@ -463,7 +463,7 @@ pub async fn proxy_full(
     watch: bool,
     tune: impl FnOnce(&mut Shared, &mut Limits),
 ) -> Proxy {
-    let policy = config::load(&pins_path).unwrap_or_else(|e| panic!("{e}"));
+    let policy = policy::load(&pins_path).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Metrics::new();
     let mut shared = Shared::new(metrics.clone());
     let mut limits = Limits::default();
@@ -491,7 +491,7 @@ pub async fn proxy_full(
     tokio::spawn(proxy::serve(listener, state.clone(), async move {
         let _ = rx1.wait_for(|v| *v).await;
     }));
-    tokio::spawn(pinproxy::admin::serve(
+    tokio::spawn(pinproxy::control::admin::serve(
         admin_listener,
         state.clone(),
         async move {
@@ -499,7 +499,7 @@ pub async fn proxy_full(
         },
     ));
     if watch {
-        let task = pinproxy::reload::spawn(state.clone()).unwrap();
+        let task = pinproxy::control::reload::spawn(state.clone()).unwrap();
         let mut rx3 = stop.subscribe();
         tokio::spawn(async move {
             let _ = rx3.wait_for(|v| *v).await;

@@ -103,8 +103,8 @@ struct PinsView {
 
 #[derive(Serialize)]
 struct DefaultsView {
-    unlisted: crate::config::Unlisted,
-    mode: crate::config::Mode,
+    unlisted: crate::policy::Unlisted,
+    mode: crate::policy::Mode,
     trust: String,
     ports: Vec<u16>,
     allow_private: bool,
@@ -115,12 +115,12 @@ struct HostView {
     host: String,
     pins: Vec<String>,
     next_pins: Vec<String>,
-    mode: crate::config::Mode,
+    mode: crate::policy::Mode,
     trust: String,
     expires: Option<String>,
     ports: Vec<u16>,
     address: Option<String>,
-    last_seen: Option<crate::drift::LastSeen>,
+    last_seen: Option<crate::control::drift::LastSeen>,
 }
 
 fn pins_view(state: &State) -> PinsView {

@@ -17,8 +17,8 @@ use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::host::Host;
-use crate::pin::Pin;
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
 
 // === wire types ===
 

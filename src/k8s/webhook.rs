@@ -2,7 +2,7 @@
 //!
 //! The API server POSTs an `AdmissionReview` (`admission.k8s.io/v1`) for each
 //! Pod CREATE that the chart's MutatingWebhookConfiguration selects. The Pod
-//! goes through [`crate::inject::inject_pod`] — the code behind
+//! goes through [`crate::k8s::inject::inject_pod`] — the code behind
 //! `pinproxy inject` — and the difference comes back as a base64 JSONPatch.
 //!
 //! Two paths, one per webhook entry in the chart:
@@ -43,7 +43,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 
-use crate::inject::{self, InjectError, InjectOptions, SidecarArgs};
+use crate::k8s::inject::{self, InjectError, InjectOptions, SidecarArgs};
 
 /// Largest AdmissionReview body accepted (a Pod is at most ~1.5 MB in etcd).
 const MAX_BODY: usize = 8 * 1024 * 1024;

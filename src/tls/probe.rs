@@ -14,9 +14,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
 
-use crate::chain::CertInfo;
-use crate::host::Host;
-use crate::pin::Pin;
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
+use crate::tls::cert::CertInfo;
 
 /// What a probe saw.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ impl ServerCertVerifier for Recorder {
         if let Some(anchors) = &self.anchors {
             let paths = Mutex::new(Vec::new());
             let record = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
-                let pins = crate::verify::path_pins(leaf, path);
+                let pins = crate::tls::verify::path_pins(leaf, path);
                 paths.lock().unwrap_or_else(|e| e.into_inner()).push(pins);
                 // Refuse so webpki enumerates every valid path.
                 Err(webpki::Error::UnknownIssuer)

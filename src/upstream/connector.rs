@@ -26,11 +26,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Decision, Policy};
-use crate::drift::Drift;
-use crate::host::Host;
-use crate::metrics::{LogLimiter, Metrics, Telemetry};
-use crate::verify::{self, Observer, PinVerifier};
+use crate::control::drift::Drift;
+use crate::control::metrics::{LogLimiter, Metrics, Telemetry};
+use crate::policy::host::Host;
+use crate::policy::{Decision, Policy};
+use crate::tls::verify::{self, Observer, PinVerifier};
 
 /// Timeouts for reaching an upstream.
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +116,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The `ok` counter of an entry of this snapshot (or of unlisted hosts).
-    pub fn count_ok(&self, entry: Option<&crate::config::HostPolicy>) {
+    pub fn count_ok(&self, entry: Option<&crate::policy::HostPolicy>) {
         let index = match entry {
             None => Some(self.policy.hosts.len()),
             Some(e) => self

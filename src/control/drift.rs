@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::chain::CertInfo;
-use crate::verify::{Outcome, Verdict};
+use crate::tls::cert::CertInfo;
+use crate::tls::verify::{Outcome, Verdict};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SeenCert {
@@ -61,7 +61,7 @@ impl Drift {
         &self,
         v: &Verdict<'_>,
         generation: u64,
-        next_pins: &[crate::pin::Pin],
+        next_pins: &[crate::policy::pin::Pin],
     ) -> Option<i64> {
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
@@ -140,9 +140,9 @@ impl Drift {
     }
 }
 
-fn seen_cert(info: CertInfo, v: &Verdict<'_>, next_pins: &[crate::pin::Pin]) -> SeenCert {
-    let pin = info.pin.parse::<crate::pin::Pin>().ok();
-    let has = |set: &[crate::pin::Pin]| pin.is_some_and(|p| set.contains(&p));
+fn seen_cert(info: CertInfo, v: &Verdict<'_>, next_pins: &[crate::policy::pin::Pin]) -> SeenCert {
+    let pin = info.pin.parse::<crate::policy::pin::Pin>().ok();
+    let has = |set: &[crate::policy::pin::Pin]| pin.is_some_and(|p| set.contains(&p));
     SeenCert {
         on_validated_path: has(v.path_pins),
         matches_pin: has(v.expected),

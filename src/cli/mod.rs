@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod cmd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pinproxy",
@@ -25,9 +27,9 @@ pub enum Command {
     /// Validate a pinset file; --live also dials each host.
     Check(CheckArgs),
     /// Add the pinproxy sidecar to Kubernetes manifests (a YAML stream).
-    Inject(crate::inject::InjectArgs),
+    Inject(crate::k8s::inject::InjectArgs),
     /// Serve the mutating admission webhook that injects the sidecar.
-    Webhook(crate::webhook::WebhookArgs),
+    Webhook(crate::k8s::webhook::WebhookArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

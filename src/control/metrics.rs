@@ -10,8 +10,8 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::drift::Drift;
-use crate::verify::{Observer, Outcome, Verdict};
+use crate::control::drift::Drift;
+use crate::tls::verify::{Observer, Outcome, Verdict};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -183,7 +183,7 @@ impl Metrics {
         let _ = self.upstream_cert_expiry.remove_label_values(&[host]);
         let _ = self.pinset_expiry.remove_label_values(&[host]);
         let _ = self.handshake_seconds.remove_label_values(&[host]);
-        for reason in crate::verify::FAILURE_REASONS {
+        for reason in crate::tls::verify::FAILURE_REASONS {
             let _ = self
                 .tls_verify_failures
                 .remove_label_values(&[host, reason]);

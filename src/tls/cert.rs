@@ -5,7 +5,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
-use crate::pin::Pin;
+use crate::policy::pin::Pin;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct CertInfo {

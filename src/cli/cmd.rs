@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::chain::{self, CertInfo};
 use crate::cli::{CheckArgs, LogFormat, PinArgs, RunArgs};
-use crate::config::{self, Trust};
-use crate::host::Host;
-use crate::intercept::Intercept;
-use crate::metrics::Metrics;
-use crate::pin::Pin;
-use crate::probe;
+use crate::control::metrics::Metrics;
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
+use crate::policy::{self, Trust};
 use crate::proxy::{self, Limits, State};
+use crate::tls::ca::Intercept;
+use crate::tls::cert::{self, CertInfo};
+use crate::tls::probe;
 use crate::upstream::{Shared, Timeouts};
 
 pub fn init_tracing(format: LogFormat) {
@@ -65,7 +65,7 @@ pub fn run(args: RunArgs) -> u8 {
 }
 
 async fn run_async(args: RunArgs) -> u8 {
-    let policy = match config::load(&args.pins) {
+    let policy = match policy::load(&args.pins) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("pinproxy: {e}");
@@ -167,11 +167,15 @@ async fn run_async(args: RunArgs) -> u8 {
         }
     };
     // The admin listener outlives the proxy's drain, so probes see 503.
-    let admin_task = tokio::spawn(crate::admin::serve(admin, state.clone(), admin_stop));
+    let admin_task = tokio::spawn(crate::control::admin::serve(
+        admin,
+        state.clone(),
+        admin_stop,
+    ));
     let _watcher = if args.no_watch {
         None
     } else {
-        match crate::reload::spawn(state.clone()) {
+        match crate::control::reload::spawn(state.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the pinset directory; reload with SIGHUP");
@@ -179,7 +183,7 @@ async fn run_async(args: RunArgs) -> u8 {
             }
         }
     };
-    let _hup = crate::reload::spawn_sighup(state.clone()).ok();
+    let _hup = crate::control::reload::spawn_sighup(state.clone()).ok();
     tracing::info!(listen = %args.listen, admin = %args.admin, pins = %args.pins.display(), "pinproxy ready");
 
     let shutdown_state = state.clone();
@@ -266,7 +270,7 @@ pub fn pin(args: PinArgs) -> u8 {
     let mut code = 0;
     for file in &args.files {
         let path = file.display().to_string();
-        match chain::read_certificates(&path) {
+        match cert::read_certificates(&path) {
             Ok(certs) => {
                 for cert in certs {
                     match CertInfo::from_der(cert.as_ref()) {
@@ -314,14 +318,14 @@ fn pin_connect(target: &str, servername: Option<&str>, ca_file: Option<&Path>) -
         }
     };
     let anchors = match ca_file {
-        Some(f) => match config::load_bundle(f) {
+        Some(f) => match policy::load_bundle(f) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("pinproxy: {e}");
                 return 1;
             }
         },
-        None => crate::verify::webpki_roots(),
+        None => crate::tls::verify::webpki_roots(),
     };
     let Some(rt) = small_runtime() else {
         return 1;
@@ -381,7 +385,7 @@ fn pin_connect(target: &str, servername: Option<&str>, ca_file: Option<&Path>) -
                 }
             }
             println!("# pinset snippet (pin an intermediate or root and keep a backup pin):");
-            print!("{}", chain::yaml_snippet(&name.to_string(), &on_path));
+            print!("{}", cert::yaml_snippet(&name.to_string(), &on_path));
             0
         }
     }
@@ -390,9 +394,9 @@ fn pin_connect(target: &str, servername: Option<&str>, ca_file: Option<&Path>) -
 // === check ===
 
 pub fn check(args: CheckArgs) -> u8 {
-    let policy = match config::load(&args.path) {
+    let policy = match policy::load(&args.path) {
         Ok(p) => p,
-        Err(config::Error::Invalid { path, problems }) => {
+        Err(policy::Error::Invalid { path, problems }) => {
             for p in &problems {
                 println!("{}: error: {p}", path.display());
             }
@@ -413,7 +417,7 @@ pub fn check(args: CheckArgs) -> u8 {
     let Some(rt) = small_runtime() else {
         return 1;
     };
-    let roots = crate::verify::webpki_roots();
+    let roots = crate::tls::verify::webpki_roots();
     let mut bad = 0;
     let now = time::OffsetDateTime::now_utc();
     for entry in &policy.hosts {
@@ -466,10 +470,10 @@ pub fn check(args: CheckArgs) -> u8 {
             let live: Vec<String> = validated.iter().map(|p| p.to_string()).collect();
             let verdict = match (expired, entry.mode) {
                 (true, _) => "MISMATCH (pins expired: not enforced)",
-                (false, config::Mode::Report) => {
+                (false, policy::Mode::Report) => {
                     "MISMATCH (report mode: would be counted, not blocked)"
                 }
-                (false, config::Mode::Enforce) => {
+                (false, policy::Mode::Enforce) => {
                     bad += 1;
                     "MISMATCH: requests would be refused"
                 }
@@ -504,8 +508,8 @@ pub fn check(args: CheckArgs) -> u8 {
 
 // === inject, webhook ===
 
-pub fn inject(args: &crate::inject::InjectArgs) -> u8 {
-    match crate::inject::run(args) {
+pub fn inject(args: &crate::k8s::inject::InjectArgs) -> u8 {
+    match crate::k8s::inject::run(args) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("pinproxy inject: {e}");
@@ -514,7 +518,7 @@ pub fn inject(args: &crate::inject::InjectArgs) -> u8 {
     }
 }
 
-pub fn webhook(args: &crate::webhook::WebhookArgs) -> u8 {
+pub fn webhook(args: &crate::k8s::webhook::WebhookArgs) -> u8 {
     init_tracing(LogFormat::Json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -526,7 +530,7 @@ pub fn webhook(args: &crate::webhook::WebhookArgs) -> u8 {
             return 1;
         }
     };
-    match rt.block_on(crate::webhook::run(args)) {
+    match rt.block_on(crate::k8s::webhook::run(args)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("pinproxy webhook: {e}");

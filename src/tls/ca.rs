@@ -23,8 +23,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use crate::host::Host;
-use crate::metrics::Metrics;
+use crate::control::metrics::Metrics;
+use crate::policy::host::Host;
 
 /// How long a minted leaf is valid, and when the cache re-mints it.
 const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);

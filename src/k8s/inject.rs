@@ -23,7 +23,7 @@
 //! `pinproxy`, the two volumes, env names), so running it twice equals
 //! running it once, and re-running it with new options updates the sidecar.
 //!
-//! The webhook ([`crate::webhook`]) calls [`inject_pod`] on the Pod of an
+//! The webhook ([`crate::k8s::webhook`]) calls [`inject_pod`] on the Pod of an
 //! AdmissionReview, so both paths produce the same pod.
 
 use std::io::{Read, Write};

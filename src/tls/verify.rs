@@ -18,9 +18,9 @@ use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use time::OffsetDateTime;
 use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
 
-use crate::config::{Decision, HostPolicy, Mode, Policy, Trust};
-use crate::host::Host;
-use crate::pin::Pin;
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
+use crate::policy::{Decision, HostPolicy, Mode, Policy, Trust};
 
 /// What the verifier saw in one handshake, handed to an [`Observer`].
 #[derive(Debug)]

@@ -1,0 +1,4 @@
+//! Kubernetes delivery: `inject` and the admission webhook.
+
+pub mod inject;
+pub mod webhook;

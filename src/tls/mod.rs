@@ -1,0 +1,6 @@
+//! The TLS room: the pin verifier, probes, certificate summaries, the pod CA.
+
+pub mod ca;
+pub mod cert;
+pub mod probe;
+pub mod verify;
