@@ -10,5 +10,6 @@ pub mod fuzzing;
 pub mod k8s;
 pub mod policy;
 pub mod proxy;
+pub mod reason;
 pub mod tls;
 pub mod upstream;

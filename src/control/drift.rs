@@ -117,14 +117,14 @@ impl Drift {
 
     /// A handshake whose verdict was recorded then failed later (a bad
     /// handshake signature): the drift view must not say "pass".
-    pub fn mark_failed(&self, host: &str, reason: &'static str) {
+    pub fn mark_failed(&self, host: &str, reason: crate::reason::Reason) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, last)) = seen
             .get_mut(host)
             .filter(|(_, l)| l.outcome.starts_with("pass"))
         {
             last.outcome = "handshake-failed";
-            last.failure = Some(reason);
+            last.failure = Some(reason.as_str());
         }
     }
 

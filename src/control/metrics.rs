@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::control::drift::Drift;
+use crate::reason::{self, Reason};
 use crate::tls::verify::{Observer, Outcome, Verdict};
 
 #[derive(Debug)]
@@ -30,29 +31,6 @@ pub struct Metrics {
     pub minted_leaves: IntCounterVec,
     pub build_info: Gauge,
 }
-
-/// Reasons counted in `pinproxy_denied_total`, pre-created so dashboards see
-/// zeros rather than absent series.
-pub const DENY_REASONS: &[&str] = &[
-    "host-not-allowed",
-    "port-not-allowed",
-    "private-address",
-    "bad-request",
-    "sni-mismatch",
-    "overloaded",
-];
-
-/// Every `outcome` label of `pinproxy_requests_total`.
-pub const OUTCOMES: &[&str] = &[
-    "ok",
-    "tunnel",
-    "pin-mismatch",
-    "untrusted-certificate",
-    "upstream-unreachable",
-    "upstream-timeout",
-    "upstream-tls-error",
-    "private-address",
-];
 
 // === impl Metrics ===
 
@@ -164,7 +142,7 @@ impl Metrics {
             build_info,
             registry,
         };
-        for r in DENY_REASONS {
+        for r in Reason::denied() {
             m.denied.with_label_values(&[r]);
         }
         for r in ["success", "failure"] {
@@ -183,12 +161,12 @@ impl Metrics {
         let _ = self.upstream_cert_expiry.remove_label_values(&[host]);
         let _ = self.pinset_expiry.remove_label_values(&[host]);
         let _ = self.handshake_seconds.remove_label_values(&[host]);
-        for reason in crate::tls::verify::FAILURE_REASONS {
+        for reason in Reason::tls_failures() {
             let _ = self
                 .tls_verify_failures
                 .remove_label_values(&[host, reason]);
         }
-        for outcome in OUTCOMES {
+        for outcome in reason::Outcome::labels() {
             let _ = self.requests.remove_label_values(&[host, outcome]);
         }
     }

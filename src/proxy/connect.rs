@@ -33,6 +33,7 @@ use super::{
     Handoff, State, Target, ERROR_HEADER,
 };
 use crate::policy::host::Host;
+use crate::reason::{Outcome, Reason};
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
 pub async fn handle(
@@ -44,7 +45,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
-        Err(msg) => return deny(&state, StatusCode::BAD_REQUEST, "bad-request", "", &msg),
+        Err(msg) => return deny(&state, Reason::BadRequest, "", &msg),
     };
     // Subscribe before deciding, so a reload in between is not missed.
     let generation = state.generation_tx.subscribe();
@@ -60,8 +61,7 @@ pub async fn handle(
         Admission::Pinned(ref entry) => {
             let Some(intercept) = state.intercept.clone() else {
                 return refuse(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream-tls-error",
+                    Reason::InternalError,
                     &target.host.to_string(),
                     "CONNECT interception is not configured",
                 );
@@ -73,8 +73,7 @@ pub async fn handle(
                 Err(e) => {
                     tracing::error!(error = %e, "minting an interception certificate");
                     return refuse(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream-tls-error",
+                        Reason::InternalError,
                         &target.host.to_string(),
                         "cannot mint an interception certificate",
                     );
@@ -132,7 +131,7 @@ async fn tunnel_unlisted(
         Ok(s) => s,
         Err(e) => {
             let (resp, reason) = upstream_refusal(&state, &e);
-            count(&state, "unlisted", reason);
+            count(&state, "unlisted", reason.into());
             return resp;
         }
     };
@@ -143,7 +142,7 @@ async fn tunnel_unlisted(
         let Ok(up) = upgrade.await else {
             return;
         };
-        count(&state, "unlisted", "tunnel");
+        count(&state, "unlisted", Outcome::Tunnel);
         // The host dialed and the name the client's TLS asks for must be
         // one name here too (domain fronting through an unlisted alias).
         let host = target.host.clone();
@@ -156,7 +155,7 @@ async fn tunnel_unlisted(
         tokio::select! {
             done = splice => {
                 if let tunnel::Spliced::Refused(Hello::Tls(sni)) = done {
-                    state.shared.metrics.denied.with_label_values(&["sni-mismatch"]).inc();
+                    super::count_denied(&state, Reason::SniMismatch);
                     tracing::warn!(connect = %target.host, sni = ?sni, "refused tunnel: SNI names another host");
                 }
             }
@@ -187,12 +186,7 @@ async fn intercepted(
     // name: a different SNI is domain fronting.
     if let Some(sni) = start.client_hello().server_name().map(Host::parse) {
         if sni.as_ref() != Ok(&target.host) {
-            state
-                .shared
-                .metrics
-                .denied
-                .with_label_values(&["sni-mismatch"])
-                .inc();
+            super::count_denied(&state, Reason::SniMismatch);
             tracing::warn!(connect = %target.host, sni = ?sni, "refusing TLS inside CONNECT: SNI names another host");
             if let Some(refuse) = crate::tls::ca::refusing_config(state.shared.provider.clone()) {
                 let _ = start.into_stream(refuse).await;
@@ -267,9 +261,9 @@ async fn inner_request(
             .and_then(|a| split_authority(&a).ok())
             .is_some_and(|(h, p)| h == target.host && p.is_none_or(|p| p == target.port));
         if !same {
-            return refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected-request",
+            return deny(
+                &state,
+                Reason::MisdirectedRequest,
                 &target.host.to_string(),
                 &format!(
                     "this tunnel is for {}:{}; the request names {named:?}",
@@ -331,13 +325,13 @@ async fn upgrade_request(
     let generation = state.generation_tx.subscribe();
     let admitted = match super::decide(&snap, &target) {
         Ok(a) => a,
-        Err(r) => return refuse(r.status, r.reason, &host, &r.message),
+        Err(r) => return refuse(r.reason, &host, &r.message),
     };
     let tls = match snap.connector.connect_h1(&target.host, target.port).await {
         Ok(s) => s,
         Err(e) => {
             let (resp, reason) = upstream_refusal(&state, &e);
-            count(&state, &label, reason);
+            count(&state, &label, reason.into());
             return resp;
         }
     };
@@ -350,7 +344,7 @@ async fn upgrade_request(
                 detail: e.to_string(),
             };
             let (resp, reason) = upstream_refusal(&state, &err);
-            count(&state, &label, reason);
+            count(&state, &label, reason.into());
             return resp;
         }
     };
@@ -368,15 +362,7 @@ async fn upgrade_request(
         .unwrap_or_else(|| "/".into());
     parts.uri = match path.parse() {
         Ok(u) => u,
-        Err(_) => {
-            return deny(
-                &state,
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                &host,
-                "invalid request path",
-            )
-        }
+        Err(_) => return deny(&state, Reason::BadRequest, &host, "invalid request path"),
     };
     parts.version = http::Version::HTTP_11;
     let protocol = parts.headers.get(header::UPGRADE).cloned();
@@ -400,19 +386,17 @@ async fn upgrade_request(
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            count(&state, &label, "upstream-unreachable");
+            count(&state, &label, Reason::UpstreamUnreachable.into());
             return refuse(
-                StatusCode::BAD_GATEWAY,
-                "upstream-unreachable",
+                Reason::UpstreamUnreachable,
                 &host,
                 &format!("upstream upgrade failed: {e}"),
             );
         }
         Err(_) => {
-            count(&state, &label, "upstream-timeout");
+            count(&state, &label, Reason::UpstreamTimeout.into());
             return refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream-timeout",
+                Reason::UpstreamTimeout,
                 &host,
                 "no response from upstream in time",
             );
@@ -433,7 +417,7 @@ async fn upgrade_request(
             }
         });
     }
-    count(&state, &label, "ok");
+    count(&state, &label, Outcome::Ok);
     let (mut parts, body) = resp.into_parts();
     // Only pinproxy speaks x-pinproxy-error.
     parts.headers.remove(ERROR_HEADER);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -16,12 +16,13 @@ use super::{
     ERROR_HEADER,
 };
 use crate::policy::host::Host;
+use crate::reason::Reason;
 use crate::upstream::{Snapshot, UpstreamError};
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
         Ok(t) => t,
-        Err(msg) => return deny(&state, StatusCode::BAD_REQUEST, "bad-request", "", &msg),
+        Err(msg) => return deny(&state, Reason::BadRequest, "", &msg),
     };
     // Subscribe before deciding, so a reload in between is not missed.
     let rx = state.generation_tx.subscribe();
@@ -57,15 +58,7 @@ pub async fn send(
     let (mut parts, body) = req.into_parts();
     parts.uri = match upstream_uri(&target, &parts.uri) {
         Ok(u) => u,
-        Err(msg) => {
-            return deny(
-                state,
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                &target.host.to_string(),
-                &msg,
-            )
-        }
+        Err(msg) => return deny(state, Reason::BadRequest, &target.host.to_string(), &msg),
     };
     parts.version = Version::HTTP_11;
     let trailers = wants_trailers(&parts.headers);
@@ -78,10 +71,9 @@ pub async fn send(
     let out = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(state.shared.timeouts.response, snap.client.request(out)).await;
     let Ok(sent) = sent else {
-        count(state, label, "upstream-timeout");
+        count(state, label, Reason::UpstreamTimeout.into());
         return super::refuse(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream-timeout",
+            Reason::UpstreamTimeout,
             &target.host.to_string(),
             "no response from upstream in time",
         );
@@ -104,16 +96,15 @@ pub async fn send(
                     tracing::debug!(error = ?e, host = %target.host, "upstream request failed");
                     (
                         super::refuse(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream-unreachable",
+                            Reason::UpstreamUnreachable,
                             &target.host.to_string(),
                             &format!("upstream request failed: {}", error_chain(&e)),
                         ),
-                        "upstream-unreachable",
+                        Reason::UpstreamUnreachable,
                     )
                 }
             };
-            count(state, label, reason);
+            count(state, label, reason.into());
             resp
         }
     }

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::policy::host::Host;
 use crate::policy::{self, Decision, HostPolicy};
+use crate::reason::{Outcome, Reason};
 use crate::tls::ca::Intercept;
 use crate::upstream::{Failure, Shared, Snapshot, UpstreamError};
 
@@ -298,12 +299,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            state
-                .shared
-                .metrics
-                .denied
-                .with_label_values(&["overloaded"])
-                .inc();
+            count_denied(&state, Reason::Overloaded);
             tracker.spawn(refuse_overloaded(stream));
             continue;
         };
@@ -330,8 +326,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
 
 async fn refuse_overloaded(mut stream: TcpStream) {
     let body = "pinproxy: connection limit reached\n";
+    let reason = Reason::Overloaded;
+    let status = reason.status().unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let msg = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n{ERROR_HEADER}: overloaded\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{ERROR_HEADER}: {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
@@ -489,12 +487,7 @@ async fn serve_connection(
         if let Err(e) = done {
             // hyper answered unparseable requests itself (400/431).
             if e.is_parse() || e.is_parse_too_large() {
-                state
-                    .shared
-                    .metrics
-                    .denied
-                    .with_label_values(&["bad-request"])
-                    .inc();
+                count_denied(&state, Reason::BadRequest);
             }
             tracing::debug!(error = %e, "client connection error");
             return;
@@ -524,8 +517,7 @@ async fn handle(
     if head_size(&req) > state.limits.max_header_bytes {
         return deny(
             &state,
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "bad-request",
+            Reason::HeadTooLarge,
             "",
             &format!(
                 "request head is over {} bytes",
@@ -559,13 +551,11 @@ fn head_size<B>(req: &Request<B>) -> usize {
         + 16
 }
 
-/// A refusal: status, `x-pinproxy-error` reason and a short human body.
-pub fn refuse(
-    status: StatusCode,
-    reason: &'static str,
-    host: &str,
-    message: &str,
-) -> Response<Body> {
+/// A refusal: the reason's status and `x-pinproxy-error` value, and a
+/// short human body.
+pub fn refuse(reason: Reason, host: &str, message: &str) -> Response<Body> {
+    debug_assert!(reason.status().is_some(), "{reason:?} is not a refusal");
+    let status = reason.status().unwrap_or(StatusCode::BAD_GATEWAY);
     let body = if host.is_empty() {
         format!("pinproxy: {message}\n")
     } else {
@@ -574,7 +564,7 @@ pub fn refuse(
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    h.insert(ERROR_HEADER, HeaderValue::from_static(reason.as_str()));
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -583,41 +573,35 @@ pub fn refuse(
 }
 
 /// A refusal made before any upstream connection: also counted as denied.
-pub fn deny(
-    state: &State,
-    status: StatusCode,
-    reason: &'static str,
-    host: &str,
-    message: &str,
-) -> Response<Body> {
+pub fn deny(state: &State, reason: Reason, host: &str, message: &str) -> Response<Body> {
+    count_denied(state, reason);
+    refuse(reason, host, message)
+}
+
+/// Counts a refusal in `pinproxy_denied_total`.
+pub fn count_denied(state: &State, reason: Reason) {
     state
         .shared
         .metrics
         .denied
-        .with_label_values(&[reason])
+        .with_label_values(&[reason.as_str()])
         .inc();
-    refuse(status, reason, host, message)
 }
 
 /// The refusal for an upstream failure.
-pub fn upstream_refusal(state: &State, err: &UpstreamError) -> (Response<Body>, &'static str) {
-    let (status, reason) = match err.failure {
-        Failure::Unreachable => (StatusCode::BAD_GATEWAY, "upstream-unreachable"),
-        Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
-        Failure::PinMismatch => (StatusCode::BAD_GATEWAY, "pin-mismatch"),
-        Failure::Untrusted(_) => (StatusCode::BAD_GATEWAY, "untrusted-certificate"),
-        Failure::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream-tls-error"),
+pub fn upstream_refusal(state: &State, err: &UpstreamError) -> (Response<Body>, Reason) {
+    let reason = match err.failure {
+        Failure::Unreachable => Reason::UpstreamUnreachable,
+        Failure::Timeout => Reason::UpstreamTimeout,
+        Failure::PinMismatch => Reason::PinMismatch,
+        Failure::Untrusted(_) => Reason::UntrustedCertificate,
+        Failure::Tls(_) => Reason::UpstreamTlsError,
         Failure::PrivateAddress => {
-            state
-                .shared
-                .metrics
-                .denied
-                .with_label_values(&["private-address"])
-                .inc();
-            (StatusCode::FORBIDDEN, "private-address")
+            count_denied(state, Reason::PrivateAddress);
+            Reason::PrivateAddress
         }
     };
-    (refuse(status, reason, &err.host, &err.detail), reason)
+    (refuse(reason, &err.host, &err.detail), reason)
 }
 
 /// A request target after validation: normalized host and upstream port.
@@ -636,11 +620,8 @@ pub enum Admission {
 
 /// Why the policy refuses a target before any dialing.
 pub struct Refusal {
-    pub status: StatusCode,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
-    /// Counted in `denied_total` (policy) rather than as a request outcome.
-    pub denied: bool,
 }
 
 /// Policy checks that need no network: unlisted deny, ports, expired
@@ -651,23 +632,19 @@ pub fn decide(snap: &Snapshot, target: &Target) -> Result<Admission, Refusal> {
         Decision::Listed(entry) => {
             if !entry.ports.contains(&target.port) {
                 return Err(Refusal {
-                    status: StatusCode::FORBIDDEN,
-                    reason: "port-not-allowed",
+                    reason: Reason::PortNotAllowed,
                     message: format!(
                         "port {} is not in ports {:?} of entry {:?}",
                         target.port, entry.ports, entry.name
                     ),
-                    denied: true,
                 });
             }
             if matches!(entry.trust, policy::Trust::PinOnly)
                 && entry.pins_expired(time::OffsetDateTime::now_utc())
             {
                 return Err(Refusal {
-                    status: StatusCode::BAD_GATEWAY,
-                    reason: "pin-mismatch",
+                    reason: Reason::PinMismatch,
                     message: "the pin-only pinset has expired and nothing else can authenticate this host; renew the pins".into(),
-                    denied: false,
                 });
             }
             Ok(Admission::Pinned(entry.clone()))
@@ -675,21 +652,17 @@ pub fn decide(snap: &Snapshot, target: &Target) -> Result<Admission, Refusal> {
         Decision::Unlisted => {
             if snap.policy.defaults.unlisted == policy::Unlisted::Deny {
                 return Err(Refusal {
-                    status: StatusCode::FORBIDDEN,
-                    reason: "host-not-allowed",
+                    reason: Reason::HostNotAllowed,
                     message: "host is not in the pinset and unlisted hosts are denied".into(),
-                    denied: true,
                 });
             }
             if !snap.policy.defaults.ports.contains(&target.port) {
                 return Err(Refusal {
-                    status: StatusCode::FORBIDDEN,
-                    reason: "port-not-allowed",
+                    reason: Reason::PortNotAllowed,
                     message: format!(
                         "port {} is not in defaults.ports {:?}",
                         target.port, snap.policy.defaults.ports
                     ),
-                    denied: true,
                 });
             }
             Ok(Admission::Unlisted)
@@ -702,13 +675,13 @@ pub fn decide(snap: &Snapshot, target: &Target) -> Result<Admission, Refusal> {
 pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admission, Response<Body>> {
     decide(snap, target).map_err(|r| {
         let host = target.host.to_string();
-        if r.denied {
-            deny(state, r.status, r.reason, &host, &r.message)
+        if r.reason.is_denied() {
+            deny(state, r.reason, &host, &r.message)
         } else {
             if let Decision::Listed(e) = snap.policy.lookup(&target.host) {
-                count(state, &e.name, r.reason);
+                count(state, &e.name, r.reason.into());
             }
-            refuse(r.status, r.reason, &host, &r.message)
+            refuse(r.reason, &host, &r.message)
         }
     })
 }
@@ -806,11 +779,11 @@ impl Drop for ConnGuard {
 }
 
 /// Counts a finished request or tunnel.
-pub fn count(state: &State, host: &str, outcome: &str) {
+pub fn count(state: &State, host: &str, outcome: Outcome) {
     state
         .shared
         .metrics
         .requests
-        .with_label_values(&[host, outcome])
+        .with_label_values(&[host, outcome.as_str()])
         .inc();
 }

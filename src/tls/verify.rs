@@ -21,6 +21,7 @@ use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::policy::{Decision, HostPolicy, Mode, Policy, Trust};
+use crate::reason::Reason;
 
 /// What the verifier saw in one handshake, handed to an [`Observer`].
 #[derive(Debug)]
@@ -312,50 +313,30 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
     ce.into()
 }
 
-/// Every reason [`failure_reason`] can return, plus the connector's own.
-pub const FAILURE_REASONS: &[&str] = &[
-    "pin-mismatch",
-    "expired",
-    "not-yet-valid",
-    "unknown-issuer",
-    "wrong-name",
-    "bad-signature",
-    "revoked",
-    "bad-encoding",
-    "invalid-certificate",
-    "no-certificate",
-    "alert-received",
-    "protocol-error",
-    "tls-error",
-    "timeout",
-    "closed",
-    "io",
-];
-
-/// A short, stable reason label for a failed upstream handshake.
-pub fn failure_reason(e: &rustls::Error) -> &'static str {
+/// The reason label for a failed upstream handshake.
+pub fn failure_reason(e: &rustls::Error) -> Reason {
     match e {
         rustls::Error::InvalidCertificate(ce) => match ce {
-            CertificateError::ApplicationVerificationFailure => "pin-mismatch",
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::ApplicationVerificationFailure => Reason::PinMismatch,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => Reason::Expired,
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "not-yet-valid"
+                Reason::NotYetValid
             }
-            CertificateError::UnknownIssuer => "unknown-issuer",
+            CertificateError::UnknownIssuer => Reason::UnknownIssuer,
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                "wrong-name"
+                Reason::WrongName
             }
-            CertificateError::BadSignature => "bad-signature",
-            CertificateError::Revoked => "revoked",
-            CertificateError::BadEncoding => "bad-encoding",
-            _ => "invalid-certificate",
+            CertificateError::BadSignature => Reason::BadSignature,
+            CertificateError::Revoked => Reason::Revoked,
+            CertificateError::BadEncoding => Reason::BadEncoding,
+            _ => Reason::InvalidCertificate,
         },
-        rustls::Error::NoCertificatesPresented => "no-certificate",
-        rustls::Error::AlertReceived(_) => "alert-received",
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
-            "protocol-error"
-        }
-        rustls::Error::PeerIncompatible(_) | rustls::Error::PeerMisbehaved(_) => "protocol-error",
-        _ => "tls-error",
+        rustls::Error::NoCertificatesPresented => Reason::NoCertificate,
+        rustls::Error::AlertReceived(_) => Reason::AlertReceived,
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::PeerMisbehaved(_) => Reason::ProtocolError,
+        _ => Reason::TlsError,
     }
 }

@@ -30,6 +30,7 @@ use crate::control::drift::Drift;
 use crate::control::metrics::{LogLimiter, Metrics, Telemetry};
 use crate::policy::host::Host;
 use crate::policy::{Decision, Policy};
+use crate::reason::{Outcome, Reason};
 use crate::tls::verify::{self, Observer, PinVerifier};
 
 /// Timeouts for reaching an upstream.
@@ -63,9 +64,9 @@ pub enum Failure {
     /// The chain was valid but carried no pin (or a pin-only pinset expired).
     PinMismatch,
     /// The chain, name or handshake signature did not verify.
-    Untrusted(&'static str),
+    Untrusted(Reason),
     /// The server did not speak TLS properly.
-    Tls(&'static str),
+    Tls(Reason),
     /// An unlisted host resolved only to private, loopback or link-local addresses.
     PrivateAddress,
 }
@@ -133,7 +134,10 @@ impl Snapshot {
                 .connector
                 .metrics
                 .requests
-                .with_label_values(&[entry.map_or("unlisted", |e| e.name.as_str()), "ok"])
+                .with_label_values(&[
+                    entry.map_or("unlisted", |e| e.name.as_str()),
+                    Outcome::Ok.as_str(),
+                ])
                 .inc(),
         }
     }
@@ -273,7 +277,11 @@ impl Snapshot {
             .iter()
             .map(|h| h.name.as_str())
             .chain(std::iter::once("unlisted"))
-            .map(|name| metrics.requests.with_label_values(&[name, "ok"]))
+            .map(|name| {
+                metrics
+                    .requests
+                    .with_label_values(&[name, Outcome::Ok.as_str()])
+            })
             .collect();
         Ok(Self {
             ok_counters,
@@ -401,7 +409,7 @@ impl Connector {
         let server_name = match host {
             Host::Name(n) => ServerName::try_from(n.clone()).map_err(|_| {
                 UpstreamError::new(
-                    Failure::Untrusted("wrong-name"),
+                    Failure::Untrusted(Reason::WrongName),
                     host,
                     "not a valid TLS server name",
                 )
@@ -411,7 +419,7 @@ impl Connector {
         let handshake = TlsConnector::from(tls.clone()).connect(server_name, tcp);
         let tls = match tokio::time::timeout(self.timeouts.handshake, handshake).await {
             Err(_) => {
-                self.count_failure(label, "timeout");
+                self.count_failure(label, Reason::Timeout);
                 return Err(UpstreamError::new(
                     Failure::Timeout,
                     host,
@@ -451,10 +459,10 @@ impl Connector {
         })
     }
 
-    fn count_failure(&self, label: &str, reason: &str) {
+    fn count_failure(&self, label: &str, reason: Reason) {
         self.metrics
             .tls_verify_failures
-            .with_label_values(&[label, reason])
+            .with_label_values(&[label, reason.as_str()])
             .inc();
     }
 
@@ -520,7 +528,7 @@ impl Connector {
     }
 }
 
-fn classify_tls(e: &io::Error) -> (Failure, &'static str, String) {
+fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
     let rustls_err = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -545,13 +553,13 @@ fn classify_tls(e: &io::Error) -> (Failure, &'static str, String) {
             (failure, reason, detail)
         }
         None if e.kind() == io::ErrorKind::UnexpectedEof => (
-            Failure::Tls("closed"),
-            "closed",
+            Failure::Tls(Reason::Closed),
+            Reason::Closed,
             "connection closed during the TLS handshake".into(),
         ),
         None => (
-            Failure::Tls("io"),
-            "io",
+            Failure::Tls(Reason::Io),
+            Reason::Io,
             format!("TLS handshake failed: {e}"),
         ),
     }
