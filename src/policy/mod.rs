@@ -1,7 +1,183 @@
-//! The policy room: host names, pins, the pinset file and what it allows.
+//! The policy room: what the pinset allows, as pure data and pure answers.
+//!
+//! - [`host`] normalizes every spelling of a host; [`pin`] parses and
+//!   computes SPKI pins.
+//! - [`load`] reads the pinset file; [`wire`] is its YAML shape and
+//!   [`validate`] turns that into a [`Policy`], collecting every problem.
+//! - [`admission`] answers "may this target be dialed, and under which
+//!   entry?"; an [`Admission`] can only be made there.
+//!
+//! No sockets, no tokio, no HTTP: the data path asks this room questions.
 
+pub mod admission;
 pub mod host;
 pub mod load;
 pub mod pin;
+mod validate;
+mod wire;
 
-pub use load::*;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls_pki_types::TrustAnchor;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+pub use admission::{Admission, Refusal, Target};
+pub use load::{load, load_bundle, parse, BundleError, Error, Problem};
+
+use host::Host;
+use pin::Pin;
+
+// === domain types ===
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unlisted {
+    Deny,
+    Allow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Report,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
+}
+
+/// Which roots a host's chain must lead to.
+#[derive(Clone)]
+pub enum Trust {
+    /// Mozilla's roots from webpki-roots.
+    WebPki,
+    /// No CA validation; only the leaf key can satisfy a pin.
+    PinOnly,
+    /// A PEM bundle of internal CAs, read when the pinset was loaded.
+    Bundle {
+        path: PathBuf,
+        anchors: Arc<[TrustAnchor<'static>]>,
+    },
+}
+
+impl Trust {
+    pub fn describe(&self) -> String {
+        match self {
+            Trust::WebPki => "webpki".into(),
+            Trust::PinOnly => "pin-only".into(),
+            Trust::Bundle { path, .. } => path.display().to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub unlisted: Unlisted,
+    pub mode: Mode,
+    pub trust: Trust,
+    pub ports: Vec<u16>,
+    pub allow_private: bool,
+}
+
+/// One `hosts:` entry after validation.
+#[derive(Clone, Debug)]
+pub struct HostPolicy {
+    /// Position in `Policy::hosts` (file order).
+    pub index: usize,
+    /// The key as written in the file: the metric label and log name.
+    pub name: String,
+    pub pins: Vec<Pin>,
+    pub next_pins: Vec<Pin>,
+    pub mode: Mode,
+    /// Pins are enforced until this instant (the end of the `expires` day, UTC).
+    pub expires: Option<OffsetDateTime>,
+    pub ports: Vec<u16>,
+    pub trust: Trust,
+    pub address: Option<SocketAddr>,
+}
+
+impl HostPolicy {
+    pub fn pins_expired(&self, now: OffsetDateTime) -> bool {
+        self.expires.is_some_and(|e| now >= e)
+    }
+
+    /// The `expires` date as written (the day before the instant we store).
+    pub fn expires_date(&self) -> Option<time::Date> {
+        self.expires
+            .map(|e| e.date().previous_day().unwrap_or(e.date()))
+    }
+}
+
+/// A validated pinset.
+#[derive(Debug)]
+pub struct Policy {
+    pub defaults: Defaults,
+    /// Entries in file order.
+    pub hosts: Vec<Arc<HostPolicy>>,
+    exact: HashMap<Host, Arc<HostPolicy>>,
+    /// `*.example.com` is stored under `example.com`.
+    wildcard: HashMap<String, Arc<HostPolicy>>,
+    /// SHA-256 of the file bytes, hex.
+    pub source_hash: String,
+    pub warnings: Vec<Problem>,
+}
+
+/// What a lookup found for a requested host.
+#[derive(Clone, Debug)]
+pub enum Decision<'a> {
+    Listed(&'a Arc<HostPolicy>),
+    Unlisted,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    /// Finds the entry for a normalized host: exact first, then a wildcard
+    /// one label up. IPs only ever match exact entries.
+    pub fn lookup(&self, host: &Host) -> Decision<'_> {
+        if let Some(p) = self.exact.get(host) {
+            return Decision::Listed(p);
+        }
+        if let Host::Name(name) = host {
+            if let Some((first, rest)) = name.split_once('.') {
+                if !first.is_empty() {
+                    if let Some(p) = self.wildcard.get(rest) {
+                        return Decision::Listed(p);
+                    }
+                }
+            }
+        }
+        Decision::Unlisted
+    }
+
+    /// Every CA bundle file the pinset names, for the reloader to watch.
+    pub fn bundle_paths(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = std::iter::once(&self.defaults.trust)
+            .chain(self.hosts.iter().map(|h| &h.trust))
+            .filter_map(|t| match t {
+                Trust::Bundle { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}

@@ -24,25 +24,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
-use tokio_util::task::TaskTracker;
 
 use super::forward::{self, split_authority, strip_hop_by_hop};
 use super::tunnel::{self, Hello};
 use super::{
-    admit, count, deny, refuse, revoked, upstream_refusal, Admission, Body, ClientIo, ConnGuard,
-    Handoff, State, Target, ERROR_HEADER,
+    admit, count, deny, refuse, revoked, upstream_refusal, Body, Client, ClientIo, ConnGuard,
+    State, ERROR_HEADER,
 };
+use crate::policy::admission::{self, Admission};
 use crate::policy::host::Host;
+use crate::policy::Target;
 use crate::reason::{Outcome, Reason};
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
-pub async fn handle(
-    state: Arc<State>,
-    req: Request<Incoming>,
-    tracker: TaskTracker,
-    guard: Arc<ConnGuard>,
-    handoff: Arc<Handoff>,
-) -> Response<Body> {
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
         Err(msg) => return deny(&state, Reason::BadRequest, "", &msg),
@@ -54,11 +49,9 @@ pub async fn handle(
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
-    match admission {
-        Admission::Unlisted => {
-            tunnel_unlisted(state, snap, target, tracker, guard, handoff, generation).await
-        }
-        Admission::Pinned(ref entry) => {
+    match admission.entry().cloned() {
+        None => tunnel_unlisted(state, snap, target, admission, client, generation).await,
+        Some(entry) => {
             let Some(intercept) = state.intercept.clone() else {
                 return refuse(
                     Reason::InternalError,
@@ -82,8 +75,9 @@ pub async fn handle(
             let label = entry.name.clone();
             // The connection task hands the client stream over once the
             // 200 is written.
-            let upgrade = handoff.claim();
-            tracker.spawn(async move {
+            let upgrade = client.handoff.claim();
+            let guard = client.guard;
+            client.tracker.spawn(async move {
                 let Ok(up) = upgrade.await else {
                     return;
                 };
@@ -120,9 +114,8 @@ async fn tunnel_unlisted(
     state: Arc<State>,
     snap: Arc<Snapshot>,
     target: Target,
-    tracker: TaskTracker,
-    guard: Arc<ConnGuard>,
-    handoff: Arc<Handoff>,
+    admission: Admission,
+    client: Client,
     generation: tokio::sync::watch::Receiver<u64>,
 ) -> Response<Body> {
     // Dial before answering, so refusals (private address, unreachable)
@@ -136,8 +129,9 @@ async fn tunnel_unlisted(
         }
     };
     let peer = upstream.peer_addr().ok();
-    let upgrade = handoff.claim();
-    tracker.spawn(async move {
+    let upgrade = client.handoff.claim();
+    let guard = client.guard;
+    client.tracker.spawn(async move {
         let _guard = guard;
         let Ok(up) = upgrade.await else {
             return;
@@ -151,7 +145,7 @@ async fn tunnel_unlisted(
             _ => true,
         };
         let splice = tunnel::splice_checked(up, upstream, state.limits.tunnel_idle, accept);
-        let revoked = revoked(state.clone(), generation, target.clone(), Admission::Unlisted, peer);
+        let revoked = revoked(state.clone(), generation, target.clone(), admission, peer);
         tokio::select! {
             done = splice => {
                 if let tunnel::Spliced::Refused(Hello::Tls(sni)) = done {
@@ -276,8 +270,7 @@ async fn inner_request(
     // Re-admit under the snapshot in force now: a reload may have removed
     // the host or changed its ports since the tunnel opened.
     let entry = match admit(&state, &snap, &target) {
-        Ok(Admission::Pinned(e)) => Some(e),
-        Ok(Admission::Unlisted) => None,
+        Ok(admission) => admission.entry().cloned(),
         Err(refusal) => return refusal,
     };
     if is_upgrade(&req) {
@@ -323,7 +316,7 @@ async fn upgrade_request(
 ) -> Response<Body> {
     let host = target.host.to_string();
     let generation = state.generation_tx.subscribe();
-    let admitted = match super::decide(&snap, &target) {
+    let admitted = match admission::decide(&snap.policy, &target, time::OffsetDateTime::now_utc()) {
         Ok(a) => a,
         Err(r) => return refuse(r.reason, &host, &r.message),
     };

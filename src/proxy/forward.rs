@@ -12,10 +12,10 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::{
-    admit, count, deny, upstream_refusal, Admission, Body, Revocation, State, Streamed, Target,
-    ERROR_HEADER,
+    admit, count, deny, upstream_refusal, Body, Revocation, State, Streamed, ERROR_HEADER,
 };
 use crate::policy::host::Host;
+use crate::policy::Target;
 use crate::reason::Reason;
 use crate::upstream::{Snapshot, UpstreamError};
 
@@ -31,10 +31,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
-    let entry = match &admission {
-        Admission::Pinned(e) => Some(e.clone()),
-        Admission::Unlisted => None,
-    };
+    let entry = admission.entry().cloned();
     let revocation = Revocation {
         state: state.clone(),
         rx,

@@ -27,8 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::policy::host::Host;
-use crate::policy::{self, Decision, HostPolicy};
+use crate::policy;
+use crate::policy::admission::{self, Admission, Target};
 use crate::reason::{Outcome, Reason};
 use crate::tls::ca::Intercept;
 use crate::upstream::{Failure, Shared, Snapshot, UpstreamError};
@@ -434,20 +434,20 @@ async fn serve_connection(
         let handoff = Arc::new(Handoff::default());
         let activity = Arc::new(Activity::default());
         let svc_state = state.clone();
-        let svc_tracker = tracker.clone();
-        let svc_guard = guard.clone();
-        let svc_handoff = handoff.clone();
+        let client = Client {
+            tracker: tracker.clone(),
+            guard: guard.clone(),
+            handoff: handoff.clone(),
+        };
         let svc_activity = activity.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let state = svc_state.clone();
-            let tracker = svc_tracker.clone();
-            let guard = svc_guard.clone();
-            let handoff = svc_handoff.clone();
+            let client = client.clone();
             let activity = svc_activity.clone();
             activity.in_flight.fetch_add(1, Ordering::AcqRel);
             activity.seen.fetch_add(1, Ordering::AcqRel);
             Box::pin(async move {
-                let resp = handle(state, req, tracker, guard, handoff).await;
+                let resp = handle(state, req, client).await;
                 Ok::<_, Infallible>(resp.map(|body| Counted { body, activity }))
             })
         });
@@ -507,13 +507,18 @@ async fn serve_connection(
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    req: Request<Incoming>,
-    tracker: TaskTracker,
-    guard: Arc<ConnGuard>,
-    handoff: Arc<Handoff>,
-) -> Response<Body> {
+/// One client connection, as its requests' handlers see it.
+#[derive(Clone)]
+pub struct Client {
+    /// Spawns tasks that graceful drain waits for.
+    pub tracker: TaskTracker,
+    /// The connection's slot; tunnels carried out of it keep a clone.
+    pub guard: Arc<ConnGuard>,
+    /// Where a CONNECT handler claims the stream after its `200`.
+    pub handoff: Arc<Handoff>,
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>, client: Client) -> Response<Body> {
     if head_size(&req) > state.limits.max_header_bytes {
         return deny(
             &state,
@@ -526,7 +531,7 @@ async fn handle(
         );
     }
     if req.method() == http::Method::CONNECT {
-        connect::handle(state, req, tracker, guard, handoff).await
+        connect::handle(state, req, client).await
     } else {
         forward::handle(state, req).await
     }
@@ -604,81 +609,16 @@ pub fn upstream_refusal(state: &State, err: &UpstreamError) -> (Response<Body>, 
     (refuse(reason, &err.host, &err.detail), reason)
 }
 
-/// A request target after validation: normalized host and upstream port.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub host: Host,
-    pub port: u16,
-}
-
-/// What the policy says about a target, before dialing.
-#[derive(Clone)]
-pub enum Admission {
-    Pinned(Arc<HostPolicy>),
-    Unlisted,
-}
-
-/// Why the policy refuses a target before any dialing.
-pub struct Refusal {
-    pub reason: Reason,
-    pub message: String,
-}
-
-/// Policy checks that need no network: unlisted deny, ports, expired
-/// pin-only entries. Pure: used to admit a request and to re-check open
-/// tunnels after a reload.
-pub fn decide(snap: &Snapshot, target: &Target) -> Result<Admission, Refusal> {
-    match snap.policy.lookup(&target.host) {
-        Decision::Listed(entry) => {
-            if !entry.ports.contains(&target.port) {
-                return Err(Refusal {
-                    reason: Reason::PortNotAllowed,
-                    message: format!(
-                        "port {} is not in ports {:?} of entry {:?}",
-                        target.port, entry.ports, entry.name
-                    ),
-                });
-            }
-            if matches!(entry.trust, policy::Trust::PinOnly)
-                && entry.pins_expired(time::OffsetDateTime::now_utc())
-            {
-                return Err(Refusal {
-                    reason: Reason::PinMismatch,
-                    message: "the pin-only pinset has expired and nothing else can authenticate this host; renew the pins".into(),
-                });
-            }
-            Ok(Admission::Pinned(entry.clone()))
-        }
-        Decision::Unlisted => {
-            if snap.policy.defaults.unlisted == policy::Unlisted::Deny {
-                return Err(Refusal {
-                    reason: Reason::HostNotAllowed,
-                    message: "host is not in the pinset and unlisted hosts are denied".into(),
-                });
-            }
-            if !snap.policy.defaults.ports.contains(&target.port) {
-                return Err(Refusal {
-                    reason: Reason::PortNotAllowed,
-                    message: format!(
-                        "port {} is not in defaults.ports {:?}",
-                        target.port, snap.policy.defaults.ports
-                    ),
-                });
-            }
-            Ok(Admission::Unlisted)
-        }
-    }
-}
-
-/// [`decide`], with the refusal turned into a counted response.
+/// [`admission::decide`] under the snapshot `snap`, with a refusal turned
+/// into a counted response.
 #[allow(clippy::result_large_err)] // the refusal is the answer; it is not kept
 pub fn admit(state: &State, snap: &Snapshot, target: &Target) -> Result<Admission, Response<Body>> {
-    decide(snap, target).map_err(|r| {
+    admission::decide(&snap.policy, target, time::OffsetDateTime::now_utc()).map_err(|r| {
         let host = target.host.to_string();
         if r.reason.is_denied() {
             deny(state, r.reason, &host, &r.message)
         } else {
-            if let Decision::Listed(e) = snap.policy.lookup(&target.host) {
+            if let Some(e) = &r.entry {
                 count(state, &e.name, r.reason.into());
             }
             refuse(r.reason, &host, &r.message)
@@ -696,35 +636,8 @@ pub fn still_allowed(
     peer: Option<std::net::SocketAddr>,
 ) -> bool {
     let snap = state.snapshot.load();
-    match (admitted, decide(&snap, target)) {
-        (Admission::Pinned(old), Ok(Admission::Pinned(new))) => same_enforcement(old, &new),
-        (Admission::Unlisted, Ok(Admission::Unlisted)) => {
-            peer.is_none_or(|p| snap.connector.egress_allowed(&p))
-        }
-        _ => false,
-    }
-}
-
-/// Whether two entries enforce the same thing (pins, mode, expiry, ports,
-/// address, trust and the CA bundle's contents).
-pub fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
-    let same_trust = match (&a.trust, &b.trust) {
-        (policy::Trust::WebPki, policy::Trust::WebPki)
-        | (policy::Trust::PinOnly, policy::Trust::PinOnly) => true,
-        (policy::Trust::Bundle { anchors: x, .. }, policy::Trust::Bundle { anchors: y, .. }) => {
-            x.len() == y.len()
-                && x.iter().zip(y.iter()).all(|(p, q)| {
-                    p.subject_public_key_info == q.subject_public_key_info && p.subject == q.subject
-                })
-        }
-        _ => false,
-    };
-    same_trust
-        && a.pins == b.pins
-        && a.mode == b.mode
-        && a.expires == b.expires
-        && a.ports == b.ports
-        && a.address == b.address
+    admitted.still_holds(&snap.policy, target, time::OffsetDateTime::now_utc())
+        && peer.is_none_or(|p| snap.connector.egress_allowed(&p))
 }
 
 /// Resolves `revoke_grace` after a reload means the admission no longer

@@ -1,0 +1,731 @@
+//! The one validation step: YAML wire types in, a [`Policy`] out — or
+//! every problem found, each with host, field and line.
+//!
+//! The YAML parser gives no positions for values it accepted, so lines come
+//! from a [`LineIndex`] built in one pass over the text: looking a field up
+//! never rescans the file (operators load thousands of hosts).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::host::Host;
+use super::load::{hex, read_bundle, Problem};
+use super::pin::Pin;
+use super::wire::{DefaultsWire, FileWire, HostWire};
+use super::{Defaults, HostPolicy, Mode, Policy, Trust, Unlisted};
+
+pub(super) struct Validator<'a> {
+    lines: LineIndex,
+    base: &'a Path,
+    read_from: &'a Path,
+    now: OffsetDateTime,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    /// CA bundles read, with their bytes: part of the source hash, so a
+    /// rotated bundle is a change even when the pinset text is not.
+    bundles: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// A `hosts:` key: an exact host, or `*.base` stored under `base`.
+enum Pattern {
+    Exact(Host),
+    Wildcard(String),
+}
+
+/// Where one host entry's problems are reported.
+struct Entry<'k> {
+    key: &'k str,
+    line: Option<usize>,
+    fields: HashMap<String, usize>,
+}
+
+impl Entry<'_> {
+    /// The line of `field` within this entry, else the entry's own line.
+    fn line_of(&self, field: &str) -> Option<usize> {
+        self.fields.get(field).copied().or(self.line)
+    }
+}
+
+// === impl Validator ===
+
+impl<'a> Validator<'a> {
+    pub(super) fn new(
+        text: &str,
+        base: &'a Path,
+        read_from: &'a Path,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            lines: LineIndex::new(text),
+            base,
+            read_from,
+            now,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            bundles: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, wire: FileWire, bytes: &[u8]) -> Result<Policy, Vec<Problem>> {
+        if wire.version != 1 {
+            let line = self.lines.top("version");
+            self.err(
+                None,
+                Some("version"),
+                line,
+                format!("unsupported version {}; expected 1", wire.version),
+            );
+        }
+        let defaults = self.defaults(wire.defaults);
+        let mut exact: HashMap<Host, Arc<HostPolicy>> = HashMap::new();
+        let mut wildcard: HashMap<String, Arc<HostPolicy>> = HashMap::new();
+        let mut hosts = Vec::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (key, wire) in wire.hosts.0 {
+            let (line, fields) = self.lines.host(&key);
+            let entry = Entry {
+                key: &key,
+                line,
+                fields,
+            };
+            let Some(pattern) = self.pattern(&key, line) else {
+                continue;
+            };
+            let canonical = match &pattern {
+                Pattern::Exact(h) => h.to_string(),
+                Pattern::Wildcard(base) => format!("*.{base}"),
+            };
+            if let Some(first) = seen.get(&canonical) {
+                self.err(
+                    Some(&key),
+                    None,
+                    line,
+                    format!("duplicate host: the same entry as {first:?}"),
+                );
+                continue;
+            }
+            seen.insert(canonical, key.clone());
+            let Some(mut policy) = self.host(&entry, wire, &defaults) else {
+                continue;
+            };
+            policy.index = hosts.len();
+            let policy = Arc::new(policy);
+            match pattern {
+                Pattern::Exact(h) => exact.insert(h, policy.clone()),
+                Pattern::Wildcard(base) => wildcard.insert(base, policy.clone()),
+            };
+            hosts.push(policy);
+        }
+        if !self.problems.is_empty() {
+            return Err(self.problems);
+        }
+        Ok(Policy {
+            defaults,
+            hosts,
+            exact,
+            wildcard,
+            source_hash: self.source_hash(bytes),
+            warnings: self.warnings,
+        })
+    }
+
+    fn source_hash(&self, bytes: &[u8]) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(bytes);
+        for (path, contents) in &self.bundles {
+            ctx.update(path.as_os_str().as_encoded_bytes());
+            ctx.update(&(contents.len() as u64).to_be_bytes());
+            ctx.update(contents);
+        }
+        hex(ctx.finish().as_ref())
+    }
+
+    fn err(&mut self, host: Option<&str>, field: Option<&str>, line: Option<usize>, msg: String) {
+        self.problems.push(Problem::new(host, field, line, msg));
+    }
+
+    fn warn(&mut self, host: Option<&str>, field: Option<&str>, line: Option<usize>, msg: String) {
+        self.warnings.push(Problem::new(host, field, line, msg));
+    }
+
+    /// A problem with one field of a host entry, at that field's line.
+    fn field_err(&mut self, e: &Entry<'_>, field: &str, msg: impl Into<String>) {
+        let line = e.line_of(field.split('[').next().unwrap_or(field));
+        self.err(Some(e.key), Some(field), line, msg.into());
+    }
+
+    fn field_warn(&mut self, e: &Entry<'_>, field: &str, msg: impl Into<String>) {
+        let line = e.line_of(field);
+        self.warn(Some(e.key), Some(field), line, msg.into());
+    }
+
+    fn defaults(&mut self, d: DefaultsWire) -> Defaults {
+        let trust = match d.trust.as_deref() {
+            None => Trust::WebPki,
+            Some("pin-only") => {
+                let line = self.lines.default_field("trust");
+                self.err(
+                    None,
+                    Some("defaults.trust"),
+                    line,
+                    "pin-only cannot be a default: set it on the hosts whose leaf keys you pin"
+                        .into(),
+                );
+                Trust::WebPki
+            }
+            Some(t) => {
+                let line = self.lines.default_field("trust");
+                self.trust(t).unwrap_or_else(|msg| {
+                    self.err(None, Some("defaults.trust"), line, msg);
+                    Trust::WebPki
+                })
+            }
+        };
+        let ports = match d.ports {
+            Some(p) => {
+                let line = self.lines.default_field("ports");
+                for msg in port_problems(&p) {
+                    self.err(None, Some("defaults.ports"), line, msg.into());
+                }
+                p
+            }
+            None => vec![443],
+        };
+        Defaults {
+            unlisted: d.unlisted.unwrap_or(Unlisted::Deny),
+            mode: d.mode.unwrap_or(Mode::Enforce),
+            trust,
+            ports,
+            allow_private: d.allow_private.unwrap_or(false),
+        }
+    }
+
+    fn pattern(&mut self, key: &str, line: Option<usize>) -> Option<Pattern> {
+        let refuse = |v: &mut Self, msg: String| {
+            v.err(Some(key), None, line, msg);
+            None
+        };
+        if let Some(base) = key.strip_prefix("*.") {
+            if base.contains('*') {
+                return refuse(
+                    self,
+                    "a wildcard may only be a whole first label (*.example.com)".into(),
+                );
+            }
+            return match Host::parse(base) {
+                Ok(Host::Name(base)) if is_public_suffix(&base) => {
+                    refuse(self, format!("wildcard covers the public suffix {base:?}"))
+                }
+                Ok(Host::Name(base)) => Some(Pattern::Wildcard(base)),
+                Ok(Host::Ip(_)) => refuse(self, "a wildcard cannot cover an IP address".into()),
+                Err(e) => refuse(self, format!("invalid host name: {e}")),
+            };
+        }
+        if key.contains('*') {
+            return refuse(
+                self,
+                "partial wildcard: only *.example.com (one whole first label) is allowed".into(),
+            );
+        }
+        match Host::parse(key) {
+            Ok(h) => Some(Pattern::Exact(h)),
+            Err(e) => refuse(self, format!("invalid host name: {e}")),
+        }
+    }
+
+    /// One `hosts:` entry: each field checked in turn, every problem kept.
+    fn host(&mut self, e: &Entry<'_>, w: HostWire, d: &Defaults) -> Option<HostPolicy> {
+        let before = self.problems.len();
+        let pins = self.required_pins(e, w.pins);
+        let next_pins = self.next_pins(e, w.next_pins);
+        let mode = w.mode.unwrap_or(d.mode);
+        let trust = match w.trust.as_deref() {
+            None => d.trust.clone(),
+            Some(t) => match self.trust(t) {
+                Ok(t) => t,
+                Err(msg) => {
+                    self.field_err(e, "trust", msg);
+                    Trust::WebPki
+                }
+            },
+        };
+        if matches!(trust, Trust::PinOnly) && mode == Mode::Report {
+            self.field_err(
+                e,
+                "mode",
+                "trust: pin-only with mode: report would authenticate nothing; use enforce",
+            );
+        }
+        let expires = w.expires.and_then(|s| self.expires(e, &s, &trust));
+        let ports = match w.ports {
+            Some(p) => {
+                for msg in port_problems(&p) {
+                    self.field_err(e, "ports", msg);
+                }
+                p
+            }
+            None => d.ports.clone(),
+        };
+        let address = w.address.and_then(|a| self.address(e, &a));
+        if self.problems.len() != before {
+            return None;
+        }
+        if pins.len() == 1 {
+            self.field_warn(
+                e,
+                "pins",
+                "only one pin: add a backup pin (a key you hold in reserve) so a key rotation cannot brick this host",
+            );
+        }
+        Some(HostPolicy {
+            index: 0,
+            name: e.key.to_string(),
+            pins,
+            next_pins,
+            mode,
+            expires,
+            ports,
+            trust,
+            address,
+        })
+    }
+
+    fn required_pins(&mut self, e: &Entry<'_>, raw: Option<Vec<String>>) -> Vec<Pin> {
+        match raw {
+            None => {
+                // Reported at the host's line: the field is not there.
+                self.err(
+                    Some(e.key),
+                    Some("pins"),
+                    e.line,
+                    "missing: at least one pin is required".into(),
+                );
+                Vec::new()
+            }
+            Some(p) if p.is_empty() => {
+                self.field_err(
+                    e,
+                    "pins",
+                    "empty: at least one pin is required (an empty pinset would pin nothing)",
+                );
+                Vec::new()
+            }
+            Some(p) => self.pins(e, "pins", p),
+        }
+    }
+
+    fn next_pins(&mut self, e: &Entry<'_>, raw: Option<Vec<String>>) -> Vec<Pin> {
+        match raw {
+            None => Vec::new(),
+            Some(p) if p.is_empty() => {
+                self.field_err(
+                    e,
+                    "next_pins",
+                    "empty: omit next_pins or list the pins about to roll out",
+                );
+                Vec::new()
+            }
+            Some(p) => self.pins(e, "next_pins", p),
+        }
+    }
+
+    fn pins(&mut self, e: &Entry<'_>, field: &str, raw: Vec<String>) -> Vec<Pin> {
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            match p.parse::<Pin>() {
+                Ok(pin) if out.contains(&pin) => {
+                    self.field_err(e, &format!("{field}[{i}]"), format!("duplicate pin {pin}"))
+                }
+                Ok(pin) => out.push(pin),
+                Err(err) => self.field_err(e, &format!("{field}[{i}]"), err.to_string()),
+            }
+        }
+        out
+    }
+
+    /// The end of the `expires` day (UTC); warns when it is past or near.
+    fn expires(&mut self, e: &Entry<'_>, s: &str, trust: &Trust) -> Option<OffsetDateTime> {
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        let Ok(date) = time::Date::parse(s.trim(), &fmt) else {
+            self.field_err(
+                e,
+                "expires",
+                format!("invalid date {s:?}: expected YYYY-MM-DD"),
+            );
+            return None;
+        };
+        let end = date.next_day().unwrap_or(date).midnight().assume_utc();
+        if end <= self.now {
+            let what = if matches!(trust, Trust::PinOnly) {
+                "pinset expired; with trust: pin-only nothing is left to validate, so connections fail closed"
+            } else {
+                "pinset expired: pins are no longer enforced (CA validation still is)"
+            };
+            self.field_warn(e, "expires", what);
+        } else if end - self.now < time::Duration::days(30) {
+            self.field_warn(e, "expires", format!("pinset expires within 30 days ({s})"));
+        }
+        Some(end)
+    }
+
+    fn address(&mut self, e: &Entry<'_>, a: &str) -> Option<SocketAddr> {
+        let parsed = match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.field_err(
+                    e,
+                    "address",
+                    format!("{a:?} is not IP:port (e.g. 10.0.0.7:8443 or [fd00::7]:443)"),
+                );
+                None
+            }
+        };
+        if parsed.is_some() && e.key.starts_with("*.") {
+            self.field_err(e, "address", "a wildcard entry cannot name one address");
+        }
+        parsed
+    }
+
+    /// `Err`: a message for the caller to report at the right field.
+    fn trust(&mut self, raw: &str) -> Result<Trust, String> {
+        match raw {
+            "webpki" => Ok(Trust::WebPki),
+            "pin-only" => Ok(Trust::PinOnly),
+            "" => Err("empty: use webpki, pin-only or a path to a PEM CA bundle".into()),
+            raw => {
+                let path = self.base.join(raw);
+                let (anchors, contents) =
+                    read_bundle(&self.read_from.join(raw)).map_err(|e| e.to_string())?;
+                self.bundles.push((path.clone(), contents));
+                Ok(Trust::Bundle { path, anchors })
+            }
+        }
+    }
+}
+
+fn port_problems(raw: &[u16]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if raw.is_empty() {
+        out.push("empty: list at least one port");
+    }
+    if raw.contains(&0) {
+        out.push("port 0 is not a port");
+    }
+    out
+}
+
+/// Whether a wildcard's base is itself a public suffix (`com`, `co.uk`,
+/// `github.io`), by the Public Suffix List (ICANN and private sections): a
+/// wildcard over it would cover every registrant's hosts.
+fn is_public_suffix(base: &str) -> bool {
+    !base.contains('.') || psl::suffix_str(base) == Some(base)
+}
+
+// === line index ===
+
+/// Lines of one host entry's fields, by field name.
+type FieldLines = HashMap<String, usize>;
+
+/// Lines (1-based) of the keys of a block-style pinset, found in one pass:
+/// top-level keys, `defaults:` fields, and per host key its line and the
+/// first line of each of its fields. Flow-style YAML (`{…}` on one line)
+/// simply has fewer entries; problems then point at the nearest known line.
+#[derive(Default)]
+struct LineIndex {
+    top: HashMap<String, usize>,
+    defaults: HashMap<String, usize>,
+    /// Per key as written: each occurrence (duplicates are reported at
+    /// their own line), in file order.
+    hosts: HashMap<String, VecDeque<(usize, FieldLines)>>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut index = Self::default();
+        let mut section: Option<String> = None;
+        let mut host_indent: Option<usize> = None;
+        let mut current: Option<String> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let trimmed = raw.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = raw.len() - trimmed.len();
+            let Some(key) = key_of(trimmed) else {
+                continue;
+            };
+            if indent == 0 {
+                index.top.entry(key.clone()).or_insert(line);
+                section = Some(key);
+                host_indent = None;
+                current = None;
+                continue;
+            }
+            match section.as_deref() {
+                Some("defaults") => {
+                    index.defaults.entry(key).or_insert(line);
+                }
+                Some("hosts") => {
+                    let at = *host_indent.get_or_insert(indent);
+                    if indent == at {
+                        index
+                            .hosts
+                            .entry(key.clone())
+                            .or_default()
+                            .push_back((line, HashMap::new()));
+                        current = Some(key);
+                    } else if indent > at {
+                        if let Some(fields) = current
+                            .as_ref()
+                            .and_then(|c| index.hosts.get_mut(c))
+                            .and_then(|occ| occ.back_mut())
+                        {
+                            fields.1.entry(key).or_insert(line);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        index
+    }
+
+    fn top(&self, key: &str) -> Option<usize> {
+        self.top.get(key).copied()
+    }
+
+    fn default_field(&self, key: &str) -> Option<usize> {
+        self.defaults.get(key).copied().or(self.top("defaults"))
+    }
+
+    /// The next occurrence of host `key`: its line and its fields' lines.
+    fn host(&mut self, key: &str) -> (Option<usize>, HashMap<String, usize>) {
+        match self.hosts.get_mut(key).and_then(VecDeque::pop_front) {
+            Some((line, fields)) => (Some(line), fields),
+            None => (None, HashMap::new()),
+        }
+    }
+}
+
+/// The key of a `key: value` (or `- key: value`) line, unquoted.
+fn key_of(line: &str) -> Option<String> {
+    let line = line.strip_prefix("- ").unwrap_or(line);
+    if let Some(q) = line.chars().next().filter(|c| *c == '"' || *c == '\'') {
+        let rest = &line[1..];
+        let end = rest.find(q)?;
+        return rest[end + 1..]
+            .trim_start()
+            .starts_with(':')
+            .then(|| rest[..end].to_string());
+    }
+    let end = line.find(':')?;
+    let key = line[..end].trim_end();
+    (!key.is_empty() && !key.contains(['{', '[', ' '])).then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_finds_hosts_fields_and_duplicates() {
+        let text = "version: 1\ndefaults:\n  trust: ca.pem\nhosts:\n  a.test:\n    pins: [x]\n\n    # c\n    mode: report\n  \"*.b.test\":\n    pins:\n      - y\n  a.test:\n    trust: pin-only\n";
+        let mut idx = LineIndex::new(text);
+        assert_eq!(idx.top("version"), Some(1));
+        assert_eq!(idx.default_field("trust"), Some(3));
+        let (line, fields) = idx.host("a.test");
+        assert_eq!(line, Some(5));
+        assert_eq!(fields.get("pins"), Some(&6));
+        assert_eq!(fields.get("mode"), Some(&9));
+        let (line, fields) = idx.host("*.b.test");
+        assert_eq!((line, fields.get("pins")), (Some(10), Some(&11)));
+        let (line, fields) = idx.host("a.test");
+        assert_eq!((line, fields.get("trust")), (Some(13), Some(&14)));
+        assert_eq!(idx.host("a.test").0, None);
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(key_of("a.test:").as_deref(), Some("a.test"));
+        assert_eq!(key_of("\"*.x\": {pins: []}").as_deref(), Some("*.x"));
+        assert_eq!(key_of("'q': 1").as_deref(), Some("q"));
+        assert_eq!(key_of("- sha256/x"), None);
+        assert_eq!(key_of("{a: b}"), None);
+    }
+
+    // === the pinset as a whole ===
+
+    use crate::policy::{parse, Decision};
+
+    const PIN_A: &str = "sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=";
+    const PIN_B: &str = "sha256/YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=";
+
+    fn now() -> OffsetDateTime {
+        time::macros::datetime!(2026-11-24 12:00 UTC)
+    }
+
+    fn ok(yaml: &str) -> Policy {
+        parse(yaml.as_bytes(), Path::new("."), now()).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    fn bad(yaml: &str) -> Vec<Problem> {
+        match parse(yaml.as_bytes(), Path::new("."), now()) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(p) => p,
+        }
+    }
+
+    fn host(s: &str) -> Host {
+        Host::parse(s).unwrap()
+    }
+
+    fn name_of(p: &Policy, h: &str) -> Option<String> {
+        match p.lookup(&host(h)) {
+            Decision::Listed(e) => Some(e.name.clone()),
+            Decision::Unlisted => None,
+        }
+    }
+
+    #[test]
+    fn wildcard_matches_exactly_one_label_and_exact_wins() {
+        let p = ok(&format!(
+            "version: 1\nhosts:\n  \"*.example.test\":\n    pins: [{PIN_A}, {PIN_B}]\n  special.example.test:\n    pins: [{PIN_B}, {PIN_A}]\n"
+        ));
+        assert_eq!(
+            name_of(&p, "a.example.test").as_deref(),
+            Some("*.example.test")
+        );
+        assert_eq!(
+            name_of(&p, "A.EXAMPLE.TEST.").as_deref(),
+            Some("*.example.test")
+        );
+        assert_eq!(
+            name_of(&p, "special.example.test").as_deref(),
+            Some("special.example.test")
+        );
+        for miss in [
+            "example.test",
+            "a.b.example.test",
+            "evil-example.test",
+            "xexample.test",
+            "example.test.attacker.test",
+            "a.example.test.attacker.test",
+        ] {
+            assert_eq!(name_of(&p, miss), None, "{miss} must not match");
+        }
+    }
+
+    #[test]
+    fn defaults_apply_and_entries_override() {
+        let p = ok(&format!(
+            "version: 1\ndefaults:\n  unlisted: allow\n  mode: report\n  ports: [443, 8443]\nhosts:\n  a.test:\n    pins: [{PIN_A}, {PIN_B}]\n  b.test:\n    pins: [{PIN_A}, {PIN_B}]\n    mode: enforce\n    ports: [9443]\n"
+        ));
+        assert_eq!(p.defaults.unlisted, Unlisted::Allow);
+        let a = &p.hosts[0];
+        assert_eq!((a.mode, a.ports.clone()), (Mode::Report, vec![443, 8443]));
+        let b = &p.hosts[1];
+        assert_eq!((b.mode, b.ports.clone()), (Mode::Enforce, vec![9443]));
+    }
+
+    #[test]
+    fn ip_literal_entries() {
+        let p = ok(&format!("version: 1\nhosts:\n  \"127.0.0.1\":\n    pins: [{PIN_A}]\n  \"[::1]\":\n    pins: [{PIN_A}]\n"));
+        assert_eq!(name_of(&p, "127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(name_of(&p, "[::1]").as_deref(), Some("[::1]"));
+    }
+
+    #[test]
+    fn collects_every_problem_with_host_field_and_line() {
+        let problems = bad(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: []\n  b.test:\n    pins: [sha1/AAAA, {PIN_A}]\n  \"x*.test\":\n    pins: [{PIN_A}]\n  \"*.com\":\n    pins: [{PIN_A}]\n"
+        ));
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 4, "{text:#?}");
+        assert_eq!(problems[0].host.as_deref(), Some("a.test"));
+        assert_eq!(problems[0].field.as_deref(), Some("pins"));
+        assert_eq!(problems[0].line, Some(4));
+        assert_eq!(problems[1].field.as_deref(), Some("pins[0]"));
+        assert_eq!(problems[1].line, Some(6));
+        assert!(text[2].contains("partial wildcard"), "{}", text[2]);
+        assert!(text[3].contains("public suffix"), "{}", text[3]);
+    }
+
+    #[test]
+    fn duplicate_hosts_after_normalization() {
+        let problems = bad(&format!(
+            "version: 1\nhosts:\n  api.test:\n    pins: [{PIN_A}]\n  API.test.:\n    pins: [{PIN_B}]\n"
+        ));
+        assert!(
+            problems[0].message.contains("duplicate host"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].line, Some(5));
+    }
+
+    #[test]
+    fn unknown_field_reports_line_and_column() {
+        let problems = bad(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    report_onyl: true\n"
+        ));
+        assert_eq!(problems[0].line, Some(5), "{problems:?}");
+        assert!(problems[0].message.contains("report_onyl"));
+    }
+
+    #[test]
+    fn pin_only_with_report_is_refused() {
+        let problems = bad(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    trust: pin-only\n    mode: report\n"
+        ));
+        assert_eq!(problems[0].field.as_deref(), Some("mode"));
+    }
+
+    #[test]
+    fn expiry_and_warnings() {
+        let p = ok(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-12-01\n"
+        ));
+        let h = &p.hosts[0];
+        assert!(!h.pins_expired(now()));
+        assert!(!h.pins_expired(time::macros::datetime!(2026-12-01 23:59 UTC)));
+        assert!(h.pins_expired(time::macros::datetime!(2026-12-02 00:00 UTC)));
+        assert_eq!(h.expires_date(), Some(time::macros::date!(2026 - 12 - 01)));
+        let w: Vec<_> = p
+            .warnings
+            .iter()
+            .map(|w| w.field.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(w, vec!["expires", "pins"]);
+        let problems = bad(&format!(
+            "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-13-01\n"
+        ));
+        assert_eq!(problems[0].field.as_deref(), Some("expires"));
+    }
+
+    #[test]
+    fn public_suffix_rule() {
+        for suffix in [
+            "com",
+            "test",
+            "co.uk",
+            "com.au",
+            "github.io",
+            "herokuapp.com",
+            "s3.amazonaws.com",
+        ] {
+            assert!(is_public_suffix(suffix), "{suffix}");
+        }
+        for base in [
+            "example.com",
+            "example.co.uk",
+            "pinproxy.github.io",
+            "payments.example.test",
+        ] {
+            assert!(!is_public_suffix(base), "{base}");
+        }
+    }
+}

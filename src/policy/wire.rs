@@ -1,0 +1,69 @@
+//! The pinset file's YAML shape. `deny_unknown_fields` everywhere: a typo
+//! such as `report_onyl` is a load error, never a silently ignored key.
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::{Mode, Unlisted};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileWire {
+    pub(super) version: u32,
+    #[serde(default)]
+    pub(super) defaults: DefaultsWire,
+    #[serde(default)]
+    pub(super) hosts: HostsWire,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DefaultsWire {
+    pub(super) unlisted: Option<Unlisted>,
+    pub(super) mode: Option<Mode>,
+    pub(super) trust: Option<String>,
+    pub(super) ports: Option<Vec<u16>>,
+    pub(super) allow_private: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HostWire {
+    pub(super) pins: Option<Vec<String>>,
+    pub(super) mode: Option<Mode>,
+    pub(super) expires: Option<String>,
+    pub(super) ports: Option<Vec<u16>>,
+    pub(super) trust: Option<String>,
+    pub(super) address: Option<String>,
+    pub(super) next_pins: Option<Vec<String>>,
+}
+
+/// `hosts:` keeps its entries in file order and keeps duplicates, so that
+/// validation can report them (a plain map would silently keep the last).
+#[derive(Default)]
+pub(super) struct HostsWire(pub(super) Vec<(String, HostWire)>);
+
+impl<'de> Deserialize<'de> for HostsWire {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HostsWire;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of host name to host entry")
+            }
+            fn visit_unit<E>(self) -> Result<HostsWire, E> {
+                Ok(HostsWire::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HostsWire, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Option<HostWire>>()? {
+                    out.push((k, v.unwrap_or_default()));
+                }
+                Ok(HostsWire(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
