@@ -191,7 +191,7 @@ async fn the_proxys_own_ports_are_never_egress_targets() {
     for own in [p.admin.port(), p.addr.port()] {
         let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{own}]\nhosts: {{}}\n");
         std::fs::write(&p.pins_path, yaml).unwrap();
-        p.state.reload().await.unwrap();
+        p.reloader.reload().await.unwrap();
         let (s, head, _) = connect_status(p.addr, &format!("127.0.0.1:{own}")).await;
         assert_eq!(s, 403, "{head}");
         assert!(head.contains("x-pinproxy-error: private-address"), "{head}");

@@ -75,7 +75,7 @@ async fn pin_removed_is_refused_on_the_next_request_and_restored_passes() {
         1
     );
     assert_eq!(p.metrics.config_generation.get(), 2);
-    assert_eq!(p.state.snapshot.load().generation, 2);
+    assert_eq!(p.live.load().generation, 2);
     // The old pooled connection (and its TLS session) was not reused: the
     // refusal came from a fresh, fully verified handshake.
     assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
@@ -131,7 +131,7 @@ async fn invalid_or_deleted_file_keeps_the_last_good_pinset() {
                 .is_some(),
             "{what}: no failure counted"
         );
-        assert_eq!(p.state.snapshot.load().generation, 1, "{what}");
+        assert_eq!(p.live.load().generation, 1, "{what}");
         assert_eq!(
             get(p.addr, &format!("http://{HOST}/")).await.status,
             200,
@@ -159,7 +159,7 @@ async fn invalid_or_deleted_file_keeps_the_last_good_pinset() {
     let newer = pins_yaml(&[pki.int.pin(), pki.root.pin()], up.addr, "");
     vol.update(&[("pins.yaml", &newer), ("ca.pem", &root)]);
     assert!(within(Duration::from_secs(2), || async {
-        p.state.snapshot.load().generation == 2
+        p.live.load().generation == 2
     })
     .await
     .is_some());
@@ -200,7 +200,7 @@ async fn unchanged_content_is_not_a_new_generation() {
     let (p, mut vol) = watched(&[("pins.yaml", &yaml), ("ca.pem", &root)]).await;
     vol.update(&[("pins.yaml", &yaml), ("ca.pem", &root)]);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(p.state.snapshot.load().generation, 1);
+    assert_eq!(p.live.load().generation, 1);
     assert_eq!(
         p.metrics
             .config_reloads
@@ -310,13 +310,13 @@ async fn metrics_pass_promtool_and_cover_the_table() {
         pins_yaml(&[Pin::from_bytes([9; 32])], up.addr, ""),
     )
     .unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     assert_eq!(
         get(p.addr, &format!("http://{HOST}/")).await.error(),
         Some("pin-mismatch")
     );
     std::fs::write(&p.pins_path, "version: 1\nhosts: [").unwrap();
-    assert!(p.state.reload().await.is_err());
+    assert!(p.reloader.reload().await.is_err());
 
     let r = p.admin_get("/metrics").await;
     assert_eq!(r.status, 200);
@@ -444,7 +444,7 @@ async fn in_flight_requests_finish_across_a_reload() {
         pins_yaml(&[Pin::from_bytes([2; 32])], up.addr, ""),
     )
     .unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("path=/slow"));

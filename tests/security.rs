@@ -55,7 +55,7 @@ async fn mapped_loopback_cannot_reach_the_proxys_own_ports() {
     let p = proxy("version: 1\nhosts: {}\n", &[]).await;
     let own = p.admin.port();
     std::fs::write(&p.pins_path, allow_yaml(own)).unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     for target in [
         format!("127.0.0.1:{own}"),
         format!("[::ffff:127.0.0.1]:{own}"),
@@ -100,7 +100,7 @@ async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
         "version: 1\ndefaults:\n  unlisted: deny\nhosts: {}\n",
     )
     .unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     assert!(
         alive(&mut tcp).await,
         "in-flight work gets the grace period"
@@ -112,10 +112,10 @@ async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
     );
     // And a reload that changes nothing for it leaves a tunnel open.
     std::fs::write(&p.pins_path, allow_yaml(port)).unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     let (_, _, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     std::fs::write(&p.pins_path, allow_yaml(port) + "# comment\n").unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         alive(&mut tcp).await,
@@ -180,7 +180,7 @@ async fn a_half_written_file_that_parses_is_not_swapped_in() {
     f.write_all(b"# done\n").unwrap();
     drop(f);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let snap = p.state.snapshot.load();
+    let snap = p.live.load();
     let mode = snap.policy.hosts.first().map(|h| h.mode);
     assert_eq!(
         mode,
@@ -228,7 +228,7 @@ async fn streaming_response_ends_when_its_pins_change() {
         pinset(HOST, &[Pin::from_bytes([2; 32])], "", up.addr),
     )
     .unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     let rest = tokio::time::timeout(Duration::from_secs(2), async {
         let mut n = 0;
         while let Some(f) = body.frame().await {
@@ -266,7 +266,7 @@ async fn drift_view_records_an_impostor_as_failed() {
     .await;
     let r = get(p.addr, &format!("http://{HOST}/")).await;
     assert_eq!(r.error(), Some("untrusted-certificate"));
-    let seen = p.state.shared.drift.get(HOST).unwrap();
+    let seen = p.drift.get(HOST).unwrap();
     assert_eq!(
         (seen.outcome, seen.failure),
         ("handshake-failed", Some("bad-signature"))
@@ -337,7 +337,7 @@ async fn websocket_strips_hop_by_hop_and_closes_on_pin_change() {
         pinset(HOST, &[Pin::from_bytes([2; 32])], "", up.addr),
     )
     .unwrap();
-    p.state.reload().await.unwrap();
+    p.reloader.reload().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = tls.write_all(b"ping").await;
     let closed = matches!(

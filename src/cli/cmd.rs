@@ -3,22 +3,23 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::cli::{CheckArgs, LogFormat, PinArgs, RunArgs};
+use crate::control::admin::Admin;
 use crate::control::metrics::Metrics;
+use crate::control::{Live, Readiness, Reloader};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::policy::{self, Trust};
-use crate::proxy::{self, Limits, State};
+use crate::proxy::{self, Limits};
 use crate::tls::ca::Intercept;
 use crate::tls::cert::{self, CertInfo};
 use crate::tls::probe;
-use crate::upstream::{Shared, Timeouts};
+use crate::upstream::{Shared, Snapshot, Timeouts};
 
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PINPROXY_LOG")
@@ -122,19 +123,30 @@ async fn run_async(args: RunArgs) -> u8 {
             return 1;
         }
     };
-    let state = match State::new(
-        policy,
-        shared,
-        args.pins.clone(),
-        limits,
-        Some(intercept.clone()),
-    ) {
+    let snapshot = match Snapshot::build(policy, 1, &shared) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pinproxy: building the TLS configuration: {e}");
             return 1;
         }
     };
+    let (live, publisher) = Live::new(snapshot);
+    let ctx = Arc::new(proxy::Context {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        limits,
+        timeouts: shared.timeouts,
+        intercept: intercept.clone(),
+        provider: shared.provider.clone(),
+    });
+    let readiness = Arc::new(Readiness::default());
+    let admin_ctx = Admin {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        drift: shared.drift.clone(),
+        readiness: readiness.clone(),
+    };
+    let reloader = Reloader::new(publisher, shared, args.pins.clone());
     let listener = match bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -149,16 +161,16 @@ async fn run_async(args: RunArgs) -> u8 {
             return 1;
         }
     };
-    match &args.ca_out {
-        Some(dir) => match intercept.write_ca(dir) {
+    if let Some(dir) = &args.ca_out {
+        match intercept.write_ca(dir) {
             Ok(path) => tracing::info!(path = %path.display(), "wrote the pod CA certificate"),
             Err(e) => {
                 eprintln!("pinproxy: {e}");
                 return 1;
             }
-        },
-        None => intercept.mark_ready(),
+        }
     }
+    readiness.set_ca_written();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_stop = {
         let mut rx = stop_rx.clone();
@@ -167,15 +179,11 @@ async fn run_async(args: RunArgs) -> u8 {
         }
     };
     // The admin listener outlives the proxy's drain, so probes see 503.
-    let admin_task = tokio::spawn(crate::control::admin::serve(
-        admin,
-        state.clone(),
-        admin_stop,
-    ));
+    let admin_task = tokio::spawn(crate::control::admin::serve(admin, admin_ctx, admin_stop));
     let _watcher = if args.no_watch {
         None
     } else {
-        match crate::control::reload::spawn(state.clone()) {
+        match crate::control::reload::spawn(reloader.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the pinset directory; reload with SIGHUP");
@@ -183,10 +191,10 @@ async fn run_async(args: RunArgs) -> u8 {
             }
         }
     };
-    let _hup = crate::control::reload::spawn_sighup(state.clone()).ok();
+    let _hup = crate::control::reload::spawn_sighup(reloader.clone()).ok();
     tracing::info!(listen = %args.listen, admin = %args.admin, pins = %args.pins.display(), "pinproxy ready");
 
-    let shutdown_state = state.clone();
+    let shutdown_readiness = readiness.clone();
     let grace = match secs(args.shutdown_grace, "shutdown-grace") {
         Ok(g) => g,
         Err(e) => {
@@ -198,7 +206,7 @@ async fn run_async(args: RunArgs) -> u8 {
         wait_for_signal().await;
         // /readyz turns 503 at once; new connections are still served for
         // the grace period while endpoints propagate, then we drain.
-        shutdown_state.draining.store(true, Ordering::Release);
+        shutdown_readiness.start_draining();
         tracing::info!(grace = ?grace, "shutting down: not ready, serving through the grace period");
         // A second signal exits at once.
         tokio::spawn(async {
@@ -209,7 +217,8 @@ async fn run_async(args: RunArgs) -> u8 {
         tokio::time::sleep(grace).await;
         tracing::info!("draining in-flight requests and tunnels");
     };
-    proxy::serve(listener, state, shutdown).await;
+    readiness.set_listening();
+    proxy::serve(listener, ctx, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     0

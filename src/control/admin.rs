@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,9 +14,20 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::proxy::State;
+use super::drift::Drift;
+use super::metrics::Metrics;
+use super::{Live, Readiness};
 
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
+/// What the admin listener reports on.
+#[derive(Clone)]
+pub struct Admin {
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
+    pub drift: Arc<Drift>,
+    pub readiness: Arc<Readiness>,
+}
+
+pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -31,11 +41,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             },
             _ = &mut shutdown => return,
         };
-        let state = state.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req)) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -44,23 +54,23 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
     }
 }
 
-fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if state.is_ready() {
+            if admin.readiness.is_ready() {
                 text(StatusCode::OK, "ready\n")
-            } else if state.draining.load(Ordering::Acquire) {
+            } else if admin.readiness.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(state.shared.metrics.render())));
+            let mut r = Response::new(Full::new(Bytes::from(admin.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -68,7 +78,7 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         "/pins" => {
-            let body = serde_json::to_vec_pretty(&pins_view(state)).unwrap_or_default();
+            let body = serde_json::to_vec_pretty(&pins_view(admin)).unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -123,8 +133,8 @@ struct HostView {
     last_seen: Option<crate::control::drift::LastSeen>,
 }
 
-fn pins_view(state: &State) -> PinsView {
-    let snap = state.snapshot.load();
+fn pins_view(admin: &Admin) -> PinsView {
+    let snap = admin.live.load();
     let p = &snap.policy;
     PinsView {
         generation: snap.generation,
@@ -148,7 +158,7 @@ fn pins_view(state: &State) -> PinsView {
                 expires: h.expires_date().map(|d| d.to_string()),
                 ports: h.ports.clone(),
                 address: h.address.map(|a| a.to_string()),
-                last_seen: state.shared.drift.get(&h.name),
+                last_seen: admin.drift.get(&h.name),
             })
             .collect(),
     }

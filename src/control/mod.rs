@@ -2,5 +2,11 @@
 
 pub mod admin;
 pub mod drift;
+pub mod live;
 pub mod metrics;
+pub mod readiness;
 pub mod reload;
+
+pub use live::Live;
+pub use readiness::Readiness;
+pub use reload::Reloader;

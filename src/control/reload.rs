@@ -1,7 +1,11 @@
 //! Live pins: watches the pinset's directory (and its CA bundles'), the way
 //! Kubernetes updates Secret and ConfigMap volumes — a new timestamped
 //! directory is written and the `..data` symlink renamed over the old one —
-//! debounces bursts, and asks the [`State`] to reload. SIGHUP reloads too.
+//! debounces bursts, and asks the [`Reloader`] to reload. SIGHUP reloads too.
+//!
+//! The [`Reloader`] is the only publisher of snapshots: it reads and
+//! validates the pinset off the async workers, builds a whole new snapshot
+//! and swaps it in; an invalid file leaves the last good one in force.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -11,13 +15,128 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::proxy::State;
+use super::live::{Live, Publisher};
+use crate::policy::{self, Mode, Policy, Unlisted};
+use crate::upstream::{Shared, Snapshot};
+
+/// Re-reads the pinset and publishes new snapshots.
+pub struct Reloader {
+    publisher: Publisher,
+    /// What every snapshot is built from.
+    shared: Shared,
+    pins_path: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    Swapped(u64),
+    Unchanged(u64),
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    pub fn new(publisher: Publisher, shared: Shared, pins_path: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            publisher,
+            shared,
+            pins_path,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        self.publisher.live()
+    }
+
+    pub fn pins_path(&self) -> &Path {
+        &self.pins_path
+    }
+
+    /// Re-reads the pinset (off the async workers), validates it, builds a
+    /// whole new snapshot and swaps it in. An invalid file leaves the last
+    /// good snapshot in force.
+    pub async fn reload(&self) -> Result<Reloaded, policy::Error> {
+        let _guard = self.lock.lock().await;
+        let path = self.pins_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || policy::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(policy::Error::Read {
+                    path: self.pins_path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        let metrics = &self.shared.metrics;
+        let policy = match loaded {
+            Ok(p) => p,
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(error = %e, "pinset reload failed; the last good pinset stays in force");
+                return Err(e);
+            }
+        };
+        let current = self.live().load_full();
+        if current.policy.source_hash == policy.source_hash {
+            return Ok(Reloaded::Unchanged(current.generation));
+        }
+        let generation = current.generation + 1;
+        let snapshot = Snapshot::build(policy, generation, &self.shared).map_err(|e| {
+            metrics.config_reloads.with_label_values(&["failure"]).inc();
+            policy::Error::Read {
+                path: self.pins_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+        let old = self.publisher.publish(snapshot);
+        let new = self.live().load_full();
+        warn_if_weaker(&old.policy, &new.policy);
+        // Series and drift entries of hosts no longer listed go away.
+        for gone in old
+            .policy
+            .hosts
+            .iter()
+            .filter(|h| !new.policy.hosts.iter().any(|n| n.name == h.name))
+        {
+            metrics.forget_host(&gone.name);
+        }
+        self.shared
+            .drift
+            .retain(|h| new.policy.hosts.iter().any(|n| n.name == h));
+        metrics.config_reloads.with_label_values(&["success"]).inc();
+        tracing::info!(generation, "pinset reloaded");
+        Ok(Reloaded::Swapped(generation))
+    }
+}
+
+/// Logs what a reload relaxes: hosts removed, enforce → report, unlisted
+/// deny → allow. Legitimate, but worth a line an operator can alert on.
+fn warn_if_weaker(old: &Policy, new: &Policy) {
+    let mut weaker = Vec::new();
+    if old.defaults.unlisted == Unlisted::Deny && new.defaults.unlisted == Unlisted::Allow {
+        weaker.push("unlisted: deny -> allow".to_string());
+    }
+    for h in &old.hosts {
+        match new.hosts.iter().find(|n| n.name == h.name) {
+            None => weaker.push(format!("host {:?} removed", h.name)),
+            Some(n) if h.mode == Mode::Enforce && n.mode == Mode::Report => {
+                weaker.push(format!("host {:?}: enforce -> report", h.name))
+            }
+            Some(_) => {}
+        }
+    }
+    if !weaker.is_empty() {
+        tracing::warn!(changes = ?weaker, "reloaded pinset relaxes enforcement");
+    }
+}
 
 /// How long the watcher waits for a burst of events to settle.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Watches until the returned task is dropped or aborted.
-pub fn spawn(state: Arc<State>) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+pub fn spawn(reloader: Arc<Reloader>) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
     // `true`: the burst contained an in-place content write.
     let (tx, mut rx) = mpsc::channel::<bool>(64);
     // notify calls back on its own thread: hand events to tokio.
@@ -32,7 +151,7 @@ pub fn spawn(state: Arc<State>) -> Result<tokio::task::JoinHandle<()>, notify::E
         }
     })?;
     let mut watched = HashSet::new();
-    watch_dirs(&mut watcher, &mut watched, &state)?;
+    watch_dirs(&mut watcher, &mut watched, &reloader)?;
     Ok(tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             // Debounce: let the writer finish its burst of renames.
@@ -46,11 +165,11 @@ pub fn spawn(state: Arc<State>) -> Result<tokio::task::JoinHandle<()>, notify::E
             // a host cut off before its `mode: enforce` — so wait until two
             // reads a debounce apart agree.
             if in_place {
-                settle(&state.pins_path).await;
+                settle(reloader.pins_path()).await;
                 while rx.try_recv().is_ok() {}
             }
-            let _ = state.reload().await;
-            if let Err(e) = watch_dirs(&mut watcher, &mut watched, &state) {
+            let _ = reloader.reload().await;
+            if let Err(e) = watch_dirs(&mut watcher, &mut watched, &reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");
             }
         }
@@ -86,10 +205,10 @@ async fn settle(path: &Path) {
 fn watch_dirs(
     watcher: &mut impl Watcher,
     watched: &mut HashSet<PathBuf>,
-    state: &State,
+    reloader: &Reloader,
 ) -> Result<(), notify::Error> {
-    let snap = state.snapshot.load();
-    let files = std::iter::once(state.pins_path.clone()).chain(snap.policy.bundle_paths());
+    let snap = reloader.live().load();
+    let files = std::iter::once(reloader.pins_path.clone()).chain(snap.policy.bundle_paths());
     for file in files {
         let dir = parent_dir(&file);
         if watched.insert(dir.clone()) {
@@ -108,13 +227,13 @@ fn parent_dir(file: &Path) -> PathBuf {
 
 /// Reloads on every SIGHUP.
 #[cfg(unix)]
-pub fn spawn_sighup(state: Arc<State>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn spawn_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the pinset");
-            let _ = state.reload().await;
+            let _ = reloader.reload().await;
         }
     }))
 }

@@ -25,11 +25,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::body::revoked;
 use super::forward::{self, split_authority, strip_hop_by_hop};
 use super::tunnel::{self, Hello};
 use super::{
-    admit, count, deny, refuse, revoked, upstream_refusal, Body, Client, ClientIo, ConnGuard,
-    State, ERROR_HEADER,
+    admit, count, deny, refuse, upstream_refusal, Body, Client, ClientIo, ConnGuard, Context,
+    ERROR_HEADER,
 };
 use crate::policy::admission::{self, Admission};
 use crate::policy::host::Host;
@@ -37,31 +38,24 @@ use crate::policy::Target;
 use crate::reason::{Outcome, Reason};
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, client: Client) -> Response<Body> {
+pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
-        Err(msg) => return deny(&state, Reason::BadRequest, "", &msg),
+        Err(msg) => return deny(&ctx, Reason::BadRequest, "", &msg),
     };
     // Subscribe before deciding, so a reload in between is not missed.
-    let generation = state.generation_tx.subscribe();
-    let snap = state.snapshot.load_full();
-    let admission = match admit(&state, &snap, &target) {
+    let generation = ctx.live.subscribe();
+    let snap = ctx.live.load_full();
+    let admission = match admit(&ctx, &snap, &target) {
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
     match admission.entry().cloned() {
-        None => tunnel_unlisted(state, snap, target, admission, client, generation).await,
+        None => tunnel_unlisted(ctx, snap, target, admission, client, generation).await,
         Some(entry) => {
-            let Some(intercept) = state.intercept.clone() else {
-                return refuse(
-                    Reason::InternalError,
-                    &target.host.to_string(),
-                    "CONNECT interception is not configured",
-                );
-            };
             // Mint (or fetch) the leaf before answering, so a failure is a
             // readable 502 rather than a broken handshake.
-            let tls = match intercept.server_config(&target.host) {
+            let tls = match ctx.intercept.server_config(&target.host) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "minting an interception certificate");
@@ -81,9 +75,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, client: Client) -
                 let Ok(up) = upgrade.await else {
                     return;
                 };
-                let revoked = revoked(state.clone(), generation, target.clone(), admission, None);
+                let revoked = revoked(ctx.clone(), generation, target.clone(), admission, None);
                 tokio::select! {
-                    _ = intercepted(state.clone(), target.clone(), label, tls, up, guard) => {}
+                    _ = intercepted(ctx.clone(), target.clone(), label, tls, up, guard) => {}
                     _ = revoked => tracing::info!(host = %target.host, "closing intercepted tunnel: a reload changed its pins or policy"),
                 }
             });
@@ -111,7 +105,7 @@ pub fn parse_connect<B>(req: &Request<B>) -> Result<Target, String> {
 }
 
 async fn tunnel_unlisted(
-    state: Arc<State>,
+    ctx: Arc<Context>,
     snap: Arc<Snapshot>,
     target: Target,
     admission: Admission,
@@ -123,8 +117,8 @@ async fn tunnel_unlisted(
     let upstream = match snap.connector.dial_plain(&target.host, target.port).await {
         Ok(s) => s,
         Err(e) => {
-            let (resp, reason) = upstream_refusal(&state, &e);
-            count(&state, "unlisted", reason.into());
+            let (resp, reason) = upstream_refusal(&ctx, &e);
+            count(&ctx, "unlisted", reason.into());
             return resp;
         }
     };
@@ -136,7 +130,7 @@ async fn tunnel_unlisted(
         let Ok(up) = upgrade.await else {
             return;
         };
-        count(&state, "unlisted", Outcome::Tunnel);
+        count(&ctx, "unlisted", Outcome::Tunnel);
         // The host dialed and the name the client's TLS asks for must be
         // one name here too (domain fronting through an unlisted alias).
         let host = target.host.clone();
@@ -144,12 +138,12 @@ async fn tunnel_unlisted(
             Hello::Tls(Some(sni)) => Host::parse(sni).as_ref() == Ok(&host),
             _ => true,
         };
-        let splice = tunnel::splice_checked(up, upstream, state.limits.tunnel_idle, accept);
-        let revoked = revoked(state.clone(), generation, target.clone(), admission, peer);
+        let splice = tunnel::splice_checked(up, upstream, ctx.limits.tunnel_idle, accept);
+        let revoked = revoked(ctx.clone(), generation, target.clone(), admission, peer);
         tokio::select! {
             done = splice => {
                 if let tunnel::Spliced::Refused(Hello::Tls(sni)) = done {
-                    super::count_denied(&state, Reason::SniMismatch);
+                    super::count_denied(&ctx, Reason::SniMismatch);
                     tracing::warn!(connect = %target.host, sni = ?sni, "refused tunnel: SNI names another host");
                 }
             }
@@ -160,7 +154,7 @@ async fn tunnel_unlisted(
 }
 
 async fn intercepted(
-    state: Arc<State>,
+    ctx: Arc<Context>,
     target: Target,
     label: String,
     tls: Arc<rustls::ServerConfig>,
@@ -168,7 +162,7 @@ async fn intercepted(
     guard: Arc<ConnGuard>,
 ) {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), up);
-    let start = match tokio::time::timeout(state.limits.header_read_timeout, acceptor).await {
+    let start = match tokio::time::timeout(ctx.limits.header_read_timeout, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, host = %target.host, "client TLS hello failed");
@@ -180,16 +174,16 @@ async fn intercepted(
     // name: a different SNI is domain fronting.
     if let Some(sni) = start.client_hello().server_name().map(Host::parse) {
         if sni.as_ref() != Ok(&target.host) {
-            super::count_denied(&state, Reason::SniMismatch);
+            super::count_denied(&ctx, Reason::SniMismatch);
             tracing::warn!(connect = %target.host, sni = ?sni, "refusing TLS inside CONNECT: SNI names another host");
-            if let Some(refuse) = crate::tls::ca::refusing_config(state.shared.provider.clone()) {
+            if let Some(refuse) = crate::tls::ca::refusing_config(ctx.provider.clone()) {
                 let _ = start.into_stream(refuse).await;
             }
             return;
         }
     }
     let handshake = start.into_stream(tls);
-    let stream = match tokio::time::timeout(state.limits.header_read_timeout, handshake).await {
+    let stream = match tokio::time::timeout(ctx.limits.header_read_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, host = %target.host, "client TLS handshake failed");
@@ -199,23 +193,23 @@ async fn intercepted(
     };
     let clock = tunnel::Clock::new();
     let stream = tunnel::Activity::new(stream, clock.clone());
-    let svc_state = state.clone();
+    let svc_ctx = ctx.clone();
     let svc_target = target.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let state = svc_state.clone();
+        let ctx = svc_ctx.clone();
         let target = svc_target.clone();
         let label = label.clone();
         let guard = guard.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(inner_request(state, target, label, req, guard).await)
+            Ok::<_, std::convert::Infallible>(inner_request(ctx, target, label, req, guard).await)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout)
-        .max_buf_size(super::parse_buffer(&state.limits));
+        .header_read_timeout(ctx.limits.header_read_timeout)
+        .max_buf_size(super::parse_buffer(&ctx.limits));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -230,7 +224,7 @@ async fn intercepted(
             }
             return;
         }
-        _ = clock.idle(state.limits.tunnel_idle) => {
+        _ = clock.idle(ctx.limits.tunnel_idle) => {
             tracing::debug!(host = %target.host, "intercepted tunnel idle: closing");
         }
     }
@@ -242,7 +236,7 @@ async fn intercepted(
 /// CONNECT host: a request naming another host is misdirected (421), never
 /// rerouted, so credentials meant for one host never reach another.
 async fn inner_request(
-    state: Arc<State>,
+    ctx: Arc<Context>,
     target: Target,
     label: String,
     req: Request<Incoming>,
@@ -256,7 +250,7 @@ async fn inner_request(
             .is_some_and(|(h, p)| h == target.host && p.is_none_or(|p| p == target.port));
         if !same {
             return deny(
-                &state,
+                &ctx,
                 Reason::MisdirectedRequest,
                 &target.host.to_string(),
                 &format!(
@@ -266,18 +260,18 @@ async fn inner_request(
             );
         }
     }
-    let snap = state.snapshot.load_full();
+    let snap = ctx.live.load_full();
     // Re-admit under the snapshot in force now: a reload may have removed
     // the host or changed its ports since the tunnel opened.
-    let entry = match admit(&state, &snap, &target) {
+    let entry = match admit(&ctx, &snap, &target) {
         Ok(admission) => admission.entry().cloned(),
         Err(refusal) => return refusal,
     };
     if is_upgrade(&req) {
-        return upgrade_request(state, snap, label, target, req, guard).await;
+        return upgrade_request(ctx, snap, label, target, req, guard).await;
     }
     // The whole tunnel is revoked by its owner task; no per-request watch.
-    forward::send(&state, &snap, entry, target, req, None).await
+    forward::send(&ctx, &snap, entry, target, req, None).await
 }
 
 /// The authority a request names: h2 `:authority` / absolute URI, else Host.
@@ -307,7 +301,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// An HTTP/1.1 Upgrade (WebSocket) inside a tunnel: a dedicated pinned
 /// HTTP/1.1 connection upstream, then the two upgraded streams are spliced.
 async fn upgrade_request(
-    state: Arc<State>,
+    ctx: Arc<Context>,
     snap: Arc<Snapshot>,
     label: String,
     target: Target,
@@ -315,7 +309,7 @@ async fn upgrade_request(
     guard: Arc<ConnGuard>,
 ) -> Response<Body> {
     let host = target.host.to_string();
-    let generation = state.generation_tx.subscribe();
+    let generation = ctx.live.subscribe();
     let admitted = match admission::decide(&snap.policy, &target, time::OffsetDateTime::now_utc()) {
         Ok(a) => a,
         Err(r) => return refuse(r.reason, &host, &r.message),
@@ -323,8 +317,8 @@ async fn upgrade_request(
     let tls = match snap.connector.connect_h1(&target.host, target.port).await {
         Ok(s) => s,
         Err(e) => {
-            let (resp, reason) = upstream_refusal(&state, &e);
-            count(&state, &label, reason.into());
+            let (resp, reason) = upstream_refusal(&ctx, &e);
+            count(&ctx, &label, reason.into());
             return resp;
         }
     };
@@ -336,8 +330,8 @@ async fn upgrade_request(
                 host: host.clone(),
                 detail: e.to_string(),
             };
-            let (resp, reason) = upstream_refusal(&state, &err);
-            count(&state, &label, reason.into());
+            let (resp, reason) = upstream_refusal(&ctx, &err);
+            count(&ctx, &label, reason.into());
             return resp;
         }
     };
@@ -355,7 +349,7 @@ async fn upgrade_request(
         .unwrap_or_else(|| "/".into());
     parts.uri = match path.parse() {
         Ok(u) => u,
-        Err(_) => return deny(&state, Reason::BadRequest, &host, "invalid request path"),
+        Err(_) => return deny(&ctx, Reason::BadRequest, &host, "invalid request path"),
     };
     parts.version = http::Version::HTTP_11;
     let protocol = parts.headers.get(header::UPGRADE).cloned();
@@ -375,11 +369,11 @@ async fn upgrade_request(
         parts.headers.insert(header::HOST, v);
     }
     let out = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(state.shared.timeouts.response, sender.send_request(out)).await;
+    let sent = tokio::time::timeout(ctx.timeouts.response, sender.send_request(out)).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            count(&state, &label, Reason::UpstreamUnreachable.into());
+            count(&ctx, &label, Reason::UpstreamUnreachable.into());
             return refuse(
                 Reason::UpstreamUnreachable,
                 &host,
@@ -387,7 +381,7 @@ async fn upgrade_request(
             );
         }
         Err(_) => {
-            count(&state, &label, Reason::UpstreamTimeout.into());
+            count(&ctx, &label, Reason::UpstreamTimeout.into());
             return refuse(
                 Reason::UpstreamTimeout,
                 &host,
@@ -397,7 +391,7 @@ async fn upgrade_request(
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let st = state.clone();
+        let st = ctx.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) else {
@@ -410,7 +404,7 @@ async fn upgrade_request(
             }
         });
     }
-    count(&state, &label, Outcome::Ok);
+    count(&ctx, &label, Outcome::Ok);
     let (mut parts, body) = resp.into_parts();
     // Only pinproxy speaks x-pinproxy-error.
     parts.headers.remove(ERROR_HEADER);

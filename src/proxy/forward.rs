@@ -12,39 +12,39 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::{
-    admit, count, deny, upstream_refusal, Body, Revocation, State, Streamed, ERROR_HEADER,
+    admit, count, deny, upstream_refusal, Body, Context, Revocation, Streamed, ERROR_HEADER,
 };
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::Reason;
 use crate::upstream::{Snapshot, UpstreamError};
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
         Ok(t) => t,
-        Err(msg) => return deny(&state, Reason::BadRequest, "", &msg),
+        Err(msg) => return deny(&ctx, Reason::BadRequest, "", &msg),
     };
     // Subscribe before deciding, so a reload in between is not missed.
-    let rx = state.generation_tx.subscribe();
-    let snap = state.snapshot.load_full();
-    let admission = match admit(&state, &snap, &target) {
+    let rx = ctx.live.subscribe();
+    let snap = ctx.live.load_full();
+    let admission = match admit(&ctx, &snap, &target) {
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
     let entry = admission.entry().cloned();
     let revocation = Revocation {
-        state: state.clone(),
+        ctx: ctx.clone(),
         rx,
         admission,
     };
-    send(&state, &snap, entry, target, req, Some(revocation)).await
+    send(&ctx, &snap, entry, target, req, Some(revocation)).await
 }
 
 /// Sends a request upstream through the snapshot's pinned client and
 /// returns the response, or the refusal for why it could not be sent.
 /// `entry` is what admission found for the target (`None`: unlisted).
 pub async fn send(
-    state: &State,
+    ctx: &Context,
     snap: &Arc<Snapshot>,
     entry: Option<Arc<crate::policy::HostPolicy>>,
     target: Target,
@@ -55,7 +55,7 @@ pub async fn send(
     let (mut parts, body) = req.into_parts();
     parts.uri = match upstream_uri(&target, &parts.uri) {
         Ok(u) => u,
-        Err(msg) => return deny(state, Reason::BadRequest, &target.host.to_string(), &msg),
+        Err(msg) => return deny(ctx, Reason::BadRequest, &target.host.to_string(), &msg),
     };
     parts.version = Version::HTTP_11;
     let trailers = wants_trailers(&parts.headers);
@@ -66,9 +66,9 @@ pub async fn send(
     // The client regenerates Host from the URL authority.
     parts.headers.remove(header::HOST);
     let out = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(state.shared.timeouts.response, snap.client.request(out)).await;
+    let sent = tokio::time::timeout(ctx.timeouts.response, snap.client.request(out)).await;
     let Ok(sent) = sent else {
-        count(state, label, Reason::UpstreamTimeout.into());
+        count(ctx, label, Reason::UpstreamTimeout.into());
         return super::refuse(
             Reason::UpstreamTimeout,
             &target.host.to_string(),
@@ -88,7 +88,7 @@ pub async fn send(
         }
         Err(e) => {
             let (resp, reason) = match UpstreamError::find(&e) {
-                Some(u) => upstream_refusal(state, u),
+                Some(u) => upstream_refusal(ctx, u),
                 None => {
                     tracing::debug!(error = ?e, host = %target.host, "upstream request failed");
                     (
@@ -101,7 +101,7 @@ pub async fn send(
                     )
                 }
             };
-            count(state, label, reason.into());
+            count(ctx, label, reason.into());
             resp
         }
     }

@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,7 +54,6 @@ pub struct Intercept {
     provider: Arc<CryptoProvider>,
     cache: Mutex<LeafCache>,
     metrics: Arc<Metrics>,
-    written: AtomicBool,
 }
 
 impl std::fmt::Debug for Intercept {
@@ -178,7 +176,6 @@ impl Intercept {
                 order: VecDeque::new(),
             }),
             metrics,
-            written: AtomicBool::new(false),
         }
     }
 
@@ -198,17 +195,7 @@ impl Intercept {
         let dst = dir.join("ca.crt");
         std::fs::write(&tmp, self.ca_pem.as_bytes()).map_err(wrap(&tmp))?;
         std::fs::rename(&tmp, &dst).map_err(wrap(&dst))?;
-        self.written.store(true, Ordering::Release);
         Ok(dst)
-    }
-
-    /// Marks the CA as available without writing it (no `--ca-out`).
-    pub fn mark_ready(&self) {
-        self.written.store(true, Ordering::Release);
-    }
-
-    pub fn ca_written(&self) -> bool {
-        self.written.load(Ordering::Acquire)
     }
 
     /// The TLS server config presenting a leaf for `host`, minted on first

@@ -27,12 +27,15 @@ use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use pinproxy::control::admin::Admin;
+use pinproxy::control::drift::Drift;
 use pinproxy::control::metrics::Metrics;
+use pinproxy::control::{Live, Readiness, Reloader};
 use pinproxy::policy;
 use pinproxy::policy::pin::Pin;
-use pinproxy::proxy::{self, Limits, State};
+use pinproxy::proxy::{self, Limits};
 use pinproxy::tls::ca::Intercept;
-use pinproxy::upstream::Shared;
+use pinproxy::upstream::{Shared, Snapshot};
 
 // === PKI ===
 
@@ -412,7 +415,9 @@ fn tokio_stream_iter<T: Send + Unpin + 'static>(
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub state: Arc<State>,
+    pub live: Arc<Live>,
+    pub reloader: Arc<Reloader>,
+    pub drift: Arc<Drift>,
     pub metrics: Arc<Metrics>,
     pub intercept: Arc<Intercept>,
     pub dir: tempfile::TempDir,
@@ -477,29 +482,42 @@ pub async fn proxy_full(
         Arc::new(Intercept::generate(shared.provider.clone(), metrics.clone(), 16).unwrap());
     // Outside the pins directory, so writing it doesn't look like a reload.
     intercept.write_ca(&dir.path().join("ca-out")).unwrap();
-    let state = State::new(
-        policy,
-        shared,
-        pins_path.clone(),
+    let snapshot = Snapshot::build(policy, 1, &shared).unwrap();
+    let (live, publisher) = Live::new(snapshot);
+    let ctx = Arc::new(proxy::Context {
+        live: live.clone(),
+        metrics: metrics.clone(),
         limits,
-        Some(intercept.clone()),
-    )
-    .unwrap();
+        timeouts: shared.timeouts,
+        intercept: intercept.clone(),
+        provider: shared.provider.clone(),
+    });
+    let readiness = Arc::new(Readiness::default());
+    readiness.set_ca_written();
+    readiness.set_listening();
+    let drift = shared.drift.clone();
+    let admin_ctx = Admin {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        drift: drift.clone(),
+        readiness,
+    };
+    let reloader = Reloader::new(publisher, shared, pins_path.clone());
     let (stop, rx) = watch::channel(false);
     let mut rx1 = rx.clone();
     let mut rx2 = rx;
-    tokio::spawn(proxy::serve(listener, state.clone(), async move {
+    tokio::spawn(proxy::serve(listener, ctx, async move {
         let _ = rx1.wait_for(|v| *v).await;
     }));
     tokio::spawn(pinproxy::control::admin::serve(
         admin_listener,
-        state.clone(),
+        admin_ctx,
         async move {
             let _ = rx2.wait_for(|v| *v).await;
         },
     ));
     if watch {
-        let task = pinproxy::control::reload::spawn(state.clone()).unwrap();
+        let task = pinproxy::control::reload::spawn(reloader.clone()).unwrap();
         let mut rx3 = stop.subscribe();
         tokio::spawn(async move {
             let _ = rx3.wait_for(|v| *v).await;
@@ -509,7 +527,9 @@ pub async fn proxy_full(
     Proxy {
         addr,
         admin,
-        state,
+        live,
+        reloader,
+        drift,
         metrics,
         intercept,
         dir,

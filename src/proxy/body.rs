@@ -1,0 +1,131 @@
+//! Response bodies: streamed from upstream (and cut if a reload revokes
+//! the admission they were fetched under), or a short local answer.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use super::Context;
+use crate::policy::{Admission, Target};
+
+/// Response bodies: streamed from upstream, or a short local answer.
+pub type Body = Either<Streamed, Full<Bytes>>;
+
+/// An upstream response body that ends (with an error, so the client sees
+/// a truncated response, not a clean end) if a reload revokes the
+/// admission it was fetched under: a long stream never outlives its pins.
+/// The watch is armed only once the body has to wait for the upstream, so
+/// a response that is already complete costs no timer or allocation.
+pub struct Streamed {
+    inner: Incoming,
+    watch: Watch,
+}
+
+enum Watch {
+    Off,
+    Idle(Box<(Revocation, Target)>),
+    Armed(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl Streamed {
+    pub fn new(inner: Incoming, watch: Option<Box<(Revocation, Target)>>) -> Self {
+        Self {
+            inner,
+            watch: watch.map_or(Watch::Off, Watch::Idle),
+        }
+    }
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if let Watch::Armed(revoked) = &mut self.watch {
+            if revoked.as_mut().poll(cx).is_ready() {
+                self.watch = Watch::Off;
+                return Poll::Ready(Some(Err(
+                    "pinset reloaded: this host's pins or policy changed".into(),
+                )));
+            }
+        }
+        let polled = std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(Into::into);
+        if polled.is_pending() && matches!(self.watch, Watch::Idle(_)) {
+            if let Watch::Idle(w) = std::mem::replace(&mut self.watch, Watch::Off) {
+                let (r, target) = *w;
+                let mut fut: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                    Box::pin(revoked(r.ctx, r.rx, target, r.admission, None));
+                if fut.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(
+                        "pinset reloaded: this host's pins or policy changed".into(),
+                    )));
+                }
+                self.watch = Watch::Armed(fut);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a streamed response needs to watch for revocation.
+pub struct Revocation {
+    pub ctx: Arc<Context>,
+    pub rx: watch::Receiver<u64>,
+    pub admission: Admission,
+}
+
+/// Resolves `revoke_grace` after a reload means the admission no longer
+/// holds. Subscribe
+/// (`generation_tx.subscribe()`) *before* deciding admission, so a reload
+/// in between is seen.
+pub async fn revoked(
+    ctx: Arc<Context>,
+    mut rx: watch::Receiver<u64>,
+    target: Target,
+    admitted: Admission,
+    peer: Option<std::net::SocketAddr>,
+) {
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if !still_allowed(&ctx, &target, &admitted, peer) {
+            // In-flight exchanges finish; only what outlives the grace
+            // period (a long stream, an open tunnel) is cut.
+            tokio::time::sleep(ctx.limits.revoke_grace).await;
+            return;
+        }
+    }
+}
+
+/// Would `target` (reached at `peer`, admitted as `admitted`) still be let
+/// through under the snapshot in force now? Open tunnels, WebSockets and
+/// streaming responses ask this after every reload.
+pub fn still_allowed(
+    ctx: &Context,
+    target: &Target,
+    admitted: &Admission,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
+    let snap = ctx.live.load();
+    admitted.still_holds(&snap.policy, target, time::OffsetDateTime::now_utc())
+        && peer.is_none_or(|p| snap.connector.egress_allowed(&p))
+}

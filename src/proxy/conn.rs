@@ -1,0 +1,227 @@
+//! One client connection: HTTP/1.1 served by hyper until the client goes
+//! quiet, then *parked* — hyper's buffers released, the stream waiting on a
+//! one-byte peek — and served again on the client's next byte. A CONNECT
+//! answered `200` hands the raw stream to its tunnel through a [`Handoff`].
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use super::refusal::count_denied;
+use super::{handle, parse_buffer, tunnel, Body, Client, ConnGuard, Context};
+use crate::reason::Reason;
+
+/// The client side of a connection: a TCP stream with any bytes hyper had
+/// buffered put back in front.
+pub type ClientIo = tunnel::Rewind<TcpStream>;
+
+/// Where a CONNECT handler leaves its claim on the client stream: after
+/// hyper has written the `200`, the connection task hands the raw stream
+/// (and whatever the client sent after the CONNECT head) over.
+#[derive(Default)]
+pub struct Handoff(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<ClientIo>>>);
+
+impl Handoff {
+    pub fn claim(&self) -> tokio::sync::oneshot::Receiver<ClientIo> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    pub(super) fn take(&self) -> Option<tokio::sync::oneshot::Sender<ClientIo>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Requests in flight on one connection, and a counter of requests seen,
+/// to tell when it has been idle long enough to park.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+/// A response body that marks its request finished when hyper drops it.
+pub struct Counted {
+    body: Body,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How long a keep-alive connection must be idle before it is parked:
+/// hyper's buffers (~21 KiB) are released and the connection waits on a
+/// one-byte peek until the client speaks again.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How a served stretch of a connection ended.
+enum Served {
+    /// Closed, failed, handed to a tunnel, or stopping: nothing more to do.
+    Done,
+    /// Quiet long enough to park; the stream with hyper's unread bytes.
+    Parked(ClientIo),
+}
+
+pub(super) async fn serve_connection(
+    stream: TcpStream,
+    ctx: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+    tracker: TaskTracker,
+    guard: Arc<ConnGuard>,
+) {
+    let mut io = tunnel::Rewind::new(stream);
+    // A connection parked in the middle of a request head (bytes buffered)
+    // is not parked again: parking restarts hyper's header timer, and a
+    // slow client must not get more than one extra header timeout.
+    let mut may_park = true;
+    loop {
+        // A client that hasn't spoken (new, or parked) waits here without
+        // hyper's buffers, under the header timeout.
+        if !io.has_prefix() && !first_byte(&io, &ctx, &mut stop).await {
+            return;
+        }
+        let client = Client {
+            tracker: tracker.clone(),
+            guard: guard.clone(),
+            handoff: Arc::new(Handoff::default()),
+        };
+        match serve_http(io, &ctx, client, &mut stop, may_park).await {
+            Served::Done => return,
+            Served::Parked(rest) => {
+                may_park = !rest.has_prefix();
+                io = rest;
+            }
+        }
+    }
+}
+
+/// Waits for the client's next byte without consuming it; `false` when the
+/// client closed, timed out, or the proxy is stopping.
+async fn first_byte(io: &ClientIo, ctx: &Context, stop: &mut watch::Receiver<bool>) -> bool {
+    let mut first = [0u8; 1];
+    tokio::select! {
+        // `peek` waits for a byte without consuming it (`readable` may
+        // report ready before any data has arrived).
+        r = tokio::time::timeout(ctx.limits.header_read_timeout, io.get_ref().peek(&mut first)) => {
+            matches!(r, Ok(Ok(n)) if n > 0)
+        }
+        _ = stop.changed() => false,
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the connection closes, is handed to a
+/// tunnel, or has been quiet for [`PARK_AFTER`] (then it is parked).
+async fn serve_http(
+    io: ClientIo,
+    ctx: &Arc<Context>,
+    client: Client,
+    stop: &mut watch::Receiver<bool>,
+    may_park: bool,
+) -> Served {
+    let handoff = client.handoff.clone();
+    let activity = Arc::new(Activity::default());
+    let svc_ctx = ctx.clone();
+    let svc_activity = activity.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let client = client.clone();
+        let activity = svc_activity.clone();
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.seen.fetch_add(1, Ordering::AcqRel);
+        Box::pin(async move {
+            let resp = handle(ctx, req, client).await;
+            Ok::<_, Infallible>(resp.map(|body| Counted { body, activity }))
+        })
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.header_read_timeout)
+        .max_buf_size(parse_buffer(&ctx.limits));
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
+    let park = quiet(&activity);
+    tokio::pin!(park);
+    let (mut parked, mut stopping) = (false, false);
+    let done = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = &mut park, if may_park && !parked && !stopping => {
+                parked = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                // Finish the in-flight exchange, then close.
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = done {
+        // hyper answered unparseable requests itself (400/431).
+        if e.is_parse() || e.is_parse_too_large() {
+            count_denied(ctx, Reason::BadRequest);
+        }
+        tracing::debug!(error = %e, "client connection error");
+        return Served::Done;
+    }
+    let parts = conn.into_parts();
+    let rest = parts.io.into_inner().rewind(parts.read_buf);
+    // A CONNECT was answered 200: the tunnel takes the stream.
+    if let Some(tx) = handoff.take() {
+        let _ = tx.send(rest);
+        return Served::Done;
+    }
+    if stopping || !parked {
+        return Served::Done;
+    }
+    Served::Parked(rest)
+}
+
+/// Resolves once no request started and none was in flight for a whole
+/// [`PARK_AFTER`].
+async fn quiet(activity: &Activity) {
+    let mut last = activity.seen.load(Ordering::Acquire);
+    loop {
+        tokio::time::sleep(PARK_AFTER).await;
+        let now = activity.seen.load(Ordering::Acquire);
+        if now == last && activity.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        last = now;
+    }
+}

@@ -1,0 +1,91 @@
+//! Refusals: the answers pinproxy makes itself, each with the
+//! `x-pinproxy-error` reason and status of the contract's table
+//! ([`Reason`]), and the counters they feed.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use super::{Body, Context};
+use crate::policy::admission::{self, Admission, Target};
+use crate::reason::{Outcome, Reason};
+use crate::upstream::{Failure, Snapshot, UpstreamError};
+
+/// The header carrying a refusal's machine-readable reason.
+pub const ERROR_HEADER: &str = "x-pinproxy-error";
+
+/// A refusal: the reason's status and `x-pinproxy-error` value, and a
+/// short human body.
+pub fn refuse(reason: Reason, host: &str, message: &str) -> Response<Body> {
+    debug_assert!(reason.status().is_some(), "{reason:?} is not a refusal");
+    let status = reason.status().unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = if host.is_empty() {
+        format!("pinproxy: {message}\n")
+    } else {
+        format!("pinproxy: {host}: {message}\n")
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(ERROR_HEADER, HeaderValue::from_static(reason.as_str()));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// A refusal made before any upstream connection: also counted as denied.
+pub fn deny(ctx: &Context, reason: Reason, host: &str, message: &str) -> Response<Body> {
+    count_denied(ctx, reason);
+    refuse(reason, host, message)
+}
+
+/// Counts a refusal in `pinproxy_denied_total`.
+pub fn count_denied(ctx: &Context, reason: Reason) {
+    ctx.metrics
+        .denied
+        .with_label_values(&[reason.as_str()])
+        .inc();
+}
+
+/// The refusal for an upstream failure.
+pub fn upstream_refusal(ctx: &Context, err: &UpstreamError) -> (Response<Body>, Reason) {
+    let reason = match err.failure {
+        Failure::Unreachable => Reason::UpstreamUnreachable,
+        Failure::Timeout => Reason::UpstreamTimeout,
+        Failure::PinMismatch => Reason::PinMismatch,
+        Failure::Untrusted(_) => Reason::UntrustedCertificate,
+        Failure::Tls(_) => Reason::UpstreamTlsError,
+        Failure::PrivateAddress => {
+            count_denied(ctx, Reason::PrivateAddress);
+            Reason::PrivateAddress
+        }
+    };
+    (refuse(reason, &err.host, &err.detail), reason)
+}
+
+/// [`admission::decide`] under the snapshot `snap`, with a refusal turned
+/// into a counted response.
+#[allow(clippy::result_large_err)] // the refusal is the answer; it is not kept
+pub fn admit(ctx: &Context, snap: &Snapshot, target: &Target) -> Result<Admission, Response<Body>> {
+    admission::decide(&snap.policy, target, time::OffsetDateTime::now_utc()).map_err(|r| {
+        let host = target.host.to_string();
+        if r.reason.is_denied() {
+            deny(ctx, r.reason, &host, &r.message)
+        } else {
+            if let Some(e) = &r.entry {
+                count(ctx, &e.name, r.reason.into());
+            }
+            refuse(r.reason, &host, &r.message)
+        }
+    })
+}
+
+/// Counts a finished request or tunnel.
+pub fn count(ctx: &Context, host: &str, outcome: Outcome) {
+    ctx.metrics
+        .requests
+        .with_label_values(&[host, outcome.as_str()])
+        .inc();
+}
