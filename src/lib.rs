@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod cli;
 pub mod control;
 #[doc(hidden)]

@@ -75,7 +75,7 @@ async fn stalled_upstreams_time_out() {
         drop(tcp);
     })
     .await;
-    let tune = |s: &mut pinproxy::upstream::Shared, _: &mut pinproxy::proxy::Limits| {
+    let tune = |s: &mut pinproxy::upstream::Options, _: &mut pinproxy::proxy::Limits| {
         s.timeouts.handshake = Duration::from_millis(300);
         s.timeouts.response = Duration::from_millis(500);
     };

@@ -1,25 +1,18 @@
 //! The `run`, `pin` and `check` commands. Exit codes: 0 success, 1 the thing
 //! checked is bad, 2 usage error.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-
+use crate::app::{App, CaSource, Config};
 use crate::cli::{CheckArgs, LogFormat, PinArgs, RunArgs};
-use crate::control::admin::Admin;
-use crate::control::metrics::Metrics;
-use crate::control::{Live, Readiness, Reloader};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::policy::{self, Trust};
-use crate::proxy::{self, Limits};
-use crate::tls::ca::Intercept;
+use crate::proxy::Limits;
 use crate::tls::cert::{self, CertInfo};
 use crate::tls::probe;
-use crate::upstream::{Shared, Snapshot, Timeouts};
+use crate::upstream::{Options, Timeouts};
 
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PINPROXY_LOG")
@@ -65,193 +58,115 @@ pub fn run(args: RunArgs) -> u8 {
     rt.block_on(run_async(args))
 }
 
-async fn run_async(args: RunArgs) -> u8 {
-    let policy = match policy::load(&args.pins) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("pinproxy: {e}");
-            return 1;
-        }
+/// The runner's settings from the command line; a bad duration is a usage
+/// error (exit 2).
+fn run_config(args: &RunArgs) -> Result<(Config, Duration), String> {
+    let limits = Limits {
+        max_connections: args.max_connections.max(1),
+        header_read_timeout: secs(args.header_timeout, "header-timeout")?,
+        drain_timeout: secs(args.drain_timeout, "drain-timeout")?,
+        tunnel_idle: secs(args.tunnel_idle_timeout, "tunnel-idle-timeout")?,
+        revoke_grace: secs(args.revoke_grace, "revoke-grace")?,
+        ..Limits::default()
     };
-    for w in &policy.warnings {
-        tracing::warn!("{}: warning: {w}", args.pins.display());
-    }
-    let timeouts = (|| -> Result<Timeouts, String> {
-        Ok(Timeouts {
+    let upstream = Options {
+        timeouts: Timeouts {
             connect: secs(args.connect_timeout, "connect-timeout")?,
             handshake: secs(args.handshake_timeout, "handshake-timeout")?,
             response: secs(args.response_timeout, "response-timeout")?,
             ..Timeouts::default()
-        })
-    })();
-    let limits = (|| -> Result<Limits, String> {
-        Ok(Limits {
-            max_connections: args.max_connections.max(1),
-            header_read_timeout: secs(args.header_timeout, "header-timeout")?,
-            drain_timeout: secs(args.drain_timeout, "drain-timeout")?,
-            tunnel_idle: secs(args.tunnel_idle_timeout, "tunnel-idle-timeout")?,
-            revoke_grace: secs(args.revoke_grace, "revoke-grace")?,
-            ..Limits::default()
-        })
-    })();
-    let (timeouts, limits) = match (timeouts, limits) {
-        (Ok(t), Ok(l)) => (t, l),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("pinproxy: {e}");
-            return 2;
-        }
+        },
+        ..Options::default()
     };
-    let metrics = Metrics::new();
-    let mut shared = Shared::new(metrics.clone());
-    shared.timeouts = timeouts;
-    shared.own_addrs = vec![args.admin, args.listen];
+    let ca = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => CaSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => CaSource::Generate,
+    };
+    let config = Config {
+        pins: args.pins.clone(),
+        listen: args.listen,
+        admin: args.admin,
+        ca,
+        ca_out: args.ca_out.clone(),
+        leaf_cache: args.leaf_cache,
+        limits,
+        upstream,
+        watch: !args.no_watch,
+        sighup: true,
+    };
+    Ok((config, secs(args.shutdown_grace, "shutdown-grace")?))
+}
 
-    let intercept = match (&args.ca_cert, &args.ca_key) {
-        (Some(c), Some(k)) => Intercept::load(
-            c,
-            k,
-            shared.provider.clone(),
-            metrics.clone(),
-            args.leaf_cache,
-        ),
-        _ => Intercept::generate(shared.provider.clone(), metrics.clone(), args.leaf_cache),
-    };
-    let intercept = match intercept {
-        Ok(i) => Arc::new(i),
-        Err(e) => {
-            eprintln!("pinproxy: {e}");
-            return 1;
-        }
-    };
-    let snapshot = match Snapshot::build(policy, 1, &shared) {
+async fn run_async(args: RunArgs) -> u8 {
+    let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("pinproxy: building the TLS configuration: {e}");
+            eprintln!("pinproxy: cannot listen for signals: {e}");
             return 1;
         }
     };
-    let (live, publisher) = Live::new(snapshot);
-    let ctx = Arc::new(proxy::Context {
-        live: live.clone(),
-        metrics: metrics.clone(),
-        limits,
-        timeouts: shared.timeouts,
-        intercept: intercept.clone(),
-        provider: shared.provider.clone(),
-    });
-    let readiness = Arc::new(Readiness::default());
-    let admin_ctx = Admin {
-        live: live.clone(),
-        metrics: metrics.clone(),
-        drift: shared.drift.clone(),
-        readiness: readiness.clone(),
-    };
-    let reloader = Reloader::new(publisher, shared, args.pins.clone());
-    let listener = match bind(args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("pinproxy: {e}");
-            return 1;
-        }
-    };
-    let admin = match bind(args.admin).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("pinproxy: {e}");
-            return 1;
-        }
-    };
-    if let Some(dir) = &args.ca_out {
-        match intercept.write_ca(dir) {
-            Ok(path) => tracing::info!(path = %path.display(), "wrote the pod CA certificate"),
-            Err(e) => {
-                eprintln!("pinproxy: {e}");
-                return 1;
-            }
-        }
-    }
-    readiness.set_ca_written();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    };
-    // The admin listener outlives the proxy's drain, so probes see 503.
-    let admin_task = tokio::spawn(crate::control::admin::serve(admin, admin_ctx, admin_stop));
-    let _watcher = if args.no_watch {
-        None
-    } else {
-        match crate::control::reload::spawn(reloader.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the pinset directory; reload with SIGHUP");
-                None
-            }
-        }
-    };
-    let _hup = crate::control::reload::spawn_sighup(reloader.clone()).ok();
-    tracing::info!(listen = %args.listen, admin = %args.admin, pins = %args.pins.display(), "pinproxy ready");
-
-    let shutdown_readiness = readiness.clone();
-    let grace = match secs(args.shutdown_grace, "shutdown-grace") {
-        Ok(g) => g,
+    let (config, grace) = match run_config(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("pinproxy: {e}");
             return 2;
         }
     };
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("pinproxy: {e}");
+            return 1;
+        }
+    };
+    for w in &app.warnings {
+        tracing::warn!("{}: warning: {w}", args.pins.display());
+    }
+    tracing::info!(listen = %app.proxy_addr, admin = %app.admin_addr, pins = %args.pins.display(), "pinproxy ready");
+    let readiness = app.readiness.clone();
     let shutdown = async move {
-        wait_for_signal().await;
+        signals.recv().await;
         // /readyz turns 503 at once; new connections are still served for
         // the grace period while endpoints propagate, then we drain.
-        shutdown_readiness.start_draining();
+        readiness.start_draining();
         tracing::info!(grace = ?grace, "shutting down: not ready, serving through the grace period");
         // A second signal exits at once.
-        tokio::spawn(async {
-            wait_for_signal().await;
+        tokio::spawn(async move {
+            signals.recv().await;
             tracing::warn!("second signal: exiting now");
             std::process::exit(0);
         });
         tokio::time::sleep(grace).await;
         tracing::info!("draining in-flight requests and tunnels");
     };
-    readiness.set_listening();
-    proxy::serve(listener, ctx, shutdown).await;
-    let _ = stop_tx.send(true);
-    let _ = admin_task.await;
+    app.serve(shutdown).await;
     0
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+/// SIGTERM and SIGINT, listened for from the moment this is made: a
+/// signal that arrives while the proxy is still starting is not lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
+impl Signals {
+    fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::live::{Live, Publisher};
@@ -135,45 +135,83 @@ fn warn_if_weaker(old: &Policy, new: &Policy) {
 /// How long the watcher waits for a burst of events to settle.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Watches until the returned task is dropped or aborted.
-pub fn spawn(reloader: Arc<Reloader>) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    // `true`: the burst contained an in-place content write.
-    let (tx, mut rx) = mpsc::channel::<bool>(64);
-    // notify calls back on its own thread: hand events to tokio.
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            let in_place = matches!(
-                event.kind,
-                notify::EventKind::Modify(notify::event::ModifyKind::Data(_))
-                    | notify::EventKind::Modify(notify::event::ModifyKind::Any)
-            );
-            let _ = tx.try_send(in_place);
+/// Watches the pinset's directory and its CA bundles' directories.
+pub struct Watcher {
+    inner: notify::RecommendedWatcher,
+    watched: HashSet<PathBuf>,
+    /// `true`: the burst contained an in-place content write.
+    events: mpsc::Receiver<bool>,
+}
+
+impl Watcher {
+    /// Starts watching the directory of `pins` now: make the watcher
+    /// *before* reading the pinset, so no change after the read is missed.
+    pub fn new(pins: &Path) -> Result<Self, notify::Error> {
+        let (tx, events) = mpsc::channel::<bool>(64);
+        // notify calls back on its own thread: hand events to tokio.
+        let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                let in_place = matches!(
+                    event.kind,
+                    notify::EventKind::Modify(notify::event::ModifyKind::Data(_))
+                        | notify::EventKind::Modify(notify::event::ModifyKind::Any)
+                );
+                // Full: a reload is already due, which covers this event.
+                let _ = tx.try_send(in_place);
+            }
+        })?;
+        let mut this = Self {
+            inner,
+            watched: HashSet::new(),
+            events,
+        };
+        this.watch_dir(parent_dir(pins))?;
+        Ok(this)
+    }
+
+    /// Also watches the directories of every CA bundle the pinset in force
+    /// names (they may live in another mount).
+    pub fn watch_bundles(&mut self, reloader: &Reloader) -> Result<(), notify::Error> {
+        let snap = reloader.live().load();
+        for file in snap.policy.bundle_paths() {
+            self.watch_dir(parent_dir(&file))?;
         }
-    })?;
-    let mut watched = HashSet::new();
-    watch_dirs(&mut watcher, &mut watched, &reloader)?;
-    Ok(tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            // Debounce: let the writer finish its burst of renames.
-            tokio::time::sleep(DEBOUNCE).await;
-            let mut in_place = first;
-            while let Ok(more) = rx.try_recv() {
-                in_place |= more;
-            }
-            // The kubelet swaps whole directories (renames). A writer that
-            // rewrites the file in place can expose a prefix that parses —
-            // a host cut off before its `mode: enforce` — so wait until two
-            // reads a debounce apart agree.
-            if in_place {
-                settle(reloader.pins_path()).await;
-                while rx.try_recv().is_ok() {}
-            }
-            let _ = reloader.reload().await;
-            if let Err(e) = watch_dirs(&mut watcher, &mut watched, &reloader) {
-                tracing::warn!(error = %e, "watching CA bundle directories");
-            }
+        Ok(())
+    }
+
+    fn watch_dir(&mut self, dir: PathBuf) -> Result<(), notify::Error> {
+        if !self.watched.contains(&dir) {
+            self.inner.watch(&dir, RecursiveMode::NonRecursive)?;
+            self.watched.insert(dir);
         }
-    }))
+        Ok(())
+    }
+
+    /// Reloads on every settled burst of events until the task is aborted.
+    pub fn spawn(mut self, reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(first) = self.events.recv().await {
+                // Debounce: let the writer finish its burst of renames.
+                tokio::time::sleep(DEBOUNCE).await;
+                let mut in_place = first;
+                while let Ok(more) = self.events.try_recv() {
+                    in_place |= more;
+                }
+                // The kubelet swaps whole directories (renames). A writer
+                // that rewrites the file in place can expose a prefix that
+                // parses — a host cut off before its `mode: enforce` — so
+                // wait until two reads a debounce apart agree.
+                if in_place {
+                    settle(reloader.pins_path()).await;
+                    while self.events.try_recv().is_ok() {}
+                }
+                let _ = reloader.reload().await;
+                if let Err(e) = self.watch_bundles(&reloader) {
+                    tracing::warn!(error = %e, "watching CA bundle directories");
+                }
+            }
+        })
+    }
 }
 
 /// Waits (bounded) until the file's content stops changing.
@@ -200,22 +238,6 @@ async fn settle(path: &Path) {
         last = now;
     }
     tracing::warn!(path = %path.display(), "pinset file still changing; reloading anyway");
-}
-
-fn watch_dirs(
-    watcher: &mut impl Watcher,
-    watched: &mut HashSet<PathBuf>,
-    reloader: &Reloader,
-) -> Result<(), notify::Error> {
-    let snap = reloader.live().load();
-    let files = std::iter::once(reloader.pins_path.clone()).chain(snap.policy.bundle_paths());
-    for file in files {
-        let dir = parent_dir(&file);
-        if watched.insert(dir.clone()) {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        }
-    }
-    Ok(())
 }
 
 fn parent_dir(file: &Path) -> PathBuf {

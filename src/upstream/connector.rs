@@ -180,6 +180,23 @@ impl Resolve for SystemResolver {
     }
 }
 
+/// How upstreams are reached: settings a runner (or a test) chooses.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Name resolution; tests inject their own so no name reaches DNS.
+    pub resolver: Arc<dyn Resolve>,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            resolver: Arc::new(SystemResolver),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
 /// Things a snapshot needs that outlive generations.
 #[derive(Clone, Debug)]
 pub struct Shared {
@@ -196,16 +213,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// `own_addrs`: the proxy's and admin listeners' bound addresses.
+    pub fn new(metrics: Arc<Metrics>, options: Options, own_addrs: Vec<SocketAddr>) -> Self {
         Self {
-            resolver: Arc::new(SystemResolver),
+            resolver: options.resolver,
             metrics,
             roots: verify::webpki_roots(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             limiter: LogLimiter::new(Duration::from_secs(10), 5),
             drift: Arc::new(Drift::default()),
-            timeouts: Timeouts::default(),
-            own_addrs: Vec::new(),
+            timeouts: options.timeouts,
+            own_addrs,
         }
     }
 }

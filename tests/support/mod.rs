@@ -27,15 +27,14 @@ use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use pinproxy::control::admin::Admin;
+use pinproxy::app::{App, CaSource, Config};
 use pinproxy::control::drift::Drift;
 use pinproxy::control::metrics::Metrics;
-use pinproxy::control::{Live, Readiness, Reloader};
-use pinproxy::policy;
+use pinproxy::control::{Live, Reloader};
 use pinproxy::policy::pin::Pin;
-use pinproxy::proxy::{self, Limits};
+use pinproxy::proxy::Limits;
 use pinproxy::tls::ca::Intercept;
-use pinproxy::upstream::{Shared, Snapshot};
+use pinproxy::upstream::Options;
 
 // === PKI ===
 
@@ -452,7 +451,7 @@ pub async fn proxy_at(dir: tempfile::TempDir, pins_path: PathBuf, watch: bool) -
 pub async fn proxy_tuned(
     yaml: &str,
     files: &[(&str, String)],
-    tune: impl FnOnce(&mut Shared, &mut Limits),
+    tune: impl FnOnce(&mut Options, &mut Limits),
 ) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     for (name, contents) in files {
@@ -466,76 +465,40 @@ pub async fn proxy_full(
     dir: tempfile::TempDir,
     pins_path: PathBuf,
     watch: bool,
-    tune: impl FnOnce(&mut Shared, &mut Limits),
+    tune: impl FnOnce(&mut Options, &mut Limits),
 ) -> Proxy {
-    let policy = policy::load(&pins_path).unwrap_or_else(|e| panic!("{e}"));
-    let metrics = Metrics::new();
-    let mut shared = Shared::new(metrics.clone());
-    let mut limits = Limits::default();
-    tune(&mut shared, &mut limits);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = admin_listener.local_addr().unwrap();
-    shared.own_addrs = vec![addr, admin];
-    let intercept =
-        Arc::new(Intercept::generate(shared.provider.clone(), metrics.clone(), 16).unwrap());
-    // Outside the pins directory, so writing it doesn't look like a reload.
-    intercept.write_ca(&dir.path().join("ca-out")).unwrap();
-    let snapshot = Snapshot::build(policy, 1, &shared).unwrap();
-    let (live, publisher) = Live::new(snapshot);
-    let ctx = Arc::new(proxy::Context {
-        live: live.clone(),
-        metrics: metrics.clone(),
-        limits,
-        timeouts: shared.timeouts,
-        intercept: intercept.clone(),
-        provider: shared.provider.clone(),
-    });
-    let readiness = Arc::new(Readiness::default());
-    readiness.set_ca_written();
-    readiness.set_listening();
-    let drift = shared.drift.clone();
-    let admin_ctx = Admin {
-        live: live.clone(),
-        metrics: metrics.clone(),
-        drift: drift.clone(),
-        readiness,
+    let mut config = Config {
+        pins: pins_path.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        ca: CaSource::Generate,
+        // Outside the pins directory, so writing it doesn't look like a reload.
+        ca_out: Some(dir.path().join("ca-out")),
+        leaf_cache: 16,
+        limits: Limits::default(),
+        upstream: Options::default(),
+        watch,
+        sighup: false,
     };
-    let reloader = Reloader::new(publisher, shared, pins_path.clone());
-    let (stop, rx) = watch::channel(false);
-    let mut rx1 = rx.clone();
-    let mut rx2 = rx;
-    tokio::spawn(proxy::serve(listener, ctx, async move {
-        let _ = rx1.wait_for(|v| *v).await;
-    }));
-    tokio::spawn(pinproxy::control::admin::serve(
-        admin_listener,
-        admin_ctx,
-        async move {
-            let _ = rx2.wait_for(|v| *v).await;
-        },
-    ));
-    if watch {
-        let task = pinproxy::control::reload::spawn(reloader.clone()).unwrap();
-        let mut rx3 = stop.subscribe();
-        tokio::spawn(async move {
-            let _ = rx3.wait_for(|v| *v).await;
-            task.abort();
-        });
-    }
-    Proxy {
-        addr,
-        admin,
-        live,
-        reloader,
-        drift,
-        metrics,
-        intercept,
+    tune(&mut config.upstream, &mut config.limits);
+    let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));
+    let (stop, mut rx) = watch::channel(false);
+    let p = Proxy {
+        addr: app.proxy_addr,
+        admin: app.admin_addr,
+        live: app.live.clone(),
+        reloader: app.reloader.clone(),
+        drift: app.drift.clone(),
+        metrics: app.metrics.clone(),
+        intercept: app.intercept.clone(),
         dir,
         pins_path,
         stop,
-    }
+    };
+    tokio::spawn(app.serve(async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }));
+    p
 }
 
 impl Proxy {
