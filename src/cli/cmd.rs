@@ -12,6 +12,7 @@ use crate::policy::{self, Trust};
 use crate::proxy::Limits;
 use crate::tls::cert::{self, CertInfo};
 use crate::tls::probe;
+use crate::tls::verdict::{judge, Outcome};
 use crate::upstream::{Options, Timeouts};
 
 pub fn init_tracing(format: LogFormat) {
@@ -382,49 +383,52 @@ pub fn check(args: CheckArgs) -> u8 {
             bad += 1;
             continue;
         }
+        // The verdict the proxy would reach on this chain (same function).
+        let j = judge(Some(entry), now, &seen.paths);
         let validated = seen.validated_pins();
-        let matched: Vec<String> = entry
-            .pins
-            .iter()
-            .filter(|p| validated.contains(p))
-            .map(|p| p.to_string())
-            .collect();
-        let expired = entry.pins_expired(now);
-        if matched.is_empty() {
+        let on_path = |set: &[Pin]| -> Vec<String> {
+            set.iter()
+                .filter(|p| validated.contains(p))
+                .map(|p| p.to_string())
+                .collect()
+        };
+        let matching = on_path(&entry.pins);
+        let verdict = match j.outcome {
+            Outcome::Pass => format!("ok, matches {}", matching.join(", ")),
+            Outcome::PassPinsExpired if !matching.is_empty() => {
+                format!("ok, matches {}", matching.join(", "))
+            }
+            Outcome::PassPinsExpired => "MISMATCH (pins expired: not enforced)".into(),
+            Outcome::ReportedMismatch => {
+                "MISMATCH (report mode: would be counted, not blocked)".into()
+            }
+            Outcome::Mismatch | Outcome::ExpiredPinOnly => {
+                bad += 1;
+                "MISMATCH: requests would be refused".into()
+            }
+            Outcome::PassUnpinned => "ok (unpinned)".into(),
+        };
+        if !matching.is_empty() {
+            println!("{}: {verdict}", entry.name);
+        } else {
             let live: Vec<String> = validated.iter().map(|p| p.to_string()).collect();
-            let verdict = match (expired, entry.mode) {
-                (true, _) => "MISMATCH (pins expired: not enforced)",
-                (false, policy::Mode::Report) => {
-                    "MISMATCH (report mode: would be counted, not blocked)"
-                }
-                (false, policy::Mode::Enforce) => {
-                    bad += 1;
-                    "MISMATCH: requests would be refused"
-                }
-            };
             println!(
                 "{}: {verdict}; live chain pins: {}",
                 entry.name,
                 live.join(", ")
             );
-        } else {
-            println!("{}: ok, matches {}", entry.name, matched.join(", "));
         }
-        if !entry.next_pins.is_empty() {
-            let next: Vec<String> = entry
-                .next_pins
-                .iter()
-                .filter(|p| validated.contains(p))
-                .map(|p| p.to_string())
-                .collect();
-            if next.is_empty() {
-                println!(
-                    "{}: next_pins: MISMATCH — promoting next_pins now would break this host",
-                    entry.name
-                );
-            } else {
-                println!("{}: next_pins: ok, matches {}", entry.name, next.join(", "));
-            }
+        match j.next_pins_matched {
+            None => {}
+            Some(false) => println!(
+                "{}: next_pins: MISMATCH — promoting next_pins now would break this host",
+                entry.name
+            ),
+            Some(true) => println!(
+                "{}: next_pins: ok, matches {}",
+                entry.name,
+                on_path(&entry.next_pins).join(", ")
+            ),
         }
     }
     u8::from(bad > 0)

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::tls::cert::CertInfo;
-use crate::tls::verify::{Outcome, Verdict};
+use crate::tls::verify::Verdict;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SeenCert {
@@ -42,17 +42,6 @@ pub struct Drift {
     seen: Mutex<HashMap<String, (Vec<u8>, LastSeen)>>,
 }
 
-pub fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Pass => "pass",
-        Outcome::PassPinsExpired => "pass-pins-expired",
-        Outcome::PassUnpinned => "pass-unpinned",
-        Outcome::ReportedMismatch => "reported-mismatch",
-        Outcome::Mismatch => "mismatch",
-        Outcome::ExpiredPinOnly => "expired-pin-only",
-    }
-}
-
 // === impl Drift ===
 
 impl Drift {
@@ -75,7 +64,7 @@ impl Drift {
             if *k == key && last.generation == generation {
                 // Same chain under the same pinset: only the verdict moves.
                 last.seen_at = now;
-                last.outcome = outcome_str(v.outcome);
+                last.outcome = v.outcome.as_str();
                 last.failure = None;
                 last.matched_pin = v.matched.map(|p| p.to_string());
                 last.next_pins_matched = v.next_pins_matched;
@@ -104,7 +93,7 @@ impl Drift {
         let last = LastSeen {
             generation,
             seen_at: now,
-            outcome: outcome_str(v.outcome),
+            outcome: v.outcome.as_str(),
             failure: None,
             matched_pin: v.matched.map(|p| p.to_string()),
             next_pins_matched: v.next_pins_matched,

@@ -12,7 +12,7 @@ use prometheus::{
 
 use crate::control::drift::Drift;
 use crate::reason::{self, Reason};
-use crate::tls::verify::{Observer, Outcome, Verdict};
+use crate::tls::verify::{Observer, Verdict};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -222,11 +222,7 @@ impl Observer for Telemetry {
                 .with_label_values(&[v.host])
                 .inc();
         }
-        let mismatch = matches!(
-            v.outcome,
-            Outcome::Mismatch | Outcome::ReportedMismatch | Outcome::ExpiredPinOnly
-        );
-        if !mismatch {
+        if !v.outcome.is_mismatch() {
             return;
         }
         self.metrics

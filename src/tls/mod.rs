@@ -3,4 +3,5 @@
 pub mod ca;
 pub mod cert;
 pub mod probe;
+pub mod verdict;
 pub mod verify;

@@ -12,8 +12,9 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
+use webpki::EndEntityCert;
 
+use super::verdict::validated_paths;
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::tls::cert::CertInfo;
@@ -78,31 +79,17 @@ impl ServerCertVerifier for Recorder {
             Ok(ee) => ee,
             Err(e) => return fail(&mut seen, format!("leaf certificate unparseable: {e}")),
         };
-        let leaf = Pin::of_spki_der(ee.subject_public_key_info().as_ref());
-        if let Some(anchors) = &self.anchors {
-            let paths = Mutex::new(Vec::new());
-            let record = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
-                let pins = crate::tls::verify::path_pins(leaf, path);
-                paths.lock().unwrap_or_else(|e| e.into_inner()).push(pins);
-                // Refuse so webpki enumerates every valid path.
-                Err(webpki::Error::UnknownIssuer)
-            };
-            let result = ee.verify_for_usage(
-                self.provider.signature_verification_algorithms.all,
-                anchors,
-                intermediates,
-                now,
-                KeyUsage::server_auth(),
-                None,
-                Some(&record),
-            );
-            seen.paths = paths.into_inner().unwrap_or_else(|e| e.into_inner());
-            if seen.paths.is_empty() {
-                let e = result.err().map(|e| format!("{e}")).unwrap_or_default();
-                return fail(&mut seen, format!("chain not trusted: {e}"));
-            }
-        } else {
-            seen.paths = vec![vec![leaf]];
+        // Refuse every path so webpki enumerates them all.
+        match validated_paths(
+            &ee,
+            intermediates,
+            self.anchors.as_deref(),
+            now,
+            &self.provider.signature_verification_algorithms,
+            |_| true,
+        ) {
+            Ok(paths) => seen.paths = paths,
+            Err(e) => return fail(&mut seen, format!("chain not trusted: {e}")),
         }
         if let Err(e) = ee.verify_is_valid_for_subject_name(server_name) {
             return fail(
