@@ -32,6 +32,9 @@ pub const WORLD_V4: [&str; 2] = ["192.0.2.2", "192.0.2.3"];
 pub const WORLD_V6: [&str; 2] = ["2001:db8::2", "2001:db8::3"];
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// On a fresh machine the first `ip netns add` sets up the /run/netns
+/// mount; two doing that at once from parallel tests can race.
+static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `Err(why)` when this machine refuses network namespaces to us.
 pub fn available() -> Result<(), String> {
@@ -95,7 +98,10 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        check(Command::new("ip").args(["netns", "add", &name]));
+        {
+            let _one_at_a_time = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+            check(Command::new("ip").args(["netns", "add", &name]));
+        }
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
