@@ -4,6 +4,10 @@
 #
 #   docker build -t pinproxy:dev .
 #
+# Transparent mode's init image (`pinproxy redirect` and the iptables it runs):
+#
+#   docker build --target init -t pinproxy-init:dev .
+#
 # Base images are pinned by version. To pin by digest as well, resolve them
 # where a registry is reachable and append @sha256:… to the FROM lines
 # (e.g. `docker buildx imagetools inspect rust:1.95.0-alpine3.22`); the
@@ -27,7 +31,40 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 RUN /out/pinproxy --help >/dev/null \
  && if grep -q 'ld-musl' /out/pinproxy; then echo "pinproxy is dynamically linked" >&2; exit 1; fi
 
+# --- init: transparent mode's rule installer ---------------------------------
+# A separate image, as linkerd2-proxy-init is (Istio instead puts iptables in
+# its proxy image): it carries the iptables userland and runs once per pod,
+# as root with NET_ADMIN (NET_RAW too for --iptables-mode legacy), before the
+# app starts. The long-running proxy image below keeps nothing but the static
+# binary. Both copy the binary of the one build stage, so they can't drift.
+FROM alpine:${ALPINE_VERSION} AS init
+# iptables: the nft backend (what `iptables-restore` names on Alpine) and its
+# save; ip6tables: the IPv6 ones; iptables-legacy: --iptables-mode legacy,
+# which also needs a writable /run for its lock file (mount an emptyDir there
+# under readOnlyRootFilesystem; the nft backend takes no lock file).
+RUN apk add --no-cache iptables ip6tables iptables-legacy
+COPY --from=build /out/pinproxy /usr/local/bin/pinproxy
+# Fails the build if a program `pinproxy redirect` runs is missing (every
+# --iptables-mode), or if the plain names are not the nf_tables backend.
+RUN for p in iptables-save iptables-restore ip6tables-save ip6tables-restore \
+             iptables-nft-save iptables-nft-restore ip6tables-nft-save ip6tables-nft-restore \
+             iptables-legacy-save iptables-legacy-restore ip6tables-legacy-save ip6tables-legacy-restore; do \
+      "$p" --version >/dev/null || { echo "missing or broken: $p" >&2; exit 1; }; \
+    done \
+ && iptables-restore --version | grep -q nf_tables \
+ && ip6tables-restore --version | grep -q nf_tables \
+ && pinproxy redirect --dry-run --proxy-uid 65532 --port 15001 >/dev/null
+LABEL org.opencontainers.image.title="pinproxy-init" \
+      org.opencontainers.image.description="Installs pinproxy's transparent-mode nat rules in a pod's network namespace" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Root: iptables needs it (with NET_ADMIN) in the pod's network namespace.
+USER 0:0
+ENTRYPOINT ["pinproxy"]
+# --proxy-uid is the proxy image's USER below; --port its --transparent port.
+CMD ["redirect", "--proxy-uid", "65532", "--port", "15001"]
+
 # --- runtime ------------------------------------------------------------------
+# The last stage: what a plain `docker build .` produces.
 FROM ${DISTROLESS_IMAGE}
 LABEL org.opencontainers.image.title="pinproxy" \
       org.opencontainers.image.description="Sidecar egress proxy that enforces TLS SPKI pins" \

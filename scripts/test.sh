@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one command that runs every test. It installs what the tests need
-# (curl, openssl, promtool from Debian's `prometheus`) when missing, so it
-# passes on a fresh machine.
+# (curl, openssl, promtool from Debian's `prometheus`; for the network
+# namespace tests of `pinproxy redirect`: iptables, iproute2, util-linux's
+# setpriv and unshare, python3 where other UIDs can run it) when missing,
+# so it passes on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,10 @@ missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v iptables-legacy-restore >/dev/null 2>&1 || missing+=(iptables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+[ -x /usr/bin/python3 ] || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -9,6 +9,7 @@ pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod k8s;
+pub mod netfilter;
 pub mod policy;
 pub mod proxy;
 pub mod reason;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Check(args) => pinproxy::cli::cmd::check(args),
         Command::Inject(args) => pinproxy::cli::cmd::inject(&args),
         Command::Webhook(args) => pinproxy::cli::cmd::webhook(&args),
+        Command::Redirect(args) => pinproxy::cli::redirect::run(&args),
     };
     ExitCode::from(code)
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod cmd;
+pub mod redirect;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +31,8 @@ pub enum Command {
     Inject(crate::k8s::inject::InjectArgs),
     /// Serve the mutating admission webhook that injects the sidecar.
     Webhook(crate::k8s::webhook::WebhookArgs),
+    /// Install (or --remove) the kernel rules of transparent mode in this network namespace.
+    Redirect(redirect::RedirectArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

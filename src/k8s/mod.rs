@@ -1,4 +1,5 @@
 //! Kubernetes delivery: `inject` and the admission webhook.
 
 pub mod inject;
+pub mod redirect;
 pub mod webhook;

@@ -2,6 +2,8 @@
 //! the proxy started in-process, and a small HTTP client that talks to it.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,127 @@
+//! `pinproxy redirect`: arguments and output of the transparent-mode rule
+//! installer. The rules themselves are [`crate::k8s::redirect`].
+
+use std::io::{self, Write};
+
+use clap::Args;
+
+use crate::k8s::redirect::{self, Backend, Cidr, Config, Family, Installed, Outcome};
+
+#[derive(Args, Debug, Clone)]
+pub struct RedirectArgs {
+    /// UID pinproxy runs as. Its connections are never redirected (no loop)
+    /// and never locked.
+    #[arg(long, value_name = "UID", required_unless_present = "remove")]
+    pub proxy_uid: Option<u32>,
+    /// Port of pinproxy's transparent listener; connections are redirected
+    /// to 127.0.0.1:PORT (IPv4) and [::1]:PORT (IPv6).
+    #[arg(long, value_name = "PORT", required_unless_present = "remove",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Redirect only TCP to these destination ports (comma-separated).
+    /// Default: all TCP, as istio-iptables does.
+    #[arg(long, value_name = "PORT,…", value_delimiter = ',',
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Never redirect (nor lock) connections to this address block. Repeatable.
+    #[arg(long, value_name = "CIDR")]
+    pub exclude_cidr: Vec<Cidr>,
+    /// Never redirect (nor lock) connections of this UID. Repeatable.
+    #[arg(long, value_name = "UID")]
+    pub exclude_uid: Vec<u32>,
+    /// Also reset outbound TCP that was not redirected, from every UID but
+    /// pinproxy's and the excluded ones (loopback excepted), so a bypass
+    /// fails loudly.
+    #[arg(long)]
+    pub lock: bool,
+    /// Print the rules (as for a namespace without pinproxy rules) and
+    /// change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove every rule and chain pinproxy installed; other flags but
+    /// --dry-run and --iptables-mode are ignored.
+    #[arg(long)]
+    pub remove: bool,
+    /// Which iptables binaries to run: plain (`iptables-restore`, the
+    /// image's default), nft or legacy.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub iptables_mode: Backend,
+}
+
+pub fn run(args: &RedirectArgs) -> u8 {
+    let mut stdout = io::stdout().lock();
+    match execute(args, &mut stdout) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pinproxy redirect: {e}");
+            1
+        }
+    }
+}
+
+fn execute(args: &RedirectArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    if args.remove {
+        if args.dry_run {
+            let script = redirect::render_remove(&Installed::everything())
+                .expect("`everything` is not empty");
+            for family in Family::ALL {
+                dry_run_header(out, args.iptables_mode, family)?;
+                out.write_all(script.as_bytes())?;
+            }
+            return Ok(());
+        }
+        return report(out, &redirect::remove(args.iptables_mode)?);
+    }
+
+    let (Some(proxy_uid), Some(port)) = (args.proxy_uid, args.port) else {
+        anyhow::bail!("--proxy-uid and --port are required");
+    };
+    let cfg = Config::new(
+        proxy_uid,
+        port,
+        &args.ports,
+        &args.exclude_cidr,
+        &args.exclude_uid,
+        args.lock,
+    )?;
+    if args.dry_run {
+        for family in Family::ALL {
+            dry_run_header(out, args.iptables_mode, family)?;
+            let script = redirect::render(&cfg, family, &Installed::default());
+            out.write_all(script.as_bytes())?;
+        }
+        return Ok(());
+    }
+    report(out, &redirect::install(&cfg, args.iptables_mode)?)
+}
+
+fn dry_run_header(out: &mut impl Write, backend: Backend, family: Family) -> io::Result<()> {
+    writeln!(
+        out,
+        "# {family}: input for `{} --noflush` (dry run: nothing applied)",
+        backend.restore(family)
+    )
+}
+
+fn report(out: &mut impl Write, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Applied {
+                family,
+                program,
+                script,
+            } => {
+                writeln!(out, "# {family}: applied with `{program} --noflush`")?;
+                out.write_all(script.as_bytes())?;
+            }
+            Outcome::NothingToRemove { family } => {
+                writeln!(out, "# {family}: no pinproxy rules to remove")?;
+            }
+            Outcome::Skipped { family, reason } => {
+                eprintln!("pinproxy redirect: warning: {family} skipped: {reason}");
+                writeln!(out, "# {family}: skipped ({reason})")?;
+            }
+        }
+    }
+    Ok(())
+}
