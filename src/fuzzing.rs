@@ -68,7 +68,7 @@ pub fn request_target(data: &[u8]) {
         return;
     };
     if let Ok(uri) = s.parse::<http::Uri>() {
-        if let Ok(t) = crate::proxy::forward::parse_absolute(&uri) {
+        if let Ok(t) = crate::proxy::target::parse_absolute(&uri) {
             assert_ne!(t.port, 0);
             assert_eq!(
                 Host::parse(&t.host.authority_form()).ok(),
@@ -78,7 +78,7 @@ pub fn request_target(data: &[u8]) {
         let req = http::Request::connect(uri)
             .body(())
             .expect("a parsed URI builds a request");
-        if let Ok(t) = crate::proxy::connect::parse_connect(&req) {
+        if let Ok(t) = crate::proxy::target::parse_connect(&req) {
             assert_ne!(t.port, 0);
         }
     }

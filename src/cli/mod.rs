@@ -1,12 +1,19 @@
-//! Command-line definitions (DESIGN §1).
+//! The command line (DESIGN §1): one file per command, one error type.
+//!
+//! Every command returns `Result<(), Error>`; [`main`] maps the error to the
+//! exit code the contract names — 0 success, 1 the thing checked is bad (or
+//! the command failed), 2 usage error — and prints it once.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
-pub mod cmd;
+pub mod check;
+pub mod inject;
+pub mod pin;
 pub mod redirect;
+pub mod run;
+pub mod webhook;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,11 +29,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy.
-    Run(RunArgs),
+    Run(run::RunArgs),
     /// Print the SPKI pins of certificates in files, or of a live server's chain.
-    Pin(PinArgs),
+    Pin(pin::PinArgs),
     /// Validate a pinset file; --live also dials each host.
-    Check(CheckArgs),
+    Check(check::CheckArgs),
     /// Add the pinproxy sidecar to Kubernetes manifests (a YAML stream).
     Inject(crate::k8s::inject::InjectArgs),
     /// Serve the mutating admission webhook that injects the sidecar.
@@ -41,92 +48,78 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
-    /// The pinset file (mount the Secret as a directory, never with subPath).
-    #[arg(long, env = "PINPROXY_PINS")]
-    pub pins: PathBuf,
-    /// Proxy listener. Never defaults to a non-loopback address.
-    #[arg(long, env = "PINPROXY_LISTEN", default_value = "127.0.0.1:3128")]
-    pub listen: SocketAddr,
-    /// Admin listener (/healthz /readyz /metrics /pins).
-    #[arg(long, env = "PINPROXY_ADMIN", default_value = "127.0.0.1:9901")]
-    pub admin: SocketAddr,
-    /// CA certificate (PEM) for CONNECT interception, e.g. from a Secret.
-    #[arg(long, env = "PINPROXY_CA_CERT", requires = "ca_key")]
-    pub ca_cert: Option<PathBuf>,
-    /// CA private key (PEM).
-    #[arg(long, env = "PINPROXY_CA_KEY", requires = "ca_cert")]
-    pub ca_key: Option<PathBuf>,
-    /// Directory to write the CA certificate to (DIR/ca.crt) for the app to trust.
-    #[arg(long, env = "PINPROXY_CA_OUT")]
-    pub ca_out: Option<PathBuf>,
-    #[arg(long, env = "PINPROXY_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Maximum concurrent client connections; excess get 503 `overloaded`.
-    #[arg(long, env = "PINPROXY_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
-    /// Upstream TCP connect timeout, seconds.
-    #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value_t = 5.0)]
-    pub connect_timeout: f64,
-    /// Upstream TLS handshake timeout, seconds.
-    #[arg(long, env = "PINPROXY_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
-    pub handshake_timeout: f64,
-    /// Upstream response timeout (request sent to response head), seconds.
-    #[arg(long, env = "PINPROXY_RESPONSE_TIMEOUT", default_value_t = 60.0)]
-    pub response_timeout: f64,
-    /// Time a client may take to send a request head, idle keep-alive time
-    /// included (hyper's header read timer runs while a connection waits
-    /// for its next request), seconds.
-    #[arg(long, env = "PINPROXY_HEADER_TIMEOUT", default_value_t = 30.0)]
-    pub header_timeout: f64,
-    /// After SIGTERM, keep serving new connections this long (endpoint
-    /// propagation) before draining, seconds.
-    #[arg(long, env = "PINPROXY_SHUTDOWN_GRACE", default_value_t = 2.0)]
-    pub shutdown_grace: f64,
-    /// Close CONNECT tunnels and WebSockets idle this long, seconds.
-    #[arg(long, env = "PINPROXY_TUNNEL_IDLE_TIMEOUT", default_value_t = 3600.0)]
-    pub tunnel_idle_timeout: f64,
-    /// After a reload revokes a host's tunnels and streaming responses, how
-    /// long in-flight work may finish before they are closed, seconds.
-    #[arg(long, env = "PINPROXY_REVOKE_GRACE", default_value_t = 5.0)]
-    pub revoke_grace: f64,
-    /// How long SIGTERM waits for in-flight requests and tunnels, seconds.
-    #[arg(long, env = "PINPROXY_DRAIN_TIMEOUT", default_value_t = 20.0)]
-    pub drain_timeout: f64,
-    /// Bounded cache of minted interception certificates.
-    #[arg(long, env = "PINPROXY_LEAF_CACHE", default_value_t = 1024)]
-    pub leaf_cache: usize,
-    /// Don't watch the pinset directory; reload only on SIGHUP.
-    #[arg(long, env = "PINPROXY_NO_WATCH")]
-    pub no_watch: bool,
-    /// Worker threads (default: the CPUs available to the process, cgroup
-    /// quota included; 1 runs a single-threaded runtime).
-    #[arg(long, env = "PINPROXY_WORKERS")]
-    pub workers: Option<usize>,
+/// How a command failed, and so its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad arguments: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The command failed, or what it checked is bad: exit 1.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+    /// What was checked is bad and the command already said why: exit 1,
+    /// nothing more is printed.
+    #[error("")]
+    Reported,
 }
 
-#[derive(Args, Debug)]
-pub struct PinArgs {
-    /// PEM or DER certificate files.
-    #[arg(required_unless_present = "connect", conflicts_with = "connect")]
-    pub files: Vec<PathBuf>,
-    /// Dial HOST[:PORT] and print the pins of the chain it presents.
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub connect: Option<String>,
-    /// SNI and name to verify (default: the host of --connect).
-    #[arg(long, requires = "connect")]
-    pub servername: Option<String>,
-    /// Validate against this PEM CA bundle instead of Mozilla's roots.
-    #[arg(long, requires = "connect")]
-    pub ca_file: Option<PathBuf>,
+impl Error {
+    pub fn failed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Failed(e.into())
+    }
+
+    fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Failed(_) | Error::Reported => 1,
+        }
+    }
 }
 
-#[derive(Args, Debug)]
-pub struct CheckArgs {
-    /// The pinset file.
-    pub path: PathBuf,
-    /// Also dial every exact host and report which pins its live chain matches.
-    #[arg(long)]
-    pub live: bool,
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::failed(e)
+    }
+}
+
+/// Runs the parsed command line and maps its outcome to an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let (prefix, result) = match cli.command {
+        Command::Run(args) => ("pinproxy", run::run(args)),
+        Command::Pin(args) => ("pinproxy", pin::pin(&args)),
+        Command::Check(args) => ("pinproxy", check::check(&args)),
+        Command::Inject(args) => ("pinproxy inject", inject::inject(&args)),
+        Command::Webhook(args) => ("pinproxy webhook", webhook::webhook(&args)),
+        Command::Redirect(args) => ("pinproxy redirect", redirect::redirect(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !matches!(e, Error::Reported) {
+                eprintln!("{prefix}: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PINPROXY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A single-threaded runtime for the one-off network work of `pin --connect`
+/// and `check --live`.
+fn small_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }

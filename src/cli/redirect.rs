@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use clap::Args;
 
+use super::Error;
 use crate::k8s::redirect::{self, Backend, Cidr, Config, Family, Installed, Outcome};
 
 #[derive(Args, Debug, Clone)]
@@ -48,18 +49,12 @@ pub struct RedirectArgs {
     pub iptables_mode: Backend,
 }
 
-pub fn run(args: &RedirectArgs) -> u8 {
+pub fn redirect(args: &RedirectArgs) -> Result<(), Error> {
     let mut stdout = io::stdout().lock();
-    match execute(args, &mut stdout) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("pinproxy redirect: {e}");
-            1
-        }
-    }
+    execute(args, &mut stdout)
 }
 
-fn execute(args: &RedirectArgs, out: &mut impl Write) -> anyhow::Result<()> {
+fn execute(args: &RedirectArgs, out: &mut impl Write) -> Result<(), Error> {
     if args.remove {
         if args.dry_run {
             let script = redirect::render_remove(&Installed::everything())
@@ -70,11 +65,14 @@ fn execute(args: &RedirectArgs, out: &mut impl Write) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        return report(out, &redirect::remove(args.iptables_mode)?);
+        return report(
+            out,
+            &redirect::remove(args.iptables_mode).map_err(Error::failed)?,
+        );
     }
 
     let (Some(proxy_uid), Some(port)) = (args.proxy_uid, args.port) else {
-        anyhow::bail!("--proxy-uid and --port are required");
+        return Err(Error::Usage("--proxy-uid and --port are required".into()));
     };
     let cfg = Config::new(
         proxy_uid,
@@ -83,7 +81,8 @@ fn execute(args: &RedirectArgs, out: &mut impl Write) -> anyhow::Result<()> {
         &args.exclude_cidr,
         &args.exclude_uid,
         args.lock,
-    )?;
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?;
     if args.dry_run {
         for family in Family::ALL {
             dry_run_header(out, args.iptables_mode, family)?;
@@ -92,7 +91,10 @@ fn execute(args: &RedirectArgs, out: &mut impl Write) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    report(out, &redirect::install(&cfg, args.iptables_mode)?)
+    report(
+        out,
+        &redirect::install(&cfg, args.iptables_mode).map_err(Error::failed)?,
+    )
 }
 
 fn dry_run_header(out: &mut impl Write, backend: Backend, family: Family) -> io::Result<()> {
@@ -103,7 +105,7 @@ fn dry_run_header(out: &mut impl Write, backend: Backend, family: Family) -> io:
     )
 }
 
-fn report(out: &mut impl Write, outcomes: &[Outcome]) -> anyhow::Result<()> {
+fn report(out: &mut impl Write, outcomes: &[Outcome]) -> Result<(), Error> {
     for outcome in outcomes {
         match outcome {
             Outcome::Applied {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::host::Host;
-use super::load::{hex, read_bundle, Problem};
+use super::load::{hex, read_bundle, BundleError, Problem};
 use super::pin::Pin;
 use super::wire::{DefaultsWire, FileWire, HostWire};
 use super::{Defaults, HostPolicy, Mode, Policy, Trust, Unlisted};
@@ -28,6 +28,15 @@ pub(super) struct Validator<'a> {
     /// CA bundles read, with their bytes: part of the source hash, so a
     /// rotated bundle is a change even when the pinset text is not.
     bundles: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// Why a `trust:` value is unusable.
+#[derive(Debug, thiserror::Error)]
+enum TrustError {
+    #[error("empty: use webpki, pin-only or a path to a PEM CA bundle")]
+    Empty,
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
 }
 
 /// A `hosts:` key: an exact host, or `*.base` stored under `base`.
@@ -179,8 +188,8 @@ impl<'a> Validator<'a> {
             }
             Some(t) => {
                 let line = self.lines.default_field("trust");
-                self.trust(t).unwrap_or_else(|msg| {
-                    self.err(None, Some("defaults.trust"), line, msg);
+                self.trust(t).unwrap_or_else(|e| {
+                    self.err(None, Some("defaults.trust"), line, e.to_string());
                     Trust::WebPki
                 })
             }
@@ -247,8 +256,8 @@ impl<'a> Validator<'a> {
             None => d.trust.clone(),
             Some(t) => match self.trust(t) {
                 Ok(t) => t,
-                Err(msg) => {
-                    self.field_err(e, "trust", msg);
+                Err(err) => {
+                    self.field_err(e, "trust", err.to_string());
                     Trust::WebPki
                 }
             },
@@ -390,16 +399,15 @@ impl<'a> Validator<'a> {
         parsed
     }
 
-    /// `Err`: a message for the caller to report at the right field.
-    fn trust(&mut self, raw: &str) -> Result<Trust, String> {
+    /// `Err`: for the caller to report at the right field.
+    fn trust(&mut self, raw: &str) -> Result<Trust, TrustError> {
         match raw {
             "webpki" => Ok(Trust::WebPki),
             "pin-only" => Ok(Trust::PinOnly),
-            "" => Err("empty: use webpki, pin-only or a path to a PEM CA bundle".into()),
+            "" => Err(TrustError::Empty),
             raw => {
                 let path = self.base.join(raw);
-                let (anchors, contents) =
-                    read_bundle(&self.read_from.join(raw)).map_err(|e| e.to_string())?;
+                let (anchors, contents) = read_bundle(&self.read_from.join(raw))?;
                 self.bundles.push((path.clone(), contents));
                 Ok(Trust::Bundle { path, anchors })
             }

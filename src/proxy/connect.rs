@@ -26,7 +26,8 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::revoked;
-use super::forward::{self, split_authority, strip_hop_by_hop};
+use super::forward::{self, strip_hop_by_hop};
+use super::target::{parse_connect, split_authority};
 use super::tunnel::{self, Hello};
 use super::{
     admit, count, deny, refuse, upstream_refusal, Body, Client, ClientIo, ConnGuard, Context,
@@ -41,7 +42,7 @@ use crate::upstream::{Failure, Snapshot, UpstreamError};
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
-        Err(msg) => return deny(&ctx, Reason::BadRequest, "", &msg),
+        Err(e) => return deny(&ctx, Reason::BadRequest, "", &e.to_string()),
     };
     // Subscribe before deciding, so a reload in between is not missed.
     let generation = ctx.live.subscribe();
@@ -84,24 +85,6 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
             Response::new(Either::Right(Full::default()))
         }
     }
-}
-
-/// Validates a CONNECT target: authority form `host:port`, nothing else.
-pub fn parse_connect<B>(req: &Request<B>) -> Result<Target, String> {
-    let uri = req.uri();
-    if uri.scheme().is_some()
-        || uri
-            .path_and_query()
-            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
-    {
-        return Err("CONNECT target must be host:port".into());
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| "CONNECT target must be host:port".to_string())?;
-    let (host, port) = split_authority(authority)?;
-    let port = port.ok_or_else(|| "CONNECT target needs a port (host:port)".to_string())?;
-    Ok(Target { host, port })
 }
 
 async fn tunnel_unlisted(

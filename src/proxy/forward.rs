@@ -11,6 +11,7 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::target::{parse_absolute, TargetError};
 use super::{
     admit, count, deny, upstream_refusal, Body, Context, Revocation, Streamed, ERROR_HEADER,
 };
@@ -22,7 +23,7 @@ use crate::upstream::{Snapshot, UpstreamError};
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
         Ok(t) => t,
-        Err(msg) => return deny(&ctx, Reason::BadRequest, "", &msg),
+        Err(e) => return deny(&ctx, Reason::BadRequest, "", &e.to_string()),
     };
     // Subscribe before deciding, so a reload in between is not missed.
     let rx = ctx.live.subscribe();
@@ -55,7 +56,14 @@ pub async fn send(
     let (mut parts, body) = req.into_parts();
     parts.uri = match upstream_uri(&target, &parts.uri) {
         Ok(u) => u,
-        Err(msg) => return deny(ctx, Reason::BadRequest, &target.host.to_string(), &msg),
+        Err(e) => {
+            return deny(
+                ctx,
+                Reason::BadRequest,
+                &target.host.to_string(),
+                &e.to_string(),
+            )
+        }
     };
     parts.version = Version::HTTP_11;
     let trailers = wants_trailers(&parts.headers);
@@ -118,57 +126,10 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Validates an absolute-form request target (`http://host[:port]/path`).
-pub fn parse_absolute(uri: &Uri) -> Result<Target, String> {
-    let scheme = uri.scheme().ok_or_else(|| {
-        "request target must be in absolute form (http://host/path): send requests through HTTP_PROXY".to_string()
-    })?;
-    // Plain-HTTP URLs are upgraded: pinproxy always speaks TLS upstream.
-    if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
-        return Err(format!("unsupported scheme {scheme:?}"));
-    }
-    let default_port = 443;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| "absolute-form URL has no host".to_string())?;
-    let (host, port) = split_authority(authority)?;
-    // Plain-HTTP clients say port 80: pinproxy upgrades to TLS on 443.
-    let port = match port {
-        None => default_port,
-        Some(80) if *scheme == Scheme::HTTP => 443,
-        Some(p) => p,
-    };
-    Ok(Target { host, port })
-}
-
-/// Splits and validates an authority: no userinfo, a valid host, a port in
-/// range if present.
-pub fn split_authority(authority: &Authority) -> Result<(Host, Option<u16>), String> {
-    let raw = authority.as_str();
-    if raw.contains('@') {
-        return Err("userinfo (user@host) is not allowed in the request target".into());
-    }
-    let host = Host::parse(authority.host())
-        .map_err(|e| format!("invalid host {:?}: {e}", authority.host()))?;
-    let port = match authority.port() {
-        None => {
-            if raw.ends_with(':') {
-                return Err("empty port".into());
-            }
-            None
-        }
-        Some(p) => match p.as_u16() {
-            0 => return Err("port 0".into()),
-            n => Some(n),
-        },
-    };
-    Ok((host, port))
-}
-
 /// The upstream URL: `https://host[:port]/path`. The client's own
 /// authority is reused when it already is the canonical spelling (the
 /// common case), which saves building and parsing a string per request.
-fn upstream_uri(target: &Target, incoming: &Uri) -> Result<Uri, String> {
+fn upstream_uri(target: &Target, incoming: &Uri) -> Result<Uri, TargetError> {
     let path = incoming
         .path_and_query()
         .filter(|p| !p.as_str().is_empty())
@@ -190,15 +151,14 @@ fn upstream_uri(target: &Target, incoming: &Uri) -> Result<Uri, String> {
             } else {
                 format!("{}:{}", target.host.authority_form(), target.port)
             };
-            s.parse::<Authority>()
-                .map_err(|e| format!("invalid request target: {e}"))?
+            s.parse::<Authority>()?
         }
     };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTPS);
     parts.authority = Some(authority);
     parts.path_and_query = Some(path);
-    Uri::from_parts(parts).map_err(|e| format!("invalid request target: {e}"))
+    Uri::from_parts(parts).map_err(|e| TargetError::Invalid(e.into()))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every
@@ -252,36 +212,6 @@ pub fn te_trailers() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn target(s: &str) -> Result<(String, u16), String> {
-        parse_absolute(&s.parse::<Uri>().unwrap()).map(|t| (t.host.to_string(), t.port))
-    }
-
-    #[test]
-    fn absolute_form_targets() {
-        assert_eq!(
-            target("http://API.Example.com./x").unwrap(),
-            ("api.example.com".into(), 443)
-        );
-        assert_eq!(
-            target("http://api.example.com:80/x").unwrap(),
-            ("api.example.com".into(), 443)
-        );
-        assert_eq!(
-            target("http://api.example.com:8443/x").unwrap(),
-            ("api.example.com".into(), 8443)
-        );
-        assert_eq!(
-            target("https://api.example.com/x").unwrap(),
-            ("api.example.com".into(), 443)
-        );
-        assert_eq!(target("http://[::1]:8443/").unwrap(), ("::1".into(), 8443));
-        assert!(target("/relative").is_err());
-        assert!(target("http://user@api.example.com/").is_err());
-        assert!(target("http://0x7f.1/").is_err());
-        assert!(target("http://2130706433/").is_err());
-        assert!(target("ftp://api.example.com/").is_err());
-    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

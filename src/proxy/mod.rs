@@ -13,6 +13,7 @@ mod conn;
 pub mod connect;
 pub mod forward;
 pub mod refusal;
+pub mod target;
 pub mod tunnel;
 
 use std::future::Future;

@@ -26,14 +26,16 @@ pub enum Error {
     },
     #[error("{path}: {detail}")]
     Parse { path: String, detail: String },
+    #[error("not an X.509 certificate: {0}")]
+    X509(String),
 }
 
 // === impl CertInfo ===
 
 impl CertInfo {
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    pub fn from_der(der: &[u8]) -> Result<Self, Error> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| Error::X509(e.to_string()))?;
         let spki = cert.tbs_certificate.subject_pki.raw;
         let not_after = cert.validity().not_after;
         Ok(Self {

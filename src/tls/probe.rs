@@ -125,6 +125,23 @@ impl ServerCertVerifier for Recorder {
     }
 }
 
+/// Why a probe could not see a chain at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("not a valid TLS server name: {0}")]
+    Name(#[from] rustls_pki_types::InvalidDnsNameError),
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] std::io::Error),
+}
+
 /// Connects to `addr` (or `host:port`), sends SNI `servername` and records
 /// the chain. Connection errors are `Err`; validation errors are in `Seen`.
 pub async fn probe(
@@ -134,7 +151,7 @@ pub async fn probe(
     servername: &Host,
     anchors: Option<Arc<[TrustAnchor<'static>]>>,
     timeout: Duration,
-) -> Result<Seen, String> {
+) -> Result<Seen, ProbeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let recorder = Arc::new(Recorder {
         anchors,
@@ -142,8 +159,7 @@ pub async fn probe(
         seen: Mutex::new(Seen::default()),
     });
     let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
@@ -152,10 +168,10 @@ pub async fn probe(
         Some(a) => tokio::time::timeout(timeout, TcpStream::connect(a)).await,
         None => tokio::time::timeout(timeout, TcpStream::connect((host.to_string(), port))).await,
     }
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("connect failed: {e}"))?;
+    .map_err(|_| ProbeError::ConnectTimeout)?
+    .map_err(ProbeError::Connect)?;
     let name = match servername {
-        Host::Name(n) => ServerName::try_from(n.clone()).map_err(|e| e.to_string())?,
+        Host::Name(n) => ServerName::try_from(n.clone())?,
         Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
     };
     let hs = tokio::time::timeout(
@@ -165,10 +181,10 @@ pub async fn probe(
     .await;
     let mut seen = std::mem::take(&mut *recorder.seen.lock().unwrap_or_else(|e| e.into_inner()));
     match hs {
-        Err(_) => return Err("TLS handshake timed out".into()),
+        Err(_) => return Err(ProbeError::HandshakeTimeout),
         Ok(Err(e)) if seen.error.is_none() => {
             if seen.presented.is_empty() {
-                return Err(format!("TLS handshake failed: {e}"));
+                return Err(ProbeError::Handshake(e));
             }
             seen.error = Some(format!("TLS handshake failed: {e}"));
         }

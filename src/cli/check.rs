@@ -1,0 +1,147 @@
+//! `pinproxy check`: validate a pinset file (the loader the proxy uses);
+//! `--live` also dials every exact host and judges its chain with the
+//! proxy's own verdict function.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{small_runtime, Error};
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
+use crate::policy::{self, HostPolicy, Trust};
+use crate::tls::probe;
+use crate::tls::verdict::{judge, Outcome};
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The pinset file.
+    pub path: PathBuf,
+    /// Also dial every exact host and report which pins its live chain matches.
+    #[arg(long)]
+    pub live: bool,
+}
+pub fn check(args: &CheckArgs) -> Result<(), Error> {
+    let policy = match policy::load(&args.path) {
+        Ok(p) => p,
+        Err(policy::Error::Invalid { path, problems }) => {
+            for p in &problems {
+                println!("{}: error: {p}", path.display());
+            }
+            return Err(Error::Reported);
+        }
+        Err(e) => {
+            println!("{e}");
+            return Err(Error::Reported);
+        }
+    };
+    for w in &policy.warnings {
+        println!("{}: warning: {w}", args.path.display());
+    }
+    println!("{}: ok ({} hosts)", args.path.display(), policy.hosts.len());
+    if !args.live {
+        return Ok(());
+    }
+    let rt = small_runtime()?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut bad = 0;
+    for entry in &policy.hosts {
+        if !rt.block_on(live(entry, now)) {
+            bad += 1;
+        }
+    }
+    if bad > 0 {
+        Err(Error::Reported)
+    } else {
+        Ok(())
+    }
+}
+
+/// Dials one entry and prints its verdict; `false` if something enforced
+/// would break now.
+async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
+    if entry.name.starts_with("*.") {
+        println!(
+            "{}: skipped (a wildcard names no single server)",
+            entry.name
+        );
+        return true;
+    }
+    let Ok(host) = Host::parse(&entry.name) else {
+        return true;
+    };
+    let port = entry.ports.first().copied().unwrap_or(443);
+    let anchors = match &entry.trust {
+        Trust::WebPki => Some(crate::tls::verify::webpki_roots()),
+        Trust::Bundle { anchors, .. } => Some(anchors.clone()),
+        Trust::PinOnly => None,
+    };
+    let seen = match probe::probe(
+        &host,
+        port,
+        entry.address,
+        &host,
+        anchors,
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{}: UNREACHABLE: {e}", entry.name);
+            return false;
+        }
+    };
+    if let Some(e) = &seen.error {
+        println!("{}: UNTRUSTED: {e}", entry.name);
+        return false;
+    }
+    let mut ok = true;
+    // The verdict the proxy would reach on this chain (same function).
+    let j = judge(Some(entry), now, &seen.paths);
+    let validated = seen.validated_pins();
+    let on_path = |set: &[Pin]| -> Vec<String> {
+        set.iter()
+            .filter(|p| validated.contains(p))
+            .map(|p| p.to_string())
+            .collect()
+    };
+    let matching = on_path(&entry.pins);
+    let verdict = match j.outcome {
+        Outcome::Pass => format!("ok, matches {}", matching.join(", ")),
+        Outcome::PassPinsExpired if !matching.is_empty() => {
+            format!("ok, matches {}", matching.join(", "))
+        }
+        Outcome::PassPinsExpired => "MISMATCH (pins expired: not enforced)".into(),
+        Outcome::ReportedMismatch => "MISMATCH (report mode: would be counted, not blocked)".into(),
+        Outcome::Mismatch | Outcome::ExpiredPinOnly => {
+            ok = false;
+            "MISMATCH: requests would be refused".into()
+        }
+        Outcome::PassUnpinned => "ok (unpinned)".into(),
+    };
+    if !matching.is_empty() {
+        println!("{}: {verdict}", entry.name);
+    } else {
+        let live: Vec<String> = validated.iter().map(|p| p.to_string()).collect();
+        println!(
+            "{}: {verdict}; live chain pins: {}",
+            entry.name,
+            live.join(", ")
+        );
+    }
+    match j.next_pins_matched {
+        None => {}
+        Some(false) => println!(
+            "{}: next_pins: MISMATCH — promoting next_pins now would break this host",
+            entry.name
+        ),
+        Some(true) => println!(
+            "{}: next_pins: ok, matches {}",
+            entry.name,
+            on_path(&entry.next_pins).join(", ")
+        ),
+    }
+    ok
+}

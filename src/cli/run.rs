@@ -1,0 +1,200 @@
+//! `pinproxy run`: the proxy, built by [`crate::app`] from flags (each
+//! also an environment variable) and served until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{init_tracing, Error, LogFormat};
+use crate::app::{App, CaSource, Config};
+use crate::proxy::Limits;
+use crate::upstream::{Options, Timeouts};
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The pinset file (mount the Secret as a directory, never with subPath).
+    #[arg(long, env = "PINPROXY_PINS")]
+    pub pins: PathBuf,
+    /// Proxy listener. Never defaults to a non-loopback address.
+    #[arg(long, env = "PINPROXY_LISTEN", default_value = "127.0.0.1:3128")]
+    pub listen: SocketAddr,
+    /// Admin listener (/healthz /readyz /metrics /pins).
+    #[arg(long, env = "PINPROXY_ADMIN", default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// CA certificate (PEM) for CONNECT interception, e.g. from a Secret.
+    #[arg(long, env = "PINPROXY_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// CA private key (PEM).
+    #[arg(long, env = "PINPROXY_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Directory to write the CA certificate to (DIR/ca.crt) for the app to trust.
+    #[arg(long, env = "PINPROXY_CA_OUT")]
+    pub ca_out: Option<PathBuf>,
+    #[arg(long, env = "PINPROXY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Maximum concurrent client connections; excess get 503 `overloaded`.
+    #[arg(long, env = "PINPROXY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Upstream TCP connect timeout, seconds.
+    #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value_t = 5.0)]
+    pub connect_timeout: f64,
+    /// Upstream TLS handshake timeout, seconds.
+    #[arg(long, env = "PINPROXY_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
+    pub handshake_timeout: f64,
+    /// Upstream response timeout (request sent to response head), seconds.
+    #[arg(long, env = "PINPROXY_RESPONSE_TIMEOUT", default_value_t = 60.0)]
+    pub response_timeout: f64,
+    /// Time a client may take to send a request head, idle keep-alive time
+    /// included (hyper's header read timer runs while a connection waits
+    /// for its next request), seconds.
+    #[arg(long, env = "PINPROXY_HEADER_TIMEOUT", default_value_t = 30.0)]
+    pub header_timeout: f64,
+    /// After SIGTERM, keep serving new connections this long (endpoint
+    /// propagation) before draining, seconds.
+    #[arg(long, env = "PINPROXY_SHUTDOWN_GRACE", default_value_t = 2.0)]
+    pub shutdown_grace: f64,
+    /// Close CONNECT tunnels and WebSockets idle this long, seconds.
+    #[arg(long, env = "PINPROXY_TUNNEL_IDLE_TIMEOUT", default_value_t = 3600.0)]
+    pub tunnel_idle_timeout: f64,
+    /// After a reload revokes a host's tunnels and streaming responses, how
+    /// long in-flight work may finish before they are closed, seconds.
+    #[arg(long, env = "PINPROXY_REVOKE_GRACE", default_value_t = 5.0)]
+    pub revoke_grace: f64,
+    /// How long SIGTERM waits for in-flight requests and tunnels, seconds.
+    #[arg(long, env = "PINPROXY_DRAIN_TIMEOUT", default_value_t = 20.0)]
+    pub drain_timeout: f64,
+    /// Bounded cache of minted interception certificates.
+    #[arg(long, env = "PINPROXY_LEAF_CACHE", default_value_t = 1024)]
+    pub leaf_cache: usize,
+    /// Don't watch the pinset directory; reload only on SIGHUP.
+    #[arg(long, env = "PINPROXY_NO_WATCH")]
+    pub no_watch: bool,
+    /// Worker threads (default: the CPUs available to the process, cgroup
+    /// quota included; 1 runs a single-threaded runtime).
+    #[arg(long, env = "PINPROXY_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+pub fn run(args: RunArgs) -> Result<(), Error> {
+    init_tracing(args.log_format);
+    // One worker per CPU the pod may use (std reads the cgroup quota). With
+    // one, a current-thread runtime skips work-stealing overhead entirely.
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    rt.enable_all();
+    let rt = rt
+        .build()
+        .map_err(|e| Error::failed(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(run_async(args))
+}
+
+fn secs(v: f64, name: &str) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| Error::Usage(format!("--{name} must be a non-negative number of seconds")))
+}
+
+/// The runner's settings from the command line; a bad duration is a usage
+/// error (exit 2).
+fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
+    let limits = Limits {
+        max_connections: args.max_connections.max(1),
+        header_read_timeout: secs(args.header_timeout, "header-timeout")?,
+        drain_timeout: secs(args.drain_timeout, "drain-timeout")?,
+        tunnel_idle: secs(args.tunnel_idle_timeout, "tunnel-idle-timeout")?,
+        revoke_grace: secs(args.revoke_grace, "revoke-grace")?,
+        ..Limits::default()
+    };
+    let upstream = Options {
+        timeouts: Timeouts {
+            connect: secs(args.connect_timeout, "connect-timeout")?,
+            handshake: secs(args.handshake_timeout, "handshake-timeout")?,
+            response: secs(args.response_timeout, "response-timeout")?,
+            ..Timeouts::default()
+        },
+        ..Options::default()
+    };
+    let ca = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => CaSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => CaSource::Generate,
+    };
+    let config = Config {
+        pins: args.pins.clone(),
+        listen: args.listen,
+        admin: args.admin,
+        ca,
+        ca_out: args.ca_out.clone(),
+        leaf_cache: args.leaf_cache,
+        limits,
+        upstream,
+        watch: !args.no_watch,
+        sighup: true,
+    };
+    Ok((config, secs(args.shutdown_grace, "shutdown-grace")?))
+}
+
+async fn run_async(args: RunArgs) -> Result<(), Error> {
+    let mut signals =
+        Signals::new().map_err(|e| Error::failed(format!("cannot listen for signals: {e}")))?;
+    let (config, grace) = run_config(&args)?;
+    let app = App::build(config).await.map_err(Error::failed)?;
+    for w in &app.warnings {
+        tracing::warn!("{}: warning: {w}", args.pins.display());
+    }
+    tracing::info!(listen = %app.proxy_addr, admin = %app.admin_addr, pins = %args.pins.display(), "pinproxy ready");
+    let readiness = app.readiness.clone();
+    let shutdown = async move {
+        signals.recv().await;
+        // /readyz turns 503 at once; new connections are still served for
+        // the grace period while endpoints propagate, then we drain.
+        readiness.start_draining();
+        tracing::info!(grace = ?grace, "shutting down: not ready, serving through the grace period");
+        // A second signal exits at once.
+        tokio::spawn(async move {
+            signals.recv().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(0);
+        });
+        tokio::time::sleep(grace).await;
+        tracing::info!("draining in-flight requests and tunnels");
+    };
+    app.serve(shutdown).await;
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, listened for from the moment this is made: a
+/// signal that arrives while the proxy is still starting is not lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}

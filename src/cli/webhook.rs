@@ -1,0 +1,13 @@
+//! `pinproxy webhook`: serve the mutating admission webhook (see
+//! [`crate::k8s::webhook`]).
+
+use super::{init_tracing, Error, LogFormat};
+
+pub fn webhook(args: &crate::k8s::webhook::WebhookArgs) -> Result<(), Error> {
+    init_tracing(LogFormat::Json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::k8s::webhook::run(args))
+        .map_err(Error::failed)
+}
