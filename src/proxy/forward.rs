@@ -11,14 +11,13 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::refusal::{upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
-use super::{
-    admit, count, deny, upstream_refusal, Body, Context, Revocation, Streamed, ERROR_HEADER,
-};
+use super::{admit, deny, Body, Context, Revocation, Streamed, ERROR_HEADER};
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::Reason;
-use crate::upstream::{Snapshot, UpstreamError};
+use crate::upstream::Snapshot;
 
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
@@ -76,12 +75,7 @@ pub async fn send(
     let out = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(ctx.timeouts.response, snap.client.request(out)).await;
     let Ok(sent) = sent else {
-        count(ctx, label, Reason::UpstreamTimeout.into());
-        return super::refuse(
-            Reason::UpstreamTimeout,
-            &target.host.to_string(),
-            "no response from upstream in time",
-        );
+        return upstream_timed_out(ctx, label, &target.host);
     };
     match sent {
         Ok(resp) => {
@@ -94,36 +88,8 @@ pub async fn send(
             let watch = revocation.map(|r| Box::new((r, target)));
             Response::from_parts(parts, Either::Left(Streamed::new(body, watch)))
         }
-        Err(e) => {
-            let (resp, reason) = match UpstreamError::find(&e) {
-                Some(u) => upstream_refusal(ctx, u),
-                None => {
-                    tracing::debug!(error = ?e, host = %target.host, "upstream request failed");
-                    (
-                        super::refuse(
-                            Reason::UpstreamUnreachable,
-                            &target.host.to_string(),
-                            &format!("upstream request failed: {}", error_chain(&e)),
-                        ),
-                        Reason::UpstreamUnreachable,
-                    )
-                }
-            };
-            count(ctx, label, reason.into());
-            resp
-        }
+        Err(e) => upstream_failed(ctx, label, &target.host, &e),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 /// The upstream URL: `https://host[:port]/path`. The client's own

@@ -12,9 +12,11 @@ pub mod body;
 mod conn;
 pub mod connect;
 pub mod forward;
+pub mod intercept;
 pub mod refusal;
 pub mod target;
 pub mod tunnel;
+pub mod upgrade;
 
 use std::future::Future;
 use std::sync::Arc;

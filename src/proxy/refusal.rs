@@ -8,6 +8,7 @@ use http_body_util::{Either, Full};
 
 use super::{Body, Context};
 use crate::policy::admission::{self, Admission, Target};
+use crate::policy::host::Host;
 use crate::reason::{Outcome, Reason};
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
@@ -88,4 +89,47 @@ pub fn count(ctx: &Context, host: &str, outcome: Outcome) {
         .requests
         .with_label_values(&[host, outcome.as_str()])
         .inc();
+}
+
+/// Counts and answers a request that got no usable answer upstream: the
+/// connector's reason if it failed (pin mismatch, untrusted, timeout…),
+/// else `upstream-unreachable` with the error's causes.
+pub fn upstream_failed(
+    ctx: &Context,
+    label: &str,
+    host: &Host,
+    err: &(dyn std::error::Error + 'static),
+) -> Response<Body> {
+    let (resp, reason) = match UpstreamError::find(err) {
+        Some(u) => upstream_refusal(ctx, u),
+        None => {
+            tracing::debug!(error = ?err, %host, "upstream request failed");
+            let reason = Reason::UpstreamUnreachable;
+            let detail = format!("upstream request failed: {}", error_chain(err));
+            (refuse(reason, &host.to_string(), &detail), reason)
+        }
+    };
+    count(ctx, label, reason.into());
+    resp
+}
+
+/// Counts and answers a request whose response head did not come in time.
+pub fn upstream_timed_out(ctx: &Context, label: &str, host: &Host) -> Response<Body> {
+    count(ctx, label, Reason::UpstreamTimeout.into());
+    refuse(
+        Reason::UpstreamTimeout,
+        &host.to_string(),
+        "no response from upstream in time",
+    )
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
 }

@@ -1,5 +1,63 @@
-//! The upstream room: per-generation snapshots and the pinned connector.
+//! The upstream room: reaching servers under one pinset generation.
+//!
+//! - [`Snapshot`] ([`snapshot`]) is everything that depends on one
+//!   generation: the policy, the rustls configs built around that
+//!   generation's pin verifier (with their own session store) and a pooled
+//!   HTTP client. hyper-util's pool keys on (scheme, authority) only, so the
+//!   client lives inside the snapshot: after a reload no idle connection or
+//!   TLS session verified under older pins can be reused.
+//! - [`Connector`] ([`connector`]) resolves (or takes an entry's
+//!   `address`), applies the [`egress`] rules to unlisted hosts, dials and
+//!   completes the pinned handshake.
+//! - [`UpstreamError`] ([`error`]) says why an upstream could not be
+//!   reached or trusted, in the terms of the contract's reasons.
 
-mod connector;
+pub mod connector;
+pub mod egress;
+pub mod error;
+pub mod snapshot;
 
-pub use connector::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use connector::{Conn, Connector, Resolve, SystemResolver};
+pub use error::{Failure, UpstreamError};
+pub use snapshot::{Shared, Snapshot};
+
+/// Timeouts for reaching an upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub handshake: Duration,
+    /// From sending a request to the upstream's response head.
+    pub response: Duration,
+    pub pool_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(10),
+            response: Duration::from_secs(60),
+            pool_idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// How upstreams are reached: settings a runner (or a test) chooses.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Name resolution; tests inject their own so no name reaches DNS.
+    pub resolver: Arc<dyn Resolve>,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            resolver: Arc::new(SystemResolver),
+            timeouts: Timeouts::default(),
+        }
+    }
+}

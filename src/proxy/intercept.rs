@@ -1,0 +1,160 @@
+//! Serving an intercepted TLS connection: the client's TLS is terminated
+//! with a leaf the pod CA minted for the target host (the client's SNI must
+//! name that host), HTTP/1.1 or h2 is served on it, and every request goes
+//! upstream over pinned connections — the same path as plain-HTTP
+//! forwarding, so no request skips the verifier. WebSocket upgrades get
+//! their own pinned HTTP/1.1 connection ([`super::upgrade`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::target::split_authority;
+use super::{admit, deny, forward, tunnel, upgrade, Body, Client, Context};
+use crate::policy::host::Host;
+use crate::policy::Target;
+use crate::reason::Reason;
+
+/// Terminates the client's TLS on `io` and serves it until it closes or
+/// idles out.
+pub async fn serve<IO>(
+    ctx: Arc<Context>,
+    target: Target,
+    tls: Arc<rustls::ServerConfig>,
+    io: IO,
+    client: Client,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(ctx.limits.header_read_timeout, acceptor).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, host = %target.host, "client TLS hello failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    // The host dialed, the name verified and the pinset entry must be one
+    // name: a different SNI is domain fronting.
+    if let Some(sni) = start.client_hello().server_name().map(Host::parse) {
+        if sni.as_ref() != Ok(&target.host) {
+            super::count_denied(&ctx, Reason::SniMismatch);
+            tracing::warn!(connect = %target.host, sni = ?sni, "refusing TLS inside CONNECT: SNI names another host");
+            if let Some(refuse) = crate::tls::ca::refusing_config(ctx.provider.clone()) {
+                let _ = start.into_stream(refuse).await;
+            }
+            return;
+        }
+    }
+    let handshake = start.into_stream(tls);
+    let stream = match tokio::time::timeout(ctx.limits.header_read_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, host = %target.host, "client TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let clock = tunnel::Clock::new();
+    let stream = tunnel::Activity::new(stream, clock.clone());
+    let svc_ctx = ctx.clone();
+    let svc_target = target.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let target = svc_target.clone();
+        let client = client.clone();
+        async move { Ok::<_, std::convert::Infallible>(inner_request(ctx, target, req, client).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.header_read_timeout)
+        .max_buf_size(super::parse_buffer(&ctx.limits));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "intercepted connection closed");
+            }
+            return;
+        }
+        _ = clock.idle(ctx.limits.tunnel_idle) => {
+            tracing::debug!(host = %target.host, "intercepted tunnel idle: closing");
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+}
+
+/// One request inside an intercepted tunnel. The target is always the
+/// CONNECT host: a request naming another host is misdirected (421), never
+/// rerouted, so credentials meant for one host never reach another.
+async fn inner_request(
+    ctx: Arc<Context>,
+    target: Target,
+    req: Request<Incoming>,
+    client: Client,
+) -> Response<Body> {
+    if let Some(named) = request_authority(&req) {
+        let same = named
+            .parse::<Authority>()
+            .ok()
+            .and_then(|a| split_authority(&a).ok())
+            .is_some_and(|(h, p)| h == target.host && p.is_none_or(|p| p == target.port));
+        if !same {
+            return deny(
+                &ctx,
+                Reason::MisdirectedRequest,
+                &target.host.to_string(),
+                &format!(
+                    "this tunnel is for {}:{}; the request names {named:?}",
+                    target.host, target.port
+                ),
+            );
+        }
+    }
+    // Subscribe before deciding, so a reload in between is not missed.
+    let generation = ctx.live.subscribe();
+    let snap = ctx.live.load_full();
+    // Re-admit under the snapshot in force now: a reload may have removed
+    // the host or changed its ports since the tunnel opened.
+    let admission = match admit(&ctx, &snap, &target) {
+        Ok(admission) => admission,
+        Err(refusal) => return refusal,
+    };
+    if upgrade::is_upgrade(&req) {
+        return upgrade::relay(&ctx, &snap, admission, target, req, &client, generation).await;
+    }
+    // The whole tunnel is revoked by its owner task; no per-request watch.
+    let entry = admission.entry().cloned();
+    forward::send(&ctx, &snap, entry, target, req, None).await
+}
+
+/// The authority a request names: h2 `:authority` / absolute URI, else Host.
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+}

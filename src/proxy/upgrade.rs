@@ -1,0 +1,136 @@
+//! HTTP/1.1 Upgrade (WebSocket): a dedicated pinned HTTP/1.1 connection
+//! upstream (an h2 pool connection cannot carry it), the request relayed
+//! with `Upgrade` kept, and on `101` the two upgraded streams spliced. The
+//! splice is a task drain waits for, closed when idle and when a reload
+//! revokes the admission it was made under.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use super::body::revoked;
+use super::forward::strip_hop_by_hop;
+use super::refusal::{upstream_failed, upstream_refusal, upstream_timed_out};
+use super::{count, deny, tunnel, Body, Client, Context, Streamed, ERROR_HEADER};
+use crate::policy::{Admission, Target};
+use crate::reason::{Outcome, Reason};
+use crate::upstream::Snapshot;
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` and
+/// an `Upgrade` header).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Relays an upgrade request to `target`, admitted as `admission` under
+/// `snap`; `generation` was subscribed before admission was decided.
+pub async fn relay(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    admission: Admission,
+    target: Target,
+    mut req: Request<Incoming>,
+    client: &Client,
+    generation: watch::Receiver<u64>,
+) -> Response<Body> {
+    let label = admission.label().to_string();
+    let host = target.host.to_string();
+    let tls = match snap
+        .connector
+        .connect_h1(
+            &target.host,
+            target.port,
+            admission.entry().map(Arc::as_ref),
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let (resp, reason) = upstream_refusal(ctx, &e);
+            count(ctx, &label, reason.into());
+            return resp;
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
+        Ok(x) => x,
+        Err(e) => return upstream_failed(ctx, &label, &target.host, &e),
+    };
+    client.tracker.spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection closed");
+        }
+    });
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let out = match upstream_request(req, &target) {
+        Some(r) => r,
+        None => return deny(ctx, Reason::BadRequest, &host, "invalid request path"),
+    };
+    let sent = tokio::time::timeout(ctx.timeouts.response, sender.send_request(out)).await;
+    let mut resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return upstream_failed(ctx, &label, &target.host, &e),
+        Err(_) => return upstream_timed_out(ctx, &label, &target.host),
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let ctx = ctx.clone();
+        let guard = client.guard.clone();
+        client.tracker.spawn(async move {
+            let _guard = guard;
+            let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) else {
+                return;
+            };
+            let revoked = revoked(ctx.clone(), generation, target.clone(), admission, None);
+            tokio::select! {
+                _ = tunnel::splice(TokioIo::new(c), TokioIo::new(u), ctx.limits.tunnel_idle) => {}
+                _ = revoked => tracing::info!(host = %target.host, "closing upgraded stream: a reload changed its pins or policy"),
+            }
+        });
+    }
+    count(ctx, &label, Outcome::Ok);
+    let (mut parts, body) = resp.into_parts();
+    // Only pinproxy speaks x-pinproxy-error.
+    parts.headers.remove(ERROR_HEADER);
+    Response::from_parts(parts, Either::Left(Streamed::new(body, None)))
+}
+
+/// The request as the upstream gets it: origin-form path, hop-by-hop
+/// headers stripped but `Upgrade` kept, `Host` naming the target.
+fn upstream_request(req: Request<Incoming>, target: &Target) -> Option<Request<Incoming>> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = path.parse().ok()?;
+    parts.version = http::Version::HTTP_11;
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = protocol {
+        parts.headers.insert(header::UPGRADE, p);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let authority = if target.port == 443 {
+        target.host.authority_form()
+    } else {
+        format!("{}:{}", target.host.authority_form(), target.port)
+    };
+    if let Ok(v) = authority.parse() {
+        parts.headers.insert(header::HOST, v);
+    }
+    Some(Request::from_parts(parts, body))
+}

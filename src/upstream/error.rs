@@ -1,0 +1,93 @@
+//! Why an upstream could not be reached or trusted.
+
+use std::io;
+
+use crate::policy::host::Host;
+use crate::reason::Reason;
+use crate::tls::verify;
+
+/// Why an upstream could not be reached or trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// DNS failure or every address refused the connection.
+    Unreachable,
+    /// TCP connect or TLS handshake took too long.
+    Timeout,
+    /// The chain was valid but carried no pin (or a pin-only pinset expired).
+    PinMismatch,
+    /// The chain, name or handshake signature did not verify.
+    Untrusted(Reason),
+    /// The server did not speak TLS properly.
+    Tls(Reason),
+    /// An unlisted host resolved only to private, loopback or link-local addresses.
+    PrivateAddress,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{host}: {detail}")]
+pub struct UpstreamError {
+    pub failure: Failure,
+    pub host: String,
+    pub detail: String,
+}
+
+impl UpstreamError {
+    pub(super) fn new(failure: Failure, host: &Host, detail: impl Into<String>) -> Self {
+        Self {
+            failure,
+            host: host.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Finds an `UpstreamError` anywhere in an error's source chain.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a UpstreamError> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(u) = e.downcast_ref::<UpstreamError>() {
+                return Some(u);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+/// Classifies a failed TLS handshake: the failure, its
+/// `tls_verify_failures` reason and a message for the refusal body.
+pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
+    let rustls_err = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_err {
+        Some(r) => {
+            let reason = verify::failure_reason(r);
+            let failure = match r {
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ) => Failure::PinMismatch,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                    Failure::Untrusted(reason)
+                }
+                _ => Failure::Tls(reason),
+            };
+            let detail = match failure {
+                Failure::PinMismatch => "the validated certificate chain carries none of this host's pins \
+                     (or its pin-only pinset expired); the presented pins are in pinproxy's log and /pins"
+                    .to_string(),
+                _ => format!("TLS handshake failed: {r}"),
+            };
+            (failure, reason, detail)
+        }
+        None if e.kind() == io::ErrorKind::UnexpectedEof => (
+            Failure::Tls(Reason::Closed),
+            Reason::Closed,
+            "connection closed during the TLS handshake".into(),
+        ),
+        None => (
+            Failure::Tls(Reason::Io),
+            Reason::Io,
+            format!("TLS handshake failed: {e}"),
+        ),
+    }
+}

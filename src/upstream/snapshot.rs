@@ -1,0 +1,184 @@
+//! One pinset generation's snapshot, and what every snapshot is built from.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::crypto::CryptoProvider;
+use rustls::ClientConfig;
+use rustls_pki_types::TrustAnchor;
+
+use super::connector::{Connector, ConnectorInner, Resolve};
+use super::{Options, Timeouts};
+use crate::control::drift::Drift;
+use crate::control::metrics::{LogLimiter, Metrics, Telemetry};
+use crate::policy::Policy;
+use crate::reason::Outcome;
+use crate::tls::verify::{self, Observer, PinVerifier};
+
+/// Everything that depends on one pinset generation.
+pub struct Snapshot {
+    pub generation: u64,
+    pub policy: Arc<Policy>,
+    /// Dials with this generation's TLS configs (also for WebSocket
+    /// upgrades, which need an HTTP/1.1-only connection).
+    pub connector: Connector,
+    /// Pooled, for forwarded requests (h2 or HTTP/1.1 by ALPN).
+    pub client: Client<Connector, Incoming>,
+    /// `requests_total{outcome="ok"}` per entry (by `index`), then unlisted:
+    /// resolved once here rather than by label on every request.
+    ok_counters: Vec<prometheus::IntCounter>,
+}
+
+impl Snapshot {
+    /// The `ok` counter of an entry of this snapshot (or of unlisted hosts).
+    pub fn count_ok(&self, entry: Option<&crate::policy::HostPolicy>) {
+        let index = match entry {
+            None => Some(self.policy.hosts.len()),
+            Some(e) => self
+                .policy
+                .hosts
+                .get(e.index)
+                .filter(|h| std::ptr::eq(h.as_ref(), e))
+                .map(|_| e.index),
+        };
+        match index.and_then(|i| self.ok_counters.get(i)) {
+            Some(c) => c.inc(),
+            // An entry from another generation: look the label up.
+            None => self
+                .connector
+                .metrics
+                .requests
+                .with_label_values(&[
+                    entry.map_or("unlisted", |e| e.name.as_str()),
+                    Outcome::Ok.as_str(),
+                ])
+                .inc(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Things a snapshot needs that outlive generations.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub resolver: Arc<dyn Resolve>,
+    pub metrics: Arc<Metrics>,
+    pub roots: Arc<[TrustAnchor<'static>]>,
+    pub provider: Arc<CryptoProvider>,
+    pub limiter: Arc<LogLimiter>,
+    pub drift: Arc<Drift>,
+    pub timeouts: Timeouts,
+    /// pinproxy's own listeners (admin, proxy): never a target for
+    /// unlisted egress, whatever `allow_private` says.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+impl Shared {
+    /// `own_addrs`: the proxy's and admin listeners' bound addresses.
+    pub fn new(metrics: Arc<Metrics>, options: Options, own_addrs: Vec<SocketAddr>) -> Self {
+        Self {
+            resolver: options.resolver,
+            metrics,
+            roots: verify::webpki_roots(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            limiter: LogLimiter::new(Duration::from_secs(10), 5),
+            drift: Arc::new(Drift::default()),
+            timeouts: options.timeouts,
+            own_addrs,
+        }
+    }
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    pub fn build(policy: Policy, generation: u64, shared: &Shared) -> Result<Self, rustls::Error> {
+        let policy = Arc::new(policy);
+        let observer: Arc<dyn Observer> = Arc::new(Telemetry::new(
+            shared.metrics.clone(),
+            generation,
+            shared.limiter.clone(),
+            shared.drift.clone(),
+        ));
+        let verifier = Arc::new(PinVerifier::new(
+            policy.clone(),
+            shared.roots.clone(),
+            shared.provider.clone(),
+            observer,
+        ));
+        let mut tls = ClientConfig::builder_with_provider(shared.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut tls_h1 = tls.clone();
+        tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
+        let tls_h1 = Arc::new(tls_h1);
+        let connector = Connector::new(ConnectorInner {
+            resolver: shared.resolver.clone(),
+            drift: shared.drift.clone(),
+            policy: policy.clone(),
+            tls,
+            tls_h1,
+            metrics: shared.metrics.clone(),
+            timeouts: shared.timeouts,
+            own_addrs: shared.own_addrs.clone(),
+        });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(shared.timeouts.pool_idle)
+            .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let metrics = &shared.metrics;
+        metrics.config_generation.set(generation as i64);
+        metrics.pinset_expiry.reset();
+        for h in &policy.hosts {
+            // Series exist at 0 from load time, so `increase()` alerts fire
+            // on a host's first mismatch too.
+            metrics
+                .pin_mismatch
+                .with_label_values(&[&h.name, h.mode.as_str()]);
+            if !h.next_pins.is_empty() {
+                metrics.next_pins_mismatch.with_label_values(&[&h.name]);
+            }
+            if let Some(e) = h.expires {
+                metrics
+                    .pinset_expiry
+                    .with_label_values(&[&h.name])
+                    .set(e.unix_timestamp() as f64);
+            }
+        }
+        let ok_counters = policy
+            .hosts
+            .iter()
+            .map(|h| h.name.as_str())
+            .chain(std::iter::once("unlisted"))
+            .map(|name| {
+                metrics
+                    .requests
+                    .with_label_values(&[name, Outcome::Ok.as_str()])
+            })
+            .collect();
+        Ok(Self {
+            ok_counters,
+            generation,
+            client,
+            connector,
+            policy,
+        })
+    }
+}
