@@ -1,18 +1,14 @@
 //! Prometheus metrics (DESIGN §5), on a registry owned by the process and
-//! passed to constructors, and the verifier [`Observer`] that feeds them.
+//! passed to constructors (tests stay independent).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
-use crate::control::drift::Drift;
 use crate::reason::{self, Reason};
-use crate::tls::verify::{Observer, Verdict};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -32,6 +28,19 @@ pub struct Metrics {
     pub build_info: Gauge,
 }
 
+/// Handshake latency buckets, seconds: loopback to a slow far server.
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Registers `c` (names are constants: registering twice is a bug).
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
 // === impl Metrics ===
 
 impl Metrics {
@@ -39,49 +48,40 @@ impl Metrics {
         let registry = Registry::new_custom(Some("pinproxy".into()), None)
             .expect("a constant prefix is valid");
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
+            register(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let int_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
-        let handshake_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "upstream_handshake_seconds",
-                "Upstream TCP connect plus TLS handshake time, by pinset entry.",
+        let handshake_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "upstream_handshake_seconds",
+                    "Upstream TCP connect plus TLS handshake time, by pinset entry.",
+                )
+                .buckets(HANDSHAKE_BUCKETS.to_vec()),
+                &["host"],
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["host"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(handshake_seconds.clone()))
-            .expect("registered once");
-        let build_info = Gauge::with_opts(
-            Opts::new("build_info", "pinproxy build information.")
-                .const_label("version", env!("CARGO_PKG_VERSION")),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("registered once");
+            .expect("valid metric"),
+        );
+        let build_info = register(
+            &registry,
+            Gauge::with_opts(
+                Opts::new("build_info", "pinproxy build information.")
+                    .const_label("version", env!("CARGO_PKG_VERSION")),
+            )
+            .expect("valid metric"),
+        );
         build_info.set(1.0);
 
         let m = Self {
@@ -182,131 +182,9 @@ impl Metrics {
     }
 }
 
-/// Feeds metrics and rate-limited logs from verifier verdicts.
-#[derive(Debug)]
-pub struct Telemetry {
-    metrics: Arc<Metrics>,
-    generation: u64,
-    limiter: Arc<LogLimiter>,
-    drift: Arc<Drift>,
-}
-
-impl Telemetry {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        generation: u64,
-        limiter: Arc<LogLimiter>,
-        drift: Arc<Drift>,
-    ) -> Self {
-        Self {
-            metrics,
-            generation,
-            limiter,
-            drift,
-        }
-    }
-}
-
-impl Observer for Telemetry {
-    fn verdict(&self, v: &Verdict<'_>) {
-        // Parses the chain only when it changed since the last handshake.
-        if let Some(not_after) = self.drift.record(v, self.generation, v.next_pins) {
-            self.metrics
-                .upstream_cert_expiry
-                .with_label_values(&[v.host])
-                .set(not_after as f64);
-        }
-        if v.next_pins_matched == Some(false) {
-            self.metrics
-                .next_pins_mismatch
-                .with_label_values(&[v.host])
-                .inc();
-        }
-        if !v.outcome.is_mismatch() {
-            return;
-        }
-        self.metrics
-            .pin_mismatch
-            .with_label_values(&[v.host, v.mode.as_str()])
-            .inc();
-        if let Some(suppressed) = self.limiter.allow(v.host) {
-            let presented: Vec<String> = v.path_pins.iter().map(|p| p.to_string()).collect();
-            let expected: Vec<String> = v.expected.iter().map(|p| p.to_string()).collect();
-            let subjects = chain_subjects(v);
-            tracing::warn!(
-                host = v.host,
-                mode = v.mode.as_str(),
-                generation = self.generation,
-                outcome = ?v.outcome,
-                presented = ?presented,
-                subjects = ?subjects,
-                expected = ?expected,
-                suppressed,
-                "pin mismatch"
-            );
-        }
-    }
-}
-
-fn chain_subjects(v: &Verdict<'_>) -> Vec<String> {
-    std::iter::once(v.end_entity)
-        .chain(v.intermediates.iter())
-        .map(|c| match x509_parser::parse_x509_certificate(c.as_ref()) {
-            Ok((_, cert)) => cert.subject().to_string(),
-            Err(_) => "<unparseable>".into(),
-        })
-        .collect()
-}
-
-/// At most `burst` log lines per host per `window`; returns how many were
-/// suppressed since the last one allowed.
-#[derive(Debug)]
-pub struct LogLimiter {
-    window: Duration,
-    burst: u32,
-    state: Mutex<HashMap<String, (Instant, u32, u64)>>,
-}
-
-impl LogLimiter {
-    pub fn new(window: Duration, burst: u32) -> Arc<Self> {
-        Arc::new(Self {
-            window,
-            burst,
-            state: Mutex::new(HashMap::new()),
-        })
-    }
-
-    pub fn allow(&self, host: &str) -> Option<u64> {
-        let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        // Host labels come from the pinset (bounded) or `unlisted`.
-        let slot = state.entry(host.to_string()).or_insert((now, 0, 0));
-        if now.duration_since(slot.0) >= self.window {
-            *slot = (now, 0, slot.2);
-        }
-        if slot.1 < self.burst {
-            slot.1 += 1;
-            let suppressed = std::mem::take(&mut slot.2);
-            Some(suppressed)
-        } else {
-            slot.2 += 1;
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_caps_per_host() {
-        let l = LogLimiter::new(Duration::from_secs(3600), 2);
-        assert_eq!(l.allow("a"), Some(0));
-        assert_eq!(l.allow("a"), Some(0));
-        assert_eq!(l.allow("a"), None);
-        assert_eq!(l.allow("b"), Some(0));
-    }
 
     #[test]
     fn every_family_is_exposed() {

@@ -6,6 +6,7 @@ pub mod live;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
+pub mod telemetry;
 
 pub use live::Live;
 pub use readiness::Readiness;

@@ -13,6 +13,8 @@ pub mod admission;
 pub mod host;
 pub mod load;
 pub mod pin;
+#[cfg(test)]
+mod tests;
 mod validate;
 mod wire;
 

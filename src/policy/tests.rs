@@ -1,0 +1,176 @@
+//! Tests of the pinset as a whole: parsing, validation and lookup.
+
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use super::host::Host;
+use super::validate::is_public_suffix;
+use super::{parse, Decision, Mode, Policy, Problem, Unlisted};
+
+const PIN_A: &str = "sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=";
+const PIN_B: &str = "sha256/YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=";
+
+fn now() -> OffsetDateTime {
+    time::macros::datetime!(2026-11-24 12:00 UTC)
+}
+
+fn ok(yaml: &str) -> Policy {
+    parse(yaml.as_bytes(), Path::new("."), now()).unwrap_or_else(|p| panic!("{p:?}"))
+}
+
+fn bad(yaml: &str) -> Vec<Problem> {
+    match parse(yaml.as_bytes(), Path::new("."), now()) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(p) => p,
+    }
+}
+
+fn host(s: &str) -> Host {
+    Host::parse(s).unwrap()
+}
+
+fn name_of(p: &Policy, h: &str) -> Option<String> {
+    match p.lookup(&host(h)) {
+        Decision::Listed(e) => Some(e.name.clone()),
+        Decision::Unlisted => None,
+    }
+}
+
+#[test]
+fn wildcard_matches_exactly_one_label_and_exact_wins() {
+    let p = ok(&format!(
+        "version: 1\nhosts:\n  \"*.example.test\":\n    pins: [{PIN_A}, {PIN_B}]\n  special.example.test:\n    pins: [{PIN_B}, {PIN_A}]\n"
+    ));
+    assert_eq!(
+        name_of(&p, "a.example.test").as_deref(),
+        Some("*.example.test")
+    );
+    assert_eq!(
+        name_of(&p, "A.EXAMPLE.TEST.").as_deref(),
+        Some("*.example.test")
+    );
+    assert_eq!(
+        name_of(&p, "special.example.test").as_deref(),
+        Some("special.example.test")
+    );
+    for miss in [
+        "example.test",
+        "a.b.example.test",
+        "evil-example.test",
+        "xexample.test",
+        "example.test.attacker.test",
+        "a.example.test.attacker.test",
+    ] {
+        assert_eq!(name_of(&p, miss), None, "{miss} must not match");
+    }
+}
+
+#[test]
+fn defaults_apply_and_entries_override() {
+    let p = ok(&format!(
+        "version: 1\ndefaults:\n  unlisted: allow\n  mode: report\n  ports: [443, 8443]\nhosts:\n  a.test:\n    pins: [{PIN_A}, {PIN_B}]\n  b.test:\n    pins: [{PIN_A}, {PIN_B}]\n    mode: enforce\n    ports: [9443]\n"
+    ));
+    assert_eq!(p.defaults.unlisted, Unlisted::Allow);
+    let a = &p.hosts[0];
+    assert_eq!((a.mode, a.ports.clone()), (Mode::Report, vec![443, 8443]));
+    let b = &p.hosts[1];
+    assert_eq!((b.mode, b.ports.clone()), (Mode::Enforce, vec![9443]));
+}
+
+#[test]
+fn ip_literal_entries() {
+    let p = ok(&format!("version: 1\nhosts:\n  \"127.0.0.1\":\n    pins: [{PIN_A}]\n  \"[::1]\":\n    pins: [{PIN_A}]\n"));
+    assert_eq!(name_of(&p, "127.0.0.1").as_deref(), Some("127.0.0.1"));
+    assert_eq!(name_of(&p, "[::1]").as_deref(), Some("[::1]"));
+}
+
+#[test]
+fn collects_every_problem_with_host_field_and_line() {
+    let problems = bad(&format!(
+        "version: 1\nhosts:\n  a.test:\n    pins: []\n  b.test:\n    pins: [sha1/AAAA, {PIN_A}]\n  \"x*.test\":\n    pins: [{PIN_A}]\n  \"*.com\":\n    pins: [{PIN_A}]\n"
+    ));
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 4, "{text:#?}");
+    assert_eq!(problems[0].host.as_deref(), Some("a.test"));
+    assert_eq!(problems[0].field.as_deref(), Some("pins"));
+    assert_eq!(problems[0].line, Some(4));
+    assert_eq!(problems[1].field.as_deref(), Some("pins[0]"));
+    assert_eq!(problems[1].line, Some(6));
+    assert!(text[2].contains("partial wildcard"), "{}", text[2]);
+    assert!(text[3].contains("public suffix"), "{}", text[3]);
+}
+
+#[test]
+fn duplicate_hosts_after_normalization() {
+    let problems = bad(&format!(
+        "version: 1\nhosts:\n  api.test:\n    pins: [{PIN_A}]\n  API.test.:\n    pins: [{PIN_B}]\n"
+    ));
+    assert!(
+        problems[0].message.contains("duplicate host"),
+        "{problems:?}"
+    );
+    assert_eq!(problems[0].line, Some(5));
+}
+
+#[test]
+fn unknown_field_reports_line_and_column() {
+    let problems = bad(&format!(
+        "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    report_onyl: true\n"
+    ));
+    assert_eq!(problems[0].line, Some(5), "{problems:?}");
+    assert!(problems[0].message.contains("report_onyl"));
+}
+
+#[test]
+fn pin_only_with_report_is_refused() {
+    let problems = bad(&format!(
+        "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    trust: pin-only\n    mode: report\n"
+    ));
+    assert_eq!(problems[0].field.as_deref(), Some("mode"));
+}
+
+#[test]
+fn expiry_and_warnings() {
+    let p = ok(&format!(
+        "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-12-01\n"
+    ));
+    let h = &p.hosts[0];
+    assert!(!h.pins_expired(now()));
+    assert!(!h.pins_expired(time::macros::datetime!(2026-12-01 23:59 UTC)));
+    assert!(h.pins_expired(time::macros::datetime!(2026-12-02 00:00 UTC)));
+    assert_eq!(h.expires_date(), Some(time::macros::date!(2026 - 12 - 01)));
+    let w: Vec<_> = p
+        .warnings
+        .iter()
+        .map(|w| w.field.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(w, vec!["expires", "pins"]);
+    let problems = bad(&format!(
+        "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    expires: 2026-13-01\n"
+    ));
+    assert_eq!(problems[0].field.as_deref(), Some("expires"));
+}
+
+#[test]
+fn public_suffix_rule() {
+    for suffix in [
+        "com",
+        "test",
+        "co.uk",
+        "com.au",
+        "github.io",
+        "herokuapp.com",
+        "s3.amazonaws.com",
+    ] {
+        assert!(is_public_suffix(suffix), "{suffix}");
+    }
+    for base in [
+        "example.com",
+        "example.co.uk",
+        "pinproxy.github.io",
+        "payments.example.test",
+    ] {
+        assert!(!is_public_suffix(base), "{base}");
+    }
+}
