@@ -259,3 +259,36 @@ pub fn spawn_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::Joi
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In virtual time: an in-place writer that keeps writing holds the
+    /// reload back until two reads a debounce apart agree.
+    #[tokio::test(start_paused = true)]
+    async fn settle_waits_for_a_writer_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.yaml");
+        std::fs::write(&path, "0").unwrap();
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                // Every third of a debounce, off the reader's ticks.
+                tokio::time::sleep(DEBOUNCE / 6).await;
+                for i in 1..=15 {
+                    std::fs::write(&path, i.to_string()).unwrap();
+                    tokio::time::sleep(DEBOUNCE / 3).await;
+                }
+            })
+        };
+        let start = tokio::time::Instant::now();
+        settle(&path).await;
+        let waited = start.elapsed();
+        assert!(writer.is_finished(), "settled while the writer was writing");
+        assert!(
+            waited >= DEBOUNCE * 5 && waited <= DEBOUNCE * 8,
+            "settled after {waited:?}"
+        );
+    }
+}

@@ -93,9 +93,8 @@ pub struct Revocation {
 }
 
 /// Resolves `revoke_grace` after a reload means the admission no longer
-/// holds. Subscribe
-/// (`generation_tx.subscribe()`) *before* deciding admission, so a reload
-/// in between is seen.
+/// holds. Subscribe ([`Live::subscribe`](crate::control::Live::subscribe))
+/// *before* deciding admission, so a reload in between is seen.
 pub async fn revoked(
     ctx: Arc<Context>,
     mut rx: watch::Receiver<u64>,
@@ -128,4 +127,73 @@ pub fn still_allowed(
     let snap = ctx.live.load();
     admitted.still_holds(&snap.policy, target, time::OffsetDateTime::now_utc())
         && peer.is_none_or(|p| snap.connector.egress_allowed(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::metrics::Metrics;
+    use crate::control::Live;
+    use crate::policy::admission::decide;
+    use crate::policy::host::Host;
+    use crate::proxy::Limits;
+    use crate::tls::ca::Intercept;
+    use crate::upstream::{Options, Shared, Snapshot, Timeouts};
+
+    fn snapshot(yaml: &str, generation: u64, shared: &Shared) -> Snapshot {
+        let now = time::OffsetDateTime::now_utc();
+        let policy = crate::policy::parse(yaml.as_bytes(), Path::new("."), now).unwrap();
+        Snapshot::build(policy, generation, shared).unwrap()
+    }
+
+    const ALLOW: &str = "version: 1\ndefaults:\n  unlisted: allow\nhosts: {}\n";
+    const DENY: &str = "version: 1\ndefaults:\n  unlisted: deny\nhosts: {}\n";
+
+    /// In virtual time: a revoked admission ends exactly one grace period
+    /// after the reload that revoked it; a reload that changes nothing for
+    /// it never ends it.
+    #[tokio::test(start_paused = true)]
+    async fn revocation_waits_the_grace_period_and_only_for_what_changed() {
+        let metrics = Metrics::new();
+        let shared = Shared::new(metrics.clone(), Options::default(), Vec::new());
+        let (live, publisher) = Live::new(snapshot(ALLOW, 1, &shared));
+        let grace = Duration::from_secs(5);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ctx = Arc::new(Context {
+            live: live.clone(),
+            metrics: metrics.clone(),
+            limits: Limits {
+                revoke_grace: grace,
+                ..Limits::default()
+            },
+            timeouts: Timeouts::default(),
+            intercept: Arc::new(Intercept::generate(provider.clone(), metrics, 1).unwrap()),
+            provider,
+        });
+        let target = Target {
+            host: Host::parse("unlisted.test").unwrap(),
+            port: 443,
+        };
+        let rx = live.subscribe();
+        let now = time::OffsetDateTime::now_utc();
+        let admission = decide(&live.load().policy, &target, now).unwrap();
+        let done = tokio::spawn(revoked(ctx, rx, target, admission, None));
+
+        // The same policy again (a new generation): not revoked.
+        publisher.publish(snapshot(&format!("{ALLOW}# c\n"), 2, &shared));
+        tokio::time::sleep(grace * 10).await;
+        assert!(!done.is_finished(), "an unrelated reload revoked it");
+
+        publisher.publish(snapshot(DENY, 3, &shared));
+        let revoked_at = tokio::time::Instant::now();
+        tokio::time::sleep(grace - Duration::from_millis(1)).await;
+        assert!(!done.is_finished(), "cut before the grace period ended");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::task::yield_now().await;
+        assert!(done.is_finished(), "still open after the grace period");
+        assert!(revoked_at.elapsed() < grace + Duration::from_millis(10));
+    }
 }

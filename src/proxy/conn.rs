@@ -225,3 +225,34 @@ async fn quiet(activity: &Activity) {
         last = now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In virtual time: never quiet while a request is in flight; quiet
+    /// within two `PARK_AFTER` periods of the last request ending (the
+    /// check runs once per period).
+    #[tokio::test(start_paused = true)]
+    async fn quiet_needs_a_whole_period_without_requests() {
+        let activity = Arc::new(Activity::default());
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.seen.fetch_add(1, Ordering::AcqRel);
+        let waiting = {
+            let activity = activity.clone();
+            tokio::spawn(async move { quiet(&activity).await })
+        };
+        // Half a period off the checks' ticks, so no two timers tie.
+        tokio::time::sleep(PARK_AFTER * 5 + PARK_AFTER / 2).await;
+        assert!(!waiting.is_finished(), "parked with a request in flight");
+        activity.seen.fetch_add(1, Ordering::AcqRel);
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert!(!waiting.is_finished(), "parked with a request in flight");
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "parked as the request ended");
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        tokio::task::yield_now().await;
+        assert!(waiting.is_finished(), "never parked when quiet");
+    }
+}

@@ -7,7 +7,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so idle timeouts can be tested in virtual time.
+use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
@@ -44,7 +47,7 @@ impl Clock {
     pub async fn idle(&self, idle: Duration) {
         loop {
             let deadline = self.last() + idle;
-            tokio::time::sleep_until(deadline.into()).await;
+            tokio::time::sleep_until(deadline).await;
             if self.last() + idle <= Instant::now() {
                 return;
             }
@@ -310,5 +313,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In virtual time: `idle` resolves only once nothing moved for the
+    /// whole period, measured from the last activity.
+    #[tokio::test(start_paused = true)]
+    async fn idle_is_measured_from_the_last_activity() {
+        let clock = Clock::new();
+        let idle = Duration::from_secs(60);
+        let waiting = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.idle(idle).await })
+        };
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        clock.touch();
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert!(!waiting.is_finished(), "activity 50 s ago did not count");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            waiting.is_finished(),
+            "60 s without activity and still open"
+        );
     }
 }
