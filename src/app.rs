@@ -104,14 +104,16 @@ impl App {
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let intercept = Arc::new(match &config.ca {
-            CaSource::Generate => {
-                Intercept::generate(provider.clone(), metrics.clone(), config.leaf_cache)?
-            }
+            CaSource::Generate => Intercept::generate(
+                provider.clone(),
+                metrics.minted_leaves.clone(),
+                config.leaf_cache,
+            )?,
             CaSource::Files { cert, key } => Intercept::load(
                 cert,
                 key,
                 provider.clone(),
-                metrics.clone(),
+                metrics.minted_leaves.clone(),
                 config.leaf_cache,
             )?,
         });

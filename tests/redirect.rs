@@ -2,7 +2,7 @@
 //! namespaces (see `support::netns`): clients running as the app's UID
 //! connect to addresses outside the pod, and what answers shows whether the
 //! rules redirected them — a listener reading `SO_ORIGINAL_DST` through
-//! `pinproxy::netfilter::original_dst` ("original …"), the real
+//! `pinproxy::proxy::original_dst::original_dst` ("original …"), the real
 //! destination ("direct …"), or a local server ("local …").
 
 mod support;

@@ -416,9 +416,14 @@ fn loaded_ca_publishes_only_its_certificate_and_must_match_its_key() {
     let key = write(dir.path(), "ca.key", &ca.key.serialize_pem());
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let metrics = pinproxy::control::metrics::Metrics::new();
-    let i =
-        pinproxy::tls::ca::Intercept::load(&combined, &key, provider.clone(), metrics.clone(), 4)
-            .unwrap();
+    let i = pinproxy::tls::ca::Intercept::load(
+        &combined,
+        &key,
+        provider.clone(),
+        metrics.minted_leaves.clone(),
+        4,
+    )
+    .unwrap();
     let out = i.write_ca(&dir.path().join("out")).unwrap();
     let written = std::fs::read_to_string(out).unwrap();
     assert!(!written.contains("PRIVATE KEY"), "{written}");
@@ -428,8 +433,14 @@ fn loaded_ca_publishes_only_its_certificate_and_must_match_its_key() {
         "other.key",
         &rcgen::KeyPair::generate().unwrap().serialize_pem(),
     );
-    let err = pinproxy::tls::ca::Intercept::load(&combined, &other, provider, metrics, 4)
-        .expect_err("mismatched key refused");
+    let err = pinproxy::tls::ca::Intercept::load(
+        &combined,
+        &other,
+        provider,
+        metrics.minted_leaves.clone(),
+        4,
+    )
+    .expect_err("mismatched key refused");
     assert!(
         err.to_string().contains("does not hold the private key"),
         "{err}"

@@ -2,8 +2,8 @@
 //!
 //! - [`host`] normalizes every spelling of a host; [`pin`] parses and
 //!   computes SPKI pins.
-//! - [`load`] reads the pinset file; [`wire`] is its YAML shape and
-//!   [`validate`] turns that into a [`Policy`], collecting every problem.
+//! - [`load()`] reads the pinset file; `wire` is its YAML shape and
+//!   `validate` turns that into a [`Policy`], collecting every problem.
 //! - [`admission`] answers "may this target be dialed, and under which
 //!   entry?"; an [`Admission`] can only be made there.
 //!

@@ -170,7 +170,9 @@ mod tests {
                 ..Limits::default()
             },
             timeouts: Timeouts::default(),
-            intercept: Arc::new(Intercept::generate(provider.clone(), metrics, 1).unwrap()),
+            intercept: Arc::new(
+                Intercept::generate(provider.clone(), metrics.minted_leaves.clone(), 1).unwrap(),
+            ),
             provider,
         });
         let target = Target {

@@ -13,6 +13,7 @@ mod conn;
 pub mod connect;
 pub mod forward;
 pub mod intercept;
+pub mod original_dst;
 pub mod refusal;
 pub mod target;
 pub mod tunnel;

@@ -22,8 +22,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use crate::control::metrics::Metrics;
 use crate::policy::host::Host;
+use prometheus::IntCounterVec;
 
 /// How long a minted leaf is valid, and when the cache re-mints it.
 const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
@@ -53,7 +53,8 @@ pub struct Intercept {
     ca_pem: String,
     provider: Arc<CryptoProvider>,
     cache: Mutex<LeafCache>,
-    metrics: Arc<Metrics>,
+    /// `pinproxy_intercept_leaf_certificates_total{result}`.
+    minted: IntCounterVec,
 }
 
 impl std::fmt::Debug for Intercept {
@@ -74,7 +75,7 @@ impl Intercept {
     /// Generates a fresh CA that lives only in this process.
     pub fn generate(
         provider: Arc<CryptoProvider>,
-        metrics: Arc<Metrics>,
+        minted: IntCounterVec,
         capacity: usize,
     ) -> Result<Self, Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -96,7 +97,7 @@ impl Intercept {
         let cert = params
             .self_signed(&key)
             .map_err(|e| Error::Ca(e.to_string()))?;
-        Ok(Self::from_parts(cert, key, provider, metrics, capacity))
+        Ok(Self::from_parts(cert, key, provider, minted, capacity))
     }
 
     /// Loads a CA certificate and key (PEM) — for instance from a Secret.
@@ -104,7 +105,7 @@ impl Intercept {
         cert: &Path,
         key: &Path,
         provider: Arc<CryptoProvider>,
-        metrics: Arc<Metrics>,
+        minted: IntCounterVec,
         capacity: usize,
     ) -> Result<Self, Error> {
         let read = |p: &Path| {
@@ -152,7 +153,7 @@ impl Intercept {
         let issuer = params
             .self_signed(&key_pair)
             .map_err(|e| Error::Ca(e.to_string()))?;
-        let mut this = Self::from_parts(issuer, key_pair, provider, metrics, capacity);
+        let mut this = Self::from_parts(issuer, key_pair, provider, minted, capacity);
         this.ca_pem = der_to_pem(ca_der.as_ref());
         Ok(this)
     }
@@ -161,7 +162,7 @@ impl Intercept {
         ca_cert: rcgen::Certificate,
         ca_key: KeyPair,
         provider: Arc<CryptoProvider>,
-        metrics: Arc<Metrics>,
+        minted: IntCounterVec,
         capacity: usize,
     ) -> Self {
         let ca_pem = ca_cert.pem();
@@ -175,7 +176,7 @@ impl Intercept {
                 entries: HashMap::new(),
                 order: VecDeque::new(),
             }),
-            metrics,
+            minted,
         }
     }
 
@@ -205,10 +206,7 @@ impl Intercept {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((minted, cfg)) = cache.entries.get(host) {
                 if minted.elapsed() < LEAF_REFRESH {
-                    self.metrics
-                        .minted_leaves
-                        .with_label_values(&["cached"])
-                        .inc();
+                    self.minted.with_label_values(&["cached"]).inc();
                     return Ok(cfg.clone());
                 }
             }
@@ -216,10 +214,7 @@ impl Intercept {
         // Minting happens outside the lock; two racing first requests for
         // one host may both mint, and one result wins.
         let cfg = Arc::new(self.mint(host)?);
-        self.metrics
-            .minted_leaves
-            .with_label_values(&["minted"])
-            .inc();
+        self.minted.with_label_values(&["minted"]).inc();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache
             .entries
@@ -332,7 +327,9 @@ mod tests {
     #[test]
     fn cache_reuses_and_stays_bounded() {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let i = Intercept::generate(provider, Metrics::new(), 2).unwrap();
+        let minted =
+            IntCounterVec::new(prometheus::Opts::new("minted", "test"), &["result"]).unwrap();
+        let i = Intercept::generate(provider, minted, 2).unwrap();
         let a = Host::parse("a.test").unwrap();
         let first = i.server_config(&a).unwrap();
         let again = i.server_config(&a).unwrap();

@@ -355,7 +355,7 @@ pub fn connect(ns: &Netns, uid: u32, host: &str, port: u16) -> String {
 
 /// A stand-in for pinproxy's transparent listener, running in a namespace:
 /// it answers each connection with `original ADDR:PORT`, the destination
-/// [`pinproxy::netfilter::original_dst`] reads for it, and counts them.
+/// [`pinproxy::proxy::original_dst::original_dst`] reads for it, and counts them.
 pub struct OriginalDstListener {
     accepted: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -391,7 +391,7 @@ impl OriginalDstListener {
                     tokio::spawn(async move {
                         while let Ok((mut stream, _)) = listener.accept().await {
                             count.fetch_add(1, Ordering::SeqCst);
-                            let line = match pinproxy::netfilter::original_dst(&stream) {
+                            let line = match pinproxy::proxy::original_dst::original_dst(&stream) {
                                 Ok(addr) => format!("original {addr}\n"),
                                 Err(e) => format!("no-original-dst {:?}\n", e.kind()),
                             };
