@@ -28,8 +28,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub ca: CaSource,
-    /// Where `ca.crt` is written for the app (before readiness).
+    /// Where `ca.crt` and `ca-bundle.crt` are written for the app (before
+    /// readiness).
     pub ca_out: Option<PathBuf>,
+    /// PEM files added to `ca-bundle.crt` (e.g. the cluster's internal CA).
+    pub ca_bundle_extra: Vec<PathBuf>,
     pub leaf_cache: usize,
     pub limits: Limits,
     pub upstream: Options,
@@ -150,8 +153,8 @@ impl App {
             }
         }
         if let Some(dir) = &config.ca_out {
-            let path = intercept.write_ca(dir)?;
-            tracing::info!(path = %path.display(), "wrote the pod CA certificate");
+            let [ca, bundle] = intercept.write_trust(dir, &config.ca_bundle_extra)?;
+            tracing::info!(ca = %ca.display(), bundle = %bundle.display(), "wrote the app's trust files");
         }
         readiness.set_ca_written();
         Ok(App {

@@ -424,10 +424,12 @@ fn loaded_ca_publishes_only_its_certificate_and_must_match_its_key() {
         4,
     )
     .unwrap();
-    let out = i.write_ca(&dir.path().join("out")).unwrap();
-    let written = std::fs::read_to_string(out).unwrap();
-    assert!(!written.contains("PRIVATE KEY"), "{written}");
-    assert!(written.contains("BEGIN CERTIFICATE"));
+    let outs = i.write_trust(&dir.path().join("out"), &[]).unwrap();
+    for out in outs {
+        let written = std::fs::read_to_string(out).unwrap();
+        assert!(!written.contains("PRIVATE KEY"), "{written}");
+        assert!(written.contains("BEGIN CERTIFICATE"));
+    }
     let other = write(
         dir.path(),
         "other.key",

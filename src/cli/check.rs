@@ -39,7 +39,9 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
     for w in &policy.warnings {
         println!("{}: warning: {w}", args.path.display());
     }
-    println!("{}: ok ({} hosts)", args.path.display(), policy.hosts.len());
+    let n = policy.hosts.len();
+    let hosts = if n == 1 { "host" } else { "hosts" };
+    println!("{}: ok ({n} {hosts})", args.path.display());
     if !args.live {
         return Ok(());
     }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod check;
+pub mod duration;
 pub mod inject;
 pub mod pin;
 pub mod redirect;

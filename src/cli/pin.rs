@@ -12,11 +12,15 @@ use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::proxy::target::parse_host_port;
 use crate::tls::cert::{self, CertInfo};
+use crate::tls::keyfile;
 use crate::tls::probe;
 
 #[derive(Args, Debug)]
 pub struct PinArgs {
-    /// PEM or DER certificate files.
+    /// PEM or DER files of certificates, public keys (PUBLIC KEY, RSA
+    /// PUBLIC KEY), private keys (PRIVATE KEY, RSA PRIVATE KEY, EC PRIVATE
+    /// KEY) or certificate requests: a backup pin is usually a key held in
+    /// reserve with no certificate yet.
     #[arg(required_unless_present = "connect", conflicts_with = "connect")]
     pub files: Vec<PathBuf>,
     /// Dial HOST[:PORT] and print the pins of the chain it presents.
@@ -34,19 +38,13 @@ pub fn pin(args: &PinArgs) -> Result<(), Error> {
     if let Some(target) = &args.connect {
         return pin_connect(target, args.servername.as_deref(), args.ca_file.as_deref());
     }
+    let provider = rustls::crypto::ring::default_provider();
     let mut failed = false;
     for file in &args.files {
-        let path = file.display().to_string();
-        match cert::read_certificates(&path) {
-            Ok(certs) => {
-                for cert in certs {
-                    match CertInfo::from_der(cert.as_ref()) {
-                        Ok(info) => println!("{}", info.line()),
-                        Err(e) => {
-                            eprintln!("{path}: {e}");
-                            failed = true;
-                        }
-                    }
+        match keyfile::read(file, &provider) {
+            Ok(found) => {
+                for f in found {
+                    println!("{}", f.line);
                 }
             }
             Err(e) => {

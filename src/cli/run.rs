@@ -7,12 +7,18 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{init_tracing, Error, LogFormat};
+use super::{duration, init_tracing, Error, LogFormat};
 use crate::app::{App, CaSource, Config};
 use crate::proxy::Limits;
 use crate::upstream::{Options, Timeouts};
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Durations take a unit (500ms, 5s, 2m, 1h) or are seconds. \
+Every flag can also be set by the environment variable shown. \
+PINPROXY_LOG sets the log filter (error, warn, info, debug, trace, \
+or per module, e.g. pinproxy=debug); default info."
+)]
 pub struct RunArgs {
     /// The pinset file (mount the Secret as a directory, never with subPath).
     #[arg(long, env = "PINPROXY_PINS")]
@@ -23,48 +29,63 @@ pub struct RunArgs {
     /// Admin listener (/healthz /readyz /metrics /pins).
     #[arg(long, env = "PINPROXY_ADMIN", default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
-    /// CA certificate (PEM) for CONNECT interception, e.g. from a Secret.
+    /// CA certificate (PEM) for CONNECT interception, e.g. from a Secret;
+    /// without it a CA is generated at start and its key never leaves memory.
     #[arg(long, env = "PINPROXY_CA_CERT", requires = "ca_key")]
     pub ca_cert: Option<PathBuf>,
-    /// CA private key (PEM).
+    /// CA private key (PEM) for --ca-cert.
     #[arg(long, env = "PINPROXY_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
-    /// Directory to write the CA certificate to (DIR/ca.crt) for the app to trust.
+    /// Directory for the app's trust files, written before /readyz turns
+    /// ready: DIR/ca.crt (the pod CA alone) and DIR/ca-bundle.crt (the pod
+    /// CA, Mozilla's roots and every --ca-bundle-extra file).
     #[arg(long, env = "PINPROXY_CA_OUT")]
     pub ca_out: Option<PathBuf>,
+    /// A PEM file of CA certificates to add to DIR/ca-bundle.crt, e.g. the
+    /// cluster's internal CA, so direct (NO_PROXY) TLS keeps verifying.
+    /// Repeatable.
+    #[arg(
+        long,
+        env = "PINPROXY_CA_BUNDLE_EXTRA",
+        value_delimiter = ',',
+        requires = "ca_out"
+    )]
+    pub ca_bundle_extra: Vec<PathBuf>,
+    /// Log format: text for people, json (one object per line) for machines.
+    /// The filter is PINPROXY_LOG (default info).
     #[arg(long, env = "PINPROXY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Maximum concurrent client connections; excess get 503 `overloaded`.
     #[arg(long, env = "PINPROXY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Upstream TCP connect timeout, seconds.
-    #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value_t = 5.0)]
-    pub connect_timeout: f64,
-    /// Upstream TLS handshake timeout, seconds.
-    #[arg(long, env = "PINPROXY_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
-    pub handshake_timeout: f64,
-    /// Upstream response timeout (request sent to response head), seconds.
-    #[arg(long, env = "PINPROXY_RESPONSE_TIMEOUT", default_value_t = 60.0)]
-    pub response_timeout: f64,
+    /// Upstream TCP connect timeout (and DNS lookup timeout).
+    #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
+    pub connect_timeout: Duration,
+    /// Upstream TLS handshake timeout.
+    #[arg(long, env = "PINPROXY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    pub handshake_timeout: Duration,
+    /// Upstream response timeout (request sent to response head).
+    #[arg(long, env = "PINPROXY_RESPONSE_TIMEOUT", default_value = "60s", value_parser = duration::parse)]
+    pub response_timeout: Duration,
     /// Time a client may take to send a request head, idle keep-alive time
     /// included (hyper's header read timer runs while a connection waits
-    /// for its next request), seconds.
-    #[arg(long, env = "PINPROXY_HEADER_TIMEOUT", default_value_t = 30.0)]
-    pub header_timeout: f64,
+    /// for its next request).
+    #[arg(long, env = "PINPROXY_HEADER_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    pub header_timeout: Duration,
     /// After SIGTERM, keep serving new connections this long (endpoint
-    /// propagation) before draining, seconds.
-    #[arg(long, env = "PINPROXY_SHUTDOWN_GRACE", default_value_t = 2.0)]
-    pub shutdown_grace: f64,
-    /// Close CONNECT tunnels and WebSockets idle this long, seconds.
-    #[arg(long, env = "PINPROXY_TUNNEL_IDLE_TIMEOUT", default_value_t = 3600.0)]
-    pub tunnel_idle_timeout: f64,
+    /// propagation) before draining.
+    #[arg(long, env = "PINPROXY_SHUTDOWN_GRACE", default_value = "2s", value_parser = duration::parse)]
+    pub shutdown_grace: Duration,
+    /// Close CONNECT tunnels and WebSockets idle this long.
+    #[arg(long, env = "PINPROXY_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = duration::parse)]
+    pub tunnel_idle_timeout: Duration,
     /// After a reload revokes a host's tunnels and streaming responses, how
-    /// long in-flight work may finish before they are closed, seconds.
-    #[arg(long, env = "PINPROXY_REVOKE_GRACE", default_value_t = 5.0)]
-    pub revoke_grace: f64,
-    /// How long SIGTERM waits for in-flight requests and tunnels, seconds.
-    #[arg(long, env = "PINPROXY_DRAIN_TIMEOUT", default_value_t = 20.0)]
-    pub drain_timeout: f64,
+    /// long in-flight work may finish before they are closed.
+    #[arg(long, env = "PINPROXY_REVOKE_GRACE", default_value = "5s", value_parser = duration::parse)]
+    pub revoke_grace: Duration,
+    /// How long SIGTERM waits for in-flight requests and tunnels.
+    #[arg(long, env = "PINPROXY_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration::parse)]
+    pub drain_timeout: Duration,
     /// Bounded cache of minted interception certificates.
     #[arg(long, env = "PINPROXY_LEAF_CACHE", default_value_t = 1024)]
     pub leaf_cache: usize,
@@ -99,27 +120,21 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     rt.block_on(run_async(args))
 }
 
-fn secs(v: f64, name: &str) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(v)
-        .map_err(|_| Error::Usage(format!("--{name} must be a non-negative number of seconds")))
-}
-
-/// The runner's settings from the command line; a bad duration is a usage
-/// error (exit 2).
-fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
+/// The runner's settings from the command line.
+fn run_config(args: &RunArgs) -> (Config, Duration) {
     let limits = Limits {
         max_connections: args.max_connections.max(1),
-        header_read_timeout: secs(args.header_timeout, "header-timeout")?,
-        drain_timeout: secs(args.drain_timeout, "drain-timeout")?,
-        tunnel_idle: secs(args.tunnel_idle_timeout, "tunnel-idle-timeout")?,
-        revoke_grace: secs(args.revoke_grace, "revoke-grace")?,
+        header_read_timeout: args.header_timeout,
+        drain_timeout: args.drain_timeout,
+        tunnel_idle: args.tunnel_idle_timeout,
+        revoke_grace: args.revoke_grace,
         ..Limits::default()
     };
     let upstream = Options {
         timeouts: Timeouts {
-            connect: secs(args.connect_timeout, "connect-timeout")?,
-            handshake: secs(args.handshake_timeout, "handshake-timeout")?,
-            response: secs(args.response_timeout, "response-timeout")?,
+            connect: args.connect_timeout,
+            handshake: args.handshake_timeout,
+            response: args.response_timeout,
             ..Timeouts::default()
         },
         ..Options::default()
@@ -137,19 +152,20 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
         admin: args.admin,
         ca,
         ca_out: args.ca_out.clone(),
+        ca_bundle_extra: args.ca_bundle_extra.clone(),
         leaf_cache: args.leaf_cache,
         limits,
         upstream,
         watch: !args.no_watch,
         sighup: true,
     };
-    Ok((config, secs(args.shutdown_grace, "shutdown-grace")?))
+    (config, args.shutdown_grace)
 }
 
 async fn run_async(args: RunArgs) -> Result<(), Error> {
     let mut signals =
         Signals::new().map_err(|e| Error::failed(format!("cannot listen for signals: {e}")))?;
-    let (config, grace) = run_config(&args)?;
+    let (config, grace) = run_config(&args);
     let app = App::build(config).await.map_err(Error::failed)?;
     for w in &app.warnings {
         tracing::warn!("{}: warning: {w}", args.pins.display());

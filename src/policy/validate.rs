@@ -132,6 +132,16 @@ impl<'a> Validator<'a> {
         if !self.problems.is_empty() {
             return Err(self.problems);
         }
+        if hosts.is_empty() && defaults.unlisted == Unlisted::Deny {
+            self.warn(
+                None,
+                Some("hosts"),
+                self.lines.top("hosts"),
+                "no hosts and unlisted: deny — this pinset refuses all egress; \
+                 list hosts, or set defaults.unlisted: allow to observe first"
+                    .into(),
+            );
+        }
         Ok(Policy {
             defaults,
             hosts,

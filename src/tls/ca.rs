@@ -36,7 +36,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write the CA certificate to {path}: {source}")]
+    #[error("cannot write the app's trust file {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -184,19 +184,49 @@ impl Intercept {
         &self.ca_pem
     }
 
-    /// Writes `ca.crt` into `dir` atomically (temp file + rename), so an app
-    /// never reads half a certificate.
-    pub fn write_ca(&self, dir: &Path) -> Result<PathBuf, Error> {
-        let wrap = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Write { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(wrap(dir))?;
-        let tmp = dir.join(".ca.crt.tmp");
-        let dst = dir.join("ca.crt");
-        std::fs::write(&tmp, self.ca_pem.as_bytes()).map_err(wrap(&tmp))?;
-        std::fs::rename(&tmp, &dst).map_err(wrap(&dst))?;
-        Ok(dst)
+    /// Writes the app's trust files into `dir`, each atomically (a temp
+    /// file renamed, so an app never reads half a file): `ca.crt`, the pod CA
+    /// alone (for runtimes that *add* a CA, such as Node's
+    /// `NODE_EXTRA_CA_CERTS`), and `ca-bundle.crt`, the pod CA, Mozilla's
+    /// roots and every certificate in `extra` (for runtimes whose variable
+    /// *replaces* the default roots, such as `SSL_CERT_FILE`: direct
+    /// `NO_PROXY` calls and unlisted tunnels, which show the real server's
+    /// certificate, must still verify). Returns the two paths.
+    pub fn write_trust(&self, dir: &Path, extra: &[PathBuf]) -> Result<[PathBuf; 2], Error> {
+        let mut bundle = String::with_capacity(256 * 1024);
+        bundle.push_str("# pinproxy pod CA\n");
+        bundle.push_str(&self.ca_pem);
+        for file in extra {
+            let bytes = std::fs::read(file).map_err(|source| Error::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::Ca(format!("{}: {e}", file.display())))?;
+            if certs.is_empty() {
+                return Err(Error::Ca(format!(
+                    "{}: no PEM CERTIFICATE block (--ca-bundle-extra)",
+                    file.display()
+                )));
+            }
+            bundle.push_str(&format!("# from {}\n", file.display()));
+            for cert in &certs {
+                bundle.push_str(&der_to_pem(cert.as_ref()));
+            }
+        }
+        bundle.push_str("# Mozilla's roots (webpki-root-certs)\n");
+        for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+            bundle.push_str(&der_to_pem(cert.as_ref()));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok([
+            write_atomic(dir, "ca.crt", self.ca_pem.as_bytes())?,
+            write_atomic(dir, "ca-bundle.crt", bundle.as_bytes())?,
+        ])
     }
 
     /// The TLS server config presenting a leaf for `host`, minted on first
@@ -282,6 +312,19 @@ impl Intercept {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
+}
+
+/// Writes `dir/name` through a temp file and a rename.
+fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<PathBuf, Error> {
+    let wrap = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Write { path, source }
+    };
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(name);
+    std::fs::write(&tmp, contents).map_err(wrap(&tmp))?;
+    std::fs::rename(&tmp, &dst).map_err(wrap(&dst))?;
+    Ok(dst)
 }
 
 fn der_to_pem(der: &[u8]) -> String {

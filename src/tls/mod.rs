@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod keyfile;
 pub mod probe;
 pub mod verdict;
 pub mod verify;

@@ -476,6 +476,7 @@ pub async fn proxy_full(
         ca: CaSource::Generate,
         // Outside the pins directory, so writing it doesn't look like a reload.
         ca_out: Some(dir.path().join("ca-out")),
+        ca_bundle_extra: Vec::new(),
         leaf_cache: 16,
         limits: Limits::default(),
         upstream: Options::default(),

@@ -1,0 +1,158 @@
+//! Operating pinproxy (issue 11): the CLI an operator meets — durations,
+//! help, messages, pins from keys and CSRs — run as the built binary.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+fn pinproxy(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(args)
+        .output()
+        .expect("run pinproxy");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `pin` on keys and CSRs equals openssl's pin of the same public key,
+/// for every key kind and encoding an operator holds in reserve.
+#[test]
+fn pin_of_keys_and_csrs_equals_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    sh(&format!(
+        "cd {d} && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa.pk8 2>/dev/null \
+         && openssl rsa -in rsa.pk8 -traditional -out rsa.pkcs1 2>/dev/null \
+         && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec.pk8 \
+         && openssl ec -in ec.pk8 -out ec.sec1 2>/dev/null \
+         && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 -out ec384.pk8 \
+         && openssl genpkey -algorithm ed25519 -out ed.pk8 \
+         && openssl pkey -in rsa.pk8 -pubout -out rsa.pub \
+         && openssl rsa -in rsa.pk8 -RSAPublicKey_out -out rsa.pkcs1.pub 2>/dev/null \
+         && openssl pkey -in ed.pk8 -pubout -out ed.pub \
+         && openssl req -new -key ec.pk8 -subj /CN=leaf2 -out ec.csr \
+         && openssl req -new -key rsa.pk8 -subj /CN=leaf3 -out rsa.csr \
+         && openssl pkey -in ec.pk8 -pubout -outform der -out ec.pub.der \
+         && openssl pkey -in rsa.pk8 -outform der -out rsa.pk8.der \
+         && openssl req -in ec.csr -outform der -out ec.csr.der"
+    ));
+    let openssl_key = |key: &str| {
+        format!(
+            "sha256/{}",
+            sh(&format!(
+                "openssl pkey -in {d}/{key} -pubout -outform der | openssl dgst -sha256 -binary | base64"
+            ))
+        )
+    };
+    let rsa = openssl_key("rsa.pk8");
+    let ec = openssl_key("ec.pk8");
+    let ec384 = openssl_key("ec384.pk8");
+    let ed = openssl_key("ed.pk8");
+    let cases = [
+        ("rsa.pk8", &rsa, "RSA"),
+        ("rsa.pkcs1", &rsa, "RSA"),
+        ("rsa.pk8.der", &rsa, "RSA"),
+        ("rsa.pub", &rsa, "RSA"),
+        ("rsa.pkcs1.pub", &rsa, "RSA"),
+        ("rsa.csr", &rsa, "leaf3"),
+        ("ec.pk8", &ec, "EC P-256"),
+        ("ec.sec1", &ec, "EC P-256"),
+        ("ec.pub.der", &ec, "EC P-256"),
+        ("ec.csr", &ec, "leaf2"),
+        ("ec.csr.der", &ec, "leaf2"),
+        ("ec384.pk8", &ec384, "EC P-384"),
+        ("ed.pk8", &ed, "Ed25519"),
+        ("ed.pub", &ed, "Ed25519"),
+    ];
+    for (file, want, says) in cases {
+        let path = Path::new(&dir.path()).join(file);
+        let (code, out, err) = pinproxy(&["pin", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{file}: {err}");
+        assert_eq!(
+            out.split_whitespace().next(),
+            Some(want.as_str()),
+            "{file}: {out}"
+        );
+        assert!(out.contains(says), "{file}: {out}");
+        // A private key's file never has its secret echoed.
+        assert!(!out.contains("PRIVATE KEY-----"), "{out}");
+    }
+    // Garbage is refused, naming the file.
+    let junk = support::write(
+        dir.path(),
+        "junk.pem",
+        "-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n",
+    );
+    let (code, _, err) = pinproxy(&["pin", junk.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("junk.pem"), "{err}");
+}
+
+/// Durations take units (and plain seconds, as before); a bad one is a
+/// usage error that says what is expected.
+#[test]
+fn durations_take_units() {
+    for ok in ["5s", "500ms", "2m", "5", "0.5"] {
+        let (code, _, err) = pinproxy(&[
+            "run",
+            "--pins",
+            "/nonexistent/pins.yaml",
+            "--connect-timeout",
+            ok,
+            "--revoke-grace",
+            ok,
+        ]);
+        // Past argument parsing: it fails reading the pinset, not on the flag.
+        assert_eq!(code, 1, "{ok}: {err}");
+        assert!(
+            err.contains("cannot read /nonexistent/pins.yaml"),
+            "{ok}: {err}"
+        );
+    }
+    let (code, _, err) = pinproxy(&["run", "--pins", "x", "--connect-timeout", "5x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("use e.g. 5s, 500ms, 2m"), "{err}");
+}
+
+/// `check`: one host is "1 host"; a pinset that refuses everything says so.
+#[test]
+fn check_grammar_and_the_deny_everything_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = support::write(
+        dir.path(),
+        "one.yaml",
+        "version: 1\nhosts:\n  a.test:\n    pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=, sha256/YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=]\n",
+    );
+    let (code, out, _) = pinproxy(&["check", one.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok (1 host)\n"), "{out}");
+    let none = support::write(dir.path(), "none.yaml", "version: 1\nhosts: {}\n");
+    let (code, out, _) = pinproxy(&["check", none.to_str().unwrap()]);
+    assert_eq!(code, 0, "a warning, not an error");
+    assert!(out.contains("refuses all egress"), "{out}");
+    let observe = support::write(
+        dir.path(),
+        "observe.yaml",
+        "version: 1\ndefaults:\n  unlisted: allow\nhosts: {}\n",
+    );
+    let (_, out, _) = pinproxy(&["check", observe.to_str().unwrap()]);
+    assert!(!out.contains("refuses all egress"), "{out}");
+}
