@@ -156,3 +156,64 @@ fn check_grammar_and_the_deny_everything_warning() {
     let (_, out, _) = pinproxy(&["check", observe.to_str().unwrap()]);
     assert!(!out.contains("refuses all egress"), "{out}");
 }
+
+/// `pin --connect --address` dials the given address with SNI = the host;
+/// its snippet carries the `trust:` and `address:` it used, and an
+/// untrusted chain still prints one, marked, with exit 1.
+#[tokio::test]
+async fn pin_connect_snippet_carries_trust_and_address_and_marks_untrusted() {
+    let pki = support::Pki::new(&["live.test"]);
+    let up = support::upstream(
+        pki.chain(),
+        pki.leaf.key_der(),
+        support::UpstreamOpts::new("live"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::write(dir.path(), "ca.pem", &pki.root.pem());
+    let addr = up.addr.to_string();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pinproxy(&args)
+        })
+    };
+    let with_ca = vec![
+        "pin".into(),
+        "--connect".into(),
+        format!("live.test:{}", up.addr.port()),
+        "--address".into(),
+        addr.clone(),
+        "--ca-file".into(),
+        ca.display().to_string(),
+    ];
+    let (code, out, err) = run(with_ca).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("at {addr} (SNI live.test)")), "{out}");
+    assert!(out.contains("  live.test:\n    pins:\n"), "{out}");
+    assert!(
+        out.contains(&format!("    trust: {}", ca.display())),
+        "{out}"
+    );
+    assert!(out.contains(&format!("    address: {addr}\n")), "{out}");
+    assert!(
+        out.contains(&format!("    ports: [{}]\n", up.addr.port())),
+        "{out}"
+    );
+    assert!(!out.contains("UNTRUSTED"), "{out}");
+
+    // Mozilla's roots don't know the test root: untrusted, snippet marked.
+    let without_ca = vec![
+        "pin".into(),
+        "--connect".into(),
+        "live.test:443".into(),
+        "--address".into(),
+        addr.clone(),
+    ];
+    let (code, out, _) = run(without_ca).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("# NOT VALID"), "{out}");
+    assert!(out.contains("# UNTRUSTED chain: do not paste"), "{out}");
+    assert!(out.contains(&pki.leaf.pin().to_string()), "{out}");
+    assert!(out.contains(&format!("    address: {addr}\n")), "{out}");
+}

@@ -1,6 +1,7 @@
 //! `pinproxy pin`: the pins of certificates in files, or of the chain a
 //! live server presents (`--connect`), ending with a pinset snippet.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,14 +30,24 @@ pub struct PinArgs {
     /// SNI and name to verify (default: the host of --connect).
     #[arg(long, requires = "connect")]
     pub servername: Option<String>,
-    /// Validate against this PEM CA bundle instead of Mozilla's roots.
+    /// Validate against this PEM CA bundle instead of Mozilla's roots (the
+    /// snippet then carries `trust:` with this path).
     #[arg(long, requires = "connect")]
     pub ca_file: Option<PathBuf>,
+    /// Dial this IP:PORT instead of resolving the host (SNI and the name
+    /// checked stay the host; the snippet then carries `address:`).
+    #[arg(long, value_name = "IP:PORT", requires = "connect")]
+    pub address: Option<SocketAddr>,
 }
 
 pub fn pin(args: &PinArgs) -> Result<(), Error> {
     if let Some(target) = &args.connect {
-        return pin_connect(target, args.servername.as_deref(), args.ca_file.as_deref());
+        return pin_connect(
+            target,
+            args.servername.as_deref(),
+            args.ca_file.as_deref(),
+            args.address,
+        );
     }
     let provider = rustls::crypto::ring::default_provider();
     let mut failed = false;
@@ -64,6 +75,7 @@ fn pin_connect(
     target: &str,
     servername: Option<&str>,
     ca_file: Option<&Path>,
+    address: Option<SocketAddr>,
 ) -> Result<(), Error> {
     let (host, port) = parse_host_port(target)
         .map_err(|e| Error::Usage(format!("invalid HOST[:PORT] {target:?}: {e}")))?;
@@ -80,15 +92,50 @@ fn pin_connect(
         .block_on(probe::probe(
             &host,
             port,
-            None,
+            address,
             &name,
             Some(anchors),
             Duration::from_secs(10),
         ))
         .map_err(|e| Error::failed(format!("{host}:{port}: {e}")))?;
+    let dialed = address.map_or_else(
+        || format!("{host}:{port}"),
+        |a| format!("{host}:{port} at {a}"),
+    );
+    println!("# chain presented by {dialed} (SNI {name}), leaf first");
+    print_chain(&seen);
+    let snippet = Snippet {
+        host: name.to_string(),
+        port,
+        trust: ca_file.map(|f| f.display().to_string()),
+        address,
+    };
+    match &seen.error {
+        Some(e) => {
+            // Still useful: the operator sees what the server sends. But
+            // pinproxy would refuse it until the chain validates.
+            println!("# NOT VALID: {e}");
+            println!(
+                "# UNTRUSTED: pinproxy would refuse this server (untrusted-certificate) with \
+                 this trust; the snippet below pins the chain *as presented*, unvalidated. \
+                 Fix trust (--ca-file / trust:) first, then pin from a validated chain."
+            );
+            print!("{}", snippet.render(&seen.presented_info(), true));
+            Err(Error::Reported)
+        }
+        None => {
+            println!("# pinset snippet (pin an intermediate or root and keep a backup pin):");
+            print!("{}", snippet.render(&on_validated_path(&seen), false));
+            Ok(())
+        }
+    }
+}
+
+/// The presented chain, marking what no validated path used, then the
+/// anchors of the validated paths (roots are usually not sent).
+fn print_chain(seen: &probe::Seen) {
     let validated = seen.validated_pins();
     let presented = seen.presented_info();
-    println!("# chain presented by {host}:{port} (SNI {name}), leaf first");
     for info in &presented {
         let mark = match info.pin.parse::<Pin>() {
             Ok(p) if validated.contains(&p) => "",
@@ -96,7 +143,6 @@ fn pin_connect(
         };
         println!("{}{mark}", info.line());
     }
-    // Roots are usually not sent: show the anchors of the validated paths.
     for path in &seen.paths {
         if let Some(anchor) = path.last() {
             if !presented.iter().any(|i| i.pin == anchor.to_string()) {
@@ -104,31 +150,56 @@ fn pin_connect(
             }
         }
     }
-    match &seen.error {
-        Some(e) => {
-            println!("# NOT VALID: {e}");
-            Err(Error::Reported)
+}
+
+/// The certificates of the first validated path, leaf first, anchor last.
+fn on_validated_path(seen: &probe::Seen) -> Vec<CertInfo> {
+    let validated = seen.validated_pins();
+    let mut on_path: Vec<CertInfo> = seen
+        .presented_info()
+        .into_iter()
+        .filter(|i| i.pin.parse::<Pin>().is_ok_and(|p| validated.contains(&p)))
+        .collect();
+    if let Some(anchor) = seen.paths.first().and_then(|p| p.last()) {
+        if !on_path.iter().any(|i| i.pin == anchor.to_string()) {
+            on_path.push(CertInfo {
+                pin: anchor.to_string(),
+                subject: "trust anchor".into(),
+                issuer: String::new(),
+                not_after: String::new(),
+                not_after_unix: 0,
+            });
         }
-        None => {
-            let mut on_path: Vec<CertInfo> = presented
-                .iter()
-                .filter(|i| i.pin.parse::<Pin>().is_ok_and(|p| validated.contains(&p)))
-                .cloned()
-                .collect();
-            if let Some(anchor) = seen.paths.first().and_then(|p| p.last()) {
-                if !on_path.iter().any(|i| i.pin == anchor.to_string()) {
-                    on_path.push(CertInfo {
-                        pin: anchor.to_string(),
-                        subject: "trust anchor".into(),
-                        issuer: String::new(),
-                        not_after: String::new(),
-                        not_after_unix: 0,
-                    });
-                }
-            }
-            println!("# pinset snippet (pin an intermediate or root and keep a backup pin):");
-            print!("{}", cert::yaml_snippet(&name.to_string(), &on_path));
-            Ok(())
+    }
+    on_path
+}
+
+/// A pinset entry for what `pin --connect` saw, with the settings it used.
+struct Snippet {
+    host: String,
+    port: u16,
+    trust: Option<String>,
+    address: Option<SocketAddr>,
+}
+
+impl Snippet {
+    fn render(&self, chain: &[CertInfo], untrusted: bool) -> String {
+        let mut s = String::new();
+        if untrusted {
+            s.push_str("# UNTRUSTED chain: do not paste before it validates\n");
         }
+        s.push_str(&cert::yaml_snippet(&self.host, chain));
+        if let Some(trust) = &self.trust {
+            s.push_str(&format!(
+                "    trust: {trust}   # relative paths resolve against the pinset file\n"
+            ));
+        }
+        if let Some(a) = self.address {
+            s.push_str(&format!("    address: {a}\n"));
+        }
+        if self.port != 443 {
+            s.push_str(&format!("    ports: [{}]\n", self.port));
+        }
+        s
     }
 }
