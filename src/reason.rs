@@ -187,6 +187,8 @@ pub enum Outcome {
     Ok,
     /// An unlisted host tunnelled as bytes.
     Tunnel,
+    /// Relayed as it came under a `passthrough:` item.
+    Passthrough,
     /// Let through the policy, then refused.
     Refused(Reason),
 }
@@ -194,7 +196,7 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome label, for pre-creating and forgetting series.
     pub fn labels() -> impl Iterator<Item = &'static str> {
-        [Outcome::Ok, Outcome::Tunnel]
+        [Outcome::Ok, Outcome::Tunnel, Outcome::Passthrough]
             .into_iter()
             .map(Outcome::as_str)
             .chain(Reason::outcomes())
@@ -204,6 +206,7 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok",
             Outcome::Tunnel => "tunnel",
+            Outcome::Passthrough => "passthrough",
             Outcome::Refused(r) => r.as_str(),
         }
     }
@@ -255,6 +258,7 @@ mod tests {
             [
                 "ok",
                 "tunnel",
+                "passthrough",
                 "pin-mismatch",
                 "untrusted-certificate",
                 "upstream-unreachable",

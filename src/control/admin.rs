@@ -109,6 +109,8 @@ struct PinsView {
     source_hash: String,
     defaults: DefaultsView,
     hosts: Vec<HostView>,
+    /// `passthrough:` items as written.
+    passthrough: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -161,5 +163,6 @@ fn pins_view(admin: &Admin) -> PinsView {
                 last_seen: admin.drift.get(&h.name),
             })
             .collect(),
+        passthrough: p.passthrough.items().to_vec(),
     }
 }

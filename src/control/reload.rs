@@ -102,6 +102,15 @@ impl Reloader {
         {
             metrics.forget_host(&gone.name);
         }
+        for gone in old
+            .policy
+            .passthrough
+            .items()
+            .iter()
+            .filter(|i| !new.policy.passthrough.items().contains(i))
+        {
+            metrics.forget_host(gone);
+        }
         self.shared
             .drift
             .retain(|h| new.policy.hosts.iter().any(|n| n.name == h));

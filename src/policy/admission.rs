@@ -5,6 +5,7 @@
 //! streaming responses). An [`Admission`] can only be made here, so holding
 //! one proves the policy was asked.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -20,8 +21,8 @@ pub struct Target {
     pub port: u16,
 }
 
-/// What the policy said about a target: let through under an entry, or
-/// as an unlisted host.
+/// What the policy said about a target: let through under an entry, as an
+/// unlisted host, or as passthrough traffic.
 #[derive(Clone, Debug)]
 pub struct Admission(Admitted);
 
@@ -29,6 +30,8 @@ pub struct Admission(Admitted);
 enum Admitted {
     Pinned(Arc<HostPolicy>),
     Unlisted,
+    /// Relayed as it came, under the `passthrough:` item (as written).
+    Passthrough(Arc<str>),
 }
 
 /// Why the policy refuses a target before any dialing.
@@ -43,34 +46,86 @@ pub struct Refusal {
 // === impl Admission ===
 
 impl Admission {
-    /// The entry the target was admitted under; `None` for unlisted hosts.
+    /// The entry the target was admitted under; `None` for unlisted and
+    /// passthrough targets.
     pub fn entry(&self) -> Option<&Arc<HostPolicy>> {
         match &self.0 {
             Admitted::Pinned(e) => Some(e),
-            Admitted::Unlisted => None,
+            _ => None,
         }
     }
 
-    /// The metric and log label: the entry as written, or `unlisted`.
-    pub fn label(&self) -> &str {
-        self.entry().map_or("unlisted", |e| e.name.as_str())
+    /// The `passthrough:` item the target passes by, as written.
+    pub fn passthrough(&self) -> Option<&str> {
+        match &self.0 {
+            Admitted::Passthrough(label) => Some(label),
+            _ => None,
+        }
     }
 
-    /// Would `target`, admitted as `self`, still be let through under
-    /// `policy` (a newer generation)? Pinned targets must keep an entry
-    /// that enforces the same thing; unlisted ones must stay unlisted and
-    /// allowed.
-    pub fn still_holds(&self, policy: &Policy, target: &Target, now: OffsetDateTime) -> bool {
-        match (&self.0, decide(policy, target, now).map(|a| a.0)) {
+    /// Whether the target is an unlisted host (CA validation only).
+    pub fn is_unlisted(&self) -> bool {
+        matches!(self.0, Admitted::Unlisted)
+    }
+
+    /// The metric and log label: the entry or passthrough item as written,
+    /// or `unlisted`.
+    pub fn label(&self) -> &str {
+        match &self.0 {
+            Admitted::Pinned(e) => &e.name,
+            Admitted::Unlisted => "unlisted",
+            Admitted::Passthrough(label) => label,
+        }
+    }
+
+    /// Would `target`, admitted as `self` (and connected to `peer`, for
+    /// what is already open), still be let through under `policy` (a newer
+    /// generation)? Pinned targets must keep an entry that enforces the
+    /// same thing; unlisted ones must stay unlisted and allowed;
+    /// passthrough ones must still pass by the same item.
+    pub fn still_holds(
+        &self,
+        policy: &Policy,
+        target: &Target,
+        peer: Option<IpAddr>,
+        now: OffsetDateTime,
+    ) -> bool {
+        let mut again = decide(policy, target, now).map(|a| a.0);
+        if let (Admitted::Passthrough(_), Some(ip)) = (&self.0, peer) {
+            // Admitted by the address its name resolved to.
+            if !matches!(again, Ok(Admitted::Pinned(_))) {
+                if let Some(a) = by_address(policy, target, &[ip]) {
+                    again = Ok(a.0);
+                }
+            }
+        }
+        match (&self.0, again) {
             (Admitted::Pinned(old), Ok(Admitted::Pinned(new))) => same_enforcement(old, &new),
             (Admitted::Unlisted, Ok(Admitted::Unlisted)) => true,
+            (Admitted::Passthrough(old), Ok(Admitted::Passthrough(new))) => *old == new,
             _ => false,
         }
     }
 }
 
-/// Policy checks that need no network: unlisted deny, ports, expired
-/// pin-only entries.
+/// Passthrough by address: an unlisted name whose every resolved address
+/// lies in one `passthrough:` CIDR (a short in-cluster name such as
+/// `orders` resolving into the Service CIDR). Entries always win: a name
+/// with an entry is never passed through.
+pub fn by_address(policy: &Policy, target: &Target, addrs: &[IpAddr]) -> Option<Admission> {
+    if addrs.is_empty() || matches!(policy.lookup(&target.host), Decision::Listed(_)) {
+        return None;
+    }
+    let first = policy.passthrough.by_address(addrs[0])?;
+    addrs
+        .iter()
+        .all(|a| policy.passthrough.by_address(*a) == Some(first))
+        .then(|| Admission(Admitted::Passthrough(first.into())))
+}
+
+/// Policy checks that need no network: entries (which win), passthrough
+/// by name or IP literal, then unlisted deny, ports, expired pin-only
+/// entries.
 pub fn decide(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<Admission, Refusal> {
     match policy.lookup(&target.host) {
         Decision::Listed(entry) => {
@@ -97,6 +152,9 @@ pub fn decide(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<A
             Ok(Admission(Admitted::Pinned(entry.clone())))
         }
         Decision::Unlisted => {
+            if let Some(label) = policy.passthrough.by_host(&target.host) {
+                return Ok(Admission(Admitted::Passthrough(label.into())));
+            }
             let refuse = |reason, message| Refusal {
                 reason,
                 message,

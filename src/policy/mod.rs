@@ -12,13 +12,14 @@
 pub mod admission;
 pub mod host;
 pub mod load;
+pub mod passthrough;
+pub mod pattern;
 pub mod pin;
 #[cfg(test)]
 mod tests;
 mod validate;
 mod wire;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub use admission::{Admission, Refusal, Target};
 pub use load::{load, load_bundle, parse, BundleError, Error, Problem};
 
 use host::Host;
+use passthrough::Passthrough;
+use pattern::Patterns;
 use pin::Pin;
 
 // === domain types ===
@@ -133,9 +136,9 @@ pub struct Policy {
     pub defaults: Defaults,
     /// Entries in file order.
     pub hosts: Vec<Arc<HostPolicy>>,
-    exact: HashMap<Host, Arc<HostPolicy>>,
-    /// `*.example.com` is stored under `example.com`.
-    wildcard: HashMap<String, Arc<HostPolicy>>,
+    entries: Patterns<Arc<HostPolicy>>,
+    /// Traffic relayed as it came (in-cluster services).
+    pub passthrough: Passthrough,
     /// SHA-256 of the file bytes, hex.
     pub source_hash: String,
     pub warnings: Vec<Problem>,
@@ -151,22 +154,14 @@ pub enum Decision<'a> {
 // === impl Policy ===
 
 impl Policy {
-    /// Finds the entry for a normalized host: exact first, then a wildcard
-    /// one label up. IPs only ever match exact entries.
+    /// Finds the entry for a normalized host: exact first, then `*.` one
+    /// label up, then `**.` from the longest suffix. IPs only ever match
+    /// exact entries.
     pub fn lookup(&self, host: &Host) -> Decision<'_> {
-        if let Some(p) = self.exact.get(host) {
-            return Decision::Listed(p);
+        match self.entries.get(host) {
+            Some(e) => Decision::Listed(e),
+            None => Decision::Unlisted,
         }
-        if let Host::Name(name) = host {
-            if let Some((first, rest)) = name.split_once('.') {
-                if !first.is_empty() {
-                    if let Some(p) = self.wildcard.get(rest) {
-                        return Decision::Listed(p);
-                    }
-                }
-            }
-        }
-        Decision::Unlisted
     }
 
     /// Every CA bundle file the pinset names, for the reloader to watch.

@@ -5,7 +5,7 @@ use std::path::Path;
 use time::OffsetDateTime;
 
 use super::host::Host;
-use super::validate::is_public_suffix;
+use super::pattern::is_public_suffix;
 use super::{parse, Decision, Mode, Policy, Problem, Unlisted};
 
 const PIN_A: &str = "sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=";

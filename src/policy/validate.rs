@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::host::Host;
 use super::load::{hex, read_bundle, BundleError, Problem};
+use super::passthrough::{Item, Passthrough};
+use super::pattern::{Pattern, Patterns};
 use super::pin::Pin;
 use super::wire::{DefaultsWire, FileWire, HostWire};
 use super::{Defaults, HostPolicy, Mode, Policy, Trust, Unlisted};
@@ -37,12 +38,6 @@ enum TrustError {
     Empty,
     #[error(transparent)]
     Bundle(#[from] BundleError),
-}
-
-/// A `hosts:` key: an exact host, or `*.base` stored under `base`.
-enum Pattern {
-    Exact(Host),
-    Wildcard(String),
 }
 
 /// Where one host entry's problems are reported.
@@ -90,8 +85,8 @@ impl<'a> Validator<'a> {
             );
         }
         let defaults = self.defaults(wire.defaults);
-        let mut exact: HashMap<Host, Arc<HostPolicy>> = HashMap::new();
-        let mut wildcard: HashMap<String, Arc<HostPolicy>> = HashMap::new();
+        let passthrough = self.passthrough(wire.passthrough.unwrap_or_default());
+        let mut entries: Patterns<Arc<HostPolicy>> = Patterns::default();
         let mut hosts = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
         for (key, wire) in wire.hosts.0 {
@@ -104,10 +99,7 @@ impl<'a> Validator<'a> {
             let Some(pattern) = self.pattern(&key, line) else {
                 continue;
             };
-            let canonical = match &pattern {
-                Pattern::Exact(h) => h.to_string(),
-                Pattern::Wildcard(base) => format!("*.{base}"),
-            };
+            let canonical = pattern.canonical();
             if let Some(first) = seen.get(&canonical) {
                 self.err(
                     Some(&key),
@@ -123,16 +115,13 @@ impl<'a> Validator<'a> {
             };
             policy.index = hosts.len();
             let policy = Arc::new(policy);
-            match pattern {
-                Pattern::Exact(h) => exact.insert(h, policy.clone()),
-                Pattern::Wildcard(base) => wildcard.insert(base, policy.clone()),
-            };
+            entries.insert(pattern, policy.clone());
             hosts.push(policy);
         }
         if !self.problems.is_empty() {
             return Err(self.problems);
         }
-        if hosts.is_empty() && defaults.unlisted == Unlisted::Deny {
+        if hosts.is_empty() && defaults.unlisted == Unlisted::Deny && passthrough.is_empty() {
             self.warn(
                 None,
                 Some("hosts"),
@@ -145,8 +134,8 @@ impl<'a> Validator<'a> {
         Ok(Policy {
             defaults,
             hosts,
-            exact,
-            wildcard,
+            entries,
+            passthrough,
             source_hash: self.source_hash(bytes),
             warnings: self.warnings,
         })
@@ -224,36 +213,30 @@ impl<'a> Validator<'a> {
     }
 
     fn pattern(&mut self, key: &str, line: Option<usize>) -> Option<Pattern> {
-        let refuse = |v: &mut Self, msg: String| {
-            v.err(Some(key), None, line, msg);
-            None
-        };
-        if let Some(base) = key.strip_prefix("*.") {
-            if base.contains('*') {
-                return refuse(
-                    self,
-                    "a wildcard may only be a whole first label (*.example.com)".into(),
-                );
+        Pattern::parse(key)
+            .map_err(|e| self.err(Some(key), None, line, e.to_string()))
+            .ok()
+    }
+
+    /// The `passthrough:` list: host patterns and CIDRs.
+    fn passthrough(&mut self, raw: Vec<String>) -> Passthrough {
+        let mut out = Passthrough::default();
+        let mut seen = std::collections::HashSet::new();
+        let line = self.lines.top("passthrough");
+        for (i, item) in raw.iter().enumerate() {
+            let field = format!("passthrough[{i}]");
+            match Item::parse(item) {
+                Ok(parsed) if !seen.insert(format!("{parsed:?}")) => self.err(
+                    None,
+                    Some(&field),
+                    line,
+                    format!("duplicate passthrough item {item:?}"),
+                ),
+                Ok(parsed) => out.push(parsed, item),
+                Err(e) => self.err(None, Some(&field), line, e.to_string()),
             }
-            return match Host::parse(base) {
-                Ok(Host::Name(base)) if is_public_suffix(&base) => {
-                    refuse(self, format!("wildcard covers the public suffix {base:?}"))
-                }
-                Ok(Host::Name(base)) => Some(Pattern::Wildcard(base)),
-                Ok(Host::Ip(_)) => refuse(self, "a wildcard cannot cover an IP address".into()),
-                Err(e) => refuse(self, format!("invalid host name: {e}")),
-            };
         }
-        if key.contains('*') {
-            return refuse(
-                self,
-                "partial wildcard: only *.example.com (one whole first label) is allowed".into(),
-            );
-        }
-        match Host::parse(key) {
-            Ok(h) => Some(Pattern::Exact(h)),
-            Err(e) => refuse(self, format!("invalid host name: {e}")),
-        }
+        out
     }
 
     /// One `hosts:` entry: each field checked in turn, every problem kept.
@@ -434,13 +417,6 @@ fn port_problems(raw: &[u16]) -> Vec<&'static str> {
         out.push("port 0 is not a port");
     }
     out
-}
-
-/// Whether a wildcard's base is itself a public suffix (`com`, `co.uk`,
-/// `github.io`), by the Public Suffix List (ICANN and private sections): a
-/// wildcard over it would cover every registrant's hosts.
-pub(super) fn is_public_suffix(base: &str) -> bool {
-    !base.contains('.') || psl::suffix_str(base) == Some(base)
 }
 
 // === line index ===

@@ -16,6 +16,8 @@ pub(super) struct FileWire {
     pub(super) defaults: DefaultsWire,
     #[serde(default)]
     pub(super) hosts: HostsWire,
+    #[serde(default)]
+    pub(super) passthrough: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]

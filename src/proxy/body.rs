@@ -125,8 +125,17 @@ pub fn still_allowed(
     peer: Option<std::net::SocketAddr>,
 ) -> bool {
     let snap = ctx.live.load();
-    admitted.still_holds(&snap.policy, target, time::OffsetDateTime::now_utc())
-        && peer.is_none_or(|p| snap.connector.egress_allowed(&p))
+    let now = time::OffsetDateTime::now_utc();
+    if !admitted.still_holds(&snap.policy, target, peer.map(|p| p.ip()), now) {
+        return false;
+    }
+    match peer {
+        // Passthrough is exempt from the private-address rule, never from
+        // the loop guard.
+        Some(p) if admitted.passthrough().is_some() => !snap.connector.is_own(&p),
+        Some(p) => snap.connector.egress_allowed(&p),
+        None => true,
+    }
 }
 
 #[cfg(test)]

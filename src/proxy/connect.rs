@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use super::body::revoked;
 use super::target::parse_connect;
 use super::tunnel::{self, Hello};
-use super::{admit, count, deny, intercept, refuse, upstream_refusal, Body, Client, Context};
+use super::{count, deny, intercept, passthrough, refuse, upstream_refusal, Body, Client, Context};
 use crate::policy::host::Host;
 use crate::policy::{Admission, Target};
 use crate::reason::{Outcome, Reason};
@@ -36,10 +36,14 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
     // Subscribe before deciding, so a reload in between is not missed.
     let generation = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    let admission = match admit(&ctx, &snap, &target) {
+    let admitted = match passthrough::admit_resolving(&ctx, &snap, &target).await {
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
+    if admitted.admission.passthrough().is_some() {
+        return passthrough::tunnel(ctx, snap, admitted, target, client, generation).await;
+    }
+    let admission = admitted.admission;
     match admission.entry().cloned() {
         None => tunnel_unlisted(ctx, snap, target, admission, client, generation).await,
         Some(_) => {

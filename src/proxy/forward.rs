@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::refusal::{upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
-use super::{admit, deny, Body, Context, Revocation, Streamed, ERROR_HEADER};
+use super::{deny, passthrough, Body, Context, Revocation, Streamed, ERROR_HEADER};
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::Reason;
@@ -27,10 +27,20 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body>
     // Subscribe before deciding, so a reload in between is not missed.
     let rx = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    let admission = match admit(&ctx, &snap, &target) {
-        Ok(a) => a,
+    let admission = match passthrough::admit_resolving(&ctx, &snap, &target).await {
+        Ok(a) => a.admission,
         Err(refusal) => return refusal,
     };
+    if admission.passthrough().is_some() {
+        // Relayed as it came: the port the URL names (80 by default), not
+        // the TLS upgrade's.
+        let port = req.uri().port_u16().unwrap_or(80);
+        let plain = Target {
+            host: target.host,
+            port,
+        };
+        return passthrough::forward(&ctx, &snap, admission, plain, req, rx).await;
+    }
     let entry = admission.entry().cloned();
     let revocation = Revocation {
         ctx: ctx.clone(),

@@ -14,6 +14,7 @@ pub mod connect;
 pub mod forward;
 pub mod intercept;
 pub mod original_dst;
+pub mod passthrough;
 pub mod refusal;
 pub mod target;
 pub mod tunnel;

@@ -221,6 +221,11 @@ impl Connector {
         Ok(tls)
     }
 
+    /// Whether `addr` is one of pinproxy's own listeners (never a target).
+    pub fn is_own(&self, addr: &SocketAddr) -> bool {
+        egress::is_own(addr, &self.own_addrs)
+    }
+
     /// Whether unlisted egress may go to `addr` under this generation.
     pub fn egress_allowed(&self, addr: &SocketAddr) -> bool {
         egress::allowed(addr, &self.own_addrs, self.policy.defaults.allow_private)
@@ -233,7 +238,7 @@ impl Connector {
             .inc();
     }
 
-    async fn resolve(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {
+    pub async fn resolve(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {
         match host {
             Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
             Host::Name(name) => {
@@ -265,7 +270,11 @@ impl Connector {
         }
     }
 
-    async fn dial(&self, host: &Host, addrs: &[SocketAddr]) -> Result<TcpStream, UpstreamError> {
+    pub(super) async fn dial(
+        &self,
+        host: &Host,
+        addrs: &[SocketAddr],
+    ) -> Result<TcpStream, UpstreamError> {
         let mut last = None;
         for addr in addrs {
             match tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr)).await {

@@ -75,6 +75,14 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
                 Failure::PinMismatch => "the validated certificate chain carries none of this host's pins \
                      (or its pin-only pinset expired); the presented pins are in pinproxy's log and /pins"
                     .to_string(),
+                // Non-TLS bytes back (most often a plain-HTTP service:
+                // pinproxy upgrades http:// URLs to TLS): say how to fix it.
+                _ if matches!(r, rustls::Error::InvalidMessage(_)) => format!(
+                    "TLS handshake failed: {r}: the server did not answer with TLS. \
+                     pinproxy upgrades http:// URLs to TLS; if this is a plain-HTTP \
+                     (in-cluster) service, list it under passthrough: in the pinset \
+                     or add it to NO_PROXY"
+                ),
                 _ => format!("TLS handshake failed: {r}"),
             };
             (failure, reason, detail)

@@ -15,6 +15,7 @@
 pub mod connector;
 pub mod egress;
 pub mod error;
+pub mod passthrough;
 pub mod snapshot;
 
 use std::sync::Arc;

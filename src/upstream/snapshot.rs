@@ -12,6 +12,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::TrustAnchor;
 
 use super::connector::{Connector, ConnectorInner, Resolve};
+use super::passthrough::Plain;
 use super::{Options, Timeouts};
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
@@ -29,6 +30,9 @@ pub struct Snapshot {
     pub connector: Connector,
     /// Pooled, for forwarded requests (h2 or HTTP/1.1 by ALPN).
     pub client: Client<Connector, Incoming>,
+    /// Pooled, for plain-HTTP passthrough requests (no TLS of ours). The
+    /// Host header is the client's own: relayed as it came.
+    pub plain: Client<Plain, Incoming>,
     /// `requests_total{outcome="ok"}` per entry (by `index`), then unlisted:
     /// resolved once here rather than by label on every request.
     ok_counters: Vec<prometheus::IntCounter>,
@@ -144,6 +148,12 @@ impl Snapshot {
             .pool_idle_timeout(shared.timeouts.pool_idle)
             .pool_max_idle_per_host(256)
             .build(connector.clone());
+        let plain = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(shared.timeouts.pool_idle)
+            .set_host(false)
+            .build(Plain(connector.clone()));
         let metrics = &shared.metrics;
         metrics.config_generation.set(generation as i64);
         metrics.pinset_expiry.reset();
@@ -178,6 +188,7 @@ impl Snapshot {
             ok_counters,
             generation,
             client,
+            plain,
             connector,
             policy,
         })

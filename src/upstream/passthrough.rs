@@ -1,0 +1,101 @@
+//! Dialing passthrough traffic (DESIGN §8): plain TCP to the address the
+//! request names, no TLS of ours. A name that passes by a `passthrough:`
+//! pattern may go to any address it resolves to; one admitted by a CIDR
+//! only to the addresses within it. pinproxy's own listeners are never a
+//! target (loop guard); the private-address rule does not apply (reaching
+//! in-cluster services is the point).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin as StdPin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::connector::Connector;
+use super::error::{Failure, UpstreamError};
+use crate::policy::host::Host;
+
+/// The pool's connector for plain passthrough HTTP.
+#[derive(Clone, Debug)]
+pub struct Plain(pub(super) Connector);
+
+impl Connector {
+    /// A plain TCP connection for passthrough traffic to `host:port`:
+    /// `addrs` are the addresses admission already resolved (CIDR
+    /// passthrough), else the host is resolved here.
+    pub async fn dial_passthrough(
+        &self,
+        host: &Host,
+        port: u16,
+        addrs: Option<Vec<SocketAddr>>,
+    ) -> Result<TcpStream, UpstreamError> {
+        let addrs = match addrs {
+            Some(a) => a,
+            None => self.passthrough_addresses(host, port).await?,
+        };
+        let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| !self.is_own(a)).collect();
+        if allowed.is_empty() {
+            return Err(UpstreamError::new(
+                Failure::PrivateAddress,
+                host,
+                "is pinproxy's own listener",
+            ));
+        }
+        self.dial(host, &allowed).await
+    }
+
+    /// Where passthrough traffic to `host` may go: every resolved address
+    /// when a name pattern (or an IP literal) admits it, else only those in
+    /// a passthrough CIDR.
+    async fn passthrough_addresses(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let addrs = self.resolve(host, port).await?;
+        if self.policy.passthrough.by_host(host).is_some() {
+            return Ok(addrs);
+        }
+        let inside: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| self.policy.passthrough.by_address(a.ip()).is_some())
+            .collect();
+        if inside.is_empty() {
+            return Err(UpstreamError::new(
+                Failure::PrivateAddress,
+                host,
+                "no longer resolves into a passthrough CIDR",
+            ));
+        }
+        Ok(inside)
+    }
+}
+
+impl tower_service::Service<Uri> for Plain {
+    type Response = TokioIo<TcpStream>;
+    type Error = UpstreamError;
+    type Future = StdPin<Box<dyn Future<Output = Result<Self::Response, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move {
+            let raw = uri.host().unwrap_or_default();
+            let host = Host::parse(raw).map_err(|e| UpstreamError {
+                failure: Failure::Unreachable,
+                host: raw.to_string(),
+                detail: e.to_string(),
+            })?;
+            let port = uri.port_u16().unwrap_or(80);
+            let tcp = this.dial_passthrough(&host, port, None).await?;
+            Ok(TokioIo::new(tcp))
+        })
+    }
+}
