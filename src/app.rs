@@ -7,13 +7,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::control::admin::{self, Admin};
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
-use crate::control::reload::{self, Watcher};
+use crate::control::reload::{Hangups, Watcher};
+use crate::control::telemetry::LogLimiter;
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy;
 use crate::proxy::{self, Limits};
@@ -85,7 +87,7 @@ pub struct App {
     ctx: Arc<proxy::Context>,
     admin: Admin,
     watcher: Option<Watcher>,
-    sighup: bool,
+    hangups: Option<Hangups>,
 }
 
 // === impl App ===
@@ -102,6 +104,11 @@ impl App {
             })
             .ok()
             });
+        // Listen for SIGHUP before anything can reach the process.
+        let hangups = config.sighup.then(Hangups::new).and_then(|h| {
+            h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+                .ok()
+        });
         let policy = policy::load(&config.pins)?;
         let warnings = policy.warnings.clone();
         let metrics = Metrics::new();
@@ -138,6 +145,7 @@ impl App {
             timeouts: shared.timeouts,
             intercept: intercept.clone(),
             provider: shared.provider.clone(),
+            refusal_logs: LogLimiter::new(Duration::from_secs(10), 5),
         });
         let drift = shared.drift.clone();
         let admin = Admin {
@@ -172,7 +180,7 @@ impl App {
             ctx,
             admin,
             watcher,
-            sighup: config.sighup,
+            hangups,
         })
     }
 
@@ -185,11 +193,7 @@ impl App {
             let _ = stop_rx.wait_for(|v| *v).await;
         }));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
-        let hup = if self.sighup {
-            reload::spawn_sighup(self.reloader.clone()).ok()
-        } else {
-            None
-        };
+        let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
         self.readiness.set_listening();
         proxy::serve(self.listener, self.ctx, shutdown).await;
         for task in [watcher, hup].into_iter().flatten() {

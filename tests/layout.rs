@@ -45,6 +45,7 @@ const RULES: &[(&str, &[&str], &[&str])] = &[
             "reason",
             "control::Live",
             "control::metrics",
+            "control::telemetry",
         ],
         &["notify"],
     ),

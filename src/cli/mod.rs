@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub mod check;
 pub mod duration;
 pub mod inject;
+pub mod logging;
 pub mod pin;
 pub mod redirect;
 pub mod run;
@@ -105,16 +106,7 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PINPROXY_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    logging::init(format);
 }
 
 /// A single-threaded runtime for the one-off network work of `pin --connect`

@@ -81,7 +81,10 @@ impl Drift {
             if !chain.iter().any(|c| c.info.pin == pin) {
                 let info = CertInfo {
                     pin,
-                    subject: "trust anchor".into(),
+                    subject: v
+                        .anchor_subject
+                        .clone()
+                        .unwrap_or_else(|| "trust anchor".into()),
                     issuer: String::new(),
                     not_after: String::new(),
                     not_after_unix: 0,
@@ -102,6 +105,46 @@ impl Drift {
         };
         seen.insert(v.host.to_string(), (key, last));
         Some(leaf_not_after)
+    }
+
+    /// A chain the verifier refused before judging pins (untrusted, expired,
+    /// wrong name): the drift view shows *this* chain and why, not the last
+    /// good one — after a CA move, that is what the operator needs to see.
+    pub fn record_rejected(
+        &self,
+        host: &str,
+        generation: u64,
+        reason: crate::reason::Reason,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+    ) {
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let chain: Vec<SeenCert> = std::iter::once(end_entity)
+            .chain(intermediates.iter())
+            .filter_map(|c| CertInfo::from_der(c.as_ref()).ok())
+            .map(|info| SeenCert {
+                info,
+                on_validated_path: false,
+                matches_pin: false,
+                matches_next_pin: false,
+            })
+            .collect();
+        let last = LastSeen {
+            generation,
+            seen_at: now,
+            outcome: "untrusted",
+            failure: Some(reason.as_str()),
+            matched_pin: None,
+            next_pins_matched: None,
+            leaf_not_after: chain.first().map(|c| c.info.not_after_unix).unwrap_or(0),
+            chain,
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        // An empty key: the next verdict, whatever its chain, is recorded
+        // afresh.
+        seen.insert(host.to_string(), (Vec::new(), last));
     }
 
     /// A handshake whose verdict was recorded then failed later (a bad

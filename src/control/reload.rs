@@ -26,6 +26,8 @@ pub struct Reloader {
     shared: Shared,
     pins_path: PathBuf,
     lock: tokio::sync::Mutex<()>,
+    /// Reloads failed since the last one that succeeded.
+    failing: std::sync::atomic::AtomicU64,
 }
 
 /// What a reload did.
@@ -44,6 +46,7 @@ impl Reloader {
             shared,
             pins_path,
             lock: tokio::sync::Mutex::new(()),
+            failing: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -59,6 +62,30 @@ impl Reloader {
     /// whole new snapshot and swaps it in. An invalid file leaves the last
     /// good snapshot in force.
     pub async fn reload(&self) -> Result<Reloaded, policy::Error> {
+        use std::sync::atomic::Ordering;
+        let result = self.reload_once().await;
+        match &result {
+            Err(_) => {
+                self.failing.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok(r) => {
+                let failed = self.failing.swap(0, Ordering::AcqRel);
+                if failed > 0 {
+                    let generation = match r {
+                        Reloaded::Swapped(g) | Reloaded::Unchanged(g) => *g,
+                    };
+                    tracing::info!(
+                        generation,
+                        failed_reloads = failed,
+                        "pinset reload recovered: the file is valid again"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    async fn reload_once(&self) -> Result<Reloaded, policy::Error> {
         let _guard = self.lock.lock().await;
         let path = self.pins_path.clone();
         let loaded = tokio::task::spawn_blocking(move || policy::load(&path))
@@ -256,17 +283,37 @@ fn parent_dir(file: &Path) -> PathBuf {
     }
 }
 
-/// Reloads on every SIGHUP.
-#[cfg(unix)]
-pub fn spawn_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the pinset");
-            let _ = reloader.reload().await;
-        }
-    }))
+/// SIGHUP, listened for from the moment this is made: a SIGHUP that
+/// arrives before [`Hangups::spawn`] is not lost (and does not kill the
+/// process, which is SIGHUP's default action).
+pub struct Hangups(tokio::signal::unix::Signal);
+
+impl Hangups {
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self(signal(SignalKind::hangup())?))
+    }
+
+    /// Reloads on every SIGHUP, logging what it did.
+    pub fn spawn(mut self, reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while self.0.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the pinset");
+                match reloader.reload().await {
+                    Ok(Reloaded::Swapped(generation)) => {
+                        tracing::info!(generation, "SIGHUP: new pinset in force")
+                    }
+                    Ok(Reloaded::Unchanged(generation)) => {
+                        tracing::info!(generation, "SIGHUP: pinset unchanged")
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: reload failed; the last good pinset stays in force"
+                    ),
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -183,6 +183,7 @@ mod tests {
                 Intercept::generate(provider.clone(), metrics.minted_leaves.clone(), 1).unwrap(),
             ),
             provider,
+            refusal_logs: crate::control::telemetry::LogLimiter::new(grace, 5),
         });
         let target = Target {
             host: Host::parse("unlisted.test").unwrap(),

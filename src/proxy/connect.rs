@@ -54,6 +54,7 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
                 Err(e) => {
                     tracing::error!(error = %e, "minting an interception certificate");
                     return refuse(
+                        &ctx,
                         Reason::InternalError,
                         &target.host.to_string(),
                         "cannot mint an interception certificate",

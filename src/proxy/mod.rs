@@ -37,6 +37,7 @@ pub use conn::{ClientIo, Handoff};
 pub use refusal::{admit, count, count_denied, deny, refuse, upstream_refusal, ERROR_HEADER};
 
 use crate::control::metrics::Metrics;
+use crate::control::telemetry::LogLimiter;
 use crate::control::Live;
 use crate::reason::Reason;
 use crate::tls::ca::Intercept;
@@ -51,6 +52,8 @@ pub struct Context {
     pub timeouts: Timeouts,
     pub intercept: Arc<Intercept>,
     pub provider: Arc<CryptoProvider>,
+    /// Rate limit of refusal log lines, per host and reason.
+    pub refusal_logs: Arc<LogLimiter>,
 }
 
 /// Listener limits.
@@ -103,6 +106,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             count_denied(&ctx, Reason::Overloaded);
+            refusal::log_refusal(&ctx, Reason::Overloaded, "", "connection limit reached");
             tracker.spawn(refuse_overloaded(stream));
             continue;
         };

@@ -16,10 +16,12 @@ use crate::upstream::{Failure, Snapshot, UpstreamError};
 pub const ERROR_HEADER: &str = "x-pinproxy-error";
 
 /// A refusal: the reason's status and `x-pinproxy-error` value, and a
-/// short human body.
-pub fn refuse(reason: Reason, host: &str, message: &str) -> Response<Body> {
-    debug_assert!(reason.status().is_some(), "{reason:?} is not a refusal");
+/// short human body. Every refusal is logged, at most a few lines per host
+/// and reason per window (the rest counted as `suppressed`).
+pub fn refuse(ctx: &Context, reason: Reason, host: &str, message: &str) -> Response<Body> {
+    log_refusal(ctx, reason, host, message);
     let status = reason.status().unwrap_or(StatusCode::BAD_GATEWAY);
+    debug_assert!(reason.status().is_some(), "{reason:?} is not a refusal");
     let body = if host.is_empty() {
         format!("pinproxy: {message}\n")
     } else {
@@ -36,10 +38,38 @@ pub fn refuse(reason: Reason, host: &str, message: &str) -> Response<Body> {
     resp
 }
 
+/// Logs a refusal, rate-limited per host and reason.
+pub fn log_refusal(ctx: &Context, reason: Reason, host: &str, message: &str) {
+    let key = format!("{reason}\0{host}");
+    let Some(suppressed) = ctx.refusal_logs.allow(&key) else {
+        return;
+    };
+    let host = if host.is_empty() { "-" } else { host };
+    match reason {
+        // The client's own mistakes: worth a line, not an alarm.
+        Reason::BadRequest | Reason::HeadTooLarge | Reason::MisdirectedRequest => {
+            tracing::info!(
+                host,
+                reason = reason.as_str(),
+                detail = message,
+                suppressed,
+                "refused"
+            )
+        }
+        _ => tracing::warn!(
+            host,
+            reason = reason.as_str(),
+            detail = message,
+            suppressed,
+            "refused"
+        ),
+    }
+}
+
 /// A refusal made before any upstream connection: also counted as denied.
 pub fn deny(ctx: &Context, reason: Reason, host: &str, message: &str) -> Response<Body> {
     count_denied(ctx, reason);
-    refuse(reason, host, message)
+    refuse(ctx, reason, host, message)
 }
 
 /// Counts a refusal in `pinproxy_denied_total`.
@@ -63,7 +93,7 @@ pub fn upstream_refusal(ctx: &Context, err: &UpstreamError) -> (Response<Body>, 
             Reason::PrivateAddress
         }
     };
-    (refuse(reason, &err.host, &err.detail), reason)
+    (refuse(ctx, reason, &err.host, &err.detail), reason)
 }
 
 /// [`admission::decide`] under the snapshot `snap`, with a refusal turned
@@ -78,7 +108,7 @@ pub fn admit(ctx: &Context, snap: &Snapshot, target: &Target) -> Result<Admissio
             if let Some(e) = &r.entry {
                 count(ctx, &e.name, r.reason.into());
             }
-            refuse(r.reason, &host, &r.message)
+            refuse(ctx, r.reason, &host, &r.message)
         }
     })
 }
@@ -106,7 +136,7 @@ pub fn upstream_failed(
             tracing::debug!(error = ?err, %host, "upstream request failed");
             let reason = Reason::UpstreamUnreachable;
             let detail = format!("upstream request failed: {}", error_chain(err));
-            (refuse(reason, &host.to_string(), &detail), reason)
+            (refuse(ctx, reason, &host.to_string(), &detail), reason)
         }
     };
     count(ctx, label, reason.into());
@@ -117,6 +147,7 @@ pub fn upstream_failed(
 pub fn upstream_timed_out(ctx: &Context, label: &str, host: &Host) -> Response<Body> {
     count(ctx, label, Reason::UpstreamTimeout.into());
     refuse(
+        ctx,
         Reason::UpstreamTimeout,
         &host.to_string(),
         "no response from upstream in time",

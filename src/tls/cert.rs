@@ -59,6 +59,28 @@ impl CertInfo {
     }
 }
 
+/// The subject of a trust anchor, for people. webpki keeps only the
+/// Name's contents; the SEQUENCE header is rebuilt to parse it.
+pub fn anchor_subject(anchor: &rustls_pki_types::TrustAnchor<'_>) -> String {
+    use x509_parser::prelude::FromDer;
+    let contents = anchor.subject.as_ref();
+    let mut der = vec![0x30];
+    let len = contents.len();
+    if len < 0x80 {
+        der.push(len as u8);
+    } else {
+        let bytes = (len as u32).to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        der.push(0x80 | (4 - skip) as u8);
+        der.extend_from_slice(&bytes[skip..]);
+    }
+    der.extend_from_slice(contents);
+    match x509_parser::x509::X509Name::from_der(&der) {
+        Ok((_, name)) => name.to_string(),
+        Err(_) => "<unparseable trust anchor name>".into(),
+    }
+}
+
 /// Reads every certificate in a PEM or DER file.
 pub fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
     let bytes = std::fs::read(path).map_err(|source| Error::Read {

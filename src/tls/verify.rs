@@ -42,11 +42,28 @@ pub struct Verdict<'a> {
     pub next_pins_matched: Option<bool>,
     pub end_entity: &'a CertificateDer<'a>,
     pub intermediates: &'a [CertificateDer<'a>],
+    /// The subject of the path's trust anchor (which the server does not
+    /// send), worked out only for mismatches, which are logged.
+    pub anchor_subject: Option<String>,
 }
 
-/// Receives every verdict (metrics, drift view, logs).
+/// A chain the verifier refused before any pin was looked at: not
+/// trusted, expired, or not valid for the name.
+#[derive(Debug)]
+pub struct Rejection<'a> {
+    /// The pinset entry as written, or `unlisted`.
+    pub host: &'a str,
+    pub reason: Reason,
+    /// webpki's verdict, for people.
+    pub error: String,
+    pub end_entity: &'a CertificateDer<'a>,
+    pub intermediates: &'a [CertificateDer<'a>],
+}
+
+/// Receives every verdict and every rejection (metrics, drift view, logs).
 pub trait Observer: Send + Sync + std::fmt::Debug {
     fn verdict(&self, verdict: &Verdict<'_>);
+    fn rejected(&self, rejection: &Rejection<'_>);
 }
 
 #[derive(Debug)]
@@ -115,6 +132,19 @@ impl ServerCertVerifier for PinVerifier {
             (Trust::PinOnly, Some(_)) => None,
             _ => Some(self.anchors(trust)),
         };
+        let label = entry.map_or("unlisted", |e| e.name.as_str());
+        let reject = |e: webpki::Error| {
+            let error = e.to_string();
+            let err = pki_error(e);
+            self.observer.rejected(&Rejection {
+                host: label,
+                reason: failure_reason(&err),
+                error,
+                end_entity,
+                intermediates,
+            });
+            err
+        };
         let paths = validated_paths(
             &ee,
             intermediates,
@@ -123,12 +153,19 @@ impl ServerCertVerifier for PinVerifier {
             &self.provider.signature_verification_algorithms,
             search_on(entry, now_dt),
         )
-        .map_err(pki_error)?;
+        .map_err(reject)?;
         ee.verify_is_valid_for_subject_name(server_name)
-            .map_err(pki_error)?;
+            .map_err(reject)?;
         let j = judge(entry, now_dt, &paths);
+        let anchor_subject = match (j.outcome.is_mismatch(), anchors, j.path.last()) {
+            (true, Some(anchors), Some(pin)) if j.path.len() > 1 => anchors
+                .iter()
+                .find(|a| Pin::of_spki_contents(a.subject_public_key_info.as_ref()) == *pin)
+                .map(|a| super::cert::anchor_subject(a)),
+            _ => None,
+        };
         self.observer.verdict(&Verdict {
-            host: entry.map_or("unlisted", |e| e.name.as_str()),
+            host: label,
             mode: entry.map_or(self.policy.defaults.mode, |e| e.mode),
             outcome: j.outcome,
             path_pins: &j.path,
@@ -138,6 +175,7 @@ impl ServerCertVerifier for PinVerifier {
             next_pins_matched: j.next_pins_matched,
             end_entity,
             intermediates,
+            anchor_subject,
         });
         if j.outcome.passes() {
             Ok(ServerCertVerified::assertion())

@@ -243,12 +243,88 @@ pub async fn upstream(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FixedResolver(certified)));
     cfg.alpn_protocols = opts.alpn.clone();
+    let (addr, connections) = serve_tls(cfg, opts.name).await;
+    Upstream { addr, connections }
+}
+
+/// Presents whichever chain it was last given: a server that rotates its
+/// certificate (or moves CA) while clients stay connected elsewhere.
+#[derive(Debug)]
+struct SwitchResolver(std::sync::Mutex<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for SwitchResolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.lock().unwrap().clone())
+    }
+}
+
+/// An upstream whose certificate can be switched between handshakes.
+pub struct SwitchableUpstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    resolver: Arc<SwitchResolver>,
+    /// Bumped on every switch: open connections close, as a server that
+    /// restarts with its new certificate closes them.
+    restarts: tokio::sync::watch::Sender<u64>,
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Arc<CertifiedKey> {
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider.key_provider.load_private_key(key).unwrap();
+    Arc::new(CertifiedKey::new(chain, signing))
+}
+
+impl SwitchableUpstream {
+    /// New handshakes present `chain`, signed with `key`.
+    pub fn switch(&self, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) {
+        *self.resolver.0.lock().unwrap() = certified(chain, key);
+        self.restarts.send_modify(|n| *n += 1);
+    }
+}
+
+pub async fn switchable_upstream(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    opts: UpstreamOpts,
+) -> SwitchableUpstream {
+    let name = opts.name;
+    let resolver = Arc::new(SwitchResolver(std::sync::Mutex::new(certified(chain, key))));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    cfg.alpn_protocols = opts.alpn;
+    let (restarts, rx) = tokio::sync::watch::channel(0);
+    let (addr, connections) = serve_tls_until(cfg, name, Some(rx)).await;
+    SwitchableUpstream {
+        addr,
+        connections,
+        resolver,
+        restarts,
+    }
+}
+
+/// Serves `upstream_handler` over TLS with `cfg` on 127.0.0.1:0.
+async fn serve_tls(cfg: ServerConfig, name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    serve_tls_until(cfg, name, None).await
+}
+
+/// As [`serve_tls`]; open connections close when `restarts` changes.
+async fn serve_tls_until(
+    cfg: ServerConfig,
+    name: &'static str,
+    restarts: Option<tokio::sync::watch::Receiver<u64>>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let counter = connections.clone();
-    let name = opts.name;
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -256,18 +332,34 @@ pub async fn upstream(
             };
             counter.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
+            let mut restarts = restarts.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let svc = service_fn(move |req| upstream_handler(name, req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let serve = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                tokio::pin!(serve);
+                match restarts.as_mut() {
+                    Some(rx) => {
+                        tokio::select! {
+                            _ = serve.as_mut() => return,
+                            _ = rx.changed() => {}
+                        }
+                        // A restart closes connections gracefully (GOAWAY,
+                        // close_notify), as a real server does.
+                        serve.as_mut().graceful_shutdown();
+                        let _ = serve.await;
+                    }
+                    None => {
+                        let _ = serve.await;
+                    }
+                }
             });
         }
     });
-    Upstream { addr, connections }
+    (addr, connections)
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;

@@ -1,0 +1,214 @@
+//! What an operator reads (issue 11, finding 6): every refusal is logged,
+//! an untrusted chain says why and shows itself in /pins, JSON logs carry
+//! arrays as arrays, reloads say when they recover and what SIGHUP did,
+//! text logs have no colour codes when not on a terminal. The built binary.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+
+use support::*;
+
+const HOST: &str = "api.pinned.test";
+
+/// Runs the binary with `args`, capturing stderr line by line.
+struct Run {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl Run {
+    async fn start(pins: &std::path::Path, extra: &[&str]) -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (listen, admin) = (free(), free());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+            .args(["run", "--pins", pins.to_str().unwrap()])
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        wait_listening(listen).await;
+        Self {
+            child,
+            lines,
+            listen,
+            admin,
+        }
+    }
+
+    /// Lines until one contains `needle` (or 5 s pass): all of them.
+    async fn until(&mut self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout_at(deadline, self.lines.next_line()).await
+        {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return seen;
+            }
+        }
+        panic!("no line containing {needle:?} in:\n{}", seen.join("\n"));
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+    }
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// A CA move: the server's chain now leads to a root missing from trust:.
+/// Refused as untrusted-certificate *and* logged with why and what was
+/// presented, and /pins shows the failing chain, not the last good one.
+#[tokio::test]
+async fn an_untrusted_chain_is_logged_and_shown_in_pins() {
+    let old = Pki::new(&[HOST]);
+    let moved_root = root("Another Public Root");
+    let moved_int = intermediate("Another Issuing CA", &moved_root, None);
+    let moved = Pki {
+        leaf: leaf(&[HOST], &moved_int),
+        int: moved_int,
+        root: moved_root,
+    };
+    let up = switchable_upstream(old.chain(), old.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &old.root.pem());
+    let pins = write(
+        dir.path(),
+        "pins.yaml",
+        &pinset(HOST, &[old.int.pin(), old.root.pin()], "", up.addr),
+    );
+    let mut run = Run::start(&pins, &["--log-format", "json", "--no-watch"]).await;
+    assert_eq!(
+        get(run.listen, &format!("http://{HOST}/")).await.status,
+        200
+    );
+
+    up.switch(moved.chain(), moved.leaf.key_der());
+    // A new generation has a new pool, so the next request handshakes
+    // afresh (as a new pod, or any new upstream connection, would).
+    let text = std::fs::read_to_string(&pins).unwrap();
+    std::fs::write(&pins, format!("{text}# touched\n")).unwrap();
+    run.signal("-HUP");
+    run.until("SIGHUP: new pinset in force").await;
+    let r = get(run.listen, &format!("http://{HOST}/")).await;
+    assert_eq!(r.error(), Some("untrusted-certificate"), "{r:?}");
+
+    let lines = run.until("untrusted upstream chain").await;
+    let event = json(lines.last().unwrap());
+    assert_eq!(event["level"], "WARN");
+    assert_eq!(event["host"], HOST);
+    assert_eq!(event["reason"], "unknown-issuer");
+    let presented: Vec<&str> = event["presented"]
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        presented,
+        [moved.leaf.pin().to_string(), moved.int.pin().to_string()]
+    );
+    // The refusal itself is logged too, with its reason.
+    let refused = run.until("\"refused\"").await;
+    let event = json(refused.last().unwrap());
+    assert_eq!(event["reason"], "untrusted-certificate");
+    assert_eq!(event["host"], HOST);
+
+    let pins_view = get(run.admin, &format!("http://{}/pins", run.admin)).await;
+    let v: serde_json::Value = serde_json::from_str(&pins_view.body).unwrap();
+    let last = &v["hosts"][0]["last_seen"];
+    assert_eq!(last["outcome"], "untrusted", "{last}");
+    assert_eq!(last["failure"], "unknown-issuer", "{last}");
+    assert_eq!(
+        last["chain"][0]["pin"],
+        moved.leaf.pin().to_string(),
+        "{last}"
+    );
+}
+
+/// Every refusal is logged once per window per host and reason, not only
+/// pin mismatches.
+#[tokio::test]
+async fn refusals_are_logged_and_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = write(dir.path(), "pins.yaml", "version: 1\nhosts: {}\n");
+    let mut run = Run::start(&pins, &["--log-format", "json"]).await;
+    for _ in 0..12 {
+        let r = get(run.listen, "http://denied.example/").await;
+        assert_eq!(r.error(), Some("host-not-allowed"));
+    }
+    let r = get(run.listen, "http://other.example/").await;
+    assert_eq!(r.error(), Some("host-not-allowed"));
+    let lines = run.until("other.example").await;
+    let refused: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| json(l))
+        .filter(|v| v["message"] == "refused")
+        .collect();
+    let denied = refused
+        .iter()
+        .filter(|v| v["host"] == "denied.example")
+        .count();
+    assert!((1..=5).contains(&denied), "{denied} lines for 12 refusals");
+    let other = refused.last().unwrap();
+    assert_eq!(other["reason"], "host-not-allowed");
+    assert_eq!(other["level"], "WARN");
+}
+
+/// A reload that recovers says so; SIGHUP says what it did; text logs on a
+/// pipe carry no ANSI colour codes.
+#[tokio::test]
+async fn reload_recovery_and_sighup_are_logged_in_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "version: 1\ndefaults:\n  unlisted: allow\nhosts: {}\n";
+    let pins = write(dir.path(), "pins.yaml", good);
+    let mut run = Run::start(&pins, &["--no-watch"]).await;
+    std::fs::write(&pins, "version: 1\nhosts:\n  a.test:\n    pins: [\n").unwrap();
+    run.signal("-HUP");
+    let failed = run.until("SIGHUP: reload failed").await;
+    std::fs::write(&pins, format!("{good}# fixed\n")).unwrap();
+    run.signal("-HUP");
+    let recovered = run.until("SIGHUP: new pinset in force").await;
+    assert!(
+        recovered
+            .iter()
+            .any(|l| l.contains("pinset reload recovered")),
+        "{recovered:?}"
+    );
+    std::fs::write(&pins, format!("{good}# fixed\n")).unwrap();
+    run.signal("-HUP");
+    let unchanged = run.until("SIGHUP: pinset unchanged").await;
+    for line in failed.iter().chain(&recovered).chain(&unchanged) {
+        assert!(
+            !line.contains('\u{1b}'),
+            "ANSI escape in a piped log: {line:?}"
+        );
+    }
+}
