@@ -135,7 +135,7 @@ def main():
     logf = next((x.split("=", 1)[1] for x in cmd if x.startswith("--log-file=")), None)
     if logf and os.path.exists(logf):
         os.unlink(logf)                     # h2load appends to an existing log file
-    rec = {"rep": a.rep, "workload": a.workload, "target": a.target, "cmd": " ".join(cmd)}
+    rec = {"rep": a.rep, "workload": a.workload, "target": a.target, "cmd": " ".join(cmd), "start": round(time.time(), 1)}
     rec["idle_rss_kb"] = rss_kb(a.pids)
     acc0 = upstream_accepted()
     stop, maxrss = threading.Event(), [rec["idle_rss_kb"]]

@@ -248,22 +248,12 @@ smoke || { echo "SMOKE FAILED" >&2; exit 1; }
 [ $SMOKE = 1 ] && { echo "smoke OK ($(( $(date +%s) - T_START )) s)"; exit 0; }
 
 # ---- 4. the comparison ---------------------------------------------------------------------------
-busy5() { # % of all CPUs busy over 5 s (the bench's own processes are idle at these points)
-  local a b; a=($(head -1 /proc/stat)); sleep 5; b=($(head -1 /proc/stat))
-  local idle=$(( (b[4]+b[5]) - (a[4]+a[5]) )) tot=0 i
-  for i in 1 2 3 4 5 6 7 8; do tot=$(( tot + b[i] - a[i] )); done
-  echo $(( 100 * (tot - idle) / (tot > 0 ? tot : 1) ))
-}
-background() { # label -> one line: loadavg, 5 s CPU busy, the 3 busiest processes
-  local bz; bz=$(busy5)
-  echo "$1: loadavg $(cut -d' ' -f1-3 /proc/loadavg); CPU busy over 5 s: ${bz}% of $NCPU cores; busiest: $(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s %s%%; ", $2, $1}')"
-}
 for i in $(seq ${QUIET_WAIT:-12}); do   # wait (bounded, ~1 min) for other work on the machine to stop: it skews every figure
-  bz=$(busy5); [ "$bz" -le 10 ] && break
-  [ $i = 1 ] && { echo "machine is ${bz}% busy before the bench; waiting (bounded) for it to go quiet:" >&2; ps -eo pcpu,args --sort=-pcpu | sed -n 2,4p | cut -c1-120 >&2; }
+  bz=$(python3 $HERE/background.py wait 5 --busy-only); [ "$bz" -le 10 ] && break
+  [ $i = 1 ] && { echo "machine is ${bz}% busy before the bench; waiting (bounded) for it to go quiet" >&2; }
 done
 OUT=$B/results/pinproxy-$(date +%Y%m%d-%H%M%S); mkdir -p $OUT
-background "background before" | tee $OUT/background.txt >&2
+python3 $HERE/background.py "background before" 5 | tee $OUT/background.txt >&2
 UPP=$($B/peers.sh pids upstream)
 measure() { # rep workload target pids upstream-pids relay-pids cmd...
   local r=$1 w=$2 t=$3 pp=$4 up=$5 rl=$6; shift 6
@@ -301,7 +291,7 @@ for r in $(seq $REPS); do
   cat $OUT/connrate-*-rep$r.json $OUT/reload-rep$r.json $OUT/startup-rep$r.json $OUT/startup-ca-rep$r.json >&2
 done
 rm -f $OUT/h2load.log
-background "background after " | tee -a $OUT/background.txt >&2
+python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >&2
 
 { echo "pinproxy_bytes $(stat -c %s $BIN)"
   cp $BIN $P/pinproxy.stripped && strip $P/pinproxy.stripped && echo "pinproxy_stripped_bytes $(stat -c %s $P/pinproxy.stripped)"
