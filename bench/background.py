@@ -36,7 +36,11 @@ if "--busy-only" in sys.argv:
     print(int(round(busy)))
     sys.exit()
 hz, ncpu = os.sysconf("SC_CLK_TCK"), os.cpu_count()
-top = sorted(((p1[p][1] - p0[p][1], p1[p][0]) for p in p1 if p in p0), reverse=True)[:3]
-tops = "; ".join(f"{n} {100 * d / hz / secs:.0f}%" for d, n in top if d > 0) or "none"
+deltas = sorted(((p1[p][1] - p0[p][1], p1[p][0]) for p in p1 if p in p0), reverse=True)
+tops = "; ".join(f"{n} {100 * d / hz / secs:.0f}%" for d, n in deltas[:3] if d > 0) or "none"
+# CPU of processes that started or ended inside the window (compiler invocations, test binaries) is in
+# the machine's busy ticks but in no surviving /proc/PID: show it, or a busy machine looks idle per process
+short = max(0.0, (b1 - b0) - sum(d for d, _ in deltas if d > 0)) / max(t1 - t0, 1) * ncpu * 100
+tops += f"; short-lived processes {short:.0f}%"
 print(f"{label}: loadavg {' '.join(open('/proc/loadavg').read().split()[:3])}; CPU busy over {secs:.0f} s: "
       f"{busy:.0f}% of {ncpu} cores; busiest in that window (% of one core): {tops}")
