@@ -44,6 +44,7 @@ struct end {
     size_t off, len;    /* bytes read from fd, not yet written to peer */
     int dead;
     int phase;          /* proxy end only: 0 connecting, 1 CONNECT sent / reading the answer, 2 relaying */
+    unsigned events;    /* the mask epoll has now: epoll_ctl only when it changes (one syscall saved per flush) */
     struct end *next_dead;
     char buf[BUF];
 };
@@ -67,6 +68,8 @@ static void interest(struct end *e) {
         if (e->len == 0) ev.events |= EPOLLIN;         /* room to read */
         if (e->peer->len > 0) ev.events |= EPOLLOUT;   /* peer's bytes waiting to go out on e */
     }
+    if (ev.events == e->events) return;
+    e->events = ev.events;
     if (epoll_ctl(ep, EPOLL_CTL_MOD, e->fd, &ev) < 0) die("epoll_ctl mod");
 }
 
@@ -147,6 +150,7 @@ static void on_accept(int ls) {
         struct end *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
         a->fd = c; b->fd = s; a->peer = b; b->peer = a;
         a->phase = 2; b->phase = 0;                     /* the client end waits for the proxy end */
+        a->events = 0; b->events = EPOLLOUT;
         struct epoll_event ea = {.events = 0, .data.ptr = a}, eb = {.events = EPOLLOUT, .data.ptr = b};
         epoll_ctl(ep, EPOLL_CTL_ADD, c, &ea); epoll_ctl(ep, EPOLL_CTL_ADD, s, &eb);
     }
