@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""idle10k.py PROXY_PID [N=10000] [PORT=15014]: open N keep-alive client connections to the proxy, send one
-absolute-form GET on each (so every connection has served a request and sits idle in keep-alive),
-then report the proxy's RSS. Raises RLIMIT_NOFILE to the hard limit. Loopback only; bounded."""
+"""idle10k.py PROXY_PID [N=10000] [PORT=15014] [--silent]: open N keep-alive client connections to the proxy,
+send one absolute-form GET on each (so every connection has served a request and sits idle in keep-alive),
+then report the proxy's RSS. With --silent the connections are opened and never speak (the baseline for
+"what does an idle connection that has served a request cost, against one that never did").
+Per-connection cost = (RSS with the connections - RSS before) / connections. Raises RLIMIT_NOFILE to the
+hard limit. Loopback only; bounded."""
 import asyncio, json, resource, sys, time
 
 def rss_kb(pid):
@@ -9,7 +12,7 @@ def rss_kb(pid):
         if l.startswith("VmRSS:"):
             return int(l.split()[1])
 
-async def main(pid, n, port):
+async def main(pid, n, port, silent):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     before = rss_kb(pid)
@@ -18,6 +21,8 @@ async def main(pid, n, port):
         nonlocal ok
         async with sem:
             r, w = await asyncio.open_connection("127.0.0.1", port)
+            if silent:
+                conns.append(w); return
             w.write(b"GET http://api.local/ HTTP/1.1\r\nHost: api.local\r\n\r\n")
             head = await r.readuntil(b"\r\n\r\n")
             n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
@@ -32,10 +37,12 @@ async def main(pid, n, port):
     held = rss_kb(pid)
     for w in conns: w.close()
     await asyncio.sleep(1)
-    print(json.dumps({"connections": len(conns), "ok_200": ok, "errors": len(errs), "first_error": errs[:1],
+    print(json.dumps({"mode": "silent" if silent else "served", "connections": len(conns),
+                      "per_conn_kib": round((held - before) / max(len(conns), 1), 2), "ok_200": ok, "errors": len(errs), "first_error": errs[:1],
                       "open_s": round(t1 - t0, 2), "rss_before_kb": before, "rss_with_idle_conns_kb": held,
                       "rss_after_close_kb": rss_kb(pid)}))
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 10000,
-                     int(sys.argv[3]) if len(sys.argv) > 3 else 15014))
+    silent = "--silent" in sys.argv; av = [x for x in sys.argv if x != "--silent"]
+    asyncio.run(main(int(av[1]), int(av[2]) if len(av) > 2 else 10000,
+                     int(av[3]) if len(av) > 3 else 15014, silent))
