@@ -333,6 +333,10 @@ async fn serve_tls_until(
             counter.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             let mut restarts = restarts.clone();
+            if let Some(rx) = restarts.as_mut() {
+                // Only restarts after this connection was accepted close it.
+                rx.borrow_and_update();
+            }
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
