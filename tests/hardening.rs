@@ -707,3 +707,60 @@ async fn parked_keep_alive_connections_are_served_again() {
     );
     assert_eq!(c.get(&url("/again"), &[]).await.status, 200);
 }
+
+/// The keep-alive race: an upstream that drops the connection as a request
+/// arrives. A bodiless idempotent request is retried once on a fresh
+/// connection (nginx's default); a POST is not (it may have been acted on).
+#[tokio::test]
+async fn an_idempotent_request_survives_an_upstream_dropping_the_connection() {
+    let pki = Pki::new(&[HOST]);
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c2 = conns.clone();
+    // Every odd connection reads the request and hangs up without answering.
+    let addr = raw_tls_upstream(pki.chain(), pki.leaf.key_der(), move |mut tls| {
+        let n = c2.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let Some(head) = read_head(&mut tls).await else {
+                return;
+            };
+            if n % 2 == 0 {
+                return;
+            }
+            let method = head.split_whitespace().next().unwrap_or("").to_string();
+            let body = format!("answered {method}");
+            let _ = tls
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            let _ = tls.shutdown().await;
+        }
+    })
+    .await;
+    let p = proxy(
+        &pinset(HOST, &[pki.int.pin()], "", addr),
+        &[("ca.pem", pki.root.pem())],
+    )
+    .await;
+    let r = get(p.addr, &url("/get")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "answered GET");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        2,
+        "one retry, on a new connection"
+    );
+
+    // A POST is sent once: its failure is the client's answer.
+    let req = format!(
+        "POST {} HTTP/1.1\r\nHost: {HOST}\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
+        url("/post")
+    );
+    let head = raw(p.addr, req.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert_eq!(conns.load(Ordering::SeqCst), 3, "no retry for a POST");
+}

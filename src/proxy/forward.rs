@@ -9,7 +9,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use http_body_util::Empty;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::Connect;
+use hyper_util::client::legacy::Client;
+use std::time::Duration;
 
 use super::refusal::{upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
@@ -17,7 +21,7 @@ use super::{deny, passthrough, Body, Context, Revocation, Streamed, ERROR_HEADER
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::Reason;
-use crate::upstream::Snapshot;
+use crate::upstream::{Snapshot, UpBody, UpstreamError};
 
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
@@ -83,11 +87,8 @@ pub async fn send(
     // The client regenerates Host from the URL authority.
     parts.headers.remove(header::HOST);
     let out = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(ctx.timeouts.response, snap.client.request(out)).await;
-    let Ok(sent) = sent else {
-        return upstream_timed_out(ctx, label, &target.host);
-    };
-    match sent {
+    match exchange(&snap.client, out, ctx.timeouts.response).await {
+        Err(Exchange::TimedOut) => upstream_timed_out(ctx, label, &target.host),
         Ok(resp) => {
             snap.count_ok(entry.as_deref());
             let (mut parts, body) = resp.into_parts();
@@ -98,8 +99,62 @@ pub async fn send(
             let watch = revocation.map(|r| Box::new((r, target)));
             Response::from_parts(parts, Either::Left(Streamed::new(body, watch)))
         }
-        Err(e) => upstream_failed(ctx, label, &target.host, &e),
+        Err(Exchange::Failed(e)) => upstream_failed(ctx, label, &target.host, &e),
     }
+}
+
+/// Why an exchange with the upstream produced no response.
+pub(super) enum Exchange {
+    TimedOut,
+    Failed(hyper_util::client::legacy::Error),
+}
+
+/// Sends `req` through a pooled `client` within `timeout`. A request that
+/// cannot have changed anything upstream — an idempotent method and no
+/// body — is sent once more when the first attempt failed on the
+/// connection itself: the upstream closed a pooled keep-alive connection
+/// just as the request went out (nginx's `proxy_next_upstream error` does
+/// the same by default). Failures of pinproxy's own connector (pins, TLS,
+/// egress rules) are final and never retried.
+pub(super) async fn exchange<C>(
+    client: &Client<C, UpBody>,
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Exchange>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (parts, body) = req.into_parts();
+    let replay = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        let mut again = Request::new(Either::Right(Empty::new()));
+        *again.method_mut() = parts.method.clone();
+        *again.uri_mut() = parts.uri.clone();
+        *again.version_mut() = parts.version;
+        *again.headers_mut() = parts.headers.clone();
+        again
+    });
+    let first = Request::from_parts(parts, Either::Left(body));
+    let err = match tokio::time::timeout_at(deadline, client.request(first)).await {
+        Err(_) => return Err(Exchange::TimedOut),
+        Ok(Ok(resp)) => return Ok(resp),
+        Ok(Err(e)) => e,
+    };
+    let retry = replay.filter(|_| !err.is_connect() && UpstreamError::find(&err).is_none());
+    let Some(again) = retry else {
+        return Err(Exchange::Failed(err));
+    };
+    tracing::debug!(error = %err, "upstream connection failed under an idempotent request; retrying once");
+    match tokio::time::timeout_at(deadline, client.request(again)).await {
+        Err(_) => Err(Exchange::TimedOut),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(Exchange::Failed(e)),
+    }
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
 }
 
 /// The upstream URL: `https://host[:port]/path`. The client's own

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::body::revoked;
-use super::forward::strip_hop_by_hop;
+use super::forward::{exchange, strip_hop_by_hop, Exchange};
 use super::refusal::{admit, upstream_failed, upstream_timed_out};
 use super::{
     count, deny, tunnel, upstream_refusal, Body, Client, Context, Revocation, Streamed,
@@ -88,11 +88,10 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     let out = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(ctx.timeouts.response, snap.plain.request(out)).await;
-    let resp = match sent {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return upstream_failed(ctx, &label, &target.host, &e),
-        Err(_) => return upstream_timed_out(ctx, &label, &target.host),
+    let resp = match exchange(&snap.plain, out, ctx.timeouts.response).await {
+        Ok(resp) => resp,
+        Err(Exchange::Failed(e)) => return upstream_failed(ctx, &label, &target.host, &e),
+        Err(Exchange::TimedOut) => return upstream_timed_out(ctx, &label, &target.host),
     };
     count(ctx, &label, Outcome::Passthrough);
     let (mut parts, body) = resp.into_parts();

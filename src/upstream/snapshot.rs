@@ -21,6 +21,10 @@ use crate::policy::Policy;
 use crate::reason::Outcome;
 use crate::tls::verify::{self, Observer, PinVerifier};
 
+/// A request body sent upstream: the client's own, or empty (a retry of a
+/// bodiless request).
+pub type UpBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+
 /// Everything that depends on one pinset generation.
 pub struct Snapshot {
     pub generation: u64,
@@ -29,10 +33,10 @@ pub struct Snapshot {
     /// upgrades, which need an HTTP/1.1-only connection).
     pub connector: Connector,
     /// Pooled, for forwarded requests (h2 or HTTP/1.1 by ALPN).
-    pub client: Client<Connector, Incoming>,
+    pub client: Client<Connector, UpBody>,
     /// Pooled, for plain-HTTP passthrough requests (no TLS of ours). The
     /// Host header is the client's own: relayed as it came.
-    pub plain: Client<Plain, Incoming>,
+    pub plain: Client<Plain, UpBody>,
     /// `requests_total{outcome="ok"}` per entry (by `index`), then unlisted:
     /// resolved once here rather than by label on every request.
     ok_counters: Vec<prometheus::IntCounter>,
