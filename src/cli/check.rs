@@ -136,7 +136,7 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
     match j.next_pins_matched {
         None => {}
         Some(false) => println!(
-            "{}: next_pins: MISMATCH — promoting next_pins now would break this host",
+            "{}: next_pins: MISMATCH — the live chain carries none of next_pins",
             entry.name
         ),
         Some(true) => println!(
@@ -145,5 +145,42 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
             on_path(&entry.next_pins).join(", ")
         ),
     }
+    for line in rotation(entry, j.next_pins_matched) {
+        println!("{}: rotation: {line}", entry.name);
+    }
     ok
+}
+
+/// The two questions of a key rotation, answered for one entry with
+/// `next_pins` (none without): may `next_pins` replace `pins` now, and may
+/// the server move to its next key now. The order that cannot break is:
+/// new key into `pins` (beside the old), server switches, old key out.
+fn rotation(entry: &HostPolicy, next_matched: Option<bool>) -> Vec<String> {
+    let Some(next_matched) = next_matched else {
+        return Vec::new();
+    };
+    let promote = if next_matched {
+        "safe to promote next_pins now: yes — the live chain carries one of them".to_string()
+    } else {
+        "safe to promote next_pins now: no — the live chain carries none of them, so \
+         promoting would refuse this host; wait until the server presents the next key"
+            .to_string()
+    };
+    let missing: Vec<String> = entry
+        .next_pins
+        .iter()
+        .filter(|p| !entry.pins.contains(p))
+        .map(|p| p.to_string())
+        .collect();
+    let switch = if missing.is_empty() {
+        "safe to switch the server to its next key: yes — every next_pin is already in pins"
+            .to_string()
+    } else {
+        format!(
+            "safe to switch the server to its next key: no — add {} to pins (beside the \
+             current ones) first, or the switch refuses this host",
+            missing.join(", ")
+        )
+    };
+    vec![promote, switch]
 }

@@ -299,6 +299,10 @@ pub async fn switchable_upstream(
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = opts.alpn;
+    // No resumption: every new connection shows the certificate in force
+    // (a resumed session would carry the old identity across a switch).
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let (restarts, rx) = tokio::sync::watch::channel(0);
     let (addr, connections) = serve_tls_until(cfg, name, Some(rx)).await;
     SwitchableUpstream {
