@@ -18,7 +18,7 @@ use crate::control::reload::{Hangups, Watcher};
 use crate::control::telemetry::LogLimiter;
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy;
-use crate::proxy::{self, Limits};
+use crate::proxy::{self, transparent, Limits};
 use crate::tls::ca::{self, Intercept};
 use crate::upstream::{Options, Shared, Snapshot};
 
@@ -42,6 +42,8 @@ pub struct Config {
     pub watch: bool,
     /// Reload on SIGHUP.
     pub sighup: bool,
+    /// Transparent listeners (kernel-redirected connections), if any.
+    pub transparent: Vec<SocketAddr>,
 }
 
 /// Where the pod CA comes from.
@@ -82,8 +84,11 @@ pub struct App {
     pub intercept: Arc<Intercept>,
     /// Warnings the pinset loaded with.
     pub warnings: Vec<policy::Problem>,
+    /// Where the transparent listeners are bound (empty: off).
+    pub transparent_addrs: Vec<SocketAddr>,
     listener: TcpListener,
     admin_listener: TcpListener,
+    transparent: Vec<TcpListener>,
     ctx: Arc<proxy::Context>,
     admin: Admin,
     watcher: Option<Watcher>,
@@ -129,12 +134,20 @@ impl App {
         });
         let listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin).await?;
+        let transparent = bind_transparent(&config.transparent).await?;
+        let transparent_addrs: Vec<SocketAddr> = transparent
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
         let proxy_addr = listener.local_addr().unwrap_or(config.listen);
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
         let shared = Shared::new(
             metrics.clone(),
             config.upstream.clone(),
-            vec![admin_addr, proxy_addr],
+            [admin_addr, proxy_addr]
+                .into_iter()
+                .chain(transparent_addrs.iter().copied())
+                .collect(),
         );
         let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?);
         let readiness = Arc::new(Readiness::default());
@@ -175,8 +188,10 @@ impl App {
             drift,
             intercept,
             warnings,
+            transparent_addrs,
             listener,
             admin_listener,
+            transparent,
             ctx,
             admin,
             watcher,
@@ -188,20 +203,63 @@ impl App {
     /// the admin listener stays up through the drain (probes see 503 once
     /// [`Readiness::start_draining`] was called) and stops after it.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (admin_stop, mut admin_rx) = tokio::sync::watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, async move {
-            let _ = stop_rx.wait_for(|v| *v).await;
+            let _ = admin_rx.wait_for(|v| *v).await;
         }));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
         let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
+        // One shutdown for every listener: the transparent ones stop
+        // accepting when the proxy listener does.
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let own: Arc<[SocketAddr]> = self.ctx.live.load().connector.own_addrs().into();
+        let transparent: Vec<_> = self
+            .transparent
+            .into_iter()
+            .map(|l| {
+                let mut rx = stop_rx.clone();
+                tokio::spawn(transparent::serve(
+                    l,
+                    self.ctx.clone(),
+                    own.clone(),
+                    async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    },
+                ))
+            })
+            .collect();
         self.readiness.set_listening();
-        proxy::serve(self.listener, self.ctx, shutdown).await;
+        proxy::serve(self.listener, self.ctx, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+        for t in transparent {
+            let _ = t.await;
+        }
         for task in [watcher, hup].into_iter().flatten() {
             task.abort();
         }
-        let _ = stop_tx.send(true);
+        let _ = admin_stop.send(true);
         let _ = admin_task.await;
     }
+}
+
+/// The transparent listeners; with 127.0.0.1:PORT also [::1]:PORT where
+/// the pod has IPv6 (`pinproxy redirect` sends IPv6 connections there).
+async fn bind_transparent(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        out.push(bind(*addr).await?);
+        let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port());
+        if addr.ip() == std::net::Ipv4Addr::LOCALHOST && !addrs.contains(&v6) {
+            match TcpListener::bind(v6).await {
+                Ok(l) => out.push(l),
+                Err(e) => tracing::warn!(addr = %v6, error = %e, "no IPv6 transparent listener"),
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {

@@ -92,6 +92,17 @@ pub struct RunArgs {
     /// Don't watch the pinset directory; reload only on SIGHUP.
     #[arg(long, env = "PINPROXY_NO_WATCH")]
     pub no_watch: bool,
+    /// Transparent listener for connections the kernel redirects to pinproxy
+    /// (`pinproxy redirect`), e.g. 127.0.0.1:15001; off by default. With
+    /// 127.0.0.1:PORT, [::1]:PORT is listened on too where the pod has IPv6
+    /// (IPv6 connections are redirected there). Repeatable.
+    #[arg(
+        long,
+        env = "PINPROXY_TRANSPARENT",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub transparent: Vec<SocketAddr>,
     /// Worker threads (default: the CPUs available to the process, cgroup
     /// quota included; 1 runs a single-threaded runtime).
     #[arg(long, env = "PINPROXY_WORKERS")]
@@ -158,6 +169,7 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         upstream,
         watch: !args.no_watch,
         sighup: true,
+        transparent: args.transparent.clone(),
     };
     (config, args.shutdown_grace)
 }
