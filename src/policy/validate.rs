@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use super::host::Host;
 use super::load::{hex, read_bundle, BundleError, Problem};
 use super::pin::Pin;
-use super::wire::{DefaultsWire, FileWire, HostWire};
+use super::wire::{DefaultsWire, FileWire, HostWire, HostsWire};
 use super::{Defaults, HostPolicy, Mode, Policy, Trust, Unlisted};
 
 pub(super) struct Validator<'a> {
@@ -94,7 +94,7 @@ impl<'a> Validator<'a> {
         let mut wildcard: HashMap<String, Arc<HostPolicy>> = HashMap::new();
         let mut hosts = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
-        for (key, wire) in wire.hosts.0 {
+        for (key, wire) in self.hosts_key(wire.hosts) {
             let (line, fields) = self.lines.host(&key);
             let entry = Entry {
                 key: &key,
@@ -140,6 +140,20 @@ impl<'a> Validator<'a> {
             source_hash: self.source_hash(bytes),
             warnings: self.warnings,
         })
+    }
+
+    /// The entries of `hosts:`; a file without the key is a problem, not
+    /// an empty pinset.
+    fn hosts_key(&mut self, hosts: Option<HostsWire>) -> Vec<(String, HostWire)> {
+        if hosts.is_none() {
+            self.err(
+                None,
+                Some("hosts"),
+                None,
+                "missing: list the pinned hosts (or write `hosts: {}` for none)".into(),
+            );
+        }
+        hosts.map_or_else(Vec::new, |h| h.0)
     }
 
     fn source_hash(&self, bytes: &[u8]) -> String {
