@@ -71,6 +71,12 @@ pub struct RunArgs {
     /// Don't watch the pinset directory; reload only on SIGHUP.
     #[arg(long, env = "PINPROXY_NO_WATCH")]
     pub no_watch: bool,
+    /// Largest pinset file accepted, bytes (a Secret holds at most 1 MiB).
+    /// A larger file is refused without being read whole; at a reload the
+    /// last good pinset stays in force. Parsing costs ~12 bytes of memory
+    /// per byte of YAML: raise the sidecar's memory limit with this.
+    #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = crate::policy::load::DEFAULT_MAX_BYTES)]
+    pub max_pinset_bytes: u64,
     /// Worker threads (default: the CPUs available to the process, cgroup
     /// quota included; 1 runs a single-threaded runtime).
     #[arg(long, env = "PINPROXY_WORKERS")]
@@ -96,7 +102,11 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     let rt = rt
         .build()
         .map_err(|e| Error::failed(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(run_async(args))
+    let result = rt.block_on(run_async(args));
+    // Dropping a runtime waits for its blocking threads, and one may be
+    // parsing a pinset a newer reload superseded: exit without it.
+    rt.shutdown_background();
+    result
 }
 
 fn secs(v: f64, name: &str) -> Result<Duration, Error> {
@@ -142,6 +152,7 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
         upstream,
         watch: !args.no_watch,
         sighup: true,
+        max_pinset_bytes: args.max_pinset_bytes,
     };
     Ok((config, secs(args.shutdown_grace, "shutdown-grace")?))
 }
