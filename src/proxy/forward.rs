@@ -17,7 +17,7 @@ use super::{admit, deny, Body, Context, Revocation, Streamed, ERROR_HEADER};
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::Reason;
-use crate::upstream::Snapshot;
+use crate::upstream::{RequestBody, Snapshot};
 
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
@@ -72,6 +72,7 @@ pub async fn send(
     }
     // The client regenerates Host from the URL authority.
     parts.headers.remove(header::HOST);
+    let (body, fault) = RequestBody::new(body);
     let out = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(ctx.timeouts.response, snap.client.request(out)).await;
     let Ok(sent) = sent else {
@@ -87,6 +88,15 @@ pub async fn send(
             parts.version = Version::HTTP_11;
             let watch = revocation.map(|r| Box::new((r, target)));
             Response::from_parts(parts, Either::Left(Streamed::new(body, watch)))
+        }
+        // A malformed (e.g. chunked) request body is the client's fault:
+        // never counted against the upstream.
+        Err(_) if fault.get().is_some() => {
+            let why = format!(
+                "malformed request body: {}",
+                fault.get().unwrap_or_default()
+            );
+            deny(ctx, Reason::BadRequest, &target.host.to_string(), &why)
         }
         Err(e) => upstream_failed(ctx, label, &target.host, &e),
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use connector::{Conn, Connector, Resolve, SystemResolver};
 pub use error::{Failure, UpstreamError};
-pub use snapshot::{Shared, Snapshot};
+pub use snapshot::{BodyFault, RequestBody, Shared, Snapshot};
 
 /// Timeouts for reaching an upstream.
 #[derive(Clone, Copy, Debug)]
