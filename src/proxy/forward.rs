@@ -82,6 +82,12 @@ pub async fn send(
         Ok(resp) => {
             snap.count_ok(entry.as_deref());
             let (mut parts, body) = resp.into_parts();
+            // RFC 9112 §6.3: with Transfer-Encoding, a received
+            // Content-Length is wrong by definition; forwarding it would
+            // present a cut body as complete.
+            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
             strip_hop_by_hop(&mut parts.headers);
             // Only pinproxy speaks x-pinproxy-error.
             parts.headers.remove(ERROR_HEADER);
