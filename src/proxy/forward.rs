@@ -24,6 +24,9 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body>
         Ok(t) => t,
         Err(e) => return deny(&ctx, Reason::BadRequest, "", &e.to_string()),
     };
+    if let Some(why) = host_problem(&req) {
+        return deny(&ctx, Reason::BadRequest, &target.host.to_string(), why);
+    }
     // Subscribe before deciding, so a reload in between is not missed.
     let rx = ctx.live.subscribe();
     let snap = ctx.live.load_full();
@@ -105,6 +108,19 @@ pub async fn send(
             deny(ctx, Reason::BadRequest, &target.host.to_string(), &why)
         }
         Err(e) => upstream_failed(ctx, label, &target.host, &e),
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (which the
+/// URL's authority then overrides); two, or none, is a bad request.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    match req.headers().get_all(header::HOST).iter().count() {
+        1 => None,
+        0 => Some("an HTTP/1.1 request needs a Host header"),
+        _ => Some("more than one Host header"),
     }
 }
 
