@@ -13,13 +13,13 @@ use hyper::body::Incoming;
 
 use super::refusal::{upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
-use super::{admit, deny, Body, Context, Revocation, Streamed, ERROR_HEADER};
+use super::{admit, deny, upgrade, Body, Client, Context, Revocation, Streamed, ERROR_HEADER};
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::Reason;
 use crate::upstream::{RequestBody, Snapshot};
 
-pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
         Ok(t) => t,
         Err(e) => return deny(&ctx, Reason::BadRequest, "", &e.to_string()),
@@ -34,6 +34,9 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body>
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
+    if upgrade::is_upgrade(&req) {
+        return upgrade::relay_plain(&ctx, &snap, admission, target, req, &client, rx).await;
+    }
     let entry = admission.entry().cloned();
     let revocation = Revocation {
         ctx: ctx.clone(),
