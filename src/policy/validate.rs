@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls_pki_types::TrustAnchor;
 use time::OffsetDateTime;
 
 use super::host::Host;
@@ -28,6 +29,8 @@ pub(super) struct Validator<'a> {
     /// CA bundles read, with their bytes: part of the source hash, so a
     /// rotated bundle is a change even when the pinset text is not.
     bundles: Vec<(PathBuf, Vec<u8>)>,
+    /// Each bundle's anchors, read once however many entries name it.
+    anchors: HashMap<PathBuf, Arc<[TrustAnchor<'static>]>>,
 }
 
 /// Why a `trust:` value is unusable.
@@ -76,6 +79,7 @@ impl<'a> Validator<'a> {
             problems: Vec::new(),
             warnings: Vec::new(),
             bundles: Vec::new(),
+            anchors: HashMap::new(),
         }
     }
 
@@ -419,8 +423,13 @@ impl<'a> Validator<'a> {
             "" => Err(TrustError::Empty),
             raw => {
                 let path = self.base.join(raw);
+                if let Some(anchors) = self.anchors.get(&path) {
+                    let anchors = anchors.clone();
+                    return Ok(Trust::Bundle { path, anchors });
+                }
                 let (anchors, contents) = read_bundle(&self.read_from.join(raw))?;
                 self.bundles.push((path.clone(), contents));
+                self.anchors.insert(path.clone(), anchors.clone());
                 Ok(Trust::Bundle { path, anchors })
             }
         }
@@ -567,6 +576,31 @@ mod tests {
         let (line, fields) = idx.host("a.test");
         assert_eq!((line, fields.get("trust")), (Some(13), Some(&14)));
         assert_eq!(idx.host("a.test").0, None);
+    }
+
+    /// A bundle named by every entry is read (and hashed, and held) once.
+    #[test]
+    fn a_bundle_named_by_many_entries_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let pin = "sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=";
+        let entry = |h: &str| format!("  {h}:\n    pins: [{pin}]\n    trust: ca.pem\n");
+        let yaml = format!("version: 1\nhosts:\n{}{}", entry("a.test"), entry("b.test"));
+        let now = OffsetDateTime::now_utc();
+        let policy = super::super::parse(yaml.as_bytes(), dir.path(), now).unwrap();
+        let anchors: Vec<_> = policy
+            .hosts
+            .iter()
+            .map(|h| match &h.trust {
+                Trust::Bundle { anchors, .. } => anchors.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&anchors[0], &anchors[1]), "read twice");
     }
 
     #[test]
