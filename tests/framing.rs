@@ -127,6 +127,22 @@ async fn content_length_beside_transfer_encoding_is_never_forwarded() {
     let (_, head) = head_of(&out);
     assert!(!head.contains("content-length: 3"), "{out}");
     assert!(out.contains("hello"), "{out}");
+    // An upgrade the upstream declines with the same answer: the same rule.
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(upgrade_request().as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await.unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length: 3"),
+        "{head}"
+    );
+    let mut rest = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut rest))
+        .await
+        .expect("a body")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest[..n]);
+    assert!(rest.contains("hello"), "{head}{rest}");
 }
 
 /// Item 6: duplicate or conflicting Content-Length from the upstream is

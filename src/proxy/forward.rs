@@ -88,15 +88,7 @@ pub async fn send(
         Ok(resp) => {
             snap.count_ok(entry.as_deref());
             let (mut parts, body) = resp.into_parts();
-            // RFC 9112 §6.3: with Transfer-Encoding, a received
-            // Content-Length is wrong by definition; forwarding it would
-            // present a cut body as complete.
-            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-                parts.headers.remove(header::CONTENT_LENGTH);
-            }
-            strip_hop_by_hop(&mut parts.headers);
-            // Only pinproxy speaks x-pinproxy-error.
-            parts.headers.remove(ERROR_HEADER);
+            response_headers(&mut parts.headers);
             parts.version = Version::HTTP_11;
             let watch = revocation.map(|r| Box::new((r, target)));
             Response::from_parts(parts, Either::Left(Streamed::new(body, watch)))
@@ -160,6 +152,19 @@ fn upstream_uri(target: &Target, incoming: &Uri) -> Result<Uri, TargetError> {
     parts.authority = Some(authority);
     parts.path_and_query = Some(path);
     Uri::from_parts(parts).map_err(|e| TargetError::Invalid(e.into()))
+}
+
+/// An upstream response's headers as the client gets them.
+pub(super) fn response_headers(headers: &mut HeaderMap) {
+    // RFC 9112 §6.3: with Transfer-Encoding, a received Content-Length is
+    // wrong by definition; forwarding it would present a cut body as
+    // complete.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+    // Only pinproxy speaks x-pinproxy-error.
+    headers.remove(ERROR_HEADER);
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every

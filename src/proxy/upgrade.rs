@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch};
 
 use super::body::revoked;
-use super::forward::strip_hop_by_hop;
+use super::forward::{response_headers, strip_hop_by_hop};
 use super::refusal::{upstream_failed, upstream_refusal, upstream_timed_out};
 use super::{count, deny, tunnel, Body, Client, ClientIo, Context, Streamed, ERROR_HEADER};
 use crate::policy::{Admission, Target};
@@ -149,8 +149,13 @@ async fn relay_with(
     }
     count(ctx, &label, Outcome::Ok);
     let (mut parts, body) = resp.into_parts();
-    // Only pinproxy speaks x-pinproxy-error.
-    parts.headers.remove(ERROR_HEADER);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only pinproxy speaks x-pinproxy-error.
+        parts.headers.remove(ERROR_HEADER);
+    } else {
+        // Declined: an ordinary response, framed and stripped as one.
+        response_headers(&mut parts.headers);
+    }
     Response::from_parts(parts, Either::Left(Streamed::new(body, None)))
 }
 
