@@ -44,6 +44,9 @@ pub struct Config {
     pub sighup: bool,
     /// Transparent listeners (kernel-redirected connections), if any.
     pub transparent: Vec<SocketAddr>,
+    /// The pinset file's size limit, bytes: a larger file is refused
+    /// unread (at start, and at reload keeping the last good pinset).
+    pub max_pinset_bytes: u64,
 }
 
 /// Where the pod CA comes from.
@@ -114,7 +117,7 @@ impl App {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
                 .ok()
         });
-        let policy = policy::load(&config.pins)?;
+        let policy = policy::load::load_capped(&config.pins, config.max_pinset_bytes)?;
         let warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -167,7 +170,12 @@ impl App {
             drift: drift.clone(),
             readiness: readiness.clone(),
         };
-        let reloader = Reloader::new(publisher, shared, config.pins.clone());
+        let reloader = Reloader::new(
+            publisher,
+            shared,
+            config.pins.clone(),
+            config.max_pinset_bytes,
+        );
         if let Some(w) = &mut watcher {
             if let Err(e) = w.watch_bundles(&reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");

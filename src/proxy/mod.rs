@@ -197,7 +197,7 @@ async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Re
     if req.method() == http::Method::CONNECT {
         connect::handle(ctx, req, client).await
     } else {
-        forward::handle(ctx, req).await
+        forward::handle(ctx, req, client).await
     }
 }
 

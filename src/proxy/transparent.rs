@@ -116,8 +116,7 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
         }
         First::Http => {
             served("http", "served");
-            drop(client);
-            http(ctx, io, orig, a.stop).await;
+            http(ctx, io, orig, client, a.stop).await;
         }
         First::Other => {
             served("other", "refused");
@@ -311,16 +310,18 @@ async fn http(
     ctx: Arc<Context>,
     io: Rewind<TcpStream>,
     orig: SocketAddr,
+    client: Client,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let svc_ctx = ctx.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
+        let client = client.clone();
         async move {
             if let Err(msg) = absolute(&mut req, orig) {
                 return Ok::<_, Infallible>(refusal::deny(&ctx, Reason::BadRequest, "", &msg));
             }
-            Ok(forward::handle(ctx, req).await)
+            Ok(forward::handle(ctx, req, client).await)
         }
     });
     let mut builder = http1::Builder::new();

@@ -592,6 +592,7 @@ pub async fn proxy_full(
         watch,
         sighup: false,
         transparent: Vec::new(),
+        max_pinset_bytes: pinproxy::policy::load::DEFAULT_MAX_BYTES,
     };
     tune(&mut config.upstream, &mut config.limits);
     let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));
