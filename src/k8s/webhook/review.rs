@@ -1,0 +1,157 @@
+//! One AdmissionReview in, one out: pure, no I/O, never panics on input.
+
+use base64::Engine as _;
+use http::StatusCode;
+use serde_json::{json, Value as Json};
+
+use super::{Mode, Reply};
+use crate::k8s::inject::{self, InjectOptions};
+
+/// Answer one AdmissionReview body. Pure: no I/O, never panics on input.
+pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
+    let bad = |uid: &str, msg: &str| {
+        // Without a uid the API server cannot match an answer: fail the call.
+        let status = if uid.is_empty() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        error_reply(status, uid, msg)
+    };
+    let doc: Json = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return bad("", &format!("malformed AdmissionReview: not JSON: {e}")),
+    };
+    if doc.get("apiVersion").and_then(Json::as_str) != Some("admission.k8s.io/v1")
+        || doc.get("kind").and_then(Json::as_str) != Some("AdmissionReview")
+    {
+        return bad("", "malformed AdmissionReview: expected apiVersion admission.k8s.io/v1, kind AdmissionReview");
+    }
+    let Some(request) = doc.get("request").filter(|r| r.is_object()) else {
+        return bad("", "malformed AdmissionReview: no request");
+    };
+    let uid = match request.get("uid").and_then(Json::as_str) {
+        Some(u) if !u.is_empty() => u,
+        _ => return bad("", "malformed AdmissionReview: request.uid missing"),
+    };
+    let kind = request.get("kind");
+    let is_pod = kind.and_then(|k| k.get("kind")).and_then(Json::as_str) == Some("Pod")
+        && kind
+            .and_then(|k| k.get("group"))
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .is_empty();
+    let operation = request
+        .get("operation")
+        .and_then(Json::as_str)
+        .unwrap_or("");
+    if !is_pod || operation != "CREATE" {
+        // Outside what the webhook is registered for: let it through untouched.
+        return allow(uid, None);
+    }
+    let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
+        return bad(
+            uid,
+            "malformed AdmissionReview: request.object is not a Pod object",
+        );
+    };
+    let mut yaml_pod: serde_yaml::Value = match serde_yaml::to_value(pod) {
+        Ok(v) => v,
+        Err(e) => return bad(uid, &format!("pod cannot be read: {e}")),
+    };
+    let wanted = match mode {
+        Mode::OptIn => inject::has_inject_marker(&yaml_pod, true),
+        Mode::OptOut => true,
+    };
+    if !wanted || inject::has_inject_marker(&yaml_pod, false) {
+        return allow(uid, None);
+    }
+    match inject::inject_pod(&mut yaml_pod, opts) {
+        Ok(false) => allow(uid, None),
+        Ok(true) => match serde_json::to_value(&yaml_pod) {
+            Ok(new) => {
+                let mut ops = Vec::new();
+                diff("", pod, &new, &mut ops);
+                allow(uid, (!ops.is_empty()).then_some(Json::Array(ops)))
+            }
+            Err(e) => bad(uid, &format!("injected pod cannot be encoded: {e}")),
+        },
+        Err(e) => bad(uid, &format!("pinproxy cannot inject this pod: {e}")),
+    }
+}
+
+fn allow(uid: &str, patch: Option<Json>) -> Reply {
+    let mut response = json!({ "uid": uid, "allowed": true });
+    if let Some(patch) = patch {
+        let bytes = serde_json::to_vec(&patch).unwrap_or_default();
+        response["patchType"] = json!("JSONPatch");
+        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    Reply {
+        status: StatusCode::OK,
+        body: json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response }),
+    }
+}
+
+pub(super) fn error_reply(status: StatusCode, uid: &str, message: &str) -> Reply {
+    tracing::warn!(uid, message, "admission review refused");
+    Reply {
+        status,
+        body: json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": uid,
+                "allowed": false,
+                "status": { "code": 400, "reason": "BadRequest", "message": message },
+            },
+        }),
+    }
+}
+
+/// RFC 6902 operations turning `old` into `new`: objects are compared key by
+/// key, anything else that differs is replaced whole.
+fn diff(path: &str, old: &Json, new: &Json, ops: &mut Vec<Json>) {
+    if old == new {
+        return;
+    }
+    match (old, new) {
+        (Json::Object(a), Json::Object(b)) => {
+            for key in a.keys().filter(|k| !b.contains_key(*k)) {
+                ops.push(json!({ "op": "remove", "path": format!("{path}/{}", escape(key)) }));
+            }
+            for (key, vb) in b {
+                let p = format!("{path}/{}", escape(key));
+                match a.get(key) {
+                    None => ops.push(json!({ "op": "add", "path": p, "value": vb })),
+                    Some(va) => diff(&p, va, vb, ops),
+                }
+            }
+        }
+        _ => ops.push(json!({ "op": "replace", "path": path, "value": new })),
+    }
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_escapes_and_nests() {
+        let old = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": [1]}});
+        let new = json!({"metadata": {"labels": {"a": "1", "pinproxy.io/injected": "true"}}, "spec": {"x": [1, 2]}});
+        let mut ops = Vec::new();
+        diff("", &old, &new, &mut ops);
+        assert_eq!(
+            ops,
+            vec![
+                json!({"op": "add", "path": "/metadata/labels/pinproxy.io~1injected", "value": "true"}),
+                json!({"op": "replace", "path": "/spec/x", "value": [1, 2]}),
+            ]
+        );
+    }
+}
