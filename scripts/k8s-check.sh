@@ -103,6 +103,9 @@ log "helm template rejects invalid values (values.schema.json)"
 if helm template pinproxy "$CHART" --set webhook.annotatedPods.failurePolicy=Sometimes >/dev/null 2>&1; then
   die "values.schema.json accepted webhook.annotatedPods.failurePolicy=Sometimes"
 fi
+if helm template pinproxy "$CHART" --set 'sidecar.caBundleExtra[0].key=ca.crt' >/dev/null 2>&1; then
+  die "values.schema.json accepted a caBundleExtra entry naming neither configMap nor secret"
+fi
 
 # --- deploy/ -----------------------------------------------------------------
 

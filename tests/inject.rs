@@ -2,9 +2,10 @@
 //!
 //! Every `tests/fixtures/inject/NAME.in.yaml` is injected and compared with
 //! `NAME.out.yaml`. Cases named `legacy-*` use the regular-container
-//! sidecar; the rest use the defaults with a fixed image so the files do not
-//! change with the crate version. `PINPROXY_BLESS=1 cargo test --test inject`
-//! rewrites the expected files; review the diff before committing it.
+//! sidecar, `trust-extra` extra CAs and NO_PROXY entries; the rest use the defaults with a fixed image so the
+//! files do not change with the crate version. `PINPROXY_BLESS=1 cargo test
+//! --test inject` rewrites the expected files; review the diff before
+//! committing it.
 
 use std::path::{Path, PathBuf};
 
@@ -18,11 +19,19 @@ fn fixtures() -> PathBuf {
 }
 
 fn options_for(case: &str) -> InjectOptions {
-    InjectOptions {
+    let mut opts = InjectOptions {
         image: IMAGE.into(),
         native_sidecar: !case.starts_with("legacy-"),
         ..InjectOptions::default()
+    };
+    if case == "trust-extra" {
+        opts.ca_bundle_extra = vec![
+            "configmap/kube-root-ca.crt".parse().unwrap(),
+            "secret/internal-ca:root.pem".parse().unwrap(),
+        ];
+        opts.no_proxy = vec!["10.96.0.0/12".into(), ".corp.example.com".into()];
     }
+    opts
 }
 
 /// (case name, input text) for every fixture.
@@ -76,6 +85,29 @@ fn pod_specs(doc: &Value) -> Vec<&Value> {
         }
         _ => vec![],
     }
+}
+
+/// `http.nonProxyHosts` as DESIGN §8 wants it for these options: every
+/// NO_PROXY entry, `.x` as `*.x`, a name as itself and its subdomains.
+fn java_non_proxy(opts: &InjectOptions) -> String {
+    let mut out = [
+        "localhost|*.localhost|127.0.0.1|[::1]|*.svc|*.svc.cluster.local|*.cluster.local",
+        "kubernetes|*.kubernetes|kubernetes.default|*.kubernetes.default",
+        "kubernetes.default.svc|*.kubernetes.default.svc|$(KUBERNETES_SERVICE_HOST)",
+    ]
+    .join("|");
+    for extra in &opts.no_proxy {
+        match extra.as_str() {
+            "10.96.0.0/12" => {
+                for octet in 96..112 {
+                    out.push_str(&format!("|10.{octet}.*"));
+                }
+            }
+            ".corp.example.com" => out.push_str("|*.corp.example.com"),
+            other => panic!("no expectation for --no-proxy {other}"),
+        }
+    }
+    out
 }
 
 #[test]
@@ -228,16 +260,35 @@ fn every_pod_template_gets_a_hardened_sidecar() {
                     };
                     assert_eq!(env("HTTPS_PROXY"), ["http://127.0.0.1:3128"], "{case}");
                     assert_eq!(env("HTTP_PROXY"), ["http://127.0.0.1:3128"], "{case}");
-                    assert_eq!(env("SSL_CERT_FILE"), ["/var/run/pinproxy/ca.crt"], "{case}");
+                    assert_eq!(env("https_proxy"), ["http://127.0.0.1:3128"], "{case}");
+                    assert_eq!(env("http_proxy"), ["http://127.0.0.1:3128"], "{case}");
+                    // DESIGN §8: the variables that replace the trust store
+                    // name the bundle (pod CA + Mozilla roots + extras);
+                    // Node's, which adds to its roots, the pod CA alone.
+                    for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+                        assert_eq!(
+                            env(var),
+                            ["/var/run/pinproxy/ca-bundle.crt"],
+                            "{case}: {var}"
+                        );
+                    }
                     assert_eq!(
                         env("NODE_EXTRA_CA_CERTS"),
                         ["/var/run/pinproxy/ca.crt"],
                         "{case}"
                     );
-                    assert_eq!(
-                        env("REQUESTS_CA_BUNDLE"),
-                        ["/var/run/pinproxy/ca.crt"],
-                        "{case}"
+                    assert_eq!(env("NODE_USE_ENV_PROXY"), ["1"], "{case}");
+                    let java = env("JAVA_TOOL_OPTIONS");
+                    assert_eq!(java.len(), 1, "{case}");
+                    assert!(
+                        java[0].ends_with(&format!(
+                            "-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=3128 \
+                             -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=3128 \
+                             -Dhttp.nonProxyHosts={}",
+                            java_non_proxy(&opts)
+                        )),
+                        "{case}: {}",
+                        java[0]
                     );
                     let no_proxy = env("NO_PROXY");
                     assert_eq!(no_proxy.len(), 1, "{case}");
@@ -358,4 +409,113 @@ fn bad_options_are_refused() {
         inject_stream("kind: Pod\n", &opts),
         Err(InjectError::Options(_))
     ));
+}
+
+// --- through the built binary ------------------------------------------------
+
+/// `pinproxy inject ARGS` with `stdin`, in an environment without
+/// `PINPROXY_INJECT_*` settings: (exit code, stdout, stderr).
+fn inject_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pinproxy"));
+    cmd.arg("inject").args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PINPROXY_INJECT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pinproxy inject");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Deployment whose one container `app` has `env` and `ports` as given
+/// (YAML flow sequences).
+fn app_deployment(env: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: shop}}\n\
+         spec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    \
+         metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      \
+         - name: app\n        image: web:1\n        env: {env}\n        ports: {ports}\n"
+    )
+}
+
+// --- extra CAs --------------------------------------------------------------
+
+#[test]
+fn extra_cas_are_updated_and_removed_in_place() {
+    let input = std::fs::read_to_string(fixtures().join("trust-extra.in.yaml")).unwrap();
+    let with = options_for("trust-extra");
+    let without = options_for("statefulset");
+    let injected = inject_stream(&input, &with).unwrap();
+    let value = |text: String| serde_yaml::from_str::<Value>(&text).unwrap();
+    assert_eq!(
+        value(inject_stream(&injected, &without).unwrap()),
+        value(inject_stream(&input, &without).unwrap()),
+        "dropping the extra CAs takes the volume, mount and arguments out"
+    );
+    // One source named twice is mounted once.
+    let twice = InjectOptions {
+        ca_bundle_extra: [with.ca_bundle_extra.clone(), with.ca_bundle_extra.clone()].concat(),
+        ..with.clone()
+    };
+    assert_eq!(inject_stream(&input, &twice).unwrap(), injected);
+}
+
+#[test]
+fn extra_ca_sources_are_checked_on_the_command_line() {
+    let input = app_deployment("[]", "[]");
+    for bad in [
+        "kube-root-ca.crt",
+        "pod/x",
+        "configmap/Not_A_Name",
+        "secret/x:a/b",
+    ] {
+        let (code, _, stderr) = inject_cli(&["--ca-bundle-extra-from", bad], &input);
+        assert_eq!(code, 2, "{bad}: {stderr}");
+        assert!(stderr.contains("configmap/NAME[:KEY]"), "{stderr}");
+    }
+    let (code, out, stderr) = inject_cli(
+        &[
+            "--ca-bundle-extra-from",
+            "configmap/kube-root-ca.crt,secret/corp-ca:root.pem",
+        ],
+        &input,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        out.contains("- /etc/pinproxy-ca-extra/secret/corp-ca/root.pem\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_shipped_example_deployment_is_what_inject_makes() {
+    // deploy/base is written by hand for readers; it must stay exactly what
+    // injection produces, or the example teaches a stale environment.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/base/deployment.yaml")).unwrap();
+    let opts = InjectOptions {
+        image: "ghcr.io/pinproxy/pinproxy:0.1.0".into(),
+        ..InjectOptions::default()
+    };
+    let shipped: Value = serde_yaml::from_str(&text).unwrap();
+    let injected: Value = serde_yaml::from_str(&inject_stream(&text, &opts).unwrap()).unwrap();
+    assert_eq!(injected, shipped);
 }

@@ -42,3 +42,12 @@ app.kubernetes.io/component: webhook
 {{- define "pinproxy.pinsSecretName" -}}
 {{- .Values.pins.existingSecret | default .Values.pins.secretName -}}
 {{- end -}}
+
+{{/* The --ca-bundle-extra-from value of one sidecar.caBundleExtra entry. */}}
+{{- define "pinproxy.caBundleExtraFrom" -}}
+{{- if .configMap -}}
+configmap/{{ .configMap }}:{{ .key | default "ca.crt" }}
+{{- else -}}
+secret/{{ .secret }}:{{ .key | default "ca.crt" }}
+{{- end -}}
+{{- end -}}

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{default_image, InjectOptions};
+use super::{default_image, ExtraCa, InjectOptions};
 
 /// Sidecar options shared by `pinproxy inject` and `pinproxy webhook`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,7 +44,7 @@ pub struct SidecarArgs {
         default_value = "/etc/pinproxy"
     )]
     pub pins_dir: String,
-    /// Shared emptyDir where the sidecar writes ca.crt for the app.
+    /// Shared emptyDir where the sidecar writes ca.crt and ca-bundle.crt for the app.
     #[arg(
         long,
         env = "PINPROXY_INJECT_CA_DIR",
@@ -55,6 +55,17 @@ pub struct SidecarArgs {
     /// native sidecar. The app may then start before the proxy is ready.
     #[arg(long, env = "PINPROXY_INJECT_LEGACY_SIDECAR")]
     pub legacy_sidecar: bool,
+    /// A PEM CA the proxy adds to ca-bundle.crt, the app's trust store:
+    /// configmap/NAME[:KEY] or secret/NAME[:KEY] in the workload's
+    /// namespace (KEY defaults to ca.crt), e.g. configmap/kube-root-ca.crt.
+    /// Repeatable or comma-separated.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_CA_BUNDLE_EXTRA_FROM",
+        value_delimiter = ',',
+        value_name = "KIND/NAME[:KEY]"
+    )]
+    pub ca_bundle_extra_from: Vec<ExtraCa>,
     /// Extra NO_PROXY entry (repeatable or comma-separated), e.g. a pod CIDR.
     #[arg(long, env = "PINPROXY_INJECT_NO_PROXY", value_delimiter = ',')]
     pub no_proxy: Vec<String>,
@@ -92,6 +103,7 @@ impl From<&SidecarArgs> for InjectOptions {
             pins_dir: a.pins_dir.clone(),
             ca_dir: a.ca_dir.clone(),
             native_sidecar: !a.legacy_sidecar,
+            ca_bundle_extra: a.ca_bundle_extra_from.clone(),
             no_proxy: a.no_proxy.clone(),
             log_format: a.log_format.clone(),
             run_as_user: InjectOptions::default().run_as_user,

@@ -11,8 +11,10 @@
 //! - the volumes `pinproxy-pins` (the pins Secret, mounted as a directory so
 //!   kubelet propagates edits — never `subPath`) and `pinproxy-ca` (an
 //!   in-memory emptyDir where the proxy writes its per-pod CA);
-//! - in every app container, `HTTP(S)_PROXY` / `NO_PROXY` and the CA trust
-//!   variables, plus a read-only mount of the CA directory;
+//! - in every app container, `HTTP(S)_PROXY` / `NO_PROXY`, the CA trust
+//!   variables, `NODE_USE_ENV_PROXY` and the JVM's proxy properties
+//!   (appended to `JAVA_TOOL_OPTIONS`), plus a read-only mount of the CA
+//!   directory;
 //! - the label `pinproxy.io/injected: "true"`, which the PodMonitor selects.
 //!
 //! Documents are split on their `---` lines and handled one by one. A
@@ -32,11 +34,14 @@ use serde_yaml::Value;
 
 mod args;
 mod documents;
+mod env;
 mod sidecar;
 mod template;
+mod trust;
 mod yaml;
 
 pub use args::{InjectArgs, SidecarArgs};
+pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 
 use documents::{fix_octal_modes, split_documents};
 use template::{inject_document, inject_template};
@@ -83,6 +88,8 @@ pub struct InjectOptions {
     /// Native sidecar (init container with `restartPolicy: Always`, Kubernetes
     /// ≥ 1.29) when true; a regular second container otherwise.
     pub native_sidecar: bool,
+    /// ConfigMaps or Secrets whose PEM the proxy adds to `ca-bundle.crt`.
+    pub ca_bundle_extra: Vec<ExtraCa>,
     /// Extra `NO_PROXY` entries (pod/service CIDRs, internal domains).
     pub no_proxy: Vec<String>,
     /// `--log-format` of the sidecar.
@@ -148,6 +155,7 @@ impl Default for InjectOptions {
             pins_dir: "/etc/pinproxy".into(),
             ca_dir: "/var/run/pinproxy".into(),
             native_sidecar: true,
+            ca_bundle_extra: Vec::new(),
             no_proxy: Vec::new(),
             log_format: "json".into(),
             run_as_user: 65532,
@@ -184,6 +192,11 @@ impl InjectOptions {
         }
         if self.pins_dir.trim_end_matches('/') == self.ca_dir.trim_end_matches('/') {
             return bad("pins dir and ca dir must differ".into());
+        }
+        for (what, dir) in [("pins dir", &self.pins_dir), ("ca dir", &self.ca_dir)] {
+            if dir.trim_end_matches('/') == CA_EXTRA_DIR {
+                return bad(format!("{what} {dir:?} is where the extra CAs are mounted"));
+            }
         }
         if let Some(p) = &self.image_pull_policy {
             if !["Always", "IfNotPresent", "Never"].contains(&p.as_str()) {

@@ -1,86 +1,26 @@
-//! What injection adds, as values: the `pinproxy` container and the
-//! environment every app container gets. Where they go in a pod template is
-//! [`super::template`]'s business.
+//! The `pinproxy` container, as a value. Where it goes in a pod template is
+//! [`super::template`]'s business; what the app containers get is
+//! [`super::env`]'s.
 
 use serde_yaml::{Mapping, Value};
 
 use super::template::{map, s};
+use super::trust::{CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 use super::{InjectOptions, ADMIN_PORT_NAME, CA_VOLUME, CONTAINER_NAME, PINS_VOLUME};
 
-/// Hosts the app reaches directly: loopback, in-cluster Services and the
-/// Kubernetes API (by name and, through kubelet's `$(VAR)` expansion of the
-/// service env var, by the IP that in-cluster clients dial).
-const DEFAULT_NO_PROXY: &[&str] = &[
-    "localhost",
-    "127.0.0.1",
-    "::1",
-    ".svc",
-    ".svc.cluster.local",
-    ".cluster.local",
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "$(KUBERNETES_SERVICE_HOST)",
-];
-
-// === impl InjectOptions: the app's environment ===
+// === impl InjectOptions ===
 
 impl InjectOptions {
-    fn ca_file(&self) -> String {
-        format!("{}/ca.crt", self.ca_dir.trim_end_matches('/'))
-    }
-
-    fn proxy_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.proxy_port)
-    }
-
-    fn no_proxy_value(&self) -> String {
-        let mut all: Vec<&str> = DEFAULT_NO_PROXY.to_vec();
-        for extra in &self.no_proxy {
-            let extra = extra.trim();
-            if !extra.is_empty() && !all.contains(&extra) {
-                all.push(extra);
-            }
-        }
-        all.join(",")
-    }
-
-    /// The env vars every app container gets, in order.
-    pub(super) fn app_env(&self) -> Vec<(&'static str, String)> {
-        let proxy = self.proxy_url();
-        let no_proxy = self.no_proxy_value();
-        let ca = self.ca_file();
-        vec![
-            ("HTTP_PROXY", proxy.clone()),
-            ("HTTPS_PROXY", proxy.clone()),
-            // curl and others read only the lowercase forms (http_proxy in
-            // particular, for CGI safety), Go and Python read both.
-            ("http_proxy", proxy.clone()),
-            ("https_proxy", proxy),
-            ("NO_PROXY", no_proxy.clone()),
-            ("no_proxy", no_proxy),
-            // OpenSSL, Go and Ruby; Python requests; curl (its compiled-in
-            // bundle would win over SSL_CERT_FILE); Node (added to its roots).
-            ("SSL_CERT_FILE", ca.clone()),
-            ("REQUESTS_CA_BUNDLE", ca.clone()),
-            ("CURL_CA_BUNDLE", ca.clone()),
-            ("NODE_EXTRA_CA_CERTS", ca),
-        ]
-    }
-}
-
-// === impl InjectOptions: the sidecar container ===
-
-impl InjectOptions {
-    /// The `pinproxy` container, its keys in kubectl's usual order.
-    pub(super) fn sidecar(&self, pins_secret_dir: &str) -> Value {
+    /// The `pinproxy` container, its keys in kubectl's usual order: a native
+    /// sidecar (`restartPolicy: Always`) or a regular container.
+    pub(super) fn sidecar(&self, pins_secret_dir: &str, native: bool) -> Value {
         let mut c = Mapping::new();
         c.insert(s("name"), s(CONTAINER_NAME));
         c.insert(s("image"), s(&self.image));
         if let Some(p) = &self.image_pull_policy {
             c.insert(s("imagePullPolicy"), s(p));
         }
-        if self.native_sidecar {
+        if native {
             c.insert(s("restartPolicy"), s("Always"));
         }
         c.insert(s("args"), self.sidecar_args(pins_secret_dir));
@@ -97,9 +37,10 @@ impl InjectOptions {
     }
 
     /// `pinproxy run …`: the proxy on loopback only, the admin port on all
-    /// interfaces for kubelet and Prometheus.
+    /// interfaces for kubelet and Prometheus, one `--ca-bundle-extra` per
+    /// extra CA.
     fn sidecar_args(&self, pins_secret_dir: &str) -> Value {
-        let args = [
+        let mut args = vec![
             "run".to_string(),
             "--pins".into(),
             format!("{}/pins.yaml", pins_secret_dir.trim_end_matches('/')),
@@ -112,6 +53,9 @@ impl InjectOptions {
             "--log-format".into(),
             self.log_format.clone(),
         ];
+        for ca in self.extra_cas() {
+            args.extend(["--ca-bundle-extra".to_string(), ca.file()]);
+        }
         Value::Sequence(args.iter().map(|a| s(a)).collect())
     }
 
@@ -161,17 +105,25 @@ impl InjectOptions {
         ])
     }
 
-    /// The pins Secret as a directory (a `subPath` mount never updates) and
-    /// the CA directory the proxy writes.
+    /// The pins Secret as a directory (a `subPath` mount never updates), the
+    /// CA directory the proxy writes, and the extra CAs if any.
     fn sidecar_mounts(&self, pins_secret_dir: &str) -> Value {
-        Value::Sequence(vec![
+        let mut mounts = vec![
             map([
                 ("name", s(PINS_VOLUME)),
                 ("mountPath", s(pins_secret_dir)),
                 ("readOnly", Value::Bool(true)),
             ]),
             map([("name", s(CA_VOLUME)), ("mountPath", s(&self.ca_dir))]),
-        ])
+        ];
+        if !self.extra_cas().is_empty() {
+            mounts.push(map([
+                ("name", s(CA_EXTRA_VOLUME)),
+                ("mountPath", s(CA_EXTRA_DIR)),
+                ("readOnly", Value::Bool(true)),
+            ]));
+        }
+        Value::Sequence(mounts)
     }
 }
 

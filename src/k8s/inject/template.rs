@@ -5,6 +5,8 @@
 
 use serde_yaml::{Mapping, Value};
 
+use super::env::{env_value, merge_java_tool_options, JAVA_TOOL_OPTIONS};
+use super::trust::CA_EXTRA_VOLUME;
 use super::{
     has_inject_marker, is_dns_subdomain, InjectError, InjectOptions, Outcome, CA_VOLUME,
     CONTAINER_NAME, INJECTED_LABEL, PINS_SECRET_ANNOTATION, PINS_VOLUME,
@@ -133,7 +135,7 @@ pub(super) fn inject_template(
     let first_app = first_app_container(tmpl);
     let spec = child_mapping(tmpl, "spec").ok_or_else(|| at.malformed("spec is not a mapping"))?;
     place_sidecar(spec, opts, &at)?;
-    add_volumes(spec, &secret, &at)?;
+    add_volumes(spec, opts, &secret, &at)?;
     configure_app_containers(spec, opts, &at)?;
     // With a regular sidecar first in the list, kubectl logs/exec would
     // default to it; point them at the app.
@@ -221,12 +223,21 @@ fn place_sidecar(
     let Value::Sequence(list) = list else {
         return Err(at.malformed(&format!("spec.{field} is not a list")));
     };
-    list.insert(at_index.min(list.len()), opts.sidecar(&opts.pins_dir));
+    list.insert(
+        at_index.min(list.len()),
+        opts.sidecar(&opts.pins_dir, opts.native_sidecar),
+    );
     Ok(())
 }
 
-/// The pins Secret and the CA emptyDir, replaced in place by name.
-fn add_volumes(spec: &mut Mapping, secret: &str, at: &Subject) -> Result<(), InjectError> {
+/// The pins Secret, the CA emptyDir and the extra CAs (taken out again when
+/// none are configured any more), replaced in place by name.
+fn add_volumes(
+    spec: &mut Mapping,
+    opts: &InjectOptions,
+    secret: &str,
+    at: &Subject,
+) -> Result<(), InjectError> {
     let volumes = spec
         .entry(s("volumes"))
         .or_insert_with(|| Value::Sequence(Vec::new()));
@@ -250,16 +261,22 @@ fn add_volumes(spec: &mut Mapping, secret: &str, at: &Subject) -> Result<(), Inj
             ),
         ]),
     );
+    match opts.extra_ca_volume() {
+        Some(extra) => upsert_named(volumes, extra),
+        None => volumes.retain(|v| v.get("name").and_then(Value::as_str) != Some(CA_EXTRA_VOLUME)),
+    }
     Ok(())
 }
 
-/// App containers: proxy env, CA trust, read-only CA mount.
+/// App containers: proxy env, CA trust, the JVM's proxy properties, the
+/// read-only CA mount.
 fn configure_app_containers(
     spec: &mut Mapping,
     opts: &InjectOptions,
     at: &Subject,
 ) -> Result<(), InjectError> {
     let env = opts.app_env();
+    let java = opts.java_proxy_properties();
     let Some(Value::Sequence(containers)) = spec.get_mut("containers") else {
         return Err(at.malformed("spec.containers is not a list"));
     };
@@ -276,6 +293,15 @@ fn configure_app_containers(
         for (name, value) in &env {
             upsert_named(list, map([("name", s(name)), ("value", s(value))]));
         }
+        let theirs = list
+            .iter()
+            .find(|v| v.get("name").and_then(Value::as_str) == Some(JAVA_TOOL_OPTIONS))
+            .and_then(env_value);
+        let merged = merge_java_tool_options(theirs.as_deref(), &java);
+        upsert_named(
+            list,
+            map([("name", s(JAVA_TOOL_OPTIONS)), ("value", s(&merged))]),
+        );
         let Value::Sequence(mounts) = c
             .entry(s("volumeMounts"))
             .or_insert_with(|| Value::Sequence(Vec::new()))
