@@ -447,3 +447,108 @@ fn bad_certificate_files_are_refused_at_start() {
         .to_string();
     assert!(err.contains("does not match"), "{err}");
 }
+
+// --- refusing to guess (DESIGN §8) -------------------------------------------
+
+fn simple_pod(spec_extra: Json) -> Json {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "agent-", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "agent:1"}]},
+    });
+    for (k, v) in spec_extra.as_object().unwrap() {
+        pod["spec"][k] = v.clone();
+    }
+    pod
+}
+
+#[test]
+fn a_host_network_pod_is_allowed_unmodified_with_a_warning() {
+    let pod = simple_pod(json!({"hostNetwork": true}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    let r = response(&reply);
+    assert_eq!((reply.status.as_u16(), &r["allowed"]), (200, &json!(true)));
+    assert!(r.get("patch").is_none(), "{r}");
+    let warnings = r["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{r}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(w.starts_with("hostNetwork pod not injected"), "{w}");
+}
+
+#[test]
+fn a_pod_that_names_another_proxy_is_denied_with_the_reason() {
+    let pod = simple_pod(json!({"containers": [{"name": "app", "image": "a:1",
+        "env": [{"name": "HTTPS_PROXY", "value": "http://corp-proxy:8080"}]}]}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    let r = response(&reply);
+    assert_eq!((reply.status.as_u16(), &r["allowed"]), (200, &json!(false)));
+    let msg = r["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("container \"app\" already sets HTTPS_PROXY=http://corp-proxy:8080"),
+        "{msg}"
+    );
+    let pod = simple_pod(json!({"containers": [{"name": "app", "image": "a:1",
+        "ports": [{"containerPort": 9901}]}]}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    let msg = response(&reply)["status"]["message"].as_str().unwrap();
+    assert!(msg.contains("uses port 9901"), "{msg}");
+}
+
+/// The options `pinproxy webhook` runs with when the chart passes no layout
+/// flag (sidecar.nativeSidecar: true).
+fn webhook_default_options() -> InjectOptions {
+    use clap::Parser;
+    let cli = pinproxy::cli::Cli::try_parse_from([
+        "pinproxy",
+        "webhook",
+        "--tls-cert",
+        "/c",
+        "--tls-key",
+        "/k",
+        "--image",
+        "ghcr.io/pinproxy/pinproxy:test",
+    ])
+    .unwrap();
+    match cli.command {
+        pinproxy::cli::Command::Webhook(args) => InjectOptions::from(&args.sidecar),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_pod_with_a_regular_pinproxy_container_keeps_it() {
+    // A pod of a workload written for Kubernetes < 1.29, in a namespace the
+    // webhook injects: it must not become a native sidecar.
+    let pod = simple_pod(json!({"containers": [
+        {"name": "pinproxy", "image": "ghcr.io/pinproxy/pinproxy:0.0.9", "args": ["run", "--pins", "/etc/pinproxy/pins.yaml"]},
+        {"name": "app", "image": "a:1"},
+    ]}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &webhook_default_options(),
+    );
+    let after = patched(&pod, &reply);
+    assert!(after["spec"].get("initContainers").is_none(), "{after}");
+    assert_eq!(after["spec"]["containers"][0]["name"], json!("pinproxy"));
+    assert!(after["spec"]["containers"][0]
+        .get("restartPolicy")
+        .is_none());
+    assert_eq!(
+        after["spec"]["containers"][0]["image"],
+        json!("ghcr.io/pinproxy/pinproxy:test")
+    );
+}

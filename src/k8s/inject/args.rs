@@ -52,9 +52,24 @@ pub struct SidecarArgs {
     )]
     pub ca_dir: String,
     /// Add pinproxy as a regular container (Kubernetes < 1.29) instead of a
-    /// native sidecar. The app may then start before the proxy is ready.
+    /// native sidecar, moving an existing native one. The app may then start
+    /// before the proxy is ready.
     #[arg(long, env = "PINPROXY_INJECT_LEGACY_SIDECAR")]
     pub legacy_sidecar: bool,
+    /// Make an existing regular pinproxy container a native sidecar. Without
+    /// this or --legacy-sidecar, a pinproxy container already in a template
+    /// keeps its layout and new ones are native sidecars.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_NATIVE_SIDECAR",
+        conflicts_with = "legacy_sidecar"
+    )]
+    pub native_sidecar: bool,
+    /// Replace the proxy an app container already sets (HTTP_PROXY,
+    /// HTTPS_PROXY, http_proxy, https_proxy, -Dhttp(s).proxyHost in
+    /// JAVA_TOOL_OPTIONS) instead of refusing to inject it.
+    #[arg(long, env = "PINPROXY_INJECT_OVERRIDE_PROXY")]
+    pub override_proxy: bool,
     /// A PEM CA the proxy adds to ca-bundle.crt, the app's trust store:
     /// configmap/NAME[:KEY] or secret/NAME[:KEY] in the workload's
     /// namespace (KEY defaults to ca.crt), e.g. configmap/kube-root-ca.crt.
@@ -103,6 +118,8 @@ impl From<&SidecarArgs> for InjectOptions {
             pins_dir: a.pins_dir.clone(),
             ca_dir: a.ca_dir.clone(),
             native_sidecar: !a.legacy_sidecar,
+            keep_layout: !(a.legacy_sidecar || a.native_sidecar),
+            override_proxy: a.override_proxy,
             ca_bundle_extra: a.ca_bundle_extra_from.clone(),
             no_proxy: a.no_proxy.clone(),
             log_format: a.log_format.clone(),

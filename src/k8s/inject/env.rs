@@ -26,6 +26,9 @@ const DEFAULT_NO_PROXY: &[&str] = &[
     "$(KUBERNETES_SERVICE_HOST)",
 ];
 
+/// The proxy variables an app may already set to some other proxy.
+pub(super) const PROXY_VARS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"];
+
 pub(super) const JAVA_TOOL_OPTIONS: &str = "JAVA_TOOL_OPTIONS";
 
 /// The JVM reads the properties in order and the last one wins, so ours
@@ -33,6 +36,8 @@ pub(super) const JAVA_TOOL_OPTIONS: &str = "JAVA_TOOL_OPTIONS";
 /// [`JAVA_TOKENS`] whitespace-separated tokens long.
 const JAVA_MARK: &str = "-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=";
 const JAVA_TOKENS: usize = 5;
+/// Properties by which a JVM is sent to some proxy.
+const JAVA_PROXY_HOSTS: &[&str] = &["-Dhttp.proxyHost=", "-Dhttps.proxyHost="];
 
 // === impl InjectOptions ===
 
@@ -128,6 +133,19 @@ pub(super) fn merge_java_tool_options(existing: Option<&str>, ours: &str) -> Str
     } else {
         format!("{theirs} {ours}")
     }
+}
+
+/// A proxy host the app's own `JAVA_TOOL_OPTIONS` sends the JVM to, other
+/// than ours: `-Dhttps.proxyHost=corp-proxy`.
+pub(super) fn foreign_java_proxy(existing: &str) -> Option<String> {
+    without_our_block(existing)
+        .split_whitespace()
+        .find(|t| {
+            JAVA_PROXY_HOSTS
+                .iter()
+                .any(|p| t.strip_prefix(p).is_some_and(|host| host != "127.0.0.1"))
+        })
+        .map(str::to_string)
 }
 
 /// `value` without the block [`InjectOptions::java_proxy_properties`]
@@ -277,6 +295,17 @@ mod tests {
         assert_eq!(
             merge_java_tool_options(Some(&later), &ours),
             format!("-Xmx512m  -Dfoo=\"a  b\" -Xss1m {ours}")
+        );
+    }
+
+    #[test]
+    fn a_foreign_java_proxy_is_found() {
+        let ours = InjectOptions::default().java_proxy_properties();
+        assert_eq!(foreign_java_proxy(&ours), None);
+        assert_eq!(foreign_java_proxy("-Xmx1g"), None);
+        assert_eq!(
+            foreign_java_proxy("-Xmx1g -Dhttps.proxyHost=corp-proxy -Dhttps.proxyPort=8080"),
+            Some("-Dhttps.proxyHost=corp-proxy".into())
         );
     }
 }

@@ -17,6 +17,12 @@
 //!   directory;
 //! - the label `pinproxy.io/injected: "true"`, which the PodMonitor selects.
 //!
+//! Injection refuses to guess (DESIGN §8): an app container that already
+//! sends its traffic to another proxy is an error unless
+//! [`InjectOptions::override_proxy`]; so is a container port that pinproxy's
+//! listener or admin port would collide with. A `hostNetwork` pod is left
+//! alone with a [`Warning`]: its loopback is the node's.
+//!
 //! Documents are split on their `---` lines and handled one by one. A
 //! document that injection leaves unchanged (not a workload, opted out with
 //! `pinproxy.io/inject: "false"`, or already injected with the same options)
@@ -33,6 +39,7 @@ use std::io::{Read, Write};
 use serde_yaml::Value;
 
 mod args;
+mod checks;
 mod documents;
 mod env;
 mod sidecar;
@@ -88,6 +95,16 @@ pub struct InjectOptions {
     /// Native sidecar (init container with `restartPolicy: Always`, Kubernetes
     /// ≥ 1.29) when true; a regular second container otherwise.
     pub native_sidecar: bool,
+    /// When a template already carries a `pinproxy` container, keep it a
+    /// native sidecar or a regular container as it is, whatever
+    /// `native_sidecar` says. The CLI and the webhook set it unless
+    /// `--native-sidecar` or `--legacy-sidecar` is given, so that a manifest
+    /// written for a cluster without native sidecars is never turned into
+    /// one; `Default` leaves it off and `native_sidecar` is obeyed.
+    pub keep_layout: bool,
+    /// Replace the proxy an app container already names (`HTTP_PROXY`, …,
+    /// `-Dhttps.proxyHost` in `JAVA_TOOL_OPTIONS`) instead of refusing.
+    pub override_proxy: bool,
     /// ConfigMaps or Secrets whose PEM the proxy adds to `ca-bundle.crt`.
     pub ca_bundle_extra: Vec<ExtraCa>,
     /// Extra `NO_PROXY` entries (pod/service CIDRs, internal domains).
@@ -115,6 +132,36 @@ pub enum InjectError {
         name: String,
         reason: String,
     },
+    #[error(
+        "{at}: container {container:?} already sets {variable}={value}; pinproxy would \
+         replace it. Remove it, or pass --override-proxy to replace it"
+    )]
+    ProxyConflict {
+        at: Box<TemplateRef>,
+        container: String,
+        variable: String,
+        value: String,
+    },
+    #[error(
+        "{at}: container {container:?} sets {variable} from valueFrom, so pinproxy cannot \
+         append its proxy properties; set it as a value"
+    )]
+    NotAppendable {
+        at: Box<TemplateRef>,
+        container: String,
+        variable: String,
+    },
+    #[error(
+        "{at}: container {container:?} uses port {port}, which is pinproxy's {role} port in \
+         the same pod; choose another with {flag}"
+    )]
+    PortConflict {
+        at: Box<TemplateRef>,
+        container: String,
+        port: u16,
+        role: &'static str,
+        flag: &'static str,
+    },
     #[error("invalid inject option: {0}")]
     Options(String),
     #[error("reading {path}: {source}")]
@@ -125,6 +172,54 @@ pub enum InjectError {
     },
     #[error("writing output: {0}")]
     Write(#[source] std::io::Error),
+}
+
+/// The pod template an error is about: the document's place in the stream,
+/// and the template's name (or its workload's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub index: usize,
+    pub kind: String,
+    pub name: String,
+}
+
+/// A template injection skipped or did with a caveat. The CLI prints it on
+/// stderr; the webhook returns its message in the AdmissionReview
+/// `warnings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub index: usize,
+    pub kind: String,
+    pub name: String,
+    pub message: String,
+}
+
+/// What injecting one template added: what the webhook logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// A native sidecar (true) or a regular container.
+    pub native_sidecar: bool,
+    /// Volumes added or updated.
+    pub volumes: Vec<String>,
+    /// App containers given the proxy environment and the CA mount.
+    pub app_containers: Vec<String>,
+}
+
+/// A stream after injection, with what the caller should be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injected {
+    pub output: String,
+    pub warnings: Vec<Warning>,
+}
+
+/// One Pod after injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodReport {
+    /// Whether the pod changed.
+    pub changed: bool,
+    /// What was added, when it changed.
+    pub added: Option<Added>,
+    pub warnings: Vec<Warning>,
 }
 
 /// How a document changed, for the caller's summary.
@@ -155,6 +250,8 @@ impl Default for InjectOptions {
             pins_dir: "/etc/pinproxy".into(),
             ca_dir: "/var/run/pinproxy".into(),
             native_sidecar: true,
+            keep_layout: false,
+            override_proxy: false,
             ca_bundle_extra: Vec::new(),
             no_proxy: Vec::new(),
             log_format: "json".into(),
@@ -235,10 +332,13 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectError> {
             source,
         })?
     };
-    let out = inject_stream(&input, &opts)?;
+    let injected = inject_stream_with_warnings(&input, &opts)?;
+    for w in &injected.warnings {
+        eprintln!("pinproxy inject: warning: {w}");
+    }
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(out.as_bytes())
+        .write_all(injected.output.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(InjectError::Write)
 }
@@ -246,9 +346,19 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectError> {
 /// Inject every Pod template of a multi-document YAML stream.
 ///
 /// Documents that are not workloads, are opted out, or are already injected
-/// with these options come back byte for byte.
+/// with these options come back byte for byte. Warnings are dropped: see
+/// [`inject_stream_with_warnings`].
 pub fn inject_stream(input: &str, opts: &InjectOptions) -> Result<String, InjectError> {
+    Ok(inject_stream_with_warnings(input, opts)?.output)
+}
+
+/// [`inject_stream`], also returning what was skipped or has a caveat.
+pub fn inject_stream_with_warnings(
+    input: &str,
+    opts: &InjectOptions,
+) -> Result<Injected, InjectError> {
     opts.validate()?;
+    let mut warnings = Vec::new();
     let mut out = String::with_capacity(input.len() + 2048);
     for (index, doc) in split_documents(input).into_iter().enumerate() {
         let body = &input[doc.body.clone()];
@@ -258,7 +368,7 @@ pub fn inject_stream(input: &str, opts: &InjectOptions) -> Result<String, Inject
             source,
         })?;
         let before = value.clone();
-        let outcome = inject_document(&mut value, opts, index)?;
+        let outcome = inject_document(&mut value, opts, index, &mut warnings)?;
         out.push_str(&input[doc.separator.clone()]);
         if outcome == Outcome::Unchanged || value == before {
             out.push_str(body);
@@ -270,17 +380,31 @@ pub fn inject_stream(input: &str, opts: &InjectOptions) -> Result<String, Inject
             out.push_str(&yaml::to_string(&value));
         }
     }
-    Ok(out)
+    Ok(Injected {
+        output: out,
+        warnings,
+    })
 }
 
 /// Inject one Pod object (as the webhook receives it). Returns whether the
 /// pod changed. Opt-out and the "already injected" case leave it alone; the
 /// caller decides whether the pod opted in.
 pub fn inject_pod(pod: &mut Value, opts: &InjectOptions) -> Result<bool, InjectError> {
+    Ok(inject_pod_report(pod, opts)?.changed)
+}
+
+/// [`inject_pod`], also returning what was added and any warning.
+pub fn inject_pod_report(pod: &mut Value, opts: &InjectOptions) -> Result<PodReport, InjectError> {
     opts.validate()?;
     let before = pod.clone();
-    inject_template(pod, opts, 0, "Pod")?;
-    Ok(*pod != before)
+    let mut warnings = Vec::new();
+    let added = inject_template(pod, opts, 0, "Pod", "<unnamed>", &mut warnings)?;
+    let changed = *pod != before;
+    Ok(PodReport {
+        changed,
+        added: added.filter(|_| changed),
+        warnings,
+    })
 }
 
 /// Whether the object (a Pod or a workload) carries `pinproxy.io/inject`
@@ -305,6 +429,44 @@ fn marker_is(v: &Value, wanted: bool) -> bool {
         matches!(text.as_str(), "true" | "enabled")
     } else {
         matches!(text.as_str(), "false" | "disabled")
+    }
+}
+
+// === impl TemplateRef, Warning, Added ===
+
+impl std::fmt::Display for TemplateRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {} ({} {})", self.index, self.kind, self.name)
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "document {} ({} {}): {}",
+            self.index, self.kind, self.name, self.message
+        )
+    }
+}
+
+impl std::fmt::Display for Added {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let layout = if self.native_sidecar {
+            "native sidecar"
+        } else {
+            "regular container"
+        };
+        write!(
+            f,
+            "{CONTAINER_NAME} as a {layout}; volumes {}; proxy env and CA mount in {}",
+            self.volumes.join(", "),
+            if self.app_containers.is_empty() {
+                "no container".to_string()
+            } else {
+                self.app_containers.join(", ")
+            }
+        )
     }
 }
 

@@ -1,15 +1,16 @@
-//! Injecting one document: find its Pod template, then add the sidecar, the
-//! volumes, the app containers' environment and mounts, and the labels and
-//! annotations, each step an upsert keyed by name so that running it again
-//! changes nothing.
+//! Injecting one document: find its Pod template, check it (refusing to
+//! guess, DESIGN §8), then add the sidecar, the volumes, the app
+//! containers' environment and mounts, and the labels and annotations, each
+//! step an upsert keyed by name so that running it again changes nothing.
 
 use serde_yaml::{Mapping, Value};
 
+use super::checks::{check_app_proxy_env, check_ports, existing_layout, host_network};
 use super::env::{env_value, merge_java_tool_options, JAVA_TOOL_OPTIONS};
 use super::trust::CA_EXTRA_VOLUME;
 use super::{
-    has_inject_marker, is_dns_subdomain, InjectError, InjectOptions, Outcome, CA_VOLUME,
-    CONTAINER_NAME, INJECTED_LABEL, PINS_SECRET_ANNOTATION, PINS_VOLUME,
+    has_inject_marker, is_dns_subdomain, Added, InjectError, InjectOptions, Outcome, TemplateRef,
+    Warning, CA_VOLUME, CONTAINER_NAME, INJECTED_LABEL, PINS_SECRET_ANNOTATION, PINS_VOLUME,
 };
 
 /// Kinds whose Pod template is `spec.template`.
@@ -22,11 +23,11 @@ const TEMPLATE_KINDS: &[&str] = &[
     "Job",
 ];
 
-/// The template being injected, for error messages.
-struct Subject<'a> {
-    index: usize,
-    kind: &'a str,
-    name: String,
+/// The template being injected, for errors and warnings.
+pub(super) struct Subject<'a> {
+    pub(super) index: usize,
+    pub(super) kind: &'a str,
+    pub(super) name: String,
 }
 
 // === documents ===
@@ -36,6 +37,7 @@ pub(super) fn inject_document(
     doc: &mut Value,
     opts: &InjectOptions,
     index: usize,
+    warnings: &mut Vec<Warning>,
 ) -> Result<Outcome, InjectError> {
     let kind = doc
         .get("kind")
@@ -46,7 +48,7 @@ pub(super) fn inject_document(
         let mut outcome = Outcome::Unchanged;
         if let Some(Value::Sequence(items)) = doc.get_mut("items") {
             for item in items {
-                if inject_document(item, opts, index)? == Outcome::Injected {
+                if inject_document(item, opts, index, warnings)? == Outcome::Injected {
                     outcome = Outcome::Injected;
                 }
             }
@@ -74,15 +76,8 @@ pub(super) fn inject_document(
     if !has_containers {
         return Ok(Outcome::Unchanged);
     }
-    if !opts.native_sidecar && (kind == "Job" || kind == "CronJob") {
-        tracing::warn!(
-            kind = %kind,
-            name = %name,
-            "legacy (non-native) sidecar in a Job never exits, so the Job never completes"
-        );
-    }
     let before = template.clone();
-    inject_template(template, opts, index, &kind)?;
+    inject_template(template, opts, index, &kind, &name, warnings)?;
     Ok(if *template != before {
         Outcome::Injected
     } else {
@@ -108,15 +103,19 @@ fn pod_template<'a>(doc: &'a mut Value, kind: &str) -> Option<&'a mut Value> {
 
 // === one pod template ===
 
-/// Inject a Pod template (a mapping with `metadata` and `spec`).
+/// Inject a Pod template (a mapping with `metadata` and `spec`) of a
+/// workload named `workload`. `None` when it was left alone (opted out,
+/// `hostNetwork`).
 pub(super) fn inject_template(
     template: &mut Value,
     opts: &InjectOptions,
     index: usize,
     kind: &str,
-) -> Result<(), InjectError> {
+    workload: &str,
+    warnings: &mut Vec<Warning>,
+) -> Result<Option<Added>, InjectError> {
     if has_inject_marker(template, false) {
-        return Ok(());
+        return Ok(None);
     }
     let at = Subject {
         index,
@@ -125,24 +124,48 @@ pub(super) fn inject_template(
             .get("metadata")
             .and_then(|m| m.get("name").or_else(|| m.get("generateName")))
             .and_then(Value::as_str)
-            .unwrap_or("<unnamed>")
+            .unwrap_or(workload)
             .to_string(),
     };
     let Value::Mapping(tmpl) = template else {
         return Err(at.malformed("pod template is not a mapping"));
     };
+    if host_network(tmpl) {
+        warnings.push(at.warning(
+            "hostNetwork pod not injected: its loopback is the node's, shared with \
+             every hostNetwork pod there",
+        ));
+        return Ok(None);
+    }
+    let existing = existing_layout(tmpl);
+    let native = match existing {
+        Some(native) if opts.keep_layout => native,
+        _ => opts.native_sidecar,
+    };
+    check_ports(tmpl, opts, &at)?;
+    check_app_proxy_env(tmpl, opts, &at, existing.is_some())?;
+    if !native && (kind == "Job" || kind == "CronJob") {
+        warnings.push(at.warning(
+            "legacy (non-native) sidecar in a Job never exits, so the Job never completes",
+        ));
+    }
+
     let secret = label_and_pins_secret(tmpl, opts, &at)?;
     let first_app = first_app_container(tmpl);
     let spec = child_mapping(tmpl, "spec").ok_or_else(|| at.malformed("spec is not a mapping"))?;
-    place_sidecar(spec, opts, &at)?;
-    add_volumes(spec, opts, &secret, &at)?;
-    configure_app_containers(spec, opts, &at)?;
+    place_sidecar(spec, opts, native, &at)?;
+    let volumes = add_volumes(spec, opts, &secret, &at)?;
+    let app_containers = configure_app_containers(spec, opts, &at)?;
     // With a regular sidecar first in the list, kubectl logs/exec would
     // default to it; point them at the app.
-    if !opts.native_sidecar {
+    if !native {
         default_container_annotation(tmpl, first_app);
     }
-    Ok(())
+    Ok(Some(Added {
+        native_sidecar: native,
+        volumes,
+        app_containers,
+    }))
 }
 
 /// Metadata: the label the PodMonitor selects. Returns the pins Secret,
@@ -189,17 +212,18 @@ fn first_app_container(tmpl: &Mapping) -> Option<String> {
 fn place_sidecar(
     spec: &mut Mapping,
     opts: &InjectOptions,
+    native: bool,
     at: &Subject,
 ) -> Result<(), InjectError> {
     let mut old_slot: Option<(bool, usize)> = None;
-    for (field, native) in [("initContainers", true), ("containers", false)] {
+    for (field, in_init) in [("initContainers", true), ("containers", false)] {
         if let Some(list) = spec.get_mut(field) {
             let Value::Sequence(list) = list else {
                 return Err(at.malformed(&format!("spec.{field} is not a list")));
             };
             if let Some(i) = list.iter().position(is_sidecar) {
                 list.remove(i);
-                old_slot.get_or_insert((native, i));
+                old_slot.get_or_insert((in_init, i));
             }
         }
     }
@@ -208,13 +232,13 @@ fn place_sidecar(
             spec.remove("initContainers");
         }
     }
-    let field = if opts.native_sidecar {
+    let field = if native {
         "initContainers"
     } else {
         "containers"
     };
     let at_index = match old_slot {
-        Some((native, i)) if native == opts.native_sidecar => i,
+        Some((in_init, i)) if in_init == native => i,
         _ => 0,
     };
     let list = spec
@@ -225,19 +249,20 @@ fn place_sidecar(
     };
     list.insert(
         at_index.min(list.len()),
-        opts.sidecar(&opts.pins_dir, opts.native_sidecar),
+        opts.sidecar(&opts.pins_dir, native),
     );
     Ok(())
 }
 
 /// The pins Secret, the CA emptyDir and the extra CAs (taken out again when
-/// none are configured any more), replaced in place by name.
+/// none are configured any more), replaced in place by name. Returns the
+/// names of the volumes pinproxy uses.
 fn add_volumes(
     spec: &mut Mapping,
     opts: &InjectOptions,
     secret: &str,
     at: &Subject,
-) -> Result<(), InjectError> {
+) -> Result<Vec<String>, InjectError> {
     let volumes = spec
         .entry(s("volumes"))
         .or_insert_with(|| Value::Sequence(Vec::new()));
@@ -261,29 +286,37 @@ fn add_volumes(
             ),
         ]),
     );
+    let mut names = vec![PINS_VOLUME.to_string(), CA_VOLUME.to_string()];
     match opts.extra_ca_volume() {
-        Some(extra) => upsert_named(volumes, extra),
+        Some(extra) => {
+            upsert_named(volumes, extra);
+            names.push(CA_EXTRA_VOLUME.to_string());
+        }
         None => volumes.retain(|v| v.get("name").and_then(Value::as_str) != Some(CA_EXTRA_VOLUME)),
     }
-    Ok(())
+    Ok(names)
 }
 
 /// App containers: proxy env, CA trust, the JVM's proxy properties, the
-/// read-only CA mount.
+/// read-only CA mount. Returns the containers' names.
 fn configure_app_containers(
     spec: &mut Mapping,
     opts: &InjectOptions,
     at: &Subject,
-) -> Result<(), InjectError> {
+) -> Result<Vec<String>, InjectError> {
     let env = opts.app_env();
     let java = opts.java_proxy_properties();
     let Some(Value::Sequence(containers)) = spec.get_mut("containers") else {
         return Err(at.malformed("spec.containers is not a list"));
     };
+    let mut names = Vec::new();
     for c in containers.iter_mut().filter(|c| !is_sidecar(c)) {
         let Value::Mapping(c) = c else {
             return Err(at.malformed("a container is not a mapping"));
         };
+        if let Some(name) = c.get("name").and_then(Value::as_str) {
+            names.push(name.to_string());
+        }
         let Value::Sequence(list) = c
             .entry(s("env"))
             .or_insert_with(|| Value::Sequence(Vec::new()))
@@ -317,7 +350,7 @@ fn configure_app_containers(
             ]),
         );
     }
-    Ok(())
+    Ok(names)
 }
 
 /// `kubectl.kubernetes.io/default-container`, unless the template sets it.
@@ -333,7 +366,24 @@ fn default_container_annotation(tmpl: &mut Mapping, first_app: Option<String>) {
 // === impl Subject ===
 
 impl Subject<'_> {
-    fn malformed(&self, reason: &str) -> InjectError {
+    pub(super) fn template(&self) -> Box<TemplateRef> {
+        Box::new(TemplateRef {
+            index: self.index,
+            kind: self.kind.to_string(),
+            name: self.name.clone(),
+        })
+    }
+
+    pub(super) fn warning(&self, message: &str) -> Warning {
+        Warning {
+            index: self.index,
+            kind: self.kind.to_string(),
+            name: self.name.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(super) fn malformed(&self, reason: &str) -> InjectError {
         InjectError::Malformed {
             index: self.index,
             kind: self.kind.to_string(),
@@ -345,7 +395,7 @@ impl Subject<'_> {
 
 // === YAML values ===
 
-fn is_sidecar(c: &Value) -> bool {
+pub(super) fn is_sidecar(c: &Value) -> bool {
     c.get("name").and_then(Value::as_str) == Some(CONTAINER_NAME)
 }
 

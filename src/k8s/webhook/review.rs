@@ -9,15 +9,6 @@ use crate::k8s::inject::{self, InjectOptions};
 
 /// Answer one AdmissionReview body. Pure: no I/O, never panics on input.
 pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
-    let bad = |uid: &str, msg: &str| {
-        // Without a uid the API server cannot match an answer: fail the call.
-        let status = if uid.is_empty() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
-        error_reply(status, uid, msg)
-    };
     let doc: Json = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return bad("", &format!("malformed AdmissionReview: not JSON: {e}")),
@@ -34,20 +25,9 @@ pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
         Some(u) if !u.is_empty() => u,
         _ => return bad("", "malformed AdmissionReview: request.uid missing"),
     };
-    let kind = request.get("kind");
-    let is_pod = kind.and_then(|k| k.get("kind")).and_then(Json::as_str) == Some("Pod")
-        && kind
-            .and_then(|k| k.get("group"))
-            .and_then(Json::as_str)
-            .unwrap_or("")
-            .is_empty();
-    let operation = request
-        .get("operation")
-        .and_then(Json::as_str)
-        .unwrap_or("");
-    if !is_pod || operation != "CREATE" {
+    if !is_pod_create(request) {
         // Outside what the webhook is registered for: let it through untouched.
-        return allow(uid, None);
+        return allow(uid, None, &[]);
     }
     let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
         return bad(
@@ -55,6 +35,23 @@ pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
             "malformed AdmissionReview: request.object is not a Pod object",
         );
     };
+    review_pod(uid, pod, mode, opts)
+}
+
+fn is_pod_create(request: &Json) -> bool {
+    let kind = request.get("kind");
+    let is_pod = kind.and_then(|k| k.get("kind")).and_then(Json::as_str) == Some("Pod")
+        && kind
+            .and_then(|k| k.get("group"))
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .is_empty();
+    is_pod && request.get("operation").and_then(Json::as_str) == Some("CREATE")
+}
+
+/// Inject the Pod of a CREATE review, if it opted in: a patch, warnings
+/// (a `hostNetwork` pod is allowed unmodified), or a denial saying why.
+fn review_pod(uid: &str, pod: &Json, mode: Mode, opts: &InjectOptions) -> Reply {
     let mut yaml_pod: serde_yaml::Value = match serde_yaml::to_value(pod) {
         Ok(v) => v,
         Err(e) => return bad(uid, &format!("pod cannot be read: {e}")),
@@ -64,28 +61,52 @@ pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
         Mode::OptOut => true,
     };
     if !wanted || inject::has_inject_marker(&yaml_pod, false) {
-        return allow(uid, None);
+        return allow(uid, None, &[]);
     }
-    match inject::inject_pod(&mut yaml_pod, opts) {
-        Ok(false) => allow(uid, None),
-        Ok(true) => match serde_json::to_value(&yaml_pod) {
-            Ok(new) => {
-                let mut ops = Vec::new();
-                diff("", pod, &new, &mut ops);
-                allow(uid, (!ops.is_empty()).then_some(Json::Array(ops)))
-            }
-            Err(e) => bad(uid, &format!("injected pod cannot be encoded: {e}")),
-        },
-        Err(e) => bad(uid, &format!("pinproxy cannot inject this pod: {e}")),
+    let report = match inject::inject_pod_report(&mut yaml_pod, opts) {
+        Ok(r) => r,
+        Err(e) => return bad(uid, &format!("pinproxy cannot inject this pod: {e}")),
+    };
+    let warnings: Vec<String> = report.warnings.iter().map(|w| w.message.clone()).collect();
+    if report.added.is_none() {
+        return allow(uid, None, &warnings);
+    }
+    match serde_json::to_value(&yaml_pod) {
+        Ok(new) => {
+            let mut ops = Vec::new();
+            diff("", pod, &new, &mut ops);
+            allow(
+                uid,
+                (!ops.is_empty()).then_some(Json::Array(ops)),
+                &warnings,
+            )
+        }
+        Err(e) => bad(uid, &format!("injected pod cannot be encoded: {e}")),
     }
 }
 
-fn allow(uid: &str, patch: Option<Json>) -> Reply {
+/// A review refused. Without a uid the API server cannot match an answer:
+/// fail the call itself (HTTP 400).
+fn bad(uid: &str, message: &str) -> Reply {
+    let status = if uid.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    error_reply(status, uid, message)
+}
+
+/// Let the pod through, with `patch` applied and `warnings` shown to the
+/// client (kubectl prints them).
+fn allow(uid: &str, patch: Option<Json>, warnings: &[String]) -> Reply {
     let mut response = json!({ "uid": uid, "allowed": true });
     if let Some(patch) = patch {
         let bytes = serde_json::to_vec(&patch).unwrap_or_default();
         response["patchType"] = json!("JSONPatch");
         response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    if !warnings.is_empty() {
+        response["warnings"] = json!(warnings);
     }
     Reply {
         status: StatusCode::OK,
