@@ -552,3 +552,141 @@ fn a_pod_with_a_regular_pinproxy_container_keeps_it() {
         json!("ghcr.io/pinproxy/pinproxy:test")
     );
 }
+
+// --- the built binary's logs -------------------------------------------------
+
+/// The top-level keys of a JSON object, duplicates kept (serde_json's
+/// `Value` would keep only the last).
+fn json_keys(line: &str) -> Vec<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some(k) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Keys>(line)
+        .unwrap_or_else(|e| panic!("log line is not a JSON object ({e}): {line}"))
+        .0
+}
+
+#[tokio::test]
+async fn the_binary_logs_injections_and_refusals_as_json_without_duplicate_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("webhook.test");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["webhook", "--listen", &addr.to_string()])
+        .arg("--tls-cert")
+        .arg(&cert_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .args(["--image", "ghcr.io/pinproxy/pinproxy:test"])
+        .env("PINPROXY_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let health = || {
+        http::Request::get("/healthz")
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if call(addr, &pki.ca_pem, "webhook.test", health())
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the webhook never answered on {addr}");
+
+    let mut pod = simple_pod(json!({}));
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "agent-5d4f", "uid": "1", "controller": true}]);
+    for body in [
+        admission_review(&pod).to_string().into_bytes(),
+        admission_review(&simple_pod(json!({"hostNetwork": true})))
+            .to_string()
+            .into_bytes(),
+        b"{oops".to_vec(),
+    ] {
+        call(
+            addr,
+            &pki.ca_pem,
+            "webhook.test",
+            post("/inject-namespace", body),
+        )
+        .await
+        .unwrap();
+    }
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 4, "{logs}");
+    for line in &lines {
+        let keys = json_keys(line);
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "duplicate key in {line}");
+    }
+    let find = |message: &str| -> Json {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str::<Json>(l).unwrap())
+            .find(|v| v["message"] == json!(message))
+            .unwrap_or_else(|| panic!("no {message:?} line in {logs}"))
+    };
+    let injected = find("pod injected");
+    assert_eq!(injected["level"], json!("INFO"));
+    assert_eq!(injected["namespace"], json!("shop"));
+    assert_eq!(injected["pod"], json!("agent-"));
+    assert_eq!(injected["owner_kind"], json!("ReplicaSet"));
+    let added = injected["added"].as_str().unwrap();
+    assert!(
+        added.contains("pinproxy as a native sidecar")
+            && added.contains("pinproxy-pins, pinproxy-ca")
+            && added.contains("in app"),
+        "{added}"
+    );
+    let skipped = find("pod allowed without the sidecar");
+    assert!(skipped["warning"].as_str().unwrap().contains("hostNetwork"));
+    let refused = find("admission review refused");
+    assert!(
+        refused["error"].as_str().unwrap().contains("not JSON"),
+        "{refused}"
+    );
+}

@@ -35,7 +35,7 @@ pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
             "malformed AdmissionReview: request.object is not a Pod object",
         );
     };
-    review_pod(uid, pod, mode, opts)
+    review_pod(uid, request, pod, mode, opts)
 }
 
 fn is_pod_create(request: &Json) -> bool {
@@ -51,7 +51,7 @@ fn is_pod_create(request: &Json) -> bool {
 
 /// Inject the Pod of a CREATE review, if it opted in: a patch, warnings
 /// (a `hostNetwork` pod is allowed unmodified), or a denial saying why.
-fn review_pod(uid: &str, pod: &Json, mode: Mode, opts: &InjectOptions) -> Reply {
+fn review_pod(uid: &str, request: &Json, pod: &Json, mode: Mode, opts: &InjectOptions) -> Reply {
     let mut yaml_pod: serde_yaml::Value = match serde_yaml::to_value(pod) {
         Ok(v) => v,
         Err(e) => return bad(uid, &format!("pod cannot be read: {e}")),
@@ -68,21 +68,40 @@ fn review_pod(uid: &str, pod: &Json, mode: Mode, opts: &InjectOptions) -> Reply 
         Err(e) => return bad(uid, &format!("pinproxy cannot inject this pod: {e}")),
     };
     let warnings: Vec<String> = report.warnings.iter().map(|w| w.message.clone()).collect();
-    if report.added.is_none() {
-        return allow(uid, None, &warnings);
-    }
-    match serde_json::to_value(&yaml_pod) {
-        Ok(new) => {
-            let mut ops = Vec::new();
-            diff("", pod, &new, &mut ops);
-            allow(
+    let subject = PodRef::of(request, pod);
+    let Some(added) = report.added else {
+        if !warnings.is_empty() {
+            tracing::warn!(
                 uid,
-                (!ops.is_empty()).then_some(Json::Array(ops)),
-                &warnings,
-            )
+                namespace = subject.namespace,
+                pod = subject.name,
+                owner_kind = subject.owner_kind,
+                warning = %warnings.join("; "),
+                "pod allowed without the sidecar"
+            );
         }
-        Err(e) => bad(uid, &format!("injected pod cannot be encoded: {e}")),
-    }
+        return allow(uid, None, &warnings);
+    };
+    let new = match serde_json::to_value(&yaml_pod) {
+        Ok(new) => new,
+        Err(e) => return bad(uid, &format!("injected pod cannot be encoded: {e}")),
+    };
+    let mut ops = Vec::new();
+    diff("", pod, &new, &mut ops);
+    tracing::info!(
+        uid,
+        namespace = subject.namespace,
+        pod = subject.name,
+        owner_kind = subject.owner_kind,
+        added = %added,
+        warnings = %warnings.join("; "),
+        "pod injected"
+    );
+    allow(
+        uid,
+        (!ops.is_empty()).then_some(Json::Array(ops)),
+        &warnings,
+    )
 }
 
 /// A review refused. Without a uid the API server cannot match an answer:
@@ -94,6 +113,45 @@ fn bad(uid: &str, message: &str) -> Reply {
         StatusCode::OK
     };
     error_reply(status, uid, message)
+}
+
+/// Who a review is about, for the logs.
+struct PodRef<'a> {
+    namespace: &'a str,
+    /// `metadata.name`, or `generateName` for pods a controller creates.
+    name: &'a str,
+    /// Kind of the controlling owner (`ReplicaSet`, `Job`, …); `none`.
+    owner_kind: &'a str,
+}
+
+impl<'a> PodRef<'a> {
+    fn of(request: &'a Json, pod: &'a Json) -> Self {
+        let meta = pod.get("metadata");
+        let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Json::as_str);
+        let owners = meta
+            .and_then(|m| m.get("ownerReferences"))
+            .and_then(Json::as_array);
+        let owner = owners.and_then(|o| {
+            o.iter()
+                .find(|r| r.get("controller") == Some(&Json::Bool(true)))
+                .or_else(|| o.first())
+        });
+        PodRef {
+            namespace: request
+                .get("namespace")
+                .and_then(Json::as_str)
+                .or_else(|| field("namespace"))
+                .unwrap_or(""),
+            name: field("name")
+                .filter(|n| !n.is_empty())
+                .or_else(|| field("generateName"))
+                .unwrap_or(""),
+            owner_kind: owner
+                .and_then(|o| o.get("kind"))
+                .and_then(Json::as_str)
+                .unwrap_or("none"),
+        }
+    }
 }
 
 /// Let the pod through, with `patch` applied and `warnings` shown to the
@@ -115,7 +173,8 @@ fn allow(uid: &str, patch: Option<Json>, warnings: &[String]) -> Reply {
 }
 
 pub(super) fn error_reply(status: StatusCode, uid: &str, message: &str) -> Reply {
-    tracing::warn!(uid, message, "admission review refused");
+    // `message` is the event's own key in JSON logs: the reason goes in `error`.
+    tracing::warn!(uid, error = message, "admission review refused");
     Reply {
         status,
         body: json!({
