@@ -14,6 +14,13 @@
 
   k8s-validate.py --write-rules
       Regenerate the PrometheusRule copies from deploy/prometheus/pinproxy-rules.yaml.
+
+  k8s-validate.py --check-chart-defaults FILE
+      FILE is `helm template` of the chart with default values. Checks what
+      docs/kubernetes.md promises of the defaults: the webhook stays
+      available with one replica down (at least two replicas spread over
+      nodes, a PodDisruptionBudget with minAvailable 1 selecting them; Fail
+      only with that in place).
 """
 import argparse
 import os
@@ -107,6 +114,44 @@ def compare_rules(canonical, paths):
     return ok
 
 
+def check_chart_defaults(path):
+    docs = documents(path)
+    errors = []
+
+    def one(kind, pred=lambda d: True):
+        found = [d for d in docs if d.get("kind") == kind and pred(d)]
+        if len(found) != 1:
+            errors.append("want one %s, found %d" % (kind, len(found)))
+            return {}
+        return found[0]
+
+    # The webhook survives one replica down.
+    deploy = one("Deployment", lambda d: d["metadata"]["name"].endswith("-webhook"))
+    spec = deploy.get("spec") or {}
+    pod_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    if (spec.get("replicas") or 0) < 2:
+        errors.append("webhook: %r replicas, want at least 2" % spec.get("replicas"))
+    spread = ((spec.get("template") or {}).get("spec") or {}).get("topologySpreadConstraints") or []
+    if not any(c.get("topologyKey") == "kubernetes.io/hostname" for c in spread):
+        errors.append("webhook: replicas are not spread over nodes")
+    pdb = one("PodDisruptionBudget")
+    if (pdb.get("spec") or {}).get("minAvailable") != 1:
+        errors.append("webhook PDB: minAvailable is %r, want 1" % (pdb.get("spec") or {}).get("minAvailable"))
+    selector = (((pdb.get("spec") or {}).get("selector") or {}).get("matchLabels")) or {}
+    if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
+        errors.append("webhook PDB: selector %r does not select the webhook pods %r" % (selector, pod_labels))
+    mwc = one("MutatingWebhookConfiguration")
+    policies = {w["name"]: w.get("failurePolicy") for w in mwc.get("webhooks") or []}
+    if policies != {"pods.inject.pinproxy.io": "Ignore", "namespaces.inject.pinproxy.io": "Fail"}:
+        errors.append("webhook failure policies are %r" % policies)
+
+    for e in errors:
+        print("ERROR %s: %s" % (path, e))
+    if not errors:
+        print("OK    %s: webhook %d replicas, PDB minAvailable 1" % (path, spec.get("replicas")))
+    return not errors
+
+
 def write_rules():
     with open(CANONICAL) as f:
         text = f.read()
@@ -131,6 +176,7 @@ def main():
                     help="comma-separated Kubernetes versions to validate against")
     ap.add_argument("--compare-rules", metavar="RULES")
     ap.add_argument("--write-rules", action="store_true")
+    ap.add_argument("--check-chart-defaults", action="store_true")
     ap.add_argument("files", nargs="*")
     args = ap.parse_args()
     if args.write_rules:
@@ -138,6 +184,8 @@ def main():
         return 0
     if not args.files:
         ap.error("no files")
+    if args.check_chart_defaults:
+        return 0 if all([check_chart_defaults(f) for f in args.files]) else 1
     if args.compare_rules:
         return 0 if compare_rules(args.compare_rules, args.files) else 1
     versions = [v.strip() for v in args.kubernetes_version.split(",") if v.strip()]
