@@ -15,12 +15,14 @@
   k8s-validate.py --write-rules
       Regenerate the PrometheusRule copies from deploy/prometheus/pinproxy-rules.yaml.
 
-  k8s-validate.py --check-chart-defaults FILE
-      FILE is `helm template` of the chart with default values. Checks what
-      docs/kubernetes.md promises of the defaults: the webhook stays
-      available with one replica down (at least two replicas spread over
-      nodes, a PodDisruptionBudget with minAvailable 1 selecting them; Fail
-      only with that in place).
+  k8s-validate.py --check-chart-defaults [--passthrough ENTRY]... FILE
+      FILE is `helm template` of the chart without pins.content. Checks what
+      docs/kubernetes.md promises of the defaults: the pins Secret holds the
+      observing pinset (unlisted: allow, no hosts, the passthrough ENTRYs
+      and the two cluster.local patterns, every entry a host pattern or a
+      CIDR), and the webhook stays available with one replica down (at
+      least two replicas spread over nodes, a PodDisruptionBudget with
+      minAvailable 1 selecting them; Fail only with that in place).
 """
 import argparse
 import os
@@ -114,7 +116,10 @@ def compare_rules(canonical, paths):
     return ok
 
 
-def check_chart_defaults(path):
+def check_chart_defaults(path, want_passthrough):
+    import ipaddress
+    import re
+
     docs = documents(path)
     errors = []
 
@@ -124,6 +129,35 @@ def check_chart_defaults(path):
             errors.append("want one %s, found %d" % (kind, len(found)))
             return {}
         return found[0]
+
+    # The observing default pinset.
+    secret = one("Secret", lambda d: "pins.yaml" in (d.get("stringData") or {}))
+    pins = yaml.safe_load((secret.get("stringData") or {}).get("pins.yaml") or "{}") or {}
+    defaults = pins.get("defaults") or {}
+    if pins.get("version") != 1:
+        errors.append("pinset: version is %r, not 1" % pins.get("version"))
+    if defaults.get("unlisted") != "allow":
+        errors.append("pinset: defaults.unlisted is %r, not allow (it would block)" % defaults.get("unlisted"))
+    if pins.get("hosts") != {}:
+        errors.append("pinset: hosts is %r, not {} (nothing pinned)" % pins.get("hosts"))
+    if set(pins) - {"version", "defaults", "passthrough", "hosts"}:
+        errors.append("pinset: unexpected keys %s" % sorted(set(pins) - {"version", "defaults", "passthrough", "hosts"}))
+    passthrough = pins.get("passthrough")
+    if not isinstance(passthrough, list):
+        errors.append("pinset: passthrough is %r, not a list" % passthrough)
+        passthrough = []
+    host = re.compile(r"^(\*\*?\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    for entry in passthrough:
+        try:
+            ipaddress.ip_network(entry, strict=True)
+            continue
+        except ValueError:
+            pass
+        if not isinstance(entry, str) or not host.match(entry):
+            errors.append("pinset: passthrough entry %r is neither a host pattern nor a CIDR" % entry)
+    for want in ["**.svc.cluster.local", "**.cluster.local"] + want_passthrough:
+        if want not in passthrough:
+            errors.append("pinset: passthrough lacks %r (has %r)" % (want, passthrough))
 
     # The webhook survives one replica down.
     deploy = one("Deployment", lambda d: d["metadata"]["name"].endswith("-webhook"))
@@ -148,7 +182,8 @@ def check_chart_defaults(path):
     for e in errors:
         print("ERROR %s: %s" % (path, e))
     if not errors:
-        print("OK    %s: webhook %d replicas, PDB minAvailable 1" % (path, spec.get("replicas")))
+        print("OK    %s: observing default pinset (passthrough %s); webhook %d replicas, PDB minAvailable 1"
+              % (path, ", ".join(passthrough), spec.get("replicas")))
     return not errors
 
 
@@ -177,6 +212,7 @@ def main():
     ap.add_argument("--compare-rules", metavar="RULES")
     ap.add_argument("--write-rules", action="store_true")
     ap.add_argument("--check-chart-defaults", action="store_true")
+    ap.add_argument("--passthrough", action="append", default=[])
     ap.add_argument("files", nargs="*")
     args = ap.parse_args()
     if args.write_rules:
@@ -185,7 +221,7 @@ def main():
     if not args.files:
         ap.error("no files")
     if args.check_chart_defaults:
-        return 0 if all([check_chart_defaults(f) for f in args.files]) else 1
+        return 0 if all([check_chart_defaults(f, args.passthrough) for f in args.files]) else 1
     if args.compare_rules:
         return 0 if compare_rules(args.compare_rules, args.files) else 1
     versions = [v.strip() for v in args.kubernetes_version.split(",") if v.strip()]
