@@ -749,6 +749,29 @@ fn extra_ca_sources_are_checked_on_the_command_line() {
     );
 }
 
+// --- help -------------------------------------------------------------------
+
+#[test]
+fn every_inject_and_webhook_flag_has_help() {
+    use clap::CommandFactory;
+    let cli = pinproxy::cli::Cli::command();
+    for sub in ["inject", "webhook"] {
+        let cmd = cli.find_subcommand(sub).unwrap();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                !help.trim().is_empty(),
+                "pinproxy {sub} --{} has no help text",
+                arg.get_long().unwrap_or(id)
+            );
+        }
+    }
+}
+
 #[test]
 fn the_shipped_example_deployment_is_what_inject_makes() {
     // deploy/base is written by hand for readers; it must stay exactly what

@@ -27,8 +27,10 @@ pub struct SidecarArgs {
     /// Admin port (/metrics, /healthz, /readyz), bound on 0.0.0.0.
     #[arg(long, env = "PINPROXY_INJECT_ADMIN_PORT", default_value_t = 9901)]
     pub admin_port: u16,
+    /// CPU request of the sidecar (a Kubernetes quantity).
     #[arg(long, env = "PINPROXY_INJECT_CPU_REQUEST", default_value = "50m")]
     pub cpu_request: String,
+    /// Memory request of the sidecar (a Kubernetes quantity).
     #[arg(long, env = "PINPROXY_INJECT_MEMORY_REQUEST", default_value = "32Mi")]
     pub memory_request: String,
     /// CPU limit; an empty string sets none.
@@ -84,7 +86,7 @@ pub struct SidecarArgs {
     /// Extra NO_PROXY entry (repeatable or comma-separated), e.g. a pod CIDR.
     #[arg(long, env = "PINPROXY_INJECT_NO_PROXY", value_delimiter = ',')]
     pub no_proxy: Vec<String>,
-    /// Log format of the sidecar.
+    /// Log format of the sidecar (its `run --log-format`).
     #[arg(long = "sidecar-log-format", env = "PINPROXY_INJECT_LOG_FORMAT", default_value = "json",
           value_parser = ["text", "json"])]
     pub log_format: String,
