@@ -651,6 +651,23 @@ fn legacy_overlay_deployment() -> String {
 }
 
 #[test]
+fn a_legacy_sidecar_in_a_job_is_a_warning_on_stderr() {
+    let input = std::fs::read_to_string(fixtures().join("job.in.yaml")).unwrap();
+    let (code, _, stderr) = inject_cli(&["--legacy-sidecar"], &input);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: document 0 (Job ")
+            && stderr.contains("never exits, so the Job never completes"),
+        "{stderr}"
+    );
+    let (_, _, stderr) = inject_cli(&[], &input);
+    assert!(
+        stderr.is_empty(),
+        "a native sidecar warns about nothing: {stderr}"
+    );
+}
+
+#[test]
 fn the_legacy_overlay_stays_a_regular_container() {
     let input = legacy_overlay_deployment();
     let layout = |text: &str| {

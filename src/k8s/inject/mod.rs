@@ -9,8 +9,9 @@
 //!   `restartPolicy: Always`, Kubernetes ≥ 1.29) or, with
 //!   [`InjectOptions::native_sidecar`] off, the first regular container;
 //! - the volumes `pinproxy-pins` (the pins Secret, mounted as a directory so
-//!   kubelet propagates edits — never `subPath`) and `pinproxy-ca` (an
-//!   in-memory emptyDir where the proxy writes its per-pod CA);
+//!   kubelet propagates edits — never `subPath`), `pinproxy-ca` (an
+//!   in-memory emptyDir where the proxy writes its per-pod CA and the
+//!   app's trust bundle) and, given extra CAs, `pinproxy-ca-extra`;
 //! - in every app container, `HTTP(S)_PROXY` / `NO_PROXY`, the CA trust
 //!   variables, `NODE_USE_ENV_PROXY` and the JVM's proxy properties
 //!   (appended to `JAVA_TOOL_OPTIONS`), plus a read-only mount of the CA
@@ -28,8 +29,14 @@
 //! `pinproxy.io/inject: "false"`, or already injected with the same options)
 //! is copied byte for byte; only changed documents are re-emitted, without
 //! their comments. Injection is an upsert keyed by names (container
-//! `pinproxy`, the two volumes, env names), so running it twice equals
-//! running it once, and re-running it with new options updates the sidecar.
+//! `pinproxy`, the volumes, env names; our block of `JAVA_TOOL_OPTIONS`), so
+//! running it twice equals running it once, and re-running it with new
+//! options updates the sidecar.
+//!
+//! The steps live in their own files: `documents` splits the
+//! stream, `checks` refuses what it must, `template` places everything in a
+//! pod template, `sidecar`, `env` and `trust` build the container, the app
+//! environment and the extra-CA volume as values, `yaml` writes the result.
 //!
 //! The webhook ([`crate::k8s::webhook`]) calls [`inject_pod`] on the Pod of an
 //! AdmissionReview, so both paths produce the same pod.
