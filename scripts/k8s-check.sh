@@ -98,11 +98,37 @@ validate "$OUT/helm-default.yaml"
 log "helm template (ci/full-values.yaml)"
 helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" >"$OUT/helm-full.yaml"
 validate "$OUT/helm-full.yaml"
+log "helm template (ci/observe-values.yaml: the default pinset with the cluster's CIDRs)"
+helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/observe-values.yaml" >"$OUT/helm-observe.yaml"
+validate "$OUT/helm-observe.yaml"
+
+# What docs/kubernetes.md promises of the defaults: the pinset observes,
+# the webhook survives one replica down.
+log "chart defaults: observing pinset, webhook available with one replica down"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-chart-defaults "$OUT/helm-default.yaml" \
+  || die "the chart's defaults break their promise (docs/kubernetes.md)"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-chart-defaults \
+  --passthrough 10.96.0.0/12 --passthrough 10.244.0.0/16 --passthrough fd00:10:244::/56 \
+  "$OUT/helm-observe.yaml" || die "the default pinset lacks the CIDRs it was given"
+
 # The chart must refuse nonsense values through values.schema.json.
 log "helm template rejects invalid values (values.schema.json)"
-if helm template pinproxy "$CHART" --set webhook.annotatedPods.failurePolicy=Sometimes >/dev/null 2>&1; then
-  die "values.schema.json accepted webhook.annotatedPods.failurePolicy=Sometimes"
-fi
+refuse() {
+  if helm template pinproxy "$CHART" "$@" >/dev/null 2>&1; then
+    die "values.schema.json accepted $*"
+  fi
+}
+refuse --set webhook.annotatedPods.failurePolicy=Sometimes
+# One replica while a webhook fails closed: a drain would block pod creation.
+refuse --set webhook.replicas=1
+refuse --set webhook.replicas=1 --set webhook.annotatedPods.failurePolicy=Fail \
+  --set webhook.labelledNamespaces.failurePolicy=Ignore
+refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
+refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
+# ...but one replica with both webhooks failing open is allowed.
+helm template pinproxy "$CHART" --set webhook.replicas=1 \
+  --set webhook.labelledNamespaces.failurePolicy=Ignore >/dev/null \
+  || die "values.schema.json refused webhook.replicas=1 with failurePolicy Ignore"
 
 # --- deploy/ -----------------------------------------------------------------
 
