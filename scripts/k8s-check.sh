@@ -111,6 +111,23 @@ log "chart defaults: observing pinset, webhook available with one replica down"
   --passthrough 10.96.0.0/12 --passthrough 10.244.0.0/16 --passthrough fd00:10:244::/56 \
   "$OUT/helm-observe.yaml" || die "the default pinset lacks the CIDRs it was given"
 
+# The default pinset is the one tests/chart_default.rs runs through the
+# binary (an unlisted host passes, in-cluster plain HTTP passes): keep the
+# fixture equal to the rendering, and let pinproxy itself accept both.
+log "chart default pinset == tests/fixtures/chart/default-pins.yaml; pinproxy check accepts it"
+"$PY" "$ROOT/scripts/k8s-validate.py" --extract-pinset "$OUT/helm-default.yaml" >"$OUT/default-pins.yaml"
+"$PY" "$ROOT/scripts/k8s-validate.py" --extract-pinset "$OUT/helm-observe.yaml" >"$OUT/observe-pins.yaml"
+if [ "${WRITE_FIXTURES:-0}" = 1 ]; then
+  cp "$OUT/default-pins.yaml" "$ROOT/tests/fixtures/chart/default-pins.yaml"
+fi
+diff -u "$ROOT/tests/fixtures/chart/default-pins.yaml" "$OUT/default-pins.yaml" \
+  || die "the chart's default pinset changed: regenerate the fixture with WRITE_FIXTURES=1 scripts/k8s-check.sh"
+PINPROXY_BIN="${PINPROXY_BIN:-$ROOT/target/debug/pinproxy}"
+[ -x "$PINPROXY_BIN" ] || (cd "$ROOT" && cargo build --quiet)
+for f in default-pins observe-pins; do
+  "$PINPROXY_BIN" check "$OUT/$f.yaml" || die "pinproxy check refuses the chart's $f.yaml"
+done
+
 # The chart must refuse nonsense values through values.schema.json.
 log "helm template rejects invalid values (values.schema.json)"
 refuse() {

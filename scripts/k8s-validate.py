@@ -205,6 +205,16 @@ def write_rules():
     print("wrote %s and %s" % (os.path.relpath(BASE_RULE, ROOT), os.path.relpath(CHART_RULES, ROOT)))
 
 
+def extract_pinset(path):
+    """Prints the pins.yaml a rendering's pins Secret holds."""
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc.get("kind") == "Secret" and "pins.yaml" in (doc.get("stringData") or {}):
+            sys.stdout.write(doc["stringData"]["pins.yaml"])
+            return True
+    print("no pins Secret in %s" % path, file=sys.stderr)
+    return False
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kubernetes-version", default="1.29.0,1.33.0",
@@ -213,6 +223,8 @@ def main():
     ap.add_argument("--write-rules", action="store_true")
     ap.add_argument("--check-chart-defaults", action="store_true")
     ap.add_argument("--passthrough", action="append", default=[])
+    ap.add_argument("--extract-pinset", action="store_true",
+                    help="print the pins.yaml of FILE's pins Secret")
     ap.add_argument("files", nargs="*")
     args = ap.parse_args()
     if args.write_rules:
@@ -220,6 +232,8 @@ def main():
         return 0
     if not args.files:
         ap.error("no files")
+    if args.extract_pinset:
+        return 0 if all([extract_pinset(f) for f in args.files]) else 1
     if args.check_chart_defaults:
         return 0 if all([check_chart_defaults(f, args.passthrough) for f in args.files]) else 1
     if args.compare_rules:

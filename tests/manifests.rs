@@ -20,31 +20,6 @@ fn pinproxy_args(text: &str) -> Vec<Vec<String>> {
 
 use serde::Deserialize;
 
-/// `pinproxy run` flags that inject already emits and that another room is
-/// adding to `run` (DESIGN §8: `--ca-bundle-extra FILE`, repeatable). Until
-/// it lands they are taken out, with their value, before parsing; the test
-/// `pending_run_flags_are_still_pending` fails the day `run` accepts them,
-/// so this list cannot outlive its reason.
-const PENDING_RUN_FLAGS: &[&str] = &["--ca-bundle-extra"];
-
-fn without_pending_flags(args: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut skip_value = false;
-    for a in args {
-        if skip_value {
-            skip_value = false;
-        } else if PENDING_RUN_FLAGS.contains(&a.as_str()) {
-            skip_value = true;
-        } else if !PENDING_RUN_FLAGS
-            .iter()
-            .any(|f| a.starts_with(&format!("{f}=")))
-        {
-            out.push(a.clone());
-        }
-    }
-    out
-}
-
 fn collect(v: &serde_yaml::Value, out: &mut Vec<Vec<String>>) {
     match v {
         serde_yaml::Value::Mapping(m) => {
@@ -94,7 +69,7 @@ fn shipped_and_injected_sidecar_args_parse() {
                 "{}: pinproxy container without args",
                 file.display()
             );
-            let argv = std::iter::once("pinproxy".to_string()).chain(without_pending_flags(&args));
+            let argv = std::iter::once("pinproxy".to_string()).chain(args.iter().cloned());
             if let Err(e) = Cli::try_parse_from(argv) {
                 panic!("{}: {args:?} is rejected: {e}", file.display());
             }
@@ -102,24 +77,6 @@ fn shipped_and_injected_sidecar_args_parse() {
         }
     }
     assert!(checked >= 5, "only {checked} sidecars found");
-}
-
-#[test]
-fn pending_run_flags_are_still_pending() {
-    for flag in PENDING_RUN_FLAGS {
-        let argv = ["pinproxy", "run", "--pins", "/p.yaml", flag, "/x.pem"];
-        assert!(
-            Cli::try_parse_from(argv).is_err(),
-            "`pinproxy run` accepts {flag} now: remove it from PENDING_RUN_FLAGS"
-        );
-    }
-    // The allowance is used: an injected sidecar does pass the flag.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text =
-        std::fs::read_to_string(root.join("tests/fixtures/inject/trust-extra.out.yaml")).unwrap();
-    assert!(pinproxy_args(&text)
-        .iter()
-        .any(|a| a.iter().any(|x| PENDING_RUN_FLAGS.contains(&x.as_str()))));
 }
 
 #[test]
