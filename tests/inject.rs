@@ -34,6 +34,7 @@ fn options_for(case: &str) -> InjectOptions {
             opts.redirect.exclude_cidr = vec!["10.96.0.0/12".into()];
             opts.redirect.init_image = INIT_IMAGE.into();
         }
+        "identity" => opts.identity_secrets = vec!["pay-client".into()],
         // Switched by its annotation alone.
         "transparent-switch" => opts.redirect.init_image = INIT_IMAGE.into(),
         "trust-extra" => {
@@ -543,6 +544,73 @@ fn env_sorted(stream: &str) -> Value {
     let mut v: Value = serde_yaml::from_str(stream).unwrap();
     walk(&mut v);
     v
+}
+
+/// Identity Secrets reach the sidecar only, once each, read-only, as
+/// directories; dropping one from the options takes its volume out again.
+#[test]
+fn identity_secrets_are_mounted_into_the_sidecar_only() {
+    let input = std::fs::read_to_string(fixtures().join("identity.in.yaml")).unwrap();
+    let out = inject_stream(&input, &options_for("identity")).unwrap();
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    let spec = &pod_specs(&doc)[0]["spec"];
+    let sidecar = &spec["initContainers"][0];
+    let mounts: Vec<(&str, &str, bool)> = sidecar["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+                m["readOnly"].as_bool() == Some(true),
+            )
+        })
+        .filter(|(n, _, _)| n.starts_with("pinproxy-id-"))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (
+                "pinproxy-id-pay-client",
+                "/etc/pinproxy-identity/pay-client",
+                true
+            ),
+            (
+                "pinproxy-id-spiffe-svid",
+                "/etc/pinproxy-identity/spiffe-svid",
+                true
+            ),
+        ]
+    );
+    for m in sidecar["volumeMounts"].as_sequence().unwrap() {
+        assert!(m.get("subPath").is_none());
+    }
+    let app_mounts = serde_yaml::to_string(&spec["containers"][0]["volumeMounts"]).unwrap();
+    assert!(!app_mounts.contains("pinproxy-id-"), "{app_mounts}");
+    let volumes = serde_yaml::to_string(&spec["volumes"]).unwrap();
+    assert!(
+        volumes.contains("secretName: pay-client") && volumes.contains("secretName: spiffe-svid")
+    );
+
+    // Without the option, and the annotation down to one Secret, only that
+    // one stays.
+    let one = out.replace("spiffe-svid, pay-client", "spiffe-svid");
+    assert_ne!(one, out);
+    let fewer = inject_stream(&one, &options_for("deployment")).unwrap();
+    assert!(!fewer.contains("pinproxy-id-pay-client"), "{fewer}");
+    assert!(fewer.contains("pinproxy-id-spiffe-svid"), "{fewer}");
+
+    // A name that cannot be a Secret is refused, in the flag or the annotation.
+    let mut bad = options_for("identity");
+    bad.identity_secrets = vec!["Not_A_Name".into()];
+    assert!(inject_stream(&input, &bad).is_err());
+    let bad_annotation = input.replace("spiffe-svid, pay-client", "spiffe-svid, ../x");
+    let err = inject_stream(&bad_annotation, &options_for("deployment")).unwrap_err();
+    assert!(
+        err.to_string().contains("pinproxy.io/identity-secrets"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -137,6 +137,19 @@ pub struct SidecarArgs {
     /// honour them use the proxy listener; the rest are redirected).
     #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_PROXY_ENV")]
     pub transparent_proxy_env: bool,
+    /// A Secret holding a client certificate and key for mTLS upstream
+    /// (cert-manager's tls.crt/tls.key, a SPIFFE helper's files), mounted
+    /// read-only into the pinproxy container only, at
+    /// /etc/pinproxy-identity/NAME/; the pinset's client_cert names the
+    /// files there. Repeatable or comma-separated; a pod annotation
+    /// pinproxy.io/identity-secrets adds more.
+    #[arg(
+        long = "identity-secret",
+        env = "PINPROXY_INJECT_IDENTITY_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub identity_secrets: Vec<String>,
     /// Log format of the sidecar (its `run --log-format`).
     #[arg(long = "sidecar-log-format", env = "PINPROXY_INJECT_LOG_FORMAT", default_value = "json",
           value_parser = ["text", "json"])]
@@ -187,6 +200,7 @@ impl From<&SidecarArgs> for InjectOptions {
                 lock: a.transparent_lock,
                 proxy_env: a.transparent_proxy_env,
             },
+            identity_secrets: a.identity_secrets.clone(),
         }
     }
 }

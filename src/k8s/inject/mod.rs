@@ -49,6 +49,7 @@ mod args;
 mod checks;
 mod documents;
 mod env;
+mod identity;
 mod init;
 mod sidecar;
 mod template;
@@ -56,6 +57,7 @@ mod trust;
 mod yaml;
 
 pub use args::{InjectArgs, SidecarArgs};
+pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 
 use documents::{fix_octal_modes, split_documents};
@@ -131,6 +133,9 @@ pub struct InjectOptions {
     pub transparent: bool,
     /// How transparent mode is set up where it is on.
     pub redirect: Transparent,
+    /// Secrets with a client certificate and key (mTLS upstream), mounted
+    /// into the sidecar only, at `/etc/pinproxy-identity/NAME/`.
+    pub identity_secrets: Vec<String>,
 }
 
 /// Transparent mode's settings: the init container's `pinproxy redirect`
@@ -329,6 +334,7 @@ impl Default for InjectOptions {
             run_as_user: 65532,
             transparent: false,
             redirect: Transparent::default(),
+            identity_secrets: Vec::new(),
         }
     }
 }
@@ -372,6 +378,16 @@ impl InjectOptions {
             if !["Always", "IfNotPresent", "Never"].contains(&p.as_str()) {
                 return bad(format!(
                     "imagePullPolicy {p:?} is not Always, IfNotPresent or Never"
+                ));
+            }
+        }
+        for name in self.identities() {
+            identity::check_name(name).or_else(bad)?;
+        }
+        for (what, dir) in [("pins dir", &self.pins_dir), ("ca dir", &self.ca_dir)] {
+            if dir.trim_end_matches('/') == IDENTITY_DIR {
+                return bad(format!(
+                    "{what} {dir:?} is where identity Secrets are mounted"
                 ));
             }
         }

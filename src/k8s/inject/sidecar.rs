@@ -141,6 +141,7 @@ impl InjectOptions {
                 ("readOnly", Value::Bool(true)),
             ]));
         }
+        mounts.extend(self.identity_mounts());
         Value::Sequence(mounts)
     }
 }

@@ -9,6 +9,7 @@ use super::checks::{
     check_app_proxy_env, check_ports, check_transparent_uid, existing_layout, host_network,
 };
 use super::env::{env_value, merge_java_tool_options, JAVA_TOOL_OPTIONS};
+use super::identity::{check_name, IDENTITY_ANNOTATION, VOLUME_PREFIX};
 use super::trust::CA_EXTRA_VOLUME;
 use super::{
     has_inject_marker, is_dns_subdomain, Added, InjectError, InjectOptions, Outcome, TemplateRef,
@@ -140,7 +141,7 @@ pub(super) fn inject_template(
         ));
         return Ok(None);
     }
-    let opts = &with_transparent_annotation(tmpl, opts, &at)?;
+    let opts = &with_annotations(tmpl, opts, &at)?;
     let existing = existing_layout(tmpl);
     let native = match existing {
         Some(native) if opts.keep_layout => native,
@@ -182,18 +183,17 @@ pub(super) fn inject_template(
     }))
 }
 
-/// `opts`, with transparent mode as the template's
-/// [`TRANSPARENT_ANNOTATION`] says, if it says.
-fn with_transparent_annotation(
+/// `opts`, with what the template's annotations say: transparent mode
+/// ([`TRANSPARENT_ANNOTATION`]) and more identity Secrets
+/// ([`IDENTITY_ANNOTATION`]).
+fn with_annotations(
     tmpl: &Mapping,
     opts: &InjectOptions,
     at: &Subject,
 ) -> Result<InjectOptions, InjectError> {
     let mut opts = opts.clone();
-    let said = tmpl
-        .get("metadata")
-        .and_then(|m| m.get("annotations"))
-        .and_then(|a| a.get(TRANSPARENT_ANNOTATION));
+    let annotations = tmpl.get("metadata").and_then(|m| m.get("annotations"));
+    let said = annotations.and_then(|a| a.get(TRANSPARENT_ANNOTATION));
     match said.map(|v| v.as_str().map(str::trim)) {
         None => {}
         Some(Some("true")) => opts.transparent = true,
@@ -202,6 +202,18 @@ fn with_transparent_annotation(
             return Err(at.malformed(&format!(
                 "annotation {TRANSPARENT_ANNOTATION} must be \"true\" or \"false\""
             )))
+        }
+    }
+    if let Some(v) = annotations.and_then(|a| a.get(IDENTITY_ANNOTATION)) {
+        let Some(list) = v.as_str() else {
+            return Err(at.malformed(&format!(
+                "annotation {IDENTITY_ANNOTATION} must be a comma-separated list of Secret names"
+            )));
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            check_name(name)
+                .map_err(|e| at.malformed(&format!("annotation {IDENTITY_ANNOTATION}: {e}")))?;
+            opts.identity_secrets.push(name.to_string());
         }
     }
     Ok(opts)
@@ -356,6 +368,19 @@ fn add_volumes(
         ]),
     );
     let mut names = vec![PINS_VOLUME.to_string(), CA_VOLUME.to_string()];
+    // Identity Secrets: those configured now, in place by name; any other
+    // one an earlier injection added is taken out.
+    let identity = opts.identity_volumes();
+    volumes.retain(|v| {
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+        !name.starts_with(VOLUME_PREFIX) || identity.iter().any(|i| i.get("name") == v.get("name"))
+    });
+    for v in identity {
+        if let Some(name) = v.get("name").and_then(Value::as_str) {
+            names.push(name.to_string());
+        }
+        upsert_named(volumes, v);
+    }
     match opts.extra_ca_volume() {
         Some(extra) => {
             upsert_named(volumes, extra);
