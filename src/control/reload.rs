@@ -151,8 +151,15 @@ impl Reloader {
 /// deny → allow. Legitimate, but worth a line an operator can alert on.
 fn warn_if_weaker(old: &Policy, new: &Policy) {
     let mut weaker = Vec::new();
-    if old.defaults.unlisted == Unlisted::Deny && new.defaults.unlisted == Unlisted::Allow {
-        weaker.push("unlisted: deny -> allow".to_string());
+    if !old.defaults.unlisted.admits() && new.defaults.unlisted.admits() {
+        weaker.push(format!(
+            "unlisted: deny -> {}",
+            if new.defaults.unlisted == Unlisted::Learn {
+                "learn"
+            } else {
+                "allow"
+            }
+        ));
     }
     for h in &old.hosts {
         match new.hosts.iter().find(|n| n.name == h.name) {
