@@ -15,7 +15,8 @@ use crate::control::admin::{self, Admin};
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
 use crate::control::reload::{Hangups, Watcher};
-use crate::control::telemetry::LogLimiter;
+use crate::control::reports::{self, Reporter};
+use crate::control::telemetry::{LogLimiter, Sinks};
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy;
 use crate::proxy::{self, Limits};
@@ -42,6 +43,8 @@ pub struct Config {
     pub watch: bool,
     /// Reload on SIGHUP.
     pub sighup: bool,
+    /// How failure reports are queued, limited and delivered.
+    pub reports: reports::Options,
 }
 
 /// Where the pod CA comes from.
@@ -79,6 +82,8 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub drift: Arc<Drift>,
+    /// Failure reports.
+    pub sinks: Sinks,
     pub intercept: Arc<Intercept>,
     /// Warnings the pinset loaded with.
     pub warnings: Vec<policy::Problem>,
@@ -131,11 +136,17 @@ impl App {
         let admin_listener = bind(config.admin).await?;
         let proxy_addr = listener.local_addr().unwrap_or(config.listen);
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
-        let shared = Shared::new(
+        let mut shared = Shared::new(
             metrics.clone(),
             config.upstream.clone(),
             vec![admin_addr, proxy_addr],
         );
+        shared.sinks.reporter = Arc::new(Reporter::spawn(
+            config.reports.clone(),
+            &metrics,
+            vec![admin_addr, proxy_addr],
+        ));
+        let sinks = shared.sinks.clone();
         let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?);
         let readiness = Arc::new(Readiness::default());
         let ctx = Arc::new(proxy::Context {
@@ -173,6 +184,7 @@ impl App {
             readiness,
             metrics,
             drift,
+            sinks,
             intercept,
             warnings,
             listener,

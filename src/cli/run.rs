@@ -158,6 +158,8 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         upstream,
         watch: !args.no_watch,
         sighup: true,
+        // Pod name and namespace from POD_NAME / POD_NAMESPACE.
+        reports: crate::control::reports::Options::default(),
     };
     (config, args.shutdown_grace)
 }

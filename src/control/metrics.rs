@@ -8,7 +8,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::reason::{self, Reason};
+use crate::reason::{self, Delivery, Reason};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -26,6 +26,7 @@ pub struct Metrics {
     pub upstream_cert_expiry: GaugeVec,
     pub minted_leaves: IntCounterVec,
     pub build_info: Gauge,
+    pub reports: IntCounterVec,
 }
 
 /// Handshake latency buckets, seconds: loopback to a slow far server.
@@ -140,8 +141,16 @@ impl Metrics {
                 &["result"],
             ),
             build_info,
+            reports: counter(
+                "reports_total",
+                "Failure reports, by what became of them (sent, failed, dropped: queue full, limited: over the rate limit).",
+                &["result"],
+            ),
             registry,
         };
+        for d in Delivery::ALL {
+            m.reports.with_label_values(&[d.as_str()]);
+        }
         for r in Reason::denied() {
             m.denied.with_label_values(&[r]);
         }
@@ -195,6 +204,7 @@ mod tests {
             "pinproxy_denied_total",
             "pinproxy_config_reloads_total",
             "pinproxy_connections_active",
+            "pinproxy_reports_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -1,4 +1,5 @@
-//! The control plane: reloads, the admin listener, metrics, the drift view.
+//! The control plane: reloads, the admin listener, metrics, the drift view,
+//! failure reports.
 
 pub mod admin;
 pub mod drift;
@@ -6,6 +7,7 @@ pub mod live;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
+pub mod reports;
 pub mod telemetry;
 
 pub use live::Live;

@@ -1,15 +1,63 @@
 //! Turning verifier verdicts into metrics, the drift view and rate-limited
-//! logs: the [`Observer`] every snapshot's verifier reports to.
+//! logs — and, through the [`Sinks`] that outlive generations, into
+//! failure reports: the [`Observer`] every snapshot's verifier reports to.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::{CertificateDer, TrustAnchor};
+
 use super::drift::Drift;
 use super::metrics::Metrics;
-use rustls_pki_types::CertificateDer;
-
+use super::reports::{self, Report, Reporter, Route};
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
+use crate::policy::{HostPolicy, Mode, Policy, Trust};
+use crate::reason::Reason;
 use crate::tls::verify::{Observer, Rejection, Verdict};
+
+tokio::task_local! {
+    /// The host and port a handshake dials: the verifier sees only the
+    /// server name, and its verdict names only the pinset entry.
+    static DIALING: (String, u16);
+}
+
+/// Runs the handshake `f` with `host:port` known to the observer, so that
+/// reports name the host dialed.
+pub async fn dialing<F: Future>(host: &Host, port: u16, f: F) -> F::Output {
+    DIALING.scope((host.to_string(), port), f).await
+}
+
+fn dialed() -> Option<(String, u16)> {
+    DIALING.try_with(Clone::clone).ok()
+}
+
+/// What verdicts feed beyond metrics and logs, kept across generations.
+#[derive(Clone, Debug)]
+pub struct Sinks {
+    pub reporter: Arc<Reporter>,
+}
+
+impl Sinks {
+    /// Default limits, and a reporter that delivers nothing (see
+    /// [`Reporter::spawn`]).
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            reporter: Arc::new(Reporter::inert(metrics)),
+        }
+    }
+}
+
+/// Where one generation's reports go.
+#[derive(Debug)]
+struct Routes {
+    by_entry: HashMap<String, (Arc<HostPolicy>, Option<Route>)>,
+    unlisted: Option<Route>,
+    unlisted_mode: Mode,
+}
 
 /// Feeds metrics and rate-limited logs from verifier verdicts.
 #[derive(Debug)]
@@ -18,6 +66,8 @@ pub struct Telemetry {
     generation: u64,
     limiter: Arc<LogLimiter>,
     drift: Arc<Drift>,
+    sinks: Option<Sinks>,
+    routes: Option<Routes>,
 }
 
 impl Telemetry {
@@ -32,8 +82,160 @@ impl Telemetry {
             generation,
             limiter,
             drift,
+            sinks: None,
+            routes: None,
         }
     }
+
+    /// Feeds `sinks` too, as `policy` (this generation's) says: reports to
+    /// its `report_uri`s (over a client trusting `roots` and
+    /// `defaults.trust`'s bundle).
+    pub fn with_sinks(
+        mut self,
+        sinks: &Sinks,
+        policy: &Policy,
+        provider: &Arc<CryptoProvider>,
+        roots: &[TrustAnchor<'static>],
+    ) -> Self {
+        self.routes = routes(policy, provider, roots);
+        self.sinks = Some(sinks.clone());
+        self
+    }
+
+    /// The failure report for one verdict, if it is a mismatch.
+    fn feed(&self, sinks: &Sinks, v: &Verdict<'_>) {
+        let dialed = dialed();
+        let host = dialed.as_ref().map_or(v.host, |(h, _)| h.as_str());
+        let now = time::OffsetDateTime::now_utc();
+        if !v.outcome.is_mismatch() {
+            return;
+        }
+        let Some(route) = self.route(v.host) else {
+            return;
+        };
+        sinks
+            .reporter
+            .offer(route, host, v.outcome.as_str(), || Report {
+                kind: "pin-failure",
+                time: rfc3339(now),
+                host: host.to_string(),
+                port: dialed.as_ref().map(|(_, p)| *p),
+                entry: v.host.to_string(),
+                mode: v.mode.as_str(),
+                outcome: v.outcome.as_str(),
+                reason: Reason::PinMismatch.as_str(),
+                expected_pins: strings(v.expected),
+                next_pins: strings(v.next_pins),
+                validated_path_pins: strings(v.path_pins),
+                presented_chain_pem: pem_chain(v.end_entity, v.intermediates),
+                pod: sinks.reporter.pod().clone(),
+                generation: self.generation,
+                version: env!("CARGO_PKG_VERSION"),
+            });
+    }
+
+    /// A report for a chain refused before pins were looked at.
+    fn feed_rejected(&self, sinks: &Sinks, r: &Rejection<'_>) {
+        let (Some(routes), Some(route)) = (&self.routes, self.route(r.host)) else {
+            return;
+        };
+        let dialed = dialed();
+        let host = dialed.as_ref().map_or(r.host, |(h, _)| h.as_str());
+        let entry = routes.by_entry.get(r.host).map(|(e, _)| e.as_ref());
+        sinks.reporter.offer(route, host, "untrusted", || Report {
+            kind: "pin-failure",
+            time: rfc3339(time::OffsetDateTime::now_utc()),
+            host: host.to_string(),
+            port: dialed.as_ref().map(|(_, p)| *p),
+            entry: r.host.to_string(),
+            mode: entry.map_or(routes.unlisted_mode, |e| e.mode).as_str(),
+            outcome: "untrusted",
+            reason: r.reason.as_str(),
+            expected_pins: entry.map_or_else(Vec::new, |e| strings(&e.pins)),
+            next_pins: entry.map_or_else(Vec::new, |e| strings(&e.next_pins)),
+            validated_path_pins: Vec::new(),
+            presented_chain_pem: pem_chain(r.end_entity, r.intermediates),
+            pod: sinks.reporter.pod().clone(),
+            generation: self.generation,
+            version: env!("CARGO_PKG_VERSION"),
+        });
+    }
+
+    /// The route for reports about `label` (an entry, or `unlisted`).
+    fn route(&self, label: &str) -> Option<&Route> {
+        let routes = self.routes.as_ref()?;
+        match routes.by_entry.get(label) {
+            Some((_, route)) => route.as_ref(),
+            None => routes.unlisted.as_ref(),
+        }
+    }
+}
+
+/// This generation's report routes; `None` when it names no `report_uri`.
+fn routes(
+    policy: &Policy,
+    provider: &Arc<CryptoProvider>,
+    roots: &[TrustAnchor<'static>],
+) -> Option<Routes> {
+    let any = policy.report_uri(None).is_some()
+        || policy
+            .hosts
+            .iter()
+            .any(|h| policy.report_uri(Some(h)).is_some());
+    if !any {
+        return None;
+    }
+    let extra = match &policy.defaults.trust {
+        Trust::Bundle { anchors, .. } => Some(&anchors[..]),
+        _ => None,
+    };
+    let tls = match reports::collector::tls(provider.clone(), roots, extra) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the report client: no failure reports");
+            return None;
+        }
+    };
+    let route = |entry: Option<&HostPolicy>| {
+        let uri = policy.report_uri(entry)?;
+        match uri.as_str().parse::<http::Uri>() {
+            Ok(uri) => Some(Route {
+                uri,
+                tls: tls.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(report_uri = uri.as_str(), error = %e, "unusable report_uri");
+                None
+            }
+        }
+    };
+    Some(Routes {
+        by_entry: policy
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), (h.clone(), route(Some(h)))))
+            .collect(),
+        unlisted: route(None),
+        unlisted_mode: policy.defaults.mode,
+    })
+}
+
+fn strings(pins: &[Pin]) -> Vec<String> {
+    pins.iter().map(Pin::to_string).collect()
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The presented chain, one PEM block per certificate.
+fn pem_chain(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Vec<String> {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    std::iter::once(end_entity)
+        .chain(intermediates)
+        .map(|c| pem::encode_config(&pem::Pem::new("CERTIFICATE", c.as_ref()), config))
+        .collect()
 }
 
 impl Observer for Telemetry {
@@ -50,6 +252,9 @@ impl Observer for Telemetry {
                 .next_pins_mismatch
                 .with_label_values(&[v.host])
                 .inc();
+        }
+        if let Some(sinks) = &self.sinks {
+            self.feed(sinks, v);
         }
         if !v.outcome.is_mismatch() {
             return;
@@ -87,6 +292,9 @@ impl Observer for Telemetry {
             r.end_entity,
             r.intermediates,
         );
+        if let Some(sinks) = &self.sinks {
+            self.feed_rejected(sinks, r);
+        }
         let key = format!("{}\0{}", r.host, r.reason);
         if let Some(suppressed) = self.limiter.allow(&key) {
             let presented: Vec<String> = std::iter::once(r.end_entity)

@@ -25,6 +25,7 @@ use super::error::{classify_tls, Failure, UpstreamError};
 use super::Timeouts;
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
+use crate::control::telemetry;
 use crate::policy::host::Host;
 use crate::policy::{Decision, HostPolicy, Policy};
 use crate::reason::Reason;
@@ -196,7 +197,11 @@ impl Connector {
             })?,
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
         };
-        let handshake = TlsConnector::from(tls.clone()).connect(server_name, tcp);
+        let handshake = telemetry::dialing(
+            host,
+            port,
+            TlsConnector::from(tls.clone()).connect(server_name, tcp),
+        );
         let tls = match tokio::time::timeout(self.timeouts.handshake, handshake).await {
             Err(_) => {
                 self.count_failure(label, Reason::Timeout);

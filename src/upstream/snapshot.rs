@@ -16,7 +16,7 @@ use super::passthrough::Plain;
 use super::{Options, Timeouts};
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
-use crate::control::telemetry::{LogLimiter, Telemetry};
+use crate::control::telemetry::{LogLimiter, Sinks, Telemetry};
 use crate::policy::Policy;
 use crate::reason::Outcome;
 use crate::tls::verify::{self, Observer, PinVerifier};
@@ -87,6 +87,8 @@ pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub limiter: Arc<LogLimiter>,
     pub drift: Arc<Drift>,
+    /// Failure reports.
+    pub sinks: Sinks,
     pub timeouts: Timeouts,
     /// pinproxy's own listeners (admin, proxy): never a target for
     /// unlisted egress, whatever `allow_private` says.
@@ -97,6 +99,7 @@ impl Shared {
     /// `own_addrs`: the proxy's and admin listeners' bound addresses.
     pub fn new(metrics: Arc<Metrics>, options: Options, own_addrs: Vec<SocketAddr>) -> Self {
         Self {
+            sinks: Sinks::new(&metrics),
             resolver: options.resolver,
             metrics,
             roots: verify::webpki_roots(),
@@ -114,12 +117,15 @@ impl Shared {
 impl Snapshot {
     pub fn build(policy: Policy, generation: u64, shared: &Shared) -> Result<Self, rustls::Error> {
         let policy = Arc::new(policy);
-        let observer: Arc<dyn Observer> = Arc::new(Telemetry::new(
-            shared.metrics.clone(),
-            generation,
-            shared.limiter.clone(),
-            shared.drift.clone(),
-        ));
+        let observer: Arc<dyn Observer> = Arc::new(
+            Telemetry::new(
+                shared.metrics.clone(),
+                generation,
+                shared.limiter.clone(),
+                shared.drift.clone(),
+            )
+            .with_sinks(&shared.sinks, &policy, &shared.provider, &shared.roots),
+        );
         let verifier = Arc::new(PinVerifier::new(
             policy.clone(),
             shared.roots.clone(),
