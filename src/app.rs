@@ -82,7 +82,7 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub drift: Arc<Drift>,
-    /// Failure reports.
+    /// Key continuity, failure reports.
     pub sinks: Sinks,
     pub intercept: Arc<Intercept>,
     /// Warnings the pinset loaded with.
@@ -163,6 +163,7 @@ impl App {
             live: live.clone(),
             metrics: metrics.clone(),
             drift: drift.clone(),
+            sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
         let reloader = Reloader::new(publisher, shared, config.pins.clone());

@@ -249,6 +249,29 @@ impl Delivery {
     }
 }
 
+/// A place on a validated path (leaf first, trust anchor last):
+/// `pinproxy_upstream_chain_changes_total{position}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Position {
+    Leaf,
+    /// Every certificate between the leaf and the anchor, as one position.
+    Intermediate,
+    Anchor,
+}
+
+impl Position {
+    pub const ALL: &'static [Position] =
+        &[Position::Leaf, Position::Intermediate, Position::Anchor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Position::Leaf => "leaf",
+            Position::Intermediate => "intermediate",
+            Position::Anchor => "anchor",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

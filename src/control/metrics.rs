@@ -8,7 +8,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::reason::{self, Delivery, Reason};
+use crate::reason::{self, Delivery, Position, Reason};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub minted_leaves: IntCounterVec,
     pub build_info: Gauge,
     pub reports: IntCounterVec,
+    pub chain_changes: IntCounterVec,
 }
 
 /// Handshake latency buckets, seconds: loopback to a slow far server.
@@ -146,6 +147,11 @@ impl Metrics {
                 "Failure reports, by what became of them (sent, failed, dropped: queue full, limited: over the rate limit).",
                 &["result"],
             ),
+            chain_changes: counter(
+                "upstream_chain_changes_total",
+                "Handshakes whose validated path carried another key at this position than the host's previous one.",
+                &["host", "position"],
+            ),
             registry,
         };
         for d in Delivery::ALL {
@@ -170,6 +176,11 @@ impl Metrics {
         let _ = self.upstream_cert_expiry.remove_label_values(&[host]);
         let _ = self.pinset_expiry.remove_label_values(&[host]);
         let _ = self.handshake_seconds.remove_label_values(&[host]);
+        for position in Position::ALL {
+            let _ = self
+                .chain_changes
+                .remove_label_values(&[host, position.as_str()]);
+        }
         for reason in Reason::tls_failures() {
             let _ = self
                 .tls_verify_failures

@@ -1,7 +1,8 @@
 //! The control plane: reloads, the admin listener, metrics, the drift view,
-//! failure reports.
+//! and what verdicts teach: key continuity, failure reports.
 
 pub mod admin;
+pub mod continuity;
 pub mod drift;
 pub mod live;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Turning verifier verdicts into metrics, the drift view and rate-limited
-//! logs — and, through the [`Sinks`] that outlive generations, into
-//! failure reports: the [`Observer`] every snapshot's verifier reports to.
+//! logs — and, through the [`Sinks`] that outlive generations, into key
+//! continuity and failure reports: the [`Observer`] every snapshot's
+//! verifier reports to.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
+use super::continuity::Continuity;
 use super::drift::Drift;
 use super::metrics::Metrics;
 use super::reports::{self, Report, Reporter, Route};
@@ -26,7 +28,7 @@ tokio::task_local! {
 }
 
 /// Runs the handshake `f` with `host:port` known to the observer, so that
-/// reports name the host dialed.
+/// reports and key continuity name the host dialed.
 pub async fn dialing<F: Future>(host: &Host, port: u16, f: F) -> F::Output {
     DIALING.scope((host.to_string(), port), f).await
 }
@@ -39,6 +41,7 @@ fn dialed() -> Option<(String, u16)> {
 #[derive(Clone, Debug)]
 pub struct Sinks {
     pub reporter: Arc<Reporter>,
+    pub continuity: Arc<Continuity>,
 }
 
 impl Sinks {
@@ -47,6 +50,7 @@ impl Sinks {
     pub fn new(metrics: &Metrics) -> Self {
         Self {
             reporter: Arc::new(Reporter::inert(metrics)),
+            continuity: Arc::default(),
         }
     }
 }
@@ -102,11 +106,20 @@ impl Telemetry {
         self
     }
 
-    /// The failure report for one verdict, if it is a mismatch.
+    /// Key continuity and reports for one verdict.
     fn feed(&self, sinks: &Sinks, v: &Verdict<'_>) {
         let dialed = dialed();
         let host = dialed.as_ref().map_or(v.host, |(h, _)| h.as_str());
         let now = time::OffsetDateTime::now_utc();
+        for position in sinks
+            .continuity
+            .observe(v.host, host, v.path_pins, now.unix_timestamp())
+        {
+            self.metrics
+                .chain_changes
+                .with_label_values(&[v.host, position.as_str()])
+                .inc();
+        }
         if !v.outcome.is_mismatch() {
             return;
         }

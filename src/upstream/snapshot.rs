@@ -18,7 +18,7 @@ use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
 use crate::control::telemetry::{LogLimiter, Sinks, Telemetry};
 use crate::policy::Policy;
-use crate::reason::Outcome;
+use crate::reason::{Outcome, Position};
 use crate::tls::verify::{self, Observer, PinVerifier};
 
 /// A request body sent upstream: the client's own, or empty (a retry of a
@@ -87,7 +87,7 @@ pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub limiter: Arc<LogLimiter>,
     pub drift: Arc<Drift>,
-    /// Failure reports.
+    /// Key continuity, failure reports.
     pub sinks: Sinks,
     pub timeouts: Timeouts,
     /// pinproxy's own listeners (admin, proxy): never a target for
@@ -176,12 +176,22 @@ impl Snapshot {
             if !h.next_pins.is_empty() {
                 metrics.next_pins_mismatch.with_label_values(&[&h.name]);
             }
+            for position in Position::ALL {
+                metrics
+                    .chain_changes
+                    .with_label_values(&[&h.name, position.as_str()]);
+            }
             if let Some(e) = h.expires {
                 metrics
                     .pinset_expiry
                     .with_label_values(&[&h.name])
                     .set(e.unix_timestamp() as f64);
             }
+        }
+        for position in Position::ALL {
+            metrics
+                .chain_changes
+                .with_label_values(&["unlisted", position.as_str()]);
         }
         let ok_counters = policy
             .hosts
