@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::control::admin::{self, Admin};
 use crate::control::drift::Drift;
+use crate::control::learn;
 use crate::control::metrics::Metrics;
 use crate::control::reload::{Hangups, Watcher};
 use crate::control::reports::{self, Reporter};
@@ -45,6 +46,8 @@ pub struct Config {
     pub sighup: bool,
     /// How failure reports are queued, limited and delivered.
     pub reports: reports::Options,
+    /// Where learn mode keeps what it learned across restarts.
+    pub learn_file: Option<PathBuf>,
 }
 
 /// Where the pod CA comes from.
@@ -65,6 +68,8 @@ pub enum Error {
     Ca(#[from] ca::Error),
     #[error("building the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Learn(#[from] learn::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -82,7 +87,7 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub drift: Arc<Drift>,
-    /// Key continuity, failure reports.
+    /// Key continuity, learned chains, failure reports.
     pub sinks: Sinks,
     pub intercept: Arc<Intercept>,
     /// Warnings the pinset loaded with.
@@ -93,7 +98,12 @@ pub struct App {
     admin: Admin,
     watcher: Option<Watcher>,
     hangups: Option<Hangups>,
+    learn_file: Option<PathBuf>,
 }
+
+/// How often learned chains are saved to `--learn-file` while new ones
+/// arrive (and once more at shutdown).
+const LEARN_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 // === impl App ===
 
@@ -146,6 +156,9 @@ impl App {
             &metrics,
             vec![admin_addr, proxy_addr],
         ));
+        if let Some(path) = &config.learn_file {
+            restore_learned(&shared.sinks, path)?;
+        }
         let sinks = shared.sinks.clone();
         let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?);
         let readiness = Arc::new(Readiness::default());
@@ -194,6 +207,7 @@ impl App {
             admin,
             watcher,
             hangups,
+            learn_file: config.learn_file,
         })
     }
 
@@ -207,14 +221,52 @@ impl App {
         }));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
         let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
+        let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
+        let saver = self.learn_file.map(|path| {
+            tokio::spawn(learn::persist(
+                self.sinks.learned.clone(),
+                path,
+                LEARN_SAVE_EVERY,
+                async move {
+                    let _ = saved_rx.await;
+                },
+            ))
+        });
         self.readiness.set_listening();
         proxy::serve(self.listener, self.ctx, shutdown).await;
         for task in [watcher, hup].into_iter().flatten() {
             task.abort();
         }
+        // What was learned since the last save is written before exit.
+        let _ = saved_tx.send(());
+        if let Some(saver) = saver {
+            let _ = saver.await;
+        }
         let _ = stop_tx.send(true);
         let _ = admin_task.await;
     }
+}
+
+/// Restores what an earlier run learned. A file that is not a learned
+/// document is moved aside (`….corrupt`) with a warning rather than
+/// failing the start: pinproxy is on the app's egress path, and the file
+/// is only a cache of what traffic will teach again.
+fn restore_learned(sinks: &Sinks, path: &std::path::Path) -> Result<(), Error> {
+    match learn::read(path) {
+        Ok(Some(doc)) => sinks.learned.restore(doc),
+        Ok(None) => {}
+        Err(e @ learn::Error::Parse { .. }) => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".corrupt");
+            tracing::warn!(error = %e, moved_to = ?aside, "starting with nothing learned");
+            std::fs::rename(path, &aside).map_err(|source| learn::Error::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {

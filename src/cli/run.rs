@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// Don't watch the pinset directory; reload only on SIGHUP.
     #[arg(long, env = "PINPROXY_NO_WATCH")]
     pub no_watch: bool,
+    /// With `defaults.unlisted: learn`: keep the learned chains in this
+    /// JSON file (the `GET /learned` document), read at start and saved
+    /// every 10 s while new ones arrive, so a restart keeps them.
+    #[arg(long, env = "PINPROXY_LEARN_FILE")]
+    pub learn_file: Option<PathBuf>,
     /// Worker threads (default: the CPUs available to the process, cgroup
     /// quota included; 1 runs a single-threaded runtime).
     #[arg(long, env = "PINPROXY_WORKERS")]
@@ -160,6 +165,7 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         sighup: true,
         // Pod name and namespace from POD_NAME / POD_NAMESPACE.
         reports: crate::control::reports::Options::default(),
+        learn_file: args.learn_file.clone(),
     };
     (config, args.shutdown_grace)
 }

@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/pins`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/pins`,
+//! `/learned`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use super::drift::Drift;
 use super::metrics::Metrics;
 use super::telemetry::Sinks;
 use super::{Live, Readiness};
+use crate::policy::Unlisted;
 
 /// What the admin listener reports on.
 #[derive(Clone)]
@@ -82,9 +84,13 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         "/pins" => json(&pins_view(admin)),
+        "/learned" => {
+            let learning = admin.live.load().policy.defaults.unlisted == Unlisted::Learn;
+            json(&admin.sinks.learned.doc(learning))
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /healthz /readyz /metrics /pins\n",
+            "not found: /healthz /readyz /metrics /pins /learned\n",
         ),
     }
 }

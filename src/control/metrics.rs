@@ -28,6 +28,7 @@ pub struct Metrics {
     pub build_info: Gauge,
     pub reports: IntCounterVec,
     pub chain_changes: IntCounterVec,
+    pub learned_hosts: IntGauge,
 }
 
 /// Handshake latency buckets, seconds: loopback to a slow far server.
@@ -152,6 +153,10 @@ impl Metrics {
                 "Handshakes whose validated path carried another key at this position than the host's previous one.",
                 &["host", "position"],
             ),
+            learned_hosts: int_gauge(
+                "learned_hosts",
+                "Unlisted host:port pairs whose validated chains learn mode has recorded.",
+            ),
             registry,
         };
         for d in Delivery::ALL {
@@ -216,6 +221,7 @@ mod tests {
             "pinproxy_config_reloads_total",
             "pinproxy_connections_active",
             "pinproxy_reports_total",
+            "pinproxy_learned_hosts",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

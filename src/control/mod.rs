@@ -1,9 +1,10 @@
 //! The control plane: reloads, the admin listener, metrics, the drift view,
-//! and what verdicts teach: key continuity, failure reports.
+//! and what verdicts teach: key continuity, learned chains, failure reports.
 
 pub mod admin;
 pub mod continuity;
 pub mod drift;
+pub mod learn;
 pub mod live;
 pub mod metrics;
 pub mod readiness;

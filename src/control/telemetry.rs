@@ -1,7 +1,7 @@
 //! Turning verifier verdicts into metrics, the drift view and rate-limited
 //! logs — and, through the [`Sinks`] that outlive generations, into key
-//! continuity and failure reports: the [`Observer`] every snapshot's
-//! verifier reports to.
+//! continuity, learned chains and failure reports: the [`Observer`] every
+//! snapshot's verifier reports to.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,13 +13,14 @@ use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 use super::continuity::Continuity;
 use super::drift::Drift;
+use super::learn::{self, Learned, LearnedCert};
 use super::metrics::Metrics;
 use super::reports::{self, Report, Reporter, Route};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
-use crate::policy::{HostPolicy, Mode, Policy, Trust};
-use crate::reason::Reason;
-use crate::tls::verify::{Observer, Rejection, Verdict};
+use crate::policy::{HostPolicy, Mode, Policy, Trust, Unlisted};
+use crate::reason::{Position, Reason};
+use crate::tls::verify::{Observer, Outcome, Rejection, Verdict};
 
 tokio::task_local! {
     /// The host and port a handshake dials: the verifier sees only the
@@ -28,7 +29,7 @@ tokio::task_local! {
 }
 
 /// Runs the handshake `f` with `host:port` known to the observer, so that
-/// reports and key continuity name the host dialed.
+/// reports, key continuity and learned chains name the host dialed.
 pub async fn dialing<F: Future>(host: &Host, port: u16, f: F) -> F::Output {
     DIALING.scope((host.to_string(), port), f).await
 }
@@ -42,6 +43,7 @@ fn dialed() -> Option<(String, u16)> {
 pub struct Sinks {
     pub reporter: Arc<Reporter>,
     pub continuity: Arc<Continuity>,
+    pub learned: Arc<Learned>,
 }
 
 impl Sinks {
@@ -51,7 +53,19 @@ impl Sinks {
         Self {
             reporter: Arc::new(Reporter::inert(metrics)),
             continuity: Arc::default(),
+            learned: Arc::new(Learned::new(
+                learn::Limits::default(),
+                metrics.learned_hosts.clone(),
+            )),
         }
+    }
+
+    /// Whether learn mode should dial `host:port` itself to see its chain
+    /// (an unlisted tunnel carries TLS pinproxy cannot read); the slot is
+    /// held until the probe ends.
+    pub fn probe_due(&self, host: &Host, port: u16) -> Option<learn::Probe> {
+        self.learned
+            .probe_due(&host.to_string(), port, tokio::time::Instant::now())
     }
 }
 
@@ -72,6 +86,9 @@ pub struct Telemetry {
     drift: Arc<Drift>,
     sinks: Option<Sinks>,
     routes: Option<Routes>,
+    /// Set when this generation learns: the trust unlisted hosts are
+    /// validated under, and its anchors' subjects and dates.
+    learning: Option<(String, learn::Anchors)>,
 }
 
 impl Telemetry {
@@ -88,12 +105,13 @@ impl Telemetry {
             drift,
             sinks: None,
             routes: None,
+            learning: None,
         }
     }
 
     /// Feeds `sinks` too, as `policy` (this generation's) says: reports to
     /// its `report_uri`s (over a client trusting `roots` and
-    /// `defaults.trust`'s bundle).
+    /// `defaults.trust`'s bundle), chains learned under `unlisted: learn`.
     pub fn with_sinks(
         mut self,
         sinks: &Sinks,
@@ -102,11 +120,17 @@ impl Telemetry {
         roots: &[TrustAnchor<'static>],
     ) -> Self {
         self.routes = routes(policy, provider, roots);
+        if policy.defaults.unlisted == Unlisted::Learn {
+            self.learning = Some((
+                policy.defaults.trust.describe(),
+                learn::anchors(&policy.defaults.trust),
+            ));
+        }
         self.sinks = Some(sinks.clone());
         self
     }
 
-    /// Key continuity and reports for one verdict.
+    /// Key continuity, learning and reports for one verdict.
     fn feed(&self, sinks: &Sinks, v: &Verdict<'_>) {
         let dialed = dialed();
         let host = dialed.as_ref().map_or(v.host, |(h, _)| h.as_str());
@@ -119,6 +143,18 @@ impl Telemetry {
                 .chain_changes
                 .with_label_values(&[v.host, position.as_str()])
                 .inc();
+        }
+        if let (Some((trust, anchors)), Some((_, port)), Outcome::PassUnpinned) =
+            (&self.learning, &dialed, v.outcome)
+        {
+            sinks.learned.record(
+                host,
+                *port,
+                trust,
+                v.path_pins,
+                now.unix_timestamp(),
+                || learned_certs(v, anchors),
+            );
         }
         if !v.outcome.is_mismatch() {
             return;
@@ -231,6 +267,40 @@ fn routes(
         unlisted: route(None),
         unlisted_mode: policy.defaults.mode,
     })
+}
+
+/// The certificates of a verdict's validated path, described from the
+/// chain the server sent, or from the trust anchors for what it didn't.
+fn learned_certs(v: &Verdict<'_>, anchors: &learn::Anchors) -> Vec<LearnedCert> {
+    let presented: Vec<crate::tls::cert::CertInfo> = std::iter::once(v.end_entity)
+        .chain(v.intermediates)
+        .filter_map(|c| crate::tls::cert::CertInfo::from_der(c.as_ref()).ok())
+        .collect();
+    let last = v.path_pins.len().saturating_sub(1);
+    v.path_pins
+        .iter()
+        .enumerate()
+        .map(|(i, pin)| {
+            let position = match i {
+                0 => Position::Leaf,
+                _ if i == last => Position::Anchor,
+                _ => Position::Intermediate,
+            };
+            let text = pin.to_string();
+            let (subject, not_after) = match presented.iter().find(|c| c.pin == text) {
+                Some(c) => (Some(c.subject.clone()), Some(c.not_after.clone())),
+                None => anchors.get(pin).map_or((None, None), |a| {
+                    (Some(a.subject.clone()), a.not_after.clone())
+                }),
+            };
+            LearnedCert {
+                pin: text,
+                position: position.as_str().into(),
+                subject,
+                not_after,
+            }
+        })
+        .collect()
 }
 
 fn strings(pins: &[Pin]) -> Vec<String> {

@@ -25,7 +25,7 @@ use super::error::{classify_tls, Failure, UpstreamError};
 use super::Timeouts;
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
-use crate::control::telemetry;
+use crate::control::telemetry::{self, Sinks};
 use crate::policy::host::Host;
 use crate::policy::{Decision, HostPolicy, Policy};
 use crate::reason::Reason;
@@ -67,6 +67,7 @@ pub struct Connector(Arc<ConnectorInner>);
 pub struct ConnectorInner {
     pub(super) resolver: Arc<dyn Resolve>,
     pub(super) drift: Arc<Drift>,
+    pub(super) sinks: Sinks,
     pub(super) policy: Arc<Policy>,
     pub(super) tls: Arc<ClientConfig>,
     pub(super) tls_h1: Arc<ClientConfig>,
@@ -131,7 +132,27 @@ impl Connector {
     /// the same resolution and egress rules.
     pub async fn dial_unlisted(&self, host: &Host, port: u16) -> Result<TcpStream, UpstreamError> {
         let addrs = self.addresses(host, port, None).await?;
-        self.dial(host, &addrs).await
+        let tcp = self.dial(host, &addrs).await?;
+        self.learn_by_probe(host, port);
+        Ok(tcp)
+    }
+
+    /// Learn mode cannot read the TLS inside an unlisted tunnel: it dials
+    /// the host once more itself (spaced, capped) to record its chain.
+    fn learn_by_probe(&self, host: &Host, port: u16) {
+        if self.policy.defaults.unlisted != crate::policy::Unlisted::Learn {
+            return;
+        }
+        let Some(slot) = self.sinks.probe_due(host, port) else {
+            return;
+        };
+        let (this, host) = (self.clone(), host.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Ok(mut tls) = this.connect_h1(&host, port, None).await {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            }
+        });
     }
 
     /// Where to dial: the entry's `address`, else the resolved addresses;

@@ -87,7 +87,7 @@ pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub limiter: Arc<LogLimiter>,
     pub drift: Arc<Drift>,
-    /// Key continuity, failure reports.
+    /// Key continuity, learned chains, failure reports.
     pub sinks: Sinks,
     pub timeouts: Timeouts,
     /// pinproxy's own listeners (admin, proxy): never a target for
@@ -145,6 +145,7 @@ impl Snapshot {
         let connector = Connector::new(ConnectorInner {
             resolver: shared.resolver.clone(),
             drift: shared.drift.clone(),
+            sinks: shared.sinks.clone(),
             policy: policy.clone(),
             tls,
             tls_h1,

@@ -599,6 +599,7 @@ pub async fn proxy_configured(
             pod: Default::default(),
             ..Default::default()
         },
+        learn_file: None,
     };
     tune(&mut config);
     let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));

@@ -1,0 +1,217 @@
+//! Learn mode: traffic to three unlisted hosts (two sharing a chain)
+//! shows in `GET /learned` with each validated path; learned chains
+//! survive a restart through `--learn-file`; unlisted tunnels are learned
+//! by a probe.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinproxy::app::Config;
+use serde_json::Value;
+use support::*;
+
+const SHARED_A: &str = "a.shop.test";
+const SHARED_B: &str = "b.shop.test";
+const OTHER: &str = "c.other.test";
+const FOURTH: &str = "d.shop.test";
+
+struct World {
+    /// Serves a.shop.test and b.shop.test with one chain.
+    shop: Upstream,
+    /// Serves c.other.test under another CA.
+    other: Upstream,
+    shop_pki: Pki,
+    other_pki: Pki,
+    /// Holds the CA bundle (named by absolute path, so a suggested entry's
+    /// `trust:` outlives the learning proxy's directory) and learn files.
+    keep: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let shop_pki = Pki::new(&[SHARED_A, SHARED_B]);
+    let other_root = root("Other Root");
+    let other_int = intermediate("Other Intermediate", &other_root, None);
+    let other_leaf = leaf(&[OTHER], &other_int);
+    let other_pki = Pki {
+        root: other_root,
+        int: other_int,
+        leaf: other_leaf,
+    };
+    let shop = upstream(
+        shop_pki.chain(),
+        shop_pki.leaf.key_der(),
+        UpstreamOpts::new("shop"),
+    )
+    .await;
+    let other = upstream(
+        other_pki.chain(),
+        other_pki.leaf.key_der(),
+        UpstreamOpts::new("other"),
+    )
+    .await;
+    let keep = tempfile::tempdir().unwrap();
+    write(
+        keep.path(),
+        "ca.pem",
+        &format!("{}{}", shop_pki.root.pem(), other_pki.root.pem()),
+    );
+    World {
+        shop,
+        other,
+        shop_pki,
+        other_pki,
+        keep,
+    }
+}
+
+fn resolver() -> Arc<StaticResolver> {
+    Arc::new(StaticResolver(
+        [SHARED_A, SHARED_B, OTHER, FOURTH]
+            .into_iter()
+            .map(|h| (h.to_string(), vec!["127.0.0.1".parse().unwrap()]))
+            .collect(),
+    ))
+}
+
+impl World {
+    fn urls(&self) -> [String; 3] {
+        [
+            format!("http://{SHARED_A}:{}/", self.shop.addr.port()),
+            format!("http://{SHARED_B}:{}/", self.shop.addr.port()),
+            format!("http://{OTHER}:{}/", self.other.addr.port()),
+        ]
+    }
+
+    fn learning_yaml(&self) -> String {
+        format!(
+            "version: 1\ndefaults:\n  unlisted: learn\n  allow_private: true\n  trust: {}\n  ports: [{}, {}]\nhosts: {{}}\n",
+            self.keep.path().join("ca.pem").display(),
+            self.shop.addr.port(),
+            self.other.addr.port()
+        )
+    }
+}
+
+async fn start(yaml: &str, learn_file: Option<&Path>) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = write(dir.path(), "pins.yaml", yaml);
+    let learn_file = learn_file.map(Path::to_path_buf);
+    proxy_configured(dir, pins, false, move |c: &mut Config| {
+        c.upstream.resolver = resolver();
+        c.learn_file = learn_file;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisted_traffic_is_learned_with_its_validated_paths() {
+    let w = world().await;
+    let learning = start(&w.learning_yaml(), None).await;
+    for _ in 0..2 {
+        for url in w.urls() {
+            let r = get(learning.addr, &url).await;
+            assert_eq!(r.status, 200, "{url}: learn admits as allow: {r:?}");
+        }
+    }
+    let learned: Value = serde_json::from_str(&learning.admin_get("/learned").await.body).unwrap();
+    assert_eq!(learned["learning"], true);
+    let hosts = learned["hosts"].as_array().unwrap();
+    let names: Vec<&str> = hosts.iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(names, [SHARED_A, SHARED_B, OTHER]);
+    let a = &hosts[0];
+    assert_eq!(a["port"], w.shop.addr.port());
+    assert!(a["seen"].as_u64().unwrap() >= 1);
+    let path = &a["paths"][0];
+    assert_eq!(
+        path["pins"],
+        serde_json::json!([
+            w.shop_pki.leaf.pin().to_string(),
+            w.shop_pki.int.pin().to_string(),
+            w.shop_pki.root.pin().to_string()
+        ])
+    );
+    assert_eq!(
+        path["certs"][1]["subject"],
+        "O=pinproxy tests, CN=Test Intermediate"
+    );
+    assert_eq!(path["certs"][2]["position"], "anchor");
+    assert_eq!(
+        path["certs"][2]["subject"],
+        "O=pinproxy tests, CN=Test Root"
+    );
+    assert!(
+        path["certs"][2]["not_after"].as_str().is_some(),
+        "from the bundle's certificate"
+    );
+    assert_eq!(
+        hosts[2]["paths"][0]["pins"][1],
+        w.other_pki.int.pin().to_string()
+    );
+}
+
+#[tokio::test]
+async fn a_restart_keeps_what_was_learned() {
+    let w = world().await;
+    let learn_file = w.keep.path().join("learned.json");
+    let first = start(&w.learning_yaml(), Some(&learn_file)).await;
+    assert_eq!(get(first.addr, &w.urls()[2]).await.status, 200);
+    drop(first);
+    for _ in 0..200 {
+        if learn_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let second = start(&w.learning_yaml(), Some(&learn_file)).await;
+    let learned: Value = serde_json::from_str(&second.admin_get("/learned").await.body).unwrap();
+    assert_eq!(
+        learned["hosts"][0]["host"], OTHER,
+        "known without new traffic"
+    );
+    assert_eq!(
+        second.metrics.learned_hosts.get(),
+        1,
+        "pinproxy_learned_hosts counts restored hosts"
+    );
+    // A file that is not a learned document is moved aside, not fatal.
+    std::fs::write(&learn_file, b"{not json").unwrap();
+    let third = start(&w.learning_yaml(), Some(&learn_file)).await;
+    assert_eq!(get(third.addr, &w.urls()[0]).await.status, 200);
+    assert!(w.keep.path().join("learned.json.corrupt").exists());
+}
+
+#[tokio::test]
+async fn an_unlisted_tunnel_is_learned_by_a_probe_and_allow_learns_nothing() {
+    let w = world().await;
+    let target = format!("{OTHER}:{}", w.other.addr.port());
+    let allow = w
+        .learning_yaml()
+        .replace("unlisted: learn", "unlisted: allow");
+    let allowing = start(&allow, None).await;
+    let learning = start(&w.learning_yaml(), None).await;
+    for p in [&allowing, &learning] {
+        let (status, _, _tunnel) = connect_status(p.addr, &target).await;
+        assert_eq!(status, 200, "tunnelled as under allow");
+    }
+    let mut hosts = Value::Null;
+    for _ in 0..200 {
+        let learned: Value =
+            serde_json::from_str(&learning.admin_get("/learned").await.body).unwrap();
+        hosts = learned["hosts"].clone();
+        if hosts.as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(hosts[0]["host"], OTHER);
+    assert_eq!(
+        hosts[0]["paths"][0]["pins"][1],
+        w.other_pki.int.pin().to_string()
+    );
+    let allowed: Value = serde_json::from_str(&allowing.admin_get("/learned").await.body).unwrap();
+    assert_eq!(allowed["learning"], false);
+    assert_eq!(allowed["hosts"], serde_json::json!([]));
+}
