@@ -424,6 +424,86 @@ async fn a_refusing_collector_counts_failures_after_bounded_retries() {
     assert_eq!(reports(&p, "limited"), 0);
 }
 
+/// A collector that answers as Python's `http.server` does: HTTP/1.0,
+/// then closes the connection. Hands each body to the test.
+async fn closing_collector() -> Collector {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, reports) = mpsc::unbounded_channel();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, length) = loop {
+                    let n = tcp.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map(|v| v.trim().parse().unwrap())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while buf.len() < head + length {
+                    let n = tcp.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the body ended early");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = Bytes::copy_from_slice(&buf[head..head + length]);
+                let _ = tx.send((http::HeaderMap::new(), body));
+                tcp.write_all(
+                    b"HTTP/1.0 204 No Content\r\nServer: BaseHTTP/0.6 Python/3.12\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    Collector {
+        addr,
+        reports,
+        hits,
+    }
+}
+
+#[tokio::test]
+async fn a_collector_that_answers_and_closes_gets_each_report_once() {
+    let pki = Pki::new(&["api.test"]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let mut c = closing_collector().await;
+    let extra = format!("    report_uri: http://{}/r\n", c.addr);
+    let p = proxy_reporting(
+        &pinset("api.test", &[root("Other").pin()], &extra, up.addr),
+        &[("ca.pem", pki.root.pem())],
+        |o| o.backoff = Duration::from_millis(20),
+    )
+    .await;
+    refused_latencies(&p, 3).await;
+    eventually("3 reports sent", || reports(&p, "sent") == 3).await;
+    for _ in 0..3 {
+        let (_, body) = c.reports.recv().await.unwrap();
+        let r: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(r["type"], "pin-failure");
+    }
+    assert_eq!(reports(&p, "failed"), 0);
+    assert_eq!(
+        c.hits.load(Ordering::SeqCst),
+        3,
+        "a delivered report is not retried"
+    );
+}
+
 #[tokio::test]
 async fn a_report_is_never_sent_through_pinproxy_itself() {
     let pki = Pki::new(&["api.test"]);

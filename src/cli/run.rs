@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// Proxy listener. Never defaults to a non-loopback address.
     #[arg(long, env = "PINPROXY_LISTEN", default_value = "127.0.0.1:3128")]
     pub listen: SocketAddr,
-    /// Admin listener (/healthz /readyz /metrics /pins).
+    /// Admin listener (/healthz /readyz /metrics /pins /learned).
     #[arg(long, env = "PINPROXY_ADMIN", default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
     /// CA certificate (PEM) for CONNECT interception, e.g. from a Secret;

@@ -120,12 +120,17 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(transient)?;
-    tokio::pin!(conn);
-    tokio::select! {
-        response = sender.send_request(request) => response.map(|r| r.status()).map_err(transient),
-        closed = &mut conn => Err(match closed {
-            Ok(()) => Attempt::Transient("collector closed the connection".into()),
-            Err(e) => transient(e),
-        }),
-    }
+    let response = sender.send_request(request);
+    tokio::pin!(conn, response);
+    let response = tokio::select! {
+        response = &mut response => response,
+        closed = &mut conn => match closed {
+            // A collector that answers and closes (`Connection: close`,
+            // HTTP/1.0) ends the connection as it hands over the
+            // response: the response is ready, or the close came first.
+            Ok(()) => response.await,
+            Err(e) => Err(e),
+        },
+    };
+    response.map(|r| r.status()).map_err(transient)
 }
