@@ -378,3 +378,29 @@ fn merge_keeps_existing_entries_byte_for_byte_and_adds_only_new_hosts() {
         .status
         .success());
 }
+
+#[test]
+fn nothing_learned_prints_no_pinset_that_would_deny_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(
+        dir.path(),
+        "learned.json",
+        r#"{"version": 1, "learning": false, "hosts": []}"#,
+    );
+    let out = pinproxy(&["suggest", "--from", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("defaults.unlisted: learn"), "{err}");
+    // With --merge the given pinset is printed as it is.
+    let existing = "version: 1\nhosts:\n  a.test:\n    pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=]\n";
+    let pins = write(dir.path(), "pins.yaml", existing);
+    let merged = stdout(&pinproxy(&[
+        "suggest",
+        "--from",
+        empty.to_str().unwrap(),
+        "--merge",
+        pins.to_str().unwrap(),
+    ]));
+    assert_eq!(merged, existing);
+}

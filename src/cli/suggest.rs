@@ -63,7 +63,18 @@ pub fn suggest(args: &SuggestArgs) -> Result<(), Error> {
         None => (fetch(&args.admin)?, format!("{}/learned", args.admin)),
     };
     if doc.hosts.is_empty() {
-        eprintln!("pinproxy suggest: nothing learned yet in {source}");
+        let why = if doc.learning {
+            "let the workload run in learn mode a while"
+        } else {
+            "the pinset in force does not learn: set `defaults.unlisted: learn`"
+        };
+        let message = format!("nothing learned yet in {source}: {why}");
+        // A pinset of no hosts would deny everything: print none, unless
+        // the given one is to be kept as it is.
+        if args.merge.is_none() {
+            return Err(Error::failed(message));
+        }
+        eprintln!("pinproxy suggest: {message}");
     }
     let mut entries = entries(&doc);
     let (text, base) = match &args.merge {
