@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # bench/run.sh [--smoke] [--duration S] [--reps N]
+# bench/run.sh --loadtime [loadtime.py args]   # pinset load cost only (issue 12): no kit, see bench/loadtime.py
 #
 # One command, one run, one table (issue 16): pinproxy next to the kit's peers (../shared/bench-peers:
 # Envoy 1.40 SPKI-pinned, nginx, haproxy) on the forward path, and next to two intercepting proxies
@@ -34,6 +35,10 @@ B=/tmp/bench-peers; P=/tmp/bench-pp; MV=${MITM_VENV:-/tmp/bench-mitm-venv}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/bench-target}
 BIN=$CARGO_TARGET_DIR/release/pinproxy
 SMOKE=0; D=5; REPS=5; SETTLE=${SETTLE:-2}; WARM=1; NCPU=$(nproc)
+if [ "${1:-}" = --loadtime ]; then   # builds, then old (/tmp/pinproxy-baseline) vs this tree, same command
+  shift; (cd "$ROOT" && cargo build --release --quiet)
+  exec python3 "$HERE/loadtime.py" --new "$BIN" "$@"
+fi
 while [ $# -gt 0 ]; do case $1 in
   --smoke) SMOKE=1 ;; --duration) D=$2; shift ;; --reps) REPS=$2; shift ;;
   *) echo "usage: $0 [--smoke] [--duration S] [--reps N]" >&2; exit 2 ;; esac; shift; done

@@ -98,11 +98,54 @@ validate "$OUT/helm-default.yaml"
 log "helm template (ci/full-values.yaml)"
 helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" >"$OUT/helm-full.yaml"
 validate "$OUT/helm-full.yaml"
+log "helm template (ci/observe-values.yaml: the default pinset with the cluster's CIDRs)"
+helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/observe-values.yaml" >"$OUT/helm-observe.yaml"
+validate "$OUT/helm-observe.yaml"
+
+# What docs/kubernetes.md promises of the defaults: the pinset observes,
+# the webhook survives one replica down.
+log "chart defaults: observing pinset, webhook available with one replica down"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-chart-defaults "$OUT/helm-default.yaml" \
+  || die "the chart's defaults break their promise (docs/kubernetes.md)"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-chart-defaults \
+  --passthrough 10.96.0.0/12 --passthrough 10.244.0.0/16 --passthrough fd00:10:244::/56 \
+  "$OUT/helm-observe.yaml" || die "the default pinset lacks the CIDRs it was given"
+
+# The default pinset is the one tests/chart_default.rs runs through the
+# binary (an unlisted host passes, in-cluster plain HTTP passes): keep the
+# fixture equal to the rendering, and let pinproxy itself accept both.
+log "chart default pinset == tests/fixtures/chart/default-pins.yaml; pinproxy check accepts it"
+"$PY" "$ROOT/scripts/k8s-validate.py" --extract-pinset "$OUT/helm-default.yaml" >"$OUT/default-pins.yaml"
+"$PY" "$ROOT/scripts/k8s-validate.py" --extract-pinset "$OUT/helm-observe.yaml" >"$OUT/observe-pins.yaml"
+if [ "${WRITE_FIXTURES:-0}" = 1 ]; then
+  cp "$OUT/default-pins.yaml" "$ROOT/tests/fixtures/chart/default-pins.yaml"
+fi
+diff -u "$ROOT/tests/fixtures/chart/default-pins.yaml" "$OUT/default-pins.yaml" \
+  || die "the chart's default pinset changed: regenerate the fixture with WRITE_FIXTURES=1 scripts/k8s-check.sh"
+PINPROXY_BIN="${PINPROXY_BIN:-$ROOT/target/debug/pinproxy}"
+[ -x "$PINPROXY_BIN" ] || (cd "$ROOT" && cargo build --quiet)
+for f in default-pins observe-pins; do
+  "$PINPROXY_BIN" check "$OUT/$f.yaml" || die "pinproxy check refuses the chart's $f.yaml"
+done
+
 # The chart must refuse nonsense values through values.schema.json.
 log "helm template rejects invalid values (values.schema.json)"
-if helm template pinproxy "$CHART" --set webhook.annotatedPods.failurePolicy=Sometimes >/dev/null 2>&1; then
-  die "values.schema.json accepted webhook.annotatedPods.failurePolicy=Sometimes"
-fi
+refuse() {
+  if helm template pinproxy "$CHART" "$@" >/dev/null 2>&1; then
+    die "values.schema.json accepted $*"
+  fi
+}
+refuse --set webhook.annotatedPods.failurePolicy=Sometimes
+# One replica while a webhook fails closed: a drain would block pod creation.
+refuse --set webhook.replicas=1
+refuse --set webhook.replicas=1 --set webhook.annotatedPods.failurePolicy=Fail \
+  --set webhook.labelledNamespaces.failurePolicy=Ignore
+refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
+refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
+# ...but one replica with both webhooks failing open is allowed.
+helm template pinproxy "$CHART" --set webhook.replicas=1 \
+  --set webhook.labelledNamespaces.failurePolicy=Ignore >/dev/null \
+  || die "values.schema.json refused webhook.replicas=1 with failurePolicy Ignore"
 
 # --- deploy/ -----------------------------------------------------------------
 

@@ -14,6 +14,15 @@
 
   k8s-validate.py --write-rules
       Regenerate the PrometheusRule copies from deploy/prometheus/pinproxy-rules.yaml.
+
+  k8s-validate.py --check-chart-defaults [--passthrough ENTRY]... FILE
+      FILE is `helm template` of the chart without pins.content. Checks what
+      docs/kubernetes.md promises of the defaults: the pins Secret holds the
+      observing pinset (unlisted: allow, no hosts, the passthrough ENTRYs
+      and the two cluster.local patterns, every entry a host pattern or a
+      CIDR), and the webhook stays available with one replica down (at
+      least two replicas spread over nodes, a PodDisruptionBudget with
+      minAvailable 1 selecting them; Fail only with that in place).
 """
 import argparse
 import os
@@ -107,6 +116,77 @@ def compare_rules(canonical, paths):
     return ok
 
 
+def check_chart_defaults(path, want_passthrough):
+    import ipaddress
+    import re
+
+    docs = documents(path)
+    errors = []
+
+    def one(kind, pred=lambda d: True):
+        found = [d for d in docs if d.get("kind") == kind and pred(d)]
+        if len(found) != 1:
+            errors.append("want one %s, found %d" % (kind, len(found)))
+            return {}
+        return found[0]
+
+    # The observing default pinset.
+    secret = one("Secret", lambda d: "pins.yaml" in (d.get("stringData") or {}))
+    pins = yaml.safe_load((secret.get("stringData") or {}).get("pins.yaml") or "{}") or {}
+    defaults = pins.get("defaults") or {}
+    if pins.get("version") != 1:
+        errors.append("pinset: version is %r, not 1" % pins.get("version"))
+    if defaults.get("unlisted") != "allow":
+        errors.append("pinset: defaults.unlisted is %r, not allow (it would block)" % defaults.get("unlisted"))
+    if pins.get("hosts") != {}:
+        errors.append("pinset: hosts is %r, not {} (nothing pinned)" % pins.get("hosts"))
+    if set(pins) - {"version", "defaults", "passthrough", "hosts"}:
+        errors.append("pinset: unexpected keys %s" % sorted(set(pins) - {"version", "defaults", "passthrough", "hosts"}))
+    passthrough = pins.get("passthrough")
+    if not isinstance(passthrough, list):
+        errors.append("pinset: passthrough is %r, not a list" % passthrough)
+        passthrough = []
+    host = re.compile(r"^(\*\*?\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    for entry in passthrough:
+        try:
+            ipaddress.ip_network(entry, strict=True)
+            continue
+        except ValueError:
+            pass
+        if not isinstance(entry, str) or not host.match(entry):
+            errors.append("pinset: passthrough entry %r is neither a host pattern nor a CIDR" % entry)
+    for want in ["**.svc.cluster.local", "**.cluster.local"] + want_passthrough:
+        if want not in passthrough:
+            errors.append("pinset: passthrough lacks %r (has %r)" % (want, passthrough))
+
+    # The webhook survives one replica down.
+    deploy = one("Deployment", lambda d: d["metadata"]["name"].endswith("-webhook"))
+    spec = deploy.get("spec") or {}
+    pod_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    if (spec.get("replicas") or 0) < 2:
+        errors.append("webhook: %r replicas, want at least 2" % spec.get("replicas"))
+    spread = ((spec.get("template") or {}).get("spec") or {}).get("topologySpreadConstraints") or []
+    if not any(c.get("topologyKey") == "kubernetes.io/hostname" for c in spread):
+        errors.append("webhook: replicas are not spread over nodes")
+    pdb = one("PodDisruptionBudget")
+    if (pdb.get("spec") or {}).get("minAvailable") != 1:
+        errors.append("webhook PDB: minAvailable is %r, want 1" % (pdb.get("spec") or {}).get("minAvailable"))
+    selector = (((pdb.get("spec") or {}).get("selector") or {}).get("matchLabels")) or {}
+    if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
+        errors.append("webhook PDB: selector %r does not select the webhook pods %r" % (selector, pod_labels))
+    mwc = one("MutatingWebhookConfiguration")
+    policies = {w["name"]: w.get("failurePolicy") for w in mwc.get("webhooks") or []}
+    if policies != {"pods.inject.pinproxy.io": "Ignore", "namespaces.inject.pinproxy.io": "Fail"}:
+        errors.append("webhook failure policies are %r" % policies)
+
+    for e in errors:
+        print("ERROR %s: %s" % (path, e))
+    if not errors:
+        print("OK    %s: observing default pinset (passthrough %s); webhook %d replicas, PDB minAvailable 1"
+              % (path, ", ".join(passthrough), spec.get("replicas")))
+    return not errors
+
+
 def write_rules():
     with open(CANONICAL) as f:
         text = f.read()
@@ -125,12 +205,26 @@ def write_rules():
     print("wrote %s and %s" % (os.path.relpath(BASE_RULE, ROOT), os.path.relpath(CHART_RULES, ROOT)))
 
 
+def extract_pinset(path):
+    """Prints the pins.yaml a rendering's pins Secret holds."""
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc.get("kind") == "Secret" and "pins.yaml" in (doc.get("stringData") or {}):
+            sys.stdout.write(doc["stringData"]["pins.yaml"])
+            return True
+    print("no pins Secret in %s" % path, file=sys.stderr)
+    return False
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kubernetes-version", default="1.29.0,1.33.0",
                     help="comma-separated Kubernetes versions to validate against")
     ap.add_argument("--compare-rules", metavar="RULES")
     ap.add_argument("--write-rules", action="store_true")
+    ap.add_argument("--check-chart-defaults", action="store_true")
+    ap.add_argument("--passthrough", action="append", default=[])
+    ap.add_argument("--extract-pinset", action="store_true",
+                    help="print the pins.yaml of FILE's pins Secret")
     ap.add_argument("files", nargs="*")
     args = ap.parse_args()
     if args.write_rules:
@@ -138,6 +232,10 @@ def main():
         return 0
     if not args.files:
         ap.error("no files")
+    if args.extract_pinset:
+        return 0 if all([extract_pinset(f) for f in args.files]) else 1
+    if args.check_chart_defaults:
+        return 0 if all([check_chart_defaults(f, args.passthrough) for f in args.files]) else 1
     if args.compare_rules:
         return 0 if compare_rules(args.compare_rules, args.files) else 1
     versions = [v.strip() for v in args.kubernetes_version.split(",") if v.strip()]

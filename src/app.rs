@@ -20,7 +20,7 @@ use crate::control::reports::{self, Reporter};
 use crate::control::telemetry::{LogLimiter, Sinks};
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy;
-use crate::proxy::{self, Limits};
+use crate::proxy::{self, transparent, Limits};
 use crate::tls::ca::{self, Intercept};
 use crate::upstream::{Options, Shared, Snapshot};
 
@@ -48,6 +48,11 @@ pub struct Config {
     pub reports: reports::Options,
     /// Where learn mode keeps what it learned across restarts.
     pub learn_file: Option<PathBuf>,
+    /// Transparent listeners (kernel-redirected connections), if any.
+    pub transparent: Vec<SocketAddr>,
+    /// The pinset file's size limit, bytes: a larger file is refused
+    /// unread (at start, and at reload keeping the last good pinset).
+    pub max_pinset_bytes: u64,
 }
 
 /// Where the pod CA comes from.
@@ -92,8 +97,11 @@ pub struct App {
     pub intercept: Arc<Intercept>,
     /// Warnings the pinset loaded with.
     pub warnings: Vec<policy::Problem>,
+    /// Where the transparent listeners are bound (empty: off).
+    pub transparent_addrs: Vec<SocketAddr>,
     listener: TcpListener,
     admin_listener: TcpListener,
+    transparent: Vec<TcpListener>,
     ctx: Arc<proxy::Context>,
     admin: Admin,
     watcher: Option<Watcher>,
@@ -124,7 +132,7 @@ impl App {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
                 .ok()
         });
-        let policy = policy::load(&config.pins)?;
+        let policy = policy::load::load_capped(&config.pins, config.max_pinset_bytes)?;
         let warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -144,18 +152,20 @@ impl App {
         });
         let listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin).await?;
+        let transparent = bind_transparent(&config.transparent).await?;
+        let transparent_addrs: Vec<SocketAddr> = transparent
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
         let proxy_addr = listener.local_addr().unwrap_or(config.listen);
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
-        let mut shared = Shared::new(
-            metrics.clone(),
-            config.upstream.clone(),
-            vec![admin_addr, proxy_addr],
-        );
-        shared.sinks.reporter = Arc::new(Reporter::spawn(
-            config.reports.clone(),
-            &metrics,
-            vec![admin_addr, proxy_addr],
-        ));
+        let own_addrs: Vec<SocketAddr> = [admin_addr, proxy_addr]
+            .into_iter()
+            .chain(transparent_addrs.iter().copied())
+            .collect();
+        let mut shared = Shared::new(metrics.clone(), config.upstream.clone(), own_addrs.clone());
+        shared.sinks.reporter =
+            Arc::new(Reporter::spawn(config.reports.clone(), &metrics, own_addrs));
         if let Some(path) = &config.learn_file {
             restore_learned(&shared.sinks, path)?;
         }
@@ -179,7 +189,12 @@ impl App {
             sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
-        let reloader = Reloader::new(publisher, shared, config.pins.clone());
+        let reloader = Reloader::new(
+            publisher,
+            shared,
+            config.pins.clone(),
+            config.max_pinset_bytes,
+        );
         if let Some(w) = &mut watcher {
             if let Err(e) = w.watch_bundles(&reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");
@@ -201,8 +216,10 @@ impl App {
             sinks,
             intercept,
             warnings,
+            transparent_addrs,
             listener,
             admin_listener,
+            transparent,
             ctx,
             admin,
             watcher,
@@ -215,9 +232,9 @@ impl App {
     /// the admin listener stays up through the drain (probes see 503 once
     /// [`Readiness::start_draining`] was called) and stops after it.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (admin_stop, mut admin_rx) = tokio::sync::watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, async move {
-            let _ = stop_rx.wait_for(|v| *v).await;
+            let _ = admin_rx.wait_for(|v| *v).await;
         }));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
         let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
@@ -232,8 +249,34 @@ impl App {
                 },
             ))
         });
+        // One shutdown for every listener: the transparent ones stop
+        // accepting when the proxy listener does.
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let own: Arc<[SocketAddr]> = self.ctx.live.load().connector.own_addrs().into();
+        let transparent: Vec<_> = self
+            .transparent
+            .into_iter()
+            .map(|l| {
+                let mut rx = stop_rx.clone();
+                tokio::spawn(transparent::serve(
+                    l,
+                    self.ctx.clone(),
+                    own.clone(),
+                    async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    },
+                ))
+            })
+            .collect();
         self.readiness.set_listening();
-        proxy::serve(self.listener, self.ctx, shutdown).await;
+        proxy::serve(self.listener, self.ctx, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+        for t in transparent {
+            let _ = t.await;
+        }
         for task in [watcher, hup].into_iter().flatten() {
             task.abort();
         }
@@ -242,9 +285,26 @@ impl App {
         if let Some(saver) = saver {
             let _ = saver.await;
         }
-        let _ = stop_tx.send(true);
+        let _ = admin_stop.send(true);
         let _ = admin_task.await;
     }
+}
+
+/// The transparent listeners; with 127.0.0.1:PORT also [::1]:PORT where
+/// the pod has IPv6 (`pinproxy redirect` sends IPv6 connections there).
+async fn bind_transparent(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        out.push(bind(*addr).await?);
+        let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port());
+        if addr.ip() == std::net::Ipv4Addr::LOCALHOST && !addrs.contains(&v6) {
+            match TcpListener::bind(v6).await {
+                Ok(l) => out.push(l),
+                Err(e) => tracing::warn!(addr = %v6, error = %e, "no IPv6 transparent listener"),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Restores what an earlier run learned. A file that is not a learned

@@ -3,8 +3,11 @@
 
 mod support;
 
+use support::*;
+
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 fn pinproxy(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
@@ -216,4 +219,155 @@ async fn pin_connect_snippet_carries_trust_and_address_and_marks_untrusted() {
     assert!(out.contains("# UNTRUSTED chain: do not paste"), "{out}");
     assert!(out.contains(&pki.leaf.pin().to_string()), "{out}");
     assert!(out.contains(&format!("    address: {addr}\n")), "{out}");
+}
+
+/// The app container's environment exactly as `pinproxy inject` writes it
+/// for `pod.in.yaml`, with the CA directory moved to `ca_dir`.
+fn injected_env(ca_dir: &Path, proxy: std::net::SocketAddr) -> Vec<(String, String)> {
+    let input = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject/pod.in.yaml"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["inject", "--proxy-port", &proxy.port().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let pod: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let env = pod["spec"]["containers"][0]["env"].as_sequence().unwrap();
+    env.iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .map(|(k, v)| {
+            let v = v.replace("/var/run/pinproxy", &ca_dir.display().to_string());
+            (k, v)
+        })
+        .collect()
+}
+
+/// Finding 4: the injected trust variables named the pod CA alone, so an
+/// unlisted tunnel (the real server's certificate) and a direct NO_PROXY
+/// call failed with curl (60). With exactly the injected environment, both
+/// verify now: ca-bundle.crt carries Mozilla's roots and the
+/// --ca-bundle-extra CA (here the "cluster CA" both servers use).
+#[tokio::test]
+async fn curl_with_the_injected_environment_reaches_tunnels_and_direct_hosts() {
+    let cluster = root("Cluster Internal CA");
+    let tunnelled = leaf(&["partner.example.test"], &cluster);
+    let direct = leaf(&["localhost"], &cluster);
+    let chain = |l: &Leaf| vec![l.cert.clone()];
+    let up_tunnel = upstream(
+        chain(&tunnelled),
+        tunnelled.key_der(),
+        UpstreamOpts::new("tunnelled"),
+    )
+    .await;
+    let up_direct = upstream(
+        chain(&direct),
+        direct.key_der(),
+        UpstreamOpts::new("direct"),
+    )
+    .await;
+    let extra_dir = tempfile::tempdir().unwrap();
+    let extra = write(extra_dir.path(), "cluster-ca.pem", &cluster.pem());
+    let resolver = Arc::new(StaticResolver(
+        [(
+            "partner.example.test".to_string(),
+            vec!["127.0.0.1".parse().unwrap()],
+        )]
+        .into_iter()
+        .collect(),
+    ));
+    let yaml = format!(
+        "version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{}]\nhosts: {{}}\n",
+        up_tunnel.addr.port()
+    );
+    let p = proxy_tuned(&yaml, &[], move |o, _| o.resolver = resolver).await;
+    // What --ca-out --ca-bundle-extra writes, as the sidecar would.
+    let ca_dir = tempfile::tempdir().unwrap();
+    p.intercept.write_trust(ca_dir.path(), &[extra]).unwrap();
+
+    let env = injected_env(ca_dir.path(), p.addr);
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    for want in ["HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "CURL_CA_BUNDLE"] {
+        assert!(names.contains(&want), "{want} not injected: {names:?}");
+    }
+    let curl = |url: String, env: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("curl")
+                .env_clear()
+                .envs(env)
+                .args(["-sS", "--max-time", "10", &url])
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        })
+    };
+    // Through HTTPS_PROXY: an unlisted host is tunnelled, the app sees the
+    // server's own certificate.
+    let tunnel_url = format!("https://partner.example.test:{}/", up_tunnel.addr.port());
+    let (code, out) = curl(tunnel_url.clone(), env.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("upstream=tunnelled"), "{out}");
+    // NO_PROXY (localhost is in it): straight to the server.
+    let direct_url = format!("https://localhost:{}/", up_direct.addr.port());
+    let (code, out) = curl(direct_url.clone(), env.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("upstream=direct"), "{out}");
+    assert_eq!(
+        p.requests("unlisted", "tunnel"),
+        1,
+        "only the first went through the proxy"
+    );
+
+    // The old trust variables (the pod CA alone) fail both: finding 4.
+    let pod_ca_only: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.replace("ca-bundle.crt", "ca.crt")))
+        .collect();
+    for url in [tunnel_url, direct_url] {
+        let (code, out) = curl(url, pod_ca_only.clone()).await.unwrap();
+        assert_eq!(code, 60, "{out}");
+    }
+}
+/// Every flag and argument of every command has help text, and `run
+/// --help` names the log filter variable.
+#[test]
+fn every_flag_has_help() {
+    use clap::CommandFactory;
+    let cli = pinproxy::cli::Cli::command();
+    let mut missing = Vec::new();
+    for sub in cli.get_subcommands() {
+        for arg in sub.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{} --{id}", sub.get_name()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "flags without help: {missing:?}");
+    let (code, out, _) = pinproxy(&["run", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("PINPROXY_LOG "), "{out}");
 }

@@ -447,3 +447,246 @@ fn bad_certificate_files_are_refused_at_start() {
         .to_string();
     assert!(err.contains("does not match"), "{err}");
 }
+
+// --- refusing to guess (DESIGN §8) -------------------------------------------
+
+fn simple_pod(spec_extra: Json) -> Json {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "agent-", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "agent:1"}]},
+    });
+    for (k, v) in spec_extra.as_object().unwrap() {
+        pod["spec"][k] = v.clone();
+    }
+    pod
+}
+
+#[test]
+fn a_host_network_pod_is_allowed_unmodified_with_a_warning() {
+    let pod = simple_pod(json!({"hostNetwork": true}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    let r = response(&reply);
+    assert_eq!((reply.status.as_u16(), &r["allowed"]), (200, &json!(true)));
+    assert!(r.get("patch").is_none(), "{r}");
+    let warnings = r["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{r}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(w.starts_with("hostNetwork pod not injected"), "{w}");
+}
+
+#[test]
+fn a_pod_that_names_another_proxy_is_denied_with_the_reason() {
+    let pod = simple_pod(json!({"containers": [{"name": "app", "image": "a:1",
+        "env": [{"name": "HTTPS_PROXY", "value": "http://corp-proxy:8080"}]}]}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    let r = response(&reply);
+    assert_eq!((reply.status.as_u16(), &r["allowed"]), (200, &json!(false)));
+    let msg = r["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("container \"app\" already sets HTTPS_PROXY=http://corp-proxy:8080"),
+        "{msg}"
+    );
+    let pod = simple_pod(json!({"containers": [{"name": "app", "image": "a:1",
+        "ports": [{"containerPort": 9901}]}]}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &opts(),
+    );
+    let msg = response(&reply)["status"]["message"].as_str().unwrap();
+    assert!(msg.contains("uses port 9901"), "{msg}");
+}
+
+/// The options `pinproxy webhook` runs with when the chart passes no layout
+/// flag (sidecar.nativeSidecar: true).
+fn webhook_default_options() -> InjectOptions {
+    use clap::Parser;
+    let cli = pinproxy::cli::Cli::try_parse_from([
+        "pinproxy",
+        "webhook",
+        "--tls-cert",
+        "/c",
+        "--tls-key",
+        "/k",
+        "--image",
+        "ghcr.io/pinproxy/pinproxy:test",
+    ])
+    .unwrap();
+    match cli.command {
+        pinproxy::cli::Command::Webhook(args) => InjectOptions::from(&args.sidecar),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_pod_with_a_regular_pinproxy_container_keeps_it() {
+    // A pod of a workload written for Kubernetes < 1.29, in a namespace the
+    // webhook injects: it must not become a native sidecar.
+    let pod = simple_pod(json!({"containers": [
+        {"name": "pinproxy", "image": "ghcr.io/pinproxy/pinproxy:0.0.9", "args": ["run", "--pins", "/etc/pinproxy/pins.yaml"]},
+        {"name": "app", "image": "a:1"},
+    ]}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &webhook_default_options(),
+    );
+    let after = patched(&pod, &reply);
+    assert!(after["spec"].get("initContainers").is_none(), "{after}");
+    assert_eq!(after["spec"]["containers"][0]["name"], json!("pinproxy"));
+    assert!(after["spec"]["containers"][0]
+        .get("restartPolicy")
+        .is_none());
+    assert_eq!(
+        after["spec"]["containers"][0]["image"],
+        json!("ghcr.io/pinproxy/pinproxy:test")
+    );
+}
+
+// --- the built binary's logs -------------------------------------------------
+
+/// The top-level keys of a JSON object, duplicates kept (serde_json's
+/// `Value` would keep only the last).
+fn json_keys(line: &str) -> Vec<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some(k) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Keys>(line)
+        .unwrap_or_else(|e| panic!("log line is not a JSON object ({e}): {line}"))
+        .0
+}
+
+#[tokio::test]
+async fn the_binary_logs_injections_and_refusals_as_json_without_duplicate_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("webhook.test");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["webhook", "--listen", &addr.to_string()])
+        .arg("--tls-cert")
+        .arg(&cert_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .args(["--image", "ghcr.io/pinproxy/pinproxy:test"])
+        .env("PINPROXY_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let health = || {
+        http::Request::get("/healthz")
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if call(addr, &pki.ca_pem, "webhook.test", health())
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the webhook never answered on {addr}");
+
+    let mut pod = simple_pod(json!({}));
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "agent-5d4f", "uid": "1", "controller": true}]);
+    for body in [
+        admission_review(&pod).to_string().into_bytes(),
+        admission_review(&simple_pod(json!({"hostNetwork": true})))
+            .to_string()
+            .into_bytes(),
+        b"{oops".to_vec(),
+    ] {
+        call(
+            addr,
+            &pki.ca_pem,
+            "webhook.test",
+            post("/inject-namespace", body),
+        )
+        .await
+        .unwrap();
+    }
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 4, "{logs}");
+    for line in &lines {
+        let keys = json_keys(line);
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "duplicate key in {line}");
+    }
+    let find = |message: &str| -> Json {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str::<Json>(l).unwrap())
+            .find(|v| v["message"] == json!(message))
+            .unwrap_or_else(|| panic!("no {message:?} line in {logs}"))
+    };
+    let injected = find("pod injected");
+    assert_eq!(injected["level"], json!("INFO"));
+    assert_eq!(injected["namespace"], json!("shop"));
+    assert_eq!(injected["pod"], json!("agent-"));
+    assert_eq!(injected["owner_kind"], json!("ReplicaSet"));
+    let added = injected["added"].as_str().unwrap();
+    assert!(
+        added.contains("pinproxy as a native sidecar")
+            && added.contains("pinproxy-pins, pinproxy-ca")
+            && added.contains("in app"),
+        "{added}"
+    );
+    let skipped = find("pod allowed without the sidecar");
+    assert!(skipped["warning"].as_str().unwrap().contains("hostNetwork"));
+    let refused = find("admission review refused");
+    assert!(
+        refused["error"].as_str().unwrap().contains("not JSON"),
+        "{refused}"
+    );
+}

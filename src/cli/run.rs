@@ -97,6 +97,23 @@ pub struct RunArgs {
     /// every 10 s while new ones arrive, so a restart keeps them.
     #[arg(long, env = "PINPROXY_LEARN_FILE")]
     pub learn_file: Option<PathBuf>,
+    /// Transparent listener for connections the kernel redirects to pinproxy
+    /// (`pinproxy redirect`), e.g. 127.0.0.1:15001; off by default. With
+    /// 127.0.0.1:PORT, [::1]:PORT is listened on too where the pod has IPv6
+    /// (IPv6 connections are redirected there). Repeatable.
+    #[arg(
+        long,
+        env = "PINPROXY_TRANSPARENT",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub transparent: Vec<SocketAddr>,
+    /// Largest pinset file accepted, bytes (a Secret holds at most 1 MiB).
+    /// A larger file is refused without being read whole; at a reload the
+    /// last good pinset stays in force. Parsing costs ~12 bytes of memory
+    /// per byte of YAML: raise the sidecar's memory limit with this.
+    #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = crate::policy::load::DEFAULT_MAX_BYTES)]
+    pub max_pinset_bytes: u64,
     /// Worker threads (default: the CPUs available to the process, cgroup
     /// quota included; 1 runs a single-threaded runtime).
     #[arg(long, env = "PINPROXY_WORKERS")]
@@ -122,7 +139,11 @@ pub fn run(args: RunArgs) -> Result<(), Error> {
     let rt = rt
         .build()
         .map_err(|e| Error::failed(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(run_async(args))
+    let result = rt.block_on(run_async(args));
+    // Dropping a runtime waits for its blocking threads, and one may be
+    // parsing a pinset a newer reload superseded: exit without it.
+    rt.shutdown_background();
+    result
 }
 
 /// The runner's settings from the command line.
@@ -166,6 +187,8 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         // Pod name and namespace from POD_NAME / POD_NAMESPACE.
         reports: crate::control::reports::Options::default(),
         learn_file: args.learn_file.clone(),
+        transparent: args.transparent.clone(),
+        max_pinset_bytes: args.max_pinset_bytes,
     };
     (config, args.shutdown_grace)
 }

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub pinset_expiry: GaugeVec,
     pub upstream_cert_expiry: GaugeVec,
     pub minted_leaves: IntCounterVec,
+    pub transparent_connections: IntCounterVec,
     pub build_info: Gauge,
     pub reports: IntCounterVec,
     pub chain_changes: IntCounterVec,
@@ -136,6 +137,11 @@ impl Metrics {
                 "upstream_cert_expiry_timestamp_seconds",
                 "notAfter of the leaf certificate last seen upstream (Unix time).",
                 &["host"],
+            ),
+            transparent_connections: counter(
+                "transparent_connections_total",
+                "Connections on the transparent listener, by what their first bytes were (tls, http, other) and what became of them.",
+                &["protocol", "outcome"],
             ),
             minted_leaves: counter(
                 "intercept_leaf_certificates_total",

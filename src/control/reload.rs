@@ -6,18 +6,34 @@
 //! The [`Reloader`] is the only publisher of snapshots: it reads and
 //! validates the pinset off the async workers, builds a whole new snapshot
 //! and swaps it in; an invalid file leaves the last good one in force.
+//!
+//! A load never holds anything another reload waits for: each request is
+//! numbered, loads run side by side (at most [`LOADS_IN_FLIGHT`], so memory
+//! stays bounded), and a result is judged only if no newer request's result
+//! was — a newer file supersedes a parse in progress, and the older result,
+//! if it comes back later, is dropped. The loader bounds each file's size
+//! and nesting, so no parse runs long in the first place.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::task::JoinSet;
 
 use super::live::{Live, Publisher};
 use crate::policy::{self, Mode, Policy, Unlisted};
 use crate::upstream::{Shared, Snapshot};
+
+/// Loads that may run at once: the one in progress and the newest. A third
+/// request waits for a slot, and skips its load if a newer one came since.
+pub const LOADS_IN_FLIGHT: usize = 2;
+
+/// Reads and validates a pinset file of at most so many bytes.
+type Load = dyn Fn(&Path, u64) -> Result<Policy, policy::Error> + Send + Sync;
 
 /// Re-reads the pinset and publishes new snapshots.
 pub struct Reloader {
@@ -25,9 +41,18 @@ pub struct Reloader {
     /// What every snapshot is built from.
     shared: Shared,
     pins_path: PathBuf,
-    lock: tokio::sync::Mutex<()>,
+    /// The pinset file's size limit, bytes.
+    max_bytes: u64,
+    /// [`policy::load::load_capped`]; tests hold a load back with theirs.
+    load: Arc<Load>,
+    /// Numbers reload requests, newest last.
+    requested: AtomicU64,
+    loads: Semaphore,
+    /// The newest request whose result was judged (published, unchanged or
+    /// refused). Held only to judge and publish, never across a load.
+    judged: Mutex<u64>,
     /// Reloads failed since the last one that succeeded.
-    failing: std::sync::atomic::AtomicU64,
+    failing: AtomicU64,
 }
 
 /// What a reload did.
@@ -35,18 +60,32 @@ pub struct Reloader {
 pub enum Reloaded {
     Swapped(u64),
     Unchanged(u64),
+    /// A newer request's result was judged first (or is on its way): this
+    /// one's was dropped unpublished.
+    Superseded,
 }
 
 // === impl Reloader ===
 
 impl Reloader {
-    pub fn new(publisher: Publisher, shared: Shared, pins_path: PathBuf) -> Arc<Self> {
+    /// `max_bytes`: the pinset file's size limit
+    /// ([`policy::load::DEFAULT_MAX_BYTES`] unless the operator set one).
+    pub fn new(
+        publisher: Publisher,
+        shared: Shared,
+        pins_path: PathBuf,
+        max_bytes: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             publisher,
             shared,
             pins_path,
-            lock: tokio::sync::Mutex::new(()),
-            failing: std::sync::atomic::AtomicU64::new(0),
+            max_bytes,
+            load: Arc::new(|path: &Path, max: u64| policy::load::load_capped(path, max)),
+            requested: AtomicU64::new(0),
+            loads: Semaphore::new(LOADS_IN_FLIGHT),
+            judged: Mutex::new(0),
+            failing: AtomicU64::new(0),
         })
     }
 
@@ -62,18 +101,44 @@ impl Reloader {
     /// whole new snapshot and swaps it in. An invalid file leaves the last
     /// good snapshot in force.
     pub async fn reload(&self) -> Result<Reloaded, policy::Error> {
-        use std::sync::atomic::Ordering;
-        let result = self.reload_once().await;
-        match &result {
-            Err(_) => {
-                self.failing.fetch_add(1, Ordering::AcqRel);
+        let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let loaded = {
+            // The semaphore is never closed: the slot is always granted.
+            let _slot = self.loads.acquire().await;
+            if self.requested.load(Ordering::Acquire) != ticket {
+                // A newer request reads the file after us anyway.
+                return Ok(Reloaded::Superseded);
             }
-            Ok(r) => {
+            let (path, max, load) = (self.pins_path.clone(), self.max_bytes, self.load.clone());
+            tokio::task::spawn_blocking(move || load(&path, max))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(policy::Error::Read {
+                        path: self.pins_path.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })
+        };
+        let mut judged = self.judged.lock().await;
+        if *judged > ticket {
+            tracing::debug!("a newer pinset was judged while this one loaded; dropping it");
+            return Ok(Reloaded::Superseded);
+        }
+        *judged = ticket;
+        let result = loaded.and_then(|policy| self.publish(policy));
+        match &result {
+            Err(e) => {
+                self.failing.fetch_add(1, Ordering::AcqRel);
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %e, "pinset reload failed; the last good pinset stays in force");
+            }
+            Ok(Reloaded::Swapped(generation) | Reloaded::Unchanged(generation)) => {
                 let failed = self.failing.swap(0, Ordering::AcqRel);
                 if failed > 0 {
-                    let generation = match r {
-                        Reloaded::Swapped(g) | Reloaded::Unchanged(g) => *g,
-                    };
                     tracing::info!(
                         generation,
                         failed_reloads = failed,
@@ -81,66 +146,55 @@ impl Reloader {
                     );
                 }
             }
+            Ok(Reloaded::Superseded) => {}
         }
         result
     }
 
-    async fn reload_once(&self) -> Result<Reloaded, policy::Error> {
-        let _guard = self.lock.lock().await;
-        let path = self.pins_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || policy::load(&path))
-            .await
-            .unwrap_or_else(|e| {
-                Err(policy::Error::Read {
-                    path: self.pins_path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
-        let metrics = &self.shared.metrics;
-        let policy = match loaded {
-            Ok(p) => p,
-            Err(e) => {
-                metrics.config_reloads.with_label_values(&["failure"]).inc();
-                tracing::error!(error = %e, "pinset reload failed; the last good pinset stays in force");
-                return Err(e);
-            }
-        };
+    /// Builds a snapshot of `policy` and swaps it in, unless it is what is
+    /// in force already.
+    fn publish(&self, policy: Policy) -> Result<Reloaded, policy::Error> {
         let current = self.live().load_full();
         if current.policy.source_hash == policy.source_hash {
             return Ok(Reloaded::Unchanged(current.generation));
         }
         let generation = current.generation + 1;
-        let snapshot = Snapshot::build(policy, generation, &self.shared).map_err(|e| {
-            metrics.config_reloads.with_label_values(&["failure"]).inc();
-            policy::Error::Read {
+        let snapshot =
+            Snapshot::build(policy, generation, &self.shared).map_err(|e| policy::Error::Read {
                 path: self.pins_path.clone(),
                 source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+            })?;
         let old = self.publisher.publish(snapshot);
         let new = self.live().load_full();
-        warn_if_weaker(&old.policy, &new.policy);
+        let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
+        warn_if_weaker(&old.policy, &new.policy, &names);
         // Series and drift entries of hosts no longer listed go away.
         for gone in old
             .policy
             .hosts
             .iter()
-            .filter(|h| !new.policy.hosts.iter().any(|n| n.name == h.name))
+            .filter(|h| !names.contains(h.name.as_str()))
         {
-            metrics.forget_host(&gone.name);
+            self.shared.metrics.forget_host(&gone.name);
         }
+        self.shared.drift.retain(|h| names.contains(h));
+        let kept: HashSet<&str> = new
+            .policy
+            .passthrough
+            .items()
+            .iter()
+            .map(String::as_str)
+            .collect();
         for gone in old
             .policy
             .passthrough
             .items()
             .iter()
-            .filter(|i| !new.policy.passthrough.items().contains(i))
+            .filter(|i| !kept.contains(i.as_str()))
         {
-            metrics.forget_host(gone);
+            self.shared.metrics.forget_host(gone);
         }
-        self.shared
-            .drift
-            .retain(|h| new.policy.hosts.iter().any(|n| n.name == h));
+        let metrics = &self.shared.metrics;
         metrics.config_reloads.with_label_values(&["success"]).inc();
         tracing::info!(generation, "pinset reloaded");
         Ok(Reloaded::Swapped(generation))
@@ -149,7 +203,8 @@ impl Reloader {
 
 /// Logs what a reload relaxes: hosts removed, enforce → report, unlisted
 /// deny → allow. Legitimate, but worth a line an operator can alert on.
-fn warn_if_weaker(old: &Policy, new: &Policy) {
+/// `names`: the new pinset's entries.
+fn warn_if_weaker(old: &Policy, new: &Policy, names: &HashSet<&str>) {
     let mut weaker = Vec::new();
     if !old.defaults.unlisted.admits() && new.defaults.unlisted.admits() {
         weaker.push(format!(
@@ -161,13 +216,17 @@ fn warn_if_weaker(old: &Policy, new: &Policy) {
             }
         ));
     }
+    let report: HashSet<&str> = new
+        .hosts
+        .iter()
+        .filter(|n| n.mode == Mode::Report)
+        .map(|n| n.name.as_str())
+        .collect();
     for h in &old.hosts {
-        match new.hosts.iter().find(|n| n.name == h.name) {
-            None => weaker.push(format!("host {:?} removed", h.name)),
-            Some(n) if h.mode == Mode::Enforce && n.mode == Mode::Report => {
-                weaker.push(format!("host {:?}: enforce -> report", h.name))
-            }
-            Some(_) => {}
+        if !names.contains(h.name.as_str()) {
+            weaker.push(format!("host {:?} removed", h.name));
+        } else if h.mode == Mode::Enforce && report.contains(h.name.as_str()) {
+            weaker.push(format!("host {:?}: enforce -> report", h.name));
         }
     }
     if !weaker.is_empty() {
@@ -230,30 +289,49 @@ impl Watcher {
         Ok(())
     }
 
-    /// Reloads on every settled burst of events until the task is aborted.
+    /// Reloads on every settled burst of events until the task is aborted
+    /// (which drops the reloads it started). Each reload runs as its own
+    /// task, so events keep coming in while a file loads: a newer file
+    /// starts a newer load rather than waiting for the older one.
     pub fn spawn(mut self, reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            while let Some(first) = self.events.recv().await {
-                // Debounce: let the writer finish its burst of renames.
-                tokio::time::sleep(DEBOUNCE).await;
-                let mut in_place = first;
-                while let Ok(more) = self.events.try_recv() {
-                    in_place |= more;
-                }
-                // The kubelet swaps whole directories (renames). A writer
-                // that rewrites the file in place can expose a prefix that
-                // parses — a host cut off before its `mode: enforce` — so
-                // wait until two reads a debounce apart agree.
-                if in_place {
-                    settle(reloader.pins_path()).await;
-                    while self.events.try_recv().is_ok() {}
-                }
-                let _ = reloader.reload().await;
-                if let Err(e) = self.watch_bundles(&reloader) {
-                    tracing::warn!(error = %e, "watching CA bundle directories");
+            let mut reloads = JoinSet::new();
+            loop {
+                tokio::select! {
+                    event = self.events.recv() => {
+                        let Some(first) = event else { break };
+                        self.settle_burst(first, reloader.pins_path()).await;
+                        let reloader = reloader.clone();
+                        reloads.spawn(async move {
+                            let _ = reloader.reload().await;
+                        });
+                    }
+                    Some(_) = reloads.join_next() => {
+                        if let Err(e) = self.watch_bundles(&reloader) {
+                            tracing::warn!(error = %e, "watching CA bundle directories");
+                        }
+                    }
                 }
             }
         })
+    }
+
+    /// Debounces a burst of events that began with `first`.
+    async fn settle_burst(&mut self, first: bool, pins: &Path) {
+        // Let the writer finish its burst of renames.
+        tokio::time::sleep(DEBOUNCE).await;
+        let mut in_place = first;
+        while let Ok(more) = self.events.try_recv() {
+            in_place |= more;
+        }
+        // The kubelet swaps whole directories (renames). A writer that
+        // rewrites the file in place can expose a prefix that parses — a
+        // host cut off before its `mode: enforce` — so wait until two reads
+        // a debounce apart agree.
+        if in_place {
+            settle(pins).await;
+            while self.events.try_recv().is_ok() {}
+        }
     }
 }
 
@@ -301,22 +379,38 @@ impl Hangups {
         Ok(Self(signal(SignalKind::hangup())?))
     }
 
-    /// Reloads on every SIGHUP, logging what it did.
+    /// Reloads on every SIGHUP, each in its own task (a signal during a
+    /// load starts a newer one), and logs what it did.
     pub fn spawn(mut self, reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            while self.0.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the pinset");
-                match reloader.reload().await {
-                    Ok(Reloaded::Swapped(generation)) => {
-                        tracing::info!(generation, "SIGHUP: new pinset in force")
+            let mut reloads = JoinSet::new();
+            loop {
+                tokio::select! {
+                    sig = self.0.recv() => {
+                        if sig.is_none() {
+                            break;
+                        }
+                        tracing::info!("SIGHUP: reloading the pinset");
+                        let reloader = reloader.clone();
+                        reloads.spawn(async move {
+                            match reloader.reload().await {
+                                Ok(Reloaded::Swapped(generation)) => {
+                                    tracing::info!(generation, "SIGHUP: new pinset in force")
+                                }
+                                Ok(Reloaded::Unchanged(generation)) => {
+                                    tracing::info!(generation, "SIGHUP: pinset unchanged")
+                                }
+                                Ok(Reloaded::Superseded) => {
+                                    tracing::info!("SIGHUP: a newer reload superseded this one")
+                                }
+                                Err(e) => tracing::error!(
+                                    error = %e,
+                                    "SIGHUP: reload failed; the last good pinset stays in force"
+                                ),
+                            }
+                        });
                     }
-                    Ok(Reloaded::Unchanged(generation)) => {
-                        tracing::info!(generation, "SIGHUP: pinset unchanged")
-                    }
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "SIGHUP: reload failed; the last good pinset stays in force"
-                    ),
+                    Some(_) = reloads.join_next() => {}
                 }
             }
         })
@@ -326,6 +420,134 @@ impl Hangups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::metrics::Metrics;
+    use crate::upstream::Options;
+
+    /// A reloader whose loads of a file containing `# slow` wait until the
+    /// test releases them.
+    struct HeldBack {
+        reloader: Arc<Reloader>,
+        release: std::sync::mpsc::Sender<()>,
+        /// A slow load has begun.
+        entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+        /// Loads started.
+        loads: Arc<AtomicU64>,
+    }
+
+    fn held_back(path: &Path) -> HeldBack {
+        let now = time::OffsetDateTime::now_utc();
+        let parse = move |text: &str| policy::parse(text.as_bytes(), Path::new("."), now);
+        let shared = Shared::new(Metrics::new(), Options::default(), Vec::new());
+        let first = parse("version: 1\nhosts: {}\n").unwrap();
+        let (_, publisher) = Live::new(Snapshot::build(first, 1, &shared).unwrap());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let (enter, entered) = tokio::sync::mpsc::unbounded_channel();
+        let mut reloader = Reloader::new(publisher, shared, path.to_path_buf(), 1 << 20);
+        let loads = Arc::new(AtomicU64::new(0));
+        let counter = loads.clone();
+        Arc::get_mut(&mut reloader).unwrap().load = Arc::new(move |path: &Path, _| {
+            counter.fetch_add(1, Ordering::AcqRel);
+            let text = std::fs::read_to_string(path).unwrap();
+            if text.contains("# slow") {
+                let _ = enter.send(());
+                let _ = released.lock().unwrap().recv();
+            }
+            parse(&text).map_err(|problems| policy::Error::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        });
+        HeldBack {
+            reloader,
+            release,
+            entered,
+            loads,
+        }
+    }
+
+    /// A file written while an older one is still loading applies without
+    /// waiting for it; the older result, coming back later, is dropped.
+    #[tokio::test]
+    async fn a_newer_file_supersedes_a_load_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.yaml");
+        let HeldBack {
+            reloader,
+            release,
+            mut entered,
+            ..
+        } = held_back(&path);
+        let unlisted = |r: &Reloader| r.live().load().policy.defaults.unlisted;
+        std::fs::write(
+            &path,
+            "version: 1\ndefaults: {unlisted: allow}\nhosts: {}\n# slow\n",
+        )
+        .unwrap();
+        let older = tokio::spawn({
+            let reloader = reloader.clone();
+            async move { reloader.reload().await }
+        });
+        entered.recv().await.unwrap();
+        std::fs::write(
+            &path,
+            "version: 1\ndefaults: {unlisted: deny}\nhosts: {}\n# newer\n",
+        )
+        .unwrap();
+        assert_eq!(reloader.reload().await.unwrap(), Reloaded::Swapped(2));
+        release.send(()).unwrap();
+        assert_eq!(older.await.unwrap().unwrap(), Reloaded::Superseded);
+        assert_eq!(reloader.live().load().generation, 2);
+        assert_eq!(
+            unlisted(&reloader),
+            Unlisted::Deny,
+            "the older file was published"
+        );
+    }
+
+    /// With two loads in flight, a third request waits for a slot — and
+    /// skips its load when a fourth came meanwhile: memory stays bounded
+    /// and the newest file is still the one read.
+    #[tokio::test]
+    async fn at_most_two_loads_run_and_a_superseded_waiting_one_skips_its_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.yaml");
+        let HeldBack {
+            reloader,
+            release,
+            mut entered,
+            loads,
+        } = held_back(&path);
+        std::fs::write(&path, "version: 1\nhosts: {}\n# slow\n").unwrap();
+        let spawn = || {
+            let reloader = reloader.clone();
+            tokio::spawn(async move { reloader.reload().await.unwrap() })
+        };
+        let (a, b) = (spawn(), spawn());
+        entered.recv().await.unwrap();
+        entered.recv().await.unwrap();
+        let (c, d) = (spawn(), spawn());
+        while reloader.requested.load(Ordering::Acquire) < 4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!c.is_finished() && !d.is_finished());
+        let newest = "version: 1\ndefaults: {unlisted: allow}\nhosts: {}\n";
+        std::fs::write(&path, newest).unwrap();
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        // The two slow loads end in either order, before or after the
+        // newest is judged; whichever way, the newest file is in force.
+        let (_, _) = (a.await.unwrap(), b.await.unwrap());
+        assert_eq!(c.await.unwrap(), Reloaded::Superseded);
+        assert!(matches!(d.await.unwrap(), Reloaded::Swapped(_)));
+        let live = reloader.live().load();
+        assert_eq!(live.policy.defaults.unlisted, Unlisted::Allow);
+        assert_eq!(
+            loads.load(Ordering::Acquire),
+            3,
+            "a superseded request loaded"
+        );
+    }
 
     /// In virtual time: an in-place writer that keeps writing holds the
     /// reload back until two reads a debounce apart agree.

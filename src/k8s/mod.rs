@@ -1,4 +1,10 @@
-//! Kubernetes delivery: `inject` and the admission webhook.
+//! Kubernetes delivery, never on the request path:
+//!
+//! - [`inject`]: add the sidecar to manifests (`pinproxy inject`);
+//! - [`webhook`]: the mutating admission webhook doing the same at pod
+//!   creation, through the same code;
+//! - [`redirect`]: the kernel rules of transparent mode, installed by an
+//!   init container (`pinproxy redirect`).
 
 pub mod inject;
 pub mod redirect;

@@ -2,8 +2,15 @@
 //! [`load`]: it reads the file (and any CA bundles it names), collects
 //! *every* problem with host, field and line before failing, and never
 //! yields a half-valid policy.
+//!
+//! A file must cost no more than it weighs: at most `max_bytes` are ever
+//! read ([`DEFAULT_MAX_BYTES`] unless the operator says otherwise), and
+//! [`shape`] refuses deep nesting and YAML anchors/aliases in one linear
+//! pass *before* the YAML parser sees the text (libyaml's flow-collection
+//! handling is quadratic in depth; aliases are "billion laughs").
 
 use std::fmt;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +21,8 @@ use time::OffsetDateTime;
 use super::validate::Validator;
 use super::wire::FileWire;
 use super::Policy;
+
+mod shape;
 
 /// One thing wrong with a pinset, located as precisely as the parser allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +70,12 @@ impl fmt::Display for Problem {
     }
 }
 
+/// The size limit on a pinset file unless the operator sets another: four
+/// times what a Secret or ConfigMap can hold (1 MiB), about 20,000 hosts
+/// with two pins each. Parsing costs about 12 bytes of memory per byte of
+/// YAML, so this keeps a load well inside a sidecar's memory limit.
+pub const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Why a pinset file was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,6 +84,11 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path} is larger than the {limit}-byte limit for a pinset file \
+         (a Secret holds at most 1 MiB); refused without parsing it"
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("{path}: {} problem(s):\n{}", problems.len(), render(problems))]
     Invalid {
         path: PathBuf,
@@ -87,7 +107,7 @@ fn render(problems: &[Problem]) -> String {
 impl Error {
     pub fn problems(&self) -> &[Problem] {
         match self {
-            Error::Read { .. } => &[],
+            Error::Read { .. } | Error::TooLarge { .. } => &[],
             Error::Invalid { problems, .. } => problems,
         }
     }
@@ -117,8 +137,14 @@ pub enum BundleError {
     Empty { path: PathBuf },
 }
 
-/// Reads and validates a pinset file.
+/// Reads and validates a pinset file of at most [`DEFAULT_MAX_BYTES`].
 pub fn load(path: &Path) -> Result<Policy, Error> {
+    load_capped(path, DEFAULT_MAX_BYTES)
+}
+
+/// Reads and validates a pinset file; a file over `max_bytes` is refused
+/// after reading at most `max_bytes + 1` of it.
+pub fn load_capped(path: &Path, max_bytes: u64) -> Result<Policy, Error> {
     let read_err = |source| Error::Read {
         path: path.to_path_buf(),
         source,
@@ -127,7 +153,13 @@ pub fn load(path: &Path) -> Result<Policy, Error> {
     // bundles beside it are then read from one version of the Secret, even
     // if the kubelet swaps in another between the reads.
     let real = std::fs::canonicalize(path).map_err(read_err)?;
-    let bytes = std::fs::read(&real).map_err(read_err)?;
+    let bytes = read_capped(&real, max_bytes).map_err(read_err)?;
+    let Some(bytes) = bytes else {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            limit: max_bytes,
+        });
+    };
     let shown = path.parent().unwrap_or(Path::new("."));
     let read_from = real.parent().unwrap_or(shown);
     parse_in(&bytes, shown, read_from, OffsetDateTime::now_utc()).map_err(|problems| {
@@ -136,6 +168,20 @@ pub fn load(path: &Path) -> Result<Policy, Error> {
             problems,
         }
     })
+}
+
+/// The file's bytes, or `None` when it is over `max`. The size on disk is
+/// only a hint (a file can grow while it is read, and pipes report none):
+/// the read itself stops after `max + 1` bytes.
+fn read_capped(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = std::fs::File::open(path)?;
+    let hint = file.metadata()?.len();
+    if hint > max {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
 /// Validates pinset bytes; relative CA bundle paths resolve against `base`.
@@ -170,6 +216,9 @@ fn parse_in(
             None,
             "file is empty (no YAML content)".into(),
         )]);
+    }
+    if let Err(problem) = shape::check(text) {
+        return Err(vec![problem]);
     }
     let wire: FileWire = serde_yaml::from_str(text).map_err(|e| {
         let loc = e.location();

@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls_pki_types::TrustAnchor;
 use time::OffsetDateTime;
 
 use super::load::{hex, read_bundle, BundleError, Problem};
 use super::passthrough::{Item, Passthrough};
 use super::pattern::{Pattern, Patterns};
 use super::pin::Pin;
-use super::wire::{DefaultsWire, FileWire, HostWire};
+use super::wire::{DefaultsWire, FileWire, HostWire, HostsWire};
 use super::{Defaults, HostPolicy, Mode, Policy, ReportUri, Trust, Unlisted};
 
 pub(super) struct Validator<'a> {
@@ -29,6 +30,8 @@ pub(super) struct Validator<'a> {
     /// CA bundles read, with their bytes: part of the source hash, so a
     /// rotated bundle is a change even when the pinset text is not.
     bundles: Vec<(PathBuf, Vec<u8>)>,
+    /// Each bundle's anchors, read once however many entries name it.
+    anchors: HashMap<PathBuf, Arc<[TrustAnchor<'static>]>>,
 }
 
 /// Why a `trust:` value is unusable.
@@ -71,6 +74,7 @@ impl<'a> Validator<'a> {
             problems: Vec::new(),
             warnings: Vec::new(),
             bundles: Vec::new(),
+            anchors: HashMap::new(),
         }
     }
 
@@ -90,7 +94,7 @@ impl<'a> Validator<'a> {
         let mut hosts = Vec::new();
         let mut report_uris = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
-        for (key, mut wire) in wire.hosts.0 {
+        for (key, mut wire) in self.hosts_key(wire.hosts) {
             let (line, fields) = self.lines.host(&key);
             let entry = Entry {
                 key: &key,
@@ -147,6 +151,20 @@ impl<'a> Validator<'a> {
             warnings: self.warnings,
             report_uris,
         })
+    }
+
+    /// The entries of `hosts:`; a file without the key is a problem, not
+    /// an empty pinset.
+    fn hosts_key(&mut self, hosts: Option<HostsWire>) -> Vec<(String, HostWire)> {
+        if hosts.is_none() {
+            self.err(
+                None,
+                Some("hosts"),
+                None,
+                "missing: list the pinned hosts (or write `hosts: {}` for none)".into(),
+            );
+        }
+        hosts.map_or_else(Vec::new, |h| h.0)
     }
 
     fn source_hash(&self, bytes: &[u8]) -> String {
@@ -389,8 +407,10 @@ impl<'a> Validator<'a> {
         Some(end)
     }
 
+    /// A wildcard entry may name one too (DESIGN §2: one gateway serving
+    /// many names); SNI and the name check stay the requested host.
     fn address(&mut self, e: &Entry<'_>, a: &str) -> Option<SocketAddr> {
-        let parsed = match a.parse::<SocketAddr>() {
+        match a.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
                 self.field_err(
@@ -400,11 +420,7 @@ impl<'a> Validator<'a> {
                 );
                 None
             }
-        };
-        if parsed.is_some() && e.key.starts_with("*.") {
-            self.field_err(e, "address", "a wildcard entry cannot name one address");
         }
-        parsed
     }
 
     /// `Err`: for the caller to report at the right field.
@@ -415,8 +431,13 @@ impl<'a> Validator<'a> {
             "" => Err(TrustError::Empty),
             raw => {
                 let path = self.base.join(raw);
+                if let Some(anchors) = self.anchors.get(&path) {
+                    let anchors = anchors.clone();
+                    return Ok(Trust::Bundle { path, anchors });
+                }
                 let (anchors, contents) = read_bundle(&self.read_from.join(raw))?;
                 self.bundles.push((path.clone(), contents));
+                self.anchors.insert(path.clone(), anchors.clone());
                 Ok(Trust::Bundle { path, anchors })
             }
         }
@@ -556,6 +577,31 @@ mod tests {
         let (line, fields) = idx.host("a.test");
         assert_eq!((line, fields.get("trust")), (Some(13), Some(&14)));
         assert_eq!(idx.host("a.test").0, None);
+    }
+
+    /// A bundle named by every entry is read (and hashed, and held) once.
+    #[test]
+    fn a_bundle_named_by_many_entries_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let pin = "sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=";
+        let entry = |h: &str| format!("  {h}:\n    pins: [{pin}]\n    trust: ca.pem\n");
+        let yaml = format!("version: 1\nhosts:\n{}{}", entry("a.test"), entry("b.test"));
+        let now = OffsetDateTime::now_utc();
+        let policy = super::super::parse(yaml.as_bytes(), dir.path(), now).unwrap();
+        let anchors: Vec<_> = policy
+            .hosts
+            .iter()
+            .map(|h| match &h.trust {
+                Trust::Bundle { anchors, .. } => anchors.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&anchors[0], &anchors[1]), "read twice");
     }
 
     #[test]

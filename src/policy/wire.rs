@@ -14,10 +14,18 @@ pub(super) struct FileWire {
     pub(super) version: u32,
     #[serde(default)]
     pub(super) defaults: DefaultsWire,
-    #[serde(default)]
-    pub(super) hosts: HostsWire,
+    /// `None`: no `hosts:` key at all — an error, never an empty pinset
+    /// (with `unlisted: allow` that would silently drop every pin).
+    /// `hosts:` with no value or `hosts: {}` is an explicit empty pinset.
+    #[serde(default, deserialize_with = "present")]
+    pub(super) hosts: Option<HostsWire>,
     #[serde(default)]
     pub(super) passthrough: Option<Vec<String>>,
+}
+
+/// A key that is present, even with a null value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<HostsWire>, D::Error> {
+    HostsWire::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, Default)]

@@ -12,22 +12,27 @@ use http_body_util::Either;
 use http_body_util::Empty;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::Connect;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as Pool;
 use std::time::Duration;
 
 use super::refusal::{upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
-use super::{deny, passthrough, Body, Context, Revocation, Streamed, ERROR_HEADER};
+use super::{
+    deny, passthrough, upgrade, Body, Client, Context, Revocation, Streamed, ERROR_HEADER,
+};
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::Reason;
-use crate::upstream::{Snapshot, UpBody, UpstreamError};
+use crate::upstream::{RequestBody, Snapshot, UpBody, UpstreamError};
 
-pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
         Ok(t) => t,
         Err(e) => return deny(&ctx, Reason::BadRequest, "", &e.to_string()),
     };
+    if let Some(why) = host_problem(&req) {
+        return deny(&ctx, Reason::BadRequest, &target.host.to_string(), why);
+    }
     // Subscribe before deciding, so a reload in between is not missed.
     let rx = ctx.live.subscribe();
     let snap = ctx.live.load_full();
@@ -44,6 +49,9 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body>
             port,
         };
         return passthrough::forward(&ctx, &snap, admission, plain, req, rx).await;
+    }
+    if upgrade::is_upgrade(&req) {
+        return upgrade::relay_plain(&ctx, &snap, admission, target, req, &client, rx).await;
     }
     let entry = admission.entry().cloned();
     let revocation = Revocation {
@@ -86,20 +94,41 @@ pub async fn send(
     }
     // The client regenerates Host from the URL authority.
     parts.headers.remove(header::HOST);
+    let (body, fault) = RequestBody::new(body);
     let out = Request::from_parts(parts, body);
     match exchange(&snap.client, out, ctx.timeouts.response).await {
         Err(Exchange::TimedOut) => upstream_timed_out(ctx, label, &target.host),
         Ok(resp) => {
             snap.count_ok(entry.as_deref());
             let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            // Only pinproxy speaks x-pinproxy-error.
-            parts.headers.remove(ERROR_HEADER);
+            response_headers(&mut parts.headers);
             parts.version = Version::HTTP_11;
             let watch = revocation.map(|r| Box::new((r, target)));
             Response::from_parts(parts, Either::Left(Streamed::new(body, watch)))
         }
+        // A malformed (e.g. chunked) request body is the client's fault:
+        // never counted against the upstream.
+        Err(Exchange::Failed(_)) if fault.get().is_some() => {
+            let why = format!(
+                "malformed request body: {}",
+                fault.get().unwrap_or_default()
+            );
+            deny(ctx, Reason::BadRequest, &target.host.to_string(), &why)
+        }
         Err(Exchange::Failed(e)) => upstream_failed(ctx, label, &target.host, &e),
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (which the
+/// URL's authority then overrides); two, or none, is a bad request.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    match req.headers().get_all(header::HOST).iter().count() {
+        1 => None,
+        0 => Some("an HTTP/1.1 request needs a Host header"),
+        _ => Some("more than one Host header"),
     }
 }
 
@@ -117,8 +146,8 @@ pub(super) enum Exchange {
 /// the same by default). Failures of pinproxy's own connector (pins, TLS,
 /// egress rules) are final and never retried.
 pub(super) async fn exchange<C>(
-    client: &Client<C, UpBody>,
-    req: Request<Incoming>,
+    client: &Pool<C, UpBody>,
+    req: Request<RequestBody>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, Exchange>
 where
@@ -190,6 +219,19 @@ fn upstream_uri(target: &Target, incoming: &Uri) -> Result<Uri, TargetError> {
     parts.authority = Some(authority);
     parts.path_and_query = Some(path);
     Uri::from_parts(parts).map_err(|e| TargetError::Invalid(e.into()))
+}
+
+/// An upstream response's headers as the client gets them.
+pub(super) fn response_headers(headers: &mut HeaderMap) {
+    // RFC 9112 §6.3: with Transfer-Encoding, a received Content-Length is
+    // wrong by definition; forwarding it would present a cut body as
+    // complete.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+    // Only pinproxy speaks x-pinproxy-error.
+    headers.remove(ERROR_HEADER);
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every

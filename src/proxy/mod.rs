@@ -17,6 +17,7 @@ pub mod original_dst;
 pub mod passthrough;
 pub mod refusal;
 pub mod target;
+pub mod transparent;
 pub mod tunnel;
 pub mod upgrade;
 
@@ -86,6 +87,38 @@ impl Default for Limits {
 /// Serves the proxy on `listener` until `shutdown` resolves, then stops
 /// accepting and drains open connections up to the drain timeout.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
+    accept_loop(listener, ctx, shutdown, |a, ctx| async move {
+        conn::serve_connection(a.stream, ctx, a.stop, a.tracker, a.guard).await;
+        tracing::trace!(peer = %a.peer, "client connection closed");
+    })
+    .await
+}
+
+/// One accepted client connection, as a listener's handler gets it.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: std::net::SocketAddr,
+    /// Turns true when the listener stops: finish, then close.
+    pub stop: watch::Receiver<bool>,
+    /// Tasks spawned here are waited for by the drain.
+    pub tracker: TaskTracker,
+    /// The connection's slot of `--max-connections`.
+    pub guard: Arc<ConnGuard>,
+}
+
+/// Accepts on `listener` until `shutdown` resolves — each connection under
+/// the connection limit (beyond it: 503 `overloaded`), handled by `handle`
+/// on a tracked task — then stops accepting and drains up to the drain
+/// timeout. EMFILE and friends back off instead of spinning or exiting.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()>,
+    handle: F,
+) where
+    F: Fn(Accepted, Arc<Context>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let tracker = TaskTracker::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
@@ -98,7 +131,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning or exiting.
                 tracing::warn!(error = %e, "accept failed; backing off");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -111,14 +143,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: impl Futu
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let guard = Arc::new(ConnGuard::new(permit, ctx.metrics.clone()));
-        let ctx = ctx.clone();
-        let stop = stop_rx.clone();
-        let conn_tracker = tracker.clone();
-        tracker.spawn(async move {
-            conn::serve_connection(stream, ctx, stop, conn_tracker, guard).await;
-            tracing::trace!(%peer, "client connection closed");
-        });
+        let accepted = Accepted {
+            stream,
+            peer,
+            stop: stop_rx.clone(),
+            tracker: tracker.clone(),
+            guard: Arc::new(ConnGuard::new(permit, ctx.metrics.clone())),
+        };
+        tracker.spawn(handle(accepted, ctx.clone()));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -165,7 +197,7 @@ async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Re
     if req.method() == http::Method::CONNECT {
         connect::handle(ctx, req, client).await
     } else {
-        forward::handle(ctx, req).await
+        forward::handle(ctx, req, client).await
     }
 }
 

@@ -14,17 +14,16 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::body::revoked;
-use super::forward::{exchange, strip_hop_by_hop, Exchange};
+use super::forward::{exchange, response_headers, strip_hop_by_hop, Exchange};
 use super::refusal::{admit, upstream_failed, upstream_timed_out};
 use super::{
-    count, deny, tunnel, upstream_refusal, Body, Client, Context, Revocation, Streamed,
-    ERROR_HEADER,
+    count, deny, tunnel, upgrade, upstream_refusal, Body, Client, Context, Revocation, Streamed,
 };
 use crate::policy::admission::{self, Admission};
 use crate::policy::host::Host;
 use crate::policy::Target;
 use crate::reason::{Outcome, Reason};
-use crate::upstream::Snapshot;
+use crate::upstream::{RequestBody, Snapshot};
 
 /// What admission said, and the addresses a passthrough-by-CIDR target
 /// resolved to (dialed as they are, never resolved again).
@@ -84,20 +83,38 @@ pub async fn forward(
             "passthrough relays http:// as it came; for TLS use CONNECT (HTTPS_PROXY) or NO_PROXY",
         );
     }
+    if upgrade::is_upgrade(&req) {
+        return deny(
+            ctx,
+            Reason::BadRequest,
+            &target.host.to_string(),
+            "an upgrade (WebSocket) to a passthrough host is not relayed through HTTP_PROXY; \
+             use NO_PROXY for it",
+        );
+    }
     let (mut parts, body) = req.into_parts();
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    let (body, fault) = RequestBody::new(body);
     let out = Request::from_parts(parts, body);
     let resp = match exchange(&snap.plain, out, ctx.timeouts.response).await {
         Ok(resp) => resp,
+        // A malformed request body is the client's fault.
+        Err(Exchange::Failed(_)) if fault.get().is_some() => {
+            let why = format!(
+                "malformed request body: {}",
+                fault.get().unwrap_or_default()
+            );
+            return deny(ctx, Reason::BadRequest, &target.host.to_string(), &why);
+        }
         Err(Exchange::Failed(e)) => return upstream_failed(ctx, &label, &target.host, &e),
         Err(Exchange::TimedOut) => return upstream_timed_out(ctx, &label, &target.host),
     };
     count(ctx, &label, Outcome::Passthrough);
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // Only pinproxy speaks x-pinproxy-error.
-    parts.headers.remove(ERROR_HEADER);
+    // Hop-by-hop headers, x-pinproxy-error, and a Content-Length beside
+    // Transfer-Encoding go, as on the forward path.
+    response_headers(&mut parts.headers);
     let revocation = Revocation {
         ctx: ctx.clone(),
         rx,

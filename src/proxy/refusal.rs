@@ -122,7 +122,9 @@ pub fn count(ctx: &Context, host: &str, outcome: Outcome) {
 }
 
 /// Counts and answers a request that got no usable answer upstream: the
-/// connector's reason if it failed (pin mismatch, untrusted, timeout…),
+/// connector's reason if it failed (pin mismatch, untrusted, timeout…), a
+/// protocol violation if the upstream's response could not be parsed
+/// (`upstream-tls-error`: it "does not speak TLS (or HTTP) properly"),
 /// else `upstream-unreachable` with the error's causes.
 pub fn upstream_failed(
     ctx: &Context,
@@ -134,8 +136,16 @@ pub fn upstream_failed(
         Some(u) => upstream_refusal(ctx, u),
         None => {
             tracing::debug!(error = ?err, %host, "upstream request failed");
-            let reason = Reason::UpstreamUnreachable;
-            let detail = format!("upstream request failed: {}", error_chain(err));
+            let (reason, detail) = if malformed_response(err) {
+                let detail = format!(
+                    "the upstream sent a malformed HTTP response: {}",
+                    error_chain(err)
+                );
+                (Reason::UpstreamTlsError, detail)
+            } else {
+                let detail = format!("upstream request failed: {}", error_chain(err));
+                (Reason::UpstreamUnreachable, detail)
+            };
             (refuse(ctx, reason, &host.to_string(), &detail), reason)
         }
     };
@@ -152,6 +162,23 @@ pub fn upstream_timed_out(ctx: &Context, label: &str, host: &Host) -> Response<B
         &host.to_string(),
         "no response from upstream in time",
     )
+}
+
+/// Whether hyper refused to parse the upstream's response (duplicate or
+/// conflicting Content-Length, a bad status line, a head over the limit…).
+/// Only the upstream client reports here, so a parse error is the
+/// upstream's, never the client's.
+fn malformed_response(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

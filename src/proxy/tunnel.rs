@@ -130,21 +130,26 @@ pub enum Hello {
 const MAX_HELLO: usize = 32 * 1024;
 
 /// Judges a tunnel's first client bytes incrementally.
-struct HelloReader {
+pub(crate) struct HelloReader {
     buf: Vec<u8>,
     acceptor: rustls::server::Acceptor,
 }
 
 impl HelloReader {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             buf: Vec::with_capacity(2048),
             acceptor: rustls::server::Acceptor::default(),
         }
     }
 
+    /// Every byte fed so far.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Feeds bytes; `Some` once the hello can be judged.
-    fn feed(&mut self, mut fresh: &[u8]) -> Option<Hello> {
+    pub(crate) fn feed(&mut self, mut fresh: &[u8]) -> Option<Hello> {
         self.buf.extend_from_slice(fresh);
         if self.buf[0] != 0x16 {
             return Some(Hello::Other);

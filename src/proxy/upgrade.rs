@@ -1,4 +1,5 @@
-//! HTTP/1.1 Upgrade (WebSocket): a dedicated pinned HTTP/1.1 connection
+//! HTTP/1.1 Upgrade (WebSocket), inside intercepted tunnels and on the
+//! plain forward path alike: a dedicated pinned HTTP/1.1 connection
 //! upstream (an h2 pool connection cannot carry it), the request relayed
 //! with `Upgrade` kept, and on `101` the two upgraded streams spliced. The
 //! splice is a task drain waits for, closed when idle and when a reload
@@ -10,12 +11,12 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::body::revoked;
-use super::forward::strip_hop_by_hop;
+use super::forward::{response_headers, strip_hop_by_hop};
 use super::refusal::{upstream_failed, upstream_refusal, upstream_timed_out};
-use super::{count, deny, tunnel, Body, Client, Context, Streamed, ERROR_HEADER};
+use super::{count, deny, tunnel, Body, Client, ClientIo, Context, Streamed, ERROR_HEADER};
 use crate::policy::{Admission, Target};
 use crate::reason::{Outcome, Reason};
 use crate::upstream::Snapshot;
@@ -33,8 +34,27 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Relays an upgrade request to `target`, admitted as `admission` under
-/// `snap`; `generation` was subscribed before admission was decided.
+/// Where the client's side of an upgraded connection comes from.
+enum ClientSide {
+    /// hyper serves the connection with upgrades (intercepted tunnels).
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// A plain proxy connection (`conn`): once the `101` is written, the
+    /// connection task hands the raw stream over through the [`Client`]'s
+    /// handoff, as it does for CONNECT.
+    Handoff,
+}
+
+/// What an upgrade was admitted as, and the generation watch (subscribed
+/// before admission was decided) that revokes it.
+struct Admitted {
+    admission: Admission,
+    target: Target,
+    generation: watch::Receiver<u64>,
+}
+
+/// Relays an upgrade request inside an intercepted tunnel to `target`,
+/// admitted as `admission` under `snap`; `generation` was subscribed
+/// before admission was decided.
 pub async fn relay(
     ctx: &Arc<Context>,
     snap: &Snapshot,
@@ -44,15 +64,47 @@ pub async fn relay(
     client: &Client,
     generation: watch::Receiver<u64>,
 ) -> Response<Body> {
-    let label = admission.label().to_string();
-    let host = target.host.to_string();
+    let side = ClientSide::Hyper(hyper::upgrade::on(&mut req));
+    let admitted = Admitted {
+        admission,
+        target,
+        generation,
+    };
+    relay_with(ctx, snap, admitted, req, client, side).await
+}
+
+/// As [`relay`], for an absolute-form request on a plain proxy connection
+/// (`GET http://host/ws` with `Upgrade: websocket` through `HTTP_PROXY`).
+pub async fn relay_plain(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    admission: Admission,
+    target: Target,
+    req: Request<Incoming>,
+    client: &Client,
+    generation: watch::Receiver<u64>,
+) -> Response<Body> {
+    let admitted = Admitted {
+        admission,
+        target,
+        generation,
+    };
+    relay_with(ctx, snap, admitted, req, client, ClientSide::Handoff).await
+}
+
+async fn relay_with(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    admitted: Admitted,
+    req: Request<Incoming>,
+    client: &Client,
+    side: ClientSide,
+) -> Response<Body> {
+    let (label, target) = (admitted.admission.label().to_string(), &admitted.target);
+    let entry = admitted.admission.entry().map(Arc::as_ref);
     let tls = match snap
         .connector
-        .connect_h1(
-            &target.host,
-            target.port,
-            admission.entry().map(Arc::as_ref),
-        )
+        .connect_h1(&target.host, target.port, entry)
         .await
     {
         Ok(s) => s,
@@ -71,10 +123,9 @@ pub async fn relay(
             tracing::debug!(error = %e, "upstream upgrade connection closed");
         }
     });
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let out = match upstream_request(req, &target) {
-        Some(r) => r,
-        None => return deny(ctx, Reason::BadRequest, &host, "invalid request path"),
+    let Some(out) = upstream_request(req, target) else {
+        let host = target.host.to_string();
+        return deny(ctx, Reason::BadRequest, &host, "invalid request path");
     };
     let sent = tokio::time::timeout(ctx.timeouts.response, sender.send_request(out)).await;
     let mut resp = match sent {
@@ -83,26 +134,68 @@ pub async fn relay(
         Err(_) => return upstream_timed_out(ctx, &label, &target.host),
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let ctx = ctx.clone();
-        let guard = client.guard.clone();
+        let upstream = hyper::upgrade::on(&mut resp);
+        let client_io = match side {
+            ClientSide::Hyper(on) => Either::Left(on),
+            // Claimed only now: a connection whose upgrade the upstream
+            // declined goes on serving requests.
+            ClientSide::Handoff => Either::Right(client.handoff.claim()),
+        };
+        let (ctx, guard) = (ctx.clone(), client.guard.clone());
         client.tracker.spawn(async move {
             let _guard = guard;
-            let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) else {
-                return;
-            };
-            let revoked = revoked(ctx.clone(), generation, target.clone(), admission, None);
-            tokio::select! {
-                _ = tunnel::splice(TokioIo::new(c), TokioIo::new(u), ctx.limits.tunnel_idle) => {}
-                _ = revoked => tracing::info!(host = %target.host, "closing upgraded stream: a reload changed its pins or policy"),
-            }
+            splice_upgraded(ctx, admitted, client_io, upstream).await;
         });
     }
     count(ctx, &label, Outcome::Ok);
     let (mut parts, body) = resp.into_parts();
-    // Only pinproxy speaks x-pinproxy-error.
-    parts.headers.remove(ERROR_HEADER);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only pinproxy speaks x-pinproxy-error.
+        parts.headers.remove(ERROR_HEADER);
+    } else {
+        // Declined: an ordinary response, framed and stripped as one.
+        response_headers(&mut parts.headers);
+    }
     Response::from_parts(parts, Either::Left(Streamed::new(body, None)))
+}
+
+/// Splices the client's and the upstream's upgraded streams once both are
+/// there, until idle or closed, or until a reload revokes the admission.
+async fn splice_upgraded(
+    ctx: Arc<Context>,
+    admitted: Admitted,
+    client_io: Either<hyper::upgrade::OnUpgrade, oneshot::Receiver<ClientIo>>,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let Admitted {
+        admission,
+        target,
+        generation,
+    } = admitted;
+    let idle = ctx.limits.tunnel_idle;
+    let spliced = async move {
+        let Ok(upstream) = upstream.await else {
+            return;
+        };
+        let upstream = TokioIo::new(upstream);
+        match client_io {
+            Either::Left(on) => {
+                if let Ok(c) = on.await {
+                    tunnel::splice(TokioIo::new(c), upstream, idle).await;
+                }
+            }
+            Either::Right(handoff) => {
+                if let Ok(c) = handoff.await {
+                    tunnel::splice(c, upstream, idle).await;
+                }
+            }
+        }
+    };
+    let revoked = revoked(ctx.clone(), generation, target.clone(), admission, None);
+    tokio::select! {
+        _ = spliced => {}
+        _ = revoked => tracing::info!(host = %target.host, "closing upgraded stream: a reload changed its pins or policy"),
+    }
 }
 
 /// The request as the upstream gets it: origin-form path, hop-by-hop

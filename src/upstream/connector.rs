@@ -247,6 +247,11 @@ impl Connector {
         Ok(tls)
     }
 
+    /// pinproxy's own listeners.
+    pub fn own_addrs(&self) -> Vec<SocketAddr> {
+        self.own_addrs.clone()
+    }
+
     /// Whether `addr` is one of pinproxy's own listeners (never a target).
     pub fn is_own(&self, addr: &SocketAddr) -> bool {
         egress::is_own(addr, &self.own_addrs)

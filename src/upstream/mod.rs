@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use connector::{Conn, Connector, Resolve, SystemResolver};
 pub use error::{Failure, UpstreamError};
-pub use snapshot::{Shared, Snapshot, UpBody};
+pub use snapshot::{BodyFault, RequestBody, Shared, Snapshot, UpBody};
 
 /// Timeouts for reaching an upstream.
 #[derive(Clone, Copy, Debug)]

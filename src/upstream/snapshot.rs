@@ -1,7 +1,7 @@
 //! One pinset generation's snapshot, and what every snapshot is built from.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -21,9 +21,9 @@ use crate::policy::Policy;
 use crate::reason::{Outcome, Position};
 use crate::tls::verify::{self, Observer, PinVerifier};
 
-/// A request body sent upstream: the client's own, or empty (a retry of a
-/// bodiless request).
-pub type UpBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+/// A request body sent upstream: the client's own (watched for faults), or
+/// empty (a retry of a bodiless request).
+pub type UpBody = http_body_util::Either<RequestBody, http_body_util::Empty<bytes::Bytes>>;
 
 /// Everything that depends on one pinset generation.
 pub struct Snapshot {
@@ -67,6 +67,74 @@ impl Snapshot {
                 ])
                 .inc(),
         }
+    }
+}
+
+/// A client's request body on its way upstream, remembering why reading
+/// it failed: a malformed chunked body is the client's fault, yet the
+/// pooled client reports it only as a failed send (over h2, as a stream
+/// reset), which reads like the upstream's.
+pub struct RequestBody {
+    inner: Incoming,
+    /// `None` for a body that was complete from the start (no allocation).
+    fault: Option<Arc<OnceLock<String>>>,
+}
+
+/// Why a [`RequestBody`] could not be read, once it failed.
+#[derive(Clone, Default)]
+pub struct BodyFault(Option<Arc<OnceLock<String>>>);
+
+impl RequestBody {
+    pub fn new(inner: Incoming) -> (Self, BodyFault) {
+        use hyper::body::Body as _;
+        let fault = (!inner.is_end_stream()).then(Arc::default);
+        (
+            Self {
+                inner,
+                fault: fault.clone(),
+            },
+            BodyFault(fault),
+        )
+    }
+}
+
+impl BodyFault {
+    /// What went wrong reading the client's body, if it did.
+    pub fn get(&self) -> Option<&str> {
+        self.0
+            .as_deref()
+            .and_then(OnceLock::get)
+            .map(String::as_str)
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            if let Some(fault) = &self.fault {
+                let mut why = e.to_string();
+                if let Some(cause) = std::error::Error::source(e) {
+                    why = format!("{why}: {cause}");
+                }
+                let _ = fault.set(why);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -234,6 +234,17 @@ pub async fn upstream(
     key: PrivateKeyDer<'static>,
     opts: UpstreamOpts,
 ) -> Upstream {
+    upstream_at("127.0.0.1:0".parse().unwrap(), chain, key, opts).await
+}
+
+/// As [`upstream`], listening on `bind` (e.g. an address inside a test
+/// network namespace).
+pub async fn upstream_at(
+    bind: SocketAddr,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    opts: UpstreamOpts,
+) -> Upstream {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let signing = provider.key_provider.load_private_key(key).unwrap();
     let certified = Arc::new(CertifiedKey::new(chain, signing));
@@ -243,7 +254,7 @@ pub async fn upstream(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FixedResolver(certified)));
     cfg.alpn_protocols = opts.alpn.clone();
-    let (addr, connections) = serve_tls(cfg, opts.name).await;
+    let (addr, connections) = serve_tls_until(cfg, opts.name, bind, None).await;
     Upstream { addr, connections }
 }
 
@@ -304,7 +315,8 @@ pub async fn switchable_upstream(
     cfg.send_tls13_tickets = 0;
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let (restarts, rx) = tokio::sync::watch::channel(0);
-    let (addr, connections) = serve_tls_until(cfg, name, Some(rx)).await;
+    let (addr, connections) =
+        serve_tls_until(cfg, name, "127.0.0.1:0".parse().unwrap(), Some(rx)).await;
     SwitchableUpstream {
         addr,
         connections,
@@ -313,19 +325,16 @@ pub async fn switchable_upstream(
     }
 }
 
-/// Serves `upstream_handler` over TLS with `cfg` on 127.0.0.1:0.
-async fn serve_tls(cfg: ServerConfig, name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    serve_tls_until(cfg, name, None).await
-}
-
-/// As [`serve_tls`]; open connections close when `restarts` changes.
+/// Serves `upstream_handler` over TLS with `cfg` on `bind`; open
+/// connections close when `restarts` changes.
 async fn serve_tls_until(
     cfg: ServerConfig,
     name: &'static str,
+    bind: SocketAddr,
     restarts: Option<tokio::sync::watch::Receiver<u64>>,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let counter = connections.clone();
@@ -600,6 +609,8 @@ pub async fn proxy_configured(
             ..Default::default()
         },
         learn_file: None,
+        transparent: Vec::new(),
+        max_pinset_bytes: pinproxy::policy::load::DEFAULT_MAX_BYTES,
     };
     tune(&mut config);
     let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));

@@ -42,3 +42,46 @@ app.kubernetes.io/component: webhook
 {{- define "pinproxy.pinsSecretName" -}}
 {{- .Values.pins.existingSecret | default .Values.pins.secretName -}}
 {{- end -}}
+
+{{/*
+pins.yaml: pins.content as written, or the default pinset, which observes:
+every host allowed with CA validation only, nothing pinned, in-cluster
+names and CIDRs relayed as passthrough.
+*/}}
+{{- define "pinproxy.pinsContent" -}}
+{{- if .Values.pins.content -}}
+{{- .Values.pins.content -}}
+{{- else -}}
+{{- $d := .Values.pins.defaultPinset -}}
+{{- $passthrough := concat ($d.passthrough | default list) ($d.serviceCIDRs | default list) ($d.podCIDRs | default list) | uniq -}}
+# pinproxy's default pinset (chart value pins.defaultPinset): it observes.
+# Every host is allowed with ordinary CA validation and nothing is pinned;
+# only unlisted hosts resolving to private, loopback or link-local
+# addresses are refused (403 private-address). To enforce pins, add hosts
+# and set pins.content (docs/kubernetes.md, "From observing to enforcing").
+version: 1
+defaults:
+  unlisted: allow
+  mode: report
+# In-cluster traffic: relayed as it came, never pinned, exempt from the
+# private-address rule. Short names need the Service CIDR listed.
+{{- if $passthrough }}
+passthrough:
+{{- range $passthrough }}
+  - {{ . | quote }}
+{{- end }}
+{{- else }}
+passthrough: []
+{{- end }}
+hosts: {}
+{{- end -}}
+{{- end -}}
+
+{{/* The --ca-bundle-extra-from value of one sidecar.caBundleExtra entry. */}}
+{{- define "pinproxy.caBundleExtraFrom" -}}
+{{- if .configMap -}}
+configmap/{{ .configMap }}:{{ .key | default "ca.crt" }}
+{{- else -}}
+secret/{{ .secret }}:{{ .key | default "ca.crt" }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,274 @@
+//! `pinproxy webhook`: a mutating admission webhook that injects the sidecar.
+//!
+//! The API server POSTs an `AdmissionReview` (`admission.k8s.io/v1`) for each
+//! Pod CREATE that the chart's MutatingWebhookConfiguration selects. The Pod
+//! goes through [`crate::k8s::inject::inject_pod`] — the code behind
+//! `pinproxy inject` — and the difference comes back as a base64 JSONPatch.
+//!
+//! Two paths, one per webhook entry in the chart:
+//! - `POST /inject`: opt-in. Pods annotated (or labelled)
+//!   `pinproxy.io/inject: "true"` are injected, others pass untouched.
+//! - `POST /inject-namespace`: for namespaces labelled
+//!   `pinproxy.io/inject=enabled`; every Pod is injected unless it says
+//!   `pinproxy.io/inject: "false"`.
+//! - `GET /healthz` for probes.
+//!
+//! A review that cannot be read at all gets HTTP 400 with an explanation
+//! (the API server then applies the webhook's `failurePolicy`); a readable
+//! review whose Pod cannot be injected is denied with the reason, which
+//! `kubectl` shows to the user. Nothing in a request can panic the server.
+//!
+//! TLS: the serving certificate and key are re-read every
+//! `--cert-reload-interval` seconds and swapped in when their bytes change
+//! (cert-manager renewals, Secret volume updates); new handshakes use the new
+//! pair, a broken pair keeps the old one in force.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value as Json};
+use tokio::net::TcpListener;
+
+use crate::k8s::inject::{InjectError, InjectOptions, SidecarArgs};
+
+mod cert;
+mod review;
+
+pub use cert::CertReloader;
+use review::error_reply;
+pub use review::review;
+
+/// Largest AdmissionReview body accepted (a Pod is at most ~1.5 MB in etcd).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+// === types ===
+
+/// `pinproxy webhook --tls-cert F --tls-key F [--listen ADDR] [sidecar options]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// Address to serve HTTPS on.
+    #[arg(long, env = "PINPROXY_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain presented to the API server.
+    #[arg(long, env = "PINPROXY_WEBHOOK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PINPROXY_WEBHOOK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Seconds between checks of the certificate files for a renewal.
+    #[arg(
+        long,
+        env = "PINPROXY_WEBHOOK_CERT_RELOAD_INTERVAL",
+        default_value_t = 10
+    )]
+    pub cert_reload_interval: u64,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+/// Which pods a path injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only pods that say `pinproxy.io/inject: "true"`.
+    OptIn,
+    /// Every pod except those that say `pinproxy.io/inject: "false"`.
+    OptOut,
+}
+
+/// Errors that stop the webhook from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("TLS {path}: {reason}")]
+    Tls { path: String, reason: String },
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Options(#[from] InjectError),
+}
+
+/// The answer to one HTTP request: status and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Json,
+}
+
+// === serving ===
+
+/// `pinproxy webhook`: serve until SIGTERM or Ctrl-C.
+pub async fn run(args: &WebhookArgs) -> Result<(), WebhookError> {
+    let opts = InjectOptions::from(&args.sidecar);
+    opts.validate()?;
+    let certs = Arc::new(CertReloader::load(&args.tls_cert, &args.tls_key)?);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| WebhookError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    tracing::info!(addr = %args.listen, "webhook listening");
+    let every = Duration::from_secs(args.cert_reload_interval.max(1));
+    serve(listener, certs, Arc::new(opts), every, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Serve HTTPS on `listener` until `shutdown` completes, then drain.
+pub async fn serve(
+    listener: TcpListener,
+    certs: Arc<CertReloader>,
+    opts: Arc<InjectOptions>,
+    reload_every: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebhookError> {
+    opts.validate()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
+    let reloader = tokio::spawn(reload_loop(certs.clone(), reload_every));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin or die.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let opts = opts.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let svc = hyper::service::service_fn(move |req| handle(req, opts.clone()));
+            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    reloader.abort();
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout");
+    }
+    Ok(())
+}
+
+async fn reload_loop(certs: Arc<CertReloader>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = certs.clone();
+        match tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!("serving certificate reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "serving certificate not reloaded; keeping the old one")
+            }
+            Err(e) => tracing::warn!(error = %e, "certificate reload task failed"),
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    opts: Arc<InjectOptions>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mode = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => return Ok(respond(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::POST, "/inject") => Mode::OptIn,
+        (&Method::POST, "/inject-namespace") => Mode::OptOut,
+        (_, "/inject" | "/inject-namespace") => {
+            return Ok(respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "use POST"}),
+            ))
+        }
+        _ => {
+            return Ok(respond(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not found"}),
+            ))
+        }
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let reply = error_reply(
+                StatusCode::BAD_REQUEST,
+                "",
+                &format!("reading request body: {e}"),
+            );
+            return Ok(respond(reply.status, &reply.body));
+        }
+    };
+    let reply = review(&body, mode, &opts);
+    Ok(respond(reply.status, &reply.body))
+}
+
+fn respond(status: StatusCode, body: &Json) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

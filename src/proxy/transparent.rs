@@ -1,0 +1,389 @@
+//! Transparent mode (DESIGN §11): connections the kernel redirected to
+//! pinproxy (`pinproxy redirect` installs the nat rules) from apps that
+//! ignore `HTTP_PROXY`. The original destination comes from conntrack
+//! ([`original_dst`]); the first bytes decide the rest:
+//!
+//! - a TLS ClientHello is judged by its SNI (absent: the original
+//!   destination's IP) under the same policy as CONNECT: pinned →
+//!   intercepted with the pod CA and forwarded over pinned connections;
+//!   passthrough, or unlisted and allowed → spliced to the original
+//!   destination as it is (never re-resolved: the app already chose the
+//!   address; the private-address rule still applies to unlisted traffic);
+//!   otherwise a TLS alert and a counted refusal;
+//! - plain HTTP is served as the forward path serves it, the `Host` header
+//!   (else the original destination) naming the host;
+//! - anything else is closed and counted.
+//!
+//! A connection whose original destination is one of pinproxy's own
+//! listeners is refused: the loop guard. pinproxy's own upstream traffic is
+//! never redirected because the rules exempt its UID.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{header, Request, Uri};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::body::revoked;
+use super::original_dst::original_dst;
+use super::tunnel::{self, Hello, HelloReader, Rewind, HANDSHAKE_FAILURE_ALERT};
+use super::{count, count_denied, forward, intercept, refusal, Accepted, Client, Context, Handoff};
+use crate::policy::admission::{self, Admission};
+use crate::policy::host::Host;
+use crate::policy::Target;
+use crate::reason::{Outcome, Reason};
+use crate::upstream::egress;
+
+/// The largest first flight we read before judging (ClientHellos with
+/// post-quantum key shares are large; HTTP heads are not judged here).
+const MAX_PEEK: usize = 32 * 1024;
+
+/// What the first bytes of a redirected connection are.
+enum First {
+    /// A complete ClientHello, with its SNI if any.
+    Tls(Option<String>),
+    Http,
+    Other,
+}
+
+/// Serves the transparent listener until `shutdown` resolves, then drains
+/// like the proxy listener. `own` are pinproxy's listeners (proxy, admin,
+/// transparent): never an original destination.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Context>,
+    own: Arc<[SocketAddr]>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    super::accept_loop(listener, ctx, shutdown, move |a, ctx| {
+        handle(a, ctx, own.clone())
+    })
+    .await
+}
+
+/// Serves one redirected connection. `own` are pinproxy's listeners (proxy,
+/// admin, transparent): never an original destination.
+pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]>) {
+    let metrics = ctx.metrics.clone();
+    let served = |protocol: &str, outcome: &str| {
+        metrics
+            .transparent_connections
+            .with_label_values(&[protocol, outcome])
+            .inc();
+    };
+    let orig = match original_dst(&a.stream) {
+        Ok(o) if !egress::is_own(&o, &own) => o,
+        Ok(o) => {
+            served("other", "loop");
+            refusal::log_refusal(
+                &ctx,
+                Reason::PrivateAddress,
+                &o.to_string(),
+                "a redirected connection to pinproxy's own listener (loop guard)",
+            );
+            count_denied(&ctx, Reason::PrivateAddress);
+            return;
+        }
+        Err(e) => {
+            served("other", "not-redirected");
+            tracing::debug!(error = %e, peer = %a.peer, "no original destination: not redirected");
+            return;
+        }
+    };
+    let mut stream = a.stream;
+    let (first, bytes) = match peek(&mut stream, ctx.limits.header_read_timeout).await {
+        Some(x) => x,
+        None => return served("other", "closed"),
+    };
+    let io = Rewind::new(stream).rewind(bytes.into());
+    let client = Client {
+        tracker: a.tracker,
+        guard: a.guard,
+        handoff: Arc::new(Handoff::default()),
+    };
+    match first {
+        First::Tls(sni) => {
+            let outcome = tls(ctx.clone(), io, orig, sni, client).await;
+            served("tls", outcome);
+        }
+        First::Http => {
+            served("http", "served");
+            http(ctx, io, orig, client, a.stop).await;
+        }
+        First::Other => {
+            served("other", "refused");
+            count_denied(&ctx, Reason::BadRequest);
+            refusal::log_refusal(
+                &ctx,
+                Reason::BadRequest,
+                &orig.to_string(),
+                "neither TLS nor HTTP on a redirected connection",
+            );
+        }
+    }
+}
+
+/// Reads the first flight: enough to judge a ClientHello, or the first
+/// bytes of anything else. `None`: closed or silent past the timeout.
+async fn peek(stream: &mut TcpStream, timeout: Duration) -> Option<(First, Vec<u8>)> {
+    let mut reader = HelloReader::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        let chunk = &buf[..n];
+        if reader.bytes().is_empty() && chunk[0] != 0x16 {
+            let first = if chunk[0].is_ascii_uppercase() {
+                First::Http
+            } else {
+                First::Other
+            };
+            return Some((first, chunk.to_vec()));
+        }
+        match reader.feed(chunk) {
+            Some(Hello::Tls(sni)) => return Some((First::Tls(sni), reader.bytes().to_vec())),
+            Some(Hello::Other) => return Some((First::Other, reader.bytes().to_vec())),
+            None if reader.bytes().len() >= MAX_PEEK => {
+                return Some((First::Other, reader.bytes().to_vec()))
+            }
+            None => {}
+        }
+    }
+}
+
+/// A redirected TLS connection; returns the outcome label.
+async fn tls(
+    ctx: Arc<Context>,
+    mut io: Rewind<TcpStream>,
+    orig: SocketAddr,
+    sni: Option<String>,
+    client: Client,
+) -> &'static str {
+    let host = match sni.as_deref().map(Host::parse) {
+        None => Host::from_ip(orig.ip()),
+        Some(Ok(h)) => h,
+        Some(Err(_)) => {
+            return refuse_tls(
+                &ctx,
+                &mut io,
+                Reason::BadRequest,
+                &orig.to_string(),
+                "invalid SNI",
+            )
+            .await
+        }
+    };
+    let target = Target {
+        host,
+        port: orig.port(),
+    };
+    let generation = ctx.live.subscribe();
+    let snap = ctx.live.load_full();
+    let now = time::OffsetDateTime::now_utc();
+    let decided = admission::decide(&snap.policy, &target, now);
+    // The app chose the address: passthrough CIDRs judge that address.
+    let decided = match decided {
+        Ok(a) if !a.is_unlisted() => Ok(a),
+        other => admission::by_address(&snap.policy, &target, &[orig.ip()])
+            .map(Ok)
+            .unwrap_or(other),
+    };
+    let admission = match decided {
+        Ok(a) => a,
+        Err(r) => {
+            if r.reason.is_denied() {
+                count_denied(&ctx, r.reason);
+            } else if let Some(e) = &r.entry {
+                count(&ctx, &e.name, r.reason.into());
+            }
+            let host = target.host.to_string();
+            return refuse_tls(&ctx, &mut io, r.reason, &host, &r.message).await;
+        }
+    };
+    if admission.entry().is_some() {
+        let tls = match ctx.intercept.server_config(&target.host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "minting an interception certificate");
+                let host = target.host.to_string();
+                return refuse_tls(&ctx, &mut io, Reason::InternalError, &host, "cannot mint")
+                    .await;
+            }
+        };
+        let revoked = revoked(ctx.clone(), generation, target.clone(), admission, None);
+        tokio::select! {
+            _ = intercept::serve(ctx.clone(), target.clone(), tls, io, client) => {}
+            _ = revoked => tracing::info!(host = %target.host, "closing intercepted connection: a reload changed its pins or policy"),
+        }
+        return "intercepted";
+    }
+    splice(
+        ctx,
+        snap.connector.clone(),
+        io,
+        orig,
+        target,
+        admission,
+        generation,
+    )
+    .await
+}
+
+/// Splices a passthrough or unlisted-and-allowed connection to its
+/// original destination; returns the outcome label.
+async fn splice(
+    ctx: Arc<Context>,
+    connector: crate::upstream::Connector,
+    mut io: Rewind<TcpStream>,
+    orig: SocketAddr,
+    target: Target,
+    admission: Admission,
+    generation: tokio::sync::watch::Receiver<u64>,
+) -> &'static str {
+    let host = target.host.to_string();
+    let passthrough = admission.passthrough().is_some();
+    if !passthrough && !connector.egress_allowed(&orig) {
+        count(&ctx, admission.label(), Reason::PrivateAddress.into());
+        let msg = format!("{orig} is a private, loopback or link-local address");
+        return refuse_tls(&ctx, &mut io, Reason::PrivateAddress, &host, &msg).await;
+    }
+    let upstream = match connector
+        .dial_passthrough(&target.host, target.port, Some(vec![orig]))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            count(&ctx, admission.label(), Reason::UpstreamUnreachable.into());
+            return refuse_tls(&ctx, &mut io, Reason::UpstreamUnreachable, &host, &e.detail).await;
+        }
+    };
+    let outcome = if passthrough {
+        Outcome::Passthrough
+    } else {
+        Outcome::Tunnel
+    };
+    count(&ctx, admission.label(), outcome);
+    let revoked = revoked(
+        ctx.clone(),
+        generation,
+        target.clone(),
+        admission,
+        Some(orig),
+    );
+    tokio::select! {
+        _ = tunnel::splice(io, upstream, ctx.limits.tunnel_idle) => {}
+        _ = revoked => tracing::info!(%host, "closing spliced connection: a reload no longer admits it"),
+    }
+    "spliced"
+}
+
+/// Refuses a TLS connection with a `handshake_failure` alert (the client
+/// sees a TLS error, not a bare reset) and logs why.
+async fn refuse_tls(
+    ctx: &Context,
+    io: &mut Rewind<TcpStream>,
+    reason: Reason,
+    host: &str,
+    message: &str,
+) -> &'static str {
+    refusal::log_refusal(ctx, reason, host, message);
+    let _ = io.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+    let _ = io.shutdown().await;
+    "refused"
+}
+
+/// Plain HTTP on a redirected connection: origin-form requests are given
+/// the absolute form the forward path expects, from `Host` (else the
+/// original destination), and served by it.
+async fn http(
+    ctx: Arc<Context>,
+    io: Rewind<TcpStream>,
+    orig: SocketAddr,
+    client: Client,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let svc_ctx = ctx.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let client = client.clone();
+        async move {
+            if let Err(msg) = absolute(&mut req, orig) {
+                return Ok::<_, Infallible>(refusal::deny(&ctx, Reason::BadRequest, "", &msg));
+            }
+            Ok(forward::handle(ctx, req, client).await)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.header_read_timeout)
+        .max_buf_size(super::parse_buffer(&ctx.limits));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "transparent HTTP connection closed");
+            }
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Rewrites an origin-form request (`GET /x`, `Host: h`) into the absolute
+/// form (`http://h/x`) the forward path serves.
+fn absolute(req: &mut Request<Incoming>, orig: SocketAddr) -> Result<(), String> {
+    if req.uri().scheme().is_some() {
+        return Ok(());
+    }
+    let hosts: Vec<_> = req.headers().get_all(header::HOST).iter().collect();
+    let authority = match hosts.as_slice() {
+        [] => {
+            if orig.port() == 80 {
+                Host::from_ip(orig.ip()).authority_form()
+            } else {
+                format!(
+                    "{}:{}",
+                    Host::from_ip(orig.ip()).authority_form(),
+                    orig.port()
+                )
+            }
+        }
+        [one] => {
+            let h = one
+                .to_str()
+                .map_err(|_| "Host header is not ASCII".to_string())?;
+            // Without an explicit port the app dialed the original port.
+            if h.parse::<Authority>().is_ok_and(|a| a.port().is_none()) && orig.port() != 80 {
+                format!("{h}:{}", orig.port())
+            } else {
+                h.to_string()
+            }
+        }
+        _ => return Err("two Host headers".into()),
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(
+        authority
+            .parse::<Authority>()
+            .map_err(|e| format!("invalid Host {authority:?}: {e}"))?,
+    );
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| format!("invalid request target: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! Transparent mode end to end, with real kernel rules in throwaway network
+//! namespaces (see `support::netns`): `pinproxy redirect` installs the nat
+//! rules in the pod's namespace, pinproxy runs as its own UID with
+//! `--transparent`, and clients running as the app's UID — curl, and a
+//! Python client that knows nothing of proxies — connect straight to the
+//! servers' addresses in the "world" namespace.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use support::netns::{self, check, Netns, Pod, WORLD_V4};
+use support::*;
+
+const PROXY_UID: u32 = 65532;
+const APP_UID: u32 = 1000;
+const BIN: &str = env!("CARGO_BIN_EXE_pinproxy");
+
+/// A pinned host, an unlisted one, a denied one: three names, two servers.
+const PINNED: &str = "api.pinned.test";
+const OPEN: &str = "open.unlisted.test";
+
+/// Runs a TLS upstream on `addr` inside `ns`, on its own thread.
+fn upstream_in(ns: &Netns, addr: SocketAddr, pki: &Pki, name: &'static str) {
+    let (chain, key) = (pki.chain(), pki.leaf.key_der());
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn_in(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let up = upstream_at(addr, chain, key, UpstreamOpts::new(name)).await;
+            tx.send(up.addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the upstream started");
+}
+
+/// A directory other UIDs can read (pinproxy runs as 65532).
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    dir
+}
+
+struct Proxy {
+    child: Child,
+    ca: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// pinproxy as its own UID in the pod, with a transparent listener.
+#[allow(clippy::zombie_processes)] // Proxy's Drop kills and waits for it
+fn start_proxy(ns: &Netns, dir: &Path) -> Proxy {
+    let out = dir.join("ca-out");
+    let child = ns
+        .command_as(PROXY_UID, BIN)
+        .args(["run", "--pins"])
+        .arg(dir.join("pins.yaml"))
+        .args(["--listen", "127.0.0.1:3128", "--admin", "127.0.0.1:9901"])
+        .args(["--transparent", "127.0.0.1:15001", "--ca-out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ready when /readyz says so (loopback is never redirected).
+    for _ in 0..200 {
+        let ready = ns
+            .command("curl")
+            .args(["-sf", "http://127.0.0.1:9901/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ready {
+            return Proxy {
+                child,
+                ca: out.join("ca.crt"),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("pinproxy never became ready");
+}
+
+/// curl as the app's UID in the pod: (exit code, stdout+stderr).
+fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let out = ns
+        .command_as(APP_UID, "curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn metric(ns: &Netns, name: &str) -> f64 {
+    let out = check(
+        ns.command("curl")
+            .args(["-s", "http://127.0.0.1:9901/metrics"]),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A client that ignores proxy settings by construction: a raw socket and
+/// Python's ssl module, trusting `ca`.
+const RAW_TLS_CLIENT: &str = r#"
+import socket, ssl, sys
+host, addr, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+with socket.create_connection((addr, 443), timeout=10) as s:
+    with ctx.wrap_socket(s, server_hostname=host) as t:
+        t.sendall(f"GET /raw HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = t.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+print(data.decode(errors="replace"))
+"#;
+
+struct Setup {
+    pod: Pod,
+    pinned: Pki,
+    open: Pki,
+    dir: tempfile::TempDir,
+}
+
+/// Two servers in the world (a pinned host and an unlisted one), rules in
+/// the pod redirecting ports 80 and 443, with the lock on.
+fn setup(tag: &str, pins: impl Fn(&Pki) -> String) -> Setup {
+    let pod = Pod::new(tag);
+    let pinned = Pki::new(&[PINNED]);
+    let open = Pki::new(&[OPEN]);
+    upstream_in(
+        &pod.world,
+        format!("{}:443", WORLD_V4[0]).parse().unwrap(),
+        &pinned,
+        "pinned",
+    );
+    upstream_in(
+        &pod.world,
+        format!("{}:443", WORLD_V4[1]).parse().unwrap(),
+        &open,
+        "open",
+    );
+    let dir = shared_dir();
+    std::fs::write(dir.path().join("ca.pem"), pinned.root.pem()).unwrap();
+    std::fs::write(dir.path().join("open-root.pem"), open.root.pem()).unwrap();
+    std::fs::write(dir.path().join("pins.yaml"), pins(&pinned)).unwrap();
+    check(pod.app.command(BIN).args([
+        "redirect",
+        "--proxy-uid",
+        &PROXY_UID.to_string(),
+        "--port",
+        "15001",
+        "--ports",
+        "80,443",
+        "--lock",
+    ]));
+    Setup {
+        pod,
+        pinned,
+        open,
+        dir,
+    }
+}
+
+fn pinset(pins: &[String]) -> String {
+    format!(
+        "version: 1\ndefaults:\n  unlisted: allow\nhosts:\n  {PINNED}:\n    pins: [{}]\n    trust: ca.pem\n    address: {}:443\n  denied.pinned.test:\n    pins: [{}]\n    ports: [8443]\n",
+        pins.join(", "),
+        WORLD_V4[0],
+        pins.join(", ")
+    )
+}
+
+#[test]
+fn pinned_hosts_are_intercepted_and_checked_without_proxy_settings() {
+    if netns::skip("pinned_hosts_are_intercepted_and_checked_without_proxy_settings") {
+        return;
+    }
+    let s = setup("tp-pin", |pki| pinset(&[pki.int.pin().to_string()]));
+    let app = &s.pod.app;
+    let proxy = start_proxy(app, s.dir.path());
+    let ca = proxy.ca.to_str().unwrap();
+    let resolve = format!("{PINNED}:443:{}", WORLD_V4[0]);
+
+    // curl with no proxy variable at all: the kernel sends it to pinproxy,
+    // which intercepts (the client sees the pod CA) and pins upstream.
+    let (code, out) = curl(
+        app,
+        &[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            &format!("https://{PINNED}/x"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("upstream=pinned"), "{out}");
+    assert!(out.contains("path=/x"), "{out}");
+
+    // The same through a client that ignores proxy settings by construction.
+    let py = check(app.command_as(APP_UID, netns::python()).args([
+        "-I",
+        "-c",
+        RAW_TLS_CLIENT,
+        PINNED,
+        WORLD_V4[0],
+        ca,
+    ]));
+    let text = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        text.contains("200 OK") && text.contains("upstream=pinned"),
+        "{text}"
+    );
+
+    // Plain HTTP to port 80 follows the forward rules: upgraded to TLS and
+    // pinned.
+    let resolve80 = format!("{PINNED}:80:{}", WORLD_V4[0]);
+    let (code, out) = curl(
+        app,
+        &["--resolve", &resolve80, &format!("http://{PINNED}/plain")],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("upstream=pinned") && out.contains("path=/plain"),
+        "{out}"
+    );
+
+    assert!(
+        metric(
+            app,
+            "pinproxy_transparent_connections_total{outcome=\"intercepted\",protocol=\"tls\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric(
+            app,
+            "pinproxy_transparent_connections_total{outcome=\"loop\""
+        ),
+        0.0,
+        "no loop"
+    );
+    drop(proxy);
+}
+
+#[test]
+fn a_pin_mismatch_is_a_502_inside_tls() {
+    if netns::skip("a_pin_mismatch_is_a_502_inside_tls") {
+        return;
+    }
+    let wrong = pinproxy::policy::pin::Pin::from_bytes([9; 32]).to_string();
+    let s = setup("tp-mis", |_| pinset(std::slice::from_ref(&wrong)));
+    let app = &s.pod.app;
+    let proxy = start_proxy(app, s.dir.path());
+    let resolve = format!("{PINNED}:443:{}", WORLD_V4[0]);
+    let (code, out) = curl(
+        app,
+        &[
+            "--cacert",
+            proxy.ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-D",
+            "-",
+            &format!("https://{PINNED}/"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 502"), "{out}");
+    assert!(out.contains("x-pinproxy-error: pin-mismatch"), "{out}");
+    assert!(
+        metric(
+            app,
+            &format!("pinproxy_pin_mismatch_total{{host=\"{PINNED}\",mode=\"enforce\"}}")
+        ) >= 1.0
+    );
+    let _ = &s.pinned;
+}
+
+#[test]
+fn unlisted_is_spliced_denied_is_refused_and_the_lock_holds() {
+    if netns::skip("unlisted_is_spliced_denied_is_refused_and_the_lock_holds") {
+        return;
+    }
+    let s = setup("tp-open", |pki| pinset(&[pki.int.pin().to_string()]));
+    let app = &s.pod.app;
+    let proxy = start_proxy(app, s.dir.path());
+
+    // Unlisted and allowed: spliced to the address the app dialed, so the
+    // app sees the real server's certificate (and trusts its own root).
+    let open_root = s.dir.path().join("open-root.pem");
+    let resolve = format!("{OPEN}:443:{}", WORLD_V4[1]);
+    let (code, out) = curl(
+        app,
+        &[
+            "--cacert",
+            open_root.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &format!("https://{OPEN}/"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("upstream=open"), "{out}");
+    assert_eq!(
+        metric(
+            app,
+            "pinproxy_requests_total{host=\"unlisted\",outcome=\"tunnel\"}"
+        ),
+        1.0
+    );
+
+    // A listed host on a port its entry doesn't allow: a TLS alert, counted.
+    let before = metric(app, "pinproxy_denied_total{reason=\"port-not-allowed\"}");
+    let resolve = format!("denied.pinned.test:443:{}", WORLD_V4[0]);
+    let (code, out) = curl(
+        app,
+        &[
+            "--cacert",
+            proxy.ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "https://denied.pinned.test/",
+        ],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("alert") || out.contains("handshake"),
+        "a TLS error: {out}"
+    );
+    assert_eq!(
+        metric(app, "pinproxy_denied_total{reason=\"port-not-allowed\"}"),
+        before + 1.0
+    );
+
+    // Anything that is neither TLS nor HTTP is closed and counted.
+    let _ = netns::connect(app, APP_UID, WORLD_V4[1], 443);
+    assert!(
+        metric(
+            app,
+            "pinproxy_transparent_connections_total{outcome=\"closed\",protocol=\"other\"}"
+        ) >= 1.0
+            || metric(
+                app,
+                "pinproxy_transparent_connections_total{outcome=\"refused\",protocol=\"other\"}"
+            ) >= 1.0
+    );
+
+    // --lock: a port that isn't redirected is refused outright, not
+    // silently reachable around pinproxy.
+    let direct = netns::connect(app, APP_UID, WORLD_V4[1], 8443);
+    assert!(direct.starts_with("error"), "{direct}");
+    let _ = &s.open;
+    drop(proxy);
+}
+
+#[test]
+fn pinproxys_own_connections_are_not_redirected() {
+    if netns::skip("pinproxys_own_connections_are_not_redirected") {
+        return;
+    }
+    // A server in the world that reports the address a connection came
+    // from, reached by pinproxy's UID directly and by the app's through
+    // the redirect.
+    let pod = Pod::new("tp-loop");
+    let _server = netns::serve(&pod.world, "world", &[443]);
+    check(pod.app.command(BIN).args([
+        "redirect",
+        "--proxy-uid",
+        &PROXY_UID.to_string(),
+        "--port",
+        "15001",
+    ]));
+    let from_proxy = netns::connect(&pod.app, PROXY_UID, WORLD_V4[0], 443);
+    assert_eq!(
+        from_proxy,
+        format!("world {}:443", WORLD_V4[0]),
+        "pinproxy's UID goes direct"
+    );
+    let from_app = netns::connect(&pod.app, APP_UID, WORLD_V4[0], 443);
+    assert!(
+        !from_app.starts_with("world"),
+        "the app is redirected: {from_app}"
+    );
+}
+
+/// The operator's path: `pinproxy inject --transparent` on a Deployment,
+/// then the pod run exactly as the manifest says — the init container's
+/// args as root, the sidecar's args as the UID its securityContext names,
+/// and the app as another UID with the env the manifest gives it (no proxy
+/// variable at all). The pinned host is intercepted and pinned; the app
+/// trusts the interception through the injected SSL_CERT_FILE alone.
+#[test]
+fn an_injected_pod_runs_as_its_manifest_says() {
+    if netns::skip("an_injected_pod_runs_as_its_manifest_says") {
+        return;
+    }
+    let pod = Pod::new("tp-inj");
+    let pinned = Pki::new(&[PINNED]);
+    upstream_in(
+        &pod.world,
+        format!("{}:443", WORLD_V4[0]).parse().unwrap(),
+        &pinned,
+        "pinned",
+    );
+    let dir = shared_dir();
+    let (pins_dir, ca_dir) = (dir.path().join("pins"), dir.path().join("ca"));
+    for d in [&pins_dir, &ca_dir] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(pins_dir.join("ca.pem"), pinned.root.pem()).unwrap();
+    std::fs::write(
+        pins_dir.join("pins.yaml"),
+        format!(
+            // A pinned host is dialed as on every path: its `address`, else
+            // the pod's DNS (none in this namespace).
+            "version: 1\nhosts:\n  {PINNED}:\n    pins: [{}]\n    trust: ca.pem\n    address: {}:443\n",
+            pinned.int.pin(),
+            WORLD_V4[0]
+        ),
+    )
+    .unwrap();
+
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  \
+        selector:\n    matchLabels: {app: app}\n  template:\n    metadata:\n      labels: {app: app}\n    \
+        spec:\n      containers:\n        - name: app\n          image: app:1\n          \
+        securityContext: {runAsUser: 1000}\n";
+    let mut inject = std::process::Command::new(BIN)
+        .args([
+            "inject",
+            "--transparent",
+            "--transparent-lock",
+            "--pins-dir",
+        ])
+        .arg(&pins_dir)
+        .arg("--ca-dir")
+        .arg(&ca_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    inject
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(deployment.as_bytes())
+        .unwrap();
+    let out = inject.wait_with_output().unwrap();
+    assert!(out.status.success(), "inject failed");
+    let manifest: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let spec = &manifest["spec"]["template"]["spec"];
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let init = &spec["initContainers"][0];
+    let sidecar = &spec["initContainers"][1];
+    let app = &spec["containers"][0];
+    assert_eq!(init["name"].as_str(), Some("pinproxy-redirect"));
+    assert_eq!(sidecar["name"].as_str(), Some("pinproxy"));
+
+    // The init container, as root, to completion.
+    assert_eq!(init["securityContext"]["runAsUser"].as_i64(), Some(0));
+    let installed = check(pod.app.command(BIN).args(strings(&init["args"])));
+    let installed = String::from_utf8_lossy(&installed.stdout).to_string();
+    assert!(installed.contains("PINPROXY_REDIRECT"), "{installed}");
+
+    // The sidecar, as its UID, until ready.
+    let uid = sidecar["securityContext"]["runAsUser"].as_i64().unwrap() as u32;
+    let mut child = pod
+        .app
+        .command_as(uid, BIN)
+        .args(strings(&sidecar["args"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        pod.app
+            .command("curl")
+            .args(["-sf", "http://127.0.0.1:9901/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(ready, "the sidecar never became ready");
+
+    // The app, with the manifest's env and nothing else but PATH.
+    let env: Vec<(String, String)> = app["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        env.iter().all(|(n, _)| !n.to_lowercase().contains("proxy")),
+        "{env:?}"
+    );
+    let app_uid = app["securityContext"]["runAsUser"].as_i64().unwrap() as u32;
+    let run_app = |program: &str, args: &[&str]| {
+        let out = pod
+            .app
+            .command_as(app_uid, program)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let resolve = format!("{PINNED}:443:{}", WORLD_V4[0]);
+    let url = format!("https://{PINNED}/injected");
+    let (code, text) = run_app(
+        "curl",
+        &["-sS", "--max-time", "10", "--resolve", &resolve, &url],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("upstream=pinned") && text.contains("path=/injected"),
+        "{text}"
+    );
+
+    // Python's ssl with its default context: trusts what SSL_CERT_FILE names.
+    let script = format!(
+        "import socket, ssl\nctx = ssl.create_default_context()\n\
+         s = ctx.wrap_socket(socket.create_connection(('{}', 443), timeout=10), server_hostname='{PINNED}')\n\
+         s.sendall(b'GET /py HTTP/1.1\\r\\nHost: {PINNED}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         print(s.recv(4096).decode(errors='replace'))\n",
+        WORLD_V4[0]
+    );
+    let (code, text) = run_app(netns::python(), &["-c", &script]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("200 OK"), "{text}");
+
+    // The rules the init container installed: the sidecar's UID exempt,
+    // and (--transparent-lock) the lock chain in the filter table.
+    let nat = check(pod.app.command("iptables-save").args(["-t", "nat"]));
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert!(
+        nat.contains(&format!("--uid-owner {uid} -j RETURN")),
+        "the sidecar's UID is exempt: {nat}"
+    );
+    let filter = check(pod.app.command("iptables-save").args(["-t", "filter"]));
+    assert!(String::from_utf8_lossy(&filter.stdout).contains("PINPROXY_LOCK"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
