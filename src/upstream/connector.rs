@@ -115,7 +115,7 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.connect_with(host, port, entry, &self.tls).await
+        self.connect_with(host, port, entry, &self.tls, None).await
     }
 
     /// As [`Connector::connect`], offering only HTTP/1.1 (for upgrades).
@@ -125,7 +125,8 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.connect_with(host, port, entry, &self.tls_h1).await
+        self.connect_with(host, port, entry, &self.tls_h1, None)
+            .await
     }
 
     /// A plain TCP connection to an unlisted host (for byte tunnels), with
@@ -133,13 +134,15 @@ impl Connector {
     pub async fn dial_unlisted(&self, host: &Host, port: u16) -> Result<TcpStream, UpstreamError> {
         let addrs = self.addresses(host, port, None).await?;
         let tcp = self.dial(host, &addrs).await?;
-        self.learn_by_probe(host, port);
+        self.learn_by_probe(host, port, None);
         Ok(tcp)
     }
 
     /// Learn mode cannot read the TLS inside an unlisted tunnel: it dials
-    /// the host once more itself (spaced, capped) to record its chain.
-    fn learn_by_probe(&self, host: &Host, port: u16) {
+    /// the host once more itself (spaced, capped) to record its chain —
+    /// at `at` when the app chose the address (a transparent splice, whose
+    /// egress rules were checked on it), else where `host` resolves.
+    pub fn learn_by_probe(&self, host: &Host, port: u16, at: Option<SocketAddr>) {
         if self.policy.defaults.unlisted != crate::policy::Unlisted::Learn {
             return;
         }
@@ -149,7 +152,9 @@ impl Connector {
         let (this, host) = (self.clone(), host.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Ok(mut tls) = this.connect_h1(&host, port, None).await {
+            let at = at.map(|a| vec![a]);
+            let probe = this.connect_with(&host, port, None, &this.tls_h1, at.as_deref());
+            if let Ok(mut tls) = probe.await {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             }
         });
@@ -203,10 +208,14 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
         tls: &Arc<ClientConfig>,
+        at: Option<&[SocketAddr]>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let label = entry.map_or("unlisted", |e| e.name.as_str());
         let start = Instant::now();
-        let addrs = self.addresses(host, port, entry).await?;
+        let addrs = match at {
+            Some(at) => at.to_vec(),
+            None => self.addresses(host, port, entry).await?,
+        };
         let tcp = self.dial(host, &addrs).await?;
         let server_name = match host {
             Host::Name(n) => ServerName::try_from(n.clone()).map_err(|_| {
