@@ -249,6 +249,7 @@ impl App {
                 },
             ))
         });
+        let trim = Some(tokio::spawn(proxy::memory::trim_after_releases()));
         // One shutdown for every listener: the transparent ones stop
         // accepting when the proxy listener does.
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -277,7 +278,7 @@ impl App {
         for t in transparent {
             let _ = t.await;
         }
-        for task in [watcher, hup].into_iter().flatten() {
+        for task in [watcher, hup, trim].into_iter().flatten() {
             task.abort();
         }
         // What was learned since the last save is written before exit.
