@@ -183,4 +183,21 @@ log "PrometheusRule objects carry the same groups as $(basename "$RULES")"
   "$ROOT/deploy/base/prometheusrule.yaml" "$OUT/helm-full.yaml" \
   || die "PrometheusRule and $RULES differ"
 
+# --- Grafana dashboard -------------------------------------------------------
+
+DASHBOARD="$ROOT/deploy/grafana/pinproxy-dashboard.json"
+log "the chart's dashboard ConfigMap carries $(basename "$DASHBOARD") as it is"
+"$PY" - "$DASHBOARD" "$OUT/helm-full.yaml" <<'EOF_PY' || die "dashboard ConfigMap and $DASHBOARD differ"
+import json, sys, yaml
+want = open(sys.argv[1]).read()
+json.loads(want)
+maps = [d for d in yaml.safe_load_all(open(sys.argv[2]))
+        if d and d.get("kind") == "ConfigMap"
+        and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+assert len(maps) == 1, f"{len(maps)} ConfigMaps labelled grafana_dashboard=1"
+got = maps[0]["data"]["pinproxy-dashboard.json"]
+assert got.rstrip("\n") == want.rstrip("\n"), "the rendered dashboard differs"
+print(f"OK    {maps[0]['metadata']['namespace']}/{maps[0]['metadata']['name']}: {len(json.loads(got)['panels'])} panels")
+EOF_PY
+
 log "k8s-check: all checks passed"

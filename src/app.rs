@@ -13,9 +13,11 @@ use tokio::net::TcpListener;
 
 use crate::control::admin::{self, Admin};
 use crate::control::drift::Drift;
+use crate::control::learn;
 use crate::control::metrics::Metrics;
 use crate::control::reload::{Hangups, Watcher};
-use crate::control::telemetry::LogLimiter;
+use crate::control::reports::{self, Reporter};
+use crate::control::telemetry::{LogLimiter, Sinks};
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy;
 use crate::proxy::{self, transparent, Limits};
@@ -42,6 +44,10 @@ pub struct Config {
     pub watch: bool,
     /// Reload on SIGHUP.
     pub sighup: bool,
+    /// How failure reports are queued, limited and delivered.
+    pub reports: reports::Options,
+    /// Where learn mode keeps what it learned across restarts.
+    pub learn_file: Option<PathBuf>,
     /// Transparent listeners (kernel-redirected connections), if any.
     pub transparent: Vec<SocketAddr>,
     /// The pinset file's size limit, bytes: a larger file is refused
@@ -67,6 +73,8 @@ pub enum Error {
     Ca(#[from] ca::Error),
     #[error("building the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Learn(#[from] learn::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -84,6 +92,8 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub drift: Arc<Drift>,
+    /// Key continuity, learned chains, failure reports.
+    pub sinks: Sinks,
     pub intercept: Arc<Intercept>,
     /// Warnings the pinset loaded with.
     pub warnings: Vec<policy::Problem>,
@@ -96,7 +106,12 @@ pub struct App {
     admin: Admin,
     watcher: Option<Watcher>,
     hangups: Option<Hangups>,
+    learn_file: Option<PathBuf>,
 }
+
+/// How often learned chains are saved to `--learn-file` while new ones
+/// arrive (and once more at shutdown).
+const LEARN_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 // === impl App ===
 
@@ -144,14 +159,17 @@ impl App {
             .collect();
         let proxy_addr = listener.local_addr().unwrap_or(config.listen);
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
-        let shared = Shared::new(
-            metrics.clone(),
-            config.upstream.clone(),
-            [admin_addr, proxy_addr]
-                .into_iter()
-                .chain(transparent_addrs.iter().copied())
-                .collect(),
-        );
+        let own_addrs: Vec<SocketAddr> = [admin_addr, proxy_addr]
+            .into_iter()
+            .chain(transparent_addrs.iter().copied())
+            .collect();
+        let mut shared = Shared::new(metrics.clone(), config.upstream.clone(), own_addrs.clone());
+        shared.sinks.reporter =
+            Arc::new(Reporter::spawn(config.reports.clone(), &metrics, own_addrs));
+        if let Some(path) = &config.learn_file {
+            restore_learned(&shared.sinks, path)?;
+        }
+        let sinks = shared.sinks.clone();
         let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?);
         let readiness = Arc::new(Readiness::default());
         let ctx = Arc::new(proxy::Context {
@@ -168,6 +186,7 @@ impl App {
             live: live.clone(),
             metrics: metrics.clone(),
             drift: drift.clone(),
+            sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
         let reloader = Reloader::new(
@@ -194,6 +213,7 @@ impl App {
             readiness,
             metrics,
             drift,
+            sinks,
             intercept,
             warnings,
             transparent_addrs,
@@ -204,6 +224,7 @@ impl App {
             admin,
             watcher,
             hangups,
+            learn_file: config.learn_file,
         })
     }
 
@@ -217,6 +238,17 @@ impl App {
         }));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
         let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
+        let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
+        let saver = self.learn_file.map(|path| {
+            tokio::spawn(learn::persist(
+                self.sinks.learned.clone(),
+                path,
+                LEARN_SAVE_EVERY,
+                async move {
+                    let _ = saved_rx.await;
+                },
+            ))
+        });
         let trim = Some(tokio::spawn(proxy::memory::trim_after_releases()));
         // One shutdown for every listener: the transparent ones stop
         // accepting when the proxy listener does.
@@ -249,6 +281,11 @@ impl App {
         for task in [watcher, hup, trim].into_iter().flatten() {
             task.abort();
         }
+        // What was learned since the last save is written before exit.
+        let _ = saved_tx.send(());
+        if let Some(saver) = saver {
+            let _ = saver.await;
+        }
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
     }
@@ -269,6 +306,28 @@ async fn bind_transparent(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Erro
         }
     }
     Ok(out)
+}
+
+/// Restores what an earlier run learned. A file that is not a learned
+/// document is moved aside (`….corrupt`) with a warning rather than
+/// failing the start: pinproxy is on the app's egress path, and the file
+/// is only a cache of what traffic will teach again.
+fn restore_learned(sinks: &Sinks, path: &std::path::Path) -> Result<(), Error> {
+    match learn::read(path) {
+        Ok(Some(doc)) => sinks.learned.restore(doc),
+        Ok(None) => {}
+        Err(e @ learn::Error::Parse { .. }) => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".corrupt");
+            tracing::warn!(error = %e, moved_to = ?aside, "starting with nothing learned");
+            std::fs::rename(path, &aside).map_err(|source| learn::Error::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {

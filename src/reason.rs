@@ -218,6 +218,60 @@ impl From<Reason> for Outcome {
     }
 }
 
+/// What became of one failure report: `pinproxy_reports_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The collector answered 2xx.
+    Sent,
+    /// Every attempt failed (or the collector refused it).
+    Failed,
+    /// The queue was full: the collector is slower than the failures.
+    Dropped,
+    /// Over the rate limit for its host and outcome: never queued.
+    Limited,
+}
+
+impl Delivery {
+    pub const ALL: &'static [Delivery] = &[
+        Delivery::Sent,
+        Delivery::Failed,
+        Delivery::Dropped,
+        Delivery::Limited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Sent => "sent",
+            Delivery::Failed => "failed",
+            Delivery::Dropped => "dropped",
+            Delivery::Limited => "limited",
+        }
+    }
+}
+
+/// A place on a validated path (leaf first, trust anchor last):
+/// `pinproxy_upstream_chain_changes_total{position}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Position {
+    Leaf,
+    /// Every certificate between the leaf and the anchor, as one position.
+    Intermediate,
+    Anchor,
+}
+
+impl Position {
+    pub const ALL: &'static [Position] =
+        &[Position::Leaf, Position::Intermediate, Position::Anchor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Position::Leaf => "leaf",
+            Position::Intermediate => "intermediate",
+            Position::Anchor => "anchor",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -593,3 +593,54 @@ fn an_injected_pod_runs_as_its_manifest_says() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn learn_mode_learns_a_spliced_host_at_the_address_the_app_dialed() {
+    if netns::skip("learn_mode_learns_a_spliced_host_at_the_address_the_app_dialed") {
+        return;
+    }
+    // No DNS for OPEN in the pod: the probe must dial where the app did.
+    let s = setup("tp-learn", |_| {
+        "version: 1\ndefaults:\n  unlisted: learn\n  trust: open-root.pem\nhosts: {}\n".into()
+    });
+    let app = &s.pod.app;
+    let proxy = start_proxy(app, s.dir.path());
+    let open_root = s.dir.path().join("open-root.pem");
+    let resolve = format!("{OPEN}:443:{}", WORLD_V4[1]);
+    let (code, out) = curl(
+        app,
+        &[
+            "--cacert",
+            open_root.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &format!("https://{OPEN}/"),
+        ],
+    );
+    assert_eq!(code, 0, "spliced as under allow: {out}");
+    let mut learned = serde_json::Value::Null;
+    for _ in 0..100 {
+        let out = check(
+            app.command("curl")
+                .args(["-s", "http://127.0.0.1:9901/learned"]),
+        );
+        learned = serde_json::from_slice(&out.stdout).unwrap();
+        if learned["hosts"].as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let host = &learned["hosts"][0];
+    assert_eq!(host["host"], OPEN, "{learned}");
+    assert_eq!(host["port"], 443);
+    assert_eq!(
+        host["paths"][0]["pins"],
+        serde_json::json!([
+            s.open.leaf.pin().to_string(),
+            s.open.int.pin().to_string(),
+            s.open.root.pin().to_string()
+        ])
+    );
+    let _ = &s.pinned;
+    drop(proxy);
+}

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod pin;
 pub mod redirect;
 pub mod run;
+pub mod suggest;
 pub mod webhook;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,8 @@ pub enum Command {
     Pin(pin::PinArgs),
     /// Validate a pinset file; --live also dials each host.
     Check(check::CheckArgs),
+    /// Print a pinset for the hosts learn mode recorded (unlisted: learn).
+    Suggest(suggest::SuggestArgs),
     /// Add the pinproxy sidecar to Kubernetes manifests (a YAML stream).
     Inject(crate::k8s::inject::InjectArgs),
     /// Serve the mutating admission webhook that injects the sidecar.
@@ -90,6 +93,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => ("pinproxy", run::run(args)),
         Command::Pin(args) => ("pinproxy", pin::pin(&args)),
         Command::Check(args) => ("pinproxy", check::check(&args)),
+        Command::Suggest(args) => ("pinproxy suggest", suggest::suggest(&args)),
         Command::Inject(args) => ("pinproxy inject", inject::inject(&args)),
         Command::Webhook(args) => ("pinproxy webhook", webhook::webhook(&args)),
         Command::Redirect(args) => ("pinproxy redirect", redirect::redirect(&args)),

@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// Proxy listener. Never defaults to a non-loopback address.
     #[arg(long, env = "PINPROXY_LISTEN", default_value = "127.0.0.1:3128")]
     pub listen: SocketAddr,
-    /// Admin listener (/healthz /readyz /metrics /pins).
+    /// Admin listener (/healthz /readyz /metrics /pins /learned).
     #[arg(long, env = "PINPROXY_ADMIN", default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
     /// CA certificate (PEM) for CONNECT interception, e.g. from a Secret;
@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// Don't watch the pinset directory; reload only on SIGHUP.
     #[arg(long, env = "PINPROXY_NO_WATCH")]
     pub no_watch: bool,
+    /// With `defaults.unlisted: learn`: keep the learned chains in this
+    /// JSON file (the `GET /learned` document), read at start and saved
+    /// every 10 s while new ones arrive, so a restart keeps them.
+    #[arg(long, env = "PINPROXY_LEARN_FILE")]
+    pub learn_file: Option<PathBuf>,
     /// Transparent listener for connections the kernel redirects to pinproxy
     /// (`pinproxy redirect`), e.g. 127.0.0.1:15001; off by default. With
     /// 127.0.0.1:PORT, [::1]:PORT is listened on too where the pod has IPv6
@@ -179,6 +184,9 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         upstream,
         watch: !args.no_watch,
         sighup: true,
+        // Pod name and namespace from POD_NAME / POD_NAMESPACE.
+        reports: crate::control::reports::Options::default(),
+        learn_file: args.learn_file.clone(),
         transparent: args.transparent.clone(),
         max_pinset_bytes: args.max_pinset_bytes,
     };

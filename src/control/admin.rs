@@ -1,5 +1,7 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/pins`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/pins`,
+//! `/learned`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -14,9 +16,12 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use super::continuity::History;
 use super::drift::Drift;
 use super::metrics::Metrics;
+use super::telemetry::Sinks;
 use super::{Live, Readiness};
+use crate::policy::Unlisted;
 
 /// What the admin listener reports on.
 #[derive(Clone)]
@@ -24,6 +29,7 @@ pub struct Admin {
     pub live: Arc<Live>,
     pub metrics: Arc<Metrics>,
     pub drift: Arc<Drift>,
+    pub sinks: Sinks,
     pub readiness: Arc<Readiness>,
 }
 
@@ -77,20 +83,26 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             r
         }
-        "/pins" => {
-            let body = serde_json::to_vec_pretty(&pins_view(admin)).unwrap_or_default();
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
+        "/pins" => json(&pins_view(admin)),
+        "/learned" => {
+            let learning = admin.live.load().policy.defaults.unlisted == Unlisted::Learn;
+            json(&admin.sinks.learned.doc(learning))
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /healthz /readyz /metrics /pins\n",
+            "not found: /healthz /readyz /metrics /pins /learned\n",
         ),
     }
+}
+
+fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -111,6 +123,9 @@ struct PinsView {
     hosts: Vec<HostView>,
     /// `passthrough:` items as written.
     passthrough: Vec<String>,
+    /// Key continuity of unlisted hosts, by name (bounded): the metric
+    /// counts them all under `unlisted`.
+    unlisted_chains: BTreeMap<String, History>,
 }
 
 #[derive(Serialize)]
@@ -133,6 +148,9 @@ struct HostView {
     ports: Vec<u16>,
     address: Option<String>,
     last_seen: Option<crate::control::drift::LastSeen>,
+    /// Key continuity per name dialed under this entry: the path last
+    /// seen, and when each position last changed, from what to what.
+    chains: BTreeMap<String, History>,
 }
 
 fn pins_view(admin: &Admin) -> PinsView {
@@ -161,8 +179,10 @@ fn pins_view(admin: &Admin) -> PinsView {
                 ports: h.ports.clone(),
                 address: h.address.map(|a| a.to_string()),
                 last_seen: admin.drift.get(&h.name),
+                chains: admin.sinks.continuity.under(&h.name),
             })
             .collect(),
         passthrough: p.passthrough.items().to_vec(),
+        unlisted_chains: admin.sinks.continuity.under("unlisted"),
     }
 }

@@ -8,7 +8,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::reason::{self, Reason};
+use crate::reason::{self, Delivery, Position, Reason};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,6 +27,9 @@ pub struct Metrics {
     pub minted_leaves: IntCounterVec,
     pub transparent_connections: IntCounterVec,
     pub build_info: Gauge,
+    pub reports: IntCounterVec,
+    pub chain_changes: IntCounterVec,
+    pub learned_hosts: IntGauge,
 }
 
 /// Handshake latency buckets, seconds: loopback to a slow far server.
@@ -146,8 +149,25 @@ impl Metrics {
                 &["result"],
             ),
             build_info,
+            reports: counter(
+                "reports_total",
+                "Failure reports, by what became of them (sent, failed, dropped: queue full, limited: over the rate limit).",
+                &["result"],
+            ),
+            chain_changes: counter(
+                "upstream_chain_changes_total",
+                "Handshakes whose validated path carried another key at this position than the host's previous one.",
+                &["host", "position"],
+            ),
+            learned_hosts: int_gauge(
+                "learned_hosts",
+                "Unlisted host:port pairs whose validated chains learn mode has recorded.",
+            ),
             registry,
         };
+        for d in Delivery::ALL {
+            m.reports.with_label_values(&[d.as_str()]);
+        }
         for r in Reason::denied() {
             m.denied.with_label_values(&[r]);
         }
@@ -167,6 +187,11 @@ impl Metrics {
         let _ = self.upstream_cert_expiry.remove_label_values(&[host]);
         let _ = self.pinset_expiry.remove_label_values(&[host]);
         let _ = self.handshake_seconds.remove_label_values(&[host]);
+        for position in Position::ALL {
+            let _ = self
+                .chain_changes
+                .remove_label_values(&[host, position.as_str()]);
+        }
         for reason in Reason::tls_failures() {
             let _ = self
                 .tls_verify_failures
@@ -201,6 +226,8 @@ mod tests {
             "pinproxy_denied_total",
             "pinproxy_config_reloads_total",
             "pinproxy_connections_active",
+            "pinproxy_reports_total",
+            "pinproxy_learned_hosts",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -206,8 +206,15 @@ impl Reloader {
 /// `names`: the new pinset's entries.
 fn warn_if_weaker(old: &Policy, new: &Policy, names: &HashSet<&str>) {
     let mut weaker = Vec::new();
-    if old.defaults.unlisted == Unlisted::Deny && new.defaults.unlisted == Unlisted::Allow {
-        weaker.push("unlisted: deny -> allow".to_string());
+    if !old.defaults.unlisted.admits() && new.defaults.unlisted.admits() {
+        weaker.push(format!(
+            "unlisted: deny -> {}",
+            if new.defaults.unlisted == Unlisted::Learn {
+                "learn"
+            } else {
+                "allow"
+            }
+        ));
     }
     let report: HashSet<&str> = new
         .hosts

@@ -1,15 +1,81 @@
 //! Turning verifier verdicts into metrics, the drift view and rate-limited
-//! logs: the [`Observer`] every snapshot's verifier reports to.
+//! logs — and, through the [`Sinks`] that outlive generations, into key
+//! continuity, learned chains and failure reports: the [`Observer`] every
+//! snapshot's verifier reports to.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::drift::Drift;
-use super::metrics::Metrics;
-use rustls_pki_types::CertificateDer;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::{CertificateDer, TrustAnchor};
 
-use crate::tls::verify::{Observer, Rejection, Verdict};
+use super::continuity::Continuity;
+use super::drift::Drift;
+use super::learn::{self, Learned, LearnedCert};
+use super::metrics::Metrics;
+use super::reports::{self, Report, Reporter, Route};
+use crate::policy::host::Host;
+use crate::policy::pin::Pin;
+use crate::policy::{HostPolicy, Mode, Policy, Trust, Unlisted};
+use crate::reason::{Position, Reason};
+use crate::tls::verify::{Observer, Outcome, Rejection, Verdict};
+
+tokio::task_local! {
+    /// The host and port a handshake dials: the verifier sees only the
+    /// server name, and its verdict names only the pinset entry.
+    static DIALING: (String, u16);
+}
+
+/// Runs the handshake `f` with `host:port` known to the observer, so that
+/// reports, key continuity and learned chains name the host dialed.
+pub async fn dialing<F: Future>(host: &Host, port: u16, f: F) -> F::Output {
+    DIALING.scope((host.to_string(), port), f).await
+}
+
+fn dialed() -> Option<(String, u16)> {
+    DIALING.try_with(Clone::clone).ok()
+}
+
+/// What verdicts feed beyond metrics and logs, kept across generations.
+#[derive(Clone, Debug)]
+pub struct Sinks {
+    pub reporter: Arc<Reporter>,
+    pub continuity: Arc<Continuity>,
+    pub learned: Arc<Learned>,
+}
+
+impl Sinks {
+    /// Default limits, and a reporter that delivers nothing (see
+    /// [`Reporter::spawn`]).
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            reporter: Arc::new(Reporter::inert(metrics)),
+            continuity: Arc::default(),
+            learned: Arc::new(Learned::new(
+                learn::Limits::default(),
+                metrics.learned_hosts.clone(),
+            )),
+        }
+    }
+
+    /// Whether learn mode should dial `host:port` itself to see its chain
+    /// (an unlisted tunnel carries TLS pinproxy cannot read); the slot is
+    /// held until the probe ends.
+    pub fn probe_due(&self, host: &Host, port: u16) -> Option<learn::Probe> {
+        self.learned
+            .probe_due(&host.to_string(), port, tokio::time::Instant::now())
+    }
+}
+
+/// Where one generation's reports go.
+#[derive(Debug)]
+struct Routes {
+    by_entry: HashMap<String, (Arc<HostPolicy>, Option<Route>)>,
+    unlisted: Option<Route>,
+    unlisted_mode: Mode,
+}
 
 /// Feeds metrics and rate-limited logs from verifier verdicts.
 #[derive(Debug)]
@@ -18,6 +84,11 @@ pub struct Telemetry {
     generation: u64,
     limiter: Arc<LogLimiter>,
     drift: Arc<Drift>,
+    sinks: Option<Sinks>,
+    routes: Option<Routes>,
+    /// Set when this generation learns: the trust unlisted hosts are
+    /// validated under, and its anchors' subjects and dates.
+    learning: Option<(String, learn::Anchors)>,
 }
 
 impl Telemetry {
@@ -32,8 +103,222 @@ impl Telemetry {
             generation,
             limiter,
             drift,
+            sinks: None,
+            routes: None,
+            learning: None,
         }
     }
+
+    /// Feeds `sinks` too, as `policy` (this generation's) says: reports to
+    /// its `report_uri`s (over a client trusting `roots` and
+    /// `defaults.trust`'s bundle), chains learned under `unlisted: learn`.
+    pub fn with_sinks(
+        mut self,
+        sinks: &Sinks,
+        policy: &Policy,
+        provider: &Arc<CryptoProvider>,
+        roots: &[TrustAnchor<'static>],
+    ) -> Self {
+        self.routes = routes(policy, provider, roots);
+        if policy.defaults.unlisted == Unlisted::Learn {
+            self.learning = Some((
+                policy.defaults.trust.describe(),
+                learn::anchors(&policy.defaults.trust),
+            ));
+        }
+        self.sinks = Some(sinks.clone());
+        self
+    }
+
+    /// Key continuity, learning and reports for one verdict.
+    fn feed(&self, sinks: &Sinks, v: &Verdict<'_>) {
+        let dialed = dialed();
+        let host = dialed.as_ref().map_or(v.host, |(h, _)| h.as_str());
+        let now = time::OffsetDateTime::now_utc();
+        for position in sinks
+            .continuity
+            .observe(v.host, host, v.path_pins, now.unix_timestamp())
+        {
+            self.metrics
+                .chain_changes
+                .with_label_values(&[v.host, position.as_str()])
+                .inc();
+        }
+        if let (Some((trust, anchors)), Some((_, port)), Outcome::PassUnpinned) =
+            (&self.learning, &dialed, v.outcome)
+        {
+            sinks.learned.record(
+                host,
+                *port,
+                trust,
+                v.path_pins,
+                now.unix_timestamp(),
+                || learned_certs(v, anchors),
+            );
+        }
+        if !v.outcome.is_mismatch() {
+            return;
+        }
+        let Some(route) = self.route(v.host) else {
+            return;
+        };
+        sinks
+            .reporter
+            .offer(route, host, v.outcome.as_str(), || Report {
+                kind: "pin-failure",
+                time: rfc3339(now),
+                host: host.to_string(),
+                port: dialed.as_ref().map(|(_, p)| *p),
+                entry: v.host.to_string(),
+                mode: v.mode.as_str(),
+                outcome: v.outcome.as_str(),
+                reason: Reason::PinMismatch.as_str(),
+                expected_pins: strings(v.expected),
+                next_pins: strings(v.next_pins),
+                validated_path_pins: strings(v.path_pins),
+                presented_chain_pem: pem_chain(v.end_entity, v.intermediates),
+                pod: sinks.reporter.pod().clone(),
+                generation: self.generation,
+                version: env!("CARGO_PKG_VERSION"),
+            });
+    }
+
+    /// A report for a chain refused before pins were looked at.
+    fn feed_rejected(&self, sinks: &Sinks, r: &Rejection<'_>) {
+        let (Some(routes), Some(route)) = (&self.routes, self.route(r.host)) else {
+            return;
+        };
+        let dialed = dialed();
+        let host = dialed.as_ref().map_or(r.host, |(h, _)| h.as_str());
+        let entry = routes.by_entry.get(r.host).map(|(e, _)| e.as_ref());
+        sinks.reporter.offer(route, host, "untrusted", || Report {
+            kind: "pin-failure",
+            time: rfc3339(time::OffsetDateTime::now_utc()),
+            host: host.to_string(),
+            port: dialed.as_ref().map(|(_, p)| *p),
+            entry: r.host.to_string(),
+            mode: entry.map_or(routes.unlisted_mode, |e| e.mode).as_str(),
+            outcome: "untrusted",
+            reason: r.reason.as_str(),
+            expected_pins: entry.map_or_else(Vec::new, |e| strings(&e.pins)),
+            next_pins: entry.map_or_else(Vec::new, |e| strings(&e.next_pins)),
+            validated_path_pins: Vec::new(),
+            presented_chain_pem: pem_chain(r.end_entity, r.intermediates),
+            pod: sinks.reporter.pod().clone(),
+            generation: self.generation,
+            version: env!("CARGO_PKG_VERSION"),
+        });
+    }
+
+    /// The route for reports about `label` (an entry, or `unlisted`).
+    fn route(&self, label: &str) -> Option<&Route> {
+        let routes = self.routes.as_ref()?;
+        match routes.by_entry.get(label) {
+            Some((_, route)) => route.as_ref(),
+            None => routes.unlisted.as_ref(),
+        }
+    }
+}
+
+/// This generation's report routes; `None` when it names no `report_uri`.
+fn routes(
+    policy: &Policy,
+    provider: &Arc<CryptoProvider>,
+    roots: &[TrustAnchor<'static>],
+) -> Option<Routes> {
+    let any = policy.report_uri(None).is_some()
+        || policy
+            .hosts
+            .iter()
+            .any(|h| policy.report_uri(Some(h)).is_some());
+    if !any {
+        return None;
+    }
+    let extra = match &policy.defaults.trust {
+        Trust::Bundle { anchors, .. } => Some(&anchors[..]),
+        _ => None,
+    };
+    let tls = match reports::collector::tls(provider.clone(), roots, extra) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the report client: no failure reports");
+            return None;
+        }
+    };
+    let route = |entry: Option<&HostPolicy>| {
+        let uri = policy.report_uri(entry)?;
+        match uri.as_str().parse::<http::Uri>() {
+            Ok(uri) => Some(Route {
+                uri,
+                tls: tls.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(report_uri = uri.as_str(), error = %e, "unusable report_uri");
+                None
+            }
+        }
+    };
+    Some(Routes {
+        by_entry: policy
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), (h.clone(), route(Some(h)))))
+            .collect(),
+        unlisted: route(None),
+        unlisted_mode: policy.defaults.mode,
+    })
+}
+
+/// The certificates of a verdict's validated path, described from the
+/// chain the server sent, or from the trust anchors for what it didn't.
+fn learned_certs(v: &Verdict<'_>, anchors: &learn::Anchors) -> Vec<LearnedCert> {
+    let presented: Vec<crate::tls::cert::CertInfo> = std::iter::once(v.end_entity)
+        .chain(v.intermediates)
+        .filter_map(|c| crate::tls::cert::CertInfo::from_der(c.as_ref()).ok())
+        .collect();
+    let last = v.path_pins.len().saturating_sub(1);
+    v.path_pins
+        .iter()
+        .enumerate()
+        .map(|(i, pin)| {
+            let position = match i {
+                0 => Position::Leaf,
+                _ if i == last => Position::Anchor,
+                _ => Position::Intermediate,
+            };
+            let text = pin.to_string();
+            let (subject, not_after) = match presented.iter().find(|c| c.pin == text) {
+                Some(c) => (Some(c.subject.clone()), Some(c.not_after.clone())),
+                None => anchors.get(pin).map_or((None, None), |a| {
+                    (Some(a.subject.clone()), a.not_after.clone())
+                }),
+            };
+            LearnedCert {
+                pin: text,
+                position: position.as_str().into(),
+                subject,
+                not_after,
+            }
+        })
+        .collect()
+}
+
+fn strings(pins: &[Pin]) -> Vec<String> {
+    pins.iter().map(Pin::to_string).collect()
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The presented chain, one PEM block per certificate.
+fn pem_chain(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Vec<String> {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    std::iter::once(end_entity)
+        .chain(intermediates)
+        .map(|c| pem::encode_config(&pem::Pem::new("CERTIFICATE", c.as_ref()), config))
+        .collect()
 }
 
 impl Observer for Telemetry {
@@ -50,6 +335,9 @@ impl Observer for Telemetry {
                 .next_pins_mismatch
                 .with_label_values(&[v.host])
                 .inc();
+        }
+        if let Some(sinks) = &self.sinks {
+            self.feed(sinks, v);
         }
         if !v.outcome.is_mismatch() {
             return;
@@ -87,6 +375,9 @@ impl Observer for Telemetry {
             r.end_entity,
             r.intermediates,
         );
+        if let Some(sinks) = &self.sinks {
+            self.feed_rejected(sinks, r);
+        }
         let key = format!("{}\0{}", r.host, r.reason);
         if let Some(suppressed) = self.limiter.allow(&key) {
             let presented: Vec<String> = std::iter::once(r.end_entity)

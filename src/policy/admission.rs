@@ -11,7 +11,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::host::Host;
-use super::{Decision, HostPolicy, Policy, Trust, Unlisted};
+use super::{Decision, HostPolicy, Policy, Trust};
 use crate::reason::Reason;
 
 /// A request target after validation: normalized host and upstream port.
@@ -160,7 +160,8 @@ pub fn decide(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<A
                 message,
                 entry: None,
             };
-            if policy.defaults.unlisted == Unlisted::Deny {
+            // `learn` admits as `allow` does; only what is recorded differs.
+            if !policy.defaults.unlisted.admits() {
                 return Err(refuse(
                     Reason::HostNotAllowed,
                     "host is not in the pinset and unlisted hosts are denied".into(),

@@ -44,6 +44,58 @@ use pin::Pin;
 pub enum Unlisted {
     Deny,
     Allow,
+    /// As `allow` for admission and egress rules; the validated chains of
+    /// unlisted hosts are also recorded, for `pinproxy suggest`.
+    Learn,
+}
+
+impl Unlisted {
+    /// Whether unlisted hosts may be dialed at all.
+    pub fn admits(self) -> bool {
+        self != Unlisted::Deny
+    }
+}
+
+/// Where failure reports are POSTed: an `http://` or `https://` URL with a
+/// host, checked at load (DESIGN §10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportUri(String);
+
+impl ReportUri {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let rest = raw
+            .strip_prefix("https://")
+            .or_else(|| raw.strip_prefix("http://"))
+            .ok_or("must start with http:// or https://")?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.is_empty() {
+            return Err("names no host");
+        }
+        if authority.contains('@') {
+            return Err(
+                "credentials in the URL are not supported; put a token in the path or query",
+            );
+        }
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) || !raw.is_ascii() {
+            return Err("contains whitespace, control or non-ASCII characters");
+        }
+        let port = match authority.strip_prefix('[') {
+            Some(v6) => v6
+                .split_once(']')
+                .ok_or("has an unclosed [")?
+                .1
+                .strip_prefix(':'),
+            None => authority.split_once(':').map(|(_, p)| p),
+        };
+        if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+            return Err("has an invalid port");
+        }
+        Ok(Self(raw.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -99,6 +151,9 @@ pub struct Defaults {
     pub trust: Trust,
     pub ports: Vec<u16>,
     pub allow_private: bool,
+    /// Where failure reports go for unlisted hosts and entries without
+    /// their own `report_uri`.
+    pub report_uri: Option<ReportUri>,
 }
 
 /// One `hosts:` entry after validation.
@@ -142,6 +197,8 @@ pub struct Policy {
     /// SHA-256 of the file bytes, hex.
     pub source_hash: String,
     pub warnings: Vec<Problem>,
+    /// Per entry (by `index`), its own `report_uri`.
+    report_uris: Vec<Option<ReportUri>>,
 }
 
 /// What a lookup found for a requested host.
@@ -162,6 +219,15 @@ impl Policy {
             Some(e) => Decision::Listed(e),
             None => Decision::Unlisted,
         }
+    }
+
+    /// Where failure reports about `entry` (`None`: an unlisted host) go:
+    /// the entry's own `report_uri`, else `defaults.report_uri`.
+    pub fn report_uri(&self, entry: Option<&HostPolicy>) -> Option<&ReportUri> {
+        entry
+            .and_then(|e| self.report_uris.get(e.index))
+            .and_then(Option::as_ref)
+            .or(self.defaults.report_uri.as_ref())
     }
 
     /// Every CA bundle file the pinset names, for the reloader to watch.

@@ -174,3 +174,66 @@ fn public_suffix_rule() {
         assert!(!is_public_suffix(base), "{base}");
     }
 }
+
+#[test]
+fn learn_admits_as_allow_and_report_uris_resolve_per_entry() {
+    use super::admission::{decide, Target};
+    let p = ok(&format!(
+        "version: 1\ndefaults:\n  unlisted: learn\n  report_uri: https://reports.test/pin\nhosts:\n  a.test:\n    pins: [{PIN_A}, {PIN_B}]\n    report_uri: http://127.0.0.1:9/a\n  b.test:\n    pins: [{PIN_A}, {PIN_B}]\n"
+    ));
+    assert_eq!(p.defaults.unlisted, Unlisted::Learn);
+    let target = |h: &str, port| Target {
+        host: host(h),
+        port,
+    };
+    assert!(decide(&p, &target("other.test", 443), now()).is_ok_and(|a| a.is_unlisted()));
+    let refused = decide(&p, &target("other.test", 8443), now()).err();
+    assert_eq!(
+        refused.map(|r| r.reason),
+        Some(crate::reason::Reason::PortNotAllowed)
+    );
+    let uri = |e: Option<&super::HostPolicy>| p.report_uri(e).map(|u| u.as_str().to_string());
+    assert_eq!(
+        uri(Some(&p.hosts[0])).as_deref(),
+        Some("http://127.0.0.1:9/a")
+    );
+    assert_eq!(
+        uri(Some(&p.hosts[1])).as_deref(),
+        Some("https://reports.test/pin")
+    );
+    assert_eq!(uri(None).as_deref(), Some("https://reports.test/pin"));
+}
+
+#[test]
+fn bad_report_uris_are_load_errors_at_their_line() {
+    let problems = bad(&format!(
+        "version: 1\ndefaults:\n  report_uri: ftp://x.test/\nhosts:\n  a.test:\n    pins: [{PIN_A}, {PIN_B}]\n    report_uri: https://user:pw@x.test/\n  b.test:\n    pins: [{PIN_A}, {PIN_B}]\n    report_uri: http://x.test:0/\n"
+    ));
+    let seen: Vec<_> = problems
+        .iter()
+        .map(|p| (p.host.clone(), p.field.clone(), p.line))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (None, Some("defaults.report_uri".into()), Some(3)),
+            (Some("a.test".into()), Some("report_uri".into()), Some(7)),
+            (Some("b.test".into()), Some("report_uri".into()), Some(10)),
+        ]
+    );
+    for good in [
+        "http://[::1]:8080/r",
+        "https://x.test",
+        "http://x.test:9090/r?t=1",
+    ] {
+        assert!(super::ReportUri::parse(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "http://",
+        "https:///x",
+        "http://[::1",
+        "http://x.test:99999/",
+    ] {
+        assert!(super::ReportUri::parse(bad).is_err(), "{bad}");
+    }
+}

@@ -18,7 +18,7 @@ use super::passthrough::{Item, Passthrough};
 use super::pattern::{Pattern, Patterns};
 use super::pin::Pin;
 use super::wire::{DefaultsWire, FileWire, HostWire, HostsWire};
-use super::{Defaults, HostPolicy, Mode, Policy, Trust, Unlisted};
+use super::{Defaults, HostPolicy, Mode, Policy, ReportUri, Trust, Unlisted};
 
 pub(super) struct Validator<'a> {
     lines: LineIndex,
@@ -92,8 +92,9 @@ impl<'a> Validator<'a> {
         let passthrough = self.passthrough(wire.passthrough.unwrap_or_default());
         let mut entries: Patterns<Arc<HostPolicy>> = Patterns::default();
         let mut hosts = Vec::new();
+        let mut report_uris = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
-        for (key, wire) in self.hosts_key(wire.hosts) {
+        for (key, mut wire) in self.hosts_key(wire.hosts) {
             let (line, fields) = self.lines.host(&key);
             let entry = Entry {
                 key: &key,
@@ -114,10 +115,16 @@ impl<'a> Validator<'a> {
                 continue;
             }
             seen.insert(canonical, key.clone());
+            let report_uri = wire.report_uri.take().and_then(|raw| {
+                ReportUri::parse(&raw)
+                    .map_err(|e| self.field_err(&entry, "report_uri", e))
+                    .ok()
+            });
             let Some(mut policy) = self.host(&entry, wire, &defaults) else {
                 continue;
             };
             policy.index = hosts.len();
+            report_uris.push(report_uri);
             let policy = Arc::new(policy);
             entries.insert(pattern, policy.clone());
             hosts.push(policy);
@@ -142,6 +149,7 @@ impl<'a> Validator<'a> {
             passthrough,
             source_hash: self.source_hash(bytes),
             warnings: self.warnings,
+            report_uris,
         })
     }
 
@@ -221,7 +229,14 @@ impl<'a> Validator<'a> {
             }
             None => vec![443],
         };
+        let report_uri = d.report_uri.and_then(|raw| {
+            let line = self.lines.default_field("report_uri");
+            ReportUri::parse(&raw)
+                .map_err(|e| self.err(None, Some("defaults.report_uri"), line, e.into()))
+                .ok()
+        });
         Defaults {
+            report_uri,
             unlisted: d.unlisted.unwrap_or(Unlisted::Deny),
             mode: d.mode.unwrap_or(Mode::Enforce),
             trust,

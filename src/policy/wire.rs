@@ -36,6 +36,7 @@ pub(super) struct DefaultsWire {
     pub(super) trust: Option<String>,
     pub(super) ports: Option<Vec<u16>>,
     pub(super) allow_private: Option<bool>,
+    pub(super) report_uri: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -48,6 +49,7 @@ pub(super) struct HostWire {
     pub(super) trust: Option<String>,
     pub(super) address: Option<String>,
     pub(super) next_pins: Option<Vec<String>>,
+    pub(super) report_uri: Option<String>,
 }
 
 /// `hosts:` keeps its entries in file order and keeps duplicates, so that

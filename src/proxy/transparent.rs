@@ -271,6 +271,7 @@ async fn splice(
     let outcome = if passthrough {
         Outcome::Passthrough
     } else {
+        connector.learn_by_probe(&target.host, target.port, Some(orig));
         Outcome::Tunnel
     };
     count(&ctx, admission.label(), outcome);

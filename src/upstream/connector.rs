@@ -25,6 +25,7 @@ use super::error::{classify_tls, Failure, UpstreamError};
 use super::Timeouts;
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
+use crate::control::telemetry::{self, Sinks};
 use crate::policy::host::Host;
 use crate::policy::{Decision, HostPolicy, Policy};
 use crate::reason::Reason;
@@ -66,6 +67,7 @@ pub struct Connector(Arc<ConnectorInner>);
 pub struct ConnectorInner {
     pub(super) resolver: Arc<dyn Resolve>,
     pub(super) drift: Arc<Drift>,
+    pub(super) sinks: Sinks,
     pub(super) policy: Arc<Policy>,
     pub(super) tls: Arc<ClientConfig>,
     pub(super) tls_h1: Arc<ClientConfig>,
@@ -113,7 +115,7 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.connect_with(host, port, entry, &self.tls).await
+        self.connect_with(host, port, entry, &self.tls, None).await
     }
 
     /// As [`Connector::connect`], offering only HTTP/1.1 (for upgrades).
@@ -123,14 +125,39 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.connect_with(host, port, entry, &self.tls_h1).await
+        self.connect_with(host, port, entry, &self.tls_h1, None)
+            .await
     }
 
     /// A plain TCP connection to an unlisted host (for byte tunnels), with
     /// the same resolution and egress rules.
     pub async fn dial_unlisted(&self, host: &Host, port: u16) -> Result<TcpStream, UpstreamError> {
         let addrs = self.addresses(host, port, None).await?;
-        self.dial(host, &addrs).await
+        let tcp = self.dial(host, &addrs).await?;
+        self.learn_by_probe(host, port, None);
+        Ok(tcp)
+    }
+
+    /// Learn mode cannot read the TLS inside an unlisted tunnel: it dials
+    /// the host once more itself (spaced, capped) to record its chain —
+    /// at `at` when the app chose the address (a transparent splice, whose
+    /// egress rules were checked on it), else where `host` resolves.
+    pub fn learn_by_probe(&self, host: &Host, port: u16, at: Option<SocketAddr>) {
+        if self.policy.defaults.unlisted != crate::policy::Unlisted::Learn {
+            return;
+        }
+        let Some(slot) = self.sinks.probe_due(host, port) else {
+            return;
+        };
+        let (this, host) = (self.clone(), host.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let at = at.map(|a| vec![a]);
+            let probe = this.connect_with(&host, port, None, &this.tls_h1, at.as_deref());
+            if let Ok(mut tls) = probe.await {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            }
+        });
     }
 
     /// Where to dial: the entry's `address`, else the resolved addresses;
@@ -181,10 +208,14 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
         tls: &Arc<ClientConfig>,
+        at: Option<&[SocketAddr]>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let label = entry.map_or("unlisted", |e| e.name.as_str());
         let start = Instant::now();
-        let addrs = self.addresses(host, port, entry).await?;
+        let addrs = match at {
+            Some(at) => at.to_vec(),
+            None => self.addresses(host, port, entry).await?,
+        };
         let tcp = self.dial(host, &addrs).await?;
         let server_name = match host {
             Host::Name(n) => ServerName::try_from(n.clone()).map_err(|_| {
@@ -196,7 +227,11 @@ impl Connector {
             })?,
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
         };
-        let handshake = TlsConnector::from(tls.clone()).connect(server_name, tcp);
+        let handshake = telemetry::dialing(
+            host,
+            port,
+            TlsConnector::from(tls.clone()).connect(server_name, tcp),
+        );
         let tls = match tokio::time::timeout(self.timeouts.handshake, handshake).await {
             Err(_) => {
                 self.count_failure(label, Reason::Timeout);

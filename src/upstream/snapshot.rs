@@ -16,9 +16,9 @@ use super::passthrough::Plain;
 use super::{Options, Timeouts};
 use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
-use crate::control::telemetry::{LogLimiter, Telemetry};
+use crate::control::telemetry::{LogLimiter, Sinks, Telemetry};
 use crate::policy::Policy;
-use crate::reason::Outcome;
+use crate::reason::{Outcome, Position};
 use crate::tls::verify::{self, Observer, PinVerifier};
 
 /// A request body sent upstream: the client's own (watched for faults), or
@@ -155,6 +155,8 @@ pub struct Shared {
     pub provider: Arc<CryptoProvider>,
     pub limiter: Arc<LogLimiter>,
     pub drift: Arc<Drift>,
+    /// Key continuity, learned chains, failure reports.
+    pub sinks: Sinks,
     pub timeouts: Timeouts,
     /// pinproxy's own listeners (admin, proxy): never a target for
     /// unlisted egress, whatever `allow_private` says.
@@ -165,6 +167,7 @@ impl Shared {
     /// `own_addrs`: the proxy's and admin listeners' bound addresses.
     pub fn new(metrics: Arc<Metrics>, options: Options, own_addrs: Vec<SocketAddr>) -> Self {
         Self {
+            sinks: Sinks::new(&metrics),
             resolver: options.resolver,
             metrics,
             roots: verify::webpki_roots(),
@@ -182,12 +185,15 @@ impl Shared {
 impl Snapshot {
     pub fn build(policy: Policy, generation: u64, shared: &Shared) -> Result<Self, rustls::Error> {
         let policy = Arc::new(policy);
-        let observer: Arc<dyn Observer> = Arc::new(Telemetry::new(
-            shared.metrics.clone(),
-            generation,
-            shared.limiter.clone(),
-            shared.drift.clone(),
-        ));
+        let observer: Arc<dyn Observer> = Arc::new(
+            Telemetry::new(
+                shared.metrics.clone(),
+                generation,
+                shared.limiter.clone(),
+                shared.drift.clone(),
+            )
+            .with_sinks(&shared.sinks, &policy, &shared.provider, &shared.roots),
+        );
         let verifier = Arc::new(PinVerifier::new(
             policy.clone(),
             shared.roots.clone(),
@@ -207,6 +213,7 @@ impl Snapshot {
         let connector = Connector::new(ConnectorInner {
             resolver: shared.resolver.clone(),
             drift: shared.drift.clone(),
+            sinks: shared.sinks.clone(),
             policy: policy.clone(),
             tls,
             tls_h1,
@@ -238,12 +245,22 @@ impl Snapshot {
             if !h.next_pins.is_empty() {
                 metrics.next_pins_mismatch.with_label_values(&[&h.name]);
             }
+            for position in Position::ALL {
+                metrics
+                    .chain_changes
+                    .with_label_values(&[&h.name, position.as_str()]);
+            }
             if let Some(e) = h.expires {
                 metrics
                     .pinset_expiry
                     .with_label_values(&[&h.name])
                     .set(e.unix_timestamp() as f64);
             }
+        }
+        for position in Position::ALL {
+            metrics
+                .chain_changes
+                .with_label_values(&["unlisted", position.as_str()]);
         }
         let ok_counters = policy
             .hosts

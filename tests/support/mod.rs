@@ -578,6 +578,19 @@ pub async fn proxy_full(
     watch: bool,
     tune: impl FnOnce(&mut Options, &mut Limits),
 ) -> Proxy {
+    proxy_configured(dir, pins_path, watch, |c| {
+        tune(&mut c.upstream, &mut c.limits)
+    })
+    .await
+}
+
+/// Starts the proxy with `tune` applied to its whole configuration.
+pub async fn proxy_configured(
+    dir: tempfile::TempDir,
+    pins_path: PathBuf,
+    watch: bool,
+    tune: impl FnOnce(&mut Config),
+) -> Proxy {
     let mut config = Config {
         pins: pins_path.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -591,10 +604,15 @@ pub async fn proxy_full(
         upstream: Options::default(),
         watch,
         sighup: false,
+        reports: pinproxy::control::reports::Options {
+            pod: Default::default(),
+            ..Default::default()
+        },
+        learn_file: None,
         transparent: Vec::new(),
         max_pinset_bytes: pinproxy::policy::load::DEFAULT_MAX_BYTES,
     };
-    tune(&mut config.upstream, &mut config.limits);
+    tune(&mut config);
     let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));
     let (stop, mut rx) = watch::channel(false);
     let p = Proxy {
