@@ -71,18 +71,19 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
                 }
                 _ => Failure::Tls(reason),
             };
-            let detail = match failure {
-                Failure::PinMismatch => "the validated certificate chain carries none of this host's pins \
+            let detail = match (&failure, r) {
+                (Failure::PinMismatch, _) => "the validated certificate chain carries none of this host's pins \
                      (or its pin-only pinset expired); the presented pins are in pinproxy's log and /pins"
                     .to_string(),
                 // Non-TLS bytes back (most often a plain-HTTP service:
                 // pinproxy upgrades http:// URLs to TLS): say how to fix it.
-                _ if matches!(r, rustls::Error::InvalidMessage(_)) => format!(
+                (_, rustls::Error::InvalidMessage(_)) => format!(
                     "TLS handshake failed: {r}: the server did not answer with TLS. \
                      pinproxy upgrades http:// URLs to TLS; if this is a plain-HTTP \
                      (in-cluster) service, list it under passthrough: in the pinset \
                      or add it to NO_PROXY"
                 ),
+                (_, rustls::Error::AlertReceived(alert)) => alert_detail(*alert, false),
                 _ => format!("TLS handshake failed: {r}"),
             };
             (failure, reason, detail)
@@ -98,4 +99,33 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
             format!("TLS handshake failed: {e}"),
         ),
     }
+}
+
+/// What a TLS alert from the upstream most likely means; `after` says it
+/// came after pinproxy's side of the handshake was done (TLS 1.3, where the
+/// server judges the client's certificate last).
+pub fn alert_detail(alert: rustls::AlertDescription, after: bool) -> String {
+    use rustls::AlertDescription as A;
+    let hint = match alert {
+        A::CertificateRequired => {
+            "the server requires a client certificate: give this host a client_cert"
+        }
+        A::BadCertificate
+        | A::UnknownCA
+        | A::CertificateExpired
+        | A::CertificateRevoked
+        | A::CertificateUnknown
+        | A::UnsupportedCertificate
+        | A::AccessDenied => {
+            "the server refused the client certificate pinproxy presented (or the lack of \
+             one): check the host's client_cert and the CA the server trusts for clients"
+        }
+        _ => "the server ended the TLS session",
+    };
+    let when = if after {
+        "after the handshake"
+    } else {
+        "during the handshake"
+    };
+    format!("TLS alert from the upstream {when}: {alert:?}; {hint}")
 }
