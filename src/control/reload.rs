@@ -197,6 +197,11 @@ impl Reloader {
         let metrics = &self.shared.metrics;
         metrics.config_reloads.with_label_values(&["success"]).inc();
         tracing::info!(generation, "pinset reloaded");
+        // An expiring client certificate or an expired CRL is worth a line
+        // on every reload, not only at start.
+        for w in &new.policy.warnings {
+            tracing::warn!(generation, warning = %w, "pinset warning");
+        }
         Ok(Reloaded::Swapped(generation))
     }
 }
@@ -264,11 +269,12 @@ impl Watcher {
         Ok(this)
     }
 
-    /// Also watches the directories of every CA bundle the pinset in force
-    /// names (they may live in another mount).
+    /// Also watches the directories of every file the pinset in force
+    /// names — CA bundles, client certificates and keys, CRLs — since they
+    /// may live in another mount (a cert-manager Secret beside the pins).
     pub fn watch_bundles(&mut self, reloader: &Reloader) -> Result<(), notify::Error> {
         let snap = reloader.live().load();
-        for file in snap.policy.bundle_paths() {
+        for file in snap.policy.watched_files() {
             self.watch_dir(parent_dir(&file))?;
         }
         Ok(())
