@@ -145,7 +145,7 @@ pub fn upstream_failed(
                     .tls_verify_failures
                     .with_label_values(&[label, Reason::AlertReceived.as_str()])
                     .inc();
-                (Reason::UpstreamTlsError, alert_detail(alert, true))
+                (Reason::UpstreamTlsError, alert_detail(&alert, true))
             } else if malformed_response(err) {
                 let detail = format!(
                     "the upstream sent a malformed HTTP response: {}",
@@ -175,17 +175,23 @@ pub fn upstream_timed_out(ctx: &Context, label: &str, host: &Host) -> Response<B
 }
 
 /// The TLS alert the upstream ended the session with, anywhere in the
-/// error's causes (an `io::Error` hides its inner error from `source()`).
-fn tls_alert(err: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+/// error's causes, by name. An `io::Error` hides its inner error from
+/// `source()`, and h2 keeps only an io error's message, so the message
+/// rustls gives the alert is recognised too.
+fn tls_alert(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    const PREFIX: &str = "received fatal alert: ";
     let mut cur = Some(err);
     while let Some(e) = cur {
         let inner = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-            .or_else(|| e.downcast_ref::<rustls::Error>());
-        if let Some(rustls::Error::AlertReceived(alert)) = inner {
-            return Some(*alert);
+            .map(|i| i as &(dyn std::error::Error + 'static))
+            .unwrap_or(e);
+        if let Some(rustls::Error::AlertReceived(alert)) = inner.downcast_ref::<rustls::Error>() {
+            return Some(format!("{alert:?}"));
+        }
+        if let Some(name) = inner.to_string().strip_prefix(PREFIX) {
+            return Some(name.to_string());
         }
         cur = e.source();
     }

@@ -83,7 +83,7 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
                      (in-cluster) service, list it under passthrough: in the pinset \
                      or add it to NO_PROXY"
                 ),
-                (_, rustls::Error::AlertReceived(alert)) => alert_detail(*alert, false),
+                (_, rustls::Error::AlertReceived(alert)) => alert_detail(&format!("{alert:?}"), false),
                 _ => format!("TLS handshake failed: {r}"),
             };
             (failure, reason, detail)
@@ -101,22 +101,22 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
     }
 }
 
-/// What a TLS alert from the upstream most likely means; `after` says it
-/// came after pinproxy's side of the handshake was done (TLS 1.3, where the
-/// server judges the client's certificate last).
-pub fn alert_detail(alert: rustls::AlertDescription, after: bool) -> String {
-    use rustls::AlertDescription as A;
+/// What a TLS alert from the upstream (by name, as rustls spells it) most
+/// likely means; `after` says it came after pinproxy's side of the
+/// handshake was done (TLS 1.3, where the server judges the client's
+/// certificate last).
+pub fn alert_detail(alert: &str, after: bool) -> String {
     let hint = match alert {
-        A::CertificateRequired => {
+        "CertificateRequired" => {
             "the server requires a client certificate: give this host a client_cert"
         }
-        A::BadCertificate
-        | A::UnknownCA
-        | A::CertificateExpired
-        | A::CertificateRevoked
-        | A::CertificateUnknown
-        | A::UnsupportedCertificate
-        | A::AccessDenied => {
+        "BadCertificate"
+        | "UnknownCA"
+        | "CertificateExpired"
+        | "CertificateRevoked"
+        | "CertificateUnknown"
+        | "UnsupportedCertificate"
+        | "AccessDenied" => {
             "the server refused the client certificate pinproxy presented (or the lack of \
              one): check the host's client_cert and the CA the server trusts for clients"
         }
@@ -127,5 +127,5 @@ pub fn alert_detail(alert: rustls::AlertDescription, after: bool) -> String {
     } else {
         "during the handshake"
     };
-    format!("TLS alert from the upstream {when}: {alert:?}; {hint}")
+    format!("TLS alert from the upstream {when}: {alert}; {hint}")
 }
