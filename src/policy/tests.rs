@@ -66,6 +66,68 @@ fn wildcard_matches_exactly_one_label_and_exact_wins() {
     }
 }
 
+/// `**.` host entries (OkHttp's): the apex and any depth; exact, then
+/// `*.`, then `**.` from the longest suffix; the public-suffix rule and
+/// duplicate detection as for `*.`.
+#[test]
+fn any_depth_entries_cover_the_apex_and_every_depth_with_precedence() {
+    let e = |k: &str| format!("  \"{k}\":\n    pins: [{PIN_A}, {PIN_B}]\n");
+    let p = ok(&format!(
+        "version: 1\nhosts:\n{}{}{}{}",
+        e("**.cdn.example.com"),
+        e("**.b.cdn.example.com"),
+        e("*.cdn.example.com"),
+        e("x.cdn.example.com")
+    ));
+    for (host, entry) in [
+        ("cdn.example.com", "**.cdn.example.com"),
+        ("CDN.example.com.", "**.cdn.example.com"),
+        ("m.n.cdn.example.com", "**.cdn.example.com"),
+        ("y.cdn.example.com", "*.cdn.example.com"),
+        ("b.cdn.example.com", "*.cdn.example.com"),
+        ("x.cdn.example.com", "x.cdn.example.com"),
+        ("q.b.cdn.example.com", "**.b.cdn.example.com"),
+        ("r.q.b.cdn.example.com", "**.b.cdn.example.com"),
+    ] {
+        assert_eq!(name_of(&p, host).as_deref(), Some(entry), "{host}");
+    }
+    for miss in [
+        "example.com",
+        "xcdn.example.com",
+        "cdn.example.com.evil.test",
+        "cdn-example.com",
+    ] {
+        assert_eq!(name_of(&p, miss), None, "{miss}");
+    }
+    for suffix in ["**.com", "**.co.uk", "**.github.io"] {
+        let problems = bad(&format!("version: 1\nhosts:\n{}", e(suffix)));
+        assert!(
+            problems[0].message.contains("public suffix"),
+            "{problems:?}"
+        );
+    }
+    let problems = bad(&format!(
+        "version: 1\nhosts:\n{}{}",
+        e("**.cdn.example.com"),
+        e("**.CDN.example.com.")
+    ));
+    assert!(
+        problems[0].message.contains("duplicate host"),
+        "{problems:?}"
+    );
+    // `*.x` and `**.x` are two entries, not duplicates.
+    ok(&format!(
+        "version: 1\nhosts:\n{}{}",
+        e("*.a.example.com"),
+        e("**.a.example.com")
+    ));
+    let problems = bad(&format!("version: 1\nhosts:\n{}", e("**.*.example.com")));
+    assert!(
+        problems[0].message.contains("whole first label"),
+        "{problems:?}"
+    );
+}
+
 #[test]
 fn defaults_apply_and_entries_override() {
     let p = ok(&format!(
