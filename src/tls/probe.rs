@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use webpki::EndEntityCert;
 
-use super::verdict::{check_name, validated_paths, NameMismatch};
+use super::verdict::{check_name, presented_names, validated_paths, NameMismatch};
 use crate::policy::host::Host;
 use crate::policy::identity::{Crls, Name};
 use crate::policy::pin::Pin;
@@ -154,11 +154,27 @@ impl ServerCertVerifier for Recorder {
         }
         match check_name(&ee, end_entity, server_name, &self.names) {
             Ok(()) => {}
-            Err(NameMismatch::Host(e)) => {
+            Err(NameMismatch::Host(_)) => {
+                let (dns, uris) = presented_names(end_entity.as_ref());
+                let list = |v: Vec<String>| {
+                    if v.is_empty() {
+                        "none".to_string()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                let name = match server_name {
+                    ServerName::DnsName(d) => d.as_ref().to_string(),
+                    other => format!("{other:?}"),
+                };
                 return fail(
                     &mut seen,
-                    format!("certificate not valid for the name: {e}"),
-                )
+                    format!(
+                        "certificate not valid for the name {name} (it presents DNS: {}; URI: {})",
+                        list(dns),
+                        list(uris)
+                    ),
+                );
             }
             Err(NameMismatch::Names(why)) => return fail(&mut seen, why),
         }

@@ -200,7 +200,7 @@ pub fn check_name(
                 .is_ok()
         })
     };
-    let (dns, uris) = san_strings(end_entity.as_ref());
+    let (dns, uris) = presented_names(end_entity.as_ref());
     let hit = names.iter().any(|n| match n {
         Name::Dns(d) => dns_ok(d),
         Name::Uri(_) | Name::UriPrefix(_) => uris.iter().any(|u| n.matches_uri(u)),
@@ -225,7 +225,7 @@ pub fn check_name(
 }
 
 /// The DNS and URI SANs of a certificate, as written in it.
-fn san_strings(der: &[u8]) -> (Vec<String>, Vec<String>) {
+pub fn presented_names(der: &[u8]) -> (Vec<String>, Vec<String>) {
     use x509_parser::extensions::GeneralName;
     let (mut dns, mut uris) = (Vec::new(), Vec::new());
     if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {

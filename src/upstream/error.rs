@@ -84,6 +84,30 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
                      or add it to NO_PROXY"
                 ),
                 (_, rustls::Error::AlertReceived(alert)) => alert_detail(&format!("{alert:?}"), false),
+                (
+                    _,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. },
+                    ),
+                ) => "TLS handshake failed: the certificate is not valid for this host's name \
+                      (or, with names:, carries none of them); pinproxy's log lists the names it \
+                      presents"
+                    .to_string(),
+                (_, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                    "TLS handshake failed: the certificate or one of its issuers is revoked \
+                     by one of this host's crls"
+                        .to_string()
+                }
+                (
+                    _,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ExpiredRevocationList
+                        | rustls::CertificateError::ExpiredRevocationListContext { .. },
+                    ),
+                ) => "TLS handshake failed: the CRL that decides this chain is past its \
+                      nextUpdate and the host says crl_policy: refuse-expired; mount a fresh CRL"
+                    .to_string(),
                 _ => format!("TLS handshake failed: {r}"),
             };
             (failure, reason, detail)
