@@ -762,6 +762,16 @@ async fn an_identity_volume_beside_the_pins_is_watched_and_read_where_it_is() {
 
 const SPIFFE_ID: &str = "spiffe://example.org/ns/pay/sa/api";
 
+/// host, pins, names, status, x-pinproxy-error, tls failure reason
+type Case<'a> = (
+    &'a str,
+    &'a [Pin],
+    &'a str,
+    u16,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 /// The server's certificate carries a SPIFFE ID, a DNS wildcard and one
 /// host name; `names:` decides, instead of the host name, which it must
 /// carry — and pins still apply.
@@ -773,7 +783,7 @@ async fn names_match_spiffe_ids_exactly_or_by_prefix_and_replace_the_host_check(
     let wrong_pin = [Pin::of_spki_der(
         &KeyPair::generate().unwrap().public_key_der(),
     )];
-    let cases: &[(&str, &[Pin], &str, u16, Option<&str>, Option<&str>)] = &[
+    let cases: &[Case] = &[
         // host, pins, names, status, x-pinproxy-error, tls failure reason
         (
             "exact.names.test",

@@ -352,13 +352,20 @@ pub(super) struct FilePath {
     pub(super) read: PathBuf,
 }
 
-/// Reads `cert` and `key` as one pair; also returns their bytes (for the
-/// source hash) and what is worth a warning.
+/// A client certificate as read, with the files' bytes (for the source
+/// hash, never kept) and what is worth a warning.
+pub(super) struct ReadClientCert {
+    pub(super) cert: ClientCert,
+    pub(super) bytes: [Vec<u8>; 2],
+    pub(super) warnings: Vec<String>,
+}
+
+/// Reads `cert` and `key` as one pair.
 pub(super) fn read_client_cert(
     cert: &FilePath,
     key: &FilePath,
     now: OffsetDateTime,
-) -> Result<(ClientCert, [Vec<u8>; 2], Vec<String>), FileError> {
+) -> Result<ReadClientCert, FileError> {
     let [cert_bytes, key_bytes] =
         read_pair(&cert.read, &key.read).map_err(|(i, source)| FileError::Read {
             path: if i == 0 { &cert.shown } else { &key.shown }.clone(),
@@ -417,8 +424,8 @@ pub(super) fn read_client_cert(
             cert.shown.display()
         ));
     }
-    Ok((
-        ClientCert {
+    Ok(ReadClientCert {
+        cert: ClientCert {
             cert_path: cert.shown.clone(),
             key_path: key.shown.clone(),
             certified: Arc::new(certified),
@@ -429,9 +436,9 @@ pub(super) fn read_client_cert(
             uris: leaf.uris,
             client_auth: leaf.client_auth,
         },
-        [cert_bytes, key_bytes],
+        bytes: [cert_bytes, key_bytes],
         warnings,
-    ))
+    })
 }
 
 /// Reads two files from one version of their directories. A kubelet swap

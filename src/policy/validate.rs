@@ -363,7 +363,11 @@ impl<'a> Validator<'a> {
             return Some(c.clone());
         }
         match identity::read_client_cert(&cert, &key, self.now) {
-            Ok((c, [cert_bytes, key_bytes], warnings)) => {
+            Ok(identity::ReadClientCert {
+                cert: c,
+                bytes: [cert_bytes, key_bytes],
+                warnings,
+            }) => {
                 for w in warnings {
                     self.field_warn(e, "client_cert", w);
                 }
