@@ -100,7 +100,7 @@ table("CONNECT api.local:443 intercepted, HTTP/1.1 inside: h2load --h1 -c50 -t2 
 table("CONNECT api.local:443 intercepted, h2 inside: h2load -c10 -m100 -t1 through bench/connect-relay", "connect-h2",
       [c if c[0] != "squid" else ("squid", "squid: n/a") for c in CONN], relay=True)
 if not any(r["target"] == "pptransparent" for r in runs):
-    print("pinproxy transparent: not measured (the binary has no --transparent flag yet; bench/run.sh runs it when it has).\n")
+    print("pinproxy transparent: not measured (bench/run.sh could not install its REDIRECT rule: it needs root and iptables).\n")
 
 # ---- pinproxy-only rows ----------------------------------------------------------------------------------
 served, silent = reps_of("idle10k-served-rep*.json"), reps_of("idle10k-silent-rep*.json")

@@ -147,24 +147,37 @@ start_relay() { # name listen-port proxy-port [CONNECT authority]
   nohup "$RELAY" $2 127.0.0.1:$3 ${4:-} > $P/relay-$1.log 2>&1 &
   echo $! > $P/relay-$1.pid
 }
-# Transparent pinproxy (issue 16 asks for it "once it exists"): the target is run only when the binary
-# has the flag. Expected shape, to align with the feature when it lands: a listener that takes TLS
-# connections redirected to it (iptables REDIRECT in a pod) and routes by SNI; on loopback the load
-# tool connects to it directly with SNI api.local, so no relay and no CONNECT are involved.
-TRANSPARENT=""
+# Transparent pinproxy: connections reach its --transparent listener the way they do in a pod, through
+# a kernel REDIRECT rule, and it judges them by SNI (DESIGN §11). The load tool dials 198.18.0.1:443
+# (RFC 2544's benchmarking range) routed to a dummy interface (nothing can leave the machine even if the
+# rule were missing); one nat OUTPUT rule for exactly that address, in a chain of its own, sends it to
+# 127.0.0.1:15021. Removed on exit (and before it is added: idempotent). Needs root and iptables.
+TRANSPARENT=""; TP_ADDR=198.18.0.1
+transparent_rules() { # add|del
+  iptables -t nat -D OUTPUT -d $TP_ADDR/32 -p tcp -j PPBENCH 2>/dev/null || true
+  iptables -t nat -F PPBENCH 2>/dev/null || true; iptables -t nat -X PPBENCH 2>/dev/null || true
+  ip link del ppbench0 2>/dev/null || true
+  [ $1 = del ] && return 0
+  ip link add ppbench0 type dummy && ip link set ppbench0 up && ip route add $TP_ADDR/32 dev ppbench0
+  iptables -t nat -N PPBENCH && iptables -t nat -A PPBENCH -p tcp --dport 443 -j REDIRECT --to-ports 15021 \
+    && iptables -t nat -I OUTPUT -d $TP_ADDR/32 -p tcp -j PPBENCH
+}
 start_transparent() {
-  if ! "$BIN" run --help 2>/dev/null | grep -q -- '--transparent'; then
-    echo "transparent target skipped: $BIN run has no --transparent flag yet" >&2; return 0; fi
+  if ! command -v iptables >/dev/null; then apt-get install -y -q --no-install-recommends iptables >/dev/null || true; fi
+  if ! transparent_rules add; then
+    echo "transparent target skipped: cannot install the REDIRECT rule (root and iptables needed)" >&2
+    transparent_rules del; return 0; fi
   start_pp pptransparent 15020 19020 $P/pins.yaml 1 --transparent 127.0.0.1:15021 || return 0
   TRANSPARENT=pptransparent
 }
 stop_all() {
   for n in pinproxy pinproxyN ppca ppten pp10k pptransparent squid mitm; do stop_pid $n; done
+  transparent_rules del
   for n in direct pinproxy pinproxyN squid mitm; do stop_pid relay-$n; done
   alive $B/upstream-fresh/logs/nginx.pid && nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf -s quit
   $B/peers.sh stop >/dev/null 2>&1 || true
 }
-[ "${STOP:-0}" = 1 ] && trap stop_all EXIT
+if [ "${STOP:-0}" = 1 ]; then trap stop_all EXIT; else trap 'transparent_rules del' EXIT; fi
 log "starting peers, squid, mitmproxy, pinproxy, relays"
 $B/peers.sh start >/dev/null
 alive $B/upstream-fresh/logs/nginx.pid || nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf
@@ -182,8 +195,9 @@ sleep 0.3
 
 # target tables: forward port, relay port (CONNECT through it), CA the client trusts, PIDs
 fwd_port()   { case $1 in envoy) echo 15001;; nginx) echo 15002;; haproxy) echo 15003;; pinproxy) echo 15010;; pinproxyN) echo 15011;; ppca) echo 15012;; ppten) echo 15013;; esac; }
-relay_port() { case $1 in direct) echo 16000;; pinproxy) echo 16010;; pinproxyN) echo 16011;; squid) echo 16006;; mitm) echo 16007;; pptransparent) echo 15021;; esac; }
-ca_of()      { case $1 in pinproxy|pinproxyN) echo $P/ca-$1/ca.crt;; squid) echo $P/squid/ca.crt;; mitm) echo $P/mitm/mitmproxy-ca-cert.pem;; esac; }
+relay_port() { case $1 in direct) echo 16000;; pinproxy) echo 16010;; pinproxyN) echo 16011;; squid) echo 16006;; mitm) echo 16007;; esac; }
+connect_to() { [ $1 = pptransparent ] && echo $TP_ADDR:443 || echo 127.0.0.1:$(relay_port $1); }   # where h2load dials
+ca_of()      { case $1 in pinproxy|pinproxyN|pptransparent) echo $P/ca-$1/ca.crt;; squid) echo $P/squid/ca.crt;; mitm) echo $P/mitm/mitmproxy-ca-cert.pem;; esac; }
 pids_of() {
   case $1 in
     direct) $B/peers.sh pids upstream ;;
@@ -201,7 +215,7 @@ fwd_cmd() { # target duration connections
 }
 h2load_cmd() { # h1|h2 target duration logfile [warm-up]: TLS with SNI api.local to the relay; --connect-to: no DNS
   local proto; [ $1 = h1 ] && proto="--h1 -c50 -t2" || proto="--npn-list=h2 -c10 -m100 -t1"   # -t1: see below
-  echo "h2load $proto -D $3 ${5:+--warm-up-time $5} --log-file=$4 --connect-to=127.0.0.1:$(relay_port $2) https://api.local/"
+  echo "h2load $proto -D $3 ${5:+--warm-up-time $5} --log-file=$4 --connect-to=$(connect_to $2) https://api.local/"
 }
 # Warm-up (not measured): the connections' handshakes, and until the pipeline is full. mitmproxy needs
 # longer: with 10x100 h2 streams it answers the first 1000 requests in one wave after ~3 s (seen: 0 done
@@ -231,6 +245,9 @@ smoke() {
     out=$(curl -s --http2 -o /dev/null -w '%{http_code} %{http_version}' --cacert $(ca_of $t) -x http://127.0.0.1:$port https://api.local/)
     [ "$out" = "200 2" ] && code=200 || code="FAIL ($out)"; check "CONNECT interception $t (h2)" "$code"
   done
+  if [ -n "$TRANSPARENT" ]; then   # redirected by the kernel, intercepted by SNI: trusts only pinproxy's CA
+    check "transparent interception (h1, via REDIRECT)" "$(curl -s --http1.1 -o /dev/null -w '%{http_code}' --cacert $(ca_of pptransparent) --connect-to api.local:443:$TP_ADDR:443 https://api.local/)"
+  fi
   # a short run of each load, as measured later: no errors, a plausible count
   for t in $FWD_TARGETS; do
     out=$(bash -c "$(fwd_cmd $t 1 4)" 2>&1); n=$(echo "$out" | awk '/requests in/{print $1}')
@@ -309,7 +326,7 @@ python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >
 { echo "$NCPU cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo $PRETTY_NAME), kernel $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "binary: $BUILT_FROM; pinproxy $(cd $ROOT && git rev-parse --short HEAD 2>/dev/null)$(cd $ROOT && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo +dirty) ($($BIN --version)), $(rustc --version)"
   echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $2}'); nginx $(nginx -v 2>&1 | cut -d/ -f2); haproxy $(haproxy -v | head -1 | awk '{print $3}'); envoy $($B/venv/lib/python3.11/site-packages/envoy/_bin/envoy --version | grep -o '[0-9a-f]*/1\.[0-9.]*' | cut -d/ -f2); squid $(squid -v | head -1 | awk '{print $4}'); mitmproxy $($MV/bin/mitmdump --version | awk '/Mitmproxy/{print $2}')"
-  echo "settings: $REPS repetitions, ${D} s per run (h2load: +${WARM} s warm-up not counted), settle ${SETTLE} s; pinproxyN = --workers $NCPU; ${TRANSPARENT:-transparent target skipped (no --transparent flag)}"
+  echo "settings: $REPS repetitions, ${D} s per run (h2load: +${WARM} s warm-up not counted), settle ${SETTLE} s; pinproxyN = --workers $NCPU; ${TRANSPARENT:-transparent target skipped (no REDIRECT rule: root and iptables needed)}"
   echo "wall time of this run: $(( $(date +%s) - T_START )) s"
 } > $OUT/machine.txt
 

@@ -217,6 +217,7 @@ impl App {
         }));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
         let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
+        let trim = Some(tokio::spawn(proxy::memory::trim_after_releases()));
         // One shutdown for every listener: the transparent ones stop
         // accepting when the proxy listener does.
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -245,7 +246,7 @@ impl App {
         for t in transparent {
             let _ = t.await;
         }
-        for task in [watcher, hup].into_iter().flatten() {
+        for task in [watcher, hup, trim].into_iter().flatten() {
             task.abort();
         }
         let _ = admin_stop.send(true);

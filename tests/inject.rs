@@ -14,6 +14,7 @@ use pinproxy::k8s::inject::{inject_stream, InjectError, InjectOptions};
 use serde_yaml::Value;
 
 const IMAGE: &str = "ghcr.io/pinproxy/pinproxy:test";
+const INIT_IMAGE: &str = "ghcr.io/pinproxy/pinproxy-init:test";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject")
@@ -27,6 +28,15 @@ fn options_for(case: &str) -> InjectOptions {
     };
     match case {
         "override-proxy" => opts.override_proxy = true,
+        "transparent" => {
+            opts.transparent = true;
+            opts.redirect.lock = true;
+            opts.redirect.exclude_cidr = vec!["10.96.0.0/12".into()];
+            opts.redirect.init_image = INIT_IMAGE.into();
+        }
+        "identity" => opts.identity_secrets = vec!["pay-client".into()],
+        // Switched by its annotation alone.
+        "transparent-switch" => opts.redirect.init_image = INIT_IMAGE.into(),
         "trust-extra" => {
             opts.ca_bundle_extra = vec![
                 "configmap/kube-root-ca.crt".parse().unwrap(),
@@ -156,7 +166,11 @@ fn injecting_twice_equals_once() {
 
 #[test]
 fn every_pod_template_gets_a_hardened_sidecar() {
-    for (case, input) in cases() {
+    // Transparent mode's templates have their own invariants, below.
+    for (case, input) in cases()
+        .into_iter()
+        .filter(|(c, _)| !c.starts_with("transparent"))
+    {
         let opts = options_for(&case);
         let out = inject_stream(&input, &opts).unwrap();
         for text in documents(&out) {
@@ -313,6 +327,290 @@ fn every_pod_template_gets_a_hardened_sidecar() {
             }
         }
     }
+}
+
+/// Transparent mode (DESIGN §11): the rules' init container first, the
+/// only one with NET_ADMIN; pinproxy next, as the UID the rules exempt,
+/// with `--transparent` on the port the rules redirect to; the app with
+/// the trust variables and no proxy variables.
+#[test]
+fn transparent_templates_get_the_rules_first_and_no_proxy_env() {
+    let mut seen = 0;
+    for (case, input) in cases()
+        .into_iter()
+        .filter(|(c, _)| c.starts_with("transparent"))
+    {
+        let out = inject_stream(&input, &options_for(&case)).unwrap();
+        let doc: Value = serde_yaml::from_str(&out).unwrap();
+        let tmpl = pod_specs(&doc)[0];
+        let init = tmpl["spec"]["initContainers"].as_sequence().unwrap();
+        let names: Vec<&str> = init.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names[..2], ["pinproxy-redirect", "pinproxy"], "{case}");
+        assert!(
+            names.len() == 3,
+            "{case}: the app's init container stays, after: {names:?}"
+        );
+
+        let redirect = &init[0];
+        assert_eq!(redirect["image"].as_str(), Some(INIT_IMAGE), "{case}");
+        let args: Vec<&str> = redirect["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            args[..5],
+            ["redirect", "--proxy-uid", "1337", "--port", "15001"],
+            "{case}"
+        );
+        assert!(
+            redirect.get("restartPolicy").is_none(),
+            "{case}: runs to completion"
+        );
+        let sc = &redirect["securityContext"];
+        assert_eq!(sc["runAsUser"].as_i64(), Some(0), "{case}");
+        assert_eq!(
+            sc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{case}"
+        );
+        assert_eq!(
+            sc["capabilities"]["add"],
+            serde_yaml::from_str::<Value>("[NET_ADMIN, NET_RAW]").unwrap(),
+            "{case}"
+        );
+        assert_eq!(
+            sc["capabilities"]["drop"][0].as_str(),
+            Some("ALL"),
+            "{case}"
+        );
+
+        let proxy = &init[1];
+        assert_eq!(proxy["restartPolicy"].as_str(), Some("Always"), "{case}");
+        assert_eq!(
+            proxy["securityContext"]["runAsUser"].as_i64(),
+            Some(1337),
+            "{case}"
+        );
+        assert!(
+            proxy["securityContext"]["capabilities"]
+                .get("add")
+                .is_none(),
+            "{case}"
+        );
+        let pargs: Vec<&str> = proxy["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let at = pargs
+            .iter()
+            .position(|a| *a == "--transparent")
+            .expect("--transparent");
+        assert_eq!(pargs[at + 1], "127.0.0.1:15001", "{case}");
+
+        for app in tmpl["spec"]["containers"].as_sequence().unwrap() {
+            let env: Vec<(&str, &str)> = app["env"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["name"].as_str().unwrap(),
+                        e["value"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect();
+            for var in [
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "NO_PROXY",
+                "no_proxy",
+                "NODE_USE_ENV_PROXY",
+            ] {
+                assert!(
+                    !env.iter().any(|(n, _)| *n == var),
+                    "{case}: {var} set: {env:?}"
+                );
+            }
+            assert!(
+                env.contains(&("SSL_CERT_FILE", "/var/run/pinproxy/ca-bundle.crt")),
+                "{case}"
+            );
+            let java: Vec<&str> = env
+                .iter()
+                .filter(|(n, _)| *n == "JAVA_TOOL_OPTIONS")
+                .map(|(_, v)| *v)
+                .collect();
+            assert_eq!(java.len(), 1, "{case}");
+            assert!(!java[0].contains("proxyHost"), "{case}: {}", java[0]);
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "both transparent fixtures ran");
+}
+
+/// With the variables asked for, transparent mode sets them as well.
+#[test]
+fn transparent_mode_can_keep_the_proxy_env() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let mut opts = options_for("transparent");
+    opts.redirect.proxy_env = true;
+    let out = inject_stream(&input, &opts).unwrap();
+    assert!(out.contains("name: HTTPS_PROXY"), "{out}");
+    assert!(out.contains("-Dhttps.proxyHost=127.0.0.1"), "{out}");
+    assert!(out.contains("--transparent"), "{out}");
+}
+
+/// An app that runs as the UID the rules exempt would bypass pinproxy:
+/// refused, pointing at the flag. So is a clash with the listener port.
+#[test]
+fn transparent_mode_refuses_an_app_running_as_the_proxy_uid() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let opts = options_for("transparent");
+    let as_proxy = input.replace("runAsUser: 1000", "runAsUser: 1337");
+    let err = inject_stream(&as_proxy, &opts).unwrap_err();
+    assert!(
+        matches!(err, InjectError::UidConflict { uid: 1337, .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("pod's securityContext") && msg.contains("--transparent-uid"),
+        "{msg}"
+    );
+
+    let port = input.replace(
+        "          env:\n",
+        "          ports:\n            - containerPort: 15001\n          env:\n",
+    );
+    assert_ne!(port, input);
+    let err = inject_stream(&port, &opts).unwrap_err();
+    assert!(err.to_string().contains("--transparent-port"), "{err}");
+
+    let bad = input.replace(
+        "      labels:\n        app: ledger\n    spec:",
+        "      labels:\n        app: ledger\n      annotations:\n        pinproxy.io/transparent: \"yes\"\n    spec:",
+    );
+    assert_ne!(bad, input);
+    let err = inject_stream(&bad, &options_for("deployment")).unwrap_err();
+    assert!(err.to_string().contains("pinproxy.io/transparent"), "{err}");
+}
+
+/// Switching back: `pinproxy.io/transparent: "false"` on a transparent
+/// workload takes the init container out and puts the proxy env back.
+#[test]
+fn transparent_mode_switches_off_cleanly() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let on = inject_stream(&input, &options_for("transparent")).unwrap();
+    let mut off_opts = options_for("transparent");
+    off_opts.transparent = false;
+    let off = inject_stream(&on, &off_opts).unwrap();
+    assert!(!off.contains("pinproxy-redirect"), "{off}");
+    assert!(!off.contains("--transparent"), "{off}");
+    assert!(off.contains("name: HTTPS_PROXY"), "{off}");
+    // The same pod as injecting fresh; only the app env's order differs
+    // (upserts keep existing entries where they are).
+    let fresh = inject_stream(&input, &off_opts).unwrap();
+    assert_eq!(
+        env_sorted(&off),
+        env_sorted(&fresh),
+        "same as injecting fresh"
+    );
+}
+
+/// The stream as YAML with every container's env sorted by name.
+fn env_sorted(stream: &str) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Mapping(m) => {
+                for (k, child) in m.iter_mut() {
+                    if k.as_str() == Some("env") {
+                        if let Value::Sequence(list) = child {
+                            list.sort_by_key(|e| e["name"].as_str().unwrap_or("").to_string());
+                        }
+                    }
+                    walk(child);
+                }
+            }
+            Value::Sequence(list) => list.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v: Value = serde_yaml::from_str(stream).unwrap();
+    walk(&mut v);
+    v
+}
+
+/// Identity Secrets reach the sidecar only, once each, read-only, as
+/// directories; dropping one from the options takes its volume out again.
+#[test]
+fn identity_secrets_are_mounted_into_the_sidecar_only() {
+    let input = std::fs::read_to_string(fixtures().join("identity.in.yaml")).unwrap();
+    let out = inject_stream(&input, &options_for("identity")).unwrap();
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    let spec = &pod_specs(&doc)[0]["spec"];
+    let sidecar = &spec["initContainers"][0];
+    let mounts: Vec<(&str, &str, bool)> = sidecar["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+                m["readOnly"].as_bool() == Some(true),
+            )
+        })
+        .filter(|(n, _, _)| n.starts_with("pinproxy-id-"))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (
+                "pinproxy-id-pay-client",
+                "/etc/pinproxy-identity/pay-client",
+                true
+            ),
+            (
+                "pinproxy-id-spiffe-svid",
+                "/etc/pinproxy-identity/spiffe-svid",
+                true
+            ),
+        ]
+    );
+    for m in sidecar["volumeMounts"].as_sequence().unwrap() {
+        assert!(m.get("subPath").is_none());
+    }
+    let app_mounts = serde_yaml::to_string(&spec["containers"][0]["volumeMounts"]).unwrap();
+    assert!(!app_mounts.contains("pinproxy-id-"), "{app_mounts}");
+    let volumes = serde_yaml::to_string(&spec["volumes"]).unwrap();
+    assert!(
+        volumes.contains("secretName: pay-client") && volumes.contains("secretName: spiffe-svid")
+    );
+
+    // Without the option, and the annotation down to one Secret, only that
+    // one stays.
+    let one = out.replace("spiffe-svid, pay-client", "spiffe-svid");
+    assert_ne!(one, out);
+    let fewer = inject_stream(&one, &options_for("deployment")).unwrap();
+    assert!(!fewer.contains("pinproxy-id-pay-client"), "{fewer}");
+    assert!(fewer.contains("pinproxy-id-spiffe-svid"), "{fewer}");
+
+    // A name that cannot be a Secret is refused, in the flag or the annotation.
+    let mut bad = options_for("identity");
+    bad.identity_secrets = vec!["Not_A_Name".into()];
+    assert!(inject_stream(&input, &bad).is_err());
+    let bad_annotation = input.replace("spiffe-svid, pay-client", "spiffe-svid, ../x");
+    let err = inject_stream(&bad_annotation, &options_for("deployment")).unwrap_err();
+    assert!(
+        err.to_string().contains("pinproxy.io/identity-secrets"),
+        "{err}"
+    );
 }
 
 #[test]

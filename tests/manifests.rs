@@ -6,7 +6,8 @@ use std::path::Path;
 use clap::Parser;
 use pinproxy::cli::Cli;
 
-/// Every `args` list of a container named `pinproxy` in a YAML stream.
+/// Every `args` list of a container named `pinproxy` (the sidecar) or
+/// `pinproxy-redirect` (transparent mode's init container) in a YAML stream.
 fn pinproxy_args(text: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
@@ -23,8 +24,9 @@ use serde::Deserialize;
 fn collect(v: &serde_yaml::Value, out: &mut Vec<Vec<String>>) {
     match v {
         serde_yaml::Value::Mapping(m) => {
-            let is_sidecar = m.get("name").and_then(|n| n.as_str()) == Some("pinproxy")
-                && m.contains_key("image");
+            let name = m.get("name").and_then(|n| n.as_str());
+            let is_sidecar =
+                matches!(name, Some("pinproxy" | "pinproxy-redirect")) && m.contains_key("image");
             if is_sidecar {
                 let args = m
                     .get("args")
@@ -61,6 +63,7 @@ fn shipped_and_injected_sidecar_args_parse() {
         files.push(entry.unwrap().path());
     }
     let mut checked = 0;
+    let mut redirects = 0;
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         for args in pinproxy_args(&text) {
@@ -74,9 +77,14 @@ fn shipped_and_injected_sidecar_args_parse() {
                 panic!("{}: {args:?} is rejected: {e}", file.display());
             }
             checked += 1;
+            redirects += usize::from(args[0] == "redirect");
         }
     }
     assert!(checked >= 5, "only {checked} sidecars found");
+    assert!(
+        redirects >= 2,
+        "only {redirects} redirect init containers found"
+    );
 }
 
 #[test]

@@ -109,20 +109,20 @@ pub struct RunArgs {
     /// per byte of YAML: raise the sidecar's memory limit with this.
     #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = crate::policy::load::DEFAULT_MAX_BYTES)]
     pub max_pinset_bytes: u64,
-    /// Worker threads (default: the CPUs available to the process, cgroup
-    /// quota included; 1 runs a single-threaded runtime).
+    /// Worker threads (default 1: a single-threaded runtime, the cheapest
+    /// per request; one worker serves tens of thousands of requests/s).
+    /// Raise it for a pod whose egress needs more than one CPU.
     #[arg(long, env = "PINPROXY_WORKERS")]
     pub workers: Option<usize>,
 }
 
 pub fn run(args: RunArgs) -> Result<(), Error> {
     init_tracing(args.log_format);
-    // One worker per CPU the pod may use (std reads the cgroup quota). With
-    // one, a current-thread runtime skips work-stealing overhead entirely.
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    // One worker by default, as linkerd2-proxy: a current-thread runtime
+    // skips work-stealing and cross-thread wakeups, which cost 1.4–2.7× CPU
+    // per request with two workers on two cores (docs/benchmarks.md,
+    // "Workers"); a sidecar rarely needs more than one core.
+    let workers = args.workers.unwrap_or(1).max(1);
     let mut rt = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -120,7 +120,10 @@ pub(super) async fn serve_connection(
             guard: guard.clone(),
             handoff: Arc::new(Handoff::default()),
         };
-        match serve_http(io, &ctx, client, &mut stop, may_park).await {
+        // Boxed: the task itself stays small while the connection waits
+        // (parked or new), and hyper's connection state exists only while
+        // it is being served.
+        match Box::pin(serve_http(io, &ctx, client, &mut stop, may_park)).await {
             Served::Done => return,
             Served::Parked(rest) => {
                 may_park = !rest.has_prefix();
@@ -209,6 +212,7 @@ async fn serve_http(
     if stopping || !parked {
         return Served::Done;
     }
+    super::memory::note_release();
     Served::Parked(rest)
 }
 

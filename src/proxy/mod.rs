@@ -13,6 +13,7 @@ mod conn;
 pub mod connect;
 pub mod forward;
 pub mod intercept;
+pub mod memory;
 pub mod original_dst;
 pub mod passthrough;
 pub mod refusal;
@@ -244,5 +245,6 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.metrics.connections_active.dec();
+        memory::note_release();
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{default_image, ExtraCa, InjectOptions};
+use super::{default_image, default_init_image, ExtraCa, InjectOptions, Transparent};
 
 /// Sidecar options shared by `pinproxy inject` and `pinproxy webhook`.
 #[derive(Debug, Clone, clap::Args)]
@@ -86,6 +86,70 @@ pub struct SidecarArgs {
     /// Extra NO_PROXY entry (repeatable or comma-separated), e.g. a pod CIDR.
     #[arg(long, env = "PINPROXY_INJECT_NO_PROXY", value_delimiter = ',')]
     pub no_proxy: Vec<String>,
+    /// Transparent mode (DESIGN §11): an init container installs kernel
+    /// rules that send every outbound TCP connection of the app to
+    /// pinproxy, so apps that ignore HTTP_PROXY are pinned too. The init
+    /// container holds NET_ADMIN and NET_RAW (Pod Security level
+    /// `privileged`). The app gets the CA trust variables but no proxy
+    /// variables unless --transparent-proxy-env. A pod annotation
+    /// pinproxy.io/transparent: "true" or "false" overrides this per pod.
+    #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT")]
+    pub transparent: bool,
+    /// Port of the transparent listener on the pod's loopback.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_TRANSPARENT_PORT",
+        default_value_t = 15001
+    )]
+    pub transparent_port: u16,
+    /// UID the sidecar runs as in transparent mode; the rules exempt it so
+    /// pinproxy's own connections are not redirected. No app container may
+    /// run as it (injection refuses one that says so).
+    #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_UID", default_value_t = 1337)]
+    pub transparent_uid: u32,
+    /// Image of the init container that installs the rules (`pinproxy
+    /// redirect` plus iptables: the Dockerfile's `init` target).
+    #[arg(long, env = "PINPROXY_INJECT_INIT_IMAGE", default_value_t = default_init_image())]
+    pub init_image: String,
+    /// Redirect only these destination ports (comma-separated); default all TCP.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_TRANSPARENT_PORTS",
+        value_delimiter = ',',
+        value_name = "PORT,…"
+    )]
+    pub transparent_ports: Vec<u16>,
+    /// Destinations never redirected (repeatable or comma-separated), e.g.
+    /// the Service CIDR so databases and the Kubernetes API are reached directly.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_TRANSPARENT_EXCLUDE_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub transparent_exclude_cidr: Vec<String>,
+    /// Also reject (TCP reset) outbound connections that are not
+    /// redirected, e.g. to ports outside --transparent-ports: a bypass fails
+    /// loudly. Excluded CIDRs stay reachable.
+    #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_LOCK")]
+    pub transparent_lock: bool,
+    /// In transparent mode, set the proxy variables as well (apps that
+    /// honour them use the proxy listener; the rest are redirected).
+    #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_PROXY_ENV")]
+    pub transparent_proxy_env: bool,
+    /// A Secret holding a client certificate and key for mTLS upstream
+    /// (cert-manager's tls.crt/tls.key, a SPIFFE helper's files), mounted
+    /// read-only into the pinproxy container only, at
+    /// /etc/pinproxy-identity/NAME/; the pinset's client_cert names the
+    /// files there. Repeatable or comma-separated; a pod annotation
+    /// pinproxy.io/identity-secrets adds more.
+    #[arg(
+        long = "identity-secret",
+        env = "PINPROXY_INJECT_IDENTITY_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub identity_secrets: Vec<String>,
     /// Log format of the sidecar (its `run --log-format`).
     #[arg(long = "sidecar-log-format", env = "PINPROXY_INJECT_LOG_FORMAT", default_value = "json",
           value_parser = ["text", "json"])]
@@ -126,6 +190,17 @@ impl From<&SidecarArgs> for InjectOptions {
             no_proxy: a.no_proxy.clone(),
             log_format: a.log_format.clone(),
             run_as_user: InjectOptions::default().run_as_user,
+            transparent: a.transparent,
+            redirect: Transparent {
+                port: a.transparent_port,
+                uid: a.transparent_uid,
+                init_image: a.init_image.clone(),
+                ports: a.transparent_ports.clone(),
+                exclude_cidr: a.transparent_exclude_cidr.clone(),
+                lock: a.transparent_lock,
+                proxy_env: a.transparent_proxy_env,
+            },
+            identity_secrets: a.identity_secrets.clone(),
         }
     }
 }

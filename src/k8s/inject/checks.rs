@@ -6,7 +6,7 @@
 use serde_yaml::{Mapping, Value};
 
 use super::env::{env_value, foreign_java_proxy, JAVA_TOOL_OPTIONS, PROXY_VARS};
-use super::template::{is_sidecar, Subject};
+use super::template::{is_redirect, is_sidecar, Subject};
 use super::{InjectError, InjectOptions};
 
 /// A `hostNetwork` pod's loopback is the node's.
@@ -47,6 +47,8 @@ pub(super) fn check_ports(
             Some((opts.proxy_port, "proxy", "--proxy-port"))
         } else if port == i64::from(opts.admin_port) {
             Some((opts.admin_port, "admin", "--admin-port"))
+        } else if opts.transparent && port == i64::from(opts.redirect.port) {
+            Some((opts.redirect.port, "transparent", "--transparent-port"))
         } else {
             None
         };
@@ -61,6 +63,47 @@ pub(super) fn check_ports(
         }
     }
     Ok(())
+}
+
+/// In transparent mode the rules let the sidecar's UID through: an app
+/// that runs as it would bypass pinning unseen. Refuse a template whose
+/// pod or any container says it runs as that UID.
+pub(super) fn check_transparent_uid(
+    tmpl: &Mapping,
+    opts: &InjectOptions,
+    at: &Subject,
+) -> Result<(), InjectError> {
+    if !opts.transparent {
+        return Ok(());
+    }
+    let uid = i64::from(opts.redirect.uid);
+    let Some(spec) = tmpl.get("spec") else {
+        return Ok(());
+    };
+    let runs_as = |v: &Value| {
+        v.get("securityContext")
+            .and_then(|sc| sc.get("runAsUser"))
+            .and_then(Value::as_i64)
+            == Some(uid)
+    };
+    let mut who = runs_as(spec).then(|| "the pod's securityContext".to_string());
+    for field in ["initContainers", "containers"] {
+        let containers = spec.get(field).and_then(Value::as_sequence);
+        for c in containers.into_iter().flatten() {
+            if who.is_none() && !is_sidecar(c) && !is_redirect(c) && runs_as(c) {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or("<unnamed>");
+                who = Some(format!("container {name:?}"));
+            }
+        }
+    }
+    match who {
+        Some(who) => Err(InjectError::UidConflict {
+            at: at.template(),
+            who,
+            uid: opts.redirect.uid,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// (container, containerPort) of every container and init container but

@@ -31,6 +31,17 @@ pub(super) const PROXY_VARS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "http_prox
 
 pub(super) const JAVA_TOOL_OPTIONS: &str = "JAVA_TOOL_OPTIONS";
 
+/// What transparent mode without proxy variables leaves out.
+const STALE_IN_TRANSPARENT: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "NODE_USE_ENV_PROXY",
+];
+
 /// The JVM reads the properties in order and the last one wins, so ours
 /// are appended; this is how our block starts, and it is always
 /// [`JAVA_TOKENS`] whitespace-separated tokens long.
@@ -66,23 +77,37 @@ impl InjectOptions {
         all
     }
 
+    /// Whether app containers are pointed at the proxy listener: always,
+    /// except in transparent mode unless asked.
+    pub(super) fn sets_proxy_env(&self) -> bool {
+        !self.transparent || self.redirect.proxy_env
+    }
+
     /// The env vars every app container gets, in order (`JAVA_TOOL_OPTIONS`
     /// aside: it is merged with the app's own, see [`merge_java_tool_options`]).
+    /// In transparent mode without proxy variables, only the trust ones:
+    /// the kernel sends the app to pinproxy, and intercepted TLS still
+    /// presents the pod CA.
     pub(super) fn app_env(&self) -> Vec<(&'static str, String)> {
         let proxy = self.proxy_url();
         let no_proxy = self.no_proxy_entries().join(",");
         let bundle = self.ca_bundle_file();
-        vec![
-            ("HTTP_PROXY", proxy.clone()),
-            ("HTTPS_PROXY", proxy.clone()),
-            // curl and others read only the lowercase forms (http_proxy in
-            // particular, for CGI safety), Go and Python read both.
-            ("http_proxy", proxy.clone()),
-            ("https_proxy", proxy),
-            ("NO_PROXY", no_proxy.clone()),
-            ("no_proxy", no_proxy),
-            // Node.js >= 24 honours the variables above only when asked to.
-            ("NODE_USE_ENV_PROXY", "1".into()),
+        let mut env = Vec::new();
+        if self.sets_proxy_env() {
+            env.extend([
+                ("HTTP_PROXY", proxy.clone()),
+                ("HTTPS_PROXY", proxy.clone()),
+                // curl and others read only the lowercase forms (http_proxy in
+                // particular, for CGI safety), Go and Python read both.
+                ("http_proxy", proxy.clone()),
+                ("https_proxy", proxy),
+                ("NO_PROXY", no_proxy.clone()),
+                ("no_proxy", no_proxy),
+                // Node.js >= 24 honours the variables above only when asked to.
+                ("NODE_USE_ENV_PROXY", "1".into()),
+            ]);
+        }
+        env.extend([
             // These *replace* the default trust store, so they name the
             // bundle (pod CA + Mozilla roots + extra CAs): direct NO_PROXY
             // TLS and unlisted tunnels still verify. OpenSSL, Go and Ruby;
@@ -93,7 +118,18 @@ impl InjectOptions {
             ("CURL_CA_BUNDLE", bundle),
             // Node *adds* these to its own roots: the pod CA alone.
             ("NODE_EXTRA_CA_CERTS", self.ca_file()),
-        ]
+        ]);
+        env
+    }
+
+    /// Variables an earlier injection may have set that this one does not
+    /// (proxy mode switched to transparent): taken out of app containers.
+    pub(super) fn stale_app_env(&self) -> &'static [&'static str] {
+        if self.sets_proxy_env() {
+            &[]
+        } else {
+            STALE_IN_TRANSPARENT
+        }
     }
 
     /// The JVM system properties that send it through the proxy.
@@ -128,7 +164,9 @@ pub(super) fn env_value(var: &Value) -> Option<String> {
 pub(super) fn merge_java_tool_options(existing: Option<&str>, ours: &str) -> String {
     let theirs = existing.map(without_our_block).unwrap_or_default();
     let theirs = theirs.trim_end();
-    if theirs.trim().is_empty() {
+    if ours.is_empty() {
+        theirs.to_string()
+    } else if theirs.trim().is_empty() {
         ours.to_string()
     } else {
         format!("{theirs} {ours}")

@@ -49,12 +49,15 @@ mod args;
 mod checks;
 mod documents;
 mod env;
+mod identity;
+mod init;
 mod sidecar;
 mod template;
 mod trust;
 mod yaml;
 
 pub use args::{InjectArgs, SidecarArgs};
+pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 
 use documents::{fix_octal_modes, split_documents};
@@ -72,6 +75,11 @@ pub const CONTAINER_NAME: &str = "pinproxy";
 pub const PINS_VOLUME: &str = "pinproxy-pins";
 /// emptyDir shared with the app containers, holding `ca.crt`.
 pub const CA_VOLUME: &str = "pinproxy-ca";
+/// Pod-template annotation turning transparent mode on (`"true"`) or off
+/// (`"false"`) for that pod, whatever [`InjectOptions::transparent`] says.
+pub const TRANSPARENT_ANNOTATION: &str = "pinproxy.io/transparent";
+/// Name of transparent mode's init container.
+pub const REDIRECT_CONTAINER_NAME: &str = "pinproxy-redirect";
 /// Name of the admin container port (Prometheus scrapes it by name).
 pub const ADMIN_PORT_NAME: &str = "pinproxy-admin";
 
@@ -120,6 +128,48 @@ pub struct InjectOptions {
     pub log_format: String,
     /// UID/GID the sidecar runs as (the image's non-root user).
     pub run_as_user: i64,
+    /// Transparent mode (DESIGN §11) for every template, unless one says
+    /// otherwise with [`TRANSPARENT_ANNOTATION`].
+    pub transparent: bool,
+    /// How transparent mode is set up where it is on.
+    pub redirect: Transparent,
+    /// Secrets with a client certificate and key (mTLS upstream), mounted
+    /// into the sidecar only, at `/etc/pinproxy-identity/NAME/`.
+    pub identity_secrets: Vec<String>,
+}
+
+/// Transparent mode's settings: the init container's `pinproxy redirect`
+/// and the sidecar's `--transparent` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transparent {
+    /// Transparent listener port, on 127.0.0.1 and ::1.
+    pub port: u16,
+    /// UID the sidecar runs as; the rules let its connections through.
+    pub uid: u32,
+    /// Image with `pinproxy redirect` and iptables.
+    pub init_image: String,
+    /// Destination ports to redirect; empty: all TCP.
+    pub ports: Vec<u16>,
+    /// Destinations never redirected.
+    pub exclude_cidr: Vec<String>,
+    /// `redirect --lock`: reset what is not redirected.
+    pub lock: bool,
+    /// Set the proxy variables too.
+    pub proxy_env: bool,
+}
+
+impl Default for Transparent {
+    fn default() -> Self {
+        Self {
+            port: 15001,
+            uid: 1337,
+            init_image: default_init_image(),
+            ports: Vec::new(),
+            exclude_cidr: Vec::new(),
+            lock: false,
+            proxy_env: false,
+        }
+    }
 }
 
 /// Errors of `inject`, with the document they concern.
@@ -169,6 +219,16 @@ pub enum InjectError {
         role: &'static str,
         flag: &'static str,
     },
+    #[error(
+        "{at}: {who} runs as UID {uid}, the UID transparent mode lets through unredirected: \
+         its traffic would bypass pinproxy. Run it as another UID, or choose another with \
+         --transparent-uid"
+    )]
+    UidConflict {
+        at: Box<TemplateRef>,
+        who: String,
+        uid: u32,
+    },
     #[error("invalid inject option: {0}")]
     Options(String),
     #[error("reading {path}: {source}")]
@@ -206,6 +266,8 @@ pub struct Warning {
 pub struct Added {
     /// A native sidecar (true) or a regular container.
     pub native_sidecar: bool,
+    /// Transparent mode: the redirect init container and `--transparent`.
+    pub transparent: bool,
     /// Volumes added or updated.
     pub volumes: Vec<String>,
     /// App containers given the proxy environment and the CA mount.
@@ -242,6 +304,13 @@ fn default_image() -> String {
     format!("ghcr.io/pinproxy/pinproxy:{}", env!("CARGO_PKG_VERSION"))
 }
 
+fn default_init_image() -> String {
+    format!(
+        "ghcr.io/pinproxy/pinproxy-init:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 impl Default for InjectOptions {
     fn default() -> Self {
         Self {
@@ -263,6 +332,9 @@ impl Default for InjectOptions {
             no_proxy: Vec::new(),
             log_format: "json".into(),
             run_as_user: 65532,
+            transparent: false,
+            redirect: Transparent::default(),
+            identity_secrets: Vec::new(),
         }
     }
 }
@@ -307,6 +379,40 @@ impl InjectOptions {
                 return bad(format!(
                     "imagePullPolicy {p:?} is not Always, IfNotPresent or Never"
                 ));
+            }
+        }
+        for name in self.identities() {
+            identity::check_name(name).or_else(bad)?;
+        }
+        for (what, dir) in [("pins dir", &self.pins_dir), ("ca dir", &self.ca_dir)] {
+            if dir.trim_end_matches('/') == IDENTITY_DIR {
+                return bad(format!(
+                    "{what} {dir:?} is where identity Secrets are mounted"
+                ));
+            }
+        }
+        let r = &self.redirect;
+        if r.port == 0 || r.port == self.proxy_port || r.port == self.admin_port {
+            return bad(format!(
+                "transparent port {} must be non-zero and differ from the proxy and admin ports",
+                r.port
+            ));
+        }
+        if r.uid == 0 {
+            return bad(
+                "transparent UID must not be 0: root's connections would never be redirected"
+                    .into(),
+            );
+        }
+        if r.init_image.trim().is_empty() {
+            return bad("init image is empty".into());
+        }
+        if r.ports.contains(&0) {
+            return bad("transparent ports must be non-zero".into());
+        }
+        for cidr in &r.exclude_cidr {
+            if let Err(e) = cidr.parse::<crate::k8s::redirect::Cidr>() {
+                return bad(format!("--transparent-exclude-cidr: {e}"));
             }
         }
         if !["text", "json"].contains(&self.log_format.as_str()) {
@@ -464,9 +570,14 @@ impl std::fmt::Display for Added {
         } else {
             "regular container"
         };
+        let mode = if self.transparent {
+            format!(" in transparent mode (init container {REDIRECT_CONTAINER_NAME})")
+        } else {
+            String::new()
+        };
         write!(
             f,
-            "{CONTAINER_NAME} as a {layout}; volumes {}; proxy env and CA mount in {}",
+            "{CONTAINER_NAME} as a {layout}{mode}; volumes {}; proxy env and CA mount in {}",
             self.volumes.join(", "),
             if self.app_containers.is_empty() {
                 "no container".to_string()

@@ -24,6 +24,7 @@ impl InjectOptions {
             c.insert(s("restartPolicy"), s("Always"));
         }
         c.insert(s("args"), self.sidecar_args(pins_secret_dir));
+        c.insert(s("env"), pod_identity_env());
         c.insert(s("ports"), self.sidecar_ports());
         // startupProbe holds the app back (native sidecar) until the pinset
         // is loaded and ca.crt written; it allows 60 s for that.
@@ -53,6 +54,12 @@ impl InjectOptions {
             "--log-format".into(),
             self.log_format.clone(),
         ];
+        if self.transparent {
+            args.extend([
+                "--transparent".to_string(),
+                format!("127.0.0.1:{}", self.redirect.port),
+            ]);
+        }
         for ca in self.extra_cas() {
             args.extend(["--ca-bundle-extra".to_string(), ca.file()]);
         }
@@ -89,12 +96,23 @@ impl InjectOptions {
         Value::Mapping(resources)
     }
 
+    /// The UID the sidecar runs as: in transparent mode the one the rules
+    /// exempt, which no app container may share.
+    pub(super) fn sidecar_uid(&self) -> i64 {
+        if self.transparent {
+            i64::from(self.redirect.uid)
+        } else {
+            self.run_as_user
+        }
+    }
+
     /// What the restricted Pod Security Standard asks of a container.
     fn sidecar_security_context(&self) -> Value {
+        let uid = self.sidecar_uid();
         map([
             ("runAsNonRoot", Value::Bool(true)),
-            ("runAsUser", Value::from(self.run_as_user)),
-            ("runAsGroup", Value::from(self.run_as_user)),
+            ("runAsUser", Value::from(uid)),
+            ("runAsGroup", Value::from(uid)),
             ("allowPrivilegeEscalation", Value::Bool(false)),
             ("readOnlyRootFilesystem", Value::Bool(true)),
             (
@@ -123,8 +141,27 @@ impl InjectOptions {
                 ("readOnly", Value::Bool(true)),
             ]));
         }
+        mounts.extend(self.identity_mounts());
         Value::Sequence(mounts)
     }
+}
+
+/// The pod's name and namespace from the downward API: failure reports
+/// say which workload saw the failure.
+fn pod_identity_env() -> Value {
+    let field = |name: &str, path: &str| {
+        map([
+            ("name", s(name)),
+            (
+                "valueFrom",
+                map([("fieldRef", map([("fieldPath", s(path))]))]),
+            ),
+        ])
+    };
+    Value::Sequence(vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+    ])
 }
 
 fn admin_probe(path: &str, period: i64, failures: i64) -> Value {

@@ -5,12 +5,16 @@
 
 use serde_yaml::{Mapping, Value};
 
-use super::checks::{check_app_proxy_env, check_ports, existing_layout, host_network};
+use super::checks::{
+    check_app_proxy_env, check_ports, check_transparent_uid, existing_layout, host_network,
+};
 use super::env::{env_value, merge_java_tool_options, JAVA_TOOL_OPTIONS};
+use super::identity::{check_name, IDENTITY_ANNOTATION, VOLUME_PREFIX};
 use super::trust::CA_EXTRA_VOLUME;
 use super::{
     has_inject_marker, is_dns_subdomain, Added, InjectError, InjectOptions, Outcome, TemplateRef,
     Warning, CA_VOLUME, CONTAINER_NAME, INJECTED_LABEL, PINS_SECRET_ANNOTATION, PINS_VOLUME,
+    REDIRECT_CONTAINER_NAME, TRANSPARENT_ANNOTATION,
 };
 
 /// Kinds whose Pod template is `spec.template`.
@@ -137,6 +141,7 @@ pub(super) fn inject_template(
         ));
         return Ok(None);
     }
+    let opts = &with_annotations(tmpl, opts, &at)?;
     let existing = existing_layout(tmpl);
     let native = match existing {
         Some(native) if opts.keep_layout => native,
@@ -144,9 +149,17 @@ pub(super) fn inject_template(
     };
     check_ports(tmpl, opts, &at)?;
     check_app_proxy_env(tmpl, opts, &at, existing.is_some())?;
+    check_transparent_uid(tmpl, opts, &at)?;
     if !native && (kind == "Job" || kind == "CronJob") {
         warnings.push(at.warning(
             "legacy (non-native) sidecar in a Job never exits, so the Job never completes",
+        ));
+    }
+    if !native && opts.transparent {
+        warnings.push(at.warning(
+            "transparent mode with a legacy (non-native) sidecar: the rules are in place \
+             before pinproxy listens, so the app's init containers and its first \
+             connections fail (connection refused) until pinproxy is up",
         ));
     }
 
@@ -154,6 +167,7 @@ pub(super) fn inject_template(
     let first_app = first_app_container(tmpl);
     let spec = child_mapping(tmpl, "spec").ok_or_else(|| at.malformed("spec is not a mapping"))?;
     place_sidecar(spec, opts, native, &at)?;
+    place_redirect(spec, opts, &at)?;
     let volumes = add_volumes(spec, opts, &secret, &at)?;
     let app_containers = configure_app_containers(spec, opts, &at)?;
     // With a regular sidecar first in the list, kubectl logs/exec would
@@ -163,9 +177,46 @@ pub(super) fn inject_template(
     }
     Ok(Some(Added {
         native_sidecar: native,
+        transparent: opts.transparent,
         volumes,
         app_containers,
     }))
+}
+
+/// `opts`, with what the template's annotations say: transparent mode
+/// ([`TRANSPARENT_ANNOTATION`]) and more identity Secrets
+/// ([`IDENTITY_ANNOTATION`]).
+fn with_annotations(
+    tmpl: &Mapping,
+    opts: &InjectOptions,
+    at: &Subject,
+) -> Result<InjectOptions, InjectError> {
+    let mut opts = opts.clone();
+    let annotations = tmpl.get("metadata").and_then(|m| m.get("annotations"));
+    let said = annotations.and_then(|a| a.get(TRANSPARENT_ANNOTATION));
+    match said.map(|v| v.as_str().map(str::trim)) {
+        None => {}
+        Some(Some("true")) => opts.transparent = true,
+        Some(Some("false")) => opts.transparent = false,
+        Some(_) => {
+            return Err(at.malformed(&format!(
+                "annotation {TRANSPARENT_ANNOTATION} must be \"true\" or \"false\""
+            )))
+        }
+    }
+    if let Some(v) = annotations.and_then(|a| a.get(IDENTITY_ANNOTATION)) {
+        let Some(list) = v.as_str() else {
+            return Err(at.malformed(&format!(
+                "annotation {IDENTITY_ANNOTATION} must be a comma-separated list of Secret names"
+            )));
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            check_name(name)
+                .map_err(|e| at.malformed(&format!("annotation {IDENTITY_ANNOTATION}: {e}")))?;
+            opts.identity_secrets.push(name.to_string());
+        }
+    }
+    Ok(opts)
 }
 
 /// Metadata: the label the PodMonitor selects. Returns the pins Secret,
@@ -254,6 +305,36 @@ fn place_sidecar(
     Ok(())
 }
 
+/// Transparent mode's init container, first of all (before the native
+/// sidecar, so the rules exist before anything else runs); taken out when
+/// transparent mode is off.
+fn place_redirect(
+    spec: &mut Mapping,
+    opts: &InjectOptions,
+    at: &Subject,
+) -> Result<(), InjectError> {
+    if let Some(list) = spec.get_mut("initContainers") {
+        let Value::Sequence(list) = list else {
+            return Err(at.malformed("spec.initContainers is not a list"));
+        };
+        list.retain(|c| !is_redirect(c));
+        if list.is_empty() {
+            spec.remove("initContainers");
+        }
+    }
+    if !opts.transparent {
+        return Ok(());
+    }
+    let list = spec
+        .entry(s("initContainers"))
+        .or_insert_with(|| Value::Sequence(Vec::new()));
+    let Value::Sequence(list) = list else {
+        return Err(at.malformed("spec.initContainers is not a list"));
+    };
+    list.insert(0, opts.redirect_container());
+    Ok(())
+}
+
 /// The pins Secret, the CA emptyDir and the extra CAs (taken out again when
 /// none are configured any more), replaced in place by name. Returns the
 /// names of the volumes pinproxy uses.
@@ -287,6 +368,19 @@ fn add_volumes(
         ]),
     );
     let mut names = vec![PINS_VOLUME.to_string(), CA_VOLUME.to_string()];
+    // Identity Secrets: those configured now, in place by name; any other
+    // one an earlier injection added is taken out.
+    let identity = opts.identity_volumes();
+    volumes.retain(|v| {
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+        !name.starts_with(VOLUME_PREFIX) || identity.iter().any(|i| i.get("name") == v.get("name"))
+    });
+    for v in identity {
+        if let Some(name) = v.get("name").and_then(Value::as_str) {
+            names.push(name.to_string());
+        }
+        upsert_named(volumes, v);
+    }
     match opts.extra_ca_volume() {
         Some(extra) => {
             upsert_named(volumes, extra);
@@ -305,7 +399,12 @@ fn configure_app_containers(
     at: &Subject,
 ) -> Result<Vec<String>, InjectError> {
     let env = opts.app_env();
-    let java = opts.java_proxy_properties();
+    let stale = opts.stale_app_env();
+    let java = if opts.sets_proxy_env() {
+        opts.java_proxy_properties()
+    } else {
+        String::new()
+    };
     let Some(Value::Sequence(containers)) = spec.get_mut("containers") else {
         return Err(at.malformed("spec.containers is not a list"));
     };
@@ -323,6 +422,11 @@ fn configure_app_containers(
         else {
             return Err(at.malformed("a container's env is not a list"));
         };
+        list.retain(|v| {
+            v.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(|n| !stale.contains(&n))
+        });
         for (name, value) in &env {
             upsert_named(list, map([("name", s(name)), ("value", s(value))]));
         }
@@ -331,10 +435,14 @@ fn configure_app_containers(
             .find(|v| v.get("name").and_then(Value::as_str) == Some(JAVA_TOOL_OPTIONS))
             .and_then(env_value);
         let merged = merge_java_tool_options(theirs.as_deref(), &java);
-        upsert_named(
-            list,
-            map([("name", s(JAVA_TOOL_OPTIONS)), ("value", s(&merged))]),
-        );
+        if merged.is_empty() {
+            list.retain(|v| v.get("name").and_then(Value::as_str) != Some(JAVA_TOOL_OPTIONS));
+        } else {
+            upsert_named(
+                list,
+                map([("name", s(JAVA_TOOL_OPTIONS)), ("value", s(&merged))]),
+            );
+        }
         let Value::Sequence(mounts) = c
             .entry(s("volumeMounts"))
             .or_insert_with(|| Value::Sequence(Vec::new()))
@@ -397,6 +505,10 @@ impl Subject<'_> {
 
 pub(super) fn is_sidecar(c: &Value) -> bool {
     c.get("name").and_then(Value::as_str) == Some(CONTAINER_NAME)
+}
+
+pub(super) fn is_redirect(c: &Value) -> bool {
+    c.get("name").and_then(Value::as_str) == Some(REDIRECT_CONTAINER_NAME)
 }
 
 /// Replace the entry with the same `name`, else append.
