@@ -116,7 +116,11 @@ reasons! {
     UnknownIssuer => "unknown-issuer", None, TLS;
     WrongName => "wrong-name", None, TLS;
     BadSignature => "bad-signature", None, TLS;
+    /// A certificate on the path, or its issuer, is on one of the entry's CRLs.
     Revoked => "revoked", None, TLS;
+    /// The CRL deciding a certificate's status is past its nextUpdate and
+    /// the entry says `crl_policy: refuse-expired`.
+    CrlExpired => "crl-expired", None, TLS;
     BadEncoding => "bad-encoding", None, TLS;
     InvalidCertificate => "invalid-certificate", None, TLS;
     NoCertificate => "no-certificate", None, TLS;
@@ -322,7 +326,7 @@ mod tests {
                 "internal-error"
             ]
         );
-        assert_eq!(Reason::tls_failures().count(), 16);
+        assert_eq!(Reason::tls_failures().count(), 17);
         assert_eq!(
             Reason::HeadTooLarge.status(),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)

@@ -63,7 +63,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
 /// Dials one entry and prints its verdict; `false` if something enforced
 /// would break now.
 async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
-    if entry.name.starts_with("*.") {
+    if entry.name.starts_with('*') {
         println!(
             "{}: skipped (a wildcard names no single server)",
             entry.name
@@ -79,12 +79,18 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
         Trust::Bundle { anchors, .. } => Some(anchors.clone()),
         Trust::PinOnly => None,
     };
-    let seen = match probe::probe(
+    let expect = probe::Expect {
+        names: &entry.names,
+        crls: entry.crls.clone(),
+        client_cert: entry.client_cert.as_ref().map(|c| c.certified.clone()),
+    };
+    let seen = match probe::probe_with(
         &host,
         port,
         entry.address,
         &host,
         anchors,
+        expect,
         Duration::from_secs(10),
     )
     .await
@@ -148,7 +154,47 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
     for line in rotation(entry, j.next_pins_matched) {
         println!("{}: rotation: {line}", entry.name);
     }
+    if let Some((line, fine)) = client_auth(entry, &seen.client_auth) {
+        println!("{}: client certificate: {line}", entry.name);
+        ok &= fine;
+    }
     ok
+}
+
+/// Whether the server asked for a client certificate and how the handshake
+/// with the entry's (or without one) ended; `None` when nobody asked and
+/// none is configured. `false`: requests would fail.
+fn client_auth(entry: &HostPolicy, seen: &probe::ClientAuth) -> Option<(String, bool)> {
+    let mine = entry
+        .client_cert
+        .as_ref()
+        .map(|c| format!("{} ({})", c.subject, c.pin));
+    Some(match (seen.requested, &mine, &seen.refused) {
+        (false, None, _) => return None,
+        (false, Some(_), _) => (
+            "configured, but the server did not ask for one (not presented)".into(),
+            true,
+        ),
+        (true, Some(me), None) => (
+            format!("the server asked for one; the handshake presenting {me} succeeded"),
+            true,
+        ),
+        (true, Some(me), Some(why)) => (
+            format!("REFUSED — the server asked for one and refused {me}: {why}"),
+            false,
+        ),
+        (true, None, None) => (
+            "the server asked for one and accepted the connection without (none configured)".into(),
+            true,
+        ),
+        (true, None, Some(why)) => (
+            format!(
+                "REQUIRED — the server asked for one and refused the connection without: {why}; \
+                 add client_cert to this entry"
+            ),
+            false,
+        ),
+    })
 }
 
 /// The two questions of a key rotation, answered for one entry with

@@ -10,6 +10,7 @@ use clap::Args;
 use super::{small_runtime, Error};
 use crate::policy;
 use crate::policy::host::Host;
+use crate::policy::identity::Name;
 use crate::policy::pin::Pin;
 use crate::proxy::target::parse_host_port;
 use crate::tls::cert::{self, CertInfo};
@@ -38,6 +39,11 @@ pub struct PinArgs {
     /// checked stay the host; the snippet then carries `address:`).
     #[arg(long, value_name = "IP:PORT", requires = "connect")]
     pub address: Option<SocketAddr>,
+    /// A SAN the certificate must carry instead of the host name, as the
+    /// pinset's `names:` (repeatable): a DNS name, or a URI such as a
+    /// SPIFFE ID, exact or ending in `/*`. The snippet then carries `names:`.
+    #[arg(long = "name", value_name = "SAN", requires = "connect")]
+    pub names: Vec<String>,
 }
 
 pub fn pin(args: &PinArgs) -> Result<(), Error> {
@@ -47,6 +53,7 @@ pub fn pin(args: &PinArgs) -> Result<(), Error> {
             args.servername.as_deref(),
             args.ca_file.as_deref(),
             args.address,
+            &args.names,
         );
     }
     let provider = rustls::crypto::ring::default_provider();
@@ -76,7 +83,12 @@ fn pin_connect(
     servername: Option<&str>,
     ca_file: Option<&Path>,
     address: Option<SocketAddr>,
+    names: &[String],
 ) -> Result<(), Error> {
+    let names = names
+        .iter()
+        .map(|n| Name::parse(n).map_err(|e| Error::Usage(format!("--name: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let (host, port) = parse_host_port(target)
         .map_err(|e| Error::Usage(format!("invalid HOST[:PORT] {target:?}: {e}")))?;
     let name = match servername.map(Host::parse).transpose() {
@@ -89,12 +101,16 @@ fn pin_connect(
     };
     let rt = small_runtime()?;
     let seen = rt
-        .block_on(probe::probe(
+        .block_on(probe::probe_with(
             &host,
             port,
             address,
             &name,
             Some(anchors),
+            probe::Expect {
+                names: &names,
+                ..Default::default()
+            },
             Duration::from_secs(10),
         ))
         .map_err(|e| Error::failed(format!("{host}:{port}: {e}")))?;
@@ -109,17 +125,38 @@ fn pin_connect(
         port,
         trust: ca_file.map(|f| f.display().to_string()),
         address,
+        names: names.iter().map(|n| n.to_string()).collect(),
+        client_cert: seen.client_auth.requested,
     };
+    if seen.client_auth.requested {
+        println!(
+            "# the server asked for a client certificate (mTLS); none was presented{}",
+            match &seen.client_auth.refused {
+                Some(why) => format!(" and it refused the connection ({why})"),
+                None => String::new(),
+            }
+        );
+    }
     match &seen.error {
         Some(e) => {
             // Still useful: the operator sees what the server sends. But
             // pinproxy would refuse it until the chain validates.
             println!("# NOT VALID: {e}");
-            println!(
-                "# UNTRUSTED: pinproxy would refuse this server (untrusted-certificate) with \
-                 this trust; the snippet below pins the chain *as presented*, unvalidated. \
-                 Fix trust (--ca-file / trust:) first, then pin from a validated chain."
-            );
+            if seen.paths.is_empty() {
+                println!(
+                    "# UNTRUSTED: pinproxy would refuse this server (untrusted-certificate) with \
+                     this trust; the snippet below pins the chain *as presented*, unvalidated. \
+                     Fix trust (--ca-file / trust:) first, then pin from a validated chain."
+                );
+            } else {
+                // Only the name check comes after a validated path.
+                println!(
+                    "# WRONG NAME: the chain validated, the name did not: pinproxy would refuse \
+                     this server (untrusted-certificate, reason wrong-name). If the server's \
+                     identity is one of the names it presents (a SPIFFE ID, a Service name), run \
+                     again with --name <that SAN>; the snippet then carries names:."
+                );
+            }
             print!("{}", snippet.render(&seen.presented_info(), true));
             Err(Error::Reported)
         }
@@ -180,6 +217,9 @@ struct Snippet {
     port: u16,
     trust: Option<String>,
     address: Option<SocketAddr>,
+    names: Vec<String>,
+    /// The server asked for a client certificate.
+    client_cert: bool,
 }
 
 impl Snippet {
@@ -199,6 +239,15 @@ impl Snippet {
         }
         if self.port != 443 {
             s.push_str(&format!("    ports: [{}]\n", self.port));
+        }
+        if !self.names.is_empty() {
+            let quoted: Vec<String> = self.names.iter().map(|n| format!("{n:?}")).collect();
+            s.push_str(&format!("    names: [{}]\n", quoted.join(", ")));
+        }
+        if self.client_cert {
+            s.push_str(
+                "    # client_cert: {cert: identity/tls.crt, key: identity/tls.key}   # the server asks for one\n",
+            );
         }
         s
     }

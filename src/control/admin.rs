@@ -147,10 +147,76 @@ struct HostView {
     expires: Option<String>,
     ports: Vec<u16>,
     address: Option<String>,
+    /// The identity presented upstream: files and the leaf's public facts,
+    /// never the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<ClientCertView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crls: Option<CrlsView>,
     last_seen: Option<crate::control::drift::LastSeen>,
     /// Key continuity per name dialed under this entry: the path last
     /// seen, and when each position last changed, from what to what.
     chains: BTreeMap<String, History>,
+}
+
+#[derive(Serialize)]
+struct ClientCertView {
+    cert: String,
+    key: String,
+    subject: String,
+    pin: String,
+    uris: Vec<String>,
+    /// RFC 3339.
+    not_after: String,
+}
+
+#[derive(Serialize)]
+struct CrlsView {
+    policy: &'static str,
+    files: Vec<CrlFileView>,
+}
+
+#[derive(Serialize)]
+struct CrlFileView {
+    path: String,
+    issuers: Vec<String>,
+    /// RFC 3339.
+    next_update: String,
+    revoked: usize,
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn client_cert_view(c: &crate::policy::identity::ClientCert) -> ClientCertView {
+    ClientCertView {
+        cert: c.cert_path.display().to_string(),
+        key: c.key_path.display().to_string(),
+        subject: c.subject.clone(),
+        pin: c.pin.to_string(),
+        uris: c.uris.clone(),
+        not_after: rfc3339(c.not_after),
+    }
+}
+
+fn crls_view(c: &crate::policy::identity::Crls) -> CrlsView {
+    CrlsView {
+        policy: c.policy.as_str(),
+        files: c
+            .files
+            .iter()
+            .map(|f| CrlFileView {
+                path: f.path.display().to_string(),
+                issuers: f.issuers.clone(),
+                next_update: rfc3339(f.next_update),
+                revoked: f.revoked,
+            })
+            .collect(),
+    }
 }
 
 fn pins_view(admin: &Admin) -> PinsView {
@@ -178,6 +244,9 @@ fn pins_view(admin: &Admin) -> PinsView {
                 expires: h.expires_date().map(|d| d.to_string()),
                 ports: h.ports.clone(),
                 address: h.address.map(|a| a.to_string()),
+                client_cert: h.client_cert.as_deref().map(client_cert_view),
+                names: h.names.iter().map(|n| n.to_string()).collect(),
+                crls: h.crls.as_deref().map(crls_view),
                 last_seen: admin.drift.get(&h.name),
                 chains: admin.sinks.continuity.under(&h.name),
             })

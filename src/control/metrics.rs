@@ -24,6 +24,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub pinset_expiry: GaugeVec,
     pub upstream_cert_expiry: GaugeVec,
+    pub client_cert_expiry: GaugeVec,
+    pub crl_next_update: GaugeVec,
     pub minted_leaves: IntCounterVec,
     pub transparent_connections: IntCounterVec,
     pub build_info: Gauge,
@@ -138,6 +140,16 @@ impl Metrics {
                 "notAfter of the leaf certificate last seen upstream (Unix time).",
                 &["host"],
             ),
+            client_cert_expiry: gauge_vec(
+                "client_cert_expiry_timestamp_seconds",
+                "notAfter of the client certificate each entry presents upstream (Unix time).",
+                &["host"],
+            ),
+            crl_next_update: gauge_vec(
+                "crl_next_update_timestamp_seconds",
+                "The earliest nextUpdate of each entry's CRLs (Unix time); past it the CRL is expired.",
+                &["host"],
+            ),
             transparent_connections: counter(
                 "transparent_connections_total",
                 "Connections on the transparent listener, by what their first bytes were (tls, http, other) and what became of them.",
@@ -186,6 +198,8 @@ impl Metrics {
         let _ = self.next_pins_mismatch.remove_label_values(&[host]);
         let _ = self.upstream_cert_expiry.remove_label_values(&[host]);
         let _ = self.pinset_expiry.remove_label_values(&[host]);
+        let _ = self.client_cert_expiry.remove_label_values(&[host]);
+        let _ = self.crl_next_update.remove_label_values(&[host]);
         let _ = self.handshake_seconds.remove_label_values(&[host]);
         for position in Position::ALL {
             let _ = self

@@ -197,6 +197,11 @@ impl Reloader {
         let metrics = &self.shared.metrics;
         metrics.config_reloads.with_label_values(&["success"]).inc();
         tracing::info!(generation, "pinset reloaded");
+        // An expiring client certificate or an expired CRL is worth a line
+        // on every reload, not only at start.
+        for w in &new.policy.warnings {
+            tracing::warn!(generation, warning = %w, "pinset warning");
+        }
         Ok(Reloaded::Swapped(generation))
     }
 }
@@ -271,11 +276,12 @@ impl Watcher {
         Ok(this)
     }
 
-    /// Also watches the directories of every CA bundle the pinset in force
-    /// names (they may live in another mount).
+    /// Also watches the directories of every file the pinset in force
+    /// names — CA bundles, client certificates and keys, CRLs — since they
+    /// may live in another mount (a cert-manager Secret beside the pins).
     pub fn watch_bundles(&mut self, reloader: &Reloader) -> Result<(), notify::Error> {
         let snap = reloader.live().load();
-        for file in snap.policy.bundle_paths() {
+        for file in snap.policy.watched_files() {
             self.watch_dir(parent_dir(&file))?;
         }
         Ok(())
@@ -300,7 +306,12 @@ impl Watcher {
                 tokio::select! {
                     event = self.events.recv() => {
                         let Some(first) = event else { break };
-                        self.settle_burst(first, reloader.pins_path()).await;
+                        // The pinset and every file it names: a helper
+                        // that rewrites a certificate and then its key in
+                        // place must be done with both before the read.
+                        let mut files = vec![reloader.pins_path().to_path_buf()];
+                        files.extend(reloader.live().load().policy.watched_files());
+                        self.settle_burst(first, &files).await;
                         let reloader = reloader.clone();
                         reloads.spawn(async move {
                             let _ = reloader.reload().await;
@@ -317,7 +328,7 @@ impl Watcher {
     }
 
     /// Debounces a burst of events that began with `first`.
-    async fn settle_burst(&mut self, first: bool, pins: &Path) {
+    async fn settle_burst(&mut self, first: bool, files: &[PathBuf]) {
         // Let the writer finish its burst of renames.
         tokio::time::sleep(DEBOUNCE).await;
         let mut in_place = first;
@@ -325,40 +336,47 @@ impl Watcher {
             in_place |= more;
         }
         // The kubelet swaps whole directories (renames). A writer that
-        // rewrites the file in place can expose a prefix that parses — a
-        // host cut off before its `mode: enforce` — so wait until two reads
-        // a debounce apart agree.
+        // rewrites a file in place can expose a prefix that parses — a
+        // host cut off before its `mode: enforce`, a certificate beside the
+        // old key — so wait until two reads a debounce apart agree.
         if in_place {
-            settle(pins).await;
+            settle(files).await;
             while self.events.try_recv().is_ok() {}
         }
     }
 }
 
-/// Waits (bounded) until the file's content stops changing.
-async fn settle(path: &Path) {
-    let digest = |path: PathBuf| async move {
+/// Waits (bounded) until the files' contents stop changing.
+async fn settle(files: &[PathBuf]) {
+    let digest = |files: Vec<PathBuf>| async move {
         tokio::task::spawn_blocking(move || {
-            std::fs::read(&path).ok().map(|b| {
-                ring::digest::digest(&ring::digest::SHA256, &b)
-                    .as_ref()
-                    .to_vec()
-            })
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            for f in &files {
+                // A missing file hashes as missing: its appearing is a change.
+                match std::fs::read(f) {
+                    Ok(b) => {
+                        ctx.update(&(b.len() as u64).to_be_bytes());
+                        ctx.update(&b);
+                    }
+                    Err(_) => ctx.update(b"-"),
+                }
+            }
+            ctx.finish().as_ref().to_vec()
         })
         .await
         .ok()
-        .flatten()
     };
-    let mut last = digest(path.to_path_buf()).await;
+    let mut last = digest(files.to_vec()).await;
     for _ in 0..40 {
         tokio::time::sleep(DEBOUNCE).await;
-        let now = digest(path.to_path_buf()).await;
+        let now = digest(files.to_vec()).await;
         if now == last {
             return;
         }
         last = now;
     }
-    tracing::warn!(path = %path.display(), "pinset file still changing; reloading anyway");
+    let first = files.first().map(|p| p.display().to_string());
+    tracing::warn!(pinset = ?first, "pinset or its files still changing; reloading anyway");
 }
 
 fn parent_dir(file: &Path) -> PathBuf {
@@ -549,6 +567,31 @@ mod tests {
         );
     }
 
+    /// In virtual time: a helper that rewrites a certificate and, later,
+    /// its key in place holds the reload back until both stopped changing.
+    #[tokio::test(start_paused = true)]
+    async fn settle_waits_for_every_file_the_pinset_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, "old cert").unwrap();
+        std::fs::write(&key, "old key").unwrap();
+        let writer = {
+            let (cert, key) = (cert.clone(), key.clone());
+            tokio::spawn(async move {
+                // Two thirds of a debounce apart, straddling the first
+                // re-read: settling on one file would stop between them.
+                tokio::time::sleep(DEBOUNCE * 2 / 3).await;
+                std::fs::write(&cert, "new cert").unwrap();
+                tokio::time::sleep(DEBOUNCE * 2 / 3).await;
+                std::fs::write(&key, "new key").unwrap();
+            })
+        };
+        let start = tokio::time::Instant::now();
+        settle(&[cert, key]).await;
+        assert!(writer.is_finished(), "settled between the two writes");
+        assert!(start.elapsed() >= DEBOUNCE * 3, "{:?}", start.elapsed());
+    }
+
     /// In virtual time: an in-place writer that keeps writing holds the
     /// reload back until two reads a debounce apart agree.
     #[tokio::test(start_paused = true)]
@@ -568,7 +611,7 @@ mod tests {
             })
         };
         let start = tokio::time::Instant::now();
-        settle(&path).await;
+        settle(std::slice::from_ref(&path)).await;
         let waited = start.elapsed();
         assert!(writer.is_finished(), "settled while the writer was writing");
         assert!(

@@ -182,8 +182,26 @@ pub fn decide(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<A
 }
 
 /// Whether two entries enforce the same thing (pins, mode, expiry, ports,
-/// address, trust and the CA bundle's contents).
+/// address, trust and the CA bundle's contents, names, what the CRLs
+/// revoke) and present the same client certificate. A rotated client
+/// certificate counts as a change: connections made with the old one end
+/// a grace period after the rotation, so an identity withdrawn is
+/// withdrawn everywhere, not only from new connections.
 pub fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
+    let same_identity = match (&a.client_cert, &b.client_cert) {
+        (None, None) => true,
+        (Some(x), Some(y)) => x.same_identity(y),
+        _ => false,
+    };
+    let same_crls = match (&a.crls, &b.crls) {
+        (None, None) => true,
+        (Some(x), Some(y)) => x.same_revocations(y),
+        _ => false,
+    };
+    same_identity && same_crls && a.names == b.names && same_pinning(a, b)
+}
+
+fn same_pinning(a: &HostPolicy, b: &HostPolicy) -> bool {
     let same_trust = match (&a.trust, &b.trust) {
         (Trust::WebPki, Trust::WebPki) | (Trust::PinOnly, Trust::PinOnly) => true,
         (Trust::Bundle { anchors: x, .. }, Trust::Bundle { anchors: y, .. }) => {

@@ -4,6 +4,8 @@
 //!   computes SPKI pins.
 //! - [`load()`] reads the pinset file; `wire` is its YAML shape and
 //!   `validate` turns that into a [`Policy`], collecting every problem.
+//! - [`identity`]: an entry's client certificate (mTLS), the SANs its
+//!   server must carry (`names:`) and its CRLs.
 //! - [`admission`] answers "may this target be dialed, and under which
 //!   entry?"; an [`Admission`] can only be made there.
 //!
@@ -11,6 +13,7 @@
 
 pub mod admission;
 pub mod host;
+pub mod identity;
 pub mod load;
 pub mod passthrough;
 pub mod pattern;
@@ -33,6 +36,7 @@ pub use admission::{Admission, Refusal, Target};
 pub use load::{load, load_bundle, parse, BundleError, Error, Problem};
 
 use host::Host;
+use identity::{ClientCert, Crls, Name};
 use passthrough::Passthrough;
 use pattern::Patterns;
 use pin::Pin;
@@ -171,6 +175,14 @@ pub struct HostPolicy {
     pub ports: Vec<u16>,
     pub trust: Trust,
     pub address: Option<SocketAddr>,
+    /// Presented on every upstream TLS connection to this entry's hosts.
+    pub client_cert: Option<Arc<ClientCert>>,
+    /// When non-empty, the certificate must carry one of these SANs
+    /// *instead of* the host name (never in addition to nothing: the name
+    /// check is replaced, not skipped).
+    pub names: Vec<Name>,
+    /// CRLs checked on the validated path.
+    pub crls: Option<Arc<Crls>>,
 }
 
 impl HostPolicy {
@@ -239,6 +251,24 @@ impl Policy {
                 _ => None,
             })
             .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every file the pinset names besides itself — CA bundles, client
+    /// certificates and keys, CRLs — for the reloader to watch.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut out = self.bundle_paths();
+        for h in &self.hosts {
+            if let Some(c) = &h.client_cert {
+                out.push(c.cert_path.clone());
+                out.push(c.key_path.clone());
+            }
+            if let Some(crls) = &h.crls {
+                out.extend(crls.files.iter().map(|f| f.path.clone()));
+            }
+        }
         out.sort();
         out.dedup();
         out

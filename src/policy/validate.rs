@@ -13,11 +13,12 @@ use std::sync::Arc;
 use rustls_pki_types::TrustAnchor;
 use time::OffsetDateTime;
 
+use super::identity::{self, ClientCert, CrlPolicy, Crls, FilePath, LoadedCrl, Name};
 use super::load::{hex, read_bundle, BundleError, Problem};
 use super::passthrough::{Item, Passthrough};
 use super::pattern::{Pattern, Patterns};
 use super::pin::Pin;
-use super::wire::{DefaultsWire, FileWire, HostWire, HostsWire};
+use super::wire::{ClientCertWire, DefaultsWire, FileWire, HostWire, HostsWire};
 use super::{Defaults, HostPolicy, Mode, Policy, ReportUri, Trust, Unlisted};
 
 pub(super) struct Validator<'a> {
@@ -32,6 +33,9 @@ pub(super) struct Validator<'a> {
     bundles: Vec<(PathBuf, Vec<u8>)>,
     /// Each bundle's anchors, read once however many entries name it.
     anchors: HashMap<PathBuf, Arc<[TrustAnchor<'static>]>>,
+    /// Client certificates (by cert and key path) and CRL files, likewise.
+    client_certs: HashMap<(PathBuf, PathBuf), Arc<ClientCert>>,
+    crl_files: HashMap<PathBuf, Arc<LoadedCrl>>,
 }
 
 /// Why a `trust:` value is unusable.
@@ -75,7 +79,27 @@ impl<'a> Validator<'a> {
             warnings: Vec::new(),
             bundles: Vec::new(),
             anchors: HashMap::new(),
+            client_certs: HashMap::new(),
+            crl_files: HashMap::new(),
         }
+    }
+
+    /// A file the pinset names: relative paths are named under the
+    /// pinset's directory and read from the version of it the pinset was
+    /// read from (one version of a Secret volume). A path that climbs out
+    /// (`../identity/tls.crt`, another volume beside this one) is read
+    /// where it is named: from inside the kubelet's timestamped directory,
+    /// `..` would land back in this volume.
+    fn file_path(&self, raw: &str) -> FilePath {
+        let raw = Path::new(raw);
+        let shown = self.base.join(raw);
+        let climbs = raw.components().next() == Some(std::path::Component::ParentDir);
+        let read = if raw.is_absolute() || climbs {
+            shown.clone()
+        } else {
+            self.read_from.join(raw)
+        };
+        FilePath { shown, read }
     }
 
     pub(super) fn run(mut self, wire: FileWire, bytes: &[u8]) -> Result<Policy, Vec<Problem>> {
@@ -188,12 +212,12 @@ impl<'a> Validator<'a> {
 
     /// A problem with one field of a host entry, at that field's line.
     fn field_err(&mut self, e: &Entry<'_>, field: &str, msg: impl Into<String>) {
-        let line = e.line_of(field.split('[').next().unwrap_or(field));
+        let line = e.line_of(field.split(['[', '.']).next().unwrap_or(field));
         self.err(Some(e.key), Some(field), line, msg.into());
     }
 
     fn field_warn(&mut self, e: &Entry<'_>, field: &str, msg: impl Into<String>) {
-        let line = e.line_of(field);
+        let line = e.line_of(field.split(['[', '.']).next().unwrap_or(field));
         self.warn(Some(e.key), Some(field), line, msg.into());
     }
 
@@ -306,6 +330,9 @@ impl<'a> Validator<'a> {
             None => d.ports.clone(),
         };
         let address = w.address.and_then(|a| self.address(e, &a));
+        let client_cert = w.client_cert.and_then(|c| self.client_cert(e, c));
+        let names = self.names(e, w.names);
+        let crls = self.crls(e, w.crls, w.crl_policy, &trust);
         if self.problems.len() != before {
             return None;
         }
@@ -326,7 +353,172 @@ impl<'a> Validator<'a> {
             ports,
             trust,
             address,
+            client_cert,
+            names,
+            crls,
         })
+    }
+
+    /// `client_cert:`: the pair read together, once however many entries
+    /// name it; a key that does not match its certificate is an error.
+    fn client_cert(&mut self, e: &Entry<'_>, w: ClientCertWire) -> Option<Arc<ClientCert>> {
+        let mut empty = false;
+        for (field, raw) in [("client_cert.cert", &w.cert), ("client_cert.key", &w.key)] {
+            if raw.trim().is_empty() {
+                self.field_err(e, field, "empty: a path relative to the pinset file");
+                empty = true;
+            }
+        }
+        if empty {
+            return None;
+        }
+        let (cert, key) = (self.file_path(&w.cert), self.file_path(&w.key));
+        let cache_key = (cert.shown.clone(), key.shown.clone());
+        if let Some(c) = self.client_certs.get(&cache_key) {
+            return Some(c.clone());
+        }
+        match identity::read_client_cert(&cert, &key, self.now) {
+            Ok(identity::ReadClientCert {
+                cert: c,
+                bytes: [cert_bytes, key_bytes],
+                warnings,
+            }) => {
+                for w in warnings {
+                    self.field_warn(e, "client_cert", w);
+                }
+                self.bundles.push((cert.shown, cert_bytes));
+                // Hashed with the rest, never kept or shown.
+                self.bundles.push((key.shown, key_bytes));
+                let c = Arc::new(c);
+                self.client_certs.insert(cache_key, c.clone());
+                Some(c)
+            }
+            Err(err) => {
+                self.field_err(e, "client_cert", err.to_string());
+                None
+            }
+        }
+    }
+
+    /// `names:`: DNS names and URIs (SPIFFE IDs exact or `…/*`).
+    fn names(&mut self, e: &Entry<'_>, raw: Option<Vec<String>>) -> Vec<Name> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        if raw.is_empty() {
+            self.field_err(
+                e,
+                "names",
+                "empty: omit names (the host name is checked) or list the SANs to accept",
+            );
+        }
+        let mut out: Vec<Name> = Vec::with_capacity(raw.len());
+        for (i, n) in raw.iter().enumerate() {
+            match Name::parse(n) {
+                Ok(name) if out.contains(&name) => {
+                    self.field_err(e, &format!("names[{i}]"), format!("duplicate name {name}"))
+                }
+                Ok(name) => out.push(name),
+                Err(err) => self.field_err(e, &format!("names[{i}]"), err.to_string()),
+            }
+        }
+        out
+    }
+
+    /// `crls:` and `crl_policy:`; an expired CRL is a warning that says
+    /// what the policy makes of it.
+    fn crls(
+        &mut self,
+        e: &Entry<'_>,
+        raw: Option<Vec<String>>,
+        policy: Option<CrlPolicy>,
+        trust: &Trust,
+    ) -> Option<Arc<Crls>> {
+        let Some(raw) = raw else {
+            if policy.is_some() {
+                self.field_err(e, "crl_policy", "set without crls: list the CRL files");
+            }
+            return None;
+        };
+        let policy = policy.unwrap_or_default();
+        if raw.is_empty() {
+            self.field_err(e, "crls", "empty: omit crls or list CRL files (PEM or DER)");
+            return None;
+        }
+        if matches!(trust, Trust::PinOnly) {
+            self.field_err(
+                e,
+                "crls",
+                "trust: pin-only validates no chain, so there is no path to check a CRL on",
+            );
+            return None;
+        }
+        let mut files = Vec::with_capacity(raw.len());
+        for (i, r) in raw.iter().enumerate() {
+            let field = format!("crls[{i}]");
+            if r.trim().is_empty() {
+                self.field_err(e, &field, "empty path");
+                continue;
+            }
+            let path = self.file_path(r);
+            let loaded = match self.crl_files.get(&path.shown) {
+                Some(l) => l.clone(),
+                None => match identity::read_crl(&path) {
+                    Ok((loaded, bytes)) => {
+                        self.bundles.push((path.shown.clone(), bytes));
+                        let loaded = Arc::new(loaded);
+                        self.crl_files.insert(path.shown.clone(), loaded.clone());
+                        loaded
+                    }
+                    Err(err) => {
+                        self.field_err(e, &field, err.to_string());
+                        continue;
+                    }
+                },
+            };
+            if files
+                .iter()
+                .any(|(f, _): &(Arc<identity::CrlFile>, _)| f.path == path.shown)
+            {
+                self.field_err(e, &field, format!("duplicate CRL file {r:?}"));
+                continue;
+            }
+            if loaded.file.next_update <= self.now {
+                let what = match policy {
+                    CrlPolicy::UseExpired => {
+                        "still used (crl_policy: use-expired): what it revokes stays refused; mount a fresh CRL"
+                    }
+                    CrlPolicy::RefuseExpired => {
+                        "crl_policy: refuse-expired — chains it covers are refused until a fresh CRL is mounted"
+                    }
+                };
+                self.field_warn(
+                    e,
+                    "crls",
+                    format!(
+                        "{}: the CRL expired (nextUpdate {}); {what}",
+                        path.shown.display(),
+                        loaded.file.next_update
+                    ),
+                );
+            }
+            files.push((loaded.file.clone(), loaded));
+        }
+        // webpki consults the first CRL whose issuer matches a certificate's.
+        let mut issuers = std::collections::HashSet::new();
+        for issuer in files.iter().flat_map(|(f, _)| f.issuers.iter()) {
+            if !issuers.insert(issuer) {
+                self.field_warn(
+                    e,
+                    "crls",
+                    format!(
+                        "two CRLs from issuer {issuer:?}: only the first listed is consulted; \
+                         list only the newest"
+                    ),
+                );
+            }
+        }
+        Some(Arc::new(Crls::new(files, policy)))
     }
 
     fn required_pins(&mut self, e: &Entry<'_>, raw: Option<Vec<String>>) -> Vec<Pin> {
@@ -430,12 +622,12 @@ impl<'a> Validator<'a> {
             "pin-only" => Ok(Trust::PinOnly),
             "" => Err(TrustError::Empty),
             raw => {
-                let path = self.base.join(raw);
+                let FilePath { shown: path, read } = self.file_path(raw);
                 if let Some(anchors) = self.anchors.get(&path) {
                     let anchors = anchors.clone();
                     return Ok(Trust::Bundle { path, anchors });
                 }
-                let (anchors, contents) = read_bundle(&self.read_from.join(raw))?;
+                let (anchors, contents) = read_bundle(&read)?;
                 self.bundles.push((path.clone(), contents));
                 self.anchors.insert(path.clone(), anchors.clone());
                 Ok(Trust::Bundle { path, anchors })

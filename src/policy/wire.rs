@@ -6,6 +6,7 @@ use std::fmt;
 use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 
+use super::identity::CrlPolicy;
 use super::{Mode, Unlisted};
 
 #[derive(Deserialize)]
@@ -50,6 +51,22 @@ pub(super) struct HostWire {
     pub(super) address: Option<String>,
     pub(super) next_pins: Option<Vec<String>>,
     pub(super) report_uri: Option<String>,
+    /// DESIGN §9: present this identity upstream (mTLS).
+    pub(super) client_cert: Option<ClientCertWire>,
+    /// SANs (DNS or URI) the certificate must carry instead of the host name.
+    pub(super) names: Option<Vec<String>>,
+    /// CRL files checked on the validated path.
+    pub(super) crls: Option<Vec<String>>,
+    /// What an expired CRL does.
+    pub(super) crl_policy: Option<CrlPolicy>,
+}
+
+/// `client_cert: {cert, key}`: paths relative to the pinset file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClientCertWire {
+    pub(super) cert: String,
+    pub(super) key: String,
 }
 
 /// `hosts:` keeps its entries in file order and keeps duplicates, so that

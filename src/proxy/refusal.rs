@@ -10,6 +10,7 @@ use super::{Body, Context};
 use crate::policy::admission::{self, Admission, Target};
 use crate::policy::host::Host;
 use crate::reason::{Outcome, Reason};
+use crate::upstream::error::alert_detail;
 use crate::upstream::{Failure, Snapshot, UpstreamError};
 
 /// The header carrying a refusal's machine-readable reason.
@@ -136,7 +137,16 @@ pub fn upstream_failed(
         Some(u) => upstream_refusal(ctx, u),
         None => {
             tracing::debug!(error = ?err, %host, "upstream request failed");
-            let (reason, detail) = if malformed_response(err) {
+            let (reason, detail) = if let Some(alert) = tls_alert(err) {
+                // TLS 1.3: the server judges our client certificate (or
+                // its absence) after our side of the handshake is done, so
+                // its refusal arrives as an alert on the first read.
+                ctx.metrics
+                    .tls_verify_failures
+                    .with_label_values(&[label, Reason::AlertReceived.as_str()])
+                    .inc();
+                (Reason::UpstreamTlsError, alert_detail(&alert, true))
+            } else if malformed_response(err) {
                 let detail = format!(
                     "the upstream sent a malformed HTTP response: {}",
                     error_chain(err)
@@ -162,6 +172,30 @@ pub fn upstream_timed_out(ctx: &Context, label: &str, host: &Host) -> Response<B
         &host.to_string(),
         "no response from upstream in time",
     )
+}
+
+/// The TLS alert the upstream ended the session with, anywhere in the
+/// error's causes, by name. An `io::Error` hides its inner error from
+/// `source()`, and h2 keeps only an io error's message, so the message
+/// rustls gives the alert is recognised too.
+fn tls_alert(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    const PREFIX: &str = "received fatal alert: ";
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static))
+            .unwrap_or(e);
+        if let Some(rustls::Error::AlertReceived(alert)) = inner.downcast_ref::<rustls::Error>() {
+            return Some(format!("{alert:?}"));
+        }
+        if let Some(name) = inner.to_string().strip_prefix(PREFIX) {
+            return Some(name.to_string());
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// Whether hyper refused to parse the upstream's response (duplicate or

@@ -6,16 +6,22 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use webpki::EndEntityCert;
 
-use super::verdict::validated_paths;
+use super::verdict::{check_name, presented_names, validated_paths, NameMismatch};
 use crate::policy::host::Host;
+use crate::policy::identity::{Crls, Name};
 use crate::policy::pin::Pin;
 use crate::tls::cert::CertInfo;
 
@@ -28,6 +34,52 @@ pub struct Seen {
     pub paths: Vec<Vec<Pin>>,
     /// Why validation failed, if it did.
     pub error: Option<String>,
+    /// Whether the server asked for a client certificate, and how the
+    /// handshake with the one given (or none) ended.
+    pub client_auth: ClientAuth,
+}
+
+/// Client authentication as a probe saw it.
+#[derive(Debug, Default)]
+pub struct ClientAuth {
+    /// The server sent a CertificateRequest.
+    pub requested: bool,
+    /// A client certificate was given to the probe (and so presented if
+    /// requested).
+    pub configured: bool,
+    /// Why the server ended the session after it was asked for one (a TLS
+    /// 1.2 handshake failure, or a TLS 1.3 alert right after it).
+    pub refused: Option<String>,
+}
+
+/// What a probe checks and presents beyond the chain: an entry's `names:`
+/// (instead of the host name), its CRLs and its client certificate.
+#[derive(Debug, Default)]
+pub struct Expect<'a> {
+    pub names: &'a [Name],
+    pub crls: Option<Arc<Crls>>,
+    pub client_cert: Option<Arc<CertifiedKey>>,
+}
+
+/// Presents the given certificate, if any, and notes that the server asked
+/// (rustls asks a resolver only when a CertificateRequest came).
+#[derive(Debug)]
+struct Asked {
+    key: Option<Arc<CertifiedKey>>,
+    asked: AtomicBool,
+}
+
+impl ResolvesClientCert for Asked {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::Release);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        // Always "yes", so rustls asks even when we have none to give:
+        // whether the server asked is what `check --live` reports.
+        true
+    }
 }
 
 impl Seen {
@@ -51,6 +103,8 @@ impl Seen {
 struct Recorder {
     /// `None`: pin-only (no CA validation, the leaf alone).
     anchors: Option<Arc<[TrustAnchor<'static>]>>,
+    names: Vec<Name>,
+    crls: Option<Arc<Crls>>,
     provider: Arc<CryptoProvider>,
     seen: Mutex<Seen>,
 }
@@ -84,18 +138,45 @@ impl ServerCertVerifier for Recorder {
             &ee,
             intermediates,
             self.anchors.as_deref(),
+            self.crls.as_deref(),
             now,
             &self.provider.signature_verification_algorithms,
             |_| true,
         ) {
             Ok(paths) => seen.paths = paths,
+            Err(webpki::Error::CertRevoked) => {
+                return fail(
+                    &mut seen,
+                    "chain not trusted: a certificate on it is revoked by one of crls".into(),
+                )
+            }
             Err(e) => return fail(&mut seen, format!("chain not trusted: {e}")),
         }
-        if let Err(e) = ee.verify_is_valid_for_subject_name(server_name) {
-            return fail(
-                &mut seen,
-                format!("certificate not valid for the name: {e}"),
-            );
+        match check_name(&ee, end_entity, server_name, &self.names) {
+            Ok(()) => {}
+            Err(NameMismatch::Host(_)) => {
+                let (dns, uris) = presented_names(end_entity.as_ref());
+                let list = |v: Vec<String>| {
+                    if v.is_empty() {
+                        "none".to_string()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                let name = match server_name {
+                    ServerName::DnsName(d) => d.as_ref().to_string(),
+                    other => format!("{other:?}"),
+                };
+                return fail(
+                    &mut seen,
+                    format!(
+                        "certificate not valid for the name {name} (it presents DNS: {}; URI: {})",
+                        list(dns),
+                        list(uris)
+                    ),
+                );
+            }
+            Err(NameMismatch::Names(why)) => return fail(&mut seen, why),
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -152,17 +233,54 @@ pub async fn probe(
     anchors: Option<Arc<[TrustAnchor<'static>]>>,
     timeout: Duration,
 ) -> Result<Seen, ProbeError> {
+    probe_with(
+        host,
+        port,
+        addr,
+        servername,
+        anchors,
+        Expect::default(),
+        timeout,
+    )
+    .await
+}
+
+/// How long a probe that was asked for a client certificate waits after
+/// the handshake for the server's verdict on it: in TLS 1.3 the server
+/// checks the client's certificate after the client's handshake is done,
+/// and refuses it with an alert.
+const CLIENT_VERDICT_WAIT: Duration = Duration::from_millis(1500);
+
+/// As [`probe`], also checking `expect`'s names and CRLs and presenting its
+/// client certificate; `Seen::client_auth` says whether the server asked
+/// for one and how the handshake with it ended.
+pub async fn probe_with(
+    host: &Host,
+    port: u16,
+    addr: Option<SocketAddr>,
+    servername: &Host,
+    anchors: Option<Arc<[TrustAnchor<'static>]>>,
+    expect: Expect<'_>,
+    timeout: Duration,
+) -> Result<Seen, ProbeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let recorder = Arc::new(Recorder {
         anchors,
+        names: expect.names.to_vec(),
+        crls: expect.crls,
         provider: provider.clone(),
         seen: Mutex::new(Seen::default()),
+    });
+    let configured = expect.client_cert.is_some();
+    let asked = Arc::new(Asked {
+        key: expect.client_cert,
+        asked: AtomicBool::new(false),
     });
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
+        .with_client_cert_resolver(asked.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let tcp = match addr {
         Some(a) => tokio::time::timeout(timeout, TcpStream::connect(a)).await,
@@ -180,13 +298,32 @@ pub async fn probe(
     )
     .await;
     let mut seen = std::mem::take(&mut *recorder.seen.lock().unwrap_or_else(|e| e.into_inner()));
+    seen.client_auth.configured = configured;
+    seen.client_auth.requested = asked.asked.load(Ordering::Acquire);
     match hs {
         Err(_) => return Err(ProbeError::HandshakeTimeout),
+        // The chain passed; the server refused us (TLS 1.2 fails here).
+        Ok(Err(e)) if seen.error.is_none() && seen.client_auth.requested => {
+            seen.client_auth.refused = Some(e.to_string());
+        }
         Ok(Err(e)) if seen.error.is_none() => {
             if seen.presented.is_empty() {
                 return Err(ProbeError::Handshake(e));
             }
             seen.error = Some(format!("TLS handshake failed: {e}"));
+        }
+        Ok(Ok(mut stream)) if seen.client_auth.requested => {
+            // TLS 1.3: the verdict on our certificate comes after our
+            // handshake is done, as an alert (or a closed connection).
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(CLIENT_VERDICT_WAIT, stream.read(&mut byte)).await {
+                Err(_) | Ok(Ok(1..)) => {}
+                Ok(Ok(_)) => {
+                    seen.client_auth.refused =
+                        Some("the server closed the connection right after the handshake".into())
+                }
+                Ok(Err(e)) => seen.client_auth.refused = Some(e.to_string()),
+            }
         }
         _ => {}
     }

@@ -1,9 +1,11 @@
 //! The verdict on a presented chain, in two steps every caller shares:
 //!
 //! 1. [`validated_paths`]: the pins of the paths webpki validates from the
-//!    leaf to a trust anchor (or the leaf alone under pin-only). Only these
-//!    certificates can ever satisfy a pin — never extra certificates a
-//!    server merely sent along (OkHttp CVE-2016-2402).
+//!    leaf to a trust anchor (or the leaf alone under pin-only), checked
+//!    against the entry's CRLs. Only these certificates can ever satisfy a
+//!    pin — never extra certificates a server merely sent along (OkHttp
+//!    CVE-2016-2402). [`check_name`]: the host name, or the entry's
+//!    `names:` instead.
 //! 2. [`judge`]: those paths against a pinset entry — pass, mismatch,
 //!    report-only mismatch, expired pins — and whether `next_pins` match.
 //!
@@ -12,10 +14,14 @@
 //! three cannot disagree about a chain.
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls_pki_types::{CertificateDer, DnsName, ServerName, TrustAnchor, UnixTime};
 use time::OffsetDateTime;
-use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
+use webpki::{
+    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, RevocationCheckDepth,
+    RevocationOptionsBuilder, UnknownStatusPolicy, VerifiedPath,
+};
 
+use crate::policy::identity::{CrlPolicy, Crls, Name};
 use crate::policy::pin::Pin;
 use crate::policy::{HostPolicy, Mode, Trust};
 
@@ -97,11 +103,17 @@ fn path_pins(leaf: Pin, path: &VerifiedPath<'_>) -> Vec<Pin> {
 /// `anchors: None` is pin-only: no CA validation, and only the leaf key is
 /// returned — an intermediate or root key proves nothing without a chain.
 ///
+/// `crls`: every certificate of a candidate path (leaf and intermediates)
+/// is looked up in the CRL of its issuer, if one is given: a revoked one
+/// fails that path (`CertRevoked`). A certificate whose issuer has no CRL
+/// here is not refused for it — the operator lists the CRLs there are.
+///
 /// `Err` is webpki's error when no path validated at all.
 pub fn validated_paths(
     ee: &EndEntityCert<'_>,
     intermediates: &[CertificateDer<'_>],
     anchors: Option<&[TrustAnchor<'_>]>,
+    crls: Option<&Crls>,
     now: UnixTime,
     algorithms: &WebPkiSupportedAlgorithms,
     search_on: impl Fn(&[Pin]) -> bool,
@@ -110,6 +122,21 @@ pub fn validated_paths(
     let Some(anchors) = anchors else {
         return Ok(vec![vec![leaf]]);
     };
+    let lists: Vec<&CertRevocationList<'_>> =
+        crls.map(|c| c.lists.iter().collect()).unwrap_or_default();
+    let revocation = crls.and_then(|c| {
+        let expired = match c.policy {
+            CrlPolicy::UseExpired => ExpirationPolicy::Ignore,
+            CrlPolicy::RefuseExpired => ExpirationPolicy::Enforce,
+        };
+        // `Err` only for an empty list, which the loader never makes.
+        RevocationOptionsBuilder::new(&lists).ok().map(|b| {
+            b.with_depth(RevocationCheckDepth::Chain)
+                .with_status_policy(UnknownStatusPolicy::Allow)
+                .with_expiration_policy(expired)
+                .build()
+        })
+    });
     let paths = std::sync::Mutex::new(Vec::new());
     let on_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
         let pins = path_pins(leaf, path);
@@ -128,7 +155,7 @@ pub fn validated_paths(
         intermediates,
         now,
         KeyUsage::server_auth(),
-        None,
+        revocation,
         Some(&on_path),
     );
     let paths = paths.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -140,6 +167,79 @@ pub fn validated_paths(
         Err(_) if !paths.is_empty() => Ok(paths),
         Err(e) => Err(e),
     }
+}
+
+/// Why a certificate is not valid for the name it was checked against.
+#[derive(Debug)]
+pub enum NameMismatch {
+    /// Not valid for the host name (webpki's verdict).
+    Host(webpki::Error),
+    /// Carries none of the entry's `names:`; the message lists what it does
+    /// carry.
+    Names(String),
+}
+
+/// The name check: the certificate must be valid for `server_name` — or,
+/// when the entry lists `names:`, carry one of them *instead* (DNS names
+/// by the certificate's wildcard rules, URIs exactly or by `/*` prefix).
+/// There is no case without a check.
+pub fn check_name(
+    ee: &EndEntityCert<'_>,
+    end_entity: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    names: &[Name],
+) -> Result<(), NameMismatch> {
+    if names.is_empty() {
+        return ee
+            .verify_is_valid_for_subject_name(server_name)
+            .map_err(NameMismatch::Host);
+    }
+    let dns_ok = |n: &str| {
+        DnsName::try_from(n.to_string()).is_ok_and(|d| {
+            ee.verify_is_valid_for_subject_name(&ServerName::DnsName(d))
+                .is_ok()
+        })
+    };
+    let (dns, uris) = presented_names(end_entity.as_ref());
+    let hit = names.iter().any(|n| match n {
+        Name::Dns(d) => dns_ok(d),
+        Name::Uri(_) | Name::UriPrefix(_) => uris.iter().any(|u| n.matches_uri(u)),
+    });
+    if hit {
+        return Ok(());
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    Err(NameMismatch::Names(format!(
+        "the certificate carries none of names [{}] (it presents DNS: {}; URI: {})",
+        wanted.join(", "),
+        list(&dns),
+        list(&uris)
+    )))
+}
+
+/// The DNS and URI SANs of a certificate, as written in it.
+pub fn presented_names(der: &[u8]) -> (Vec<String>, Vec<String>) {
+    use x509_parser::extensions::GeneralName;
+    let (mut dns, mut uris) = (Vec::new(), Vec::new());
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => dns.push(d.to_string()),
+                    GeneralName::URI(u) => uris.push(u.to_string()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (dns, uris)
 }
 
 /// Whether the verifier should look for another valid path after `path`:
@@ -218,6 +318,9 @@ mod tests {
             ports: vec![443],
             trust,
             address: None,
+            client_cert: None,
+            names: Vec::new(),
+            crls: None,
         }
     }
 

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use webpki::EndEntityCert;
 
 pub use super::verdict::Outcome;
-use super::verdict::{judge, search_on, validated_paths};
+use super::verdict::{check_name, judge, search_on, validated_paths, NameMismatch};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::policy::{Decision, Mode, Policy, Trust};
@@ -149,13 +149,27 @@ impl ServerCertVerifier for PinVerifier {
             &ee,
             intermediates,
             anchors,
+            entry.and_then(|e| e.crls.as_deref()),
             now,
             &self.provider.signature_verification_algorithms,
             search_on(entry, now_dt),
         )
         .map_err(reject)?;
-        ee.verify_is_valid_for_subject_name(server_name)
-            .map_err(reject)?;
+        let names = entry.map_or(&[][..], |e| &e.names);
+        match check_name(&ee, end_entity, server_name, names) {
+            Ok(()) => {}
+            Err(NameMismatch::Host(e)) => return Err(reject(e)),
+            Err(NameMismatch::Names(error)) => {
+                self.observer.rejected(&Rejection {
+                    host: label,
+                    reason: Reason::WrongName,
+                    error,
+                    end_entity,
+                    intermediates,
+                });
+                return Err(CertificateError::NotValidForName.into());
+            }
+        }
         let j = judge(entry, now_dt, &paths);
         let anchor_subject = match (j.outcome.is_mismatch(), anchors, j.path.last()) {
             (true, Some(anchors), Some(pin)) if j.path.len() > 1 => anchors
@@ -233,6 +247,7 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         W::UnknownIssuer => CertificateError::UnknownIssuer,
         W::CertNotValidForName(_) => CertificateError::NotValidForName,
         W::CertRevoked => CertificateError::Revoked,
+        W::CrlExpired { .. } => CertificateError::ExpiredRevocationList,
         W::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         W::BadDer | W::BadDerTime | W::TrailingData(_) => CertificateError::BadEncoding,
         other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
@@ -255,6 +270,8 @@ pub fn failure_reason(e: &rustls::Error) -> Reason {
             }
             CertificateError::BadSignature => Reason::BadSignature,
             CertificateError::Revoked => Reason::Revoked,
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => Reason::CrlExpired,
             CertificateError::BadEncoding => Reason::BadEncoding,
             _ => Reason::InvalidCertificate,
         },

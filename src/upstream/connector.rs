@@ -14,6 +14,8 @@ use std::time::Instant;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -27,6 +29,7 @@ use crate::control::drift::Drift;
 use crate::control::metrics::Metrics;
 use crate::control::telemetry::{self, Sinks};
 use crate::policy::host::Host;
+use crate::policy::identity::ClientCert;
 use crate::policy::{Decision, HostPolicy, Policy};
 use crate::reason::Reason;
 
@@ -69,8 +72,10 @@ pub struct ConnectorInner {
     pub(super) drift: Arc<Drift>,
     pub(super) sinks: Sinks,
     pub(super) policy: Arc<Policy>,
-    pub(super) tls: Arc<ClientConfig>,
-    pub(super) tls_h1: Arc<ClientConfig>,
+    /// Without a client certificate: unlisted hosts and entries with none.
+    pub(super) tls: Tls,
+    /// Per entry (by `index`), the configs presenting its `client_cert`.
+    pub(super) identities: Vec<Option<Tls>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) timeouts: Timeouts,
     pub(super) own_addrs: Vec<SocketAddr>,
@@ -87,6 +92,49 @@ impl std::ops::Deref for Connector {
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Connector")
+    }
+}
+
+/// One generation's client configs for one identity: h2 and HTTP/1.1 by
+/// ALPN, and HTTP/1.1 only (for upgrades). Both share the generation's
+/// verifier.
+pub(super) struct Tls {
+    any: Arc<ClientConfig>,
+    h1: Arc<ClientConfig>,
+}
+
+impl Tls {
+    /// `base` offers h2 and HTTP/1.1.
+    pub(super) fn new(base: ClientConfig) -> Self {
+        let mut h1 = base.clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            any: Arc::new(base),
+            h1: Arc::new(h1),
+        }
+    }
+
+    /// `base` presenting `cert` (mTLS), with a session store of its own:
+    /// a session is only ever resumed under the identity it was made with.
+    pub(super) fn presenting(base: &ClientConfig, cert: &ClientCert) -> Self {
+        let mut cfg = base.clone();
+        cfg.client_auth_cert_resolver = Arc::new(Present(cert.certified.clone()));
+        cfg.resumption = rustls::client::Resumption::default();
+        Self::new(cfg)
+    }
+}
+
+/// Presents one client certificate whenever a server asks.
+#[derive(Debug)]
+struct Present(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for Present {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -115,7 +163,8 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.connect_with(host, port, entry, &self.tls, None).await
+        let tls = &self.tls_for(entry).any;
+        self.connect_with(host, port, entry, tls, None).await
     }
 
     /// As [`Connector::connect`], offering only HTTP/1.1 (for upgrades).
@@ -125,8 +174,26 @@ impl Connector {
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.connect_with(host, port, entry, &self.tls_h1, None)
-            .await
+        let tls = &self.tls_for(entry).h1;
+        self.connect_with(host, port, entry, tls, None).await
+    }
+
+    /// The configs presenting `entry`'s client certificate, if it has one
+    /// in this generation.
+    fn tls_for(&self, entry: Option<&HostPolicy>) -> &Tls {
+        let Some(e) = entry else {
+            return &self.tls;
+        };
+        // `entry` comes from this generation's policy: its index finds it.
+        // One from another generation is found by name, or gets none.
+        let index = match self.policy.hosts.get(e.index) {
+            Some(h) if std::ptr::eq(h.as_ref(), e) => Some(e.index),
+            _ => self.policy.hosts.iter().position(|h| h.name == e.name),
+        };
+        index
+            .and_then(|i| self.identities.get(i))
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.tls)
     }
 
     /// A plain TCP connection to an unlisted host (for byte tunnels), with
@@ -153,7 +220,7 @@ impl Connector {
         tokio::spawn(async move {
             let _slot = slot;
             let at = at.map(|a| vec![a]);
-            let probe = this.connect_with(&host, port, None, &this.tls_h1, at.as_deref());
+            let probe = this.connect_with(&host, port, None, &this.tls.h1, at.as_deref());
             if let Ok(mut tls) = probe.await {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             }

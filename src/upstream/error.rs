@@ -71,18 +71,43 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
                 }
                 _ => Failure::Tls(reason),
             };
-            let detail = match failure {
-                Failure::PinMismatch => "the validated certificate chain carries none of this host's pins \
+            let detail = match (&failure, r) {
+                (Failure::PinMismatch, _) => "the validated certificate chain carries none of this host's pins \
                      (or its pin-only pinset expired); the presented pins are in pinproxy's log and /pins"
                     .to_string(),
                 // Non-TLS bytes back (most often a plain-HTTP service:
                 // pinproxy upgrades http:// URLs to TLS): say how to fix it.
-                _ if matches!(r, rustls::Error::InvalidMessage(_)) => format!(
+                (_, rustls::Error::InvalidMessage(_)) => format!(
                     "TLS handshake failed: {r}: the server did not answer with TLS. \
                      pinproxy upgrades http:// URLs to TLS; if this is a plain-HTTP \
                      (in-cluster) service, list it under passthrough: in the pinset \
                      or add it to NO_PROXY"
                 ),
+                (_, rustls::Error::AlertReceived(alert)) => alert_detail(&format!("{alert:?}"), false),
+                (
+                    _,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. },
+                    ),
+                ) => "TLS handshake failed: the certificate is not valid for this host's name \
+                      (or, with names:, carries none of them); pinproxy's log lists the names it \
+                      presents"
+                    .to_string(),
+                (_, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                    "TLS handshake failed: the certificate or one of its issuers is revoked \
+                     by one of this host's crls"
+                        .to_string()
+                }
+                (
+                    _,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ExpiredRevocationList
+                        | rustls::CertificateError::ExpiredRevocationListContext { .. },
+                    ),
+                ) => "TLS handshake failed: the CRL that decides this chain is past its \
+                      nextUpdate and the host says crl_policy: refuse-expired; mount a fresh CRL"
+                    .to_string(),
                 _ => format!("TLS handshake failed: {r}"),
             };
             (failure, reason, detail)
@@ -98,4 +123,33 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
             format!("TLS handshake failed: {e}"),
         ),
     }
+}
+
+/// What a TLS alert from the upstream (by name, as rustls spells it) most
+/// likely means; `after` says it came after pinproxy's side of the
+/// handshake was done (TLS 1.3, where the server judges the client's
+/// certificate last).
+pub fn alert_detail(alert: &str, after: bool) -> String {
+    let hint = match alert {
+        "CertificateRequired" => {
+            "the server requires a client certificate: give this host a client_cert"
+        }
+        "BadCertificate"
+        | "UnknownCA"
+        | "CertificateExpired"
+        | "CertificateRevoked"
+        | "CertificateUnknown"
+        | "UnsupportedCertificate"
+        | "AccessDenied" => {
+            "the server refused the client certificate pinproxy presented (or the lack of \
+             one): check the host's client_cert and the CA the server trusts for clients"
+        }
+        _ => "the server ended the TLS session",
+    };
+    let when = if after {
+        "after the handshake"
+    } else {
+        "during the handshake"
+    };
+    format!("TLS alert from the upstream {when}: {alert}; {hint}")
 }

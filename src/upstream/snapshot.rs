@@ -11,7 +11,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::ClientConfig;
 use rustls_pki_types::TrustAnchor;
 
-use super::connector::{Connector, ConnectorInner, Resolve};
+use super::connector::{Connector, ConnectorInner, Resolve, Tls};
 use super::passthrough::Plain;
 use super::{Options, Timeouts};
 use crate::control::drift::Drift;
@@ -206,17 +206,18 @@ impl Snapshot {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let mut tls_h1 = tls.clone();
-        tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = Arc::new(tls);
-        let tls_h1 = Arc::new(tls_h1);
+        let identities = policy
+            .hosts
+            .iter()
+            .map(|h| h.client_cert.as_ref().map(|c| Tls::presenting(&tls, c)))
+            .collect();
         let connector = Connector::new(ConnectorInner {
             resolver: shared.resolver.clone(),
             drift: shared.drift.clone(),
             sinks: shared.sinks.clone(),
             policy: policy.clone(),
-            tls,
-            tls_h1,
+            tls: Tls::new(tls),
+            identities,
             metrics: shared.metrics.clone(),
             timeouts: shared.timeouts,
             own_addrs: shared.own_addrs.clone(),
@@ -236,7 +237,21 @@ impl Snapshot {
         let metrics = &shared.metrics;
         metrics.config_generation.set(generation as i64);
         metrics.pinset_expiry.reset();
+        metrics.client_cert_expiry.reset();
+        metrics.crl_next_update.reset();
         for h in &policy.hosts {
+            if let Some(c) = &h.client_cert {
+                metrics
+                    .client_cert_expiry
+                    .with_label_values(&[&h.name])
+                    .set(c.not_after.unix_timestamp() as f64);
+            }
+            if let Some(next) = h.crls.as_ref().and_then(|c| c.next_update()) {
+                metrics
+                    .crl_next_update
+                    .with_label_values(&[&h.name])
+                    .set(next.unix_timestamp() as f64);
+            }
             // Series exist at 0 from load time, so `increase()` alerts fire
             // on a host's first mismatch too.
             metrics

@@ -258,6 +258,95 @@ pub async fn upstream_at(
     Upstream { addr, connections }
 }
 
+/// An upstream that *requires* a client certificate issued by one of
+/// `client_roots` (rustls' WebPkiClientVerifier) and reports the identity
+/// it saw on every response: `x-client-pin` (the client leaf's SPKI pin)
+/// and `x-client-subject`. Handshakes it refused are counted.
+pub struct MtlsUpstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    /// Handshakes that failed (no client certificate, or an untrusted one).
+    pub refused: Arc<AtomicUsize>,
+}
+
+pub async fn mtls_upstream(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: &[CertificateDer<'static>],
+    name: &'static str,
+) -> MtlsUpstream {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for r in client_roots {
+        roots.add(r.clone()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (counter, refusals) = (connections.clone(), refused.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            let refusals = refusals.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(_) => {
+                        refusals.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                };
+                let seen = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| pinproxy::tls::cert::CertInfo::from_der(c.as_ref()).ok());
+                let (pin, subject) =
+                    seen.map_or(("none".into(), "none".into()), |i| (i.pin, i.subject));
+                let svc = service_fn(move |req| {
+                    let (pin, subject) = (pin.clone(), subject.clone());
+                    async move {
+                        let mut resp = upstream_handler(name, req).await?;
+                        let h = resp.headers_mut();
+                        h.insert("x-client-pin", pin.parse().unwrap());
+                        h.insert("x-client-subject", subject.parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    MtlsUpstream {
+        addr,
+        connections,
+        refused,
+    }
+}
+
 /// Presents whichever chain it was last given: a server that rotates its
 /// certificate (or moves CA) while clients stay connected elsewhere.
 #[derive(Debug)]
@@ -795,7 +884,14 @@ impl SecretVolume {
             n: 0,
         };
         v.update(files);
-        for (name, _) in files {
+        // As the kubelet does for a projected path such as `id/tls.crt`:
+        // only the top-level name is a symlink through `..data`.
+        let mut top: Vec<&str> = files
+            .iter()
+            .map(|(name, _)| name.split('/').next().unwrap())
+            .collect();
+        top.dedup();
+        for name in top {
             std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
         }
         v
@@ -812,7 +908,9 @@ impl SecretVolume {
         let ts_dir = self.dir.join(&ts);
         std::fs::create_dir(&ts_dir).unwrap();
         for (name, contents) in files {
-            std::fs::write(ts_dir.join(name), contents).unwrap();
+            let path = ts_dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
         }
         let tmp = self.dir.join("..data_tmp");
         std::os::unix::fs::symlink(&ts, &tmp).unwrap();

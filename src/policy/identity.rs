@@ -1,0 +1,713 @@
+//! Workload identity and revocation for one entry (DESIGN §9):
+//!
+//! - [`ClientCert`] (`client_cert:`): the certificate and key pinproxy
+//!   presents on its upstream TLS connections to the entry's hosts (mTLS);
+//! - [`Name`] (`names:`): the SANs — DNS names or URIs such as SPIFFE IDs —
+//!   the server's certificate must carry *instead of* the host name;
+//! - [`Crls`] (`crls:`): certificate revocation lists checked on the
+//!   validated path.
+//!
+//! The files are read at load, as CA bundles are: their bytes join the
+//! pinset's source hash, so a rotated certificate or a new CRL is a new
+//! snapshot even when the pinset text did not change, and a broken or
+//! mismatched pair is a load error that keeps the last good snapshot.
+//! Nothing here ever formats key material: errors name files, never bytes.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use webpki::{BorrowedCertRevocationList, CertRevocationList, OwnedCertRevocationList};
+
+use super::host::Host;
+use super::pin::Pin;
+
+/// What to do with a CRL whose `nextUpdate` has passed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrlPolicy {
+    /// Keep checking against it: what it revokes stays revoked; what was
+    /// revoked after it was issued cannot be known (and is not, either way).
+    #[default]
+    UseExpired,
+    /// Refuse every chain whose status depends on it, until a fresh CRL is
+    /// mounted.
+    RefuseExpired,
+}
+
+impl CrlPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrlPolicy::UseExpired => "use-expired",
+            CrlPolicy::RefuseExpired => "refuse-expired",
+        }
+    }
+}
+
+/// A client certificate to present upstream, read from `cert` and `key`.
+pub struct ClientCert {
+    /// As the pinset names them (the watcher watches their directories).
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// The chain (leaf first) and the signing key, as rustls presents them.
+    pub certified: Arc<CertifiedKey>,
+    /// The leaf's subject, pin, validity and URI SANs (a SPIFFE ID), for
+    /// `/pins`, `check` and the expiry metric.
+    pub subject: String,
+    pub pin: Pin,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub uris: Vec<String>,
+    /// Whether the leaf's extended key usage allows client authentication
+    /// (no EKU extension at all allows everything).
+    pub client_auth: bool,
+}
+
+impl ClientCert {
+    /// Whether two client certificates present the same identity (the
+    /// same chain; a new key always comes with a new certificate).
+    pub fn same_identity(&self, other: &ClientCert) -> bool {
+        self.certified.cert == other.certified.cert
+    }
+}
+
+impl fmt::Debug for ClientCert {
+    /// Paths and the leaf's public facts only: never the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .field("subject", &self.subject)
+            .field("pin", &self.pin.to_string())
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// One of `names:`: a SAN the server's certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Name {
+    /// A DNS name, matched with the certificate's own wildcard rules (a
+    /// certificate for `*.svc.example` carries `api.svc.example`).
+    Dns(String),
+    /// A URI SAN, exactly (scheme and authority compared case-insensitively).
+    Uri(String),
+    /// `…/*`: a URI SAN starting with this prefix (which ends in `/`) and
+    /// going on — `spiffe://example.org/*` is any workload of the trust
+    /// domain `example.org`, never `spiffe://example.org.evil/…`.
+    UriPrefix(String),
+}
+
+/// Why a `names:` item was refused.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("empty name")]
+    Empty,
+    #[error("{0:?} is neither a DNS name nor a URI (scheme://…)")]
+    Neither(String),
+    #[error(
+        "{0:?}: names are matched against the certificate, whose own wildcard rules apply; \
+         write a concrete name"
+    )]
+    Wildcard(String),
+    #[error("{0:?}: IP addresses are not supported in names (the host itself is checked without names:)")]
+    Ip(String),
+    #[error("{0:?}: a `*` may only end a URI, as `/*` (a prefix of whole path segments)")]
+    UriWildcard(String),
+    #[error("{0:?} is not a valid SPIFFE ID: {1}")]
+    Spiffe(String, &'static str),
+}
+
+impl Name {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if raw.contains("://") {
+            return uri_name(raw);
+        }
+        if raw.contains('*') {
+            return Err(NameError::Wildcard(raw.into()));
+        }
+        match Host::parse(raw) {
+            Ok(Host::Name(n)) if rustls_pki_types::DnsName::try_from(n.as_str()).is_ok() => {
+                Ok(Name::Dns(n))
+            }
+            Ok(Host::Ip(_)) => Err(NameError::Ip(raw.into())),
+            _ => Err(NameError::Neither(raw.into())),
+        }
+    }
+
+    /// Whether a URI SAN the certificate presents is this name.
+    pub fn matches_uri(&self, presented: &str) -> bool {
+        let Some(presented) = normalize_uri(presented) else {
+            return false;
+        };
+        match self {
+            Name::Dns(_) => false,
+            Name::Uri(u) => presented == *u,
+            Name::UriPrefix(p) => presented.len() > p.len() && presented.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Name::Dns(n) | Name::Uri(n) => f.write_str(n),
+            Name::UriPrefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// A URI name: `scheme://authority/path`, exact or ending in `/*`.
+fn uri_name(raw: &str) -> Result<Name, NameError> {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(NameError::Neither(raw.into()));
+    }
+    let (body, prefix) = match raw.strip_suffix('*') {
+        Some(body) if body.ends_with('/') => (body, true),
+        Some(_) => return Err(NameError::UriWildcard(raw.into())),
+        None => (raw, false),
+    };
+    if body.contains('*') {
+        return Err(NameError::UriWildcard(raw.into()));
+    }
+    let Some(uri) = normalize_uri(body) else {
+        return Err(NameError::Neither(raw.into()));
+    };
+    if uri.starts_with("spiffe://") {
+        spiffe(&uri, prefix).map_err(|why| NameError::Spiffe(raw.into(), why))?;
+    }
+    Ok(if prefix {
+        Name::UriPrefix(uri)
+    } else {
+        Name::Uri(uri)
+    })
+}
+
+/// The SPIFFE ID rules (spiffe.io, "SPIFFE-ID"): a lowercase trust domain
+/// of `[a-z0-9.-_]`, a path of non-empty segments of `[A-Za-z0-9.-_]`, no
+/// `.`/`..` segment, no query, fragment, port or userinfo. `prefix`: `id`
+/// ends in the `/` before a `*`.
+fn spiffe(id: &str, prefix: bool) -> Result<(), &'static str> {
+    let rest = &id["spiffe://".len()..];
+    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if td.is_empty() {
+        return Err("the trust domain is empty");
+    }
+    if !td
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        return Err("a trust domain is lowercase letters, digits, '-', '.' and '_' only");
+    }
+    let path = if prefix {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    };
+    if path.is_empty() {
+        return if prefix {
+            Ok(())
+        } else {
+            Err("a workload's ID has a path; write spiffe://<trust-domain>/* for any workload of the trust domain")
+        };
+    }
+    for seg in path.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err("a path segment is empty, '.' or '..'");
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err("a path segment is letters, digits, '-', '.' and '_' only");
+        }
+    }
+    Ok(())
+}
+
+/// `scheme://authority…` with scheme and authority lowercased (RFC 3986
+/// §6.2.2.1: they are case-insensitive; the path is not). `None` if it is
+/// not of that shape.
+pub fn normalize_uri(raw: &str) -> Option<String> {
+    let (scheme, rest) = raw.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    if !first.is_ascii_alphabetic()
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}://{}{tail}",
+        scheme.to_ascii_lowercase(),
+        authority.to_ascii_lowercase()
+    ))
+}
+
+/// One CRL file as loaded.
+#[derive(Clone, Debug)]
+pub struct CrlFile {
+    /// As the pinset names it.
+    pub path: PathBuf,
+    /// The issuer of each CRL in the file, and their nextUpdate.
+    pub issuers: Vec<String>,
+    /// The earliest nextUpdate of the CRLs in the file.
+    pub next_update: OffsetDateTime,
+    /// Certificates revoked, all CRLs of the file together.
+    pub revoked: usize,
+}
+
+/// An entry's `crls:`: every CRL of every file, ready for webpki.
+pub struct Crls {
+    pub files: Vec<Arc<CrlFile>>,
+    pub lists: Arc<[CertRevocationList<'static>]>,
+    pub policy: CrlPolicy,
+    /// SHA-256 over each CRL's issuer and revoked serial numbers: a CRL
+    /// re-issued with nothing newly revoked changes nothing enforced.
+    revoked_digest: [u8; 32],
+}
+
+impl Crls {
+    pub(super) fn new(files: Vec<(Arc<CrlFile>, Arc<LoadedCrl>)>, policy: CrlPolicy) -> Self {
+        let mut lists = Vec::new();
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut out = Vec::with_capacity(files.len());
+        for (file, loaded) in files {
+            lists.extend(loaded.lists.iter().cloned().map(CertRevocationList::Owned));
+            ctx.update(&loaded.revoked_digest);
+            out.push(file);
+        }
+        let mut revoked_digest = [0u8; 32];
+        revoked_digest.copy_from_slice(ctx.finish().as_ref());
+        Self {
+            files: out,
+            lists: lists.into(),
+            policy,
+            revoked_digest,
+        }
+    }
+
+    /// The earliest nextUpdate of all the entry's CRLs.
+    pub fn next_update(&self) -> Option<OffsetDateTime> {
+        self.files.iter().map(|f| f.next_update).min()
+    }
+
+    /// Whether two CRL sets refuse the same certificates the same way.
+    pub fn same_revocations(&self, other: &Crls) -> bool {
+        self.policy == other.policy && self.revoked_digest == other.revoked_digest
+    }
+}
+
+impl fmt::Debug for Crls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crls")
+            .field("files", &self.files)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// The CRLs of one file, parsed once however many entries name it.
+pub(super) struct LoadedCrl {
+    pub(super) file: Arc<CrlFile>,
+    lists: Vec<OwnedCertRevocationList>,
+    revoked_digest: [u8; 32],
+}
+
+/// Why a `client_cert:` or `crls:` file could not be used. Names files,
+/// never their contents.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error(
+        "the key in {key} does not match the certificate in {cert} \
+         (a certificate and key from different rotations?)"
+    )]
+    Mismatch { cert: PathBuf, key: PathBuf },
+}
+
+/// A file as named in the pinset (`shown`) and where it is read (`read`):
+/// beside the pinset, in the same version of its Secret volume.
+#[derive(Clone, Debug)]
+pub(super) struct FilePath {
+    pub(super) shown: PathBuf,
+    pub(super) read: PathBuf,
+}
+
+/// A client certificate as read, with the files' bytes (for the source
+/// hash, never kept) and what is worth a warning.
+pub(super) struct ReadClientCert {
+    pub(super) cert: ClientCert,
+    pub(super) bytes: [Vec<u8>; 2],
+    pub(super) warnings: Vec<String>,
+}
+
+/// Reads `cert` and `key` as one pair.
+pub(super) fn read_client_cert(
+    cert: &FilePath,
+    key: &FilePath,
+    now: OffsetDateTime,
+) -> Result<ReadClientCert, FileError> {
+    let [cert_bytes, key_bytes] =
+        read_pair(&cert.read, &key.read).map_err(|(i, source)| FileError::Read {
+            path: if i == 0 { &cert.shown } else { &key.shown }.clone(),
+            source,
+        })?;
+    let invalid = |path: &Path, detail: String| FileError::Invalid {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let chain = CertificateDer::pem_slice_iter(&cert_bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&cert.shown, format!("not a PEM certificate chain: {e}")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(invalid(
+            &cert.shown,
+            "holds no PEM CERTIFICATE block".into(),
+        ));
+    };
+    let leaf = leaf_facts(leaf.as_ref()).map_err(|e| invalid(&cert.shown, e))?;
+    let key_der = private_key(&key_bytes).map_err(|e| invalid(&key.shown, e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| {
+            invalid(
+                &key.shown,
+                format!("unusable private key (RSA or ECDSA P-256/P-384 expected): {e}"),
+            )
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    if certified.keys_match().is_err() {
+        return Err(FileError::Mismatch {
+            cert: cert.shown.clone(),
+            key: key.shown.clone(),
+        });
+    }
+    let mut warnings = Vec::new();
+    if leaf.not_after <= now {
+        warnings.push(format!(
+            "{}: the client certificate expired on {} — servers will refuse it; renew it",
+            cert.shown.display(),
+            leaf.not_after.date()
+        ));
+    } else if leaf.not_before > now {
+        warnings.push(format!(
+            "{}: the client certificate is not valid before {}",
+            cert.shown.display(),
+            leaf.not_before
+        ));
+    }
+    if !leaf.client_auth {
+        warnings.push(format!(
+            "{}: the certificate's extended key usage does not include clientAuth; \
+             servers will refuse it as a client certificate",
+            cert.shown.display()
+        ));
+    }
+    Ok(ReadClientCert {
+        cert: ClientCert {
+            cert_path: cert.shown.clone(),
+            key_path: key.shown.clone(),
+            certified: Arc::new(certified),
+            subject: leaf.subject,
+            pin: leaf.pin,
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            uris: leaf.uris,
+            client_auth: leaf.client_auth,
+        },
+        bytes: [cert_bytes, key_bytes],
+        warnings,
+    })
+}
+
+/// Reads two files from one version of their directories. A kubelet swap
+/// of `..data` between the two reads would pair a certificate with the
+/// other rotation's key: the real paths are resolved before and after, and
+/// a pair read across a swap is read again.
+fn read_pair(a: &Path, b: &Path) -> Result<[Vec<u8>; 2], (usize, io::Error)> {
+    let real = |p: &Path, i: usize| std::fs::canonicalize(p).map_err(|e| (i, e));
+    let mut last = None;
+    for _ in 0..5 {
+        let before = [real(a, 0)?, real(b, 1)?];
+        let read = |i: usize| std::fs::read(&before[i]).map_err(|e| (i, e));
+        let bytes = match (read(0), read(1)) {
+            (Ok(x), Ok(y)) => [x, y],
+            // The old version vanished under us: look again.
+            (Err(e), _) | (_, Err(e)) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        if [real(a, 0)?, real(b, 1)?] == before {
+            return Ok(bytes);
+        }
+    }
+    Err(last.unwrap_or_else(|| (0, io::Error::other("the files kept changing while read"))))
+}
+
+/// The first private key in PEM text: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+fn private_key(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| {
+        let encrypted = bytes.windows(9).any(|w| w == b"ENCRYPTED");
+        if encrypted {
+            "the key is encrypted; pinproxy needs it unencrypted (as cert-manager and \
+             SPIFFE helpers write it)"
+                .into()
+        } else {
+            format!("no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in PEM form ({e})")
+        }
+    })
+}
+
+struct Leaf {
+    subject: String,
+    pin: Pin,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    uris: Vec<String>,
+    client_auth: bool,
+}
+
+fn leaf_facts(der: &[u8]) -> Result<Leaf, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("the first certificate does not parse: {e}"))?;
+    let validity = cert.validity();
+    let uris = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let client_auth = match cert.extended_key_usage() {
+        Ok(Some(eku)) => eku.value.client_auth || eku.value.any,
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    Ok(Leaf {
+        subject: cert.subject().to_string(),
+        pin: Pin::of_spki_der(cert.tbs_certificate.subject_pki.raw),
+        not_before: validity.not_before.to_datetime(),
+        not_after: validity.not_after.to_datetime(),
+        uris,
+        client_auth,
+    })
+}
+
+/// Reads a CRL file: PEM (`X509 CRL` blocks, any number) or one DER CRL.
+/// Also returns its bytes (for the source hash).
+pub(super) fn read_crl(path: &FilePath) -> Result<(LoadedCrl, Vec<u8>), FileError> {
+    let bytes = std::fs::read(&path.read).map_err(|source| FileError::Read {
+        path: path.shown.clone(),
+        source,
+    })?;
+    let invalid = |detail: String| FileError::Invalid {
+        path: path.shown.clone(),
+        detail,
+    };
+    let ders: Vec<Vec<u8>> = if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .map(|r| r.map(|d| d.as_ref().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(format!("not a PEM CRL: {e}")))?
+    } else {
+        vec![bytes.clone()]
+    };
+    if ders.is_empty() {
+        return Err(invalid("holds no X509 CRL block".into()));
+    }
+    let mut lists = Vec::with_capacity(ders.len());
+    let mut issuers = Vec::with_capacity(ders.len());
+    let mut next_update: Option<OffsetDateTime> = None;
+    let mut revoked = 0;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (i, der) in ders.iter().enumerate() {
+        let which = if ders.len() > 1 {
+            format!("CRL {i}: ")
+        } else {
+            String::new()
+        };
+        let borrowed = BorrowedCertRevocationList::from_der(der).map_err(|e| {
+            invalid(format!(
+                "{which}not a CRL webpki can use ({e:?}; a v2 CRL with nextUpdate is required)"
+            ))
+        })?;
+        let (_, parsed) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| invalid(format!("{which}does not parse: {e}")))?;
+        let Some(next) = parsed.next_update() else {
+            return Err(invalid(format!("{which}has no nextUpdate")));
+        };
+        let next = next.to_datetime();
+        next_update = Some(next_update.map_or(next, |n| n.min(next)));
+        issuers.push(parsed.issuer().to_string());
+        // What the CRL refuses: its issuer and serials, in a stable order.
+        let mut serials = Vec::new();
+        for cert in &borrowed {
+            let cert = cert.map_err(|e| invalid(format!("{which}a revoked entry: {e:?}")))?;
+            serials.push(cert.serial_number.to_vec());
+        }
+        serials.sort();
+        revoked += serials.len();
+        let issuer = parsed.issuer().as_raw();
+        ctx.update(&(issuer.len() as u64).to_be_bytes());
+        ctx.update(issuer);
+        for s in &serials {
+            ctx.update(&(s.len() as u64).to_be_bytes());
+            ctx.update(s);
+        }
+        let owned = borrowed
+            .to_owned()
+            .map_err(|e| invalid(format!("{which}{e:?}")))?;
+        lists.push(owned);
+    }
+    let mut revoked_digest = [0u8; 32];
+    revoked_digest.copy_from_slice(ctx.finish().as_ref());
+    let file = Arc::new(CrlFile {
+        path: path.shown.clone(),
+        issuers,
+        next_update: next_update.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        revoked,
+    });
+    Ok((
+        LoadedCrl {
+            file,
+            lists,
+            revoked_digest,
+        },
+        bytes,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_dns_uri_and_spiffe() {
+        assert_eq!(
+            Name::parse("API.Internal.Example."),
+            Ok(Name::Dns("api.internal.example".into()))
+        );
+        assert_eq!(
+            Name::parse("spiffe://example.org/ns/pay/sa/api"),
+            Ok(Name::Uri("spiffe://example.org/ns/pay/sa/api".into()))
+        );
+        assert_eq!(
+            Name::parse("spiffe://example.org/*"),
+            Ok(Name::UriPrefix("spiffe://example.org/".into()))
+        );
+        assert_eq!(
+            Name::parse("spiffe://example.org/ns/pay/*"),
+            Ok(Name::UriPrefix("spiffe://example.org/ns/pay/".into()))
+        );
+        assert_eq!(
+            Name::parse("HTTPS://Api.Example/Path"),
+            Ok(Name::Uri("https://api.example/Path".into()))
+        );
+        for (bad, why) in [
+            ("", NameError::Empty),
+            ("*.example.org", NameError::Wildcard("*.example.org".into())),
+            ("10.0.0.1", NameError::Ip("10.0.0.1".into())),
+            ("not a name", NameError::Neither("not a name".into())),
+            ("://x", NameError::Neither("://x".into())),
+            (
+                "spiffe://example.org/ns*",
+                NameError::UriWildcard("spiffe://example.org/ns*".into()),
+            ),
+            (
+                "spiffe://example.org/*/sa",
+                NameError::UriWildcard("spiffe://example.org/*/sa".into()),
+            ),
+        ] {
+            assert_eq!(Name::parse(bad), Err(why), "{bad:?}");
+        }
+        assert_eq!(
+            Name::parse("spiffe:///a"),
+            Err(NameError::Neither("spiffe:///a".into()))
+        );
+        // Scheme and authority compare case-insensitively: written either way.
+        assert_eq!(
+            Name::parse("spiffe://Example.ORG/x"),
+            Ok(Name::Uri("spiffe://example.org/x".into()))
+        );
+        for bad in [
+            "spiffe://exa$mple.org/x",
+            "spiffe://example.org",
+            "spiffe://example.org/",
+            "spiffe://example.org/a//b",
+            "spiffe://example.org/a/../b",
+            "spiffe://example.org/a?b",
+            "spiffe://example.org:8443/a",
+        ] {
+            assert!(
+                matches!(Name::parse(bad), Err(NameError::Spiffe(..))),
+                "{bad:?}: {:?}",
+                Name::parse(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn uri_names_match_exactly_or_by_whole_segments() {
+        let exact = Name::parse("spiffe://example.org/ns/pay/sa/api").unwrap();
+        assert!(exact.matches_uri("spiffe://example.org/ns/pay/sa/api"));
+        assert!(exact.matches_uri("SPIFFE://EXAMPLE.ORG/ns/pay/sa/api"));
+        for miss in [
+            "spiffe://example.org/ns/pay/sa/api2",
+            "spiffe://example.org/ns/pay/sa/API",
+            "spiffe://example.org/ns/pay/sa/api/x",
+            "spiffe://example.org.evil/ns/pay/sa/api",
+            "not a uri",
+        ] {
+            assert!(!exact.matches_uri(miss), "{miss}");
+        }
+        let ns = Name::parse("spiffe://example.org/ns/pay/*").unwrap();
+        assert!(ns.matches_uri("spiffe://example.org/ns/pay/sa/api"));
+        for miss in [
+            "spiffe://example.org/ns/pay/",
+            "spiffe://example.org/ns/pay",
+            "spiffe://example.org/ns/payments/sa/api",
+            "spiffe://example.org.evil/ns/pay/sa/api",
+        ] {
+            assert!(!ns.matches_uri(miss), "{miss}");
+        }
+        let td = Name::parse("spiffe://example.org/*").unwrap();
+        assert!(td.matches_uri("spiffe://example.org/anything"));
+        assert!(!td.matches_uri("spiffe://example.org.evil/anything"));
+        assert!(!td.matches_uri("spiffe://example.orgx/anything"));
+        assert!(!Name::parse("a.example")
+            .unwrap()
+            .matches_uri("https://a.example/"));
+        assert_eq!(td.to_string(), "spiffe://example.org/*");
+    }
+}
