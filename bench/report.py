@@ -157,6 +157,11 @@ for w, label in (("connect-h1", "CONNECT h1"), ("connect-h2", "CONNECT h2")):
     best = (lambda i, w=w: mn(val(w, "squid", "p99", i), val(w, "mitm", "p99", i)))
     chk(f"{label} p99 ≤ best peer's", paired(V(w, "pinproxy", "p99"), best), "<=", 1.0,
         note="/ min(squid, mitmproxy) per rep" if w == "connect-h1" else "/ mitmproxy (squid: n/a)", fg=[(w, "pinproxy"), (w, "squid"), (w, "mitm")])
+if any(r["target"] == "pptransparent" for r in runs):
+    for w, label in (("connect-h1", "h1"), ("connect-h2", "h2")):
+        chk(f"transparent CPU/req ≤ 1.1× CONNECT's ({label}, issue 15 overhead)", paired(V(w, "pptransparent", "cpu_us"), V(w, "pinproxy", "cpu_us")), "<=", 1.1,
+            note="kernel REDIRECT + SNI vs CONNECT via the relay, both intercepted, 1 worker", fg=[(w, "pptransparent"), (w, "pinproxy")])
+        chk(f"transparent p99 ≤ 1.1× CONNECT's ({label})", paired(V(w, "pptransparent", "p99"), V(w, "pinproxy", "p99")), "<=", 1.1, fg=[(w, "pptransparent"), (w, "pinproxy")])
 if served:
     chk("10,000 idle keep-alive conns (served one request) RSS", [x["rss_with_idle_conns_kb"] / 1024 for x in served], "<=", 48, "MiB")
     per = {i + 1: x["per_conn_kib"] for i, x in enumerate(served)}; per_s = {i + 1: x["per_conn_kib"] for i, x in enumerate(silent)}
