@@ -82,16 +82,8 @@ fn run_default_pinset(ns: &Netns) -> Running {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        let up = ns
-            .command("curl")
-            .args(["-sf", "http://127.0.0.1:9901/readyz"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if up {
-            return Running(child);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if netns::wait_ready(ns, "http://127.0.0.1:9901/readyz") {
+        return Running(child);
     }
     panic!("pinproxy never became ready on the chart's default pinset");
 }

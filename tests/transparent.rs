@@ -80,22 +80,14 @@ fn start_proxy(ns: &Netns, dir: &Path) -> Proxy {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Ready when /readyz says so (loopback is never redirected).
-    for _ in 0..200 {
-        let ready = ns
-            .command("curl")
-            .args(["-sf", "http://127.0.0.1:9901/readyz"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ready {
-            return Proxy {
-                child,
-                ca: out.join("ca.crt"),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        netns::wait_ready(ns, "http://127.0.0.1:9901/readyz"),
+        "pinproxy never became ready"
+    );
+    Proxy {
+        child,
+        ca: out.join("ca.crt"),
     }
-    panic!("pinproxy never became ready");
 }
 
 /// curl as the app's UID in the pod: (exit code, stdout+stderr).
@@ -125,6 +117,23 @@ fn metric(ns: &Netns, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// curl as the app to the unlisted host at the address it dials, trusting
+/// that host's own root (a splice shows the real certificate).
+fn curl_open(s: &Setup) -> (i32, String) {
+    let open_root = s.dir.path().join("open-root.pem");
+    let resolve = format!("{OPEN}:443:{}", WORLD_V4[1]);
+    curl(
+        &s.pod.app,
+        &[
+            "--cacert",
+            open_root.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &format!("https://{OPEN}/"),
+        ],
+    )
 }
 
 /// A client that ignores proxy settings by construction: a raw socket and
@@ -318,18 +327,7 @@ fn unlisted_is_spliced_denied_is_refused_and_the_lock_holds() {
 
     // Unlisted and allowed: spliced to the address the app dialed, so the
     // app sees the real server's certificate (and trusts its own root).
-    let open_root = s.dir.path().join("open-root.pem");
-    let resolve = format!("{OPEN}:443:{}", WORLD_V4[1]);
-    let (code, out) = curl(
-        app,
-        &[
-            "--cacert",
-            open_root.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            &format!("https://{OPEN}/"),
-        ],
-    );
+    let (code, out) = curl_open(&s);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("upstream=open"), "{out}");
     assert_eq!(
@@ -510,15 +508,10 @@ fn an_injected_pod_runs_as_its_manifest_says() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ready = (0..200).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        pod.app
-            .command("curl")
-            .args(["-sf", "http://127.0.0.1:9901/readyz"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(ready, "the sidecar never became ready");
+    assert!(
+        netns::wait_ready(&pod.app, "http://127.0.0.1:9901/readyz"),
+        "the sidecar never became ready"
+    );
 
     // The app, with the manifest's env and nothing else but PATH.
     let env: Vec<(String, String)> = app["env"]
@@ -605,18 +598,7 @@ fn learn_mode_learns_a_spliced_host_at_the_address_the_app_dialed() {
     });
     let app = &s.pod.app;
     let proxy = start_proxy(app, s.dir.path());
-    let open_root = s.dir.path().join("open-root.pem");
-    let resolve = format!("{OPEN}:443:{}", WORLD_V4[1]);
-    let (code, out) = curl(
-        app,
-        &[
-            "--cacert",
-            open_root.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            &format!("https://{OPEN}/"),
-        ],
-    );
+    let (code, out) = curl_open(&s);
     assert_eq!(code, 0, "spliced as under allow: {out}");
     let mut learned = serde_json::Value::Null;
     for _ in 0..100 {

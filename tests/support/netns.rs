@@ -193,6 +193,23 @@ pub fn check(cmd: &mut Command) -> Output {
     out
 }
 
+/// Polls `url` from inside `ns` (curl, every 50 ms, up to 10 s) until it
+/// answers 2xx: a proxy's `/readyz` (loopback is never redirected).
+pub fn wait_ready(ns: &Netns, url: &str) -> bool {
+    for _ in 0..200 {
+        let up = ns
+            .command("curl")
+            .args(["-sf", url])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if up {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
 // === Pod ===
 
 /// An app namespace and the world it connects to, joined by a veth pair.
