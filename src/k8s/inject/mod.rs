@@ -51,6 +51,7 @@ mod documents;
 mod env;
 mod identity;
 mod init;
+mod options;
 mod sidecar;
 mod template;
 mod trust;
@@ -339,92 +340,6 @@ impl Default for InjectOptions {
     }
 }
 
-impl InjectOptions {
-    /// Reject options that would produce a pod Kubernetes refuses or a proxy
-    /// that cannot start.
-    pub fn validate(&self) -> Result<(), InjectError> {
-        let bad = |m: String| Err(InjectError::Options(m));
-        if self.image.trim().is_empty() {
-            return bad("image is empty".into());
-        }
-        if !is_dns_subdomain(&self.pins_secret) {
-            return bad(format!(
-                "secret name {:?} is not a valid Kubernetes name",
-                self.pins_secret
-            ));
-        }
-        if self.proxy_port == 0 || self.admin_port == 0 || self.proxy_port == self.admin_port {
-            return bad(format!(
-                "ports must be non-zero and distinct (proxy {}, admin {})",
-                self.proxy_port, self.admin_port
-            ));
-        }
-        for (what, dir) in [("pins dir", &self.pins_dir), ("ca dir", &self.ca_dir)] {
-            if !dir.starts_with('/') || dir.len() < 2 {
-                return bad(format!(
-                    "{what} {dir:?} must be an absolute path other than /"
-                ));
-            }
-        }
-        if self.pins_dir.trim_end_matches('/') == self.ca_dir.trim_end_matches('/') {
-            return bad("pins dir and ca dir must differ".into());
-        }
-        for (what, dir) in [("pins dir", &self.pins_dir), ("ca dir", &self.ca_dir)] {
-            if dir.trim_end_matches('/') == CA_EXTRA_DIR {
-                return bad(format!("{what} {dir:?} is where the extra CAs are mounted"));
-            }
-        }
-        if let Some(p) = &self.image_pull_policy {
-            if !["Always", "IfNotPresent", "Never"].contains(&p.as_str()) {
-                return bad(format!(
-                    "imagePullPolicy {p:?} is not Always, IfNotPresent or Never"
-                ));
-            }
-        }
-        for name in self.identities() {
-            identity::check_name(name).or_else(bad)?;
-        }
-        for (what, dir) in [("pins dir", &self.pins_dir), ("ca dir", &self.ca_dir)] {
-            if dir.trim_end_matches('/') == IDENTITY_DIR {
-                return bad(format!(
-                    "{what} {dir:?} is where identity Secrets are mounted"
-                ));
-            }
-        }
-        let r = &self.redirect;
-        if r.port == 0 || r.port == self.proxy_port || r.port == self.admin_port {
-            return bad(format!(
-                "transparent port {} must be non-zero and differ from the proxy and admin ports",
-                r.port
-            ));
-        }
-        if r.uid == 0 {
-            return bad(
-                "transparent UID must not be 0: root's connections would never be redirected"
-                    .into(),
-            );
-        }
-        if r.init_image.trim().is_empty() {
-            return bad("init image is empty".into());
-        }
-        if r.ports.contains(&0) {
-            return bad("transparent ports must be non-zero".into());
-        }
-        for cidr in &r.exclude_cidr {
-            if let Err(e) = cidr.parse::<crate::k8s::redirect::Cidr>() {
-                return bad(format!("--transparent-exclude-cidr: {e}"));
-            }
-        }
-        if !["text", "json"].contains(&self.log_format.as_str()) {
-            return bad(format!(
-                "log format {:?} is not text or json",
-                self.log_format
-            ));
-        }
-        Ok(())
-    }
-}
-
 // === entry points ===
 
 /// `pinproxy inject`: read the file (or stdin), write the injected stream to stdout.
@@ -602,34 +517,4 @@ fn is_dns_subdomain(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_are_validated() {
-        let mut o = InjectOptions::default();
-        assert!(o.validate().is_ok());
-        o.pins_secret = "Bad_Name".into();
-        assert!(o.validate().is_err());
-        let o = InjectOptions {
-            admin_port: 3128,
-            ..Default::default()
-        };
-        assert!(o.validate().is_err());
-        let o = InjectOptions {
-            ca_dir: "rel".into(),
-            ..Default::default()
-        };
-        assert!(o.validate().is_err());
-    }
-
-    #[test]
-    fn markers() {
-        let v: Value = serde_yaml::from_str(
-            "metadata: {annotations: {pinproxy.io/inject: 'false'}, labels: {pinproxy.io/inject: 'true'}}",
-        )
-        .unwrap();
-        assert!(has_inject_marker(&v, false));
-        assert!(has_inject_marker(&v, true));
-    }
-}
+mod tests;
