@@ -1,23 +1,12 @@
 //! The `pin` and `check` commands, run as the built binary.
 
 mod support;
+use support::run_pinproxy as pinproxy;
 
 use std::path::Path;
 use std::process::Command;
 
 use pinproxy::policy::pin::Pin;
-
-fn pinproxy(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args(args)
-        .output()
-        .expect("run pinproxy");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// DESIGN §1: `pin` must equal this pipeline, byte for byte.
 fn openssl_pin(pem: &Path) -> String {

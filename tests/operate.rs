@@ -3,23 +3,12 @@
 
 mod support;
 
+use support::run_pinproxy as pinproxy;
 use support::*;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-
-fn pinproxy(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args(args)
-        .output()
-        .expect("run pinproxy");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn sh(script: &str) -> String {
     let out = Command::new("sh")

@@ -1087,3 +1087,16 @@ pub async fn wait_listening(addr: std::net::SocketAddr) {
     }
     panic!("{addr} never listened");
 }
+
+/// Runs the built `pinproxy` binary with `args`: (exit code, stdout, stderr).
+pub fn run_pinproxy(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(args)
+        .output()
+        .expect("run pinproxy");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
