@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 use webpki::{BorrowedCertRevocationList, CertRevocationList, OwnedCertRevocationList};
 
 use super::host::Host;
+use super::pemfile;
 use super::pin::Pin;
 
 pub use names::{normalize_uri, Name, NameError};
@@ -210,7 +211,12 @@ pub(super) fn read_client_cert(
     };
     let chain = CertificateDer::pem_slice_iter(&cert_bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(&cert.shown, format!("not a PEM certificate chain: {e}")))?;
+        .map_err(|e| {
+            invalid(
+                &cert.shown,
+                format!("not a PEM certificate chain: {}", pemfile::describe(&e)),
+            )
+        })?;
     let Some(leaf) = chain.first() else {
         return Err(invalid(
             &cert.shown,
@@ -308,7 +314,10 @@ fn private_key(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
              SPIFFE helpers write it)"
                 .into()
         } else {
-            format!("no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in PEM form ({e})")
+            format!(
+                "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in PEM form ({})",
+                pemfile::describe(&e)
+            )
         }
     })
 }
@@ -372,7 +381,7 @@ pub(super) fn read_crl(path: &FilePath) -> Result<(LoadedCrl, Vec<u8>), FileErro
         CertificateRevocationListDer::pem_slice_iter(&bytes)
             .map(|r| r.map(|d| d.as_ref().to_vec()))
             .collect::<Result<_, _>>()
-            .map_err(|e| invalid(format!("not a PEM CRL: {e}")))?
+            .map_err(|e| invalid(format!("not a PEM CRL: {}", pemfile::describe(&e))))?
     } else {
         vec![bytes.clone()]
     };

@@ -259,7 +259,7 @@ pub(super) fn read_bundle(
         let cert = cert.map_err(|e| BundleError::Pem {
             path: path.to_path_buf(),
             index,
-            detail: e.to_string(),
+            detail: super::pemfile::describe(&e),
         })?;
         let anchor = webpki::anchor_from_trusted_cert(&cert).map_err(|e| BundleError::Anchor {
             path: path.to_path_buf(),

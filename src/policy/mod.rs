@@ -17,6 +17,7 @@ pub mod identity;
 pub mod load;
 pub mod passthrough;
 pub mod pattern;
+pub mod pemfile;
 pub mod pin;
 #[cfg(test)]
 mod tests;

@@ -91,7 +91,7 @@ pub fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, Err
         let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
         let certs = certs.map_err(|e| Error::Parse {
             path: path.to_string(),
-            detail: e.to_string(),
+            detail: crate::policy::pemfile::describe(&e),
         })?;
         if certs.is_empty() {
             return Err(Error::Parse {
