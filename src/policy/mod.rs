@@ -12,6 +12,7 @@
 //! No sockets, no tokio, no HTTP: the data path asks this room questions.
 
 pub mod admission;
+pub mod comment;
 pub mod host;
 pub mod identity;
 pub mod load;

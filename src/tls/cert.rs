@@ -5,6 +5,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
+use crate::policy::comment;
 use crate::policy::pin::Pin;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -113,7 +114,11 @@ pub fn yaml_snippet(host: &str, chain: &[CertInfo]) -> String {
             _ if i + 1 == chain.len() && chain.len() > 1 => "root / top of chain",
             _ => "intermediate",
         };
-        s.push_str(&format!("      - {}  # {role}: {}\n", c.pin, c.subject));
+        s.push_str(&format!(
+            "      - {}  # {role}: {}\n",
+            c.pin,
+            comment::escape(&c.subject)
+        ));
     }
     s.push_str("      # add a backup pin: a key you hold in reserve, or your next CA's key\n");
     s
