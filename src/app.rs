@@ -316,7 +316,7 @@ fn restore_learned(sinks: &Sinks, path: &std::path::Path) -> Result<(), Error> {
     match learn::read(path) {
         Ok(Some(doc)) => sinks.learned.restore(doc),
         Ok(None) => {}
-        Err(e @ learn::Error::Parse { .. }) => {
+        Err(e @ (learn::Error::Parse { .. } | learn::Error::TooLarge { .. })) => {
             let mut aside = path.as_os_str().to_owned();
             aside.push(".corrupt");
             tracing::warn!(error = %e, moved_to = ?aside, "starting with nothing learned");

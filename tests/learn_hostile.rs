@@ -228,3 +228,77 @@ async fn pin_connect_snippets_hold_only_the_host_dialled() {
         "the extra certificates describe nothing:\n{out}"
     );
 }
+
+/// A server sending 57 KB subjects, named under 64 host names (attack 5):
+/// what is learned is cut to size, and `/learned` is streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_subjects_are_cut_and_learned_is_streamed() {
+    let r = root("Big Root");
+    let int = intermediate("Big Intermediate", &r, None);
+    // The biggest a certificate message lets through (rustls takes 64 KiB).
+    let l = {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["*.many.test".to_string()]).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("Ops {}", "x".repeat(57_000)));
+        p.distinguished_name = dn;
+        let cert = p.signed_by(&key, &int.cert, &int.key).unwrap();
+        Leaf {
+            cert: cert.der().clone(),
+            key,
+        }
+    };
+    let keep = tempfile::tempdir().unwrap();
+    let bundle = write(keep.path(), "ca.pem", &r.pem());
+    let up = upstream(
+        vec![l.cert.clone(), int.der()],
+        l.key_der(),
+        UpstreamOpts::new("big"),
+    )
+    .await;
+    let names: Vec<String> = (0..64).map(|i| format!("h{i}.many.test")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "version: 1\ndefaults:\n  unlisted: learn\n  allow_private: true\n  trust: {}\n  ports: [{}]\nhosts: {{}}\n",
+        bundle.display(),
+        up.addr.port()
+    );
+    let pins = write(dir.path(), "pins.yaml", &yaml);
+    let table = names
+        .iter()
+        .map(|n| (n.clone(), vec!["127.0.0.1".parse().unwrap()]))
+        .collect();
+    let p = proxy_configured(dir, pins, false, move |c: &mut Config| {
+        c.upstream.resolver = Arc::new(StaticResolver(table));
+    })
+    .await;
+    for n in &names {
+        let resp = get(p.addr, &format!("http://{n}:{}/", up.addr.port())).await;
+        assert_eq!(resp.status, 200, "{n}: {resp:?}");
+    }
+    let raw = raw(
+        p.admin,
+        format!(
+            "GET /learned HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            p.admin
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (head, _) = raw.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("transfer-encoding: chunked") && !head.contains("content-length"),
+        "streamed, not one buffer:\n{head}"
+    );
+    let body = p.admin_get("/learned").await.body;
+    assert!(body.len() < 512 * 1024, "/learned is {} bytes", body.len());
+    let learned: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(learned["hosts"].as_array().unwrap().len(), 64);
+    for h in learned["hosts"].as_array().unwrap() {
+        for c in h["paths"][0]["certs"].as_array().unwrap() {
+            let s = c["subject"].as_str().unwrap();
+            assert!(s.len() <= 256, "a subject of {} bytes kept", s.len());
+        }
+    }
+}

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::{Either, Full};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -18,6 +20,7 @@ use tokio::net::TcpListener;
 
 use super::continuity::History;
 use super::drift::Drift;
+use super::learn::Chunks;
 use super::metrics::Metrics;
 use super::telemetry::Sinks;
 use super::{Live, Readiness};
@@ -32,6 +35,8 @@ pub struct Admin {
     pub sinks: Sinks,
     pub readiness: Arc<Readiness>,
 }
+
+type Body = Either<Full<Bytes>, LearnedBody>;
 
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
@@ -60,7 +65,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
     }
 }
 
-fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -76,7 +81,7 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(admin.metrics.render())));
+            let mut r = Response::new(Either::Left(Full::new(Bytes::from(admin.metrics.render()))));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -86,7 +91,13 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/pins" => json(&pins_view(admin)),
         "/learned" => {
             let learning = admin.live.load().policy.defaults.unlisted == Unlisted::Learn;
-            json(&admin.sinks.learned.doc(learning))
+            let chunks = Chunks::new(admin.sinks.learned.clone(), learning);
+            let mut r = Response::new(Either::Right(LearnedBody(chunks)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -95,9 +106,30 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
+/// `/learned`, a few hosts per frame ([`Chunks`]): never the whole
+/// document in one buffer.
+pub struct LearnedBody(Chunks);
+
+impl hyper::body::Body for LearnedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(
+            self.get_mut()
+                .0
+                .next()
+                .map(|c| Ok(Frame::data(Bytes::from(c)))),
+        )
+    }
+}
+
+fn json(value: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -105,8 +137,8 @@ fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
     r
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
