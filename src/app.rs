@@ -31,6 +31,8 @@ pub struct Config {
     pub pins: PathBuf,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// Who sees what on the admin listener, and what it may cost.
+    pub admin_options: admin::Options,
     pub ca: CaSource,
     /// Where `ca.crt` and `ca-bundle.crt` are written for the app (before
     /// readiness).
@@ -104,6 +106,7 @@ pub struct App {
     transparent: Vec<TcpListener>,
     ctx: Arc<proxy::Context>,
     admin: Admin,
+    admin_options: admin::Options,
     watcher: Option<Watcher>,
     hangups: Option<Hangups>,
     learn_file: Option<PathBuf>,
@@ -180,6 +183,7 @@ impl App {
             intercept: intercept.clone(),
             provider: shared.provider.clone(),
             refusal_logs: LogLimiter::new(Duration::from_secs(10), 5),
+            connections: proxy::Context::connection_slots(&config.limits),
         });
         let drift = shared.drift.clone();
         let admin = Admin {
@@ -222,6 +226,7 @@ impl App {
             transparent,
             ctx,
             admin,
+            admin_options: config.admin_options,
             watcher,
             hangups,
             learn_file: config.learn_file,
@@ -233,9 +238,14 @@ impl App {
     /// [`Readiness::start_draining`] was called) and stops after it.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let (admin_stop, mut admin_rx) = tokio::sync::watch::channel(false);
-        let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, async move {
-            let _ = admin_rx.wait_for(|v| *v).await;
-        }));
+        let admin_task = tokio::spawn(admin::serve(
+            self.admin_listener,
+            self.admin,
+            self.admin_options,
+            async move {
+                let _ = admin_rx.wait_for(|v| *v).await;
+            },
+        ));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
         let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
         let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();

@@ -684,6 +684,7 @@ pub async fn proxy_configured(
         pins: pins_path.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
+        admin_options: Default::default(),
         ca: CaSource::Generate,
         // Outside the pins directory, so writing it doesn't look like a reload.
         ca_out: Some(dir.path().join("ca-out")),
