@@ -55,6 +55,22 @@ pub struct Config {
     /// The pinset file's size limit, bytes: a larger file is refused
     /// unread (at start, and at reload keeping the last good pinset).
     pub max_pinset_bytes: u64,
+    /// The same for every file the pinset names (CA bundles, client
+    /// certificates and keys, CRLs).
+    pub max_file_bytes: u64,
+    /// Revoked certificates the pinset's CRLs may list together.
+    pub max_crl_entries: usize,
+}
+
+impl Config {
+    /// What one load of the pinset may read.
+    pub fn caps(&self) -> policy::load::Caps {
+        policy::load::Caps {
+            pinset: self.max_pinset_bytes,
+            file: self.max_file_bytes,
+            crl_entries: self.max_crl_entries,
+        }
+    }
 }
 
 /// Where the pod CA comes from.
@@ -135,7 +151,7 @@ impl App {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
                 .ok()
         });
-        let policy = policy::load::load_capped(&config.pins, config.max_pinset_bytes)?;
+        let policy = policy::load::load_with(&config.pins, config.caps())?;
         let warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -193,12 +209,7 @@ impl App {
             sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
-        let reloader = Reloader::new(
-            publisher,
-            shared,
-            config.pins.clone(),
-            config.max_pinset_bytes,
-        );
+        let reloader = Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps());
         if let Some(w) = &mut watcher {
             if let Err(e) = w.watch_bundles(&reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");

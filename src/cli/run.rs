@@ -132,6 +132,16 @@ pub struct RunArgs {
     /// per byte of YAML: raise the sidecar's memory limit with this.
     #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = crate::policy::load::DEFAULT_MAX_BYTES)]
     pub max_pinset_bytes: u64,
+    /// Largest file the pinset names — CA bundle, client certificate or
+    /// key, CRL — bytes. A larger one is refused without being read whole,
+    /// and the last good pinset stays in force.
+    #[arg(long, env = "PINPROXY_MAX_FILE_BYTES", default_value_t = crate::policy::load::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+    /// Revoked certificates the pinset's CRLs may list, all together; each
+    /// costs about 400 bytes of memory while loaded, 200 kept. More is
+    /// refused like a broken file.
+    #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = crate::policy::load::DEFAULT_MAX_CRL_ENTRIES)]
+    pub max_crl_entries: usize,
     /// Worker threads (default 1: a single-threaded runtime, the cheapest
     /// per request; one worker serves tens of thousands of requests/s).
     /// Raise it for a pod whose egress needs more than one CPU.
@@ -227,6 +237,8 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         learn_file: args.learn_file.clone(),
         transparent: args.transparent.clone(),
         max_pinset_bytes: args.max_pinset_bytes,
+        max_file_bytes: args.max_file_bytes,
+        max_crl_entries: args.max_crl_entries,
     };
     (config, args.shutdown_grace)
 }

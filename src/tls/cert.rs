@@ -82,12 +82,19 @@ pub fn anchor_subject(anchor: &rustls_pki_types::TrustAnchor<'_>) -> String {
     }
 }
 
-/// Reads every certificate in a PEM or DER file.
+/// Reads every certificate in a PEM or DER file of at most
+/// [`DEFAULT_MAX_FILE_BYTES`](crate::policy::load::DEFAULT_MAX_FILE_BYTES).
 pub fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_string(),
-        source,
-    })?;
+    let max = crate::policy::load::DEFAULT_MAX_FILE_BYTES;
+    let bytes = crate::policy::load::read_capped(std::path::Path::new(path), max)
+        .map_err(|source| Error::Read {
+            path: path.to_string(),
+            source,
+        })?
+        .ok_or_else(|| Error::Parse {
+            path: path.to_string(),
+            detail: format!("larger than the {max}-byte limit; not read"),
+        })?;
     if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
         let certs = certs.map_err(|e| Error::Parse {
