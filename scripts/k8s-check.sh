@@ -142,6 +142,12 @@ refuse --set webhook.replicas=1 --set webhook.annotatedPods.failurePolicy=Fail \
   --set webhook.labelledNamespaces.failurePolicy=Ignore
 refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
+# The NetworkPolicy makes the operator choose what happens to other ports.
+refuse --set networkPolicy.enabled=true
+refuse --set networkPolicy.enabled=true --set networkPolicy.otherPorts=maybe
+helm template pinproxy "$CHART" --set networkPolicy.enabled=true \
+  --set networkPolicy.otherPorts=deny >/dev/null \
+  || die "the chart refused networkPolicy.otherPorts=deny"
 # ...but one replica with both webhooks failing open is allowed.
 helm template pinproxy "$CHART" --set webhook.replicas=1 \
   --set webhook.labelledNamespaces.failurePolicy=Ignore >/dev/null \
