@@ -75,7 +75,11 @@ impl Versions {
         let named = match &self.named {
             Some((d, named)) if *d == text => named.clone(),
             _ => {
-                let named = policy::load::named_files(pins, &bytes);
+                let named = if names_files(&bytes, max) {
+                    policy::load::named_files(pins, &bytes)
+                } else {
+                    Vec::new()
+                };
                 self.named = Some((text, named.clone()));
                 named
             }
@@ -91,6 +95,14 @@ impl Versions {
         out.copy_from_slice(ctx.finish().as_ref());
         Digest(out)
     }
+}
+
+/// Whether the text may name a file at all: a file over the size limit is
+/// refused unparsed (and must not be parsed here either), and most
+/// pinsets name none — neither is parsed a second time for its names.
+fn names_files(bytes: &[u8], max: u64) -> bool {
+    let keys: [&[u8]; 3] = [b"trust", b"client_cert", b"crls"];
+    bytes.len() as u64 <= max && keys.iter().any(|k| bytes.windows(k.len()).any(|w| w == *k))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -164,6 +176,15 @@ mod tests {
             gone,
             "a missing pinset is one version"
         );
+    }
+
+    #[test]
+    fn only_a_pinset_within_the_limit_that_mentions_a_file_is_parsed_for_names() {
+        assert!(names_files(b"hosts: {a: {trust: ca.pem}}", 100));
+        assert!(names_files(b"client_cert: {}", 100));
+        assert!(names_files(b"crls: []", 100));
+        assert!(!names_files(b"version: 1\nhosts: {}\n", 100));
+        assert!(!names_files(b"trust: ca.pem", 5), "over the limit");
     }
 
     #[test]
