@@ -193,6 +193,9 @@ pub enum Outcome {
     Tunnel,
     /// Relayed as it came under a `passthrough:` item.
     Passthrough,
+    /// An unlisted host's `http://` URL relayed as plain HTTP (only listed
+    /// hosts are upgraded to TLS).
+    PlainHttp,
     /// Let through the policy, then refused.
     Refused(Reason),
 }
@@ -200,10 +203,15 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome label, for pre-creating and forgetting series.
     pub fn labels() -> impl Iterator<Item = &'static str> {
-        [Outcome::Ok, Outcome::Tunnel, Outcome::Passthrough]
-            .into_iter()
-            .map(Outcome::as_str)
-            .chain(Reason::outcomes())
+        [
+            Outcome::Ok,
+            Outcome::Tunnel,
+            Outcome::Passthrough,
+            Outcome::PlainHttp,
+        ]
+        .into_iter()
+        .map(Outcome::as_str)
+        .chain(Reason::outcomes())
     }
 
     pub fn as_str(self) -> &'static str {
@@ -211,6 +219,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Tunnel => "tunnel",
             Outcome::Passthrough => "passthrough",
+            Outcome::PlainHttp => "plain-http",
             Outcome::Refused(r) => r.as_str(),
         }
     }
@@ -317,6 +326,7 @@ mod tests {
                 "ok",
                 "tunnel",
                 "passthrough",
+                "plain-http",
                 "pin-mismatch",
                 "untrusted-certificate",
                 "upstream-unreachable",

@@ -83,9 +83,9 @@ fn resolver() -> Arc<StaticResolver> {
 impl World {
     fn urls(&self) -> [String; 3] {
         [
-            format!("http://{SHARED_A}:{}/", self.shop.addr.port()),
-            format!("http://{SHARED_B}:{}/", self.shop.addr.port()),
-            format!("http://{OTHER}:{}/", self.other.addr.port()),
+            format!("https://{SHARED_A}:{}/", self.shop.addr.port()),
+            format!("https://{SHARED_B}:{}/", self.shop.addr.port()),
+            format!("https://{OTHER}:{}/", self.other.addr.port()),
         ]
     }
 

@@ -3,8 +3,9 @@
 //!
 //! - [`serve`] accepts clients (bounded by `--max-connections`) and drains
 //!   them on shutdown; `conn` serves HTTP/1.1 on each and parks idle ones.
-//! - Absolute-form requests go to [`forward`], CONNECT to [`connect`]
-//!   (interception for pinned hosts, [`tunnel`]s for unlisted ones).
+//! - Absolute-form requests go to [`forward`] (unlisted hosts' `http://`
+//!   to [`plain`]), CONNECT to [`connect`] (interception for pinned hosts,
+//!   [`tunnel`]s for unlisted ones).
 //! - [`refusal`] builds every answer pinproxy makes itself; [`body`]
 //!   streams upstream responses and cuts them when a reload revokes them.
 
@@ -16,6 +17,7 @@ pub mod intercept;
 pub mod memory;
 pub mod original_dst;
 pub mod passthrough;
+pub mod plain;
 pub mod refusal;
 pub mod target;
 pub mod transparent;
