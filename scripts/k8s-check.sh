@@ -139,15 +139,18 @@ refuse() {
     die "values.schema.json accepted $*"
   fi
 }
-refuse --set webhook.annotatedPods.failurePolicy=Sometimes
+refuse --set webhook.labelledPods.failurePolicy=Sometimes
 # One replica while a webhook fails closed: a drain would block pod creation.
 refuse --set webhook.replicas=1
-refuse --set webhook.replicas=1 --set webhook.annotatedPods.failurePolicy=Fail \
+refuse --set webhook.replicas=1 --set webhook.labelledPods.failurePolicy=Fail \
   --set webhook.labelledNamespaces.failurePolicy=Ignore
+# The old key of the opt-in webhook (annotation-era) is refused, not ignored.
+refuse --set webhook.annotatedPods.enabled=true
 refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
 # ...but one replica with both webhooks failing open is allowed.
 helm template pinproxy "$CHART" --set webhook.replicas=1 \
+  --set webhook.labelledPods.failurePolicy=Ignore \
   --set webhook.labelledNamespaces.failurePolicy=Ignore >/dev/null \
   || die "values.schema.json refused webhook.replicas=1 with failurePolicy Ignore"
 

@@ -64,7 +64,9 @@ pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUM
 use documents::{fix_octal_modes, split_documents};
 use template::{inject_document, inject_template};
 
-/// Annotation (or pod label) that opts a workload in (`"true"`) or out (`"false"`).
+/// Pod label that opts a workload in (`"true"`: the webhook's
+/// `objectSelector` matches it) or out (`"false"`). Also read as an
+/// annotation, a deprecated alias the API server cannot select on.
 pub const INJECT_ANNOTATION: &str = "pinproxy.io/inject";
 /// Pod-template annotation naming a pins Secret other than [`InjectOptions::pins_secret`].
 pub const PINS_SECRET_ANNOTATION: &str = "pinproxy.io/pins-secret";
