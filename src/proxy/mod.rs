@@ -72,6 +72,10 @@ pub struct Limits {
     /// After a reload revokes a tunnel or a streaming response, how long
     /// in-flight work may still finish before it is closed.
     pub revoke_grace: Duration,
+    /// How long a redirected connection may stay silent before pinproxy
+    /// decides it is a server-first protocol (MySQL, SSH, SMTP): spliced
+    /// when its destination is a passthrough CIDR, else closed.
+    pub first_byte_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +87,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(20),
             tunnel_idle: Duration::from_secs(3600),
             revoke_grace: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(1),
         }
     }
 }
