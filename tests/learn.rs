@@ -234,7 +234,8 @@ async fn learned_traffic_becomes_a_pinset_that_passes_it_and_nothing_else() {
 #[tokio::test]
 async fn a_restart_keeps_what_was_learned() {
     let w = world().await;
-    let learn_file = w.keep.path().join("learned.json");
+    // In a directory that does not exist yet (issue 20): made at start.
+    let learn_file = w.keep.path().join("state/learn/learned.json");
     let first = start(&w.learning_yaml(), Some(&learn_file)).await;
     assert_eq!(get(first.addr, &w.urls()[2]).await.status, 200);
     drop(first);
@@ -259,7 +260,11 @@ async fn a_restart_keeps_what_was_learned() {
     std::fs::write(&learn_file, b"{not json").unwrap();
     let third = start(&w.learning_yaml(), Some(&learn_file)).await;
     assert_eq!(get(third.addr, &w.urls()[0]).await.status, 200);
-    assert!(w.keep.path().join("learned.json.corrupt").exists());
+    assert!(w
+        .keep
+        .path()
+        .join("state/learn/learned.json.corrupt")
+        .exists());
 }
 
 #[tokio::test]

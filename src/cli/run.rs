@@ -208,7 +208,23 @@ async fn run_async(args: RunArgs) -> Result<(), Error> {
     for w in &app.warnings {
         tracing::warn!("{}: warning: {w}", args.pins.display());
     }
-    tracing::info!(listen = %app.proxy_addr, admin = %app.admin_addr, pins = %args.pins.display(), "pinproxy ready");
+    let transparent = if app.transparent_addrs.is_empty() {
+        "off".to_string()
+    } else {
+        let addrs: Vec<String> = app
+            .transparent_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        addrs.join(", ")
+    };
+    tracing::info!(
+        listen = %app.proxy_addr,
+        admin = %app.admin_addr,
+        transparent = %transparent,
+        pins = %args.pins.display(),
+        "pinproxy ready"
+    );
     let readiness = app.readiness.clone();
     let shutdown = async move {
         signals.recv().await;

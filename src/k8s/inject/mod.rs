@@ -11,7 +11,8 @@
 //! - the volumes `pinproxy-pins` (the pins Secret, mounted as a directory so
 //!   kubelet propagates edits — never `subPath`), `pinproxy-ca` (an
 //!   in-memory emptyDir where the proxy writes its per-pod CA and the
-//!   app's trust bundle) and, given extra CAs, `pinproxy-ca-extra`;
+//!   app's trust bundle) and, given extra CAs, `pinproxy-ca-extra`, given
+//!   `--learn-file`, `pinproxy-learn`;
 //! - in every app container, `HTTP(S)_PROXY` / `NO_PROXY`, the CA trust
 //!   variables, `NODE_USE_ENV_PROXY` and the JVM's proxy properties
 //!   (appended to `JAVA_TOOL_OPTIONS`), plus a read-only mount of the CA
@@ -51,6 +52,7 @@ mod documents;
 mod env;
 mod identity;
 mod init;
+mod learn;
 mod options;
 mod sidecar;
 mod template;
@@ -59,6 +61,7 @@ mod yaml;
 
 pub use args::{InjectArgs, SidecarArgs};
 pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
+pub use learn::LEARN_VOLUME;
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 
 use documents::{fix_octal_modes, split_documents};
@@ -139,6 +142,8 @@ pub struct InjectOptions {
     /// Secrets with a client certificate and key (mTLS upstream), mounted
     /// into the sidecar only, at `/etc/pinproxy-identity/NAME/`.
     pub identity_secrets: Vec<String>,
+    /// The sidecar's `--learn-file`, its directory an emptyDir of its own.
+    pub learn_file: Option<String>,
 }
 
 /// Transparent mode's settings: the init container's `pinproxy redirect`
@@ -338,6 +343,7 @@ impl Default for InjectOptions {
             transparent: false,
             redirect: Transparent::default(),
             identity_secrets: Vec::new(),
+            learn_file: None,
         }
     }
 }
