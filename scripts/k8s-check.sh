@@ -148,6 +148,10 @@ refuse --set webhook.replicas=1 --set webhook.labelledPods.failurePolicy=Fail \
 refuse --set webhook.annotatedPods.enabled=true
 refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
+# ...saying why, not only "minimum: got 1, want 2".
+why="$(helm template pinproxy "$CHART" --set webhook.replicas=1 2>&1 || true)"
+grep -q "no pod that asked for the sidecar can be created" <<<"$why" \
+  || die "one webhook replica with failurePolicy Fail is refused without saying why: $why"
 # ...but one replica with both webhooks failing open is allowed.
 helm template pinproxy "$CHART" --set webhook.replicas=1 \
   --set webhook.labelledPods.failurePolicy=Ignore \

@@ -343,14 +343,21 @@ fn merge_keeps_existing_entries_byte_for_byte_and_adds_only_new_hosts() {
     );
     let existing = "# our pinset — hand-written\nversion: 1\ndefaults:\n  unlisted: learn   # for now\nhosts:\n    api.known.test:     # payments API\n        pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=, \"sha256/YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=\"]\n        mode: report\n\n# in-cluster\npassthrough: [\"*.svc.cluster.local\"]\n";
     let pins = write(dir.path(), "pins.yaml", existing);
-    let merged = stdout(&pinproxy(&[
+    let out = pinproxy(&[
         "suggest",
         "--from",
         doc.to_str().unwrap(),
         "--merge",
         pins.to_str().unwrap(),
-    ]));
+    ]);
+    let merged = stdout(&out);
     eprintln!("pinproxy suggest --merge:\n{merged}");
+    // It keeps `unlisted: learn` as written, and says so.
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("warning:") && warned.contains("keeps `defaults.unlisted: learn`"),
+        "{warned}"
+    );
     // The existing file is a prefix and a suffix of the output; only new
     // entries come between, inside the hosts: block.
     let split = existing.find("\n# in-cluster").unwrap() + 1;
@@ -400,12 +407,14 @@ fn nothing_learned_prints_no_pinset_that_would_deny_everything() {
     // With --merge the given pinset is printed as it is.
     let existing = "version: 1\nhosts:\n  a.test:\n    pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=]\n";
     let pins = write(dir.path(), "pins.yaml", existing);
-    let merged = stdout(&pinproxy(&[
+    let out = pinproxy(&[
         "suggest",
         "--from",
         empty.to_str().unwrap(),
         "--merge",
         pins.to_str().unwrap(),
-    ]));
-    assert_eq!(merged, existing);
+    ]);
+    assert_eq!(stdout(&out), existing);
+    // Not learning: nothing to warn about.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("unlisted: learn`, which"));
 }
