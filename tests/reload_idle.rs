@@ -63,6 +63,14 @@ async fn reloads(admin: SocketAddr, result: &str) -> u64 {
         .map_or(0, |v| v.parse().unwrap())
 }
 
+async fn last_reload_successful(admin: SocketAddr) -> Option<u64> {
+    let r = get(admin, &format!("http://{admin}/metrics")).await;
+    r.body.lines().find_map(|l| {
+        l.strip_prefix("pinproxy_config_last_reload_successful ")
+            .map(|v| v.parse().unwrap())
+    })
+}
+
 /// Polls until the failure count reaches `n` (bounded).
 async fn failures_reach(admin: SocketAddr, n: u64) {
     let start = Instant::now();
@@ -151,6 +159,7 @@ async fn an_idle_proxy_does_not_reread_its_plain_files() {
     );
     assert_eq!(reloads(admin, "failure").await, 0);
     assert_eq!(reloads(admin, "success").await, 0, "reloaded while idle");
+    assert_eq!(last_reload_successful(admin).await, Some(1));
 }
 
 #[tokio::test]
@@ -174,6 +183,8 @@ async fn a_bad_version_is_counted_once_and_retried_only_when_it_changes() {
     );
     assert_eq!(reloads(admin, "failure").await, 1);
     assert_eq!(proxy.log_lines(FAILED), 1);
+    // Counted once, but still failing: what keeps the alert firing.
+    assert_eq!(last_reload_successful(admin).await, Some(0));
 
     // The same bad bytes written again: an event, the same version.
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
@@ -202,4 +213,5 @@ async fn a_bad_version_is_counted_once_and_retried_only_when_it_changes() {
     }
     assert_eq!(reloads(admin, "failure").await, 2);
     assert_eq!(proxy.log_lines(FAILED), 2);
+    assert_eq!(last_reload_successful(admin).await, Some(1));
 }

@@ -181,6 +181,7 @@ impl Reloader {
             Err(e) => {
                 self.lock_versions().failed = digest;
                 self.failing.fetch_add(1, Ordering::AcqRel);
+                self.shared.metrics.config_last_reload_successful.set(0);
                 self.shared
                     .metrics
                     .config_reloads
@@ -198,6 +199,7 @@ impl Reloader {
                     versions.in_force = digest;
                     versions.failed = None;
                 }
+                self.shared.metrics.config_last_reload_successful.set(1);
                 let failed = self.failing.swap(0, Ordering::AcqRel);
                 if failed > 0 {
                     tracing::info!(
