@@ -1,4 +1,5 @@
-//! The names the external contract gives to what happened (DESIGN §3, §5),
+//! The names the contract gives to what happened (docs/reference.md,
+//! "Refusals" and "Metrics"),
 //! in one table: the status a refusal answers with, the value of its
 //! `x-pinproxy-error` header and the label it is counted under.
 //!

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use pinproxy::policy::pin::Pin;
 
-/// DESIGN §1: `pin` must equal this pipeline, byte for byte.
+/// docs/reference.md, "pinproxy pin": `pin` must equal this pipeline, byte for
+/// byte.
 fn openssl_pin(pem: &Path) -> String {
     let script = format!(
         "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",

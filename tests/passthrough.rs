@@ -1,6 +1,7 @@
-//! `passthrough:` (DESIGN §8): in-cluster traffic relayed as it came —
-//! plain HTTP stays plain, CONNECT is a byte tunnel without interception —
-//! never pinned, exempt from the private-address rule only when listed.
+//! `passthrough:` (docs/reference.md, "Passthrough"): in-cluster traffic
+//! relayed as it came — plain HTTP stays plain, CONNECT is a byte tunnel
+//! without interception — never pinned, exempt from the private-address rule
+//! only when listed.
 
 mod support;
 

@@ -483,7 +483,8 @@ fn bad_certificate_files_are_refused_at_start() {
     assert!(err.contains("does not match"), "{err}");
 }
 
-// --- refusing to guess (DESIGN §8) -------------------------------------------
+// --- refusing to guess (docs/reference.md)
+// -------------------------------------------
 
 fn simple_pod(spec_extra: Json) -> Json {
     let mut pod = json!({

@@ -1,5 +1,5 @@
-//! Prometheus metrics (DESIGN §5), on a registry owned by the process and
-//! passed to constructors (tests stay independent).
+//! Prometheus metrics (docs/reference.md, "Metrics"), on a registry owned by
+//! the process and passed to constructors (tests stay independent).
 
 use std::sync::Arc;
 

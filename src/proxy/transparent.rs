@@ -1,7 +1,7 @@
-//! Transparent mode (DESIGN §11): connections the kernel redirected to
-//! pinproxy (`pinproxy redirect` installs the nat rules) from apps that
-//! ignore `HTTP_PROXY`. The original destination comes from conntrack
-//! ([`original_dst`]); the first bytes decide the rest:
+//! Transparent mode (docs/reference.md, "Transparent mode"): connections the
+//! kernel redirected to pinproxy (`pinproxy redirect` installs the nat rules)
+//! from apps that ignore `HTTP_PROXY`. The original destination comes from
+//! conntrack ([`original_dst`]); the first bytes decide the rest:
 //!
 //! - a TLS ClientHello is judged by its SNI (absent: the original
 //!   destination's IP) under the same policy as CONNECT: pinned →

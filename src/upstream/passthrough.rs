@@ -1,10 +1,10 @@
-//! Dialing passthrough traffic (DESIGN §8): plain TCP to the address the
-//! request names, no TLS of ours. A name that passes by a `passthrough:`
-//! pattern may go to any address it resolves to; one admitted by a CIDR
-//! only to the addresses within it. pinproxy's own listeners are never a
+//! Dialing passthrough traffic (docs/reference.md, "Passthrough"): plain TCP to
+//! the address the request names, no TLS of ours. A name that passes by a
+//! `passthrough:` pattern may go to any address it resolves to; one admitted by
+//! a CIDR only to the addresses within it. pinproxy's own listeners are never a
 //! target (loop guard); the private-address rule does not apply (reaching
-//! in-cluster services is the point). The same plain connector dials
-//! unlisted hosts' `http://` URLs, under the unlisted egress rules.
+//! in-cluster services is the point). The same plain connector dials unlisted
+//! hosts' `http://` URLs, under the unlisted egress rules.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -86,7 +86,7 @@ pub struct SidecarArgs {
     /// Extra NO_PROXY entry (repeatable or comma-separated), e.g. a pod CIDR.
     #[arg(long, env = "PINPROXY_INJECT_NO_PROXY", value_delimiter = ',')]
     pub no_proxy: Vec<String>,
-    /// Transparent mode (DESIGN §11): an init container installs kernel
+    /// Transparent mode (docs/reference.md): an init container installs kernel
     /// rules that send every outbound TCP connection of the app to
     /// pinproxy, so apps that ignore HTTP_PROXY are pinned too. The init
     /// container holds NET_ADMIN and NET_RAW (Pod Security level

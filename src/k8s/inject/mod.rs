@@ -19,11 +19,11 @@
 //!   directory;
 //! - the label `pinproxy.io/injected: "true"`, which the PodMonitor selects.
 //!
-//! Injection refuses to guess (DESIGN §8): an app container that already
-//! sends its traffic to another proxy is an error unless
+//! Injection refuses to guess (docs/reference.md, "pinproxy inject"): an app
+//! container that already sends its traffic to another proxy is an error unless
 //! [`InjectOptions::override_proxy`]; so is a container port that pinproxy's
-//! listener or admin port would collide with. A `hostNetwork` pod is left
-//! alone with a [`Warning`]: its loopback is the node's.
+//! listener or admin port would collide with. A `hostNetwork` pod is left alone
+//! with a [`Warning`]: its loopback is the node's.
 //!
 //! Documents are split on their `---` lines and handled one by one. A
 //! document that injection leaves unchanged (not a workload, opted out with
@@ -134,7 +134,7 @@ pub struct InjectOptions {
     pub log_format: String,
     /// UID/GID the sidecar runs as (the image's non-root user).
     pub run_as_user: i64,
-    /// Transparent mode (DESIGN §11) for every template, unless one says
+    /// Transparent mode (docs/reference.md) for every template, unless one says
     /// otherwise with [`TRANSPARENT_ANNOTATION`].
     pub transparent: bool,
     /// How transparent mode is set up where it is on.

@@ -1,5 +1,5 @@
 //! Injecting one document: find its Pod template, check it (refusing to
-//! guess, DESIGN §8), then add the sidecar, the volumes, the app
+//! guess, docs/reference.md), then add the sidecar, the volumes, the app
 //! containers' environment and mounts, and the labels and annotations, each
 //! step an upsert keyed by name so that running it again changes nothing.
 
