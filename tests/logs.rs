@@ -220,15 +220,13 @@ async fn reload_recovery_and_sighup_are_logged_in_plain_text() {
 async fn startup_lines_name_the_listeners_and_the_flag_at_fault() {
     let dir = tempfile::tempdir().unwrap();
     let pins = write(dir.path(), "pins.yaml", "version: 1\nhosts: {}\n");
-    let mut run = Run::start(
-        &pins,
-        &["--transparent", "127.0.0.1:0", "--log-format", "json"],
-    )
-    .await;
+    // Ephemeral ports on ::1, never on 127.0.0.1, where the other tests
+    // pick theirs: a port taken here must not be one they just picked.
+    let mut run = Run::start(&pins, &["--transparent", "[::1]:0", "--log-format", "json"]).await;
     let lines = run.until("pinproxy ready").await;
     let ready = json(lines.last().unwrap());
     let transparent = ready["transparent"].as_str().unwrap_or_default();
-    assert!(transparent.starts_with("127.0.0.1:"), "{ready}");
+    assert!(transparent.starts_with("[::1]:"), "{ready}");
     assert_eq!(ready["listen"], run.listen.to_string());
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -240,7 +238,7 @@ async fn startup_lines_name_the_listeners_and_the_flag_at_fault() {
         ("--transparent", "--transparent / PINPROXY_TRANSPARENT"),
     ] {
         let mut args = vec!["run", "--pins", pins_arg];
-        for (f, default) in [("--listen", "127.0.0.1:0"), ("--admin", "127.0.0.1:0")] {
+        for (f, default) in [("--listen", "[::1]:0"), ("--admin", "[::1]:0")] {
             if f != flag {
                 args.extend([f, default]);
             }
