@@ -1,6 +1,9 @@
 //! Shared by the crate's integration tests: fixtures, PEM, time.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod responder;
+
 use std::path::PathBuf;
 
 use base64::engine::general_purpose::STANDARD as B64;
