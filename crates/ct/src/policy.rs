@@ -92,6 +92,15 @@ pub enum Criterion {
     Delivered,
 }
 
+impl Criterion {
+    fn as_str(self) -> &'static str {
+        match self {
+            Criterion::Embedded => "embedded",
+            Criterion::Delivered => "TLS/OCSP",
+        }
+    }
+}
+
 /// The count behind a verdict, for one criterion.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tally {
@@ -319,26 +328,34 @@ impl fmt::Display for CtReport {
             )?;
         }
         f.write_str(self.policy.as_str())?;
-        if let Some(t) = &self.tally {
-            let how = match t.criterion {
-                Criterion::Embedded => "embedded",
-                Criterion::Delivered => "TLS/OCSP",
-            };
-            let (n, ops) = (t.logs, t.operators.len());
-            write!(
-                f,
-                ", {n} SCT{} from {ops} operator{} ({how})",
-                plural(n),
-                plural(ops)
-            )?;
-            if self.policy != Verdict::Ok {
-                write!(f, " count, {} logs and 2 operators needed", t.needed)?;
+        match &self.tally {
+            Some(t) if self.policy == Verdict::Ok => {
+                let (n, ops) = (t.logs, t.operators.len());
+                let how = t.criterion.as_str();
+                write!(
+                    f,
+                    ", {n} SCT{} from {ops} operator{} ({how})",
+                    plural(n),
+                    plural(ops)
+                )?;
+            }
+            Some(t) => {
+                let (n, ops) = (t.logs, t.operators.len());
+                let how = t.criterion.as_str();
+                write!(
+                    f,
+                    ": {n} {how} SCT{} from {ops} operator{} count",
+                    plural(n),
+                    plural(ops)
+                )?;
+                write!(f, ", {} logs and 2 operators needed", t.needed)?;
                 if !t.has_current_log {
-                    f.write_str(", one of them not retired")?;
+                    f.write_str(", one of them qualified, usable or read-only now")?;
                 }
             }
-        } else {
-            f.write_str(", no SCTs in the certificate, the TLS handshake or an OCSP staple")?;
+            None => {
+                f.write_str(": no SCTs in the certificate, the TLS handshake or an OCSP staple")?
+            }
         }
         let problems: Vec<String> = self
             .scts
@@ -360,7 +377,8 @@ impl fmt::Display for CtReport {
             write!(f, "; {}", problems.join(", "))?;
         }
         if uncounted > 0 {
-            write!(f, "; {uncounted} from logs Chrome does not recognise (pending, rejected or without a state)")?;
+            let s = plural(uncounted);
+            write!(f, "; {uncounted} valid SCT{s} from logs Chrome does not recognise (pending, rejected or without a state)")?;
         }
         Ok(())
     }
@@ -371,5 +389,137 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sct::Sct;
+    use crate::verify::LogInfo;
+
+    const DAY: u64 = 86_400_000;
+    const NOW: u64 = 1_750_000_000_000;
+
+    fn list() -> LogList {
+        let json = format!(
+            r#"{{"log_list_timestamp": "{}", "operators": [{{"name": "X", "logs": [{{"log_id": "{}",
+               "key": "{}"}}]}}]}}"#,
+            Instant(NOW - DAY),
+            LogId::of_spki(&crate::key::tests_support::p256_spki_of_seed(9)),
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                crate::key::tests_support::p256_spki_of_seed(9)
+            ),
+        );
+        LogList::from_json(json.as_bytes()).expect("list")
+    }
+
+    fn sct(
+        d: Delivery,
+        log: u8,
+        operator: &str,
+        standing: Standing,
+        status: SctStatus,
+    ) -> CheckedSct {
+        CheckedSct {
+            delivery: d,
+            status,
+            sct: Some(Sct {
+                log_id: LogId([log; 32]),
+                timestamp: NOW - DAY,
+                extensions: vec![],
+                hash_alg: 4,
+                sig_alg: 3,
+                signature: vec![],
+            }),
+            log: Some(LogInfo {
+                description: format!("log {log}"),
+                operator: operator.into(),
+                standing,
+            }),
+        }
+    }
+
+    fn verdict(scts: Vec<CheckedSct>) -> Verdict {
+        evaluate(
+            &list(),
+            Duration::from_secs(90 * 86_400),
+            scts,
+            Instant(NOW).as_unix(),
+        )
+        .verdict()
+    }
+
+    use Delivery::{Embedded, Tls};
+    use Standing::{Counts, NotRecognised};
+
+    #[test]
+    fn two_scts_from_one_log_are_one_log() {
+        let v = verdict(vec![
+            sct(Embedded, 1, "A", Counts, SctStatus::Valid),
+            sct(Embedded, 1, "A", Counts, SctStatus::Valid),
+            sct(Embedded, 2, "B", NotRecognised, SctStatus::Valid),
+        ]);
+        assert_eq!(v, Verdict::TooFewScts);
+    }
+
+    #[test]
+    fn a_bad_signature_outranks_an_unknown_log_when_not_compliant() {
+        let unknown = CheckedSct {
+            log: None,
+            status: SctStatus::UnknownLog,
+            ..sct(Tls, 3, "C", Counts, SctStatus::Valid)
+        };
+        let bad = sct(
+            Tls,
+            1,
+            "A",
+            Counts,
+            SctStatus::BadSignature(crate::key::SignatureError::Invalid),
+        );
+        assert_eq!(
+            verdict(vec![unknown.clone(), bad.clone()]),
+            Verdict::BadSignature
+        );
+        assert_eq!(
+            verdict(vec![
+                unknown.clone(),
+                sct(Tls, 1, "A", Counts, SctStatus::Valid)
+            ]),
+            Verdict::UnknownLog
+        );
+        // Compliant all the same: extra SCTs do not matter.
+        let ok = vec![
+            sct(Tls, 1, "A", Counts, SctStatus::Valid),
+            sct(Tls, 2, "B", Counts, SctStatus::Valid),
+            unknown,
+            bad,
+        ];
+        assert_eq!(verdict(ok), Verdict::Ok);
+    }
+
+    #[test]
+    fn unsupported_versions_alone_are_too_few() {
+        let v2 = CheckedSct {
+            delivery: Tls,
+            status: SctStatus::UnsupportedVersion(1),
+            sct: None,
+            log: None,
+        };
+        assert_eq!(verdict(vec![v2]), Verdict::TooFewScts);
+        assert_eq!(verdict(vec![]), Verdict::None);
+        let labels: Vec<&str> = Verdict::ALL.iter().map(|v| v.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "ok",
+                "too-few-scts",
+                "unknown-log",
+                "bad-signature",
+                "stale-list",
+                "none"
+            ]
+        );
     }
 }

@@ -95,7 +95,7 @@ fn both_real_scts_verify_against_the_real_log_keys() {
     assert!(
         report
             .to_string()
-            .contains("2 from logs Chrome does not recognise"),
+            .contains("2 valid SCTs from logs Chrome does not recognise"),
         "{report}"
     );
 }
