@@ -423,3 +423,119 @@ fn scts_in_an_ocsp_staple_count_like_tls_ones() {
     );
     assert_eq!(ct.verdict(), Verdict::TooFewScts, "{ct}");
 }
+
+/// OpenSSL's own CT code (`s_client -ct`) checks the SCTs our test logs
+/// put into a certificate, served by `openssl s_server` on 127.0.0.1: the
+/// fixtures the tests above rely on are right by another implementation
+/// too, not only by this crate.
+#[test]
+fn openssl_validates_the_embedded_scts_of_our_test_logs() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use support::pki::path;
+
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    let key = KeyPair::generate().expect("key");
+    let params = w.ca.leaf_params(11, 90);
+    let der = w.ca.issue_with_scts(
+        &params,
+        &key,
+        &[(&w.a1, w.now - HOUR), (&w.b, w.now - HOUR)],
+    );
+    std::fs::write(p("leaf.pem"), support::to_pem("CERTIFICATE", &der)).expect("write");
+    std::fs::write(p("leaf.key"), key.serialize_pem()).expect("write");
+    std::fs::write(p("ca.pem"), w.ca.cert.pem()).expect("write");
+    let logs = format!(
+        "enabled_logs = a1,b\n[a1]\ndescription = A1\nkey = {}\n[b]\ndescription = B\nkey = {}\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &w.a1.spki),
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &w.b.spki),
+    );
+    std::fs::write(p("logs.cnf"), logs).expect("write");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &addr,
+            "-naccept",
+            "1",
+            "-cert",
+            path(&p("leaf.pem")),
+            "-key",
+        ])
+        .arg(p("leaf.key"))
+        .args(["-cert_chain", path(&p("ca.pem"))])
+        // s_server stops at the end of its stdin: keep a pipe open.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_server");
+    let mut server = KillOnDrop(server);
+    // s_server prints ACCEPT once it listens (a probe connection would
+    // end it: it stops after a failed handshake).
+    let mut stdout = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.starts_with("ACCEPT") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("s_server output");
+        assert!(n > 0, "s_server exited before listening");
+    }
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-ct",
+            "-ctlogfile",
+            path(&p("logs.cnf")),
+        ])
+        .args(["-CAfile", path(&p("ca.pem")), "-verify_return_error"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    drop(stdout);
+    let mut err = String::new();
+    if let Some(mut e) = server.0.stderr.take() {
+        server.stop();
+        let _ = e.read_to_string(&mut err);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cerr = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("SCTs present (2)"), "{text}\n{cerr}\n{err}");
+    assert_eq!(
+        text.matches("SCT validation status: valid").count(),
+        2,
+        "{text}\n{err}"
+    );
+    // And this crate agrees.
+    let report = w.check(
+        &w.list(None),
+        &Leaf::parse(&der).expect("leaf"),
+        Delivered::default(),
+    );
+    assert_eq!(report.verdict(), Verdict::Ok, "{report}");
+}
+
+/// The s_server child this test spawned, stopped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

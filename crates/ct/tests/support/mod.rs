@@ -50,3 +50,17 @@ pub fn builtin_json() -> String {
     std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/log_list.json"))
         .expect("list")
 }
+
+/// DER as a PEM block.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("ascii"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
