@@ -216,7 +216,7 @@ pub fn check(
 }
 
 /// Evaluates the policy over SCTs already checked.
-pub fn evaluate(
+pub(crate) fn evaluate(
     list: &LogList,
     lifetime: Duration,
     scts: Vec<CheckedSct>,

@@ -40,16 +40,17 @@ pub enum SctStatus {
     Malformed(String),
 }
 
-/// An SCT and what was found about it.
+/// An SCT and what was found about it. Made only by this crate's checks,
+/// so a `CheckedSct` with a `Valid` status is one whose signature verified.
 #[derive(Clone, Debug)]
 pub struct CheckedSct {
-    pub delivery: Delivery,
-    pub status: SctStatus,
+    pub(crate) delivery: Delivery,
+    pub(crate) status: SctStatus,
     /// `None` when nothing could be parsed.
-    pub sct: Option<Sct>,
+    pub(crate) sct: Option<Sct>,
     /// The log's description and its operator at the SCT's time, when the
     /// log is in the list.
-    pub log: Option<LogInfo>,
+    pub(crate) log: Option<LogInfo>,
 }
 
 /// What the list says about the log that issued an SCT.
@@ -64,6 +65,24 @@ pub struct LogInfo {
 // === impl CheckedSct ===
 
 impl CheckedSct {
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    pub fn status(&self) -> &SctStatus {
+        &self.status
+    }
+
+    /// The SCT as parsed (`None` when it could not be).
+    pub fn sct(&self) -> Option<&Sct> {
+        self.sct.as_ref()
+    }
+
+    /// What the list says about its log (`None` for a log not in it).
+    pub fn log(&self) -> Option<&LogInfo> {
+        self.log.as_ref()
+    }
+
     pub fn log_id(&self) -> Option<LogId> {
         self.sct.as_ref().map(|s| s.log_id)
     }

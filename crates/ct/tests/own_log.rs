@@ -101,7 +101,10 @@ fn precert_scts_from_two_operators_are_ok() {
     let leaf = w.leaf(90, &[(&w.a1, HOUR), (&w.b, HOUR)]);
     let report = w.check(&w.list(None), &leaf, Delivered::default());
     assert!(
-        report.scts().iter().all(|s| s.status == SctStatus::Valid),
+        report
+            .scts()
+            .iter()
+            .all(|s| *s.status() == SctStatus::Valid),
         "{report}"
     );
     assert_eq!(report.verdict(), Verdict::Ok, "{report}");
@@ -149,7 +152,7 @@ fn a_future_timestamp_is_refused_and_small_skew_is_not() {
         &Leaf::parse(&der).expect("leaf"),
         Delivered::default(),
     );
-    let statuses: Vec<_> = report.scts().iter().map(|s| s.status.clone()).collect();
+    let statuses: Vec<_> = report.scts().iter().map(|s| s.status().clone()).collect();
     assert_eq!(statuses, vec![SctStatus::Valid, SctStatus::FutureTimestamp]);
     assert_eq!(report.verdict(), Verdict::TooFewScts, "{report}");
     assert!(
@@ -315,7 +318,10 @@ fn embedded_and_tls_scts_are_not_mixed() {
         },
     );
     assert!(
-        report.scts().iter().all(|s| s.status == SctStatus::Valid),
+        report
+            .scts()
+            .iter()
+            .all(|s| *s.status() == SctStatus::Valid),
         "{report}"
     );
     assert_eq!(report.verdict(), Verdict::TooFewScts, "{report}");
@@ -359,7 +365,7 @@ fn an_sct_for_another_precertificate_fails() {
     assert!(report
         .scts()
         .iter()
-        .all(|s| matches!(s.status, SctStatus::BadSignature(_))));
+        .all(|s| matches!(s.status(), SctStatus::BadSignature(_))));
 }
 
 /// The TLS-encoded SCT list inside a leaf's extension.
@@ -407,7 +413,7 @@ fn scts_in_an_ocsp_staple_count_like_tls_ones() {
     assert!(ct
         .scts()
         .iter()
-        .all(|s| s.delivery == pinproxy_ct::verify::Delivery::Ocsp));
+        .all(|s| s.delivery() == pinproxy_ct::verify::Delivery::Ocsp));
     // One operator's SCT only: too few.
     let one = tls_list(&[w.a1.sign_cert(&der, w.now - HOUR)]);
     let staple =

@@ -52,13 +52,13 @@ fn both_real_scts_verify_against_the_real_log_keys() {
     let mut seen: Vec<(String, String, String)> = scts
         .iter()
         .map(|s| {
-            assert_eq!(s.status, SctStatus::Valid, "{s}");
-            assert_eq!(s.delivery, Delivery::Embedded);
+            assert_eq!(*s.status(), SctStatus::Valid, "{s}");
+            assert_eq!(s.delivery(), Delivery::Embedded);
             assert_eq!(
                 s.timestamp().map(|t| t.to_string()).as_deref(),
                 Some("2023-01-02T09:19:20Z")
             );
-            let log = s.log.as_ref().expect("log in the list");
+            let log = s.log().expect("log in the list");
             // In the 2025 list both logs are rejected: Chrome no longer
             // recognises them, so they do not count.
             assert_eq!(log.standing, Standing::NotRecognised);
@@ -146,7 +146,7 @@ fn one_flipped_byte_in_an_sct_is_a_bad_signature() {
     let statuses: Vec<_> = report
         .scts()
         .iter()
-        .map(|s| (s.log_id().map(|i| i.to_string()), s.status.clone()))
+        .map(|s| (s.log_id().map(|i| i.to_string()), s.status().clone()))
         .collect();
     assert!(
         statuses.contains(&(
@@ -178,7 +178,7 @@ fn the_list_without_that_log_makes_it_unknown() {
     let unknown: Vec<_> = report
         .scts()
         .iter()
-        .filter(|s| s.status == SctStatus::UnknownLog)
+        .filter(|s| *s.status() == SctStatus::UnknownLog)
         .collect();
     assert_eq!(unknown.len(), 1);
     assert_eq!(
@@ -229,7 +229,7 @@ fn the_wrong_issuer_breaks_every_precert_sct() {
         report
             .scts()
             .iter()
-            .all(|s| matches!(s.status, SctStatus::BadSignature(_))),
+            .all(|s| matches!(s.status(), SctStatus::BadSignature(_))),
         "{report}"
     );
     assert_eq!(report.verdict(), Verdict::BadSignature);
