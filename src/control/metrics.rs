@@ -1,5 +1,5 @@
-//! Prometheus metrics (DESIGN §5), on a registry owned by the process and
-//! passed to constructors (tests stay independent).
+//! Prometheus metrics (docs/reference.md, "Metrics"), on a registry owned by
+//! the process and passed to constructors (tests stay independent).
 
 use std::sync::Arc;
 
@@ -21,6 +21,10 @@ pub struct Metrics {
     pub handshake_seconds: HistogramVec,
     pub connections_active: IntGauge,
     pub config_reloads: IntCounterVec,
+    /// 1 while the pinset on disk is the one in force or loaded fine; 0
+    /// while it fails to load (a bad version is counted once in
+    /// `config_reloads`, so this is what says it is still bad).
+    pub config_last_reload_successful: IntGauge,
     pub config_generation: IntGauge,
     pub pinset_expiry: GaugeVec,
     pub upstream_cert_expiry: GaugeVec,
@@ -126,6 +130,10 @@ impl Metrics {
                 "Pinset reloads, by result.",
                 &["result"],
             ),
+            config_last_reload_successful: int_gauge(
+                "config_last_reload_successful",
+                "Whether the last pinset reload succeeded (1) or the file on disk fails to load (0).",
+            ),
             config_generation: int_gauge(
                 "config_generation",
                 "Generation of the pinset in force (1 at start, +1 per successful reload).",
@@ -186,6 +194,7 @@ impl Metrics {
         for r in ["success", "failure"] {
             m.config_reloads.with_label_values(&[r]);
         }
+        m.config_last_reload_successful.set(1);
         Arc::new(m)
     }
 
