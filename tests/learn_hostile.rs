@@ -109,7 +109,7 @@ async fn an_extra_certificate_with_the_anchors_key_cannot_write_an_entry() {
     chain.push(carrying(&pki.root.key, &subject));
     let up = upstream(chain, pki.leaf.key_der(), UpstreamOpts::new("hostile")).await;
     let p = learning_proxy(&bundle, up.addr.port()).await;
-    let r = get(p.addr, &format!("http://{LEARNED}:{}/", up.addr.port())).await;
+    let r = get(p.addr, &format!("https://{LEARNED}:{}/", up.addr.port())).await;
     assert_eq!(r.status, 200, "learn admits as allow: {r:?}");
 
     let suggested = suggest(p.admin);
@@ -149,7 +149,7 @@ async fn newlines_in_validated_subjects_stay_inside_their_comment() {
     )
     .await;
     let p = learning_proxy(&bundle, up.addr.port()).await;
-    let resp = get(p.addr, &format!("http://{LEARNED}:{}/", up.addr.port())).await;
+    let resp = get(p.addr, &format!("https://{LEARNED}:{}/", up.addr.port())).await;
     assert_eq!(resp.status, 200, "{resp:?}");
     let suggested = suggest(p.admin);
     let got = entries(&suggested);
@@ -273,7 +273,7 @@ async fn huge_subjects_are_cut_and_learned_is_streamed() {
     })
     .await;
     for n in &names {
-        let resp = get(p.addr, &format!("http://{n}:{}/", up.addr.port())).await;
+        let resp = get(p.addr, &format!("https://{n}:{}/", up.addr.port())).await;
         assert_eq!(resp.status, 200, "{n}: {resp:?}");
     }
     let raw = raw(
