@@ -55,6 +55,6 @@ pub mod fuzzing;
 pub mod k8s;
 pub mod policy;
 pub mod proxy;
-pub mod reason;
+pub use pinproxy_reason as reason;
 pub mod tls;
 pub mod upstream;

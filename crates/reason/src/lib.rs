@@ -9,6 +9,8 @@
 //! so a dashboard sees zeros rather than absent series, and a new reason
 //! cannot be added to one list and forgotten in another.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
 use http::StatusCode;
