@@ -53,7 +53,7 @@ pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod k8s;
-pub mod policy;
+pub use pinproxy_policy as policy;
 pub mod proxy;
 pub use pinproxy_reason as reason;
 pub mod tls;

@@ -11,6 +11,8 @@
 //!
 //! No sockets, no tokio, no HTTP: the data path asks this room questions.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod comment;
 pub mod host;

@@ -252,7 +252,7 @@ fn learn_admits_as_allow_and_report_uris_resolve_per_entry() {
     let refused = decide(&p, &target("other.test", 8443), now()).err();
     assert_eq!(
         refused.map(|r| r.reason),
-        Some(crate::reason::Reason::PortNotAllowed)
+        Some(pinproxy_reason::Reason::PortNotAllowed)
     );
     let uri = |e: Option<&super::HostPolicy>| p.report_uri(e).map(|u| u.as_str().to_string());
     assert_eq!(

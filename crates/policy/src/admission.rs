@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::host::Host;
 use super::{Decision, HostPolicy, Policy, Trust};
-use crate::reason::Reason;
+use pinproxy_reason::Reason;
 
 /// A request target after validation: normalized host and upstream port.
 #[derive(Clone, Debug, PartialEq, Eq)]

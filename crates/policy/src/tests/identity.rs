@@ -7,9 +7,9 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 use super::{PIN_A, PIN_B};
-use crate::policy::admission::same_enforcement;
-use crate::policy::identity::{CrlPolicy, Name};
-use crate::policy::{parse, Policy, Problem};
+use crate::admission::same_enforcement;
+use crate::identity::{CrlPolicy, Name};
+use crate::{parse, Policy, Problem};
 
 struct Ca {
     cert: rcgen::Certificate,
@@ -329,7 +329,7 @@ fn a_path_that_climbs_out_is_read_where_it_is_named() {
     let yaml = entry("    client_cert: {cert: ../identity/tls.crt, key: ../identity/tls.key}\n");
     std::fs::write(real.join("pins.yaml"), &yaml).unwrap();
     std::os::unix::fs::symlink("..2026_01_01/pins.yaml", pins.join("pins.yaml")).unwrap();
-    let p = crate::policy::load(&pins.join("pins.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let p = crate::load(&pins.join("pins.yaml")).unwrap_or_else(|e| panic!("{e}"));
     let c = p.hosts[0].client_cert.as_ref().unwrap();
     assert_eq!(c.cert_path, pins.join("../identity/tls.crt"));
 }
