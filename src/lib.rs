@@ -56,5 +56,5 @@ pub mod k8s;
 pub use pinproxy_policy as policy;
 pub mod proxy;
 pub use pinproxy_reason as reason;
-pub mod tls;
+pub use pinproxy_tls as tls;
 pub mod upstream;

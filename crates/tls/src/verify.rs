@@ -20,10 +20,10 @@ use webpki::EndEntityCert;
 
 pub use super::verdict::Outcome;
 use super::verdict::{check_name, judge, search_on, validated_paths_used, NameMismatch};
-use crate::policy::host::Host;
-use crate::policy::pin::Pin;
-use crate::policy::{Decision, Mode, Policy, Trust};
-use crate::reason::Reason;
+use pinproxy_policy::host::Host;
+use pinproxy_policy::pin::Pin;
+use pinproxy_policy::{Decision, Mode, Policy, Trust};
+use pinproxy_reason::Reason;
 
 /// What the verifier saw in one handshake, handed to an [`Observer`].
 #[derive(Debug)]

@@ -16,8 +16,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::FromDer;
 
 use super::cert::CertInfo;
-use crate::policy::pemfile;
-use crate::policy::pin::Pin;
+use pinproxy_policy::pemfile;
+use pinproxy_policy::pin::Pin;
 
 /// One pinnable thing found in a file: its pin and the line `pin` prints.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
-use crate::policy::comment;
-use crate::policy::pin::Pin;
+use pinproxy_policy::comment;
+use pinproxy_policy::pin::Pin;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct CertInfo {
@@ -83,10 +83,10 @@ pub fn anchor_subject(anchor: &rustls_pki_types::TrustAnchor<'_>) -> String {
 }
 
 /// Reads every certificate in a PEM or DER file of at most
-/// [`DEFAULT_MAX_FILE_BYTES`](crate::policy::load::DEFAULT_MAX_FILE_BYTES).
+/// [`DEFAULT_MAX_FILE_BYTES`](pinproxy_policy::load::DEFAULT_MAX_FILE_BYTES).
 pub fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let max = crate::policy::load::DEFAULT_MAX_FILE_BYTES;
-    let bytes = crate::policy::load::read_capped(std::path::Path::new(path), max)
+    let max = pinproxy_policy::load::DEFAULT_MAX_FILE_BYTES;
+    let bytes = pinproxy_policy::load::read_capped(std::path::Path::new(path), max)
         .map_err(|source| Error::Read {
             path: path.to_string(),
             source,
@@ -99,7 +99,7 @@ pub fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, Err
         let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
         let certs = certs.map_err(|e| Error::Parse {
             path: path.to_string(),
-            detail: crate::policy::pemfile::describe(&e),
+            detail: pinproxy_policy::pemfile::describe(&e),
         })?;
         if certs.is_empty() {
             return Err(Error::Parse {

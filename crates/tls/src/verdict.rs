@@ -21,9 +21,9 @@ use webpki::{
     RevocationOptionsBuilder, UnknownStatusPolicy, VerifiedPath,
 };
 
-use crate::policy::identity::{CrlPolicy, Crls, Name};
-use crate::policy::pin::Pin;
-use crate::policy::{HostPolicy, Mode, Trust};
+use pinproxy_policy::identity::{CrlPolicy, Crls, Name};
+use pinproxy_policy::pin::Pin;
+use pinproxy_policy::{HostPolicy, Mode, Trust};
 
 /// How a handshake's chain fared against its entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

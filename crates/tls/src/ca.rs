@@ -22,8 +22,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use crate::policy::host::Host;
-use crate::policy::pemfile;
+use pinproxy_policy::host::Host;
+use pinproxy_policy::pemfile;
 use prometheus::IntCounterVec;
 
 /// How long a minted leaf is valid, and when the cache re-mints it.

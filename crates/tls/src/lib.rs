@@ -1,5 +1,7 @@
 //! The TLS room: the pin verifier, probes, certificate summaries, the pod CA.
 
+#![forbid(unsafe_code)]
+
 pub mod ca;
 pub mod cert;
 pub mod keyfile;
