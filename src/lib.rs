@@ -52,7 +52,7 @@ pub mod cli;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod k8s;
+pub use pinproxy_k8s as k8s;
 pub use pinproxy_policy as policy;
 pub mod proxy;
 pub use pinproxy_reason as reason;

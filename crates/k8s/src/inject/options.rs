@@ -80,7 +80,7 @@ impl InjectOptions {
             return bad("transparent ports must be non-zero".into());
         }
         for cidr in &r.exclude_cidr {
-            if let Err(e) = cidr.parse::<crate::k8s::redirect::Cidr>() {
+            if let Err(e) = cidr.parse::<crate::redirect::Cidr>() {
                 return bad(format!("--transparent-exclude-cidr: {e}"));
             }
         }

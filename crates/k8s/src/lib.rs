@@ -6,6 +6,8 @@
 //! - [`redirect`]: the kernel rules of transparent mode, installed by an
 //!   init container (`pinproxy redirect`).
 
+#![forbid(unsafe_code)]
+
 pub mod inject;
 pub mod redirect;
 pub mod webhook;

@@ -5,7 +5,7 @@ use http::StatusCode;
 use serde_json::{json, Value as Json};
 
 use super::{Mode, Reply};
-use crate::k8s::inject::{self, InjectOptions};
+use crate::inject::{self, InjectOptions};
 
 /// Answer one AdmissionReview body. Pure: no I/O, never panics on input.
 pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {

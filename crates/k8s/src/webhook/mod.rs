@@ -2,7 +2,7 @@
 //!
 //! The API server POSTs an `AdmissionReview` (`admission.k8s.io/v1`) for each
 //! Pod CREATE that the chart's MutatingWebhookConfiguration selects. The Pod
-//! goes through [`crate::k8s::inject::inject_pod`] — the code behind
+//! goes through [`crate::inject::inject_pod`] — the code behind
 //! `pinproxy inject` — and the difference comes back as a base64 JSONPatch.
 //!
 //! Two paths, one per webhook entry in the chart:
@@ -47,7 +47,7 @@ use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::k8s::inject::{InjectError, InjectOptions, SidecarArgs};
+use crate::inject::{InjectError, InjectOptions, SidecarArgs};
 
 mod cert;
 mod limits;

@@ -39,7 +39,7 @@
 //! pod template, `sidecar`, `env` and `trust` build the container, the app
 //! environment and the extra-CA volume as values, `yaml` writes the result.
 //!
-//! The webhook ([`crate::k8s::webhook`]) calls [`inject_pod`] on the Pod of an
+//! The webhook ([`crate::webhook`]) calls [`inject_pod`] on the Pod of an
 //! AdmissionReview, so both paths produce the same pod.
 
 use std::io::{Read, Write};
