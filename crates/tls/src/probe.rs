@@ -20,10 +20,10 @@ use tokio_rustls::TlsConnector;
 use webpki::EndEntityCert;
 
 use super::verdict::{check_name, presented_names, validated_paths_used, NameMismatch};
+use crate::cert::CertInfo;
 use pinproxy_policy::host::Host;
 use pinproxy_policy::identity::{Crls, Name};
 use pinproxy_policy::pin::Pin;
-use crate::cert::CertInfo;
 
 /// What a probe saw.
 #[derive(Debug, Default)]
