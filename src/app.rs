@@ -17,7 +17,7 @@ use crate::control::learn;
 use crate::control::metrics::Metrics;
 use crate::control::reload::{Hangups, Watcher};
 use crate::control::reports::{self, Reporter};
-use crate::control::telemetry::{LogLimiter, Sinks};
+use crate::control::telemetry::{LogLimiter, Sinks, Telemetry};
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy;
 use crate::proxy::{self, transparent, Limits};
@@ -206,14 +206,22 @@ impl App {
             .into_iter()
             .chain(transparent_addrs.iter().copied())
             .collect();
-        let mut shared = Shared::new(metrics.clone(), config.upstream.clone(), own_addrs.clone());
-        shared.sinks.reporter =
-            Arc::new(Reporter::spawn(config.reports.clone(), &metrics, own_addrs));
+        let mut telemetry = Telemetry::new(metrics.clone());
+        telemetry.sinks.reporter = Arc::new(Reporter::spawn(
+            config.reports.clone(),
+            &metrics,
+            own_addrs.clone(),
+        ));
         if let Some(path) = &config.learn_file {
-            restore_learned(&shared.sinks, path)?;
+            restore_learned(&telemetry.sinks, path)?;
         }
-        let sinks = shared.sinks.clone();
-        let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?);
+        let shared = Shared::new(
+            Arc::new(telemetry.clone()),
+            config.upstream.clone(),
+            own_addrs,
+        );
+        let sinks = telemetry.sinks.clone();
+        let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?, &telemetry);
         let readiness = Arc::new(Readiness::default());
         let ctx = Arc::new(proxy::Context {
             live: live.clone(),
@@ -225,7 +233,7 @@ impl App {
             refusal_logs: LogLimiter::new(Duration::from_secs(10), 5),
             connections: proxy::Context::connection_slots(&config.limits),
         });
-        let drift = shared.drift.clone();
+        let drift = telemetry.drift.clone();
         let admin = Admin {
             live: live.clone(),
             metrics: metrics.clone(),

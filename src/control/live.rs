@@ -4,12 +4,19 @@
 //! in force and subscribes to generation changes (open tunnels re-check
 //! their admission on each). Only the holder of the one [`Publisher`] — the
 //! reloader — can swap a snapshot in; it is deliberately not `Clone`.
+//! Publishing is also what puts a generation's metric series and gauges in
+//! force, and what forgets the series and drift entries of hosts it no
+//! longer lists: building a snapshot changes nothing.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
+use super::drift::Drift;
+use super::metrics::Metrics;
+use super::telemetry::Telemetry;
 use crate::upstream::Snapshot;
 
 /// The snapshot in force, and a watch of its generation.
@@ -21,19 +28,28 @@ pub struct Live {
 /// The one handle that can publish a new snapshot.
 pub struct Publisher {
     live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    drift: Arc<Drift>,
 }
 
 // === impl Live ===
 
 impl Live {
-    /// A live view starting at `first`, and the publisher for it.
-    pub fn new(first: Snapshot) -> (Arc<Live>, Publisher) {
+    /// A live view starting at `first`, and the publisher for it, which
+    /// shows what is in force in `telemetry`'s metrics and drift view.
+    pub fn new(first: Snapshot, telemetry: &Telemetry) -> (Arc<Live>, Publisher) {
+        telemetry.metrics.in_force(&first.policy, first.generation);
         let (generation, _) = watch::channel(first.generation);
         let live = Arc::new(Live {
             snapshot: ArcSwap::from_pointee(first),
             generation,
         });
-        (live.clone(), Publisher { live })
+        let publisher = Publisher {
+            live: live.clone(),
+            metrics: telemetry.metrics.clone(),
+            drift: telemetry.drift.clone(),
+        };
+        (live, publisher)
     }
 
     /// The snapshot in force (cheap; don't hold it across an `.await`).
@@ -69,10 +85,51 @@ impl Publisher {
     }
 
     /// Swaps `next` in and notifies subscribers; returns the old snapshot.
+    /// `next`'s series exist before any request under it can count, and
+    /// the series and drift entries of hosts it no longer lists go away.
     pub fn publish(&self, next: Snapshot) -> Arc<Snapshot> {
         let generation = next.generation;
-        let old = self.live.snapshot.swap(Arc::new(next));
+        self.metrics.in_force(&next.policy, generation);
+        let next = Arc::new(next);
+        let old = self.live.snapshot.swap(next.clone());
         self.live.generation.send_replace(generation);
+        self.forget_gone(&old, &next);
         old
+    }
+
+    /// Forgets what only `old` listed: entries' series and drift entries,
+    /// and the series of passthrough items.
+    fn forget_gone(&self, old: &Snapshot, new: &Snapshot) {
+        let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
+        for gone in old
+            .policy
+            .hosts
+            .iter()
+            .filter(|h| !names.contains(h.name.as_str()))
+        {
+            self.metrics.forget_host(&gone.name);
+        }
+        self.drift.retain(|h| names.contains(h));
+        let kept: HashSet<&str> = new
+            .policy
+            .passthrough
+            .items()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        for gone in old
+            .policy
+            .passthrough
+            .items()
+            .iter()
+            .filter(|i| !kept.contains(i.as_str()))
+        {
+            self.metrics.forget_host(gone);
+        }
+    }
+
+    /// The metrics publishing shows what is in force in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }

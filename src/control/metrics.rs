@@ -8,6 +8,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::policy::Policy;
 use crate::reason::{self, Delivery, Position, Reason};
 
 #[derive(Debug)]
@@ -196,6 +197,48 @@ impl Metrics {
         }
         m.config_last_reload_successful.set(1);
         Arc::new(m)
+    }
+
+    /// Shows generation `generation` of `policy` as the one in force: its
+    /// number, its entries' expiry gauges, and their series at 0 from
+    /// load time, so `increase()` alerts fire on a host's first event too.
+    /// Called by the publisher only, before the generation is swapped in.
+    pub fn in_force(&self, policy: &Policy, generation: u64) {
+        self.config_generation.set(generation as i64);
+        self.pinset_expiry.reset();
+        self.client_cert_expiry.reset();
+        self.crl_next_update.reset();
+        for h in &policy.hosts {
+            if let Some(c) = &h.client_cert {
+                self.client_cert_expiry
+                    .with_label_values(&[&h.name])
+                    .set(c.not_after.unix_timestamp() as f64);
+            }
+            if let Some(next) = h.crls.as_ref().and_then(|c| c.next_update()) {
+                self.crl_next_update
+                    .with_label_values(&[&h.name])
+                    .set(next.unix_timestamp() as f64);
+            }
+            self.pin_mismatch
+                .with_label_values(&[&h.name, h.mode.as_str()]);
+            if !h.next_pins.is_empty() {
+                self.next_pins_mismatch.with_label_values(&[&h.name]);
+            }
+            if let Some(e) = h.expires {
+                self.pinset_expiry
+                    .with_label_values(&[&h.name])
+                    .set(e.unix_timestamp() as f64);
+            }
+        }
+        let entries = policy.hosts.iter().map(|h| h.name.as_str());
+        for name in entries.chain(std::iter::once("unlisted")) {
+            for position in Position::ALL {
+                self.chain_changes
+                    .with_label_values(&[name, position.as_str()]);
+            }
+            self.requests
+                .with_label_values(&[name, reason::Outcome::Ok.as_str()]);
+        }
     }
 
     /// Removes every series labelled with `host` (an entry no longer in the

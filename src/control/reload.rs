@@ -198,12 +198,9 @@ impl Reloader {
             Err(e) => {
                 self.lock_versions().failed = digest;
                 self.failing.fetch_add(1, Ordering::AcqRel);
-                self.shared.metrics.config_last_reload_successful.set(0);
-                self.shared
-                    .metrics
-                    .config_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
+                let metrics = self.publisher.metrics();
+                metrics.config_last_reload_successful.set(0);
+                metrics.config_reloads.with_label_values(&["failure"]).inc();
                 tracing::error!(
                     error = %e,
                     "pinset reload failed; the last good pinset stays in force \
@@ -216,7 +213,10 @@ impl Reloader {
                     versions.in_force = digest;
                     versions.failed = None;
                 }
-                self.shared.metrics.config_last_reload_successful.set(1);
+                self.publisher
+                    .metrics()
+                    .config_last_reload_successful
+                    .set(1);
                 let failed = self.failing.swap(0, Ordering::AcqRel);
                 if failed > 0 {
                     tracing::info!(
@@ -266,33 +266,7 @@ impl Reloader {
         let new = self.live().load_full();
         let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
         warn_if_weaker(&old.policy, &new.policy, &names);
-        // Series and drift entries of hosts no longer listed go away.
-        for gone in old
-            .policy
-            .hosts
-            .iter()
-            .filter(|h| !names.contains(h.name.as_str()))
-        {
-            self.shared.metrics.forget_host(&gone.name);
-        }
-        self.shared.drift.retain(|h| names.contains(h));
-        let kept: HashSet<&str> = new
-            .policy
-            .passthrough
-            .items()
-            .iter()
-            .map(String::as_str)
-            .collect();
-        for gone in old
-            .policy
-            .passthrough
-            .items()
-            .iter()
-            .filter(|i| !kept.contains(i.as_str()))
-        {
-            self.shared.metrics.forget_host(gone);
-        }
-        let metrics = &self.shared.metrics;
+        let metrics = self.publisher.metrics();
         metrics.config_reloads.with_label_values(&["success"]).inc();
         tracing::info!(generation, "pinset reloaded");
         // An expiring client certificate or an expired CRL is worth a line

@@ -1,11 +1,11 @@
-//! Turning verifier verdicts into metrics, the drift view and rate-limited
-//! logs — and, through the [`Sinks`] that outlive generations, into key
-//! continuity, learned chains and failure reports: the [`Observer`] every
-//! snapshot's verifier reports to.
+//! Turning what the data path observes into metrics, the drift view and
+//! rate-limited logs — and, through the [`Sinks`] that outlive
+//! generations, into key continuity, learned chains and failure reports.
+//! [`Telemetry`] is the upstream room's [`Observe`]; each generation's
+//! [`Generation`] is the [`Observer`] its verifier reports to.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
@@ -19,23 +19,86 @@ use super::reports::{self, Report, Reporter, Route};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::policy::{HostPolicy, Mode, Policy, Trust, Unlisted};
-use crate::reason::{Position, Reason};
+use crate::reason::{Outcome as RequestOutcome, Position, Reason};
 use crate::tls::verify::{Observer, Outcome, Rejection, Verdict};
+use crate::upstream::observe::{self, dialed, Observe, ProbeSlot, Requests};
 
-tokio::task_local! {
-    /// The host and port a handshake dials: the verifier sees only the
-    /// server name, and its verdict names only the pinset entry.
-    static DIALING: (String, u16);
+/// Everything the data path reports to, across generations: the
+/// upstream room's [`Observe`].
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<LogLimiter>,
+    pub drift: Arc<Drift>,
+    /// Key continuity, learned chains, failure reports.
+    pub sinks: Sinks,
 }
 
-/// Runs the handshake `f` with `host:port` known to the observer, so that
-/// reports, key continuity and learned chains name the host dialed.
-pub async fn dialing<F: Future>(host: &Host, port: u16, f: F) -> F::Output {
-    DIALING.scope((host.to_string(), port), f).await
+impl Telemetry {
+    /// An empty drift view, default [`Sinks`] and log limits.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            sinks: Sinks::new(&metrics),
+            limiter: LogLimiter::new(Duration::from_secs(10), 5),
+            drift: Arc::new(Drift::default()),
+            metrics,
+        }
+    }
 }
 
-fn dialed() -> Option<(String, u16)> {
-    DIALING.try_with(Clone::clone).ok()
+impl Observe for Telemetry {
+    fn generation(
+        &self,
+        policy: &Arc<Policy>,
+        generation: u64,
+        provider: &Arc<CryptoProvider>,
+        roots: &[TrustAnchor<'static>],
+    ) -> observe::Generation {
+        let g = Arc::new(
+            Generation::new(
+                self.metrics.clone(),
+                generation,
+                self.limiter.clone(),
+                self.drift.clone(),
+            )
+            .with_sinks(&self.sinks, policy, provider, roots),
+        );
+        observe::Generation {
+            verdicts: g.clone(),
+            requests: g,
+        }
+    }
+
+    fn handshake_done(&self, entry: &str, took: Duration) {
+        self.metrics
+            .handshake_seconds
+            .with_label_values(&[entry])
+            .observe(took.as_secs_f64());
+    }
+
+    fn handshake_failed(&self, entry: &str, reason: Reason) {
+        self.count_tls_failure(entry, reason);
+        self.drift.mark_failed(entry, reason);
+    }
+
+    fn handshake_timed_out(&self, entry: &str) {
+        self.count_tls_failure(entry, Reason::Timeout);
+    }
+
+    fn probe_due(&self, host: &Host, port: u16) -> Option<ProbeSlot> {
+        self.sinks
+            .probe_due(host, port)
+            .map(|slot| Box::new(slot) as ProbeSlot)
+    }
+}
+
+impl Telemetry {
+    fn count_tls_failure(&self, entry: &str, reason: Reason) {
+        self.metrics
+            .tls_verify_failures
+            .with_label_values(&[entry, reason.as_str()])
+            .inc();
+    }
 }
 
 /// What verdicts feed beyond metrics and logs, kept across generations.
@@ -77,9 +140,10 @@ struct Routes {
     unlisted_mode: Mode,
 }
 
-/// Feeds metrics and rate-limited logs from verifier verdicts.
+/// One generation's reports: metrics and rate-limited logs from its
+/// verifier's verdicts, and its answered requests.
 #[derive(Debug)]
-pub struct Telemetry {
+pub struct Generation {
     metrics: Arc<Metrics>,
     generation: u64,
     limiter: Arc<LogLimiter>,
@@ -89,10 +153,17 @@ pub struct Telemetry {
     /// Set when this generation learns: the trust unlisted hosts are
     /// validated under, and its anchors' subjects and dates.
     learning: Option<(String, learn::Anchors)>,
+    /// This generation's pinset, whose entries [`Generation::ok`] counts by
+    /// `index`.
+    policy: Option<Arc<Policy>>,
+    /// `requests_total{outcome="ok"}` per entry (by `index`), then
+    /// unlisted: looked up by label once, at the first request, rather
+    /// than on every one.
+    ok: Vec<OnceLock<prometheus::IntCounter>>,
 }
 
-impl Telemetry {
-    pub fn new(
+impl Generation {
+    fn new(
         metrics: Arc<Metrics>,
         generation: u64,
         limiter: Arc<LogLimiter>,
@@ -106,20 +177,24 @@ impl Telemetry {
             sinks: None,
             routes: None,
             learning: None,
+            policy: None,
+            ok: Vec::new(),
         }
     }
 
     /// Feeds `sinks` too, as `policy` (this generation's) says: reports to
     /// its `report_uri`s (over a client trusting `roots` and
     /// `defaults.trust`'s bundle), chains learned under `unlisted: learn`.
-    pub fn with_sinks(
+    fn with_sinks(
         mut self,
         sinks: &Sinks,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         provider: &Arc<CryptoProvider>,
         roots: &[TrustAnchor<'static>],
     ) -> Self {
         self.routes = routes(policy, provider, roots);
+        self.ok = (0..=policy.hosts.len()).map(|_| OnceLock::new()).collect();
+        self.policy = Some(policy.clone());
         if policy.defaults.unlisted == Unlisted::Learn {
             self.learning = Some((
                 policy.defaults.trust.describe(),
@@ -331,7 +406,31 @@ fn pem_chain(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_
         .collect()
 }
 
-impl Observer for Telemetry {
+impl Requests for Generation {
+    fn ok(&self, entry: Option<&HostPolicy>) {
+        let label = entry.map_or("unlisted", |e| e.name.as_str());
+        let index = self.policy.as_ref().and_then(|p| match entry {
+            None => Some(p.hosts.len()),
+            Some(e) => p
+                .hosts
+                .get(e.index)
+                .filter(|h| std::ptr::eq(h.as_ref(), e))
+                .map(|_| e.index),
+        });
+        let count = |label: &str| {
+            self.metrics
+                .requests
+                .with_label_values(&[label, RequestOutcome::Ok.as_str()])
+        };
+        match index.and_then(|i| self.ok.get(i)) {
+            Some(c) => c.get_or_init(|| count(label)).inc(),
+            // An entry from another generation: look the label up.
+            None => count(label).inc(),
+        }
+    }
+}
+
+impl Observer for Generation {
     fn verdict(&self, v: &Verdict<'_>) {
         // Parses the chain only when it changed since the last handshake.
         if let Some(not_after) = self.drift.record(v, self.generation, v.next_pins) {

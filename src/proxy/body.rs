@@ -145,6 +145,7 @@ mod tests {
 
     use super::*;
     use crate::control::metrics::Metrics;
+    use crate::control::telemetry::Telemetry;
     use crate::control::Live;
     use crate::policy::admission::decide;
     use crate::policy::host::Host;
@@ -167,8 +168,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn revocation_waits_the_grace_period_and_only_for_what_changed() {
         let metrics = Metrics::new();
-        let shared = Shared::new(metrics.clone(), Options::default(), Vec::new());
-        let (live, publisher) = Live::new(snapshot(ALLOW, 1, &shared));
+        let telemetry = Telemetry::new(metrics.clone());
+        let shared = Shared::new(Arc::new(telemetry.clone()), Options::default(), Vec::new());
+        let (live, publisher) = Live::new(snapshot(ALLOW, 1, &shared), &telemetry);
         let grace = Duration::from_secs(5);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ctx = Arc::new(Context {

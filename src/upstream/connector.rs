@@ -24,10 +24,8 @@ use tokio_rustls::TlsConnector;
 
 use super::egress;
 use super::error::{classify_tls, Failure, UpstreamError};
+use super::observe::{self, Observe};
 use super::Timeouts;
-use crate::control::drift::Drift;
-use crate::control::metrics::Metrics;
-use crate::control::telemetry::{self, Sinks};
 use crate::policy::host::Host;
 use crate::policy::identity::ClientCert;
 use crate::policy::{Decision, HostPolicy, Policy};
@@ -69,14 +67,12 @@ pub struct Connector(Arc<ConnectorInner>);
 
 pub struct ConnectorInner {
     pub(super) resolver: Arc<dyn Resolve>,
-    pub(super) drift: Arc<Drift>,
-    pub(super) sinks: Sinks,
+    pub(super) observe: Arc<dyn Observe>,
     pub(super) policy: Arc<Policy>,
     /// Without a client certificate: unlisted hosts and entries with none.
     pub(super) tls: Tls,
     /// Per entry (by `index`), the configs presenting its `client_cert`.
     pub(super) identities: Vec<Option<Tls>>,
-    pub(super) metrics: Arc<Metrics>,
     pub(super) timeouts: Timeouts,
     pub(super) own_addrs: Vec<SocketAddr>,
 }
@@ -223,7 +219,7 @@ impl Connector {
         if self.policy.defaults.unlisted != crate::policy::Unlisted::Learn {
             return;
         }
-        let Some(slot) = self.sinks.probe_due(host, port) else {
+        let Some(slot) = self.observe.probe_due(host, port) else {
             return;
         };
         let (this, host) = (self.clone(), host.clone());
@@ -304,14 +300,14 @@ impl Connector {
             })?,
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
         };
-        let handshake = telemetry::dialing(
+        let handshake = observe::dialing(
             host,
             port,
             TlsConnector::from(tls.clone()).connect(server_name, tcp),
         );
         let tls = match tokio::time::timeout(self.timeouts.handshake, handshake).await {
             Err(_) => {
-                self.count_failure(label, Reason::Timeout);
+                self.observe.handshake_timed_out(label);
                 return Err(UpstreamError::new(
                     Failure::Timeout,
                     host,
@@ -320,16 +316,12 @@ impl Connector {
             }
             Ok(Err(e)) => {
                 let (failure, reason, detail) = classify_tls(&e);
-                self.count_failure(label, reason);
-                self.drift.mark_failed(label, reason);
+                self.observe.handshake_failed(label, reason);
                 return Err(UpstreamError::new(failure, host, detail));
             }
             Ok(Ok(tls)) => tls,
         };
-        self.metrics
-            .handshake_seconds
-            .with_label_values(&[label])
-            .observe(start.elapsed().as_secs_f64());
+        self.observe.handshake_done(label, start.elapsed());
         Ok(tls)
     }
 
@@ -346,13 +338,6 @@ impl Connector {
     /// Whether unlisted egress may go to `addr` under this generation.
     pub fn egress_allowed(&self, addr: &SocketAddr) -> bool {
         egress::allowed(addr, &self.own_addrs, self.policy.defaults.allow_private)
-    }
-
-    fn count_failure(&self, label: &str, reason: Reason) {
-        self.metrics
-            .tls_verify_failures
-            .with_label_values(&[label, reason.as_str()])
-            .inc();
     }
 
     pub async fn resolve(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {

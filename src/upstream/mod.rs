@@ -11,10 +11,14 @@
 //!   completes the pinned handshake.
 //! - [`UpstreamError`] ([`error`]) says why an upstream could not be
 //!   reached or trusted, in the terms of the contract's reasons.
+//! - [`Observe`] ([`observe`]) is how this room reports dials, handshakes,
+//!   verdicts and requests: the control plane implements it, so this room
+//!   depends on nothing above it.
 
 pub mod connector;
 pub mod egress;
 pub mod error;
+pub mod observe;
 pub mod passthrough;
 pub mod snapshot;
 
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 pub use connector::{Conn, Connector, Resolve, SystemResolver};
 pub use error::{Failure, UpstreamError};
+pub use observe::{Observe, Requests};
 pub use snapshot::{BodyFault, RequestBody, Shared, Snapshot, UpBody};
 
 /// Timeouts for reaching an upstream.

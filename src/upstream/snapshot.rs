@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -12,14 +11,11 @@ use rustls::ClientConfig;
 use rustls_pki_types::TrustAnchor;
 
 use super::connector::{Connector, ConnectorInner, Resolve, Tls};
+use super::observe::{Observe, Requests};
 use super::passthrough::Plain;
 use super::{Options, Timeouts};
-use crate::control::drift::Drift;
-use crate::control::metrics::Metrics;
-use crate::control::telemetry::{LogLimiter, Sinks, Telemetry};
 use crate::policy::Policy;
-use crate::reason::{Outcome, Position};
-use crate::tls::verify::{self, Observer, PinVerifier};
+use crate::tls::verify::{self, PinVerifier};
 
 /// A request body sent upstream: the client's own (watched for faults), or
 /// empty (a retry of a bodiless request).
@@ -40,36 +36,14 @@ pub struct Snapshot {
     /// Pooled, for unlisted hosts' `http://` URLs: plain HTTP under the
     /// unlisted egress rules, Host taken from the URL.
     pub unlisted_plain: Client<Plain, UpBody>,
-    /// `requests_total{outcome="ok"}` per entry (by `index`), then unlisted:
-    /// resolved once here rather than by label on every request.
-    ok_counters: Vec<prometheus::IntCounter>,
+    /// Where this generation's answered requests are reported.
+    requests: Arc<dyn Requests>,
 }
 
 impl Snapshot {
-    /// The `ok` counter of an entry of this snapshot (or of unlisted hosts).
+    /// Reports a request under `entry` (`None`: an unlisted host) answered.
     pub fn count_ok(&self, entry: Option<&crate::policy::HostPolicy>) {
-        let index = match entry {
-            None => Some(self.policy.hosts.len()),
-            Some(e) => self
-                .policy
-                .hosts
-                .get(e.index)
-                .filter(|h| std::ptr::eq(h.as_ref(), e))
-                .map(|_| e.index),
-        };
-        match index.and_then(|i| self.ok_counters.get(i)) {
-            Some(c) => c.inc(),
-            // An entry from another generation: look the label up.
-            None => self
-                .connector
-                .metrics
-                .requests
-                .with_label_values(&[
-                    entry.map_or("unlisted", |e| e.name.as_str()),
-                    Outcome::Ok.as_str(),
-                ])
-                .inc(),
-        }
+        self.requests.ok(entry);
     }
 }
 
@@ -153,13 +127,10 @@ impl std::fmt::Debug for Snapshot {
 #[derive(Clone, Debug)]
 pub struct Shared {
     pub resolver: Arc<dyn Resolve>,
-    pub metrics: Arc<Metrics>,
     pub roots: Arc<[TrustAnchor<'static>]>,
     pub provider: Arc<CryptoProvider>,
-    pub limiter: Arc<LogLimiter>,
-    pub drift: Arc<Drift>,
-    /// Key continuity, learned chains, failure reports.
-    pub sinks: Sinks,
+    /// Where dials, handshakes, verdicts and requests are reported.
+    pub observe: Arc<dyn Observe>,
     pub timeouts: Timeouts,
     /// pinproxy's own listeners (admin, proxy): never a target for
     /// unlisted egress, whatever `allow_private` says.
@@ -168,15 +139,12 @@ pub struct Shared {
 
 impl Shared {
     /// `own_addrs`: the proxy's and admin listeners' bound addresses.
-    pub fn new(metrics: Arc<Metrics>, options: Options, own_addrs: Vec<SocketAddr>) -> Self {
+    pub fn new(observe: Arc<dyn Observe>, options: Options, own_addrs: Vec<SocketAddr>) -> Self {
         Self {
-            sinks: Sinks::new(&metrics),
             resolver: options.resolver,
-            metrics,
             roots: verify::webpki_roots(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
-            limiter: LogLimiter::new(Duration::from_secs(10), 5),
-            drift: Arc::new(Drift::default()),
+            observe,
             timeouts: options.timeouts,
             own_addrs,
         }
@@ -186,22 +154,20 @@ impl Shared {
 // === impl Snapshot ===
 
 impl Snapshot {
+    /// Builds generation `generation` of `policy`. No side effects: the
+    /// snapshot may never be published, and what publishing it changes
+    /// (metric series, gauges) is the publisher's to change.
     pub fn build(policy: Policy, generation: u64, shared: &Shared) -> Result<Self, rustls::Error> {
         let policy = Arc::new(policy);
-        let observer: Arc<dyn Observer> = Arc::new(
-            Telemetry::new(
-                shared.metrics.clone(),
-                generation,
-                shared.limiter.clone(),
-                shared.drift.clone(),
-            )
-            .with_sinks(&shared.sinks, &policy, &shared.provider, &shared.roots),
-        );
+        let reports =
+            shared
+                .observe
+                .generation(&policy, generation, &shared.provider, &shared.roots);
         let verifier = Arc::new(PinVerifier::new(
             policy.clone(),
             shared.roots.clone(),
             shared.provider.clone(),
-            observer,
+            reports.verdicts,
         ));
         let mut tls = ClientConfig::builder_with_provider(shared.provider.clone())
             .with_safe_default_protocol_versions()?
@@ -216,12 +182,10 @@ impl Snapshot {
             .collect();
         let connector = Connector::new(ConnectorInner {
             resolver: shared.resolver.clone(),
-            drift: shared.drift.clone(),
-            sinks: shared.sinks.clone(),
+            observe: shared.observe.clone(),
             policy: policy.clone(),
             tls: Tls::new(tls),
             identities,
-            metrics: shared.metrics.clone(),
             timeouts: shared.timeouts,
             own_addrs: shared.own_addrs.clone(),
         });
@@ -248,62 +212,8 @@ impl Snapshot {
                 connector: connector.clone(),
                 unlisted: true,
             });
-        let metrics = &shared.metrics;
-        metrics.config_generation.set(generation as i64);
-        metrics.pinset_expiry.reset();
-        metrics.client_cert_expiry.reset();
-        metrics.crl_next_update.reset();
-        for h in &policy.hosts {
-            if let Some(c) = &h.client_cert {
-                metrics
-                    .client_cert_expiry
-                    .with_label_values(&[&h.name])
-                    .set(c.not_after.unix_timestamp() as f64);
-            }
-            if let Some(next) = h.crls.as_ref().and_then(|c| c.next_update()) {
-                metrics
-                    .crl_next_update
-                    .with_label_values(&[&h.name])
-                    .set(next.unix_timestamp() as f64);
-            }
-            // Series exist at 0 from load time, so `increase()` alerts fire
-            // on a host's first mismatch too.
-            metrics
-                .pin_mismatch
-                .with_label_values(&[&h.name, h.mode.as_str()]);
-            if !h.next_pins.is_empty() {
-                metrics.next_pins_mismatch.with_label_values(&[&h.name]);
-            }
-            for position in Position::ALL {
-                metrics
-                    .chain_changes
-                    .with_label_values(&[&h.name, position.as_str()]);
-            }
-            if let Some(e) = h.expires {
-                metrics
-                    .pinset_expiry
-                    .with_label_values(&[&h.name])
-                    .set(e.unix_timestamp() as f64);
-            }
-        }
-        for position in Position::ALL {
-            metrics
-                .chain_changes
-                .with_label_values(&["unlisted", position.as_str()]);
-        }
-        let ok_counters = policy
-            .hosts
-            .iter()
-            .map(|h| h.name.as_str())
-            .chain(std::iter::once("unlisted"))
-            .map(|name| {
-                metrics
-                    .requests
-                    .with_label_values(&[name, Outcome::Ok.as_str()])
-            })
-            .collect();
         Ok(Self {
-            ok_counters,
+            requests: reports.requests,
             generation,
             client,
             plain,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::control::metrics::Metrics;
+use crate::control::telemetry::Telemetry;
 use crate::upstream::Options;
 
 /// A reloader whose loads of a file containing `# slow` wait until the
@@ -16,9 +17,10 @@ struct HeldBack {
 fn held_back(path: &Path) -> HeldBack {
     let now = time::OffsetDateTime::now_utc();
     let parse = move |text: &str| policy::parse(text.as_bytes(), Path::new("."), now);
-    let shared = Shared::new(Metrics::new(), Options::default(), Vec::new());
+    let telemetry = Telemetry::new(Metrics::new());
+    let shared = Shared::new(Arc::new(telemetry.clone()), Options::default(), Vec::new());
     let first = parse("version: 1\nhosts: {}\n").unwrap();
-    let (_, publisher) = Live::new(Snapshot::build(first, 1, &shared).unwrap());
+    let (_, publisher) = Live::new(Snapshot::build(first, 1, &shared).unwrap(), &telemetry);
     let (release, released) = std::sync::mpsc::channel::<()>();
     let released = std::sync::Mutex::new(released);
     let (enter, entered) = tokio::sync::mpsc::unbounded_channel();
@@ -193,8 +195,8 @@ async fn a_bad_version_fails_once_and_is_retried_only_when_it_changes() {
     } = held_back(&path);
     let failures = || {
         reloader
-            .shared
-            .metrics
+            .publisher
+            .metrics()
             .config_reloads
             .with_label_values(&["failure"])
             .get()
