@@ -57,4 +57,4 @@ pub use pinproxy_policy as policy;
 pub mod proxy;
 pub use pinproxy_reason as reason;
 pub use pinproxy_tls as tls;
-pub mod upstream;
+pub use pinproxy_upstream as upstream;

@@ -15,6 +15,8 @@
 //!   verdicts and requests: the control plane implements it, so this room
 //!   depends on nothing above it.
 
+#![forbid(unsafe_code)]
+
 pub mod connector;
 pub mod egress;
 pub mod error;

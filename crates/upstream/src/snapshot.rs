@@ -14,8 +14,8 @@ use super::connector::{Connector, ConnectorInner, Resolve, Tls};
 use super::observe::{Observe, Requests};
 use super::passthrough::Plain;
 use super::{Options, Timeouts};
-use crate::policy::Policy;
-use crate::tls::verify::{self, PinVerifier};
+use pinproxy_policy::Policy;
+use pinproxy_tls::verify::{self, PinVerifier};
 
 /// A request body sent upstream: the client's own (watched for faults), or
 /// empty (a retry of a bodiless request).
@@ -42,7 +42,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reports a request under `entry` (`None`: an unlisted host) answered.
-    pub fn count_ok(&self, entry: Option<&crate::policy::HostPolicy>) {
+    pub fn count_ok(&self, entry: Option<&pinproxy_policy::HostPolicy>) {
         self.requests.ok(entry);
     }
 }

@@ -2,9 +2,9 @@
 
 use std::io;
 
-use crate::policy::host::Host;
-use crate::reason::Reason;
-use crate::tls::verify;
+use pinproxy_policy::host::Host;
+use pinproxy_reason::Reason;
+use pinproxy_tls::verify;
 
 /// Why an upstream could not be reached or trusted.
 #[derive(Clone, Debug, PartialEq, Eq)]

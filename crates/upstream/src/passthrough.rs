@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::connector::Connector;
 use super::error::{Failure, UpstreamError};
-use crate::policy::host::Host;
+use pinproxy_policy::host::Host;
 
 /// The pools' connector for plain HTTP: passthrough traffic (exempt from
 /// the private-address rule), or unlisted hosts' `http://` URLs (subject to

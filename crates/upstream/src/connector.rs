@@ -26,10 +26,10 @@ use super::egress;
 use super::error::{classify_tls, Failure, UpstreamError};
 use super::observe::{self, Observe};
 use super::Timeouts;
-use crate::policy::host::Host;
-use crate::policy::identity::ClientCert;
-use crate::policy::{Decision, HostPolicy, Policy};
-use crate::reason::Reason;
+use pinproxy_policy::host::Host;
+use pinproxy_policy::identity::ClientCert;
+use pinproxy_policy::{Decision, HostPolicy, Policy};
+use pinproxy_reason::Reason;
 
 /// Name resolution, injectable so tests control every answer (and never
 /// ask a real resolver).
@@ -216,7 +216,7 @@ impl Connector {
     /// at `at` when the app chose the address (a transparent splice, whose
     /// egress rules were checked on it), else where `host` resolves.
     pub fn learn_by_probe(&self, host: &Host, port: u16, at: Option<SocketAddr>) {
-        if self.policy.defaults.unlisted != crate::policy::Unlisted::Learn {
+        if self.policy.defaults.unlisted != pinproxy_policy::Unlisted::Learn {
             return;
         }
         let Some(slot) = self.observe.probe_due(host, port) else {

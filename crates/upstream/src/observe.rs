@@ -11,10 +11,10 @@ use std::time::Duration;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::TrustAnchor;
 
-use crate::policy::host::Host;
-use crate::policy::{HostPolicy, Policy};
-use crate::reason::Reason;
-use crate::tls::verify::Observer;
+use pinproxy_policy::host::Host;
+use pinproxy_policy::{HostPolicy, Policy};
+use pinproxy_reason::Reason;
+use pinproxy_tls::verify::Observer;
 
 /// Where dials, handshakes, verdicts and requests are reported, across
 /// generations.
