@@ -49,7 +49,7 @@
 
 pub mod app;
 pub mod cli;
-pub mod control;
+pub use pinproxy_control as control;
 #[doc(hidden)]
 pub mod fuzzing;
 pub use pinproxy_k8s as k8s;

@@ -19,7 +19,7 @@ use rustls_pki_types::{ServerName, TrustAnchor};
 use tokio::net::TcpStream;
 
 use super::{Attempt, Route};
-use crate::upstream::egress;
+use pinproxy_upstream::egress;
 
 /// A client TLS config for collectors: Mozilla's `roots` plus `extra`
 /// (`defaults.trust`'s CA bundle), validated by rustls' own verifier.

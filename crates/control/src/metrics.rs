@@ -8,8 +8,8 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::policy::Policy;
-use crate::reason::{self, Delivery, Position, Reason};
+use pinproxy_policy::Policy;
+use pinproxy_reason::{self as reason, Delivery, Position, Reason};
 
 #[derive(Debug)]
 pub struct Metrics {

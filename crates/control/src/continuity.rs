@@ -16,8 +16,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::policy::pin::Pin;
-use crate::reason::Position;
+use pinproxy_policy::pin::Pin;
+use pinproxy_reason::Position;
 
 /// How many host names are remembered; past that, the one seen least
 /// recently (of the same kind) is forgotten.

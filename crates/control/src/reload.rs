@@ -30,9 +30,9 @@ use tokio::task::JoinSet;
 
 use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
-use crate::policy::load::Caps;
-use crate::policy::{self, Mode, Policy, Unlisted};
-use crate::upstream::{Shared, Snapshot};
+use pinproxy_policy::load::Caps;
+use pinproxy_policy::{self as policy, Mode, Policy, Unlisted};
+use pinproxy_upstream::{Shared, Snapshot};
 
 /// Loads that may run at once: the one in progress and the newest. A third
 /// request waits for a slot, and skips its load if a newer one came since.

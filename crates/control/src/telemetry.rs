@@ -16,12 +16,12 @@ use super::drift::Drift;
 use super::learn::{self, Learned, LearnedCert};
 use super::metrics::Metrics;
 use super::reports::{self, Report, Reporter, Route};
-use crate::policy::host::Host;
-use crate::policy::pin::Pin;
-use crate::policy::{HostPolicy, Mode, Policy, Trust, Unlisted};
-use crate::reason::{Outcome as RequestOutcome, Position, Reason};
-use crate::tls::verify::{Observer, Outcome, Rejection, Verdict};
-use crate::upstream::observe::{self, dialed, Observe, ProbeSlot, Requests};
+use pinproxy_policy::host::Host;
+use pinproxy_policy::pin::Pin;
+use pinproxy_policy::{HostPolicy, Mode, Policy, Trust, Unlisted};
+use pinproxy_reason::{Outcome as RequestOutcome, Position, Reason};
+use pinproxy_tls::verify::{Observer, Outcome, Rejection, Verdict};
+use pinproxy_upstream::observe::{self, dialed, Observe, ProbeSlot, Requests};
 
 /// Everything the data path reports to, across generations: the
 /// upstream room's [`Observe`].
@@ -374,7 +374,7 @@ fn learned_certs(v: &Verdict<'_>, anchors: &learn::Anchors) -> Vec<LearnedCert> 
                 }),
                 _ => on_path
                     .get(i)
-                    .and_then(|c| crate::tls::cert::CertInfo::from_der(c.as_ref()).ok())
+                    .and_then(|c| pinproxy_tls::cert::CertInfo::from_der(c.as_ref()).ok())
                     .filter(|c| c.pin == text)
                     .map_or((None, None), |c| (Some(c.subject), Some(c.not_after))),
             };
@@ -492,7 +492,7 @@ impl Observer for Generation {
             let presented: Vec<String> = std::iter::once(r.end_entity)
                 .chain(r.intermediates)
                 .map(|c| {
-                    crate::policy::pin::Pin::of_certificate(c)
+                    pinproxy_policy::pin::Pin::of_certificate(c)
                         .map_or_else(|e| e.to_string(), |p| p.to_string())
                 })
                 .collect();

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::drift::Drift;
 use super::metrics::Metrics;
 use super::telemetry::Telemetry;
-use crate::upstream::Snapshot;
+use pinproxy_upstream::Snapshot;
 
 /// The snapshot in force, and a watch of its generation.
 pub struct Live {

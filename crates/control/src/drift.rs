@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::tls::cert::CertInfo;
-use crate::tls::verify::Verdict;
+use pinproxy_tls::cert::CertInfo;
+use pinproxy_tls::verify::Verdict;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SeenCert {
@@ -50,7 +50,7 @@ impl Drift {
         &self,
         v: &Verdict<'_>,
         generation: u64,
-        next_pins: &[crate::policy::pin::Pin],
+        next_pins: &[pinproxy_policy::pin::Pin],
     ) -> Option<i64> {
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
@@ -114,7 +114,7 @@ impl Drift {
         &self,
         host: &str,
         generation: u64,
-        reason: crate::reason::Reason,
+        reason: pinproxy_reason::Reason,
         end_entity: &rustls_pki_types::CertificateDer<'_>,
         intermediates: &[rustls_pki_types::CertificateDer<'_>],
     ) {
@@ -149,7 +149,7 @@ impl Drift {
 
     /// A handshake whose verdict was recorded then failed later (a bad
     /// handshake signature): the drift view must not say "pass".
-    pub fn mark_failed(&self, host: &str, reason: crate::reason::Reason) {
+    pub fn mark_failed(&self, host: &str, reason: pinproxy_reason::Reason) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, last)) = seen
             .get_mut(host)
@@ -172,9 +172,9 @@ impl Drift {
     }
 }
 
-fn seen_cert(info: CertInfo, v: &Verdict<'_>, next_pins: &[crate::policy::pin::Pin]) -> SeenCert {
-    let pin = info.pin.parse::<crate::policy::pin::Pin>().ok();
-    let has = |set: &[crate::policy::pin::Pin]| pin.is_some_and(|p| set.contains(&p));
+fn seen_cert(info: CertInfo, v: &Verdict<'_>, next_pins: &[pinproxy_policy::pin::Pin]) -> SeenCert {
+    let pin = info.pin.parse::<pinproxy_policy::pin::Pin>().ok();
+    let has = |set: &[pinproxy_policy::pin::Pin]| pin.is_some_and(|p| set.contains(&p));
     SeenCert {
         on_validated_path: has(v.path_pins),
         matches_pin: has(v.expected),

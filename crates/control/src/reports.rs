@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::metrics::Metrics;
 use super::telemetry::LogLimiter;
-use crate::reason::Delivery;
+use pinproxy_reason::Delivery;
 
 /// How reports are queued, limited and delivered.
 #[derive(Clone, Debug)]

@@ -43,7 +43,7 @@ use super::learn::Chunks;
 use super::metrics::Metrics;
 use super::telemetry::Sinks;
 use super::{Live, Readiness};
-use crate::policy::Unlisted;
+use pinproxy_policy::Unlisted;
 
 /// What the admin listener reports on.
 #[derive(Clone)]
@@ -256,8 +256,8 @@ struct PinsView {
 
 #[derive(Serialize)]
 struct DefaultsView {
-    unlisted: crate::policy::Unlisted,
-    mode: crate::policy::Mode,
+    unlisted: pinproxy_policy::Unlisted,
+    mode: pinproxy_policy::Mode,
     trust: String,
     ports: Vec<u16>,
     allow_private: bool,
@@ -268,7 +268,7 @@ struct HostView {
     host: String,
     pins: Vec<String>,
     next_pins: Vec<String>,
-    mode: crate::policy::Mode,
+    mode: pinproxy_policy::Mode,
     trust: String,
     expires: Option<String>,
     ports: Vec<u16>,
@@ -281,7 +281,7 @@ struct HostView {
     names: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     crls: Option<CrlsView>,
-    last_seen: Option<crate::control::drift::LastSeen>,
+    last_seen: Option<crate::drift::LastSeen>,
     /// Key continuity per name dialed under this entry: the path last
     /// seen, and when each position last changed, from what to what.
     chains: BTreeMap<String, History>,
@@ -318,7 +318,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn client_cert_view(c: &crate::policy::identity::ClientCert) -> ClientCertView {
+fn client_cert_view(c: &pinproxy_policy::identity::ClientCert) -> ClientCertView {
     ClientCertView {
         cert: c.cert_path.display().to_string(),
         key: c.key_path.display().to_string(),
@@ -329,7 +329,7 @@ fn client_cert_view(c: &crate::policy::identity::ClientCert) -> ClientCertView {
     }
 }
 
-fn crls_view(c: &crate::policy::identity::Crls) -> CrlsView {
+fn crls_view(c: &pinproxy_policy::identity::Crls) -> CrlsView {
     CrlsView {
         policy: c.policy.as_str(),
         files: c

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use ring::digest::{Context, SHA256};
 
-use crate::policy;
+use pinproxy_policy as policy;
 
 /// A digest of one version of the inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::pin::Pin;
-use crate::policy::Trust;
-use crate::tls::cert::{self, CertInfo};
+use pinproxy_policy::pin::Pin;
+use pinproxy_policy::Trust;
+use pinproxy_tls::cert::{self, CertInfo};
 
 /// The document `GET /learned` returns, the learn file holds and `suggest`
 /// reads.

@@ -1,7 +1,7 @@
 use super::*;
-use crate::control::metrics::Metrics;
-use crate::control::telemetry::Telemetry;
-use crate::upstream::Options;
+use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
+use pinproxy_upstream::Options;
 
 /// A reloader whose loads of a file containing `# slow` wait until the
 /// test releases them.

@@ -1,6 +1,8 @@
 //! The control plane: reloads, the admin listener, metrics, the drift view,
 //! and what verdicts teach: key continuity, learned chains, failure reports.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod continuity;
 pub mod drift;
