@@ -54,7 +54,7 @@ pub use pinproxy_control as control;
 pub mod fuzzing;
 pub use pinproxy_k8s as k8s;
 pub use pinproxy_policy as policy;
-pub mod proxy;
+pub use pinproxy_proxy as proxy;
 pub use pinproxy_reason as reason;
 pub use pinproxy_tls as tls;
 pub use pinproxy_upstream as upstream;

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::Context;
-use crate::policy::{Admission, Target};
+use pinproxy_policy::{Admission, Target};
 
 /// Response bodies: streamed from upstream, or a short local answer.
 pub type Body = Either<Streamed, Full<Bytes>>;
@@ -93,7 +93,7 @@ pub struct Revocation {
 }
 
 /// Resolves `revoke_grace` after a reload means the admission no longer
-/// holds. Subscribe ([`Live::subscribe`](crate::control::Live::subscribe))
+/// holds. Subscribe ([`Live::subscribe`](pinproxy_control::Live::subscribe))
 /// *before* deciding admission, so a reload in between is seen.
 pub async fn revoked(
     ctx: Arc<Context>,
@@ -144,18 +144,18 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::control::metrics::Metrics;
-    use crate::control::telemetry::Telemetry;
-    use crate::control::Live;
-    use crate::policy::admission::decide;
-    use crate::policy::host::Host;
-    use crate::proxy::Limits;
-    use crate::tls::ca::Intercept;
-    use crate::upstream::{Options, Shared, Snapshot, Timeouts};
+    use crate::Limits;
+    use pinproxy_control::metrics::Metrics;
+    use pinproxy_control::telemetry::Telemetry;
+    use pinproxy_control::Live;
+    use pinproxy_policy::admission::decide;
+    use pinproxy_policy::host::Host;
+    use pinproxy_tls::ca::Intercept;
+    use pinproxy_upstream::{Options, Shared, Snapshot, Timeouts};
 
     fn snapshot(yaml: &str, generation: u64, shared: &Shared) -> Snapshot {
         let now = time::OffsetDateTime::now_utc();
-        let policy = crate::policy::parse(yaml.as_bytes(), Path::new("."), now).unwrap();
+        let policy = pinproxy_policy::parse(yaml.as_bytes(), Path::new("."), now).unwrap();
         Snapshot::build(policy, generation, shared).unwrap()
     }
 
@@ -185,7 +185,7 @@ mod tests {
                 Intercept::generate(provider.clone(), metrics.minted_leaves.clone(), 1).unwrap(),
             ),
             provider,
-            refusal_logs: crate::control::telemetry::LogLimiter::new(grace, 5),
+            refusal_logs: pinproxy_control::telemetry::LogLimiter::new(grace, 5),
             connections: Context::connection_slots(&Limits::default()),
         });
         let target = Target {

@@ -41,11 +41,11 @@ use super::body::revoked;
 use super::original_dst::original_dst;
 use super::tunnel::{self, Hello, HelloReader, Rewind, HANDSHAKE_FAILURE_ALERT};
 use super::{count, count_denied, forward, intercept, refusal, Accepted, Client, Context, Handoff};
-use crate::policy::admission::{self, Admission};
-use crate::policy::host::Host;
-use crate::policy::Target;
-use crate::reason::{Outcome, Reason};
-use crate::upstream::egress;
+use pinproxy_policy::admission::{self, Admission};
+use pinproxy_policy::host::Host;
+use pinproxy_policy::Target;
+use pinproxy_reason::{Outcome, Reason};
+use pinproxy_upstream::egress;
 
 /// The largest first flight we read before judging (ClientHellos with
 /// post-quantum key shares are large; HTTP heads are not judged here).
@@ -324,7 +324,7 @@ enum Refuse {
 #[allow(clippy::too_many_arguments)] // the splice's inputs, each used once
 async fn splice(
     ctx: Arc<Context>,
-    connector: crate::upstream::Connector,
+    connector: pinproxy_upstream::Connector,
     mut io: Rewind<TcpStream>,
     orig: SocketAddr,
     target: Target,

@@ -23,10 +23,10 @@ use super::body::revoked;
 use super::target::parse_connect;
 use super::tunnel::{self, Hello};
 use super::{count, deny, intercept, passthrough, refuse, upstream_refusal, Body, Client, Context};
-use crate::policy::host::Host;
-use crate::policy::{Admission, Target};
-use crate::reason::{Outcome, Reason};
-use crate::upstream::Snapshot;
+use pinproxy_policy::host::Host;
+use pinproxy_policy::{Admission, Target};
+use pinproxy_reason::{Outcome, Reason};
+use pinproxy_upstream::Snapshot;
 
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_connect(&req) {

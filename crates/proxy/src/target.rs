@@ -7,8 +7,8 @@
 use http::uri::{Authority, Scheme};
 use http::{Request, Uri};
 
-use crate::policy::host::{self, Host};
-use crate::policy::Target;
+use pinproxy_policy::host::{self, Host};
+use pinproxy_policy::Target;
 
 /// Why a request target was refused (400 `bad-request`).
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,11 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::{Body, Context};
-use crate::policy::admission::{self, Admission, Target};
-use crate::policy::host::Host;
-use crate::reason::{Outcome, Reason};
-use crate::upstream::error::alert_detail;
-use crate::upstream::{Failure, Snapshot, UpstreamError};
+use pinproxy_policy::admission::{self, Admission, Target};
+use pinproxy_policy::host::Host;
+use pinproxy_reason::{Outcome, Reason};
+use pinproxy_upstream::error::alert_detail;
+use pinproxy_upstream::{Failure, Snapshot, UpstreamError};
 
 /// The header carrying a refusal's machine-readable reason.
 pub const ERROR_HEADER: &str = "x-pinproxy-error";

@@ -19,9 +19,9 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::target::split_authority;
 use super::{admit, deny, forward, tunnel, upgrade, Body, Client, Context};
-use crate::policy::host::Host;
-use crate::policy::Target;
-use crate::reason::Reason;
+use pinproxy_policy::host::Host;
+use pinproxy_policy::Target;
+use pinproxy_reason::Reason;
 
 /// Terminates the client's TLS on `io` and serves it until it closes or
 /// idles out.
@@ -49,7 +49,7 @@ pub async fn serve<IO>(
         if sni.as_ref() != Ok(&target.host) {
             super::count_denied(&ctx, Reason::SniMismatch);
             tracing::warn!(connect = %target.host, sni = ?sni, "refusing TLS inside CONNECT: SNI names another host");
-            if let Some(refuse) = crate::tls::ca::refusing_config(ctx.provider.clone()) {
+            if let Some(refuse) = pinproxy_tls::ca::refusing_config(ctx.provider.clone()) {
                 let _ = start.into_stream(refuse).await;
             }
             return;

@@ -9,6 +9,8 @@
 //! - [`refusal`] builds every answer pinproxy makes itself; [`body`]
 //!   streams upstream responses and cuts them when a reload revokes them.
 
+#![forbid(unsafe_code)]
+
 pub mod body;
 mod conn;
 pub mod connect;
@@ -40,12 +42,12 @@ pub use body::{Body, Revocation, Streamed};
 pub use conn::{ClientIo, Handoff};
 pub use refusal::{admit, count, count_denied, deny, refuse, upstream_refusal, ERROR_HEADER};
 
-use crate::control::metrics::Metrics;
-use crate::control::telemetry::LogLimiter;
-use crate::control::Live;
-use crate::reason::Reason;
-use crate::tls::ca::Intercept;
-use crate::upstream::Timeouts;
+use pinproxy_control::metrics::Metrics;
+use pinproxy_control::telemetry::LogLimiter;
+use pinproxy_control::Live;
+use pinproxy_reason::Reason;
+use pinproxy_tls::ca::Intercept;
+use pinproxy_upstream::Timeouts;
 
 /// What one proxy listener serves with: the live snapshot, its limits and
 /// the pod CA. Shared by every connection of the listener.
@@ -254,13 +256,13 @@ fn head_size<B>(req: &Request<B>) -> usize {
 /// clone, so the slot is held until the last of them closes.
 pub struct ConnGuard {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    metrics: Arc<crate::control::metrics::Metrics>,
+    metrics: Arc<pinproxy_control::metrics::Metrics>,
 }
 
 impl ConnGuard {
     fn new(
         permit: tokio::sync::OwnedSemaphorePermit,
-        metrics: Arc<crate::control::metrics::Metrics>,
+        metrics: Arc<pinproxy_control::metrics::Metrics>,
     ) -> Self {
         metrics.connections_active.inc();
         Self {

@@ -21,10 +21,10 @@ use super::target::{parse_absolute, TargetError};
 use super::{
     deny, passthrough, plain, upgrade, Body, Client, Context, Revocation, Streamed, ERROR_HEADER,
 };
-use crate::policy::host::Host;
-use crate::policy::Target;
-use crate::reason::Reason;
-use crate::upstream::{RequestBody, Snapshot, UpBody, UpstreamError};
+use pinproxy_policy::host::Host;
+use pinproxy_policy::Target;
+use pinproxy_reason::Reason;
+use pinproxy_upstream::{RequestBody, Snapshot, UpBody, UpstreamError};
 
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
@@ -76,7 +76,7 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
 pub async fn send(
     ctx: &Context,
     snap: &Arc<Snapshot>,
-    entry: Option<Arc<crate::policy::HostPolicy>>,
+    entry: Option<Arc<pinproxy_policy::HostPolicy>>,
     target: Target,
     req: Request<Incoming>,
     revocation: Option<Revocation>,

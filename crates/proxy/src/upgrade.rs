@@ -19,9 +19,9 @@ use super::body::revoked;
 use super::forward::{response_headers, strip_hop_by_hop};
 use super::refusal::{upstream_failed, upstream_refusal, upstream_timed_out};
 use super::{count, deny, tunnel, Body, Client, ClientIo, Context, Streamed, ERROR_HEADER};
-use crate::policy::{Admission, Target};
-use crate::reason::{Outcome, Reason};
-use crate::upstream::Snapshot;
+use pinproxy_policy::{Admission, Target};
+use pinproxy_reason::{Outcome, Reason};
+use pinproxy_upstream::Snapshot;
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` and
 /// an `Upgrade` header).

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::refusal::count_denied;
 use super::{handle, parse_buffer, tunnel, Body, Client, ConnGuard, Context};
-use crate::reason::Reason;
+use pinproxy_reason::Reason;
 
 /// The client side of a connection: a TCP stream with any bytes hyper had
 /// buffered put back in front.

@@ -19,11 +19,11 @@ use super::refusal::{admit, upstream_failed, upstream_timed_out};
 use super::{
     count, deny, tunnel, upgrade, upstream_refusal, Body, Client, Context, Revocation, Streamed,
 };
-use crate::policy::admission::{self, Admission};
-use crate::policy::host::Host;
-use crate::policy::Target;
-use crate::reason::{Outcome, Reason};
-use crate::upstream::{RequestBody, Snapshot};
+use pinproxy_policy::admission::{self, Admission};
+use pinproxy_policy::host::Host;
+use pinproxy_policy::Target;
+use pinproxy_reason::{Outcome, Reason};
+use pinproxy_upstream::{RequestBody, Snapshot};
 
 /// What admission said, and the addresses a passthrough-by-CIDR target
 /// resolved to (dialed as they are, never resolved again).

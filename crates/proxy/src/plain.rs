@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use super::forward::{exchange, response_headers, strip_hop_by_hop, Exchange};
 use super::refusal::{upstream_failed, upstream_timed_out};
 use super::{count, deny, Body, Context, Revocation, Streamed};
-use crate::policy::{Admission, Target};
-use crate::reason::{Outcome, Reason};
-use crate::upstream::{RequestBody, Snapshot};
+use pinproxy_policy::{Admission, Target};
+use pinproxy_reason::{Outcome, Reason};
+use pinproxy_upstream::{RequestBody, Snapshot};
 
 /// Relays `req` to `target`'s host on `port` as plain HTTP. `target` is
 /// what admission judged (a reload re-judges it); `generation` was
@@ -97,7 +97,7 @@ fn upstream_uri(target: &Target, port: u16, incoming: &Uri) -> Option<Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::host::Host;
+    use pinproxy_policy::host::Host;
 
     #[test]
     fn the_upstream_url_names_the_port_the_client_named() {
