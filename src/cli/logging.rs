@@ -3,7 +3,7 @@
 //!
 //! tracing-subscriber's JSON formatter writes every recorded value as a
 //! string, so a list of pins became `"[\"sha256/…\"]"`. Fields logged as
-//! [`Json`](crate::control::telemetry::Json) carry JSON text; this
+//! [`Json`](crate::control::logs::Json) carry JSON text; this
 //! formatter embeds any such value as JSON instead of quoting it.
 
 use std::fmt;

@@ -8,6 +8,7 @@ pub mod continuity;
 pub mod drift;
 pub mod learn;
 pub mod live;
+pub mod logs;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;

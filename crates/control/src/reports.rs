@@ -25,8 +25,8 @@ use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 
+use super::logs::LogLimiter;
 use super::metrics::Metrics;
-use super::telemetry::LogLimiter;
 use pinproxy_reason::Delivery;
 
 /// How reports are queued, limited and delivered.

@@ -185,7 +185,7 @@ mod tests {
                 Intercept::generate(provider.clone(), metrics.minted_leaves.clone(), 1).unwrap(),
             ),
             provider,
-            refusal_logs: pinproxy_control::telemetry::LogLimiter::new(grace, 5),
+            refusal_logs: pinproxy_control::logs::LogLimiter::new(grace, 5),
             connections: Context::connection_slots(&Limits::default()),
         });
         let target = Target {

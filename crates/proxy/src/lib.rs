@@ -42,8 +42,8 @@ pub use body::{Body, Revocation, Streamed};
 pub use conn::{ClientIo, Handoff};
 pub use refusal::{admit, count, count_denied, deny, refuse, upstream_refusal, ERROR_HEADER};
 
+use pinproxy_control::logs::LogLimiter;
 use pinproxy_control::metrics::Metrics;
-use pinproxy_control::telemetry::LogLimiter;
 use pinproxy_control::Live;
 use pinproxy_reason::Reason;
 use pinproxy_tls::ca::Intercept;
