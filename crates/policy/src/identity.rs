@@ -310,7 +310,7 @@ fn read_pair(a: &Path, b: &Path, max: u64) -> Result<[Vec<u8>; 2], (usize, PairE
     let mut last = None;
     for _ in 0..5 {
         let before = [real(a, 0)?, real(b, 1)?];
-        let read = |i: usize| match super::load::read_capped(&before[i], max) {
+        let read = |i: usize| match super::files::read_capped(&before[i], max) {
             Ok(Some(bytes)) => Ok(bytes),
             Ok(None) => Err((i, PairError::TooLarge)),
             Err(e) => Err((i, PairError::Io(e))),
@@ -419,7 +419,7 @@ pub(super) fn read_crl(
     max: u64,
     entries: EntryBudget,
 ) -> Result<(LoadedCrl, Vec<u8>), FileError> {
-    let bytes = super::load::read_capped(&path.read, max)
+    let bytes = super::files::read_capped(&path.read, max)
         .map_err(|source| FileError::Read {
             path: path.shown.clone(),
             source,

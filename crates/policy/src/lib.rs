@@ -15,6 +15,7 @@
 
 pub mod admission;
 pub mod comment;
+mod files;
 pub mod host;
 pub mod identity;
 pub mod load;
@@ -22,6 +23,7 @@ pub mod passthrough;
 pub mod pattern;
 pub mod pemfile;
 pub mod pin;
+mod problem;
 #[cfg(test)]
 mod tests;
 mod validate;

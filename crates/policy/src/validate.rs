@@ -13,11 +13,12 @@ use std::sync::Arc;
 use rustls_pki_types::TrustAnchor;
 use time::OffsetDateTime;
 
+use super::files::{read_bundle, BundleError, Caps};
 use super::identity::{self, ClientCert, FilePath, LoadedCrl};
-use super::load::{hex, read_bundle, BundleError, Caps, Problem};
 use super::passthrough::{Item, Passthrough};
 use super::pattern::{Pattern, Patterns};
 use super::pin::Pin;
+use super::problem::Problem;
 use super::wire::{ClientCertWire, DefaultsWire, FileWire, HostWire, HostsWire};
 use super::{Defaults, HostPolicy, Mode, Policy, ReportUri, Trust, Unlisted};
 
@@ -598,3 +599,7 @@ fn key_of(line: &str) -> Option<String> {
 mod fields_identity;
 #[cfg(test)]
 mod tests;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
