@@ -6,6 +6,8 @@
 //! - Absolute-form requests go to [`forward`] (unlisted hosts' `http://`
 //!   to [`plain`]), CONNECT to [`connect`] (interception for pinned hosts,
 //!   [`tunnel`]s for unlisted ones).
+//! - Every way a request goes out (pinned, plain, passthrough, upgrades)
+//!   sends it through [`exchange`].
 //! - [`refusal`] builds every answer pinproxy makes itself; [`body`]
 //!   streams upstream responses and cuts them when a reload revokes them.
 
@@ -14,6 +16,7 @@
 pub mod body;
 mod conn;
 pub mod connect;
+pub mod exchange;
 pub mod forward;
 pub mod intercept;
 pub mod memory;

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::body::revoked;
-use super::forward::{exchange, response_headers, strip_hop_by_hop, Exchange};
+use super::exchange::{exchange, response_headers, strip_hop_by_hop, Exchange};
 use super::refusal::{admit, upstream_failed, upstream_timed_out};
 use super::{
     count, deny, tunnel, upgrade, upstream_refusal, Body, Client, Context, Revocation, Streamed,

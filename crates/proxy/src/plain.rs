@@ -14,7 +14,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
-use super::forward::{exchange, response_headers, strip_hop_by_hop, Exchange};
+use super::exchange::{exchange, response_headers, strip_hop_by_hop, Exchange};
 use super::refusal::{upstream_failed, upstream_timed_out};
 use super::{count, deny, Body, Context, Revocation, Streamed};
 use pinproxy_policy::{Admission, Target};

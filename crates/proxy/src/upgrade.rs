@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::either::Either as EitherIo;
 
 use super::body::revoked;
-use super::forward::{response_headers, strip_hop_by_hop};
+use super::exchange::{response_headers, strip_hop_by_hop};
 use super::refusal::{upstream_failed, upstream_refusal, upstream_timed_out};
 use super::{count, deny, tunnel, Body, Client, ClientIo, Context, Streamed, ERROR_HEADER};
 use pinproxy_policy::{Admission, Target};

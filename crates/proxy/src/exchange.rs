@@ -1,0 +1,149 @@
+//! One exchange with an upstream over a pooled client, shared by every
+//! way a request goes out (pinned, plain, passthrough, upgrades): the
+//! request sent (once more when that is safe) and the hop-by-hop headers
+//! stripped both ways.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::Connect;
+use hyper_util::client::legacy::Client as Pool;
+
+use super::ERROR_HEADER;
+use pinproxy_upstream::{RequestBody, UpBody, UpstreamError};
+
+/// Why an exchange with the upstream produced no response.
+pub(super) enum Exchange {
+    TimedOut,
+    Failed(hyper_util::client::legacy::Error),
+}
+
+/// Sends `req` through a pooled `client` within `timeout`. A request that
+/// cannot have changed anything upstream — an idempotent method and no
+/// body — is sent once more when the first attempt failed on the
+/// connection itself: the upstream closed a pooled keep-alive connection
+/// just as the request went out (nginx's `proxy_next_upstream error` does
+/// the same by default). Failures of pinproxy's own connector (pins, TLS,
+/// egress rules) are final and never retried.
+pub(super) async fn exchange<C>(
+    client: &Pool<C, UpBody>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Exchange>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (parts, body) = req.into_parts();
+    let replay = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        let mut again = Request::new(Either::Right(Empty::new()));
+        *again.method_mut() = parts.method.clone();
+        *again.uri_mut() = parts.uri.clone();
+        *again.version_mut() = parts.version;
+        *again.headers_mut() = parts.headers.clone();
+        again
+    });
+    let first = Request::from_parts(parts, Either::Left(body));
+    let err = match tokio::time::timeout_at(deadline, client.request(first)).await {
+        Err(_) => return Err(Exchange::TimedOut),
+        Ok(Ok(resp)) => return Ok(resp),
+        Ok(Err(e)) => e,
+    };
+    let retry = replay.filter(|_| !err.is_connect() && UpstreamError::find(&err).is_none());
+    let Some(again) = retry else {
+        return Err(Exchange::Failed(err));
+    };
+    tracing::debug!(error = %err, "upstream connection failed under an idempotent request; retrying once");
+    match tokio::time::timeout_at(deadline, client.request(again)).await {
+        Err(_) => Err(Exchange::TimedOut),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(Exchange::Failed(e)),
+    }
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
+}
+
+/// An upstream response's headers as the client gets them.
+pub(super) fn response_headers(headers: &mut HeaderMap) {
+    // RFC 9112 §6.3: with Transfer-Encoding, a received Content-Length is
+    // wrong by definition; forwarding it would present a cut body as
+    // complete.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+    // Only pinproxy speaks x-pinproxy-error.
+    headers.remove(ERROR_HEADER);
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and every
+/// header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        remove_connection_tokens(headers);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn remove_connection_tokens(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// `TE: trailers` is the one TE value allowed through (gRPC needs it).
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+pub fn te_trailers() -> HeaderValue {
+    HeaderValue::from_static("trailers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}
