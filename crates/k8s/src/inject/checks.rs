@@ -6,8 +6,8 @@
 use serde_yaml::{Mapping, Value};
 
 use super::env::{env_value, foreign_java_proxy, JAVA_TOOL_OPTIONS, PROXY_VARS};
-use super::template::{is_redirect, is_sidecar, Subject};
-use super::{InjectError, InjectOptions};
+use super::subject::Subject;
+use super::{is_redirect, is_sidecar, InjectError, InjectOptions};
 
 /// A `hostNetwork` pod's loopback is the node's.
 pub(super) fn host_network(tmpl: &Mapping) -> bool {

@@ -10,7 +10,7 @@
 
 use serde_yaml::Value;
 
-use super::template::{map, s};
+use super::yaml::{map, s};
 use super::{is_dns_subdomain, InjectOptions};
 
 /// Where the identity Secrets are mounted, one directory per Secret.

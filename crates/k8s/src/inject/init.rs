@@ -5,7 +5,7 @@
 
 use serde_yaml::Value;
 
-use super::template::{map, s};
+use super::yaml::{map, s};
 use super::{InjectOptions, REDIRECT_CONTAINER_NAME};
 
 // === impl InjectOptions ===

@@ -9,8 +9,8 @@ use std::path::Path;
 use serde_yaml::Value;
 
 use super::identity::IDENTITY_DIR;
-use super::template::{map, s};
 use super::trust::CA_EXTRA_DIR;
+use super::yaml::{map, s};
 use super::InjectOptions;
 
 /// Volume holding the learn file's directory.

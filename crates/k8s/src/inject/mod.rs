@@ -55,6 +55,7 @@ mod init;
 mod learn;
 mod options;
 mod sidecar;
+mod subject;
 mod template;
 mod trust;
 mod yaml;
@@ -86,6 +87,16 @@ pub const CA_VOLUME: &str = "pinproxy-ca";
 pub const TRANSPARENT_ANNOTATION: &str = "pinproxy.io/transparent";
 /// Name of transparent mode's init container.
 pub const REDIRECT_CONTAINER_NAME: &str = "pinproxy-redirect";
+
+/// Whether container `c` is the pinproxy sidecar.
+fn is_sidecar(c: &Value) -> bool {
+    c.get("name").and_then(Value::as_str) == Some(CONTAINER_NAME)
+}
+
+/// Whether container `c` is transparent mode's init container.
+fn is_redirect(c: &Value) -> bool {
+    c.get("name").and_then(Value::as_str) == Some(REDIRECT_CONTAINER_NAME)
+}
 /// Name of the admin container port (Prometheus scrapes it by name).
 pub const ADMIN_PORT_NAME: &str = "pinproxy-admin";
 

@@ -4,8 +4,8 @@
 
 use serde_yaml::{Mapping, Value};
 
-use super::template::{map, s};
 use super::trust::{CA_EXTRA_DIR, CA_EXTRA_VOLUME};
+use super::yaml::{map, s};
 use super::{InjectOptions, ADMIN_PORT_NAME, CA_VOLUME, CONTAINER_NAME, PINS_VOLUME};
 
 // === impl InjectOptions ===

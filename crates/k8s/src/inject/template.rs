@@ -11,11 +11,13 @@ use super::checks::{
 use super::env::{env_value, merge_java_tool_options, JAVA_TOOL_OPTIONS};
 use super::identity::{check_name, IDENTITY_ANNOTATION, VOLUME_PREFIX};
 use super::learn::LEARN_VOLUME;
+use super::subject::Subject;
 use super::trust::CA_EXTRA_VOLUME;
+use super::yaml::{map, s};
 use super::{
-    has_inject_marker, is_dns_subdomain, Added, InjectError, InjectOptions, Outcome, TemplateRef,
-    Warning, CA_VOLUME, CONTAINER_NAME, INJECTED_LABEL, PINS_SECRET_ANNOTATION, PINS_VOLUME,
-    REDIRECT_CONTAINER_NAME, TRANSPARENT_ANNOTATION,
+    has_inject_marker, is_dns_subdomain, is_redirect, is_sidecar, Added, InjectError,
+    InjectOptions, Outcome, Warning, CA_VOLUME, CONTAINER_NAME, INJECTED_LABEL,
+    PINS_SECRET_ANNOTATION, PINS_VOLUME, TRANSPARENT_ANNOTATION,
 };
 
 /// Kinds whose Pod template is `spec.template`.
@@ -27,13 +29,6 @@ const TEMPLATE_KINDS: &[&str] = &[
     "ReplicationController",
     "Job",
 ];
-
-/// The template being injected, for errors and warnings.
-pub(super) struct Subject<'a> {
-    pub(super) index: usize,
-    pub(super) kind: &'a str,
-    pub(super) name: String,
-}
 
 // === documents ===
 
@@ -479,45 +474,7 @@ fn default_container_annotation(tmpl: &mut Mapping, first_app: Option<String>) {
     }
 }
 
-// === impl Subject ===
-
-impl Subject<'_> {
-    pub(super) fn template(&self) -> Box<TemplateRef> {
-        Box::new(TemplateRef {
-            index: self.index,
-            kind: self.kind.to_string(),
-            name: self.name.clone(),
-        })
-    }
-
-    pub(super) fn warning(&self, message: &str) -> Warning {
-        Warning {
-            index: self.index,
-            kind: self.kind.to_string(),
-            name: self.name.clone(),
-            message: message.to_string(),
-        }
-    }
-
-    pub(super) fn malformed(&self, reason: &str) -> InjectError {
-        InjectError::Malformed {
-            index: self.index,
-            kind: self.kind.to_string(),
-            name: self.name.clone(),
-            reason: reason.to_string(),
-        }
-    }
-}
-
 // === YAML values ===
-
-pub(super) fn is_sidecar(c: &Value) -> bool {
-    c.get("name").and_then(Value::as_str) == Some(CONTAINER_NAME)
-}
-
-pub(super) fn is_redirect(c: &Value) -> bool {
-    c.get("name").and_then(Value::as_str) == Some(REDIRECT_CONTAINER_NAME)
-}
 
 /// Replace the entry with the same `name`, else append.
 fn upsert_named(list: &mut Vec<Value>, item: Value) {
@@ -536,12 +493,4 @@ fn child_mapping<'a>(m: &'a mut Mapping, key: &str) -> Option<&'a mut Mapping> {
         *v = Value::Mapping(Mapping::new());
     }
     v.as_mapping_mut()
-}
-
-pub(super) fn s(v: &str) -> Value {
-    Value::String(v.to_string())
-}
-
-pub(super) fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Mapping(entries.into_iter().map(|(k, v)| (s(k), v)).collect())
 }

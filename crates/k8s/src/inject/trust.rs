@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use serde_yaml::Value;
 
-use super::template::{map, s};
+use super::yaml::{map, s};
 use super::{is_dns_subdomain, InjectOptions};
 
 /// Where the sidecar finds the extra CA files.

@@ -1,4 +1,5 @@
-//! A block-style YAML emitter in kubectl's layout. serde_yaml's own emitter
+//! YAML values: the shorthand injection builds them with ([`s`], [`map`]),
+//! and a block-style emitter in kubectl's layout. serde_yaml's own emitter
 //! quotes for YAML 1.2 only: it would write the string `"on"` or `"yes"` as
 //! a plain scalar, which Kubernetes (YAML 1.1) reads as a boolean. This one
 //! writes a scalar plain only when every YAML version reads it back as the
@@ -6,6 +7,16 @@
 
 use serde_yaml::Value;
 use std::fmt::Write;
+
+/// A string value.
+pub(super) fn s(v: &str) -> Value {
+    Value::String(v.to_string())
+}
+
+/// A mapping of `entries`, in order.
+pub(super) fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Mapping(entries.into_iter().map(|(k, v)| (s(k), v)).collect())
+}
 
 pub fn to_string(v: &Value) -> String {
     let mut out = String::new();
