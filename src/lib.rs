@@ -3,19 +3,29 @@
 //!
 //! # Rooms
 //!
-//! | room | owns | may use (crate) | may not |
+//! Each room is a crate of the workspace, and the crate graph is the room
+//! map: a room can only name the crates its `Cargo.toml` lists, so the
+//! compiler keeps the walls (linkerd2-proxy's way). This crate holds the
+//! binary's own part ([`app`], [`cli`], `main`) and re-exports the rooms
+//! under their names, so tests and `fuzz/` reach everything through
+//! `pinproxy::…`.
+//!
+//! | room (crate) | owns | depends on | must not depend on |
 //! |---|---|---|---|
-//! | [`reason`] | the contract's names: status, `x-pinproxy-error`, metric labels | — | anything |
-//! | [`policy`] | host names, pins, the pinset file (wire types, validation), the compiled `Policy`, admission | `reason` | sockets, tokio, HTTP |
-//! | [`tls`] | the pin verifier and the one verdict on a chain, probes, certificate summaries, the pod CA | `policy`, `reason` | HTTP, the proxy, the control plane |
-//! | [`upstream`] | one generation's snapshot (verifier, TLS configs, pool), the connector, egress rules | `policy`, `tls`, `reason`, control's sinks (`metrics`, `drift`, `telemetry`) | publishing snapshots, the proxy |
-//! | [`proxy`] | listeners and per-connection serving: forward, CONNECT, interception, tunnels, upgrades, refusals | `policy`, `tls`, `upstream`, `reason`, `control::Live` (read), `control::metrics` | reloading, publishing, the file watcher |
-//! | [`control`] | the live snapshot and its one publisher (the reloader), the file watcher, admin, metrics, telemetry, drift | `policy`, `tls`, `upstream`, `reason` | the proxy |
-//! | [`k8s`] | `inject`, the admission webhook, the transparent-mode rule installer | — | anything on the request path |
-//! | [`app`] | building and serving a whole proxy, for `pinproxy run` and the tests | every room but `cli`, `k8s` | — |
+//! | [`reason`] (`pinproxy-reason`) | the contract's names: status, `x-pinproxy-error`, metric labels | — | tokio, hyper, rustls |
+//! | [`policy`] (`pinproxy-policy`) | host names, pins, the pinset file (wire types, validation), the compiled `Policy`, admission | reason | tokio, hyper, http, tokio-rustls, notify, socket2, prometheus |
+//! | [`tls`] (`pinproxy-tls`) | the pin verifier and the one verdict on a chain, probes, certificate summaries, the pod CA | policy, reason | hyper, http |
+//! | [`upstream`] (`pinproxy-upstream`) | one generation's snapshot (verifier, TLS configs, pool), the connector, egress rules; reports through its own [`upstream::Observe`] | policy, tls, reason | notify, prometheus |
+//! | [`control`] (`pinproxy-control`) | the live snapshot and its one publisher (the reloader), the file watcher, admin, metrics, telemetry (implements `Observe`), drift | policy, tls, upstream, reason | the proxy |
+//! | [`proxy`] (`pinproxy-proxy`) | listeners and per-connection serving: forward, CONNECT, interception, tunnels, upgrades, refusals | policy, tls, upstream, reason, control (`Live`, `metrics`, `logs` only) | notify, serde_yaml |
+//! | [`k8s`] (`pinproxy-k8s`) | `inject`, the admission webhook, the transparent-mode rule installer | — | — (no room depends on it) |
+//! | [`app`] | building and serving a whole proxy, for `pinproxy run` and the tests | every room but `k8s` | — |
 //! | [`cli`] | one file per command; maps errors to exit codes | everything | — |
 //!
-//! `tests/layout.rs` checks these walls on the source.
+//! `crates/ct` (Certificate Transparency, stapled OCSP) and `crates/sign`
+//! (signed pinsets) are pure crates not wired in yet. `tests/layout.rs`
+//! checks the graph with `cargo metadata` and, parsing each crate, that no
+//! two of its modules use each other.
 //!
 //! # One request's path
 //!
@@ -35,8 +45,10 @@
 //!    [`tls::verify::PinVerifier`]: webpki validates the paths, and
 //!    [`tls::verdict::judge`] matches the pins against the *validated*
 //!    path only — the same function `pinproxy check --live` predicts with.
-//! 4. The verdict is reported to [`control::telemetry`] (metrics, drift
-//!    view, logs); a refusal becomes a 502 with `x-pinproxy-error`.
+//! 4. The verdict goes to the generation's observer: upstream reports
+//!    through its own [`upstream::Observe`], which [`control::telemetry`]
+//!    implements (metrics, drift view, logs); a refusal becomes a 502 with
+//!    `x-pinproxy-error`.
 //! 5. The response streams back ([`proxy::body`]), cut if a reload published
 //!    by [`control::reload::Reloader`] revokes the admission it was made
 //!    under.
@@ -49,9 +61,10 @@
 
 pub mod app;
 pub mod cli;
-pub use pinproxy_control as control;
 #[doc(hidden)]
 pub mod fuzzing;
+
+pub use pinproxy_control as control;
 pub use pinproxy_k8s as k8s;
 pub use pinproxy_policy as policy;
 pub use pinproxy_proxy as proxy;
