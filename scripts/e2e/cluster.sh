@@ -16,8 +16,9 @@ start() {
 }
 
 network_up() {
-  # The node address on a dummy interface: nothing is routed off the machine.
-  ip link add ppe2e0 type dummy
+  # The node address on an empty bridge of its own (this kernel has no
+  # dummy interfaces): a local address, nothing is routed off the machine.
+  ip link add ppe2e0 type bridge
   ip addr add "$NODE_IP/32" dev ppe2e0
   ip link set ppe2e0 up
   # Any 198.18/15 address this script did not assign is unreachable rather
@@ -79,6 +80,12 @@ state = "$c/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   enable_selinux = false
+  # This machine's root has no CAP_SYS_RESOURCE (not in the bounding set),
+  # so no process may lower its oom_score_adj below 0; runc fails on the
+  # kubelet's -998 for sandboxes ("failed to update /proc/self/oom_score_adj:
+  # Permission denied"). This clamps every container to containerd's own
+  # value, as rootless setups do.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -86,6 +93,7 @@ state = "$c/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        BinaryName = "${E2E_RUNC:-/usr/sbin/runc}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$E2E_RUN/cni/net.d"
@@ -114,6 +122,7 @@ apiserver_up() {
     --client-ca-file "$p/ca.crt" \
     --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$p/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
@@ -202,7 +211,7 @@ teardown() {
   # command line: containerd-shim-runc-v2 outlives containerd by design.
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$E2E_RUN/"; then kill -9 "${p#/proc/}" 2>/dev/null; fi
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF "$E2E_RUN/"; then kill -9 "${p#/proc/}" 2>/dev/null; fi
   done
   # Mounts under our tree (secret tmpfs, overlay rootfs, netns), deepest first.
   awk -v r="$E2E_RUN/" 'index($2, r) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done

@@ -8,7 +8,7 @@ PINPROXY_TOOLS="${PINPROXY_TOOLS:-/tmp/pinproxy-tools}"
 
 # Addresses: all from 198.18.0.0/15 (RFC 2544 benchmarking), on interfaces
 # and namespaces this script creates.
-NODE_IP=198.18.0.1            # dummy interface ppe2e0: API server, kubelet
+NODE_IP=198.18.0.1            # on bridge ppe2e0: API server, kubelet
 NODE_NAME=ppe2e-node
 POD_CIDR=198.18.64.0/24       # CNI bridge ppe2e-br0, gateway .1
 POD_GW=198.18.64.1
