@@ -22,6 +22,7 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
+    pub config_last_reload_ok: IntGauge,
     pub pinset_expiry: GaugeVec,
     pub upstream_cert_expiry: GaugeVec,
     pub client_cert_expiry: GaugeVec,
@@ -130,6 +131,10 @@ impl Metrics {
                 "config_generation",
                 "Generation of the pinset in force (1 at start, +1 per successful reload).",
             ),
+            config_last_reload_ok: int_gauge(
+                "config_last_reload_successful",
+                "1 if the last pinset reload succeeded (or none failed since start), 0 while reloads fail.",
+            ),
             pinset_expiry: gauge_vec(
                 "pinset_expiry_timestamp_seconds",
                 "When each entry's pins stop being enforced (Unix time).",
@@ -186,6 +191,7 @@ impl Metrics {
         for r in ["success", "failure"] {
             m.config_reloads.with_label_values(&[r]);
         }
+        m.config_last_reload_ok.set(1);
         Arc::new(m)
     }
 

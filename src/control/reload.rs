@@ -129,6 +129,7 @@ impl Reloader {
         match &result {
             Err(e) => {
                 self.failing.fetch_add(1, Ordering::AcqRel);
+                self.shared.metrics.config_last_reload_ok.set(0);
                 self.shared
                     .metrics
                     .config_reloads
@@ -138,6 +139,7 @@ impl Reloader {
             }
             Ok(Reloaded::Swapped(generation) | Reloaded::Unchanged(generation)) => {
                 let failed = self.failing.swap(0, Ordering::AcqRel);
+                self.shared.metrics.config_last_reload_ok.set(1);
                 if failed > 0 {
                     tracing::info!(
                         generation,
