@@ -5,7 +5,8 @@
 #   (k8s.io/kubernetes $K8S_VERSION from the Go module proxy, see
 #   scripts/e2e/build-k8s.sh), containerd + runc + the CNI bridge plugin
 #   (Debian), images built here without a registry (scripts/e2e/images.sh),
-#   helm (npm), Prometheus (Debian).
+#   helm (npm), Prometheus (Go module proxy: Debian's has no Kubernetes
+#   service discovery; Debian's promtool checks rules and config).
 #
 # Then the scenarios of scripts/e2e/scenarios.sh run against it: the chart's
 # webhook injecting through the real admission chain, the proxy from inside
@@ -60,6 +61,8 @@ ldd "$PINPROXY_BIN" 2>&1 | grep -qE 'not a dynamic executable|statically linked'
   || die "$PINPROXY_BIN is not static: $(ldd "$PINPROXY_BIN" 2>&1)"
 
 "$ROOT/scripts/e2e/build-k8s.sh"
+case " $E2E_SCENARIOS " in *" 4 "*) "$ROOT/scripts/e2e/build-prometheus.sh" ;; esac
+PROMETHEUS_BIN="$E2E_CACHE/prometheus-${PROM_VERSION:-v0.305.1}/bin/prometheus"
 build_images "$PINPROXY_BIN"
 T_PARTS=$(date +%s)
 log "parts ready in $((T_PARTS - T0))s"

@@ -58,8 +58,10 @@ make_pki() {
   _e2e_cert "$d" kubelet-serving "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
   _e2e_cert "$d" controller-manager system:kube-controller-manager system:kube-controller-manager
   _e2e_cert "$d" scheduler system:kube-scheduler system:kube-scheduler
+  # An operator bound only to the chart's status ClusterRole (pinproxy status).
+  _e2e_cert "$d" status e2e-status e2e
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
-  local c; for c in admin kubelet controller-manager scheduler; do _e2e_kubeconfig "$d" "$c" "$server"; done
+  local c; for c in admin kubelet controller-manager scheduler status; do _e2e_kubeconfig "$d" "$c" "$server"; done
   chmod 600 "$d"/*.key
 }

@@ -174,7 +174,6 @@ resolvConf: $E2E_RUN/resolv.conf
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
-syncFrequency: 10s
 serializeImagePulls: false
 YAML
   start kubelet "$K8S_BIN/kubelet" --config "$k/config.yaml" \

@@ -7,6 +7,8 @@ APP_NS=shop
 CHART_NS=pinproxy-system
 # The pinproxy binary on the host, for `pinproxy inject` and `pinproxy status`.
 PP() { "$PINPROXY_BIN" "$@"; }
+# pinproxy status as an operator bound to the chart's status ClusterRole only.
+PP_STATUS() { "$PINPROXY_BIN" status --kubeconfig "$E2E_RUN/pki/status.kubeconfig" "$@"; }
 
 # run CMD...: prints the command, then runs it (its output is the transcript).
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -89,7 +91,11 @@ run_scenarios() {
 scenario_1() {
   run helm install pinproxy "$ROOT/charts/pinproxy" -n "$CHART_NS" --create-namespace \
     --set image.repository="$REGISTRY/pinproxy" --set image.initRepository="$REGISTRY/pinproxy-init" \
-    --set pins.existingSecret=pinproxy-pins --wait --timeout 180s
+    --set pins.existingSecret=pinproxy-pins \
+    --set status.clusterRole.create=true --set 'status.clusterRole.subjects[0].kind=User' \
+    --set 'status.clusterRole.subjects[0].name=e2e-status' \
+    --set 'status.clusterRole.subjects[0].apiGroup=rbac.authorization.k8s.io' \
+    --wait --timeout 180s
   run kubectl -n "$CHART_NS" get pods -o wide
   local ready
   ready="$(kubectl -n "$CHART_NS" get deploy -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].status.readyReplicas}')"
@@ -202,7 +208,7 @@ scenario_2() {
 
 # --- 3: a Secret edit through the kubelet; pinproxy status STALE -> SYNCED -------
 status_line() {  # the app pod's row of `pinproxy status`
-  PP status -n "$APP_NS" -o json | python3 -c '
+  PP_STATUS -n "$APP_NS" -o json | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 for s in r["sidecars"]:
@@ -217,7 +223,7 @@ scenario_3() {
   wait_for 20 "the loop client's first lines" sh -c "kubectl -n $APP_NS exec $pod -c app -- grep -c next.world.test /tmp/loop.log | grep -qv '^0$'"
   echo "loop client under v1 (next.world.test pinned to A, served with B):"
   app_exec tail -n 2 /tmp/loop.log
-  run PP status -n "$APP_NS"
+  run PP_STATUS -n "$APP_NS"
   local s0; s0="$(status_line)"
   check "status before the edit: SYNCED at generation 1 ($s0)" matches "$s0" '^SYNCED 1 '
 
@@ -234,7 +240,7 @@ scenario_3() {
     esac
     sleep 1
   done
-  run PP status -n "$APP_NS"
+  run PP_STATUS -n "$APP_NS"
   check "status saw STALE while the kubelet had not written the edit" [ -n "$seen_stale" ]
   check "status: SYNCED at generation 2" [ -n "$t_status" ]
   wait_for 30 "a 200 from next.world.test" sh -c "kubectl -n $APP_NS exec $pod -c app -- grep -q 'next.world.test 200' /tmp/loop.log"
@@ -258,7 +264,7 @@ assert all(l[2] in ("200", "502") for l in nxt), "next.world.test: only 502 pin-
 assert last_refused is None or last_refused < first_ok, "no refusal after the first success"
 PY
   echo "sidecar log around the reload:"
-  kubectl -n "$APP_NS" logs "$pod" -c pinproxy | grep -iE 'reload|generation' | tail -n 3
+  kubectl -n "$APP_NS" logs "$pod" -c pinproxy | grep -E 'pinset reloaded|reload failed' | tail -n 3
 }
 
 # --- 4: Prometheus scrapes the sidecar; PinproxyPinMismatch fires ---------------
@@ -311,7 +317,7 @@ scrape_configs:
       - {source_labels: [__meta_kubernetes_pod_container_name], target_label: container}
 YAML
   run promtool check config "$d/prometheus.yml"
-  start prometheus prometheus --config.file "$d/prometheus.yml" --storage.tsdb.path "$d/data" \
+  start prometheus "$PROMETHEUS_BIN" --config.file "$d/prometheus.yml" --storage.tsdb.path "$d/data" \
     --web.listen-address 127.0.0.1:19090
   local pod; pod="$(app_pod)"
   wait_for 60 "Prometheus target for $APP_NS/$pod up" sh -c \
@@ -448,8 +454,8 @@ scenario_6() {
     Ignore)
       check "failurePolicy Ignore: the pod is created" eq "$rc" 0
       check "without the sidecar" sh -c "! kubectl -n $APP_NS get pod probe -o jsonpath='{.spec.initContainers[*].name}{.spec.containers[*].name}' | grep -q pinproxy"
-      run PP status -n "$APP_NS"
-      check "status lists it as asked-for but without the sidecar" sh -c "$PINPROXY_BIN status -n $APP_NS | grep -A3 WITHOUT | grep -q $APP_NS/probe" ;;
+      run PP_STATUS -n "$APP_NS"
+      check "status lists it as asked-for but without the sidecar" sh -c "$PINPROXY_BIN status --kubeconfig $E2E_RUN/pki/status.kubeconfig -n $APP_NS | grep -A3 WITHOUT | grep -q $APP_NS/probe" ;;
     *) echo "unknown failurePolicy [$policy]"; return 1 ;;
   esac
   run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=2
