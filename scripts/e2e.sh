@@ -6,7 +6,7 @@
 #   scripts/e2e/build-k8s.sh), containerd + runc + the CNI bridge plugin
 #   (Debian), images built here without a registry (scripts/e2e/images.sh),
 #   helm (npm), Prometheus (Go module proxy: Debian's has no Kubernetes
-#   service discovery; Debian's promtool checks rules and config).
+#   service discovery).
 #
 # Then the scenarios of scripts/e2e/scenarios.sh run against it: the chart's
 # webhook injecting through the real admission chain, the proxy from inside
@@ -63,6 +63,7 @@ ldd "$PINPROXY_BIN" 2>&1 | grep -qE 'not a dynamic executable|statically linked'
 "$ROOT/scripts/e2e/build-k8s.sh"
 case " $E2E_SCENARIOS " in *" 4 "*) "$ROOT/scripts/e2e/build-prometheus.sh" ;; esac
 PROMETHEUS_BIN="$E2E_CACHE/prometheus-${PROM_VERSION:-v0.305.1}/bin/prometheus"
+PROMTOOL_BIN="$E2E_CACHE/prometheus-${PROM_VERSION:-v0.305.1}/bin/promtool"
 build_images "$PINPROXY_BIN"
 T_PARTS=$(date +%s)
 log "parts ready in $((T_PARTS - T0))s"

@@ -5,15 +5,15 @@
 # Why not Debian's package: Debian builds Prometheus without the Kubernetes
 # service discovery (its client-go is not packaged), so its prometheus
 # refuses `kubernetes_sd_configs` ("field kubernetes_sd_configs not found in
-# type config.ScrapeConfig"). Debian's promtool still checks the rules and
-# the config. The module version v0.305.1 is Prometheus 3.5.1 (LTS); no
+# type config.ScrapeConfig"), and so does its promtool. promtool is built
+# beside it. The module version v0.305.1 is Prometheus 3.5.1 (LTS); no
 # web UI assets are embedded (the HTTP API is what the test uses).
 set -euo pipefail
 
 PROM_VERSION="${PROM_VERSION:-v0.305.1}"
 E2E_CACHE="${E2E_CACHE:-$HOME/.cache/pinproxy-e2e}"
 OUT="$E2E_CACHE/prometheus-$PROM_VERSION"
-if [ -x "$OUT/bin/prometheus" ]; then echo "build-prometheus: cached in $OUT/bin"; exit 0; fi
+if [ -x "$OUT/bin/prometheus" ] && [ -x "$OUT/bin/promtool" ]; then echo "build-prometheus: cached in $OUT/bin"; exit 0; fi
 start=$(date +%s)
 mkdir -p "$OUT/src" "$OUT/bin"
 cd "$OUT/src"
@@ -30,11 +30,17 @@ cat > tools.go <<'GO'
 
 package tools
 
-import _ "github.com/prometheus/prometheus/cmd/prometheus"
+import (
+	_ "github.com/prometheus/prometheus/cmd/prometheus"
+	_ "github.com/prometheus/prometheus/cmd/promtool"
+)
 GO
 echo "build-prometheus: resolving github.com/prometheus/prometheus@$PROM_VERSION"
 go mod tidy
 echo "build-prometheus: go build cmd/prometheus"
-go build -trimpath -tags netgo -ldflags "-s -w" -o "$OUT/bin/prometheus.tmp" github.com/prometheus/prometheus/cmd/prometheus
+go build -trimpath -tags netgo -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROM_VERSION" -o "$OUT/bin/prometheus.tmp" github.com/prometheus/prometheus/cmd/prometheus
 mv "$OUT/bin/prometheus.tmp" "$OUT/bin/prometheus"
+echo "build-prometheus: go build cmd/promtool"
+go build -trimpath -tags netgo -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROM_VERSION" -o "$OUT/bin/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool
+mv "$OUT/bin/promtool.tmp" "$OUT/bin/promtool"
 echo "build-prometheus: built in $(( $(date +%s) - start ))s"

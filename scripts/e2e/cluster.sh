@@ -12,6 +12,7 @@ start() {
   local name="$1"; shift
   "$@" >"$E2E_RUN/logs/$name.log" 2>&1 &
   echo "$! $name" >>"$E2E_RUN/pids"
+  disown "$!"
   log "started $name (pid $!)"
 }
 

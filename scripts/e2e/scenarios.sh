@@ -292,7 +292,7 @@ scenario_4() {
     --show-only templates/prometheusrule.yaml >"$d/prometheusrule.yaml"
   python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump({"groups": d["spec"]["groups"]}, open(sys.argv[2], "w"))' \
     "$d/prometheusrule.yaml" "$d/rules.yaml"
-  run promtool check rules "$d/rules.yaml"
+  run "$PROMTOOL_BIN" check rules "$d/rules.yaml"
   grep -A3 'alert: PinproxyPinMismatch$' "$d/rules.yaml"
   # The chart's PodMonitor, written as the scrape config the operator makes
   # of it: pods labelled pinproxy.io/injected=true, port pinproxy-admin.
@@ -316,7 +316,7 @@ scrape_configs:
       - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
       - {source_labels: [__meta_kubernetes_pod_container_name], target_label: container}
 YAML
-  run promtool check config "$d/prometheus.yml"
+  run "$PROMTOOL_BIN" check config "$d/prometheus.yml"
   start prometheus "$PROMETHEUS_BIN" --config.file "$d/prometheus.yml" --storage.tsdb.path "$d/data" \
     --web.listen-address 127.0.0.1:19090
   local pod; pod="$(app_pod)"
