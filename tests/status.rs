@@ -1,6 +1,7 @@
 //! `pinproxy status` against a fake API server on 127.0.0.1: real TLS
 //! (a CA and a leaf for 127.0.0.1 made here), bearer-token auth, the
-//! Kubernetes paths status reads (pods, namespaces, a Secret, pods/proxy),
+//! Kubernetes paths status reads (pods, namespaces, a Secret, a sidecar's
+//! /metrics through pods/proxy),
 //! and the built binary run the way an operator runs it.
 
 mod support;
@@ -119,11 +120,15 @@ fn cluster(routes: &Routes, sidecar_pins: &str) {
         {"metadata": {"name": "shop", "labels": {"pinproxy.io/inject": "enabled"}}},
         {"metadata": {"name": "plain"}}
     ]});
-    let pins_view = json!({"generation": 3, "pins_sha256": sha256_hex(sidecar_pins.as_bytes()),
-        "hosts": [{"host": "a.test", "expires": "2027-06-30"}]});
-    let metrics = "pinproxy_pin_mismatch_total{host=\"a.test\",mode=\"enforce\"} 5\n\
-                   pinproxy_config_last_reload_successful 1\n\
-                   pinproxy_build_info{version=\"0.1.0\"} 1\n";
+    let metrics = format!(
+        "pinproxy_pin_mismatch_total{{host=\"a.test\",mode=\"enforce\"}} 5\n\
+         pinproxy_config_last_reload_successful 1\n\
+         pinproxy_config_generation 3\n\
+         pinproxy_pinset_info{{sha256=\"{}\"}} 1\n\
+         pinproxy_pinset_expiry_timestamp_seconds{{host=\"a.test\"}} 1814313600\n\
+         pinproxy_build_info{{version=\"0.1.0\"}} 1\n",
+        sha256_hex(sidecar_pins.as_bytes())
+    );
     let mut r = routes.lock().unwrap();
     r.insert("/api/v1/pods".into(), (200, pods.to_string()));
     r.insert("/api/v1/namespaces".into(), (200, namespaces.to_string()));
@@ -135,12 +140,8 @@ fn cluster(routes: &Routes, sidecar_pins: &str) {
         ),
     );
     r.insert(
-        "/api/v1/namespaces/shop/pods/app-1:9901/proxy/pins".into(),
-        (200, pins_view.to_string()),
-    );
-    r.insert(
         "/api/v1/namespaces/shop/pods/app-1:9901/proxy/metrics".into(),
-        (200, metrics.into()),
+        (200, metrics),
     );
 }
 

@@ -219,10 +219,14 @@ for s in r["sidecars"]:
 scenario_3() {
   local pod; pod="$(app_pod)"
   kubectl -n "$APP_NS" exec -i "$pod" -c app -- sh -c 'cat > /tmp/loop.py' <"$ROOT/scripts/e2e/loop_client.py"
-  app_exec sh -c 'rm -f /tmp/loop.stop; setsid python3 /tmp/loop.py 240 good.world.test next.world.test >/tmp/loop.log 2>&1 </dev/null &'
-  wait_for 20 "the loop client's first lines" sh -c "kubectl -n $APP_NS exec $pod -c app -- grep -c next.world.test /tmp/loop.log | grep -qv '^0$'"
+  # The client runs in the app container; its lines stream to the node.
+  local loop="$E2E_RUN/logs/scenario-3-loop.log"
+  app_exec rm -f /tmp/loop.stop
+  kubectl -n "$APP_NS" exec "$pod" -c app -- python3 /tmp/loop.py 240 good.world.test next.world.test >"$loop" 2>&1 &
+  local loop_pid=$!
+  wait_for 30 "the loop client's first lines" grep -q next.world.test "$loop"
   echo "loop client under v1 (next.world.test pinned to A, served with B):"
-  app_exec tail -n 2 /tmp/loop.log
+  tail -n 2 "$loop"
   run PP_STATUS -n "$APP_NS"
   local s0; s0="$(status_line)"
   check "status before the edit: SYNCED at generation 1 ($s0)" matches "$s0" '^SYNCED 1 '
@@ -243,11 +247,10 @@ scenario_3() {
   run PP_STATUS -n "$APP_NS"
   check "status saw STALE while the kubelet had not written the edit" [ -n "$seen_stale" ]
   check "status: SYNCED at generation 2" [ -n "$t_status" ]
-  wait_for 30 "a 200 from next.world.test" sh -c "kubectl -n $APP_NS exec $pod -c app -- grep -q 'next.world.test 200' /tmp/loop.log"
+  wait_for 30 "a 200 from next.world.test" grep -q 'next.world.test 200' "$loop"
   app_exec touch /tmp/loop.stop
-  sleep 1
-  app_exec cat /tmp/loop.log >"$E2E_RUN/logs/scenario-3-loop.log"
-  python3 - "$E2E_RUN/logs/scenario-3-loop.log" "$t_apply" "$t_status" <<'PY'
+  wait "$loop_pid" || true
+  python3 - "$loop" "$t_apply" "$t_status" <<'PY'
 import sys
 lines = [l.split(maxsplit=3) for l in open(sys.argv[1]) if l.strip()]
 t_apply, t_status = float(sys.argv[2]), float(sys.argv[3])

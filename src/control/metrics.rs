@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::reason::{self, Delivery, Position, Reason};
@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_last_reload_ok: IntGauge,
+    pub pinset_info: IntGaugeVec,
     pub pinset_expiry: GaugeVec,
     pub upstream_cert_expiry: GaugeVec,
     pub client_cert_expiry: GaugeVec,
@@ -134,6 +135,17 @@ impl Metrics {
             config_last_reload_ok: int_gauge(
                 "config_last_reload_successful",
                 "1 if the last pinset reload succeeded (or none failed since start), 0 while reloads fail.",
+            ),
+            pinset_info: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pinset_info",
+                        "1, labelled with the SHA-256 of the pins file in force (what `pinproxy status` compares with the Secret).",
+                    ),
+                    &["sha256"],
+                )
+                .expect("valid metric"),
             ),
             pinset_expiry: gauge_vec(
                 "pinset_expiry_timestamp_seconds",

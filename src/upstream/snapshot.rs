@@ -236,6 +236,11 @@ impl Snapshot {
             .build(Plain(connector.clone()));
         let metrics = &shared.metrics;
         metrics.config_generation.set(generation as i64);
+        metrics.pinset_info.reset();
+        metrics
+            .pinset_info
+            .with_label_values(&[&policy.pins_sha256])
+            .set(1);
         metrics.pinset_expiry.reset();
         metrics.client_cert_expiry.reset();
         metrics.crl_next_update.reset();

@@ -1,5 +1,5 @@
-//! What `pinproxy status` reads out of API objects and sidecar answers,
-//! as pure functions of JSON and text (tested without a cluster).
+//! What `pinproxy status` reads out of API objects and a sidecar's
+//! `/metrics`, as pure functions of JSON and text (tested without a cluster).
 
 use std::collections::BTreeMap;
 
@@ -90,6 +90,12 @@ pub struct MetricFacts {
     pub last_reload_ok: Option<bool>,
     /// `pinproxy_build_info{version}`.
     pub version: Option<String>,
+    /// `pinproxy_config_generation`.
+    pub generation: Option<u64>,
+    /// `pinproxy_pinset_info{sha256}`: the pins file in force.
+    pub pins_sha256: Option<String>,
+    /// The smallest `pinproxy_pinset_expiry_timestamp_seconds` and its host.
+    pub nearest_expiry: Option<(i64, String)>,
 }
 
 /// Parses the Prometheus text format far enough for [`MetricFacts`].
@@ -113,6 +119,16 @@ pub fn parse_metrics(text: &str) -> MetricFacts {
             }
             "pinproxy_config_last_reload_successful" => f.last_reload_ok = Some(value == 1.0),
             "pinproxy_build_info" => f.version = label(labels, "version"),
+            "pinproxy_config_generation" if value >= 0.0 => f.generation = Some(value as u64),
+            "pinproxy_pinset_info" if value == 1.0 => f.pins_sha256 = label(labels, "sha256"),
+            "pinproxy_pinset_expiry_timestamp_seconds" => {
+                if let Some(host) = label(labels, "host") {
+                    let t = value as i64;
+                    if f.nearest_expiry.as_ref().is_none_or(|(n, _)| t < *n) {
+                        f.nearest_expiry = Some((t, host));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -124,37 +140,6 @@ fn label(labels: &str, name: &str) -> Option<String> {
     let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
     let len = labels[start..].find('"')?;
     Some(labels[start..start + len].to_owned())
-}
-
-/// What a sidecar's `/pins` says about the pinset in force.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PinsFacts {
-    pub generation: Option<u64>,
-    /// SHA-256 of the pins file as loaded (hex).
-    pub pins_sha256: Option<String>,
-    /// The nearest `expires` of any entry (YYYY-MM-DD) and its host.
-    pub nearest_expiry: Option<(String, String)>,
-}
-
-pub fn parse_pins(body: &[u8]) -> Result<PinsFacts, serde_json::Error> {
-    let v: Value = serde_json::from_slice(body)?;
-    let nearest_expiry = v
-        .get("hosts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|h| {
-            Some((
-                str_at(h, &["expires"])?.to_owned(),
-                str_at(h, &["host"])?.to_owned(),
-            ))
-        })
-        .min();
-    Ok(PinsFacts {
-        generation: v.get("generation").and_then(Value::as_u64),
-        pins_sha256: str_at(&v, &["pins_sha256"]).map(str::to_owned),
-        nearest_expiry,
-    })
 }
 
 /// The SHA-256 (hex) of `pins.yaml` in a Secret object, as the sidecar

@@ -5,7 +5,9 @@
 //!
 //! Through the API server only (kubeconfig or in-cluster): it lists pods
 //! and namespaces, reads each sidecar's pins Secret, and reads the
-//! sidecar's `/pins` and `/metrics` through the `pods/proxy` subresource.
+//! sidecar's `/metrics` (public, like `/healthz`; `/pins` may be
+//! loopback-only) through the `pods/proxy` subresource: the generation,
+//! `pinproxy_pinset_info{sha256}`, reloads, mismatches, expiries, version.
 //! RBAC needed: `list` pods and namespaces, `get` secrets, `get`
 //! pods/proxy (the chart's optional `status` ClusterRole).
 
@@ -22,7 +24,7 @@ mod kubeconfig;
 mod render;
 
 pub use client::{Api, ApiError};
-pub use fleet::{asked_for_injection, parse_metrics, parse_pins, sidecar_of, Sidecar};
+pub use fleet::{asked_for_injection, parse_metrics, sidecar_of, Sidecar};
 pub use kubeconfig::{load as kubeconfig_load, ApiConfig, ConfigError};
 pub use render::{render_json, render_text};
 
@@ -114,6 +116,13 @@ pub struct Report {
 
 /// Pods in flight at once when reading sidecars.
 const CONCURRENCY: usize = 8;
+
+/// `YYYY-MM-DD` of a Unix time.
+fn date(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|d| d.date().to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
 
 fn decode(what: &str, body: &[u8]) -> Result<Value, StatusError> {
     serde_json::from_slice(body).map_err(|source| StatusError::Decode {
@@ -236,7 +245,7 @@ async fn namespace_labels(
         .collect())
 }
 
-/// One sidecar's row: its `/pins` and `/metrics` through pods/proxy.
+/// One sidecar's row: its `/metrics` through pods/proxy.
 async fn row(
     api: &Api,
     namespace: String,
@@ -264,26 +273,16 @@ async fn row(
         r.detail = Some(format!("pod phase {phase}"));
         return r;
     }
-    let base = format!(
-        "/api/v1/namespaces/{}/pods/{}:{}/proxy",
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}:{}/proxy/metrics",
         r.namespace, r.pod, sidecar.admin_port
     );
-    match api
-        .get(&format!("{base}/pins"))
-        .await
-        .map(|b| parse_pins(&b))
-    {
-        Ok(Ok(p)) => {
-            r.generation = p.generation;
-            r.pins_sha256 = p.pins_sha256;
-            r.nearest_expiry = p.nearest_expiry.map(|(d, h)| format!("{d} {h}"));
-        }
-        Ok(Err(e)) => r.detail = Some(format!("/pins: not pinproxy's JSON: {e}")),
-        Err(e) => r.detail = Some(format!("/pins: {e}")),
-    }
-    match api.get(&format!("{base}/metrics")).await {
+    match api.get(&path).await {
         Ok(body) => {
             let m = parse_metrics(&String::from_utf8_lossy(&body));
+            r.generation = m.generation;
+            r.pins_sha256 = m.pins_sha256;
+            r.nearest_expiry = m.nearest_expiry.map(|(t, h)| format!("{} {h}", date(t)));
             r.mismatches = Some(m.mismatches as u64);
             r.version = m.version;
             r.last_reload = Some(match m.last_reload_ok {
@@ -292,9 +291,13 @@ async fn row(
                 None if m.reload_failures > 0.0 => format!("{} failed", m.reload_failures),
                 None => "ok".into(),
             });
+            if r.pins_sha256.is_none() {
+                r.detail = Some(
+                    "/metrics has no pinproxy_pinset_info: a pinproxy older than status".into(),
+                );
+            }
         }
-        Err(e) if r.detail.is_none() => r.detail = Some(format!("/metrics: {e}")),
-        Err(_) => {}
+        Err(e) => r.detail = Some(format!("/metrics: {e}")),
     }
     r.state = match (&r.pins_sha256, &r.secret_sha256) {
         (None, _) => State::Unknown,
