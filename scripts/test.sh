@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 
 if [ -x scripts/k8s-check.sh ]; then
   scripts/k8s-check.sh
