@@ -44,7 +44,7 @@ T0=$(date +%s)
 
 # --- parts ----------------------------------------------------------------------
 apt_install containerd runc containernetworking-plugins buildah musl-tools busybox-static \
-  openssl curl python3 iptables iproute2 prometheus ca-certificates
+  openssl curl python3 python3-yaml iptables iproute2 ca-certificates
 export PATH="$PINPROXY_TOOLS/bin:$PATH"
 install_helm_kubectl
 

@@ -293,7 +293,7 @@ scenario_4() {
   # The alert rules from the chart's PrometheusRule, as rendered.
   helm template pinproxy "$ROOT/charts/pinproxy" --set monitoring.prometheusRule.enabled=true \
     --show-only templates/prometheusrule.yaml >"$d/prometheusrule.yaml"
-  python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump({"groups": d["spec"]["groups"]}, open(sys.argv[2], "w"))' \
+  /usr/bin/python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump({"groups": d["spec"]["groups"]}, open(sys.argv[2], "w"))' \
     "$d/prometheusrule.yaml" "$d/rules.yaml"
   run "$PROMTOOL_BIN" check rules "$d/rules.yaml"
   grep -A3 'alert: PinproxyPinMismatch$' "$d/rules.yaml"
