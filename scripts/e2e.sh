@@ -54,9 +54,12 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
   log "rustup target add $MUSL"
   rustup target add "$MUSL" || die "rustup target add $MUSL failed: the image needs a static binary"
 fi
-log "cargo build --release --target $MUSL"
-(cd "$ROOT" && cargo build --release --locked --target "$MUSL" --bin pinproxy)
-PINPROXY_BIN="$ROOT/target/$MUSL/release/pinproxy"
+# Its own target dir in the cache: CI builds in a fresh clone each time, and
+# the dependencies (LTO, musl) are the slow part of this build.
+MUSL_TARGET_DIR="${MUSL_TARGET_DIR:-$E2E_CACHE/cargo-target}"
+log "cargo build --release --target $MUSL (target dir $MUSL_TARGET_DIR)"
+(cd "$ROOT" && CARGO_TARGET_DIR="$MUSL_TARGET_DIR" cargo build --release --locked --target "$MUSL" --bin pinproxy)
+PINPROXY_BIN="$MUSL_TARGET_DIR/$MUSL/release/pinproxy"
 ldd "$PINPROXY_BIN" 2>&1 | grep -qE 'not a dynamic executable|statically linked' \
   || die "$PINPROXY_BIN is not static: $(ldd "$PINPROXY_BIN" 2>&1)"
 

@@ -205,11 +205,33 @@ async fn synced_then_stale_and_the_pod_without_its_sidecar() {
 
     // The sidecar still runs the old file: STALE, in the table too.
     cluster(&routes, "version: 1\nhosts: {} # old\n");
-    let (code, out, err) = status(vec!["status".into(), "--kubeconfig".into(), kc]).await;
+    let (code, out, err) = status(vec!["status".into(), "--kubeconfig".into(), kc.clone()]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("shop/app-1") && out.contains("STALE"), "{out}");
     assert!(
         out.contains("WITHOUT the sidecar") && out.contains("shop/unpinned"),
+        "{out}"
+    );
+
+    // The Secret is gone: NO-SECRET, and why.
+    routes
+        .lock()
+        .unwrap()
+        .remove("/api/v1/namespaces/shop/secrets/pinproxy-pins");
+    let (code, out, err) = status(vec![
+        "status".into(),
+        "--kubeconfig".into(),
+        kc,
+        "-o".into(),
+        "json".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["sidecars"][0]["state"], "NO-SECRET", "{out}");
+    let detail = r["sidecars"][0]["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("pinproxy-pins") && detail.contains("404"),
         "{out}"
     );
 }

@@ -140,7 +140,7 @@ pub async fn collect(api: Arc<Api>, namespace: Option<&str>) -> Result<Report, S
     let pods = decode("pods", &api.get(&pods_path).await?)?;
     let ns_labels = namespace_labels(&api, namespace).await?;
     let mut report = Report::default();
-    let mut secrets: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut secrets: HashMap<(String, String), Result<String, String>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     for pod in pods
@@ -182,20 +182,12 @@ pub async fn collect(api: Arc<Api>, namespace: Option<&str>) -> Result<Report, S
             Some(s) => {
                 let key = (ns.clone(), s.clone());
                 if !secrets.contains_key(&key) {
-                    let sha = match api
-                        .get(&format!("/api/v1/namespaces/{ns}/secrets/{s}"))
-                        .await
-                    {
-                        Ok(body) => serde_json::from_slice(&body)
-                            .ok()
-                            .and_then(|v| fleet::secret_pins_sha256(&v)),
-                        Err(_) => None,
-                    };
+                    let sha = secret_hash(&api, &ns, s).await;
                     secrets.insert(key.clone(), sha);
                 }
                 secrets[&key].clone()
             }
-            None => None,
+            None => Err("the pinproxy-pins volume is not a Secret".into()),
         };
         let (api, gate) = (api.clone(), gate.clone());
         tasks.spawn(async move {
@@ -215,6 +207,16 @@ pub async fn collect(api: Arc<Api>, namespace: Option<&str>) -> Result<Report, S
         .without_sidecar
         .sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
     Ok(report)
+}
+
+/// The SHA-256 of `pins.yaml` in Secret `ns/name`, or why there is none.
+async fn secret_hash(api: &Api, ns: &str, name: &str) -> Result<String, String> {
+    let body = api
+        .get(&format!("/api/v1/namespaces/{ns}/secrets/{name}"))
+        .await
+        .map_err(|e| format!("secret {name}: {e}"))?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| format!("secret {name}: {e}"))?;
+    fleet::secret_pins_sha256(&v).ok_or_else(|| format!("secret {name}: no pins.yaml key"))
 }
 
 async fn namespace_labels(
@@ -252,8 +254,12 @@ async fn row(
     pod: String,
     phase: String,
     sidecar: Sidecar,
-    secret_sha256: Option<String>,
+    secret: Result<String, String>,
 ) -> SidecarRow {
+    let (secret_sha256, secret_problem) = match secret {
+        Ok(sha) => (Some(sha), None),
+        Err(why) => (None, Some(why)),
+    };
     let mut r = SidecarRow {
         state: State::Unknown,
         detail: None,
@@ -301,7 +307,10 @@ async fn row(
     }
     r.state = match (&r.pins_sha256, &r.secret_sha256) {
         (None, _) => State::Unknown,
-        (Some(_), None) => State::NoSecret,
+        (Some(_), None) => {
+            r.detail = secret_problem;
+            State::NoSecret
+        }
         (Some(a), Some(b)) if a == b => State::Synced,
         (Some(_), Some(_)) => State::Stale,
     };
