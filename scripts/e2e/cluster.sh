@@ -113,6 +113,18 @@ etcd_up() {
 
 apiserver_up() {
   local p="$E2E_RUN/pki"
+  # Audit pod creations at level Request: the event carries each mutating
+  # webhook's JSONPatch (annotation patch.webhook.admission.k8s.io/...).
+  cat >"$E2E_RUN/audit-policy.yaml" <<YAML
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Request
+    verbs: [create]
+    resources: [{group: "", resources: [pods]}]
+  - level: None
+YAML
   # --enable-aggregator-routing: the API server calls webhooks at their
   # Service's endpoint (pod IP) directly, so no kube-proxy is needed.
   start kube-apiserver "$K8S_BIN/kube-apiserver" \
@@ -128,6 +140,7 @@ apiserver_up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --enable-aggregator-routing=true --allow-privileged=true \
+    --audit-policy-file "$E2E_RUN/audit-policy.yaml" --audit-log-path "$E2E_RUN/logs/audit.log" \
     --profiling=false --v=1
   wait_for 120 "API server /readyz" kubectl get --raw /readyz || die "API server not ready (logs/kube-apiserver.log)"
 }

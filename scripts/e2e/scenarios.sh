@@ -168,6 +168,29 @@ PY
   echo "webhook log (the admission request for $pod):"
   kubectl -n "$CHART_NS" logs -l app.kubernetes.io/component=webhook --tail=-1 | grep '"pod injected"' | grep "$APP_NS" | tail -n 3
   check "the webhook logged the injection" sh -c "kubectl -n $CHART_NS logs -l app.kubernetes.io/component=webhook --tail=-1 | grep -q 'pod injected'"
+  # The API server's own record of the admission chain for this pod.
+  echo "API server audit event for the pod's creation (the webhook's patch):"
+  python3 - "$E2E_RUN/logs/audit.log" "$pod" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ev = [e for e in events if e.get("objectRef", {}).get("name") == sys.argv[2]
+      or (e.get("objectRef", {}).get("namespace") == "shop" and e.get("requestObject", {}).get("metadata", {}).get("generateName", "").startswith("app-")
+          and e.get("responseStatus", {}).get("code") == 201)]
+assert ev, "no audit event for the pod"
+ann = ev[-1].get("annotations", {})
+muts = {k: v for k, v in ann.items() if k.startswith("mutation.webhook.admission.k8s.io/")}
+patches = {k: json.loads(v) for k, v in ann.items() if k.startswith("patch.webhook.admission.k8s.io/")}
+for k, v in muts.items():
+    print(" ", k, v)
+ours = [p for p in patches.values() if p.get("webhook", "").endswith("inject.pinproxy.io")]
+assert ours, f"no patch from a pinproxy webhook: {list(patches)}"
+ops = ours[0]["patch"]
+print(f"  patch from {ours[0]['webhook']} ({ours[0]['patchType']}): {len(ops)} operations, e.g.")
+for op in ops[:6]:
+    v = json.dumps(op.get("value"))
+    print("   ", op["op"], op["path"], v[:100] + ("..." if len(v) > 100 else ""))
+assert any(op["path"].startswith("/spec/initContainers") for op in ops), "the patch adds the sidecar"
+PY
   # The runtime stage's settings, as the container runs them.
   local ctr_id; ctr_id="$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.status.initContainerStatuses[0].containerID}')"
   ctr_id="${ctr_id#containerd://}"
