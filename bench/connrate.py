@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """connrate.py: new-connection rate with a FRESH client TLS handshake per request (no session reuse).
 
-  direct : TCP to the upstream, TLS (trust the kit's root.pem), GET /, close.
+  direct : TCP to the upstream, TLS (trust the bench root.pem), GET /, close.
   connect: TCP to the proxy, CONNECT api.local:443, TLS inside the tunnel (trust the proxy's CA), GET /, close.
 
 Runs PROCS processes x CONC asyncio workers for DURATION seconds and reports JSON:

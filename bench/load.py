@@ -15,7 +15,7 @@ from argv[0]. What is measured, and over which interval:
     1000 requests in flight (h2, -m100) would otherwise be charged for work on requests that h2load
     abandons at the end.
   - CPU µs/request = proxy CPU / requests completed in that interval (wrk: "N requests in"; h2load: done).
-  - upstream and relay CPU: the same way, for the kit's upstream nginx and bench/connect-relay.
+  - upstream and relay CPU: the same way, for the upstream nginx (bench/peers) and bench/connect-relay.
   - foreign CPU: all CPU busy on the machine (/proc/stat) minus proxy, upstream, relay and the load tool
     itself (its rusage): other people's work on this shared machine, as % of all cores. Shown per run.
   - RSS (VmRSS of the tree): idle before the run, max under load (sampled every 0.25 s), and idle again

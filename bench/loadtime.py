@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """loadtime.py [--old BIN] [--new BIN] [--sizes 1000,2000,...] [--timeout S] [--reps N] [--json FILE]
 
-Pinset load cost against the number of hosts (issue 12, items 1-3), old and new binary in one command.
+Pinset load cost against the number of hosts, old and new binary in one command.
 For every size it writes a pinset of N block-style host entries (two pins, ports, address each), then,
 for each binary, measures:
   check    `BIN check FILE`: wall time and peak RSS (/usr/bin/time's %M)

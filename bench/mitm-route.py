@@ -1,8 +1,8 @@
-"""mitmproxy addon for bench/run.sh: send api.local to the kit's upstream nginx on 127.0.0.1:8443.
+"""mitmproxy addon for bench/run.sh: send api.local to the upstream nginx (bench/peers) on 127.0.0.1:8443.
 
 mitmproxy would otherwise resolve the CONNECT host (api.local) through DNS, which must never happen
 here. Only the address is changed: the upstream SNI and name check stay api.local (they come from the
-CONNECT host / client SNI), and the chain is verified against the kit's root
+CONNECT host / client SNI), and the chain is verified against the bench root
 (--set ssl_verify_upstream_trusted_ca=..., a wrong CA gives 502: checked by hand). Any other host is refused.
 """
 

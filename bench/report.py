@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""report.py RESULTS_DIR: every table of one bench/run.sh run, then the issue-16 target verdicts.
+"""report.py RESULTS_DIR: every table of one bench/run.sh run, then the target verdicts.
 
 Inputs (all written by that one run): runs.jsonl (bench/load.py, one record per load run), and per repetition
 idle10k-{served,silent}-repN.json, connrate-*-repN.json, reload-repN.json, startup[-ca]-repN.json; sizes.txt, machine.txt, background.txt.
@@ -159,7 +159,7 @@ for w, label in (("connect-h1", "CONNECT h1"), ("connect-h2", "CONNECT h2")):
         note="/ min(squid, mitmproxy) per rep" if w == "connect-h1" else "/ mitmproxy (squid: n/a)", fg=[(w, "pinproxy"), (w, "squid"), (w, "mitm")])
 if any(r["target"] == "pptransparent" for r in runs):
     for w, label in (("connect-h1", "h1"), ("connect-h2", "h2")):
-        chk(f"transparent CPU/req ≤ 1.1× CONNECT's ({label}, issue 15 overhead)", paired(V(w, "pptransparent", "cpu_us"), V(w, "pinproxy", "cpu_us")), "<=", 1.1,
+        chk(f"transparent CPU/req ≤ 1.1× CONNECT's ({label}, redirect overhead)", paired(V(w, "pptransparent", "cpu_us"), V(w, "pinproxy", "cpu_us")), "<=", 1.1,
             note="kernel REDIRECT + SNI vs CONNECT via the relay, both intercepted, 1 worker", fg=[(w, "pptransparent"), (w, "pinproxy")])
         chk(f"transparent p99 ≤ 1.1× CONNECT's ({label})", paired(V(w, "pptransparent", "p99"), V(w, "pinproxy", "p99")), "<=", 1.1, fg=[(w, "pptransparent"), (w, "pinproxy")])
 if served:
@@ -177,7 +177,7 @@ if cd and cc:
 if rel: chk("existing: `..data` swap → enforcement median ≤ 300 ms", [x["median_ms"] for x in rel], "<=", 300, "ms", note="range of the per-rep medians")
 if stt: chk("existing: start → /readyz median ≤ 50 ms", [x["median_ms"] for x in stt], "<=", 50, "ms", note="range of the per-rep medians")
 if stc: chk("existing: start → /readyz median ≤ 50 ms, with --ca-out", [x["median_ms"] for x in stc], "<=", 50, "ms", note="CA generated at start")
-print("### Issue-16 targets (per-repetition paired ratios, same run)\n")
+print("### Targets (per-repetition paired ratios, same run)\n")
 print("'foreign CPU' in the last column: per repetition, the highest share of the machine that other processes used during")
 print("the runs the ratio reads (median [min–max] over repetitions); ranges measured under heavy foreign load are wide.\n")
 print("| target | measured: median [min–max] | target | verdict | how |\n|---|---|---|---|---|")

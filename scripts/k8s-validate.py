@@ -22,7 +22,9 @@
       and the two cluster.local patterns, every entry a host pattern or a
       CIDR), and the webhook stays available with one replica down (at
       least two replicas spread over nodes, a PodDisruptionBudget with
-      minAvailable 1 selecting them; Fail only with that in place).
+      minAvailable 1 selecting them), and both injection webhooks fail
+      closed while seeing only pods that asked (the label on the pod or
+      its namespace; an annotation alone is never selected).
 """
 import argparse
 import os
@@ -175,9 +177,31 @@ def check_chart_defaults(path, want_passthrough):
     if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
         errors.append("webhook PDB: selector %r does not select the webhook pods %r" % (selector, pod_labels))
     mwc = one("MutatingWebhookConfiguration")
-    policies = {w["name"]: w.get("failurePolicy") for w in mwc.get("webhooks") or []}
-    if policies != {"pods.inject.pinproxy.io": "Ignore", "namespaces.inject.pinproxy.io": "Fail"}:
-        errors.append("webhook failure policies are %r" % policies)
+    hooks = {w["name"]: w for w in mwc.get("webhooks") or []}
+    policies = {n: w.get("failurePolicy") for n, w in hooks.items()}
+    if policies != {"pods.inject.pinproxy.io": "Fail", "namespaces.inject.pinproxy.io": "Fail"}:
+        errors.append("webhook failure policies are %r, want Fail for both" % policies)
+    # Fail is safe only because each webhook sees nothing but pods that
+    # asked: the label on the pod, or the label on its namespace.
+    pods = hooks.get("pods.inject.pinproxy.io") or {}
+    asked = {"pinproxy.io/inject": "true"}
+    for labels, want in [(asked, True), ({}, False), ({"pinproxy.io/inject": "false"}, False),
+                         ({"app": "x"}, False)]:
+        if selects(pods.get("objectSelector"), labels) != want:
+            errors.append("pods webhook: objectSelector %s pod labels %r"
+                          % ("misses" if want else "selects", labels))
+    for ns, want in [({"kubernetes.io/metadata.name": "shop"}, True),
+                     ({"kubernetes.io/metadata.name": "kube-system"}, False),
+                     ({"kubernetes.io/metadata.name": "shop", "pinproxy.io/inject": "enabled"}, False)]:
+        if selects(pods.get("namespaceSelector"), ns) != want:
+            errors.append("pods webhook: namespaceSelector %s namespace %r"
+                          % ("misses" if want else "selects", ns))
+    nss = hooks.get("namespaces.inject.pinproxy.io") or {}
+    enabled = {"kubernetes.io/metadata.name": "shop", "pinproxy.io/inject": "enabled"}
+    if not selects(nss.get("namespaceSelector"), enabled) or selects(nss.get("namespaceSelector"), {}):
+        errors.append("namespaces webhook: namespaceSelector does not select exactly labelled namespaces")
+    if selects(nss.get("objectSelector"), {"pinproxy.io/inject": "false"}) or not selects(nss.get("objectSelector"), {}):
+        errors.append("namespaces webhook: objectSelector must select every pod but those opted out")
 
     for e in errors:
         print("ERROR %s: %s" % (path, e))
@@ -185,6 +209,25 @@ def check_chart_defaults(path, want_passthrough):
         print("OK    %s: observing default pinset (passthrough %s); webhook %d replicas, PDB minAvailable 1"
               % (path, ", ".join(passthrough), spec.get("replicas")))
     return not errors
+
+
+def selects(selector, labels):
+    """A Kubernetes LabelSelector applied to `labels` (absent: everything)."""
+    selector = selector or {}
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
 
 
 def write_rules():

@@ -22,6 +22,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# crates/sign's tests sign and verify with the real cosign, built once from
+# its Go module (needs Go; minutes the first time, cached afterwards).
+PINPROXY_COSIGN="$(scripts/tools/cosign.sh)"
+export PINPROXY_COSIGN
+
 cargo test --locked --workspace --all-targets
 
 if [ -x scripts/k8s-check.sh ]; then

@@ -75,12 +75,24 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     #[error(transparent)]
     Learn(#[from] learn::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (set by {flag}): {source}")]
     Bind {
+        /// The flag and variable that chose the address.
+        flag: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "--learn-file {path}: {why} (PINPROXY_LEARN_FILE names a file in a writable directory, \
+         e.g. an emptyDir)"
+    )]
+    LearnFile { path: PathBuf, why: String },
 }
+
+/// The flags that choose each listener's address, as a port clash names them.
+const LISTEN_FLAG: &str = "--listen / PINPROXY_LISTEN";
+const ADMIN_FLAG: &str = "--admin / PINPROXY_ADMIN";
+const TRANSPARENT_FLAG: &str = "--transparent / PINPROXY_TRANSPARENT";
 
 /// A proxy that is built — pinset loaded, listeners bound, CA written — but
 /// not yet serving.
@@ -117,6 +129,18 @@ const LEARN_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 impl App {
     pub async fn build(config: Config) -> Result<App, Error> {
+        // A pinset that is not there is the error to report, before the
+        // watcher has a directory to complain about.
+        if let Err(source) = std::fs::metadata(&config.pins) {
+            return Err(policy::Error::Read {
+                path: config.pins.clone(),
+                source,
+            }
+            .into());
+        }
+        if let Some(path) = &config.learn_file {
+            prepare_learn_file(path)?;
+        }
         // Watch before the first read, so no change after it is missed.
         let mut watcher = config
             .watch
@@ -150,8 +174,8 @@ impl App {
                 config.leaf_cache,
             )?,
         });
-        let listener = bind(config.listen).await?;
-        let admin_listener = bind(config.admin).await?;
+        let listener = bind(config.listen, LISTEN_FLAG).await?;
+        let admin_listener = bind(config.admin, ADMIN_FLAG).await?;
         let transparent = bind_transparent(&config.transparent).await?;
         let transparent_addrs: Vec<SocketAddr> = transparent
             .iter()
@@ -296,7 +320,7 @@ impl App {
 async fn bind_transparent(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
     let mut out = Vec::new();
     for addr in addrs {
-        out.push(bind(*addr).await?);
+        out.push(bind(*addr, TRANSPARENT_FLAG).await?);
         let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port());
         if addr.ip() == std::net::Ipv4Addr::LOCALHOST && !addrs.contains(&v6) {
             match TcpListener::bind(v6).await {
@@ -330,8 +354,40 @@ fn restore_learned(sinks: &Sinks, path: &std::path::Path) -> Result<(), Error> {
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { addr, source })
+        .map_err(|source| Error::Bind { flag, addr, source })
+}
+
+/// Checks `--learn-file` at start rather than at its first save: creates
+/// its directory if it can, and refuses to start when the file cannot be
+/// written there (the saver writes `FILE.tmp`, then renames it).
+fn prepare_learn_file(path: &std::path::Path) -> Result<(), Error> {
+    let refuse = |why: String| Error::LearnFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        refuse(format!(
+            "cannot create its directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    if path.is_dir() {
+        return Err(refuse("is a directory".into()));
+    }
+    let mut probe = path.as_os_str().to_owned();
+    probe.push(".tmp");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| refuse(format!("cannot write in {}: {e}", dir.display())))
 }

@@ -1,4 +1,5 @@
-//! The names the external contract gives to what happened (DESIGN §3, §5),
+//! The names the contract gives to what happened (docs/reference.md,
+//! "Refusals" and "Metrics"),
 //! in one table: the status a refusal answers with, the value of its
 //! `x-pinproxy-error` header and the label it is counted under.
 //!
@@ -193,6 +194,9 @@ pub enum Outcome {
     Tunnel,
     /// Relayed as it came under a `passthrough:` item.
     Passthrough,
+    /// An unlisted host's `http://` URL relayed as plain HTTP (only listed
+    /// hosts are upgraded to TLS).
+    PlainHttp,
     /// Let through the policy, then refused.
     Refused(Reason),
 }
@@ -200,10 +204,15 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome label, for pre-creating and forgetting series.
     pub fn labels() -> impl Iterator<Item = &'static str> {
-        [Outcome::Ok, Outcome::Tunnel, Outcome::Passthrough]
-            .into_iter()
-            .map(Outcome::as_str)
-            .chain(Reason::outcomes())
+        [
+            Outcome::Ok,
+            Outcome::Tunnel,
+            Outcome::Passthrough,
+            Outcome::PlainHttp,
+        ]
+        .into_iter()
+        .map(Outcome::as_str)
+        .chain(Reason::outcomes())
     }
 
     pub fn as_str(self) -> &'static str {
@@ -211,6 +220,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Tunnel => "tunnel",
             Outcome::Passthrough => "passthrough",
+            Outcome::PlainHttp => "plain-http",
             Outcome::Refused(r) => r.as_str(),
         }
     }
@@ -317,6 +327,7 @@ mod tests {
                 "ok",
                 "tunnel",
                 "passthrough",
+                "plain-http",
                 "pin-mismatch",
                 "untrusted-certificate",
                 "upstream-unreachable",

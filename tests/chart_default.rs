@@ -1,7 +1,8 @@
 //! The Helm chart's default pinset (finding 1: it used to block all egress
 //! while the docs said it blocked nothing), run through the built binary in
 //! a throwaway network namespace: an unlisted host passes, an in-cluster
-//! plain-HTTP service passes. The fixture is the chart's rendering;
+//! plain-HTTP service passes, by its cluster name and by a short name
+//! resolving to a Service IP. The fixture is the chart's rendering;
 //! scripts/k8s-check.sh fails when they differ.
 
 mod support;
@@ -16,6 +17,8 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_pinproxy");
 const PARTNER: &str = "api.partner.test";
 const SERVICE: &str = "orders.shop.svc.cluster.local";
+/// A Service IP, reached by a short name no passthrough pattern matches.
+const SERVICE_IP: &str = "10.96.0.10";
 
 fn fixture() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chart/default-pins.yaml")
@@ -121,7 +124,11 @@ fn the_chart_default_pinset_blocks_nothing() {
         upstream_at(partner_addr, chain, key, UpstreamOpts::new("partner")).await;
         std::future::pending::<()>().await
     });
-    let service_addr: SocketAddr = format!("{}:80", WORLD_V4[1]).parse().unwrap();
+    // The Service IP lives in the world too, routed from the pod.
+    pod.world
+        .ip(&["addr", "add", &format!("{SERVICE_IP}/32"), "dev", "eth0"]);
+    pod.app.ip(&["route", "add", "10.96.0.0/12", "dev", "eth0"]);
+    let service_addr: SocketAddr = "0.0.0.0:80".parse().unwrap();
     in_ns(&pod.world, move || async move {
         let l = tokio::net::TcpListener::bind(service_addr).await.unwrap();
         loop {
@@ -144,7 +151,10 @@ fn the_chart_default_pinset_blocks_nothing() {
     });
     let _hosts = Hosts::new(
         &pod.app,
-        &format!("{} {PARTNER}\n{} {SERVICE}\n", WORLD_V4[0], WORLD_V4[1]),
+        &format!(
+            "{} {PARTNER}\n{} {SERVICE}\n{SERVICE_IP} orders\n",
+            WORLD_V4[0], WORLD_V4[1]
+        ),
     );
     let _proxy = run_default_pinset(&pod.app);
 
@@ -167,6 +177,12 @@ fn the_chart_default_pinset_blocks_nothing() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out, "service saw [GET /orders HTTP/1.1]");
 
+    // A short name, by its Service IP (issue 20: no serviceCIDRs value
+    // used to mean 403 private-address here).
+    let (code, out) = curl(&pod.app, &["http://orders/orders"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "service saw [GET /orders HTTP/1.1]");
+
     let metrics = check(
         pod.app
             .command("curl")
@@ -176,6 +192,8 @@ fn the_chart_default_pinset_blocks_nothing() {
     for want in [
         "pinproxy_requests_total{host=\"unlisted\",outcome=\"tunnel\"} 1",
         "pinproxy_requests_total{host=\"**.svc.cluster.local\",outcome=\"passthrough\"} 1",
+        "pinproxy_requests_total{host=\"10.0.0.0/8\",outcome=\"passthrough\"} 1",
+        "pinproxy_denied_total{reason=\"private-address\"} 0",
         "pinproxy_denied_total{reason=\"host-not-allowed\"} 0",
     ] {
         assert!(metrics.contains(want), "{want} not in:\n{metrics}");

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use pinproxy::policy::pin::Pin;
 
-/// DESIGN §1: `pin` must equal this pipeline, byte for byte.
+/// docs/reference.md, "pinproxy pin": `pin` must equal this pipeline, byte for
+/// byte.
 fn openssl_pin(pem: &Path) -> String {
     let script = format!(
         "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
@@ -209,8 +210,10 @@ async fn pin_connect_and_check_live_against_a_local_server() {
             .unwrap();
     assert_eq!(out.0, 0, "{}{}", out.1, out.2);
     assert!(
-        out.1
-            .contains(&format!("live.test: ok, matches {}", pki.int.pin())),
+        out.1.contains(&format!(
+            "live.test: ok, matches {} (intermediate)\n",
+            pki.int.pin()
+        )),
         "{}",
         out.1
     );
@@ -230,4 +233,12 @@ async fn pin_connect_and_check_live_against_a_local_server() {
         "{}",
         out.1
     );
+    // The live chain, labelled and in order from the leaf to the anchor.
+    let live = format!(
+        "live chain pins: {} (leaf), {} (intermediate), {} (anchor)",
+        pki.leaf.pin(),
+        pki.int.pin(),
+        pki.root.pin()
+    );
+    assert!(out.1.contains(&live), "{}", out.1);
 }

@@ -93,7 +93,8 @@ async fn unlisted_hosts_share_one_label_and_keep_their_detail_in_pins() {
         o.resolver = std::sync::Arc::new(resolver)
     })
     .await;
-    let url = |h: &str| format!("http://{h}:{}/", up.addr.port());
+    // https: an unlisted host's http:// URL is relayed plain.
+    let url = |h: &str| format!("https://{h}:{}/", up.addr.port());
     for h in ["a.free.test", "b.free.test"] {
         assert_eq!(get(p.addr, &url(h)).await.status, 200);
     }

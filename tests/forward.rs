@@ -367,6 +367,8 @@ async fn host_spellings_wildcards_unlisted_and_ports() {
     assert_eq!(p.denied("port-not-allowed"), 3);
 }
 
+/// An `https://` URL in absolute form: unlisted hosts get TLS with CA
+/// validation (an unlisted `http://` URL stays plain: tests/passthrough.rs).
 #[tokio::test]
 async fn unlisted_allow_validates_the_chain_without_pins() {
     let pki = Pki::new(&["127.0.0.1"]);
@@ -374,13 +376,13 @@ async fn unlisted_allow_validates_the_chain_without_pins() {
     let port = up.addr.port();
     let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  trust: ca.pem\n  ports: [{port}]\n  allow_private: true\nhosts: {{}}\n");
     let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
-    let r = get(p.addr, &format!("http://127.0.0.1:{port}/x")).await;
+    let r = get(p.addr, &format!("https://127.0.0.1:{port}/x")).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(p.requests("unlisted", "ok"), 1);
     // Without allow_private, loopback is refused after resolution.
     let yaml = yaml.replace("  allow_private: true\n", "");
     let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
-    let r = get(p.addr, &format!("http://127.0.0.1:{port}/x")).await;
+    let r = get(p.addr, &format!("https://127.0.0.1:{port}/x")).await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
         (403, Some("private-address")),
@@ -391,7 +393,7 @@ async fn unlisted_allow_validates_the_chain_without_pins() {
     let other = Pki::new(&["127.0.0.1"]);
     let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  trust: ca.pem\n  ports: [{port}]\n  allow_private: true\nhosts: {{}}\n");
     let p = proxy(&yaml, &[("ca.pem", other.root.pem())]).await;
-    let r = get(p.addr, &format!("http://127.0.0.1:{port}/x")).await;
+    let r = get(p.addr, &format!("https://127.0.0.1:{port}/x")).await;
     assert_eq!(r.error(), Some("untrusted-certificate"), "{r:?}");
 }
 

@@ -1,8 +1,8 @@
-//! Workload identity upstream (DESIGN §9, issue 13): client certificates
-//! presented to servers that *require* them and report the identity they
-//! saw; `names:` (DNS and SPIFFE URI SANs) instead of the host name; CRLs
-//! on the validated path; `**.` entries. Every case through the forward
-//! path and through CONNECT interception.
+//! Workload identity upstream (docs/reference.md, "Host fields"; issue 13):
+//! client certificates presented to servers that *require* them and report the
+//! identity they saw; `names:` (DNS and SPIFFE URI SANs) instead of the host
+//! name; CRLs on the validated path; `**.` entries. Every case through the
+//! forward path and through CONNECT interception.
 
 mod support;
 

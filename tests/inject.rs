@@ -102,8 +102,9 @@ fn pod_specs(doc: &Value) -> Vec<&Value> {
     }
 }
 
-/// `http.nonProxyHosts` as DESIGN §8 wants it for these options: every
-/// NO_PROXY entry, `.x` as `*.x`, a name as itself and its subdomains.
+/// `http.nonProxyHosts` as docs/reference.md ("Kubernetes interface") wants it
+/// for these options: every NO_PROXY entry, `.x` as `*.x`, a name as itself and
+/// its subdomains.
 fn java_non_proxy(opts: &InjectOptions) -> String {
     let mut out = [
         "localhost|*.localhost|127.0.0.1|[::1]|*.svc|*.svc.cluster.local|*.cluster.local",
@@ -281,8 +282,8 @@ fn every_pod_template_gets_a_hardened_sidecar() {
                     assert_eq!(env("HTTP_PROXY"), ["http://127.0.0.1:3128"], "{case}");
                     assert_eq!(env("https_proxy"), ["http://127.0.0.1:3128"], "{case}");
                     assert_eq!(env("http_proxy"), ["http://127.0.0.1:3128"], "{case}");
-                    // DESIGN §8: the variables that replace the trust store
-                    // name the bundle (pod CA + Mozilla roots + extras);
+                    // docs/reference.md: the variables that replace the trust
+                    // store name the bundle (pod CA + Mozilla roots + extras);
                     // Node's, which adds to its roots, the pod CA alone.
                     for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
                         assert_eq!(
@@ -329,7 +330,7 @@ fn every_pod_template_gets_a_hardened_sidecar() {
     }
 }
 
-/// Transparent mode (DESIGN §11): the rules' init container first, the
+/// Transparent mode (docs/reference.md): the rules' init container first, the
 /// only one with NET_ADMIN; pinproxy next, as the UID the rules exempt,
 /// with `--transparent` on the port the rules redirect to; the app with
 /// the trust variables and no proxy variables.
@@ -714,7 +715,8 @@ fn bad_options_are_refused() {
     ));
 }
 
-// --- refusing to guess (DESIGN §8), through the built binary -----------------
+// --- refusing to guess (docs/reference.md), through the built binary
+// -----------------
 
 /// `pinproxy inject ARGS` with `stdin`, in an environment without
 /// `PINPROXY_INJECT_*` settings: (exit code, stdout, stderr).
@@ -734,12 +736,10 @@ fn inject_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run pinproxy inject");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // A command that refuses its options exits before it reads stdin.
+    if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),

@@ -83,9 +83,9 @@ fn resolver() -> Arc<StaticResolver> {
 impl World {
     fn urls(&self) -> [String; 3] {
         [
-            format!("http://{SHARED_A}:{}/", self.shop.addr.port()),
-            format!("http://{SHARED_B}:{}/", self.shop.addr.port()),
-            format!("http://{OTHER}:{}/", self.other.addr.port()),
+            format!("https://{SHARED_A}:{}/", self.shop.addr.port()),
+            format!("https://{SHARED_B}:{}/", self.shop.addr.port()),
+            format!("https://{OTHER}:{}/", self.other.addr.port()),
         ]
     }
 
@@ -234,7 +234,8 @@ async fn learned_traffic_becomes_a_pinset_that_passes_it_and_nothing_else() {
 #[tokio::test]
 async fn a_restart_keeps_what_was_learned() {
     let w = world().await;
-    let learn_file = w.keep.path().join("learned.json");
+    // In a directory that does not exist yet (issue 20): made at start.
+    let learn_file = w.keep.path().join("state/learn/learned.json");
     let first = start(&w.learning_yaml(), Some(&learn_file)).await;
     assert_eq!(get(first.addr, &w.urls()[2]).await.status, 200);
     drop(first);
@@ -259,7 +260,11 @@ async fn a_restart_keeps_what_was_learned() {
     std::fs::write(&learn_file, b"{not json").unwrap();
     let third = start(&w.learning_yaml(), Some(&learn_file)).await;
     assert_eq!(get(third.addr, &w.urls()[0]).await.status, 200);
-    assert!(w.keep.path().join("learned.json.corrupt").exists());
+    assert!(w
+        .keep
+        .path()
+        .join("state/learn/learned.json.corrupt")
+        .exists());
 }
 
 #[tokio::test]
@@ -338,14 +343,21 @@ fn merge_keeps_existing_entries_byte_for_byte_and_adds_only_new_hosts() {
     );
     let existing = "# our pinset — hand-written\nversion: 1\ndefaults:\n  unlisted: learn   # for now\nhosts:\n    api.known.test:     # payments API\n        pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=, \"sha256/YLh1dUR9y6Kja30RrAn7JKnbQG/uEtLMkBgFF2Fuihg=\"]\n        mode: report\n\n# in-cluster\npassthrough: [\"*.svc.cluster.local\"]\n";
     let pins = write(dir.path(), "pins.yaml", existing);
-    let merged = stdout(&pinproxy(&[
+    let out = pinproxy(&[
         "suggest",
         "--from",
         doc.to_str().unwrap(),
         "--merge",
         pins.to_str().unwrap(),
-    ]));
+    ]);
+    let merged = stdout(&out);
     eprintln!("pinproxy suggest --merge:\n{merged}");
+    // It keeps `unlisted: learn` as written, and says so.
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("warning:") && warned.contains("keeps `defaults.unlisted: learn`"),
+        "{warned}"
+    );
     // The existing file is a prefix and a suffix of the output; only new
     // entries come between, inside the hosts: block.
     let split = existing.find("\n# in-cluster").unwrap() + 1;
@@ -395,12 +407,14 @@ fn nothing_learned_prints_no_pinset_that_would_deny_everything() {
     // With --merge the given pinset is printed as it is.
     let existing = "version: 1\nhosts:\n  a.test:\n    pins: [sha256/r/mIkG3eEpVdm+u/ko/cwxzOMo1bk4TyHIlByibiA5E=]\n";
     let pins = write(dir.path(), "pins.yaml", existing);
-    let merged = stdout(&pinproxy(&[
+    let out = pinproxy(&[
         "suggest",
         "--from",
         empty.to_str().unwrap(),
         "--merge",
         pins.to_str().unwrap(),
-    ]));
-    assert_eq!(merged, existing);
+    ]);
+    assert_eq!(stdout(&out), existing);
+    // Not learning: nothing to warn about.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("unlisted: learn`, which"));
 }

@@ -212,3 +212,52 @@ async fn reload_recovery_and_sighup_are_logged_in_plain_text() {
         );
     }
 }
+
+/// Issue 20: the start names what went wrong and what is listening — the
+/// ready line lists the transparent listener, a port clash names the flag
+/// that chose the port, a missing pinset is the first and only complaint.
+#[tokio::test]
+async fn startup_lines_name_the_listeners_and_the_flag_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = write(dir.path(), "pins.yaml", "version: 1\nhosts: {}\n");
+    // Ephemeral ports on ::1, never on 127.0.0.1, where the other tests
+    // pick theirs: a port taken here must not be one they just picked.
+    let mut run = Run::start(&pins, &["--transparent", "[::1]:0", "--log-format", "json"]).await;
+    let lines = run.until("pinproxy ready").await;
+    let ready = json(lines.last().unwrap());
+    let transparent = ready["transparent"].as_str().unwrap_or_default();
+    assert!(transparent.starts_with("[::1]:"), "{ready}");
+    assert_eq!(ready["listen"], run.listen.to_string());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().map(|a| a.to_string()).unwrap();
+    let pins_arg = pins.to_str().unwrap();
+    for (flag, name) in [
+        ("--admin", "--admin / PINPROXY_ADMIN"),
+        ("--listen", "--listen / PINPROXY_LISTEN"),
+        ("--transparent", "--transparent / PINPROXY_TRANSPARENT"),
+    ] {
+        let mut args = vec!["run", "--pins", pins_arg];
+        for (f, default) in [("--listen", "[::1]:0"), ("--admin", "[::1]:0")] {
+            if f != flag {
+                args.extend([f, default]);
+            }
+        }
+        args.extend([flag, &taken]);
+        let (code, _, err) = run_pinproxy(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("cannot listen on {taken} (set by {name})")),
+            "{flag}: {err}"
+        );
+    }
+
+    let missing = dir.path().join("nowhere/pins.yaml");
+    let (code, _, err) = run_pinproxy(&["run", "--pins", missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot read") && !err.contains("watch"),
+        "{err}"
+    );
+}

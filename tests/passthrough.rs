@@ -1,6 +1,7 @@
-//! `passthrough:` (DESIGN §8): in-cluster traffic relayed as it came —
-//! plain HTTP stays plain, CONNECT is a byte tunnel without interception —
-//! never pinned, exempt from the private-address rule only when listed.
+//! `passthrough:` (docs/reference.md, "Passthrough"): in-cluster traffic
+//! relayed as it came — plain HTTP stays plain, CONNECT is a byte tunnel
+//! without interception — never pinned, exempt from the private-address rule
+//! only when listed.
 
 mod support;
 
@@ -112,32 +113,61 @@ async fn a_short_name_passes_by_its_resolved_cidr() {
     assert_eq!(p.requests("127.0.0.0/8", "passthrough"), 1);
 }
 
-/// Finding 3, second half: with `unlisted: allow` a plain service met the
-/// TLS upgrade and got an opaque error; the body now names the fix. And the
-/// private-address rule still applies to what isn't listed.
+/// Issue 20, item 2: with `unlisted: allow` an unlisted `http://` URL is
+/// relayed as plain HTTP to the port it names (it used to meet a TLS
+/// upgrade and fail); only a listed host is upgraded, and its failure on a
+/// plain server names the fix. The private-address rule still applies to
+/// what isn't listed, and `deny` still refuses.
 #[tokio::test]
-async fn the_tls_upgrade_failure_names_passthrough_and_private_addresses_stay_refused() {
+async fn unlisted_plain_http_stays_plain_and_private_addresses_stay_refused() {
     let up = plain_http().await;
-    let url = format!("http://orders:{}/", up.port());
-    let allow =
-        "version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [1-65535]\nhosts: {}\n";
-    let allow = allow.replace("[1-65535]", &format!("[{}]", up.port()));
+    let url = format!("http://orders:{}/x?y=1", up.port());
+    let allow = format!(
+        "version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{}]\nhosts: {{}}\n",
+        up.port()
+    );
     let p = proxy_with(&allow, &["orders"]).await;
+    let r = get(p.addr, &url).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body,
+        format!("plain saw [GET /x?y=1 HTTP/1.1] host=orders:{}", up.port())
+    );
+    assert_eq!(p.requests("unlisted", "plain-http"), 1);
+    assert_eq!(p.requests("unlisted", "ok"), 0);
+
+    // A listed host is upgraded; a plain server there is named as such.
+    let listed = format!(
+        "{allow}  orders:\n    pins: [{}]\n    ports: [{}]\n",
+        pinproxy::policy::pin::Pin::from_bytes([7; 32]),
+        up.port()
+    )
+    .replace("hosts: {}\n", "hosts:\n");
+    let p = proxy_with(&listed, &["orders"]).await;
     let r = get(p.addr, &url).await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.error(), Some("upstream-tls-error"));
     assert!(r.body.contains("passthrough:"), "{}", r.body);
     assert!(r.body.contains("NO_PROXY"), "{}", r.body);
 
-    // Without allow_private and without passthrough: refused as private.
-    let strict = format!(
-        "version: 1\ndefaults:\n  unlisted: allow\n  ports: [{}]\nhosts: {{}}\n",
-        up.port()
-    );
+    // Without allow_private and without passthrough: refused as private,
+    // before any byte is sent.
+    let strict = allow.replace("  allow_private: true\n", "");
     let p = proxy_with(&strict, &["orders"]).await;
     let r = get(p.addr, &url).await;
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.error(), Some("private-address"));
+    assert_eq!(p.denied("private-address"), 1);
+    assert_eq!(p.requests("unlisted", "plain-http"), 0);
+
+    // deny: refused before anything is dialed.
+    let deny = allow.replace("unlisted: allow", "unlisted: deny");
+    let p = proxy_with(&deny, &["orders"]).await;
+    let r = get(p.addr, &url).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (403, Some("host-not-allowed"))
+    );
 }
 
 /// CONNECT to a passthrough host is a byte tunnel: the client's TLS meets

@@ -1,7 +1,7 @@
-//! Failure reports (DESIGN §10) against a real collector on 127.0.0.1:
-//! one well-formed report per refused handshake within the rate limit, a
-//! PEM chain that parses and whose pins match, and a collector that hangs
-//! or refuses never slowing or failing a request.
+//! Failure reports (docs/reference.md, "Failure reports") against a real
+//! collector on 127.0.0.1: one well-formed report per refused handshake within
+//! the rate limit, a PEM chain that parses and whose pins match, and a
+//! collector that hangs or refuses never slowing or failing a request.
 
 mod support;
 

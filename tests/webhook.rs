@@ -118,6 +118,9 @@ fn patched_pod_equals_inject_output() {
     }
 }
 
+/// The review honours the label and, as a deprecated alias, the
+/// annotation; the chart's `objectSelector` (below) decides which pods
+/// reach it at all.
 #[test]
 fn opt_in_needs_the_annotation_or_label() {
     let (_, pod_yaml) = fixture_pods().remove(0);
@@ -156,6 +159,38 @@ fn opt_in_needs_the_annotation_or_label() {
         response(&reply).get("patch").is_none(),
         "opted out in a labelled namespace"
     );
+}
+
+/// Issue 20, item 3: the chart sends the opt-in webhook only pods that
+/// carry the label the code reads (an annotation cannot be selected on),
+/// so both webhooks can fail closed without standing in front of every pod.
+#[test]
+fn the_chart_selects_the_opt_in_label_and_fails_closed() {
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/pinproxy/values.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let webhook = &values["webhook"];
+    let pods = &webhook["labelledPods"];
+    assert_eq!(
+        pods["objectSelector"]["matchLabels"][pinproxy::k8s::inject::INJECT_ANNOTATION],
+        serde_yaml::Value::from("true"),
+        "{pods:?}"
+    );
+    assert_eq!(pods["objectSelector"].as_mapping().unwrap().len(), 1);
+    for key in ["labelledPods", "labelledNamespaces"] {
+        assert_eq!(
+            webhook[key]["failurePolicy"].as_str(),
+            Some("Fail"),
+            "{key}"
+        );
+    }
+    assert!(webhook["replicas"].as_u64().unwrap() >= 2);
+    assert!(webhook.get("annotatedPods").is_none());
 }
 
 #[test]
@@ -448,7 +483,8 @@ fn bad_certificate_files_are_refused_at_start() {
     assert!(err.contains("does not match"), "{err}");
 }
 
-// --- refusing to guess (DESIGN §8) -------------------------------------------
+// --- refusing to guess (docs/reference.md)
+// -------------------------------------------
 
 fn simple_pod(spec_extra: Json) -> Json {
     let mut pod = json!({

@@ -11,6 +11,7 @@ use super::{small_runtime, Error};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::policy::{self, HostPolicy, Trust};
+use crate::reason::Position;
 use crate::tls::probe;
 use crate::tls::verdict::{judge, Outcome};
 
@@ -18,7 +19,8 @@ use crate::tls::verdict::{judge, Outcome};
 pub struct CheckArgs {
     /// The pinset file.
     pub path: PathBuf,
-    /// Also dial every exact host and report which pins its live chain matches.
+    /// Also dial every exact host and report which pins its live chain
+    /// matches, each labelled leaf, intermediate or anchor.
     #[arg(long)]
     pub live: bool,
 }
@@ -108,11 +110,14 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
     let mut ok = true;
     // The verdict the proxy would reach on this chain (same function).
     let j = judge(Some(entry), now, &seen.paths);
-    let validated = seen.validated_pins();
+    let validated = placed(&seen.paths);
+    // The configured pins the live chain carries, leaf first, each with
+    // its place on the path.
     let on_path = |set: &[Pin]| -> Vec<String> {
-        set.iter()
-            .filter(|p| validated.contains(p))
-            .map(|p| p.to_string())
+        validated
+            .iter()
+            .filter(|(p, _)| set.contains(p))
+            .map(|(p, at)| format!("{p} ({})", at.as_str()))
             .collect()
     };
     let matching = on_path(&entry.pins);
@@ -132,7 +137,10 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
     if !matching.is_empty() {
         println!("{}: {verdict}", entry.name);
     } else {
-        let live: Vec<String> = validated.iter().map(|p| p.to_string()).collect();
+        let live: Vec<String> = validated
+            .iter()
+            .map(|(p, at)| format!("{p} ({})", at.as_str()))
+            .collect();
         println!(
             "{}: {verdict}; live chain pins: {}",
             entry.name,
@@ -159,6 +167,29 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
         ok &= fine;
     }
     ok
+}
+
+/// Every pin on the validated paths (leaf first) with its place: the leaf,
+/// an intermediate, the trust anchor; ordered leaf, intermediates, anchors,
+/// each once. Under pin-only the one path is the leaf alone.
+fn placed(paths: &[Vec<Pin>]) -> Vec<(Pin, Position)> {
+    let mut out: Vec<(Pin, Position)> = Vec::new();
+    for want in Position::ALL {
+        for path in paths {
+            let last = path.len().saturating_sub(1);
+            for (i, pin) in path.iter().enumerate() {
+                let at = match i {
+                    0 => Position::Leaf,
+                    i if i == last => Position::Anchor,
+                    _ => Position::Intermediate,
+                };
+                if at == *want && !out.iter().any(|(p, _)| p == pin) {
+                    out.push((*pin, at));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether the server asked for a client certificate and how the handshake
@@ -229,4 +260,39 @@ fn rotation(entry: &HostPolicy, next_matched: Option<bool>) -> Vec<String> {
         )
     };
     vec![promote, switch]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_pins_are_labelled_and_ordered_leaf_to_anchor() {
+        let pin = |b: u8| Pin::from_bytes([b; 32]);
+        // Two paths (a cross-signed intermediate): the leaf once, both
+        // intermediates, both anchors.
+        let paths = vec![
+            vec![pin(1), pin(2), pin(3)],
+            vec![pin(1), pin(4), pin(5), pin(6)],
+        ];
+        let got: Vec<(u8, &str)> = placed(&paths)
+            .iter()
+            .map(|(p, at)| {
+                let n = (1..=6).find(|n| pin(*n) == *p).unwrap();
+                (n, at.as_str())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "leaf"),
+                (2, "intermediate"),
+                (4, "intermediate"),
+                (5, "intermediate"),
+                (3, "anchor"),
+                (6, "anchor"),
+            ]
+        );
+        assert_eq!(placed(&[vec![pin(9)]]), vec![(pin(9), Position::Leaf)]);
+    }
 }

@@ -1,4 +1,5 @@
-//! The command line (DESIGN §1): one file per command, one error type.
+//! The command line (docs/reference.md, "Command line"): one file per command,
+//! one error type.
 //!
 //! Every command returns `Result<(), Error>`; [`main`] maps the error to the
 //! exit code the contract names — 0 success, 1 the thing checked is bad (or

@@ -108,6 +108,12 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub transparent: Vec<SocketAddr>,
+    /// A redirected connection whose client sends nothing this long is a
+    /// server-first protocol (MySQL, SSH, SMTP): spliced when its
+    /// destination is in a `passthrough:` CIDR, else closed and counted
+    /// (pinproxy_transparent_connections_total{outcome="silent"}).
+    #[arg(long, env = "PINPROXY_TRANSPARENT_FIRST_BYTE_TIMEOUT", default_value = "1s", value_parser = duration::parse)]
+    pub transparent_first_byte_timeout: Duration,
     /// Largest pinset file accepted, bytes (a Secret holds at most 1 MiB).
     /// A larger file is refused without being read whole; at a reload the
     /// last good pinset stays in force. Parsing costs ~12 bytes of memory
@@ -154,6 +160,7 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         drain_timeout: args.drain_timeout,
         tunnel_idle: args.tunnel_idle_timeout,
         revoke_grace: args.revoke_grace,
+        first_byte_timeout: args.transparent_first_byte_timeout,
         ..Limits::default()
     };
     let upstream = Options {
@@ -201,7 +208,23 @@ async fn run_async(args: RunArgs) -> Result<(), Error> {
     for w in &app.warnings {
         tracing::warn!("{}: warning: {w}", args.pins.display());
     }
-    tracing::info!(listen = %app.proxy_addr, admin = %app.admin_addr, pins = %args.pins.display(), "pinproxy ready");
+    let transparent = if app.transparent_addrs.is_empty() {
+        "off".to_string()
+    } else {
+        let addrs: Vec<String> = app
+            .transparent_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        addrs.join(", ")
+    };
+    tracing::info!(
+        listen = %app.proxy_addr,
+        admin = %app.admin_addr,
+        transparent = %transparent,
+        pins = %args.pins.display(),
+        "pinproxy ready"
+    );
     let readiness = app.readiness.clone();
     let shutdown = async move {
         signals.recv().await;

@@ -82,6 +82,14 @@ pub fn suggest(args: &SuggestArgs) -> Result<(), Error> {
             let original = std::fs::read_to_string(path)
                 .map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
             let existing = policy::load(path).map_err(Error::failed)?;
+            if existing.defaults.unlisted == policy::Unlisted::Learn {
+                eprintln!(
+                    "pinproxy suggest: warning: {} keeps `defaults.unlisted: learn`, which lets \
+                     every unlisted host through: set it to deny (or allow) in the merged file \
+                     before you roll it out to enforce",
+                    path.display()
+                );
+            }
             entries.retain(|e| !covered(&existing, &e.key));
             if args.group_wildcards {
                 entries = group(entries);

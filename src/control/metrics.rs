@@ -1,5 +1,5 @@
-//! Prometheus metrics (DESIGN §5), on a registry owned by the process and
-//! passed to constructors (tests stay independent).
+//! Prometheus metrics (docs/reference.md, "Metrics"), on a registry owned by
+//! the process and passed to constructors (tests stay independent).
 
 use std::sync::Arc;
 
@@ -21,8 +21,11 @@ pub struct Metrics {
     pub handshake_seconds: HistogramVec,
     pub connections_active: IntGauge,
     pub config_reloads: IntCounterVec,
+    /// 1 while the pinset on disk is the one in force or loaded fine; 0
+    /// while it fails to load (a bad version is counted once in
+    /// `config_reloads`, so this is what says it is still bad).
+    pub config_last_reload_successful: IntGauge,
     pub config_generation: IntGauge,
-    pub config_last_reload_ok: IntGauge,
     pub pinset_info: IntGaugeVec,
     pub pinset_expiry: GaugeVec,
     pub upstream_cert_expiry: GaugeVec,
@@ -128,13 +131,13 @@ impl Metrics {
                 "Pinset reloads, by result.",
                 &["result"],
             ),
+            config_last_reload_successful: int_gauge(
+                "config_last_reload_successful",
+                "Whether the last pinset reload succeeded (1) or the file on disk fails to load (0).",
+            ),
             config_generation: int_gauge(
                 "config_generation",
                 "Generation of the pinset in force (1 at start, +1 per successful reload).",
-            ),
-            config_last_reload_ok: int_gauge(
-                "config_last_reload_successful",
-                "1 if the last pinset reload succeeded (or none failed since start), 0 while reloads fail.",
             ),
             pinset_info: register(
                 &registry,
@@ -203,7 +206,7 @@ impl Metrics {
         for r in ["success", "failure"] {
             m.config_reloads.with_label_values(&[r]);
         }
-        m.config_last_reload_ok.set(1);
+        m.config_last_reload_successful.set(1);
         Arc::new(m)
     }
 

@@ -2,6 +2,10 @@
 //! Kubernetes updates Secret and ConfigMap volumes — a new timestamped
 //! directory is written and the `..data` symlink renamed over the old one —
 //! debounces bursts, and asks the [`Reloader`] to reload. SIGHUP reloads too.
+//! Only events that can change content wake it (writes, close-after-write,
+//! create, delete, rename, metadata) — never the opens and reads of the
+//! reloader itself — and the reloader skips inputs it has already judged
+//! ([`version`]): a bad file fails once per version, not once per event.
 //!
 //! The [`Reloader`] is the only publisher of snapshots: it reads and
 //! validates the pinset off the async workers, builds a whole new snapshot
@@ -17,13 +21,14 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
+use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
 use crate::policy::{self, Mode, Policy, Unlisted};
 use crate::upstream::{Shared, Snapshot};
@@ -53,6 +58,9 @@ pub struct Reloader {
     judged: Mutex<u64>,
     /// Reloads failed since the last one that succeeded.
     failing: AtomicU64,
+    /// The inputs in force and the ones that failed last (held only
+    /// briefly, off the async workers when it reads files).
+    versions: Arc<std::sync::Mutex<Versions>>,
 }
 
 /// What a reload did.
@@ -63,6 +71,9 @@ pub enum Reloaded {
     /// A newer request's result was judged first (or is on its way): this
     /// one's was dropped unpublished.
     Superseded,
+    /// The inputs are the version that failed last, byte for byte: not
+    /// loaded, counted or logged again ([`Reloader::reload_changed`]).
+    StillInvalid,
 }
 
 // === impl Reloader ===
@@ -86,6 +97,7 @@ impl Reloader {
             loads: Semaphore::new(LOADS_IN_FLIGHT),
             judged: Mutex::new(0),
             failing: AtomicU64::new(0),
+            versions: Arc::default(),
         })
     }
 
@@ -99,25 +111,64 @@ impl Reloader {
 
     /// Re-reads the pinset (off the async workers), validates it, builds a
     /// whole new snapshot and swaps it in. An invalid file leaves the last
-    /// good snapshot in force.
+    /// good snapshot in force. Asked for by SIGHUP: always loads, and logs
+    /// and counts a failure every time.
     pub async fn reload(&self) -> Result<Reloaded, policy::Error> {
+        self.run(false).await
+    }
+
+    /// As [`reload`](Self::reload), for the watcher: inputs that are the
+    /// version in force, or the version that failed last, are not loaded
+    /// again — a bad file is counted and logged once per version of it,
+    /// however many events arrive while it stays bad.
+    pub async fn reload_changed(&self) -> Result<Reloaded, policy::Error> {
+        self.run(true).await
+    }
+
+    /// The files the pinset text last read names, valid or not: the
+    /// watcher watches them too, so fixing a file a failed version named
+    /// is seen.
+    pub fn named_files(&self) -> Vec<PathBuf> {
+        self.lock_versions().named()
+    }
+
+    fn lock_versions(&self) -> std::sync::MutexGuard<'_, Versions> {
+        self.versions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn run(&self, skip_known: bool) -> Result<Reloaded, policy::Error> {
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        let loaded = {
+        let (loaded, digest) = {
             // The semaphore is never closed: the slot is always granted.
             let _slot = self.loads.acquire().await;
             if self.requested.load(Ordering::Acquire) != ticket {
                 // A newer request reads the file after us anyway.
                 return Ok(Reloaded::Superseded);
             }
+            let digest = self.digest().await;
+            if skip_known {
+                match self.lock_versions().judge(digest) {
+                    Known::Failed => {
+                        tracing::debug!("pinset inputs unchanged since the reload that failed");
+                        return Ok(Reloaded::StillInvalid);
+                    }
+                    // After failures, a load says the file recovered.
+                    Known::InForce if self.failing.load(Ordering::Acquire) == 0 => {
+                        return Ok(Reloaded::Unchanged(self.live().load().generation));
+                    }
+                    Known::InForce | Known::New => {}
+                }
+            }
             let (path, max, load) = (self.pins_path.clone(), self.max_bytes, self.load.clone());
-            tokio::task::spawn_blocking(move || load(&path, max))
+            let loaded = tokio::task::spawn_blocking(move || load(&path, max))
                 .await
                 .unwrap_or_else(|e| {
                     Err(policy::Error::Read {
                         path: self.pins_path.clone(),
                         source: std::io::Error::other(e.to_string()),
                     })
-                })
+                });
+            (loaded, digest)
         };
         let mut judged = self.judged.lock().await;
         if *judged > ticket {
@@ -128,18 +179,28 @@ impl Reloader {
         let result = loaded.and_then(|policy| self.publish(policy));
         match &result {
             Err(e) => {
+                self.lock_versions().failed = digest;
                 self.failing.fetch_add(1, Ordering::AcqRel);
-                self.shared.metrics.config_last_reload_ok.set(0);
+                self.shared.metrics.config_last_reload_successful.set(0);
                 self.shared
                     .metrics
                     .config_reloads
                     .with_label_values(&["failure"])
                     .inc();
-                tracing::error!(error = %e, "pinset reload failed; the last good pinset stays in force");
+                tracing::error!(
+                    error = %e,
+                    "pinset reload failed; the last good pinset stays in force \
+                     (retried when the file or a file it names changes)"
+                );
             }
             Ok(Reloaded::Swapped(generation) | Reloaded::Unchanged(generation)) => {
+                {
+                    let mut versions = self.lock_versions();
+                    versions.in_force = digest;
+                    versions.failed = None;
+                }
+                self.shared.metrics.config_last_reload_successful.set(1);
                 let failed = self.failing.swap(0, Ordering::AcqRel);
-                self.shared.metrics.config_last_reload_ok.set(1);
                 if failed > 0 {
                     tracing::info!(
                         generation,
@@ -148,9 +209,27 @@ impl Reloader {
                     );
                 }
             }
-            Ok(Reloaded::Superseded) => {}
+            Ok(Reloaded::Superseded | Reloaded::StillInvalid) => {}
         }
         result
+    }
+
+    /// The digest of the inputs as they are now, taken before they are
+    /// loaded (see [`version`]).
+    async fn digest(&self) -> Option<version::Digest> {
+        let (versions, path, max) = (
+            self.versions.clone(),
+            self.pins_path.clone(),
+            self.max_bytes,
+        );
+        tokio::task::spawn_blocking(move || {
+            versions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .digest(&path, max)
+        })
+        .await
+        .ok()
     }
 
     /// Builds a snapshot of `policy` and swaps it in, unless it is what is
@@ -259,12 +338,8 @@ impl Watcher {
         let (tx, events) = mpsc::channel::<bool>(64);
         // notify calls back on its own thread: hand events to tokio.
         let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                let in_place = matches!(
-                    event.kind,
-                    notify::EventKind::Modify(notify::event::ModifyKind::Data(_))
-                        | notify::EventKind::Modify(notify::event::ModifyKind::Any)
-                );
+            let Ok(event) = res else { return };
+            if let Some(in_place) = changes_content(&event.kind) {
                 // Full: a reload is already due, which covers this event.
                 let _ = tx.try_send(in_place);
             }
@@ -281,9 +356,16 @@ impl Watcher {
     /// Also watches the directories of every file the pinset in force
     /// names — CA bundles, client certificates and keys, CRLs — since they
     /// may live in another mount (a cert-manager Secret beside the pins).
+    /// Also those a version that failed names, so that fixing a bundle
+    /// in a directory the pinset in force never named is seen.
     pub fn watch_bundles(&mut self, reloader: &Reloader) -> Result<(), notify::Error> {
         let snap = reloader.live().load();
-        for file in snap.policy.watched_files() {
+        for file in snap
+            .policy
+            .watched_files()
+            .into_iter()
+            .chain(reloader.named_files())
+        {
             self.watch_dir(parent_dir(&file))?;
         }
         Ok(())
@@ -316,7 +398,7 @@ impl Watcher {
                         self.settle_burst(first, &files).await;
                         let reloader = reloader.clone();
                         reloads.spawn(async move {
-                            let _ = reloader.reload().await;
+                            let _ = reloader.reload_changed().await;
                         });
                     }
                     Some(_) = reloads.join_next() => {
@@ -381,6 +463,23 @@ async fn settle(files: &[PathBuf]) {
     tracing::warn!(pinset = ?first, "pinset or its files still changing; reloading anyway");
 }
 
+/// Whether an event can change what a reload reads — `Some(true)` for an
+/// in-place write — or is only someone reading (`None`). The reloader's
+/// own reads open the files: waking on `IN_OPEN` would reload forever.
+fn changes_content(kind: &notify::EventKind) -> Option<bool> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(true),
+        // Create, remove, rename (the kubelet's `..data` swap), metadata
+        // (a chmod can make a file readable), and whatever notify cannot
+        // classify.
+        _ => Some(false),
+    }
+}
+
 fn parent_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -420,7 +519,7 @@ impl Hangups {
                                 Ok(Reloaded::Unchanged(generation)) => {
                                     tracing::info!(generation, "SIGHUP: pinset unchanged")
                                 }
-                                Ok(Reloaded::Superseded) => {
+                                Ok(Reloaded::Superseded | Reloaded::StillInvalid) => {
                                     tracing::info!("SIGHUP: a newer reload superseded this one")
                                 }
                                 Err(e) => tracing::error!(
@@ -436,6 +535,8 @@ impl Hangups {
         })
     }
 }
+
+mod version;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
-//! Failure reports (DESIGN §10): one JSON document per refused or
-//! report-mode handshake failure, POSTed to the entry's `report_uri` (or
+//! Failure reports (docs/reference.md, "Failure reports"): one JSON document
+//! per refused or report-mode handshake failure, POSTed to the entry's
+//! `report_uri` (or
 //! `defaults.report_uri`) off the request path.
 //!
 //! The verifier's observer only *offers* a report ([`Reporter::offer`]):

@@ -1,4 +1,5 @@
-//! Workload identity and revocation for one entry (DESIGN §9):
+//! Workload identity and revocation for one entry (docs/reference.md, "Host
+//! fields"):
 //!
 //! - [`ClientCert`] (`client_cert:`): the certificate and key pinproxy
 //!   presents on its upstream TLS connections to the entry's hosts (mTLS);

@@ -22,7 +22,10 @@ use super::validate::Validator;
 use super::wire::FileWire;
 use super::Policy;
 
+mod named;
 mod shape;
+
+pub use named::named_files;
 
 /// One thing wrong with a pinset, located as precisely as the parser allows.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -61,7 +61,7 @@ impl Unlisted {
 }
 
 /// Where failure reports are POSTed: an `http://` or `https://` URL with a
-/// host, checked at load (DESIGN §10).
+/// host, checked at load (docs/reference.md, "Failure reports").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportUri(String);
 

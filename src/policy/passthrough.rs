@@ -1,6 +1,6 @@
-//! `passthrough:` — traffic pinproxy relays as it came (DESIGN §8):
-//! in-cluster services reached by name or by address, never pinned, never
-//! upgraded to TLS, exempt from the private-address rule.
+//! `passthrough:` — traffic pinproxy relays as it came (docs/reference.md,
+//! "Passthrough"): in-cluster services reached by name or by address, never
+//! pinned, never upgraded to TLS, exempt from the private-address rule.
 //!
 //! Items are host patterns ([`Pattern`]: exact, `*.`, `**.`) matched on the
 //! requested name, and CIDRs matched on an IP literal or, for a name no

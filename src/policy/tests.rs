@@ -300,6 +300,6 @@ fn bad_report_uris_are_load_errors_at_their_line() {
     }
 }
 
-// === identity and revocation (DESIGN §9) ===
+// === identity and revocation (docs/reference.md, "Host fields") ===
 
 mod identity;

@@ -438,7 +438,7 @@ impl<'a> Validator<'a> {
         Some(end)
     }
 
-    /// A wildcard entry may name one too (DESIGN §2: one gateway serving
+    /// A wildcard entry may name one too (docs/reference.md: one gateway serving
     /// many names); SNI and the name check stay the requested host.
     fn address(&mut self, e: &Entry<'_>, a: &str) -> Option<SocketAddr> {
         match a.parse::<SocketAddr>() {

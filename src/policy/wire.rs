@@ -51,7 +51,7 @@ pub(super) struct HostWire {
     pub(super) address: Option<String>,
     pub(super) next_pins: Option<Vec<String>>,
     pub(super) report_uri: Option<String>,
-    /// DESIGN §9: present this identity upstream (mTLS).
+    /// docs/reference.md, "Host fields": present this identity upstream (mTLS).
     pub(super) client_cert: Option<ClientCertWire>,
     /// SANs (DNS or URI) the certificate must carry instead of the host name.
     pub(super) names: Option<Vec<String>>,

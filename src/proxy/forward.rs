@@ -1,6 +1,7 @@
-//! Absolute-form requests from `HTTP_PROXY` clients: pinproxy originates
-//! TLS to the URL's host and forwards the request over a pooled, pinned
-//! connection. The URL's authority decides the host, never `Host` (RFC 9112
+//! Absolute-form requests from `HTTP_PROXY` clients: for a listed host
+//! pinproxy originates TLS to the URL's host and forwards the request over
+//! a pooled, pinned connection (unlisted `http://` URLs are relayed plain,
+//! [`plain`]; passthrough ones as they came). The URL's authority decides the host, never `Host` (RFC 9112
 //! §3.2.2; Squid CVE-2009-0801).
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use super::refusal::{upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
 use super::{
-    deny, passthrough, upgrade, Body, Client, Context, Revocation, Streamed, ERROR_HEADER,
+    deny, passthrough, plain, upgrade, Body, Client, Context, Revocation, Streamed, ERROR_HEADER,
 };
 use crate::policy::host::Host;
 use crate::policy::Target;
@@ -40,18 +41,25 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
         Ok(a) => a.admission,
         Err(refusal) => return refusal,
     };
+    // Relayed as it came: the port the URL names (80 by default), not the
+    // TLS upgrade's.
+    let plain_port = req.uri().port_u16().unwrap_or(80);
     if admission.passthrough().is_some() {
-        // Relayed as it came: the port the URL names (80 by default), not
-        // the TLS upgrade's.
-        let port = req.uri().port_u16().unwrap_or(80);
         let plain = Target {
             host: target.host,
-            port,
+            port: plain_port,
         };
         return passthrough::forward(&ctx, &snap, admission, plain, req, rx).await;
     }
+    // Only listed hosts are upgraded to TLS: an unlisted host has no pin
+    // to check, and its http:// service may have no TLS port at all.
+    let plain = (admission.is_unlisted() && req.uri().scheme() == Some(&Scheme::HTTP))
+        .then_some(plain_port);
     if upgrade::is_upgrade(&req) {
-        return upgrade::relay_plain(&ctx, &snap, admission, target, req, &client, rx).await;
+        return upgrade::relay_plain(&ctx, &snap, admission, target, plain, req, &client, rx).await;
+    }
+    if let Some(port) = plain {
+        return plain::forward(&ctx, &snap, admission, target, port, req, rx).await;
     }
     let entry = admission.entry().cloned();
     let revocation = Revocation {

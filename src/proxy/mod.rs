@@ -3,8 +3,9 @@
 //!
 //! - [`serve`] accepts clients (bounded by `--max-connections`) and drains
 //!   them on shutdown; `conn` serves HTTP/1.1 on each and parks idle ones.
-//! - Absolute-form requests go to [`forward`], CONNECT to [`connect`]
-//!   (interception for pinned hosts, [`tunnel`]s for unlisted ones).
+//! - Absolute-form requests go to [`forward`] (unlisted hosts' `http://`
+//!   to [`plain`]), CONNECT to [`connect`] (interception for pinned hosts,
+//!   [`tunnel`]s for unlisted ones).
 //! - [`refusal`] builds every answer pinproxy makes itself; [`body`]
 //!   streams upstream responses and cuts them when a reload revokes them.
 
@@ -16,6 +17,7 @@ pub mod intercept;
 pub mod memory;
 pub mod original_dst;
 pub mod passthrough;
+pub mod plain;
 pub mod refusal;
 pub mod target;
 pub mod transparent;
@@ -70,6 +72,10 @@ pub struct Limits {
     /// After a reload revokes a tunnel or a streaming response, how long
     /// in-flight work may still finish before it is closed.
     pub revoke_grace: Duration,
+    /// How long a redirected connection may stay silent before pinproxy
+    /// decides it is a server-first protocol (MySQL, SSH, SMTP): spliced
+    /// when its destination is a passthrough CIDR, else closed.
+    pub first_byte_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -81,6 +87,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(20),
             tunnel_idle: Duration::from_secs(3600),
             revoke_grace: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Where a kernel-redirected connection was going (DESIGN §11).
+//! Where a kernel-redirected connection was going (docs/reference.md,
+//! "Transparent mode").
 //!
 //! In transparent mode `pinproxy redirect` installs nat `REDIRECT` rules, so
 //! an app's `connect(203.0.113.7:443)` is accepted by pinproxy's listener on

@@ -1,8 +1,8 @@
-//! Passthrough (DESIGN §8): traffic to in-cluster services relayed as it
-//! came. Absolute-form `http://` stays plain HTTP (no TLS upgrade), CONNECT
-//! is tunnelled as bytes without interception. Never pinned, exempt from
-//! the private-address rule (never from the loop guard), counted as
-//! outcome `passthrough` under the item it passed by.
+//! Passthrough (docs/reference.md, "Passthrough"): traffic to in-cluster
+//! services relayed as it came. Absolute-form `http://` stays plain HTTP (no
+//! TLS upgrade), CONNECT is tunnelled as bytes without interception. Never
+//! pinned, exempt from the private-address rule (never from the loop guard),
+//! counted as outcome `passthrough` under the item it passed by.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
-//! Transparent mode (DESIGN §11): connections the kernel redirected to
-//! pinproxy (`pinproxy redirect` installs the nat rules) from apps that
-//! ignore `HTTP_PROXY`. The original destination comes from conntrack
-//! ([`original_dst`]); the first bytes decide the rest:
+//! Transparent mode (docs/reference.md, "Transparent mode"): connections the
+//! kernel redirected to pinproxy (`pinproxy redirect` installs the nat rules)
+//! from apps that ignore `HTTP_PROXY`. The original destination comes from
+//! conntrack ([`original_dst`]); the first bytes decide the rest:
 //!
 //! - a TLS ClientHello is judged by its SNI (absent: the original
 //!   destination's IP) under the same policy as CONNECT: pinned →
@@ -12,6 +12,11 @@
 //!   otherwise a TLS alert and a counted refusal;
 //! - plain HTTP is served as the forward path serves it, the `Host` header
 //!   (else the original destination) naming the host;
+//! - nothing within the first-byte timeout (`--transparent-first-byte-timeout`,
+//!   1 s): a server-first protocol (MySQL, SSH, SMTP) waiting for the
+//!   server's banner. Without bytes no name is known, so only the original
+//!   destination can decide: in a `passthrough:` CIDR it is spliced, else
+//!   closed and counted (`silent`);
 //! - anything else is closed and counted.
 //!
 //! A connection whose original destination is one of pinproxy's own
@@ -47,11 +52,15 @@ use crate::upstream::egress;
 const MAX_PEEK: usize = 32 * 1024;
 
 /// What the first bytes of a redirected connection are.
+#[derive(Debug, PartialEq)]
 enum First {
     /// A complete ClientHello, with its SNI if any.
     Tls(Option<String>),
     Http,
     Other,
+    /// Nothing within the first-byte timeout: the client waits for the
+    /// server to speak first.
+    Silent,
 }
 
 /// Serves the transparent listener until `shutdown` resolves, then drains
@@ -99,7 +108,11 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
         }
     };
     let mut stream = a.stream;
-    let (first, bytes) = match peek(&mut stream, ctx.limits.header_read_timeout).await {
+    let timeouts = (
+        ctx.limits.first_byte_timeout,
+        ctx.limits.header_read_timeout,
+    );
+    let (first, bytes) = match peek(&mut stream, timeouts).await {
         Some(x) => x,
         None => return served("other", "closed"),
     };
@@ -118,6 +131,10 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
             served("http", "served");
             http(ctx, io, orig, client, a.stop).await;
         }
+        First::Silent => {
+            let outcome = server_first(ctx, io, orig).await;
+            served("other", outcome);
+        }
         First::Other => {
             served("other", "refused");
             count_denied(&ctx, Reason::BadRequest);
@@ -132,14 +149,26 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
 }
 
 /// Reads the first flight: enough to judge a ClientHello, or the first
-/// bytes of anything else. `None`: closed or silent past the timeout.
-async fn peek(stream: &mut TcpStream, timeout: Duration) -> Option<(First, Vec<u8>)> {
+/// bytes of anything else. The first byte must come within `first_byte`
+/// (else [`First::Silent`]), the whole flight within `whole`. `None`:
+/// closed, or stalled mid-flight past `whole`.
+async fn peek(
+    stream: &mut TcpStream,
+    (first_byte, whole): (Duration, Duration),
+) -> Option<(First, Vec<u8>)> {
     let mut reader = HelloReader::new();
     let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + timeout;
+    let start = tokio::time::Instant::now();
+    let deadline = start + whole;
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        let wait = if reader.bytes().is_empty() {
+            deadline.min(start + first_byte)
+        } else {
+            deadline
+        };
+        let n = match tokio::time::timeout_at(wait, stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
+            Err(_) if reader.bytes().is_empty() => return Some((First::Silent, Vec::new())),
             _ => return None,
         };
         let chunk = &buf[..n];
@@ -158,6 +187,46 @@ async fn peek(stream: &mut TcpStream, timeout: Duration) -> Option<(First, Vec<u
                 return Some((First::Other, reader.bytes().to_vec()))
             }
             None => {}
+        }
+    }
+}
+
+/// A connection whose client said nothing within the first-byte timeout:
+/// spliced when its original destination lies in a `passthrough:` CIDR
+/// (a database, SSH, SMTP in the cluster), else closed; returns the
+/// outcome label.
+async fn server_first(ctx: Arc<Context>, io: Rewind<TcpStream>, orig: SocketAddr) -> &'static str {
+    let target = Target {
+        host: Host::from_ip(orig.ip()),
+        port: orig.port(),
+    };
+    let generation = ctx.live.subscribe();
+    let snap = ctx.live.load_full();
+    match admission::by_address(&snap.policy, &target, &[orig.ip()]) {
+        Some(admission) => {
+            let connector = snap.connector.clone();
+            splice(
+                ctx,
+                connector,
+                io,
+                orig,
+                target,
+                admission,
+                generation,
+                Refuse::Close,
+            )
+            .await
+        }
+        None => {
+            refusal::log_refusal(
+                &ctx,
+                Reason::BadRequest,
+                &orig.to_string(),
+                "the client sent nothing (a server-first protocol such as MySQL, SSH or SMTP?); \
+                 list the destination in a passthrough: CIDR, or leave it out of the redirect \
+                 (--transparent-exclude-cidr, --transparent-ports)",
+            );
+            "silent"
         }
     }
 }
@@ -236,12 +305,23 @@ async fn tls(
         target,
         admission,
         generation,
+        Refuse::TlsAlert,
     )
     .await
 }
 
+/// How a splice that cannot be made is refused.
+#[derive(Clone, Copy)]
+enum Refuse {
+    /// The client sent a ClientHello: a TLS alert.
+    TlsAlert,
+    /// The client sent nothing: closed.
+    Close,
+}
+
 /// Splices a passthrough or unlisted-and-allowed connection to its
 /// original destination; returns the outcome label.
+#[allow(clippy::too_many_arguments)] // the splice's inputs, each used once
 async fn splice(
     ctx: Arc<Context>,
     connector: crate::upstream::Connector,
@@ -250,13 +330,23 @@ async fn splice(
     target: Target,
     admission: Admission,
     generation: tokio::sync::watch::Receiver<u64>,
+    refuse: Refuse,
 ) -> &'static str {
     let host = target.host.to_string();
     let passthrough = admission.passthrough().is_some();
+    let refused = |reason: Reason, msg: &str| {
+        refusal::log_refusal(&ctx, reason, &host, msg);
+        "refused"
+    };
     if !passthrough && !connector.egress_allowed(&orig) {
         count(&ctx, admission.label(), Reason::PrivateAddress.into());
         let msg = format!("{orig} is a private, loopback or link-local address");
-        return refuse_tls(&ctx, &mut io, Reason::PrivateAddress, &host, &msg).await;
+        return match refuse {
+            Refuse::TlsAlert => {
+                refuse_tls(&ctx, &mut io, Reason::PrivateAddress, &host, &msg).await
+            }
+            Refuse::Close => refused(Reason::PrivateAddress, &msg),
+        };
     }
     let upstream = match connector
         .dial_passthrough(&target.host, target.port, Some(vec![orig]))
@@ -265,7 +355,12 @@ async fn splice(
         Ok(s) => s,
         Err(e) => {
             count(&ctx, admission.label(), Reason::UpstreamUnreachable.into());
-            return refuse_tls(&ctx, &mut io, Reason::UpstreamUnreachable, &host, &e.detail).await;
+            return match refuse {
+                Refuse::TlsAlert => {
+                    refuse_tls(&ctx, &mut io, Reason::UpstreamUnreachable, &host, &e.detail).await
+                }
+                Refuse::Close => refused(Reason::UpstreamUnreachable, &e.detail),
+            };
         }
     };
     let outcome = if passthrough {
@@ -387,4 +482,63 @@ fn absolute(req: &mut Request<Incoming>, orig: SocketAddr) -> Result<(), String>
     parts.path_and_query = req.uri().path_and_query().cloned();
     *req.uri_mut() = Uri::from_parts(parts).map_err(|e| format!("invalid request target: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair on loopback: (the client's end, the server's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, server)
+    }
+
+    const TIMEOUTS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+    /// In virtual time: a client that says nothing (MySQL, SSH, SMTP wait
+    /// for the server's banner) is judged after the first-byte timeout,
+    /// not the header timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_judged_after_the_first_byte_timeout() {
+        let (_client, mut server) = pair().await;
+        let start = tokio::time::Instant::now();
+        let got = peek(&mut server, TIMEOUTS).await;
+        assert_eq!(got, Some((First::Silent, Vec::new())));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_speaks_first_is_read() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let got = peek(&mut server, TIMEOUTS).await;
+        assert_eq!(got, Some((First::Http, b"GET / HTTP/1.1\r\n".to_vec())));
+        // A client that closes without a byte is closed, not silent.
+        let (client, mut server) = pair().await;
+        drop(client);
+        assert_eq!(peek(&mut server, TIMEOUTS).await, None);
+    }
+
+    /// Once the first byte came, the rest of a ClientHello has the whole
+    /// header timeout: a slow TLS client is not taken for a silent one.
+    #[tokio::test(start_paused = true)]
+    async fn the_rest_of_a_hello_is_not_held_to_the_first_byte_timeout() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        let reader = tokio::spawn(async move { peek(&mut server, TIMEOUTS).await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !reader.is_finished(),
+            "judged before the hello was complete"
+        );
+        drop(client);
+        assert_eq!(reader.await.unwrap(), None);
+    }
 }

@@ -1,6 +1,7 @@
 //! HTTP/1.1 Upgrade (WebSocket), inside intercepted tunnels and on the
 //! plain forward path alike: a dedicated pinned HTTP/1.1 connection
-//! upstream (an h2 pool connection cannot carry it), the request relayed
+//! upstream (an h2 pool connection cannot carry it; an unlisted host's
+//! `ws://` gets a plain one, as its `http://` does), the request relayed
 //! with `Upgrade` kept, and on `101` the two upgraded streams spliced. The
 //! splice is a task drain waits for, closed when idle and when a reload
 //! revokes the admission it was made under.
@@ -12,6 +13,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch};
+use tokio_util::either::Either as EitherIo;
 
 use super::body::revoked;
 use super::forward::{response_headers, strip_hop_by_hop};
@@ -50,6 +52,8 @@ struct Admitted {
     admission: Admission,
     target: Target,
     generation: watch::Receiver<u64>,
+    /// An unlisted host's `ws://`: relayed as plain HTTP to this port.
+    plain: Option<u16>,
 }
 
 /// Relays an upgrade request inside an intercepted tunnel to `target`,
@@ -69,17 +73,21 @@ pub async fn relay(
         admission,
         target,
         generation,
+        plain: None,
     };
     relay_with(ctx, snap, admitted, req, client, side).await
 }
 
 /// As [`relay`], for an absolute-form request on a plain proxy connection
 /// (`GET http://host/ws` with `Upgrade: websocket` through `HTTP_PROXY`).
+/// `plain`: an unlisted host's port, relayed without TLS.
+#[allow(clippy::too_many_arguments)] // the relay's inputs, each used once
 pub async fn relay_plain(
     ctx: &Arc<Context>,
     snap: &Snapshot,
     admission: Admission,
     target: Target,
+    plain: Option<u16>,
     req: Request<Incoming>,
     client: &Client,
     generation: watch::Receiver<u64>,
@@ -88,6 +96,7 @@ pub async fn relay_plain(
         admission,
         target,
         generation,
+        plain,
     };
     relay_with(ctx, snap, admitted, req, client, ClientSide::Handoff).await
 }
@@ -101,12 +110,21 @@ async fn relay_with(
     side: ClientSide,
 ) -> Response<Body> {
     let (label, target) = (admitted.admission.label().to_string(), &admitted.target);
+    let admitted_plain = admitted.plain;
     let entry = admitted.admission.entry().map(Arc::as_ref);
-    let tls = match snap
-        .connector
-        .connect_h1(&target.host, target.port, entry)
-        .await
-    {
+    let dialed = match admitted_plain {
+        Some(port) => snap
+            .connector
+            .dial_unlisted_plain(&target.host, port)
+            .await
+            .map(EitherIo::Right),
+        None => snap
+            .connector
+            .connect_h1(&target.host, target.port, entry)
+            .await
+            .map(EitherIo::Left),
+    };
+    let io = match dialed {
         Ok(s) => s,
         Err(e) => {
             let (resp, reason) = upstream_refusal(ctx, &e);
@@ -114,7 +132,7 @@ async fn relay_with(
             return resp;
         }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
         Ok(x) => x,
         Err(e) => return upstream_failed(ctx, &label, &target.host, &e),
     };
@@ -123,7 +141,8 @@ async fn relay_with(
             tracing::debug!(error = %e, "upstream upgrade connection closed");
         }
     });
-    let Some(out) = upstream_request(req, target) else {
+    let host_port = admitted_plain.map_or((target.port, 443), |p| (p, 80));
+    let Some(out) = upstream_request(req, target, host_port) else {
         let host = target.host.to_string();
         return deny(ctx, Reason::BadRequest, &host, "invalid request path");
     };
@@ -147,7 +166,11 @@ async fn relay_with(
             splice_upgraded(ctx, admitted, client_io, upstream).await;
         });
     }
-    count(ctx, &label, Outcome::Ok);
+    let outcome = match admitted_plain {
+        Some(_) => Outcome::PlainHttp,
+        None => Outcome::Ok,
+    };
+    count(ctx, &label, outcome);
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Only pinproxy speaks x-pinproxy-error.
@@ -171,6 +194,7 @@ async fn splice_upgraded(
         admission,
         target,
         generation,
+        ..
     } = admitted;
     let idle = ctx.limits.tunnel_idle;
     let spliced = async move {
@@ -199,8 +223,13 @@ async fn splice_upgraded(
 }
 
 /// The request as the upstream gets it: origin-form path, hop-by-hop
-/// headers stripped but `Upgrade` kept, `Host` naming the target.
-fn upstream_request(req: Request<Incoming>, target: &Target) -> Option<Request<Incoming>> {
+/// headers stripped but `Upgrade` kept, `Host` naming the target and
+/// `port` unless it is the scheme's `default` one.
+fn upstream_request(
+    req: Request<Incoming>,
+    target: &Target,
+    (port, default): (u16, u16),
+) -> Option<Request<Incoming>> {
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -217,10 +246,10 @@ fn upstream_request(req: Request<Incoming>, target: &Target) -> Option<Request<I
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let authority = if target.port == 443 {
+    let authority = if port == default {
         target.host.authority_form()
     } else {
-        format!("{}:{}", target.host.authority_form(), target.port)
+        format!("{}:{port}", target.host.authority_form())
     };
     if let Ok(v) = authority.parse() {
         parts.headers.insert(header::HOST, v);

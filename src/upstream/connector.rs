@@ -199,10 +199,20 @@ impl Connector {
     /// A plain TCP connection to an unlisted host (for byte tunnels), with
     /// the same resolution and egress rules.
     pub async fn dial_unlisted(&self, host: &Host, port: u16) -> Result<TcpStream, UpstreamError> {
-        let addrs = self.addresses(host, port, None).await?;
-        let tcp = self.dial(host, &addrs).await?;
+        let tcp = self.dial_unlisted_plain(host, port).await?;
         self.learn_by_probe(host, port, None);
         Ok(tcp)
+    }
+
+    /// A plain TCP connection to an unlisted host for plain HTTP: the same
+    /// resolution and egress rules, and nothing to learn (no chain).
+    pub async fn dial_unlisted_plain(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TcpStream, UpstreamError> {
+        let addrs = self.addresses(host, port, None).await?;
+        self.dial(host, &addrs).await
     }
 
     /// Learn mode cannot read the TLS inside an unlisted tunnel: it dials

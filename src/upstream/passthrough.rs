@@ -1,9 +1,10 @@
-//! Dialing passthrough traffic (DESIGN §8): plain TCP to the address the
-//! request names, no TLS of ours. A name that passes by a `passthrough:`
-//! pattern may go to any address it resolves to; one admitted by a CIDR
-//! only to the addresses within it. pinproxy's own listeners are never a
+//! Dialing passthrough traffic (docs/reference.md, "Passthrough"): plain TCP to
+//! the address the request names, no TLS of ours. A name that passes by a
+//! `passthrough:` pattern may go to any address it resolves to; one admitted by
+//! a CIDR only to the addresses within it. pinproxy's own listeners are never a
 //! target (loop guard); the private-address rule does not apply (reaching
-//! in-cluster services is the point).
+//! in-cluster services is the point). The same plain connector dials unlisted
+//! hosts' `http://` URLs, under the unlisted egress rules.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,9 +19,14 @@ use super::connector::Connector;
 use super::error::{Failure, UpstreamError};
 use crate::policy::host::Host;
 
-/// The pool's connector for plain passthrough HTTP.
+/// The pools' connector for plain HTTP: passthrough traffic (exempt from
+/// the private-address rule), or unlisted hosts' `http://` URLs (subject to
+/// it, as every unlisted connection is).
 #[derive(Clone, Debug)]
-pub struct Plain(pub(super) Connector);
+pub struct Plain {
+    pub(super) connector: Connector,
+    pub(super) unlisted: bool,
+}
 
 impl Connector {
     /// A plain TCP connection for passthrough traffic to `host:port`:
@@ -85,7 +91,7 @@ impl tower_service::Service<Uri> for Plain {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.0.clone();
+        let (this, unlisted) = (self.connector.clone(), self.unlisted);
         Box::pin(async move {
             let raw = uri.host().unwrap_or_default();
             let host = Host::parse(raw).map_err(|e| UpstreamError {
@@ -94,7 +100,11 @@ impl tower_service::Service<Uri> for Plain {
                 detail: e.to_string(),
             })?;
             let port = uri.port_u16().unwrap_or(80);
-            let tcp = this.dial_passthrough(&host, port, None).await?;
+            let tcp = if unlisted {
+                this.dial_unlisted_plain(&host, port).await?
+            } else {
+                this.dial_passthrough(&host, port, None).await?
+            };
             Ok(TokioIo::new(tcp))
         })
     }

@@ -37,6 +37,9 @@ pub struct Snapshot {
     /// Pooled, for plain-HTTP passthrough requests (no TLS of ours). The
     /// Host header is the client's own: relayed as it came.
     pub plain: Client<Plain, UpBody>,
+    /// Pooled, for unlisted hosts' `http://` URLs: plain HTTP under the
+    /// unlisted egress rules, Host taken from the URL.
+    pub unlisted_plain: Client<Plain, UpBody>,
     /// `requests_total{outcome="ok"}` per entry (by `index`), then unlisted:
     /// resolved once here rather than by label on every request.
     ok_counters: Vec<prometheus::IntCounter>,
@@ -233,7 +236,18 @@ impl Snapshot {
             .timer(TokioTimer::new())
             .pool_idle_timeout(shared.timeouts.pool_idle)
             .set_host(false)
-            .build(Plain(connector.clone()));
+            .build(Plain {
+                connector: connector.clone(),
+                unlisted: false,
+            });
+        let unlisted_plain = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(shared.timeouts.pool_idle)
+            .build(Plain {
+                connector: connector.clone(),
+                unlisted: true,
+            });
         let metrics = &shared.metrics;
         metrics.config_generation.set(generation as i64);
         metrics.pinset_info.reset();
@@ -298,6 +312,7 @@ impl Snapshot {
             generation,
             client,
             plain,
+            unlisted_plain,
             connector,
             policy,
         })

@@ -53,18 +53,21 @@ names and CIDRs relayed as passthrough.
 {{- .Values.pins.content -}}
 {{- else -}}
 {{- $d := .Values.pins.defaultPinset -}}
-{{- $passthrough := concat ($d.passthrough | default list) ($d.serviceCIDRs | default list) ($d.podCIDRs | default list) | uniq -}}
+{{- $services := include "pinproxy.serviceCIDRs" . | fromJsonArray -}}
+{{- $passthrough := concat ($d.passthrough | default list) $services ($d.podCIDRs | default list) | uniq -}}
 # pinproxy's default pinset (chart value pins.defaultPinset): it observes.
 # Every host is allowed with ordinary CA validation and nothing is pinned;
-# only unlisted hosts resolving to private, loopback or link-local
-# addresses are refused (403 private-address). To enforce pins, add hosts
-# and set pins.content (docs/kubernetes.md, "From observing to enforcing").
+# only unlisted hosts resolving to loopback, link-local or private
+# addresses outside the passthrough list below are refused (403
+# private-address). To enforce pins, add hosts and set pins.content
+# (docs/kubernetes.md, "From observing to enforcing").
 version: 1
 defaults:
   unlisted: allow
   mode: report
 # In-cluster traffic: relayed as it came, never pinned, exempt from the
-# private-address rule. Short names need the Service CIDR listed.
+# private-address rule. Short names (http://orders/) match by the Service
+# IP they resolve to: the Service CIDRs are listed ({{ include "pinproxy.serviceCIDRsSource" . }}).
 {{- if $passthrough }}
 passthrough:
 {{- range $passthrough }}
@@ -74,6 +77,46 @@ passthrough:
 passthrough: []
 {{- end }}
 hosts: {}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Service CIDRs the default pinset passes through, as a JSON list:
+pins.defaultPinset.serviceCIDRs when set; else the cluster's ServiceCIDR
+objects (networking.k8s.io/v1, Kubernetes >= 1.33) read at install; else
+(older clusters, `helm template`) every private range a Service CIDR can
+lie in, so in-cluster Service IPs are never refused as private-address.
+*/}}
+{{- define "pinproxy.serviceCIDRs" -}}
+{{- $d := .Values.pins.defaultPinset -}}
+{{- $found := list -}}
+{{- if $d.serviceCIDRs -}}
+{{- $found = $d.serviceCIDRs -}}
+{{- else if .Capabilities.APIVersions.Has "networking.k8s.io/v1/ServiceCIDR" -}}
+{{- range (lookup "networking.k8s.io/v1" "ServiceCIDR" "" "").items | default list -}}
+{{- $found = concat $found (.spec.cidrs | default list) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $found -}}
+{{- $found = include "pinproxy.privateRanges" . | fromJsonArray -}}
+{{- end -}}
+{{- toJson $found -}}
+{{- end -}}
+
+{{/* Where a Service CIDR can lie: RFC 1918 and IPv6 unique local addresses. */}}
+{{- define "pinproxy.privateRanges" -}}
+["10.0.0.0/8","172.16.0.0/12","192.168.0.0/16","fd00::/8"]
+{{- end -}}
+
+{{/* How the default pinset's Service CIDRs were found, for NOTES.txt. */}}
+{{- define "pinproxy.serviceCIDRsSource" -}}
+{{- $services := include "pinproxy.serviceCIDRs" . | fromJsonArray -}}
+{{- if .Values.pins.defaultPinset.serviceCIDRs -}}
+pins.defaultPinset.serviceCIDRs
+{{- else if eq (toJson $services) (include "pinproxy.privateRanges" .) -}}
+fallback
+{{- else -}}
+the cluster's ServiceCIDR objects
 {{- end -}}
 {{- end -}}
 

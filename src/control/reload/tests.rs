@@ -180,3 +180,104 @@ async fn settle_waits_for_a_writer_to_stop() {
         "settled after {waited:?}"
     );
 }
+
+/// The watcher's reloads: a bad version is loaded, counted and logged
+/// once however many events arrive while it stays bad; the version in
+/// force is never parsed again; SIGHUP always loads.
+#[tokio::test]
+async fn a_bad_version_fails_once_and_is_retried_only_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.yaml");
+    let HeldBack {
+        reloader, loads, ..
+    } = held_back(&path);
+    let failures = || {
+        reloader
+            .shared
+            .metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .get()
+    };
+    let loaded = || loads.load(Ordering::Acquire);
+    let good = "version: 1\ndefaults: {unlisted: allow}\nhosts: {}\n";
+    std::fs::write(&path, good).unwrap();
+    assert_eq!(
+        reloader.reload_changed().await.unwrap(),
+        Reloaded::Swapped(2)
+    );
+    assert_eq!(
+        reloader.reload_changed().await.unwrap(),
+        Reloaded::Unchanged(2)
+    );
+    assert_eq!(loaded(), 1, "the version in force was parsed again");
+
+    std::fs::write(&path, "version: 1\nhosts: [\n").unwrap();
+    assert!(reloader.reload_changed().await.is_err());
+    for _ in 0..5 {
+        assert_eq!(
+            reloader.reload_changed().await.unwrap(),
+            Reloaded::StillInvalid
+        );
+    }
+    // The same bad bytes written again: the same version.
+    std::fs::write(&path, "version: 1\nhosts: [\n").unwrap();
+    assert_eq!(
+        reloader.reload_changed().await.unwrap(),
+        Reloaded::StillInvalid
+    );
+    assert_eq!((loaded(), failures()), (2, 1));
+
+    std::fs::write(&path, "version: 2\nhosts: {}\n").unwrap();
+    assert!(reloader.reload_changed().await.is_err());
+    assert_eq!((loaded(), failures()), (3, 2), "a new bad version counts");
+    // SIGHUP asks explicitly: it loads and counts.
+    assert!(reloader.reload().await.is_err());
+    assert_eq!((loaded(), failures()), (4, 3));
+
+    // Back to the version in force: loaded (it says it recovered), and
+    // after that skipped again.
+    std::fs::write(&path, good).unwrap();
+    assert_eq!(
+        reloader.reload_changed().await.unwrap(),
+        Reloaded::Unchanged(2)
+    );
+    assert_eq!(
+        reloader.reload_changed().await.unwrap(),
+        Reloaded::Unchanged(2)
+    );
+    assert_eq!((loaded(), failures()), (5, 3));
+    assert_eq!(reloader.failing.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn only_events_that_can_change_content_wake_the_watcher() {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+    use notify::EventKind as K;
+    for reading in [
+        K::Access(AccessKind::Open(AccessMode::Any)),
+        K::Access(AccessKind::Read),
+        K::Access(AccessKind::Close(AccessMode::Read)),
+        K::Access(AccessKind::Any),
+    ] {
+        assert_eq!(changes_content(&reading), None, "{reading:?}");
+    }
+    for in_place in [
+        K::Access(AccessKind::Close(AccessMode::Write)),
+        K::Modify(ModifyKind::Data(DataChange::Content)),
+        K::Modify(ModifyKind::Any),
+    ] {
+        assert_eq!(changes_content(&in_place), Some(true), "{in_place:?}");
+    }
+    for swap in [
+        K::Create(CreateKind::Any),
+        K::Remove(RemoveKind::Any),
+        K::Modify(ModifyKind::Name(RenameMode::Both)),
+        K::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+    ] {
+        assert_eq!(changes_content(&swap), Some(false), "{swap:?}");
+    }
+}

@@ -86,7 +86,7 @@ pub struct SidecarArgs {
     /// Extra NO_PROXY entry (repeatable or comma-separated), e.g. a pod CIDR.
     #[arg(long, env = "PINPROXY_INJECT_NO_PROXY", value_delimiter = ',')]
     pub no_proxy: Vec<String>,
-    /// Transparent mode (DESIGN §11): an init container installs kernel
+    /// Transparent mode (docs/reference.md): an init container installs kernel
     /// rules that send every outbound TCP connection of the app to
     /// pinproxy, so apps that ignore HTTP_PROXY are pinned too. The init
     /// container holds NET_ADMIN and NET_RAW (Pod Security level
@@ -150,6 +150,12 @@ pub struct SidecarArgs {
         value_name = "NAME"
     )]
     pub identity_secrets: Vec<String>,
+    /// The sidecar's `run --learn-file`: with `defaults.unlisted: learn`,
+    /// what was learned survives container restarts. Its directory becomes
+    /// an emptyDir of its own, mounted into the sidecar only, e.g.
+    /// /var/lib/pinproxy/learned.json.
+    #[arg(long, env = "PINPROXY_INJECT_LEARN_FILE", value_name = "PATH")]
+    pub learn_file: Option<String>,
     /// Log format of the sidecar (its `run --log-format`).
     #[arg(long = "sidecar-log-format", env = "PINPROXY_INJECT_LOG_FORMAT", default_value = "json",
           value_parser = ["text", "json"])]
@@ -201,6 +207,7 @@ impl From<&SidecarArgs> for InjectOptions {
                 proxy_env: a.transparent_proxy_env,
             },
             identity_secrets: a.identity_secrets.clone(),
+            learn_file: a.learn_file.clone().filter(|f| !f.trim().is_empty()),
         }
     }
 }

@@ -1,7 +1,7 @@
-//! What injection checks before it changes anything, so that it never
-//! guesses (DESIGN §8): whether the template carries pinproxy already and
-//! how, `hostNetwork`, ports pinproxy would collide with, and proxies the
-//! app already names.
+//! What injection checks before it changes anything, so that it never guesses
+//! (docs/reference.md, "pinproxy inject"): whether the template carries
+//! pinproxy already and how, `hostNetwork`, ports pinproxy would collide with,
+//! and proxies the app already names.
 
 use serde_yaml::{Mapping, Value};
 

@@ -1,5 +1,6 @@
-//! The environment every app container gets: the proxy variables, the
-//! trust variables (DESIGN §8), and the settings of runtimes that ignore
+//! The environment every app container gets: the proxy variables, the trust
+//! variables (docs/reference.md, "Kubernetes interface"), and the settings of
+//! runtimes that ignore
 //! `HTTP_PROXY` — Node.js (`NODE_USE_ENV_PROXY`) and Java (system properties
 //! appended to `JAVA_TOOL_OPTIONS`, with `NO_PROXY` translated to
 //! `http.nonProxyHosts`).

@@ -1,8 +1,8 @@
-//! Identity Secrets (DESIGN §9): the client certificate and key pinproxy
-//! presents upstream for mTLS, issued by cert-manager, a SPIFFE helper or
-//! by hand. Each named Secret is mounted whole (a directory, so kubelet
-//! propagates a renewal; never `subPath`), read-only, into the `pinproxy`
-//! container only — the app never sees the key — at
+//! Identity Secrets (docs/reference.md, "Host fields"): the client certificate
+//! and key pinproxy presents upstream for mTLS, issued by cert-manager, a
+//! SPIFFE helper or by hand. Each named Secret is mounted whole (a directory,
+//! so kubelet propagates a renewal; never `subPath`), read-only, into the
+//! `pinproxy` container only — the app never sees the key — at
 //! `/etc/pinproxy-identity/NAME/`. The pinset names the files there, e.g.
 //! `client_cert: {cert: /etc/pinproxy-identity/pay-client/tls.crt, key:
 //! /etc/pinproxy-identity/pay-client/tls.key}`; they are watched with the

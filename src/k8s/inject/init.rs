@@ -1,5 +1,6 @@
-//! Transparent mode's init container (DESIGN §11): `pinproxy redirect`,
-//! run once before everything else in the pod, the only container holding
+//! Transparent mode's init container (docs/reference.md, "Transparent mode"):
+//! `pinproxy redirect`, run once before everything else in the pod, the only
+//! container holding
 //! `NET_ADMIN` (and `NET_RAW`, which `iptables-legacy` needs).
 
 use serde_yaml::Value;

@@ -11,18 +11,19 @@
 //! - the volumes `pinproxy-pins` (the pins Secret, mounted as a directory so
 //!   kubelet propagates edits — never `subPath`), `pinproxy-ca` (an
 //!   in-memory emptyDir where the proxy writes its per-pod CA and the
-//!   app's trust bundle) and, given extra CAs, `pinproxy-ca-extra`;
+//!   app's trust bundle) and, given extra CAs, `pinproxy-ca-extra`, given
+//!   `--learn-file`, `pinproxy-learn`;
 //! - in every app container, `HTTP(S)_PROXY` / `NO_PROXY`, the CA trust
 //!   variables, `NODE_USE_ENV_PROXY` and the JVM's proxy properties
 //!   (appended to `JAVA_TOOL_OPTIONS`), plus a read-only mount of the CA
 //!   directory;
 //! - the label `pinproxy.io/injected: "true"`, which the PodMonitor selects.
 //!
-//! Injection refuses to guess (DESIGN §8): an app container that already
-//! sends its traffic to another proxy is an error unless
+//! Injection refuses to guess (docs/reference.md, "pinproxy inject"): an app
+//! container that already sends its traffic to another proxy is an error unless
 //! [`InjectOptions::override_proxy`]; so is a container port that pinproxy's
-//! listener or admin port would collide with. A `hostNetwork` pod is left
-//! alone with a [`Warning`]: its loopback is the node's.
+//! listener or admin port would collide with. A `hostNetwork` pod is left alone
+//! with a [`Warning`]: its loopback is the node's.
 //!
 //! Documents are split on their `---` lines and handled one by one. A
 //! document that injection leaves unchanged (not a workload, opted out with
@@ -51,6 +52,7 @@ mod documents;
 mod env;
 mod identity;
 mod init;
+mod learn;
 mod options;
 mod sidecar;
 mod template;
@@ -59,12 +61,15 @@ mod yaml;
 
 pub use args::{InjectArgs, SidecarArgs};
 pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
+pub use learn::LEARN_VOLUME;
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 
 use documents::{fix_octal_modes, split_documents};
 use template::{inject_document, inject_template};
 
-/// Annotation (or pod label) that opts a workload in (`"true"`) or out (`"false"`).
+/// Pod label that opts a workload in (`"true"`: the webhook's
+/// `objectSelector` matches it) or out (`"false"`). Also read as an
+/// annotation, a deprecated alias the API server cannot select on.
 pub const INJECT_ANNOTATION: &str = "pinproxy.io/inject";
 /// Pod-template annotation naming a pins Secret other than [`InjectOptions::pins_secret`].
 pub const PINS_SECRET_ANNOTATION: &str = "pinproxy.io/pins-secret";
@@ -129,7 +134,7 @@ pub struct InjectOptions {
     pub log_format: String,
     /// UID/GID the sidecar runs as (the image's non-root user).
     pub run_as_user: i64,
-    /// Transparent mode (DESIGN §11) for every template, unless one says
+    /// Transparent mode (docs/reference.md) for every template, unless one says
     /// otherwise with [`TRANSPARENT_ANNOTATION`].
     pub transparent: bool,
     /// How transparent mode is set up where it is on.
@@ -137,6 +142,8 @@ pub struct InjectOptions {
     /// Secrets with a client certificate and key (mTLS upstream), mounted
     /// into the sidecar only, at `/etc/pinproxy-identity/NAME/`.
     pub identity_secrets: Vec<String>,
+    /// The sidecar's `--learn-file`, its directory an emptyDir of its own.
+    pub learn_file: Option<String>,
 }
 
 /// Transparent mode's settings: the init container's `pinproxy redirect`
@@ -336,6 +343,7 @@ impl Default for InjectOptions {
             transparent: false,
             redirect: Transparent::default(),
             identity_secrets: Vec::new(),
+            learn_file: None,
         }
     }
 }

@@ -84,6 +84,7 @@ impl InjectOptions {
                 return bad(format!("--transparent-exclude-cidr: {e}"));
             }
         }
+        self.check_learn_file().or_else(bad)?;
         if !["text", "json"].contains(&self.log_format.as_str()) {
             return bad(format!(
                 "log format {:?} is not text or json",

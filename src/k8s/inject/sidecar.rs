@@ -63,6 +63,9 @@ impl InjectOptions {
         for ca in self.extra_cas() {
             args.extend(["--ca-bundle-extra".to_string(), ca.file()]);
         }
+        if let Some(file) = &self.learn_file {
+            args.extend(["--learn-file".to_string(), file.clone()]);
+        }
         Value::Sequence(args.iter().map(|a| s(a)).collect())
     }
 
@@ -142,6 +145,7 @@ impl InjectOptions {
             ]));
         }
         mounts.extend(self.identity_mounts());
+        mounts.extend(self.learn_mount());
         Value::Sequence(mounts)
     }
 }

@@ -1,5 +1,5 @@
 //! Injecting one document: find its Pod template, check it (refusing to
-//! guess, DESIGN §8), then add the sidecar, the volumes, the app
+//! guess, docs/reference.md), then add the sidecar, the volumes, the app
 //! containers' environment and mounts, and the labels and annotations, each
 //! step an upsert keyed by name so that running it again changes nothing.
 
@@ -10,6 +10,7 @@ use super::checks::{
 };
 use super::env::{env_value, merge_java_tool_options, JAVA_TOOL_OPTIONS};
 use super::identity::{check_name, IDENTITY_ANNOTATION, VOLUME_PREFIX};
+use super::learn::LEARN_VOLUME;
 use super::trust::CA_EXTRA_VOLUME;
 use super::{
     has_inject_marker, is_dns_subdomain, Added, InjectError, InjectOptions, Outcome, TemplateRef,
@@ -387,6 +388,13 @@ fn add_volumes(
             names.push(CA_EXTRA_VOLUME.to_string());
         }
         None => volumes.retain(|v| v.get("name").and_then(Value::as_str) != Some(CA_EXTRA_VOLUME)),
+    }
+    match opts.learn_volume() {
+        Some(learn) => {
+            upsert_named(volumes, learn);
+            names.push(LEARN_VOLUME.to_string());
+        }
+        None => volumes.retain(|v| v.get("name").and_then(Value::as_str) != Some(LEARN_VOLUME)),
     }
     Ok(names)
 }

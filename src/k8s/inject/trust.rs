@@ -1,4 +1,5 @@
-//! Extra CAs for the app's trust bundle (DESIGN §8, "Trust for the app").
+//! Extra CAs for the app's trust bundle (docs/reference.md, "Kubernetes
+//! interface").
 //!
 //! The proxy writes `<ca dir>/ca-bundle.crt`: the pod CA, Mozilla's roots
 //! and every PEM given with `pinproxy run --ca-bundle-extra FILE`. A

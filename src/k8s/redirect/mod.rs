@@ -1,9 +1,11 @@
-//! `pinproxy redirect`: the kernel rules of transparent mode (DESIGN §11).
+//! `pinproxy redirect`: the kernel rules of transparent mode
+//! (docs/reference.md, "pinproxy redirect").
 //!
 //! Run once per pod, by an init container that is the only one holding
 //! `NET_ADMIN`, in the pod's network namespace. It makes every outbound TCP
 //! connection of the app land on pinproxy's transparent listener, so an app
-//! that ignores `HTTP_PROXY` cannot skip pinning (THREATS.md, "Bypass").
+//! that ignores `HTTP_PROXY` cannot skip pinning (a bypass is the classic
+//! way around a pinning proxy).
 //!
 //! # The rules
 //!

@@ -71,10 +71,12 @@ pub fn asked_for_injection(pod: &Value, ns_labels: &BTreeMap<String, String>) ->
         return Some(format!("pod label {INJECT_ANNOTATION}=true"));
     }
     if annotation == Some("true") {
-        return Some(format!("pod annotation {INJECT_ANNOTATION}: \"true\""));
+        return Some(format!(
+            "pod annotation {INJECT_ANNOTATION}: \"true\" (deprecated: the chart selects the label)"
+        ));
     }
     match ns_labels.get(INJECT_ANNOTATION).map(String::as_str) {
-        Some(v @ ("enabled" | "true")) => Some(format!("namespace label {INJECT_ANNOTATION}={v}")),
+        Some("enabled") => Some(format!("namespace label {INJECT_ANNOTATION}=enabled")),
         _ => None,
     }
 }

@@ -6,8 +6,12 @@
 //! `pinproxy inject` — and the difference comes back as a base64 JSONPatch.
 //!
 //! Two paths, one per webhook entry in the chart:
-//! - `POST /inject`: opt-in. Pods annotated (or labelled)
-//!   `pinproxy.io/inject: "true"` are injected, others pass untouched.
+//! - `POST /inject`: opt-in. Pods labelled `pinproxy.io/inject: "true"`
+//!   are injected, others pass untouched. The chart's `objectSelector`
+//!   sends this path labelled pods only, so it can fail closed without
+//!   standing between the API server and any other pod; the annotation of
+//!   the same name is honoured too (a deprecated alias the API server
+//!   cannot select on).
 //! - `POST /inject-namespace`: for namespaces labelled
 //!   `pinproxy.io/inject=enabled`; every Pod is injected unless it says
 //!   `pinproxy.io/inject: "false"`.
@@ -80,7 +84,8 @@ pub struct WebhookArgs {
 /// Which pods a path injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Only pods that say `pinproxy.io/inject: "true"`.
+    /// Only pods that say `pinproxy.io/inject: "true"` (the label; the
+    /// annotation as a deprecated alias).
     OptIn,
     /// Every pod except those that say `pinproxy.io/inject: "false"`.
     OptOut,

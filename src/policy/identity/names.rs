@@ -1,6 +1,6 @@
-//! `names:` (DESIGN §9): the SANs a server's certificate must carry
-//! instead of the host name — DNS names, URI SANs, SPIFFE IDs exact or by
-//! prefix — parsed and normalized.
+//! `names:` (docs/reference.md, "Host fields"): the SANs a server's certificate
+//! must carry instead of the host name — DNS names, URI SANs, SPIFFE IDs exact
+//! or by prefix — parsed and normalized.
 
 use std::fmt;
 

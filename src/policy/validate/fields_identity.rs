@@ -1,4 +1,5 @@
-//! Validating an entry's identity and revocation fields (DESIGN §9):
+//! Validating an entry's identity and revocation fields (docs/reference.md,
+//! "Host fields"):
 //! `client_cert`, `names`, `crls` and `crl_policy`.
 
 use std::sync::Arc;
