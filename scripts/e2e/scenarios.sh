@@ -459,40 +459,59 @@ for c in json.load(sys.stdin)["items"]:
             print(w["name"], w.get("failurePolicy", "Fail"))' "$1" "$2"
 }
 
-scenario_6() {
-  local dep; dep="$(kubectl -n "$CHART_NS" get deploy -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].metadata.name}')"
-  run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=0
-  wait_for 60 "webhook pods gone" sh -c "[ -z \"\$(kubectl -n $CHART_NS get pods -l app.kubernetes.io/component=webhook -o name)\" ]"
-  local m; m="$(matching_policy "$APP_NS" '{"pinproxy.io/inject": "true"}')"
-  echo "webhook entries matching a pod labelled pinproxy.io/inject=true in $APP_NS: $m"
+# probe_policy NS: with the webhook down, create a pod labelled for
+# injection in NS and check the outcome against the failurePolicy of the
+# one webhook entry that selects it.
+probe_policy() {
+  local ns="$1"
+  local m; m="$(matching_policy "$ns" '{"pinproxy.io/inject": "true"}')"
+  echo "webhook entries selecting a pod labelled pinproxy.io/inject=true in $ns: $m"
   local policy; policy="$(echo "$m" | awk 'NR==1 {print $2}')"
   check "exactly one webhook entry applies" eq "$(echo "$m" | grep -c .)" 1
-  echo "values.yaml says:"; grep -n -i 'failurePolicy' "$ROOT/charts/pinproxy/values.yaml" | head -n 6
   local out rc=0
-  out="$(kubectl -n "$APP_NS" run probe --image "$APP_IMAGE" --image-pull-policy IfNotPresent \
+  out="$(kubectl -n "$ns" run probe --image "$APP_IMAGE" --image-pull-policy IfNotPresent \
         --labels pinproxy.io/inject=true --restart Never --command -- sleep 600 2>&1)" || rc=$?
-  echo "$ kubectl run probe (labelled for injection) -> exit $rc: $out"
+  echo "$ kubectl -n $ns run probe (labelled for injection) -> exit $rc: $out"
   case "$policy" in
     Fail)
       check "failurePolicy Fail: the pod is refused" [ "$rc" != 0 ]
       check "the refusal names the webhook call" matches "$out" 'failed calling webhook'
-      check "no pod was created" sh -c "! kubectl -n $APP_NS get pod probe >/dev/null 2>&1" ;;
+      check "no pod was created" sh -c "! kubectl -n $ns get pod probe >/dev/null 2>&1" ;;
     Ignore)
       check "failurePolicy Ignore: the pod is created" eq "$rc" 0
-      check "without the sidecar" sh -c "! kubectl -n $APP_NS get pod probe -o jsonpath='{.spec.initContainers[*].name}{.spec.containers[*].name}' | grep -q pinproxy"
-      run PP_STATUS -n "$APP_NS"
-      check "status lists it as asked-for but without the sidecar" sh -c "$PINPROXY_BIN status --kubeconfig $E2E_RUN/pki/status.kubeconfig -n $APP_NS | grep -A3 WITHOUT | grep -q $APP_NS/probe" ;;
+      check "without the sidecar" sh -c "! kubectl -n $ns get pod probe -o jsonpath='{.spec.initContainers[*].name}{.spec.containers[*].name}' | grep -q pinproxy"
+      run PP_STATUS -n "$ns"
+      check "status lists it as asked-for but without the sidecar" sh -c "$PINPROXY_BIN status --kubeconfig $E2E_RUN/pki/status.kubeconfig -n $ns | grep -A3 WITHOUT | grep -q $ns/probe"
+      kubectl -n "$ns" delete pod probe --wait=false >/dev/null ;;
     *) echo "unknown failurePolicy [$policy]"; return 1 ;;
   esac
+}
+
+scenario_6() {
+  local dep; dep="$(kubectl -n "$CHART_NS" get deploy -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].metadata.name}')"
+  run kubectl create namespace optin
+  run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=0
+  wait_for 60 "webhook pods gone" sh -c "[ -z \"\$(kubectl -n $CHART_NS get pods -l app.kubernetes.io/component=webhook -o name)\" ]"
+  echo "values.yaml says:"; grep -n 'failurePolicy' "$ROOT/charts/pinproxy/values.yaml" | head -n 4
+  echo "--- a namespace labelled pinproxy.io/inject=enabled ($APP_NS)"
+  probe_policy "$APP_NS"
+  echo "--- a pod that opts in by label, in a namespace that is not labelled (optin)"
+  probe_policy optin
+  # The narrow scope: a pod that did not ask never calls the webhook.
+  run kubectl -n optin run plain --image "$APP_IMAGE" --image-pull-policy IfNotPresent --restart Never --command -- sleep 600
+  check "a pod that did not ask is created while the webhook is down" sh -c "kubectl -n optin get pod plain >/dev/null"
   run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=2
   run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
-  kubectl -n "$APP_NS" delete pod probe --ignore-not-found --wait=false >/dev/null
-  # Webhook back: the same request is injected.
-  wait_for 60 "a pod created through the webhook again" sh -c \
-    "kubectl -n $APP_NS run probe2 --image $APP_IMAGE --image-pull-policy IfNotPresent --labels pinproxy.io/inject=true --restart Never --command -- sleep 600 >/dev/null 2>&1 || kubectl -n $APP_NS get pod probe2 >/dev/null 2>&1"
-  check "with the webhook back, the pod gets the sidecar" sh -c \
-    "kubectl -n $APP_NS get pod probe2 -o jsonpath='{.spec.initContainers[*].name}' | grep -q pinproxy"
-  kubectl -n "$APP_NS" delete pod probe2 --wait=false >/dev/null
+  # Webhook back: the same requests are injected.
+  local ns
+  for ns in "$APP_NS" optin; do
+    wait_for 60 "a pod created through the webhook again in $ns" sh -c \
+      "kubectl -n $ns run probe2 --image $APP_IMAGE --image-pull-policy IfNotPresent --labels pinproxy.io/inject=true --restart Never --command -- sleep 600 >/dev/null 2>&1 || kubectl -n $ns get pod probe2 >/dev/null 2>&1"
+    check "with the webhook back, the pod in $ns gets the sidecar" sh -c \
+      "kubectl -n $ns get pod probe2 -o jsonpath='{.spec.initContainers[*].name}' | grep -q pinproxy"
+    kubectl -n "$ns" delete pod probe2 --wait=false >/dev/null
+  done
+  kubectl -n optin delete pod plain --wait=false >/dev/null
 }
 
 # --- 7: shutdown and Jobs ---------------------------------------------------------
