@@ -57,8 +57,18 @@ fi
 # Its own target dir in the cache: CI builds in a fresh clone each time, and
 # the dependencies (LTO, musl) are the slow part of this build.
 MUSL_TARGET_DIR="${MUSL_TARGET_DIR:-$E2E_CACHE/cargo-target}"
+# Cargo judges freshness by mtimes under paths relative to the workspace:
+# another checkout whose files are older than the last build would get that
+# build's binary. A stamp of the sources makes any other tree rebuild the
+# pinproxy crate (the dependencies stay cached).
+stamp="$(cd "$ROOT" && find Cargo.toml Cargo.lock src crates -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+mkdir -p "$MUSL_TARGET_DIR"
+if [ "$(cat "$MUSL_TARGET_DIR/.e2e-stamp" 2>/dev/null)" != "$stamp" ]; then
+  (cd "$ROOT" && CARGO_TARGET_DIR="$MUSL_TARGET_DIR" cargo clean --release --target "$MUSL" -p pinproxy -q) || true
+fi
 log "cargo build --release --target $MUSL (target dir $MUSL_TARGET_DIR)"
 (cd "$ROOT" && CARGO_TARGET_DIR="$MUSL_TARGET_DIR" cargo build --release --locked --target "$MUSL" --bin pinproxy)
+echo "$stamp" >"$MUSL_TARGET_DIR/.e2e-stamp"
 PINPROXY_BIN="$MUSL_TARGET_DIR/$MUSL/release/pinproxy"
 ldd "$PINPROXY_BIN" 2>&1 | grep -qE 'not a dynamic executable|statically linked' \
   || die "$PINPROXY_BIN is not static: $(ldd "$PINPROXY_BIN" 2>&1)"
