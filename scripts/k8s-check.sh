@@ -148,6 +148,12 @@ refuse --set webhook.replicas=1 --set webhook.labelledPods.failurePolicy=Fail \
 refuse --set webhook.annotatedPods.enabled=true
 refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
+# The NetworkPolicy makes the operator choose what happens to other ports.
+refuse --set networkPolicy.enabled=true
+refuse --set networkPolicy.enabled=true --set networkPolicy.otherPorts=maybe
+helm template pinproxy "$CHART" --set networkPolicy.enabled=true \
+  --set networkPolicy.otherPorts=deny >/dev/null \
+  || die "the chart refused networkPolicy.otherPorts=deny"
 # ...saying why, not only "minimum: got 1, want 2".
 why="$(helm template pinproxy "$CHART" --set webhook.replicas=1 2>&1 || true)"
 grep -q "no pod that asked for the sidecar can be created" <<<"$why" \

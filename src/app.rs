@@ -31,6 +31,8 @@ pub struct Config {
     pub pins: PathBuf,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// Who sees what on the admin listener, and what it may cost.
+    pub admin_options: admin::Options,
     pub ca: CaSource,
     /// Where `ca.crt` and `ca-bundle.crt` are written for the app (before
     /// readiness).
@@ -53,6 +55,22 @@ pub struct Config {
     /// The pinset file's size limit, bytes: a larger file is refused
     /// unread (at start, and at reload keeping the last good pinset).
     pub max_pinset_bytes: u64,
+    /// The same for every file the pinset names (CA bundles, client
+    /// certificates and keys, CRLs).
+    pub max_file_bytes: u64,
+    /// Revoked certificates the pinset's CRLs may list together.
+    pub max_crl_entries: usize,
+}
+
+impl Config {
+    /// What one load of the pinset may read.
+    pub fn caps(&self) -> policy::load::Caps {
+        policy::load::Caps {
+            pinset: self.max_pinset_bytes,
+            file: self.max_file_bytes,
+            crl_entries: self.max_crl_entries,
+        }
+    }
 }
 
 /// Where the pod CA comes from.
@@ -116,6 +134,7 @@ pub struct App {
     transparent: Vec<TcpListener>,
     ctx: Arc<proxy::Context>,
     admin: Admin,
+    admin_options: admin::Options,
     watcher: Option<Watcher>,
     hangups: Option<Hangups>,
     learn_file: Option<PathBuf>,
@@ -156,7 +175,7 @@ impl App {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
                 .ok()
         });
-        let policy = policy::load::load_capped(&config.pins, config.max_pinset_bytes)?;
+        let policy = policy::load::load_with(&config.pins, config.caps())?;
         let warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -204,6 +223,7 @@ impl App {
             intercept: intercept.clone(),
             provider: shared.provider.clone(),
             refusal_logs: LogLimiter::new(Duration::from_secs(10), 5),
+            connections: proxy::Context::connection_slots(&config.limits),
         });
         let drift = shared.drift.clone();
         let admin = Admin {
@@ -213,12 +233,7 @@ impl App {
             sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
-        let reloader = Reloader::new(
-            publisher,
-            shared,
-            config.pins.clone(),
-            config.max_pinset_bytes,
-        );
+        let reloader = Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps());
         if let Some(w) = &mut watcher {
             if let Err(e) = w.watch_bundles(&reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");
@@ -246,6 +261,7 @@ impl App {
             transparent,
             ctx,
             admin,
+            admin_options: config.admin_options,
             watcher,
             hangups,
             learn_file: config.learn_file,
@@ -257,9 +273,14 @@ impl App {
     /// [`Readiness::start_draining`] was called) and stops after it.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let (admin_stop, mut admin_rx) = tokio::sync::watch::channel(false);
-        let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, async move {
-            let _ = admin_rx.wait_for(|v| *v).await;
-        }));
+        let admin_task = tokio::spawn(admin::serve(
+            self.admin_listener,
+            self.admin,
+            self.admin_options,
+            async move {
+                let _ = admin_rx.wait_for(|v| *v).await;
+            },
+        ));
         let watcher = self.watcher.map(|w| w.spawn(self.reloader.clone()));
         let hup = self.hangups.map(|h| h.spawn(self.reloader.clone()));
         let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
@@ -340,7 +361,7 @@ fn restore_learned(sinks: &Sinks, path: &std::path::Path) -> Result<(), Error> {
     match learn::read(path) {
         Ok(Some(doc)) => sinks.learned.restore(doc),
         Ok(None) => {}
-        Err(e @ learn::Error::Parse { .. }) => {
+        Err(e @ (learn::Error::Parse { .. } | learn::Error::TooLarge { .. })) => {
             let mut aside = path.as_os_str().to_owned();
             aside.push(".corrupt");
             tracing::warn!(error = %e, moved_to = ?aside, "starting with nothing learned");

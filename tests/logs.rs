@@ -5,79 +5,9 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::AsyncBufReadExt;
-
 use support::*;
 
 const HOST: &str = "api.pinned.test";
-
-/// Runs the binary with `args`, capturing stderr line by line.
-struct Run {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-}
-
-impl Run {
-    async fn start(pins: &std::path::Path, extra: &[&str]) -> Self {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        };
-        let (listen, admin) = (free(), free());
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-            .args(["run", "--pins", pins.to_str().unwrap()])
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        wait_listening(listen).await;
-        Self {
-            child,
-            lines,
-            listen,
-            admin,
-        }
-    }
-
-    /// Lines until one contains `needle` (or 5 s pass): all of them.
-    async fn until(&mut self, needle: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while let Ok(Ok(Some(line))) =
-            tokio::time::timeout_at(deadline, self.lines.next_line()).await
-        {
-            let hit = line.contains(needle);
-            seen.push(line);
-            if hit {
-                return seen;
-            }
-        }
-        panic!("no line containing {needle:?} in:\n{}", seen.join("\n"));
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-    }
-}
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))

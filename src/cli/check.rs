@@ -23,9 +23,25 @@ pub struct CheckArgs {
     /// matches, each labelled leaf, intermediate or anchor.
     #[arg(long)]
     pub live: bool,
+    /// As `run --max-pinset-bytes` (and the same variable), so check
+    /// judges a file as the proxy will.
+    #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = policy::load::DEFAULT_MAX_BYTES)]
+    pub max_pinset_bytes: u64,
+    /// As `run --max-file-bytes`.
+    #[arg(long, env = "PINPROXY_MAX_FILE_BYTES", default_value_t = policy::load::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+    /// As `run --max-crl-entries`.
+    #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = policy::load::DEFAULT_MAX_CRL_ENTRIES)]
+    pub max_crl_entries: usize,
 }
+
 pub fn check(args: &CheckArgs) -> Result<(), Error> {
-    let policy = match policy::load(&args.path) {
+    let caps = policy::load::Caps {
+        pinset: args.max_pinset_bytes,
+        file: args.max_file_bytes,
+        crl_entries: args.max_crl_entries,
+    };
+    let policy = match policy::load::load_with(&args.path, caps) {
         Ok(p) => p,
         Err(policy::Error::Invalid { path, problems }) => {
             for p in &problems {

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod check;
 pub mod duration;
+pub mod fds;
 pub mod inject;
 pub mod logging;
 pub mod pin;

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::{small_runtime, Error};
 use crate::policy;
+use crate::policy::comment;
 use crate::policy::host::Host;
 use crate::policy::identity::Name;
 use crate::policy::pin::Pin;
@@ -141,7 +142,7 @@ fn pin_connect(
         Some(e) => {
             // Still useful: the operator sees what the server sends. But
             // pinproxy would refuse it until the chain validates.
-            println!("# NOT VALID: {e}");
+            println!("# NOT VALID: {}", comment::escape(e));
             if seen.paths.is_empty() {
                 println!(
                     "# UNTRUSTED: pinproxy would refuse this server (untrusted-certificate) with \
@@ -191,12 +192,7 @@ fn print_chain(seen: &probe::Seen) {
 
 /// The certificates of the first validated path, leaf first, anchor last.
 fn on_validated_path(seen: &probe::Seen) -> Vec<CertInfo> {
-    let validated = seen.validated_pins();
-    let mut on_path: Vec<CertInfo> = seen
-        .presented_info()
-        .into_iter()
-        .filter(|i| i.pin.parse::<Pin>().is_ok_and(|p| validated.contains(&p)))
-        .collect();
+    let mut on_path = seen.first_path_info();
     if let Some(anchor) = seen.paths.first().and_then(|p| p.last()) {
         if !on_path.iter().any(|i| i.pin == anchor.to_string()) {
             on_path.push(CertInfo {

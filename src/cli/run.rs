@@ -26,9 +26,24 @@ pub struct RunArgs {
     /// Proxy listener. Never defaults to a non-loopback address.
     #[arg(long, env = "PINPROXY_LISTEN", default_value = "127.0.0.1:3128")]
     pub listen: SocketAddr,
-    /// Admin listener (/healthz /readyz /metrics /pins /learned).
+    /// Admin listener. /healthz /readyz /metrics are served to every
+    /// client; /pins and /learned only to loopback clients (the pod itself,
+    /// kubectl port-forward or exec) unless --admin-expose-all.
     #[arg(long, env = "PINPROXY_ADMIN", default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
+    /// Serve /pins and /learned to non-loopback clients too (they reveal
+    /// hosts, addresses and learned traffic; restrict the port with a
+    /// NetworkPolicy).
+    #[arg(long, env = "PINPROXY_ADMIN_EXPOSE_ALL")]
+    pub admin_expose_all: bool,
+    /// Admin connections served at once; more wait to be accepted, holding
+    /// no descriptor of the proxy's.
+    #[arg(long, env = "PINPROXY_ADMIN_MAX_CONNECTIONS", default_value_t = 32)]
+    pub admin_max_connections: usize,
+    /// Time an admin client may take to send a request head (idle
+    /// keep-alive included).
+    #[arg(long, env = "PINPROXY_ADMIN_HEADER_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    pub admin_header_timeout: Duration,
     /// CA certificate (PEM) for CONNECT interception, e.g. from a Secret;
     /// without it a CA is generated at start and its key never leaves memory.
     #[arg(long, env = "PINPROXY_CA_CERT", requires = "ca_key")]
@@ -55,7 +70,10 @@ pub struct RunArgs {
     /// The filter is PINPROXY_LOG (default info).
     #[arg(long, env = "PINPROXY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Maximum concurrent client connections; excess get 503 `overloaded`.
+    /// Maximum concurrent client connections, all proxy and transparent
+    /// listeners together; excess get 503 `overloaded`. Lowered at start,
+    /// with a warning, to what the open-files limit carries (two
+    /// descriptors each) after a reserve for reloads and the admin port.
     #[arg(long, env = "PINPROXY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Upstream TCP connect timeout (and DNS lookup timeout).
@@ -120,6 +138,16 @@ pub struct RunArgs {
     /// per byte of YAML: raise the sidecar's memory limit with this.
     #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = crate::policy::load::DEFAULT_MAX_BYTES)]
     pub max_pinset_bytes: u64,
+    /// Largest file the pinset names — CA bundle, client certificate or
+    /// key, CRL — bytes. A larger one is refused without being read whole,
+    /// and the last good pinset stays in force.
+    #[arg(long, env = "PINPROXY_MAX_FILE_BYTES", default_value_t = crate::policy::load::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+    /// Revoked certificates the pinset's CRLs may list, all together; each
+    /// costs about 400 bytes of memory while loaded, 200 kept. More is
+    /// refused like a broken file.
+    #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = crate::policy::load::DEFAULT_MAX_CRL_ENTRIES)]
+    pub max_crl_entries: usize,
     /// Worker threads (default 1: a single-threaded runtime, the cheapest
     /// per request; one worker serves tens of thousands of requests/s).
     /// Raise it for a pod whose egress needs more than one CPU.
@@ -127,8 +155,22 @@ pub struct RunArgs {
     pub workers: Option<usize>,
 }
 
-pub fn run(args: RunArgs) -> Result<(), Error> {
+pub fn run(mut args: RunArgs) -> Result<(), Error> {
     init_tracing(args.log_format);
+    if let Some(nofile) = super::fds::raise_nofile() {
+        let budget = super::fds::connection_budget(nofile, args.admin_max_connections.max(1));
+        if args.max_connections > budget {
+            tracing::warn!(
+                nofile,
+                requested = args.max_connections,
+                max_connections = budget,
+                "--max-connections lowered to what the open-files limit carries (two \
+                 descriptors per connection, a reserve for reloads and the admin port); \
+                 raise the limit (ulimit -n) for more"
+            );
+            args.max_connections = budget;
+        }
+    }
     // One worker by default, as linkerd2-proxy: a current-thread runtime
     // skips work-stealing and cross-thread wakeups, which cost 1.4–2.7× CPU
     // per request with two workers on two cores (docs/benchmarks.md,
@@ -183,6 +225,12 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         pins: args.pins.clone(),
         listen: args.listen,
         admin: args.admin,
+        admin_options: crate::control::admin::Options {
+            expose_all: args.admin_expose_all,
+            max_connections: args.admin_max_connections.max(1),
+            header_timeout: args.admin_header_timeout,
+            ..Default::default()
+        },
         ca,
         ca_out: args.ca_out.clone(),
         ca_bundle_extra: args.ca_bundle_extra.clone(),
@@ -196,6 +244,8 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         learn_file: args.learn_file.clone(),
         transparent: args.transparent.clone(),
         max_pinset_bytes: args.max_pinset_bytes,
+        max_file_bytes: args.max_file_bytes,
+        max_crl_entries: args.max_crl_entries,
     };
     (config, args.shutdown_grace)
 }
@@ -225,6 +275,13 @@ async fn run_async(args: RunArgs) -> Result<(), Error> {
         pins = %args.pins.display(),
         "pinproxy ready"
     );
+    if !args.admin.ip().is_loopback() && !args.admin_expose_all {
+        tracing::info!(
+            admin = %app.admin_addr,
+            "admin: /healthz /readyz /metrics for every client; /pins and /learned for loopback \
+             clients only (kubectl port-forward); --admin-expose-all serves them to all"
+        );
+    }
     let readiness = app.readiness.clone();
     let shutdown = async move {
         signals.recv().await;

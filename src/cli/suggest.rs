@@ -18,8 +18,10 @@ use clap::Args;
 
 use super::{small_runtime, Error};
 use crate::control::learn::{self, Doc, LearnedHost, LearnedPath};
+use crate::policy::comment;
 use crate::policy::host::Host;
 use crate::policy::pattern::Pattern;
+use crate::policy::pin::Pin;
 use crate::policy::{self, Decision, Policy};
 
 #[derive(Args, Debug)]
@@ -108,7 +110,7 @@ pub fn suggest(args: &SuggestArgs) -> Result<(), Error> {
             if args.group_wildcards {
                 entries = group(entries);
             }
-            (fresh(&doc, &source, &entries), PathBuf::from("."))
+            (fresh(&doc, &source, &entries)?, PathBuf::from("."))
         }
     };
     // `check` must accept what we print: validate with the same loader.
@@ -184,10 +186,20 @@ fn covered(existing: &Policy, key: &str) -> bool {
 
 // === from learned paths to entries ===
 
-/// One entry per learned host (its ports together), sorted by host.
+/// One entry per learned host (its ports together), sorted by host. A
+/// document is input like any other (a file can be edited): a host that is
+/// not a host name or IP as pinproxy writes it, or a path with a pin that
+/// does not parse, is left out with a warning.
 fn entries(doc: &Doc) -> Vec<Entry> {
     let mut by_host: BTreeMap<&str, Vec<&LearnedHost>> = BTreeMap::new();
     for h in &doc.hosts {
+        if Host::parse(&h.host).map_or(true, |p| p.to_string() != h.host) {
+            eprintln!(
+                "pinproxy suggest: skipping {:?}: not a host name",
+                comment::escape(&h.host)
+            );
+            continue;
+        }
         by_host.entry(&h.host).or_default().push(h);
     }
     by_host
@@ -199,17 +211,21 @@ fn entries(doc: &Doc) -> Vec<Entry> {
 fn entry(host: &str, records: &[&LearnedHost]) -> Option<Entry> {
     let mut paths: Vec<&LearnedPath> = Vec::new();
     for p in records.iter().flat_map(|r| &r.paths) {
-        if p.pins.len() >= 2 && !paths.iter().any(|q| q.pins == p.pins) {
+        let pins_parse = p.pins.iter().all(|pin| pin.parse::<Pin>().is_ok());
+        if pins_parse && p.pins.len() >= 2 && !paths.iter().any(|q| q.pins == p.pins) {
             paths.push(p);
         }
     }
     let first = paths.first()?;
-    // Keys above the leaf that every path carries, in path order.
-    let common: Vec<String> = first.pins[1..]
-        .iter()
-        .filter(|pin| paths.iter().all(|p| p.pins[1..].contains(pin)))
-        .cloned()
-        .collect();
+    // Keys above the leaf that every path carries, in path order, once
+    // each (a path may carry one key twice: a root re-issued as an
+    // intermediate).
+    let mut common: Vec<String> = Vec::new();
+    for pin in &first.pins[1..] {
+        if paths.iter().all(|p| p.pins[1..].contains(pin)) && !common.contains(pin) {
+            common.push(pin.clone());
+        }
+    }
     let pins = if common.is_empty() {
         // No key in common: each path's issuing intermediate (or anchor).
         let mut each: Vec<String> = Vec::new();
@@ -316,51 +332,66 @@ fn group(entries: Vec<Entry>) -> Vec<Entry> {
 
 // === YAML ===
 
+/// An entry's fields, as the YAML serializer writes them.
+#[derive(serde::Serialize)]
+struct Fields<'a> {
+    pins: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ports: Option<&'a [u16]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trust: Option<&'a str>,
+}
+
 /// One entry as YAML under `hosts:`, its key indented by `indent`.
 /// `defaults` are the target file's trust and ports: fields equal to them
 /// are left out.
-fn render(e: &Entry, indent: &str, defaults: &(String, Vec<u16>)) -> String {
-    let field = format!("{indent}  ");
-    // A JSON string is a valid YAML double-quoted scalar.
-    let mut s = format!("{indent}{}:\n", serde_json::Value::from(e.key.as_str()));
+///
+/// Key and fields come from the YAML serializer, which quotes whatever
+/// needs it; what is only for people (subjects, dates: text a server chose)
+/// goes into comments with every control character escaped, so nothing
+/// learned can end a comment and write YAML of its own.
+fn render(e: &Entry, indent: &str, defaults: &(String, Vec<u16>)) -> Result<String, Error> {
+    let fields = Fields {
+        pins: &e.pins,
+        ports: (e.ports != defaults.1).then_some(&e.ports[..]),
+        trust: (e.trust != defaults.0).then_some(e.trust.as_str()),
+    };
+    let one = BTreeMap::from([(e.key.as_str(), fields)]);
+    let yaml = serde_yaml::to_string(&one)
+        .map_err(|err| Error::failed(format!("cannot write the entry for {:?}: {err}", e.key)))?;
+    let mut lines = yaml.lines();
+    let mut s = String::new();
+    if let Some(key) = lines.next() {
+        s.push_str(&format!("{indent}{key}\n"));
+    }
     for n in &e.notes {
-        s.push_str(&format!("{field}# {n}\n"));
+        s.push_str(&format!("{indent}  # {}\n", comment::escape(n)));
     }
-    s.push_str(&format!("{field}pins:\n"));
-    for p in &e.pins {
-        s.push_str(&format!("{field}  - {p}\n"));
+    for line in lines {
+        s.push_str(&format!("{indent}{line}\n"));
     }
-    if e.ports != defaults.1 {
-        let ports: Vec<String> = e.ports.iter().map(u16::to_string).collect();
-        s.push_str(&format!("{field}ports: [{}]\n", ports.join(", ")));
-    }
-    if e.trust != defaults.0 {
-        s.push_str(&format!(
-            "{field}trust: {}\n",
-            serde_json::Value::from(e.trust.as_str())
-        ));
-    }
-    s
+    Ok(s)
 }
 
-fn fresh(doc: &Doc, source: &str, entries: &[Entry]) -> String {
+fn fresh(doc: &Doc, source: &str, entries: &[Entry]) -> Result<String, Error> {
     let mut s = format!(
-        "# Suggested by pinproxy suggest from {} learned host(s) ({source}).\n\
+        "# Suggested by pinproxy suggest from {} learned host(s) ({}).\n\
          # The pins are the intermediate and root keys of the validated paths seen:\n\
          # they survive a leaf rotation. Review them and add backup pins.\n\
          version: 1\ndefaults:\n  unlisted: deny\n",
-        doc.hosts.len()
+        doc.hosts.len(),
+        comment::escape(source)
     );
     if entries.is_empty() {
         s.push_str("hosts: {}\n");
-        return s;
+        return Ok(s);
     }
     s.push_str("hosts:\n");
     let defaults = ("webpki".to_string(), vec![443]);
     for e in entries {
-        s.push_str(&render(e, "  ", &defaults));
+        s.push_str(&render(e, "  ", &defaults)?);
     }
-    s
+    Ok(s)
 }
 
 /// `original` with `entries` inserted at the end of its `hosts:` block;
@@ -415,114 +446,11 @@ fn merge(
         out.push('\n');
     }
     for e in entries {
-        out.push_str(&render(e, &indent, defaults));
+        out.push_str(&render(e, &indent, defaults)?);
     }
     out.push_str(&lines[end..].concat());
     Ok(out)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::control::learn::LearnedCert;
-
-    fn pin(n: u8) -> String {
-        crate::policy::pin::Pin::from_bytes([n; 32]).to_string()
-    }
-
-    fn path(pins: &[u8]) -> LearnedPath {
-        let last = pins.len() - 1;
-        LearnedPath {
-            pins: pins.iter().map(|n| pin(*n)).collect(),
-            certs: pins
-                .iter()
-                .enumerate()
-                .map(|(i, n)| LearnedCert {
-                    pin: pin(*n),
-                    position: match i {
-                        0 => "leaf",
-                        _ if i == last => "anchor",
-                        _ => "intermediate",
-                    }
-                    .into(),
-                    subject: Some(format!("CN=cert {n}")),
-                    not_after: Some("2030-01-01T00:00:00Z".into()),
-                })
-                .collect(),
-            seen: 1,
-            first_seen: String::new(),
-            last_seen: String::new(),
-        }
-    }
-
-    fn host(name: &str, port: u16, paths: Vec<LearnedPath>) -> LearnedHost {
-        LearnedHost {
-            host: name.into(),
-            port,
-            trust: "webpki".into(),
-            seen: paths.len() as u64,
-            first_seen: String::new(),
-            last_seen: String::new(),
-            paths,
-        }
-    }
-
-    #[test]
-    fn keys_common_to_every_path_else_each_paths_intermediate() {
-        let rotated = host("a.test", 443, vec![path(&[1, 2, 3]), path(&[4, 2, 3])]);
-        let e = entry("a.test", &[&rotated]).unwrap();
-        assert_eq!(e.pins, [pin(2), pin(3)]);
-        assert!(!e.notes.iter().any(|n| n.starts_with("warning")));
-        let two_cas = host("b.test", 443, vec![path(&[1, 2, 3]), path(&[4, 5, 6])]);
-        let e = entry("b.test", &[&two_cas]).unwrap();
-        assert_eq!(e.pins, [pin(2), pin(5)]);
-        let once = host("c.test", 8443, vec![path(&[1, 2, 3])]);
-        let e = entry("c.test", &[&once]).unwrap();
-        assert!(e.notes.iter().any(|n| n.starts_with("warning")));
-        assert!(e.notes.contains(&format!(
-            "{}: intermediate CN=cert 2, notAfter 2030-01-01T00:00:00Z",
-            pin(2)
-        )));
-        assert_eq!(e.ports, [8443]);
-    }
-
-    #[test]
-    fn siblings_group_only_under_a_parent_that_is_not_a_public_suffix() {
-        let doc = Doc {
-            version: 1,
-            hosts: vec![
-                host("a.shop.test", 443, vec![path(&[1, 2, 3])]),
-                host("b.shop.test", 443, vec![path(&[4, 2, 3])]),
-                host("c.shop.test", 443, vec![path(&[5, 6, 7])]),
-                host("x.com", 443, vec![path(&[1, 2, 3])]),
-                host("y.com", 443, vec![path(&[1, 2, 3])]),
-            ],
-            ..Doc::default()
-        };
-        let keys: Vec<String> = group(entries(&doc)).into_iter().map(|e| e.key).collect();
-        assert_eq!(keys, ["*.shop.test", "c.shop.test", "x.com", "y.com"]);
-    }
-
-    #[test]
-    fn merge_inserts_at_the_end_of_the_hosts_block() {
-        let original = "version: 1\nhosts:\n    old.test:   # keep me\n        pins: [x]\n\n# about passthrough\npassthrough: [a.svc]\n";
-        let e = entry(
-            "new.test",
-            &[&host("new.test", 443, vec![path(&[1, 2, 3])])],
-        )
-        .unwrap();
-        let out = merge(original, &[e], &("webpki".into(), vec![443])).unwrap();
-        let (before, after) = out.split_at(out.find("    \"new.test\":").unwrap());
-        assert_eq!(
-            before,
-            "version: 1\nhosts:\n    old.test:   # keep me\n        pins: [x]\n"
-        );
-        assert!(after.ends_with("\n# about passthrough\npassthrough: [a.svc]\n"));
-        assert!(merge(
-            "version: 1\nhosts: {a: {}}\n",
-            &[entry("n.test", &[&host("n.test", 443, vec![path(&[1, 2])])]).unwrap()],
-            &("webpki".into(), vec![443])
-        )
-        .is_err());
-    }
-}
+mod tests;

@@ -1,23 +1,45 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/pins`,
-//! `/learned`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` for probes and
+//! Prometheus, and `/pins`, `/learned` for the operator.
+//!
+//! Who sees what: `/pins` and `/learned` show hosts, addresses, chains and
+//! the traffic learned, so they are served to **loopback** clients only —
+//! the pod itself, `kubectl port-forward` (which connects inside the pod's
+//! network namespace), `kubectl exec` — unless [`Options::expose_all`].
+//! Everyone who can reach the port gets the three public endpoints; this
+//! is linkerd2-proxy's admin rule, and Istio's split of Envoy's admin
+//! (localhost) from its metrics and health ports. One port, so an
+//! existing `--admin 0.0.0.0:9901` keeps serving Prometheus and the probes
+//! unchanged, and a remote `/pins` gets a 403 that says why.
+//!
+//! What it may cost: at most [`Options::max_connections`] at once — a
+//! connection past that waits in the kernel's accept queue, holding no
+//! descriptor of ours — each with a header timeout and a lifetime, so
+//! half-open or slow clients can never take the descriptors the proxy
+//! and the reloader need. `/learned` is streamed a few hosts at a time.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::{Either, Full};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::continuity::History;
 use super::drift::Drift;
+use super::learn::Chunks;
 use super::metrics::Metrics;
 use super::telemetry::Sinks;
 use super::{Live, Readiness};
@@ -33,15 +55,62 @@ pub struct Admin {
     pub readiness: Arc<Readiness>,
 }
 
-pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
+/// Who may see what, and what the listener may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Serve `/pins` and `/learned` to non-loopback clients too.
+    pub expose_all: bool,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Time a client may take to send a request head (idle keep-alive
+    /// included).
+    pub header_timeout: Duration,
+    /// A connection is closed (gracefully, then for good 5 s later) this
+    /// long after it was accepted, however busy: a slow reader cannot keep
+    /// a slot.
+    pub lifetime: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            expose_all: false,
+            max_connections: 32,
+            header_timeout: Duration::from_secs(10),
+            lifetime: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The endpoints every client gets.
+pub const PUBLIC: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+type Body = Either<Full<Bytes>, LearnedBody>;
+
+pub async fn serve(
+    listener: TcpListener,
+    admin: Admin,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     loop {
-        let (stream, _) = tokio::select! {
+        // A slot first: past the cap, connections wait in the accept
+        // queue instead of costing a descriptor each.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = &mut shutdown => return,
+        };
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed; backing off");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -49,22 +118,53 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
         };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let local = is_local(peer) || opts.expose_all;
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req)) }
+                async move { Ok::<_, Infallible>(route(&admin, local, req)) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(opts.header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(opts.lifetime) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         });
     }
 }
 
-fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Whether a client connected over loopback: the pod itself, or `kubectl
+/// port-forward`/`exec`. The kernel never routes a packet from outside
+/// with a loopback source to a socket (martian), so this cannot be
+/// claimed from the network.
+fn is_local(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+fn route(admin: &Admin, local: bool, req: Request<Incoming>) -> Response<Body> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if !local && !PUBLIC.contains(&path) {
+        let status = match path {
+            "/pins" | "/learned" => StatusCode::FORBIDDEN,
+            _ => StatusCode::NOT_FOUND,
+        };
+        return text(
+            status,
+            "pinproxy admin: /pins and /learned are served to loopback clients only \
+             (kubectl port-forward, or from inside the pod); --admin-expose-all serves them \
+             to every client. Here: /healthz /readyz /metrics\n",
+        );
+    }
+    match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if admin.readiness.is_ready() {
@@ -76,7 +176,7 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(admin.metrics.render())));
+            let mut r = Response::new(Either::Left(Full::new(Bytes::from(admin.metrics.render()))));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -86,7 +186,13 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/pins" => json(&pins_view(admin)),
         "/learned" => {
             let learning = admin.live.load().policy.defaults.unlisted == Unlisted::Learn;
-            json(&admin.sinks.learned.doc(learning))
+            let chunks = Chunks::new(admin.sinks.learned.clone(), learning);
+            let mut r = Response::new(Either::Right(LearnedBody(chunks)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -95,9 +201,29 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
+/// `/learned`, a few hosts per frame ([`Chunks`]).
+pub struct LearnedBody(Chunks);
+
+impl hyper::body::Body for LearnedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(
+            self.get_mut()
+                .0
+                .next()
+                .map(|c| Ok(Frame::data(Bytes::from(c)))),
+        )
+    }
+}
+
+fn json(value: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -105,8 +231,8 @@ fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
     r
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -256,5 +382,31 @@ fn pins_view(admin: &Admin) -> PinsView {
             .collect(),
         passthrough: p.passthrough.items().to_vec(),
         unlisted_chains: admin.sinks.continuity.under("unlisted"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_in_every_spelling_and_nothing_else() {
+        for local in [
+            "127.0.0.1:1",
+            "127.9.9.9:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(is_local(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.1:1",
+            "192.0.2.1:1",
+            "[::ffff:10.0.0.1]:1",
+            "[2001:db8::1]:1",
+            "0.0.0.0:1",
+        ] {
+            assert!(!is_local(remote.parse().unwrap()), "{remote}");
+        }
     }
 }

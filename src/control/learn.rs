@@ -6,7 +6,7 @@
 //! learned is ever enforced by itself.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,9 +30,14 @@ pub struct Doc {
     /// Hosts not recorded because [`Limits::hosts`] were already known.
     #[serde(default)]
     pub dropped_hosts: u64,
-    /// Paths not recorded because a host already had [`Limits::paths`].
+    /// Paths not recorded because a host already had [`Limits::paths`],
+    /// or [`Limits::bytes`] were spent.
     #[serde(default)]
     pub dropped_paths: u64,
+    /// Unlisted tunnels not probed because the probe schedule was full of
+    /// names probed within [`PROBE_EVERY`].
+    #[serde(default)]
+    pub dropped_probes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +76,9 @@ pub struct LearnedCert {
 }
 
 /// How much is learned: a workload talks to a few dozen hosts; a client
-/// that names thousands must not grow the proxy.
+/// that names thousands, or a server that sends 57 KB subjects, must not
+/// grow the proxy. Counts bound the number of things, [`Limits::bytes`]
+/// and [`MAX_TEXT`] what they weigh.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// host:port pairs.
@@ -79,6 +86,10 @@ pub struct Limits {
     /// Distinct validated paths per host:port (load-balanced backends on
     /// several CAs, cross-signed roots).
     pub paths: usize,
+    /// What everything learned may weigh, in bytes of text and pins (the
+    /// JSON of `/learned` is about twice that). A host or path that would
+    /// exceed it is dropped and counted.
+    pub bytes: usize,
 }
 
 impl Default for Limits {
@@ -86,9 +97,20 @@ impl Default for Limits {
         Self {
             hosts: 1024,
             paths: 8,
+            bytes: 4 << 20,
         }
     }
 }
+
+/// The longest string kept from a certificate (a subject, a date), bytes;
+/// longer ones are cut at a character boundary and end in `…`. A
+/// distinguished name a person can review fits easily.
+pub const MAX_TEXT: usize = 256;
+
+/// What a record costs beyond its strings and pins (allocations, numbers).
+const HOST_OVERHEAD: usize = 128;
+const PATH_OVERHEAD: usize = 96;
+const CERT_OVERHEAD: usize = 96;
 
 /// An unlisted CONNECT tunnel carries the client's own TLS, which pinproxy
 /// cannot read: learn mode dials such a host once more itself, at most this
@@ -114,6 +136,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the learn file {path} is over its {limit}-byte limit")]
+    TooLarge { path: PathBuf, limit: u64 },
 }
 
 struct PathRec {
@@ -135,9 +159,13 @@ struct HostRec {
 #[derive(Default)]
 struct State {
     hosts: HashMap<(String, u16), HostRec>,
+    /// What `hosts` weighs ([`Limits::bytes`]).
+    bytes: usize,
     dropped_hosts: u64,
     dropped_paths: u64,
-    /// When each host:port was last probed (bounded with `hosts`).
+    dropped_probes: u64,
+    /// When each host:port was last probed: at most twice
+    /// [`Limits::hosts`] names, each at most 253 bytes.
     probed: HashMap<(String, u16), tokio::time::Instant>,
 }
 
@@ -145,7 +173,10 @@ struct State {
 pub struct Learned {
     limits: Limits,
     state: Mutex<State>,
+    /// A host or path was added since the last save.
     dirty: AtomicBool,
+    /// Only counters moved since the last save.
+    touched: AtomicBool,
     probes: Arc<AtomicUsize>,
     hosts_gauge: prometheus::IntGauge,
 }
@@ -176,6 +207,7 @@ impl Learned {
             limits,
             state: Mutex::default(),
             dirty: AtomicBool::new(false),
+            touched: AtomicBool::new(false),
             probes: Arc::default(),
             hosts_gauge,
         }
@@ -197,17 +229,20 @@ impl Learned {
         now: i64,
         certs: impl FnOnce() -> Vec<LearnedCert>,
     ) {
+        let trust = clip(trust, MAX_TRUST);
         let mut state = self.lock();
         let key = (host.to_string(), port);
         if !state.hosts.contains_key(&key) {
-            if state.hosts.len() >= self.limits.hosts {
+            let cost = host_cost(host, &trust);
+            if state.hosts.len() >= self.limits.hosts || state.bytes + cost > self.limits.bytes {
                 state.dropped_hosts += 1;
                 return;
             }
+            state.bytes += cost;
             state.hosts.insert(
                 key.clone(),
                 HostRec {
-                    trust: trust.to_string(),
+                    trust: trust.clone(),
                     seen: 0,
                     first: now,
                     last: now,
@@ -215,99 +250,158 @@ impl Learned {
                 },
             );
             self.hosts_gauge.set(state.hosts.len() as i64);
+            self.dirty.store(true, Ordering::Release);
         }
-        let limit = self.limits.paths;
-        let mut dropped_path = false;
-        if let Some(h) = state.hosts.get_mut(&key) {
-            h.seen += 1;
-            h.last = now;
-            h.trust = trust.to_string();
-            if let Some(p) = h.paths.iter_mut().find(|p| p.pins == path) {
-                p.seen += 1;
-                p.last = now;
-            } else if h.paths.len() < limit {
+        let State { hosts, bytes, .. } = &mut *state;
+        let Some(h) = hosts.get_mut(&key) else {
+            return;
+        };
+        h.seen += 1;
+        h.last = now;
+        if h.trust != trust {
+            *bytes = (*bytes + trust.len()).saturating_sub(h.trust.len());
+            h.trust = trust;
+        }
+        self.touched.store(true, Ordering::Release);
+        if let Some(p) = h.paths.iter_mut().find(|p| p.pins == path) {
+            p.seen += 1;
+            p.last = now;
+            return;
+        }
+        let added = (h.paths.len() < self.limits.paths)
+            .then(|| {
+                let certs: Vec<LearnedCert> = certs().into_iter().map(clip_cert).collect();
+                let cost = path_cost(path, &certs);
+                (*bytes + cost <= self.limits.bytes).then_some((certs, cost))
+            })
+            .flatten();
+        match added {
+            Some((certs, cost)) => {
+                *bytes += cost;
                 h.paths.push(PathRec {
                     pins: path.to_vec(),
-                    certs: certs(),
+                    certs,
                     seen: 1,
                     first: now,
                     last: now,
                 });
-            } else {
-                dropped_path = true;
+                self.dirty.store(true, Ordering::Release);
             }
+            None => state.dropped_paths += 1,
         }
-        state.dropped_paths += u64::from(dropped_path);
-        self.dirty.store(true, Ordering::Release);
     }
 
-    /// Everything learned, sorted by host and port.
+    /// Everything learned, sorted by host and port (for tests and small
+    /// documents; `/learned` and the learn file stream [`Learned::chunks`]).
     pub fn doc(&self, learning: bool) -> Doc {
+        let hosts = self.keys().iter().filter_map(|k| self.host(k)).collect();
         let state = self.lock();
-        let mut hosts: Vec<LearnedHost> = state
-            .hosts
-            .iter()
-            .map(|((host, port), h)| LearnedHost {
-                host: host.clone(),
-                port: *port,
-                trust: h.trust.clone(),
-                seen: h.seen,
-                first_seen: rfc3339(h.first),
-                last_seen: rfc3339(h.last),
-                paths: h
-                    .paths
-                    .iter()
-                    .map(|p| LearnedPath {
-                        pins: p.pins.iter().map(Pin::to_string).collect(),
-                        certs: p.certs.clone(),
-                        seen: p.seen,
-                        first_seen: rfc3339(p.first),
-                        last_seen: rfc3339(p.last),
-                    })
-                    .collect(),
-            })
-            .collect();
-        hosts.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
         Doc {
             version: 1,
             learning,
             hosts,
             dropped_hosts: state.dropped_hosts,
             dropped_paths: state.dropped_paths,
+            dropped_probes: state.dropped_probes,
         }
     }
 
-    /// Adds what a learn file holds (within the limits); what is already
-    /// known in memory wins.
+    /// The host:port pairs learned, sorted.
+    pub(crate) fn keys(&self) -> Vec<(String, u16)> {
+        let mut keys: Vec<(String, u16)> = self.lock().hosts.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// What was learned of one host:port, if it still is.
+    pub(crate) fn host(&self, key: &(String, u16)) -> Option<LearnedHost> {
+        let state = self.lock();
+        let h = state.hosts.get(key)?;
+        Some(LearnedHost {
+            host: key.0.clone(),
+            port: key.1,
+            trust: h.trust.clone(),
+            seen: h.seen,
+            first_seen: rfc3339(h.first),
+            last_seen: rfc3339(h.last),
+            paths: h
+                .paths
+                .iter()
+                .map(|p| LearnedPath {
+                    pins: p.pins.iter().map(Pin::to_string).collect(),
+                    certs: p.certs.clone(),
+                    seen: p.seen,
+                    first_seen: rfc3339(p.first),
+                    last_seen: rfc3339(p.last),
+                })
+                .collect(),
+        })
+    }
+
+    /// The most a learn file of this store may weigh: four times
+    /// [`Limits::bytes`] (the JSON around the text), within
+    /// [`MAX_FILE_BYTES`].
+    pub fn file_cap(&self) -> u64 {
+        (self.limits.bytes as u64)
+            .saturating_mul(4)
+            .min(MAX_FILE_BYTES)
+    }
+
+    /// The counters of what was not learned.
+    pub(crate) fn dropped(&self) -> [u64; 3] {
+        let s = self.lock();
+        [s.dropped_hosts, s.dropped_paths, s.dropped_probes]
+    }
+
+    /// Adds what a learn file holds, within the limits (counts, bytes,
+    /// string lengths: a file can be edited); what is already known in
+    /// memory wins.
     pub fn restore(&self, doc: Doc) {
         let mut state = self.lock();
         for h in doc.hosts {
             let key = (h.host, h.port);
-            if state.hosts.contains_key(&key) || state.hosts.len() >= self.limits.hosts {
+            let trust = clip(&h.trust, MAX_TRUST);
+            let cost = host_cost(&key.0, &trust);
+            if state.hosts.contains_key(&key)
+                || state.hosts.len() >= self.limits.hosts
+                || key.0.len() > 253
+                || state.bytes + cost > self.limits.bytes
+            {
                 continue;
             }
-            let paths: Vec<PathRec> = h
-                .paths
-                .into_iter()
-                .filter_map(|p| {
-                    let pins: Result<Vec<Pin>, _> = p.pins.iter().map(|s| s.parse()).collect();
-                    Some(PathRec {
-                        pins: pins.ok().filter(|p| !p.is_empty())?,
-                        certs: p.certs,
-                        seen: p.seen,
-                        first: unix(&p.first_seen),
-                        last: unix(&p.last_seen),
-                    })
-                })
-                .take(self.limits.paths)
-                .collect();
+            let mut bytes = state.bytes + cost;
+            let mut paths: Vec<PathRec> = Vec::new();
+            for p in h.paths.into_iter().take(self.limits.paths) {
+                let Ok(pins) = p
+                    .pins
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<Vec<Pin>, _>>()
+                else {
+                    continue;
+                };
+                let certs: Vec<LearnedCert> = p.certs.into_iter().map(clip_cert).collect();
+                let cost = path_cost(&pins, &certs);
+                if pins.is_empty() || bytes + cost > self.limits.bytes {
+                    continue;
+                }
+                bytes += cost;
+                paths.push(PathRec {
+                    pins,
+                    certs,
+                    seen: p.seen,
+                    first: unix(&p.first_seen),
+                    last: unix(&p.last_seen),
+                });
+            }
             if paths.is_empty() {
                 continue;
             }
+            state.bytes = bytes;
             state.hosts.insert(
                 key,
                 HostRec {
-                    trust: h.trust,
+                    trust,
                     seen: h.seen,
                     first: unix(&h.first_seen),
                     last: unix(&h.last_seen),
@@ -317,17 +411,31 @@ impl Learned {
         }
         state.dropped_hosts += doc.dropped_hosts;
         state.dropped_paths += doc.dropped_paths;
+        state.dropped_probes += doc.dropped_probes;
         self.hosts_gauge.set(state.hosts.len() as i64);
     }
 
-    /// Whether something was learned since the last call.
+    /// Whether something new (a host, a path) was learned since the last
+    /// call — or, with `counts_too`, only counters moved.
+    pub fn take_dirty_or(&self, counts_too: bool) -> bool {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            self.touched.store(false, Ordering::Release);
+            return true;
+        }
+        counts_too && self.touched.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether something new (a host, a path) was learned since the last call.
     pub fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
+        self.take_dirty_or(false)
     }
 
     /// A slot to probe `host:port` now, if it is due: not probed within
-    /// [`PROBE_EVERY`], fewer than [`MAX_PROBES`] in flight, and room to
-    /// learn it.
+    /// [`PROBE_EVERY`], fewer than [`MAX_PROBES`] in flight, room to learn
+    /// it, and room in the schedule: it remembers at most twice
+    /// [`Limits::hosts`] names inside its window, so a client naming
+    /// random SNIs cannot grow it (while it is full of such names, new
+    /// names wait, counted in `dropped_probes`).
     pub fn probe_due(&self, host: &str, port: u16, now: tokio::time::Instant) -> Option<Probe> {
         let mut state = self.lock();
         let key = (host.to_string(), port);
@@ -341,18 +449,62 @@ impl Learned {
         {
             return None;
         }
-        if self.probes.fetch_add(1, Ordering::SeqCst) >= MAX_PROBES {
-            self.probes.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        if state.probed.len() >= self.limits.hosts.saturating_mul(2) {
+        let cap = self.limits.hosts.saturating_mul(2).max(1);
+        if state.probed.len() >= cap {
             state
                 .probed
                 .retain(|_, at| now.duration_since(*at) < PROBE_EVERY);
         }
+        if state.probed.len() >= cap && !state.probed.contains_key(&key) {
+            state.dropped_probes += 1;
+            return None;
+        }
+        if self.probes.fetch_add(1, Ordering::SeqCst) >= MAX_PROBES {
+            self.probes.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
         state.probed.insert(key, now);
         Some(Probe(self.probes.clone()))
     }
+}
+
+/// The longest `trust` kept (a CA bundle's path).
+const MAX_TRUST: usize = 1024;
+
+/// `s` cut to at most `max` bytes at a character boundary, ending in `…`
+/// when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn clip_cert(c: LearnedCert) -> LearnedCert {
+    LearnedCert {
+        pin: clip(&c.pin, MAX_TEXT),
+        position: clip(&c.position, MAX_TEXT),
+        subject: c.subject.map(|s| clip(&s, MAX_TEXT)),
+        not_after: c.not_after.map(|s| clip(&s, MAX_TEXT)),
+    }
+}
+
+fn host_cost(host: &str, trust: &str) -> usize {
+    HOST_OVERHEAD + host.len() + trust.len()
+}
+
+fn path_cost(pins: &[Pin], certs: &[LearnedCert]) -> usize {
+    let text = |c: &LearnedCert| {
+        c.pin.len()
+            + c.position.len()
+            + c.subject.as_ref().map_or(0, String::len)
+            + c.not_after.as_ref().map_or(0, String::len)
+    };
+    PATH_OVERHEAD + pins.len() * 32 + certs.iter().map(|c| CERT_OVERHEAD + text(c)).sum::<usize>()
 }
 
 /// What is known of a trust anchor, which servers usually don't send.
@@ -409,77 +561,6 @@ fn by_pin(certs: &[rustls_pki_types::CertificateDer<'_>]) -> HashMap<Pin, Anchor
         .collect()
 }
 
-// === the learn file ===
-
-/// Reads a learn file (or a saved `GET /learned` answer); `None` when the
-/// file does not exist yet.
-pub fn read(path: &Path) -> Result<Option<Doc>, Error> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| Error::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// Writes `doc` to `path` atomically (a temporary file renamed over it):
-/// a crash mid-write never leaves half a file.
-pub fn write(path: &Path, doc: &Doc) -> Result<(), Error> {
-    let err = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let bytes = serde_json::to_vec_pretty(doc).map_err(|e| err(std::io::Error::other(e)))?;
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
-/// Saves what was learned to `path` every `every` while something new was
-/// learned, until `stop` resolves; then once more.
-pub async fn persist(
-    learned: Arc<Learned>,
-    path: PathBuf,
-    every: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    loop {
-        let stopping = tokio::select! {
-            _ = tokio::time::sleep(every) => false,
-            _ = &mut stop => true,
-        };
-        if learned.take_dirty() {
-            save(&learned, &path).await;
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
-async fn save(learned: &Arc<Learned>, path: &Path) {
-    let doc = learned.doc(true);
-    let p = path.to_path_buf();
-    match tokio::task::spawn_blocking(move || write(&p, &doc)).await {
-        Ok(Ok(())) => tracing::debug!(path = %path.display(), "saved learned chains"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "saving learned chains"),
-        Err(e) => tracing::warn!(error = %e, "saving learned chains"),
-    }
-}
-
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
@@ -494,6 +575,12 @@ fn unix(rfc3339: &str) -> i64 {
     time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
         .map_or(0, |t| t.unix_timestamp())
 }
+
+mod file;
+mod stream;
+
+pub use file::{persist, read, write, MAX_FILE_BYTES};
+pub use stream::Chunks;
 
 #[cfg(test)]
 mod tests;

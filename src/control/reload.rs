@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 
 use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
+use crate::policy::load::Caps;
 use crate::policy::{self, Mode, Policy, Unlisted};
 use crate::upstream::{Shared, Snapshot};
 
@@ -37,8 +38,8 @@ use crate::upstream::{Shared, Snapshot};
 /// request waits for a slot, and skips its load if a newer one came since.
 pub const LOADS_IN_FLIGHT: usize = 2;
 
-/// Reads and validates a pinset file of at most so many bytes.
-type Load = dyn Fn(&Path, u64) -> Result<Policy, policy::Error> + Send + Sync;
+/// Reads and validates a pinset file within these caps.
+type Load = dyn Fn(&Path, Caps) -> Result<Policy, policy::Error> + Send + Sync;
 
 /// Re-reads the pinset and publishes new snapshots.
 pub struct Reloader {
@@ -46,9 +47,10 @@ pub struct Reloader {
     /// What every snapshot is built from.
     shared: Shared,
     pins_path: PathBuf,
-    /// The pinset file's size limit, bytes.
-    max_bytes: u64,
-    /// [`policy::load::load_capped`]; tests hold a load back with theirs.
+    /// What a load may read: the pinset file, each file it names, CRL
+    /// entries.
+    caps: Caps,
+    /// [`policy::load::load_with`]; tests hold a load back with theirs.
     load: Arc<Load>,
     /// Numbers reload requests, newest last.
     requested: AtomicU64,
@@ -80,19 +82,34 @@ pub enum Reloaded {
 
 impl Reloader {
     /// `max_bytes`: the pinset file's size limit
-    /// ([`policy::load::DEFAULT_MAX_BYTES`] unless the operator set one).
+    /// ([`policy::load::DEFAULT_MAX_BYTES`] unless the operator set one);
+    /// the files it names get the default [`Caps`].
     pub fn new(
         publisher: Publisher,
         shared: Shared,
         pins_path: PathBuf,
         max_bytes: u64,
     ) -> Arc<Self> {
+        let caps = Caps {
+            pinset: max_bytes,
+            ..Caps::default()
+        };
+        Self::with_caps(publisher, shared, pins_path, caps)
+    }
+
+    /// As [`Reloader::new`], with every cap given.
+    pub fn with_caps(
+        publisher: Publisher,
+        shared: Shared,
+        pins_path: PathBuf,
+        caps: Caps,
+    ) -> Arc<Self> {
         Arc::new(Self {
             publisher,
             shared,
             pins_path,
-            max_bytes,
-            load: Arc::new(|path: &Path, max: u64| policy::load::load_capped(path, max)),
+            caps,
+            load: Arc::new(policy::load::load_with),
             requested: AtomicU64::new(0),
             loads: Semaphore::new(LOADS_IN_FLIGHT),
             judged: Mutex::new(0),
@@ -159,8 +176,8 @@ impl Reloader {
                     Known::InForce | Known::New => {}
                 }
             }
-            let (path, max, load) = (self.pins_path.clone(), self.max_bytes, self.load.clone());
-            let loaded = tokio::task::spawn_blocking(move || load(&path, max))
+            let (path, caps, load) = (self.pins_path.clone(), self.caps, self.load.clone());
+            let loaded = tokio::task::spawn_blocking(move || load(&path, caps))
                 .await
                 .unwrap_or_else(|e| {
                     Err(policy::Error::Read {
@@ -220,7 +237,7 @@ impl Reloader {
         let (versions, path, max) = (
             self.versions.clone(),
             self.pins_path.clone(),
-            self.max_bytes,
+            self.caps.pinset,
         );
         tokio::task::spawn_blocking(move || {
             versions

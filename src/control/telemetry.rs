@@ -269,12 +269,18 @@ fn routes(
     })
 }
 
-/// The certificates of a verdict's validated path, described from the
-/// chain the server sent, or from the trust anchors for what it didn't.
+/// The certificates of a verdict's validated path: the end entity, the
+/// intermediates webpki used — by position, never looked up by key, since
+/// a server may send more certificates with a path key and any subject it
+/// likes — and the anchor as the trust store holds it, never as a server
+/// sent it.
 fn learned_certs(v: &Verdict<'_>, anchors: &learn::Anchors) -> Vec<LearnedCert> {
-    let presented: Vec<crate::tls::cert::CertInfo> = std::iter::once(v.end_entity)
-        .chain(v.intermediates)
-        .filter_map(|c| crate::tls::cert::CertInfo::from_der(c.as_ref()).ok())
+    let on_path: Vec<&CertificateDer<'_>> = std::iter::once(v.end_entity)
+        .chain(
+            v.path_intermediates
+                .iter()
+                .filter_map(|i| v.intermediates.get(*i)),
+        )
         .collect();
     let last = v.path_pins.len().saturating_sub(1);
     v.path_pins
@@ -287,11 +293,15 @@ fn learned_certs(v: &Verdict<'_>, anchors: &learn::Anchors) -> Vec<LearnedCert> 
                 _ => Position::Intermediate,
             };
             let text = pin.to_string();
-            let (subject, not_after) = match presented.iter().find(|c| c.pin == text) {
-                Some(c) => (Some(c.subject.clone()), Some(c.not_after.clone())),
-                None => anchors.get(pin).map_or((None, None), |a| {
+            let (subject, not_after) = match position {
+                Position::Anchor => anchors.get(pin).map_or((None, None), |a| {
                     (Some(a.subject.clone()), a.not_after.clone())
                 }),
+                _ => on_path
+                    .get(i)
+                    .and_then(|c| crate::tls::cert::CertInfo::from_der(c.as_ref()).ok())
+                    .filter(|c| c.pin == text)
+                    .map_or((None, None), |c| (Some(c.subject), Some(c.not_after))),
             };
             LearnedCert {
                 pin: text,

@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use webpki::{BorrowedCertRevocationList, CertRevocationList, OwnedCertRevocationList};
 
 use super::host::Host;
+use super::pemfile;
 use super::pin::Pin;
 
 pub use names::{normalize_uri, Name, NameError};
@@ -176,6 +177,23 @@ pub enum FileError {
          (a certificate and key from different rotations?)"
     )]
     Mismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "{path} is larger than the {limit}-byte limit for a file the pinset names \
+         (--max-file-bytes); refused without reading it whole"
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error(
+        "{path}: the pinset's CRLs list more than {total} revoked certificates together \
+         (--max-crl-entries); refused: each costs memory in every snapshot"
+    )]
+    TooManyEntries { path: PathBuf, total: usize },
+}
+
+/// How many more CRL entries a load may read, of how many in all.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EntryBudget {
+    pub(super) left: usize,
+    pub(super) total: usize,
 }
 
 /// A file as named in the pinset (`shown`) and where it is read (`read`):
@@ -199,19 +217,27 @@ pub(super) fn read_client_cert(
     cert: &FilePath,
     key: &FilePath,
     now: OffsetDateTime,
+    max: u64,
 ) -> Result<ReadClientCert, FileError> {
-    let [cert_bytes, key_bytes] =
-        read_pair(&cert.read, &key.read).map_err(|(i, source)| FileError::Read {
-            path: if i == 0 { &cert.shown } else { &key.shown }.clone(),
-            source,
-        })?;
+    let [cert_bytes, key_bytes] = read_pair(&cert.read, &key.read, max).map_err(|(i, e)| {
+        let path = if i == 0 { &cert.shown } else { &key.shown }.clone();
+        match e {
+            PairError::Io(source) => FileError::Read { path, source },
+            PairError::TooLarge => FileError::TooLarge { path, limit: max },
+        }
+    })?;
     let invalid = |path: &Path, detail: String| FileError::Invalid {
         path: path.to_path_buf(),
         detail,
     };
     let chain = CertificateDer::pem_slice_iter(&cert_bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(&cert.shown, format!("not a PEM certificate chain: {e}")))?;
+        .map_err(|e| {
+            invalid(
+                &cert.shown,
+                format!("not a PEM certificate chain: {}", pemfile::describe(&e)),
+            )
+        })?;
     let Some(leaf) = chain.first() else {
         return Err(invalid(
             &cert.shown,
@@ -279,14 +305,21 @@ pub(super) fn read_client_cert(
 /// of `..data` between the two reads would pair a certificate with the
 /// other rotation's key: the real paths are resolved before and after, and
 /// a pair read across a swap is read again.
-fn read_pair(a: &Path, b: &Path) -> Result<[Vec<u8>; 2], (usize, io::Error)> {
-    let real = |p: &Path, i: usize| std::fs::canonicalize(p).map_err(|e| (i, e));
+fn read_pair(a: &Path, b: &Path, max: u64) -> Result<[Vec<u8>; 2], (usize, PairError)> {
+    let real = |p: &Path, i: usize| std::fs::canonicalize(p).map_err(|e| (i, PairError::Io(e)));
     let mut last = None;
     for _ in 0..5 {
         let before = [real(a, 0)?, real(b, 1)?];
-        let read = |i: usize| std::fs::read(&before[i]).map_err(|e| (i, e));
+        let read = |i: usize| match super::load::read_capped(&before[i], max) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err((i, PairError::TooLarge)),
+            Err(e) => Err((i, PairError::Io(e))),
+        };
         let bytes = match (read(0), read(1)) {
             (Ok(x), Ok(y)) => [x, y],
+            (Err(e @ (_, PairError::TooLarge)), _) | (_, Err(e @ (_, PairError::TooLarge))) => {
+                return Err(e)
+            }
             // The old version vanished under us: look again.
             (Err(e), _) | (_, Err(e)) => {
                 last = Some(e);
@@ -297,7 +330,18 @@ fn read_pair(a: &Path, b: &Path) -> Result<[Vec<u8>; 2], (usize, io::Error)> {
             return Ok(bytes);
         }
     }
-    Err(last.unwrap_or_else(|| (0, io::Error::other("the files kept changing while read"))))
+    Err(last.unwrap_or_else(|| {
+        (
+            0,
+            PairError::Io(io::Error::other("the files kept changing while read")),
+        )
+    }))
+}
+
+#[derive(Debug)]
+enum PairError {
+    Io(io::Error),
+    TooLarge,
 }
 
 /// The first private key in PEM text: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
@@ -309,7 +353,10 @@ fn private_key(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
              SPIFFE helpers write it)"
                 .into()
         } else {
-            format!("no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in PEM form ({e})")
+            format!(
+                "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in PEM form ({})",
+                pemfile::describe(&e)
+            )
         }
     })
 }
@@ -358,13 +405,29 @@ fn leaf_facts(der: &[u8]) -> Result<Leaf, String> {
     })
 }
 
-/// Reads a CRL file: PEM (`X509 CRL` blocks, any number) or one DER CRL.
-/// Also returns its bytes (for the source hash).
-pub(super) fn read_crl(path: &FilePath) -> Result<(LoadedCrl, Vec<u8>), FileError> {
-    let bytes = std::fs::read(&path.read).map_err(|source| FileError::Read {
-        path: path.shown.clone(),
-        source,
-    })?;
+/// Reads a CRL file of at most `max` bytes: PEM (`X509 CRL` blocks, any
+/// number) or one DER CRL, listing at most `entries.left` revoked
+/// certificates. Also returns its bytes (for the source hash).
+///
+/// What it costs is bounded before it is paid: the size before the file is
+/// read whole, the entries counted on webpki's borrowed view (no
+/// allocation per entry) before the owned map is built, and the issuer and
+/// nextUpdate read from the list's head, never by parsing every entry
+/// again.
+pub(super) fn read_crl(
+    path: &FilePath,
+    max: u64,
+    entries: EntryBudget,
+) -> Result<(LoadedCrl, Vec<u8>), FileError> {
+    let bytes = super::load::read_capped(&path.read, max)
+        .map_err(|source| FileError::Read {
+            path: path.shown.clone(),
+            source,
+        })?
+        .ok_or_else(|| FileError::TooLarge {
+            path: path.shown.clone(),
+            limit: max,
+        })?;
     let invalid = |detail: String| FileError::Invalid {
         path: path.shown.clone(),
         detail,
@@ -373,7 +436,7 @@ pub(super) fn read_crl(path: &FilePath) -> Result<(LoadedCrl, Vec<u8>), FileErro
         CertificateRevocationListDer::pem_slice_iter(&bytes)
             .map(|r| r.map(|d| d.as_ref().to_vec()))
             .collect::<Result<_, _>>()
-            .map_err(|e| invalid(format!("not a PEM CRL: {e}")))?
+            .map_err(|e| invalid(format!("not a PEM CRL: {}", pemfile::describe(&e))))?
     } else {
         vec![bytes.clone()]
     };
@@ -396,29 +459,31 @@ pub(super) fn read_crl(path: &FilePath) -> Result<(LoadedCrl, Vec<u8>), FileErro
                 "{which}not a CRL webpki can use ({e:?}; a v2 CRL with nextUpdate is required)"
             ))
         })?;
-        let (_, parsed) = x509_parser::parse_x509_crl(der)
-            .map_err(|e| invalid(format!("{which}does not parse: {e}")))?;
-        let Some(next) = parsed.next_update() else {
-            return Err(invalid(format!("{which}has no nextUpdate")));
-        };
-        let next = next.to_datetime();
-        next_update = Some(next_update.map_or(next, |n| n.min(next)));
-        issuers.push(parsed.issuer().to_string());
-        // What the CRL refuses: its issuer and serials, in a stable order.
-        let mut serials = Vec::new();
+        // What the CRL refuses: its issuer and serials, in a stable order
+        // (slices of the DER: no copy per entry).
+        let mut serials: Vec<&[u8]> = Vec::new();
         for cert in &borrowed {
             let cert = cert.map_err(|e| invalid(format!("{which}a revoked entry: {e:?}")))?;
-            serials.push(cert.serial_number.to_vec());
+            if revoked + serials.len() >= entries.left {
+                return Err(FileError::TooManyEntries {
+                    path: path.shown.clone(),
+                    total: entries.total,
+                });
+            }
+            serials.push(cert.serial_number);
         }
-        serials.sort();
+        serials.sort_unstable();
         revoked += serials.len();
-        let issuer = parsed.issuer().as_raw();
-        ctx.update(&(issuer.len() as u64).to_be_bytes());
-        ctx.update(issuer);
+        let head = crl_head(der).map_err(|e| invalid(format!("{which}{e}")))?;
+        next_update = Some(next_update.map_or(head.next_update, |n| n.min(head.next_update)));
+        issuers.push(head.issuer);
+        ctx.update(&(head.issuer_der.len() as u64).to_be_bytes());
+        ctx.update(head.issuer_der);
         for s in &serials {
             ctx.update(&(s.len() as u64).to_be_bytes());
             ctx.update(s);
         }
+        drop(serials);
         let owned = borrowed
             .to_owned()
             .map_err(|e| invalid(format!("{which}{e:?}")))?;
@@ -440,6 +505,45 @@ pub(super) fn read_crl(path: &FilePath) -> Result<(LoadedCrl, Vec<u8>), FileErro
         },
         bytes,
     ))
+}
+
+/// The issuer (for people) and nextUpdate of a DER CRL, read from the head
+/// of its TBSCertList — `SEQUENCE { SEQUENCE { version?, signature,
+/// issuer, thisUpdate, nextUpdate, … } … }` — without the revoked entries.
+fn crl_head(der: &[u8]) -> Result<CrlHead<'_>, String> {
+    use x509_parser::der_parser::asn1_rs::{FromDer, Header, Tag};
+    use x509_parser::prelude::{AlgorithmIdentifier, X509Name};
+    use x509_parser::time::ASN1Time;
+    let bad = |what: &str| format!("does not parse ({what})");
+    let inside = |i| -> Result<&[u8], String> {
+        let (rest, h) = Header::from_der(i).map_err(|_| bad("a SEQUENCE"))?;
+        let len = h.length().definite().map_err(|_| bad("a length"))?;
+        rest.get(..len).ok_or_else(|| bad("a truncated SEQUENCE"))
+    };
+    let tbs = inside(inside(der)?)?;
+    // version INTEGER OPTIONAL
+    let tbs = match Header::from_der(tbs) {
+        Ok((rest, h)) if h.tag() == Tag::Integer => {
+            let len = h.length().definite().map_err(|_| bad("the version"))?;
+            rest.get(len..).ok_or_else(|| bad("the version"))?
+        }
+        _ => tbs,
+    };
+    let (tbs, _) = AlgorithmIdentifier::from_der(tbs).map_err(|_| bad("the signature"))?;
+    let (tbs, issuer) = X509Name::from_der(tbs).map_err(|_| bad("the issuer"))?;
+    let (tbs, _) = ASN1Time::from_der(tbs).map_err(|_| bad("thisUpdate"))?;
+    let (_, next) = ASN1Time::from_der(tbs).map_err(|_| "has no nextUpdate".to_string())?;
+    Ok(CrlHead {
+        issuer: issuer.to_string(),
+        issuer_der: issuer.as_raw(),
+        next_update: next.to_datetime(),
+    })
+}
+
+struct CrlHead<'a> {
+    issuer: String,
+    issuer_der: &'a [u8],
+    next_update: OffsetDateTime,
 }
 
 mod names;

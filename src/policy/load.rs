@@ -79,6 +79,39 @@ impl fmt::Display for Problem {
 /// YAML, so this keeps a load well inside a sidecar's memory limit.
 pub const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
+/// The size limit on every file a pinset names — CA bundles, client
+/// certificates and keys, CRLs — unless the operator sets another. Real
+/// bundles and certificates weigh kilobytes (Mozilla's whole root store is
+/// 220 KB); a CRL at [`DEFAULT_MAX_CRL_ENTRIES`] weighs 4–6 MB as DER,
+/// up to 8 MB as PEM. A file is read whole at every reload and hashed.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Revoked certificates a pinset's CRLs may list, all files together.
+/// Each costs about 400 bytes while it is loaded and 200 in every snapshot
+/// (webpki keeps a map for lookups; a reload holds two snapshots): 100,000
+/// is about 40 MB at the peak, inside a sidecar's memory limit, where the
+/// 2 million entries of a large public CA's CRL took 1.5 GB.
+pub const DEFAULT_MAX_CRL_ENTRIES: usize = 100_000;
+
+/// What one load may read: the pinset file, each file it names, and the
+/// CRL entries all its CRLs list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    pub pinset: u64,
+    pub file: u64,
+    pub crl_entries: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            pinset: DEFAULT_MAX_BYTES,
+            file: DEFAULT_MAX_FILE_BYTES,
+            crl_entries: DEFAULT_MAX_CRL_ENTRIES,
+        }
+    }
+}
+
 /// Why a pinset file was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -138,16 +171,35 @@ pub enum BundleError {
     },
     #[error("CA bundle {path} holds no PEM certificate")]
     Empty { path: PathBuf },
+    #[error(
+        "CA bundle {path} is larger than the {limit}-byte limit for a file the pinset \
+         names (--max-file-bytes); refused without reading it whole"
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
 }
 
-/// Reads and validates a pinset file of at most [`DEFAULT_MAX_BYTES`].
+/// Reads and validates a pinset file within the default [`Caps`].
 pub fn load(path: &Path) -> Result<Policy, Error> {
-    load_capped(path, DEFAULT_MAX_BYTES)
+    load_with(path, Caps::default())
 }
 
-/// Reads and validates a pinset file; a file over `max_bytes` is refused
-/// after reading at most `max_bytes + 1` of it.
+/// Reads and validates a pinset file of at most `max_bytes`, the files it
+/// names within the default [`Caps`].
 pub fn load_capped(path: &Path, max_bytes: u64) -> Result<Policy, Error> {
+    load_with(
+        path,
+        Caps {
+            pinset: max_bytes,
+            ..Caps::default()
+        },
+    )
+}
+
+/// Reads and validates a pinset file; a file over `caps.pinset` is refused
+/// after reading at most one byte more, and so is every file it names
+/// over `caps.file`.
+pub fn load_with(path: &Path, caps: Caps) -> Result<Policy, Error> {
+    let max_bytes = caps.pinset;
     let read_err = |source| Error::Read {
         path: path.to_path_buf(),
         source,
@@ -165,7 +217,7 @@ pub fn load_capped(path: &Path, max_bytes: u64) -> Result<Policy, Error> {
     };
     let shown = path.parent().unwrap_or(Path::new("."));
     let read_from = real.parent().unwrap_or(shown);
-    parse_in(&bytes, shown, read_from, OffsetDateTime::now_utc()).map_err(|problems| {
+    parse_in(&bytes, shown, read_from, OffsetDateTime::now_utc(), caps).map_err(|problems| {
         Error::Invalid {
             path: path.to_path_buf(),
             problems,
@@ -176,7 +228,7 @@ pub fn load_capped(path: &Path, max_bytes: u64) -> Result<Policy, Error> {
 /// The file's bytes, or `None` when it is over `max`. The size on disk is
 /// only a hint (a file can grow while it is read, and pipes report none):
 /// the read itself stops after `max + 1` bytes.
-fn read_capped(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
     let file = std::fs::File::open(path)?;
     let hint = file.metadata()?.len();
     if hint > max {
@@ -189,7 +241,7 @@ fn read_capped(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
 
 /// Validates pinset bytes; relative CA bundle paths resolve against `base`.
 pub fn parse(bytes: &[u8], base: &Path, now: OffsetDateTime) -> Result<Policy, Vec<Problem>> {
-    parse_in(bytes, base, base, now)
+    parse_in(bytes, base, base, now, Caps::default())
 }
 
 /// As [`parse`]; relative bundle paths are *named* under `shown` (what the
@@ -199,6 +251,7 @@ fn parse_in(
     shown: &Path,
     read_from: &Path,
     now: OffsetDateTime,
+    caps: Caps,
 ) -> Result<Policy, Vec<Problem>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         vec![Problem::new(
@@ -233,7 +286,7 @@ fn parse_in(
             message: strip_location(&e.to_string()),
         }]
     })?;
-    Validator::new(text, shown, read_from, now).run(wire, bytes)
+    Validator::new(text, shown, read_from, now, caps).run(wire, bytes)
 }
 
 /// serde_yaml appends " at line N column M"; we print the location first.
@@ -246,23 +299,30 @@ fn strip_location(msg: &str) -> String {
 
 /// Reads a PEM CA bundle into trust anchors.
 pub fn load_bundle(path: &Path) -> Result<Arc<[TrustAnchor<'static>]>, BundleError> {
-    read_bundle(path).map(|(anchors, _)| anchors)
+    read_bundle(path, DEFAULT_MAX_FILE_BYTES).map(|(anchors, _)| anchors)
 }
 
-/// Reads a PEM CA bundle; also returns its bytes (part of the source hash).
+/// Reads a PEM CA bundle of at most `max` bytes; also returns its bytes
+/// (part of the source hash).
 pub(super) fn read_bundle(
     path: &Path,
+    max: u64,
 ) -> Result<(Arc<[TrustAnchor<'static>]>, Vec<u8>), BundleError> {
-    let bytes = std::fs::read(path).map_err(|source| BundleError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_capped(path, max)
+        .map_err(|source| BundleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .ok_or_else(|| BundleError::TooLarge {
+            path: path.to_path_buf(),
+            limit: max,
+        })?;
     let mut anchors = Vec::new();
     for (index, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
         let cert = cert.map_err(|e| BundleError::Pem {
             path: path.to_path_buf(),
             index,
-            detail: e.to_string(),
+            detail: super::pemfile::describe(&e),
         })?;
         let anchor = webpki::anchor_from_trusted_cert(&cert).map_err(|e| BundleError::Anchor {
             path: path.to_path_buf(),

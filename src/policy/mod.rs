@@ -12,11 +12,13 @@
 //! No sockets, no tokio, no HTTP: the data path asks this room questions.
 
 pub mod admission;
+pub mod comment;
 pub mod host;
 pub mod identity;
 pub mod load;
 pub mod passthrough;
 pub mod pattern;
+pub mod pemfile;
 pub mod pin;
 #[cfg(test)]
 mod tests;

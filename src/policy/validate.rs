@@ -14,7 +14,7 @@ use rustls_pki_types::TrustAnchor;
 use time::OffsetDateTime;
 
 use super::identity::{self, ClientCert, FilePath, LoadedCrl};
-use super::load::{hex, read_bundle, BundleError, Problem};
+use super::load::{hex, read_bundle, BundleError, Caps, Problem};
 use super::passthrough::{Item, Passthrough};
 use super::pattern::{Pattern, Patterns};
 use super::pin::Pin;
@@ -26,6 +26,10 @@ pub(super) struct Validator<'a> {
     base: &'a Path,
     read_from: &'a Path,
     now: OffsetDateTime,
+    /// How much each named file, and the CRLs together, may weigh.
+    caps: Caps,
+    /// CRL entries read so far (all files).
+    crl_entries: usize,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
     /// CA bundles read, with their bytes: part of the source hash, so a
@@ -69,12 +73,15 @@ impl<'a> Validator<'a> {
         base: &'a Path,
         read_from: &'a Path,
         now: OffsetDateTime,
+        caps: Caps,
     ) -> Self {
         Self {
             lines: LineIndex::new(text),
             base,
             read_from,
             now,
+            caps,
+            crl_entries: 0,
             problems: Vec::new(),
             warnings: Vec::new(),
             bundles: Vec::new(),
@@ -466,7 +473,7 @@ impl<'a> Validator<'a> {
                     let anchors = anchors.clone();
                     return Ok(Trust::Bundle { path, anchors });
                 }
-                let (anchors, contents) = read_bundle(&read)?;
+                let (anchors, contents) = read_bundle(&read, self.caps.file)?;
                 self.bundles.push((path.clone(), contents));
                 self.anchors.insert(path.clone(), anchors.clone());
                 Ok(Trust::Bundle { path, anchors })

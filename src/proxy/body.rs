@@ -184,6 +184,7 @@ mod tests {
             ),
             provider,
             refusal_logs: crate::control::telemetry::LogLimiter::new(grace, 5),
+            connections: Context::connection_slots(&Limits::default()),
         });
         let target = Target {
             host: Host::parse("unlisted.test").unwrap(),

@@ -58,7 +58,22 @@ pub struct Context {
     pub provider: Arc<CryptoProvider>,
     /// Rate limit of refusal log lines, per host and reason.
     pub refusal_logs: Arc<LogLimiter>,
+    /// `--max-connections` slots, shared by every proxy and transparent
+    /// listener (see [`Context::connection_slots`]).
+    pub connections: Arc<Semaphore>,
 }
+
+impl Context {
+    /// The slots of `limits.max_connections`, for [`Context::connections`].
+    pub fn connection_slots(limits: &Limits) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(limits.max_connections.max(1)))
+    }
+}
+
+/// Connections past the limit that are answered `503 overloaded` at once
+/// (each holds its descriptor up to a second); past these, a connection is
+/// closed unanswered, so a flood cannot spend descriptors on refusals.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
 /// Listener limits.
 #[derive(Clone, Copy, Debug)]
@@ -129,7 +144,8 @@ pub(crate) async fn accept_loop<F, Fut>(
 {
     let tracker = TaskTracker::new();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let permits = ctx.connections.clone();
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -147,7 +163,12 @@ pub(crate) async fn accept_loop<F, Fut>(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             count_denied(&ctx, Reason::Overloaded);
             refusal::log_refusal(&ctx, Reason::Overloaded, "", "connection limit reached");
-            tracker.spawn(refuse_overloaded(stream));
+            if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                tracker.spawn(async move {
+                    refuse_overloaded(stream).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -23,6 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 use crate::policy::host::Host;
+use crate::policy::pemfile;
 use prometheus::IntCounterVec;
 
 /// How long a minted leaf is valid, and when the cache re-mints it.
@@ -121,7 +122,7 @@ impl Intercept {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert_file.as_bytes())
                 .collect::<Result<_, _>>()
-                .map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
+                .map_err(|e| Error::Ca(format!("{}: {}", cert.display(), pemfile::describe(&e))))?;
         let [ca_der] = certs.as_slice() else {
             return Err(Error::Ca(format!(
                 "{}: expected exactly one CERTIFICATE block, found {}",
@@ -129,8 +130,17 @@ impl Intercept {
                 certs.len()
             )));
         };
-        let key_pair = KeyPair::from_pem(&key_pem)
-            .map_err(|e| Error::Ca(format!("{}: {e}", key.display())))?;
+        let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| {
+            // rcgen's PEM errors quote the file (the `pem` crate's text):
+            // a key file is never quoted.
+            let why = match e {
+                rcgen::Error::PemError(_) => "not a PEM private key (every -----BEGIN and \
+                     -----END line must be a line of its own)"
+                    .to_string(),
+                other => other.to_string(),
+            };
+            Error::Ca(format!("{}: {why}", key.display()))
+        })?;
         let (_, parsed) = x509_parser::parse_x509_certificate(ca_der.as_ref())
             .map_err(|e| Error::Ca(format!("{}: {e}", cert.display())))?;
         if parsed.tbs_certificate.subject_pki.raw != key_pair.public_key_der().as_slice() {
@@ -203,7 +213,7 @@ impl Intercept {
             })?;
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
                 .collect::<Result<_, _>>()
-                .map_err(|e| Error::Ca(format!("{}: {e}", file.display())))?;
+                .map_err(|e| Error::Ca(format!("{}: {}", file.display(), pemfile::describe(&e))))?;
             if certs.is_empty() {
                 return Err(Error::Ca(format!(
                     "{}: no PEM CERTIFICATE block (--ca-bundle-extra)",

@@ -5,6 +5,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
+use crate::policy::comment;
 use crate::policy::pin::Pin;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -81,17 +82,24 @@ pub fn anchor_subject(anchor: &rustls_pki_types::TrustAnchor<'_>) -> String {
     }
 }
 
-/// Reads every certificate in a PEM or DER file.
+/// Reads every certificate in a PEM or DER file of at most
+/// [`DEFAULT_MAX_FILE_BYTES`](crate::policy::load::DEFAULT_MAX_FILE_BYTES).
 pub fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_string(),
-        source,
-    })?;
+    let max = crate::policy::load::DEFAULT_MAX_FILE_BYTES;
+    let bytes = crate::policy::load::read_capped(std::path::Path::new(path), max)
+        .map_err(|source| Error::Read {
+            path: path.to_string(),
+            source,
+        })?
+        .ok_or_else(|| Error::Parse {
+            path: path.to_string(),
+            detail: format!("larger than the {max}-byte limit; not read"),
+        })?;
     if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
         let certs = certs.map_err(|e| Error::Parse {
             path: path.to_string(),
-            detail: e.to_string(),
+            detail: crate::policy::pemfile::describe(&e),
         })?;
         if certs.is_empty() {
             return Err(Error::Parse {
@@ -113,7 +121,11 @@ pub fn yaml_snippet(host: &str, chain: &[CertInfo]) -> String {
             _ if i + 1 == chain.len() && chain.len() > 1 => "root / top of chain",
             _ => "intermediate",
         };
-        s.push_str(&format!("      - {}  # {role}: {}\n", c.pin, c.subject));
+        s.push_str(&format!(
+            "      - {}  # {role}: {}\n",
+            c.pin,
+            comment::escape(&c.subject)
+        ));
     }
     s.push_str("      # add a backup pin: a key you hold in reserve, or your next CA's key\n");
     s

@@ -16,6 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::FromDer;
 
 use super::cert::CertInfo;
+use crate::policy::pemfile;
 use crate::policy::pin::Pin;
 
 /// One pinnable thing found in a file: its pin and the line `pin` prints.
@@ -75,7 +76,7 @@ pub fn read(path: &Path, provider: &CryptoProvider) -> Result<Vec<Found>, Error>
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return der(&bytes, provider).map(|f| vec![f]).map_err(parse_err);
     }
-    let blocks = pem::parse_many(&bytes).map_err(|e| parse_err(e.to_string()))?;
+    let blocks = pem::parse_many(&bytes).map_err(|e| parse_err(pemfile::describe_pem_crate(&e)))?;
     let mut found = Vec::new();
     for block in &blocks {
         let Some(kind) = Kind::from_label(block.tag()) else {

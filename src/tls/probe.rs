@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use webpki::EndEntityCert;
 
-use super::verdict::{check_name, presented_names, validated_paths, NameMismatch};
+use super::verdict::{check_name, presented_names, validated_paths_used, NameMismatch};
 use crate::policy::host::Host;
 use crate::policy::identity::{Crls, Name};
 use crate::policy::pin::Pin;
@@ -32,6 +32,9 @@ pub struct Seen {
     pub presented: Vec<CertificateDer<'static>>,
     /// Pins of every valid path found (leaf first); under pin-only, the leaf.
     pub paths: Vec<Vec<Pin>>,
+    /// For each of `paths`, which presented intermediates it used (indices
+    /// into `presented` minus the leaf), in path order.
+    pub used: Vec<Vec<usize>>,
     /// Why validation failed, if it did.
     pub error: Option<String>,
     /// Whether the server asked for a client certificate, and how the
@@ -90,6 +93,21 @@ impl Seen {
             .collect()
     }
 
+    /// The certificates of the first validated path that the server sent
+    /// (the leaf, the intermediates used), in path order — never another
+    /// presented certificate that merely carries one of its keys.
+    pub fn first_path_info(&self) -> Vec<CertInfo> {
+        let Some(used) = self.used.first() else {
+            return Vec::new();
+        };
+        self.presented
+            .first()
+            .into_iter()
+            .chain(used.iter().filter_map(|i| self.presented.get(i + 1)))
+            .filter_map(|c| CertInfo::from_der(c.as_ref()).ok())
+            .collect()
+    }
+
     /// Every pin on some validated path.
     pub fn validated_pins(&self) -> Vec<Pin> {
         let mut all: Vec<Pin> = self.paths.iter().flatten().copied().collect();
@@ -134,7 +152,7 @@ impl ServerCertVerifier for Recorder {
             Err(e) => return fail(&mut seen, format!("leaf certificate unparseable: {e}")),
         };
         // Refuse every path so webpki enumerates them all.
-        match validated_paths(
+        match validated_paths_used(
             &ee,
             intermediates,
             self.anchors.as_deref(),
@@ -143,7 +161,10 @@ impl ServerCertVerifier for Recorder {
             &self.provider.signature_verification_algorithms,
             |_| true,
         ) {
-            Ok(paths) => seen.paths = paths,
+            Ok(paths) => {
+                (seen.paths, seen.used) =
+                    paths.into_iter().map(|p| (p.pins, p.intermediates)).unzip()
+            }
             Err(webpki::Error::CertRevoked) => {
                 return fail(
                     &mut seen,

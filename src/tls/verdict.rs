@@ -79,6 +79,8 @@ pub struct Judgement {
     /// The path reported: the one that matched, else the first (leaf
     /// first, anchor last; the leaf alone under pin-only).
     pub path: Vec<Pin>,
+    /// Its index in the paths judged.
+    pub index: usize,
 }
 
 /// Pins of a validated path: leaf, the intermediates webpki used, the anchor.
@@ -118,9 +120,38 @@ pub fn validated_paths(
     algorithms: &WebPkiSupportedAlgorithms,
     search_on: impl Fn(&[Pin]) -> bool,
 ) -> Result<Vec<Vec<Pin>>, webpki::Error> {
+    let paths = validated_paths_used(ee, intermediates, anchors, crls, now, algorithms, search_on)?;
+    Ok(paths.into_iter().map(|p| p.pins).collect())
+}
+
+/// One path webpki validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsedPath {
+    /// Leaf first, anchor last (the leaf alone under pin-only).
+    pub pins: Vec<Pin>,
+    /// For each intermediate on the path, in path order, its index in the
+    /// presented intermediates: *which* certificates were used, not only
+    /// their keys — a server can send more certificates with the same key
+    /// and another subject, and only the one on the path may describe it.
+    pub intermediates: Vec<usize>,
+}
+
+/// As [`validated_paths`], with which presented certificates each path used.
+pub fn validated_paths_used(
+    ee: &EndEntityCert<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchors: Option<&[TrustAnchor<'_>]>,
+    crls: Option<&Crls>,
+    now: UnixTime,
+    algorithms: &WebPkiSupportedAlgorithms,
+    search_on: impl Fn(&[Pin]) -> bool,
+) -> Result<Vec<UsedPath>, webpki::Error> {
     let leaf = Pin::of_spki_der(ee.subject_public_key_info().as_ref());
     let Some(anchors) = anchors else {
-        return Ok(vec![vec![leaf]]);
+        return Ok(vec![UsedPath {
+            pins: vec![leaf],
+            intermediates: Vec::new(),
+        }]);
     };
     let lists: Vec<&CertRevocationList<'_>> =
         crls.map(|c| c.lists.iter().collect()).unwrap_or_default();
@@ -141,7 +172,24 @@ pub fn validated_paths(
     let on_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
         let pins = path_pins(leaf, path);
         let more = search_on(&pins);
-        paths.lock().unwrap_or_else(|e| e.into_inner()).push(pins);
+        // webpki hands back the presented certificates it used: the same
+        // DER is the same certificate.
+        let used = path
+            .intermediate_certificates()
+            .filter_map(|c| {
+                let der = c.der();
+                intermediates
+                    .iter()
+                    .position(|i| i.as_ref() == der.as_ref())
+            })
+            .collect();
+        paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(UsedPath {
+                pins,
+                intermediates: used,
+            });
         // Refusing the path makes webpki try the next candidate.
         if more {
             Err(webpki::Error::UnknownIssuer)
@@ -275,11 +323,13 @@ pub fn judge(entry: Option<&HostPolicy>, now: OffsetDateTime, paths: &[Vec<Pin>]
             matched: None,
             next_pins_matched: None,
             path: first,
+            index: 0,
         };
     };
     let hit = paths
         .iter()
-        .find_map(|path| Some((path, *path.iter().find(|p| e.pins.contains(p))?)));
+        .enumerate()
+        .find_map(|(i, path)| Some(((i, path), *path.iter().find(|p| e.pins.contains(p))?)));
     let next_pins_matched =
         (!e.next_pins.is_empty()).then(|| paths.iter().flatten().any(|p| e.next_pins.contains(p)));
     let expired = e.pins_expired(now);
@@ -295,7 +345,8 @@ pub fn judge(entry: Option<&HostPolicy>, now: OffsetDateTime, paths: &[Vec<Pin>]
         // Expired pins match nothing that counts.
         matched: hit.filter(|_| !expired).map(|(_, pin)| pin),
         next_pins_matched,
-        path: hit.map_or(first, |(path, _)| path.clone()),
+        path: hit.map_or(first, |((_, path), _)| path.clone()),
+        index: hit.map_or(0, |((i, _), _)| i),
     }
 }
 
@@ -335,7 +386,7 @@ mod tests {
         let j = judge(Some(&e), now(), &paths);
         assert_eq!(j.outcome, Outcome::Pass);
         assert_eq!(j.matched, Some(pin(9)));
-        assert_eq!(j.path, paths[1]);
+        assert_eq!((&j.path, j.index), (&paths[1], 1));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use webpki::EndEntityCert;
 
 pub use super::verdict::Outcome;
-use super::verdict::{check_name, judge, search_on, validated_paths, NameMismatch};
+use super::verdict::{check_name, judge, search_on, validated_paths_used, NameMismatch};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
 use crate::policy::{Decision, Mode, Policy, Trust};
@@ -42,6 +42,10 @@ pub struct Verdict<'a> {
     pub next_pins_matched: Option<bool>,
     pub end_entity: &'a CertificateDer<'a>,
     pub intermediates: &'a [CertificateDer<'a>],
+    /// Which of `intermediates` the reported path (`path_pins`) used, in
+    /// path order: only these, the end entity and the trust anchor may
+    /// describe it — never the other certificates a server sent along.
+    pub path_intermediates: &'a [usize],
     /// The subject of the path's trust anchor (which the server does not
     /// send), worked out only for mismatches, which are logged.
     pub anchor_subject: Option<String>,
@@ -145,7 +149,7 @@ impl ServerCertVerifier for PinVerifier {
             });
             err
         };
-        let paths = validated_paths(
+        let used = validated_paths_used(
             &ee,
             intermediates,
             anchors,
@@ -155,6 +159,7 @@ impl ServerCertVerifier for PinVerifier {
             search_on(entry, now_dt),
         )
         .map_err(reject)?;
+        let paths: Vec<Vec<Pin>> = used.iter().map(|p| p.pins.clone()).collect();
         let names = entry.map_or(&[][..], |e| &e.names);
         match check_name(&ee, end_entity, server_name, names) {
             Ok(()) => {}
@@ -189,6 +194,7 @@ impl ServerCertVerifier for PinVerifier {
             next_pins_matched: j.next_pins_matched,
             end_entity,
             intermediates,
+            path_intermediates: used.get(j.index).map_or(&[][..], |p| &p.intermediates),
             anchor_subject,
         });
         if j.outcome.passes() {

@@ -684,6 +684,7 @@ pub async fn proxy_configured(
         pins: pins_path.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
+        admin_options: Default::default(),
         ca: CaSource::Generate,
         // Outside the pins directory, so writing it doesn't look like a reload.
         ca_out: Some(dir.path().join("ca-out")),
@@ -700,6 +701,8 @@ pub async fn proxy_configured(
         learn_file: None,
         transparent: Vec::new(),
         max_pinset_bytes: pinproxy::policy::load::DEFAULT_MAX_BYTES,
+        max_file_bytes: pinproxy::policy::load::DEFAULT_MAX_FILE_BYTES,
+        max_crl_entries: pinproxy::policy::load::DEFAULT_MAX_CRL_ENTRIES,
     };
     tune(&mut config);
     let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));
@@ -1099,4 +1102,83 @@ pub fn run_pinproxy(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the binary with `args`, capturing stderr line by line.
+pub struct Run {
+    pub child: tokio::process::Child,
+    pub lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    pub listen: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+impl Run {
+    pub async fn start(pins: &std::path::Path, extra: &[&str]) -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (listen, admin) = (free(), free());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+            .args(["run", "--pins", pins.to_str().unwrap()])
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stderr.take().unwrap(),
+        ));
+        wait_listening(listen).await;
+        Self {
+            child,
+            lines,
+            listen,
+            admin,
+        }
+    }
+
+    /// Lines until one contains `needle` (or 5 s pass): all of them.
+    pub async fn until(&mut self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout_at(deadline, self.lines.next_line()).await
+        {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return seen;
+            }
+        }
+        panic!("no line containing {needle:?} in:\n{}", seen.join("\n"));
+    }
+
+    /// The lines printed within `wait` (a multi-line message's rest).
+    pub async fn more(&mut self, wait: Duration) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout_at(deadline, self.lines.next_line()).await
+        {
+            seen.push(line);
+        }
+        seen
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+    }
 }

@@ -126,7 +126,14 @@ fn certified_key(
     };
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(cert_path, format!("bad PEM: {e}")))?;
+        // Never the parser's text: it quotes the file, which may hold a key
+        // (a combined cert+key PEM pasted onto one line).
+        .map_err(|_| {
+            tls_err(
+                cert_path,
+                "bad PEM: a block without its own -----BEGIN/-----END lines, or not base64".into(),
+            )
+        })?;
     if chain.is_empty() {
         return Err(tls_err(cert_path, "no CERTIFICATE block".into()));
     }

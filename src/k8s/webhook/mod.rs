@@ -22,6 +22,10 @@
 //! review whose Pod cannot be injected is denied with the reason, which
 //! `kubectl` shows to the user. Nothing in a request can panic the server.
 //!
+//! What a client may cost is bounded ([`Limits`]): bodies over 3.5 MiB get
+//! `413` before they are buffered, heads and bodies have timeouts, and
+//! connections and reviews in flight are capped — on every path.
+//!
 //! TLS: the serving certificate and key are re-read every
 //! `--cert-reload-interval` seconds and swapped in when their bytes change
 //! (cert-manager renewals, Secret volume updates); new handshakes use the new
@@ -36,23 +40,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::k8s::inject::{InjectError, InjectOptions, SidecarArgs};
 
 mod cert;
+mod limits;
 mod review;
 
 pub use cert::CertReloader;
+pub use limits::{Limits, DEFAULT_MAX_BODY};
 use review::error_reply;
 pub use review::review;
 
-/// Largest AdmissionReview body accepted (a Pod is at most ~1.5 MB in etcd).
-const MAX_BODY: usize = 8 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,6 +82,16 @@ pub struct WebhookArgs {
         default_value_t = 10
     )]
     pub cert_reload_interval: u64,
+    /// Largest request body accepted, bytes; larger ones get 413 before
+    /// they are read (the API server sends at most 3 MiB).
+    #[arg(long, env = "PINPROXY_WEBHOOK_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request head, and again its body.
+    #[arg(long, env = "PINPROXY_WEBHOOK_REQUEST_TIMEOUT", default_value_t = 10)]
+    pub request_timeout: u64,
+    /// Connections served at once (more wait to be accepted).
+    #[arg(long, env = "PINPROXY_WEBHOOK_MAX_CONNECTIONS", default_value_t = 128)]
+    pub max_connections: usize,
     #[command(flatten)]
     pub sidecar: SidecarArgs,
 }
@@ -128,7 +143,23 @@ pub async fn run(args: &WebhookArgs) -> Result<(), WebhookError> {
         })?;
     tracing::info!(addr = %args.listen, "webhook listening");
     let every = Duration::from_secs(args.cert_reload_interval.max(1));
-    serve(listener, certs, Arc::new(opts), every, shutdown_signal()).await
+    let timeout = Duration::from_secs(args.request_timeout.max(1));
+    let limits = Limits {
+        max_body: args.max_body_bytes,
+        header_timeout: timeout,
+        body_timeout: timeout,
+        max_connections: args.max_connections.max(1),
+        ..Limits::default()
+    };
+    serve_with(
+        listener,
+        certs,
+        Arc::new(opts),
+        every,
+        limits,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn shutdown_signal() {
@@ -152,7 +183,8 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Serve HTTPS on `listener` until `shutdown` completes, then drain.
+/// Serve HTTPS on `listener` until `shutdown` completes, then drain, with
+/// the default [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     certs: Arc<CertReloader>,
@@ -160,13 +192,56 @@ pub async fn serve(
     reload_every: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebhookError> {
+    serve_with(
+        listener,
+        certs,
+        opts,
+        reload_every,
+        Limits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// As [`serve`], within `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    certs: Arc<CertReloader>,
+    opts: Arc<InjectOptions>,
+    reload_every: Duration,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebhookError> {
     opts.validate()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
     let reloader = tokio::spawn(reload_loop(certs.clone(), reload_every));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(8)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let gates = Gates {
+        reviews: Arc::new(Semaphore::new(limits.reviews.max(1))),
+        budget: Arc::new(Semaphore::new(limits.body_budget.max(limits.max_body))),
+    };
     tokio::pin!(shutdown);
     loop {
+        // A slot first: past the cap, connections wait in the kernel's
+        // accept queue and cost us nothing.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            s = connections.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -181,9 +256,11 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let opts = opts.clone();
+        let gates = gates.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -195,7 +272,9 @@ pub async fn serve(
                     return;
                 }
             };
-            let svc = hyper::service::service_fn(move |req| handle(req, opts.clone()));
+            let svc = hyper::service::service_fn(move |req| {
+                handle(req, opts.clone(), limits, gates.clone())
+            });
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -231,9 +310,19 @@ async fn reload_loop(certs: Arc<CertReloader>, every: Duration) {
     }
 }
 
+/// What requests share: turns to parse and review, and the bytes of
+/// bodies being read.
+#[derive(Clone)]
+struct Gates {
+    reviews: Arc<Semaphore>,
+    budget: Arc<Semaphore>,
+}
+
 async fn handle(
     req: Request<Incoming>,
     opts: Arc<InjectOptions>,
+    limits: Limits,
+    gates: Gates,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mode = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => return Ok(respond(StatusCode::OK, &json!({"status": "ok"}))),
@@ -252,18 +341,32 @@ async fn handle(
             ))
         }
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let reply = error_reply(
-                StatusCode::BAD_REQUEST,
-                "",
-                &format!("reading request body: {e}"),
-            );
-            return Ok(respond(reply.status, &reply.body));
+    let http1 = req.version() < http::Version::HTTP_2;
+    let body = match limits::read_body(req, &limits, &gates.budget).await {
+        Ok(b) => b,
+        Err(refused) => {
+            let reply = error_reply(refused.status, "", &refused.message);
+            let mut resp = respond(reply.status, &reply.body);
+            if http1 {
+                // The rest of the body is never read: the connection
+                // cannot carry another request.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            return Ok(resp);
         }
     };
-    let reply = review(&body, mode, &opts);
+    // Parsed and reviewed a few at a time (each parse is bounded by
+    // `max_json_values`); the wait is for CPU, never for a client.
+    let Ok(_turn) = gates.reviews.acquire().await else {
+        return Ok(respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "shutting down"}),
+        ));
+    };
+    let reply = review(&body.bytes, mode, &opts);
     Ok(respond(reply.status, &reply.body))
 }
 

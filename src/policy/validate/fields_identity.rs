@@ -32,7 +32,7 @@ impl Validator<'_> {
         if let Some(c) = self.client_certs.get(&cache_key) {
             return Some(c.clone());
         }
-        match identity::read_client_cert(&cert, &key, self.now) {
+        match identity::read_client_cert(&cert, &key, self.now, self.caps.file) {
             Ok(identity::ReadClientCert {
                 cert: c,
                 bytes: [cert_bytes, key_bytes],
@@ -118,8 +118,16 @@ impl Validator<'_> {
             let path = self.file_path(r);
             let loaded = match self.crl_files.get(&path.shown) {
                 Some(l) => l.clone(),
-                None => match identity::read_crl(&path) {
+                None => match identity::read_crl(
+                    &path,
+                    self.caps.file,
+                    identity::EntryBudget {
+                        left: self.caps.crl_entries.saturating_sub(self.crl_entries),
+                        total: self.caps.crl_entries,
+                    },
+                ) {
                     Ok((loaded, bytes)) => {
+                        self.crl_entries += loaded.file.revoked;
                         self.bundles.push((path.shown.clone(), bytes));
                         let loaded = Arc::new(loaded);
                         self.crl_files.insert(path.shown.clone(), loaded.clone());
