@@ -172,6 +172,13 @@ build_app() {
 build_images() {
   mkdir -p "$E2E_CACHE/images"
   build_pause; build_base; build_pinproxy "$1"; build_init "$1"; build_app
+  # Keep only the tarballs this run uses, and no dangling buildah layers.
+  local t keep=" $PAUSE_TAR $PINPROXY_TAR $INIT_TAR $APP_TAR "
+  for t in "$E2E_CACHE"/images/*.tar; do
+    case "$t" in */base-*) continue ;; esac
+    case "$keep" in *" $t "*) ;; *) rm -f "$t" ;; esac
+  done
+  _buildah rmi --prune >/dev/null 2>&1 || true
 }
 
 import_images() {
