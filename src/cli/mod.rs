@@ -17,6 +17,7 @@ pub mod logging;
 pub mod pin;
 pub mod redirect;
 pub mod run;
+pub mod status;
 pub mod suggest;
 pub mod webhook;
 
@@ -47,6 +48,9 @@ pub enum Command {
     Webhook(crate::k8s::webhook::WebhookArgs),
     /// Install (or --remove) the kernel rules of transparent mode in this network namespace.
     Redirect(redirect::RedirectArgs),
+    /// List every pod with the sidecar: pinset generation and hash, SYNCED/STALE
+    /// against its Secret, reloads, mismatches, expiry (through the API server).
+    Status(crate::k8s::status::StatusArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -99,6 +103,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Inject(args) => ("pinproxy inject", inject::inject(&args)),
         Command::Webhook(args) => ("pinproxy webhook", webhook::webhook(&args)),
         Command::Redirect(args) => ("pinproxy redirect", redirect::redirect(&args)),
+        Command::Status(args) => ("pinproxy status", status::status(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

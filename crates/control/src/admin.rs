@@ -245,6 +245,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 struct PinsView {
     generation: u64,
     source_hash: String,
+    /// SHA-256 of the pins file alone (the Secret's `pins.yaml`).
+    pins_sha256: String,
     defaults: DefaultsView,
     hosts: Vec<HostView>,
     /// `passthrough:` items as written.
@@ -351,6 +353,7 @@ fn pins_view(admin: &Admin) -> PinsView {
     PinsView {
         generation: snap.generation,
         source_hash: p.source_hash.clone(),
+        pins_sha256: p.pins_sha256.clone(),
         defaults: DefaultsView {
             unlisted: p.defaults.unlisted,
             mode: p.defaults.mode,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use pinproxy_policy::Policy;
@@ -27,6 +27,7 @@ pub struct Metrics {
     /// `config_reloads`, so this is what says it is still bad).
     pub config_last_reload_successful: IntGauge,
     pub config_generation: IntGauge,
+    pub pinset_info: IntGaugeVec,
     pub pinset_expiry: GaugeVec,
     pub upstream_cert_expiry: GaugeVec,
     pub client_cert_expiry: GaugeVec,
@@ -139,6 +140,17 @@ impl Metrics {
                 "config_generation",
                 "Generation of the pinset in force (1 at start, +1 per successful reload).",
             ),
+            pinset_info: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pinset_info",
+                        "1, labelled with the SHA-256 of the pins file in force (what `pinproxy status` compares with the Secret).",
+                    ),
+                    &["sha256"],
+                )
+                .expect("valid metric"),
+            ),
             pinset_expiry: gauge_vec(
                 "pinset_expiry_timestamp_seconds",
                 "When each entry's pins stop being enforced (Unix time).",
@@ -205,6 +217,10 @@ impl Metrics {
     /// Called by the publisher only, before the generation is swapped in.
     pub fn in_force(&self, policy: &Policy, generation: u64) {
         self.config_generation.set(generation as i64);
+        self.pinset_info.reset();
+        self.pinset_info
+            .with_label_values(&[&policy.pins_sha256])
+            .set(1);
         self.pinset_expiry.reset();
         self.client_cert_expiry.reset();
         self.crl_next_update.reset();

@@ -212,8 +212,12 @@ pub struct Policy {
     entries: Patterns<Arc<HostPolicy>>,
     /// Traffic relayed as it came (in-cluster services).
     pub passthrough: Passthrough,
-    /// SHA-256 of the file bytes, hex.
+    /// SHA-256 of the file bytes and of every file it names (CA
+    /// bundles), hex: what a reload compares.
     pub source_hash: String,
+    /// SHA-256 of the pins file's bytes alone, hex: what `pinproxy status`
+    /// compares with the Secret's `pins.yaml`.
+    pub pins_sha256: String,
     pub warnings: Vec<Problem>,
     /// Per entry (by `index`), its own `report_uri`.
     report_uris: Vec<Option<ReportUri>>,

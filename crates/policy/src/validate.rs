@@ -180,6 +180,7 @@ impl<'a> Validator<'a> {
             entries,
             passthrough,
             source_hash: self.source_hash(bytes),
+            pins_sha256: hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()),
             warnings: self.warnings,
             report_uris,
         })

@@ -1,0 +1,588 @@
+# The scenarios of scripts/e2e.sh (sourced). Each prints a transcript of
+# what it ran and saw (copied to $E2E_ARTIFACTS/scenario-N.log) and fails
+# the run on the first assertion that does not hold.
+# shellcheck shell=bash
+
+APP_NS=shop
+CHART_NS=pinproxy-system
+# The pinproxy binary on the host, for `pinproxy inject` and `pinproxy status`.
+PP() { "$PINPROXY_BIN" "$@"; }
+# pinproxy status as an operator bound to the chart's status ClusterRole only.
+PP_STATUS() { "$PINPROXY_BIN" status --kubeconfig "$E2E_RUN/pki/status.kubeconfig" "$@"; }
+
+# run CMD...: prints the command, then runs it (its output is the transcript).
+run() { printf '$ %s\n' "$*"; "$@"; }
+check() {  # DESCRIPTION COMMAND...: asserts COMMAND succeeds.
+  local what="$1"; shift
+  if "$@"; then printf 'ok: %s\n' "$what"; else printf 'NOT OK: %s\n' "$what"; return 1; fi
+}
+matches() { printf '%s' "$1" | grep -qE "$2"; }
+eq() { [ "$1" = "$2" ] || { printf '  expected [%s], got [%s]\n' "$2" "$1"; return 1; }; }
+
+# pins_yaml NEXT_PIN: the app namespace's pinset. next.world.test is served
+# with key B; its pin is A in v1 (refused) and B in v2 (allowed).
+pins_yaml() {
+  cat <<YAML
+version: 1
+defaults:
+  unlisted: deny
+  mode: enforce
+hosts:
+  good.world.test:
+    pins: [$PIN_A]
+    trust: world-ca.pem   # beside pins.yaml: a key of the same Secret
+    address: $WORLD_GOOD_IP:443
+  bad.world.test:
+    pins: [$PIN_A]
+    trust: world-ca.pem   # beside pins.yaml: a key of the same Secret
+    address: $WORLD_OTHER_IP:443
+  next.world.test:
+    pins: [$1]
+    trust: world-ca.pem   # beside pins.yaml: a key of the same Secret
+    address: $WORLD_OTHER_IP:443
+YAML
+}
+
+# apply_pins NS NEXT_PIN: the pins Secret, the way docs/kubernetes.md says
+# (create --dry-run=client | kubectl apply).
+apply_pins() {
+  local dir; dir="$(mktemp -d)"
+  pins_yaml "$2" >"$dir/pins.yaml"
+  cp "$E2E_RUN/world/ca.crt" "$dir/world-ca.pem"
+  PP check "$dir/pins.yaml" >/dev/null || { PP check "$dir/pins.yaml"; return 1; }
+  kubectl -n "$1" create secret generic pinproxy-pins --from-file="$dir/pins.yaml" \
+    --from-file="$dir/world-ca.pem" --dry-run=client -o yaml | kubectl apply -f -
+  rm -rf "$dir"
+}
+
+# app_exec CMD...: in the app container of the app Deployment's pod.
+app_pod() { kubectl -n "$APP_NS" get pods -l app=app -o jsonpath='{.items[0].metadata.name}'; }
+app_exec() { kubectl -n "$APP_NS" exec "$(app_pod)" -c app -- "$@"; }
+
+# curl_code URL [curl args]: "CODE REASON" as the app sees them.
+curl_code() {
+  local url="$1"; shift
+  app_exec curl -s -o /dev/null -D /tmp/h -w '%{http_code}' "$@" "$url" || true
+  app_exec sh -c "grep -i '^x-pinproxy-error' /tmp/h | tr -d '\r' | sed 's/^[^:]*: */ /'" || true
+}
+
+# run_scenarios N...: each in order; a failed one stops the run (later
+# ones build on its state). Ends with the plain "N passed, N failed" line.
+run_scenarios() {
+  local n rc passed=0 failed=0
+  for n in "$@"; do
+    log "=== scenario $n ==="
+    set +e
+    ( set -e; "scenario_$n" ) 2>&1 | tee "$E2E_RUN/logs/scenario-$n.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [ "$rc" = 0 ]; then
+      passed=$((passed + 1)); log "=== scenario $n passed ==="
+    else
+      failed=$((failed + 1)); log "=== scenario $n FAILED (transcript: scenario-$n.log) ==="
+      break
+    fi
+  done
+  echo "e2e: $passed passed, $failed failed"
+  [ "$failed" = 0 ]
+}
+
+# --- 1: helm install, admission, native sidecar start order ---------------------
+scenario_1() {
+  run helm install pinproxy "$ROOT/charts/pinproxy" -n "$CHART_NS" --create-namespace \
+    --set image.repository="$REGISTRY/pinproxy" --set image.initRepository="$REGISTRY/pinproxy-init" \
+    --set pins.existingSecret=pinproxy-pins \
+    --set status.clusterRole.create=true --set 'status.clusterRole.subjects[0].kind=User' \
+    --set 'status.clusterRole.subjects[0].name=e2e-status' \
+    --set 'status.clusterRole.subjects[0].apiGroup=rbac.authorization.k8s.io' \
+    --wait --timeout 180s
+  run kubectl -n "$CHART_NS" get pods -o wide
+  local ready
+  ready="$(kubectl -n "$CHART_NS" get deploy -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].status.readyReplicas}')"
+  check "webhook: 2 replicas ready on $REGISTRY/pinproxy:$E2E_TAG" eq "$ready" 2
+  # The certificate flow without cert-manager (values.yaml certManager):
+  # the chart generates a CA and serving certificate; the webhook
+  # configuration's caBundle is that CA, and it verifies the served cert.
+  local d="$E2E_RUN/s1"; mkdir -p "$d"
+  kubectl get mutatingwebhookconfiguration -o jsonpath='{.items[0].webhooks[0].clientConfig.caBundle}' | base64 -d >"$d/ca.pem"
+  local tls; tls="$(kubectl -n "$CHART_NS" get secret -o name | grep -- '-tls$\|webhook-tls\|tls' | head -n1)"
+  kubectl -n "$CHART_NS" get "$tls" -o jsonpath='{.data.tls\.crt}' | base64 -d >"$d/tls.crt"
+  run openssl verify -CAfile "$d/ca.pem" "$d/tls.crt"
+  openssl x509 -in "$d/tls.crt" -noout -subject -ext subjectAltName
+  local wh_ip; wh_ip="$(kubectl -n "$CHART_NS" get pods -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].status.podIP}')"
+  run sh -c "echo | openssl s_client -connect $wh_ip:8443 -CAfile $d/ca.pem -servername $(openssl x509 -in "$d/tls.crt" -noout -ext subjectAltName | grep -o 'DNS:[^,]*' | head -n1 | cut -d: -f2) 2>/dev/null | grep -E 'Verify return code'"
+
+  run kubectl create namespace "$APP_NS"
+  run kubectl label namespace "$APP_NS" pinproxy.io/inject=enabled
+  apply_pins "$APP_NS" "$PIN_A"
+  run kubectl apply -f - <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app, namespace: $APP_NS}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata:
+      labels: {app: app, pinproxy.io/inject: "true"}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: app
+          image: $APP_IMAGE
+          imagePullPolicy: IfNotPresent
+          # The first thing the app does: ask the proxy's /readyz.
+          command: ["sh", "-c", "echo app-start \$(date +%s) readyz=\$(curl -s -o /dev/null -w %{http_code} http://127.0.0.1:9901/readyz); exec sleep 100000"]
+YAML
+  run kubectl -n "$APP_NS" rollout status deploy/app --timeout 180s
+  local pod; pod="$(app_pod)"
+  kubectl -n "$APP_NS" get deploy app -o json >"$d/deploy.json"
+  kubectl -n "$APP_NS" get pod "$pod" -o json >"$d/pod.json"
+  python3 - "$d/deploy.json" "$d/pod.json" <<'PY'
+import json, sys
+dep = json.load(open(sys.argv[1]))["spec"]["template"]["spec"]
+pod = json.load(open(sys.argv[2]))
+spec, st = pod["spec"], pod["status"]
+assert not dep.get("initContainers"), "the Deployment's template has no sidecar"
+print("Deployment template: containers", [c["name"] for c in dep["containers"]], "initContainers", dep.get("initContainers", []))
+inits = spec.get("initContainers", [])
+print("Pod (after admission): initContainers", [(c["name"], c.get("restartPolicy"), c["image"]) for c in inits],
+      "containers", [c["name"] for c in spec["containers"]])
+side = inits[0]
+assert side["name"] == "pinproxy" and side.get("restartPolicy") == "Always", "native sidecar first"
+assert pod["metadata"]["labels"].get("pinproxy.io/injected") == "true"
+env = {e["name"]: e.get("value") for e in spec["containers"][0].get("env", [])}
+print("app env:", {k: env[k] for k in sorted(env) if "PROXY" in k or "CA" in k or "SSL" in k})
+assert env.get("HTTP_PROXY") == "http://127.0.0.1:3128"
+sc = side.get("securityContext", {})
+print("sidecar securityContext:", sc)
+assert sc.get("readOnlyRootFilesystem") is True and sc.get("runAsNonRoot") is True
+s_start = [c for c in st["initContainerStatuses"] if c["name"] == "pinproxy"][0]["state"]["running"]["startedAt"]
+a_start = [c for c in st["containerStatuses"] if c["name"] == "app"][0]["state"]["running"]["startedAt"]
+print(f"started: pinproxy {s_start}, app {a_start}")
+assert s_start <= a_start, "sidecar started before the app"
+PY
+  local first; first="$(kubectl -n "$APP_NS" logs "$pod" -c app | head -n1)"
+  echo "app's first line: $first"
+  check "the app's first request to /readyz saw a ready sidecar" sh -c "echo '$first' | grep -q 'readyz=200'"
+  echo "webhook log (the admission request for $pod):"
+  kubectl -n "$CHART_NS" logs -l app.kubernetes.io/component=webhook --tail=-1 | grep '"pod injected"' | grep "$APP_NS" | tail -n 3
+  check "the webhook logged the injection" sh -c "kubectl -n $CHART_NS logs -l app.kubernetes.io/component=webhook --tail=-1 | grep -q 'pod injected'"
+  # The API server's own record of the admission chain for this pod.
+  echo "API server audit event for the pod's creation (the webhook's patch):"
+  python3 - "$E2E_RUN/logs/audit.log" "$pod" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ev = [e for e in events if e.get("objectRef", {}).get("name") == sys.argv[2]
+      or (e.get("objectRef", {}).get("namespace") == "shop" and e.get("requestObject", {}).get("metadata", {}).get("generateName", "").startswith("app-")
+          and e.get("responseStatus", {}).get("code") == 201)]
+assert ev, "no audit event for the pod"
+ann = ev[-1].get("annotations", {})
+muts = {k: v for k, v in ann.items() if k.startswith("mutation.webhook.admission.k8s.io/")}
+patches = {k: json.loads(v) for k, v in ann.items() if k.startswith("patch.webhook.admission.k8s.io/")}
+for k, v in muts.items():
+    print(" ", k, v)
+ours = [p for p in patches.values() if p.get("webhook", "").endswith("inject.pinproxy.io")]
+assert ours, f"no patch from a pinproxy webhook: {list(patches)}"
+ops = ours[0]["patch"]
+print(f"  patch from {ours[0]['webhook']} ({ours[0]['patchType']}): {len(ops)} operations, e.g.")
+for op in ops[:6]:
+    v = json.dumps(op.get("value"))
+    print("   ", op["op"], op["path"], v[:100] + ("..." if len(v) > 100 else ""))
+assert any(op["path"].startswith("/spec/initContainers") for op in ops), "the patch adds the sidecar"
+PY
+  # The runtime stage's settings, as the container runs them.
+  local ctr_id; ctr_id="$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.status.initContainerStatuses[0].containerID}')"
+  ctr_id="${ctr_id#containerd://}"
+  "${CTR[@]}" containers info "$ctr_id" >"$d/ctr.json"
+  python3 - "$d/ctr.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))["Spec"]
+proc, root = spec["process"], spec["root"]
+print("sidecar process: args", proc["args"], "uid", proc["user"]["uid"], "root readonly", root.get("readonly"))
+assert proc["args"][0] in ("pinproxy", "/usr/local/bin/pinproxy") and proc["user"]["uid"] == 65532 and root.get("readonly") is True
+PY
+}
+
+# --- 2: from inside the app container ---------------------------------------------
+scenario_2() {
+  local r
+  echo '$ curl http://good.world.test/ (HTTP_PROXY; pinned, key A)'
+  r="$(curl_code http://good.world.test/)"; echo "  -> $r"
+  check "pinned host through HTTP_PROXY: 200" eq "$r" 200
+  run app_exec curl -s http://good.world.test/hello
+  echo '$ curl http://unlisted.world.test/'
+  r="$(curl_code http://unlisted.world.test/)"; echo "  -> $r"
+  check "unlisted host: 403 host-not-allowed" eq "$r" "403 host-not-allowed"
+  echo '$ curl http://bad.world.test/ (pinned to A, served with key B)'
+  r="$(curl_code http://bad.world.test/)"; echo "  -> $r"
+  check "wrong pin: 502 pin-mismatch" eq "$r" "502 pin-mismatch"
+  echo '$ curl https://good.world.test/ (HTTPS_PROXY: CONNECT; trusting the injected bundle via CURL_CA_BUNDLE)'
+  app_exec sh -c 'env | grep -E "^(HTTPS_PROXY|CURL_CA_BUNDLE|SSL_CERT_FILE)="'
+  r="$(curl_code https://good.world.test/)"; echo "  -> $r"
+  check "https via CONNECT: 200" eq "$r" 200
+  app_exec sh -c 'curl -sv https://good.world.test/ -o /dev/null 2>&1 | grep -E "issuer:|subject:|HTTP/1.1 200"'
+  check "the app's TLS peer is the pod CA's minted leaf" sh -c \
+    "kubectl -n $APP_NS exec $(app_pod) -c app -- sh -c 'curl -sv https://good.world.test/ -o /dev/null 2>&1' | grep 'issuer:' | grep -qi pinproxy"
+  echo '$ curl https://bad.world.test/ (CONNECT; pin mismatch)'
+  r="$(curl_code https://bad.world.test/)"; echo "  -> $r"
+  check "https to the wrong pin is refused" sh -c "[ '${r%% *}' != 200 ]"
+}
+
+# --- 3: a Secret edit through the kubelet; pinproxy status STALE -> SYNCED -------
+status_line() {  # the app pod's row of `pinproxy status`
+  PP_STATUS -n "$APP_NS" -o json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+for s in r["sidecars"]:
+    if s["pod"].startswith("app-"):
+        print(s["state"], s["generation"], (s["pins_sha256"] or "-")[:12], (s["secret_sha256"] or "-")[:12])'
+}
+
+scenario_3() {
+  local pod; pod="$(app_pod)"
+  kubectl -n "$APP_NS" exec -i "$pod" -c app -- sh -c 'cat > /tmp/loop.py' <"$ROOT/scripts/e2e/loop_client.py"
+  # The client runs in the app container; its lines stream to the node.
+  local loop="$E2E_RUN/logs/scenario-3-loop.log"
+  app_exec rm -f /tmp/loop.stop
+  kubectl -n "$APP_NS" exec "$pod" -c app -- python3 /tmp/loop.py 240 good.world.test next.world.test >"$loop" 2>&1 &
+  local loop_pid=$!
+  wait_for 30 "the loop client's first lines" grep -q next.world.test "$loop"
+  echo "loop client under v1 (next.world.test pinned to A, served with B):"
+  tail -n 2 "$loop"
+  run PP_STATUS -n "$APP_NS"
+  local s0; s0="$(status_line)"
+  check "status before the edit: SYNCED at generation 1 ($s0)" matches "$s0" '^SYNCED 1 '
+
+  local t_apply; t_apply="$(date +%s.%N)"
+  echo "--- $(date -u +%H:%M:%S.%N | cut -c1-12) kubectl apply (v2: next.world.test pinned to B)"
+  apply_pins "$APP_NS" "$PIN_B"
+  local seen_stale="" line deadline=$(( $(date +%s) + 180 )) t_status=""
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    line="$(status_line)"
+    printf '%s status: %s\n' "$(date -u +%H:%M:%S)" "$line"
+    case "$line" in
+      STALE*) seen_stale=1 ;;
+      "SYNCED 2 "*) t_status="$(date +%s.%N)"; break ;;
+    esac
+    sleep 1
+  done
+  run PP_STATUS -n "$APP_NS"
+  check "status saw STALE while the kubelet had not written the edit" [ -n "$seen_stale" ]
+  check "status: SYNCED at generation 2" [ -n "$t_status" ]
+  wait_for 30 "a 200 from next.world.test" grep -q 'next.world.test 200' "$loop"
+  app_exec touch /tmp/loop.stop
+  wait "$loop_pid" || true
+  python3 - "$loop" "$t_apply" "$t_status" <<'PY'
+import sys
+lines = [l.split(maxsplit=3) for l in open(sys.argv[1]) if l.strip()]
+t_apply, t_status = float(sys.argv[2]), float(sys.argv[3])
+good = [l for l in lines if l[1] == "good.world.test"]
+bad_good = [l for l in good if l[2] != "200"]
+nxt = [l for l in lines if l[1] == "next.world.test"]
+first_ok = min(float(l[0]) for l in nxt if l[2] == "200")
+last_refused = max((float(l[0]) for l in nxt if l[2] != "200"), default=None)
+print(f"loop: {len(lines)} requests; good.world.test (allowed by both pinsets): {len(good)}, failed: {len(bad_good)}")
+print(f"next.world.test: refused until {last_refused - t_apply:+.1f}s, first 200 at {first_ok - t_apply:+.1f}s after kubectl apply")
+print(f"SECRET-TO-ENFORCEMENT: {first_ok - t_apply:.1f} s (status SYNCED at {t_status - t_apply:.1f} s)")
+assert not bad_good, f"requests both pinsets allow failed: {bad_good[:5]}"
+assert all(l[2] in ("200", "502") for l in nxt), "next.world.test: only 502 pin-mismatch before, 200 after"
+assert last_refused is None or last_refused < first_ok, "no refusal after the first success"
+PY
+  echo "sidecar log around the reload:"
+  kubectl -n "$APP_NS" logs "$pod" -c pinproxy | grep -E 'pinset reloaded|reload failed' | tail -n 3
+}
+
+# --- 4: Prometheus scrapes the sidecar; PinproxyPinMismatch fires ---------------
+prom_query() {  # PROMQL: the first sample's value, or empty
+  curl -s --get --data-urlencode "query=$1" http://127.0.0.1:19090/api/v1/query |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "")'
+}
+
+counter_reached() { local v; v="$(prom_query "$PROM_Q")"; [ -n "$v" ] && [ "${v%%.*}" -ge "$PROM_WANT" ]; }
+alert_firing() {  # ALERTNAME
+  curl -s http://127.0.0.1:19090/api/v1/alerts | python3 -c '
+import json, sys
+a = json.load(sys.stdin)["data"]["alerts"]
+sys.exit(0 if any(x["labels"]["alertname"] == sys.argv[1] and x["state"] == "firing" for x in a) else 1)' "$1"
+}
+
+scenario_4() {
+  local d="$E2E_RUN/prometheus"; mkdir -p "$d"
+  # Its own identity with read-only discovery rights, as in a real install.
+  _e2e_cert "$E2E_RUN/pki" prometheus prometheus e2e
+  run kubectl create clusterrole e2e-prometheus --verb=get,list,watch --resource=pods,namespaces
+  run kubectl create clusterrolebinding e2e-prometheus --clusterrole=e2e-prometheus --user=prometheus
+  # The alert rules from the chart's PrometheusRule, as rendered.
+  helm template pinproxy "$ROOT/charts/pinproxy" --set monitoring.prometheusRule.enabled=true \
+    --show-only templates/prometheusrule.yaml >"$d/prometheusrule.yaml"
+  /usr/bin/python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump({"groups": d["spec"]["groups"]}, open(sys.argv[2], "w"))' \
+    "$d/prometheusrule.yaml" "$d/rules.yaml"
+  run "$PROMTOOL_BIN" check rules "$d/rules.yaml"
+  grep -A3 'alert: PinproxyPinMismatch$' "$d/rules.yaml"
+  # The chart's PodMonitor, written as the scrape config the operator makes
+  # of it: pods labelled pinproxy.io/injected=true, port pinproxy-admin.
+  cat >"$d/prometheus.yml" <<YAML
+global: {scrape_interval: 2s, evaluation_interval: 2s}
+rule_files: [$d/rules.yaml]
+scrape_configs:
+  - job_name: podMonitor/$CHART_NS/pinproxy/0
+    metrics_path: /metrics
+    kubernetes_sd_configs:
+      - role: pod
+        api_server: https://$NODE_IP:6443
+        tls_config:
+          ca_file: $E2E_RUN/pki/ca.crt
+          cert_file: $E2E_RUN/pki/prometheus.crt
+          key_file: $E2E_RUN/pki/prometheus.key
+    relabel_configs:
+      - {source_labels: [__meta_kubernetes_pod_label_pinproxy_io_injected, __meta_kubernetes_pod_labelpresent_pinproxy_io_injected], regex: "(true);true", action: keep}
+      - {source_labels: [__meta_kubernetes_pod_container_port_name], regex: pinproxy-admin, action: keep}
+      - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
+      - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
+      - {source_labels: [__meta_kubernetes_pod_container_name], target_label: container}
+YAML
+  run "$PROMTOOL_BIN" check config "$d/prometheus.yml"
+  start prometheus "$PROMETHEUS_BIN" --config.file "$d/prometheus.yml" --storage.tsdb.path "$d/data" \
+    --web.listen-address 127.0.0.1:19090
+  local pod; pod="$(app_pod)"
+  wait_for 60 "Prometheus target for $APP_NS/$pod up" sh -c \
+    "curl -s http://127.0.0.1:19090/api/v1/targets | python3 -c 'import json,sys; t=json.load(sys.stdin)[\"data\"][\"activeTargets\"]; sys.exit(0 if any(x[\"labels\"].get(\"pod\")==\"$pod\" and x[\"health\"]==\"up\" for x in t) else 1)'"
+  curl -s http://127.0.0.1:19090/api/v1/targets | python3 -c '
+import json, sys
+for t in json.load(sys.stdin)["data"]["activeTargets"]:
+    print("target", t["scrapeUrl"], t["labels"].get("namespace"), t["labels"].get("pod"), t["health"])'
+  local q="pinproxy_pin_mismatch_total{namespace=\"$APP_NS\",pod=\"$pod\",host=\"bad.world.test\",mode=\"enforce\"}"
+  local before; before="$(prom_query "$q")"
+  echo "before: $q = $before"
+  local i; for i in 1 2 3; do curl_code http://bad.world.test/ >/dev/null; done
+  echo "3 requests to bad.world.test (502 pin-mismatch) from the app"
+  PROM_Q="$q"; PROM_WANT=$(( ${before:-0} + 3 ))
+  wait_for 30 "the counter to rise in Prometheus" counter_reached
+  echo "after: $q = $(prom_query "$q")"
+  wait_for 60 "PinproxyPinMismatch firing" alert_firing PinproxyPinMismatch
+  curl -s http://127.0.0.1:19090/api/v1/alerts | python3 -c '
+import json, sys
+alerts = json.load(sys.stdin)["data"]["alerts"]
+for a in alerts:
+    print("ALERT", a["labels"]["alertname"], a["state"], {k: v for k, v in a["labels"].items() if k != "alertname"}, a["annotations"]["summary"])
+assert any(a["labels"]["alertname"] == "PinproxyPinMismatch" and a["state"] == "firing"
+           and a["labels"].get("host") == "bad.world.test" and a["labels"].get("namespace") == "'"$APP_NS"'" for a in alerts)'
+}
+
+# --- 5: transparent mode: rules in the real pod netns, the lock ------------------
+pod_netns() {  # NS POD: the cni-* netns holding the pod's IP
+  local ip n; ip="$(kubectl -n "$1" get pod "$2" -o jsonpath='{.status.podIP}')"
+  for n in $(ip netns list | awk '/^cni-/ {print $1}'); do
+    ip -n "$n" -4 addr show 2>/dev/null | grep -q "inet $ip/" && { echo "$n"; return 0; }
+  done
+  return 1
+}
+
+scenario_5() {
+  local ns=edge d="$E2E_RUN/s5"; mkdir -p "$d"
+  run kubectl create namespace "$ns"
+  apply_pins "$ns" "$PIN_B"
+  cat >"$d/pod.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy-app, namespace: $ns, labels: {app: legacy-app}}
+spec:
+  hostAliases:
+    - {ip: "$WORLD_GOOD_IP", hostnames: [good.world.test]}
+    - {ip: "$WORLD_OTHER_IP", hostnames: [bad.world.test, next.world.test]}
+    - {ip: "$WORLD_PLAIN_IP", hostnames: [direct.world.test]}
+  containers:
+    - name: app
+      image: $APP_IMAGE
+      imagePullPolicy: IfNotPresent
+      command: ["sleep", "100000"]
+YAML
+  echo '$ pinproxy inject --transparent --transparent-ports 443 --transparent-lock -f pod.yaml | kubectl apply -f -'
+  PP inject --image "$PINPROXY_IMAGE" --init-image "$INIT_IMAGE" --image-pull-policy IfNotPresent \
+    --transparent --transparent-ports 443 --transparent-lock -f "$d/pod.yaml" >"$d/injected.yaml"
+  kubectl apply -f "$d/injected.yaml"
+  run kubectl -n "$ns" wait --for=condition=Ready pod/legacy-app --timeout 120s
+  kubectl -n "$ns" get pod legacy-app -o jsonpath='{range .spec.initContainers[*]}{.name} {.image} {.securityContext.capabilities.add}{"\n"}{end}'
+  echo "pinproxy-redirect (init container) log:"
+  kubectl -n "$ns" logs legacy-app -c pinproxy-redirect | tail -n 5
+  local netns; netns="$(pod_netns "$ns" legacy-app)" || { echo "no netns for the pod"; return 1; }
+  echo "rules in the pod's network namespace ($netns), read from the node:"
+  ip netns exec "$netns" iptables-nft-save 2>/dev/null | grep -E '^\*|^-A' | grep -v '^-A KUBE' || true
+  ip netns exec "$netns" iptables-legacy-save 2>/dev/null | grep -E '^-A' || true
+  check "a REDIRECT rule to the transparent port is in the pod netns" sh -c \
+    "{ ip netns exec $netns iptables-nft-save; ip netns exec $netns iptables-legacy-save; } 2>/dev/null | grep -q 'REDIRECT --to-ports 15001'"
+  local ex="kubectl -n $ns exec legacy-app -c app --"
+  echo '$ env | grep -i proxy  (the app has no proxy variables)'
+  $ex sh -c 'env | grep -i _proxy || echo "(none)"'
+  check "no HTTP(S)_PROXY in the app" sh -c "! $ex sh -c 'env' | grep -qi '^https\?_proxy='"
+  local r
+  r="$($ex curl -s -o /dev/null -w '%{http_code}' https://good.world.test/ || true)"
+  echo "curl https://good.world.test/ (direct, redirected to pinproxy) -> $r"
+  check "pinned host through the kernel redirect: 200" eq "$r" 200
+  $ex sh -c 'curl -sv https://good.world.test/ -o /dev/null 2>&1 | grep -E "issuer:"'
+  r="$($ex curl -s -o /dev/null -w '%{http_code}' https://bad.world.test/ 2>&1; echo " exit=$?")"
+  echo "curl https://bad.world.test/ (wrong pin) -> $r"
+  check "wrong pin refused in transparent mode" sh -c "! echo '$r' | grep -q '^200'"
+  local before; before="$(grep -c "GET /" "$E2E_RUN/logs/world-direct.log" || true)"
+  r="$($ex curl -s -m 5 -o /dev/null -w '%{http_code}' http://direct.world.test/ 2>&1; echo " exit=$?")"
+  echo "curl http://direct.world.test/ (port 80: not redirected, locked) -> $r"
+  check "the lock stopped the direct connection" sh -c "echo '$r' | grep -qv '^200'"
+  check "the direct server saw no request" eq "$(grep -c "GET /" "$E2E_RUN/logs/world-direct.log" || true)" "$before"
+  # Control: the same server from the node answers (the lock, not the route, stopped it).
+  check "control: direct.world.test answers from the node" sh -c "curl -sf http://$WORLD_PLAIN_IP/ >/dev/null"
+}
+
+# --- 6: the webhook scaled to 0: failurePolicy as documented ---------------------
+# Which webhook entry of the chart's configuration matches a pod with
+# LABELS in namespace NS, and its failurePolicy (label selectors evaluated
+# as the API server does).
+matching_policy() {  # NS POD_LABELS_JSON
+  kubectl get mutatingwebhookconfiguration -o json | python3 -c '
+import json, subprocess, sys
+ns, pod_labels = sys.argv[1], json.loads(sys.argv[2])
+ns_labels = json.loads(subprocess.check_output(["kubectl", "get", "ns", ns, "-o", "json"]))["metadata"].get("labels", {})
+def match(sel, labels):
+    if sel is None: return True
+    for k, v in sel.get("matchLabels", {}).items():
+        if labels.get(k) != v: return False
+    for e in sel.get("matchExpressions", []):
+        k, op, vals = e["key"], e["operator"], e.get("values", [])
+        if op == "In" and labels.get(k) not in vals: return False
+        if op == "NotIn" and k in labels and labels[k] in vals: return False
+        if op == "Exists" and k not in labels: return False
+        if op == "DoesNotExist" and k in labels: return False
+    return True
+for c in json.load(sys.stdin)["items"]:
+    for w in c["webhooks"]:
+        if match(w.get("namespaceSelector"), ns_labels) and match(w.get("objectSelector"), pod_labels):
+            print(w["name"], w.get("failurePolicy", "Fail"))' "$1" "$2"
+}
+
+# probe_policy NS: with the webhook down, create a pod labelled for
+# injection in NS and check the outcome against the failurePolicy of the
+# one webhook entry that selects it.
+probe_policy() {
+  local ns="$1"
+  local m; m="$(matching_policy "$ns" '{"pinproxy.io/inject": "true"}')"
+  echo "webhook entries selecting a pod labelled pinproxy.io/inject=true in $ns: $m"
+  local policy; policy="$(echo "$m" | awk 'NR==1 {print $2}')"
+  check "exactly one webhook entry applies" eq "$(echo "$m" | grep -c .)" 1
+  local out rc=0
+  out="$(kubectl -n "$ns" run probe --image "$APP_IMAGE" --image-pull-policy IfNotPresent \
+        --labels pinproxy.io/inject=true --restart Never --command -- sleep 600 2>&1)" || rc=$?
+  echo "$ kubectl -n $ns run probe (labelled for injection) -> exit $rc: $out"
+  case "$policy" in
+    Fail)
+      check "failurePolicy Fail: the pod is refused" [ "$rc" != 0 ]
+      check "the refusal names the webhook call" matches "$out" 'failed calling webhook'
+      check "no pod was created" sh -c "! kubectl -n $ns get pod probe >/dev/null 2>&1" ;;
+    Ignore)
+      check "failurePolicy Ignore: the pod is created" eq "$rc" 0
+      check "without the sidecar" sh -c "! kubectl -n $ns get pod probe -o jsonpath='{.spec.initContainers[*].name}{.spec.containers[*].name}' | grep -q pinproxy"
+      run PP_STATUS -n "$ns"
+      check "status lists it as asked-for but without the sidecar" sh -c "$PINPROXY_BIN status --kubeconfig $E2E_RUN/pki/status.kubeconfig -n $ns | grep -A3 WITHOUT | grep -q $ns/probe"
+      kubectl -n "$ns" delete pod probe --wait=false >/dev/null ;;
+    *) echo "unknown failurePolicy [$policy]"; return 1 ;;
+  esac
+}
+
+scenario_6() {
+  local dep; dep="$(kubectl -n "$CHART_NS" get deploy -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].metadata.name}')"
+  run kubectl create namespace optin
+  run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=0
+  wait_for 60 "webhook pods gone" sh -c "[ -z \"\$(kubectl -n $CHART_NS get pods -l app.kubernetes.io/component=webhook -o name)\" ]"
+  echo "values.yaml says:"; grep -n 'failurePolicy' "$ROOT/charts/pinproxy/values.yaml" | head -n 4
+  echo "--- a namespace labelled pinproxy.io/inject=enabled ($APP_NS)"
+  probe_policy "$APP_NS"
+  echo "--- a pod that opts in by label, in a namespace that is not labelled (optin)"
+  probe_policy optin
+  # The narrow scope: a pod that did not ask never calls the webhook.
+  run kubectl -n optin run plain --image "$APP_IMAGE" --image-pull-policy IfNotPresent --restart Never --command -- sleep 600
+  check "a pod that did not ask is created while the webhook is down" sh -c "kubectl -n optin get pod plain >/dev/null"
+  run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=2
+  run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
+  # Webhook back: the same requests are injected.
+  local ns
+  for ns in "$APP_NS" optin; do
+    wait_for 60 "a pod created through the webhook again in $ns" sh -c \
+      "kubectl -n $ns run probe2 --image $APP_IMAGE --image-pull-policy IfNotPresent --labels pinproxy.io/inject=true --restart Never --command -- sleep 600 >/dev/null 2>&1 || kubectl -n $ns get pod probe2 >/dev/null 2>&1"
+    check "with the webhook back, the pod in $ns gets the sidecar" sh -c \
+      "kubectl -n $ns get pod probe2 -o jsonpath='{.spec.initContainers[*].name}' | grep -q pinproxy"
+    kubectl -n "$ns" delete pod probe2 --wait=false >/dev/null
+  done
+  kubectl -n optin delete pod plain --wait=false >/dev/null
+}
+
+# --- 7: shutdown and Jobs ---------------------------------------------------------
+scenario_7() {
+  local d="$E2E_RUN/s7"; mkdir -p "$d"
+  # An app that finishes its in-flight request on SIGTERM, then makes one
+  # more: the native sidecar must outlive it.
+  run kubectl apply -f - <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: drain, namespace: $APP_NS, labels: {pinproxy.io/inject: "true"}}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+    - name: app
+      image: $APP_IMAGE
+      imagePullPolicy: IfNotPresent
+      command:
+        - sh
+        - -c
+        - |
+          term=0; pid=""
+          trap 'echo "app: SIGTERM at \$(date +%s)"; term=1' TERM
+          echo app: up
+          while [ \$term = 0 ]; do
+            if [ -f /tmp/go ] && [ -z "\$pid" ]; then
+              (curl -s -o /dev/null -w "app: in-flight request -> %{http_code} at \$(date +%s)\n" "http://good.world.test/slow?s=4") & pid=\$!
+              echo "app: in-flight request started at \$(date +%s)"
+            fi
+            sleep 0.2
+          done
+          [ -n "\$pid" ] && wait \$pid
+          curl -s -o /dev/null -w "app: request after SIGTERM -> %{http_code}\n" http://good.world.test/after-term
+          echo "app: exit at \$(date +%s)"
+YAML
+  run kubectl -n "$APP_NS" wait --for=condition=Ready pod/drain --timeout 120s
+  kubectl -n "$APP_NS" logs -f drain -c app >"$d/app.log" 2>&1 &
+  local lapp=$!
+  kubectl -n "$APP_NS" logs -f drain -c pinproxy >"$d/sidecar.log" 2>&1 &
+  local lside=$!
+  kubectl -n "$APP_NS" exec drain -c app -- touch /tmp/go
+  wait_for 10 "the in-flight request" grep -q "in-flight request started" "$d/app.log"
+  local t0; t0=$(date +%s.%N)
+  run kubectl -n "$APP_NS" delete pod drain --wait=true --timeout 60s
+  local took; took="$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")"
+  wait "$lapp" "$lside" 2>/dev/null || true
+  echo "app log:"; sed 's/^/  /' "$d/app.log"
+  echo "sidecar log (last lines):"; tail -n 4 "$d/sidecar.log" | sed 's/^/  /'
+  echo "pod deleted in ${took}s (terminationGracePeriodSeconds 30)"
+  check "the in-flight request completed with 200" grep -q "in-flight request -> 200" "$d/app.log"
+  check "a request after SIGTERM still went through the sidecar" grep -q "request after SIGTERM -> 200" "$d/app.log"
+  check "the pod ended within the grace period" python3 -c "import sys; sys.exit(0 if $took < 30 else 1)"
+  cp "$d/app.log" "$E2E_RUN/logs/scenario-7-app.log"; cp "$d/sidecar.log" "$E2E_RUN/logs/scenario-7-sidecar.log"
+
+  run kubectl apply -f - <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once, namespace: $APP_NS}
+spec:
+  backoffLimit: 0
+  template:
+    metadata: {labels: {pinproxy.io/inject: "true"}}
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: app
+          image: $APP_IMAGE
+          imagePullPolicy: IfNotPresent
+          command: ["sh", "-c", "curl -sf http://good.world.test/job && echo job-done"]
+YAML
+  run kubectl -n "$APP_NS" wait --for=condition=Complete job/once --timeout 120s
+  kubectl -n "$APP_NS" get pods -l job-name=once -o jsonpath='{range .items[*]}{.metadata.name} phase={.status.phase} sidecar={.status.initContainerStatuses[0].state}{"\n"}{end}'
+  run kubectl -n "$APP_NS" logs job/once -c app
+}
