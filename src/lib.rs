@@ -18,7 +18,7 @@
 //! | [`upstream`] (`pinproxy-upstream`) | one generation's snapshot (verifier, TLS configs, pool), the connector, egress rules; reports through its own [`upstream::Observe`] | policy, tls, reason | notify, prometheus |
 //! | [`control`] (`pinproxy-control`) | the live snapshot and its one publisher (the reloader), the file watcher, admin, metrics, telemetry (implements `Observe`), drift | policy, tls, upstream, reason | the proxy |
 //! | [`proxy`] (`pinproxy-proxy`) | listeners and per-connection serving: forward, CONNECT, interception, tunnels, upgrades, refusals | policy, tls, upstream, reason, control (`Live`, `metrics`, `logs` only) | notify, serde_yaml |
-//! | [`k8s`] (`pinproxy-k8s`) | `inject`, the admission webhook, the transparent-mode rule installer | — | — (no room depends on it) |
+//! | [`k8s`] (`pinproxy-k8s`) | `inject`, the admission webhook, the transparent-mode rule installer, `status` | — | — (no room depends on it) |
 //! | [`app`] | building and serving a whole proxy, for `pinproxy run` and the tests | every room but `k8s` | — |
 //! | [`cli`] | one file per command; maps errors to exit codes | everything | — |
 //!
