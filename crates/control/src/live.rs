@@ -129,7 +129,7 @@ impl Publisher {
     }
 
     /// The metrics publishing shows what is in force in.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 }

@@ -215,7 +215,7 @@ impl Metrics {
     /// number, its entries' expiry gauges, and their series at 0 from
     /// load time, so `increase()` alerts fire on a host's first event too.
     /// Called by the publisher only, before the generation is swapped in.
-    pub fn in_force(&self, policy: &Policy, generation: u64) {
+    pub(crate) fn in_force(&self, policy: &Policy, generation: u64) {
         self.config_generation.set(generation as i64);
         self.pinset_info.reset();
         self.pinset_info

@@ -45,6 +45,13 @@ impl Telemetry {
             metrics,
         }
     }
+
+    fn count_tls_failure(&self, entry: &str, reason: Reason) {
+        self.metrics
+            .tls_verify_failures
+            .with_label_values(&[entry, reason.as_str()])
+            .inc();
+    }
 }
 
 impl Observe for Telemetry {
@@ -93,15 +100,6 @@ impl Observe for Telemetry {
     }
 }
 
-impl Telemetry {
-    fn count_tls_failure(&self, entry: &str, reason: Reason) {
-        self.metrics
-            .tls_verify_failures
-            .with_label_values(&[entry, reason.as_str()])
-            .inc();
-    }
-}
-
 /// What verdicts feed beyond metrics and logs, kept across generations.
 #[derive(Clone, Debug)]
 pub struct Sinks {
@@ -127,7 +125,7 @@ impl Sinks {
     /// Whether learn mode should dial `host:port` itself to see its chain
     /// (an unlisted tunnel carries TLS pinproxy cannot read); the slot is
     /// held until the probe ends.
-    pub fn probe_due(&self, host: &Host, port: u16) -> Option<learn::Probe> {
+    fn probe_due(&self, host: &Host, port: u16) -> Option<learn::Probe> {
         self.learned
             .probe_due(&host.to_string(), port, tokio::time::Instant::now())
     }
