@@ -188,4 +188,43 @@ mod tests {
         assert_eq!(o.signing_volumes().len(), 2);
         assert_eq!(o.signing_mounts().len(), 2);
     }
+
+    #[test]
+    fn a_template_gets_the_keys_and_the_state_dir_and_loses_them_again() {
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  \
+            template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      \
+            - {name: app, image: app:1}\n";
+        let o = InjectOptions {
+            pinset_key_from: vec!["configmap/pinset-key".parse().unwrap()],
+            ..InjectOptions::default()
+        };
+        let once = crate::inject::inject_stream(deployment, &o).unwrap();
+        for needle in [
+            "--pinset-key",
+            "/etc/pinproxy-pinset-key/configmap/pinset-key/cosign.pub",
+            "--state-dir",
+            STATE_DIR,
+            KEY_VOLUME,
+            STATE_VOLUME,
+            "name: pinset-key",
+        ] {
+            assert!(once.contains(needle), "{needle} missing:\n{once}");
+        }
+        assert_eq!(
+            crate::inject::inject_stream(&once, &o).unwrap(),
+            once,
+            "idempotent"
+        );
+        // Keys removed: the volumes and flags go with them.
+        let plain = crate::inject::inject_stream(&once, &InjectOptions::default()).unwrap();
+        for gone in ["--pinset-key", "--state-dir", KEY_VOLUME, STATE_VOLUME] {
+            assert!(!plain.contains(gone), "{gone} left behind:\n{plain}");
+        }
+        // The same document as injecting without keys (key order aside).
+        let value = |s: &str| serde_yaml::from_str::<Value>(s).unwrap();
+        assert_eq!(
+            value(&plain),
+            value(&crate::inject::inject_stream(deployment, &InjectOptions::default()).unwrap())
+        );
+    }
 }

@@ -232,3 +232,133 @@ fn refused(uid: &str, message: &str) -> Reply {
     };
     super::review::error_reply(status, uid, message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinproxy_sign::{Algorithm, SigningKey};
+
+    /// The tests' serial reader: the binary hands in the policy loader's.
+    fn pinsets(key: &SigningKey) -> Pinsets {
+        let keys = KeyRing::new([key.public_key().clone()]).unwrap();
+        Pinsets::new(
+            keys,
+            Arc::new(|b: &[u8]| {
+                let text = std::str::from_utf8(b)?;
+                let n = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("serial: "))
+                    .ok_or("no serial")?;
+                Ok(n.trim().parse::<u64>()?)
+            }),
+        )
+    }
+
+    fn review(object: Json, old: Json) -> Vec<u8> {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+               "request": {"uid": "u1", "operation": "UPDATE", "object": object, "oldObject": old}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn labelled(kind: &str, maps: Json) -> Json {
+        let mut o = json!({"kind": kind, "metadata": {"labels": {PINSET_LABEL: "true"}}});
+        for (k, v) in maps.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        o
+    }
+
+    fn allowed(reply: &Reply) -> bool {
+        reply.body["response"]["allowed"] == json!(true)
+    }
+
+    #[test]
+    fn every_place_kubernetes_keeps_the_entries_is_read() {
+        let (key, _) = SigningKey::generate(Algorithm::Ed25519).unwrap();
+        let p = pinsets(&key);
+        let pins = "version: 1\nserial: 2\nhosts: {}\n";
+        let sig = key.sign(pins.as_bytes()).unwrap().to_base64();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for object in [
+            labelled(
+                "Secret",
+                json!({"data": {PINS_KEY: b64(pins), SIG_KEY: b64(&sig)}}),
+            ),
+            labelled(
+                "Secret",
+                json!({"stringData": {PINS_KEY: pins, SIG_KEY: sig}}),
+            ),
+            labelled("ConfigMap", json!({"data": {PINS_KEY: pins, SIG_KEY: sig}})),
+            labelled(
+                "ConfigMap",
+                json!({"data": {PINS_KEY: pins}, "binaryData": {SIG_KEY: b64(&sig)}}),
+            ),
+        ] {
+            let reply = validate(&review(object.clone(), Json::Null), Some(&p));
+            assert!(allowed(&reply), "{object}: {}", reply.body);
+        }
+        // Only signatures are refused, never the reading of an entry.
+        let tampered = labelled(
+            "ConfigMap",
+            json!({"data": {PINS_KEY: pins.replace('2', "3"), SIG_KEY: sig}}),
+        );
+        let reply = validate(&review(tampered, Json::Null), Some(&p));
+        assert!(!allowed(&reply));
+    }
+
+    #[test]
+    fn what_cannot_be_judged_is_denied_or_refused_with_a_reason() {
+        let (key, _) = SigningKey::generate(Algorithm::EcdsaP256).unwrap();
+        let p = pinsets(&key);
+        let message = |r: &Reply| {
+            r.body["response"]["status"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        // No pins.yaml in a labelled object.
+        let r = validate(
+            &review(labelled("Secret", json!({"data": {}})), Json::Null),
+            Some(&p),
+        );
+        assert!(
+            !allowed(&r) && message(&r).contains("no pins.yaml"),
+            "{}",
+            r.body
+        );
+        // Not base64 in a Secret.
+        let r = validate(
+            &review(
+                labelled("Secret", json!({"data": {PINS_KEY: "%%"}})),
+                Json::Null,
+            ),
+            Some(&p),
+        );
+        assert!(
+            !allowed(&r) && message(&r).contains("not base64"),
+            "{}",
+            r.body
+        );
+        // A webhook without keys cannot judge a labelled object.
+        let r = validate(
+            &review(labelled("Secret", json!({"data": {}})), Json::Null),
+            None,
+        );
+        assert!(
+            !allowed(&r) && message(&r).contains("--pinset-key"),
+            "{}",
+            r.body
+        );
+        // Not ours: an unlabelled object passes, keys or not.
+        let plain =
+            json!({"kind": "Secret", "metadata": {"labels": {PINSET_LABEL: "false"}}, "data": {}});
+        assert!(allowed(&validate(&review(plain, Json::Null), None)));
+        // Unreadable reviews fail the call.
+        assert_eq!(validate(b"{", Some(&p)).status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            validate(b"{\"apiVersion\":\"x\"}", Some(&p)).status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
