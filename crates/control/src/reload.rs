@@ -32,6 +32,7 @@ use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
 use pinproxy_policy::load::Caps;
 use pinproxy_policy::{self as policy, Mode, Policy, Unlisted};
+use pinproxy_reason::ReloadResult;
 use pinproxy_upstream::{Shared, Snapshot};
 
 /// Loads that may run at once: the one in progress and the newest. A third
@@ -200,7 +201,7 @@ impl Reloader {
                 self.failing.fetch_add(1, Ordering::AcqRel);
                 let metrics = self.publisher.metrics();
                 metrics.config_last_reload_successful.set(0);
-                metrics.config_reloads.with_label_values(&["failure"]).inc();
+                metrics.reloaded(ReloadResult::Failure);
                 tracing::error!(
                     error = %e,
                     "pinset reload failed; the last good pinset stays in force \
@@ -267,7 +268,7 @@ impl Reloader {
         let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
         warn_if_weaker(&old.policy, &new.policy, &names);
         let metrics = self.publisher.metrics();
-        metrics.config_reloads.with_label_values(&["success"]).inc();
+        metrics.reloaded(ReloadResult::Success);
         tracing::info!(generation, "pinset reloaded");
         // An expiring client certificate or an expired CRL is worth a line
         // on every reload, not only at start.
