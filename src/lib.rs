@@ -63,6 +63,8 @@ pub mod app;
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod reference;
 
 pub use pinproxy_control as control;
 pub use pinproxy_k8s as k8s;
