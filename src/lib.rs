@@ -35,7 +35,7 @@
 //!    and `proxy::conn` serves HTTP/1.1 on it, parking it when idle.
 //! 2. [`proxy::forward`] parses the target once ([`proxy::target`]),
 //!    subscribes to the generation watch, loads the snapshot in force from
-//!    [`control::Live`] and admits it once ([`proxy::admit`]: one
+//!    [`control::Live`] and admits it once ([`proxy::admit::admit`]: one
 //!    [`policy::admission::decide`], one clock reading): an
 //!    [`policy::Admission`] naming the entry, carried from there, or a
 //!    refusal made by [`proxy::refusal::refuse`], which counts exactly

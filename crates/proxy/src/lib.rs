@@ -6,7 +6,7 @@
 //! - Absolute-form requests go to [`forward`] (unlisted hosts' `http://`
 //!   to [`plain`]), CONNECT to [`connect`] (interception for pinned hosts,
 //!   [`tunnel`]s for unlisted ones), redirected connections to
-//!   [`transparent`]. Each is admitted once, by [`admit`], and carries its
+//!   [`transparent`]. Each is admitted once, by [`admit::admit`], and carries its
 //!   `Admission` from there.
 //! - Every way a request goes out (pinned, plain, passthrough, upgrades)
 //!   sends it through [`exchange`].
