@@ -9,7 +9,6 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::tunnel::HANDSHAKE_FAILURE_ALERT;
