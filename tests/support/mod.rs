@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pod;
+pub mod udp;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

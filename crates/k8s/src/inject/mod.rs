@@ -171,8 +171,12 @@ pub struct Transparent {
     pub ports: Vec<u16>,
     /// Destinations never redirected.
     pub exclude_cidr: Vec<String>,
-    /// `redirect --lock`: reset what is not redirected.
+    /// `redirect --lock`: reset what is not redirected, lock UDP.
     pub lock: bool,
+    /// `redirect --allow-udp`: UDP destinations (`CIDR:PORT`) the lock lets through.
+    pub allow_udp: Vec<String>,
+    /// `redirect --log-drops`: log what the lock refuses (rate-limited).
+    pub log_drops: bool,
     /// Set the proxy variables too.
     pub proxy_env: bool,
 }
@@ -186,6 +190,8 @@ impl Default for Transparent {
             ports: Vec::new(),
             exclude_cidr: Vec::new(),
             lock: false,
+            allow_udp: Vec::new(),
+            log_drops: false,
             proxy_env: false,
         }
     }
