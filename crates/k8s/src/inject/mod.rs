@@ -58,12 +58,14 @@ mod sidecar;
 mod subject;
 mod template;
 mod trust;
+mod uid_lock;
 mod yaml;
 
 pub use args::{InjectArgs, SidecarArgs};
 pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
 pub use learn::LEARN_VOLUME;
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
+pub use uid_lock::{ALLOW_SETUID_ANNOTATION, RECORD_ANNOTATION as UID_LOCK_ANNOTATION};
 
 use documents::{fix_octal_modes, split_documents};
 use template::{inject_document, inject_template};
@@ -252,6 +254,18 @@ pub enum InjectError {
     UidConflict {
         at: Box<TemplateRef>,
         who: String,
+        uid: u32,
+    },
+    #[error(
+        "{at}: container {container:?} can change its UID ({why}): in transparent mode it could \
+         become UID {uid}, which the rules let through unredirected, and bypass pinproxy. Drop \
+         that from its securityContext, or set the pod annotation pinproxy.io/allow-setuid: \
+         \"true\" to accept the bypass"
+    )]
+    UidChange {
+        at: Box<TemplateRef>,
+        container: String,
+        why: String,
         uid: u32,
     },
     #[error("invalid inject option: {0}")]
