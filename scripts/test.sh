@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# tests/lock.rs drives an HTTP/3 client and server (aioquic, from PyPI,
+# tests/redirect/lock.rs drives an HTTP/3 client and server (aioquic, from PyPI,
 # pinned in scripts/tools/quic-requirements.txt) in a venv other UIDs can
 # run; created once, refreshed when the requirements change.
 venv="${CARGO_TARGET_DIR:-target}/py-venv"

@@ -7,6 +7,9 @@
 
 mod support;
 
+#[path = "redirect/lock.rs"]
+mod lock;
+
 use std::net::SocketAddr;
 use std::process::Output;
 

@@ -1,3 +1,5 @@
+//! (A module of tests/redirect.rs: one test binary fewer.)
+//!
 //! The lock (`pinproxy redirect --lock`) against the ways around it, with
 //! real kernel rules in throwaway network namespaces (`support::netns`):
 //! the rules installed as the init container installs them (the pod's
@@ -6,16 +8,14 @@
 //! client (aioquic), raw UDP, DNS to another resolver, a root process
 //! switching to pinproxy's UID.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::support::netns::{self, check, spawn_ready, Pod, WORLD_V4, WORLD_V6};
+use crate::support::pod::{python_as, redirect, shared_dir, tls_upstream_in, PodProxy};
+use crate::support::pod::{APP_UID, PROXY_UID};
+use crate::support::{udp, Pki};
 use serde_json::Value;
-use support::netns::{self, check, spawn_ready, Pod, WORLD_V4, WORLD_V6};
-use support::pod::{python_as, redirect, shared_dir, tls_upstream_in, PodProxy};
-use support::pod::{APP_UID, PROXY_UID};
-use support::{udp, Pki};
 
 const PINNED: &str = "quic.pinned.test";
 const SINK_PORT: u16 = 9999;
@@ -369,3 +369,134 @@ fn allow_udp_lets_one_destination_through_and_log_drops_adds_rate_limited_logs()
     // The log rule saw both refused datagrams (it only logs, at a limited rate).
     assert!(rule_packets(&pod, "iptables", &["LOG", " 17 "]) >= 2);
 }
+
+/// Connects to argv[1]:argv[2] and prints the server's line, or the error.
+const TCP_LINE: &str = r#"
+import errno, socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    print(c.recv(256).decode().strip() or "closed")
+except OSError as e:
+    print("error", errno.errorcode.get(e.errno, str(e)))
+"#;
+
+/// Issue 24 item 6: the rules let pinproxy's UID through, so a root app
+/// that can `setuid` to it egresses around the pins. With SETUID/SETGID
+/// dropped and no_new_privs (what `inject --transparent` now writes), the
+/// switch fails and the world is out of reach.
+#[test]
+fn without_setuid_a_root_app_cannot_become_pinproxy() {
+    if netns::skip("without_setuid_a_root_app_cannot_become_pinproxy") {
+        return;
+    }
+    let pod = Pod::new("setuid");
+    pod.app.etc("resolv.conf", "nameserver 127.0.0.53\n");
+    let _world = netns::serve(&pod.world, "direct", &[8080]);
+    redirect(&pod.app, &["--lock"]);
+    let host = WORLD_V4[0];
+    let proxy_uid = PROXY_UID.to_string();
+    let run = |drop_caps: bool| -> String {
+        let mut cmd = pod.app.command("setpriv");
+        if drop_caps {
+            // capabilities.drop [SETUID, SETGID] + allowPrivilegeEscalation: false
+            cmd.args(["--bounding-set", "-setuid,-setgid"]).args([
+                "--inh-caps",
+                "-setuid,-setgid",
+                "--no-new-privs",
+            ]);
+        }
+        cmd.args([
+            "--", "setpriv", "--reuid", &proxy_uid, "--regid", &proxy_uid,
+        ])
+        .args([
+            "--clear-groups",
+            netns::python(),
+            "-I",
+            "-c",
+            TCP_LINE,
+            host,
+            "8080",
+        ]);
+        let out = cmd.output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    // The hole: root with CAP_SETUID becomes pinproxy's UID and goes direct.
+    assert_eq!(run(false), format!("direct {host}:8080"));
+    // Closed: the switch itself fails.
+    let got = run(true);
+    assert!(got.contains("Operation not permitted"), "{got}");
+    assert!(!got.contains("direct"), "{got}");
+}
+
+/// Issue 24 item 7: with the admin bound to the wildcard, only the pod's
+/// own addresses on that port are pinproxy's; another host's port is
+/// judged like any destination (here: a passthrough CIDR, spliced).
+#[test]
+fn a_wildcard_admin_bind_owns_only_the_pods_addresses() {
+    if netns::skip("a_wildcard_admin_bind_owns_only_the_pods_addresses") {
+        return;
+    }
+    let pod = Pod::new("ownaddr");
+    pod.app.etc("resolv.conf", "nameserver 127.0.0.53\n");
+    let _world = netns::serve(&pod.world, "direct", &[9901]);
+    let dir = shared_dir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("pins.yaml"),
+        "version: 1\nhosts: {}\npassthrough: [\"192.0.2.0/24\"]\ndefaults:\n  unlisted: deny\n",
+    )
+    .unwrap();
+    let proxy = PodProxy::start(&pod.app, d, "0.0.0.0:9901");
+    redirect(&pod.app, &["--lock"]);
+    let world = WORLD_V4[0];
+    let line = |host: &str| python_as(&pod.app, APP_UID, TCP_LINE, &[host, "9901"]);
+    // Transparent: the world's :9901 is spliced (a server-first protocol
+    // to a passthrough CIDR), not dropped as a loop.
+    let loops = "pinproxy_transparent_connections_total{outcome=\"loop\",protocol=\"other\"}";
+    assert_eq!(line(world), format!("direct {world}:9901"));
+    assert_eq!(proxy.metric(&pod.app, loops), 0.0);
+    // CONNECT through the forward listener: a tunnel to the world's port;
+    // 403 private-address (pinproxy's own listener) for the pod's address
+    // and loopback on that port.
+    let connect = |host: &str| python_as(&pod.app, APP_UID, CONNECT_LINE, &[host, "9901"]);
+    let got = connect(world);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with(&format!("| direct {world}:9901")),
+        "{got}"
+    );
+    for own in [netns::APP_V4, "127.0.0.1"] {
+        let got = connect(own);
+        assert!(got.starts_with("HTTP/1.1 403"), "{own}: {got}");
+    }
+    assert_eq!(proxy.metric(&pod.app, loops), 0.0);
+}
+
+/// `CONNECT argv[1]:argv[2]` through 127.0.0.1:3128: the status line, and
+/// after a 200 the first line through the tunnel.
+const CONNECT_LINE: &str = r#"
+import socket, sys
+target = f"{sys.argv[1]}:{sys.argv[2]}"
+c = socket.create_connection(("127.0.0.1", 3128), timeout=5)
+c.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+data = b""
+while b"\r\n\r\n" not in data:
+    chunk = c.recv(1024)
+    if not chunk:
+        break
+    data += chunk
+head, _, rest = data.partition(b"\r\n\r\n")
+status = head.split(b"\r\n")[0].decode()
+if " 200 " in status + " ":
+    while not rest.endswith(b"\n"):
+        chunk = c.recv(256)
+        if not chunk:
+            break
+        rest += chunk
+    print(status, "|", rest.decode().strip())
+else:
+    print(status)
+"#;
