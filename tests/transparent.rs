@@ -625,3 +625,114 @@ fn learn_mode_learns_a_spliced_host_at_the_address_the_app_dialed() {
     let _ = &s.pinned;
     drop(proxy);
 }
+
+/// A minimal TLS 1.3 ClientHello naming `sni`, carrying an
+/// `encrypted_client_hello` (0xfe0d) outer extension, as one record: what
+/// an ECH client sends, the inner hello sealed to a key pinproxy lacks.
+fn ech_client_hello(sni: &str) -> Vec<u8> {
+    fn ext(out: &mut Vec<u8>, ty: u16, body: &[u8]) {
+        out.extend_from_slice(&ty.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let name = sni.as_bytes();
+    let mut sn = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+    sn.push(0);
+    sn.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sn.extend_from_slice(name);
+    let mut exts = Vec::new();
+    ext(&mut exts, 0x0000, &sn);
+    ext(&mut exts, 0x002b, &[2, 3, 4]);
+    ext(&mut exts, 0x000a, &[0, 2, 0, 0x1d]);
+    ext(&mut exts, 0x000d, &[0, 2, 8, 4]);
+    let mut share = vec![0, 36, 0, 0x1d, 0, 32];
+    share.extend_from_slice(&[7; 32]);
+    ext(&mut exts, 0x0033, &share);
+    // outer; HKDF-SHA256, AES-128-GCM; config_id 42; enc; sealed inner hello
+    let mut ech = vec![0, 0, 1, 0, 1, 42, 0, 32];
+    ech.extend_from_slice(&[9; 32]);
+    ech.extend_from_slice(&[0, 128]);
+    ech.extend_from_slice(&[5; 128]);
+    ext(&mut exts, 0xfe0d, &ech);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[1; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Sends the hex bytes argv[3] to argv[1]:argv[2] and prints what came
+/// back: "alert" (a TLS alert record), "handshake" (the server answered),
+/// or "closed".
+const RAW_HELLO: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(bytes.fromhex(sys.argv[3]))
+try:
+    r = s.recv(5)
+except ConnectionResetError:
+    r = b""
+print({0x15: "alert", 0x16: "handshake"}.get(r[0], "other") if r else "closed")
+"#;
+
+/// Issue 24 item 3: a ClientHello offering Encrypted Client Hello is
+/// judged by its outer SNI (the only name pinproxy can read): an unlisted
+/// outer name under `unlisted: deny` is refused with a TLS alert and
+/// counted; a pinned outer name is intercepted (the client then gets no
+/// ECH acceptance). Both are counted as `protocol="tls-ech"`.
+#[test]
+fn ech_is_judged_by_its_outer_sni_and_counted() {
+    if netns::skip("ech_is_judged_by_its_outer_sni_and_counted") {
+        return;
+    }
+    let s = setup("tp-ech", |pki| {
+        pinset(&[pki.int.pin().to_string()]).replace("unlisted: allow", "unlisted: deny")
+    });
+    let app = &s.pod.app;
+    let _proxy = start_proxy(app, s.dir.path());
+    let send = |sni: &str, addr: &str| {
+        let hello: String = ech_client_hello(sni)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let out = check(
+            app.command_as(APP_UID, netns::python())
+                .args(["-I", "-c", RAW_HELLO, addr, "443", &hello]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ech = |outcome: &str| {
+        metric(
+            app,
+            &format!(
+                "pinproxy_transparent_connections_total{{outcome=\"{outcome}\",protocol=\"tls-ech\"}}"
+            ),
+        )
+    };
+    let denied = "pinproxy_denied_total{reason=\"host-not-allowed\"}";
+    let before = metric(app, denied);
+    assert_eq!(send("public.ech-provider.test", WORLD_V4[1]), "alert");
+    assert_eq!(metric(app, denied), before + 1.0);
+    assert_eq!(ech("refused"), 1.0);
+    assert_eq!(
+        metric(
+            app,
+            "pinproxy_transparent_connections_total{outcome=\"refused\",protocol=\"tls\"}"
+        ),
+        0.0,
+        "counted as ECH, not as plain TLS"
+    );
+    // A pinned outer name: intercepted, as any hello naming it.
+    let got = send(PINNED, WORLD_V4[0]);
+    assert!(got == "handshake" || got == "alert", "{got}");
+    assert_eq!(ech("intercepted"), 1.0);
+    let _ = (&s.open, &s.pinned);
+}

@@ -16,6 +16,7 @@
 pub mod body;
 mod conn;
 pub mod connect;
+mod ech;
 pub mod exchange;
 pub mod forward;
 pub mod intercept;

@@ -4,7 +4,8 @@
 //! conntrack ([`original_dst`]); the first bytes decide the rest:
 //!
 //! - a TLS ClientHello is judged by its SNI (absent: the original
-//!   destination's IP) under the same policy as CONNECT: pinned →
+//!   destination's IP; with Encrypted Client Hello, the outer SNI: counted
+//!   as `protocol="tls-ech"`, see [`ech`]) under the same policy as CONNECT: pinned →
 //!   intercepted with the pod CA and forwarded over pinned connections;
 //!   passthrough, or unlisted and allowed → spliced to the original
 //!   destination as it is (never re-resolved: the app already chose the
@@ -38,6 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::revoked;
+use super::ech;
 use super::original_dst::original_dst;
 use super::tunnel::{self, Hello, HelloReader, Rewind, HANDSHAKE_FAILURE_ALERT};
 use super::{count, count_denied, forward, intercept, refusal, Accepted, Client, Context, Handoff};
@@ -116,6 +118,11 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
         Some(x) => x,
         None => return served("other", "closed"),
     };
+    // ECH: judged by the outer SNI like any hello, counted apart.
+    let tls_label = match first {
+        First::Tls(_) if ech::offered(&bytes) => "tls-ech",
+        _ => "tls",
+    };
     let io = Rewind::new(stream).rewind(bytes.into());
     let client = Client {
         tracker: a.tracker,
@@ -125,7 +132,7 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
     match first {
         First::Tls(sni) => {
             let outcome = tls(ctx.clone(), io, orig, sni, client).await;
-            served("tls", outcome);
+            served(tls_label, outcome);
         }
         First::Http => {
             served("http", "served");
