@@ -736,3 +736,217 @@ fn ech_is_judged_by_its_outer_sni_and_counted() {
     assert_eq!(ech("intercepted"), 1.0);
     let _ = (&s.open, &s.pinned);
 }
+
+/// A world address in a private (special-purpose) range, 198.18.0.0/15:
+/// where `allow_private` and passthrough CIDRs make the difference.
+const PRIVATE: &str = "198.18.0.9";
+
+/// A plain HTTP server answering every GET with 200 `plain world`, on
+/// port 80 of every address of its namespace.
+const PLAIN_HTTP: &str = r#"
+import http.server, socket
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"plain world\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = S(("::", 80), H)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+/// [`PRIVATE`] in the world, routed from the pod: the unlisted TLS server
+/// on :443 and a plain HTTP server on :80.
+fn private_world(s: &Setup) -> netns::Proc {
+    s.pod
+        .world
+        .ip(&["addr", "add", &format!("{PRIVATE}/24"), "dev", "eth0"]);
+    s.pod
+        .app
+        .ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"]);
+    upstream_in(
+        &s.pod.world,
+        format!("{PRIVATE}:443").parse().unwrap(),
+        &s.open,
+        "private",
+    );
+    netns::spawn_ready(
+        s.pod
+            .world
+            .command(netns::python())
+            .args(["-I", "-c", PLAIN_HTTP]),
+        "the plain HTTP server",
+    )
+}
+
+/// Issue 24 item 5: `passthrough:` CIDRs and `allow_private` decide the
+/// same on all four paths — forward (`HTTP_PROXY`), CONNECT
+/// (`HTTPS_PROXY`), transparent TLS, transparent plain HTTP — for a
+/// destination in a private range.
+#[test]
+fn passthrough_cidrs_and_allow_private_are_the_same_on_every_path() {
+    if netns::skip("passthrough_cidrs_and_allow_private_are_the_same_on_every_path") {
+        return;
+    }
+    let configs = [
+        // (what, defaults and passthrough, expected on every path)
+        (
+            "private refused",
+            "defaults:\n  unlisted: allow\n",
+            "refused",
+        ),
+        (
+            "allow_private",
+            "defaults:\n  unlisted: allow\n  allow_private: true\n",
+            "ok",
+        ),
+        (
+            "passthrough CIDR",
+            "defaults:\n  unlisted: deny\npassthrough: [\"198.18.0.0/24\"]\n",
+            "ok",
+        ),
+    ];
+    let paths: [(&str, Vec<String>); 4] = [
+        (
+            "forward",
+            vec![
+                "-x".into(),
+                "http://127.0.0.1:3128".into(),
+                format!("http://{PRIVATE}/"),
+            ],
+        ),
+        (
+            "connect",
+            vec![
+                "-x".into(),
+                "http://127.0.0.1:3128".into(),
+                "-p".into(),
+                "-k".into(),
+                format!("https://{PRIVATE}/"),
+            ],
+        ),
+        (
+            "transparent-tls",
+            vec!["-k".into(), format!("https://{PRIVATE}/")],
+        ),
+        ("transparent-http", vec![format!("http://{PRIVATE}/")]),
+    ];
+    for (what, policy, want) in configs {
+        let s = setup("tp-paths", |_| format!("version: 1\nhosts: {{}}\n{policy}"));
+        let _http = private_world(&s);
+        let app = &s.pod.app;
+        let _proxy = start_proxy(app, s.dir.path());
+        let private_refusals = || {
+            metric(app, "pinproxy_denied_total{reason=\"private-address\"}")
+                + metric(
+                    app,
+                    "pinproxy_requests_total{host=\"unlisted\",outcome=\"private-address\"}",
+                )
+        };
+        for (path, args) in &paths {
+            let before = private_refusals();
+            let mut all: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+            all.extend(args.iter().map(String::as_str));
+            let (code, out) = curl(app, &all);
+            let got = if code == 0 && out.starts_with("200") {
+                "ok"
+            } else {
+                "refused"
+            };
+            assert_eq!(got, want, "{what}, {path}: curl {code}: {out}");
+            if want == "refused" {
+                assert!(
+                    private_refusals() > before,
+                    "{what}, {path}: refused but not counted as private-address"
+                );
+            }
+        }
+    }
+}
+
+/// Connects to argv[2]:443 with SNI argv[1], verifying nothing: which
+/// server answered ("reached open"/"reached pinned"), or "refused".
+const SNI_CLIENT: &str = r#"
+import socket, ssl, sys
+sni, addr = sys.argv[1], sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+try:
+    with socket.create_connection((addr, 443), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname=sni) as t:
+            der = t.getpeercert(binary_form=True)
+            who = "open" if b"open.unlisted.test" in der else "pinned" if b"api.pinned.test" in der else "other"
+            print("reached", who)
+except (ssl.SSLError, OSError) as e:
+    print("refused", type(e).__name__)
+"#;
+
+/// Issue 24 item 5: the SNI is the app's claim, the destination the fact.
+/// A passthrough name (the chart's default `**.cluster.local`) is spliced
+/// only to an address it resolves to; to any other address it is refused
+/// with a TLS alert and counted (`misdirected-request`), and the server
+/// there never hears from it.
+#[test]
+fn a_passthrough_name_is_spliced_only_to_where_it_resolves() {
+    if netns::skip("a_passthrough_name_is_spliced_only_to_where_it_resolves") {
+        return;
+    }
+    let s = setup("tp-ptname", |pki| {
+        pinset(&[pki.int.pin().to_string()]).replace(
+            "defaults:\n  unlisted: allow\n",
+            "defaults:\n  unlisted: deny\npassthrough: [\"**.cluster.local\"]\n",
+        )
+    });
+    let app = &s.pod.app;
+    // pinproxy's resolver (and everyone's in the pod) reads this.
+    app.etc(
+        "hosts",
+        &format!("127.0.0.1 localhost\n{} svc.cluster.local\n", WORLD_V4[1]),
+    );
+    let _proxy = start_proxy(app, s.dir.path());
+    let sni = |name: &str, addr: &str| python_in(app, SNI_CLIENT, &[name, addr]);
+    let misdirected = "pinproxy_denied_total{reason=\"misdirected-request\"}";
+    // The name where it resolves: spliced to that server.
+    assert_eq!(sni("svc.cluster.local", WORLD_V4[1]), "reached open");
+    assert_eq!(
+        metric(
+            app,
+            "pinproxy_requests_total{host=\"**.cluster.local\",outcome=\"passthrough\"}"
+        ),
+        1.0
+    );
+    // The same name, or one that resolves nowhere, to another server:
+    // refused before anything is dialed.
+    for name in ["svc.cluster.local", "x.cluster.local"] {
+        let before = metric(app, misdirected);
+        let got = sni(name, WORLD_V4[0]);
+        assert!(got.starts_with("refused"), "{name}: {got}");
+        assert_eq!(metric(app, misdirected), before + 1.0, "{name}");
+    }
+    assert_eq!(
+        metric(
+            app,
+            "pinproxy_requests_total{host=\"**.cluster.local\",outcome=\"passthrough\"}"
+        ),
+        1.0,
+        "nothing more was spliced"
+    );
+    let _ = &s.pinned;
+}
+
+/// Runs `script` with python3 as the app in `ns`: its stdout, trimmed.
+fn python_in(ns: &Netns, script: &str, args: &[&str]) -> String {
+    let out = check(
+        ns.command_as(APP_UID, netns::python())
+            .args(["-I", "-c", script])
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -8,8 +8,11 @@
 //!   as `protocol="tls-ech"`, see [`ech`]) under the same policy as CONNECT: pinned →
 //!   intercepted with the pod CA and forwarded over pinned connections;
 //!   passthrough, or unlisted and allowed → spliced to the original
-//!   destination as it is (never re-resolved: the app already chose the
-//!   address; the private-address rule still applies to unlisted traffic);
+//!   destination as it is (the app already chose the address; the
+//!   private-address rule still applies to unlisted traffic, and a
+//!   passthrough name only reaches an address it resolves to or one a
+//!   passthrough CIDR covers: the SNI is the app's claim, the destination
+//!   the fact);
 //!   otherwise a TLS alert and a counted refusal;
 //! - plain HTTP is served as the forward path serves it, the `Host` header
 //!   (else the original destination) naming the host;
@@ -327,7 +330,10 @@ enum Refuse {
 }
 
 /// Splices a passthrough or unlisted-and-allowed connection to its
-/// original destination; returns the outcome label.
+/// original destination; returns the outcome label. A passthrough name
+/// (the SNI) is spliced only to an address it resolves to or one a
+/// passthrough CIDR covers (`misdirected-request` otherwise); unlisted
+/// traffic only where egress is allowed (`private-address`).
 #[allow(clippy::too_many_arguments)] // the splice's inputs, each used once
 async fn splice(
     ctx: Arc<Context>,
@@ -345,7 +351,17 @@ async fn splice(
         refusal::log_refusal(&ctx, reason, &host, msg);
         "refused"
     };
-    if !passthrough && !connector.egress_allowed(&orig) {
+    if passthrough {
+        if let Err(msg) = connector.passthrough_destination(&target.host, orig).await {
+            count_denied(&ctx, Reason::MisdirectedRequest);
+            return match refuse {
+                Refuse::TlsAlert => {
+                    refuse_tls(&ctx, &mut io, Reason::MisdirectedRequest, &host, &msg).await
+                }
+                Refuse::Close => refused(Reason::MisdirectedRequest, &msg),
+            };
+        }
+    } else if !connector.egress_allowed(&orig) {
         count(&ctx, admission.label(), Reason::PrivateAddress.into());
         let msg = format!("{orig} is a private, loopback or link-local address");
         return match refuse {
