@@ -950,3 +950,80 @@ fn python_in(ns: &Netns, script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A WebSocket through the redirect, as an app that knows nothing of
+/// proxies: over TLS (argv[4] = "tls", trusting argv[3]) or plain, to
+/// argv[2]:port with Host/SNI argv[1]. Prints the status line, then the
+/// echo of a frame.
+const WS_CLIENT: &str = r#"
+import socket, ssl, sys
+host, addr, ca, mode = sys.argv[1:5]
+port = 443 if mode == "tls" else 80
+s = socket.create_connection((addr, port), timeout=10)
+if mode == "tls":
+    s = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=host)
+s.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(1)
+    if not chunk:
+        break
+    head += chunk
+print(head.split(b"\r\n")[0].decode())
+s.sendall(b"\x81\x05hello")
+echo = b""
+while len(echo) < 7:
+    chunk = s.recv(7 - len(echo))
+    if not chunk:
+        break
+    echo += chunk
+print(echo.hex())
+"#;
+
+/// `GET /hop` with `Upgrade: h2c` over plain HTTP to argv[2]:80, Host
+/// argv[1]: what the upstream says it saw.
+const H2C_CLIENT: &str = r#"
+import socket, sys
+host, addr = sys.argv[1], sys.argv[2]
+s = socket.create_connection((addr, 80), timeout=10)
+s.sendall((f"GET /hop HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade, HTTP2-Settings, close\r\n"
+           "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n").encode())
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.decode(errors="replace"))
+"#;
+
+/// Issue 24 item 2 on the transparent paths: a WebSocket still works
+/// through interception (TLS) and the plain-HTTP path; `Upgrade: h2c` on
+/// the plain path reaches the upstream as a plain request, neither header
+/// left.
+#[test]
+fn upgrades_on_the_transparent_paths() {
+    if netns::skip("upgrades_on_the_transparent_paths") {
+        return;
+    }
+    let s = setup("tp-upgrade", |pki| pinset(&[pki.int.pin().to_string()]));
+    let app = &s.pod.app;
+    let proxy = start_proxy(app, s.dir.path());
+    let ca = proxy.ca.to_str().unwrap();
+    for mode in ["tls", "plain"] {
+        let out = python_in(app, WS_CLIENT, &[PINNED, WORLD_V4[0], ca, mode]);
+        assert_eq!(
+            out,
+            format!("HTTP/1.1 101 Switching Protocols\n{}", "810568656c6c6f"),
+            "{mode}"
+        );
+    }
+    let out = python_in(app, H2C_CLIENT, &[PINNED, WORLD_V4[0]]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with("upgrade=[] connection=[] http2-settings=[]"),
+        "{out}"
+    );
+    drop(proxy);
+}

@@ -433,33 +433,44 @@ async fn http(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let svc_ctx = ctx.clone();
+    let handoff = client.handoff.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
         let client = client.clone();
-        async move {
+        // Boxed: the connection is polled without shutdown (below), which
+        // wants an Unpin service future.
+        Box::pin(async move {
             if let Err(msg) = absolute(&mut req, orig) {
                 return Ok::<_, Infallible>(refusal::deny(&ctx, Reason::BadRequest, "", &msg));
             }
             Ok(forward::handle(ctx, req, client).await)
-        }
+        })
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.limits.header_read_timeout)
         .max_buf_size(super::parse_buffer(&ctx.limits));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "transparent HTTP connection closed");
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut stopping = false;
+    let done = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
             }
         }
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    };
+    if let Err(e) = done {
+        tracing::debug!(error = %e, "transparent HTTP connection closed");
+        return;
+    }
+    // A WebSocket was answered 101: its relay takes the stream, as on the
+    // proxy listener.
+    if let Some(tx) = handoff.take() {
+        let parts = conn.into_parts();
+        let _ = tx.send(parts.io.into_inner().rewind(parts.read_buf));
     }
 }
 
