@@ -645,6 +645,46 @@ fn transparent_mode_takes_the_uid_switch_away() {
     );
 }
 
+/// The lock's UDP options reach the init container's `redirect` args;
+/// a bad `CIDR:PORT`, or either option without the lock, is refused.
+#[test]
+fn transparent_udp_options_reach_the_rules() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let mut opts = options_for("transparent");
+    opts.redirect.allow_udp = vec!["10.0.0.0/8:123".into(), "[fd00::/8]:123".into()];
+    opts.redirect.log_drops = true;
+    let out = inject_stream(&input, &opts).unwrap();
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    let spec = &pod_specs(&doc)[0]["spec"];
+    let init = spec["initContainers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("pinproxy-redirect"))
+        .expect("the redirect init container");
+    let args: Vec<&str> = init["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let joined = args.join(" ");
+    assert!(
+        joined.contains("--lock")
+            && joined.contains("--allow-udp 10.0.0.0/8:123 --allow-udp [fd00::/8]:123")
+            && joined.contains("--log-drops"),
+        "{args:?}"
+    );
+    let mut bad = options_for("transparent");
+    bad.redirect.allow_udp = vec!["10.0.0.0/8".into()];
+    assert!(inject_stream(&input, &bad).is_err());
+    let mut unlocked = options_for("transparent");
+    unlocked.redirect.lock = false;
+    unlocked.redirect.log_drops = true;
+    let err = inject_stream(&input, &unlocked).unwrap_err();
+    assert!(err.to_string().contains("--transparent-lock"), "{err}");
+}
+
 /// The stream as YAML with every container's env sorted by name.
 fn env_sorted(stream: &str) -> Value {
     fn walk(v: &mut Value) {
