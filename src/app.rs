@@ -16,12 +16,13 @@ use crate::control::drift::Drift;
 use crate::control::learn;
 use crate::control::logs::LogLimiter;
 use crate::control::metrics::Metrics;
-use crate::control::reload::{Hangups, Watcher};
+use crate::control::reload::{Hangups, Signing, Watcher};
 use crate::control::reports::{self, Reporter};
 use crate::control::telemetry::{Sinks, Telemetry};
 use crate::control::{Live, Readiness, Reloader};
-use crate::policy;
+use crate::policy::{self, Policy};
 use crate::proxy::{self, transparent, Limits};
+use crate::sign::{KeyRing, StateDir};
 use crate::tls::ca::{self, Intercept};
 use crate::upstream::{Options, Shared, Snapshot};
 
@@ -61,6 +62,17 @@ pub struct Config {
     pub max_file_bytes: u64,
     /// Revoked certificates the pinset's CRLs may list together.
     pub max_crl_entries: usize,
+    /// With `--pinset-key`: only pinsets signed with one of these keys,
+    /// whose serial never goes back, are applied.
+    pub signing: Option<SigningConfig>,
+}
+
+/// `run --pinset-key` and `--state-dir`.
+#[derive(Clone, Debug)]
+pub struct SigningConfig {
+    pub keys: KeyRing,
+    /// Where the highest serial applied is kept across restarts.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -176,8 +188,18 @@ impl App {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
                 .ok()
         });
-        let policy = policy::load::load_with(&config.pins, config.caps())?;
-        let warnings = policy.warnings.clone();
+        let readiness = Arc::new(Readiness::default());
+        // With a key, nothing is in force until the reloader has checked
+        // a signed pinset (below): the sidecar starts refusing everything.
+        let signing = config.signing.as_ref().map(|s| {
+            let state = s.state_dir.clone().map(StateDir::new);
+            Signing::new(s.keys.clone(), state, readiness.clone())
+        });
+        let (policy, generation) = match &signing {
+            None => (policy::load::load_with(&config.pins, config.caps())?, 1),
+            Some(_) => (Policy::pending(), 0),
+        };
+        let mut warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let intercept = Arc::new(match &config.ca {
@@ -222,8 +244,8 @@ impl App {
             own_addrs,
         );
         let sinks = telemetry.sinks.clone();
-        let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?, &telemetry);
-        let readiness = Arc::new(Readiness::default());
+        let (live, publisher) =
+            Live::new(Snapshot::build(policy, generation, &shared)?, &telemetry);
         let ctx = Arc::new(proxy::Context {
             live: live.clone(),
             metrics: metrics.clone(),
@@ -242,7 +264,25 @@ impl App {
             sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
-        let reloader = Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps());
+        let reloader = match signing {
+            None => Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps()),
+            Some(signing) => {
+                let r = Reloader::signed(
+                    publisher,
+                    shared,
+                    config.pins.clone(),
+                    config.caps(),
+                    signing,
+                );
+                // Refused or not, the process serves: not ready and
+                // refusing everything until a signed pinset is applied (the
+                // reloader logged and counted why), then as usual.
+                let _ = r.reload().await;
+                // Logged by the reloader with the pinset it applied.
+                warnings.clear();
+                r
+            }
+        };
         if let Some(w) = &mut watcher {
             if let Err(e) = w.watch_bundles(&reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");

@@ -145,9 +145,9 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "pinset_info",
-                        "1, labelled with the SHA-256 of the pins file in force (what `pinproxy status` compares with the Secret).",
+                        "1, labelled with the SHA-256 of the pins file in force (what `pinproxy status` compares with the Secret), its serial and the key that verified it (empty when unsigned).",
                     ),
-                    &["sha256"],
+                    &["sha256", "serial", "key"],
                 )
                 .expect("valid metric"),
             ),
@@ -204,8 +204,8 @@ impl Metrics {
         for r in Reason::denied() {
             m.denied.with_label_values(&[r]);
         }
-        for r in ["success", "failure"] {
-            m.config_reloads.with_label_values(&[r]);
+        for r in reason::Reload::ALL {
+            m.config_reloads.with_label_values(&[r.as_str()]);
         }
         m.config_last_reload_successful.set(1);
         Arc::new(m)
@@ -218,8 +218,10 @@ impl Metrics {
     pub(crate) fn in_force(&self, policy: &Policy, generation: u64) {
         self.config_generation.set(generation as i64);
         self.pinset_info.reset();
+        let serial = policy.serial.map(|n| n.to_string()).unwrap_or_default();
+        let key = policy.signature.as_ref().map_or("", |s| s.key.as_str());
         self.pinset_info
-            .with_label_values(&[&policy.pins_sha256])
+            .with_label_values(&[&policy.pins_sha256, &serial, key])
             .set(1);
         self.pinset_expiry.reset();
         self.client_cert_expiry.reset();

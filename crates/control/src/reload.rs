@@ -11,6 +11,10 @@
 //! validates the pinset off the async workers, builds a whole new snapshot
 //! and swaps it in; an invalid file leaves the last good one in force.
 //!
+//! With `--pinset-key` ([`Signing`]), a version is applied only when its
+//! `.sig` verifies and its serial does not go back; a refusal is counted
+//! as `bad-signature` or `rollback` and keeps the last good pinset.
+//!
 //! A load never holds anything another reload waits for: each request is
 //! numbered, loads run side by side (at most [`LOADS_IN_FLIGHT`], so memory
 //! stays bounded), and a result is judged only if no newer request's result
@@ -22,17 +26,21 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher as _};
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
+use self::signed::Loaded;
 use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
 use pinproxy_policy::load::Caps;
 use pinproxy_policy::{self as policy, Mode, Policy, Unlisted};
+use pinproxy_reason::Reload;
 use pinproxy_upstream::{Shared, Snapshot};
+
+pub use self::error::Error;
+pub use self::signed::Signing;
+pub use self::watch::{Watcher, DEBOUNCE};
 
 /// Loads that may run at once: the one in progress and the newest. A third
 /// request waits for a slot, and skips its load if a newer one came since.
@@ -63,6 +71,8 @@ pub struct Reloader {
     /// The inputs in force and the ones that failed last (held only
     /// briefly, off the async workers when it reads files).
     versions: Arc<std::sync::Mutex<Versions>>,
+    /// With `--pinset-key`: the keys and the rollback floor.
+    signing: Option<Arc<Signing>>,
 }
 
 /// What a reload did.
@@ -115,7 +125,29 @@ impl Reloader {
             judged: Mutex::new(0),
             failing: AtomicU64::new(0),
             versions: Arc::default(),
+            signing: None,
         })
+    }
+
+    /// As [`Reloader::with_caps`], applying only pinsets signed with
+    /// `signing`'s keys whose serial does not go back.
+    pub fn signed(
+        publisher: Publisher,
+        shared: Shared,
+        pins_path: PathBuf,
+        caps: Caps,
+        signing: Signing,
+    ) -> Arc<Self> {
+        let mut this = Self::with_caps(publisher, shared, pins_path, caps);
+        if let Some(r) = Arc::get_mut(&mut this) {
+            r.signing = Some(Arc::new(signing));
+        }
+        this
+    }
+
+    /// The keys and floor, with `--pinset-key`.
+    pub fn signing(&self) -> Option<&Signing> {
+        self.signing.as_deref()
     }
 
     pub fn live(&self) -> &Arc<Live> {
@@ -130,7 +162,7 @@ impl Reloader {
     /// whole new snapshot and swaps it in. An invalid file leaves the last
     /// good snapshot in force. Asked for by SIGHUP: always loads, and logs
     /// and counts a failure every time.
-    pub async fn reload(&self) -> Result<Reloaded, policy::Error> {
+    pub async fn reload(&self) -> Result<Reloaded, Error> {
         self.run(false).await
     }
 
@@ -138,7 +170,7 @@ impl Reloader {
     /// version in force, or the version that failed last, are not loaded
     /// again — a bad file is counted and logged once per version of it,
     /// however many events arrive while it stays bad.
-    pub async fn reload_changed(&self) -> Result<Reloaded, policy::Error> {
+    pub async fn reload_changed(&self) -> Result<Reloaded, Error> {
         self.run(true).await
     }
 
@@ -153,7 +185,7 @@ impl Reloader {
         self.versions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn run(&self, skip_known: bool) -> Result<Reloaded, policy::Error> {
+    async fn run(&self, skip_known: bool) -> Result<Reloaded, Error> {
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let (loaded, digest) = {
             // The semaphore is never closed: the slot is always granted.
@@ -176,16 +208,7 @@ impl Reloader {
                     Known::InForce | Known::New => {}
                 }
             }
-            let (path, caps, load) = (self.pins_path.clone(), self.caps, self.load.clone());
-            let loaded = tokio::task::spawn_blocking(move || load(&path, caps))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(policy::Error::Read {
-                        path: self.pins_path.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                });
-            (loaded, digest)
+            (self.load().await, digest)
         };
         let mut judged = self.judged.lock().await;
         if *judged > ticket {
@@ -193,20 +216,12 @@ impl Reloader {
             return Ok(Reloaded::Superseded);
         }
         *judged = ticket;
-        let result = loaded.and_then(|policy| self.publish(policy));
+        let result = match loaded {
+            Ok(loaded) => self.apply(loaded).await,
+            Err(e) => Err(e),
+        };
         match &result {
-            Err(e) => {
-                self.lock_versions().failed = digest;
-                self.failing.fetch_add(1, Ordering::AcqRel);
-                let metrics = self.publisher.metrics();
-                metrics.config_last_reload_successful.set(0);
-                metrics.config_reloads.with_label_values(&["failure"]).inc();
-                tracing::error!(
-                    error = %e,
-                    "pinset reload failed; the last good pinset stays in force \
-                     (retried when the file or a file it names changes)"
-                );
-            }
+            Err(e) => self.failed(e, digest),
             Ok(Reloaded::Swapped(generation) | Reloaded::Unchanged(generation)) => {
                 {
                     let mut versions = self.lock_versions();
@@ -231,6 +246,87 @@ impl Reloader {
         result
     }
 
+    /// Reads and validates the pinset (and with `--pinset-key` checks its
+    /// signature and serial) off the async workers.
+    async fn load(&self) -> Result<Loaded, Error> {
+        let (path, caps, load) = (self.pins_path.clone(), self.caps, self.load.clone());
+        let signing = self.signing.clone();
+        tokio::task::spawn_blocking(move || match signing {
+            Some(signing) => signing.load(&path, caps),
+            None => Ok(Loaded {
+                policy: load(&path, caps)?,
+                accepted: None,
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Load(policy::Error::Read {
+                path: self.pins_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }))
+        })
+    }
+
+    /// Swaps a loaded pinset in (a signed one only if its serial is still
+    /// not below the floor) and, when signed, raises the floor.
+    async fn apply(&self, loaded: Loaded) -> Result<Reloaded, Error> {
+        let signed = self.signing.as_deref().zip(loaded.accepted.as_ref());
+        if let Some((signing, accepted)) = signed {
+            signing.admit(&self.pins_path, accepted)?;
+        }
+        let reloaded = self.publish(loaded.policy)?;
+        if let Some((signing, accepted)) = signed {
+            signing.advance(accepted).await;
+        }
+        Ok(reloaded)
+    }
+
+    /// Counts and logs a reload that applied nothing.
+    fn failed(&self, e: &Error, digest: Option<version::Digest>) {
+        // An unreadable rollback state is retried on every event: it is
+        // not this version of the files that failed.
+        if !matches!(e, Error::State(_)) {
+            self.lock_versions().failed = digest;
+        }
+        self.failing.fetch_add(1, Ordering::AcqRel);
+        let metrics = self.publisher.metrics();
+        metrics.config_last_reload_successful.set(0);
+        let result = e.result();
+        metrics
+            .config_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+        let readiness = self.signing.as_deref().map(Signing::readiness);
+        let nothing_in_force = readiness.is_some_and(|r| r.waiting_for_pinset().is_some());
+        if let (Some(r), true) = (readiness, nothing_in_force) {
+            r.wait_for_pinset(format!("{}: {e}", result.as_str()));
+        }
+        match e {
+            Error::Refused { sha256, .. } if nothing_in_force => tracing::error!(
+                result = result.as_str(),
+                sha256 = %sha256,
+                key = e.key().unwrap_or_default(),
+                error = %e,
+                "signed pinset refused; nothing is in force yet, so every request is refused \
+                 (retried when the file or its signature changes)"
+            ),
+            Error::Refused { sha256, .. } => tracing::error!(
+                result = result.as_str(),
+                sha256 = %sha256,
+                key = e.key().unwrap_or_default(),
+                error = %e,
+                "signed pinset refused; the last good pinset stays in force \
+                 (retried when the file or its signature changes)"
+            ),
+            _ => tracing::error!(
+                result = result.as_str(),
+                error = %e,
+                "pinset reload failed; the last good pinset stays in force \
+                 (retried when the file or a file it names changes)"
+            ),
+        }
+    }
+
     /// The digest of the inputs as they are now, taken before they are
     /// loaded (see [`version`]).
     async fn digest(&self) -> Option<version::Digest> {
@@ -239,11 +335,12 @@ impl Reloader {
             self.pins_path.clone(),
             self.caps.pinset,
         );
+        let signed = self.signing.is_some();
         tokio::task::spawn_blocking(move || {
             versions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .digest(&path, max)
+                .digest(&path, max, signed)
         })
         .await
         .ok()
@@ -253,7 +350,7 @@ impl Reloader {
     /// in force already.
     fn publish(&self, policy: Policy) -> Result<Reloaded, policy::Error> {
         let current = self.live().load_full();
-        if current.policy.source_hash == policy.source_hash {
+        if current.policy.source_hash == policy.source_hash && !current.policy.pending {
             return Ok(Reloaded::Unchanged(current.generation));
         }
         let generation = current.generation + 1;
@@ -264,17 +361,48 @@ impl Reloader {
             })?;
         let old = self.publisher.publish(snapshot);
         let new = self.live().load_full();
-        let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
-        warn_if_weaker(&old.policy, &new.policy, &names);
-        let metrics = self.publisher.metrics();
-        metrics.config_reloads.with_label_values(&["success"]).inc();
-        tracing::info!(generation, "pinset reloaded");
+        if old.policy.pending {
+            // The first pinset (with --pinset-key): not a reload.
+            log_first(&new.policy, generation);
+        } else {
+            let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
+            warn_if_weaker(&old.policy, &new.policy, &names);
+            let metrics = self.publisher.metrics();
+            metrics
+                .config_reloads
+                .with_label_values(&[Reload::Success.as_str()])
+                .inc();
+            match &new.policy.signature {
+                Some(s) => tracing::info!(
+                    generation,
+                    serial = s.serial,
+                    key = %s.key,
+                    sha256 = %s.sha256,
+                    "pinset reloaded (signature verified)"
+                ),
+                None => tracing::info!(generation, "pinset reloaded"),
+            }
+        }
         // An expiring client certificate or an expired CRL is worth a line
         // on every reload, not only at start.
         for w in &new.policy.warnings {
             tracing::warn!(generation, warning = %w, "pinset warning");
         }
         Ok(Reloaded::Swapped(generation))
+    }
+}
+
+/// The first pinset in force after a start with nothing (`--pinset-key`).
+fn log_first(policy: &Policy, generation: u64) {
+    match &policy.signature {
+        Some(s) => tracing::info!(
+            generation,
+            serial = s.serial,
+            key = %s.key,
+            sha256 = %s.sha256,
+            "signed pinset in force"
+        ),
+        None => tracing::info!(generation, "pinset in force"),
     }
 }
 
@@ -308,173 +436,6 @@ fn warn_if_weaker(old: &Policy, new: &Policy, names: &HashSet<&str>) {
     }
     if !weaker.is_empty() {
         tracing::warn!(changes = ?weaker, "reloaded pinset relaxes enforcement");
-    }
-}
-
-/// How long the watcher waits for a burst of events to settle.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
-
-/// Watches the pinset's directory and its CA bundles' directories.
-pub struct Watcher {
-    inner: notify::RecommendedWatcher,
-    watched: HashSet<PathBuf>,
-    /// `true`: the burst contained an in-place content write.
-    events: mpsc::Receiver<bool>,
-}
-
-impl Watcher {
-    /// Starts watching the directory of `pins` now: make the watcher
-    /// *before* reading the pinset, so no change after the read is missed.
-    pub fn new(pins: &Path) -> Result<Self, notify::Error> {
-        let (tx, events) = mpsc::channel::<bool>(64);
-        // notify calls back on its own thread: hand events to tokio.
-        let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let Ok(event) = res else { return };
-            if let Some(in_place) = changes_content(&event.kind) {
-                // Full: a reload is already due, which covers this event.
-                let _ = tx.try_send(in_place);
-            }
-        })?;
-        let mut this = Self {
-            inner,
-            watched: HashSet::new(),
-            events,
-        };
-        this.watch_dir(parent_dir(pins))?;
-        Ok(this)
-    }
-
-    /// Also watches the directories of every file the pinset in force
-    /// names — CA bundles, client certificates and keys, CRLs — since they
-    /// may live in another mount (a cert-manager Secret beside the pins).
-    /// Also those a version that failed names, so that fixing a bundle
-    /// in a directory the pinset in force never named is seen.
-    pub fn watch_bundles(&mut self, reloader: &Reloader) -> Result<(), notify::Error> {
-        let snap = reloader.live().load();
-        for file in snap
-            .policy
-            .watched_files()
-            .into_iter()
-            .chain(reloader.named_files())
-        {
-            self.watch_dir(parent_dir(&file))?;
-        }
-        Ok(())
-    }
-
-    fn watch_dir(&mut self, dir: PathBuf) -> Result<(), notify::Error> {
-        if !self.watched.contains(&dir) {
-            self.inner.watch(&dir, RecursiveMode::NonRecursive)?;
-            self.watched.insert(dir);
-        }
-        Ok(())
-    }
-
-    /// Reloads on every settled burst of events until the task is aborted
-    /// (which drops the reloads it started). Each reload runs as its own
-    /// task, so events keep coming in while a file loads: a newer file
-    /// starts a newer load rather than waiting for the older one.
-    pub fn spawn(mut self, reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut reloads = JoinSet::new();
-            loop {
-                tokio::select! {
-                    event = self.events.recv() => {
-                        let Some(first) = event else { break };
-                        // The pinset and every file it names: a helper
-                        // that rewrites a certificate and then its key in
-                        // place must be done with both before the read.
-                        let mut files = vec![reloader.pins_path().to_path_buf()];
-                        files.extend(reloader.live().load().policy.watched_files());
-                        self.settle_burst(first, &files).await;
-                        let reloader = reloader.clone();
-                        reloads.spawn(async move {
-                            let _ = reloader.reload_changed().await;
-                        });
-                    }
-                    Some(_) = reloads.join_next() => {
-                        if let Err(e) = self.watch_bundles(&reloader) {
-                            tracing::warn!(error = %e, "watching CA bundle directories");
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// Debounces a burst of events that began with `first`.
-    async fn settle_burst(&mut self, first: bool, files: &[PathBuf]) {
-        // Let the writer finish its burst of renames.
-        tokio::time::sleep(DEBOUNCE).await;
-        let mut in_place = first;
-        while let Ok(more) = self.events.try_recv() {
-            in_place |= more;
-        }
-        // The kubelet swaps whole directories (renames). A writer that
-        // rewrites a file in place can expose a prefix that parses — a
-        // host cut off before its `mode: enforce`, a certificate beside the
-        // old key — so wait until two reads a debounce apart agree.
-        if in_place {
-            settle(files).await;
-            while self.events.try_recv().is_ok() {}
-        }
-    }
-}
-
-/// Waits (bounded) until the files' contents stop changing.
-async fn settle(files: &[PathBuf]) {
-    let digest = |files: Vec<PathBuf>| async move {
-        tokio::task::spawn_blocking(move || {
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            for f in &files {
-                // A missing file hashes as missing: its appearing is a change.
-                match std::fs::read(f) {
-                    Ok(b) => {
-                        ctx.update(&(b.len() as u64).to_be_bytes());
-                        ctx.update(&b);
-                    }
-                    Err(_) => ctx.update(b"-"),
-                }
-            }
-            ctx.finish().as_ref().to_vec()
-        })
-        .await
-        .ok()
-    };
-    let mut last = digest(files.to_vec()).await;
-    for _ in 0..40 {
-        tokio::time::sleep(DEBOUNCE).await;
-        let now = digest(files.to_vec()).await;
-        if now == last {
-            return;
-        }
-        last = now;
-    }
-    let first = files.first().map(|p| p.display().to_string());
-    tracing::warn!(pinset = ?first, "pinset or its files still changing; reloading anyway");
-}
-
-/// Whether an event can change what a reload reads — `Some(true)` for an
-/// in-place write — or is only someone reading (`None`). The reloader's
-/// own reads open the files: waking on `IN_OPEN` would reload forever.
-fn changes_content(kind: &notify::EventKind) -> Option<bool> {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    use notify::EventKind;
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
-        EventKind::Access(_) => None,
-        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(true),
-        // Create, remove, rename (the kubelet's `..data` swap), metadata
-        // (a chmod can make a file readable), and whatever notify cannot
-        // classify.
-        _ => Some(false),
-    }
-}
-
-fn parent_dir(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
 
@@ -527,7 +488,10 @@ impl Hangups {
     }
 }
 
+mod error;
+mod signed;
 mod version;
+mod watch;
 
 #[cfg(test)]
 mod tests;

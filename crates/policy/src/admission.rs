@@ -113,7 +113,10 @@ impl Admission {
 /// `orders` resolving into the Service CIDR). Entries always win: a name
 /// with an entry is never passed through.
 pub fn by_address(policy: &Policy, target: &Target, addrs: &[IpAddr]) -> Option<Admission> {
-    if addrs.is_empty() || matches!(policy.lookup(&target.host), Decision::Listed(_)) {
+    if policy.pending
+        || addrs.is_empty()
+        || matches!(policy.lookup(&target.host), Decision::Listed(_))
+    {
         return None;
     }
     let first = policy.passthrough.by_address(addrs[0])?;
@@ -123,10 +126,20 @@ pub fn by_address(policy: &Policy, target: &Target, addrs: &[IpAddr]) -> Option<
         .then(|| Admission(Admitted::Passthrough(first.into())))
 }
 
-/// Policy checks that need no network: entries (which win), passthrough
+/// Policy checks that need no network: nothing before a pinset is in
+/// force ([`Policy::pending`]), entries (which win), passthrough
 /// by name or IP literal, then unlisted deny, ports, expired pin-only
 /// entries.
 pub fn decide(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<Admission, Refusal> {
+    if policy.pending {
+        return Err(Refusal {
+            reason: Reason::NoPinset,
+            message: "no pinset is in force yet: pinproxy waits for a validly signed pinset \
+                      and lets nothing through meanwhile (its /readyz says why)"
+                .into(),
+            entry: None,
+        });
+    }
     match policy.lookup(&target.host) {
         Decision::Listed(entry) => {
             let refuse = |reason, message| Refusal {

@@ -303,3 +303,67 @@ fn bad_report_uris_are_load_errors_at_their_line() {
 // === identity and revocation (docs/reference.md, "Host fields") ===
 
 mod identity;
+
+#[test]
+fn serial_is_a_positive_integer_read_by_the_loader_and_by_serial() {
+    use super::load::{serial, SerialError};
+    let p = ok("version: 1\nserial: 42\nhosts: {}\n");
+    assert_eq!(p.serial, Some(42));
+    assert_eq!(
+        ok("version: 1\nhosts: {}\n").serial,
+        None,
+        "optional unsigned"
+    );
+    let problems = bad("version: 1\nserial: 0\nhosts: {}\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field.as_deref(), Some("serial"));
+    assert_eq!(problems[0].line, Some(2));
+    for wrong in ["-1", "1.5", "\"3\"", "99999999999999999999", "[1]"] {
+        bad(&format!("version: 1\nserial: {wrong}\nhosts: {{}}\n"));
+        assert!(
+            matches!(
+                serial(format!("version: 1\nserial: {wrong}\nhosts: {{}}\n").as_bytes()),
+                Err(SerialError::Invalid(_))
+            ),
+            "{wrong}"
+        );
+    }
+    assert_eq!(serial(b"version: 1\nserial: 7\nhosts: {}\n").unwrap(), 7);
+    assert!(matches!(
+        serial(b"version: 1\nhosts: {}\n"),
+        Err(SerialError::Missing)
+    ));
+    assert!(matches!(
+        serial(b"version: 1\nserial: 0\nhosts: {}\n"),
+        Err(SerialError::Zero)
+    ));
+    // The loader's own parser: a duplicate key, an alias or a typo is what
+    // the loader refuses too, never a second reading of the serial.
+    for hostile in [
+        "version: 1\nserial: 1\nserial: 9\nhosts: {}\n",
+        "version: 1\nserial: &s 5\nhosts: {}\n",
+        "version: 1\nserail: 5\nhosts: {}\n",
+    ] {
+        assert!(
+            matches!(serial(hostile.as_bytes()), Err(SerialError::Invalid(_))),
+            "{hostile}"
+        );
+        bad(hostile);
+    }
+}
+
+#[test]
+fn a_pending_policy_refuses_every_target() {
+    use super::admission::{by_address, decide, Target};
+    let p = Policy::pending();
+    for (h, port) in [("api.example.test", 443), ("127.0.0.1", 80)] {
+        let target = Target {
+            host: host(h),
+            port,
+        };
+        let refused = decide(&p, &target, now()).unwrap_err();
+        assert_eq!(refused.reason, pinproxy_reason::Reason::NoPinset);
+        assert!(refused.message.contains("no pinset is in force"));
+        assert!(by_address(&p, &target, &["10.0.0.1".parse().unwrap()]).is_none());
+    }
+}

@@ -106,6 +106,9 @@ reasons! {
     PrivateAddress => "private-address", Some(StatusCode::FORBIDDEN), DENIED_OUTCOME;
     /// The connection limit is reached.
     Overloaded => "overloaded", Some(StatusCode::SERVICE_UNAVAILABLE), DENIED;
+    /// No pinset is in force yet: with `run --pinset-key`, until a validly
+    /// signed pinset arrives (the sidecar is not ready meanwhile).
+    NoPinset => "no-pinset", Some(StatusCode::SERVICE_UNAVAILABLE), DENIED;
     /// pinproxy itself failed (e.g. minting an interception certificate).
     InternalError => "internal-error", Some(StatusCode::INTERNAL_SERVER_ERROR), OUTCOME;
 
@@ -265,6 +268,40 @@ impl Delivery {
     }
 }
 
+/// What became of a pinset load: `pinproxy_config_reloads_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reload {
+    /// Applied (or found unchanged).
+    Success,
+    /// The file (or a file it names) does not load, or a signed file has
+    /// no valid serial.
+    Failure,
+    /// With `run --pinset-key`: the signature file is missing, malformed or
+    /// verifies with no configured key.
+    BadSignature,
+    /// With `run --pinset-key`: validly signed, but its serial is below the
+    /// one in force (or equal, with other content).
+    Rollback,
+}
+
+impl Reload {
+    pub const ALL: &'static [Reload] = &[
+        Reload::Success,
+        Reload::Failure,
+        Reload::BadSignature,
+        Reload::Rollback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reload::Success => "success",
+            Reload::Failure => "failure",
+            Reload::BadSignature => "bad-signature",
+            Reload::Rollback => "rollback",
+        }
+    }
+}
+
 /// A place on a validated path (leaf first, trust anchor last):
 /// `pinproxy_upstream_chain_changes_total{position}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -319,6 +356,7 @@ mod tests {
                 "misdirected-request",
                 "private-address",
                 "overloaded",
+                "no-pinset",
                 "sni-mismatch"
             ]
         );

@@ -1,3 +1,4 @@
+use super::watch::{changes_content, settle};
 use super::*;
 use crate::metrics::Metrics;
 use crate::telemetry::Telemetry;

@@ -64,11 +64,15 @@ impl Versions {
             .unwrap_or_default()
     }
 
-    /// Digests the pinset at `pins` (at most `max + 1` bytes of it) and
-    /// the files it names. A pinset that cannot be read is one version
-    /// too (deleted, or unreadable): it fails once, not on every event.
-    pub(super) fn digest(&mut self, pins: &Path, max: u64) -> Digest {
-        let Some(bytes) = read_capped(pins, max) else {
+    /// Digests the pinset at `pins` (at most `max + 1` bytes of it), with
+    /// `signed` its signature file, and the files it names. A pinset that
+    /// cannot be read is one version too (deleted, or unreadable): it fails
+    /// once, not on every event.
+    pub(super) fn digest(&mut self, pins: &Path, max: u64, signed: bool) -> Digest {
+        // The pinset and its signature through one resolution of `..data`,
+        // as the load reads them: a new signature alone is a new version.
+        let real = std::fs::canonicalize(pins).unwrap_or_else(|_| pins.to_path_buf());
+        let Some(bytes) = read_capped(&real, max) else {
             return Digest(sha256(b"the pinset could not be read"));
         };
         let text = Digest(sha256(&bytes));
@@ -86,6 +90,10 @@ impl Versions {
         };
         let mut ctx = Context::new(&SHA256);
         ctx.update(&text.0);
+        if signed {
+            ctx.update(b"signature\0");
+            digest_file(&policy::load::signature_path(&real), &mut ctx);
+        }
         for file in &named {
             ctx.update(file.as_os_str().as_encoded_bytes());
             ctx.update(&[0]);
@@ -157,25 +165,45 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&pins, "version: 1\ndefaults: {trust: ca.pem}\nhosts: {}\n").unwrap();
         let mut v = Versions::default();
-        let missing = v.digest(&pins, 1 << 20);
+        let missing = v.digest(&pins, 1 << 20, false);
         std::fs::write(&ca, "one").unwrap();
-        let one = v.digest(&pins, 1 << 20);
+        let one = v.digest(&pins, 1 << 20, false);
         assert_ne!(missing, one, "the named file appearing is a change");
         assert_eq!(v.named(), vec![ca.clone()]);
         // Same bytes rewritten: the same version.
         std::fs::write(&ca, "one").unwrap();
-        assert_eq!(v.digest(&pins, 1 << 20), one);
+        assert_eq!(v.digest(&pins, 1 << 20, false), one);
         std::fs::write(&ca, "two").unwrap();
-        let two = v.digest(&pins, 1 << 20);
+        let two = v.digest(&pins, 1 << 20, false);
         assert_ne!(two, one);
         std::fs::remove_file(&pins).unwrap();
-        let gone = v.digest(&pins, 1 << 20);
+        let gone = v.digest(&pins, 1 << 20, false);
         assert!(gone != two && gone != missing);
         assert_eq!(
-            v.digest(&pins, 1 << 20),
+            v.digest(&pins, 1 << 20, false),
             gone,
             "a missing pinset is one version"
         );
+    }
+
+    #[test]
+    fn with_a_key_a_new_signature_alone_is_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("pins.yaml");
+        std::fs::write(&pins, "version: 1\nserial: 1\nhosts: {}\n").unwrap();
+        let mut v = Versions::default();
+        let unsigned = v.digest(&pins, 1 << 20, true);
+        std::fs::write(dir.path().join("pins.yaml.sig"), "AAAA").unwrap();
+        let one = v.digest(&pins, 1 << 20, true);
+        assert_ne!(unsigned, one, "the signature appearing is a change");
+        std::fs::write(dir.path().join("pins.yaml.sig"), "BBBB").unwrap();
+        let two = v.digest(&pins, 1 << 20, true);
+        assert_ne!(one, two, "a new signature over the same file is a change");
+        assert_eq!(v.digest(&pins, 1 << 20, true), two);
+        // Without a key the signature is not an input.
+        let plain = v.digest(&pins, 1 << 20, false);
+        std::fs::write(dir.path().join("pins.yaml.sig"), "CCCC").unwrap();
+        assert_eq!(v.digest(&pins, 1 << 20, false), plain);
     }
 
     #[test]
