@@ -39,9 +39,11 @@
 //!    and `proxy::conn` serves HTTP/1.1 on it, parking it when idle.
 //! 2. [`proxy::forward`] parses the target once ([`proxy::target`]),
 //!    subscribes to the generation watch, loads the snapshot in force from
-//!    [`control::Live`] and asks [`policy::admission::decide`]: refused
-//!    (counted, with its [`reason::Reason`]) or an [`policy::Admission`]
-//!    naming the entry.
+//!    [`control::Live`] and admits it once ([`proxy::admit::admit`]: one
+//!    [`policy::admission::decide`], one clock reading): an
+//!    [`policy::Admission`] naming the entry, carried from there, or a
+//!    refusal made by [`proxy::refusal::refuse`], which counts exactly
+//!    what its [`reason::Reason`]'s row declares.
 //! 3. The request goes through the snapshot's pooled client to the
 //!    [`upstream::Connector`], which dials the entry's `address` (or the
 //!    resolved addresses, filtered by [`upstream::egress`] for unlisted
@@ -60,6 +62,7 @@
 //! CONNECT follows the same steps in [`proxy::connect`]: pinned hosts are
 //! intercepted with the pod CA ([`tls::ca`], [`proxy::intercept`]) and each
 //! inner request goes through step 3; unlisted ones are spliced as bytes.
+//! docs/architecture.md draws this path, and one reload's.
 
 #![forbid(unsafe_code)]
 
@@ -67,6 +70,8 @@ pub mod app;
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod reference;
 
 pub use pinproxy_control as control;
 pub use pinproxy_k8s as k8s;

@@ -1,24 +1,34 @@
 //! Prometheus metrics (docs/reference.md, "Metrics"), on a registry owned by
 //! the process and passed to constructors (tests stay independent).
+//!
+//! The counters a refusal can move are private: a refusal is counted by
+//! [`Metrics::refused`] alone, which reads the contract's table
+//! ([`Reason::counted`]), so no call site picks counters by hand.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
 use pinproxy_policy::Policy;
-use pinproxy_reason::{self as reason, Delivery, Position, Reason};
+use pinproxy_reason::{
+    Delivery, Position, Reason, ReloadResult, RequestOutcome, TransparentOutcome,
+    TransparentProtocol,
+};
 
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
     pub pin_mismatch: IntCounterVec,
     pub next_pins_mismatch: IntCounterVec,
-    pub tls_verify_failures: IntCounterVec,
-    pub requests: IntCounterVec,
-    pub denied: IntCounterVec,
+    tls_verify_failures: IntCounterVec,
+    requests: IntCounterVec,
+    denied: IntCounterVec,
     pub handshake_seconds: HistogramVec,
     pub connections_active: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -33,11 +43,13 @@ pub struct Metrics {
     pub client_cert_expiry: GaugeVec,
     pub crl_next_update: GaugeVec,
     pub minted_leaves: IntCounterVec,
-    pub transparent_connections: IntCounterVec,
+    transparent_connections: IntCounterVec,
     pub build_info: Gauge,
     pub reports: IntCounterVec,
     pub chain_changes: IntCounterVec,
     pub learned_hosts: IntGauge,
+    /// Every metric's full name, as registered.
+    names: Vec<String>,
 }
 
 /// Handshake latency buckets, seconds: loopback to a slow far server.
@@ -45,8 +57,19 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Registers `c` (names are constants: registering twice is a bug).
-fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+/// The registry's prefix: every name is `pinproxy_…`.
+const PREFIX: &str = "pinproxy";
+
+/// Registers `c` (names are constants: registering twice is a bug) and
+/// notes its name in `names`.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    names: &RefCell<Vec<String>>,
+    c: C,
+) -> C {
+    names
+        .borrow_mut()
+        .extend(c.desc().iter().map(|d| format!("{PREFIX}_{}", d.fq_name)));
     registry
         .register(Box::new(c.clone()))
         .expect("each metric is registered once");
@@ -57,25 +80,33 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let registry = Registry::new_custom(Some("pinproxy".into()), None)
-            .expect("a constant prefix is valid");
+        let names = RefCell::new(Vec::new());
+        let registry =
+            Registry::new_custom(Some(PREFIX.into()), None).expect("a constant prefix is valid");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &registry,
+                &names,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &registry,
+                &names,
                 GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
         let int_gauge = |name: &str, help: &str| {
-            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+            register(
+                &registry,
+                &names,
+                IntGauge::new(name, help).expect("valid metric"),
+            )
         };
         let handshake_seconds = register(
             &registry,
+            &names,
             HistogramVec::new(
                 HistogramOpts::new(
                     "upstream_handshake_seconds",
@@ -88,6 +119,7 @@ impl Metrics {
         );
         let build_info = register(
             &registry,
+            &names,
             Gauge::with_opts(
                 Opts::new("build_info", "pinproxy build information.")
                     .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -142,6 +174,7 @@ impl Metrics {
             ),
             pinset_info: register(
                 &registry,
+                &names,
                 IntGaugeVec::new(
                     Opts::new(
                         "pinset_info",
@@ -197,6 +230,7 @@ impl Metrics {
                 "Unlisted host:port pairs whose validated chains learn mode has recorded.",
             ),
             registry,
+            names: names.into_inner(),
         };
         for d in Delivery::ALL {
             m.reports.with_label_values(&[d.as_str()]);
@@ -204,7 +238,7 @@ impl Metrics {
         for r in Reason::denied() {
             m.denied.with_label_values(&[r]);
         }
-        for r in reason::Reload::ALL {
+        for r in ReloadResult::ALL {
             m.config_reloads.with_label_values(&[r.as_str()]);
         }
         m.config_last_reload_successful.set(1);
@@ -255,7 +289,7 @@ impl Metrics {
                     .with_label_values(&[name, position.as_str()]);
             }
             self.requests
-                .with_label_values(&[name, reason::Outcome::Ok.as_str()]);
+                .with_label_values(&[name, RequestOutcome::Ok.as_str()]);
         }
     }
 
@@ -281,9 +315,125 @@ impl Metrics {
                 .tls_verify_failures
                 .remove_label_values(&[host, reason]);
         }
-        for outcome in reason::Outcome::labels() {
+        for outcome in RequestOutcome::labels() {
             let _ = self.requests.remove_label_values(&[host, outcome]);
         }
+    }
+
+    // === counting ===
+
+    /// Counts one refusal where the contract's table says
+    /// ([`Reason::counted`]): `denied_total{reason}`, and
+    /// `requests_total{host,outcome=reason}` under `host` — the label the
+    /// request was admitted under (entry, passthrough item or `unlisted`);
+    /// `None` when refused before admission, where only `denied_total` can
+    /// count it. Every refusal, on every path, is counted here and only here.
+    pub fn refused(&self, reason: Reason, host: Option<&str>) {
+        let counted = reason.counted();
+        debug_assert!(
+            counted.denied || host.is_some(),
+            "{reason} is counted only under the host it was admitted as"
+        );
+        if counted.denied {
+            self.denied.with_label_values(&[reason.as_str()]).inc();
+        }
+        if let (true, Some(host)) = (counted.outcome, host) {
+            self.requests
+                .with_label_values(&[host, reason.as_str()])
+                .inc();
+        }
+    }
+
+    /// Counts a failed upstream handshake with `host` (the entry, or
+    /// `unlisted`): `tls_verify_failures_total{host,reason}`, for the
+    /// reasons the table declares there.
+    pub fn handshake_failed(&self, host: &str, reason: Reason) {
+        debug_assert!(reason.counted().tls, "{reason} is not a handshake failure");
+        if reason.counted().tls {
+            self.tls_verify_failures
+                .with_label_values(&[host, reason.as_str()])
+                .inc();
+        }
+    }
+
+    /// Counts a request or tunnel let through under `host` that ended well.
+    pub fn served(&self, host: &str, outcome: RequestOutcome) {
+        self.served_counter(host, outcome).inc();
+    }
+
+    /// The counter [`Metrics::served`] moves, for callers that keep it.
+    pub fn served_counter(&self, host: &str, outcome: RequestOutcome) -> prometheus::IntCounter {
+        self.requests.with_label_values(&[host, outcome.as_str()])
+    }
+
+    /// Counts a connection on the transparent listener.
+    pub fn transparent(&self, protocol: TransparentProtocol, outcome: TransparentOutcome) {
+        self.transparent_connections
+            .with_label_values(&[protocol.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts a pinset reload.
+    pub fn reloaded(&self, result: ReloadResult) {
+        self.config_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    // === reading (tests, tools): never creates a series ===
+
+    /// Every metric's full name (`pinproxy_…`), registered or not yet
+    /// holding a series: what docs/reference.md must list.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// Every sample in the registry, `family{label="value",…}` → value
+    /// (a histogram by its count): what a test compares before and after.
+    pub fn samples(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for family in self.registry.gather() {
+            for metric in family.get_metric() {
+                let labels: Vec<String> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}={:?}", l.name(), l.value()))
+                    .collect();
+                let value = match family.get_field_type() {
+                    MetricType::COUNTER => metric.get_counter().get_value(),
+                    MetricType::GAUGE => metric.get_gauge().get_value(),
+                    _ => metric.get_histogram().get_sample_count() as f64,
+                };
+                out.insert(format!("{}{{{}}}", family.name(), labels.join(",")), value);
+            }
+        }
+        out
+    }
+
+    /// `pinproxy_denied_total{reason}`.
+    pub fn denied_count(&self, reason: &str) -> u64 {
+        read(&self.denied, &[("reason", reason)])
+    }
+
+    /// `pinproxy_requests_total{host,outcome}`.
+    pub fn requests_count(&self, host: &str, outcome: &str) -> u64 {
+        read(&self.requests, &[("host", host), ("outcome", outcome)])
+    }
+
+    /// `pinproxy_tls_verify_failures_total{host,reason}`.
+    pub fn tls_failures_count(&self, host: &str, reason: &str) -> u64 {
+        read(
+            &self.tls_verify_failures,
+            &[("host", host), ("reason", reason)],
+        )
+    }
+
+    /// `pinproxy_transparent_connections_total{protocol,outcome}`.
+    pub fn transparent_count(&self, protocol: &str, outcome: &str) -> u64 {
+        read(
+            &self.transparent_connections,
+            &[("protocol", protocol), ("outcome", outcome)],
+        )
     }
 
     /// The Prometheus text exposition.
@@ -297,23 +447,22 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_family_is_exposed() {
-        let m = Metrics::new();
-        m.connections_active.set(0);
-        let text = String::from_utf8(m.render()).unwrap();
-        for name in [
-            "pinproxy_denied_total",
-            "pinproxy_config_reloads_total",
-            "pinproxy_connections_active",
-            "pinproxy_reports_total",
-            "pinproxy_learned_hosts",
-        ] {
-            assert!(text.contains(name), "{name} missing");
-        }
-    }
+/// The value of the series of `vec` with `labels`, 0 if it does not exist
+/// (reading never creates it).
+fn read(vec: &IntCounterVec, labels: &[(&str, &str)]) -> u64 {
+    use prometheus::core::Collector;
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .find(|m| {
+            labels.iter().all(|(name, value)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *name && l.value() == *value)
+            })
+        })
+        .map_or(0, |m| m.get_counter().get_value() as u64)
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,7 +35,7 @@ use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
 use pinproxy_policy::load::Caps;
 use pinproxy_policy::{self as policy, Mode, Policy, Unlisted};
-use pinproxy_reason::Reload;
+use pinproxy_reason::ReloadResult;
 use pinproxy_upstream::{Shared, Snapshot};
 
 pub use self::error::Error;
@@ -292,10 +292,7 @@ impl Reloader {
         let metrics = self.publisher.metrics();
         metrics.config_last_reload_successful.set(0);
         let result = e.result();
-        metrics
-            .config_reloads
-            .with_label_values(&[result.as_str()])
-            .inc();
+        metrics.reloaded(result);
         let readiness = self.signing.as_deref().map(Signing::readiness);
         let nothing_in_force = readiness.is_some_and(|r| r.waiting_for_pinset().is_some());
         if let (Some(r), true) = (readiness, nothing_in_force) {
@@ -368,10 +365,7 @@ impl Reloader {
             let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
             warn_if_weaker(&old.policy, &new.policy, &names);
             let metrics = self.publisher.metrics();
-            metrics
-                .config_reloads
-                .with_label_values(&[Reload::Success.as_str()])
-                .inc();
+            metrics.reloaded(ReloadResult::Success);
             match &new.policy.signature {
                 Some(s) => tracing::info!(
                     generation,

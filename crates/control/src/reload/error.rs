@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use pinproxy_policy as policy;
-use pinproxy_reason::Reload;
+use pinproxy_reason::ReloadResult;
 use pinproxy_sign::{Refusal, Sha256, StateError};
 
 /// Why a reload left the last good pinset in force.
@@ -32,13 +32,13 @@ pub enum Error {
 
 impl Error {
     /// The result this failure is counted under.
-    pub fn result(&self) -> Reload {
+    pub fn result(&self) -> ReloadResult {
         match self {
-            Error::Load(_) | Error::State(_) => Reload::Failure,
+            Error::Load(_) | Error::State(_) => ReloadResult::Failure,
             Error::Refused { refusal, .. } => match refusal.as_ref() {
-                Refusal::BadSignature(_) => Reload::BadSignature,
-                Refusal::Rollback { .. } => Reload::Rollback,
-                _ => Reload::Failure,
+                Refusal::BadSignature(_) => ReloadResult::BadSignature,
+                Refusal::Rollback { .. } => ReloadResult::Rollback,
+                _ => ReloadResult::Failure,
             },
         }
     }
