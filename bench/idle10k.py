@@ -12,10 +12,15 @@ before) / connections. Raises RLIMIT_NOFILE to the hard limit. Loopback only; bo
 import asyncio, json, os, re, resource, subprocess, sys, time
 AT = tuple(float(x) for x in os.environ.get("IDLE_AT", "1,2,5").split(","))
 
-def rss_kb(pid):
+def rss_kb(pid, field="VmRSS"):
     for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmRSS:"):
+        if l.startswith(field + ":"):
             return int(l.split()[1])
+
+def rss_parts(pid):
+    """RSS split: anonymous (heap, stacks) and file-backed (the binary's pages touched so far: code used
+    for the first time, such as TLS and HTTP/2 on the first request, stays resident and is not a leak)."""
+    return {"anon_kb": rss_kb(pid, "RssAnon"), "file_kb": rss_kb(pid, "RssFile")}
 
 def socket_kb(port):
     """Kernel socket memory (receive + send queues, forward allocations) of the proxy's side of the
@@ -36,7 +41,7 @@ def socket_kb(port):
 async def main(pid, n, port, silent):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    before = rss_kb(pid)
+    before, before_parts = rss_kb(pid), rss_parts(pid)
     conns, ok, sem = [], 0, asyncio.Semaphore(200)
     async def opener():
         nonlocal ok
@@ -57,7 +62,7 @@ async def main(pid, n, port, silent):
     samples = {}
     for at in AT:
         await asyncio.sleep(max(0.0, t1 + at - time.monotonic()))
-        samples[at] = (rss_kb(pid), socket_kb(port))
+        samples[at] = (rss_kb(pid), socket_kb(port), rss_parts(pid))
     for w in conns: w.close()
     await asyncio.sleep(2)
     held = samples[1][0]
@@ -66,7 +71,9 @@ async def main(pid, n, port, silent):
                       "open_s": round(t1 - t0, 2), "rss_before_kb": before, "rss_with_idle_conns_kb": held,
                       "rss_at_kb": {f"{at:g}s": s[0] for at, s in samples.items()},
                       "socket_kb_at": {f"{at:g}s": s[1] for at, s in samples.items()},
-                      "rss_after_close_kb": rss_kb(pid)}))
+                      "rss_parts_before": before_parts,
+                      "rss_parts_at": {f"{at:g}s": s[2] for at, s in samples.items()},
+                      "rss_after_close_kb": rss_kb(pid), "rss_parts_after_close": rss_parts(pid)}))
 
 if __name__ == "__main__":
     silent = "--silent" in sys.argv; av = [x for x in sys.argv if x != "--silent"]
