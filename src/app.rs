@@ -16,7 +16,7 @@ use crate::control::drift::Drift;
 use crate::control::learn;
 use crate::control::logs::LogLimiter;
 use crate::control::metrics::Metrics;
-use crate::control::reload::{Hangups, Watcher};
+use crate::control::reload::{self, Hangups, Watcher};
 use crate::control::reports::{self, Reporter};
 use crate::control::telemetry::{Sinks, Telemetry};
 use crate::control::{Live, Readiness, Reloader};
@@ -61,6 +61,9 @@ pub struct Config {
     pub max_file_bytes: u64,
     /// Revoked certificates the pinset's CRLs may list together.
     pub max_crl_entries: usize,
+    /// The CT log list file (`None`: the built-in list), read and watched
+    /// like the pinset; its size limit is `max_file_bytes`.
+    pub ct_log_list: Option<PathBuf>,
 }
 
 impl Config {
@@ -94,6 +97,8 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     #[error(transparent)]
     Learn(#[from] learn::Error),
+    #[error(transparent)]
+    LogList(#[from] crate::tls::ct::ListError),
     #[error("cannot listen on {addr} (set by {flag}): {source}")]
     Bind {
         /// The flag and variable that chose the address.
@@ -171,12 +176,18 @@ impl App {
             })
             .ok()
             });
+        if let (Some(w), Some(list)) = (&mut watcher, &config.ct_log_list) {
+            if let Err(e) = w.watch_file(list) {
+                tracing::warn!(error = %e, "cannot watch the CT log list's directory; reload with SIGHUP");
+            }
+        }
         // Listen for SIGHUP before anything can reach the process.
         let hangups = config.sighup.then(Hangups::new).and_then(|h| {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
                 .ok()
         });
         let policy = policy::load::load_with(&config.pins, config.caps())?;
+        let ct_list = reload::read_ct_list(config.ct_log_list.as_deref(), config.max_file_bytes)?;
         let warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -222,7 +233,8 @@ impl App {
             own_addrs,
         );
         let sinks = telemetry.sinks.clone();
-        let (live, publisher) = Live::new(Snapshot::build(policy, 1, &shared)?, &telemetry);
+        let (live, publisher) =
+            Live::new(Snapshot::build(policy, ct_list, 1, &shared)?, &telemetry);
         let readiness = Arc::new(Readiness::default());
         let ctx = Arc::new(proxy::Context {
             live: live.clone(),
@@ -242,7 +254,13 @@ impl App {
             sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
-        let reloader = Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps());
+        let reloader = Reloader::with_inputs(
+            publisher,
+            shared,
+            config.pins.clone(),
+            config.ct_log_list.clone(),
+            config.caps(),
+        );
         if let Some(w) = &mut watcher {
             if let Err(e) = w.watch_bundles(&reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");

@@ -703,6 +703,7 @@ pub async fn proxy_configured(
         max_pinset_bytes: pinproxy::policy::load::DEFAULT_MAX_BYTES,
         max_file_bytes: pinproxy::policy::load::DEFAULT_MAX_FILE_BYTES,
         max_crl_entries: pinproxy::policy::load::DEFAULT_MAX_CRL_ENTRIES,
+        ct_log_list: None,
     };
     tune(&mut config);
     let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));

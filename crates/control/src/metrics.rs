@@ -8,8 +8,9 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use pinproxy_policy::Policy;
+use pinproxy_policy::{CtMode, Policy};
 use pinproxy_reason::{self as reason, Delivery, Position, Reason};
+use pinproxy_tls::ct::{LogListInForce, StapleVerdict, Verdict as CtVerdict};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -38,6 +39,11 @@ pub struct Metrics {
     pub reports: IntCounterVec,
     pub chain_changes: IntCounterVec,
     pub learned_hosts: IntGauge,
+    /// Certificate Transparency verdicts, by pinset entry (or `unlisted`).
+    pub ct_verdicts: IntCounterVec,
+    pub ocsp_staples: IntCounterVec,
+    /// `log_list_timestamp` of the CT log list in force.
+    pub ct_log_list_timestamp: Gauge,
 }
 
 /// Handshake latency buckets, seconds: loopback to a slow far server.
@@ -196,8 +202,29 @@ impl Metrics {
                 "learned_hosts",
                 "Unlisted host:port pairs whose validated chains learn mode has recorded.",
             ),
+            ct_verdicts: counter(
+                "ct_verdicts_total",
+                "Certificate Transparency verdicts on validated leaves, by pinset entry (or unlisted) and result.",
+                &["host", "result"],
+            ),
+            ocsp_staples: counter(
+                "ocsp_staples_total",
+                "OCSP responses stapled by upstream servers, by verdict (absent: none stapled).",
+                &["result"],
+            ),
+            ct_log_list_timestamp: register(
+                &registry,
+                Gauge::new(
+                    "ct_log_list_timestamp_seconds",
+                    "log_list_timestamp of the CT log list in force (Unix time); 70 days past it, ct: enforce acts as report.",
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
+        for v in StapleVerdict::ALL {
+            m.ocsp_staples.with_label_values(&[v.as_str()]);
+        }
         for d in Delivery::ALL {
             m.reports.with_label_values(&[d.as_str()]);
         }
@@ -246,6 +273,30 @@ impl Metrics {
                     .set(e.unix_timestamp() as f64);
             }
         }
+        let checked = policy
+            .hosts
+            .iter()
+            .filter(|h| h.ct != CtMode::Off)
+            .map(|h| h.name.as_str());
+        let unlisted = (policy.defaults.unlisted.admits() && policy.defaults.ct != CtMode::Off)
+            .then_some("unlisted");
+        for name in checked.chain(unlisted) {
+            for v in CtVerdict::ALL {
+                self.ct_verdicts.with_label_values(&[name, v.as_str()]);
+            }
+        }
+        // An entry whose CT was turned off has no verdicts any more.
+        let off = policy
+            .hosts
+            .iter()
+            .filter(|h| h.ct == CtMode::Off)
+            .map(|h| h.name.as_str());
+        let unlisted_off = unlisted.is_none().then_some("unlisted");
+        for name in off.chain(unlisted_off) {
+            for v in CtVerdict::ALL {
+                let _ = self.ct_verdicts.remove_label_values(&[name, v.as_str()]);
+            }
+        }
         let entries = policy.hosts.iter().map(|h| h.name.as_str());
         for name in entries.chain(std::iter::once("unlisted")) {
             for position in Position::ALL {
@@ -255,6 +306,12 @@ impl Metrics {
             self.requests
                 .with_label_values(&[name, reason::Outcome::Ok.as_str()]);
         }
+    }
+
+    /// Shows the CT log list in force.
+    pub(crate) fn ct_list_in_force(&self, list: &LogListInForce) {
+        self.ct_log_list_timestamp
+            .set(list.timestamp().as_secs() as f64);
     }
 
     /// Removes every series labelled with `host` (an entry no longer in the
@@ -281,6 +338,9 @@ impl Metrics {
         }
         for outcome in reason::Outcome::labels() {
             let _ = self.requests.remove_label_values(&[host, outcome]);
+        }
+        for v in CtVerdict::ALL {
+            let _ = self.ct_verdicts.remove_label_values(&[host, v.as_str()]);
         }
     }
 
@@ -310,6 +370,8 @@ mod tests {
             "pinproxy_connections_active",
             "pinproxy_reports_total",
             "pinproxy_learned_hosts",
+            "pinproxy_ocsp_staples_total",
+            "pinproxy_ct_log_list_timestamp_seconds",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

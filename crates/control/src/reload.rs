@@ -32,6 +32,7 @@ use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
 use pinproxy_policy::load::Caps;
 use pinproxy_policy::{self as policy, Mode, Policy, Unlisted};
+use pinproxy_tls::ct::{ListError, LogListInForce};
 use pinproxy_upstream::{Shared, Snapshot};
 
 /// Loads that may run at once: the one in progress and the newest. A third
@@ -41,12 +42,27 @@ pub const LOADS_IN_FLIGHT: usize = 2;
 /// Reads and validates a pinset file within these caps.
 type Load = dyn Fn(&Path, Caps) -> Result<Policy, policy::Error> + Send + Sync;
 
+/// Why a reload left the snapshot in force as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Pinset(#[from] policy::Error),
+    /// `--ct-log-list` names a file that is not a usable log list.
+    #[error(transparent)]
+    LogList(#[from] ListError),
+    #[error("building the TLS configuration: {0}")]
+    Snapshot(#[from] rustls::Error),
+}
+
 /// Re-reads the pinset and publishes new snapshots.
 pub struct Reloader {
     publisher: Publisher,
     /// What every snapshot is built from.
     shared: Shared,
     pins_path: PathBuf,
+    /// `--ct-log-list`: read at every reload like the pinset (`None`: the
+    /// built-in list).
+    ct_log_list: Option<PathBuf>,
     /// What a load may read: the pinset file, each file it names, CRL
     /// entries.
     caps: Caps,
@@ -104,10 +120,23 @@ impl Reloader {
         pins_path: PathBuf,
         caps: Caps,
     ) -> Arc<Self> {
+        Self::with_inputs(publisher, shared, pins_path, None, caps)
+    }
+
+    /// As [`Reloader::with_caps`], also reading the CT log list from
+    /// `ct_log_list` at every reload (the list's size limit is `caps.file`).
+    pub fn with_inputs(
+        publisher: Publisher,
+        shared: Shared,
+        pins_path: PathBuf,
+        ct_log_list: Option<PathBuf>,
+        caps: Caps,
+    ) -> Arc<Self> {
         Arc::new(Self {
             publisher,
             shared,
             pins_path,
+            ct_log_list,
             caps,
             load: Arc::new(policy::load::load_with),
             requested: AtomicU64::new(0),
@@ -126,11 +155,16 @@ impl Reloader {
         &self.pins_path
     }
 
+    /// The CT log list file read at every reload (`None`: built in).
+    pub fn ct_log_list(&self) -> Option<&Path> {
+        self.ct_log_list.as_deref()
+    }
+
     /// Re-reads the pinset (off the async workers), validates it, builds a
     /// whole new snapshot and swaps it in. An invalid file leaves the last
     /// good snapshot in force. Asked for by SIGHUP: always loads, and logs
     /// and counts a failure every time.
-    pub async fn reload(&self) -> Result<Reloaded, policy::Error> {
+    pub async fn reload(&self) -> Result<Reloaded, Error> {
         self.run(false).await
     }
 
@@ -138,7 +172,7 @@ impl Reloader {
     /// version in force, or the version that failed last, are not loaded
     /// again — a bad file is counted and logged once per version of it,
     /// however many events arrive while it stays bad.
-    pub async fn reload_changed(&self) -> Result<Reloaded, policy::Error> {
+    pub async fn reload_changed(&self) -> Result<Reloaded, Error> {
         self.run(true).await
     }
 
@@ -153,7 +187,7 @@ impl Reloader {
         self.versions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn run(&self, skip_known: bool) -> Result<Reloaded, policy::Error> {
+    async fn run(&self, skip_known: bool) -> Result<Reloaded, Error> {
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let (loaded, digest) = {
             // The semaphore is never closed: the slot is always granted.
@@ -177,14 +211,18 @@ impl Reloader {
                 }
             }
             let (path, caps, load) = (self.pins_path.clone(), self.caps, self.load.clone());
-            let loaded = tokio::task::spawn_blocking(move || load(&path, caps))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(policy::Error::Read {
-                        path: self.pins_path.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                });
+            let list_path = self.ct_log_list.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                let policy = load(&path, caps)?;
+                Ok((policy, read_ct_list(list_path.as_deref(), caps.file)?))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::Pinset(policy::Error::Read {
+                    path: self.pins_path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }))
+            });
             (loaded, digest)
         };
         let mut judged = self.judged.lock().await;
@@ -193,7 +231,7 @@ impl Reloader {
             return Ok(Reloaded::Superseded);
         }
         *judged = ticket;
-        let result = loaded.and_then(|policy| self.publish(policy));
+        let result = loaded.and_then(|(policy, list)| self.publish(policy, list));
         match &result {
             Err(e) => {
                 self.lock_versions().failed = digest;
@@ -204,7 +242,7 @@ impl Reloader {
                 tracing::error!(
                     error = %e,
                     "pinset reload failed; the last good pinset stays in force \
-                     (retried when the file or a file it names changes)"
+                     (retried when the file, a file it names or the CT log list changes)"
                 );
             }
             Ok(Reloaded::Swapped(generation) | Reloaded::Unchanged(generation)) => {
@@ -239,11 +277,12 @@ impl Reloader {
             self.pins_path.clone(),
             self.caps.pinset,
         );
+        let list = self.ct_log_list.clone();
         tokio::task::spawn_blocking(move || {
             versions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .digest(&path, max)
+                .digest(&path, max, list.as_deref())
         })
         .await
         .ok()
@@ -251,17 +290,15 @@ impl Reloader {
 
     /// Builds a snapshot of `policy` and swaps it in, unless it is what is
     /// in force already.
-    fn publish(&self, policy: Policy) -> Result<Reloaded, policy::Error> {
+    fn publish(&self, policy: Policy, list: Arc<LogListInForce>) -> Result<Reloaded, Error> {
         let current = self.live().load_full();
-        if current.policy.source_hash == policy.source_hash {
+        if current.policy.source_hash == policy.source_hash
+            && current.ct_list.sha256() == list.sha256()
+        {
             return Ok(Reloaded::Unchanged(current.generation));
         }
         let generation = current.generation + 1;
-        let snapshot =
-            Snapshot::build(policy, generation, &self.shared).map_err(|e| policy::Error::Read {
-                path: self.pins_path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let snapshot = Snapshot::build(policy, list, generation, &self.shared)?;
         let old = self.publisher.publish(snapshot);
         let new = self.live().load_full();
         let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
@@ -275,6 +312,15 @@ impl Reloader {
             tracing::warn!(generation, warning = %w, "pinset warning");
         }
         Ok(Reloaded::Swapped(generation))
+    }
+}
+
+/// The CT log list at `path` (the built-in one for `None`), within `max`
+/// bytes.
+pub fn read_ct_list(path: Option<&Path>, max: u64) -> Result<Arc<LogListInForce>, ListError> {
+    match path {
+        Some(p) => LogListInForce::read(p, max).map(Arc::new),
+        None => Ok(LogListInForce::builtin()),
     }
 }
 
@@ -356,10 +402,17 @@ impl Watcher {
             .watched_files()
             .into_iter()
             .chain(reloader.named_files())
+            .chain(reloader.ct_log_list().map(Path::to_path_buf))
         {
             self.watch_dir(parent_dir(&file))?;
         }
         Ok(())
+    }
+
+    /// Also watches the directory of `file` (the CT log list), from now:
+    /// call it before the file is first read.
+    pub fn watch_file(&mut self, file: &Path) -> Result<(), notify::Error> {
+        self.watch_dir(parent_dir(file))
     }
 
     fn watch_dir(&mut self, dir: PathBuf) -> Result<(), notify::Error> {
@@ -386,6 +439,7 @@ impl Watcher {
                         // place must be done with both before the read.
                         let mut files = vec![reloader.pins_path().to_path_buf()];
                         files.extend(reloader.live().load().policy.watched_files());
+                        files.extend(reloader.ct_log_list().map(Path::to_path_buf));
                         self.settle_burst(first, &files).await;
                         let reloader = reloader.clone();
                         reloads.spawn(async move {

@@ -303,3 +303,7 @@ fn bad_report_uris_are_load_errors_at_their_line() {
 // === identity and revocation (docs/reference.md, "Host fields") ===
 
 mod identity;
+
+// === Certificate Transparency (docs/reference.md, "Certificate Transparency and OCSP") ===
+
+mod ct;

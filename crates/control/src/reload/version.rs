@@ -1,5 +1,6 @@
-//! One version of a pinset's inputs: a digest of the pinset file and of
-//! every file it names (CA bundles, client certificates and keys, CRLs).
+//! One version of a pinset's inputs: a digest of the pinset file, of
+//! every file it names (CA bundles, client certificates and keys, CRLs)
+//! and of the CT log list (`--ct-log-list`), which a reload reads too.
 //!
 //! The watcher reloads on events that change content, but such events also
 //! come for files that did not change (a `touch`, a neighbour in the same
@@ -64,12 +65,18 @@ impl Versions {
             .unwrap_or_default()
     }
 
-    /// Digests the pinset at `pins` (at most `max + 1` bytes of it) and
-    /// the files it names. A pinset that cannot be read is one version
-    /// too (deleted, or unreadable): it fails once, not on every event.
-    pub(super) fn digest(&mut self, pins: &Path, max: u64) -> Digest {
+    /// Digests the pinset at `pins` (at most `max + 1` bytes of it), the
+    /// files it names and the CT log list `ct_list`, if one is read. A
+    /// pinset that cannot be read is one version too (deleted, or
+    /// unreadable): it fails once, not on every event.
+    pub(super) fn digest(&mut self, pins: &Path, max: u64, ct_list: Option<&Path>) -> Digest {
         let Some(bytes) = read_capped(pins, max) else {
-            return Digest(sha256(b"the pinset could not be read"));
+            let mut ctx = Context::new(&SHA256);
+            ctx.update(b"the pinset could not be read");
+            if let Some(list) = ct_list {
+                digest_file(list, &mut ctx);
+            }
+            return finish(ctx);
         };
         let text = Digest(sha256(&bytes));
         let named = match &self.named {
@@ -91,10 +98,18 @@ impl Versions {
             ctx.update(&[0]);
             digest_file(file, &mut ctx);
         }
-        let mut out = [0; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        Digest(out)
+        if let Some(list) = ct_list {
+            ctx.update(b"ct-log-list\0");
+            digest_file(list, &mut ctx);
+        }
+        finish(ctx)
     }
+}
+
+fn finish(ctx: Context) -> Digest {
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Digest(out)
 }
 
 /// Whether the text may name a file at all: a file over the size limit is
@@ -157,25 +172,48 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&pins, "version: 1\ndefaults: {trust: ca.pem}\nhosts: {}\n").unwrap();
         let mut v = Versions::default();
-        let missing = v.digest(&pins, 1 << 20);
+        let missing = v.digest(&pins, 1 << 20, None);
         std::fs::write(&ca, "one").unwrap();
-        let one = v.digest(&pins, 1 << 20);
+        let one = v.digest(&pins, 1 << 20, None);
         assert_ne!(missing, one, "the named file appearing is a change");
         assert_eq!(v.named(), vec![ca.clone()]);
         // Same bytes rewritten: the same version.
         std::fs::write(&ca, "one").unwrap();
-        assert_eq!(v.digest(&pins, 1 << 20), one);
+        assert_eq!(v.digest(&pins, 1 << 20, None), one);
         std::fs::write(&ca, "two").unwrap();
-        let two = v.digest(&pins, 1 << 20);
+        let two = v.digest(&pins, 1 << 20, None);
         assert_ne!(two, one);
         std::fs::remove_file(&pins).unwrap();
-        let gone = v.digest(&pins, 1 << 20);
+        let gone = v.digest(&pins, 1 << 20, None);
         assert!(gone != two && gone != missing);
         assert_eq!(
-            v.digest(&pins, 1 << 20),
+            v.digest(&pins, 1 << 20, None),
             gone,
             "a missing pinset is one version"
         );
+    }
+
+    #[test]
+    fn the_ct_log_list_is_an_input_like_a_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("pins.yaml");
+        let list = dir.path().join("log_list.json");
+        std::fs::write(&pins, "version: 1\nhosts: {}\n").unwrap();
+        std::fs::write(&list, "one").unwrap();
+        let mut v = Versions::default();
+        let one = v.digest(&pins, 1 << 20, Some(&list));
+        assert_ne!(one, v.digest(&pins, 1 << 20, None));
+        // Rewritten with the same bytes (a touch, a ConfigMap resync): the
+        // same version, so no reload.
+        std::fs::write(&list, "one").unwrap();
+        assert_eq!(v.digest(&pins, 1 << 20, Some(&list)), one);
+        std::fs::write(&list, "two").unwrap();
+        assert_ne!(v.digest(&pins, 1 << 20, Some(&list)), one);
+        // Unreadable pinset: the list still counts.
+        std::fs::remove_file(&pins).unwrap();
+        let gone = v.digest(&pins, 1 << 20, Some(&list));
+        std::fs::write(&list, "three").unwrap();
+        assert_ne!(v.digest(&pins, 1 << 20, Some(&list)), gone);
     }
 
     #[test]
