@@ -12,6 +12,7 @@
 # follows the pinned release. etcd is go.etcd.io/etcd/server/v3's main
 # package, at the version kubernetes itself requires.
 set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 E2E_CACHE="${E2E_CACHE:-$HOME/.cache/pinproxy-e2e}"
@@ -26,6 +27,8 @@ start=$(date +%s)
 mkdir -p "$OUT/src" "$OUT/bin"
 cd "$OUT/src"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+. "$HERE/../tools/go-scratch.sh"
+go_scratch "$OUT/.go"
 
 modjson="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")"
 gomod="$(printf '%s\n' "$modjson" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"

@@ -9,6 +9,7 @@
 # beside it. The module version v0.305.1 is Prometheus 3.5.1 (LTS); no
 # web UI assets are embedded (the HTTP API is what the test uses).
 set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 PROM_VERSION="${PROM_VERSION:-v0.305.1}"
 E2E_CACHE="${E2E_CACHE:-$HOME/.cache/pinproxy-e2e}"
@@ -18,6 +19,8 @@ start=$(date +%s)
 mkdir -p "$OUT/src" "$OUT/bin"
 cd "$OUT/src"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+. "$HERE/../tools/go-scratch.sh"
+go_scratch "$OUT/.go"
 cat > go.mod <<MOD
 module pinproxy.e2e/prometheus
 

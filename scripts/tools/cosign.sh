@@ -10,7 +10,8 @@
 #
 # Cache: ${PINPROXY_TOOLS_CACHE:-~/.cache/pinproxy-tools}/cosign-<version>/.
 # First build: about 6.5 minutes on 2 cores with empty Go caches (modules
-# ~1.8 GB, build cache ~1.2 GB, in Go's usual places); later runs: instant.
+# ~1.8 GB, build cache ~1.2 GB, in a scratch directory removed afterwards:
+# scripts/tools/go-scratch.sh); later runs: instant.
 # Needs Go >= 1.25 (cosign v2.6's go.mod) and the Go module proxy.
 # Progress goes to stderr; stdout is the path alone.
 set -euo pipefail
@@ -46,6 +47,9 @@ fi
 
 work="$(mktemp -d "$DIR/.build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
+. "$(cd "$(dirname "$0")" && pwd)/go-scratch.sh"
+go_scratch "$work/go"
+trap 'rm -rf "$work"' EXIT  # go_scratch's directory is inside
 say "building cosign $VERSION from $MODULE with $(go version | cut -d' ' -f3) (first time only; ~6.5 min on 2 cores)"
 start=$(date +%s)
 # CGO off: a static binary that does not depend on the machine's libc.
