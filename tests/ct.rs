@@ -375,6 +375,73 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
         "{out}"
     );
 
+    // pin --connect lists the SCTs, log by log.
+    let (code, out, err) = support::run_pinproxy(&[
+        "pin",
+        "--connect",
+        "ok.test",
+        "--address",
+        &servers[0].addr.to_string(),
+        "--ca-file",
+        d.join("ca.pem").to_str().unwrap(),
+        "--ct-log-list",
+        list.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("# Certificate Transparency (the CT policy as ct: enforce would judge it): ok, 2 SCTs from 2 operators"),
+        "{out}"
+    );
+    for log in [&a1, &b] {
+        assert!(
+            out.lines().any(|l| l.starts_with("#   SCT ")
+                && l.contains(&log.id_b64())
+                && l.contains("valid")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("# OCSP staple: absent"), "{out}");
+
+    // ct-update checks a list as run reads it, and installs it without
+    // rolling back.
+    let installed = d.join("installed.json");
+    let (code, out, err) = support::run_pinproxy(&[
+        "ct-update",
+        "--from",
+        list.to_str().unwrap(),
+        "--out",
+        installed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(": ok: version 0.1 of "), "{out}");
+    assert!(out.contains("2 operators, 3 logs (3 usable)"), "{out}");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&list).unwrap()
+    );
+    let older = write(&d, "older.json", &list_json(now - days(5), &logs(true)));
+    let (code, out, _) = support::run_pinproxy(&[
+        "ct-update",
+        "--from",
+        older.to_str().unwrap(),
+        "--out",
+        installed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refusing to roll back"), "{out}");
+    let broken = write(&d, "broken.json", "{\"operators\": [");
+    let (code, out, _) = support::run_pinproxy(&["ct-update", "--from", broken.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("broken.json: error: "), "{out}");
+    let (code, out, _) = support::run_pinproxy(&["version"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "CT log list built in: Chrome's v3 list version 53.34 of 2025-05-05T12:54:12Z"
+        ),
+        "{out}"
+    );
+
     // A list 70 days old or older: enforce acts as report.
     let generation = |p: &Proxy| p.live.load().generation;
     let g = generation(&p);
@@ -492,6 +559,9 @@ impl Ocsp {
     }
 }
 
+/// One OCSP case: the entry, the leaf its server presents, the staple.
+type Case<'a> = (&'a str, &'a [u8], Option<Vec<u8>>);
+
 /// The TLS Feature extension (RFC 7633) asking for status_request: the
 /// leaf is must-staple.
 fn must_staple() -> CustomExtension {
@@ -520,7 +590,7 @@ async fn stapled_ocsp_good_revoked_expired_unauthorised_and_must_staple() {
     let must = ocsp.ca.issue(must_params, &key);
     let now = now_ms();
     let expired = responder::good_with_scts(&ocsp.ca, &must, now - days(3), now - days(2), None);
-    let cases: [(&str, &[u8], Option<Vec<u8>>); 7] = [
+    let cases: [Case<'_>; 7] = [
         (
             "good.test",
             &good,

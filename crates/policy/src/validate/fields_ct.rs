@@ -12,11 +12,11 @@
 use super::{Entry, Trust, Validator};
 use crate::CtMode;
 
-const PRIVATE_ENFORCE: &str = "ct: enforce under a private CA bundle refuses every certificate \
+const PRIVATE_ENFORCE: &str = "enforce under a private CA bundle refuses every certificate \
                                not logged in a log on the CT log list: a private CA's \
                                certificates usually are not (CT covers publicly-trusted CAs); \
                                keep it only with a --ct-log-list naming the CA's own logs";
-const PIN_ONLY: &str = "ct: enforce needs trust: webpki — a pin-only entry has no validated \
+const PIN_ONLY: &str = "enforce needs a validated path — a pin-only entry has no validated \
                         path whose leaf CT could judge; the pin is the trust here";
 
 // === impl Validator ===
@@ -44,8 +44,9 @@ impl Validator<'_> {
                     None,
                     Some("defaults.ct"),
                     line,
-                    "ct: report under a private CA bundle (defaults.trust) counts every unlisted \
-                     handshake as `none`: its certificates are not logged"
+                    "report under a private CA bundle (defaults.trust): its certificates are \
+                     usually not logged, so unlisted handshakes count as `none` unless \
+                     --ct-log-list names the CA's own logs"
                         .into(),
                 );
                 CtMode::Report
@@ -71,13 +72,13 @@ impl Validator<'_> {
             (CtMode::Report, Trust::Bundle { .. }) => self.field_warn(
                 e,
                 "ct",
-                "ct: report under a private CA bundle counts every handshake as `none`: its \
-                 certificates are not logged",
+                "report under a private CA bundle: its certificates are usually not logged, so \
+                 handshakes count as `none` unless --ct-log-list names the CA's own logs",
             ),
             (CtMode::Report, Trust::PinOnly) => self.field_warn(
                 e,
                 "ct",
-                "ct: report under pin-only is never evaluated (no validated path); it is ignored",
+                "report under pin-only is never evaluated (no validated path); it is ignored",
             ),
             _ => {}
         }

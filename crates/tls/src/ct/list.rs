@@ -143,11 +143,12 @@ impl LogListInForce {
         } else {
             ""
         };
+        let days = self.age_days(now);
+        let unit = if days == 1 { "day" } else { "days" };
         format!(
-            "{} ({}; {} days old{stale})",
+            "{} ({}; {days} {unit} old{stale})",
             self.label(),
-            self.source,
-            self.age_days(now)
+            self.source
         )
     }
 
