@@ -187,7 +187,8 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 /// Three logs of our own, two operators; leaves whose SCTs do and do not
 /// satisfy the policy. Enforce refuses (`ct-policy`) what report only
 /// counts; SCTs in the stapled OCSP response count; `check --live` says
-/// the same. Then the log list, mounted with `--ct-log-list` and watched:
+/// the same. Then the log list, mounted with `--ct-log-list` from a
+/// ConfigMap volume of its own and watched:
 /// 70 days old → enforce acts as report (`stale-list`); a list without
 /// a log → `unknown-log`; a broken list → the last good one stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +225,12 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     write(&d, "ca.pem", &ca.cert.pem());
-    let list = write(&d, "log_list.json", &list_json(now - days(1), &logs(true)));
+    // The list is a ConfigMap volume of its own, updated as the kubelet
+    // does (a `..data` symlink renamed over a new directory).
+    std::fs::create_dir(d.join("ct")).unwrap();
+    let first = list_json(now - days(1), &logs(true));
+    let mut volume = support::SecretVolume::new(&d.join("ct"), &[("log_list.json", &first)]);
+    let list = volume.path("log_list.json");
     let hour_ago = now - 3_600_000;
     let key = KeyPair::generate().unwrap();
     let issue = |name: &str, serial: u8, scts: &[(&TestLog, u64)]| {
@@ -445,7 +451,7 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
     // A list 70 days old or older: enforce acts as report.
     let generation = |p: &Proxy| p.live.load().generation;
     let g = generation(&p);
-    std::fs::write(&list, list_json(now - days(71), &logs(true))).unwrap();
+    volume.update(&[("log_list.json", &list_json(now - days(71), &logs(true)))]);
     until("the stale list in force", || generation(&p) > g).await;
     let r = fetch(&p, "oneop.test").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -462,7 +468,7 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
     // A fresh list without operator B's log: ok.test's SCT from it is
     // from an unknown log.
     let g = generation(&p);
-    std::fs::write(&list, list_json(now - days(1), &logs(false))).unwrap();
+    volume.update(&[("log_list.json", &list_json(now - days(1), &logs(false)))]);
     until("the list without b in force", || generation(&p) > g).await;
     let r = fetch(&p, "ok.test").await;
     refused(&r, "unknown-log");
@@ -477,7 +483,7 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
             .get()
     };
     let failures = failed();
-    std::fs::write(&list, "{\"operators\": [").unwrap();
+    volume.update(&[("log_list.json", "{\"operators\": [")]);
     until("the failed reload", || failed() > failures).await;
     assert_eq!(generation(&p), g);
     let r = fetch(&p, "ok.test").await;
