@@ -151,6 +151,18 @@ impl PinVerifier {
         ))
     }
 
+    /// Refuses (and reports) a chain whose pins passed, or were only
+    /// reported, for what CT or the OCSP staple says about it.
+    fn refuse_by_checks(
+        &self,
+        chain: &Chain<'_>,
+        checks: Option<&PathChecks>,
+    ) -> Option<rustls::Error> {
+        let refused = checks?.refusal()?;
+        self.reject(chain, refused.reason(), refused.to_string(), checks);
+        Some(refusal_error(refused))
+    }
+
     /// Reports a chain refused for `reason`.
     fn reject(
         &self,
@@ -251,17 +263,9 @@ impl ServerCertVerifier for PinVerifier {
             }
             _ => None,
         };
-        if let Some(refused) = checks.as_ref().and_then(|c| c.refusal()) {
-            // Pins (if any) passed or were reported: the chain is refused
-            // for what CT or the staple says, and reported as such.
-            if j.outcome.passes() {
-                self.reject(
-                    &chain,
-                    refused.reason(),
-                    refused.to_string(),
-                    checks.as_ref(),
-                );
-                return Err(refusal_error(refused));
+        if j.outcome.passes() {
+            if let Some(err) = self.refuse_by_checks(&chain, checks.as_ref()) {
+                return Err(err);
             }
         }
         let anchor_subject = match (j.outcome.is_mismatch(), anchors, j.path.last()) {
