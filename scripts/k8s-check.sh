@@ -132,6 +132,36 @@ for f in default-pins observe-pins; do
   "$PINPROXY_BIN" check "$OUT/$f.yaml" || die "pinproxy check refuses the chart's $f.yaml"
 done
 
+# pinset.signing: the chart's pins Secret and key ConfigMap, as rendered,
+# must be what a sidecar with --pinset-key accepts (content and signature
+# byte for byte), and the pieces the sidecars and the webhook need are there.
+log "chart signing (ci/full-values.yaml): the rendered pins.yaml.sig verifies with the rendered key"
+"$PY" - "$OUT/helm-full.yaml" "$OUT" <<'PYEOF' || die "the chart's signed pinset objects are incomplete"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+out = sys.argv[2]
+secret = next(d for d in docs if d["kind"] == "Secret" and "pins.yaml" in d.get("stringData", {}))
+assert secret["metadata"]["labels"].get("pinproxy.io/pinset") == "true", "pins Secret not labelled"
+open(out + "/signed-pins.yaml", "w").write(secret["stringData"]["pins.yaml"])
+open(out + "/signed-pins.yaml.sig", "w").write(secret["stringData"]["pins.yaml.sig"])
+cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-pinset-key"))
+open(out + "/pinset-key.pub", "w").write(cm["data"]["cosign.pub"])
+vwc = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")
+w = vwc["webhooks"][0]
+assert w["clientConfig"]["service"]["path"] == "/validate"
+assert w["objectSelector"] == {"matchLabels": {"pinproxy.io/pinset": "true"}}
+args = next(c["args"] for d in docs if d["kind"] == "Deployment"
+            for c in d["spec"]["template"]["spec"]["containers"] if c.get("args", [""])[0] == "webhook")
+assert any(a.startswith("--pinset-key-from=configmap/") for a in args), args
+assert any(a.startswith("--pinset-key=/etc/pinproxy-webhook/pinset-key/") for a in args), args
+PYEOF
+"$PINPROXY_BIN" check --key "$OUT/pinset-key.pub" "$OUT/signed-pins.yaml" \
+  || die "pinproxy check --key refuses the chart's signed pinset"
+# Signing on, the chart's own Secret unsigned: refused, saying why.
+why="$(helm template pinproxy "$CHART" --set pinset.signing.publicKey=x 2>&1 || true)"
+grep -q "would have no pins.yaml.sig" <<<"$why" \
+  || die "signing without pins.signature is not refused with a reason: $why"
+
 # The chart must refuse nonsense values through values.schema.json.
 log "helm template rejects invalid values (values.schema.json)"
 refuse() {
@@ -148,6 +178,8 @@ refuse --set webhook.replicas=1 --set webhook.labelledPods.failurePolicy=Fail \
 refuse --set webhook.annotatedPods.enabled=true
 refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
+refuse --set 'pinset.signing.publicKeyFrom={pod/x}' --set pins.existingSecret=p
+refuse --set pinset.signing.failurePolicy=Sometimes
 # The NetworkPolicy makes the operator choose what happens to other ports.
 refuse --set networkPolicy.enabled=true
 refuse --set networkPolicy.enabled=true --set networkPolicy.otherPorts=maybe

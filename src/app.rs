@@ -16,12 +16,13 @@ use crate::control::drift::Drift;
 use crate::control::learn;
 use crate::control::logs::LogLimiter;
 use crate::control::metrics::Metrics;
-use crate::control::reload::{self, Hangups, Watcher};
+use crate::control::reload::{self, Hangups, Signing, Watcher};
 use crate::control::reports::{self, Reporter};
 use crate::control::telemetry::{Sinks, Telemetry};
 use crate::control::{Live, Readiness, Reloader};
-use crate::policy;
+use crate::policy::{self, Policy};
 use crate::proxy::{self, transparent, Limits};
+use crate::sign::{KeyRing, StateDir};
 use crate::tls::ca::{self, Intercept};
 use crate::upstream::{Options, Shared, Snapshot};
 
@@ -61,9 +62,20 @@ pub struct Config {
     pub max_file_bytes: u64,
     /// Revoked certificates the pinset's CRLs may list together.
     pub max_crl_entries: usize,
+    /// With `--pinset-key`: only pinsets signed with one of these keys,
+    /// whose serial never goes back, are applied.
+    pub signing: Option<SigningConfig>,
     /// The CT log list file (`None`: the built-in list), read and watched
     /// like the pinset; its size limit is `max_file_bytes`.
     pub ct_log_list: Option<PathBuf>,
+}
+
+/// `run --pinset-key` and `--state-dir`.
+#[derive(Clone, Debug)]
+pub struct SigningConfig {
+    pub keys: KeyRing,
+    /// Where the highest serial applied is kept across restarts.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -186,9 +198,19 @@ impl App {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
                 .ok()
         });
-        let policy = policy::load::load_with(&config.pins, config.caps())?;
+        let readiness = Arc::new(Readiness::default());
+        // With a key, nothing is in force until the reloader has checked
+        // a signed pinset (below): the sidecar starts refusing everything.
+        let signing = config.signing.as_ref().map(|s| {
+            let state = s.state_dir.clone().map(StateDir::new);
+            Signing::new(s.keys.clone(), state, readiness.clone())
+        });
+        let (policy, generation) = match &signing {
+            None => (policy::load::load_with(&config.pins, config.caps())?, 1),
+            Some(_) => (Policy::pending(), 0),
+        };
         let ct_list = reload::read_ct_list(config.ct_log_list.as_deref(), config.max_file_bytes)?;
-        let warnings = policy.warnings.clone();
+        let mut warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let intercept = Arc::new(match &config.ca {
@@ -233,9 +255,10 @@ impl App {
             own_addrs,
         );
         let sinks = telemetry.sinks.clone();
-        let (live, publisher) =
-            Live::new(Snapshot::build(policy, ct_list, 1, &shared)?, &telemetry);
-        let readiness = Arc::new(Readiness::default());
+        let (live, publisher) = Live::new(
+            Snapshot::build(policy, ct_list, generation, &shared)?,
+            &telemetry,
+        );
         let ctx = Arc::new(proxy::Context {
             live: live.clone(),
             metrics: metrics.clone(),
@@ -254,13 +277,32 @@ impl App {
             sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
-        let reloader = Reloader::with_inputs(
-            publisher,
-            shared,
-            config.pins.clone(),
-            config.ct_log_list.clone(),
-            config.caps(),
-        );
+        let list = config.ct_log_list.clone();
+        let reloader = match signing {
+            None => Reloader::with_ct_log_list(
+                Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps()),
+                list,
+            ),
+            Some(signing) => {
+                let r = Reloader::with_ct_log_list(
+                    Reloader::signed(
+                        publisher,
+                        shared,
+                        config.pins.clone(),
+                        config.caps(),
+                        signing,
+                    ),
+                    list,
+                );
+                // Refused or not, the process serves: not ready and
+                // refusing everything until a signed pinset is applied (the
+                // reloader logged and counted why), then as usual.
+                let _ = r.reload().await;
+                // Logged by the reloader with the pinset it applied.
+                warnings.clear();
+                r
+            }
+        };
         if let Some(w) = &mut watcher {
             if let Err(e) = w.watch_bundles(&reloader) {
                 tracing::warn!(error = %e, "watching CA bundle directories");

@@ -16,14 +16,18 @@
 //! | [`policy`] (`pinproxy-policy`) | host names, pins, the pinset file (wire types, validation), the compiled `Policy`, admission | reason | tokio, hyper, http, tokio-rustls, notify, socket2, prometheus |
 //! | [`tls`] (`pinproxy-tls`) | the pin verifier and the one verdict on a chain, probes, certificate summaries, the pod CA | policy, reason | hyper, http |
 //! | [`upstream`] (`pinproxy-upstream`) | one generation's snapshot (verifier, TLS configs, pool), the connector, egress rules; reports through its own [`upstream::Observe`] | policy, tls, reason | notify, prometheus |
-//! | [`control`] (`pinproxy-control`) | the live snapshot and its one publisher (the reloader), the file watcher, admin, metrics, telemetry (implements `Observe`), drift | policy, tls, upstream, reason | the proxy |
+//! | [`control`] (`pinproxy-control`) | the live snapshot and its one publisher (the reloader), the file watcher, admin, metrics, telemetry (implements `Observe`), drift | policy, tls, upstream, reason, sign | the proxy |
 //! | [`proxy`] (`pinproxy-proxy`) | listeners and per-connection serving: forward, CONNECT, interception, tunnels, upgrades, refusals | policy, tls, upstream, reason, control (`Live`, `metrics`, `logs` only) | notify, serde_yaml |
-//! | [`k8s`] (`pinproxy-k8s`) | `inject`, the admission webhook, the transparent-mode rule installer, `status` | — | — (no room depends on it) |
+//! | [`sign`] (`pinproxy-sign`) | pinset keys and signatures (cosign's format), the rollback floor and its state file, the admission rule | — | tokio, hyper, serde_yaml |
+//! | [`k8s`] (`pinproxy-k8s`) | `inject`, the admission webhooks, the transparent-mode rule installer, `status` | sign | — (no room depends on it) |
 //! | [`app`] | building and serving a whole proxy, for `pinproxy run` and the tests | every room but `k8s` | — |
 //! | [`cli`] | one file per command; maps errors to exit codes | everything | — |
 //!
-//! `crates/ct` (Certificate Transparency, stapled OCSP) and `crates/sign`
-//! (signed pinsets) are pure crates not wired in yet. `tests/layout.rs`
+//! [`sign`] (`pinproxy-sign`, pure: keys, signatures, the rollback floor,
+//! the admission rule) is used by the reloader (`run --pinset-key`), the
+//! webhook's `POST /validate` and the `sign`/`keygen`/`check --key`
+//! commands. `crates/ct` (Certificate Transparency, stapled OCSP) is a
+//! pure crate not wired in yet. `tests/layout.rs`
 //! checks the graph with `cargo metadata` and, parsing each crate, that no
 //! two of its modules use each other.
 //!
@@ -35,9 +39,11 @@
 //!    and `proxy::conn` serves HTTP/1.1 on it, parking it when idle.
 //! 2. [`proxy::forward`] parses the target once ([`proxy::target`]),
 //!    subscribes to the generation watch, loads the snapshot in force from
-//!    [`control::Live`] and asks [`policy::admission::decide`]: refused
-//!    (counted, with its [`reason::Reason`]) or an [`policy::Admission`]
-//!    naming the entry.
+//!    [`control::Live`] and admits it once ([`proxy::admit::admit`]: one
+//!    [`policy::admission::decide`], one clock reading): an
+//!    [`policy::Admission`] naming the entry, carried from there, or a
+//!    refusal made by [`proxy::refusal::refuse`], which counts exactly
+//!    what its [`reason::Reason`]'s row declares.
 //! 3. The request goes through the snapshot's pooled client to the
 //!    [`upstream::Connector`], which dials the entry's `address` (or the
 //!    resolved addresses, filtered by [`upstream::egress`] for unlisted
@@ -56,6 +62,7 @@
 //! CONNECT follows the same steps in [`proxy::connect`]: pinned hosts are
 //! intercepted with the pod CA ([`tls::ca`], [`proxy::intercept`]) and each
 //! inner request goes through step 3; unlisted ones are spliced as bytes.
+//! docs/architecture.md draws this path, and one reload's.
 
 #![forbid(unsafe_code)]
 
@@ -63,11 +70,14 @@ pub mod app;
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod reference;
 
 pub use pinproxy_control as control;
 pub use pinproxy_k8s as k8s;
 pub use pinproxy_policy as policy;
 pub use pinproxy_proxy as proxy;
 pub use pinproxy_reason as reason;
+pub use pinproxy_sign as sign;
 pub use pinproxy_tls as tls;
 pub use pinproxy_upstream as upstream;

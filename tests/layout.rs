@@ -37,11 +37,13 @@ const ROOMS: &[(&str, &[&str])] = &[
         "pinproxy-upstream",
         &["pinproxy-policy", "pinproxy-reason", "pinproxy-tls"],
     ),
+    // pinproxy-sign: the reloader applies a signed pinset only through it.
     (
         "pinproxy-control",
         &[
             "pinproxy-policy",
             "pinproxy-reason",
+            "pinproxy-sign",
             "pinproxy-tls",
             "pinproxy-upstream",
         ],
@@ -56,8 +58,10 @@ const ROOMS: &[(&str, &[&str])] = &[
             "pinproxy-upstream",
         ],
     ),
-    // Never on the request path: no room depends on it.
-    ("pinproxy-k8s", &[]),
+    // Never on the request path: no room depends on it. pinproxy-sign:
+    // the webhook's `POST /validate` (the serial reader comes from the
+    // binary, so the webhook never names the policy room).
+    ("pinproxy-k8s", &["pinproxy-sign"]),
     ("pinproxy-ct", &[]),
     ("pinproxy-sign", &[]),
     // The binary: app, cli, main (pinproxy-ct: tests/ct.rs's test log).
@@ -70,6 +74,7 @@ const ROOMS: &[(&str, &[&str])] = &[
             "pinproxy-policy",
             "pinproxy-proxy",
             "pinproxy-reason",
+            "pinproxy-sign",
             "pinproxy-tls",
             "pinproxy-upstream",
         ],

@@ -268,7 +268,7 @@ async fn drift_view_records_an_impostor_as_failed() {
     assert_eq!(r.error(), Some("untrusted-certificate"));
     let seen = p.drift.get(HOST).unwrap();
     assert_eq!(
-        (seen.outcome, seen.failure),
+        (seen.outcome.as_str(), seen.failure),
         ("handshake-failed", Some("bad-signature"))
     );
 }

@@ -361,6 +361,32 @@ fn unlisted_is_spliced_denied_is_refused_and_the_lock_holds() {
         before + 1.0
     );
 
+    // An unlisted name the app dials at a private address: refused as on
+    // the forward and CONNECT paths, and counted the same way — in
+    // `denied_total` and under `unlisted` — over TLS (an alert) and over
+    // plain HTTP to that address (the forward path's 403).
+    app.ip(&["route", "add", "10.9.9.9/32", "dev", "eth0"]);
+    let denied = || metric(app, "pinproxy_denied_total{reason=\"private-address\"}");
+    let refused = || {
+        metric(
+            app,
+            "pinproxy_requests_total{host=\"unlisted\",outcome=\"private-address\"}",
+        )
+    };
+    assert_eq!((denied(), refused()), (0.0, 0.0));
+    let resolve = "inside.test:443:10.9.9.9";
+    let (code, out) = curl(app, &["--resolve", resolve, "https://inside.test/"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("alert") || out.contains("handshake"),
+        "a TLS error: {out}"
+    );
+    assert_eq!((denied(), refused()), (1.0, 1.0));
+    let (_, out) = curl(app, &["-i", "http://10.9.9.9/"]);
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("x-pinproxy-error: private-address"), "{out}");
+    assert_eq!((denied(), refused()), (2.0, 2.0));
+
     // A client that sends nothing (it waits for a banner) to an unlisted
     // destination: closed after the first-byte timeout, and counted.
     let silent = netns::connect(app, APP_UID, WORLD_V4[1], 443);

@@ -38,6 +38,10 @@ pub struct CheckArgs {
     /// (default: the built-in one).
     #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
     pub ct_log_list: Option<PathBuf>,
+    /// Also verify PATH.sig with this public key, as `run --pinset-key`
+    /// does (repeatable: any one may verify), and require a valid serial.
+    #[arg(long, value_name = "PUB")]
+    pub key: Vec<PathBuf>,
 }
 
 pub fn check(args: &CheckArgs) -> Result<(), Error> {
@@ -46,15 +50,19 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
         file: args.max_file_bytes,
         crl_entries: args.max_crl_entries,
     };
-    let policy = match policy::load::load_with(&args.path, caps) {
+    let policy = match load(args, caps) {
         Ok(p) => p,
-        Err(policy::Error::Invalid { path, problems }) => {
+        Err(Unusable::Signature(why)) => {
+            println!("{}: error: {why}", args.path.display());
+            return Err(Error::Reported);
+        }
+        Err(Unusable::Load(policy::Error::Invalid { path, problems })) => {
             for p in &problems {
                 println!("{}: error: {p}", path.display());
             }
             return Err(Error::Reported);
         }
-        Err(e) => {
+        Err(Unusable::Load(e)) => {
             println!("{e}");
             return Err(Error::Reported);
         }
@@ -91,6 +99,46 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
     } else {
         Ok(())
     }
+}
+
+/// Reads the file (with `--key`, and its signature from the same
+/// version, verified first) and validates it.
+fn load(args: &CheckArgs, caps: policy::load::Caps) -> Result<policy::Policy, Unusable> {
+    let signed = !args.key.is_empty();
+    let source = policy::load::read(&args.path, caps, signed).map_err(Unusable::Load)?;
+    if signed {
+        verify(args, &source).map_err(Unusable::Signature)?;
+    }
+    policy::load::load_source(&source, caps).map_err(Unusable::Load)
+}
+
+/// Why `check` refuses a file.
+enum Unusable {
+    Load(policy::Error),
+    /// With `--key`: the reason, `bad-signature: …` or `failure: …`.
+    Signature(String),
+}
+
+/// Checks the signature and serial as the proxy would with no pinset in
+/// force yet (a rollback needs the floor of a running sidecar).
+fn verify(args: &CheckArgs, source: &policy::load::Source) -> Result<(), String> {
+    let keys = crate::sign::read_keys(&args.key).map_err(|e| e.to_string())?;
+    let accepted = crate::sign::check(
+        &keys,
+        &source.bytes,
+        source.signature.as_deref(),
+        None,
+        policy::load::serial,
+    )
+    .map_err(|r| format!("{}: {r}", r.result_label()))?;
+    println!(
+        "{}: signature ok (serial {}, key {}, sha256 {})",
+        args.path.display(),
+        accepted.serial(),
+        accepted.key(),
+        accepted.sha256()
+    );
+    Ok(())
 }
 
 /// Dials one entry and prints its verdict; `false` if something enforced

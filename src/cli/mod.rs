@@ -18,6 +18,7 @@ pub mod logging;
 pub mod pin;
 pub mod redirect;
 pub mod run;
+pub mod sign;
 pub mod status;
 pub mod suggest;
 pub mod version;
@@ -40,8 +41,13 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print the SPKI pins of certificates in files, or of a live server's chain.
     Pin(pin::PinArgs),
-    /// Validate a pinset file; --live also dials each host.
+    /// Validate a pinset file; --key also verifies its signature (FILE.sig);
+    /// --live also dials each host.
     Check(check::CheckArgs),
+    /// Sign a pinset: writes FILE.sig (cosign sign-blob's format).
+    Sign(sign::SignArgs),
+    /// Make a key pair for signed pinsets: PREFIX.key and PREFIX.pub.
+    Keygen(sign::KeygenArgs),
     /// Print a pinset for the hosts learn mode recorded (unlisted: learn).
     Suggest(suggest::SuggestArgs),
     /// Check a Certificate Transparency log list (v3 log_list.json) and
@@ -107,6 +113,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => ("pinproxy", run::run(args)),
         Command::Pin(args) => ("pinproxy", pin::pin(&args)),
         Command::Check(args) => ("pinproxy", check::check(&args)),
+        Command::Sign(args) => ("pinproxy sign", sign::sign(&args)),
+        Command::Keygen(args) => ("pinproxy keygen", sign::keygen(&args)),
         Command::Suggest(args) => ("pinproxy suggest", suggest::suggest(&args)),
         Command::CtUpdate(args) => ("pinproxy ct-update", ct_update::ct_update(&args)),
         Command::Version(args) => ("pinproxy version", version::version(&args)),

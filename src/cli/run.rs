@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{duration, init_tracing, Error, LogFormat};
-use crate::app::{App, CaSource, Config};
+use crate::app::{App, CaSource, Config, SigningConfig};
 use crate::proxy::Limits;
 use crate::upstream::{Options, Timeouts};
 
@@ -154,6 +154,31 @@ pub struct RunArgs {
     /// Check a new one with `pinproxy ct-update --from FILE`.
     #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
     pub ct_log_list: Option<PathBuf>,
+    /// A public key (PEM: cosign's `cosign.pub`, or the .pub of `pinproxy
+    /// keygen`; ECDSA P-256 or Ed25519) the pinset must be signed with:
+    /// the file is applied only when `<pins>.sig` beside it verifies with
+    /// one of the keys and its `serial:` does not go back. Repeatable (the
+    /// old and the new key during a key rotation). Mount it from another
+    /// object than the pins Secret. Until a signed pinset is applied the
+    /// proxy refuses everything and /readyz says why.
+    #[arg(
+        long,
+        env = "PINPROXY_PINSET_KEY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub pinset_key: Vec<PathBuf>,
+    /// With --pinset-key: a directory (an emptyDir) where the highest
+    /// serial applied is kept (file `serial`), so a restart does not accept
+    /// an older signed pinset. Without it the floor is the first serial
+    /// applied after each start.
+    #[arg(
+        long,
+        env = "PINPROXY_STATE_DIR",
+        value_name = "DIR",
+        requires = "pinset_key"
+    )]
+    pub state_dir: Option<PathBuf>,
     /// Worker threads (default 1: a single-threaded runtime, the cheapest
     /// per request; one worker serves tens of thousands of requests/s).
     /// Raise it for a pod whose egress needs more than one CPU.
@@ -201,7 +226,7 @@ pub fn run(mut args: RunArgs) -> Result<(), Error> {
 }
 
 /// The runner's settings from the command line.
-fn run_config(args: &RunArgs) -> (Config, Duration) {
+fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
     let limits = Limits {
         max_connections: args.max_connections.max(1),
         header_read_timeout: args.header_timeout,
@@ -253,14 +278,30 @@ fn run_config(args: &RunArgs) -> (Config, Duration) {
         max_file_bytes: args.max_file_bytes,
         max_crl_entries: args.max_crl_entries,
         ct_log_list: args.ct_log_list.clone(),
+        signing: signing(args)?,
     };
-    (config, args.shutdown_grace)
+    Ok((config, args.shutdown_grace))
+}
+
+/// `--pinset-key` and `--state-dir`; `None` without a key.
+fn signing(args: &RunArgs) -> Result<Option<SigningConfig>, Error> {
+    if args.pinset_key.is_empty() {
+        return Ok(None);
+    }
+    let keys = crate::sign::read_keys(&args.pinset_key).map_err(Error::failed)?;
+    for key in keys.keys() {
+        tracing::info!(key = %key.id(), algorithm = key.algorithm().as_str(), "pinset key");
+    }
+    Ok(Some(SigningConfig {
+        keys,
+        state_dir: args.state_dir.clone(),
+    }))
 }
 
 async fn run_async(args: RunArgs) -> Result<(), Error> {
     let mut signals =
         Signals::new().map_err(|e| Error::failed(format!("cannot listen for signals: {e}")))?;
-    let (config, grace) = run_config(&args);
+    let (config, grace) = run_config(&args)?;
     let app = App::build(config).await.map_err(Error::failed)?;
     for w in &app.warnings {
         tracing::warn!("{}: warning: {w}", args.pins.display());
@@ -275,13 +316,24 @@ async fn run_async(args: RunArgs) -> Result<(), Error> {
             .collect();
         addrs.join(", ")
     };
-    tracing::info!(
-        listen = %app.proxy_addr,
-        admin = %app.admin_addr,
-        transparent = %transparent,
-        pins = %args.pins.display(),
-        "pinproxy ready"
-    );
+    match app.readiness.waiting_for_pinset() {
+        None => tracing::info!(
+            listen = %app.proxy_addr,
+            admin = %app.admin_addr,
+            transparent = %transparent,
+            pins = %args.pins.display(),
+            "pinproxy ready"
+        ),
+        Some(why) => tracing::warn!(
+            listen = %app.proxy_addr,
+            admin = %app.admin_addr,
+            transparent = %transparent,
+            pins = %args.pins.display(),
+            waiting = %why,
+            "pinproxy serving but NOT READY: no pinset in force, every request is refused \
+             (no-pinset) until a validly signed pinset is applied"
+        ),
+    }
     if !args.admin.ip().is_loopback() && !args.admin_expose_all {
         tracing::info!(
             admin = %app.admin_addr,

@@ -704,6 +704,7 @@ pub async fn proxy_configured(
         max_file_bytes: pinproxy::policy::load::DEFAULT_MAX_FILE_BYTES,
         max_crl_entries: pinproxy::policy::load::DEFAULT_MAX_CRL_ENTRIES,
         ct_log_list: None,
+        signing: None,
     };
     tune(&mut config);
     let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));
@@ -744,21 +745,15 @@ impl Proxy {
     }
 
     pub fn denied(&self, reason: &str) -> u64 {
-        self.metrics.denied.with_label_values(&[reason]).get()
+        self.metrics.denied_count(reason)
     }
 
     pub fn requests(&self, host: &str, outcome: &str) -> u64 {
-        self.metrics
-            .requests
-            .with_label_values(&[host, outcome])
-            .get()
+        self.metrics.requests_count(host, outcome)
     }
 
     pub fn tls_failures(&self, host: &str, reason: &str) -> u64 {
-        self.metrics
-            .tls_verify_failures
-            .with_label_values(&[host, reason])
-            .get()
+        self.metrics.tls_failures_count(host, reason)
     }
 }
 

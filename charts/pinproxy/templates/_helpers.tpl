@@ -128,3 +128,29 @@ configmap/{{ .configMap }}:{{ .key | default "ca.crt" }}
 secret/{{ .secret }}:{{ .key | default "ca.crt" }}
 {{- end -}}
 {{- end -}}
+
+{{/* Whether sidecars verify signed pinsets (pinset.signing has a key): "true" or "". */}}
+{{- define "pinproxy.signing" -}}
+{{- if or .Values.pinset.signing.publicKey .Values.pinset.signing.publicKeyFrom -}}true{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap the chart writes pinset.signing.publicKey to. */}}
+{{- define "pinproxy.pinsetKeyName" -}}
+{{- printf "%s-pinset-key" (include "pinproxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The --pinset-key-from values of the injected sidecars, one per line. */}}
+{{- define "pinproxy.pinsetKeyFrom" -}}
+{{- $s := .Values.pinset.signing -}}
+{{- if $s.publicKeyFrom -}}
+{{- range $s.publicKeyFrom }}
+{{ . }}
+{{- end -}}
+{{- else if $s.publicKey -}}
+{{- $name := include "pinproxy.pinsetKeyName" . }}
+configmap/{{ $name }}:cosign.pub
+{{- if $s.nextPublicKey }}
+configmap/{{ $name }}:next.pub
+{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -171,6 +171,11 @@ fn route(admin: &Admin, local: bool, req: Request<Incoming>) -> Response<Body> {
                 text(StatusCode::OK, "ready\n")
             } else if admin.readiness.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some(why) = admin.readiness.waiting_for_pinset() {
+                owned_text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: no pinset in force: {why}\n"),
+                )
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
@@ -232,7 +237,11 @@ fn json(value: &impl Serialize) -> Response<Body> {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    owned_text(status, body.to_owned())
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -247,6 +256,11 @@ struct PinsView {
     source_hash: String,
     /// SHA-256 of the pins file alone (the Secret's `pins.yaml`).
     pins_sha256: String,
+    /// The file's `serial:`, if it has one.
+    serial: Option<u64>,
+    /// With `--pinset-key`: the key that verified the pinset in force, its
+    /// serial and the SHA-256 of the signed bytes; `null` when unsigned.
+    signature: Option<SignatureView>,
     defaults: DefaultsView,
     hosts: Vec<HostView>,
     /// `passthrough:` items as written.
@@ -270,6 +284,13 @@ struct CtListView {
     stale: bool,
     logs: usize,
     operators: usize,
+}
+
+#[derive(Serialize)]
+struct SignatureView {
+    key: String,
+    serial: u64,
+    sha256: String,
 }
 
 #[derive(Serialize)]
@@ -373,6 +394,12 @@ fn pins_view(admin: &Admin) -> PinsView {
         generation: snap.generation,
         source_hash: p.source_hash.clone(),
         pins_sha256: p.pins_sha256.clone(),
+        serial: p.serial,
+        signature: p.signature.as_ref().map(|s| SignatureView {
+            key: s.key.clone(),
+            serial: s.serial,
+            sha256: s.sha256.clone(),
+        }),
         defaults: DefaultsView {
             unlisted: p.defaults.unlisted,
             mode: p.defaults.mode,

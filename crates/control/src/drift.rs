@@ -4,10 +4,68 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use pinproxy_tls::cert::CertInfo;
-use pinproxy_tls::verify::Verdict;
+use pinproxy_tls::verify::{Outcome, Verdict};
+
+/// What became of a chain: the verifier's verdict on it, or why there was
+/// none — `last_seen.outcome` in `/pins`, and a failure report's `outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainOutcome {
+    /// Judged against the pins.
+    Judged(Outcome),
+    /// Refused before pins were looked at (untrusted, expired, wrong name…).
+    Untrusted,
+    /// Judged as passing, then the handshake failed (a bad handshake
+    /// signature): the view must not say "pass".
+    HandshakeFailed,
+}
+
+// === impl ChainOutcome ===
+
+impl ChainOutcome {
+    /// Every value, in the reference's order.
+    pub const ALL: &'static [ChainOutcome] = &[
+        ChainOutcome::Judged(Outcome::Pass),
+        ChainOutcome::Judged(Outcome::PassPinsExpired),
+        ChainOutcome::Judged(Outcome::PassUnpinned),
+        ChainOutcome::Judged(Outcome::ReportedMismatch),
+        ChainOutcome::Judged(Outcome::Mismatch),
+        ChainOutcome::Judged(Outcome::ExpiredPinOnly),
+        ChainOutcome::Untrusted,
+        ChainOutcome::HandshakeFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainOutcome::Judged(o) => o.as_str(),
+            ChainOutcome::Untrusted => "untrusted",
+            ChainOutcome::HandshakeFailed => "handshake-failed",
+        }
+    }
+
+    /// A verdict that let the chain pass on its pins (or without any):
+    /// what a later handshake failure overrides.
+    fn passed(self) -> bool {
+        matches!(
+            self,
+            ChainOutcome::Judged(Outcome::Pass | Outcome::PassPinsExpired | Outcome::PassUnpinned)
+        )
+    }
+}
+
+impl std::fmt::Display for ChainOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ChainOutcome {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SeenCert {
@@ -24,7 +82,7 @@ pub struct LastSeen {
     pub generation: u64,
     /// RFC 3339.
     pub seen_at: String,
-    pub outcome: &'static str,
+    pub outcome: ChainOutcome,
     /// Why the handshake failed after the chain was judged, if it did.
     pub failure: Option<&'static str>,
     pub matched_pin: Option<String>,
@@ -64,7 +122,7 @@ impl Drift {
             if *k == key && last.generation == generation {
                 // Same chain under the same pinset: only the verdict moves.
                 last.seen_at = now;
-                last.outcome = v.outcome.as_str();
+                last.outcome = ChainOutcome::Judged(v.outcome);
                 last.failure = None;
                 last.matched_pin = v.matched.map(|p| p.to_string());
                 last.next_pins_matched = v.next_pins_matched;
@@ -96,7 +154,7 @@ impl Drift {
         let last = LastSeen {
             generation,
             seen_at: now,
-            outcome: v.outcome.as_str(),
+            outcome: ChainOutcome::Judged(v.outcome),
             failure: None,
             matched_pin: v.matched.map(|p| p.to_string()),
             next_pins_matched: v.next_pins_matched,
@@ -134,7 +192,7 @@ impl Drift {
         let last = LastSeen {
             generation,
             seen_at: now,
-            outcome: "untrusted",
+            outcome: ChainOutcome::Untrusted,
             failure: Some(reason.as_str()),
             matched_pin: None,
             next_pins_matched: None,
@@ -151,11 +209,8 @@ impl Drift {
     /// handshake signature): the drift view must not say "pass".
     pub fn mark_failed(&self, host: &str, reason: pinproxy_reason::Reason) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, last)) = seen
-            .get_mut(host)
-            .filter(|(_, l)| l.outcome.starts_with("pass"))
-        {
-            last.outcome = "handshake-failed";
+        if let Some((_, last)) = seen.get_mut(host).filter(|(_, l)| l.outcome.passed()) {
+            last.outcome = ChainOutcome::HandshakeFailed;
             last.failure = Some(reason.as_str());
         }
     }

@@ -1,15 +1,25 @@
 //! Prometheus metrics (docs/reference.md, "Metrics"), on a registry owned by
 //! the process and passed to constructors (tests stay independent).
+//!
+//! The counters a refusal can move are private: a refusal is counted by
+//! [`Metrics::refused`] alone, which reads the contract's table
+//! ([`Reason::counted`]), so no call site picks counters by hand.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
 use pinproxy_policy::{CtMode, Policy};
-use pinproxy_reason::{self as reason, Delivery, Position, Reason};
+use pinproxy_reason::{
+    Delivery, Position, Reason, ReloadResult, RequestOutcome, TransparentOutcome,
+    TransparentProtocol,
+};
 use pinproxy_tls::ct::{LogListInForce, StapleVerdict, Verdict as CtVerdict};
 
 #[derive(Debug)]
@@ -17,9 +27,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub pin_mismatch: IntCounterVec,
     pub next_pins_mismatch: IntCounterVec,
-    pub tls_verify_failures: IntCounterVec,
-    pub requests: IntCounterVec,
-    pub denied: IntCounterVec,
+    tls_verify_failures: IntCounterVec,
+    requests: IntCounterVec,
+    denied: IntCounterVec,
     pub handshake_seconds: HistogramVec,
     pub connections_active: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -34,7 +44,7 @@ pub struct Metrics {
     pub client_cert_expiry: GaugeVec,
     pub crl_next_update: GaugeVec,
     pub minted_leaves: IntCounterVec,
-    pub transparent_connections: IntCounterVec,
+    transparent_connections: IntCounterVec,
     pub build_info: Gauge,
     pub reports: IntCounterVec,
     pub chain_changes: IntCounterVec,
@@ -44,6 +54,8 @@ pub struct Metrics {
     pub ocsp_staples: IntCounterVec,
     /// `log_list_timestamp` of the CT log list in force.
     pub ct_log_list_timestamp: Gauge,
+    /// Every metric's full name, as registered.
+    names: Vec<String>,
 }
 
 /// Handshake latency buckets, seconds: loopback to a slow far server.
@@ -51,8 +63,19 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Registers `c` (names are constants: registering twice is a bug).
-fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+/// The registry's prefix: every name is `pinproxy_…`.
+const PREFIX: &str = "pinproxy";
+
+/// Registers `c` (names are constants: registering twice is a bug) and
+/// notes its name in `names`.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    names: &RefCell<Vec<String>>,
+    c: C,
+) -> C {
+    names
+        .borrow_mut()
+        .extend(c.desc().iter().map(|d| format!("{PREFIX}_{}", d.fq_name)));
     registry
         .register(Box::new(c.clone()))
         .expect("each metric is registered once");
@@ -63,25 +86,33 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let registry = Registry::new_custom(Some("pinproxy".into()), None)
-            .expect("a constant prefix is valid");
+        let names = RefCell::new(Vec::new());
+        let registry =
+            Registry::new_custom(Some(PREFIX.into()), None).expect("a constant prefix is valid");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &registry,
+                &names,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &registry,
+                &names,
                 GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
         let int_gauge = |name: &str, help: &str| {
-            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+            register(
+                &registry,
+                &names,
+                IntGauge::new(name, help).expect("valid metric"),
+            )
         };
         let handshake_seconds = register(
             &registry,
+            &names,
             HistogramVec::new(
                 HistogramOpts::new(
                     "upstream_handshake_seconds",
@@ -94,6 +125,7 @@ impl Metrics {
         );
         let build_info = register(
             &registry,
+            &names,
             Gauge::with_opts(
                 Opts::new("build_info", "pinproxy build information.")
                     .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -148,12 +180,13 @@ impl Metrics {
             ),
             pinset_info: register(
                 &registry,
+                &names,
                 IntGaugeVec::new(
                     Opts::new(
                         "pinset_info",
-                        "1, labelled with the SHA-256 of the pins file in force (what `pinproxy status` compares with the Secret).",
+                        "1, labelled with the SHA-256 of the pins file in force (what `pinproxy status` compares with the Secret), its serial and the key that verified it (empty when unsigned).",
                     ),
-                    &["sha256"],
+                    &["sha256", "serial", "key"],
                 )
                 .expect("valid metric"),
             ),
@@ -214,6 +247,7 @@ impl Metrics {
             ),
             ct_log_list_timestamp: register(
                 &registry,
+                &names,
                 Gauge::new(
                     "ct_log_list_timestamp_seconds",
                     "log_list_timestamp of the CT log list in force (Unix time); 70 days past it, ct: enforce acts as report.",
@@ -221,6 +255,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
+            names: names.into_inner(),
         };
         for v in StapleVerdict::ALL {
             m.ocsp_staples.with_label_values(&[v.as_str()]);
@@ -231,8 +266,8 @@ impl Metrics {
         for r in Reason::denied() {
             m.denied.with_label_values(&[r]);
         }
-        for r in ["success", "failure"] {
-            m.config_reloads.with_label_values(&[r]);
+        for r in ReloadResult::ALL {
+            m.config_reloads.with_label_values(&[r.as_str()]);
         }
         m.config_last_reload_successful.set(1);
         Arc::new(m)
@@ -245,8 +280,10 @@ impl Metrics {
     pub(crate) fn in_force(&self, policy: &Policy, generation: u64) {
         self.config_generation.set(generation as i64);
         self.pinset_info.reset();
+        let serial = policy.serial.map(|n| n.to_string()).unwrap_or_default();
+        let key = policy.signature.as_ref().map_or("", |s| s.key.as_str());
         self.pinset_info
-            .with_label_values(&[&policy.pins_sha256])
+            .with_label_values(&[&policy.pins_sha256, &serial, key])
             .set(1);
         self.pinset_expiry.reset();
         self.client_cert_expiry.reset();
@@ -273,6 +310,21 @@ impl Metrics {
                     .set(e.unix_timestamp() as f64);
             }
         }
+        self.ct_series(policy);
+        let entries = policy.hosts.iter().map(|h| h.name.as_str());
+        for name in entries.chain(std::iter::once("unlisted")) {
+            for position in Position::ALL {
+                self.chain_changes
+                    .with_label_values(&[name, position.as_str()]);
+            }
+            self.requests
+                .with_label_values(&[name, RequestOutcome::Ok.as_str()]);
+        }
+    }
+
+    /// `ct_verdicts_total` at 0 for every entry (and `unlisted`) whose CT is
+    /// checked; none for those whose CT is `off`.
+    fn ct_series(&self, policy: &Policy) {
         let checked = policy
             .hosts
             .iter()
@@ -297,21 +349,24 @@ impl Metrics {
                 let _ = self.ct_verdicts.remove_label_values(&[name, v.as_str()]);
             }
         }
-        let entries = policy.hosts.iter().map(|h| h.name.as_str());
-        for name in entries.chain(std::iter::once("unlisted")) {
-            for position in Position::ALL {
-                self.chain_changes
-                    .with_label_values(&[name, position.as_str()]);
-            }
-            self.requests
-                .with_label_values(&[name, reason::Outcome::Ok.as_str()]);
-        }
     }
 
     /// Shows the CT log list in force.
     pub(crate) fn ct_list_in_force(&self, list: &LogListInForce) {
         self.ct_log_list_timestamp
             .set(list.timestamp().as_secs() as f64);
+    }
+
+    /// Counts what CT and the OCSP staple said on one validated path.
+    pub fn checked(&self, host: &str, ct: Option<CtVerdict>, staple: StapleVerdict) {
+        self.ocsp_staples
+            .with_label_values(&[staple.as_str()])
+            .inc();
+        if let Some(v) = ct {
+            self.ct_verdicts
+                .with_label_values(&[host, v.as_str()])
+                .inc();
+        }
     }
 
     /// Removes every series labelled with `host` (an entry no longer in the
@@ -336,12 +391,128 @@ impl Metrics {
                 .tls_verify_failures
                 .remove_label_values(&[host, reason]);
         }
-        for outcome in reason::Outcome::labels() {
+        for outcome in RequestOutcome::labels() {
             let _ = self.requests.remove_label_values(&[host, outcome]);
         }
         for v in CtVerdict::ALL {
             let _ = self.ct_verdicts.remove_label_values(&[host, v.as_str()]);
         }
+    }
+
+    // === counting ===
+
+    /// Counts one refusal where the contract's table says
+    /// ([`Reason::counted`]): `denied_total{reason}`, and
+    /// `requests_total{host,outcome=reason}` under `host` — the label the
+    /// request was admitted under (entry, passthrough item or `unlisted`);
+    /// `None` when refused before admission, where only `denied_total` can
+    /// count it. Every refusal, on every path, is counted here and only here.
+    pub fn refused(&self, reason: Reason, host: Option<&str>) {
+        let counted = reason.counted();
+        debug_assert!(
+            counted.denied || host.is_some(),
+            "{reason} is counted only under the host it was admitted as"
+        );
+        if counted.denied {
+            self.denied.with_label_values(&[reason.as_str()]).inc();
+        }
+        if let (true, Some(host)) = (counted.outcome, host) {
+            self.requests
+                .with_label_values(&[host, reason.as_str()])
+                .inc();
+        }
+    }
+
+    /// Counts a failed upstream handshake with `host` (the entry, or
+    /// `unlisted`): `tls_verify_failures_total{host,reason}`, for the
+    /// reasons the table declares there.
+    pub fn handshake_failed(&self, host: &str, reason: Reason) {
+        debug_assert!(reason.counted().tls, "{reason} is not a handshake failure");
+        if reason.counted().tls {
+            self.tls_verify_failures
+                .with_label_values(&[host, reason.as_str()])
+                .inc();
+        }
+    }
+
+    /// Counts a request or tunnel let through under `host` that ended well.
+    pub fn served(&self, host: &str, outcome: RequestOutcome) {
+        self.served_counter(host, outcome).inc();
+    }
+
+    /// The counter [`Metrics::served`] moves, for callers that keep it.
+    pub fn served_counter(&self, host: &str, outcome: RequestOutcome) -> prometheus::IntCounter {
+        self.requests.with_label_values(&[host, outcome.as_str()])
+    }
+
+    /// Counts a connection on the transparent listener.
+    pub fn transparent(&self, protocol: TransparentProtocol, outcome: TransparentOutcome) {
+        self.transparent_connections
+            .with_label_values(&[protocol.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts a pinset reload.
+    pub fn reloaded(&self, result: ReloadResult) {
+        self.config_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    // === reading (tests, tools): never creates a series ===
+
+    /// Every metric's full name (`pinproxy_…`), registered or not yet
+    /// holding a series: what docs/reference.md must list.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// Every sample in the registry, `family{label="value",…}` → value
+    /// (a histogram by its count): what a test compares before and after.
+    pub fn samples(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for family in self.registry.gather() {
+            for metric in family.get_metric() {
+                let labels: Vec<String> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}={:?}", l.name(), l.value()))
+                    .collect();
+                let value = match family.get_field_type() {
+                    MetricType::COUNTER => metric.get_counter().get_value(),
+                    MetricType::GAUGE => metric.get_gauge().get_value(),
+                    _ => metric.get_histogram().get_sample_count() as f64,
+                };
+                out.insert(format!("{}{{{}}}", family.name(), labels.join(",")), value);
+            }
+        }
+        out
+    }
+
+    /// `pinproxy_denied_total{reason}`.
+    pub fn denied_count(&self, reason: &str) -> u64 {
+        read(&self.denied, &[("reason", reason)])
+    }
+
+    /// `pinproxy_requests_total{host,outcome}`.
+    pub fn requests_count(&self, host: &str, outcome: &str) -> u64 {
+        read(&self.requests, &[("host", host), ("outcome", outcome)])
+    }
+
+    /// `pinproxy_tls_verify_failures_total{host,reason}`.
+    pub fn tls_failures_count(&self, host: &str, reason: &str) -> u64 {
+        read(
+            &self.tls_verify_failures,
+            &[("host", host), ("reason", reason)],
+        )
+    }
+
+    /// `pinproxy_transparent_connections_total{protocol,outcome}`.
+    pub fn transparent_count(&self, protocol: &str, outcome: &str) -> u64 {
+        read(
+            &self.transparent_connections,
+            &[("protocol", protocol), ("outcome", outcome)],
+        )
     }
 
     /// The Prometheus text exposition.
@@ -355,25 +526,22 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_family_is_exposed() {
-        let m = Metrics::new();
-        m.connections_active.set(0);
-        let text = String::from_utf8(m.render()).unwrap();
-        for name in [
-            "pinproxy_denied_total",
-            "pinproxy_config_reloads_total",
-            "pinproxy_connections_active",
-            "pinproxy_reports_total",
-            "pinproxy_learned_hosts",
-            "pinproxy_ocsp_staples_total",
-            "pinproxy_ct_log_list_timestamp_seconds",
-        ] {
-            assert!(text.contains(name), "{name} missing");
-        }
-    }
+/// The value of the series of `vec` with `labels`, 0 if it does not exist
+/// (reading never creates it).
+fn read(vec: &IntCounterVec, labels: &[(&str, &str)]) -> u64 {
+    use prometheus::core::Collector;
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .find(|m| {
+            labels.iter().all(|(name, value)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *name && l.value() == *value)
+            })
+        })
+        .map_or(0, |m| m.get_counter().get_value() as u64)
 }
+
+#[cfg(test)]
+mod tests;

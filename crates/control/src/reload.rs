@@ -11,6 +11,10 @@
 //! validates the pinset off the async workers, builds a whole new snapshot
 //! and swaps it in; an invalid file leaves the last good one in force.
 //!
+//! With `--pinset-key` ([`Signing`]), a version is applied only when its
+//! `.sig` verifies and its serial does not go back; a refusal is counted
+//! as `bad-signature` or `rollback` and keeps the last good pinset.
+//!
 //! A load never holds anything another reload waits for: each request is
 //! numbered, loads run side by side (at most [`LOADS_IN_FLIGHT`], so memory
 //! stays bounded), and a result is judged only if no newer request's result
@@ -22,18 +26,22 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher as _};
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
+use self::signed::Loaded;
 use self::version::{Known, Versions};
 use super::live::{Live, Publisher};
 use pinproxy_policy::load::Caps;
 use pinproxy_policy::{self as policy, Mode, Policy, Unlisted};
+use pinproxy_reason::ReloadResult;
 use pinproxy_tls::ct::{ListError, LogListInForce};
 use pinproxy_upstream::{Shared, Snapshot};
+
+pub use self::error::Error;
+pub use self::signed::Signing;
+pub use self::watch::{Watcher, DEBOUNCE};
 
 /// Loads that may run at once: the one in progress and the newest. A third
 /// request waits for a slot, and skips its load if a newer one came since.
@@ -41,18 +49,6 @@ pub const LOADS_IN_FLIGHT: usize = 2;
 
 /// Reads and validates a pinset file within these caps.
 type Load = dyn Fn(&Path, Caps) -> Result<Policy, policy::Error> + Send + Sync;
-
-/// Why a reload left the snapshot in force as it was.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Pinset(#[from] policy::Error),
-    /// `--ct-log-list` names a file that is not a usable log list.
-    #[error(transparent)]
-    LogList(#[from] ListError),
-    #[error("building the TLS configuration: {0}")]
-    Snapshot(#[from] rustls::Error),
-}
 
 /// Re-reads the pinset and publishes new snapshots.
 pub struct Reloader {
@@ -79,6 +75,8 @@ pub struct Reloader {
     /// The inputs in force and the ones that failed last (held only
     /// briefly, off the async workers when it reads files).
     versions: Arc<std::sync::Mutex<Versions>>,
+    /// With `--pinset-key`: the keys and the rollback floor.
+    signing: Option<Arc<Signing>>,
 }
 
 /// What a reload did.
@@ -120,23 +118,11 @@ impl Reloader {
         pins_path: PathBuf,
         caps: Caps,
     ) -> Arc<Self> {
-        Self::with_inputs(publisher, shared, pins_path, None, caps)
-    }
-
-    /// As [`Reloader::with_caps`], also reading the CT log list from
-    /// `ct_log_list` at every reload (the list's size limit is `caps.file`).
-    pub fn with_inputs(
-        publisher: Publisher,
-        shared: Shared,
-        pins_path: PathBuf,
-        ct_log_list: Option<PathBuf>,
-        caps: Caps,
-    ) -> Arc<Self> {
         Arc::new(Self {
             publisher,
             shared,
             pins_path,
-            ct_log_list,
+            ct_log_list: None,
             caps,
             load: Arc::new(policy::load::load_with),
             requested: AtomicU64::new(0),
@@ -144,7 +130,43 @@ impl Reloader {
             judged: Mutex::new(0),
             failing: AtomicU64::new(0),
             versions: Arc::default(),
+            signing: None,
         })
+    }
+
+    /// As [`Reloader::with_caps`], applying only pinsets signed with
+    /// `signing`'s keys whose serial does not go back.
+    pub fn signed(
+        publisher: Publisher,
+        shared: Shared,
+        pins_path: PathBuf,
+        caps: Caps,
+        signing: Signing,
+    ) -> Arc<Self> {
+        let mut this = Self::with_caps(publisher, shared, pins_path, caps);
+        if let Some(r) = Arc::get_mut(&mut this) {
+            r.signing = Some(Arc::new(signing));
+        }
+        this
+    }
+
+    /// Also reads the CT log list from `list` at every reload (its size
+    /// limit is the caps' `file`); call it right after construction.
+    pub fn with_ct_log_list(mut this: Arc<Self>, list: Option<PathBuf>) -> Arc<Self> {
+        if let Some(r) = Arc::get_mut(&mut this) {
+            r.ct_log_list = list;
+        }
+        this
+    }
+
+    /// The CT log list file read at every reload (`None`: built in).
+    pub fn ct_log_list(&self) -> Option<&Path> {
+        self.ct_log_list.as_deref()
+    }
+
+    /// The keys and floor, with `--pinset-key`.
+    pub fn signing(&self) -> Option<&Signing> {
+        self.signing.as_deref()
     }
 
     pub fn live(&self) -> &Arc<Live> {
@@ -153,11 +175,6 @@ impl Reloader {
 
     pub fn pins_path(&self) -> &Path {
         &self.pins_path
-    }
-
-    /// The CT log list file read at every reload (`None`: built in).
-    pub fn ct_log_list(&self) -> Option<&Path> {
-        self.ct_log_list.as_deref()
     }
 
     /// Re-reads the pinset (off the async workers), validates it, builds a
@@ -210,20 +227,7 @@ impl Reloader {
                     Known::InForce | Known::New => {}
                 }
             }
-            let (path, caps, load) = (self.pins_path.clone(), self.caps, self.load.clone());
-            let list_path = self.ct_log_list.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                let policy = load(&path, caps)?;
-                Ok((policy, read_ct_list(list_path.as_deref(), caps.file)?))
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(Error::Pinset(policy::Error::Read {
-                    path: self.pins_path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                }))
-            });
-            (loaded, digest)
+            (self.load().await, digest)
         };
         let mut judged = self.judged.lock().await;
         if *judged > ticket {
@@ -231,20 +235,12 @@ impl Reloader {
             return Ok(Reloaded::Superseded);
         }
         *judged = ticket;
-        let result = loaded.and_then(|(policy, list)| self.publish(policy, list));
+        let result = match loaded {
+            Ok((loaded, list)) => self.apply(loaded, list).await,
+            Err(e) => Err(e),
+        };
         match &result {
-            Err(e) => {
-                self.lock_versions().failed = digest;
-                self.failing.fetch_add(1, Ordering::AcqRel);
-                let metrics = self.publisher.metrics();
-                metrics.config_last_reload_successful.set(0);
-                metrics.config_reloads.with_label_values(&["failure"]).inc();
-                tracing::error!(
-                    error = %e,
-                    "pinset reload failed; the last good pinset stays in force \
-                     (retried when the file, a file it names or the CT log list changes)"
-                );
-            }
+            Err(e) => self.failed(e, digest),
             Ok(Reloaded::Swapped(generation) | Reloaded::Unchanged(generation)) => {
                 {
                     let mut versions = self.lock_versions();
@@ -269,6 +265,87 @@ impl Reloader {
         result
     }
 
+    /// Reads and validates the pinset (and with `--pinset-key` checks its
+    /// signature and serial), and the CT log list, off the async workers.
+    async fn load(&self) -> Result<(Loaded, Arc<LogListInForce>), Error> {
+        let (path, caps, load) = (self.pins_path.clone(), self.caps, self.load.clone());
+        let (signing, list) = (self.signing.clone(), self.ct_log_list.clone());
+        tokio::task::spawn_blocking(move || {
+            let loaded = match signing {
+                Some(signing) => signing.load(&path, caps)?,
+                None => Loaded {
+                    policy: load(&path, caps)?,
+                    accepted: None,
+                },
+            };
+            Ok((loaded, read_ct_list(list.as_deref(), caps.file)?))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Load(policy::Error::Read {
+                path: self.pins_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }))
+        })
+    }
+
+    /// Swaps a loaded pinset in (a signed one only if its serial is still
+    /// not below the floor) and, when signed, raises the floor.
+    async fn apply(&self, loaded: Loaded, list: Arc<LogListInForce>) -> Result<Reloaded, Error> {
+        let signed = self.signing.as_deref().zip(loaded.accepted.as_ref());
+        if let Some((signing, accepted)) = signed {
+            signing.admit(&self.pins_path, accepted)?;
+        }
+        let reloaded = self.publish(loaded.policy, list)?;
+        if let Some((signing, accepted)) = signed {
+            signing.advance(accepted).await;
+        }
+        Ok(reloaded)
+    }
+
+    /// Counts and logs a reload that applied nothing.
+    fn failed(&self, e: &Error, digest: Option<version::Digest>) {
+        // An unreadable rollback state is retried on every event: it is
+        // not this version of the files that failed.
+        if !matches!(e, Error::State(_)) {
+            self.lock_versions().failed = digest;
+        }
+        self.failing.fetch_add(1, Ordering::AcqRel);
+        let metrics = self.publisher.metrics();
+        metrics.config_last_reload_successful.set(0);
+        let result = e.result();
+        metrics.reloaded(result);
+        let readiness = self.signing.as_deref().map(Signing::readiness);
+        let nothing_in_force = readiness.is_some_and(|r| r.waiting_for_pinset().is_some());
+        if let (Some(r), true) = (readiness, nothing_in_force) {
+            r.wait_for_pinset(format!("{}: {e}", result.as_str()));
+        }
+        match e {
+            Error::Refused { sha256, .. } if nothing_in_force => tracing::error!(
+                result = result.as_str(),
+                sha256 = %sha256,
+                key = e.key().unwrap_or_default(),
+                error = %e,
+                "signed pinset refused; nothing is in force yet, so every request is refused \
+                 (retried when the file or its signature changes)"
+            ),
+            Error::Refused { sha256, .. } => tracing::error!(
+                result = result.as_str(),
+                sha256 = %sha256,
+                key = e.key().unwrap_or_default(),
+                error = %e,
+                "signed pinset refused; the last good pinset stays in force \
+                 (retried when the file or its signature changes)"
+            ),
+            _ => tracing::error!(
+                result = result.as_str(),
+                error = %e,
+                "pinset reload failed; the last good pinset stays in force \
+                 (retried when the file, a file it names or the CT log list changes)"
+            ),
+        }
+    }
+
     /// The digest of the inputs as they are now, taken before they are
     /// loaded (see [`version`]).
     async fn digest(&self) -> Option<version::Digest> {
@@ -277,12 +354,13 @@ impl Reloader {
             self.pins_path.clone(),
             self.caps.pinset,
         );
+        let signed = self.signing.is_some();
         let list = self.ct_log_list.clone();
         tokio::task::spawn_blocking(move || {
             versions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .digest(&path, max, list.as_deref())
+                .digest(&path, max, signed, list.as_deref())
         })
         .await
         .ok()
@@ -290,22 +368,46 @@ impl Reloader {
 
     /// Builds a snapshot of `policy` and swaps it in, unless it is what is
     /// in force already.
-    fn publish(&self, policy: Policy, list: Arc<LogListInForce>) -> Result<Reloaded, Error> {
+    fn publish(
+        &self,
+        policy: Policy,
+        list: Arc<LogListInForce>,
+    ) -> Result<Reloaded, policy::Error> {
         let current = self.live().load_full();
         if current.policy.source_hash == policy.source_hash
             && current.ct_list.sha256() == list.sha256()
+            && !current.policy.pending
         {
             return Ok(Reloaded::Unchanged(current.generation));
         }
         let generation = current.generation + 1;
-        let snapshot = Snapshot::build(policy, list, generation, &self.shared)?;
+        let snapshot = Snapshot::build(policy, list, generation, &self.shared).map_err(|e| {
+            policy::Error::Read {
+                path: self.pins_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
         let old = self.publisher.publish(snapshot);
         let new = self.live().load_full();
-        let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
-        warn_if_weaker(&old.policy, &new.policy, &names);
-        let metrics = self.publisher.metrics();
-        metrics.config_reloads.with_label_values(&["success"]).inc();
-        tracing::info!(generation, "pinset reloaded");
+        if old.policy.pending {
+            // The first pinset (with --pinset-key): not a reload.
+            log_first(&new.policy, generation);
+        } else {
+            let names: HashSet<&str> = new.policy.hosts.iter().map(|h| h.name.as_str()).collect();
+            warn_if_weaker(&old.policy, &new.policy, &names);
+            let metrics = self.publisher.metrics();
+            metrics.reloaded(ReloadResult::Success);
+            match &new.policy.signature {
+                Some(s) => tracing::info!(
+                    generation,
+                    serial = s.serial,
+                    key = %s.key,
+                    sha256 = %s.sha256,
+                    "pinset reloaded (signature verified)"
+                ),
+                None => tracing::info!(generation, "pinset reloaded"),
+            }
+        }
         // An expiring client certificate or an expired CRL is worth a line
         // on every reload, not only at start.
         for w in &new.policy.warnings {
@@ -321,6 +423,20 @@ pub fn read_ct_list(path: Option<&Path>, max: u64) -> Result<Arc<LogListInForce>
     match path {
         Some(p) => LogListInForce::read(p, max).map(Arc::new),
         None => Ok(LogListInForce::builtin()),
+    }
+}
+
+/// The first pinset in force after a start with nothing (`--pinset-key`).
+fn log_first(policy: &Policy, generation: u64) {
+    match &policy.signature {
+        Some(s) => tracing::info!(
+            generation,
+            serial = s.serial,
+            key = %s.key,
+            sha256 = %s.sha256,
+            "signed pinset in force"
+        ),
+        None => tracing::info!(generation, "pinset in force"),
     }
 }
 
@@ -354,181 +470,6 @@ fn warn_if_weaker(old: &Policy, new: &Policy, names: &HashSet<&str>) {
     }
     if !weaker.is_empty() {
         tracing::warn!(changes = ?weaker, "reloaded pinset relaxes enforcement");
-    }
-}
-
-/// How long the watcher waits for a burst of events to settle.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
-
-/// Watches the pinset's directory and its CA bundles' directories.
-pub struct Watcher {
-    inner: notify::RecommendedWatcher,
-    watched: HashSet<PathBuf>,
-    /// `true`: the burst contained an in-place content write.
-    events: mpsc::Receiver<bool>,
-}
-
-impl Watcher {
-    /// Starts watching the directory of `pins` now: make the watcher
-    /// *before* reading the pinset, so no change after the read is missed.
-    pub fn new(pins: &Path) -> Result<Self, notify::Error> {
-        let (tx, events) = mpsc::channel::<bool>(64);
-        // notify calls back on its own thread: hand events to tokio.
-        let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let Ok(event) = res else { return };
-            if let Some(in_place) = changes_content(&event.kind) {
-                // Full: a reload is already due, which covers this event.
-                let _ = tx.try_send(in_place);
-            }
-        })?;
-        let mut this = Self {
-            inner,
-            watched: HashSet::new(),
-            events,
-        };
-        this.watch_dir(parent_dir(pins))?;
-        Ok(this)
-    }
-
-    /// Also watches the directories of every file the pinset in force
-    /// names — CA bundles, client certificates and keys, CRLs — since they
-    /// may live in another mount (a cert-manager Secret beside the pins).
-    /// Also those a version that failed names, so that fixing a bundle
-    /// in a directory the pinset in force never named is seen.
-    pub fn watch_bundles(&mut self, reloader: &Reloader) -> Result<(), notify::Error> {
-        let snap = reloader.live().load();
-        for file in snap
-            .policy
-            .watched_files()
-            .into_iter()
-            .chain(reloader.named_files())
-            .chain(reloader.ct_log_list().map(Path::to_path_buf))
-        {
-            self.watch_dir(parent_dir(&file))?;
-        }
-        Ok(())
-    }
-
-    /// Also watches the directory of `file` (the CT log list), from now:
-    /// call it before the file is first read.
-    pub fn watch_file(&mut self, file: &Path) -> Result<(), notify::Error> {
-        self.watch_dir(parent_dir(file))
-    }
-
-    fn watch_dir(&mut self, dir: PathBuf) -> Result<(), notify::Error> {
-        if !self.watched.contains(&dir) {
-            self.inner.watch(&dir, RecursiveMode::NonRecursive)?;
-            self.watched.insert(dir);
-        }
-        Ok(())
-    }
-
-    /// Reloads on every settled burst of events until the task is aborted
-    /// (which drops the reloads it started). Each reload runs as its own
-    /// task, so events keep coming in while a file loads: a newer file
-    /// starts a newer load rather than waiting for the older one.
-    pub fn spawn(mut self, reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut reloads = JoinSet::new();
-            loop {
-                tokio::select! {
-                    event = self.events.recv() => {
-                        let Some(first) = event else { break };
-                        // The pinset and every file it names: a helper
-                        // that rewrites a certificate and then its key in
-                        // place must be done with both before the read.
-                        let mut files = vec![reloader.pins_path().to_path_buf()];
-                        files.extend(reloader.live().load().policy.watched_files());
-                        files.extend(reloader.ct_log_list().map(Path::to_path_buf));
-                        self.settle_burst(first, &files).await;
-                        let reloader = reloader.clone();
-                        reloads.spawn(async move {
-                            let _ = reloader.reload_changed().await;
-                        });
-                    }
-                    Some(_) = reloads.join_next() => {
-                        if let Err(e) = self.watch_bundles(&reloader) {
-                            tracing::warn!(error = %e, "watching CA bundle directories");
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// Debounces a burst of events that began with `first`.
-    async fn settle_burst(&mut self, first: bool, files: &[PathBuf]) {
-        // Let the writer finish its burst of renames.
-        tokio::time::sleep(DEBOUNCE).await;
-        let mut in_place = first;
-        while let Ok(more) = self.events.try_recv() {
-            in_place |= more;
-        }
-        // The kubelet swaps whole directories (renames). A writer that
-        // rewrites a file in place can expose a prefix that parses — a
-        // host cut off before its `mode: enforce`, a certificate beside the
-        // old key — so wait until two reads a debounce apart agree.
-        if in_place {
-            settle(files).await;
-            while self.events.try_recv().is_ok() {}
-        }
-    }
-}
-
-/// Waits (bounded) until the files' contents stop changing.
-async fn settle(files: &[PathBuf]) {
-    let digest = |files: Vec<PathBuf>| async move {
-        tokio::task::spawn_blocking(move || {
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            for f in &files {
-                // A missing file hashes as missing: its appearing is a change.
-                match std::fs::read(f) {
-                    Ok(b) => {
-                        ctx.update(&(b.len() as u64).to_be_bytes());
-                        ctx.update(&b);
-                    }
-                    Err(_) => ctx.update(b"-"),
-                }
-            }
-            ctx.finish().as_ref().to_vec()
-        })
-        .await
-        .ok()
-    };
-    let mut last = digest(files.to_vec()).await;
-    for _ in 0..40 {
-        tokio::time::sleep(DEBOUNCE).await;
-        let now = digest(files.to_vec()).await;
-        if now == last {
-            return;
-        }
-        last = now;
-    }
-    let first = files.first().map(|p| p.display().to_string());
-    tracing::warn!(pinset = ?first, "pinset or its files still changing; reloading anyway");
-}
-
-/// Whether an event can change what a reload reads — `Some(true)` for an
-/// in-place write — or is only someone reading (`None`). The reloader's
-/// own reads open the files: waking on `IN_OPEN` would reload forever.
-fn changes_content(kind: &notify::EventKind) -> Option<bool> {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    use notify::EventKind;
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
-        EventKind::Access(_) => None,
-        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(true),
-        // Create, remove, rename (the kubelet's `..data` swap), metadata
-        // (a chmod can make a file readable), and whatever notify cannot
-        // classify.
-        _ => Some(false),
-    }
-}
-
-fn parent_dir(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
 
@@ -581,7 +522,10 @@ impl Hangups {
     }
 }
 
+mod error;
+mod signed;
 mod version;
+mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -26,9 +26,11 @@ use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 
+use super::drift::ChainOutcome;
 use super::logs::LogLimiter;
 use super::metrics::Metrics;
-use pinproxy_reason::Delivery;
+use pinproxy_policy::Mode;
+use pinproxy_reason::{Delivery, Reason, ReportType};
 
 /// How reports are queued, limited and delivered.
 #[derive(Clone, Debug)]
@@ -90,8 +92,8 @@ impl Pod {
 /// One report, as POSTed (`Content-Type: application/json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
+    #[serde(rename = "type", serialize_with = "label")]
+    pub kind: ReportType,
     /// RFC 3339.
     pub time: String,
     /// The name dialed (the TLS server name).
@@ -99,12 +101,13 @@ pub struct Report {
     pub port: Option<u16>,
     /// The pinset entry as written, or `unlisted`.
     pub entry: String,
-    pub mode: &'static str,
+    pub mode: Mode,
     /// The verdict: `mismatch`, `reported-mismatch`, `expired-pin-only`,
     /// or `untrusted` for a chain refused before pins were looked at.
-    pub outcome: &'static str,
+    pub outcome: ChainOutcome,
     /// `pin-mismatch`, or why the chain was untrusted (`unknown-issuer`…).
-    pub reason: &'static str,
+    #[serde(serialize_with = "label")]
+    pub reason: Reason,
     pub expected_pins: Vec<String>,
     pub next_pins: Vec<String>,
     /// Leaf first, anchor last; empty when no path validated.
@@ -122,6 +125,11 @@ pub struct Report {
     /// The OCSP response the server stapled (absent when not judged).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ocsp: Option<ct::OcspView>,
+}
+
+/// A contract label, as its `as_str` spells it.
+fn label<S: serde::Serializer>(v: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// Where one report goes.
@@ -239,7 +247,13 @@ impl Reporter {
     /// Queues the report `build` makes, unless `host` and `outcome` are
     /// over the rate limit or the queue is full. Never blocks: this runs
     /// inside a TLS handshake.
-    pub fn offer(&self, route: &Route, host: &str, outcome: &str, build: impl FnOnce() -> Report) {
+    pub fn offer(
+        &self,
+        route: &Route,
+        host: &str,
+        outcome: ChainOutcome,
+        build: impl FnOnce() -> Report,
+    ) {
         let Some(tx) = &self.tx else {
             self.counted.inc(Delivery::Dropped);
             return;
@@ -416,7 +430,7 @@ mod tests {
         };
         let mut built = 0;
         for _ in 0..5 {
-            reporter.offer(&route, "a.test", "mismatch", || {
+            reporter.offer(&route, "a.test", MISMATCH, || {
                 built += 1;
                 report()
             });
@@ -427,20 +441,22 @@ mod tests {
         // one holds the first, the second is dropped.
         assert_eq!(count(Delivery::Dropped), 1);
         let inert = Reporter::inert(&metrics);
-        inert.offer(&route, "a.test", "mismatch", report);
+        inert.offer(&route, "a.test", MISMATCH, report);
         assert_eq!(count(Delivery::Dropped), 2);
     }
 
+    const MISMATCH: ChainOutcome = ChainOutcome::Judged(pinproxy_tls::verify::Outcome::Mismatch);
+
     fn report() -> Report {
         Report {
-            kind: "pin-failure",
+            kind: ReportType::PinFailure,
             time: String::new(),
             host: "a.test".into(),
             port: Some(443),
             entry: "a.test".into(),
-            mode: "enforce",
-            outcome: "mismatch",
-            reason: "pin-mismatch",
+            mode: pinproxy_policy::Mode::Enforce,
+            outcome: MISMATCH,
+            reason: Reason::PinMismatch,
             expected_pins: vec![],
             next_pins: vec![],
             validated_path_pins: vec![],

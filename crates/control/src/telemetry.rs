@@ -12,7 +12,7 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 use super::continuity::Continuity;
-use super::drift::Drift;
+use super::drift::{ChainOutcome, Drift};
 use super::learn::{self, Learned, LearnedCert};
 use super::logs::{Json, LogLimiter};
 use super::metrics::Metrics;
@@ -21,7 +21,7 @@ use super::reports::{self, Report, Reporter, Route};
 use pinproxy_policy::host::Host;
 use pinproxy_policy::pin::Pin;
 use pinproxy_policy::{HostPolicy, Mode, Policy, Trust, Unlisted};
-use pinproxy_reason::{Outcome as RequestOutcome, Position, Reason};
+use pinproxy_reason::{Position, Reason, ReportType, RequestOutcome};
 use pinproxy_tls::ct::PathChecks;
 use pinproxy_tls::verify::{Observer, Outcome, Rejection, Verdict};
 use pinproxy_upstream::observe::{self, dialed, Observe, ProbeSlot, Requests};
@@ -46,13 +46,6 @@ impl Telemetry {
             drift: Arc::new(Drift::default()),
             metrics,
         }
-    }
-
-    fn count_tls_failure(&self, entry: &str, reason: Reason) {
-        self.metrics
-            .tls_verify_failures
-            .with_label_values(&[entry, reason.as_str()])
-            .inc();
     }
 }
 
@@ -87,12 +80,12 @@ impl Observe for Telemetry {
     }
 
     fn handshake_failed(&self, entry: &str, reason: Reason) {
-        self.count_tls_failure(entry, reason);
+        self.metrics.handshake_failed(entry, reason);
         self.drift.mark_failed(entry, reason);
     }
 
     fn handshake_timed_out(&self, entry: &str) {
-        self.count_tls_failure(entry, Reason::Timeout);
+        self.metrics.handshake_failed(entry, Reason::Timeout);
     }
 
     fn probe_due(&self, host: &Host, port: u16) -> Option<ProbeSlot> {
@@ -241,27 +234,26 @@ impl Generation {
         let Some(route) = self.route(v.host) else {
             return;
         };
-        sinks
-            .reporter
-            .offer(route, host, v.outcome.as_str(), || Report {
-                kind: "pin-failure",
-                time: rfc3339(now),
-                host: host.to_string(),
-                port: dialed.as_ref().map(|(_, p)| *p),
-                entry: v.host.to_string(),
-                mode: v.mode.as_str(),
-                outcome: v.outcome.as_str(),
-                reason: Reason::PinMismatch.as_str(),
-                expected_pins: strings(v.expected),
-                next_pins: strings(v.next_pins),
-                validated_path_pins: strings(v.path_pins),
-                presented_chain_pem: pem_chain(v.end_entity, v.intermediates),
-                pod: sinks.reporter.pod().clone(),
-                generation: self.generation,
-                version: env!("CARGO_PKG_VERSION"),
-                ct: v.checks.and_then(CtView::of),
-                ocsp: v.checks.map(OcspView::of),
-            });
+        let outcome = ChainOutcome::Judged(v.outcome);
+        sinks.reporter.offer(route, host, outcome, || Report {
+            kind: ReportType::PinFailure,
+            time: rfc3339(now),
+            host: host.to_string(),
+            port: dialed.as_ref().map(|(_, p)| *p),
+            entry: v.host.to_string(),
+            mode: v.mode,
+            outcome,
+            reason: Reason::PinMismatch,
+            expected_pins: strings(v.expected),
+            next_pins: strings(v.next_pins),
+            validated_path_pins: strings(v.path_pins),
+            presented_chain_pem: pem_chain(v.end_entity, v.intermediates),
+            pod: sinks.reporter.pod().clone(),
+            generation: self.generation,
+            version: env!("CARGO_PKG_VERSION"),
+            ct: v.checks.and_then(CtView::of),
+            ocsp: v.checks.map(OcspView::of),
+        });
     }
 
     /// A report for a chain refused before pins were looked at.
@@ -272,15 +264,16 @@ impl Generation {
         let dialed = dialed();
         let host = dialed.as_ref().map_or(r.host, |(h, _)| h.as_str());
         let entry = routes.by_entry.get(r.host).map(|(e, _)| e.as_ref());
-        sinks.reporter.offer(route, host, "untrusted", || Report {
-            kind: "pin-failure",
+        let outcome = ChainOutcome::Untrusted;
+        sinks.reporter.offer(route, host, outcome, || Report {
+            kind: ReportType::PinFailure,
             time: rfc3339(time::OffsetDateTime::now_utc()),
             host: host.to_string(),
             port: dialed.as_ref().map(|(_, p)| *p),
             entry: r.host.to_string(),
-            mode: entry.map_or(routes.unlisted_mode, |e| e.mode).as_str(),
-            outcome: "untrusted",
-            reason: r.reason.as_str(),
+            mode: entry.map_or(routes.unlisted_mode, |e| e.mode),
+            outcome,
+            reason: r.reason,
             expected_pins: entry.map_or_else(Vec::new, |e| strings(&e.pins)),
             next_pins: entry.map_or_else(Vec::new, |e| strings(&e.next_pins)),
             validated_path_pins: Vec::new(),
@@ -425,11 +418,7 @@ impl Requests for Generation {
                 .filter(|h| std::ptr::eq(h.as_ref(), e))
                 .map(|_| e.index),
         });
-        let count = |label: &str| {
-            self.metrics
-                .requests
-                .with_label_values(&[label, RequestOutcome::Ok.as_str()])
-        };
+        let count = |label: &str| self.metrics.served_counter(label, RequestOutcome::Ok);
         match index.and_then(|i| self.ok.get(i)) {
             Some(c) => c.get_or_init(|| count(label)).inc(),
             // An entry from another generation: look the label up.
@@ -443,15 +432,7 @@ impl Generation {
     /// (rate-limited) while a stale log list keeps `enforce` from acting.
     fn count_checks(&self, host: &str, c: &PathChecks) {
         self.metrics
-            .ocsp_staples
-            .with_label_values(&[c.staple_verdict().as_str()])
-            .inc();
-        if let Some(v) = c.ct_verdict() {
-            self.metrics
-                .ct_verdicts
-                .with_label_values(&[host, v.as_str()])
-                .inc();
-        }
+            .checked(host, c.ct_verdict(), c.staple_verdict());
         if c.degraded() {
             if let Some(suppressed) = self.limiter.allow("\0ct-stale-list") {
                 tracing::warn!(

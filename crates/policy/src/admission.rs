@@ -1,9 +1,17 @@
 //! Admission: may a target be dialed, and under which pinset entry?
 //!
-//! Pure answers from a [`Policy`]: the proxy asks before dialing, and asks
-//! again after every reload for what it keeps open (tunnels, WebSockets,
-//! streaming responses). An [`Admission`] can only be made here, so holding
-//! one proves the policy was asked.
+//! Pure answers from a [`Policy`]: the proxy asks once per request or
+//! connection ([`decide`], one clock reading), carries the [`Admission`]
+//! along, and asks again only after a reload, for what it keeps open
+//! (tunnels, WebSockets, streaming responses: [`Admission::still_holds`]).
+//! An [`Admission`] can only be made here, so holding one proves the policy
+//! was asked.
+//!
+//! One question may need one fact the policy cannot know: where an unlisted
+//! name resolves (or, in transparent mode, which address the app dialed),
+//! when `passthrough:` lists CIDRs. [`decide`] says so
+//! ([`Answer::wants_addresses`]); the caller resolves and completes the
+//! same answer ([`Answer::finish`]) — never a second decision.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -90,15 +98,14 @@ impl Admission {
         peer: Option<IpAddr>,
         now: OffsetDateTime,
     ) -> bool {
-        let mut again = decide(policy, target, now).map(|a| a.0);
-        if let (Admitted::Passthrough(_), Some(ip)) = (&self.0, peer) {
-            // Admitted by the address its name resolved to.
-            if !matches!(again, Ok(Admitted::Pinned(_))) {
-                if let Some(a) = by_address(policy, target, &[ip]) {
-                    again = Ok(a.0);
-                }
-            }
-        }
+        let answer = decide(policy, target, now);
+        // A passthrough admitted by the address its name resolved to is
+        // judged by that address again.
+        let peer = match (&self.0, peer) {
+            (Admitted::Passthrough(_), Some(ip)) => vec![ip],
+            _ => Vec::new(),
+        };
+        let again = answer.finish(policy, &peer).map(|a| a.0);
         match (&self.0, again) {
             (Admitted::Pinned(old), Ok(Admitted::Pinned(new))) => same_enforcement(old, &new),
             (Admitted::Unlisted, Ok(Admitted::Unlisted)) => true,
@@ -108,25 +115,94 @@ impl Admission {
     }
 }
 
-/// Passthrough by address: an unlisted name whose every resolved address
-/// lies in one `passthrough:` CIDR (a short in-cluster name such as
-/// `orders` resolving into the Service CIDR). Entries always win: a name
-/// with an entry is never passed through.
-pub fn by_address(policy: &Policy, target: &Target, addrs: &[IpAddr]) -> Option<Admission> {
-    if addrs.is_empty() || matches!(policy.lookup(&target.host), Decision::Listed(_)) {
-        return None;
-    }
-    let first = policy.passthrough.by_address(addrs[0])?;
-    addrs
-        .iter()
-        .all(|a| policy.passthrough.by_address(*a) == Some(first))
-        .then(|| Admission(Admitted::Passthrough(first.into())))
+/// The policy's answer about one target: final, or — for an unlisted
+/// target when `passthrough:` lists CIDRs — final once the addresses it
+/// resolves to (or was dialed at) are known.
+#[must_use = "an answer is a decision: finish it, or it was never made"]
+#[derive(Debug)]
+pub struct Answer {
+    /// What holds unless the addresses pass the target through.
+    result: Result<Admission, Refusal>,
+    /// Unlisted, and CIDRs could pass it: its addresses may decide.
+    by_address: bool,
 }
 
-/// Policy checks that need no network: entries (which win), passthrough
-/// by name or IP literal, then unlisted deny, ports, expired pin-only
-/// entries.
-pub fn decide(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<Admission, Refusal> {
+// === impl Answer ===
+
+impl Answer {
+    /// Whether the addresses the target resolves to may change this answer
+    /// (an unlisted *name*: an IP literal was judged by its address
+    /// already), so the caller should resolve before [`Answer::finish`].
+    pub fn wants_addresses(&self) -> bool {
+        self.by_address
+    }
+
+    /// The admission, given where the target is: the addresses its name
+    /// resolved to, or the one a transparent client dialed (empty: none
+    /// known). An unlisted target every one of whose addresses lies in one
+    /// `passthrough:` CIDR passes through by it (a short in-cluster name
+    /// such as `orders` resolving into the Service CIDR); anything else
+    /// keeps the answer [`decide`] gave. Entries always win: a name with an
+    /// entry is never passed through.
+    pub fn finish(self, policy: &Policy, addrs: &[IpAddr]) -> Result<Admission, Refusal> {
+        if !self.by_address || addrs.is_empty() {
+            return self.result;
+        }
+        let Some(first) = policy.passthrough.by_address(addrs[0]) else {
+            return self.result;
+        };
+        if addrs
+            .iter()
+            .all(|a| policy.passthrough.by_address(*a) == Some(first))
+        {
+            return Ok(Admission(Admitted::Passthrough(first.into())));
+        }
+        self.result
+    }
+}
+
+/// Admission by address alone, for a connection that names nothing (a
+/// server-first protocol in transparent mode): passed through when `ip`
+/// lies in a `passthrough:` CIDR and no entry lists that address. The one
+/// question such a connection is asked.
+pub fn by_address(policy: &Policy, ip: IpAddr) -> Option<Admission> {
+    if policy.pending || matches!(policy.lookup(&Host::from_ip(ip)), Decision::Listed(_)) {
+        return None;
+    }
+    let label = policy.passthrough.by_address(ip)?;
+    Some(Admission(Admitted::Passthrough(label.into())))
+}
+
+/// The one admission question: entries (which win), passthrough by name or
+/// IP literal, then unlisted deny, ports, expired pin-only entries — checks
+/// that need no network — at `now`. What the addresses may still change is
+/// in the [`Answer`].
+pub fn decide(policy: &Policy, target: &Target, now: OffsetDateTime) -> Answer {
+    let result = judge(policy, target, now);
+    let unlisted = match &result {
+        Ok(a) => a.is_unlisted(),
+        Err(r) => r.entry.is_none(),
+    };
+    let name = matches!(target.host, Host::Name(_));
+    Answer {
+        result,
+        // Before a pinset is in force nothing passes, by address either.
+        by_address: !policy.pending && unlisted && name && policy.passthrough.has_cidrs(),
+    }
+}
+
+/// Nothing before a pinset is in force ([`Policy::pending`]), then the
+/// checks [`decide`] lists.
+fn judge(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<Admission, Refusal> {
+    if policy.pending {
+        return Err(Refusal {
+            reason: Reason::NoPinset,
+            message: "no pinset is in force yet: pinproxy waits for a validly signed pinset \
+                      and lets nothing through meanwhile (its /readyz says why)"
+                .into(),
+            entry: None,
+        });
+    }
     match policy.lookup(&target.host) {
         Decision::Listed(entry) => {
             let refuse = |reason, message| Refusal {

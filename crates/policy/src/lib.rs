@@ -260,6 +260,25 @@ pub struct Policy {
     pub warnings: Vec<Problem>,
     /// Per entry (by `index`), its own `report_uri`.
     report_uris: Vec<Option<ReportUri>>,
+    /// The file's top-level `serial:` (a positive integer), if it has one.
+    pub serial: Option<u64>,
+    /// Who signed the file, when the reloader verified its signature
+    /// (`run --pinset-key`); `None` for an unsigned pinset.
+    pub signature: Option<Signed>,
+    /// No pinset is in force yet: every target is refused
+    /// (`no-pinset`). Only [`Policy::pending`] makes one.
+    pub pending: bool,
+}
+
+/// The signature a pinset in force was verified with (`/pins`'
+/// `signature`, the `pinproxy_pinset_info` labels).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    /// The verifying key's id, `sha256/<base64 SHA-256 of its SPKI>`.
+    pub key: String,
+    pub serial: u64,
+    /// SHA-256 of the signed file's bytes, lowercase hex.
+    pub sha256: String,
 }
 
 /// What a lookup found for a requested host.
@@ -272,6 +291,35 @@ pub enum Decision<'a> {
 // === impl Policy ===
 
 impl Policy {
+    /// What is in force before any pinset is: nothing is let through.
+    /// With `run --pinset-key`, the sidecar starts with this until a
+    /// validly signed pinset arrives (and is not ready meanwhile).
+    pub fn pending() -> Self {
+        Policy {
+            defaults: Defaults {
+                unlisted: Unlisted::Deny,
+                mode: Mode::Enforce,
+                trust: Trust::WebPki,
+                ports: vec![443],
+                allow_private: false,
+                report_uri: None,
+                // Nothing is admitted: nothing to judge.
+                ct: CtMode::Off,
+                ct_written: None,
+            },
+            hosts: Vec::new(),
+            entries: Patterns::default(),
+            passthrough: Passthrough::default(),
+            source_hash: String::new(),
+            pins_sha256: String::new(),
+            warnings: Vec::new(),
+            report_uris: Vec::new(),
+            serial: None,
+            signature: None,
+            pending: true,
+        }
+    }
+
     /// Finds the entry for a normalized host: exact first, then `*.` one
     /// label up, then `**.` from the longest suffix. IPs only ever match
     /// exact entries.

@@ -27,8 +27,10 @@ use super::Policy;
 
 mod named;
 mod shape;
+mod source;
 
 pub use named::named_files;
+pub use source::{read, read_between, signature_path, Source, SIGNATURE_SUFFIX};
 
 /// Why a pinset file was not loaded.
 #[derive(Debug, thiserror::Error)]
@@ -88,30 +90,49 @@ pub fn load_capped(path: &Path, max_bytes: u64) -> Result<Policy, Error> {
 /// after reading at most one byte more, and so is every file it names
 /// over `caps.file`.
 pub fn load_with(path: &Path, caps: Caps) -> Result<Policy, Error> {
-    let max_bytes = caps.pinset;
-    let read_err = |source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    // Resolve the kubelet's `..data` symlink once: the pinset and the CA
-    // bundles beside it are then read from one version of the Secret, even
-    // if the kubelet swaps in another between the reads.
-    let real = std::fs::canonicalize(path).map_err(read_err)?;
-    let bytes = read_capped(&real, max_bytes).map_err(read_err)?;
-    let Some(bytes) = bytes else {
-        return Err(Error::TooLarge {
-            path: path.to_path_buf(),
-            limit: max_bytes,
-        });
-    };
+    load_source(&read(path, caps, false)?, caps)
+}
+
+/// Validates a pinset already read ([`read`]). The CA bundles and other
+/// files it names beside it are read from the same version directory (the
+/// kubelet's `..data` resolved once), even if another is swapped in
+/// meanwhile.
+pub fn load_source(source: &Source, caps: Caps) -> Result<Policy, Error> {
+    let path = &source.path;
     let shown = path.parent().unwrap_or(Path::new("."));
-    let read_from = real.parent().unwrap_or(shown);
-    parse_in(&bytes, shown, read_from, OffsetDateTime::now_utc(), caps).map_err(|problems| {
-        Error::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        }
+    let read_from = source.real.parent().unwrap_or(shown);
+    let now = OffsetDateTime::now_utc();
+    parse_in(&source.bytes, shown, read_from, now, caps).map_err(|problems| Error::Invalid {
+        path: path.to_path_buf(),
+        problems,
     })
+}
+
+/// Why a pinset's `serial:` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error(
+        "no top-level `serial:`; a signed pinset carries `serial: N`, a positive integer \
+         raised with every change"
+    )]
+    Missing,
+    #[error("`serial:` must be a positive integer, not 0")]
+    Zero,
+    #[error("the file does not parse:\n{}", render(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// The top-level `serial:` of pinset bytes, read by the loader's own
+/// parser (the same UTF-8, shape and YAML steps, the same wire type): the
+/// signature check, the admission webhook and the load that applies a
+/// file cannot read two different serials from the same bytes.
+pub fn serial(bytes: &[u8]) -> Result<u64, SerialError> {
+    let (wire, _) = wire_of(bytes).map_err(SerialError::Invalid)?;
+    match wire.serial {
+        None => Err(SerialError::Missing),
+        Some(0) => Err(SerialError::Zero),
+        Some(n) => Ok(n),
+    }
 }
 
 /// Validates pinset bytes; relative CA bundle paths resolve against `base`.
@@ -128,6 +149,13 @@ fn parse_in(
     now: OffsetDateTime,
     caps: Caps,
 ) -> Result<Policy, Vec<Problem>> {
+    let (wire, text) = wire_of(bytes)?;
+    Validator::new(text, shown, read_from, now, caps).run(wire, bytes)
+}
+
+/// The text's wire shape: UTF-8, not empty, within the shape limits, and
+/// what the YAML parser makes of it.
+fn wire_of(bytes: &[u8]) -> Result<(FileWire, &str), Vec<Problem>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         vec![Problem::new(
             None,
@@ -161,7 +189,7 @@ fn parse_in(
             message: strip_location(&e.to_string()),
         }]
     })?;
-    Validator::new(text, shown, read_from, now, caps).run(wire, bytes)
+    Ok((wire, text))
 }
 
 /// serde_yaml appends " at line N column M"; we print the location first.

@@ -237,6 +237,60 @@ fn public_suffix_rule() {
     }
 }
 
+/// One question, answered once: the addresses complete an unlisted name's
+/// answer when `passthrough:` lists CIDRs, and change nothing else.
+#[test]
+fn an_answer_is_completed_by_the_addresses_only_where_they_can_decide() {
+    use super::admission::{decide, Target};
+    let p = ok(&format!(
+        "version: 1\ndefaults:\n  unlisted: deny\npassthrough: [10.96.0.0/12, \"**.svc.test\"]\nhosts:\n  a.test:\n    pins: [{PIN_A}, {PIN_B}]\n"
+    ));
+    let target = |h: &str| Target {
+        host: host(h),
+        port: 443,
+    };
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let inside = [ip("10.96.0.10"), ip("10.100.0.1")];
+
+    // An unlisted name: refused unless every address is in one CIDR.
+    let orders = target("orders");
+    let answer = decide(&p, &orders, now());
+    assert!(answer.wants_addresses());
+    let a = answer.finish(&p, &inside).unwrap();
+    assert_eq!(a.passthrough(), Some("10.96.0.0/12"));
+    let mixed = decide(&p, &orders, now()).finish(&p, &[inside[0], ip("192.0.2.1")]);
+    assert_eq!(
+        mixed.err().map(|r| r.reason),
+        Some(pinproxy_reason::Reason::HostNotAllowed)
+    );
+    let none = decide(&p, &orders, now()).finish(&p, &[]);
+    assert!(none.is_err());
+
+    // A listed name never passes, whatever it resolves to.
+    let listed = target("a.test");
+    let answer = decide(&p, &listed, now());
+    assert!(!answer.wants_addresses());
+    assert!(answer.finish(&p, &inside).unwrap().entry().is_some());
+
+    // An IP literal was judged by its own address already; a passthrough
+    // name by its name.
+    let literal = target("10.96.0.10");
+    let answer = decide(&p, &literal, now());
+    assert!(!answer.wants_addresses());
+    assert_eq!(
+        answer.finish(&p, &[]).unwrap().passthrough(),
+        Some("10.96.0.0/12")
+    );
+    let named = decide(&p, &target("x.svc.test"), now()).finish(&p, &inside);
+    assert_eq!(named.unwrap().passthrough(), Some("**.svc.test"));
+
+    // No CIDRs: the addresses are never wanted.
+    let q = ok(&format!(
+        "version: 1\ndefaults:\n  unlisted: allow\nhosts:\n  a.test:\n    pins: [{PIN_A}, {PIN_B}]\n"
+    ));
+    assert!(!decide(&q, &orders, now()).wants_addresses());
+}
+
 #[test]
 fn learn_admits_as_allow_and_report_uris_resolve_per_entry() {
     use super::admission::{decide, Target};
@@ -248,8 +302,9 @@ fn learn_admits_as_allow_and_report_uris_resolve_per_entry() {
         host: host(h),
         port,
     };
-    assert!(decide(&p, &target("other.test", 443), now()).is_ok_and(|a| a.is_unlisted()));
-    let refused = decide(&p, &target("other.test", 8443), now()).err();
+    let decided = |t: &Target| decide(&p, t, now()).finish(&p, &[]);
+    assert!(decided(&target("other.test", 443)).is_ok_and(|a| a.is_unlisted()));
+    let refused = decided(&target("other.test", 8443)).err();
     assert_eq!(
         refused.map(|r| r.reason),
         Some(pinproxy_reason::Reason::PortNotAllowed)
@@ -307,3 +362,73 @@ mod identity;
 // === Certificate Transparency (docs/reference.md, "Certificate Transparency and OCSP") ===
 
 mod ct;
+#[test]
+fn serial_is_a_positive_integer_read_by_the_loader_and_by_serial() {
+    use super::load::{serial, SerialError};
+    let p = ok("version: 1\nserial: 42\nhosts: {}\n");
+    assert_eq!(p.serial, Some(42));
+    assert_eq!(
+        ok("version: 1\nhosts: {}\n").serial,
+        None,
+        "optional unsigned"
+    );
+    let problems = bad("version: 1\nserial: 0\nhosts: {}\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field.as_deref(), Some("serial"));
+    assert_eq!(problems[0].line, Some(2));
+    for wrong in ["-1", "1.5", "\"3\"", "99999999999999999999", "[1]"] {
+        bad(&format!("version: 1\nserial: {wrong}\nhosts: {{}}\n"));
+        assert!(
+            matches!(
+                serial(format!("version: 1\nserial: {wrong}\nhosts: {{}}\n").as_bytes()),
+                Err(SerialError::Invalid(_))
+            ),
+            "{wrong}"
+        );
+    }
+    assert_eq!(serial(b"version: 1\nserial: 7\nhosts: {}\n").unwrap(), 7);
+    assert!(matches!(
+        serial(b"version: 1\nhosts: {}\n"),
+        Err(SerialError::Missing)
+    ));
+    assert!(matches!(
+        serial(b"version: 1\nserial: 0\nhosts: {}\n"),
+        Err(SerialError::Zero)
+    ));
+    // The loader's own parser: a duplicate key, an alias or a typo is what
+    // the loader refuses too, never a second reading of the serial.
+    for hostile in [
+        "version: 1\nserial: 1\nserial: 9\nhosts: {}\n",
+        "version: 1\nserial: &s 5\nhosts: {}\n",
+        "version: 1\nserail: 5\nhosts: {}\n",
+    ] {
+        assert!(
+            matches!(serial(hostile.as_bytes()), Err(SerialError::Invalid(_))),
+            "{hostile}"
+        );
+        bad(hostile);
+    }
+}
+
+#[test]
+fn a_pending_policy_refuses_every_target() {
+    use super::admission::{by_address, decide, Target};
+    let p = Policy::pending();
+    for (h, port) in [("api.example.test", 443), ("127.0.0.1", 80)] {
+        let target = Target {
+            host: host(h),
+            port,
+        };
+        let answer = decide(&p, &target, now());
+        assert!(
+            !answer.wants_addresses(),
+            "addresses asked for while pending"
+        );
+        let refused = answer
+            .finish(&p, &["10.0.0.1".parse().unwrap()])
+            .unwrap_err();
+        assert_eq!(refused.reason, pinproxy_reason::Reason::NoPinset);
+        assert!(refused.message.contains("no pinset is in force"));
+        assert!(by_address(&p, "10.0.0.1".parse().unwrap()).is_none());
+    }
+}

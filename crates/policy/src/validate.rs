@@ -120,6 +120,7 @@ impl<'a> Validator<'a> {
                 format!("unsupported version {}; expected 1", wire.version),
             );
         }
+        let serial = self.serial(wire.serial);
         let defaults = self.defaults(wire.defaults);
         let passthrough = self.passthrough(wire.passthrough.unwrap_or_default());
         let mut entries: Patterns<Arc<HostPolicy>> = Patterns::default();
@@ -183,7 +184,25 @@ impl<'a> Validator<'a> {
             pins_sha256: hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()),
             warnings: self.warnings,
             report_uris,
+            serial,
+            signature: None,
+            pending: false,
         })
+    }
+
+    /// `serial:` is a positive integer where present (required only in a
+    /// signed pinset, which the reloader checks).
+    fn serial(&mut self, serial: Option<u64>) -> Option<u64> {
+        if serial == Some(0) {
+            let line = self.lines.top("serial");
+            self.err(
+                None,
+                Some("serial"),
+                line,
+                "must be a positive integer (raise it with every change), not 0".into(),
+            );
+        }
+        serial.filter(|&n| n > 0)
     }
 
     /// The entries of `hosts:`; a file without the key is a problem, not

@@ -13,6 +13,9 @@ use super::{CtMode, Mode, Unlisted};
 #[serde(deny_unknown_fields)]
 pub(super) struct FileWire {
     pub(super) version: u32,
+    /// docs/reference.md, "Top level": required in a signed pinset.
+    #[serde(default)]
+    pub(super) serial: Option<u64>,
     #[serde(default)]
     pub(super) defaults: DefaultsWire,
     /// `None`: no `hosts:` key at all — an error, never an empty pinset

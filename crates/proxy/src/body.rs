@@ -200,7 +200,8 @@ mod tests {
         };
         let rx = live.subscribe();
         let now = time::OffsetDateTime::now_utc();
-        let admission = decide(&live.load().policy, &target, now).unwrap();
+        let policy = &live.load().policy;
+        let admission = decide(policy, &target, now).finish(policy, &[]).unwrap();
         let done = tokio::spawn(revoked(ctx, rx, target, admission, None));
 
         // The same policy again (a new generation): not revoked.

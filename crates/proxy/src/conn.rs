@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use super::refusal::count_denied;
+use super::refusal::refuse;
 use super::{handle, parse_buffer, tunnel, Body, Client, ConnGuard, Context};
 use pinproxy_reason::Reason;
 
@@ -197,7 +197,8 @@ async fn serve_http(
     if let Err(e) = done {
         // hyper answered unparseable requests itself (400/431).
         if e.is_parse() || e.is_parse_too_large() {
-            count_denied(ctx, Reason::BadRequest);
+            let message = format!("the request could not be parsed: {e}");
+            refuse(ctx, Reason::BadRequest, None, "", &message).close();
         }
         tracing::debug!(error = %e, "client connection error");
         return Served::Done;

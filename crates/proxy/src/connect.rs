@@ -19,26 +19,28 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use super::admit::{admit, Place};
 use super::body::revoked;
+use super::refusal::{refuse, upstream_refusal};
 use super::target::parse_connect;
 use super::tunnel::{self, Hello};
-use super::{count, deny, intercept, passthrough, refuse, upstream_refusal, Body, Client, Context};
+use super::{intercept, passthrough, Body, Client, Context};
 use pinproxy_policy::host::Host;
 use pinproxy_policy::{Admission, Target};
-use pinproxy_reason::{Outcome, Reason};
+use pinproxy_reason::{Reason, RequestOutcome};
 use pinproxy_upstream::Snapshot;
 
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_connect(&req) {
         Ok(t) => t,
-        Err(e) => return deny(&ctx, Reason::BadRequest, "", &e.to_string()),
+        Err(e) => return refuse(&ctx, Reason::BadRequest, None, "", &e.to_string()).into(),
     };
     // Subscribe before deciding, so a reload in between is not missed.
     let generation = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    let admitted = match passthrough::admit_resolving(&ctx, &snap, &target).await {
+    let admitted = match admit(&ctx, &snap, &target, Place::Resolve).await {
         Ok(a) => a,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into(),
     };
     if admitted.admission.passthrough().is_some() {
         return passthrough::tunnel(ctx, snap, admitted, target, client, generation).await;
@@ -53,12 +55,10 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "minting an interception certificate");
-                    return refuse(
-                        &ctx,
-                        Reason::InternalError,
-                        &target.host.to_string(),
-                        "cannot mint an interception certificate",
-                    );
+                    let host = target.host.to_string();
+                    let message = "cannot mint an interception certificate";
+                    let label = Some(admission.label());
+                    return refuse(&ctx, Reason::InternalError, label, &host, message).into();
                 }
             };
             // The connection task hands the client stream over once the
@@ -96,11 +96,7 @@ async fn tunnel_unlisted(
         .await
     {
         Ok(s) => s,
-        Err(e) => {
-            let (resp, reason) = upstream_refusal(&ctx, &e);
-            count(&ctx, "unlisted", reason.into());
-            return resp;
-        }
+        Err(e) => return upstream_refusal(&ctx, admission.label(), &e).into(),
     };
     let peer = upstream.peer_addr().ok();
     let upgrade = client.handoff.claim();
@@ -110,7 +106,8 @@ async fn tunnel_unlisted(
         let Ok(up) = upgrade.await else {
             return;
         };
-        count(&ctx, "unlisted", Outcome::Tunnel);
+        let label = admission.label().to_string();
+        ctx.metrics.served(&label, RequestOutcome::Tunnel);
         // The host dialed and the name the client's TLS asks for must be
         // one name here too (domain fronting through an unlisted alias).
         let host = target.host.clone();
@@ -123,8 +120,9 @@ async fn tunnel_unlisted(
         tokio::select! {
             done = splice => {
                 if let tunnel::Spliced::Refused(Hello::Tls(sni)) = done {
-                    super::count_denied(&ctx, Reason::SniMismatch);
-                    tracing::warn!(connect = %target.host, sni = ?sni, "refused tunnel: SNI names another host");
+                    let message = format!("the TLS SNI {sni:?} names another host than the CONNECT");
+                    let host = target.host.to_string();
+                    refuse(&ctx, Reason::SniMismatch, Some(&label), &host, &message).close();
                 }
             }
             _ = revoked => tracing::info!(host = %target.host, "closing tunnel: a reload no longer admits it"),

@@ -12,12 +12,13 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::admit::{admit, Place};
 use super::exchange::{
     exchange, response_headers, strip_hop_by_hop, te_trailers, wants_trailers, Exchange,
 };
-use super::refusal::{upstream_failed, upstream_timed_out};
+use super::refusal::{refuse, upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
-use super::{deny, passthrough, plain, upgrade, Body, Client, Context, Revocation, Streamed};
+use super::{passthrough, plain, upgrade, Body, Client, Context, Revocation, Streamed};
 use pinproxy_policy::host::Host;
 use pinproxy_policy::Target;
 use pinproxy_reason::Reason;
@@ -26,17 +27,18 @@ use pinproxy_upstream::{RequestBody, Snapshot};
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
         Ok(t) => t,
-        Err(e) => return deny(&ctx, Reason::BadRequest, "", &e.to_string()),
+        Err(e) => return refuse(&ctx, Reason::BadRequest, None, "", &e.to_string()).into(),
     };
     if let Some(why) = host_problem(&req) {
-        return deny(&ctx, Reason::BadRequest, &target.host.to_string(), why);
+        let host = target.host.to_string();
+        return refuse(&ctx, Reason::BadRequest, None, &host, why).into();
     }
     // Subscribe before deciding, so a reload in between is not missed.
     let rx = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    let admission = match passthrough::admit_resolving(&ctx, &snap, &target).await {
+    let admission = match admit(&ctx, &snap, &target, Place::Resolve).await {
         Ok(a) => a.admission,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into(),
     };
     // Relayed as it came: the port the URL names (80 by default), not the
     // TLS upgrade's.
@@ -83,12 +85,8 @@ pub async fn send(
     parts.uri = match upstream_uri(&target, &parts.uri) {
         Ok(u) => u,
         Err(e) => {
-            return deny(
-                ctx,
-                Reason::BadRequest,
-                &target.host.to_string(),
-                &e.to_string(),
-            )
+            let host = target.host.to_string();
+            return refuse(ctx, Reason::BadRequest, Some(label), &host, &e.to_string()).into();
         }
     };
     parts.version = Version::HTTP_11;
@@ -118,7 +116,8 @@ pub async fn send(
                 "malformed request body: {}",
                 fault.get().unwrap_or_default()
             );
-            deny(ctx, Reason::BadRequest, &target.host.to_string(), &why)
+            let host = target.host.to_string();
+            refuse(ctx, Reason::BadRequest, Some(label), &host, &why).into()
         }
         Err(Exchange::Failed(e)) => upstream_failed(ctx, label, &target.host, &e),
     }

@@ -17,8 +17,10 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::admit::{admit, Place};
+use super::refusal::refuse;
 use super::target::split_authority;
-use super::{admit, deny, forward, tunnel, upgrade, Body, Client, Context};
+use super::{forward, tunnel, upgrade, Body, Client, Context};
 use pinproxy_policy::host::Host;
 use pinproxy_policy::Target;
 use pinproxy_reason::Reason;
@@ -47,10 +49,12 @@ pub async fn serve<IO>(
     // name: a different SNI is domain fronting.
     if let Some(sni) = start.client_hello().server_name().map(Host::parse) {
         if sni.as_ref() != Ok(&target.host) {
-            super::count_denied(&ctx, Reason::SniMismatch);
-            tracing::warn!(connect = %target.host, sni = ?sni, "refusing TLS inside CONNECT: SNI names another host");
-            if let Some(refuse) = pinproxy_tls::ca::refusing_config(ctx.provider.clone()) {
-                let _ = start.into_stream(refuse).await;
+            let message = format!("the TLS SNI {sni:?} names another host than the one dialed");
+            let host = target.host.to_string();
+            // Answered with a TLS alert.
+            refuse(&ctx, Reason::SniMismatch, None, &host, &message).close();
+            if let Some(alert) = pinproxy_tls::ca::refusing_config(ctx.provider.clone()) {
+                let _ = start.into_stream(alert).await;
             }
             return;
         }
@@ -118,25 +122,23 @@ async fn inner_request(
             .and_then(|a| split_authority(&a).ok())
             .is_some_and(|(h, p)| h == target.host && p.is_none_or(|p| p == target.port));
         if !same {
-            return deny(
-                &ctx,
-                Reason::MisdirectedRequest,
-                &target.host.to_string(),
-                &format!(
-                    "this tunnel is for {}:{}; the request names {named:?}",
-                    target.host, target.port
-                ),
+            let message = format!(
+                "this tunnel is for {}:{}; the request names {named:?}",
+                target.host, target.port
             );
+            let host = target.host.to_string();
+            return refuse(&ctx, Reason::MisdirectedRequest, None, &host, &message).into();
         }
     }
     // Subscribe before deciding, so a reload in between is not missed.
     let generation = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    // Re-admit under the snapshot in force now: a reload may have removed
-    // the host or changed its ports since the tunnel opened.
-    let admission = match admit(&ctx, &snap, &target) {
-        Ok(admission) => admission,
-        Err(refusal) => return refusal,
+    // Each request is admitted under the snapshot in force now: a reload
+    // may have removed the host or changed its ports since the tunnel
+    // opened.
+    let admission = match admit(&ctx, &snap, &target, Place::Unknown).await {
+        Ok(a) => a.admission,
+        Err(refused) => return refused.into(),
     };
     if upgrade::is_upgrade(&req) {
         return upgrade::relay(&ctx, &snap, admission, target, req, &client, generation).await;

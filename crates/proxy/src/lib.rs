@@ -5,14 +5,18 @@
 //!   them on shutdown; `conn` serves HTTP/1.1 on each and parks idle ones.
 //! - Absolute-form requests go to [`forward`] (unlisted hosts' `http://`
 //!   to [`plain`]), CONNECT to [`connect`] (interception for pinned hosts,
-//!   [`tunnel`]s for unlisted ones).
+//!   [`tunnel`]s for unlisted ones), redirected connections to
+//!   [`transparent`]. Each is admitted once, by [`admit::admit`], and carries its
+//!   `Admission` from there.
 //! - Every way a request goes out (pinned, plain, passthrough, upgrades)
 //!   sends it through [`exchange`].
-//! - [`refusal`] builds every answer pinproxy makes itself; [`body`]
-//!   streams upstream responses and cuts them when a reload revokes them.
+//! - [`refusal`] makes every refusal (logged, counted as the reason table
+//!   says, then answered); [`body`] streams upstream responses and cuts
+//!   them when a reload revokes them.
 
 #![forbid(unsafe_code)]
 
+pub mod admit;
 pub mod body;
 mod conn;
 pub mod connect;
@@ -33,7 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use rustls::crypto::CryptoProvider;
 use tokio::io::AsyncWriteExt;
@@ -41,9 +45,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
+pub use admit::{admit, Admitted, Place};
 pub use body::{Body, Revocation, Streamed};
 pub use conn::{ClientIo, Handoff};
-pub use refusal::{admit, count, count_denied, deny, refuse, upstream_refusal, ERROR_HEADER};
+pub use refusal::{refuse, upstream_refusal, Refused, ERROR_HEADER};
 
 use pinproxy_control::logs::LogLimiter;
 use pinproxy_control::metrics::Metrics;
@@ -166,13 +171,22 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            count_denied(&ctx, Reason::Overloaded);
-            refusal::log_refusal(&ctx, Reason::Overloaded, "", "connection limit reached");
-            if let Ok(slot) = refusals.clone().try_acquire_owned() {
-                tracker.spawn(async move {
-                    refuse_overloaded(stream).await;
-                    drop(slot);
-                });
+            let refused = refuse(
+                &ctx,
+                Reason::Overloaded,
+                None,
+                "",
+                "connection limit reached",
+            );
+            match refusals.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tracker.spawn(async move {
+                        refuse_overloaded(stream, refused).await;
+                        drop(slot);
+                    });
+                }
+                // Past the refusals in flight: closed unanswered.
+                Err(_) => refused.close(),
             }
             continue;
         };
@@ -197,10 +211,10 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
-async fn refuse_overloaded(mut stream: TcpStream) {
-    let body = "pinproxy: connection limit reached\n";
-    let reason = Reason::Overloaded;
-    let status = reason.status().unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+/// Answers a connection over the limit before any request is read: the
+/// refusal, written raw, and the connection closed.
+async fn refuse_overloaded(mut stream: TcpStream, refused: Refused) {
+    let (status, reason, body) = (refused.status(), refused.reason(), refused.body());
     let msg = format!(
         "HTTP/1.1 {status}\r\n{ERROR_HEADER}: {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -221,12 +235,8 @@ pub struct Client {
 
 async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     if head_size(&req) > ctx.limits.max_header_bytes {
-        return deny(
-            &ctx,
-            Reason::HeadTooLarge,
-            "",
-            &format!("request head is over {} bytes", ctx.limits.max_header_bytes),
-        );
+        let message = format!("request head is over {} bytes", ctx.limits.max_header_bytes);
+        return refuse(&ctx, Reason::HeadTooLarge, None, "", &message).into();
     }
     if req.method() == http::Method::CONNECT {
         connect::handle(ctx, req, client).await

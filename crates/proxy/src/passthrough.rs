@@ -4,7 +4,6 @@
 //! pinned, exempt from the private-address rule (never from the loop guard),
 //! counted as outcome `passthrough` under the item it passed by.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::Scheme;
@@ -13,56 +12,15 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use super::admit::Admitted;
 use super::body::revoked;
 use super::exchange::{exchange, response_headers, strip_hop_by_hop, Exchange};
-use super::refusal::{admit, upstream_failed, upstream_timed_out};
-use super::{
-    count, deny, tunnel, upgrade, upstream_refusal, Body, Client, Context, Revocation, Streamed,
-};
-use pinproxy_policy::admission::{self, Admission};
-use pinproxy_policy::host::Host;
+use super::refusal::{refuse, upstream_failed, upstream_refusal, upstream_timed_out};
+use super::{tunnel, upgrade, Body, Client, Context, Revocation, Streamed};
+use pinproxy_policy::admission::Admission;
 use pinproxy_policy::Target;
-use pinproxy_reason::{Outcome, Reason};
+use pinproxy_reason::{Reason, RequestOutcome};
 use pinproxy_upstream::{RequestBody, Snapshot};
-
-/// What admission said, and the addresses a passthrough-by-CIDR target
-/// resolved to (dialed as they are, never resolved again).
-pub struct Admitted {
-    pub admission: Admission,
-    pub resolved: Option<Vec<SocketAddr>>,
-}
-
-/// [`admit`], and for an unlisted *name* when the pinset lists passthrough
-/// CIDRs: resolve it, and pass it through when every address lies in one
-/// (short in-cluster names such as `orders` have no pattern to match).
-#[allow(clippy::result_large_err)] // the refusal is the answer; it is not kept
-pub async fn admit_resolving(
-    ctx: &Context,
-    snap: &Snapshot,
-    target: &Target,
-) -> Result<Admitted, Response<Body>> {
-    let now = time::OffsetDateTime::now_utc();
-    let decided = admission::decide(&snap.policy, target, now);
-    let unlisted = match &decided {
-        Ok(a) => a.is_unlisted(),
-        Err(r) => r.entry.is_none(),
-    };
-    if unlisted && snap.policy.passthrough.has_cidrs() && matches!(target.host, Host::Name(_)) {
-        if let Ok(addrs) = snap.connector.resolve(&target.host, target.port).await {
-            let ips: Vec<_> = addrs.iter().map(SocketAddr::ip).collect();
-            if let Some(admission) = admission::by_address(&snap.policy, target, &ips) {
-                return Ok(Admitted {
-                    admission,
-                    resolved: Some(addrs),
-                });
-            }
-        }
-    }
-    admit(ctx, snap, target).map(|admission| Admitted {
-        admission,
-        resolved: None,
-    })
-}
 
 /// Relays an absolute-form `http://` request as plain HTTP to the host and
 /// port it names (80 by default), with its own Host header.
@@ -75,19 +33,17 @@ pub async fn forward(
     rx: watch::Receiver<u64>,
 ) -> Response<Body> {
     let label = admission.label().to_string();
+    let bad = |message: &str| -> Response<Body> {
+        let host = target.host.to_string();
+        refuse(ctx, Reason::BadRequest, Some(&label), &host, message).into()
+    };
     if req.uri().scheme() != Some(&Scheme::HTTP) {
-        return deny(
-            ctx,
-            Reason::BadRequest,
-            &target.host.to_string(),
+        return bad(
             "passthrough relays http:// as it came; for TLS use CONNECT (HTTPS_PROXY) or NO_PROXY",
         );
     }
     if upgrade::is_upgrade(&req) {
-        return deny(
-            ctx,
-            Reason::BadRequest,
-            &target.host.to_string(),
+        return bad(
             "an upgrade (WebSocket) to a passthrough host is not relayed through HTTP_PROXY; \
              use NO_PROXY for it",
         );
@@ -105,12 +61,12 @@ pub async fn forward(
                 "malformed request body: {}",
                 fault.get().unwrap_or_default()
             );
-            return deny(ctx, Reason::BadRequest, &target.host.to_string(), &why);
+            return bad(&why);
         }
         Err(Exchange::Failed(e)) => return upstream_failed(ctx, &label, &target.host, &e),
         Err(Exchange::TimedOut) => return upstream_timed_out(ctx, &label, &target.host),
     };
-    count(ctx, &label, Outcome::Passthrough);
+    ctx.metrics.served(&label, RequestOutcome::Passthrough);
     let (mut parts, body) = resp.into_parts();
     // Hop-by-hop headers, x-pinproxy-error, and a Content-Length beside
     // Transfer-Encoding go, as on the forward path.
@@ -142,11 +98,7 @@ pub async fn tunnel(
         .await
     {
         Ok(s) => s,
-        Err(e) => {
-            let (resp, reason) = upstream_refusal(&ctx, &e);
-            count(&ctx, &label, reason.into());
-            return resp;
-        }
+        Err(e) => return upstream_refusal(&ctx, &label, &e).into(),
     };
     let peer = upstream.peer_addr().ok();
     let upgrade = client.handoff.claim();
@@ -157,7 +109,7 @@ pub async fn tunnel(
         let Ok(up) = upgrade.await else {
             return;
         };
-        count(&ctx, &label, Outcome::Passthrough);
+        ctx.metrics.served(&label, RequestOutcome::Passthrough);
         let revoked = revoked(ctx.clone(), generation, target.clone(), admission, peer);
         tokio::select! {
             _ = tunnel::splice(up, upstream, ctx.limits.tunnel_idle) => {}

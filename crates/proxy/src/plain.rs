@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::exchange::{exchange, response_headers, strip_hop_by_hop, Exchange};
-use super::refusal::{upstream_failed, upstream_timed_out};
-use super::{count, deny, Body, Context, Revocation, Streamed};
+use super::refusal::{refuse, upstream_failed, upstream_timed_out};
+use super::{Body, Context, Revocation, Streamed};
 use pinproxy_policy::{Admission, Target};
-use pinproxy_reason::{Outcome, Reason};
+use pinproxy_reason::{Reason, RequestOutcome};
 use pinproxy_upstream::{RequestBody, Snapshot};
 
 /// Relays `req` to `target`'s host on `port` as plain HTTP. `target` is
@@ -39,7 +39,8 @@ pub async fn forward(
         Some(u) => u,
         None => {
             let host = target.host.to_string();
-            return deny(ctx, Reason::BadRequest, &host, "invalid request target");
+            let message = "invalid request target";
+            return refuse(ctx, Reason::BadRequest, Some(&label), &host, message).into();
         }
     };
     parts.version = Version::HTTP_11;
@@ -56,12 +57,13 @@ pub async fn forward(
                 "malformed request body: {}",
                 fault.get().unwrap_or_default()
             );
-            return deny(ctx, Reason::BadRequest, &target.host.to_string(), &why);
+            let host = target.host.to_string();
+            return refuse(ctx, Reason::BadRequest, Some(&label), &host, &why).into();
         }
         Err(Exchange::Failed(e)) => return upstream_failed(ctx, &label, &target.host, &e),
         Err(Exchange::TimedOut) => return upstream_timed_out(ctx, &label, &target.host),
     };
-    count(ctx, &label, Outcome::PlainHttp);
+    ctx.metrics.served(&label, RequestOutcome::PlainHttp);
     let (mut parts, body) = resp.into_parts();
     response_headers(&mut parts.headers);
     parts.version = Version::HTTP_11;

@@ -1,46 +1,106 @@
 //! Refusals: the answers pinproxy makes itself, each with the
 //! `x-pinproxy-error` reason and status of the contract's table
-//! ([`Reason`]), and the counters they feed.
+//! ([`Reason`]). Every refusal on every path — an HTTP answer, a TLS
+//! alert, a closed connection — is made by [`refuse`], which logs it and
+//! has it counted where the table says (`Metrics::refused`); a
+//! [`Refused`] can be made nowhere else, so no answer goes out uncounted
+//! and no call site picks counters.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::tunnel::HANDSHAKE_FAILURE_ALERT;
 use super::{Body, Context};
-use pinproxy_policy::admission::{self, Admission, Target};
 use pinproxy_policy::host::Host;
-use pinproxy_reason::{Outcome, Reason};
+use pinproxy_reason::Reason;
 use pinproxy_upstream::error::alert_detail;
-use pinproxy_upstream::{Failure, Snapshot, UpstreamError};
+use pinproxy_upstream::{Failure, UpstreamError};
 
 /// The header carrying a refusal's machine-readable reason.
 pub const ERROR_HEADER: &str = "x-pinproxy-error";
 
-/// A refusal: the reason's status and `x-pinproxy-error` value, and a
-/// short human body. Every refusal is logged, at most a few lines per host
-/// and reason per window (the rest counted as `suppressed`).
-pub fn refuse(ctx: &Context, reason: Reason, host: &str, message: &str) -> Response<Body> {
-    log_refusal(ctx, reason, host, message);
-    let status = reason.status().unwrap_or(StatusCode::BAD_GATEWAY);
-    debug_assert!(reason.status().is_some(), "{reason:?} is not a refusal");
+/// A refusal that has been logged and counted: what is left is to answer
+/// it, as an HTTP response (`.into()`), a TLS alert, or by closing.
+#[must_use = "a refusal is answered: into() a response, or close()"]
+#[derive(Debug)]
+pub struct Refused {
+    reason: Reason,
+    /// The one-line body: `pinproxy: HOST: MESSAGE`.
+    body: String,
+}
+
+// === impl Refused ===
+
+impl Refused {
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.reason.status().unwrap_or(StatusCode::BAD_GATEWAY)
+    }
+
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    /// Answered by closing the connection (or by a TLS alert rustls sent,
+    /// which carries no text): nothing more to send.
+    pub fn close(self) {}
+
+    /// Answered with a TLS `handshake_failure` alert, then closed: a client
+    /// speaking TLS to pinproxy sees a TLS error, not a bare reset.
+    pub async fn alert<W: AsyncWrite + Unpin>(self, io: &mut W) {
+        let _ = io.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+        let _ = io.shutdown().await;
+    }
+}
+
+impl From<Refused> for Response<Body> {
+    fn from(r: Refused) -> Self {
+        debug_assert!(
+            r.reason.status().is_some(),
+            "{:?} answers no HTTP request",
+            r.reason
+        );
+        let status = r.status();
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(r.body))));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(r.reason.as_str()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+/// Refuses: logs the refusal (at most a few lines per host and reason per
+/// window, the rest counted as `suppressed`) and counts it as the table
+/// says — in `denied_total`, and in `requests_total` under `admitted`, the
+/// label the target was admitted as (`None`: refused before admission).
+pub fn refuse(
+    ctx: &Context,
+    reason: Reason,
+    admitted: Option<&str>,
+    host: &str,
+    message: &str,
+) -> Refused {
+    log(ctx, reason, host, message);
+    ctx.metrics.refused(reason, admitted);
     let body = if host.is_empty() {
         format!("pinproxy: {message}\n")
     } else {
         format!("pinproxy: {host}: {message}\n")
     };
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(ERROR_HEADER, HeaderValue::from_static(reason.as_str()));
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    Refused { reason, body }
 }
 
-/// Logs a refusal, rate-limited per host and reason.
-pub fn log_refusal(ctx: &Context, reason: Reason, host: &str, message: &str) {
+fn log(ctx: &Context, reason: Reason, host: &str, message: &str) {
     let key = format!("{reason}\0{host}");
     let Some(suppressed) = ctx.refusal_logs.allow(&key) else {
         return;
@@ -67,111 +127,67 @@ pub fn log_refusal(ctx: &Context, reason: Reason, host: &str, message: &str) {
     }
 }
 
-/// A refusal made before any upstream connection: also counted as denied.
-pub fn deny(ctx: &Context, reason: Reason, host: &str, message: &str) -> Response<Body> {
-    count_denied(ctx, reason);
-    refuse(ctx, reason, host, message)
-}
-
-/// Counts a refusal in `pinproxy_denied_total`.
-pub fn count_denied(ctx: &Context, reason: Reason) {
-    ctx.metrics
-        .denied
-        .with_label_values(&[reason.as_str()])
-        .inc();
-}
-
-/// The refusal for an upstream failure.
-pub fn upstream_refusal(ctx: &Context, err: &UpstreamError) -> (Response<Body>, Reason) {
+/// The refusal for an upstream that could not be reached or trusted, of a
+/// target admitted as `admitted`.
+pub fn upstream_refusal(ctx: &Context, admitted: &str, err: &UpstreamError) -> Refused {
     let reason = match err.failure {
         Failure::Unreachable => Reason::UpstreamUnreachable,
         Failure::Timeout => Reason::UpstreamTimeout,
         Failure::PinMismatch => Reason::PinMismatch,
         Failure::Untrusted(_) => Reason::UntrustedCertificate,
         Failure::Tls(_) => Reason::UpstreamTlsError,
-        Failure::PrivateAddress => {
-            count_denied(ctx, Reason::PrivateAddress);
-            Reason::PrivateAddress
-        }
+        Failure::PrivateAddress => Reason::PrivateAddress,
     };
-    (refuse(ctx, reason, &err.host, &err.detail), reason)
+    refuse(ctx, reason, Some(admitted), &err.host, &err.detail)
 }
 
-/// [`admission::decide`] under the snapshot `snap`, with a refusal turned
-/// into a counted response.
-#[allow(clippy::result_large_err)] // the refusal is the answer; it is not kept
-pub fn admit(ctx: &Context, snap: &Snapshot, target: &Target) -> Result<Admission, Response<Body>> {
-    admission::decide(&snap.policy, target, time::OffsetDateTime::now_utc()).map_err(|r| {
-        let host = target.host.to_string();
-        if r.reason.is_denied() {
-            deny(ctx, r.reason, &host, &r.message)
-        } else {
-            if let Some(e) = &r.entry {
-                count(ctx, &e.name, r.reason.into());
-            }
-            refuse(ctx, r.reason, &host, &r.message)
-        }
-    })
-}
-
-/// Counts a finished request or tunnel.
-pub fn count(ctx: &Context, host: &str, outcome: Outcome) {
-    ctx.metrics
-        .requests
-        .with_label_values(&[host, outcome.as_str()])
-        .inc();
-}
-
-/// Counts and answers a request that got no usable answer upstream: the
-/// connector's reason if it failed (pin mismatch, untrusted, timeout…), a
-/// protocol violation if the upstream's response could not be parsed
-/// (`upstream-tls-error`: it "does not speak TLS (or HTTP) properly"),
-/// else `upstream-unreachable` with the error's causes.
+/// Answers a request admitted as `admitted` that got no usable answer
+/// upstream: the connector's reason if it failed (pin mismatch, untrusted,
+/// timeout…), a protocol violation if the upstream's response could not
+/// be parsed (`upstream-tls-error`: it "does not speak TLS (or HTTP)
+/// properly"), else `upstream-unreachable` with the error's causes.
 pub fn upstream_failed(
     ctx: &Context,
-    label: &str,
+    admitted: &str,
     host: &Host,
     err: &(dyn std::error::Error + 'static),
 ) -> Response<Body> {
-    let (resp, reason) = match UpstreamError::find(err) {
-        Some(u) => upstream_refusal(ctx, u),
-        None => {
-            tracing::debug!(error = ?err, %host, "upstream request failed");
-            let (reason, detail) = if let Some(alert) = tls_alert(err) {
-                // TLS 1.3: the server judges our client certificate (or
-                // its absence) after our side of the handshake is done, so
-                // its refusal arrives as an alert on the first read.
-                ctx.metrics
-                    .tls_verify_failures
-                    .with_label_values(&[label, Reason::AlertReceived.as_str()])
-                    .inc();
-                (Reason::UpstreamTlsError, alert_detail(&alert, true))
-            } else if malformed_response(err) {
-                let detail = format!(
-                    "the upstream sent a malformed HTTP response: {}",
-                    error_chain(err)
-                );
-                (Reason::UpstreamTlsError, detail)
-            } else {
-                let detail = format!("upstream request failed: {}", error_chain(err));
-                (Reason::UpstreamUnreachable, detail)
-            };
-            (refuse(ctx, reason, &host.to_string(), &detail), reason)
-        }
+    if let Some(u) = UpstreamError::find(err) {
+        return upstream_refusal(ctx, admitted, u).into();
+    }
+    tracing::debug!(error = ?err, %host, "upstream request failed");
+    let (reason, detail) = if let Some(alert) = tls_alert(err) {
+        // TLS 1.3: the server judges our client certificate (or its
+        // absence) after our side of the handshake is done, so its refusal
+        // arrives as an alert on the first read: a failed handshake too.
+        ctx.metrics
+            .handshake_failed(admitted, Reason::AlertReceived);
+        (Reason::UpstreamTlsError, alert_detail(&alert, true))
+    } else if malformed_response(err) {
+        let detail = format!(
+            "the upstream sent a malformed HTTP response: {}",
+            error_chain(err)
+        );
+        (Reason::UpstreamTlsError, detail)
+    } else {
+        let detail = format!("upstream request failed: {}", error_chain(err));
+        (Reason::UpstreamUnreachable, detail)
     };
-    count(ctx, label, reason.into());
-    resp
+    refuse(ctx, reason, Some(admitted), &host.to_string(), &detail).into()
 }
 
-/// Counts and answers a request whose response head did not come in time.
-pub fn upstream_timed_out(ctx: &Context, label: &str, host: &Host) -> Response<Body> {
-    count(ctx, label, Reason::UpstreamTimeout.into());
+/// Answers a request admitted as `admitted` whose response head did not
+/// come in time.
+pub fn upstream_timed_out(ctx: &Context, admitted: &str, host: &Host) -> Response<Body> {
+    let message = "no response from upstream in time";
     refuse(
         ctx,
         Reason::UpstreamTimeout,
+        Some(admitted),
         &host.to_string(),
-        "no response from upstream in time",
+        message,
     )
+    .into()
 }
 
 /// The TLS alert the upstream ended the session with, anywhere in the
@@ -225,3 +241,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,17 +34,21 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use super::admit::{admit, admit_silent, Place};
 use super::body::revoked;
 use super::original_dst::original_dst;
-use super::tunnel::{self, Hello, HelloReader, Rewind, HANDSHAKE_FAILURE_ALERT};
-use super::{count, count_denied, forward, intercept, refusal, Accepted, Client, Context, Handoff};
-use pinproxy_policy::admission::{self, Admission};
+use super::refusal::{refuse, upstream_refusal, Refused};
+use super::tunnel::{self, Hello, HelloReader, Rewind};
+use super::{forward, intercept, Accepted, Client, Context, Handoff};
+use pinproxy_policy::admission::Admission;
 use pinproxy_policy::host::Host;
 use pinproxy_policy::Target;
-use pinproxy_reason::{Outcome, Reason};
+use pinproxy_reason::{
+    Reason, RequestOutcome, TransparentOutcome as Outcome, TransparentProtocol as Protocol,
+};
 use pinproxy_upstream::egress;
 
 /// The largest first flight we read before judging (ClientHellos with
@@ -82,27 +86,17 @@ pub async fn serve(
 /// admin, transparent): never an original destination.
 pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]>) {
     let metrics = ctx.metrics.clone();
-    let served = |protocol: &str, outcome: &str| {
-        metrics
-            .transparent_connections
-            .with_label_values(&[protocol, outcome])
-            .inc();
-    };
+    let served = |protocol, outcome| metrics.transparent(protocol, outcome);
     let orig = match original_dst(&a.stream) {
         Ok(o) if !egress::is_own(&o, &own) => o,
         Ok(o) => {
-            served("other", "loop");
-            refusal::log_refusal(
-                &ctx,
-                Reason::PrivateAddress,
-                &o.to_string(),
-                "a redirected connection to pinproxy's own listener (loop guard)",
-            );
-            count_denied(&ctx, Reason::PrivateAddress);
+            served(Protocol::Other, Outcome::Loop);
+            let message = "a redirected connection to pinproxy's own listener (loop guard)";
+            refuse(&ctx, Reason::PrivateAddress, None, &o.to_string(), message).close();
             return;
         }
         Err(e) => {
-            served("other", "not-redirected");
+            served(Protocol::Other, Outcome::NotRedirected);
             tracing::debug!(error = %e, peer = %a.peer, "no original destination: not redirected");
             return;
         }
@@ -114,7 +108,7 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
     );
     let (first, bytes) = match peek(&mut stream, timeouts).await {
         Some(x) => x,
-        None => return served("other", "closed"),
+        None => return served(Protocol::Other, Outcome::Closed),
     };
     let io = Rewind::new(stream).rewind(bytes.into());
     let client = Client {
@@ -125,25 +119,20 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
     match first {
         First::Tls(sni) => {
             let outcome = tls(ctx.clone(), io, orig, sni, client).await;
-            served("tls", outcome);
+            served(Protocol::Tls, outcome);
         }
         First::Http => {
-            served("http", "served");
+            served(Protocol::Http, Outcome::Served);
             http(ctx, io, orig, client, a.stop).await;
         }
         First::Silent => {
             let outcome = server_first(ctx, io, orig).await;
-            served("other", outcome);
+            served(Protocol::Other, outcome);
         }
         First::Other => {
-            served("other", "refused");
-            count_denied(&ctx, Reason::BadRequest);
-            refusal::log_refusal(
-                &ctx,
-                Reason::BadRequest,
-                &orig.to_string(),
-                "neither TLS nor HTTP on a redirected connection",
-            );
+            served(Protocol::Other, Outcome::Refused);
+            let message = "neither TLS nor HTTP on a redirected connection";
+            refuse(&ctx, Reason::BadRequest, None, &orig.to_string(), message).close();
         }
     }
 }
@@ -193,17 +182,16 @@ async fn peek(
 
 /// A connection whose client said nothing within the first-byte timeout:
 /// spliced when its original destination lies in a `passthrough:` CIDR
-/// (a database, SSH, SMTP in the cluster), else closed; returns the
-/// outcome label.
-async fn server_first(ctx: Arc<Context>, io: Rewind<TcpStream>, orig: SocketAddr) -> &'static str {
+/// (a database, SSH, SMTP in the cluster), else refused and closed.
+async fn server_first(ctx: Arc<Context>, io: Rewind<TcpStream>, orig: SocketAddr) -> Outcome {
     let target = Target {
         host: Host::from_ip(orig.ip()),
         port: orig.port(),
     };
     let generation = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    match admission::by_address(&snap.policy, &target, &[orig.ip()]) {
-        Some(admission) => {
+    match admit_silent(&ctx, &snap, orig) {
+        Ok(admission) => {
             let connector = snap.connector.clone();
             splice(
                 ctx,
@@ -217,40 +205,34 @@ async fn server_first(ctx: Arc<Context>, io: Rewind<TcpStream>, orig: SocketAddr
             )
             .await
         }
-        None => {
-            refusal::log_refusal(
-                &ctx,
-                Reason::BadRequest,
-                &orig.to_string(),
-                "the client sent nothing (a server-first protocol such as MySQL, SSH or SMTP?); \
-                 list the destination in a passthrough: CIDR, or leave it out of the redirect \
-                 (--transparent-exclude-cidr, --transparent-ports)",
-            );
-            "silent"
+        Err(refused) => {
+            refused.close();
+            Outcome::Silent
         }
     }
 }
 
-/// A redirected TLS connection; returns the outcome label.
+/// A redirected TLS connection, judged by its SNI (none: the address the
+/// app dialed).
 async fn tls(
     ctx: Arc<Context>,
     mut io: Rewind<TcpStream>,
     orig: SocketAddr,
     sni: Option<String>,
     client: Client,
-) -> &'static str {
+) -> Outcome {
     let host = match sni.as_deref().map(Host::parse) {
         None => Host::from_ip(orig.ip()),
         Some(Ok(h)) => h,
         Some(Err(_)) => {
-            return refuse_tls(
+            let refused = refuse(
                 &ctx,
-                &mut io,
                 Reason::BadRequest,
+                None,
                 &orig.to_string(),
                 "invalid SNI",
-            )
-            .await
+            );
+            return alert(&mut io, refused).await;
         }
     };
     let target = Target {
@@ -259,26 +241,10 @@ async fn tls(
     };
     let generation = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    let now = time::OffsetDateTime::now_utc();
-    let decided = admission::decide(&snap.policy, &target, now);
     // The app chose the address: passthrough CIDRs judge that address.
-    let decided = match decided {
-        Ok(a) if !a.is_unlisted() => Ok(a),
-        other => admission::by_address(&snap.policy, &target, &[orig.ip()])
-            .map(Ok)
-            .unwrap_or(other),
-    };
-    let admission = match decided {
-        Ok(a) => a,
-        Err(r) => {
-            if r.reason.is_denied() {
-                count_denied(&ctx, r.reason);
-            } else if let Some(e) = &r.entry {
-                count(&ctx, &e.name, r.reason.into());
-            }
-            let host = target.host.to_string();
-            return refuse_tls(&ctx, &mut io, r.reason, &host, &r.message).await;
-        }
+    let admission = match admit(&ctx, &snap, &target, Place::Dialed(orig.ip())).await {
+        Ok(a) => a.admission,
+        Err(refused) => return alert(&mut io, refused).await,
     };
     if admission.entry().is_some() {
         let tls = match ctx.intercept.server_config(&target.host) {
@@ -286,8 +252,10 @@ async fn tls(
             Err(e) => {
                 tracing::error!(error = %e, "minting an interception certificate");
                 let host = target.host.to_string();
-                return refuse_tls(&ctx, &mut io, Reason::InternalError, &host, "cannot mint")
-                    .await;
+                let message = "cannot mint an interception certificate";
+                let label = Some(admission.label());
+                let refused = refuse(&ctx, Reason::InternalError, label, &host, message);
+                return alert(&mut io, refused).await;
             }
         };
         let revoked = revoked(ctx.clone(), generation, target.clone(), admission, None);
@@ -295,7 +263,7 @@ async fn tls(
             _ = intercept::serve(ctx.clone(), target.clone(), tls, io, client) => {}
             _ = revoked => tracing::info!(host = %target.host, "closing intercepted connection: a reload changed its pins or policy"),
         }
-        return "intercepted";
+        return Outcome::Intercepted;
     }
     splice(
         ctx,
@@ -320,7 +288,7 @@ enum Refuse {
 }
 
 /// Splices a passthrough or unlisted-and-allowed connection to its
-/// original destination; returns the outcome label.
+/// original destination.
 #[allow(clippy::too_many_arguments)] // the splice's inputs, each used once
 async fn splice(
     ctx: Arc<Context>,
@@ -330,23 +298,15 @@ async fn splice(
     target: Target,
     admission: Admission,
     generation: tokio::sync::watch::Receiver<u64>,
-    refuse: Refuse,
-) -> &'static str {
+    how: Refuse,
+) -> Outcome {
     let host = target.host.to_string();
     let passthrough = admission.passthrough().is_some();
-    let refused = |reason: Reason, msg: &str| {
-        refusal::log_refusal(&ctx, reason, &host, msg);
-        "refused"
-    };
     if !passthrough && !connector.egress_allowed(&orig) {
-        count(&ctx, admission.label(), Reason::PrivateAddress.into());
-        let msg = format!("{orig} is a private, loopback or link-local address");
-        return match refuse {
-            Refuse::TlsAlert => {
-                refuse_tls(&ctx, &mut io, Reason::PrivateAddress, &host, &msg).await
-            }
-            Refuse::Close => refused(Reason::PrivateAddress, &msg),
-        };
+        let message = format!("{orig} is a private, loopback or link-local address");
+        let label = Some(admission.label());
+        let refused = refuse(&ctx, Reason::PrivateAddress, label, &host, &message);
+        return how.answer(&mut io, refused).await;
     }
     let upstream = match connector
         .dial_passthrough(&target.host, target.port, Some(vec![orig]))
@@ -354,22 +314,17 @@ async fn splice(
     {
         Ok(s) => s,
         Err(e) => {
-            count(&ctx, admission.label(), Reason::UpstreamUnreachable.into());
-            return match refuse {
-                Refuse::TlsAlert => {
-                    refuse_tls(&ctx, &mut io, Reason::UpstreamUnreachable, &host, &e.detail).await
-                }
-                Refuse::Close => refused(Reason::UpstreamUnreachable, &e.detail),
-            };
+            let refused = upstream_refusal(&ctx, admission.label(), &e);
+            return how.answer(&mut io, refused).await;
         }
     };
     let outcome = if passthrough {
-        Outcome::Passthrough
+        RequestOutcome::Passthrough
     } else {
         connector.learn_by_probe(&target.host, target.port, Some(orig));
-        Outcome::Tunnel
+        RequestOutcome::Tunnel
     };
-    count(&ctx, admission.label(), outcome);
+    ctx.metrics.served(admission.label(), outcome);
     let revoked = revoked(
         ctx.clone(),
         generation,
@@ -381,22 +336,27 @@ async fn splice(
         _ = tunnel::splice(io, upstream, ctx.limits.tunnel_idle) => {}
         _ = revoked => tracing::info!(%host, "closing spliced connection: a reload no longer admits it"),
     }
-    "spliced"
+    Outcome::Spliced
 }
 
-/// Refuses a TLS connection with a `handshake_failure` alert (the client
-/// sees a TLS error, not a bare reset) and logs why.
-async fn refuse_tls(
-    ctx: &Context,
-    io: &mut Rewind<TcpStream>,
-    reason: Reason,
-    host: &str,
-    message: &str,
-) -> &'static str {
-    refusal::log_refusal(ctx, reason, host, message);
-    let _ = io.write_all(&HANDSHAKE_FAILURE_ALERT).await;
-    let _ = io.shutdown().await;
-    "refused"
+// === impl Refuse ===
+
+impl Refuse {
+    async fn answer(self, io: &mut Rewind<TcpStream>, refused: Refused) -> Outcome {
+        match self {
+            Refuse::TlsAlert => alert(io, refused).await,
+            Refuse::Close => {
+                refused.close();
+                Outcome::Refused
+            }
+        }
+    }
+}
+
+/// Answers a refused TLS connection with a TLS alert.
+async fn alert(io: &mut Rewind<TcpStream>, refused: Refused) -> Outcome {
+    refused.alert(io).await;
+    Outcome::Refused
 }
 
 /// Plain HTTP on a redirected connection: origin-form requests are given
@@ -415,7 +375,8 @@ async fn http(
         let client = client.clone();
         async move {
             if let Err(msg) = absolute(&mut req, orig) {
-                return Ok::<_, Infallible>(refusal::deny(&ctx, Reason::BadRequest, "", &msg));
+                let refused = refuse(&ctx, Reason::BadRequest, None, "", &msg);
+                return Ok::<_, Infallible>(refused.into());
             }
             Ok(forward::handle(ctx, req, client).await)
         }
@@ -487,6 +448,7 @@ fn absolute(req: &mut Request<Incoming>, orig: SocketAddr) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     /// A connected pair on loopback: (the client's end, the server's end).
     async fn pair() -> (TcpStream, TcpStream) {

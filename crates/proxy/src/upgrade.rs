@@ -17,10 +17,10 @@ use tokio_util::either::Either as EitherIo;
 
 use super::body::revoked;
 use super::exchange::{response_headers, strip_hop_by_hop};
-use super::refusal::{upstream_failed, upstream_refusal, upstream_timed_out};
-use super::{count, deny, tunnel, Body, Client, ClientIo, Context, Streamed, ERROR_HEADER};
+use super::refusal::{refuse, upstream_failed, upstream_refusal, upstream_timed_out};
+use super::{tunnel, Body, Client, ClientIo, Context, Streamed, ERROR_HEADER};
 use pinproxy_policy::{Admission, Target};
-use pinproxy_reason::{Outcome, Reason};
+use pinproxy_reason::{Reason, RequestOutcome};
 use pinproxy_upstream::Snapshot;
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` and
@@ -126,11 +126,7 @@ async fn relay_with(
     };
     let io = match dialed {
         Ok(s) => s,
-        Err(e) => {
-            let (resp, reason) = upstream_refusal(ctx, &e);
-            count(ctx, &label, reason.into());
-            return resp;
-        }
+        Err(e) => return upstream_refusal(ctx, &label, &e).into(),
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
         Ok(x) => x,
@@ -144,7 +140,8 @@ async fn relay_with(
     let host_port = admitted_plain.map_or((target.port, 443), |p| (p, 80));
     let Some(out) = upstream_request(req, target, host_port) else {
         let host = target.host.to_string();
-        return deny(ctx, Reason::BadRequest, &host, "invalid request path");
+        let message = "invalid request path";
+        return refuse(ctx, Reason::BadRequest, Some(&label), &host, message).into();
     };
     let sent = tokio::time::timeout(ctx.timeouts.response, sender.send_request(out)).await;
     let mut resp = match sent {
@@ -167,10 +164,10 @@ async fn relay_with(
         });
     }
     let outcome = match admitted_plain {
-        Some(_) => Outcome::PlainHttp,
-        None => Outcome::Ok,
+        Some(_) => RequestOutcome::PlainHttp,
+        None => RequestOutcome::Ok,
     };
-    count(ctx, &label, outcome);
+    ctx.metrics.served(&label, outcome);
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Only pinproxy speaks x-pinproxy-error.

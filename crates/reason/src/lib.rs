@@ -7,25 +7,40 @@
 //! nowhere else in the crate. Metric series are pre-created from the same
 //! table ([`Reason::denied`], [`Reason::outcomes`], [`Reason::tls_failures`]),
 //! so a dashboard sees zeros rather than absent series, and a new reason
-//! cannot be added to one list and forgotten in another.
+//! cannot be added to one list and forgotten in another. What a refusal
+//! counts is read from the table too ([`Reason::counted`]), by one function
+//! (`Metrics::refused` in the control room): no call site picks counters.
+//!
+//! The other label values of the contract — request outcomes, reload
+//! results, transparent outcomes, report deliveries… — are enums in
+//! [`labels`], each with `as_str` and `ALL`.
 
 #![forbid(unsafe_code)]
+
+pub mod labels;
 
 use std::fmt;
 
 use http::StatusCode;
 
-/// Where a reason is counted.
+pub use labels::{
+    Delivery, LeafResult, Position, ReloadResult, ReportType, RequestOutcome, TransparentOutcome,
+    TransparentProtocol,
+};
+
+/// Where a reason is counted: the columns of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Counted {
-    /// `pinproxy_denied_total{reason}`: refused before any upstream connection.
-    denied: bool,
-    /// `pinproxy_requests_total{outcome}`: a request or tunnel that was let
-    /// through the policy and then failed.
-    outcome: bool,
-    /// `pinproxy_tls_verify_failures_total{reason}`: why an upstream
-    /// handshake failed.
-    tls: bool,
+pub struct Counted {
+    /// `pinproxy_denied_total{reason}`: refused before any upstream
+    /// connection.
+    pub denied: bool,
+    /// `pinproxy_requests_total{host,outcome}`: a request or tunnel that was
+    /// let through the policy (under `host`) and then refused.
+    pub outcome: bool,
+    /// `pinproxy_tls_verify_failures_total{host,reason}`: why an upstream
+    /// handshake failed (counted where the handshake fails, not where the
+    /// request is answered).
+    pub tls: bool,
 }
 
 const DENIED: Counted = Counted {
@@ -106,6 +121,9 @@ reasons! {
     PrivateAddress => "private-address", Some(StatusCode::FORBIDDEN), DENIED_OUTCOME;
     /// The connection limit is reached.
     Overloaded => "overloaded", Some(StatusCode::SERVICE_UNAVAILABLE), DENIED;
+    /// No pinset is in force yet: with `run --pinset-key`, until a validly
+    /// signed pinset arrives (the sidecar is not ready meanwhile).
+    NoPinset => "no-pinset", Some(StatusCode::SERVICE_UNAVAILABLE), DENIED;
     /// pinproxy itself failed (e.g. minting an interception certificate).
     InternalError => "internal-error", Some(StatusCode::INTERNAL_SERVER_ERROR), OUTCOME;
 
@@ -157,6 +175,11 @@ impl Reason {
         self.row().1
     }
 
+    /// Where this reason is counted (docs/reference.md, "Refusals").
+    pub fn counted(self) -> Counted {
+        self.row().2
+    }
+
     /// Counted in `pinproxy_denied_total` when refused.
     pub fn is_denied(self) -> bool {
         self.row().2.denied
@@ -195,107 +218,6 @@ impl fmt::Display for Reason {
     }
 }
 
-/// How a request or tunnel ended: `pinproxy_requests_total{outcome}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Forwarded (an upstream answered).
-    Ok,
-    /// An unlisted host tunnelled as bytes.
-    Tunnel,
-    /// Relayed as it came under a `passthrough:` item.
-    Passthrough,
-    /// An unlisted host's `http://` URL relayed as plain HTTP (only listed
-    /// hosts are upgraded to TLS).
-    PlainHttp,
-    /// Let through the policy, then refused.
-    Refused(Reason),
-}
-
-impl Outcome {
-    /// Every outcome label, for pre-creating and forgetting series.
-    pub fn labels() -> impl Iterator<Item = &'static str> {
-        [
-            Outcome::Ok,
-            Outcome::Tunnel,
-            Outcome::Passthrough,
-            Outcome::PlainHttp,
-        ]
-        .into_iter()
-        .map(Outcome::as_str)
-        .chain(Reason::outcomes())
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Tunnel => "tunnel",
-            Outcome::Passthrough => "passthrough",
-            Outcome::PlainHttp => "plain-http",
-            Outcome::Refused(r) => r.as_str(),
-        }
-    }
-}
-
-impl From<Reason> for Outcome {
-    fn from(r: Reason) -> Self {
-        Outcome::Refused(r)
-    }
-}
-
-/// What became of one failure report: `pinproxy_reports_total{result}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// The collector answered 2xx.
-    Sent,
-    /// Every attempt failed (or the collector refused it).
-    Failed,
-    /// The queue was full: the collector is slower than the failures.
-    Dropped,
-    /// Over the rate limit for its host and outcome: never queued.
-    Limited,
-}
-
-impl Delivery {
-    pub const ALL: &'static [Delivery] = &[
-        Delivery::Sent,
-        Delivery::Failed,
-        Delivery::Dropped,
-        Delivery::Limited,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Delivery::Sent => "sent",
-            Delivery::Failed => "failed",
-            Delivery::Dropped => "dropped",
-            Delivery::Limited => "limited",
-        }
-    }
-}
-
-/// A place on a validated path (leaf first, trust anchor last):
-/// `pinproxy_upstream_chain_changes_total{position}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Position {
-    Leaf,
-    /// Every certificate between the leaf and the anchor, as one position.
-    Intermediate,
-    Anchor,
-}
-
-impl Position {
-    pub const ALL: &'static [Position] =
-        &[Position::Leaf, Position::Intermediate, Position::Anchor];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Position::Leaf => "leaf",
-            Position::Intermediate => "intermediate",
-            Position::Anchor => "anchor",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +237,20 @@ mod tests {
         assert_eq!(labels.len(), n - 1);
     }
 
+    /// Every reason is counted somewhere, and every reason a client can be
+    /// answered with is counted as a refusal (denied, or under the host it
+    /// was admitted as).
+    #[test]
+    fn every_reason_is_counted_and_every_answer_as_a_refusal() {
+        for r in Reason::ALL {
+            let c = r.counted();
+            assert!(c.denied || c.outcome || c.tls, "{r:?} is counted nowhere");
+            if r.status().is_some() || *r == Reason::SniMismatch {
+                assert!(c.denied || c.outcome, "{r:?} answers but is no refusal");
+            }
+        }
+    }
+
     #[test]
     fn the_lists_the_contract_names() {
         let denied: Vec<_> = Reason::denied().collect();
@@ -327,10 +263,11 @@ mod tests {
                 "misdirected-request",
                 "private-address",
                 "overloaded",
+                "no-pinset",
                 "sni-mismatch"
             ]
         );
-        let outcomes: Vec<_> = Outcome::labels().collect();
+        let outcomes: Vec<_> = RequestOutcome::labels().collect();
         assert_eq!(
             outcomes,
             [

@@ -125,6 +125,6 @@ fn message(keys: &KeyRing, refusal: &Refusal) -> String {
         Refusal::Serial { key, source } => {
             format!("pinproxy: {PINS_KEY} (signed by {key}) has no valid serial: {source}")
         }
-        other => format!("pinproxy: {other}"),
+        Refusal::Rollback { source, .. } => format!("pinproxy: {source}"),
     }
 }

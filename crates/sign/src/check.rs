@@ -41,8 +41,13 @@ pub enum Refusal {
         source: BoxError,
     },
     /// Signed, serial below the floor or equal with other bytes.
-    #[error(transparent)]
-    Rollback(RollbackError),
+    #[error("signed by {key}, but {source}")]
+    Rollback {
+        /// The key that signed the replayed (or conflicting) file.
+        key: KeyId,
+        #[source]
+        source: RollbackError,
+    },
 }
 
 // === impl Accepted ===
@@ -81,7 +86,15 @@ impl Refusal {
         match self {
             Refusal::BadSignature(_) => "bad-signature",
             Refusal::Serial { .. } => "failure",
-            Refusal::Rollback(_) => "rollback",
+            Refusal::Rollback { .. } => "rollback",
+        }
+    }
+
+    /// The key that signed the file, when its signature verified.
+    pub fn key(&self) -> Option<&KeyId> {
+        match self {
+            Refusal::BadSignature(_) => None,
+            Refusal::Serial { key, .. } | Refusal::Rollback { key, .. } => Some(key),
         }
     }
 }
@@ -113,7 +126,10 @@ where
     if let Some(floor) = floor {
         floor
             .check(serial, verified.sha256())
-            .map_err(Refusal::Rollback)?;
+            .map_err(|source| Refusal::Rollback {
+                key: verified.key().clone(),
+                source,
+            })?;
     }
     Ok(Accepted { verified, serial })
 }

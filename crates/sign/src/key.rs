@@ -29,7 +29,7 @@ const OID_P521: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
 
 /// A key file larger than this is not a public key (a P-256 `cosign.pub` is
 /// 178 bytes); refusing early keeps a mounted junk file from being parsed.
-const MAX_KEY_FILE: usize = 64 * 1024;
+pub(crate) const MAX_KEY_FILE: usize = 64 * 1024;
 
 /// The signature algorithms a pinset key can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,6 +8,7 @@
 //!
 //! - [`key`]: PEM public keys (ECDSA P-256 as in `cosign.pub`, Ed25519) and
 //!   their ids, `sha256/<base64 SHA-256 of the SPKI>`.
+//! - [`read_keys`]: key files (`--pinset-key`) into a [`KeyRing`].
 //! - [`verify`]: a [`KeyRing`] checks a `.sig` (cosign `sign-blob --key`
 //!   format) and says which key verified ([`Verified`]).
 //! - [`signer`]: [`SigningKey`] signs (`pinproxy sign`) and generates key
@@ -29,6 +30,7 @@ use std::fmt;
 pub mod admission;
 mod check;
 pub mod key;
+mod keyfile;
 pub mod serial;
 pub mod signer;
 pub mod state;
@@ -36,6 +38,7 @@ pub mod verify;
 
 pub use check::{check, Accepted, BoxError, Refusal};
 pub use key::{Algorithm, KeyError, KeyId, PublicKey};
+pub use keyfile::{read_key, read_keys, read_signing_key, KeyFileError};
 pub use serial::{Floor, RollbackError, Serial, ZeroSerial};
 pub use signer::{GeneratedPem, SignError, Signature, SigningKey};
 pub use state::{StateDir, StateError};

@@ -42,7 +42,10 @@ fn reloads_only_move_the_serial_up() {
 
     let v6 = pinset(6, "");
     match s.reload(&v6, Some(&floor)) {
-        Err(Refusal::Rollback(RollbackError::Lower { serial, in_force })) => {
+        Err(Refusal::Rollback {
+            source: RollbackError::Lower { serial, in_force },
+            ..
+        }) => {
             assert_eq!((serial.get(), in_force.get()), (6, 7));
         }
         other => panic!("serial 6 over 7: {other:?}"),
@@ -52,7 +55,10 @@ fn reloads_only_move_the_serial_up() {
     assert!(
         matches!(
             err,
-            Refusal::Rollback(RollbackError::SameSerialDifferentContent { .. })
+            Refusal::Rollback {
+                source: RollbackError::SameSerialDifferentContent { .. },
+                ..
+            }
         ),
         "{err}"
     );

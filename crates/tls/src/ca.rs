@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 
 use pinproxy_policy::host::Host;
 use pinproxy_policy::pemfile;
+use pinproxy_reason::LeafResult;
 use prometheus::IntCounterVec;
 
 /// How long a minted leaf is valid, and when the cache re-mints it.
@@ -246,7 +247,9 @@ impl Intercept {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((minted, cfg)) = cache.entries.get(host) {
                 if minted.elapsed() < LEAF_REFRESH {
-                    self.minted.with_label_values(&["cached"]).inc();
+                    self.minted
+                        .with_label_values(&[LeafResult::Cached.as_str()])
+                        .inc();
                     return Ok(cfg.clone());
                 }
             }
@@ -254,7 +257,9 @@ impl Intercept {
         // Minting happens outside the lock; two racing first requests for
         // one host may both mint, and one result wins.
         let cfg = Arc::new(self.mint(host)?);
-        self.minted.with_label_values(&["minted"]).inc();
+        self.minted
+            .with_label_values(&[LeafResult::Minted.as_str()])
+            .inc();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache
             .entries

@@ -1,3 +1,4 @@
+use super::watch::{changes_content, settle};
 use super::*;
 use crate::metrics::Metrics;
 use crate::telemetry::Telemetry;
@@ -201,7 +202,7 @@ async fn a_bad_version_fails_once_and_is_retried_only_when_it_changes() {
             .publisher
             .metrics()
             .config_reloads
-            .with_label_values(&["failure"])
+            .with_label_values(&[ReloadResult::Failure.as_str()])
             .get()
     };
     let loaded = || loads.load(Ordering::Acquire);

@@ -65,12 +65,22 @@ impl Versions {
             .unwrap_or_default()
     }
 
-    /// Digests the pinset at `pins` (at most `max + 1` bytes of it), the
-    /// files it names and the CT log list `ct_list`, if one is read. A
-    /// pinset that cannot be read is one version too (deleted, or
-    /// unreadable): it fails once, not on every event.
-    pub(super) fn digest(&mut self, pins: &Path, max: u64, ct_list: Option<&Path>) -> Digest {
-        let Some(bytes) = read_capped(pins, max) else {
+    /// Digests the pinset at `pins` (at most `max + 1` bytes of it), with
+    /// `signed` its signature file, the files it names and the CT log list
+    /// `ct_list`, if one is read. A pinset that cannot be read is one
+    /// version too (deleted, or unreadable): it fails once, not on every
+    /// event.
+    pub(super) fn digest(
+        &mut self,
+        pins: &Path,
+        max: u64,
+        signed: bool,
+        ct_list: Option<&Path>,
+    ) -> Digest {
+        // The pinset and its signature through one resolution of `..data`,
+        // as the load reads them: a new signature alone is a new version.
+        let real = std::fs::canonicalize(pins).unwrap_or_else(|_| pins.to_path_buf());
+        let Some(bytes) = read_capped(&real, max) else {
             let mut ctx = Context::new(&SHA256);
             ctx.update(b"the pinset could not be read");
             if let Some(list) = ct_list {
@@ -93,6 +103,10 @@ impl Versions {
         };
         let mut ctx = Context::new(&SHA256);
         ctx.update(&text.0);
+        if signed {
+            ctx.update(b"signature\0");
+            digest_file(&policy::load::signature_path(&real), &mut ctx);
+        }
         for file in &named {
             ctx.update(file.as_os_str().as_encoded_bytes());
             ctx.update(&[0]);
@@ -172,22 +186,22 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&pins, "version: 1\ndefaults: {trust: ca.pem}\nhosts: {}\n").unwrap();
         let mut v = Versions::default();
-        let missing = v.digest(&pins, 1 << 20, None);
+        let missing = v.digest(&pins, 1 << 20, false, None);
         std::fs::write(&ca, "one").unwrap();
-        let one = v.digest(&pins, 1 << 20, None);
+        let one = v.digest(&pins, 1 << 20, false, None);
         assert_ne!(missing, one, "the named file appearing is a change");
         assert_eq!(v.named(), vec![ca.clone()]);
         // Same bytes rewritten: the same version.
         std::fs::write(&ca, "one").unwrap();
-        assert_eq!(v.digest(&pins, 1 << 20, None), one);
+        assert_eq!(v.digest(&pins, 1 << 20, false, None), one);
         std::fs::write(&ca, "two").unwrap();
-        let two = v.digest(&pins, 1 << 20, None);
+        let two = v.digest(&pins, 1 << 20, false, None);
         assert_ne!(two, one);
         std::fs::remove_file(&pins).unwrap();
-        let gone = v.digest(&pins, 1 << 20, None);
+        let gone = v.digest(&pins, 1 << 20, false, None);
         assert!(gone != two && gone != missing);
         assert_eq!(
-            v.digest(&pins, 1 << 20, None),
+            v.digest(&pins, 1 << 20, false, None),
             gone,
             "a missing pinset is one version"
         );
@@ -201,19 +215,39 @@ mod tests {
         std::fs::write(&pins, "version: 1\nhosts: {}\n").unwrap();
         std::fs::write(&list, "one").unwrap();
         let mut v = Versions::default();
-        let one = v.digest(&pins, 1 << 20, Some(&list));
-        assert_ne!(one, v.digest(&pins, 1 << 20, None));
+        let one = v.digest(&pins, 1 << 20, false, Some(&list));
+        assert_ne!(one, v.digest(&pins, 1 << 20, false, None));
         // Rewritten with the same bytes (a touch, a ConfigMap resync): the
         // same version, so no reload.
         std::fs::write(&list, "one").unwrap();
-        assert_eq!(v.digest(&pins, 1 << 20, Some(&list)), one);
+        assert_eq!(v.digest(&pins, 1 << 20, false, Some(&list)), one);
         std::fs::write(&list, "two").unwrap();
-        assert_ne!(v.digest(&pins, 1 << 20, Some(&list)), one);
+        assert_ne!(v.digest(&pins, 1 << 20, false, Some(&list)), one);
         // Unreadable pinset: the list still counts.
         std::fs::remove_file(&pins).unwrap();
-        let gone = v.digest(&pins, 1 << 20, Some(&list));
+        let gone = v.digest(&pins, 1 << 20, false, Some(&list));
         std::fs::write(&list, "three").unwrap();
-        assert_ne!(v.digest(&pins, 1 << 20, Some(&list)), gone);
+        assert_ne!(v.digest(&pins, 1 << 20, false, Some(&list)), gone);
+    }
+
+    #[test]
+    fn with_a_key_a_new_signature_alone_is_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("pins.yaml");
+        std::fs::write(&pins, "version: 1\nserial: 1\nhosts: {}\n").unwrap();
+        let mut v = Versions::default();
+        let unsigned = v.digest(&pins, 1 << 20, true, None);
+        std::fs::write(dir.path().join("pins.yaml.sig"), "AAAA").unwrap();
+        let one = v.digest(&pins, 1 << 20, true, None);
+        assert_ne!(unsigned, one, "the signature appearing is a change");
+        std::fs::write(dir.path().join("pins.yaml.sig"), "BBBB").unwrap();
+        let two = v.digest(&pins, 1 << 20, true, None);
+        assert_ne!(one, two, "a new signature over the same file is a change");
+        assert_eq!(v.digest(&pins, 1 << 20, true, None), two);
+        // Without a key the signature is not an input.
+        let plain = v.digest(&pins, 1 << 20, false, None);
+        std::fs::write(dir.path().join("pins.yaml.sig"), "CCCC").unwrap();
+        assert_eq!(v.digest(&pins, 1 << 20, false, None), plain);
     }
 
     #[test]

@@ -156,6 +156,18 @@ pub struct SidecarArgs {
     /// /var/lib/pinproxy/learned.json.
     #[arg(long, env = "PINPROXY_INJECT_LEARN_FILE", value_name = "PATH")]
     pub learn_file: Option<String>,
+    /// A public key the pinset must be signed with: configmap/NAME[:KEY] or
+    /// secret/NAME[:KEY] in the workload's namespace (KEY defaults to
+    /// cosign.pub), never the pins Secret. Repeatable (old and new key
+    /// during a rotation). The sidecar gets `--pinset-key` for each and
+    /// `--state-dir` on an emptyDir, so a restart keeps the rollback floor.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_PINSET_KEY_FROM",
+        value_delimiter = ',',
+        value_name = "KIND/NAME[:KEY]"
+    )]
+    pub pinset_key_from: Vec<super::PinsetKey>,
     /// Log format of the sidecar (its `run --log-format`).
     #[arg(long = "sidecar-log-format", env = "PINPROXY_INJECT_LOG_FORMAT", default_value = "json",
           value_parser = ["text", "json"])]
@@ -208,6 +220,7 @@ impl From<&SidecarArgs> for InjectOptions {
             },
             identity_secrets: a.identity_secrets.clone(),
             learn_file: a.learn_file.clone().filter(|f| !f.trim().is_empty()),
+            pinset_key_from: a.pinset_key_from.clone(),
         }
     }
 }

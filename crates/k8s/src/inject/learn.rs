@@ -9,6 +9,7 @@ use std::path::Path;
 use serde_yaml::Value;
 
 use super::identity::IDENTITY_DIR;
+use super::signing::{KEY_DIR, STATE_DIR};
 use super::trust::CA_EXTRA_DIR;
 use super::yaml::{map, s};
 use super::InjectOptions;
@@ -70,6 +71,8 @@ impl InjectOptions {
             ),
             ("where the extra CAs are mounted", CA_EXTRA_DIR),
             ("where identity Secrets are mounted", IDENTITY_DIR),
+            ("where the pinset keys are mounted", KEY_DIR),
+            ("the rollback state directory", STATE_DIR),
         ];
         for (what, other) in taken {
             if dir == other || dir.starts_with(&format!("{other}/")) {

@@ -55,6 +55,7 @@ mod init;
 mod learn;
 mod options;
 mod sidecar;
+mod signing;
 mod subject;
 mod template;
 mod trust;
@@ -63,6 +64,7 @@ mod yaml;
 pub use args::{InjectArgs, SidecarArgs};
 pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
 pub use learn::LEARN_VOLUME;
+pub use signing::{PinsetKey, KEY_DIR, KEY_VOLUME, STATE_DIR, STATE_VOLUME};
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 
 use documents::{fix_octal_modes, split_documents};
@@ -155,6 +157,9 @@ pub struct InjectOptions {
     pub identity_secrets: Vec<String>,
     /// The sidecar's `--learn-file`, its directory an emptyDir of its own.
     pub learn_file: Option<String>,
+    /// Public keys the pinset must be signed with (`run --pinset-key`),
+    /// from ConfigMaps/Secrets; with any, `--state-dir` on an emptyDir.
+    pub pinset_key_from: Vec<PinsetKey>,
 }
 
 /// Transparent mode's settings: the init container's `pinproxy redirect`
@@ -355,6 +360,7 @@ impl Default for InjectOptions {
             redirect: Transparent::default(),
             identity_secrets: Vec::new(),
             learn_file: None,
+            pinset_key_from: Vec::new(),
         }
     }
 }

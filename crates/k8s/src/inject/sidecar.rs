@@ -66,6 +66,7 @@ impl InjectOptions {
         if let Some(file) = &self.learn_file {
             args.extend(["--learn-file".to_string(), file.clone()]);
         }
+        args.extend(self.signing_args());
         Value::Sequence(args.iter().map(|a| s(a)).collect())
     }
 
@@ -146,6 +147,7 @@ impl InjectOptions {
         }
         mounts.extend(self.identity_mounts());
         mounts.extend(self.learn_mount());
+        mounts.extend(self.signing_mounts());
         Value::Sequence(mounts)
     }
 }

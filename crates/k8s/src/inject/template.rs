@@ -11,6 +11,7 @@ use super::checks::{
 use super::env::{env_value, merge_java_tool_options, JAVA_TOOL_OPTIONS};
 use super::identity::{check_name, IDENTITY_ANNOTATION, VOLUME_PREFIX};
 use super::learn::LEARN_VOLUME;
+use super::signing::{KEY_VOLUME, STATE_VOLUME};
 use super::subject::Subject;
 use super::trust::CA_EXTRA_VOLUME;
 use super::yaml::{map, s};
@@ -390,6 +391,20 @@ fn add_volumes(
             names.push(LEARN_VOLUME.to_string());
         }
         None => volumes.retain(|v| v.get("name").and_then(Value::as_str) != Some(LEARN_VOLUME)),
+    }
+    // The pinset keys and the rollback state: in place by name, or taken
+    // out when no key is configured any more.
+    let signing = opts.signing_volumes();
+    volumes.retain(|v| {
+        let name = v.get("name").and_then(Value::as_str);
+        !matches!(name, Some(KEY_VOLUME | STATE_VOLUME))
+            || signing.iter().any(|s| s.get("name") == v.get("name"))
+    });
+    for v in signing {
+        if let Some(name) = v.get("name").and_then(Value::as_str) {
+            names.push(name.to_string());
+        }
+        upsert_named(volumes, v);
     }
     Ok(names)
 }

@@ -15,6 +15,10 @@
 //! - `POST /inject-namespace`: for namespaces labelled
 //!   `pinproxy.io/inject=enabled`; every Pod is injected unless it says
 //!   `pinproxy.io/inject: "false"`.
+//! - `POST /validate` (with `--pinset-key`): a validating webhook for
+//!   Secrets/ConfigMaps labelled `pinproxy.io/pinset: "true"`; an unsigned,
+//!   badly signed or rolled-back pinset is denied with a message `kubectl`
+//!   prints ([`pinset`]).
 //! - `GET /healthz` for probes.
 //!
 //! A review that cannot be read at all gets HTTP 400 with an explanation
@@ -51,10 +55,12 @@ use crate::inject::{InjectError, InjectOptions, SidecarArgs};
 
 mod cert;
 mod limits;
+pub mod pinset;
 mod review;
 
 pub use cert::CertReloader;
 pub use limits::{Limits, DEFAULT_MAX_BODY};
+pub use pinset::{validate, Pinsets, SerialReader};
 use review::error_reply;
 pub use review::review;
 
@@ -92,6 +98,17 @@ pub struct WebhookArgs {
     /// Connections served at once (more wait to be accepted).
     #[arg(long, env = "PINPROXY_WEBHOOK_MAX_CONNECTIONS", default_value_t = 128)]
     pub max_connections: usize,
+    /// A public key pinset objects must be signed with (PEM, as `run
+    /// --pinset-key`; repeatable). Enables `POST /validate`, which refuses
+    /// Secrets/ConfigMaps labelled `pinproxy.io/pinset: "true"` whose
+    /// pins.yaml is unsigned, badly signed or rolled back.
+    #[arg(
+        long,
+        env = "PINPROXY_WEBHOOK_PINSET_KEY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub pinset_key: Vec<PathBuf>,
     #[command(flatten)]
     pub sidecar: SidecarArgs,
 }
@@ -119,6 +136,8 @@ pub enum WebhookError {
     },
     #[error(transparent)]
     Options(#[from] InjectError),
+    #[error(transparent)]
+    PinsetKey(#[from] pinproxy_sign::KeyFileError),
 }
 
 /// The answer to one HTTP request: status and JSON body.
@@ -130,10 +149,20 @@ pub struct Reply {
 
 // === serving ===
 
-/// `pinproxy webhook`: serve until SIGTERM or Ctrl-C.
-pub async fn run(args: &WebhookArgs) -> Result<(), WebhookError> {
+/// `pinproxy webhook`: serve until SIGTERM or Ctrl-C. `serial_of` reads a
+/// pinset's serial (the policy loader's reader) for `POST /validate`.
+pub async fn run(args: &WebhookArgs, serial_of: SerialReader) -> Result<(), WebhookError> {
     let opts = InjectOptions::from(&args.sidecar);
     opts.validate()?;
+    let pinsets = if args.pinset_key.is_empty() {
+        None
+    } else {
+        let keys = pinproxy_sign::read_keys(&args.pinset_key)?;
+        for id in keys.ids() {
+            tracing::info!(key = %id, "pinset key for POST /validate");
+        }
+        Some(Arc::new(Pinsets::new(keys, serial_of)))
+    };
     let certs = Arc::new(CertReloader::load(&args.tls_cert, &args.tls_key)?);
     let listener = TcpListener::bind(args.listen)
         .await
@@ -151,10 +180,11 @@ pub async fn run(args: &WebhookArgs) -> Result<(), WebhookError> {
         max_connections: args.max_connections.max(1),
         ..Limits::default()
     };
-    serve_with(
+    serve_all(
         listener,
         certs,
         Arc::new(opts),
+        pinsets,
         every,
         limits,
         shutdown_signal(),
@@ -212,6 +242,21 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebhookError> {
+    serve_all(listener, certs, opts, None, reload_every, limits, shutdown).await
+}
+
+/// As [`serve_with`], also judging pinset objects on `POST /validate`
+/// with `pinsets` (without, `/validate` denies every labelled object: it
+/// cannot judge them).
+pub async fn serve_all(
+    listener: TcpListener,
+    certs: Arc<CertReloader>,
+    opts: Arc<InjectOptions>,
+    pinsets: Option<Arc<Pinsets>>,
+    reload_every: Duration,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebhookError> {
     opts.validate()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
     let reloader = tokio::spawn(reload_loop(certs.clone(), reload_every));
@@ -256,6 +301,7 @@ pub async fn serve_with(
         };
         let acceptor = acceptor.clone();
         let opts = opts.clone();
+        let pinsets = pinsets.clone();
         let gates = gates.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -273,7 +319,7 @@ pub async fn serve_with(
                 }
             };
             let svc = hyper::service::service_fn(move |req| {
-                handle(req, opts.clone(), limits, gates.clone())
+                handle(req, opts.clone(), pinsets.clone(), limits, gates.clone())
             });
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -321,14 +367,17 @@ struct Gates {
 async fn handle(
     req: Request<Incoming>,
     opts: Arc<InjectOptions>,
+    pinsets: Option<Arc<Pinsets>>,
     limits: Limits,
     gates: Gates,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // `None`: `POST /validate`.
     let mode = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => return Ok(respond(StatusCode::OK, &json!({"status": "ok"}))),
-        (&Method::POST, "/inject") => Mode::OptIn,
-        (&Method::POST, "/inject-namespace") => Mode::OptOut,
-        (_, "/inject" | "/inject-namespace") => {
+        (&Method::POST, "/inject") => Some(Mode::OptIn),
+        (&Method::POST, "/inject-namespace") => Some(Mode::OptOut),
+        (&Method::POST, "/validate") => None,
+        (_, "/inject" | "/inject-namespace" | "/validate") => {
             return Ok(respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": "use POST"}),
@@ -366,7 +415,10 @@ async fn handle(
             &json!({"error": "shutting down"}),
         ));
     };
-    let reply = review(&body.bytes, mode, &opts);
+    let reply = match mode {
+        Some(mode) => review(&body.bytes, mode, &opts),
+        None => validate(&body.bytes, pinsets.as_deref()),
+    };
     Ok(respond(reply.status, &reply.body))
 }
 

@@ -1,0 +1,230 @@
+//! `--pinset-key-from`: the public keys the sidecar verifies the pinset
+//! with (`run --pinset-key`), mounted from objects other than the pins
+//! Secret, and the emptyDir where it keeps the rollback floor
+//! (`run --state-dir`) across container restarts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_yaml::Value;
+
+use super::trust::{ExtraCa, ExtraCaKind};
+use super::yaml::{map, s};
+use super::InjectOptions;
+
+/// Volume holding the pinset keys (a projected volume, read-only).
+pub const KEY_VOLUME: &str = "pinproxy-pinset-key";
+/// Where [`KEY_VOLUME`] is mounted in the sidecar.
+pub const KEY_DIR: &str = "/etc/pinproxy-pinset-key";
+/// The emptyDir for `--state-dir`.
+pub const STATE_VOLUME: &str = "pinproxy-state";
+/// Where [`STATE_VOLUME`] is mounted in the sidecar.
+pub const STATE_DIR: &str = "/var/lib/pinproxy-state";
+/// The key read when `:KEY` is not given: the name `cosign
+/// generate-key-pair` writes.
+pub const DEFAULT_KEY: &str = "cosign.pub";
+
+/// A public key in a ConfigMap or Secret: `configmap/NAME[:KEY]` or
+/// `secret/NAME[:KEY]`, KEY defaulting to `cosign.pub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinsetKey(ExtraCa);
+
+impl FromStr for PinsetKey {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let with_key = match value.split_once('/') {
+            Some((_, rest)) if !rest.contains(':') => format!("{value}:{DEFAULT_KEY}"),
+            _ => value.to_string(),
+        };
+        with_key
+            .parse::<ExtraCa>()
+            .map(PinsetKey)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl fmt::Display for PinsetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PinsetKey {
+    fn path(&self) -> String {
+        let kind = match self.0.kind {
+            ExtraCaKind::ConfigMap => "configmap",
+            ExtraCaKind::Secret => "secret",
+        };
+        format!("{kind}/{}/{}", self.0.name, self.0.key)
+    }
+
+    /// The sidecar's `--pinset-key` argument.
+    pub fn file(&self) -> String {
+        format!("{KEY_DIR}/{}", self.path())
+    }
+
+    fn projection(&self) -> Value {
+        let items = Value::Sequence(vec![map([
+            ("key", s(&self.0.key)),
+            ("path", s(&self.path())),
+        ])]);
+        let field = match self.0.kind {
+            ExtraCaKind::ConfigMap => "configMap",
+            ExtraCaKind::Secret => "secret",
+        };
+        map([(field, map([("name", s(&self.0.name)), ("items", items)]))])
+    }
+}
+
+// === impl InjectOptions ===
+
+impl InjectOptions {
+    /// The keys, each once, in the order given.
+    pub(super) fn pinset_keys(&self) -> Vec<&PinsetKey> {
+        let mut out: Vec<&PinsetKey> = Vec::new();
+        for k in &self.pinset_key_from {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// `--pinset-key FILE …` and `--state-dir`, when keys are configured.
+    pub(super) fn signing_args(&self) -> Vec<String> {
+        let keys = self.pinset_keys();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let mut args = Vec::new();
+        for k in keys {
+            args.extend(["--pinset-key".to_string(), k.file()]);
+        }
+        args.extend(["--state-dir".to_string(), STATE_DIR.to_string()]);
+        args
+    }
+
+    /// The keys' projected volume and the state emptyDir; none without keys.
+    pub(super) fn signing_volumes(&self) -> Vec<Value> {
+        let keys = self.pinset_keys();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let sources = keys.iter().map(|k| k.projection()).collect();
+        vec![
+            map([
+                ("name", s(KEY_VOLUME)),
+                ("projected", map([("sources", Value::Sequence(sources))])),
+            ]),
+            map([
+                ("name", s(STATE_VOLUME)),
+                ("emptyDir", map([("sizeLimit", s("1Mi"))])),
+            ]),
+        ]
+    }
+
+    /// The sidecar's mounts of [`Self::signing_volumes`].
+    pub(super) fn signing_mounts(&self) -> Vec<Value> {
+        if self.pinset_keys().is_empty() {
+            return Vec::new();
+        }
+        vec![
+            map([
+                ("name", s(KEY_VOLUME)),
+                ("mountPath", s(KEY_DIR)),
+                ("readOnly", Value::Bool(true)),
+            ]),
+            map([("name", s(STATE_VOLUME)), ("mountPath", s(STATE_DIR))]),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_with_cosigns_default_key() {
+        let k: PinsetKey = "configmap/pinproxy-pinset-key".parse().unwrap();
+        assert_eq!(
+            k.file(),
+            "/etc/pinproxy-pinset-key/configmap/pinproxy-pinset-key/cosign.pub"
+        );
+        let k: PinsetKey = "secret/keys:next.pub".parse().unwrap();
+        assert_eq!(k.file(), "/etc/pinproxy-pinset-key/secret/keys/next.pub");
+        for bad in [
+            "",
+            "keys",
+            "pod/x",
+            "configmap/",
+            "configmap/x:",
+            "configmap/x:a/b",
+        ] {
+            assert!(bad.parse::<PinsetKey>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn keys_bring_the_state_dir() {
+        let mut o = InjectOptions::default();
+        assert!(o.signing_args().is_empty() && o.signing_volumes().is_empty());
+        o.pinset_key_from = vec![
+            "configmap/a".parse().unwrap(),
+            "configmap/b:new.pub".parse().unwrap(),
+            "configmap/a".parse().unwrap(),
+        ];
+        assert_eq!(
+            o.signing_args(),
+            [
+                "--pinset-key",
+                "/etc/pinproxy-pinset-key/configmap/a/cosign.pub",
+                "--pinset-key",
+                "/etc/pinproxy-pinset-key/configmap/b/new.pub",
+                "--state-dir",
+                STATE_DIR,
+            ]
+        );
+        assert_eq!(o.signing_volumes().len(), 2);
+        assert_eq!(o.signing_mounts().len(), 2);
+    }
+
+    #[test]
+    fn a_template_gets_the_keys_and_the_state_dir_and_loses_them_again() {
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  \
+            template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      \
+            - {name: app, image: app:1}\n";
+        let o = InjectOptions {
+            pinset_key_from: vec!["configmap/pinset-key".parse().unwrap()],
+            ..InjectOptions::default()
+        };
+        let once = crate::inject::inject_stream(deployment, &o).unwrap();
+        for needle in [
+            "--pinset-key",
+            "/etc/pinproxy-pinset-key/configmap/pinset-key/cosign.pub",
+            "--state-dir",
+            STATE_DIR,
+            KEY_VOLUME,
+            STATE_VOLUME,
+            "name: pinset-key",
+        ] {
+            assert!(once.contains(needle), "{needle} missing:\n{once}");
+        }
+        assert_eq!(
+            crate::inject::inject_stream(&once, &o).unwrap(),
+            once,
+            "idempotent"
+        );
+        // Keys removed: the volumes and flags go with them.
+        let plain = crate::inject::inject_stream(&once, &InjectOptions::default()).unwrap();
+        for gone in ["--pinset-key", "--state-dir", KEY_VOLUME, STATE_VOLUME] {
+            assert!(!plain.contains(gone), "{gone} left behind:\n{plain}");
+        }
+        // The same document as injecting without keys (key order aside).
+        let value = |s: &str| serde_yaml::from_str::<Value>(s).unwrap();
+        assert_eq!(
+            value(&plain),
+            value(&crate::inject::inject_stream(deployment, &InjectOptions::default()).unwrap())
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! `pinproxy webhook --pinset-key`: the built binary over TLS, called by
+//! curl as the API server would call `POST /validate`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use base64::Engine as _;
+use pinproxy::sign::Algorithm;
+use serde_json::{json, Value as Json};
+
+use crate::support::*;
+use crate::{Key, World};
+
+const NAME: &str = "pinproxy-webhook.pinproxy-system.svc";
+/// The webhook's name in the chart's ValidatingWebhookConfiguration.
+const WEBHOOK: &str = "pinsets.validate.pinproxy.io";
+
+fn pem(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+/// A Secret (`data`, base64) or ConfigMap (`data`, text) with the entries.
+fn object(kind: &str, labelled: bool, entries: &[(&str, &str)]) -> Json {
+    let labels = if labelled {
+        json!({"pinproxy.io/pinset": "true"})
+    } else {
+        json!({})
+    };
+    let data: serde_json::Map<String, Json> = entries
+        .iter()
+        .map(|(k, v)| {
+            let v = if kind == "Secret" {
+                base64::engine::general_purpose::STANDARD.encode(v)
+            } else {
+                v.to_string()
+            };
+            (k.to_string(), Json::String(v))
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": kind,
+           "metadata": {"name": "pinproxy-pins", "namespace": "shop", "labels": labels},
+           "data": data})
+}
+
+fn review(operation: &str, new: &Json, old: Option<&Json>) -> Json {
+    let kind = new["kind"].as_str().unwrap();
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "d2b5c1e0-6f1a-4c2b-9a57-3c1f0e2b7a11",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": format!("{}s", kind.to_lowercase())},
+            "namespace": "shop",
+            "name": "pinproxy-pins",
+            "operation": operation,
+            "userInfo": {"username": "mallory"},
+            "object": new,
+            "oldObject": old,
+            "dryRun": false
+        }
+    })
+}
+
+/// POSTs `body` to `/validate` with curl, verifying the webhook's
+/// certificate against `ca`.
+fn post(dir: &Path, addr: SocketAddr, body: &Json) -> Json {
+    let file = dir.join("review.json");
+    std::fs::write(&file, body.to_string()).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .args(["--resolve", &format!("{NAME}:{}:127.0.0.1", addr.port())])
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("https://{NAME}:{}/validate", addr.port()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reply["response"]["uid"],
+        json!("d2b5c1e0-6f1a-4c2b-9a57-3c1f0e2b7a11")
+    );
+    reply["response"].clone()
+}
+
+/// What `kubectl apply` prints for a denial: the API server wraps the
+/// webhook's `status.message` as `admission webhook "NAME" denied the
+/// request: MESSAGE` in a 403 Forbidden.
+fn kubectl(response: &Json) -> String {
+    assert_eq!(response["allowed"], json!(false), "{response}");
+    assert_eq!(response["status"]["code"], json!(403));
+    format!(
+        "Error from server (Forbidden): error when applying patch: admission webhook \"{WEBHOOK}\" \
+         denied the request: {}",
+        response["status"]["message"].as_str().unwrap()
+    )
+}
+
+fn cause(response: &Json) -> &str {
+    response["status"]["details"]["causes"][0]["reason"]
+        .as_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_webhook_refuses_unsigned_badly_signed_and_rolled_back_pinsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new().await;
+    let a = Key::new(dir.path(), "a", Algorithm::EcdsaP256);
+    let attacker = Key::new(dir.path(), "x", Algorithm::EcdsaP256);
+
+    // The serving certificate for the webhook's Service name.
+    let tls = Pki::new(&[NAME]);
+    std::fs::write(dir.path().join("ca.pem"), tls.root.pem()).unwrap();
+    let chain = pem("CERTIFICATE", &tls.leaf.cert) + &tls.int.pem();
+    std::fs::write(dir.path().join("tls.crt"), chain).unwrap();
+    std::fs::write(dir.path().join("tls.key"), tls.leaf.key.serialize_pem()).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _webhook = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["webhook", "--listen", &addr.to_string(), "--tls-cert"])
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--pinset-key")
+        .arg(&a.public)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(addr).await;
+
+    let (v1, v2) = (w.good(1), w.good(2));
+    let signed1 = object(
+        "Secret",
+        true,
+        &[("pins.yaml", &v1), ("pins.yaml.sig", &a.sign(&v1))],
+    );
+    let signed2 = object(
+        "Secret",
+        true,
+        &[("pins.yaml", &v2), ("pins.yaml.sig", &a.sign(&v2))],
+    );
+
+    // An unsigned update of the pins Secret: refused, saying what to do.
+    let unsigned = object("Secret", true, &[("pins.yaml", &v2)]);
+    let r = post(
+        dir.path(),
+        addr,
+        &review("UPDATE", &unsigned, Some(&signed1)),
+    );
+    let printed = kubectl(&r);
+    eprintln!("{printed}");
+    assert!(
+        printed.ends_with(
+            "denied the request: pinproxy: pins.yaml is not signed: the object has no pins.yaml.sig entry \
+             (cosign sign-blob --key cosign.key pins.yaml > pins.yaml.sig, or pinproxy sign --key KEY pins.yaml)"
+        ),
+        "{printed}"
+    );
+    assert_eq!(cause(&r), "bad-signature");
+
+    // Signed by a key the webhook does not trust (a ConfigMap this time).
+    let forged = object(
+        "ConfigMap",
+        true,
+        &[("pins.yaml", &v2), ("pins.yaml.sig", &attacker.sign(&v2))],
+    );
+    let r = post(dir.path(), addr, &review("CREATE", &forged, None));
+    let printed = kubectl(&r);
+    eprintln!("{printed}");
+    assert!(
+        printed.contains("is not signed by a trusted key") && printed.contains(&a.id),
+        "{printed}"
+    );
+    assert_eq!(cause(&r), "bad-signature");
+
+    // An old signed pinset replacing a newer one.
+    let r = post(
+        dir.path(),
+        addr,
+        &review("UPDATE", &signed1, Some(&signed2)),
+    );
+    let printed = kubectl(&r);
+    eprintln!("{printed}");
+    assert_eq!(cause(&r), "rollback");
+    assert!(
+        printed.contains('1') && printed.contains('2'),
+        "names both serials: {printed}"
+    );
+
+    // A proper update, an unlabelled object, a delete: allowed.
+    for (op, new, old) in [
+        ("UPDATE", signed2.clone(), Some(signed1.clone())),
+        (
+            "CREATE",
+            object("Secret", false, &[("pins.yaml", &v2)]),
+            None,
+        ),
+    ] {
+        let r = post(dir.path(), addr, &review(op, &new, old.as_ref()));
+        assert_eq!(r["allowed"], json!(true), "{op}: {r}");
+    }
+    let mut delete = review("DELETE", &signed1, Some(&signed1));
+    delete["request"]["object"] = Json::Null;
+    assert_eq!(post(dir.path(), addr, &delete)["allowed"], json!(true));
+}
