@@ -3,19 +3,45 @@
 send one absolute-form GET on each (so every connection has served a request and sits idle in keep-alive),
 then report the proxy's RSS. With --silent the connections are opened and never speak (the baseline for
 "what does an idle connection that has served a request cost, against one that never did").
-Per-connection cost = (RSS with the connections - RSS before) / connections. Raises RLIMIT_NOFILE to the
-hard limit. Loopback only; bounded."""
-import asyncio, json, resource, sys, time
 
-def rss_kb(pid):
+RSS is sampled at fixed times after the last response (1 s, 2 s, 5 s: a sidecar's memory limit is hit by
+the peak, so the figure must not depend on when one looks), and 2 s after every connection was closed.
+Beside each RSS sample: the kernel's memory for the proxy's sockets (`ss -tm` totals of skmem r+t+f+w over
+the proxy's listening port), so a figure can be explained. Per-connection cost = (RSS at +1 s - RSS
+before) / connections. Raises RLIMIT_NOFILE to the hard limit. Loopback only; bounded."""
+import asyncio, json, os, re, resource, subprocess, sys, time
+AT = tuple(float(x) for x in os.environ.get("IDLE_AT", "1,2,5").split(","))
+
+def rss_kb(pid, field="VmRSS"):
     for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmRSS:"):
+        if l.startswith(field + ":"):
             return int(l.split()[1])
+
+def rss_parts(pid):
+    """RSS split: anonymous (heap, stacks) and file-backed (the binary's pages touched so far: code used
+    for the first time, such as TLS and HTTP/2 on the first request, stays resident and is not a leak)."""
+    return {"anon_kb": rss_kb(pid, "RssAnon"), "file_kb": rss_kb(pid, "RssFile")}
+
+def socket_kb(port):
+    """Kernel socket memory (receive + send queues, forward allocations) of the proxy's side of the
+    client connections: `ss -tmH state established sport = :PORT`, skmem r, t, f, w summed, in KiB."""
+    try:
+        out = subprocess.run(["ss", "-tmH", "state", "established", f"sport = :{port}"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = 0
+    for m in re.finditer(r"skmem:\(([^)]*)\)", out):
+        for field in m.group(1).split(","):
+            k = re.match(r"([a-z]+)(\d+)", field)
+            if k and k.group(1) in ("r", "t", "f", "w"):
+                total += int(k.group(2))
+    return round(total / 1024)
 
 async def main(pid, n, port, silent):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    before = rss_kb(pid)
+    before, before_parts = rss_kb(pid), rss_parts(pid)
     conns, ok, sem = [], 0, asyncio.Semaphore(200)
     async def opener():
         nonlocal ok
@@ -32,15 +58,22 @@ async def main(pid, n, port, silent):
     t0 = time.monotonic()
     res = await asyncio.gather(*(opener() for _ in range(n)), return_exceptions=True)
     errs = [repr(e) for e in res if isinstance(e, Exception)]
-    t1 = time.monotonic()
-    await asyncio.sleep(2)
-    held = rss_kb(pid)
+    t1 = time.monotonic()                      # the last response (or the last connect, --silent)
+    samples = {}
+    for at in AT:
+        await asyncio.sleep(max(0.0, t1 + at - time.monotonic()))
+        samples[at] = (rss_kb(pid), socket_kb(port), rss_parts(pid))
     for w in conns: w.close()
-    await asyncio.sleep(1)
+    await asyncio.sleep(2)
+    held = samples[1][0]
     print(json.dumps({"mode": "silent" if silent else "served", "connections": len(conns),
                       "per_conn_kib": round((held - before) / max(len(conns), 1), 2), "ok_200": ok, "errors": len(errs), "first_error": errs[:1],
                       "open_s": round(t1 - t0, 2), "rss_before_kb": before, "rss_with_idle_conns_kb": held,
-                      "rss_after_close_kb": rss_kb(pid)}))
+                      "rss_at_kb": {f"{at:g}s": s[0] for at, s in samples.items()},
+                      "socket_kb_at": {f"{at:g}s": s[1] for at, s in samples.items()},
+                      "rss_parts_before": before_parts,
+                      "rss_parts_at": {f"{at:g}s": s[2] for at, s in samples.items()},
+                      "rss_after_close_kb": rss_kb(pid), "rss_parts_after_close": rss_parts(pid)}))
 
 if __name__ == "__main__":
     silent = "--silent" in sys.argv; av = [x for x in sys.argv if x != "--silent"]

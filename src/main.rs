@@ -22,11 +22,13 @@ fn main() -> ExitCode {
 }
 
 /// Hands the runtime thread's free mimalloc pages back to the kernel (see
-/// `pinproxy::proxy::memory`). Not `force`: forcing also tears down the
-/// thread's page caches, and 10k idle connections then cost 4.0 KiB each
-/// instead of 2.2.
+/// `pinproxy::proxy::memory`). Forced: without it mimalloc keeps the pages
+/// of closed connections in the thread's caches (5,000 closed connections
+/// that never spoke left RSS 6.3 MiB above fresh; forced, within 0.1 MiB),
+/// and parked connections cost the same either way (1.8 KiB each, measured
+/// with bench/idle10k.py; docs/benchmarks.md, "Memory").
 fn trim() {
     // SAFETY: mi_collect takes no pointers; it only walks mimalloc's own
     // structures for the calling thread and the shared arenas.
-    unsafe { libmimalloc_sys::mi_collect(false) }
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }

@@ -87,7 +87,7 @@ impl hyper::body::Body for Counted {
 /// How long a keep-alive connection must be idle before it is parked:
 /// hyper's buffers (~21 KiB) are released and the connection waits on a
 /// one-byte peek until the client speaks again.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// How a served stretch of a connection ended.
 enum Served {

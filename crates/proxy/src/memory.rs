@@ -4,24 +4,54 @@
 //! it is served) an allocator keeps the freed pages for reuse; a sidecar
 //! that once served 10,000 connections would keep their peak resident.
 //! The binary installs a trim function (`src/main.rs`: mimalloc's
-//! `mi_collect`) and it runs at most every [`EVERY`], only after
-//! connections were parked or closed since the last time. It runs on the
-//! runtime's own thread, whose heap holds the connections' memory (with the
-//! default single worker, all of it). docs/benchmarks.md ("Memory") has
-//! the figures.
+//! `mi_collect`). It runs [`SETTLE`] after the first release of a burst
+//! (connections parked or closed), so memory is back within about a second
+//! of the last response, and then waits at least [`GAP`] before the next
+//! trim, so a steady stream of closing connections trims a few times a
+//! second at most. It runs on the runtime's own thread, whose heap holds
+//! the connections' memory (with the default single worker, all of it).
+//! docs/benchmarks.md ("Memory") has the figures.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// How often, at most, memory is trimmed.
-const EVERY: Duration = Duration::from_secs(2);
+use tokio::sync::Notify;
 
-static RELEASED: AtomicBool = AtomicBool::new(false);
+/// How long after a release the trim waits, so that one burst of parked
+/// or closed connections is one trim.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// The least time between two trims.
+const GAP: Duration = Duration::from_millis(400);
+
+/// A flag set by every release and a wake-up for the trim task.
+pub(crate) struct Releases {
+    released: AtomicBool,
+    wake: Notify,
+}
+
+impl Releases {
+    const fn new() -> Self {
+        Self {
+            released: AtomicBool::new(false),
+            wake: Notify::const_new(),
+        }
+    }
+
+    fn note(&self) {
+        // Only the first release of a burst wakes the task.
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+static RELEASED: Releases = Releases::new();
 
 /// A connection was parked or closed: its buffers were freed.
 pub(crate) fn note_release() {
-    RELEASED.store(true, Ordering::Relaxed);
+    RELEASED.note();
 }
 
 /// Trims after releases, until the task is dropped.
@@ -31,16 +61,16 @@ pub async fn trim_after_releases() {
     }
 }
 
-async fn trim_loop(released: &'static AtomicBool, trim: fn()) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn trim_loop(releases: &'static Releases, trim: fn()) {
     loop {
-        tick.tick().await;
-        if released.swap(false, Ordering::Relaxed) {
-            // On this thread: an allocator's per-thread heap can only be
-            // collected by its owner. Bounded by the heap's page count.
-            trim();
-        }
+        releases.wake.notified().await;
+        tokio::time::sleep(SETTLE).await;
+        // Releases from here on wake the task again for the next trim.
+        releases.released.store(false, Ordering::Release);
+        // On this thread: an allocator's per-thread heap can only be
+        // collected by its owner. Bounded by the heap's page count.
+        trim();
+        tokio::time::sleep(GAP).await;
     }
 }
 
@@ -65,31 +95,48 @@ mod tests {
         CALLS.fetch_add(1, Ordering::SeqCst);
     }
 
-    async fn calls_settle(_want: usize) -> usize {
+    async fn calls_settle() -> usize {
         tokio::task::yield_now().await;
         CALLS.load(Ordering::SeqCst)
     }
 
-    /// In virtual time: nothing released, no trim; one release, one trim at
-    /// the next tick and none after it.
+    /// In virtual time: nothing released, no trim; a burst of releases,
+    /// one trim SETTLE after the first; none after it without a new
+    /// release; a release during the GAP trims once the GAP is over.
     #[tokio::test(start_paused = true)]
     async fn trims_once_per_burst_of_releases_and_never_without_one() {
-        // Its own flag: other tests' connections set the process's.
-        static FLAG: AtomicBool = AtomicBool::new(false);
+        // Its own flag: other tests' connections note the process's.
+        static FLAG: Releases = Releases::new();
         let task = tokio::spawn(trim_loop(&FLAG, counting_trim));
-        tokio::time::sleep(EVERY * 3).await;
-        assert_eq!(calls_settle(1).await, 0, "trimmed with nothing released");
+        tokio::time::sleep(GAP * 5).await;
+        assert_eq!(calls_settle().await, 0, "trimmed with nothing released");
 
-        FLAG.store(true, Ordering::Relaxed);
-        FLAG.store(true, Ordering::Relaxed);
-        tokio::time::sleep(EVERY).await;
-        assert_eq!(calls_settle(1).await, 1, "one trim for the burst");
+        FLAG.note();
+        FLAG.note();
+        tokio::time::sleep(SETTLE / 2).await;
+        assert_eq!(calls_settle().await, 0, "trimmed before the burst settled");
+        FLAG.note();
+        tokio::time::sleep(SETTLE / 2 + Duration::from_millis(1)).await;
+        assert_eq!(calls_settle().await, 1, "one trim for the burst");
 
-        tokio::time::sleep(EVERY * 3).await;
+        tokio::time::sleep(GAP * 5).await;
         assert_eq!(
-            calls_settle(2).await,
+            calls_settle().await,
             1,
             "trimmed again with nothing new released"
+        );
+
+        FLAG.note();
+        tokio::time::sleep(SETTLE + Duration::from_millis(1)).await;
+        assert_eq!(calls_settle().await, 2, "a new release, a new trim");
+        FLAG.note();
+        tokio::time::sleep(SETTLE + Duration::from_millis(1)).await;
+        assert_eq!(calls_settle().await, 2, "trimmed again within the GAP");
+        tokio::time::sleep(GAP).await;
+        assert_eq!(
+            calls_settle().await,
+            3,
+            "the release in the GAP was never trimmed"
         );
         task.abort();
     }
