@@ -319,6 +319,48 @@ async fn websocket_echo_through_the_tunnel() {
     }
 }
 
+/// Issue 24 item 2, inside an intercepted tunnel: `Upgrade: h2c` is served
+/// as plain HTTP/1.1 (the upstream sees neither header), and an upstream's
+/// `101` to h2c never becomes a tunnel.
+#[tokio::test]
+async fn only_websocket_upgrades_are_relayed_in_the_tunnel() {
+    let (_pki, _up, p) = setup(&[], UpstreamOpts::new("up").h1_only()).await;
+    let mut stream = tunnel(&p, &[b"http/1.1"]).await;
+    let req = format!(
+        "GET /hop HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await.unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let want = "upgrade=[] connection=[] http2-settings=[]";
+    let mut body = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&body).contains(want) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the body arrives")
+            .unwrap();
+        assert!(n > 0, "{head}{}", String::from_utf8_lossy(&body));
+        body.extend_from_slice(&buf[..n]);
+    }
+    // Same connection: an upstream that switches to h2c anyway.
+    let req = format!(
+        "GET /switch HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await.unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        head.contains("x-pinproxy-error: upstream-tls-error"),
+        "{head}"
+    );
+    let _ = stream.write_all(b"PRI-smuggled-bytes\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("PRI-smuggled-bytes"), "{rest}");
+}
+
 #[tokio::test]
 async fn minted_leaves_are_reused() {
     let (_pki, _up, p) = setup(&[], UpstreamOpts::new("real")).await;

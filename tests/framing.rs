@@ -261,6 +261,76 @@ async fn websocket_echo_through_the_plain_forward_path() {
     assert!(head.contains("x-pinproxy-error: pin-mismatch"), "{head}");
 }
 
+/// Issue 24 item 2: only WebSocket upgrades are relayed. Any other token
+/// (h2c, TLS/1.x, custom; a `websocket` without the RFC 6455 key) through
+/// HTTP_PROXY is served as plain HTTP/1.1: the upstream sees neither
+/// `Upgrade` nor the headers `Connection` names. An upstream that switches
+/// protocols anyway, or to anything but WebSocket, gets no tunnel.
+#[tokio::test]
+async fn only_websocket_upgrades_are_relayed_on_the_forward_path() {
+    // Over h2 (ALPN) a 101 cannot even be sent: the upstream resets the
+    // stream. Over HTTP/1.1 it arrives, and is a protocol violation.
+    for (opts, refused) in [
+        (UpstreamOpts::new("up"), "upstream-unreachable"),
+        (UpstreamOpts::new("up").h1_only(), "upstream-tls-error"),
+    ] {
+        let (_pki, _up, p) = pinned_with(HOST, opts).await;
+        for upgrade in [
+            "h2c",
+            "H2C",
+            "TLS/1.2",
+            "x-custom/1",
+            "websocket",
+            "h2c, websocket",
+        ] {
+            let req = format!(
+                "GET http://{HOST}/hop HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+            );
+            let out = send_raw(p.addr, req.as_bytes()).await;
+            assert!(out.starts_with("HTTP/1.1 200"), "{upgrade}: {out}");
+            assert!(
+                out.ends_with("upgrade=[] connection=[] http2-settings=[]"),
+                "{upgrade}: {out}"
+            );
+        }
+        assert_eq!(p.requests(HOST, "ok"), 6);
+        // A hostile upstream switching to h2c: to a request that asked for
+        // nothing (h2c stripped), and to a WebSocket handshake.
+        let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13";
+        // (A WebSocket always goes over its own HTTP/1.1 connection.)
+        for (what, headers, refused) in [
+            ("h2c", "Upgrade: h2c\r\nConnection: Upgrade", refused),
+            ("websocket", ws, "upstream-tls-error"),
+        ] {
+            let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+            let req =
+                format!("GET http://{HOST}/switch HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n\r\n");
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let head = read_head(&mut tcp).await.unwrap_or_default();
+            assert!(head.starts_with("HTTP/1.1 502"), "{what}: {head}");
+            assert!(
+                head.contains(&format!("x-pinproxy-error: {refused}")),
+                "{what}: {head}"
+            );
+            // Nothing behind the refusal is a tunnel to the echo.
+            let _ = tcp.write_all(b"PRI-smuggled-bytes\r\n\r\n").await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut rest)).await;
+            let rest = String::from_utf8_lossy(&rest);
+            assert!(!rest.contains("PRI-smuggled-bytes"), "{what}: {rest}");
+        }
+        let counted = (
+            p.requests(HOST, "upstream-tls-error"),
+            p.requests(HOST, "upstream-unreachable"),
+        );
+        let want = match refused {
+            "upstream-tls-error" => (2, 0),
+            _ => (1, 1),
+        };
+        assert_eq!(counted, want, "{refused}");
+    }
+}
+
 fn upgrade_request() -> String {
     format!(
         "GET http://{HOST}/ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade, x-hop\r\nX-Hop: 1\r\nProxy-Authorization: Basic c2VjcmV0\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

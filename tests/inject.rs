@@ -10,7 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use pinproxy::k8s::inject::{inject_stream, InjectError, InjectOptions};
+use pinproxy::k8s::inject::{
+    inject_stream, inject_stream_with_warnings, InjectError, InjectOptions,
+};
 use serde_yaml::Value;
 
 const IMAGE: &str = "ghcr.io/pinproxy/pinproxy:test";
@@ -522,6 +524,165 @@ fn transparent_mode_switches_off_cleanly() {
         env_sorted(&fresh),
         "same as injecting fresh"
     );
+}
+
+/// Transparent mode: no app container keeps a way to change UID (a root
+/// process could become pinproxy's UID, which the rules let through):
+/// SETUID and SETGID dropped, no privilege escalation, unless the
+/// securityContext already guarantees it; a container that must keep them
+/// is refused unless the pod says `pinproxy.io/allow-setuid: "true"`.
+#[test]
+fn transparent_mode_takes_the_uid_switch_away() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let opts = options_for("transparent");
+    let container = |out: &str, name: &str| -> Value {
+        let doc: Value = serde_yaml::from_str(out).unwrap();
+        let spec = &pod_specs(&doc)[0]["spec"];
+        ["initContainers", "containers"]
+            .iter()
+            .flat_map(|f| spec[*f].as_sequence().cloned().unwrap_or_default())
+            .find(|c| c["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no container {name}"))
+    };
+    // No securityContext (root by default when runAsUser is unset): both
+    // capabilities dropped, escalation off.
+    let out = inject_stream(&input, &opts).unwrap();
+    for name in ["app", "migrate"] {
+        let sc = &container(&out, name)["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false), "{name}");
+        let drop: Vec<&str> = sc["capabilities"]["drop"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(drop, ["SETUID", "SETGID"], "{name}");
+    }
+    let sidecar = &container(&out, "pinproxy")["securityContext"];
+    assert_eq!(sidecar["runAsUser"].as_u64(), Some(1337), "{out}");
+
+    // Already guaranteed (drop ALL, lower-case CAP_ names count): left as
+    // written, nothing recorded for it.
+    let migrate = "          args: [\"migrate\"]\n";
+    let guaranteed = input.replace(
+        migrate,
+        &format!("{migrate}          securityContext:\n            allowPrivilegeEscalation: false\n            capabilities:\n              drop: [all]\n"),
+    );
+    assert_ne!(guaranteed, input);
+    let out = inject_stream(&guaranteed, &opts).unwrap();
+    let sc = &container(&out, "migrate")["securityContext"];
+    assert_eq!(
+        sc["capabilities"]["drop"].as_sequence().unwrap().len(),
+        1,
+        "{out}"
+    );
+    assert!(
+        out.contains("pinproxy.io/uid-lock: app=SETGID+SETUID+allowPrivilegeEscalation\n"),
+        "{out}"
+    );
+
+    // Must keep them: refused, naming the container and the override.
+    for (sc, why) in [
+        ("privileged: true", "privileged"),
+        (
+            "allowPrivilegeEscalation: true",
+            "allowPrivilegeEscalation: true",
+        ),
+        ("capabilities:\n              add: [CAP_SETUID]", "SETUID"),
+        ("capabilities:\n              add: [ALL]", "ALL"),
+    ] {
+        let keeps = input.replace(
+            migrate,
+            &format!("{migrate}          securityContext:\n            {sc}\n"),
+        );
+        let err = inject_stream(&keeps, &opts).unwrap_err();
+        assert!(
+            matches!(err, InjectError::UidChange { uid: 1337, .. }),
+            "{sc}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"migrate\"")
+                && msg.contains(why)
+                && msg.contains("pinproxy.io/allow-setuid"),
+            "{msg}"
+        );
+        // The override: accepted as written, with a warning saying the cost.
+        let allowed = keeps.replace(
+            "      labels:\n        app: ledger\n    spec:",
+            "      labels:\n        app: ledger\n      annotations:\n        pinproxy.io/allow-setuid: \"true\"\n    spec:",
+        );
+        assert_ne!(allowed, keeps);
+        let done = inject_stream_with_warnings(&allowed, &opts).unwrap();
+        assert!(
+            !done.output.contains("pinproxy.io/uid-lock"),
+            "{}",
+            done.output
+        );
+        assert!(container(&done.output, "app")
+            .get("securityContext")
+            .is_none());
+        assert!(
+            done.warnings
+                .iter()
+                .any(|w| w.message.contains("egresses around pinproxy")),
+            "{:?}",
+            done.warnings
+        );
+    }
+    // Outside transparent mode nothing is touched or refused.
+    let keeps = input.replace(
+        migrate,
+        &format!("{migrate}          securityContext:\n            privileged: true\n"),
+    );
+    let out = inject_stream(&keeps, &options_for("deployment")).unwrap();
+    assert!(!out.contains("uid-lock"), "{out}");
+    let sc = &container(&out, "migrate")["securityContext"];
+    assert_eq!(sc.as_mapping().map(|m| m.len()), Some(1), "{out}");
+    assert!(
+        container(&out, "app").get("securityContext").is_none(),
+        "{out}"
+    );
+}
+
+/// The lock's UDP options reach the init container's `redirect` args;
+/// a bad `CIDR:PORT`, or either option without the lock, is refused.
+#[test]
+fn transparent_udp_options_reach_the_rules() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let mut opts = options_for("transparent");
+    opts.redirect.allow_udp = vec!["10.0.0.0/8:123".into(), "[fd00::/8]:123".into()];
+    opts.redirect.log_drops = true;
+    let out = inject_stream(&input, &opts).unwrap();
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    let spec = &pod_specs(&doc)[0]["spec"];
+    let init = spec["initContainers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("pinproxy-redirect"))
+        .expect("the redirect init container");
+    let args: Vec<&str> = init["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let joined = args.join(" ");
+    assert!(
+        joined.contains("--lock")
+            && joined.contains("--allow-udp 10.0.0.0/8:123 --allow-udp [fd00::/8]:123")
+            && joined.contains("--log-drops"),
+        "{args:?}"
+    );
+    let mut bad = options_for("transparent");
+    bad.redirect.allow_udp = vec!["10.0.0.0/8".into()];
+    assert!(inject_stream(&input, &bad).is_err());
+    let mut unlocked = options_for("transparent");
+    unlocked.redirect.lock = false;
+    unlocked.redirect.log_drops = true;
+    let err = inject_stream(&input, &unlocked).unwrap_err();
+    assert!(err.to_string().contains("--transparent-lock"), "{err}");
 }
 
 /// The stream as YAML with every container's env sorted by name.

@@ -124,7 +124,7 @@ async fn a_websocket_to_an_unlisted_plain_host_stays_plain() {
     let (_child, listen, admin) = binary(dir.path(), &allow(server.port())).await;
     let mut c = TcpStream::connect(listen).await.unwrap();
     let req = format!(
-        "GET http://127.0.0.1:{p}/ws HTTP/1.1\r\nhost: 127.0.0.1:{p}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        "GET http://127.0.0.1:{p}/ws HTTP/1.1\r\nhost: 127.0.0.1:{p}\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
         p = server.port()
     );
     c.write_all(req.as_bytes()).await.unwrap();

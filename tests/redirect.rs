@@ -7,6 +7,9 @@
 
 mod support;
 
+#[path = "redirect/lock.rs"]
+mod lock;
+
 use std::net::SocketAddr;
 use std::process::Output;
 
@@ -279,7 +282,7 @@ fn second_run_changes_nothing_and_dry_run_printed_exactly_what_the_first_applied
     for (rules, program) in [(&v4, "iptables-save"), (&v6, "ip6tables-save")] {
         for jump in [
             "-A OUTPUT -p tcp -j PINPROXY_OUTPUT",
-            "-A OUTPUT -p tcp -j PINPROXY_LOCK",
+            "-A OUTPUT -j PINPROXY_LOCK",
         ] {
             assert_eq!(rules.matches(jump).count(), 1, "{program}:\n{rules}");
         }

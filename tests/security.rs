@@ -323,7 +323,7 @@ async fn websocket_strips_hop_by_hop_and_closes_on_pin_change() {
     )
     .await;
     let mut tls = intercepted_tls(&p).await;
-    tls.write_all(format!("GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade, x-hop\r\nX-Hop: 1\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n").as_bytes())
+    tls.write_all(format!("GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade, x-hop\r\nX-Hop: 1\r\nProxy-Authorization: Basic c2VjcmV0\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let head = read_head(&mut tls).await.unwrap();

@@ -543,6 +543,65 @@ fn a_pod_that_names_another_proxy_is_denied_with_the_reason() {
     assert!(msg.contains("uses port 9901"), "{msg}");
 }
 
+/// Issue 24 item 6 through the webhook: in transparent mode the app
+/// container of a pod without a securityContext is patched to drop
+/// SETUID/SETGID and privilege escalation; a privileged one is denied,
+/// naming the override annotation, and allowed unchanged with it.
+#[test]
+fn transparent_pods_lose_the_uid_switch_or_are_denied() {
+    let mut o = opts();
+    o.transparent = true;
+    o.redirect.lock = true;
+    let pod = simple_pod(json!({}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    let doc = patched(&pod, &reply);
+    let app = doc["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == json!("app"))
+        .unwrap();
+    assert_eq!(
+        app["securityContext"],
+        json!({"capabilities": {"drop": ["SETUID", "SETGID"]}, "allowPrivilegeEscalation": false}),
+        "{doc}"
+    );
+    let privileged = simple_pod(json!({"containers": [{"name": "app", "image": "a:1",
+        "securityContext": {"privileged": true}}]}));
+    let reply = review(
+        admission_review(&privileged).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    let r = response(&reply);
+    assert_eq!(r["allowed"], json!(false), "{r}");
+    let msg = r["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("privileged") && msg.contains("pinproxy.io/allow-setuid"),
+        "{msg}"
+    );
+    let mut allowed = privileged.clone();
+    allowed["metadata"]["annotations"] = json!({"pinproxy.io/allow-setuid": "true"});
+    let reply = review(
+        admission_review(&allowed).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    let doc = patched(&allowed, &reply);
+    let app = &doc["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == json!("app"))
+        .unwrap()
+        .clone();
+    assert_eq!(app["securityContext"], json!({"privileged": true}), "{doc}");
+}
+
 /// The options `pinproxy webhook` runs with when the chart passes no layout
 /// flag (sidecar.nativeSidecar: true).
 fn webhook_default_options() -> InjectOptions {

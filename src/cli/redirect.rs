@@ -2,11 +2,14 @@
 //! installer. The rules themselves are [`crate::k8s::redirect`].
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 
 use clap::Args;
 
 use super::Error;
-use crate::k8s::redirect::{self, Backend, Cidr, Config, Family, Installed, Outcome};
+use crate::k8s::redirect::{
+    self, udp, Backend, Cidr, Config, Family, Installed, Outcome, Udp, UdpAllow,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct RedirectArgs {
@@ -32,9 +35,27 @@ pub struct RedirectArgs {
     pub exclude_uid: Vec<u32>,
     /// Also reset outbound TCP that was not redirected, from every UID but
     /// pinproxy's and the excluded ones (loopback excepted), so a bypass
-    /// fails loudly.
+    /// fails loudly; and lock UDP: DNS to the resolvers of --resolv-conf
+    /// and --allow-udp destinations pass, UDP 443 (QUIC) is rejected with
+    /// ICMP port-unreachable (clients fall back to TCP at once), the rest
+    /// is dropped.
     #[arg(long)]
     pub lock: bool,
+    /// Under --lock, also let UDP to this destination through (e.g.
+    /// 10.0.0.0/8:123 for NTP, [fd00::/8]:123). Repeatable.
+    #[arg(long, value_name = "CIDR:PORT", requires = "lock")]
+    pub allow_udp: Vec<UdpAllow>,
+    /// The resolv.conf whose nameservers --lock lets DNS (UDP port 53)
+    /// reach: the pod's, which the init container shares.
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Under --lock, log what the lock refuses to the kernel log
+    /// (rate-limited, prefix `pinproxy-lock: `). In a pod's network
+    /// namespace the kernel logs only when the node sets
+    /// net.netfilter.nf_log_all_netns=1; `iptables -L PINPROXY_LOCK -v -n`
+    /// counts refusals per rule either way.
+    #[arg(long, requires = "lock")]
+    pub log_drops: bool,
     /// Print the rules (as for a namespace without pinproxy rules) and
     /// change nothing.
     #[arg(long)]
@@ -83,6 +104,24 @@ fn execute(args: &RedirectArgs, out: &mut impl Write) -> Result<(), Error> {
         args.lock,
     )
     .map_err(|e| Error::Usage(e.to_string()))?;
+    let cfg = if args.lock {
+        let resolvers = udp::read_nameservers(&args.resolv_conf)
+            .map_err(|e| Error::failed(format!("reading {}: {e}", args.resolv_conf.display())))?;
+        if resolvers.is_empty() {
+            eprintln!(
+                "pinproxy redirect: warning: no nameserver in {}: under --lock, UDP DNS \
+                 reaches only loopback resolvers",
+                args.resolv_conf.display()
+            );
+        }
+        cfg.with_udp(Udp {
+            resolvers,
+            allow: args.allow_udp.clone(),
+            log: args.log_drops,
+        })
+    } else {
+        cfg
+    };
     if args.dry_run {
         for family in Family::ALL {
             dry_run_header(out, args.iptables_mode, family)?;

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pod;
+pub mod udp;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -471,7 +473,8 @@ async fn serve_tls_until(
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Echoes what it saw; `/grpc` answers with trailers; `/ws` upgrades and
-/// echoes bytes.
+/// echoes bytes; `/hop` tells the upgrade headers it got; `/switch`
+/// answers every request with a `101` to h2c, then echoes.
 async fn upstream_handler(
     name: &'static str,
     mut req: Request<Incoming>,
@@ -514,6 +517,43 @@ async fn upstream_handler(
         return Ok(Response::new(
             http_body_util::StreamBody::new(ChannelStream(rx)).boxed(),
         ));
+    }
+    if path == "/hop" {
+        // What arrived of the upgrade headers.
+        let saw = |n: &str| {
+            req.headers()
+                .get_all(n)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let text = format!(
+            "upgrade=[{}] connection=[{}] http2-settings=[{}]",
+            saw("upgrade"),
+            saw("connection"),
+            saw("http2-settings")
+        );
+        return Ok(Response::new(Full::new(Bytes::from(text)).boxed()));
+    }
+    if path == "/switch" {
+        // A hostile upstream: switches to h2c whatever was asked, then
+        // echoes (a tunnel, if anything relayed it).
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert(http::header::UPGRADE, "h2c".parse().unwrap());
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        return Ok(resp);
     }
     if path == "/ws" {
         let saw_proxy_auth = req.headers().contains_key("proxy-authorization")

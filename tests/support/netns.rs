@@ -150,6 +150,17 @@ impl Netns {
         })
     }
 
+    /// Gives the namespace its own `/etc/FILE`: `ip netns exec` binds
+    /// `/etc/netns/NAME/FILE` over it for everything it runs (a
+    /// `resolv.conf` naming a resolver in the world, a `hosts` file
+    /// pinproxy's resolver reads). Removed on drop.
+    pub fn etc(&self, file: &str, contents: &str) {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir}: {e}"));
+        let path = format!("{dir}/{file}");
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {path}: {e}"));
+    }
+
     /// Writes `value` to `/proc/sys/KEY` as seen from inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
@@ -176,6 +187,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
 }
 
@@ -354,6 +366,26 @@ pub fn serve(ns: &Netns, tag: &str, ports: &[u16]) -> Proc {
         "ready",
         "server {tag} on {ports:?} did not start"
     );
+    proc
+}
+
+/// Starts `cmd` (stdin and stdout piped) and waits for it to print
+/// `ready`; it runs until the returned [`Proc`] is dropped.
+pub fn spawn_ready(cmd: &mut Command, what: &str) -> Proc {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let proc = Proc {
+        child,
+        _stdin: stdin,
+    };
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(line.trim(), "ready", "{what} did not start");
     proc
 }
 

@@ -12,13 +12,27 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::Client as Pool;
 
+use super::refusal::UnaskedSwitch;
 use super::ERROR_HEADER;
 use pinproxy_upstream::{RequestBody, UpBody, UpstreamError};
 
 /// Why an exchange with the upstream produced no response.
 pub(super) enum Exchange {
     TimedOut,
-    Failed(hyper_util::client::legacy::Error),
+    Failed(ExchangeError),
+}
+
+/// An exchange that failed on the connection or on what came back.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ExchangeError {
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+    /// `101 Switching Protocols` to a request sent without `Upgrade` (every
+    /// exchange here strips it): the upstream would turn the connection
+    /// into an unmediated byte tunnel (h2c smuggling). A protocol
+    /// violation, answered as a malformed response; never relayed.
+    #[error("protocol violation")]
+    Switched(#[source] UnaskedSwitch),
 }
 
 /// Sends `req` through a pooled `client` within `timeout`. A request that
@@ -49,19 +63,27 @@ where
     let first = Request::from_parts(parts, Either::Left(body));
     let err = match tokio::time::timeout_at(deadline, client.request(first)).await {
         Err(_) => return Err(Exchange::TimedOut),
-        Ok(Ok(resp)) => return Ok(resp),
+        Ok(Ok(resp)) => return unswitched(resp),
         Ok(Err(e)) => e,
     };
     let retry = replay.filter(|_| !err.is_connect() && UpstreamError::find(&err).is_none());
     let Some(again) = retry else {
-        return Err(Exchange::Failed(err));
+        return Err(Exchange::Failed(err.into()));
     };
     tracing::debug!(error = %err, "upstream connection failed under an idempotent request; retrying once");
     match tokio::time::timeout_at(deadline, client.request(again)).await {
         Err(_) => Err(Exchange::TimedOut),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(Exchange::Failed(e)),
+        Ok(Ok(resp)) => unswitched(resp),
+        Ok(Err(e)) => Err(Exchange::Failed(e.into())),
     }
+}
+
+/// `resp`, unless it switches protocols ([`ExchangeError::Switched`]).
+fn unswitched(resp: Response<Incoming>) -> Result<Response<Incoming>, Exchange> {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Exchange::Failed(ExchangeError::Switched(UnaskedSwitch)));
+    }
+    Ok(resp)
 }
 
 fn is_idempotent(method: &http::Method) -> bool {

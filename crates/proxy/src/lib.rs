@@ -20,6 +20,7 @@ pub mod admit;
 pub mod body;
 mod conn;
 pub mod connect;
+mod ech;
 pub mod exchange;
 pub mod forward;
 pub mod intercept;

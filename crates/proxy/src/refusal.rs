@@ -214,6 +214,14 @@ fn tls_alert(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// An upstream's `101 Switching Protocols` that pinproxy did not ask for:
+/// to a request without `Upgrade` (every pooled exchange strips it), or to
+/// anything but the WebSocket handshake the upgrade relay sent. A
+/// protocol violation (`upstream-tls-error`), never a tunnel.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream switched protocols (101) without being asked to")]
+pub struct UnaskedSwitch;
+
 /// Whether hyper refused to parse the upstream's response (duplicate or
 /// conflicting Content-Length, a bad status line, a head over the limit…).
 /// Only the upstream client reports here, so a parse error is the
@@ -221,6 +229,9 @@ fn tls_alert(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 fn malformed_response(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
+        if e.is::<UnaskedSwitch>() {
+            return true;
+        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
                 return true;

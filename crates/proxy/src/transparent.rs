@@ -4,11 +4,15 @@
 //! conntrack ([`original_dst`]); the first bytes decide the rest:
 //!
 //! - a TLS ClientHello is judged by its SNI (absent: the original
-//!   destination's IP) under the same policy as CONNECT: pinned →
+//!   destination's IP; with Encrypted Client Hello, the outer SNI: counted
+//!   as `protocol="tls-ech"`, see [`ech`]) under the same policy as CONNECT: pinned →
 //!   intercepted with the pod CA and forwarded over pinned connections;
 //!   passthrough, or unlisted and allowed → spliced to the original
-//!   destination as it is (never re-resolved: the app already chose the
-//!   address; the private-address rule still applies to unlisted traffic);
+//!   destination as it is (the app already chose the address; the
+//!   private-address rule still applies to unlisted traffic, and a
+//!   passthrough name only reaches an address it resolves to or one a
+//!   passthrough CIDR covers: the SNI is the app's claim, the destination
+//!   the fact);
 //!   otherwise a TLS alert and a counted refusal;
 //! - plain HTTP is served as the forward path serves it, the `Host` header
 //!   (else the original destination) naming the host;
@@ -39,6 +43,7 @@ use tokio::net::TcpStream;
 
 use super::admit::{admit, admit_silent, Place};
 use super::body::revoked;
+use super::ech;
 use super::original_dst::original_dst;
 use super::refusal::{refuse, upstream_refusal, Refused};
 use super::tunnel::{self, Hello, HelloReader, Rewind};
@@ -110,6 +115,11 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
         Some(x) => x,
         None => return served(Protocol::Other, Outcome::Closed),
     };
+    // ECH: judged by the outer SNI like any hello, counted apart.
+    let tls_protocol = match first {
+        First::Tls(_) if ech::offered(&bytes) => Protocol::TlsEch,
+        _ => Protocol::Tls,
+    };
     let io = Rewind::new(stream).rewind(bytes.into());
     let client = Client {
         tracker: a.tracker,
@@ -119,7 +129,7 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
     match first {
         First::Tls(sni) => {
             let outcome = tls(ctx.clone(), io, orig, sni, client).await;
-            served(Protocol::Tls, outcome);
+            served(tls_protocol, outcome);
         }
         First::Http => {
             served(Protocol::Http, Outcome::Served);
@@ -288,7 +298,10 @@ enum Refuse {
 }
 
 /// Splices a passthrough or unlisted-and-allowed connection to its
-/// original destination.
+/// original destination; returns the outcome label. A passthrough name
+/// (the SNI) is spliced only to an address it resolves to or one a
+/// passthrough CIDR covers (`misdirected-request` otherwise); unlisted
+/// traffic only where egress is allowed (`private-address`).
 #[allow(clippy::too_many_arguments)] // the splice's inputs, each used once
 async fn splice(
     ctx: Arc<Context>,
@@ -302,7 +315,13 @@ async fn splice(
 ) -> Outcome {
     let host = target.host.to_string();
     let passthrough = admission.passthrough().is_some();
-    if !passthrough && !connector.egress_allowed(&orig) {
+    if passthrough {
+        if let Err(message) = connector.passthrough_destination(&target.host, orig).await {
+            let label = Some(admission.label());
+            let refused = refuse(&ctx, Reason::MisdirectedRequest, label, &host, &message);
+            return how.answer(&mut io, refused).await;
+        }
+    } else if !connector.egress_allowed(&orig) {
         let message = format!("{orig} is a private, loopback or link-local address");
         let label = Some(admission.label());
         let refused = refuse(&ctx, Reason::PrivateAddress, label, &host, &message);
@@ -370,34 +389,45 @@ async fn http(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let svc_ctx = ctx.clone();
+    let handoff = client.handoff.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
         let client = client.clone();
-        async move {
+        // Boxed: the connection is polled without shutdown (below), which
+        // wants an Unpin service future.
+        Box::pin(async move {
             if let Err(msg) = absolute(&mut req, orig) {
                 let refused = refuse(&ctx, Reason::BadRequest, None, "", &msg);
                 return Ok::<_, Infallible>(refused.into());
             }
             Ok(forward::handle(ctx, req, client).await)
-        }
+        })
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.limits.header_read_timeout)
         .max_buf_size(super::parse_buffer(&ctx.limits));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "transparent HTTP connection closed");
+    let mut conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut stopping = false;
+    let done = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
             }
         }
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    };
+    if let Err(e) = done {
+        tracing::debug!(error = %e, "transparent HTTP connection closed");
+        return;
+    }
+    // A WebSocket was answered 101: its relay takes the stream, as on the
+    // proxy listener.
+    if let Some(tx) = handoff.take() {
+        let parts = conn.into_parts();
+        let _ = tx.send(parts.io.into_inner().rewind(parts.read_buf));
     }
 }
 

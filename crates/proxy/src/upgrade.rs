@@ -2,9 +2,10 @@
 //! plain forward path alike: a dedicated pinned HTTP/1.1 connection
 //! upstream (an h2 pool connection cannot carry it; an unlisted host's
 //! `ws://` gets a plain one, as its `http://` does), the request relayed
-//! with `Upgrade` kept, and on `101` the two upgraded streams spliced. The
-//! splice is a task drain waits for, closed when idle and when a reload
-//! revokes the admission it was made under.
+//! with `Upgrade: websocket` kept, and on a `101` that switched to
+//! WebSocket the two upgraded streams spliced. The splice is a task drain
+//! waits for, closed when idle and when a reload revokes the admission it
+//! was made under. No other upgrade is relayed ([`is_upgrade`]).
 
 use std::sync::Arc;
 
@@ -17,23 +18,48 @@ use tokio_util::either::Either as EitherIo;
 
 use super::body::revoked;
 use super::exchange::{response_headers, strip_hop_by_hop};
-use super::refusal::{refuse, upstream_failed, upstream_refusal, upstream_timed_out};
+use super::refusal::{
+    refuse, upstream_failed, upstream_refusal, upstream_timed_out, UnaskedSwitch,
+};
 use super::{tunnel, Body, Client, ClientIo, Context, Streamed, ERROR_HEADER};
 use pinproxy_policy::{Admission, Target};
 use pinproxy_reason::{Reason, RequestOutcome};
 use pinproxy_upstream::Snapshot;
 
-/// Whether a request asks to switch protocols (`Connection: upgrade` and
-/// an `Upgrade` header).
+/// Whether a request is a WebSocket opening handshake (RFC 6455 §4.1: a
+/// `GET` with `Connection: upgrade`, `websocket` among its `Upgrade`
+/// tokens, case-insensitive, and a `Sec-WebSocket-Key`): the one upgrade
+/// pinproxy relays, since it can judge the host and pins before the
+/// `101`. Every other upgrade (`h2c`, `TLS/1.x`, a custom token) is served
+/// as a plain HTTP/1.1 request, `Upgrade` and its `Connection` token
+/// stripped with the other hop-by-hop headers: relayed, an upstream's
+/// `101` would turn the connection into an unmediated byte tunnel.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
+    let tokens = |name: header::HeaderName| {
+        req.headers()
+            .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+    };
+    req.method() == http::Method::GET
+        && req.headers().contains_key(header::SEC_WEBSOCKET_KEY)
+        && tokens(header::CONNECTION)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && tokens(header::UPGRADE)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether an upstream's `101` switched to WebSocket, the one protocol
+/// asked for: `Upgrade: websocket` and nothing else.
+fn switched_to_websocket<B>(resp: &Response<B>) -> bool {
+    let mut values = resp.headers().get_all(header::UPGRADE).iter();
+    let one = values.next().and_then(|v| v.to_str().ok());
+    values.next().is_none() && one.is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Where the client's side of an upgraded connection comes from.
@@ -149,6 +175,9 @@ async fn relay_with(
         Ok(Err(e)) => return upstream_failed(ctx, &label, &target.host, &e),
         Err(_) => return upstream_timed_out(ctx, &label, &target.host),
     };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !switched_to_websocket(&resp) {
+        return upstream_failed(ctx, &label, &target.host, &UnaskedSwitch);
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         let client_io = match side {
@@ -220,7 +249,7 @@ async fn splice_upgraded(
 }
 
 /// The request as the upstream gets it: origin-form path, hop-by-hop
-/// headers stripped but `Upgrade` kept, `Host` naming the target and
+/// headers stripped but `Upgrade: websocket` kept, `Host` naming the target and
 /// `port` unless it is the scheme's `default` one.
 fn upstream_request(
     req: Request<Incoming>,
@@ -235,14 +264,15 @@ fn upstream_request(
         .to_string();
     parts.uri = path.parse().ok()?;
     parts.version = http::Version::HTTP_11;
-    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    // Only the WebSocket token goes on (`Upgrade: websocket, h2c` asks
+    // for both; the upstream may pick only the one pinproxy relays).
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(p) = protocol {
-        parts.headers.insert(header::UPGRADE, p);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     let authority = if port == default {
         target.host.authority_form()
     } else {

@@ -102,6 +102,9 @@ labels! {
     pub enum TransparentProtocol {
         /// A TLS ClientHello.
         Tls => "tls",
+        /// A TLS ClientHello offering Encrypted Client Hello, judged by its
+        /// outer SNI (pinproxy holds no ECH keys).
+        TlsEch => "tls-ech",
         /// A plain HTTP request.
         Http => "http",
         /// Anything else, nothing at all, or not judged yet.

@@ -11,17 +11,34 @@ pub fn allowed(addr: &SocketAddr, own: &[SocketAddr], allow_private: bool) -> bo
     !is_own(addr, own) && (allow_private || !is_private(addr.ip()))
 }
 
-/// The proxy's own listeners (admin, proxy): a wildcard bind matches every
-/// local address on that port.
+/// Whether `target` is one of the proxy's own listeners (admin, proxy,
+/// transparent): same port, and the listener's address, or — for a
+/// wildcard bind (`0.0.0.0`, `::`) — an address of this host (its network
+/// namespace: in a pod, the pod's interfaces). Another host's port is
+/// never "ours" because a local listener is bound to the wildcard.
+/// Loopback and unspecified targets on a listener's port are always ours.
 pub fn is_own(target: &SocketAddr, own: &[SocketAddr]) -> bool {
     let ip = target.ip().to_canonical();
+    let mut local = None;
     own.iter().any(|own| {
         own.port() == target.port()
             && (own.ip().to_canonical() == ip
-                || own.ip().is_unspecified()
                 || ip.is_loopback()
-                || ip.is_unspecified())
+                || ip.is_unspecified()
+                || (own.ip().is_unspecified() && *local.get_or_insert_with(|| is_local(ip))))
     })
+}
+
+/// Whether `ip` is an address of this host's network namespace: the
+/// kernel lets a socket bind only to those (`EADDRNOTAVAIL` otherwise), so
+/// asking it is exact at the moment of the check, addresses added since
+/// startup included. Only called for a target on a wildcard listener's
+/// port; no packet is sent.
+fn is_local(ip: IpAddr) -> bool {
+    match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrNotAvailable,
+    }
 }
 
 /// Loopback, private (RFC 1918, ULA), link-local (cloud metadata),
@@ -67,6 +84,39 @@ pub fn is_private(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 24 item 7: a wildcard bind makes this host's addresses on
+    /// that port ours, never another host's.
+    #[test]
+    fn a_wildcard_bind_owns_only_local_addresses() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let own = [sa("0.0.0.0:9901"), sa("127.0.0.1:3128"), sa("[::]:15001")];
+        for ours in [
+            "127.0.0.1:9901",
+            "127.0.0.9:9901",
+            "0.0.0.0:9901",
+            "127.0.0.1:3128",
+            "[::1]:15001",
+            "[::ffff:127.0.0.1]:9901",
+        ] {
+            assert!(is_own(&sa(ours), &own), "{ours}");
+        }
+        // Hosts elsewhere (TEST-NET, documentation, public), and other ports.
+        for theirs in [
+            "192.0.2.77:9901",
+            "198.51.100.7:9901",
+            "8.8.8.8:9901",
+            "[2001:db8::77]:15001",
+            "127.0.0.1:9902",
+            "192.0.2.77:3128",
+        ] {
+            assert!(!is_own(&sa(theirs), &own), "{theirs}");
+        }
+        // A specific bind owns its own address (and loopback) only.
+        assert!(is_own(&sa("192.0.2.1:3128"), &[sa("192.0.2.1:3128")]));
+        assert!(is_own(&sa("127.0.0.1:3128"), &[sa("192.0.2.1:3128")]));
+        assert!(!is_own(&sa("192.0.2.2:3128"), &[sa("192.0.2.1:3128")]));
+    }
 
     #[test]
     fn private_ranges() {

@@ -53,6 +53,34 @@ impl Connector {
         self.dial(host, &allowed).await
     }
 
+    /// Whether a transparent connection whose first bytes name passthrough
+    /// host `host` (the SNI: the app's claim) may be spliced to `orig`
+    /// (where the app dialed: the fact). Only when `orig` lies in a
+    /// `passthrough:` CIDR, or `host` resolves to `orig`'s address; else
+    /// the name would open a raw tunnel to any address and port.
+    /// `Err` says why not (a failed lookup included).
+    pub async fn passthrough_destination(
+        &self,
+        host: &Host,
+        orig: SocketAddr,
+    ) -> Result<(), String> {
+        let ip = orig.ip().to_canonical();
+        if self.policy.passthrough.by_address(ip).is_some() {
+            return Ok(());
+        }
+        let addrs = self
+            .resolve(host, orig.port())
+            .await
+            .map_err(|e| e.detail)?;
+        if addrs.iter().any(|a| a.ip().to_canonical() == ip) {
+            return Ok(());
+        }
+        Err(format!(
+            "passthrough host {host} was dialed at {orig}, which it does not resolve to and \
+             no passthrough CIDR covers"
+        ))
+    }
+
     /// Where passthrough traffic to `host` may go: every resolved address
     /// when a name pattern (or an IP literal) admits it, else only those in
     /// a passthrough CIDR.

@@ -130,9 +130,24 @@ pub struct SidecarArgs {
     pub transparent_exclude_cidr: Vec<String>,
     /// Also reject (TCP reset) outbound connections that are not
     /// redirected, e.g. to ports outside --transparent-ports: a bypass fails
-    /// loudly. Excluded CIDRs stay reachable.
+    /// loudly; and lock UDP: DNS to the pod's resolvers passes, UDP 443
+    /// (QUIC) is rejected so clients fall back to TCP, the rest is dropped.
+    /// Excluded CIDRs stay reachable.
     #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_LOCK")]
     pub transparent_lock: bool,
+    /// UDP destinations the lock lets through besides DNS (CIDR:PORT,
+    /// repeatable or comma-separated), e.g. 10.0.0.0/8:123 for NTP.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_TRANSPARENT_ALLOW_UDP",
+        value_delimiter = ',',
+        value_name = "CIDR:PORT"
+    )]
+    pub transparent_allow_udp: Vec<String>,
+    /// Log what the lock refuses (rate-limited LOG rules, kernel log
+    /// prefix `pinproxy-lock: `).
+    #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_LOG_DROPS")]
+    pub transparent_log_drops: bool,
     /// In transparent mode, set the proxy variables as well (apps that
     /// honour them use the proxy listener; the rest are redirected).
     #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_PROXY_ENV")]
@@ -216,6 +231,8 @@ impl From<&SidecarArgs> for InjectOptions {
                 ports: a.transparent_ports.clone(),
                 exclude_cidr: a.transparent_exclude_cidr.clone(),
                 lock: a.transparent_lock,
+                allow_udp: a.transparent_allow_udp.clone(),
+                log_drops: a.transparent_log_drops,
                 proxy_env: a.transparent_proxy_env,
             },
             identity_secrets: a.identity_secrets.clone(),

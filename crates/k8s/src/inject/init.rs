@@ -32,6 +32,12 @@ impl InjectOptions {
         }
         if r.lock {
             args.push("--lock".into());
+            for allow in &r.allow_udp {
+                args.extend(["--allow-udp".into(), allow.clone()]);
+            }
+            if r.log_drops {
+                args.push("--log-drops".into());
+            }
         }
         let mut c = serde_yaml::Mapping::new();
         c.insert(s("name"), s(REDIRECT_CONTAINER_NAME));

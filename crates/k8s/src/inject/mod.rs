@@ -59,6 +59,7 @@ mod signing;
 mod subject;
 mod template;
 mod trust;
+mod uid_lock;
 mod yaml;
 
 pub use args::{InjectArgs, SidecarArgs};
@@ -66,6 +67,7 @@ pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
 pub use learn::LEARN_VOLUME;
 pub use signing::{PinsetKey, KEY_DIR, KEY_VOLUME, STATE_DIR, STATE_VOLUME};
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
+pub use uid_lock::{ALLOW_SETUID_ANNOTATION, RECORD_ANNOTATION as UID_LOCK_ANNOTATION};
 
 use documents::{fix_octal_modes, split_documents};
 use template::{inject_document, inject_template};
@@ -176,8 +178,12 @@ pub struct Transparent {
     pub ports: Vec<u16>,
     /// Destinations never redirected.
     pub exclude_cidr: Vec<String>,
-    /// `redirect --lock`: reset what is not redirected.
+    /// `redirect --lock`: reset what is not redirected, lock UDP.
     pub lock: bool,
+    /// `redirect --allow-udp`: UDP destinations (`CIDR:PORT`) the lock lets through.
+    pub allow_udp: Vec<String>,
+    /// `redirect --log-drops`: log what the lock refuses (rate-limited).
+    pub log_drops: bool,
     /// Set the proxy variables too.
     pub proxy_env: bool,
 }
@@ -191,6 +197,8 @@ impl Default for Transparent {
             ports: Vec::new(),
             exclude_cidr: Vec::new(),
             lock: false,
+            allow_udp: Vec::new(),
+            log_drops: false,
             proxy_env: false,
         }
     }
@@ -251,6 +259,18 @@ pub enum InjectError {
     UidConflict {
         at: Box<TemplateRef>,
         who: String,
+        uid: u32,
+    },
+    #[error(
+        "{at}: container {container:?} can change its UID ({why}): in transparent mode it could \
+         become UID {uid}, which the rules let through unredirected, and bypass pinproxy. Drop \
+         that from its securityContext, or set the pod annotation pinproxy.io/allow-setuid: \
+         \"true\" to accept the bypass"
+    )]
+    UidChange {
+        at: Box<TemplateRef>,
+        container: String,
+        why: String,
         uid: u32,
     },
     #[error("invalid inject option: {0}")]

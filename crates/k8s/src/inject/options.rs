@@ -84,6 +84,17 @@ impl InjectOptions {
                 return bad(format!("--transparent-exclude-cidr: {e}"));
             }
         }
+        for allow in &r.allow_udp {
+            if let Err(e) = allow.parse::<crate::redirect::UdpAllow>() {
+                return bad(format!("--transparent-allow-udp: {e}"));
+            }
+        }
+        if !r.lock && (!r.allow_udp.is_empty() || r.log_drops) {
+            return bad(
+                "--transparent-allow-udp and --transparent-log-drops need --transparent-lock"
+                    .into(),
+            );
+        }
         self.check_learn_file().or_else(bad)?;
         if !["text", "json"].contains(&self.log_format.as_str()) {
             return bad(format!(

@@ -14,6 +14,7 @@ use super::learn::LEARN_VOLUME;
 use super::signing::{KEY_VOLUME, STATE_VOLUME};
 use super::subject::Subject;
 use super::trust::CA_EXTRA_VOLUME;
+use super::uid_lock;
 use super::yaml::{map, s};
 use super::{
     has_inject_marker, is_dns_subdomain, is_redirect, is_sidecar, Added, InjectError,
@@ -147,6 +148,7 @@ pub(super) fn inject_template(
     check_ports(tmpl, opts, &at)?;
     check_app_proxy_env(tmpl, opts, &at, existing.is_some())?;
     check_transparent_uid(tmpl, opts, &at)?;
+    uid_lock::check(tmpl, opts, &at)?;
     if !native && (kind == "Job" || kind == "CronJob") {
         warnings.push(at.warning(
             "legacy (non-native) sidecar in a Job never exits, so the Job never completes",
@@ -167,6 +169,9 @@ pub(super) fn inject_template(
     place_redirect(spec, opts, &at)?;
     let volumes = add_volumes(spec, opts, &secret, &at)?;
     let app_containers = configure_app_containers(spec, opts, &at)?;
+    if let Some(cost) = uid_lock::apply(tmpl, opts, &at)? {
+        warnings.push(at.warning(&cost));
+    }
     // With a regular sidecar first in the list, kubectl logs/exec would
     // default to it; point them at the app.
     if !native {

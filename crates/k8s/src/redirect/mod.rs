@@ -20,9 +20,16 @@
 //!                           RETURN  -d --exclude-cidr…
 //!                           tcp [--dports --ports] -> PINPROXY_REDIRECT
 //!        PINPROXY_REDIRECT: REDIRECT --to-ports --port  (127.0.0.1 / ::1)
-//! filter OUTPUT -p tcp -> PINPROXY_LOCK       (--lock only, inserted first)
+//! filter OUTPUT -> PINPROXY_LOCK              (--lock only, inserted first)
 //!        PINPROXY_LOCK:     the same RETURNs, then
+//!                           [LOG, rate-limited: --log-drops]
 //!                           tcp SYN -> REJECT --reject-with tcp-reset
+//!                           udp replies (ctstate ESTABLISHED) -> RETURN
+//!                           udp -d resolver --dport 53 -> RETURN
+//!                           udp -d --allow-udp CIDR --dport PORT -> RETURN
+//!                           [LOG, rate-limited: --log-drops]
+//!                           udp --dport 443 -> REJECT icmp(6)-port-unreachable
+//!                           udp -> DROP
 //! ```
 //!
 //! The nat hook runs before filter's, so a redirected connection reaches
@@ -30,7 +37,11 @@
 //! headed off the pod there was not redirected (a port outside `--ports`, or
 //! a packet nat never saw) and gets a reset: a bypass fails loudly instead
 //! of silently. Only SYNs are rejected, so the replies of connections the
-//! app *accepts* are never touched.
+//! app *accepts* are never touched. UDP cannot be redirected (pinproxy
+//! speaks TCP): the lock keeps DNS to the pod's resolvers and what
+//! `--allow-udp` lists, makes QUIC fail fast so clients fall back to TCP,
+//! and drops the rest ([`udp`]). Other protocols (ICMP, SCTP) are not
+//! locked: none carries TLS to a pinned host.
 //!
 //! # All TCP by default
 //!
@@ -90,9 +101,11 @@ use std::str::FromStr;
 mod apply;
 mod render;
 mod save;
+pub mod udp;
 
 pub use apply::{install, remove};
 pub use render::{render, render_remove};
+pub use udp::{Udp, UdpAllow};
 
 /// nat chain jumped to from `OUTPUT`: exemptions, then the redirect.
 pub const OUTPUT_CHAIN: &str = "PINPROXY_OUTPUT";
@@ -189,6 +202,8 @@ pub struct Config {
     exclude_cidrs: Vec<Cidr>,
     exclude_uids: Vec<u32>,
     lock: bool,
+    /// What `lock` does with UDP.
+    udp: Udp,
 }
 
 /// What of pinproxy's a namespace holds, read from `iptables-save`.
@@ -230,6 +245,13 @@ pub enum Outcome {
 impl Family {
     pub const ALL: [Family; 2] = [Family::V4, Family::V6];
 
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
     fn loopback(self) -> &'static str {
         match self {
             Family::V4 => "127.0.0.0/8",
@@ -251,10 +273,13 @@ impl fmt::Display for Family {
 
 impl Cidr {
     pub fn family(&self) -> Family {
-        match self.addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
+        Family::of(&self.addr)
+    }
+
+    /// The block holding `ip` alone.
+    pub fn host(ip: IpAddr) -> Cidr {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        Cidr { addr: ip, prefix }
     }
 }
 
@@ -382,7 +407,16 @@ impl Config {
             exclude_cidrs,
             exclude_uids,
             lock,
+            udp: Udp::default(),
         })
+    }
+
+    /// What the lock does with UDP (nothing without `lock`).
+    pub fn with_udp(mut self, mut udp: Udp) -> Config {
+        dedup_in_order(&mut udp.resolvers);
+        dedup_in_order(&mut udp.allow);
+        self.udp = udp;
+        self
     }
 
     pub fn ports(&self) -> &Ports {

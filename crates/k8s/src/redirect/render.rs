@@ -1,7 +1,9 @@
 //! Rendering: the `iptables-restore --noflush` input that brings a
 //! namespace from what it holds to exactly the rules of a [`Config`].
 
-use super::{Config, Family, Installed, Ports, Table, LOCK_CHAIN, OUTPUT_CHAIN, REDIRECT_CHAIN};
+use super::{
+    udp, Config, Family, Installed, Ports, Table, LOCK_CHAIN, OUTPUT_CHAIN, REDIRECT_CHAIN,
+};
 
 /// iptables' multiport match takes at most 15 ports.
 const MULTIPORT_MAX: usize = 15;
@@ -42,9 +44,13 @@ pub fn render(cfg: &Config, family: Family, installed: &Installed) -> String {
     // filter: the lock, or whatever an earlier --lock left.
     if cfg.lock {
         let mut rules = exemptions(cfg, family, LOCK_CHAIN);
+        if cfg.udp.log {
+            rules.push(udp::tcp_log_rule(LOCK_CHAIN));
+        }
         rules.push(format!(
             "-A {LOCK_CHAIN} -p tcp --syn -j REJECT --reject-with tcp-reset"
         ));
+        rules.extend(udp::rules(&cfg.udp, family, LOCK_CHAIN));
         table_section(
             &mut out,
             "filter",
@@ -130,7 +136,9 @@ fn table_section(
         out.push_str(rule);
         out.push('\n');
     }
-    out.push_str(&format!("-I OUTPUT 1 -p tcp -j {}\n", chains[0]));
+    let jump = super::save::jump(chains[0]);
+    let (from, spec) = jump.split_once(' ').unwrap_or((jump.as_str(), ""));
+    out.push_str(&format!("-I {from} 1 {spec}\n"));
     out.push_str("COMMIT\n");
 }
 
@@ -151,7 +159,7 @@ fn removal_section(out: &mut String, t: &Table) {
 #[cfg(test)]
 mod tests {
     use super::super::save::SAVED;
-    use super::super::{Cidr, Error};
+    use super::super::{Cidr, Error, Udp};
     use super::*;
 
     fn cidrs(list: &[&str]) -> Vec<Cidr> {
@@ -168,6 +176,14 @@ mod tests {
             true,
         )
         .unwrap()
+        .with_udp(Udp {
+            resolvers: vec![
+                "10.96.0.10".parse().unwrap(),
+                "fd00:10:96::a".parse().unwrap(),
+            ],
+            allow: vec!["10.0.0.0/8:123".parse().unwrap()],
+            log: false,
+        })
     }
 
     #[test]
@@ -196,7 +212,12 @@ COMMIT
 -A PINPROXY_LOCK -d 127.0.0.0/8 -j RETURN
 -A PINPROXY_LOCK -d 10.96.0.0/12 -j RETURN
 -A PINPROXY_LOCK -p tcp --syn -j REJECT --reject-with tcp-reset
--I OUTPUT 1 -p tcp -j PINPROXY_LOCK
+-A PINPROXY_LOCK -p udp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+-A PINPROXY_LOCK -d 10.96.0.10/32 -p udp -m udp --dport 53 -j RETURN
+-A PINPROXY_LOCK -d 10.0.0.0/8 -p udp -m udp --dport 123 -j RETURN
+-A PINPROXY_LOCK -p udp -m udp --dport 443 -j REJECT --reject-with icmp-port-unreachable
+-A PINPROXY_LOCK -p udp -j DROP
+-I OUTPUT 1 -j PINPROXY_LOCK
 COMMIT
 "
         );

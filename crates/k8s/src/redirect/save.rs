@@ -69,9 +69,15 @@ impl Installed {
     }
 }
 
-/// The rule (without `-A`/`-I`) that sends `OUTPUT` TCP into `chain`.
-fn jump(chain: &str) -> String {
-    format!("OUTPUT -p tcp -j {chain}")
+/// The rule (without `-A`/`-I`) that sends `OUTPUT` into `chain`: TCP
+/// into the nat chain, everything into the lock (its rules pick TCP and
+/// UDP; other protocols pass).
+pub(super) fn jump(chain: &str) -> String {
+    if chain == LOCK_CHAIN {
+        format!("OUTPUT -j {chain}")
+    } else {
+        format!("OUTPUT -p tcp -j {chain}")
+    }
 }
 
 /// `iptables-save` of a namespace with someone else's rules and a pinproxy

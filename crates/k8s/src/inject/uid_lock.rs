@@ -1,0 +1,293 @@
+//! Transparent mode: no app container may become pinproxy.
+//!
+//! The rules let pinproxy's UID through unredirected, so a process that
+//! can switch to that UID egresses around the pins: root with `CAP_SETUID`
+//! (the default when `runAsUser` is unset) calls `setuid(1337)`, and any
+//! process can exec a set-user-ID binary owned by 1337 unless
+//! `no_new_privs` is set. So in transparent mode every app container (and
+//! app init container) gets `capabilities.drop: [SETUID, SETGID]` and
+//! `allowPrivilegeEscalation: false` (no_new_privs), unless its
+//! securityContext already says so (`drop: [ALL]` counts). A container that
+//! must keep them — `privileged: true`, `SETUID`/`SETGID`/`ALL` in
+//! `capabilities.add`, `allowPrivilegeEscalation: true` — is refused,
+//! unless the pod says [`ALLOW_SETUID_ANNOTATION`]: then nothing is changed
+//! and a warning says what that costs.
+//!
+//! What injection added is recorded in [`RECORD_ANNOTATION`], so turning
+//! transparent mode off (or setting the override) takes exactly that out
+//! again and leaves the manifest's own settings alone.
+
+use std::collections::BTreeMap;
+
+use serde_yaml::{Mapping, Value};
+
+use super::subject::Subject;
+use super::yaml::s;
+use super::{is_redirect, is_sidecar, InjectError, InjectOptions};
+
+/// Pod annotation: `"true"` lets the pod's containers keep the means to
+/// change UID in transparent mode (and so to bypass pinproxy).
+pub const ALLOW_SETUID_ANNOTATION: &str = "pinproxy.io/allow-setuid";
+/// Pod annotation written by injection: which container got which of
+/// `drop: SETUID`, `drop: SETGID`, `allowPrivilegeEscalation: false`, as
+/// `app=SETGID+SETUID+allowPrivilegeEscalation;migrate=SETUID`.
+pub const RECORD_ANNOTATION: &str = "pinproxy.io/uid-lock";
+
+const SETUID: &str = "SETUID";
+const SETGID: &str = "SETGID";
+const NO_ESCALATION: &str = "allowPrivilegeEscalation";
+
+/// Per container, what injection added.
+type Record = BTreeMap<String, Vec<String>>;
+
+/// Whether the pod template carries [`ALLOW_SETUID_ANNOTATION`]`: "true"`.
+pub(super) fn allowed(tmpl: &Mapping, at: &Subject) -> Result<bool, InjectError> {
+    let said = tmpl
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(ALLOW_SETUID_ANNOTATION));
+    match said.map(|v| v.as_str().map(str::trim)) {
+        None | Some(Some("false")) => Ok(false),
+        Some(Some("true")) => Ok(true),
+        Some(_) => Err(at.malformed(&format!(
+            "annotation {ALLOW_SETUID_ANNOTATION} must be \"true\" or \"false\""
+        ))),
+    }
+}
+
+/// Refuses a template one of whose app containers must keep a way to
+/// change UID, in transparent mode without the override.
+pub(super) fn check(tmpl: &Mapping, opts: &InjectOptions, at: &Subject) -> Result<(), InjectError> {
+    if !opts.transparent || allowed(tmpl, at)? {
+        return Ok(());
+    }
+    for c in app_containers(tmpl) {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("<unnamed>");
+        if let Some(why) = keeps_uid_change(c) {
+            return Err(InjectError::UidChange {
+                at: at.template(),
+                container: name.to_string(),
+                why,
+                uid: opts.redirect.uid,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Makes every app container unable to change UID (transparent mode
+/// without the override), or takes out what an earlier injection added
+/// (otherwise). Returns a warning when the override is in force.
+pub(super) fn apply(
+    tmpl: &mut Mapping,
+    opts: &InjectOptions,
+    at: &Subject,
+) -> Result<Option<String>, InjectError> {
+    let allow = allowed(tmpl, at)?;
+    let lock = opts.transparent && !allow;
+    let old = read_record(tmpl);
+    let mut record = Record::new();
+    if let Some(Value::Mapping(spec)) = tmpl.get_mut("spec") {
+        for field in ["initContainers", "containers"] {
+            let Some(Value::Sequence(list)) = spec.get_mut(field) else {
+                continue;
+            };
+            for c in list
+                .iter_mut()
+                .filter(|c| !is_sidecar(c) && !is_redirect(c))
+            {
+                let Value::Mapping(c) = c else {
+                    return Err(at.malformed("a container is not a mapping"));
+                };
+                let name = c
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("<unnamed>")
+                    .to_string();
+                let ours = old.get(&name).cloned().unwrap_or_default();
+                let kept = if lock {
+                    forbid(c, ours).ok_or_else(|| {
+                        at.malformed(&format!(
+                            "container {name:?}: securityContext or its capabilities is not a mapping"
+                        ))
+                    })?
+                } else {
+                    undo(c, &ours);
+                    Vec::new()
+                };
+                if !kept.is_empty() {
+                    record.insert(name, kept);
+                }
+            }
+        }
+    }
+    write_record(tmpl, &record, at)?;
+    Ok((opts.transparent && allow).then(|| {
+        format!(
+            "{ALLOW_SETUID_ANNOTATION}: \"true\": the app containers keep the means to change \
+             UID; a root process (or a set-user-ID binary) that becomes UID {} egresses around \
+             pinproxy and the lock",
+            opts.redirect.uid
+        )
+    }))
+}
+
+/// The app containers and app init containers of a template.
+fn app_containers(tmpl: &Mapping) -> impl Iterator<Item = &Value> {
+    let spec = tmpl.get("spec");
+    ["initContainers", "containers"]
+        .into_iter()
+        .filter_map(move |f| spec.and_then(|s| s.get(f)).and_then(Value::as_sequence))
+        .flatten()
+        .filter(|c| !is_sidecar(c) && !is_redirect(c))
+}
+
+/// A capability name as the runtimes read it: upper case, no `CAP_`.
+fn cap_name(v: &Value) -> Option<String> {
+    let n = v.as_str()?.trim().to_ascii_uppercase();
+    Some(n.strip_prefix("CAP_").map(str::to_string).unwrap_or(n))
+}
+
+fn caps(c: &Value, list: &str) -> Vec<String> {
+    c.get("securityContext")
+        .and_then(|sc| sc.get("capabilities"))
+        .and_then(|cap| cap.get(list))
+        .and_then(Value::as_sequence)
+        .map(|l| l.iter().filter_map(cap_name).collect())
+        .unwrap_or_default()
+}
+
+/// Why container `c` must keep the means to change UID, as its
+/// securityContext says.
+fn keeps_uid_change(c: &Value) -> Option<String> {
+    let sc = c.get("securityContext");
+    let flag = |k: &str| sc.and_then(|sc| sc.get(k)).and_then(Value::as_bool);
+    if flag("privileged") == Some(true) {
+        return Some("it is privileged".into());
+    }
+    if flag(NO_ESCALATION) == Some(true) {
+        return Some("it sets allowPrivilegeEscalation: true".into());
+    }
+    let added = caps(c, "add");
+    for cap in ["ALL", SETUID, SETGID] {
+        if added.iter().any(|a| a == cap) {
+            return Some(format!("it adds the capability {cap}"));
+        }
+    }
+    None
+}
+
+/// Adds what container `c` lacks; returns what is ours now (added before
+/// and still there, or added now). `None`: its securityContext (or a part
+/// of it) is not a mapping.
+fn forbid(c: &mut Mapping, before: Vec<String>) -> Option<Vec<String>> {
+    let dropped = caps(&Value::Mapping(c.clone()), "drop");
+    let all = dropped.iter().any(|d| d == "ALL");
+    let mut ours = before;
+    let sc = child(c, "securityContext")?;
+    for cap in [SETUID, SETGID] {
+        if !all && !dropped.iter().any(|d| d == cap) {
+            let caps = child(sc, "capabilities")?;
+            let drop = caps
+                .entry(s("drop"))
+                .or_insert_with(|| Value::Sequence(Vec::new()));
+            if drop.is_null() {
+                *drop = Value::Sequence(Vec::new());
+            }
+            drop.as_sequence_mut()?.push(s(cap));
+            ours.push(cap.to_string());
+        }
+    }
+    if sc.get(NO_ESCALATION).and_then(Value::as_bool) != Some(false) {
+        sc.insert(s(NO_ESCALATION), Value::Bool(false));
+        ours.push(NO_ESCALATION.to_string());
+    }
+    ours.sort();
+    ours.dedup();
+    Some(ours)
+}
+
+/// Takes out of container `c` what injection added (`ours`), and the
+/// mappings that leaves empty.
+fn undo(c: &mut Mapping, ours: &[String]) {
+    if ours.is_empty() {
+        return;
+    }
+    let Some(Value::Mapping(sc)) = c.get_mut("securityContext") else {
+        return;
+    };
+    if ours.iter().any(|o| o == NO_ESCALATION)
+        && sc.get(NO_ESCALATION).and_then(Value::as_bool) == Some(false)
+    {
+        sc.remove(NO_ESCALATION);
+    }
+    if let Some(Value::Mapping(caps)) = sc.get_mut("capabilities") {
+        if let Some(Value::Sequence(drop)) = caps.get_mut("drop") {
+            drop.retain(|d| cap_name(d).is_none_or(|n| !ours.contains(&n)));
+            if drop.is_empty() {
+                caps.remove("drop");
+            }
+        }
+        if caps.is_empty() {
+            sc.remove("capabilities");
+        }
+    }
+    if sc.is_empty() {
+        c.remove("securityContext");
+    }
+}
+
+/// The mapping under `key`, created when absent or null; `None` when the
+/// key holds something else.
+fn child<'a>(m: &'a mut Mapping, key: &str) -> Option<&'a mut Mapping> {
+    let v = m.entry(s(key)).or_insert(Value::Null);
+    if v.is_null() {
+        *v = Value::Mapping(Mapping::new());
+    }
+    v.as_mapping_mut()
+}
+
+fn read_record(tmpl: &Mapping) -> Record {
+    let text = tmpl
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(RECORD_ANNOTATION))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let known = [SETUID, SETGID, NO_ESCALATION];
+    text.split(';')
+        .filter_map(|part| part.split_once('='))
+        .map(|(name, items)| {
+            let items = items
+                .split('+')
+                .filter(|i| known.contains(i))
+                .map(str::to_string)
+                .collect();
+            (name.trim().to_string(), items)
+        })
+        .collect()
+}
+
+fn write_record(tmpl: &mut Mapping, record: &Record, at: &Subject) -> Result<(), InjectError> {
+    if record.is_empty() {
+        let Some(Value::Mapping(meta)) = tmpl.get_mut("metadata") else {
+            return Ok(());
+        };
+        if let Some(Value::Mapping(ann)) = meta.get_mut("annotations") {
+            if ann.remove(RECORD_ANNOTATION).is_some() && ann.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+        return Ok(());
+    }
+    let text = record
+        .iter()
+        .map(|(name, items)| format!("{name}={}", items.join("+")))
+        .collect::<Vec<_>>()
+        .join(";");
+    child(tmpl, "metadata")
+        .and_then(|meta| child(meta, "annotations"))
+        .ok_or_else(|| at.malformed("metadata.annotations is not a mapping"))?
+        .insert(s(RECORD_ANNOTATION), s(&text));
+    Ok(())
+}
