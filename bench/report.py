@@ -120,6 +120,9 @@ if cd and cc:
     print(f"| server CPU µs per new client TLS conn: upstream (direct) / pinproxy (CONNECT) | {rng([x['server_cpu_us_per_conn'] for x in cd], '{:.0f}')} / {rng([x['server_cpu_us_per_conn'] for x in cc], '{:.0f}')} |")
 print(f"| fresh upstream handshake per req (wrk -c16 via :8445), req/s: 10 pins / CA-only | {rng(series('pins', 'ppten', 'rps'), '{:,.0f}')} / {rng(series('pins', 'ppca', 'rps'), '{:,.0f}')} |")
 print(f"|   same, pinproxy CPU µs/req: 10 pins / CA-only | {rng(series('pins', 'ppten', 'cpu_us'))} / {rng(series('pins', 'ppca', 'cpu_us'))} |")
+if series('ct', 'ppctenf', 'rps'):
+    print(f"| fresh upstream handshake per req (wrk -c16 via :8446, leaf with 3 SCTs), req/s: ct: enforce / ct: off | {rng(series('ct', 'ppctenf', 'rps'), '{:,.0f}')} / {rng(series('ct', 'ppctoff', 'rps'), '{:,.0f}')} |")
+    print(f"|   same, pinproxy CPU µs/req: ct: enforce / ct: off | {rng(series('ct', 'ppctenf', 'cpu_us'))} / {rng(series('ct', 'ppctoff', 'cpu_us'))} |")
 if rel: print(f"| `..data` swap → enforcement ms: per-rep median of {rel[0]['swaps']} swaps, median [min–max] over reps; slowest single swap | {rng([x['median_ms'] for x in rel], '{:.0f}')}; {max(x['max_ms'] for x in rel):.0f} |")
 if stt: print(f"| start → /readyz ms: per-rep median of {stt[0]['starts']} starts, median [min–max] over reps; with --ca-out | {rng([x['median_ms'] for x in stt])}" + (f"; {rng([x['median_ms'] for x in stc])}" if stc else "") + f"; slowest single start {max(x['max_ms'] for x in stt + stc):.1f} |")
 if sizes:
@@ -172,6 +175,8 @@ chk("idle RSS after load ≤ 8 MiB (1 worker, each run)", after, "<=", 8, "MiB",
 for w in ("fwd", "connect-h1", "connect-h2"):
     chk(f"N workers CPU/req ≤ 1.2× 1 worker ({w})", paired(V(w, "pinproxyN", "cpu_us"), V(w, "pinproxy", "cpu_us")), "<=", 1.2, fg=[(w, "pinproxy"), (w, "pinproxyN")])
 chk("existing: 10-pin vs CA-only handshake rate within 3%", paired(V("pins", "ppten", "rps"), V("pins", "ppca", "rps")), ">=", 0.97, fg=[("pins", "ppten"), ("pins", "ppca")])
+if series('ct', 'ppctenf', 'rps'):
+    chk("ct: enforce vs off handshake rate ≥ 0.95 (issue 26)", paired(V("ct", "ppctenf", "rps"), V("ct", "ppctoff", "rps")), ">=", 0.95, fg=[("ct", "ppctenf"), ("ct", "ppctoff")])
 if cd and cc:
     chk("existing: CONNECT per-handshake server CPU ≤ 1.5× direct", [b["server_cpu_us_per_conn"] / a["server_cpu_us_per_conn"] for a, b in zip(cd, cc)], "<=", 1.5)
 if rel: chk("existing: `..data` swap → enforcement median ≤ 300 ms", [x["median_ms"] for x in rel], "<=", 300, "ms", note="range of the per-rep medians")

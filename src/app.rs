@@ -16,7 +16,7 @@ use crate::control::drift::Drift;
 use crate::control::learn;
 use crate::control::logs::LogLimiter;
 use crate::control::metrics::Metrics;
-use crate::control::reload::{Hangups, Signing, Watcher};
+use crate::control::reload::{self, Hangups, Signing, Watcher};
 use crate::control::reports::{self, Reporter};
 use crate::control::telemetry::{Sinks, Telemetry};
 use crate::control::{Live, Readiness, Reloader};
@@ -65,6 +65,9 @@ pub struct Config {
     /// With `--pinset-key`: only pinsets signed with one of these keys,
     /// whose serial never goes back, are applied.
     pub signing: Option<SigningConfig>,
+    /// The CT log list file (`None`: the built-in list), read and watched
+    /// like the pinset; its size limit is `max_file_bytes`.
+    pub ct_log_list: Option<PathBuf>,
 }
 
 /// `run --pinset-key` and `--state-dir`.
@@ -99,6 +102,7 @@ impl Default for Config {
             max_pinset_bytes: policy::load::DEFAULT_MAX_BYTES,
             max_file_bytes: policy::load::DEFAULT_MAX_FILE_BYTES,
             max_crl_entries: policy::load::DEFAULT_MAX_CRL_ENTRIES,
+            ct_log_list: None,
             signing: None,
         }
     }
@@ -135,6 +139,8 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     #[error(transparent)]
     Learn(#[from] learn::Error),
+    #[error(transparent)]
+    LogList(#[from] crate::tls::ct::ListError),
     #[error("cannot listen on {addr} (set by {flag}): {source}")]
     Bind {
         /// The flag and variable that chose the address.
@@ -259,6 +265,11 @@ impl App {
             })
             .ok()
             });
+        if let (Some(w), Some(list)) = (&mut watcher, &config.ct_log_list) {
+            if let Err(e) = w.watch_file(list) {
+                tracing::warn!(error = %e, "cannot watch the CT log list's directory; reload with SIGHUP");
+            }
+        }
         // Listen for SIGHUP before anything can reach the process.
         let hangups = config.sighup.then(Hangups::new).and_then(|h| {
             h.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
@@ -275,6 +286,7 @@ impl App {
             None => (policy::load::load_with(&config.pins, config.caps())?, 1),
             Some(_) => (Policy::pending(), 0),
         };
+        let ct_list = reload::read_ct_list(config.ct_log_list.as_deref(), config.max_file_bytes)?;
         let mut warnings = policy.warnings.clone();
         let metrics = Metrics::new();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -320,8 +332,10 @@ impl App {
             own_addrs,
         );
         let sinks = telemetry.sinks.clone();
-        let (live, publisher) =
-            Live::new(Snapshot::build(policy, generation, &shared)?, &telemetry);
+        let (live, publisher) = Live::new(
+            Snapshot::build(policy, ct_list, generation, &shared)?,
+            &telemetry,
+        );
         let ctx = Arc::new(proxy::Context {
             live: live.clone(),
             metrics: metrics.clone(),
@@ -340,15 +354,22 @@ impl App {
             sinks: sinks.clone(),
             readiness: readiness.clone(),
         };
+        let list = config.ct_log_list.clone();
         let reloader = match signing {
-            None => Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps()),
+            None => Reloader::with_ct_log_list(
+                Reloader::with_caps(publisher, shared, config.pins.clone(), config.caps()),
+                list,
+            ),
             Some(signing) => {
-                let r = Reloader::signed(
-                    publisher,
-                    shared,
-                    config.pins.clone(),
-                    config.caps(),
-                    signing,
+                let r = Reloader::with_ct_log_list(
+                    Reloader::signed(
+                        publisher,
+                        shared,
+                        config.pins.clone(),
+                        config.caps(),
+                        signing,
+                    ),
+                    list,
                 );
                 // Refused or not, the process serves: not ready and
                 // refusing everything until a signed pinset is applied (the

@@ -64,11 +64,12 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("pinproxy-k8s", &["pinproxy-sign"]),
     ("pinproxy-ct", &[]),
     ("pinproxy-sign", &[]),
-    // The binary: app, cli, main.
+    // The binary: app, cli, main (pinproxy-ct: tests/ct.rs's test log).
     (
         "pinproxy",
         &[
             "pinproxy-control",
+            "pinproxy-ct",
             "pinproxy-k8s",
             "pinproxy-policy",
             "pinproxy-proxy",

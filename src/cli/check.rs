@@ -10,8 +10,9 @@ use clap::Args;
 use super::{small_runtime, Error};
 use crate::policy::host::Host;
 use crate::policy::pin::Pin;
-use crate::policy::{self, HostPolicy, Trust};
+use crate::policy::{self, CtMode, HostPolicy, Trust};
 use crate::reason::Position;
+use crate::tls::ct::{LogListInForce, PathChecks, Verdict as CtVerdict};
 use crate::tls::probe;
 use crate::tls::verdict::{judge, Outcome};
 
@@ -33,6 +34,10 @@ pub struct CheckArgs {
     /// As `run --max-crl-entries`.
     #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = policy::load::DEFAULT_MAX_CRL_ENTRIES)]
     pub max_crl_entries: usize,
+    /// As `run --ct-log-list`: the CT log list `--live` judges SCTs with
+    /// (default: the built-in one).
+    #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
+    pub ct_log_list: Option<PathBuf>,
     /// Also verify PATH.sig with this public key, as `run --pinset-key`
     /// does (repeatable: any one may verify), and require a valid serial.
     #[arg(long, value_name = "PUB")]
@@ -71,11 +76,21 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
     if !args.live {
         return Ok(());
     }
+    let list = match &args.ct_log_list {
+        Some(path) => std::sync::Arc::new(
+            LogListInForce::read(path, args.max_file_bytes).map_err(Error::failed)?,
+        ),
+        None => LogListInForce::builtin(),
+    };
+    if policy.hosts.iter().any(|h| h.ct != CtMode::Off) {
+        let now = rustls::pki_types::UnixTime::now();
+        println!("CT log list: {}", list.describe(now));
+    }
     let rt = small_runtime()?;
     let now = time::OffsetDateTime::now_utc();
     let mut bad = 0;
     for entry in &policy.hosts {
-        if !rt.block_on(live(entry, now)) {
+        if !rt.block_on(live(entry, now, &list)) {
             bad += 1;
         }
     }
@@ -128,7 +143,11 @@ fn verify(args: &CheckArgs, source: &policy::load::Source) -> Result<(), String>
 
 /// Dials one entry and prints its verdict; `false` if something enforced
 /// would break now.
-async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
+async fn live(
+    entry: &HostPolicy,
+    now: time::OffsetDateTime,
+    list: &std::sync::Arc<LogListInForce>,
+) -> bool {
     if entry.name.starts_with('*') {
         println!(
             "{}: skipped (a wildcard names no single server)",
@@ -149,6 +168,7 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
         names: &entry.names,
         crls: entry.crls.clone(),
         client_cert: entry.client_cert.as_ref().map(|c| c.certified.clone()),
+        ct: Some((list.clone(), entry.ct)),
     };
     let seen = match probe::probe_with(
         &host,
@@ -230,7 +250,50 @@ async fn live(entry: &HostPolicy, now: time::OffsetDateTime) -> bool {
         println!("{}: client certificate: {line}", entry.name);
         ok &= fine;
     }
+    if let Some(checks) = &seen.checks {
+        for (line, fine) in transparency(checks) {
+            println!("{}: {line}", entry.name);
+            ok &= fine;
+        }
+    }
     ok
+}
+
+/// The `CT:` line (unless `ct: off`) and, when the server stapled an OCSP
+/// response or the leaf is must-staple, the `OCSP:` line — each with what
+/// the proxy would do; `false`: requests would be refused.
+fn transparency(c: &PathChecks) -> Vec<(String, bool)> {
+    let refusal = c.refusal();
+    let refuses = |r: crate::reason::Reason| refusal.as_ref().is_some_and(|x| x.reason() == r);
+    let mut out = Vec::new();
+    if let Some(verdict) = c.ct_verdict() {
+        let line = format!("CT: {}", c.ct_line());
+        out.push(match (c.mode, verdict) {
+            (_, CtVerdict::Ok) => (line, true),
+            (CtMode::Enforce, _) if refuses(crate::reason::Reason::CtPolicy) => (
+                format!("{line} — ct: enforce: requests would be refused (ct-policy)"),
+                false,
+            ),
+            (CtMode::Enforce, _) => (format!("{line} — ct: enforce acts as report"), true),
+            _ => (format!("{line} (ct: report: counted, not refused)"), true),
+        });
+    }
+    if c.stapled || c.must_staple {
+        let must = if c.must_staple {
+            " (must-staple leaf)"
+        } else {
+            ""
+        };
+        let line = format!("OCSP: {}{must}", c.staple_line());
+        out.push(match &refusal {
+            Some(r) if r.reason() != crate::reason::Reason::CtPolicy => (
+                format!("{line} — requests would be refused ({})", r.reason()),
+                false,
+            ),
+            _ => (line, true),
+        });
+    }
+    out
 }
 
 /// Every pin on the validated paths (leaf first) with its place: the leaf,

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod check;
+pub mod ct_update;
 pub mod duration;
 pub mod fds;
 pub mod inject;
@@ -20,6 +21,7 @@ pub mod run;
 pub mod sign;
 pub mod status;
 pub mod suggest;
+pub mod version;
 pub mod webhook;
 
 #[derive(Parser, Debug)]
@@ -48,6 +50,12 @@ pub enum Command {
     Keygen(sign::KeygenArgs),
     /// Print a pinset for the hosts learn mode recorded (unlisted: learn).
     Suggest(suggest::SuggestArgs),
+    /// Check a Certificate Transparency log list (v3 log_list.json) and
+    /// optionally install it (--out) for `run --ct-log-list`.
+    CtUpdate(ct_update::CtUpdateArgs),
+    /// Print the version, and the dates of the trust data built in
+    /// (Mozilla's roots, the CT log list).
+    Version(version::VersionArgs),
     /// Add the pinproxy sidecar to Kubernetes manifests (a YAML stream).
     Inject(crate::k8s::inject::InjectArgs),
     /// Serve the mutating admission webhook that injects the sidecar.
@@ -108,6 +116,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Sign(args) => ("pinproxy sign", sign::sign(&args)),
         Command::Keygen(args) => ("pinproxy keygen", sign::keygen(&args)),
         Command::Suggest(args) => ("pinproxy suggest", suggest::suggest(&args)),
+        Command::CtUpdate(args) => ("pinproxy ct-update", ct_update::ct_update(&args)),
+        Command::Version(args) => ("pinproxy version", version::version(&args)),
         Command::Inject(args) => ("pinproxy inject", inject::inject(&args)),
         Command::Webhook(args) => ("pinproxy webhook", webhook::webhook(&args)),
         Command::Redirect(args) => ("pinproxy redirect", redirect::redirect(&args)),

@@ -2,7 +2,7 @@
 //! live server presents (`--connect`), ending with a pinset snippet.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -13,8 +13,10 @@ use crate::policy::comment;
 use crate::policy::host::Host;
 use crate::policy::identity::Name;
 use crate::policy::pin::Pin;
+use crate::policy::CtMode;
 use crate::proxy::target::parse_host_port;
 use crate::tls::cert::{self, CertInfo};
+use crate::tls::ct::{LogListInForce, PathChecks};
 use crate::tls::keyfile;
 use crate::tls::probe;
 
@@ -45,17 +47,20 @@ pub struct PinArgs {
     /// SPIFFE ID, exact or ending in `/*`. The snippet then carries `names:`.
     #[arg(long = "name", value_name = "SAN", requires = "connect")]
     pub names: Vec<String>,
+    /// As `run --ct-log-list`: the CT log list the SCTs are checked
+    /// against (default: the built-in one).
+    #[arg(
+        long,
+        env = "PINPROXY_CT_LOG_LIST",
+        value_name = "FILE",
+        requires = "connect"
+    )]
+    pub ct_log_list: Option<PathBuf>,
 }
 
 pub fn pin(args: &PinArgs) -> Result<(), Error> {
     if let Some(target) = &args.connect {
-        return pin_connect(
-            target,
-            args.servername.as_deref(),
-            args.ca_file.as_deref(),
-            args.address,
-            &args.names,
-        );
+        return pin_connect(target, args);
     }
     let provider = rustls::crypto::ring::default_provider();
     let mut failed = false;
@@ -79,14 +84,20 @@ pub fn pin(args: &PinArgs) -> Result<(), Error> {
     }
 }
 
-fn pin_connect(
-    target: &str,
-    servername: Option<&str>,
-    ca_file: Option<&Path>,
-    address: Option<SocketAddr>,
-    names: &[String],
-) -> Result<(), Error> {
-    let names = names
+fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
+    let (servername, ca_file, address) = (
+        args.servername.as_deref(),
+        args.ca_file.as_deref(),
+        args.address,
+    );
+    let list = match &args.ct_log_list {
+        Some(f) => std::sync::Arc::new(
+            LogListInForce::read(f, policy::load::DEFAULT_MAX_FILE_BYTES).map_err(Error::failed)?,
+        ),
+        None => LogListInForce::builtin(),
+    };
+    let names = args
+        .names
         .iter()
         .map(|n| Name::parse(n).map_err(|e| Error::Usage(format!("--name: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
@@ -110,6 +121,7 @@ fn pin_connect(
             Some(anchors),
             probe::Expect {
                 names: &names,
+                ct: Some((list, CtMode::Report)),
                 ..Default::default()
             },
             Duration::from_secs(10),
@@ -121,6 +133,9 @@ fn pin_connect(
     );
     println!("# chain presented by {dialed} (SNI {name}), leaf first");
     print_chain(&seen);
+    if let Some(checks) = &seen.checks {
+        print_transparency(checks);
+    }
     let snippet = Snippet {
         host: name.to_string(),
         port,
@@ -188,6 +203,24 @@ fn print_chain(seen: &probe::Seen) {
             }
         }
     }
+}
+
+/// The leaf's SCTs (log id, timestamp, log and operator, how delivered,
+/// verified or not), the CT verdict and the OCSP staple, as comments.
+fn print_transparency(c: &PathChecks) {
+    println!(
+        "# Certificate Transparency (the CT policy as ct: enforce would judge it): {}",
+        comment::escape(&c.ct_line())
+    );
+    for sct in c.scts() {
+        println!("#   SCT {}", comment::escape(&sct.to_string()));
+    }
+    let must = if c.must_staple {
+        " (the leaf is must-staple)"
+    } else {
+        ""
+    };
+    println!("# OCSP staple: {}{must}", comment::escape(&c.staple_line()));
 }
 
 /// The certificates of the first validated path, leaf first, anchor last.

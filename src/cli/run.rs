@@ -148,6 +148,12 @@ pub struct RunArgs {
     /// refused like a broken file.
     #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = crate::policy::load::DEFAULT_MAX_CRL_ENTRIES)]
     pub max_crl_entries: usize,
+    /// A Certificate Transparency log list (Chrome's v3 `log_list.json`
+    /// format) to judge SCTs with instead of the built-in one; watched and
+    /// reloaded like the pinset (an invalid list keeps the last good one).
+    /// Check a new one with `pinproxy ct-update --from FILE`.
+    #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
+    pub ct_log_list: Option<PathBuf>,
     /// A public key (PEM: cosign's `cosign.pub`, or the .pub of `pinproxy
     /// keygen`; ECDSA P-256 or Ed25519) the pinset must be signed with:
     /// the file is applied only when `<pins>.sig` beside it verifies with
@@ -271,6 +277,7 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
         max_pinset_bytes: args.max_pinset_bytes,
         max_file_bytes: args.max_file_bytes,
         max_crl_entries: args.max_crl_entries,
+        ct_log_list: args.ct_log_list.clone(),
         signing: signing(args)?,
     };
     Ok((config, args.shutdown_grace))

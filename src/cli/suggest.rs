@@ -253,6 +253,7 @@ fn entry(host: &str, records: &[&LearnedHost]) -> Option<Entry> {
                 .into(),
         );
     }
+    notes.extend(transparency(&paths));
     for pin in &pins {
         notes.push(describe(pin, &paths));
     }
@@ -264,6 +265,41 @@ fn entry(host: &str, records: &[&LearnedHost]) -> Option<Entry> {
         trust: records[0].trust.clone(),
         notes,
     })
+}
+
+/// A warning for each CT verdict other than `ok` learned on the paths'
+/// leaves: a publicly-trusted leaf without valid SCTs was not (properly)
+/// logged, which a mis-issued certificate often is not.
+fn transparency(paths: &[&LearnedPath]) -> Vec<String> {
+    let mut by_verdict: BTreeMap<&str, usize> = BTreeMap::new();
+    // Only the labels this build writes: a learned document is input.
+    let known = |v: &str| {
+        crate::tls::ct::Verdict::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .find(|k| *k == v)
+    };
+    for v in paths.iter().filter_map(|p| p.ct.as_deref().and_then(known)) {
+        if v != "ok" && v != "stale-list" {
+            *by_verdict.entry(v).or_default() += 1;
+        }
+    }
+    by_verdict
+        .into_iter()
+        .map(|(v, n)| {
+            let what = if v == "none" {
+                "has no SCTs at all"
+            } else {
+                "has no SCTs that satisfy the CT policy"
+            };
+            format!(
+                "warning: CT {v}: the leaf of {n} of {} path(s) {what}: a publicly-trusted \
+                 certificate that was not properly logged; find out why before pinning \
+                 (ct: enforce would refuse it)",
+                paths.len()
+            )
+        })
+        .collect()
 }
 
 /// `sha256/…: intermediate CN=…, notAfter …`.

@@ -745,6 +745,7 @@ pub async fn proxy_configured(
         max_pinset_bytes: pinproxy::policy::load::DEFAULT_MAX_BYTES,
         max_file_bytes: pinproxy::policy::load::DEFAULT_MAX_FILE_BYTES,
         max_crl_entries: pinproxy::policy::load::DEFAULT_MAX_CRL_ENTRIES,
+        ct_log_list: None,
         signing: None,
     };
     tune(&mut config);

@@ -268,6 +268,22 @@ struct PinsView {
     /// Key continuity of unlisted hosts, by name (bounded): the metric
     /// counts them all under `unlisted`.
     unlisted_chains: BTreeMap<String, History>,
+    /// The Certificate Transparency log list in force.
+    ct_log_list: CtListView,
+}
+
+#[derive(Serialize)]
+struct CtListView {
+    /// `built-in`, or the file `--ct-log-list` names.
+    source: String,
+    version: Option<String>,
+    /// `log_list_timestamp`, RFC 3339.
+    timestamp: String,
+    age_days: u64,
+    /// 70 days old or older: `ct: enforce` acts as `report`.
+    stale: bool,
+    logs: usize,
+    operators: usize,
 }
 
 #[derive(Serialize)]
@@ -284,6 +300,8 @@ struct DefaultsView {
     trust: String,
     ports: Vec<u16>,
     allow_private: bool,
+    /// CT for unlisted hosts.
+    ct: pinproxy_policy::CtMode,
 }
 
 #[derive(Serialize)]
@@ -304,6 +322,7 @@ struct HostView {
     names: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     crls: Option<CrlsView>,
+    ct: pinproxy_policy::CtMode,
     last_seen: Option<crate::drift::LastSeen>,
     /// Key continuity per name dialed under this entry: the path last
     /// seen, and when each position last changed, from what to what.
@@ -387,6 +406,7 @@ fn pins_view(admin: &Admin) -> PinsView {
             trust: p.defaults.trust.describe(),
             ports: p.defaults.ports.clone(),
             allow_private: p.defaults.allow_private,
+            ct: p.defaults.ct,
         },
         hosts: p
             .hosts
@@ -403,12 +423,30 @@ fn pins_view(admin: &Admin) -> PinsView {
                 client_cert: h.client_cert.as_deref().map(client_cert_view),
                 names: h.names.iter().map(|n| n.to_string()).collect(),
                 crls: h.crls.as_deref().map(crls_view),
+                ct: h.ct,
                 last_seen: admin.drift.get(&h.name),
                 chains: admin.sinks.continuity.under(&h.name),
             })
             .collect(),
         passthrough: p.passthrough.items().to_vec(),
         unlisted_chains: admin.sinks.continuity.under("unlisted"),
+        ct_log_list: ct_list_view(&snap.ct_list),
+    }
+}
+
+fn ct_list_view(l: &pinproxy_tls::ct::LogListInForce) -> CtListView {
+    let now = rustls_pki_types::UnixTime::now();
+    CtListView {
+        source: match l.path() {
+            Some(p) => p.display().to_string(),
+            None => "built-in".into(),
+        },
+        version: l.version().map(str::to_string),
+        timestamp: l.timestamp_rfc3339(),
+        age_days: l.age_days(now),
+        stale: l.is_stale(now),
+        logs: l.list().logs().count(),
+        operators: l.list().operators().len(),
     }
 }
 

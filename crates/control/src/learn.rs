@@ -63,6 +63,13 @@ pub struct LearnedPath {
     pub seen: u64,
     pub first_seen: String,
     pub last_seen: String,
+    /// The Certificate Transparency verdict on the leaf last seen on this
+    /// path, by the log list in force whatever its age (`ok`, `none`,
+    /// `too-few-scts`, `unknown-log`, `bad-signature`: the `result` labels
+    /// of `pinproxy_ct_verdicts_total`): `suggest` marks a leaf without
+    /// valid SCTs. Absent when CT was not checked (`ct: off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ct: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +153,8 @@ struct PathRec {
     seen: u64,
     first: i64,
     last: i64,
+    /// A `ct_verdicts_total` result label (static: never a server's text).
+    ct: Option<&'static str>,
 }
 
 struct HostRec {
@@ -218,14 +227,17 @@ impl Learned {
     }
 
     /// Records one validated `path` (leaf first) of `host:port`, validated
-    /// under `trust`, at `now` (Unix time). `certs` describes the path; it
-    /// is called only for a path not seen before.
+    /// under `trust`, at `now` (Unix time), with the CT verdict on its leaf
+    /// (`None`: not checked). `certs` describes the path; it is called
+    /// only for a path not seen before.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         host: &str,
         port: u16,
         trust: &str,
         path: &[Pin],
+        ct: Option<&'static str>,
         now: i64,
         certs: impl FnOnce() -> Vec<LearnedCert>,
     ) {
@@ -266,6 +278,10 @@ impl Learned {
         if let Some(p) = h.paths.iter_mut().find(|p| p.pins == path) {
             p.seen += 1;
             p.last = now;
+            if ct.is_some() && p.ct != ct {
+                p.ct = ct;
+                self.dirty.store(true, Ordering::Release);
+            }
             return;
         }
         let added = (h.paths.len() < self.limits.paths)
@@ -284,6 +300,7 @@ impl Learned {
                     seen: 1,
                     first: now,
                     last: now,
+                    ct,
                 });
                 self.dirty.store(true, Ordering::Release);
             }
@@ -333,6 +350,7 @@ impl Learned {
                     seen: p.seen,
                     first_seen: rfc3339(p.first),
                     last_seen: rfc3339(p.last),
+                    ct: p.ct.map(str::to_string),
                 })
                 .collect(),
         })
@@ -392,6 +410,8 @@ impl Learned {
                     seen: p.seen,
                     first: unix(&p.first_seen),
                     last: unix(&p.last_seen),
+                    // Only a label this build knows: a file can be edited.
+                    ct: p.ct.as_deref().and_then(ct_label),
                 });
             }
             if paths.is_empty() {
@@ -466,6 +486,14 @@ impl Learned {
         state.probed.insert(key, now);
         Some(Probe(self.probes.clone()))
     }
+}
+
+/// The static label for a CT verdict read back from a learn file.
+fn ct_label(s: &str) -> Option<&'static str> {
+    pinproxy_tls::ct::Verdict::ALL
+        .iter()
+        .map(|v| v.as_str())
+        .find(|l| *l == s)
 }
 
 /// The longest `trust` kept (a CA bundle's path).

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::drift::Drift;
 use super::metrics::Metrics;
 use super::telemetry::Telemetry;
+use pinproxy_policy::CtMode;
 use pinproxy_upstream::Snapshot;
 
 /// The snapshot in force, and a watch of its generation.
@@ -39,6 +40,7 @@ impl Live {
     /// shows what is in force in `telemetry`'s metrics and drift view.
     pub fn new(first: Snapshot, telemetry: &Telemetry) -> (Arc<Live>, Publisher) {
         telemetry.metrics.in_force(&first.policy, first.generation);
+        ct_list_in_force(&telemetry.metrics, &first, None);
         let (generation, _) = watch::channel(first.generation);
         let live = Arc::new(Live {
             snapshot: ArcSwap::from_pointee(first),
@@ -77,6 +79,34 @@ impl std::fmt::Debug for Live {
     }
 }
 
+/// Shows `next`'s CT log list in force; says which list it is when it is
+/// not the one in force before (`old`), and warns when it is stale while
+/// an entry (or the defaults) asks for `ct: enforce`.
+fn ct_list_in_force(metrics: &Metrics, next: &Snapshot, old: Option<&Snapshot>) {
+    metrics.ct_list_in_force(&next.ct_list);
+    let list = &next.ct_list;
+    let now = rustls_pki_types::UnixTime::now();
+    let changed = old.is_none_or(|o| o.ct_list.sha256() != list.sha256());
+    if changed {
+        tracing::info!(
+            generation = next.generation,
+            ct_log_list = %list.describe(now),
+            "CT log list in force"
+        );
+    }
+    let enforcing = next.policy.hosts.iter().any(|h| h.ct == CtMode::Enforce)
+        || next.policy.defaults.ct == CtMode::Enforce;
+    if list.is_stale(now) && enforcing {
+        tracing::warn!(
+            generation = next.generation,
+            ct_log_list = %list.describe(now),
+            "the CT log list is 70 days old or older: ct: enforce acts as ct: report \
+             (Chrome's rule: a stale list must not refuse connections); mount a newer list \
+             with run --ct-log-list (check it with pinproxy ct-update --from FILE)"
+        );
+    }
+}
+
 // === impl Publisher ===
 
 impl Publisher {
@@ -90,6 +120,7 @@ impl Publisher {
     pub fn publish(&self, next: Snapshot) -> Arc<Snapshot> {
         let generation = next.generation;
         self.metrics.in_force(&next.policy, generation);
+        ct_list_in_force(&self.metrics, &next, Some(&self.live.load()));
         let next = Arc::new(next);
         let old = self.live.snapshot.swap(next.clone());
         self.live.generation.send_replace(generation);

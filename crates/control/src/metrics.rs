@@ -15,11 +15,12 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use pinproxy_policy::Policy;
+use pinproxy_policy::{CtMode, Policy};
 use pinproxy_reason::{
     Delivery, Position, Reason, ReloadResult, RequestOutcome, TransparentOutcome,
     TransparentProtocol,
 };
+use pinproxy_tls::ct::{LogListInForce, StapleVerdict, Verdict as CtVerdict};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,6 +49,11 @@ pub struct Metrics {
     pub reports: IntCounterVec,
     pub chain_changes: IntCounterVec,
     pub learned_hosts: IntGauge,
+    /// Certificate Transparency verdicts, by pinset entry (or `unlisted`).
+    pub ct_verdicts: IntCounterVec,
+    pub ocsp_staples: IntCounterVec,
+    /// `log_list_timestamp` of the CT log list in force.
+    pub ct_log_list_timestamp: Gauge,
     /// Every metric's full name, as registered.
     names: Vec<String>,
 }
@@ -229,9 +235,31 @@ impl Metrics {
                 "learned_hosts",
                 "Unlisted host:port pairs whose validated chains learn mode has recorded.",
             ),
+            ct_verdicts: counter(
+                "ct_verdicts_total",
+                "Certificate Transparency verdicts on validated leaves, by pinset entry (or unlisted) and result.",
+                &["host", "result"],
+            ),
+            ocsp_staples: counter(
+                "ocsp_staples_total",
+                "OCSP responses stapled by upstream servers, by verdict (absent: none stapled).",
+                &["result"],
+            ),
+            ct_log_list_timestamp: register(
+                &registry,
+                &names,
+                Gauge::new(
+                    "ct_log_list_timestamp_seconds",
+                    "log_list_timestamp of the CT log list in force (Unix time); 70 days past it, ct: enforce acts as report.",
+                )
+                .expect("valid metric"),
+            ),
             registry,
             names: names.into_inner(),
         };
+        for v in StapleVerdict::ALL {
+            m.ocsp_staples.with_label_values(&[v.as_str()]);
+        }
         for d in Delivery::ALL {
             m.reports.with_label_values(&[d.as_str()]);
         }
@@ -282,6 +310,7 @@ impl Metrics {
                     .set(e.unix_timestamp() as f64);
             }
         }
+        self.ct_series(policy);
         let entries = policy.hosts.iter().map(|h| h.name.as_str());
         for name in entries.chain(std::iter::once("unlisted")) {
             for position in Position::ALL {
@@ -290,6 +319,53 @@ impl Metrics {
             }
             self.requests
                 .with_label_values(&[name, RequestOutcome::Ok.as_str()]);
+        }
+    }
+
+    /// `ct_verdicts_total` at 0 for every entry (and `unlisted`) whose CT is
+    /// checked; none for those whose CT is `off`.
+    fn ct_series(&self, policy: &Policy) {
+        let checked = policy
+            .hosts
+            .iter()
+            .filter(|h| h.ct != CtMode::Off)
+            .map(|h| h.name.as_str());
+        let unlisted = (policy.defaults.unlisted.admits() && policy.defaults.ct != CtMode::Off)
+            .then_some("unlisted");
+        for name in checked.chain(unlisted) {
+            for v in CtVerdict::ALL {
+                self.ct_verdicts.with_label_values(&[name, v.as_str()]);
+            }
+        }
+        // An entry whose CT was turned off has no verdicts any more.
+        let off = policy
+            .hosts
+            .iter()
+            .filter(|h| h.ct == CtMode::Off)
+            .map(|h| h.name.as_str());
+        let unlisted_off = unlisted.is_none().then_some("unlisted");
+        for name in off.chain(unlisted_off) {
+            for v in CtVerdict::ALL {
+                let _ = self.ct_verdicts.remove_label_values(&[name, v.as_str()]);
+            }
+        }
+    }
+
+    /// Shows the CT log list in force.
+    pub(crate) fn ct_list_in_force(&self, list: &LogListInForce) {
+        self.ct_log_list_timestamp
+            .set(list.timestamp().as_secs() as f64);
+    }
+
+    /// Counts what CT and the OCSP staple said on one validated path.
+    pub fn checked(&self, host: &str, ct: Option<CtVerdict>, staple: StapleVerdict) {
+        self.ocsp_staples
+            .with_label_values(&[staple.as_str()])
+            .inc();
+        if let Some(v) = ct {
+            self.ct_verdicts
+                .with_label_values(&[host, v.as_str()])
+                .inc();
         }
     }
 
@@ -317,6 +393,9 @@ impl Metrics {
         }
         for outcome in RequestOutcome::labels() {
             let _ = self.requests.remove_label_values(&[host, outcome]);
+        }
+        for v in CtVerdict::ALL {
+            let _ = self.ct_verdicts.remove_label_values(&[host, v.as_str()]);
         }
     }
 

@@ -36,6 +36,7 @@ use super::live::{Live, Publisher};
 use pinproxy_policy::load::Caps;
 use pinproxy_policy::{self as policy, Mode, Policy, Unlisted};
 use pinproxy_reason::ReloadResult;
+use pinproxy_tls::ct::{ListError, LogListInForce};
 use pinproxy_upstream::{Shared, Snapshot};
 
 pub use self::error::Error;
@@ -55,6 +56,9 @@ pub struct Reloader {
     /// What every snapshot is built from.
     shared: Shared,
     pins_path: PathBuf,
+    /// `--ct-log-list`: read at every reload like the pinset (`None`: the
+    /// built-in list).
+    ct_log_list: Option<PathBuf>,
     /// What a load may read: the pinset file, each file it names, CRL
     /// entries.
     caps: Caps,
@@ -118,6 +122,7 @@ impl Reloader {
             publisher,
             shared,
             pins_path,
+            ct_log_list: None,
             caps,
             load: Arc::new(policy::load::load_with),
             requested: AtomicU64::new(0),
@@ -143,6 +148,20 @@ impl Reloader {
             r.signing = Some(Arc::new(signing));
         }
         this
+    }
+
+    /// Also reads the CT log list from `list` at every reload (its size
+    /// limit is the caps' `file`); call it right after construction.
+    pub fn with_ct_log_list(mut this: Arc<Self>, list: Option<PathBuf>) -> Arc<Self> {
+        if let Some(r) = Arc::get_mut(&mut this) {
+            r.ct_log_list = list;
+        }
+        this
+    }
+
+    /// The CT log list file read at every reload (`None`: built in).
+    pub fn ct_log_list(&self) -> Option<&Path> {
+        self.ct_log_list.as_deref()
     }
 
     /// The keys and floor, with `--pinset-key`.
@@ -217,7 +236,7 @@ impl Reloader {
         }
         *judged = ticket;
         let result = match loaded {
-            Ok(loaded) => self.apply(loaded).await,
+            Ok((loaded, list)) => self.apply(loaded, list).await,
             Err(e) => Err(e),
         };
         match &result {
@@ -247,16 +266,19 @@ impl Reloader {
     }
 
     /// Reads and validates the pinset (and with `--pinset-key` checks its
-    /// signature and serial) off the async workers.
-    async fn load(&self) -> Result<Loaded, Error> {
+    /// signature and serial), and the CT log list, off the async workers.
+    async fn load(&self) -> Result<(Loaded, Arc<LogListInForce>), Error> {
         let (path, caps, load) = (self.pins_path.clone(), self.caps, self.load.clone());
-        let signing = self.signing.clone();
-        tokio::task::spawn_blocking(move || match signing {
-            Some(signing) => signing.load(&path, caps),
-            None => Ok(Loaded {
-                policy: load(&path, caps)?,
-                accepted: None,
-            }),
+        let (signing, list) = (self.signing.clone(), self.ct_log_list.clone());
+        tokio::task::spawn_blocking(move || {
+            let loaded = match signing {
+                Some(signing) => signing.load(&path, caps)?,
+                None => Loaded {
+                    policy: load(&path, caps)?,
+                    accepted: None,
+                },
+            };
+            Ok((loaded, read_ct_list(list.as_deref(), caps.file)?))
         })
         .await
         .unwrap_or_else(|e| {
@@ -269,12 +291,12 @@ impl Reloader {
 
     /// Swaps a loaded pinset in (a signed one only if its serial is still
     /// not below the floor) and, when signed, raises the floor.
-    async fn apply(&self, loaded: Loaded) -> Result<Reloaded, Error> {
+    async fn apply(&self, loaded: Loaded, list: Arc<LogListInForce>) -> Result<Reloaded, Error> {
         let signed = self.signing.as_deref().zip(loaded.accepted.as_ref());
         if let Some((signing, accepted)) = signed {
             signing.admit(&self.pins_path, accepted)?;
         }
-        let reloaded = self.publish(loaded.policy)?;
+        let reloaded = self.publish(loaded.policy, list)?;
         if let Some((signing, accepted)) = signed {
             signing.advance(accepted).await;
         }
@@ -319,7 +341,7 @@ impl Reloader {
                 result = result.as_str(),
                 error = %e,
                 "pinset reload failed; the last good pinset stays in force \
-                 (retried when the file or a file it names changes)"
+                 (retried when the file, a file it names or the CT log list changes)"
             ),
         }
     }
@@ -333,11 +355,12 @@ impl Reloader {
             self.caps.pinset,
         );
         let signed = self.signing.is_some();
+        let list = self.ct_log_list.clone();
         tokio::task::spawn_blocking(move || {
             versions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .digest(&path, max, signed)
+                .digest(&path, max, signed, list.as_deref())
         })
         .await
         .ok()
@@ -345,17 +368,25 @@ impl Reloader {
 
     /// Builds a snapshot of `policy` and swaps it in, unless it is what is
     /// in force already.
-    fn publish(&self, policy: Policy) -> Result<Reloaded, policy::Error> {
+    fn publish(
+        &self,
+        policy: Policy,
+        list: Arc<LogListInForce>,
+    ) -> Result<Reloaded, policy::Error> {
         let current = self.live().load_full();
-        if current.policy.source_hash == policy.source_hash && !current.policy.pending {
+        if current.policy.source_hash == policy.source_hash
+            && current.ct_list.sha256() == list.sha256()
+            && !current.policy.pending
+        {
             return Ok(Reloaded::Unchanged(current.generation));
         }
         let generation = current.generation + 1;
-        let snapshot =
-            Snapshot::build(policy, generation, &self.shared).map_err(|e| policy::Error::Read {
+        let snapshot = Snapshot::build(policy, list, generation, &self.shared).map_err(|e| {
+            policy::Error::Read {
                 path: self.pins_path.clone(),
                 source: std::io::Error::other(e.to_string()),
-            })?;
+            }
+        })?;
         let old = self.publisher.publish(snapshot);
         let new = self.live().load_full();
         if old.policy.pending {
@@ -383,6 +414,15 @@ impl Reloader {
             tracing::warn!(generation, warning = %w, "pinset warning");
         }
         Ok(Reloaded::Swapped(generation))
+    }
+}
+
+/// The CT log list at `path` (the built-in one for `None`), within `max`
+/// bytes.
+pub fn read_ct_list(path: Option<&Path>, max: u64) -> Result<Arc<LogListInForce>, ListError> {
+    match path {
+        Some(p) => LogListInForce::read(p, max).map(Arc::new),
+        None => Ok(LogListInForce::builtin()),
     }
 }
 

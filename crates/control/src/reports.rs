@@ -13,6 +13,7 @@
 //! transient failures are retried with backoff a bounded number of times.
 
 pub mod collector;
+pub mod ct;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -116,6 +117,14 @@ pub struct Report {
     pub pod: Pod,
     pub generation: u64,
     pub version: &'static str,
+    /// Certificate Transparency on the validated path: verdict, mode and
+    /// every SCT's log id (absent when not judged: `ct: off`, pin-only, or
+    /// no path validated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ct: Option<ct::CtView>,
+    /// The OCSP response the server stapled (absent when not judged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp: Option<ct::OcspView>,
 }
 
 /// A contract label, as its `as_str` spells it.
@@ -455,6 +464,8 @@ mod tests {
             pod: Pod::default(),
             generation: 1,
             version: "0",
+            ct: None,
+            ocsp: None,
         }
     }
 }

@@ -16,11 +16,13 @@ use super::drift::{ChainOutcome, Drift};
 use super::learn::{self, Learned, LearnedCert};
 use super::logs::{Json, LogLimiter};
 use super::metrics::Metrics;
+use super::reports::ct::{CtView, OcspView};
 use super::reports::{self, Report, Reporter, Route};
 use pinproxy_policy::host::Host;
 use pinproxy_policy::pin::Pin;
 use pinproxy_policy::{HostPolicy, Mode, Policy, Trust, Unlisted};
 use pinproxy_reason::{Position, Reason, ReportType, RequestOutcome};
+use pinproxy_tls::ct::PathChecks;
 use pinproxy_tls::verify::{Observer, Outcome, Rejection, Verdict};
 use pinproxy_upstream::observe::{self, dialed, Observe, ProbeSlot, Requests};
 
@@ -219,6 +221,9 @@ impl Generation {
                 *port,
                 trust,
                 v.path_pins,
+                v.checks
+                    .and_then(PathChecks::ct_policy_verdict)
+                    .map(|c| c.as_str()),
                 now.unix_timestamp(),
                 || learned_certs(v, anchors),
             );
@@ -246,6 +251,8 @@ impl Generation {
             pod: sinks.reporter.pod().clone(),
             generation: self.generation,
             version: env!("CARGO_PKG_VERSION"),
+            ct: v.checks.and_then(CtView::of),
+            ocsp: v.checks.map(OcspView::of),
         });
     }
 
@@ -274,6 +281,8 @@ impl Generation {
             pod: sinks.reporter.pod().clone(),
             generation: self.generation,
             version: env!("CARGO_PKG_VERSION"),
+            ct: r.checks.and_then(CtView::of),
+            ocsp: r.checks.map(OcspView::of),
         });
     }
 
@@ -418,8 +427,32 @@ impl Requests for Generation {
     }
 }
 
+impl Generation {
+    /// Counts what CT and the staple said on a validated path; warns
+    /// (rate-limited) while a stale log list keeps `enforce` from acting.
+    fn count_checks(&self, host: &str, c: &PathChecks) {
+        self.metrics
+            .checked(host, c.ct_verdict(), c.staple_verdict());
+        if c.degraded() {
+            if let Some(suppressed) = self.limiter.allow("\0ct-stale-list") {
+                tracing::warn!(
+                    host,
+                    generation = self.generation,
+                    suppressed,
+                    "the CT log list is 70 days old or older: ct: enforce acts as ct: report \
+                     (verdicts counted as stale-list) until a newer list is mounted \
+                     (run --ct-log-list, pinproxy ct-update)"
+                );
+            }
+        }
+    }
+}
+
 impl Observer for Generation {
     fn verdict(&self, v: &Verdict<'_>) {
+        if let Some(c) = v.checks {
+            self.count_checks(v.host, c);
+        }
         // Parses the chain only when it changed since the last handshake.
         if let Some(not_after) = self.drift.record(v, self.generation, v.next_pins) {
             self.metrics
@@ -465,6 +498,9 @@ impl Observer for Generation {
     }
 
     fn rejected(&self, r: &Rejection<'_>) {
+        if let Some(c) = r.checks {
+            self.count_checks(r.host, c);
+        }
         self.drift.record_rejected(
             r.host,
             self.generation,
@@ -484,6 +520,11 @@ impl Observer for Generation {
                         .map_or_else(|e| e.to_string(), |p| p.to_string())
                 })
                 .collect();
+            let what = if r.checks.is_some() {
+                "upstream chain refused by Certificate Transparency or OCSP"
+            } else {
+                "untrusted upstream chain"
+            };
             tracing::warn!(
                 host = r.host,
                 reason = r.reason.as_str(),
@@ -492,7 +533,7 @@ impl Observer for Generation {
                 presented = %Json(&presented),
                 subjects = %Json(&chain_subjects(r.end_entity, r.intermediates)),
                 suppressed,
-                "untrusted upstream chain"
+                "{what}"
             );
         }
     }

@@ -258,7 +258,7 @@ fn judge(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<Admiss
 }
 
 /// Whether two entries enforce the same thing (pins, mode, expiry, ports,
-/// address, trust and the CA bundle's contents, names, what the CRLs
+/// address, CT, trust and the CA bundle's contents, names, what the CRLs
 /// revoke) and present the same client certificate. A rotated client
 /// certificate counts as a change: connections made with the old one end
 /// a grace period after the rotation, so an identity withdrawn is
@@ -294,4 +294,5 @@ fn same_pinning(a: &HostPolicy, b: &HostPolicy) -> bool {
         && a.expires == b.expires
         && a.ports == b.ports
         && a.address == b.address
+        && a.ct == b.ct
 }

@@ -124,6 +124,38 @@ impl Mode {
     }
 }
 
+/// Certificate Transparency on a host's validated path (docs/reference.md,
+/// "Certificate Transparency and OCSP"): whether a leaf without enough
+/// valid SCTs is refused (`enforce`), only counted (`report`), or not
+/// checked (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtMode {
+    Enforce,
+    Report,
+    Off,
+}
+
+impl CtMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtMode::Enforce => "enforce",
+            CtMode::Report => "report",
+            CtMode::Off => "off",
+        }
+    }
+
+    /// The mode of an entry that does not set `ct:`: `defaults.ct` (else
+    /// `report`) under `trust: webpki`, `off` under a private CA bundle or
+    /// pin-only — CT logs only publicly-trusted certificates.
+    pub fn default_for(trust: &Trust, defaults_ct: Option<CtMode>) -> CtMode {
+        match trust {
+            Trust::WebPki => defaults_ct.unwrap_or(CtMode::Report),
+            Trust::Bundle { .. } | Trust::PinOnly => CtMode::Off,
+        }
+    }
+}
+
 /// Which roots a host's chain must lead to.
 #[derive(Clone)]
 pub enum Trust {
@@ -164,6 +196,11 @@ pub struct Defaults {
     /// Where failure reports go for unlisted hosts and entries without
     /// their own `report_uri`.
     pub report_uri: Option<ReportUri>,
+    /// CT for unlisted hosts (validated under `trust`).
+    pub ct: CtMode,
+    /// `defaults.ct` as written: what `trust: webpki` entries without a
+    /// `ct:` of their own inherit (`report` when not written).
+    pub ct_written: Option<CtMode>,
 }
 
 /// One `hosts:` entry after validation.
@@ -189,6 +226,8 @@ pub struct HostPolicy {
     pub names: Vec<Name>,
     /// CRLs checked on the validated path.
     pub crls: Option<Arc<Crls>>,
+    /// Certificate Transparency on the validated path.
+    pub ct: CtMode,
 }
 
 impl HostPolicy {
@@ -264,6 +303,9 @@ impl Policy {
                 ports: vec![443],
                 allow_private: false,
                 report_uri: None,
+                // Nothing is admitted: nothing to judge.
+                ct: CtMode::Off,
+                ct_written: None,
             },
             hosts: Vec::new(),
             entries: Patterns::default(),

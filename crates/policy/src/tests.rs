@@ -359,6 +359,9 @@ fn bad_report_uris_are_load_errors_at_their_line() {
 
 mod identity;
 
+// === Certificate Transparency (docs/reference.md, "Certificate Transparency and OCSP") ===
+
+mod ct;
 #[test]
 fn serial_is_a_positive_integer_read_by_the_loader_and_by_serial() {
     use super::load::{serial, SerialError};

@@ -287,8 +287,11 @@ impl<'a> Validator<'a> {
                 .map_err(|e| self.err(None, Some("defaults.report_uri"), line, e.into()))
                 .ok()
         });
+        let ct = self.ct_defaults(d.ct, &trust);
         Defaults {
             report_uri,
+            ct,
+            ct_written: d.ct,
             unlisted: d.unlisted.unwrap_or(Unlisted::Deny),
             mode: d.mode.unwrap_or(Mode::Enforce),
             trust,
@@ -361,6 +364,7 @@ impl<'a> Validator<'a> {
         let client_cert = w.client_cert.and_then(|c| self.client_cert(e, c));
         let names = self.names(e, w.names);
         let crls = self.crls(e, w.crls, w.crl_policy, &trust);
+        let ct = self.ct_entry(e, w.ct, &trust, d.ct_written);
         if self.problems.len() != before {
             return None;
         }
@@ -384,6 +388,7 @@ impl<'a> Validator<'a> {
             client_cert,
             names,
             crls,
+            ct,
         })
     }
 
@@ -616,6 +621,7 @@ fn key_of(line: &str) -> Option<String> {
     (!key.is_empty() && !key.contains(['{', '[', ' '])).then(|| key.to_string())
 }
 
+mod fields_ct;
 mod fields_identity;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::identity::CrlPolicy;
-use super::{Mode, Unlisted};
+use super::{CtMode, Mode, Unlisted};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +41,9 @@ pub(super) struct DefaultsWire {
     pub(super) ports: Option<Vec<u16>>,
     pub(super) allow_private: Option<bool>,
     pub(super) report_uri: Option<String>,
+    /// Certificate Transparency for unlisted hosts and `trust: webpki`
+    /// entries without their own.
+    pub(super) ct: Option<CtMode>,
 }
 
 #[derive(Deserialize, Default)]
@@ -62,6 +65,8 @@ pub(super) struct HostWire {
     pub(super) crls: Option<Vec<String>>,
     /// What an expired CRL does.
     pub(super) crl_policy: Option<CrlPolicy>,
+    /// Certificate Transparency on the validated path.
+    pub(super) ct: Option<CtMode>,
 }
 
 /// `client_cert: {cert, key}`: paths relative to the pinset file.

@@ -156,7 +156,13 @@ mod tests {
     fn snapshot(yaml: &str, generation: u64, shared: &Shared) -> Snapshot {
         let now = time::OffsetDateTime::now_utc();
         let policy = pinproxy_policy::parse(yaml.as_bytes(), Path::new("."), now).unwrap();
-        Snapshot::build(policy, generation, shared).unwrap()
+        Snapshot::build(
+            policy,
+            pinproxy_tls::ct::LogListInForce::builtin(),
+            generation,
+            shared,
+        )
+        .unwrap()
     }
 
     const ALLOW: &str = "version: 1\ndefaults:\n  unlisted: allow\nhosts: {}\n";

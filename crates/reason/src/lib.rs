@@ -137,12 +137,20 @@ reasons! {
     UnknownIssuer => "unknown-issuer", None, TLS;
     WrongName => "wrong-name", None, TLS;
     BadSignature => "bad-signature", None, TLS;
-    /// A certificate on the path, or its issuer, is on one of the entry's CRLs.
+    /// A certificate on the path, or its issuer, is on one of the entry's
+    /// CRLs, or the OCSP response the server stapled says the leaf is
+    /// revoked.
     Revoked => "revoked", None, TLS;
     /// The CRL deciding a certificate's status is past its nextUpdate and
     /// the entry says `crl_policy: refuse-expired`.
     CrlExpired => "crl-expired", None, TLS;
     BadEncoding => "bad-encoding", None, TLS;
+    /// `ct: enforce` and the leaf's SCTs do not satisfy the CT policy (too
+    /// few valid SCTs, logs or operators).
+    CtPolicy => "ct-policy", None, TLS;
+    /// The leaf is must-staple (TLS Feature extension) and the server
+    /// stapled no valid OCSP response.
+    OcspRequired => "ocsp-required", None, TLS;
     InvalidCertificate => "invalid-certificate", None, TLS;
     NoCertificate => "no-certificate", None, TLS;
     AlertReceived => "alert-received", None, TLS;
@@ -276,7 +284,7 @@ mod tests {
                 "internal-error"
             ]
         );
-        assert_eq!(Reason::tls_failures().count(), 17);
+        assert_eq!(Reason::tls_failures().count(), 19);
         assert_eq!(
             Reason::HeadTooLarge.status(),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)

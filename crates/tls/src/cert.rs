@@ -64,8 +64,19 @@ impl CertInfo {
 /// Name's contents; the SEQUENCE header is rebuilt to parse it.
 pub fn anchor_subject(anchor: &rustls_pki_types::TrustAnchor<'_>) -> String {
     use x509_parser::prelude::FromDer;
-    let contents = anchor.subject.as_ref();
-    let mut der = vec![0x30];
+    let der = der_sequence(anchor.subject.as_ref());
+    match x509_parser::x509::X509Name::from_der(&der) {
+        Ok((_, name)) => name.to_string(),
+        Err(_) => "<unparseable trust anchor name>".into(),
+    }
+}
+
+/// `contents` inside a DER SEQUENCE: webpki's trust anchors keep their
+/// subject and SubjectPublicKeyInfo without the outer SEQUENCE, which a
+/// DER parser, a pin or an SCT's issuer key hash needs back.
+pub fn der_sequence(contents: &[u8]) -> Vec<u8> {
+    let mut der = Vec::with_capacity(contents.len() + 6);
+    der.push(0x30);
     let len = contents.len();
     if len < 0x80 {
         der.push(len as u8);
@@ -76,10 +87,7 @@ pub fn anchor_subject(anchor: &rustls_pki_types::TrustAnchor<'_>) -> String {
         der.extend_from_slice(&bytes[skip..]);
     }
     der.extend_from_slice(contents);
-    match x509_parser::x509::X509Name::from_der(&der) {
-        Ok((_, name)) => name.to_string(),
-        Err(_) => "<unparseable trust anchor name>".into(),
-    }
+    der
 }
 
 /// Reads every certificate in a PEM or DER file of at most

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod ct;
 pub mod keyfile;
 pub mod probe;
 pub mod verdict;

@@ -19,11 +19,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use webpki::EndEntityCert;
 
-use super::verdict::{check_name, presented_names, validated_paths_used, NameMismatch};
+use super::verdict::{check_name, presented_names, validated_paths_used, NameMismatch, UsedPath};
 use crate::cert::CertInfo;
+use crate::ct::{self, IssuerOf, LogListInForce, PathChecks};
 use pinproxy_policy::host::Host;
 use pinproxy_policy::identity::{Crls, Name};
 use pinproxy_policy::pin::Pin;
+use pinproxy_policy::CtMode;
 
 /// What a probe saw.
 #[derive(Debug, Default)]
@@ -40,6 +42,10 @@ pub struct Seen {
     /// Whether the server asked for a client certificate, and how the
     /// handshake with the one given (or none) ended.
     pub client_auth: ClientAuth,
+    /// Certificate Transparency and the OCSP staple on the first validated
+    /// path, as the proxy judges them (`None`: no path validated, or
+    /// pin-only).
+    pub checks: Option<PathChecks>,
 }
 
 /// Client authentication as a probe saw it.
@@ -62,6 +68,9 @@ pub struct Expect<'a> {
     pub names: &'a [Name],
     pub crls: Option<Arc<Crls>>,
     pub client_cert: Option<Arc<CertifiedKey>>,
+    /// The CT log list and the entry's `ct` (default: the built-in list,
+    /// `report`).
+    pub ct: Option<(Arc<LogListInForce>, CtMode)>,
 }
 
 /// Presents the given certificate, if any, and notes that the server asked
@@ -123,6 +132,7 @@ struct Recorder {
     anchors: Option<Arc<[TrustAnchor<'static>]>>,
     names: Vec<Name>,
     crls: Option<Arc<Crls>>,
+    ct: (Arc<LogListInForce>, CtMode),
     provider: Arc<CryptoProvider>,
     seen: Mutex<Seen>,
 }
@@ -133,7 +143,7 @@ impl ServerCertVerifier for Recorder {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp: &[u8],
+        ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,6 +172,7 @@ impl ServerCertVerifier for Recorder {
             |_| true,
         ) {
             Ok(paths) => {
+                seen.checks = self.checks(paths.first(), end_entity, intermediates, ocsp, now);
                 (seen.paths, seen.used) =
                     paths.into_iter().map(|p| (p.pins, p.intermediates)).unzip()
             }
@@ -227,6 +238,35 @@ impl ServerCertVerifier for Recorder {
     }
 }
 
+impl Recorder {
+    /// CT and the staple on `path`, as [`crate::verify::PinVerifier`]
+    /// judges them (without its cache).
+    fn checks(
+        &self,
+        path: Option<&UsedPath>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Option<PathChecks> {
+        let (anchors, path) = (self.anchors.as_deref()?, path?);
+        let issuer = match path.intermediates.first() {
+            Some(i) => IssuerOf::Cert(intermediates.get(*i)?.as_ref()),
+            None => IssuerOf::Anchor(anchors.get(path.anchor?)?),
+        };
+        let (list, mode) = &self.ct;
+        Some(ct::check_path(
+            list,
+            *mode,
+            end_entity.as_ref(),
+            issuer,
+            ocsp,
+            now,
+            None,
+        ))
+    }
+}
+
 /// Why a probe could not see a chain at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -289,6 +329,9 @@ pub async fn probe_with(
         anchors,
         names: expect.names.to_vec(),
         crls: expect.crls,
+        ct: expect
+            .ct
+            .unwrap_or_else(|| (LogListInForce::builtin(), CtMode::Report)),
         provider: provider.clone(),
         seen: Mutex::new(Seen::default()),
     });

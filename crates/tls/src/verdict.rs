@@ -134,6 +134,9 @@ pub struct UsedPath {
     /// their keys — a server can send more certificates with the same key
     /// and another subject, and only the one on the path may describe it.
     pub intermediates: Vec<usize>,
+    /// The path's trust anchor, by its index in the anchors searched
+    /// (`None` under pin-only).
+    pub anchor: Option<usize>,
 }
 
 /// As [`validated_paths`], with which presented certificates each path used.
@@ -151,6 +154,7 @@ pub fn validated_paths_used(
         return Ok(vec![UsedPath {
             pins: vec![leaf],
             intermediates: Vec::new(),
+            anchor: None,
         }]);
     };
     let lists: Vec<&CertRevocationList<'_>> =
@@ -183,12 +187,19 @@ pub fn validated_paths_used(
                     .position(|i| i.as_ref() == der.as_ref())
             })
             .collect();
+        // The anchor webpki hands back is one of `anchors`.
+        let anchor = anchors.iter().position(|a| {
+            std::ptr::eq(a, path.anchor())
+                || (a.subject_public_key_info == path.anchor().subject_public_key_info
+                    && a.subject == path.anchor().subject)
+        });
         paths
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(UsedPath {
                 pins,
                 intermediates: used,
+                anchor,
             });
         // Refusing the path makes webpki try the next candidate.
         if more {
@@ -372,6 +383,7 @@ mod tests {
             client_cert: None,
             names: Vec::new(),
             crls: None,
+            ct: pinproxy_policy::CtMode::Off,
         }
     }
 

@@ -18,11 +18,12 @@ use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use time::OffsetDateTime;
 use webpki::EndEntityCert;
 
+use super::ct::{self, CtCache, IssuerOf, LogListInForce, PathChecks, Refused};
 pub use super::verdict::Outcome;
-use super::verdict::{check_name, judge, search_on, validated_paths_used, NameMismatch};
+use super::verdict::{check_name, judge, search_on, validated_paths_used, NameMismatch, UsedPath};
 use pinproxy_policy::host::Host;
 use pinproxy_policy::pin::Pin;
-use pinproxy_policy::{Decision, Mode, Policy, Trust};
+use pinproxy_policy::{Decision, HostPolicy, Mode, Policy, Trust};
 use pinproxy_reason::Reason;
 
 /// What the verifier saw in one handshake, handed to an [`Observer`].
@@ -49,6 +50,9 @@ pub struct Verdict<'a> {
     /// The subject of the path's trust anchor (which the server does not
     /// send), worked out only for mismatches, which are logged.
     pub anchor_subject: Option<String>,
+    /// Certificate Transparency and the OCSP staple, judged on the
+    /// reported path (`None` under pin-only: no validated path).
+    pub checks: Option<&'a PathChecks>,
 }
 
 /// A chain the verifier refused before any pin was looked at: not
@@ -62,6 +66,10 @@ pub struct Rejection<'a> {
     pub error: String,
     pub end_entity: &'a CertificateDer<'a>,
     pub intermediates: &'a [CertificateDer<'a>],
+    /// For refusals by Certificate Transparency or OCSP (`ct-policy`,
+    /// `revoked`, `ocsp-required`): what the checks found on the validated
+    /// path. `None` for chains refused before any path validated.
+    pub checks: Option<&'a PathChecks>,
 }
 
 /// Receives every verdict and every rejection (metrics, drift view, logs).
@@ -76,6 +84,11 @@ pub struct PinVerifier {
     webpki_roots: Arc<[TrustAnchor<'static>]>,
     provider: Arc<CryptoProvider>,
     observer: Arc<dyn Observer>,
+    /// The CT log list of this generation.
+    ct_list: Arc<LogListInForce>,
+    /// CT verdicts reached in this generation (fresh handshakes to the
+    /// same server present the same leaf).
+    ct_cache: CtCache,
 }
 
 /// Mozilla's roots as webpki trust anchors.
@@ -91,12 +104,15 @@ impl PinVerifier {
         webpki_roots: Arc<[TrustAnchor<'static>]>,
         provider: Arc<CryptoProvider>,
         observer: Arc<dyn Observer>,
+        ct_list: Arc<LogListInForce>,
     ) -> Self {
         Self {
             policy,
             webpki_roots,
             provider,
             observer,
+            ct_list,
+            ct_cache: CtCache::default(),
         }
     }
 
@@ -106,6 +122,77 @@ impl PinVerifier {
             _ => &self.webpki_roots,
         }
     }
+
+    /// CT and the OCSP staple on `path` (docs/reference.md, "Certificate
+    /// Transparency and OCSP"): the leaf's issuer is the path's first
+    /// certificate above it, or its trust anchor.
+    fn path_checks(
+        &self,
+        entry: Option<&HostPolicy>,
+        chain: &Chain<'_>,
+        path: &UsedPath,
+        anchors: &[TrustAnchor<'static>],
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Option<PathChecks> {
+        let issuer = match path.intermediates.first() {
+            Some(i) => IssuerOf::Cert(chain.intermediates.get(*i)?.as_ref()),
+            None => IssuerOf::Anchor(anchors.get(path.anchor?)?),
+        };
+        let mode = entry.map_or(self.policy.defaults.ct, |e| e.ct);
+        Some(ct::check_path(
+            &self.ct_list,
+            mode,
+            chain.end_entity.as_ref(),
+            issuer,
+            ocsp_response,
+            now,
+            Some(&self.ct_cache),
+        ))
+    }
+
+    /// Refuses (and reports) a chain whose pins passed, or were only
+    /// reported, for what CT or the OCSP staple says about it.
+    fn refuse_by_checks(
+        &self,
+        chain: &Chain<'_>,
+        checks: Option<&PathChecks>,
+    ) -> Option<rustls::Error> {
+        let refused = checks?.refusal()?;
+        self.reject(chain, refused.reason(), refused.to_string(), checks);
+        Some(refusal_error(refused))
+    }
+
+    /// Reports a chain refused for `reason`.
+    fn reject(
+        &self,
+        chain: &Chain<'_>,
+        reason: Reason,
+        error: String,
+        checks: Option<&PathChecks>,
+    ) {
+        self.observer.rejected(&Rejection {
+            host: chain.label,
+            reason,
+            error,
+            end_entity: chain.end_entity,
+            intermediates: chain.intermediates,
+            checks,
+        });
+    }
+}
+
+/// The chain of one handshake and the entry it is judged under.
+struct Chain<'a> {
+    label: &'a str,
+    end_entity: &'a CertificateDer<'a>,
+    intermediates: &'a [CertificateDer<'a>],
+}
+
+/// A refusal by CT or OCSP as a rustls error: `failure_reason` finds the
+/// reason in it again.
+fn refusal_error(refused: Refused) -> rustls::Error {
+    CertificateError::Other(rustls::OtherError(Arc::new(refused))).into()
 }
 
 impl ServerCertVerifier for PinVerifier {
@@ -114,7 +201,7 @@ impl ServerCertVerifier for PinVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let host = match server_name {
@@ -137,16 +224,15 @@ impl ServerCertVerifier for PinVerifier {
             _ => Some(self.anchors(trust)),
         };
         let label = entry.map_or("unlisted", |e| e.name.as_str());
+        let chain = Chain {
+            label,
+            end_entity,
+            intermediates,
+        };
         let reject = |e: webpki::Error| {
             let error = e.to_string();
             let err = pki_error(e);
-            self.observer.rejected(&Rejection {
-                host: label,
-                reason: failure_reason(&err),
-                error,
-                end_entity,
-                intermediates,
-            });
+            self.reject(&chain, failure_reason(&err), error, None);
             err
         };
         let used = validated_paths_used(
@@ -165,17 +251,23 @@ impl ServerCertVerifier for PinVerifier {
             Ok(()) => {}
             Err(NameMismatch::Host(e)) => return Err(reject(e)),
             Err(NameMismatch::Names(error)) => {
-                self.observer.rejected(&Rejection {
-                    host: label,
-                    reason: Reason::WrongName,
-                    error,
-                    end_entity,
-                    intermediates,
-                });
+                self.reject(&chain, Reason::WrongName, error, None);
                 return Err(CertificateError::NotValidForName.into());
             }
         }
         let j = judge(entry, now_dt, &paths);
+        let reported = used.get(j.index);
+        let checks = match (anchors, reported) {
+            (Some(anchors), Some(path)) => {
+                self.path_checks(entry, &chain, path, anchors, ocsp_response, now)
+            }
+            _ => None,
+        };
+        if j.outcome.passes() {
+            if let Some(err) = self.refuse_by_checks(&chain, checks.as_ref()) {
+                return Err(err);
+            }
+        }
         let anchor_subject = match (j.outcome.is_mismatch(), anchors, j.path.last()) {
             (true, Some(anchors), Some(pin)) if j.path.len() > 1 => anchors
                 .iter()
@@ -194,8 +286,9 @@ impl ServerCertVerifier for PinVerifier {
             next_pins_matched: j.next_pins_matched,
             end_entity,
             intermediates,
-            path_intermediates: used.get(j.index).map_or(&[][..], |p| &p.intermediates),
+            path_intermediates: reported.map_or(&[][..], |p| &p.intermediates),
             anchor_subject,
+            checks: checks.as_ref(),
         });
         if j.outcome.passes() {
             Ok(ServerCertVerified::assertion())
@@ -279,6 +372,10 @@ pub fn failure_reason(e: &rustls::Error) -> Reason {
             CertificateError::ExpiredRevocationList
             | CertificateError::ExpiredRevocationListContext { .. } => Reason::CrlExpired,
             CertificateError::BadEncoding => Reason::BadEncoding,
+            CertificateError::Other(o) => {
+                o.0.downcast_ref::<Refused>()
+                    .map_or(Reason::InvalidCertificate, Refused::reason)
+            }
             _ => Reason::InvalidCertificate,
         },
         rustls::Error::NoCertificatesPresented => Reason::NoCertificate,

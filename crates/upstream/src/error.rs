@@ -4,6 +4,7 @@ use std::io;
 
 use pinproxy_policy::host::Host;
 use pinproxy_reason::Reason;
+use pinproxy_tls::ct::Refused;
 use pinproxy_tls::verify;
 
 /// Why an upstream could not be reached or trusted.
@@ -108,6 +109,13 @@ pub(super) fn classify_tls(e: &io::Error) -> (Failure, Reason, String) {
                 ) => "TLS handshake failed: the CRL that decides this chain is past its \
                       nextUpdate and the host says crl_policy: refuse-expired; mount a fresh CRL"
                     .to_string(),
+                // Refused by CT or the OCSP staple: say which, and why.
+                (_, rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)))
+                    if o.0.is::<Refused>() =>
+                {
+                    let refused = o.0.downcast_ref::<Refused>().map(ToString::to_string);
+                    format!("TLS handshake failed: {}", refused.unwrap_or_default())
+                }
                 _ => format!("TLS handshake failed: {r}"),
             };
             (failure, reason, detail)

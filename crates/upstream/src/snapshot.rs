@@ -15,6 +15,7 @@ use super::observe::{Observe, Requests};
 use super::passthrough::Plain;
 use super::{Options, Timeouts};
 use pinproxy_policy::Policy;
+use pinproxy_tls::ct::LogListInForce;
 use pinproxy_tls::verify::{self, PinVerifier};
 
 /// A request body sent upstream: the client's own (watched for faults), or
@@ -25,6 +26,9 @@ pub type UpBody = http_body_util::Either<RequestBody, http_body_util::Empty<byte
 pub struct Snapshot {
     pub generation: u64,
     pub policy: Arc<Policy>,
+    /// The Certificate Transparency log list this generation's verifier
+    /// judges with (a reload input like the pinset).
+    pub ct_list: Arc<LogListInForce>,
     /// Dials with this generation's TLS configs (also for WebSocket
     /// upgrades, which need an HTTP/1.1-only connection).
     pub connector: Connector,
@@ -154,10 +158,16 @@ impl Shared {
 // === impl Snapshot ===
 
 impl Snapshot {
-    /// Builds generation `generation` of `policy`. No side effects: the
-    /// snapshot may never be published, and what publishing it changes
-    /// (metric series, gauges) is the publisher's to change.
-    pub fn build(policy: Policy, generation: u64, shared: &Shared) -> Result<Self, rustls::Error> {
+    /// Builds generation `generation` of `policy`, judging Certificate
+    /// Transparency with `ct_list`. No side effects: the snapshot may never
+    /// be published, and what publishing it changes (metric series,
+    /// gauges) is the publisher's to change.
+    pub fn build(
+        policy: Policy,
+        ct_list: Arc<LogListInForce>,
+        generation: u64,
+        shared: &Shared,
+    ) -> Result<Self, rustls::Error> {
         let policy = Arc::new(policy);
         let reports =
             shared
@@ -168,6 +178,7 @@ impl Snapshot {
             shared.roots.clone(),
             shared.provider.clone(),
             reports.verdicts,
+            ct_list.clone(),
         ));
         let mut tls = ClientConfig::builder_with_provider(shared.provider.clone())
             .with_safe_default_protocol_versions()?
@@ -175,6 +186,8 @@ impl Snapshot {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // OCSP stapling needs nothing here: rustls offers status_request in
+        // every ClientHello and hands the staple to the verifier.
         let identities = policy
             .hosts
             .iter()
@@ -220,6 +233,7 @@ impl Snapshot {
             unlisted_plain,
             connector,
             policy,
+            ct_list,
         })
     }
 }

@@ -27,6 +27,7 @@ fn path(pins: &[u8]) -> LearnedPath {
         seen: 1,
         first_seen: String::new(),
         last_seen: String::new(),
+        ct: None,
     }
 }
 
@@ -40,6 +41,26 @@ fn host(name: &str, port: u16, paths: Vec<LearnedPath>) -> LearnedHost {
         last_seen: String::new(),
         paths,
     }
+}
+
+#[test]
+fn leaves_learned_without_valid_scts_are_marked() {
+    let mut a = path(&[1, 2, 3]);
+    a.ct = Some("none".into());
+    let mut b = path(&[4, 2, 3]);
+    b.ct = Some("ok".into());
+    let mut c = path(&[5, 2, 3]);
+    c.ct = Some("\nhosts: {evil: 1}".into());
+    let e = entry("a.test", &[&host("a.test", 443, vec![a, b, c])]).unwrap();
+    let marked: Vec<&String> = e.notes.iter().filter(|n| n.contains("CT ")).collect();
+    assert_eq!(marked.len(), 1, "{:?}", e.notes);
+    assert!(
+        marked[0].starts_with("warning: CT none: the leaf of 1 of 3 path(s) has no SCTs at all"),
+        "{}",
+        marked[0]
+    );
+    let clean = entry("b.test", &[&host("b.test", 443, vec![path(&[1, 2, 3])])]).unwrap();
+    assert!(!clean.notes.iter().any(|n| n.contains("CT ")));
 }
 
 #[test]
@@ -159,6 +180,7 @@ mod hostile {
                 seen: 1,
                 first_seen: String::new(),
                 last_seen: String::new(),
+                ct: None,
             })
     }
 

@@ -24,6 +24,7 @@ fn distinct_paths_are_counted_and_bounded() {
         443,
         "webpki",
         &[pin(1), pin(2), pin(3)],
+        None,
         10,
         certs,
     );
@@ -32,6 +33,7 @@ fn distinct_paths_are_counted_and_bounded() {
         443,
         "webpki",
         &[pin(1), pin(2), pin(3)],
+        None,
         20,
         certs,
     );
@@ -40,6 +42,7 @@ fn distinct_paths_are_counted_and_bounded() {
         443,
         "webpki",
         &[pin(4), pin(2), pin(3)],
+        None,
         30,
         certs,
     );
@@ -48,11 +51,12 @@ fn distinct_paths_are_counted_and_bounded() {
         443,
         "webpki",
         &[pin(5), pin(2), pin(3)],
+        None,
         40,
         certs,
     );
-    l.record("b.test", 8443, "webpki", &[pin(1)], 10, certs);
-    l.record("c.test", 443, "webpki", &[pin(1)], 10, certs);
+    l.record("b.test", 8443, "webpki", &[pin(1)], None, 10, certs);
+    l.record("c.test", 443, "webpki", &[pin(1)], None, 10, certs);
     let doc = l.doc(true);
     assert_eq!(doc.hosts.len(), 2);
     let a = &doc.hosts[0];
@@ -70,12 +74,28 @@ fn a_learn_file_round_trips_and_memory_wins() {
     let path = dir.path().join("learned.json");
     assert!(read(&path).unwrap().is_none());
     let l = Arc::new(store(8, 8));
-    l.record("a.test", 443, "webpki", &[pin(1), pin(2)], 10, Vec::new);
+    l.record(
+        "a.test",
+        443,
+        "webpki",
+        &[pin(1), pin(2)],
+        None,
+        10,
+        Vec::new,
+    );
     assert!(l.take_dirty());
     assert!(!l.take_dirty());
     write(&path, Chunks::new(l.clone(), true), l.file_cap()).unwrap();
     let restored = store(8, 8);
-    restored.record("b.test", 443, "webpki", &[pin(3), pin(4)], 50, Vec::new);
+    restored.record(
+        "b.test",
+        443,
+        "webpki",
+        &[pin(3), pin(4)],
+        None,
+        50,
+        Vec::new,
+    );
     restored.restore(read(&path).unwrap().unwrap());
     let doc = restored.doc(true);
     assert_eq!(doc.hosts.len(), 2);
@@ -119,7 +139,7 @@ async fn persist_writes_only_when_something_was_learned_and_once_at_stop() {
     ));
     tokio::time::sleep(Duration::from_secs(25)).await;
     assert!(!path.exists(), "nothing learned, nothing written");
-    l.record("a.test", 443, "webpki", &[pin(1)], 1, Vec::new);
+    l.record("a.test", 443, "webpki", &[pin(1)], None, 1, Vec::new);
     tx.send(()).unwrap();
     task.await.unwrap();
     assert_eq!(read(&path).unwrap().unwrap().hosts.len(), 1);
@@ -165,6 +185,7 @@ fn stored_strings_are_truncated() {
         443,
         "webpki",
         &[pin(1), pin(2), pin(3)],
+        None,
         1,
         || big_certs(1, 57_000),
     );
@@ -186,6 +207,7 @@ fn everything_learned_is_bounded_in_bytes() {
                 443,
                 "webpki",
                 &[pin(p), pin(100), pin(200)],
+                None,
                 1,
                 || big_certs(p, 57_000),
             );
@@ -214,6 +236,7 @@ fn learned_streams_in_chunks_that_make_the_document() {
             443,
             "webpki",
             &[pin(1), pin(2)],
+            None,
             1,
             || big_certs(1, 100),
         );
@@ -242,6 +265,7 @@ fn the_learn_file_is_bounded_both_ways() {
             443,
             "webpki",
             &[pin(1), pin(2)],
+            None,
             1,
             Vec::new,
         );
@@ -265,7 +289,15 @@ fn the_learn_file_is_bounded_both_ways() {
 #[test]
 fn a_restored_file_is_held_to_the_same_bounds() {
     let big = Arc::new(store(1024, 8));
-    big.record("a.test", 443, "webpki", &[pin(1), pin(2)], 1, Vec::new);
+    big.record(
+        "a.test",
+        443,
+        "webpki",
+        &[pin(1), pin(2)],
+        None,
+        1,
+        Vec::new,
+    );
     let mut doc = big.doc(true);
     doc.hosts[0].paths[0].certs = big_certs(1, 57_000);
     for h in 0..2000 {

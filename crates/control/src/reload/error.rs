@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use pinproxy_policy as policy;
 use pinproxy_reason::ReloadResult;
 use pinproxy_sign::{Refusal, Sha256, StateError};
+use pinproxy_tls::ct::ListError;
 
 /// Why a reload left the last good pinset in force.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +29,16 @@ pub enum Error {
     /// is applied until it is repaired or deleted.
     #[error(transparent)]
     State(#[from] StateError),
+    /// `--ct-log-list` names a file that is not a usable log list.
+    #[error(transparent)]
+    LogList(#[from] ListError),
 }
 
 impl Error {
     /// The result this failure is counted under.
     pub fn result(&self) -> ReloadResult {
         match self {
-            Error::Load(_) | Error::State(_) => ReloadResult::Failure,
+            Error::Load(_) | Error::State(_) | Error::LogList(_) => ReloadResult::Failure,
             Error::Refused { refusal, .. } => match refusal.as_ref() {
                 Refusal::BadSignature(_) => ReloadResult::BadSignature,
                 Refusal::Rollback { .. } => ReloadResult::Rollback,

@@ -21,7 +21,10 @@ fn held_back(path: &Path) -> HeldBack {
     let telemetry = Telemetry::new(Metrics::new());
     let shared = Shared::new(Arc::new(telemetry.clone()), Options::default(), Vec::new());
     let first = parse("version: 1\nhosts: {}\n").unwrap();
-    let (_, publisher) = Live::new(Snapshot::build(first, 1, &shared).unwrap(), &telemetry);
+    let (_, publisher) = Live::new(
+        Snapshot::build(first, LogListInForce::builtin(), 1, &shared).unwrap(),
+        &telemetry,
+    );
     let (release, released) = std::sync::mpsc::channel::<()>();
     let released = std::sync::Mutex::new(released);
     let (enter, entered) = tokio::sync::mpsc::unbounded_channel();

@@ -1,5 +1,6 @@
-//! One version of a pinset's inputs: a digest of the pinset file and of
-//! every file it names (CA bundles, client certificates and keys, CRLs).
+//! One version of a pinset's inputs: a digest of the pinset file, of
+//! every file it names (CA bundles, client certificates and keys, CRLs)
+//! and of the CT log list (`--ct-log-list`), which a reload reads too.
 //!
 //! The watcher reloads on events that change content, but such events also
 //! come for files that did not change (a `touch`, a neighbour in the same
@@ -65,15 +66,27 @@ impl Versions {
     }
 
     /// Digests the pinset at `pins` (at most `max + 1` bytes of it), with
-    /// `signed` its signature file, and the files it names. A pinset that
-    /// cannot be read is one version too (deleted, or unreadable): it fails
-    /// once, not on every event.
-    pub(super) fn digest(&mut self, pins: &Path, max: u64, signed: bool) -> Digest {
+    /// `signed` its signature file, the files it names and the CT log list
+    /// `ct_list`, if one is read. A pinset that cannot be read is one
+    /// version too (deleted, or unreadable): it fails once, not on every
+    /// event.
+    pub(super) fn digest(
+        &mut self,
+        pins: &Path,
+        max: u64,
+        signed: bool,
+        ct_list: Option<&Path>,
+    ) -> Digest {
         // The pinset and its signature through one resolution of `..data`,
         // as the load reads them: a new signature alone is a new version.
         let real = std::fs::canonicalize(pins).unwrap_or_else(|_| pins.to_path_buf());
         let Some(bytes) = read_capped(&real, max) else {
-            return Digest(sha256(b"the pinset could not be read"));
+            let mut ctx = Context::new(&SHA256);
+            ctx.update(b"the pinset could not be read");
+            if let Some(list) = ct_list {
+                digest_file(list, &mut ctx);
+            }
+            return finish(ctx);
         };
         let text = Digest(sha256(&bytes));
         let named = match &self.named {
@@ -99,10 +112,18 @@ impl Versions {
             ctx.update(&[0]);
             digest_file(file, &mut ctx);
         }
-        let mut out = [0; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        Digest(out)
+        if let Some(list) = ct_list {
+            ctx.update(b"ct-log-list\0");
+            digest_file(list, &mut ctx);
+        }
+        finish(ctx)
     }
+}
+
+fn finish(ctx: Context) -> Digest {
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Digest(out)
 }
 
 /// Whether the text may name a file at all: a file over the size limit is
@@ -165,25 +186,48 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&pins, "version: 1\ndefaults: {trust: ca.pem}\nhosts: {}\n").unwrap();
         let mut v = Versions::default();
-        let missing = v.digest(&pins, 1 << 20, false);
+        let missing = v.digest(&pins, 1 << 20, false, None);
         std::fs::write(&ca, "one").unwrap();
-        let one = v.digest(&pins, 1 << 20, false);
+        let one = v.digest(&pins, 1 << 20, false, None);
         assert_ne!(missing, one, "the named file appearing is a change");
         assert_eq!(v.named(), vec![ca.clone()]);
         // Same bytes rewritten: the same version.
         std::fs::write(&ca, "one").unwrap();
-        assert_eq!(v.digest(&pins, 1 << 20, false), one);
+        assert_eq!(v.digest(&pins, 1 << 20, false, None), one);
         std::fs::write(&ca, "two").unwrap();
-        let two = v.digest(&pins, 1 << 20, false);
+        let two = v.digest(&pins, 1 << 20, false, None);
         assert_ne!(two, one);
         std::fs::remove_file(&pins).unwrap();
-        let gone = v.digest(&pins, 1 << 20, false);
+        let gone = v.digest(&pins, 1 << 20, false, None);
         assert!(gone != two && gone != missing);
         assert_eq!(
-            v.digest(&pins, 1 << 20, false),
+            v.digest(&pins, 1 << 20, false, None),
             gone,
             "a missing pinset is one version"
         );
+    }
+
+    #[test]
+    fn the_ct_log_list_is_an_input_like_a_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("pins.yaml");
+        let list = dir.path().join("log_list.json");
+        std::fs::write(&pins, "version: 1\nhosts: {}\n").unwrap();
+        std::fs::write(&list, "one").unwrap();
+        let mut v = Versions::default();
+        let one = v.digest(&pins, 1 << 20, false, Some(&list));
+        assert_ne!(one, v.digest(&pins, 1 << 20, false, None));
+        // Rewritten with the same bytes (a touch, a ConfigMap resync): the
+        // same version, so no reload.
+        std::fs::write(&list, "one").unwrap();
+        assert_eq!(v.digest(&pins, 1 << 20, false, Some(&list)), one);
+        std::fs::write(&list, "two").unwrap();
+        assert_ne!(v.digest(&pins, 1 << 20, false, Some(&list)), one);
+        // Unreadable pinset: the list still counts.
+        std::fs::remove_file(&pins).unwrap();
+        let gone = v.digest(&pins, 1 << 20, false, Some(&list));
+        std::fs::write(&list, "three").unwrap();
+        assert_ne!(v.digest(&pins, 1 << 20, false, Some(&list)), gone);
     }
 
     #[test]
@@ -192,18 +236,18 @@ mod tests {
         let pins = dir.path().join("pins.yaml");
         std::fs::write(&pins, "version: 1\nserial: 1\nhosts: {}\n").unwrap();
         let mut v = Versions::default();
-        let unsigned = v.digest(&pins, 1 << 20, true);
+        let unsigned = v.digest(&pins, 1 << 20, true, None);
         std::fs::write(dir.path().join("pins.yaml.sig"), "AAAA").unwrap();
-        let one = v.digest(&pins, 1 << 20, true);
+        let one = v.digest(&pins, 1 << 20, true, None);
         assert_ne!(unsigned, one, "the signature appearing is a change");
         std::fs::write(dir.path().join("pins.yaml.sig"), "BBBB").unwrap();
-        let two = v.digest(&pins, 1 << 20, true);
+        let two = v.digest(&pins, 1 << 20, true, None);
         assert_ne!(one, two, "a new signature over the same file is a change");
-        assert_eq!(v.digest(&pins, 1 << 20, true), two);
+        assert_eq!(v.digest(&pins, 1 << 20, true, None), two);
         // Without a key the signature is not an input.
-        let plain = v.digest(&pins, 1 << 20, false);
+        let plain = v.digest(&pins, 1 << 20, false, None);
         std::fs::write(dir.path().join("pins.yaml.sig"), "CCCC").unwrap();
-        assert_eq!(v.digest(&pins, 1 << 20, false), plain);
+        assert_eq!(v.digest(&pins, 1 << 20, false, None), plain);
     }
 
     #[test]

@@ -57,10 +57,17 @@ impl Watcher {
             .watched_files()
             .into_iter()
             .chain(reloader.named_files())
+            .chain(reloader.ct_log_list().map(Path::to_path_buf))
         {
             self.watch_dir(parent_dir(&file))?;
         }
         Ok(())
+    }
+
+    /// Also watches the directory of `file` (the CT log list), from now:
+    /// call it before the file is first read.
+    pub fn watch_file(&mut self, file: &Path) -> Result<(), notify::Error> {
+        self.watch_dir(parent_dir(file))
     }
 
     fn watch_dir(&mut self, dir: PathBuf) -> Result<(), notify::Error> {
@@ -87,6 +94,7 @@ impl Watcher {
                         // place must be done with both before the read.
                         let mut files = vec![reloader.pins_path().to_path_buf()];
                         files.extend(reloader.live().load().policy.watched_files());
+                        files.extend(reloader.ct_log_list().map(Path::to_path_buf));
                         self.settle_burst(first, &files).await;
                         let reloader = reloader.clone();
                         reloads.spawn(async move {

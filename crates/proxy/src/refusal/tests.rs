@@ -27,7 +27,13 @@ fn context() -> Arc<Context> {
     let yaml = "version: 1\ndefaults:\n  unlisted: allow\nhosts: {}\n";
     let now = time::OffsetDateTime::now_utc();
     let policy = pinproxy_policy::parse(yaml.as_bytes(), Path::new("."), now).unwrap();
-    let snapshot = Snapshot::build(policy, 1, &shared).unwrap();
+    let snapshot = Snapshot::build(
+        policy,
+        pinproxy_tls::ct::LogListInForce::builtin(),
+        1,
+        &shared,
+    )
+    .unwrap();
     let (live, _publisher) = Live::new(snapshot, &telemetry);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Arc::new(Context {

@@ -1,0 +1,190 @@
+//! `pinproxy ct-update --from FILE [--out FILE]`: checks a Certificate
+//! Transparency log list (Chrome's v3 `log_list.json` format) the way `run
+//! --ct-log-list` will read it — every problem, each on its own line, exit
+//! 1 — says what changes against the list it replaces, and with `--out`
+//! installs it atomically (written beside the target, then renamed, so a
+//! watching pinproxy never reads half a list). A list older than the one
+//! at `--out` is refused: that would be a rollback.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::Error;
+use crate::policy::load::{read_capped, DEFAULT_MAX_FILE_BYTES};
+use crate::tls::ct::{ListSource, LogListError, LogListInForce, StateKind};
+
+#[derive(Args, Debug)]
+pub struct CtUpdateArgs {
+    /// The new log list (e.g. a download of
+    /// https://www.gstatic.com/ct/log_list/v3/log_list.json, or your own).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// Install it here (the file `run --ct-log-list` names), atomically.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Largest list accepted, bytes (as `run --max-file-bytes`).
+    #[arg(long, env = "PINPROXY_MAX_FILE_BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+}
+
+pub fn ct_update(args: &CtUpdateArgs) -> Result<(), Error> {
+    let now = rustls::pki_types::UnixTime::now();
+    let shown = args.from.display();
+    let bytes = read_capped(&args.from, args.max_file_bytes)
+        .map_err(|e| Error::failed(format!("{shown}: {e}")))?
+        .ok_or_else(|| {
+            Error::failed(format!(
+                "{shown}: larger than {} bytes (--max-file-bytes); refused unread",
+                args.max_file_bytes
+            ))
+        })?;
+    let new = match LogListInForce::from_bytes(&bytes, ListSource::File(args.from.clone())) {
+        Ok(l) => l,
+        Err(e) => {
+            for problem in problems(&e) {
+                println!("{shown}: error: {problem}");
+            }
+            return Err(Error::Reported);
+        }
+    };
+    println!("{shown}: ok: {}", new.describe(now));
+    println!("{shown}: {}", census(&new));
+    let (current, at_out) = current(args.out.as_deref(), args.max_file_bytes);
+    println!(
+        "{shown}: against the list it replaces ({}, {}): {}",
+        current.label(),
+        current.source(),
+        changes(&current, &new)
+    );
+    if new.is_stale(now) {
+        println!(
+            "{shown}: warning: {} days old: with this list ct: enforce acts as ct: report \
+             (Chrome stops enforcing at 70 days); fetch a newer one",
+            new.age_days(now)
+        );
+    }
+    let Some(out) = &args.out else {
+        return Ok(());
+    };
+    if at_out && new.timestamp() < current.timestamp() {
+        println!(
+            "{shown}: error: it is older than the list at {} ({} < {}): refusing to roll \
+             back; remove {} first to install an older list on purpose",
+            out.display(),
+            new.timestamp_rfc3339(),
+            current.timestamp_rfc3339(),
+            out.display()
+        );
+        return Err(Error::Reported);
+    }
+    install(out, &bytes).map_err(|e| Error::failed(format!("{}: {e}", out.display())))?;
+    println!(
+        "{}: installed; a pinproxy run with --ct-log-list {} reloads it",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Every problem a list has, one line each.
+fn problems(e: &LogListError) -> Vec<String> {
+    match e {
+        LogListError::Logs(issues) => issues.iter().map(ToString::to_string).collect(),
+        other => vec![other.to_string()],
+    }
+}
+
+/// The list at `out` if there is a valid one (`true`), else the built-in.
+fn current(out: Option<&Path>, max: u64) -> (Arc<LogListInForce>, bool) {
+    match out.filter(|p| p.exists()) {
+        Some(p) => match LogListInForce::read(p, max) {
+            Ok(l) => (Arc::new(l), true),
+            Err(e) => {
+                println!("{}: warning: the list there is replaced: {e}", p.display());
+                (LogListInForce::builtin(), false)
+            }
+        },
+        None => (LogListInForce::builtin(), false),
+    }
+}
+
+/// "21 operators, 181 logs (…by state)".
+fn census(l: &LogListInForce) -> String {
+    let kinds = [
+        StateKind::Usable,
+        StateKind::Qualified,
+        StateKind::ReadOnly,
+        StateKind::Retired,
+        StateKind::Pending,
+        StateKind::Rejected,
+    ];
+    let mut parts: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            let n = l
+                .list()
+                .logs()
+                .filter(|log| log.state.is_some_and(|s| s.kind == *k))
+                .count();
+            (k, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    let stateless = l.list().logs().filter(|log| log.state.is_none()).count();
+    if stateless > 0 {
+        parts.push(format!("{stateless} without a state"));
+    }
+    format!(
+        "{} operators, {} logs ({})",
+        l.list().operators().len(),
+        l.list().logs().count(),
+        parts.join(", ")
+    )
+}
+
+/// Logs added, removed and changed state between `old` and `new`.
+fn changes(old: &LogListInForce, new: &LogListInForce) -> String {
+    let added = new
+        .list()
+        .logs()
+        .filter(|l| old.list().log(&l.id).is_none())
+        .count();
+    let removed = old
+        .list()
+        .logs()
+        .filter(|l| new.list().log(&l.id).is_none())
+        .count();
+    let changed = new
+        .list()
+        .logs()
+        .filter(|l| {
+            old.list()
+                .log(&l.id)
+                .is_some_and(|o| o.state.map(|s| s.kind) != l.state.map(|s| s.kind))
+        })
+        .count();
+    format!("{added} logs added, {removed} removed, {changed} changed state")
+}
+
+/// Writes `bytes` to `out` by way of a temporary file in its directory,
+/// synced, then renamed over it.
+fn install(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, out)?;
+    // The rename itself is durable once the directory is synced.
+    std::fs::File::open(dir)?.sync_all()
+}
