@@ -31,14 +31,11 @@ use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use pinproxy::app::{CaSource, Config};
 use pinproxy::control::drift::Drift;
 use pinproxy::control::metrics::Metrics;
 use pinproxy::control::{Live, Reloader};
 use pinproxy::policy::pin::Pin;
-use pinproxy::proxy::Limits;
 use pinproxy::tls::ca::Intercept;
-use pinproxy::upstream::Options;
 
 // === PKI ===
 
@@ -653,6 +650,8 @@ fn tokio_stream_iter<T: Send + Unpin + 'static>(
 
 pub mod proxy;
 
+pub use proxy::TestProxy;
+
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -670,86 +669,6 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
-}
-
-/// Starts the proxy in-process on 127.0.0.1:0 with the pinset `yaml`,
-/// written into a fresh directory (relative CA bundle paths resolve there).
-pub async fn proxy(yaml: &str, files: &[(&str, String)]) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, contents) in files {
-        write(dir.path(), name, contents);
-    }
-    let pins_path = write(dir.path(), "pins.yaml", yaml);
-    proxy_at(dir, pins_path, false).await
-}
-
-/// Starts the proxy on an existing pinset path, optionally with the
-/// directory watcher running.
-pub async fn proxy_at(dir: tempfile::TempDir, pins_path: PathBuf, watch: bool) -> Proxy {
-    proxy_full(dir, pins_path, watch, |_, _| {}).await
-}
-
-/// Starts the proxy with `tune` applied to its shared settings and limits.
-pub async fn proxy_tuned(
-    yaml: &str,
-    files: &[(&str, String)],
-    tune: impl FnOnce(&mut Options, &mut Limits),
-) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, contents) in files {
-        write(dir.path(), name, contents);
-    }
-    let pins_path = write(dir.path(), "pins.yaml", yaml);
-    proxy_full(dir, pins_path, false, tune).await
-}
-
-pub async fn proxy_full(
-    dir: tempfile::TempDir,
-    pins_path: PathBuf,
-    watch: bool,
-    tune: impl FnOnce(&mut Options, &mut Limits),
-) -> Proxy {
-    proxy_configured(dir, pins_path, watch, |c| {
-        tune(&mut c.upstream, &mut c.limits)
-    })
-    .await
-}
-
-/// Starts the proxy with `tune` applied to its whole configuration.
-pub async fn proxy_configured(
-    dir: tempfile::TempDir,
-    pins_path: PathBuf,
-    watch: bool,
-    tune: impl FnOnce(&mut Config),
-) -> Proxy {
-    let mut config = Config {
-        pins: pins_path.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        admin_options: Default::default(),
-        ca: CaSource::Generate,
-        // Outside the pins directory, so writing it doesn't look like a reload.
-        ca_out: Some(dir.path().join("ca-out")),
-        ca_bundle_extra: Vec::new(),
-        leaf_cache: 16,
-        limits: Limits::default(),
-        upstream: Options::default(),
-        watch,
-        sighup: false,
-        reports: pinproxy::control::reports::Options {
-            pod: Default::default(),
-            ..Default::default()
-        },
-        learn_file: None,
-        transparent: Vec::new(),
-        max_pinset_bytes: pinproxy::policy::load::DEFAULT_MAX_BYTES,
-        max_file_bytes: pinproxy::policy::load::DEFAULT_MAX_FILE_BYTES,
-        max_crl_entries: pinproxy::policy::load::DEFAULT_MAX_CRL_ENTRIES,
-        ct_log_list: None,
-        signing: None,
-    };
-    tune(&mut config);
-    proxy::start(config, dir, pins_path).await
 }
 
 impl Proxy {
@@ -873,11 +792,11 @@ pub async fn raw(proxy: SocketAddr, bytes: &[u8]) -> String {
 pub async fn pinned(host: &str) -> (Pki, Upstream, Proxy) {
     let pki = Pki::new(&[host]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy(
-        &pinset(host, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(host, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     (pki, up, p)
 }
 
