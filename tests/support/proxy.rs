@@ -29,7 +29,7 @@ use pinproxy::proxy::Limits;
 use pinproxy::upstream::{Options, Resolve, Timeouts};
 use tokio::sync::watch;
 
-use super::{write, Proxy, Run};
+use super::*;
 
 /// The in-process proxy a test talks to: a [`Proxy`] under the name the
 /// builder is entered by.
@@ -309,4 +309,75 @@ pub(super) async fn start(config: Config, dir: tempfile::TempDir, pins_path: Pat
         let _ = rx.wait_for(|v| *v).await;
     }));
     p
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub live: Arc<Live>,
+    pub reloader: Arc<Reloader>,
+    pub drift: Arc<Drift>,
+    pub metrics: Arc<Metrics>,
+    pub intercept: Arc<Intercept>,
+    pub dir: tempfile::TempDir,
+    pub pins_path: PathBuf,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Proxy {
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca-out/ca.crt")
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        get_with(self.admin, &format!("http://{}{path}", self.admin), &[]).await
+    }
+
+    pub fn mismatches(&self, host: &str, mode: &str) -> u64 {
+        self.metrics
+            .pin_mismatch
+            .with_label_values(&[host, mode])
+            .get()
+    }
+
+    pub fn denied(&self, reason: &str) -> u64 {
+        self.metrics.denied_count(reason)
+    }
+
+    pub fn requests(&self, host: &str, outcome: &str) -> u64 {
+        self.metrics.requests_count(host, outcome)
+    }
+
+    pub fn tls_failures(&self, host: &str, reason: &str) -> u64 {
+        self.metrics.tls_failures_count(host, reason)
+    }
+}
+
+/// The usual fixture: a PKI for `host`, an upstream serving its chain, and
+/// a proxy pinning its intermediate.
+pub async fn pinned(host: &str) -> (Pki, Upstream, Proxy) {
+    let pki = Pki::new(&[host]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(host, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
+    (pki, up, p)
+}
+
+/// A pinset with one host entry.
+pub fn pinset(host: &str, pins: &[Pin], extra: &str, addr: SocketAddr) -> String {
+    let pins: Vec<String> = pins.iter().map(|p| p.to_string()).collect();
+    format!(
+        "version: 1\nhosts:\n  {host:?}:\n    pins: [{}]\n    trust: ca.pem\n    address: {addr}\n{extra}",
+        pins.join(", ")
+    )
 }
