@@ -481,22 +481,19 @@ async fn a_loaded_ca_signs_leaves_that_curl_accepts() {
     );
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    write(dir.path(), "ca.pem", &pki.root.pem());
-    let pins = write(
-        dir.path(),
-        "pins.yaml",
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-    );
-    let (mut child, listen, _) = spawn_binary(
-        &pins,
-        &[
+    let mut p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .args(&[
             "--ca-cert",
             cert.to_str().unwrap(),
             "--ca-key",
             key.to_str().unwrap(),
-        ],
-    );
-    wait_listening(listen).await;
+        ])
+        .stderr_uncaptured()
+        .spawn()
+        .await;
+    let listen = p.listen;
     let args: Vec<String> = [
         "-sS",
         "--max-time",
@@ -525,5 +522,5 @@ async fn a_loaded_ca_signs_leaves_that_curl_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("path=/ca"), "{stdout}");
-    let _ = child.start_kill();
+    let _ = p.child.start_kill();
 }

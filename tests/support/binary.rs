@@ -18,7 +18,11 @@ pub async fn connect_status(proxy: SocketAddr, target: &str) -> (u16, String, Tc
     (s, head, tcp)
 }
 
-/// Runs the built binary on free loopback ports: (child, proxy, admin).
+/// Runs the built binary on free loopback ports: (child, proxy, admin),
+/// returning at once, before it listens. Only for a test that must watch
+/// the start itself (`ca_is_written_before_readyz_turns_ready` polls
+/// `/readyz` from the first moment); everything else uses
+/// `TestProxy::builder()….spawn()`, which waits for the listener.
 pub fn spawn_binary(
     pins: &std::path::Path,
     extra: &[&str],
@@ -79,7 +83,9 @@ pub fn run_pinproxy(args: &[&str]) -> (i32, String, String) {
 /// Runs the binary with `args`, capturing stderr line by line.
 pub struct Run {
     pub child: tokio::process::Child,
-    pub lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    /// Its stderr line by line; `None` when it was left uncaptured
+    /// (`Builder::stderr_uncaptured`).
+    pub lines: Option<tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>>,
     pub listen: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
 }
@@ -112,10 +118,18 @@ impl Run {
         wait_listening(listen).await;
         Self {
             child,
-            lines,
+            lines: Some(lines),
             listen,
             admin,
         }
+    }
+
+    fn stderr(
+        &mut self,
+    ) -> &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>> {
+        self.lines
+            .as_mut()
+            .expect("the child's stderr was left uncaptured (.stderr_uncaptured())")
     }
 
     /// Lines until one contains `needle` (or 5 s pass): all of them.
@@ -123,7 +137,7 @@ impl Run {
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while let Ok(Ok(Some(line))) =
-            tokio::time::timeout_at(deadline, self.lines.next_line()).await
+            tokio::time::timeout_at(deadline, self.stderr().next_line()).await
         {
             let hit = line.contains(needle);
             seen.push(line);
@@ -139,7 +153,7 @@ impl Run {
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Ok(Some(line))) =
-            tokio::time::timeout_at(deadline, self.lines.next_line()).await
+            tokio::time::timeout_at(deadline, self.stderr().next_line()).await
         {
             seen.push(line);
         }

@@ -49,6 +49,7 @@ pub struct Builder {
     tunes: Vec<Tune>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    stderr_uncaptured: bool,
 }
 
 impl Proxy {
@@ -172,6 +173,15 @@ impl Builder {
         self
     }
 
+    /// Leaves the binary's stderr on the test's own instead of a pipe
+    /// (`spawn` only): for a child that runs long and is never asked for
+    /// its lines, whose unread pipe would otherwise fill and block it.
+    /// `Run::until` and `Run::more` then panic.
+    pub fn stderr_uncaptured(mut self) -> Self {
+        self.stderr_uncaptured = true;
+        self
+    }
+
     /// Writes the pinset and its files; the directory and the pinset path.
     fn prepare(&mut self) -> (tempfile::TempDir, PathBuf) {
         let dir = self
@@ -196,8 +206,8 @@ impl Builder {
     /// Builds and serves the proxy in-process; it stops when dropped.
     pub async fn run(mut self) -> Proxy {
         assert!(
-            self.args.is_empty() && self.env.is_empty(),
-            "CLI flags and environment variables reach the binary only: .spawn()"
+            self.args.is_empty() && self.env.is_empty() && !self.stderr_uncaptured,
+            "CLI flags, environment variables and stderr are the binary's only: .spawn()"
         );
         let (dir, pins) = self.prepare();
         let mut config = Config {
@@ -223,7 +233,8 @@ impl Builder {
 
     /// Runs the built binary on free loopback ports (or the `listen` and
     /// `admin` given) with the flags and environment variables set, its
-    /// stderr read line by line; returns once it listens.
+    /// stderr read line by line (unless `stderr_uncaptured`); returns once
+    /// it listens.
     pub async fn spawn(mut self) -> Spawned {
         let (dir, pins) = self.prepare();
         let mut config = Config {
@@ -240,13 +251,18 @@ impl Builder {
             .args(["--admin", &config.admin.to_string()])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stderr(std::process::Stdio::piped())
+            .stderr(if self.stderr_uncaptured {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::piped()
+            })
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-            child.stderr.take().unwrap(),
-        ));
+        let lines = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr)));
         super::wait_listening(config.listen).await;
         Spawned {
             run: Run {
