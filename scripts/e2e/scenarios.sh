@@ -751,9 +751,10 @@ PY
   check "the API server now holds serial 1" eq "$(stored_serial "$APP_NS")" 1
   # A pod update makes the kubelet sync the pod now, volumes included
   # (instead of its periodic resync, which scenario 3 measures).
-  run kubectl -n "$APP_NS" annotate pod app e2e/resync="$(date +%s)"
+  local t0; t0=$(date +%s)
+  run kubectl -n "$APP_NS" annotate pod app e2e/resync="$t0"
   wait_for 120 "the sidecar to refuse the rollback" rollback_refused
-  echo "sidecar: pinproxy_config_reloads_total{result=\"rollback\"} $(reloads rollback)"
+  echo "sidecar: pinproxy_config_reloads_total{result=\"rollback\"} $(reloads rollback), $(( $(date +%s) - t0 )) s after the annotation"
   kubectl -n "$APP_NS" logs app -c pinproxy | grep -iE 'rollback' | tail -n 2 | cut -c1-400 || true
   pins_json >"$d/pins-after.json"
   python3 -c 'import json, sys; p = json.load(open(sys.argv[1])); print("  /pins: serial", p["serial"], "signature", json.dumps(p["signature"])); assert p["serial"] == 2' "$d/pins-after.json"
