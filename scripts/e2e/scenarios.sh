@@ -612,7 +612,9 @@ apply_pinset() {
   if [ "$label" = - ]; then tag=(cat); shown="${create[*]} | kubectl apply -f -"; fi
   printf '$ (in %s/) %s\n' "${dir##*/}" "$shown"
   (cd "$dir" && "${create[@]}" | "${tag[@]}" | kubectl apply -f -) >"$dir/apply.out" 2>"$dir/apply.err" || rc=$?
-  sed 's/^/  stdout: /' "$dir/apply.out"; cut -c1-1000 "$dir/apply.err" | sed 's/^/  stderr: /'
+  sed 's/^/  stdout: /' "$dir/apply.out"
+  # kubectl echoes the patch it sent (base64 data): its size stands in for it.
+  awk 'length > 400 {print "  stderr: (" length " bytes: the patch kubectl sent)"; next} {print "  stderr: " $0}' "$dir/apply.err"
   echo "  exit code: $rc"
   APPLY_RC=$rc
 }
@@ -652,6 +654,9 @@ scenario_8() {
   check "the webhook runs with --pinset-key" sh -c \
     "kubectl -n $CHART_NS get deploy $dep -o jsonpath='{.spec.template.spec.containers[0].args}' | tr ',' '\n' | grep -- --pinset-key"
   run kubectl get validatingwebhookconfiguration -o custom-columns='NAME:.metadata.name,WEBHOOK:.webhooks[*].name,PATH:.webhooks[*].clientConfig.service.path,POLICY:.webhooks[*].failurePolicy,SELECTOR:.webhooks[*].objectSelector.matchLabels'
+  helm get notes pinproxy -n "$CHART_NS" >"$d/notes.txt"
+  check "the install notes give the signed update" contains "$d/notes.txt" "--from-file=pins.yaml.sig"
+  check "... and do not call the operator's pinset the chart's default" sh -c "! grep -q \"chart's default\" $d/notes.txt"
   check "the key's ConfigMap in $APP_NS holds pinset.pub" eq \
     "$(kubectl -n "$APP_NS" get configmap pinproxy-pinset-key -o jsonpath='{.data.cosign\.pub}')" "$(cat "$d/pinset.pub")"
 
