@@ -77,18 +77,7 @@ fn start_proxy(ns: &Netns, dir: &Path) -> Proxy {
 
 /// curl as the app's UID in the pod: (exit code, stdout+stderr).
 fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .command_as(APP_UID, "curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    support::pod::curl_as(ns, APP_UID, args)
 }
 
 fn metric(ns: &Netns, name: &str) -> f64 {
