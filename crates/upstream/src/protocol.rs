@@ -1,0 +1,215 @@
+//! What each upstream chose in ALPN, remembered for one generation, and
+//! which pooled client a forwarded request therefore takes.
+//!
+//! hyper-util's legacy pool deduplicates connects to one host only when it
+//! knows beforehand that the connection will be HTTP/2 (`http2_only`): with
+//! h2 negotiated by ALPN, every request that finds no idle connection
+//! starts its own TLS handshake, and all but the first are dropped once
+//! ALPN says h2 ("ALPN upgraded to HTTP/2"). A burst of first requests to
+//! one host thus cost one handshake per request. So:
+//!
+//! - a host not known to speak HTTP/1.1 only (h2, or not known yet) is
+//!   sent through the snapshot's `http2_only` client, whose connecting
+//!   lock lets one connect run while every other request waits for the
+//!   connection it makes;
+//! - when that connect finds the upstream chose HTTP/1.1, the host is
+//!   remembered as such, the connection is kept aside as a spare and the
+//!   request is refused unsent ([`Failure::NoH2`]): it goes out again
+//!   through the ALPN client, which takes the spare rather than dialing
+//!   again — so an HTTP/1.1 upstream costs no extra handshake, and an
+//!   upstream that stops offering h2 fails no request;
+//! - a failed connect answers the requests that waited for it (for
+//!   [`FAILURE_SHARED`]), rather than each starting its own in turn.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::error::UpstreamError;
+use pinproxy_policy::host::Host;
+
+/// At most this many hosts are remembered per generation (wildcard and
+/// unlisted hosts are unbounded): beyond it a host is served through the
+/// h2 client until its first connect says otherwise, and not remembered.
+const MAX_HOSTS: usize = 4096;
+
+/// How long a spare HTTP/1.1 connection waits for the request it was made
+/// for (resent at once) before it is closed.
+const SPARE_FOR: Duration = Duration::from_secs(1);
+
+/// How long a failed connect to a host answers the h2 client's requests
+/// that waited for it: they retry at once when it fails.
+pub const FAILURE_SHARED: Duration = Duration::from_secs(1);
+
+/// The pooled client a forwarded request takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// h2, or not known yet: the `http2_only` client.
+    H2,
+    /// HTTP/1.1: the ALPN client.
+    Alpn,
+}
+
+/// What is known of one host.
+#[derive(Default)]
+struct State {
+    /// `Some(true)`: the upstream chose h2 on its last connection.
+    h2: Option<bool>,
+    /// An unused HTTP/1.1 connection, made by the h2 client's connect.
+    spare: Option<(TlsStream<TcpStream>, Instant)>,
+    /// The h2 client's last failed connect.
+    failed: Option<(UpstreamError, Instant)>,
+}
+
+type Key = (Host, u16);
+
+/// Per (host, port), what its upstream chose in ALPN (one generation).
+#[derive(Default)]
+pub struct Protocols {
+    hosts: Mutex<HashMap<Key, State>>,
+}
+
+impl std::fmt::Debug for Protocols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Protocols")
+    }
+}
+
+impl Protocols {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, State>> {
+        // Every update is one field set: a panic elsewhere while holding
+        // the lock leaves a consistent map.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on `host:port`'s state, creating it if there is room.
+    fn with<R>(&self, host: &Host, port: u16, f: impl FnOnce(&mut State) -> R) -> Option<R> {
+        let mut hosts = self.lock();
+        let key = (host.clone(), port);
+        if !hosts.contains_key(&key) && hosts.len() >= MAX_HOSTS {
+            return None;
+        }
+        Some(f(hosts.entry(key).or_default()))
+    }
+
+    /// Which client a request to `host:port` takes.
+    pub fn route(&self, host: &Host, port: u16) -> Route {
+        match self.lock().get(&(host.clone(), port)) {
+            Some(State {
+                h2: Some(false), ..
+            }) => Route::Alpn,
+            _ => Route::H2,
+        }
+    }
+
+    /// Whether `host:port`'s upstream chose h2, if known.
+    pub fn known(&self, host: &Host, port: u16) -> Option<bool> {
+        self.lock().get(&(host.clone(), port)).and_then(|s| s.h2)
+    }
+
+    /// Records what a completed handshake with `host:port` chose.
+    pub(super) fn learned(&self, host: &Host, port: u16, h2: bool) {
+        self.with(host, port, |s| {
+            s.h2 = Some(h2);
+            s.failed = None;
+        });
+    }
+
+    /// Keeps `tls` (HTTP/1.1, unused) for the ALPN client's next connect
+    /// to `host:port`; closed if not taken within [`SPARE_FOR`].
+    pub(super) fn keep_spare(
+        self: &std::sync::Arc<Self>,
+        host: &Host,
+        port: u16,
+        tls: TlsStream<TcpStream>,
+    ) {
+        let kept = self.with(host, port, |s| s.spare = Some((tls, Instant::now())));
+        if kept.is_some() {
+            let (this, host) = (self.clone(), host.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(SPARE_FOR).await;
+                drop(this.take_spare(&host, port));
+            });
+        }
+    }
+
+    /// The spare connection to `host:port`, if one is fresh.
+    pub(super) fn take_spare(&self, host: &Host, port: u16) -> Option<TlsStream<TcpStream>> {
+        let spare = self.lock().get_mut(&(host.clone(), port))?.spare.take();
+        // Closed (dropped) outside the lock.
+        let (tls, at) = spare?;
+        (at.elapsed() < SPARE_FOR).then_some(tls)
+    }
+
+    /// Records a failed connect of the h2 client to `host:port`.
+    pub(super) fn failed(&self, host: &Host, port: u16, err: &UpstreamError) {
+        self.with(host, port, |s| {
+            s.failed = Some((err.clone(), Instant::now()))
+        });
+    }
+
+    /// The h2 client's failed connect to `host:port`, if it just failed.
+    pub(super) fn recent_failure(&self, host: &Host, port: u16) -> Option<UpstreamError> {
+        let hosts = self.lock();
+        let (err, at) = hosts.get(&(host.clone(), port))?.failed.as_ref()?;
+        (at.elapsed() < FAILURE_SHARED).then(|| err.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Failure;
+
+    fn host() -> Host {
+        Host::parse("api.example.com").unwrap()
+    }
+
+    #[test]
+    fn a_host_takes_the_h2_client_until_it_is_known_to_speak_http1() {
+        let p = Protocols::default();
+        assert_eq!(p.route(&host(), 443), Route::H2);
+        p.learned(&host(), 443, true);
+        assert_eq!(p.route(&host(), 443), Route::H2);
+        p.learned(&host(), 443, false);
+        assert_eq!(p.route(&host(), 443), Route::Alpn);
+        assert_eq!(p.known(&host(), 443), Some(false));
+        // Another port is another upstream.
+        assert_eq!(p.route(&host(), 8443), Route::H2);
+        assert_eq!(p.known(&host(), 8443), None);
+        // It offers h2 again: the h2 client again.
+        p.learned(&host(), 443, true);
+        assert_eq!(p.route(&host(), 443), Route::H2);
+    }
+
+    #[test]
+    fn a_failure_is_shared_briefly_and_forgotten_once_a_handshake_succeeds() {
+        let p = Protocols::default();
+        let err = UpstreamError::new(Failure::Unreachable, &host(), "refused");
+        p.failed(&host(), 443, &err);
+        let again = p.recent_failure(&host(), 443).expect("shared");
+        assert_eq!(
+            (again.failure, again.detail),
+            (Failure::Unreachable, "refused".into())
+        );
+        assert!(p.recent_failure(&host(), 8443).is_none());
+        p.learned(&host(), 443, true);
+        assert!(p.recent_failure(&host(), 443).is_none());
+    }
+
+    #[test]
+    fn the_map_is_bounded() {
+        let p = Protocols::default();
+        for port in 0..MAX_HOSTS as u16 {
+            p.learned(&host(), port, false);
+        }
+        let extra = MAX_HOSTS as u16;
+        p.learned(&host(), extra, false);
+        assert_eq!(p.known(&host(), extra), None);
+        assert_eq!(p.route(&host(), extra), Route::H2);
+        assert_eq!(p.known(&host(), 0), Some(false));
+    }
+}
