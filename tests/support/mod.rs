@@ -2,6 +2,7 @@
 //! the proxy started in-process, and a small HTTP client that talks to it.
 #![allow(dead_code)]
 
+pub mod alpn;
 pub mod netns;
 pub mod pod;
 pub mod udp;
