@@ -83,8 +83,11 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     let (parts, mut body) = req.into_parts();
-    let idempotent = is_idempotent(&parts.method) && body.is_end_stream();
-    let reclaim = fallback.map(|_| body.reclaimable());
+    let empty = body.is_end_stream();
+    let idempotent = is_idempotent(&parts.method) && empty;
+    // An empty body needs no reclaiming (sent again as `Empty`): the
+    // channel is only for bodies.
+    let reclaim = fallback.filter(|_| !empty).map(|_| body.reclaimable());
     let head = (idempotent || fallback.is_some()).then(|| Head::of(&parts));
     let first = Request::from_parts(parts, Either::Left(body));
     let err = match tokio::time::timeout_at(deadline, client.request(first)).await {
@@ -96,11 +99,15 @@ where
         Some(u) => u.failure == Failure::NoH2,
         None => err.is_connect(),
     };
-    if let (true, Some(alpn), Some(mut rx), Some(head)) = (unsent, fallback, reclaim, &head) {
+    if let (true, Some(alpn), Some(head)) = (unsent, fallback, &head) {
         // No connection for it: nothing was sent, the body is back.
-        if let Ok(body) = rx.try_recv() {
+        let body = match reclaim {
+            None => Some(Either::Right(Empty::new())),
+            Some(mut rx) => rx.try_recv().ok().map(Either::Left),
+        };
+        if let Some(body) = body {
             tracing::debug!(error = %err, "resending over HTTP/1.1");
-            return once(alpn, head.request(Either::Left(body)), deadline).await;
+            return once(alpn, head.request(body), deadline).await;
         }
     }
     let retry =

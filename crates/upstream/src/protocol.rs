@@ -64,12 +64,30 @@ struct State {
     failed: Option<(UpstreamError, Instant)>,
 }
 
-type Key = (Host, u16);
+/// At most this many ports are remembered per host.
+const MAX_PORTS: usize = 16;
+
+/// Per host, per port: a lookup borrows the host (no allocation on the
+/// request path).
+type Hosts = HashMap<Host, Vec<(u16, State)>>;
 
 /// Per (host, port), what its upstream chose in ALPN (one generation).
 #[derive(Default)]
 pub struct Protocols {
-    hosts: Mutex<HashMap<Key, State>>,
+    hosts: Mutex<Hosts>,
+}
+
+fn port_of(ports: &[(u16, State)], port: u16) -> Option<&State> {
+    ports.iter().find(|(p, _)| *p == port).map(|(_, s)| s)
+}
+
+fn get<'a>(hosts: &'a Hosts, host: &Host, port: u16) -> Option<&'a State> {
+    port_of(hosts.get(host)?, port)
+}
+
+fn get_mut<'a>(hosts: &'a mut Hosts, host: &Host, port: u16) -> Option<&'a mut State> {
+    let ports = hosts.get_mut(host)?;
+    ports.iter_mut().find(|(p, _)| *p == port).map(|(_, s)| s)
 }
 
 impl std::fmt::Debug for Protocols {
@@ -79,7 +97,7 @@ impl std::fmt::Debug for Protocols {
 }
 
 impl Protocols {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, State>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hosts> {
         // Every update is one field set: a panic elsewhere while holding
         // the lock leaves a consistent map.
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
@@ -88,16 +106,24 @@ impl Protocols {
     /// Runs `f` on `host:port`'s state, creating it if there is room.
     fn with<R>(&self, host: &Host, port: u16, f: impl FnOnce(&mut State) -> R) -> Option<R> {
         let mut hosts = self.lock();
-        let key = (host.clone(), port);
-        if !hosts.contains_key(&key) && hosts.len() >= MAX_HOSTS {
+        if !hosts.contains_key(host) && hosts.len() >= MAX_HOSTS {
             return None;
         }
-        Some(f(hosts.entry(key).or_default()))
+        let ports = hosts.entry(host.clone()).or_default();
+        let i = match ports.iter().position(|(p, _)| *p == port) {
+            Some(i) => i,
+            None if ports.len() >= MAX_PORTS => return None,
+            None => {
+                ports.push((port, State::default()));
+                ports.len() - 1
+            }
+        };
+        Some(f(&mut ports[i].1))
     }
 
     /// Which client a request to `host:port` takes.
     pub fn route(&self, host: &Host, port: u16) -> Route {
-        match self.lock().get(&(host.clone(), port)) {
+        match get(&self.lock(), host, port) {
             Some(State {
                 h2: Some(false), ..
             }) => Route::Alpn,
@@ -107,7 +133,7 @@ impl Protocols {
 
     /// Whether `host:port`'s upstream chose h2, if known.
     pub fn known(&self, host: &Host, port: u16) -> Option<bool> {
-        self.lock().get(&(host.clone(), port)).and_then(|s| s.h2)
+        get(&self.lock(), host, port).and_then(|s| s.h2)
     }
 
     /// Records what a completed handshake with `host:port` chose.
@@ -138,7 +164,7 @@ impl Protocols {
 
     /// The spare connection to `host:port`, if one is fresh.
     pub(super) fn take_spare(&self, host: &Host, port: u16) -> Option<TlsStream<TcpStream>> {
-        let spare = self.lock().get_mut(&(host.clone(), port))?.spare.take();
+        let spare = get_mut(&mut self.lock(), host, port)?.spare.take();
         // Closed (dropped) outside the lock.
         let (tls, at) = spare?;
         (at.elapsed() < SPARE_FOR).then_some(tls)
@@ -154,7 +180,7 @@ impl Protocols {
     /// The h2 client's failed connect to `host:port`, if it just failed.
     pub(super) fn recent_failure(&self, host: &Host, port: u16) -> Option<UpstreamError> {
         let hosts = self.lock();
-        let (err, at) = hosts.get(&(host.clone(), port))?.failed.as_ref()?;
+        let (err, at) = get(&hosts, host, port)?.failed.as_ref()?;
         (at.elapsed() < FAILURE_SHARED).then(|| err.clone())
     }
 }
@@ -203,13 +229,20 @@ mod tests {
     #[test]
     fn the_map_is_bounded() {
         let p = Protocols::default();
-        for port in 0..MAX_HOSTS as u16 {
+        for port in 0..MAX_PORTS as u16 {
             p.learned(&host(), port, false);
         }
-        let extra = MAX_HOSTS as u16;
+        let extra = MAX_PORTS as u16;
         p.learned(&host(), extra, false);
         assert_eq!(p.known(&host(), extra), None);
         assert_eq!(p.route(&host(), extra), Route::H2);
         assert_eq!(p.known(&host(), 0), Some(false));
+        for i in 0..MAX_HOSTS {
+            let h = Host::parse(&format!("h{i}.example.com")).unwrap();
+            p.learned(&h, 443, false);
+        }
+        let last = Host::parse("last.example.com").unwrap();
+        p.learned(&last, 443, false);
+        assert_eq!(p.known(&last, 443), None);
     }
 }
