@@ -78,6 +78,36 @@ pub struct SigningConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+/// What `pinproxy run` uses when no flag is given (the pinset path aside):
+/// a test or an embedder sets only what it changes,
+/// `Config { pins, ..Config::default() }`.
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pins: PathBuf::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3128)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            admin_options: admin::Options::default(),
+            ca: CaSource::Generate,
+            ca_out: None,
+            ca_bundle_extra: Vec::new(),
+            leaf_cache: 1024,
+            limits: Limits::default(),
+            upstream: Options::default(),
+            watch: true,
+            sighup: true,
+            reports: reports::Options::default(),
+            learn_file: None,
+            transparent: Vec::new(),
+            max_pinset_bytes: policy::load::DEFAULT_MAX_BYTES,
+            max_file_bytes: policy::load::DEFAULT_MAX_FILE_BYTES,
+            max_crl_entries: policy::load::DEFAULT_MAX_CRL_ENTRIES,
+            ct_log_list: None,
+            signing: None,
+        }
+    }
+}
+
 impl Config {
     /// What one load of the pinset may read.
     pub fn caps(&self) -> policy::load::Caps {
@@ -133,20 +163,20 @@ const TRANSPARENT_FLAG: &str = "--transparent / PINPROXY_TRANSPARENT";
 /// A proxy that is built — pinset loaded, listeners bound, CA written — but
 /// not yet serving.
 pub struct App {
-    pub proxy_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub live: Arc<Live>,
-    pub reloader: Arc<Reloader>,
-    pub readiness: Arc<Readiness>,
-    pub metrics: Arc<Metrics>,
-    pub drift: Arc<Drift>,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    live: Arc<Live>,
+    reloader: Arc<Reloader>,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    drift: Arc<Drift>,
     /// Key continuity, learned chains, failure reports.
-    pub sinks: Sinks,
-    pub intercept: Arc<Intercept>,
+    sinks: Sinks,
+    intercept: Arc<Intercept>,
     /// Warnings the pinset loaded with.
-    pub warnings: Vec<policy::Problem>,
+    warnings: Vec<policy::Problem>,
     /// Where the transparent listeners are bound (empty: off).
-    pub transparent_addrs: Vec<SocketAddr>,
+    transparent_addrs: Vec<SocketAddr>,
     listener: TcpListener,
     admin_listener: TcpListener,
     transparent: Vec<TcpListener>,
@@ -165,6 +195,53 @@ const LEARN_SAVE_EVERY: Duration = Duration::from_secs(10);
 // === impl App ===
 
 impl App {
+    /// Where the proxy listener is bound (the port chosen for `:0`).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Where the admin listener is bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Where the transparent listeners are bound (empty: off).
+    pub fn transparent_addrs(&self) -> &[SocketAddr] {
+        &self.transparent_addrs
+    }
+
+    /// The snapshot in force.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// The only publisher of new snapshots.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn drift(&self) -> &Arc<Drift> {
+        &self.drift
+    }
+
+    /// The pod CA that mints interception certificates.
+    pub fn intercept(&self) -> &Arc<Intercept> {
+        &self.intercept
+    }
+
+    /// Warnings the pinset loaded with.
+    pub fn warnings(&self) -> &[policy::Problem] {
+        &self.warnings
+    }
+
     pub async fn build(config: Config) -> Result<App, Error> {
         // A pinset that is not there is the error to report, before the
         // watcher has a directory to complain about.

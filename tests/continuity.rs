@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::proxy::TestProxy;
 use support::*;
 
 const HOST: &str = "api.moving.test";
@@ -25,11 +26,11 @@ async fn a_new_intermediate_under_the_pinned_root_counts_as_an_intermediate_chan
     let up =
         switchable_upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("moving")).await;
     // Pinned at the root: the move is legitimate and must keep passing.
-    let p = proxy(
-        &pinset(HOST, &[pki.root.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.root.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let metrics_before = p.admin_get("/metrics").await.body;
     assert!(
         metrics_before.contains(&format!(
@@ -89,10 +90,12 @@ async fn unlisted_hosts_share_one_label_and_keep_their_detail_in_pins() {
             .map(|(h, ip)| (h.to_string(), vec![ip.parse().unwrap()]))
             .collect(),
     );
-    let p = proxy_tuned(&yaml, &[("ca.pem", pki.root.pem())], |o, _| {
-        o.resolver = std::sync::Arc::new(resolver)
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .resolver(std::sync::Arc::new(resolver))
+        .run()
+        .await;
     // https: an unlisted host's http:// URL is relayed plain.
     let url = |h: &str| format!("https://{h}:{}/", up.addr.port());
     for h in ["a.free.test", "b.free.test"] {

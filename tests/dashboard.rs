@@ -11,6 +11,7 @@ use std::path::Path;
 
 use pinproxy::policy::pin::Pin;
 use serde_json::Value;
+use support::proxy::TestProxy;
 use support::*;
 
 const DEPLOY: &str = "deploy/grafana/pinproxy-dashboard.json";
@@ -349,7 +350,11 @@ async fn every_metric_the_dashboard_names_is_in_a_live_scrape() {
             up.addr,
         )
     };
-    let p = proxy(&yaml("first"), &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml("first"))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     // Traffic: a pass, a pin mismatch, a denial, and a reload.
     assert_eq!(get(p.addr, &format!("http://{OK}/")).await.status, 200);
     assert_eq!(

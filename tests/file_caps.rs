@@ -15,6 +15,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use support::proxy::TestProxy;
 use support::*;
 
 const HOST: &str = "pay.internal.test";
@@ -193,11 +194,11 @@ async fn a_reload_over_the_caps_keeps_the_last_good_pinset() {
             ("ca.crl", &small),
         ],
     );
-    let mut run = Run::start(
-        &volume.path("pins.yaml"),
-        &["--max-crl-entries", "1000", "--max-file-bytes", "100000"],
-    )
-    .await;
+    let mut run = TestProxy::builder()
+        .pins_path(volume.path("pins.yaml"))
+        .args(&["--max-crl-entries", "1000", "--max-file-bytes", "100000"])
+        .spawn()
+        .await;
     run.until("ready").await;
     let url = format!("http://{HOST}/");
     assert_eq!(get(run.listen, &url).await.status, 200);

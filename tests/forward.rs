@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::proxy::TestProxy;
 use support::*;
 
 use pinproxy::policy::pin::Pin;
@@ -18,11 +19,11 @@ async fn serve(pki: &Pki) -> Upstream {
 }
 
 async fn proxy_for(pki: &Pki, pins: &[Pin], extra: &str, up: &Upstream) -> Proxy {
-    proxy(
-        &pinset(HOST, pins, extra, up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await
+    TestProxy::builder()
+        .pinset(&pinset(HOST, pins, extra, up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await
 }
 
 #[tokio::test]
@@ -52,11 +53,16 @@ async fn rogue_but_trusted_ca_is_a_pin_mismatch() {
     let up = serve(&rogue).await;
     // Both roots are trusted: the rogue chain is valid, only the pin fails.
     let bundle = format!("{}{}", real.root.pem(), rogue.root.pem());
-    let p = proxy(
-        &pinset(HOST, &[real.int.pin(), real.root.pin()], "", up.addr),
-        &[("ca.pem", bundle)],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(
+            HOST,
+            &[real.int.pin(), real.root.pin()],
+            "",
+            up.addr,
+        ))
+        .file("ca.pem", bundle)
+        .run()
+        .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.error(), Some("pin-mismatch"));
@@ -97,11 +103,16 @@ async fn pinned_intermediate_sent_as_an_extra_certificate_does_not_count() {
         ),
     ] {
         let up = upstream(chain, rogue_leaf.key_der(), UpstreamOpts::new("rogue")).await;
-        let p = proxy(
-            &pinset(HOST, &[real.int.pin(), real.root.pin()], "", up.addr),
-            &[("ca.pem", bundle.clone())],
-        )
-        .await;
+        let p = TestProxy::builder()
+            .pinset(&pinset(
+                HOST,
+                &[real.int.pin(), real.root.pin()],
+                "",
+                up.addr,
+            ))
+            .file("ca.pem", bundle.clone())
+            .run()
+            .await;
         let r = get(p.addr, &url("/")).await;
         assert_eq!(
             (r.status.as_u16(), r.error()),
@@ -126,19 +137,19 @@ async fn cross_signed_paths_pass_when_either_carries_a_pin() {
         let chain = vec![l.cert.clone(), order[0].clone(), order[1].clone()];
         let up = upstream(chain, l.key_der(), UpstreamOpts::new("cross")).await;
         for pin in [root_a.pin(), root_b.pin()] {
-            let p = proxy(
-                &pinset(HOST, &[pin], "", up.addr),
-                &[("ca.pem", bundle.clone())],
-            )
-            .await;
+            let p = TestProxy::builder()
+                .pinset(&pinset(HOST, &[pin], "", up.addr))
+                .file("ca.pem", bundle.clone())
+                .run()
+                .await;
             let r = get(p.addr, &url("/")).await;
             assert_eq!(r.status, 200, "pin {pin}: {r:?}");
         }
-        let p = proxy(
-            &pinset(HOST, &[Pin::from_bytes([1; 32])], "", up.addr),
-            &[("ca.pem", bundle.clone())],
-        )
-        .await;
+        let p = TestProxy::builder()
+            .pinset(&pinset(HOST, &[Pin::from_bytes([1; 32])], "", up.addr))
+            .file("ca.pem", bundle.clone())
+            .run()
+            .await;
         let r = get(p.addr, &url("/")).await;
         assert_eq!(r.error(), Some("pin-mismatch"), "{r:?}");
     }
@@ -187,7 +198,11 @@ async fn impostor_signing_with_another_key_is_refused() {
             } else {
                 yaml.replace("    trust: ca.pem\n", trust_extra)
             };
-            let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+            let p = TestProxy::builder()
+                .pinset(&yaml)
+                .file("ca.pem", pki.root.pem())
+                .run()
+                .await;
             let r = get(p.addr, &url("/")).await;
             assert_eq!(r.status, 502, "TLS {version} {trust_extra:?}: {r:?}");
             assert_eq!(
@@ -210,7 +225,11 @@ async fn impostor_signing_with_another_key_is_refused() {
         } else {
             yaml.replace("    trust: ca.pem\n", trust_extra)
         };
-        let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+        let p = TestProxy::builder()
+            .pinset(&yaml)
+            .file("ca.pem", pki.root.pem())
+            .run()
+            .await;
         assert_eq!(get(p.addr, &url("/")).await.status, 200, "{trust_extra:?}");
     }
 }
@@ -223,12 +242,18 @@ async fn pin_only_accepts_the_leaf_key_only() {
     let yaml = |pin: Pin| {
         pinset(HOST, &[pin], "", up.addr).replace("    trust: ca.pem\n", "    trust: pin-only\n")
     };
-    let p = proxy(&yaml(pki.leaf.pin()), &[]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml(pki.leaf.pin()))
+        .run()
+        .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(r.status, 200, "{r:?}");
 
     // An intermediate pin proves nothing without a validated chain.
-    let p = proxy(&yaml(pki.int.pin()), &[]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml(pki.int.pin()))
+        .run()
+        .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
@@ -247,7 +272,7 @@ async fn pin_only_accepts_the_leaf_key_only() {
     .await;
     let y = pinset(HOST, &[wrong.pin()], "", up2.addr)
         .replace("    trust: ca.pem\n", "    trust: pin-only\n");
-    let p = proxy(&y, &[]).await;
+    let p = TestProxy::builder().pinset(&y).run().await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(r.error(), Some("untrusted-certificate"), "{r:?}");
 }
@@ -309,7 +334,7 @@ async fn expired_pinset_is_not_enforced_but_pin_only_fails_closed() {
         up.addr,
     )
     .replace("    trust: ca.pem\n", "    trust: pin-only\n");
-    let p = proxy(&y, &[]).await;
+    let p = TestProxy::builder().pinset(&y).run().await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
@@ -334,7 +359,11 @@ async fn host_spellings_wildcards_unlisted_and_ports() {
         int = pki.int.pin(),
         addr = up.addr
     );
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     // Spellings: case and one trailing dot reach the same entry.
     for spelling in ["API.Pinned.TEST", "api.pinned.test.", "Api.Pinned.Test."] {
         let r = get(p.addr, &format!("http://{spelling}/")).await;
@@ -375,13 +404,21 @@ async fn unlisted_allow_validates_the_chain_without_pins() {
     let up = serve(&pki).await;
     let port = up.addr.port();
     let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  trust: ca.pem\n  ports: [{port}]\n  allow_private: true\nhosts: {{}}\n");
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &format!("https://127.0.0.1:{port}/x")).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(p.requests("unlisted", "ok"), 1);
     // Without allow_private, loopback is refused after resolution.
     let yaml = yaml.replace("  allow_private: true\n", "");
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &format!("https://127.0.0.1:{port}/x")).await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
@@ -392,7 +429,11 @@ async fn unlisted_allow_validates_the_chain_without_pins() {
     // An untrusted chain fails for unlisted hosts too.
     let other = Pki::new(&["127.0.0.1"]);
     let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  trust: ca.pem\n  ports: [{port}]\n  allow_private: true\nhosts: {{}}\n");
-    let p = proxy(&yaml, &[("ca.pem", other.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", other.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &format!("https://127.0.0.1:{port}/x")).await;
     assert_eq!(r.error(), Some("untrusted-certificate"), "{r:?}");
 }
@@ -439,7 +480,11 @@ async fn two_hosts_on_one_server_never_share_a_connection() {
         other = Pin::from_bytes([3; 32]),
         addr = up.addr
     );
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let mut c = ProxyConn::open(p.addr).await;
     let r = c.get("http://a.shared.test/", &[]).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -544,11 +589,11 @@ async fn unreachable_upstream_is_502() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", closed),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", closed))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(
         (r.status.as_u16(), r.error()),

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use pinproxy::policy::pin::Pin;
+use support::proxy::TestProxy;
 use support::*;
 
 const HOST: &str = "api.pinned.test";
@@ -38,11 +39,11 @@ async fn upstream_reset_mid_body_truncates_and_the_proxy_survives() {
         let _ = tcp.set_linger(Some(Duration::ZERO));
     })
     .await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let out = raw(
         p.addr,
         format!("GET {} HTTP/1.1\r\nHost: {HOST}\r\n\r\n", url("/")).as_bytes(),
@@ -53,11 +54,11 @@ async fn upstream_reset_mid_body_truncates_and_the_proxy_survives() {
     assert!(out.len() < 100_000, "the body was truncated, not completed");
     // Survives: a healthy upstream next.
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("ok")).await;
-    let p2 = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p2 = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     assert_eq!(get(p2.addr, &url("/")).await.status, 200);
     assert_eq!(
         get(p.addr, "http://unlisted.test/").await.status,
@@ -75,16 +76,16 @@ async fn stalled_upstreams_time_out() {
         drop(tcp);
     })
     .await;
-    let tune = |s: &mut pinproxy::upstream::Options, _: &mut pinproxy::proxy::Limits| {
-        s.timeouts.handshake = Duration::from_millis(300);
-        s.timeouts.response = Duration::from_millis(500);
+    let tune = |t: &mut pinproxy::upstream::Timeouts| {
+        t.handshake = Duration::from_millis(300);
+        t.response = Duration::from_millis(500);
     };
-    let p = proxy_tuned(
-        &pinset(HOST, &[pki.int.pin()], "", silent),
-        &[("ca.pem", pki.root.pem())],
-        tune,
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", silent))
+        .file("ca.pem", pki.root.pem())
+        .timeouts(tune)
+        .run()
+        .await;
     let start = Instant::now();
     let r = get(p.addr, &url("/")).await;
     assert_eq!(
@@ -101,12 +102,12 @@ async fn stalled_upstreams_time_out() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     })
     .await;
-    let p = proxy_tuned(
-        &pinset(HOST, &[pki.int.pin()], "", mute),
-        &[("ca.pem", pki.root.pem())],
-        tune,
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", mute))
+        .file("ca.pem", pki.root.pem())
+        .timeouts(tune)
+        .run()
+        .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
@@ -125,11 +126,11 @@ async fn upstream_speaking_garbage_is_a_tls_error() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", garbage),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", garbage))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &url("/")).await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
@@ -157,10 +158,12 @@ async fn dns_failure_and_rebinding() {
         vec!["::ffff:127.0.0.1".parse().unwrap()],
     );
     let resolver = Arc::new(StaticResolver(table));
-    let p = proxy_tuned(&yaml, &[("ca.pem", pki.root.pem())], move |s, _| {
-        s.resolver = resolver
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .resolver(resolver)
+        .run()
+        .await;
     let r = get(p.addr, "http://nodns.test/").await;
     assert_eq!(
         (r.status.as_u16(), r.error()),
@@ -187,7 +190,10 @@ async fn the_proxys_own_ports_are_never_egress_targets() {
     // Even with allow_private, unlisted egress can't reach pinproxy's own
     // admin (or proxy) listener: /metrics, /pins are not the app's to fetch
     // through the proxy, and a request must not loop back into it.
-    let p = proxy("version: 1\nhosts: {}\n", &[]).await;
+    let p = TestProxy::builder()
+        .pinset("version: 1\nhosts: {}\n")
+        .run()
+        .await;
     for own in [p.admin.port(), p.addr.port()] {
         let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{own}]\nhosts: {{}}\n");
         std::fs::write(&p.pins_path, yaml).unwrap();
@@ -225,11 +231,11 @@ async fn keep_alive_closed_by_the_upstream_between_requests() {
         }
     })
     .await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let mut c = ProxyConn::open(p.addr).await;
     for i in 0..10 {
         let r = c.get(&url(&format!("/{i}")), &[]).await;
@@ -269,14 +275,14 @@ async fn five_hundred_clients_at_once() {
 async fn slowloris_clients_are_cut_off_without_starving_others() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy_tuned(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-        |_, l| {
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .limits(|l| {
             l.header_read_timeout = Duration::from_millis(800);
-        },
-    )
-    .await;
+        })
+        .run()
+        .await;
     let mut slow = Vec::new();
     for _ in 0..100 {
         let mut tcp = TcpStream::connect(p.addr).await.unwrap();
@@ -321,14 +327,14 @@ async fn slowloris_clients_are_cut_off_without_starving_others() {
 async fn connection_limit_answers_503_overloaded() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy_tuned(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-        |_, l| {
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .limits(|l| {
             l.max_connections = 2;
-        },
-    )
-    .await;
+        })
+        .run()
+        .await;
     let _a = ProxyConn::open(p.addr).await;
     let _b = ProxyConn::open(p.addr).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -411,7 +417,12 @@ async fn pinset_deleted_and_restored_under_load_fails_nothing() {
     );
     let root = pki.root.pem();
     let mut vol = SecretVolume::new(dir.path(), &[("pins.yaml", &good), ("ca.pem", &root)]);
-    let p = proxy_at(dir, vol.path("pins.yaml"), true).await;
+    let p = TestProxy::builder()
+        .dir(dir)
+        .pins_path(vol.path("pins.yaml"))
+        .watch()
+        .run()
+        .await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..4 {
@@ -578,10 +589,12 @@ async fn every_resolved_address_is_tried_in_turn() {
         vec!["127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap()],
     );
     let resolver = Arc::new(StaticResolver(table));
-    let p = proxy_tuned(&yaml, &[("ca.pem", pki.root.pem())], move |s, _| {
-        s.resolver = resolver
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .resolver(resolver)
+        .run()
+        .await;
     let r = get(p.addr, &format!("http://multi.test:{port}/")).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("upstream=second"));
@@ -654,10 +667,11 @@ async fn running_out_of_file_descriptors_does_not_stop_the_listener() {
 /// timeout (it waits without hyper's buffers until then).
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_timeout() {
-    let p = proxy_tuned("version: 1\nhosts: {}\n", &[], |_, l| {
-        l.header_read_timeout = Duration::from_millis(300)
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset("version: 1\nhosts: {}\n")
+        .limits(|l| l.header_read_timeout = Duration::from_millis(300))
+        .run()
+        .await;
     let mut silent = TcpStream::connect(p.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await;
@@ -741,11 +755,11 @@ async fn an_idempotent_request_survives_an_upstream_dropping_the_connection() {
         }
     })
     .await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &url("/get")).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body, "answered GET");

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pinproxy::policy::pin::Pin;
+use support::proxy::TestProxy;
 use support::*;
 
 const HOST: &str = "api.pinned.test";
@@ -76,7 +77,11 @@ async fn five_thousand_hosts_load_and_the_first_and_last_are_enforced() {
     let pki = Pki::new(&[first, last]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
     let yaml = many_hosts(5000, first, last, &[pki.int.pin()], up.addr);
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     assert_eq!(p.live.load().policy.hosts.len(), 5000);
     for host in [first, last] {
         let r = get(p.addr, &format!("http://{host}/")).await;
@@ -117,7 +122,12 @@ async fn nested_brackets_are_refused_and_a_good_file_after_them_applies() {
     let good = pinset(HOST, &[pki.int.pin()], "", up.addr);
     let dir = tempfile::tempdir().unwrap();
     let mut vol = SecretVolume::new(dir.path(), &[("pins.yaml", &good), ("ca.pem", &root)]);
-    let p = proxy_at(dir, vol.path("pins.yaml"), true).await;
+    let p = TestProxy::builder()
+        .dir(dir)
+        .pins_path(vol.path("pins.yaml"))
+        .watch()
+        .run()
+        .await;
     let url = format!("http://{HOST}/");
     assert_eq!(get(p.addr, &url).await.status, 200);
 
@@ -348,7 +358,11 @@ async fn a_wildcard_entry_with_an_address_dials_it_and_checks_the_requested_name
     )
     .await;
     let yaml = pinset("*.wild.test", &[pki.int.pin()], "", up.addr);
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, "http://a.wild.test/x").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(

@@ -11,6 +11,7 @@ mod support;
 use std::path::Path;
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
+use support::proxy::TestProxy;
 use support::*;
 
 /// A client certificate and its key (PEM, and the key's DER).
@@ -185,7 +186,11 @@ async fn a_failed_reload_logs_the_file_never_the_key() {
                 ("id/tls.key", &id.key),
             ],
         );
-        let mut run = Run::start(&volume.path("pins.yaml"), &["--log-format", format]).await;
+        let mut run = TestProxy::builder()
+            .pins_path(volume.path("pins.yaml"))
+            .args(&["--log-format", format])
+            .spawn()
+            .await;
         let mut lines = run.until("ready").await;
         volume.update(&[
             ("pins.yaml", &pins),

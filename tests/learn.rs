@@ -13,8 +13,8 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pinproxy::app::Config;
 use serde_json::Value;
+use support::proxy::TestProxy;
 use support::*;
 
 const SHARED_A: &str = "a.shop.test";
@@ -100,13 +100,12 @@ impl World {
 }
 
 async fn start(yaml: &str, learn_file: Option<&Path>) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    let pins = write(dir.path(), "pins.yaml", yaml);
-    let learn_file = learn_file.map(Path::to_path_buf);
-    proxy_configured(dir, pins, false, move |c: &mut Config| {
-        c.upstream.resolver = resolver();
-        c.learn_file = learn_file;
-    })
+    let p = TestProxy::builder().pinset(yaml).resolver(resolver());
+    match learn_file {
+        Some(path) => p.learn_file(path.to_path_buf()),
+        None => p,
+    }
+    .run()
     .await
 }
 

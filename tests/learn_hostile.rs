@@ -16,9 +16,9 @@ mod support;
 use std::path::Path;
 use std::sync::Arc;
 
-use pinproxy::app::Config;
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
 use serde_json::Value;
+use support::proxy::TestProxy;
 use support::*;
 
 const LEARNED: &str = "learned.test";
@@ -33,16 +33,15 @@ fn resolver() -> Arc<StaticResolver> {
 }
 
 async fn learning_proxy(bundle: &Path, port: u16) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "version: 1\ndefaults:\n  unlisted: learn\n  allow_private: true\n  trust: {}\n  ports: [{port}]\nhosts: {{}}\n",
         bundle.display()
     );
-    let pins = write(dir.path(), "pins.yaml", &yaml);
-    proxy_configured(dir, pins, false, |c: &mut Config| {
-        c.upstream.resolver = resolver();
-    })
-    .await
+    TestProxy::builder()
+        .pinset(&yaml)
+        .resolver(resolver())
+        .run()
+        .await
 }
 
 /// A certificate that merely *carries* `key`'s public key, with subject
@@ -257,21 +256,20 @@ async fn huge_subjects_are_cut_and_learned_is_streamed() {
     )
     .await;
     let names: Vec<String> = (0..64).map(|i| format!("h{i}.many.test")).collect();
-    let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "version: 1\ndefaults:\n  unlisted: learn\n  allow_private: true\n  trust: {}\n  ports: [{}]\nhosts: {{}}\n",
         bundle.display(),
         up.addr.port()
     );
-    let pins = write(dir.path(), "pins.yaml", &yaml);
     let table = names
         .iter()
         .map(|n| (n.clone(), vec!["127.0.0.1".parse().unwrap()]))
         .collect();
-    let p = proxy_configured(dir, pins, false, move |c: &mut Config| {
-        c.upstream.resolver = Arc::new(StaticResolver(table));
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .resolver(Arc::new(StaticResolver(table)))
+        .run()
+        .await;
     for n in &names {
         let resp = get(p.addr, &format!("https://{n}:{}/", up.addr.port())).await;
         assert_eq!(resp.status, 200, "{n}: {resp:?}");

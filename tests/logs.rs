@@ -5,6 +5,7 @@
 
 mod support;
 
+use support::proxy::TestProxy;
 use support::*;
 
 const HOST: &str = "api.pinned.test";
@@ -34,7 +35,11 @@ async fn an_untrusted_chain_is_logged_and_shown_in_pins() {
         "pins.yaml",
         &pinset(HOST, &[old.int.pin(), old.root.pin()], "", up.addr),
     );
-    let mut run = Run::start(&pins, &["--log-format", "json", "--no-watch"]).await;
+    let mut run = TestProxy::builder()
+        .pins_path(pins.clone())
+        .args(&["--log-format", "json", "--no-watch"])
+        .spawn()
+        .await;
     assert_eq!(
         get(run.listen, &format!("http://{HOST}/")).await.status,
         200
@@ -89,7 +94,11 @@ async fn an_untrusted_chain_is_logged_and_shown_in_pins() {
 async fn refusals_are_logged_and_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let pins = write(dir.path(), "pins.yaml", "version: 1\nhosts: {}\n");
-    let mut run = Run::start(&pins, &["--log-format", "json"]).await;
+    let mut run = TestProxy::builder()
+        .pins_path(pins.clone())
+        .args(&["--log-format", "json"])
+        .spawn()
+        .await;
     for _ in 0..12 {
         let r = get(run.listen, "http://denied.example/").await;
         assert_eq!(r.error(), Some("host-not-allowed"));
@@ -119,7 +128,11 @@ async fn reload_recovery_and_sighup_are_logged_in_plain_text() {
     let dir = tempfile::tempdir().unwrap();
     let good = "version: 1\ndefaults:\n  unlisted: allow\nhosts: {}\n";
     let pins = write(dir.path(), "pins.yaml", good);
-    let mut run = Run::start(&pins, &["--no-watch"]).await;
+    let mut run = TestProxy::builder()
+        .pins_path(pins.clone())
+        .args(&["--no-watch"])
+        .spawn()
+        .await;
     std::fs::write(&pins, "version: 1\nhosts:\n  a.test:\n    pins: [\n").unwrap();
     run.signal("-HUP");
     let failed = run.until("SIGHUP: reload failed").await;
@@ -152,7 +165,11 @@ async fn startup_lines_name_the_listeners_and_the_flag_at_fault() {
     let pins = write(dir.path(), "pins.yaml", "version: 1\nhosts: {}\n");
     // Ephemeral ports on ::1, never on 127.0.0.1, where the other tests
     // pick theirs: a port taken here must not be one they just picked.
-    let mut run = Run::start(&pins, &["--transparent", "[::1]:0", "--log-format", "json"]).await;
+    let mut run = TestProxy::builder()
+        .pins_path(pins.clone())
+        .args(&["--transparent", "[::1]:0", "--log-format", "json"])
+        .spawn()
+        .await;
     let lines = run.until("pinproxy ready").await;
     let ready = json(lines.last().unwrap());
     let transparent = ready["transparent"].as_str().unwrap_or_default();

@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::proxy::TestProxy;
 use support::run_pinproxy as pinproxy;
 use support::*;
 
@@ -282,7 +283,11 @@ async fn curl_with_the_injected_environment_reaches_tunnels_and_direct_hosts() {
         "version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{}]\nhosts: {{}}\n",
         up_tunnel.addr.port()
     );
-    let p = proxy_tuned(&yaml, &[], move |o, _| o.resolver = resolver).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .resolver(resolver)
+        .run()
+        .await;
     // What --ca-out --ca-bundle-extra writes, as the sidecar would.
     let ca_dir = tempfile::tempdir().unwrap();
     p.intercept.write_trust(ca_dir.path(), &[extra]).unwrap();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::proxy::TestProxy;
 use support::*;
 
 /// A plain-HTTP server that answers with the request line and Host it saw
@@ -63,7 +64,7 @@ fn resolver(names: &[&str]) -> Arc<StaticResolver> {
 
 async fn proxy_with(yaml: &str, names: &[&str]) -> Proxy {
     let r = resolver(names);
-    proxy_tuned(yaml, &[], move |o, _| o.resolver = r).await
+    TestProxy::builder().pinset(yaml).resolver(r).run().await
 }
 
 #[tokio::test]
@@ -221,7 +222,11 @@ async fn an_entry_beats_passthrough() {
         "version: 1\npassthrough: [\"**.svc.cluster.local\"]\n{}",
         pinset(name, &[policy_pin()], "", up.addr).trim_start_matches("version: 1\n")
     );
-    let p = proxy(&yaml, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &format!("http://{name}/")).await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.error(), Some("pin-mismatch"));

@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pinproxy::policy::pin::Pin;
+use support::proxy::TestProxy;
 use support::*;
 
 const HOST: &str = "api.pinned.test";
@@ -33,7 +34,12 @@ where
 async fn watched(files: &[(&str, &str)]) -> (Proxy, SecretVolume) {
     let dir = tempfile::tempdir().unwrap();
     let vol = SecretVolume::new(dir.path(), files);
-    let p = proxy_at(dir, vol.path("pins.yaml"), true).await;
+    let p = TestProxy::builder()
+        .dir(dir)
+        .pins_path(vol.path("pins.yaml"))
+        .watch()
+        .run()
+        .await;
     (p, vol)
 }
 
@@ -215,11 +221,11 @@ async fn next_pins_are_checked_and_counted_never_enforced() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
     let next_bad = format!("    next_pins: [{}]\n", Pin::from_bytes([4; 32]));
-    let p = proxy(
-        &pins_yaml(&[pki.int.pin()], up.addr, &next_bad),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pins_yaml(&[pki.int.pin()], up.addr, &next_bad))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     assert_eq!(get(p.addr, &format!("http://{HOST}/")).await.status, 200);
     assert_eq!(
         p.metrics
@@ -231,11 +237,11 @@ async fn next_pins_are_checked_and_counted_never_enforced() {
     assert_eq!(p.mismatches(HOST, "enforce"), 0);
 
     let next_good = format!("    next_pins: [{}]\n", pki.root.pin());
-    let p = proxy(
-        &pins_yaml(&[pki.int.pin()], up.addr, &next_good),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pins_yaml(&[pki.int.pin()], up.addr, &next_good))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     assert_eq!(get(p.addr, &format!("http://{HOST}/")).await.status, 200);
     assert_eq!(
         p.metrics
@@ -254,11 +260,15 @@ async fn pins_endpoint_shows_the_drift_view() {
         "    expires: 2099-01-31\n    next_pins: [{}]\n",
         Pin::from_bytes([4; 32])
     );
-    let p = proxy(
-        &pins_yaml(&[pki.int.pin(), Pin::from_bytes([2; 32])], up.addr, &extra),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pins_yaml(
+            &[pki.int.pin(), Pin::from_bytes([2; 32])],
+            up.addr,
+            &extra,
+        ))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     assert_eq!(get(p.addr, &format!("http://{HOST}/")).await.status, 200);
     let r = p.admin_get("/pins").await;
     assert_eq!(r.status, 200);
@@ -297,11 +307,11 @@ async fn metrics_pass_promtool_and_cover_the_table() {
         "    expires: 2099-01-31\n    next_pins: [{}]\n",
         Pin::from_bytes([4; 32])
     );
-    let p = proxy(
-        &pins_yaml(&[pki.int.pin()], up.addr, &extra),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pins_yaml(&[pki.int.pin()], up.addr, &extra))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     assert_eq!(get(p.addr, &format!("http://{HOST}/")).await.status, 200);
     assert_eq!(get(p.addr, "http://unlisted.test/").await.status, 403);
     // A mismatch, a failed reload, a successful reload.
@@ -362,15 +372,15 @@ async fn metrics_pass_promtool_and_cover_the_table() {
 #[tokio::test]
 async fn pinset_expiry_gauge_is_exposed() {
     let pki = Pki::new(&[HOST]);
-    let p = proxy(
-        &pins_yaml(
+    let p = TestProxy::builder()
+        .pinset(&pins_yaml(
             &[pki.int.pin()],
             "127.0.0.1:9".parse().unwrap(),
             "    expires: 2099-01-31\n",
-        ),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+        ))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let g = p.metrics.pinset_expiry.with_label_values(&[HOST]).get();
     // The end of 2099-01-31 UTC.
     assert_eq!(g as i64, 4_073_587_200, "2099-02-01T00:00:00Z");
@@ -431,11 +441,11 @@ async fn sighup_reloads_the_binary() {
 async fn in_flight_requests_finish_across_a_reload() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let p = proxy(
-        &pins_yaml(&[pki.int.pin()], up.addr, ""),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pins_yaml(&[pki.int.pin()], up.addr, ""))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let addr = p.addr;
     let slow = tokio::spawn(async move { get(addr, &format!("http://{HOST}/slow")).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -476,7 +486,12 @@ async fn a_ca_bundle_in_another_mounted_directory_is_watched() {
     );
     let dir = tempfile::tempdir().unwrap();
     let vol = SecretVolume::new(dir.path(), &[("pins.yaml", &yaml)]);
-    let p = proxy_at(dir, vol.path("pins.yaml"), true).await;
+    let p = TestProxy::builder()
+        .dir(dir)
+        .pins_path(vol.path("pins.yaml"))
+        .watch()
+        .run()
+        .await;
     assert_eq!(
         get(p.addr, &format!("http://{HOST}/")).await.error(),
         Some("untrusted-certificate")

@@ -16,12 +16,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use pinproxy::app::Config;
 use pinproxy::control::reports::{Options, Pod};
 use pinproxy::policy::pin::Pin;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
+use support::proxy::TestProxy;
 use support::*;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -104,18 +104,17 @@ fn pod() -> Pod {
 async fn proxy_reporting(
     yaml: &str,
     files: &[(&str, String)],
-    tune: impl FnOnce(&mut Options),
+    tune: impl FnOnce(&mut Options) + Send + 'static,
 ) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, contents) in files {
-        write(dir.path(), name, contents);
-    }
-    let pins = write(dir.path(), "pins.yaml", yaml);
-    proxy_configured(dir, pins, false, |c: &mut Config| {
-        c.reports.pod = pod();
-        tune(&mut c.reports)
-    })
-    .await
+    TestProxy::builder()
+        .pinset(yaml)
+        .files(files)
+        .reports(|o| {
+            o.pod = pod();
+            tune(o)
+        })
+        .run()
+        .await
 }
 
 fn reports(p: &Proxy, result: &str) -> u64 {
@@ -355,7 +354,11 @@ async fn a_hanging_collector_never_holds_a_request() {
     let c = collector(Behaviour::Hang, None).await;
     let files = [("ca.pem", pki.root.pem())];
     let wrong = [root("Other").pin()];
-    let baseline = proxy(&pinset("api.test", &wrong, "", up.addr), &files).await;
+    let baseline = TestProxy::builder()
+        .pinset(&pinset("api.test", &wrong, "", up.addr))
+        .files(&files)
+        .run()
+        .await;
     // One worker, a queue of two and a 60 s attempt timeout: were a request
     // to wait for its report, it would wait past the client's 20 s limit.
     let extra = format!("    report_uri: http://{}/r\n", c.addr);
@@ -409,7 +412,11 @@ async fn a_refusing_collector_counts_failures_after_bounded_retries() {
         .unwrap();
     let files = [("ca.pem", pki.root.pem())];
     let wrong = [root("Other").pin()];
-    let baseline = proxy(&pinset("api.test", &wrong, "", up.addr), &files).await;
+    let baseline = TestProxy::builder()
+        .pinset(&pinset("api.test", &wrong, "", up.addr))
+        .files(&files)
+        .run()
+        .await;
     let extra = format!("    report_uri: http://{closed}/r\n");
     let p = proxy_reporting(&pinset("api.test", &wrong, &extra, up.addr), &files, |o| {
         o.attempts = 3;
@@ -513,18 +520,13 @@ async fn a_report_is_never_sent_through_pinproxy_itself() {
         .local_addr()
         .unwrap();
     let extra = format!("    report_uri: http://{listen}/r\n");
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "ca.pem", &pki.root.pem());
-    let pins = write(
-        dir.path(),
-        "pins.yaml",
-        &pinset("api.test", &[root("Other").pin()], &extra, up.addr),
-    );
-    let p = proxy_configured(dir, pins, false, |c| {
-        c.listen = listen;
-        c.reports.backoff = Duration::from_millis(10);
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset("api.test", &[root("Other").pin()], &extra, up.addr))
+        .file("ca.pem", pki.root.pem())
+        .listen(listen)
+        .reports(|o| o.backoff = Duration::from_millis(10))
+        .run()
+        .await;
     assert_eq!(p.addr, listen);
     refused_latencies(&p, 1).await;
     eventually("the report failed", || reports(&p, "failed") == 1).await;

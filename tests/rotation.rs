@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pinproxy::policy::pin::Pin;
+use support::proxy::TestProxy;
 use support::*;
 
 const HOST: &str = "api.rotating.test";
@@ -135,7 +136,11 @@ async fn setup() -> Setup {
     let root = pki.root.pem();
     let first = yaml(&[pki.leaf.pin(), backup], &[], up.addr);
     let vol = SecretVolume::new(dir.path(), &[("pins.yaml", &first), ("ca.pem", &root)]);
-    let p = proxy_at(tempfile::tempdir().unwrap(), vol.path("pins.yaml"), true).await;
+    let p = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .watch()
+        .run()
+        .await;
     Setup {
         pki,
         next_leaf,

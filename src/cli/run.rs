@@ -303,30 +303,30 @@ async fn run_async(args: RunArgs) -> Result<(), Error> {
         Signals::new().map_err(|e| Error::failed(format!("cannot listen for signals: {e}")))?;
     let (config, grace) = run_config(&args)?;
     let app = App::build(config).await.map_err(Error::failed)?;
-    for w in &app.warnings {
+    for w in app.warnings() {
         tracing::warn!("{}: warning: {w}", args.pins.display());
     }
-    let transparent = if app.transparent_addrs.is_empty() {
+    let transparent = if app.transparent_addrs().is_empty() {
         "off".to_string()
     } else {
         let addrs: Vec<String> = app
-            .transparent_addrs
+            .transparent_addrs()
             .iter()
             .map(|a| a.to_string())
             .collect();
         addrs.join(", ")
     };
-    match app.readiness.waiting_for_pinset() {
+    match app.readiness().waiting_for_pinset() {
         None => tracing::info!(
-            listen = %app.proxy_addr,
-            admin = %app.admin_addr,
+            listen = %app.proxy_addr(),
+            admin = %app.admin_addr(),
             transparent = %transparent,
             pins = %args.pins.display(),
             "pinproxy ready"
         ),
         Some(why) => tracing::warn!(
-            listen = %app.proxy_addr,
-            admin = %app.admin_addr,
+            listen = %app.proxy_addr(),
+            admin = %app.admin_addr(),
             transparent = %transparent,
             pins = %args.pins.display(),
             waiting = %why,
@@ -336,12 +336,12 @@ async fn run_async(args: RunArgs) -> Result<(), Error> {
     }
     if !args.admin.ip().is_loopback() && !args.admin_expose_all {
         tracing::info!(
-            admin = %app.admin_addr,
+            admin = %app.admin_addr(),
             "admin: /healthz /readyz /metrics for every client; /pins and /learned for loopback \
              clients only (kubectl port-forward); --admin-expose-all serves them to all"
         );
     }
-    let readiness = app.readiness.clone();
+    let readiness = app.readiness().clone();
     let shutdown = async move {
         signals.recv().await;
         // /readyz turns 503 at once; new connections are still served for
@@ -382,5 +382,31 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{run_config, Config, RunArgs};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// `Config::default()` is what `pinproxy run` does without flags, so a
+    /// test that sets only what it changes runs the proxy users run.
+    #[test]
+    fn no_flags_give_the_default_config() {
+        let cli = Cli::try_parse_from(["pinproxy", "--pins", "/pins/pins.yaml"]).unwrap();
+        let (config, _) = run_config(&cli.run).unwrap();
+        let want = Config {
+            pins: "/pins/pins.yaml".into(),
+            ..Config::default()
+        };
+        assert_eq!(format!("{config:?}"), format!("{want:?}"));
     }
 }

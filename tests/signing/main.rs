@@ -27,6 +27,7 @@ use std::time::Duration;
 use pinproxy::policy::pin::Pin;
 use pinproxy::sign::{Algorithm, SigningKey};
 use serde_json::Value as Json;
+use support::proxy::TestProxy;
 use support::*;
 
 pub(crate) const HOST: &str = "api.signed.test";
@@ -191,11 +192,11 @@ async fn attacks_on_a_running_sidecar_are_refused_and_the_last_good_pinset_stays
         b.public.display().to_string(),
     );
     let st = state.path().display().to_string();
-    let mut run = Run::start(
-        &vol.path("pins.yaml"),
-        &["--pinset-key", &ka, "--pinset-key", &kb, "--state-dir", &st],
-    )
-    .await;
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&["--pinset-key", &ka, "--pinset-key", &kb, "--state-dir", &st])
+        .spawn()
+        .await;
     run.until("signed pinset in force").await;
     assert_eq!(admin(&run, "/readyz").await.status, 200);
     assert_eq!(fetch(&run).await.status, 200);
@@ -372,7 +373,11 @@ async fn a_start_without_a_valid_signature_is_not_ready_and_refuses_everything()
     ] {
         let secret = tempfile::tempdir().unwrap();
         let mut vol = SecretVolume::new(secret.path(), &files(&v1, sig.as_deref(), &ca));
-        let mut run = Run::start(&vol.path("pins.yaml"), &["--pinset-key", &ka]).await;
+        let mut run = TestProxy::builder()
+            .pins_path(vol.path("pins.yaml"))
+            .args(&["--pinset-key", &ka])
+            .spawn()
+            .await;
         run.until("NOT READY").await;
         let ready = admin(&run, "/readyz").await;
         assert_eq!(ready.status, 503);
@@ -419,11 +424,11 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
     let (s4, s5) = (a.sign(&v4), a.sign(&v5));
 
     let mut vol = SecretVolume::new(secret.path(), &files(&v5, Some(&s5), &ca));
-    let mut run = Run::start(
-        &vol.path("pins.yaml"),
-        &["--pinset-key", &ka, "--state-dir", &st],
-    )
-    .await;
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&["--pinset-key", &ka, "--state-dir", &st])
+        .spawn()
+        .await;
     run.until("signed pinset in force").await;
     // The floor is written just after the swap: wait for it, then stop.
     for _ in 0..200 {
@@ -436,11 +441,11 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
 
     // The attacker replays serial 4 and restarts the pod's sidecar.
     vol.update(&files(&v4, Some(&s4), &ca));
-    let mut run = Run::start(
-        &vol.path("pins.yaml"),
-        &["--pinset-key", &ka, "--state-dir", &st],
-    )
-    .await;
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&["--pinset-key", &ka, "--state-dir", &st])
+        .spawn()
+        .await;
     run.until("NOT READY").await;
     let ready = admin(&run, "/readyz").await;
     assert_eq!(ready.status, 503);
@@ -451,7 +456,11 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
 
     // Without --state-dir the floor is what the sidecar starts with: the
     // README's stated limit.
-    let mut run = Run::start(&vol.path("pins.yaml"), &["--pinset-key", &ka]).await;
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&["--pinset-key", &ka])
+        .spawn()
+        .await;
     run.until("signed pinset in force").await;
     assert_eq!(in_force(&run).await.0, 4);
     eprintln!("| replay across a restart, no --state-dir | applied (documented limit) | 4 |");
@@ -513,7 +522,11 @@ async fn a_pinset_signed_by_cosign_sign_blob_is_applied() {
     let ca = w.pki.root.pem();
     let vol = SecretVolume::new(secret.path(), &files(&v7, Some(&sig), &ca));
     let key = work.path().join("cosign.pub").display().to_string();
-    let mut run = Run::start(&vol.path("pins.yaml"), &["--pinset-key", &key]).await;
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&["--pinset-key", &key])
+        .spawn()
+        .await;
     run.until("signed pinset in force").await;
     assert_eq!(in_force(&run).await.0, 7);
     assert_eq!(fetch(&run).await.status, 200);

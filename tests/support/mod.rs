@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use pinproxy::app::{App, CaSource, Config};
+use pinproxy::app::{CaSource, Config};
 use pinproxy::control::drift::Drift;
 use pinproxy::control::metrics::Metrics;
 use pinproxy::control::{Live, Reloader};
@@ -652,6 +652,8 @@ fn tokio_stream_iter<T: Send + Unpin + 'static>(
 
 // === the proxy ===
 
+pub mod proxy;
+
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -748,24 +750,7 @@ pub async fn proxy_configured(
         signing: None,
     };
     tune(&mut config);
-    let app = App::build(config).await.unwrap_or_else(|e| panic!("{e}"));
-    let (stop, mut rx) = watch::channel(false);
-    let p = Proxy {
-        addr: app.proxy_addr,
-        admin: app.admin_addr,
-        live: app.live.clone(),
-        reloader: app.reloader.clone(),
-        drift: app.drift.clone(),
-        metrics: app.metrics.clone(),
-        intercept: app.intercept.clone(),
-        dir,
-        pins_path,
-        stop,
-    };
-    tokio::spawn(app.serve(async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }));
-    p
+    proxy::start(config, dir, pins_path).await
 }
 
 impl Proxy {

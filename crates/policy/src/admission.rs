@@ -263,7 +263,7 @@ fn judge(policy: &Policy, target: &Target, now: OffsetDateTime) -> Result<Admiss
 /// certificate counts as a change: connections made with the old one end
 /// a grace period after the rotation, so an identity withdrawn is
 /// withdrawn everywhere, not only from new connections.
-pub fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
+pub(crate) fn same_enforcement(a: &HostPolicy, b: &HostPolicy) -> bool {
     let same_identity = match (&a.client_cert, &b.client_cert) {
         (None, None) => true,
         (Some(x), Some(y)) => x.same_identity(y),

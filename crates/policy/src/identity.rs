@@ -76,7 +76,7 @@ pub struct ClientCert {
 impl ClientCert {
     /// Whether two client certificates present the same identity (the
     /// same chain; a new key always comes with a new certificate).
-    pub fn same_identity(&self, other: &ClientCert) -> bool {
+    pub(crate) fn same_identity(&self, other: &ClientCert) -> bool {
         self.certified.cert == other.certified.cert
     }
 }
@@ -143,7 +143,7 @@ impl Crls {
     }
 
     /// Whether two CRL sets refuse the same certificates the same way.
-    pub fn same_revocations(&self, other: &Crls) -> bool {
+    pub(crate) fn same_revocations(&self, other: &Crls) -> bool {
         self.policy == other.policy && self.revoked_digest == other.revoked_digest
     }
 }
@@ -167,7 +167,7 @@ pub(super) struct LoadedCrl {
 /// Why a `client_cert:` or `crls:` file could not be used. Names files,
 /// never their contents.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(crate) enum FileError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: {detail}")]

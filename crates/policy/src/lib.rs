@@ -148,7 +148,7 @@ impl CtMode {
     /// The mode of an entry that does not set `ct:`: `defaults.ct` (else
     /// `report`) under `trust: webpki`, `off` under a private CA bundle or
     /// pin-only — CT logs only publicly-trusted certificates.
-    pub fn default_for(trust: &Trust, defaults_ct: Option<CtMode>) -> CtMode {
+    pub(crate) fn default_for(trust: &Trust, defaults_ct: Option<CtMode>) -> CtMode {
         match trust {
             Trust::WebPki => defaults_ct.unwrap_or(CtMode::Report),
             Trust::Bundle { .. } | Trust::PinOnly => CtMode::Off,
@@ -340,7 +340,7 @@ impl Policy {
     }
 
     /// Every CA bundle file the pinset names, for the reloader to watch.
-    pub fn bundle_paths(&self) -> Vec<PathBuf> {
+    pub(crate) fn bundle_paths(&self) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = std::iter::once(&self.defaults.trust)
             .chain(self.hosts.iter().map(|h| &h.trust))
             .filter_map(|t| match t {

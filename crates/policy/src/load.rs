@@ -74,18 +74,6 @@ pub fn load(path: &Path) -> Result<Policy, Error> {
     load_with(path, Caps::default())
 }
 
-/// Reads and validates a pinset file of at most `max_bytes`, the files it
-/// names within the default [`Caps`].
-pub fn load_capped(path: &Path, max_bytes: u64) -> Result<Policy, Error> {
-    load_with(
-        path,
-        Caps {
-            pinset: max_bytes,
-            ..Caps::default()
-        },
-    )
-}
-
 /// Reads and validates a pinset file; a file over `caps.pinset` is refused
 /// after reading at most one byte more, and so is every file it names
 /// over `caps.file`.

@@ -78,7 +78,7 @@ impl Passthrough {
 
     /// Whether any item is a CIDR (then unlisted names are resolved
     /// before they are judged).
-    pub fn has_cidrs(&self) -> bool {
+    pub(crate) fn has_cidrs(&self) -> bool {
         !self.cidrs.is_empty()
     }
 

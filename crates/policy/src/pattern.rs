@@ -79,13 +79,13 @@ impl Pattern {
 
 /// Whether a wildcard's base is itself a public suffix (`com`, `co.uk`,
 /// `github.io`), by the Public Suffix List (ICANN and private sections).
-pub fn is_public_suffix(base: &str) -> bool {
+pub(crate) fn is_public_suffix(base: &str) -> bool {
     !base.contains('.') || psl::suffix_str(base) == Some(base)
 }
 
 /// Values keyed by pattern, looked up by host with the precedence above.
 #[derive(Clone, Debug)]
-pub struct Patterns<T> {
+pub(crate) struct Patterns<T> {
     exact: HashMap<Host, T>,
     one_label: HashMap<String, T>,
     any_depth: HashMap<String, T>,
@@ -109,10 +109,6 @@ impl<T> Patterns<T> {
             Pattern::OneLabel(base) => self.one_label.insert(base, value),
             Pattern::AnyDepth(base) => self.any_depth.insert(base, value),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.one_label.is_empty() && self.any_depth.is_empty()
     }
 
     /// The value for a normalized host: exact, then `*.` one label up,

@@ -1,3 +1,4 @@
+use super::lines::key_of;
 use super::*;
 
 #[test]
