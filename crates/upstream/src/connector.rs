@@ -429,10 +429,6 @@ impl Connector {
                 // was found to speak HTTP/1.1: no dial for them.
                 return Err(no_h2(raw));
             }
-            if let Some(err) = known.recent_failure(&host, port) {
-                // They waited for that connect: it answers them too.
-                return Err(err);
-            }
         } else if let Some(tls) = known.take_spare(&host, port) {
             return Ok(Conn(TokioIo::new(tls)));
         }
@@ -440,14 +436,7 @@ impl Connector {
         // forwarded request's host is looked up again (the verifier,
         // which sees only a ServerName, is the other).
         let entry = self.entry(&host).cloned();
-        let tls = match self.connect(&host, port, entry.as_deref()).await {
-            Ok(tls) => tls,
-            Err(e) if h2_only => {
-                known.failed(&host, port, &e);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
+        let tls = self.connect(&host, port, entry.as_deref()).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         known.learned(&host, port, h2);
         if h2_only && !h2 {

@@ -17,9 +17,12 @@
 //!   request is refused unsent ([`Failure::NoH2`]): it goes out again
 //!   through the ALPN client, which takes the spare rather than dialing
 //!   again — so an HTTP/1.1 upstream costs no extra handshake, and an
-//!   upstream that stops offering h2 fails no request;
-//! - a failed connect answers the requests that waited for it (for
-//!   [`FAILURE_SHARED`]), rather than each starting its own in turn.
+//!   upstream that stops offering h2 fails no request.
+//!
+//! A failed connect is not shared: hyper-util's waiters each retry in
+//! turn, so every request still gets its own handshake and verdict (as
+//! before), but concurrent requests to a host whose connects time out
+//! wait for one another, within the response timeout.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,7 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::error::UpstreamError;
 use pinproxy_policy::host::Host;
 
 /// At most this many hosts are remembered per generation (wildcard and
@@ -39,10 +41,6 @@ const MAX_HOSTS: usize = 4096;
 /// How long a spare HTTP/1.1 connection waits for the request it was made
 /// for (resent at once) before it is closed.
 const SPARE_FOR: Duration = Duration::from_secs(1);
-
-/// How long a failed connect to a host answers the h2 client's requests
-/// that waited for it: they retry at once when it fails.
-pub const FAILURE_SHARED: Duration = Duration::from_secs(1);
 
 /// The pooled client a forwarded request takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +58,6 @@ struct State {
     h2: Option<bool>,
     /// An unused HTTP/1.1 connection, made by the h2 client's connect.
     spare: Option<(TlsStream<TcpStream>, Instant)>,
-    /// The h2 client's last failed connect.
-    failed: Option<(UpstreamError, Instant)>,
 }
 
 /// At most this many ports are remembered per host.
@@ -138,10 +134,7 @@ impl Protocols {
 
     /// Records what a completed handshake with `host:port` chose.
     pub(super) fn learned(&self, host: &Host, port: u16, h2: bool) {
-        self.with(host, port, |s| {
-            s.h2 = Some(h2);
-            s.failed = None;
-        });
+        self.with(host, port, |s| s.h2 = Some(h2));
     }
 
     /// Keeps `tls` (HTTP/1.1, unused) for the ALPN client's next connect
@@ -169,26 +162,11 @@ impl Protocols {
         let (tls, at) = spare?;
         (at.elapsed() < SPARE_FOR).then_some(tls)
     }
-
-    /// Records a failed connect of the h2 client to `host:port`.
-    pub(super) fn failed(&self, host: &Host, port: u16, err: &UpstreamError) {
-        self.with(host, port, |s| {
-            s.failed = Some((err.clone(), Instant::now()))
-        });
-    }
-
-    /// The h2 client's failed connect to `host:port`, if it just failed.
-    pub(super) fn recent_failure(&self, host: &Host, port: u16) -> Option<UpstreamError> {
-        let hosts = self.lock();
-        let (err, at) = get(&hosts, host, port)?.failed.as_ref()?;
-        (at.elapsed() < FAILURE_SHARED).then(|| err.clone())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Failure;
 
     fn host() -> Host {
         Host::parse("api.example.com").unwrap()
@@ -209,21 +187,6 @@ mod tests {
         // It offers h2 again: the h2 client again.
         p.learned(&host(), 443, true);
         assert_eq!(p.route(&host(), 443), Route::H2);
-    }
-
-    #[test]
-    fn a_failure_is_shared_briefly_and_forgotten_once_a_handshake_succeeds() {
-        let p = Protocols::default();
-        let err = UpstreamError::new(Failure::Unreachable, &host(), "refused");
-        p.failed(&host(), 443, &err);
-        let again = p.recent_failure(&host(), 443).expect("shared");
-        assert_eq!(
-            (again.failure, again.detail),
-            (Failure::Unreachable, "refused".into())
-        );
-        assert!(p.recent_failure(&host(), 8443).is_none());
-        p.learned(&host(), 443, true);
-        assert!(p.recent_failure(&host(), 443).is_none());
     }
 
     #[test]
