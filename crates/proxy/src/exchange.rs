@@ -107,9 +107,30 @@ where
         };
         if let Some(body) = body {
             tracing::debug!(error = %err, "resending over HTTP/1.1");
-            return once(alpn, head.request(body), deadline).await;
+            let err =
+                match tokio::time::timeout_at(deadline, alpn.request(head.request(body))).await {
+                    Err(_) => return Err(Exchange::TimedOut),
+                    Ok(Ok(resp)) => return unswitched(resp),
+                    Ok(Err(e)) => e,
+                };
+            return retry_once(alpn, idempotent, Some(head), err, deadline).await;
         }
     }
+    retry_once(client, idempotent, head.as_ref(), err, deadline).await
+}
+
+/// After `err`, sends `head` once more through `client` if that is safe
+/// (an idempotent, bodiless request that failed on the connection itself).
+async fn retry_once<C>(
+    client: &Pool<C, UpBody>,
+    idempotent: bool,
+    head: Option<&Head>,
+    err: hyper_util::client::legacy::Error,
+    deadline: tokio::time::Instant,
+) -> Result<Response<Incoming>, Exchange>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
     let retry =
         head.filter(|_| idempotent && !err.is_connect() && UpstreamError::find(&err).is_none());
     let Some(again) = retry else {
