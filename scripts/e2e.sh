@@ -11,8 +11,9 @@
 # Then the scenarios of scripts/e2e/scenarios.sh run against it: the chart's
 # webhook injecting through the real admission chain, the proxy from inside
 # a pod, a Secret edit reaching the sidecar through the kubelet, Prometheus
-# scraping and alerting, transparent mode, failurePolicy, shutdown, and
-# `pinproxy status`.
+# scraping and alerting, transparent mode, failurePolicy, shutdown,
+# `pinproxy status`, and signed pinsets (the API server calling the
+# webhook's /validate, a sidecar verifying with the key).
 #
 # Root only (it creates interfaces, a netns, iptables rules, cgroups,
 # mounts). Everything it starts and creates is undone on exit. Addresses
@@ -37,7 +38,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/e2e/scenarios.sh"
 
 E2E_ARTIFACTS="${E2E_ARTIFACTS:-$ROOT/target/e2e}"
-E2E_SCENARIOS="${E2E_SCENARIOS:-1 2 3 4 5 6 7}"
+E2E_SCENARIOS="${E2E_SCENARIOS:-1 2 3 4 5 6 7 8}"
 
 [ "$(id -u)" = 0 ] || die "scripts/e2e.sh needs root (interfaces, netns, cgroups, mounts)"
 T0=$(date +%s)

@@ -81,11 +81,11 @@ async fn setup(pins: &[Pin], opts: UpstreamOpts) -> (Pki, Upstream, Proxy) {
     } else {
         pins.to_vec()
     };
-    let p = proxy(
-        &pinset(HOST, &pins, "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &pins, "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     (pki, up, p)
 }
 
@@ -216,11 +216,11 @@ async fn h2_client_to_h1_upstream_and_h1_client_to_h2_upstream() {
         UpstreamOpts::new("h1").h1_only(),
     )
     .await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up1.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up1.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let stream = tunnel(&p, &[b"h2"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut s, conn) =
@@ -248,11 +248,11 @@ async fn h2_client_to_h1_upstream_and_h1_client_to_h2_upstream() {
         UpstreamOpts::new("h2").h2_only(),
     )
     .await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up2.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up2.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let stream = tunnel(&p, &[b"http/1.1"]).await;
     let (status, _, body) = h1_get(stream, "/h1").await;
     assert_eq!(status, 200, "{body}");
@@ -380,7 +380,7 @@ async fn unlisted_allow_tunnels_bytes_unchanged() {
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("direct")).await;
     let port = up.addr.port();
     let yaml = format!("version: 1\ndefaults:\n  unlisted: allow\n  ports: [{port}]\n  allow_private: true\nhosts: {{}}\n");
-    let p = proxy(&yaml, &[]).await;
+    let p = TestProxy::builder().pinset(&yaml).run().await;
     let (status, head, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(status, 200, "{head}");
     // The client trusts only the upstream's own root: no interception.
@@ -396,7 +396,10 @@ async fn unlisted_allow_tunnels_bytes_unchanged() {
     assert_eq!(peer, pki.leaf.cert);
     assert_eq!(p.requests("unlisted", "tunnel"), 1);
     // Loopback without allow_private: refused before 200.
-    let p = proxy(&yaml.replace("  allow_private: true\n", ""), &[]).await;
+    let p = TestProxy::builder()
+        .pinset(&yaml.replace("  allow_private: true\n", ""))
+        .run()
+        .await;
     let (status, head, _) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(status, 403, "{head}");
     assert!(head.contains("x-pinproxy-error: private-address"), "{head}");
@@ -478,22 +481,19 @@ async fn a_loaded_ca_signs_leaves_that_curl_accepts() {
     );
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    write(dir.path(), "ca.pem", &pki.root.pem());
-    let pins = write(
-        dir.path(),
-        "pins.yaml",
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-    );
-    let (mut child, listen, _) = spawn_binary(
-        &pins,
-        &[
+    let mut p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .args(&[
             "--ca-cert",
             cert.to_str().unwrap(),
             "--ca-key",
             key.to_str().unwrap(),
-        ],
-    );
-    wait_listening(listen).await;
+        ])
+        .stderr_uncaptured()
+        .spawn()
+        .await;
+    let listen = p.listen;
     let args: Vec<String> = [
         "-sS",
         "--max-time",
@@ -522,5 +522,5 @@ async fn a_loaded_ca_signs_leaves_that_curl_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("path=/ca"), "{stdout}");
-    let _ = child.start_kill();
+    let _ = p.child.start_kill();
 }

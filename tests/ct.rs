@@ -27,7 +27,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use pki::{days, list_json, now_ms, usable_since, Ca, Entry, TestLog};
 use rcgen::{CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, KeyPair, SanType};
-use support::{get, proxy_configured, wait_listening, write, Proxy, Reply};
+use support::proxy::TestProxy;
+use support::{get, wait_listening, write, Proxy, Reply};
 
 /// `openssl s_server -www` on loopback, stapling `-status_file` when
 /// given; killed on drop.
@@ -283,10 +284,13 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
     }
     let pins = write(&d, "pins.yaml", &yaml);
     let list_arg = list.clone();
-    let p = proxy_configured(dir, pins.clone(), true, move |c| {
-        c.ct_log_list = Some(list_arg)
-    })
-    .await;
+    let p = TestProxy::builder()
+        .dir(dir)
+        .pins_path(pins.clone())
+        .watch()
+        .config(move |c| c.ct_log_list = Some(list_arg))
+        .run()
+        .await;
 
     let r = fetch(&p, "ok.test").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -641,7 +645,7 @@ async fn stapled_ocsp_good_revoked_expired_unauthorised_and_must_staple() {
         servers.push(s);
     }
     let pins = write(&d, "pins.yaml", &yaml);
-    let p = proxy_configured(dir, pins, false, |_| {}).await;
+    let p = TestProxy::builder().dir(dir).pins_path(pins).run().await;
 
     let r = fetch(&p, "good.test").await;
     assert_eq!(r.status, 200, "{r:?}");

@@ -669,7 +669,11 @@ async fn distant(pki: &Pki, h2: bool) -> (support::alpn::AlpnSwitch, Proxy) {
     let delay = std::time::Duration::from_millis(300);
     let up = support::alpn::alpn_upstream(pki, h2, delay).await;
     let pins = pinset(HOST, &[pki.int.pin()], "", up.addr);
-    let p = proxy(&pins, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&pins)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     (up, p)
 }
 

@@ -94,11 +94,11 @@ async fn answering(pki: &Pki, response: &'static str) -> Proxy {
         }
     })
     .await;
-    proxy(
-        &pinset(HOST, &[pki.int.pin()], "", addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await
+    TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await
 }
 
 /// Item 6: Content-Length beside Transfer-Encoding is dropped (RFC 9112
@@ -253,7 +253,11 @@ async fn websocket_echo_through_the_plain_forward_path() {
         "",
         up.addr,
     );
-    let p = proxy(&wrong, &[("ca.pem", pki.root.pem())]).await;
+    let p = TestProxy::builder()
+        .pinset(&wrong)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let mut tcp = TcpStream::connect(p.addr).await.unwrap();
     tcp.write_all(upgrade_request().as_bytes()).await.unwrap();
     let head = read_head(&mut tcp).await.unwrap_or_default();
@@ -341,10 +345,10 @@ fn upgrade_request() -> String {
 async fn pinned_with(host: &str, opts: UpstreamOpts) -> (Pki, Upstream, Proxy) {
     let pki = Pki::new(&[host]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), opts).await;
-    let p = proxy(
-        &pinset(host, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(host, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     (pki, up, p)
 }

@@ -492,16 +492,14 @@ async fn status_of(addr: std::net::SocketAddr, path: &str) -> u16 {
 async fn sigterm_turns_unready_serves_the_grace_period_and_drains() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "ca.pem", &pki.root.pem());
-    let pins = write(
-        dir.path(),
-        "pins.yaml",
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-    );
-    let (mut child, listen, admin) =
-        spawn_binary(&pins, &["--shutdown-grace", "0.7", "--drain-timeout", "5"]);
-    wait_listening(listen).await;
+    let mut p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .args(&["--shutdown-grace", "0.7", "--drain-timeout", "5"])
+        .stderr_uncaptured()
+        .spawn()
+        .await;
+    let (listen, admin) = (p.listen, p.admin);
     let mut ready = false;
     for _ in 0..200 {
         if status_of(admin, "/readyz").await == 200 {
@@ -514,7 +512,7 @@ async fn sigterm_turns_unready_serves_the_grace_period_and_drains() {
     // An in-flight request that outlives the grace period.
     let inflight = tokio::spawn(async move { get(listen, &url("/slow")).await.status.as_u16() });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let pid = child.id().unwrap().to_string();
+    let pid = p.child.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -535,7 +533,7 @@ async fn sigterm_turns_unready_serves_the_grace_period_and_drains() {
         200,
         "the in-flight request finished"
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
         .await
         .unwrap()
         .unwrap();
@@ -546,17 +544,14 @@ async fn sigterm_turns_unready_serves_the_grace_period_and_drains() {
 async fn a_second_sigterm_exits_at_once() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "ca.pem", &pki.root.pem());
-    let pins = write(
-        dir.path(),
-        "pins.yaml",
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-    );
-    let (mut child, listen, _) =
-        spawn_binary(&pins, &["--shutdown-grace", "30", "--drain-timeout", "30"]);
-    wait_listening(listen).await;
-    let pid = child.id().unwrap().to_string();
+    let mut p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .args(&["--shutdown-grace", "30", "--drain-timeout", "30"])
+        .stderr_uncaptured()
+        .spawn()
+        .await;
+    let pid = p.child.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -567,7 +562,7 @@ async fn a_second_sigterm_exits_at_once() {
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(5), p.child.wait())
         .await
         .unwrap()
         .unwrap();

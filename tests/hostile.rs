@@ -181,7 +181,7 @@ fn kill(pid: u32, signal: &str) {
 
 /// The built binary serving a good pinset for `HOST`.
 struct Running {
-    child: tokio::process::Child,
+    proxy: Spawned,
     pid: u32,
     listen: SocketAddr,
     admin: SocketAddr,
@@ -207,12 +207,17 @@ async fn binary_on_a_good_pinset(dir: &Path) -> Running {
         "--drain-timeout",
         "1",
     ];
-    let (child, listen, admin) = spawn_binary(&pins, &quick_exit);
-    let pid = child.id().unwrap();
-    wait_listening(listen).await;
+    let proxy = TestProxy::builder()
+        .pins_path(pins.clone())
+        .args(&quick_exit)
+        .stderr_uncaptured()
+        .spawn()
+        .await;
+    let pid = proxy.child.id().unwrap();
+    let (listen, admin) = (proxy.listen, proxy.admin);
     assert_eq!(get(listen, &format!("http://{HOST}/")).await.status, 200);
     Running {
-        child,
+        proxy,
         pid,
         listen,
         admin,
@@ -228,7 +233,7 @@ async fn the_binary_refuses_a_50_mb_file_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     // Bound, not `..`: a dropped child is killed.
     let Running {
-        child: _child,
+        proxy: _proxy,
         pid,
         listen,
         admin,
@@ -263,7 +268,7 @@ async fn the_binary_refuses_a_50_mb_file_in_bounded_memory() {
 async fn the_binary_exits_promptly_on_sigterm_after_a_nested_file() {
     let dir = tempfile::tempdir().unwrap();
     let Running {
-        mut child,
+        mut proxy,
         pid,
         admin,
         pins,
@@ -277,7 +282,7 @@ async fn the_binary_exits_promptly_on_sigterm_after_a_nested_file() {
     })
     .await;
     kill(pid, "-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    let status = tokio::time::timeout(Duration::from_secs(5), proxy.child.wait()).await;
     let status = status.expect("exited within 5 s of SIGTERM").unwrap();
     assert!(status.success(), "{status:?}");
     assert!(refused, "the nested file was not refused and counted");

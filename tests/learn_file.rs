@@ -125,14 +125,14 @@ fn inject_refuses_a_learn_file_that_has_no_directory_of_its_own() {
 #[tokio::test]
 async fn run_makes_the_learn_file_directory_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let pins = write(
-        dir.path(),
-        "pins.yaml",
-        "version: 1\ndefaults: {unlisted: learn}\nhosts: {}\n",
-    );
     let learn = dir.path().join("var/run/pinproxy/learned.json");
-    let (_child, listen, _) = spawn_binary(&pins, &["--learn-file", learn.to_str().unwrap()]);
-    wait_listening(listen).await;
+    let _p = TestProxy::builder()
+        .dir(dir)
+        .pinset("version: 1\ndefaults: {unlisted: learn}\nhosts: {}\n")
+        .args(&["--learn-file", learn.to_str().unwrap()])
+        .stderr_uncaptured()
+        .spawn()
+        .await;
     assert!(learn.parent().unwrap().is_dir(), "not made at start");
 }
 

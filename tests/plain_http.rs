@@ -50,12 +50,17 @@ async fn plain_server() -> SocketAddr {
 }
 
 /// The binary on `yaml`; dropped, it is killed.
-async fn binary(dir: &Path, yaml: &str) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+async fn binary(dir: &Path, yaml: &str) -> (Spawned, SocketAddr, SocketAddr) {
     let pins = write(dir, "pins.yaml", yaml);
-    let (child, listen, admin) = spawn_binary(&pins, &["--no-watch"]);
-    wait_listening(listen).await;
-    wait_listening(admin).await;
-    (child, listen, admin)
+    let p = TestProxy::builder()
+        .pins_path(pins)
+        .arg("--no-watch")
+        .stderr_uncaptured()
+        .spawn()
+        .await;
+    wait_listening(p.admin).await;
+    let (listen, admin) = (p.listen, p.admin);
+    (p, listen, admin)
 }
 
 /// curl through the proxy: (status line and headers, body).

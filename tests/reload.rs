@@ -388,21 +388,20 @@ async fn pinset_expiry_gauge_is_exposed() {
 
 #[tokio::test]
 async fn sighup_reloads_the_binary() {
-    let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    write(dir.path(), "ca.pem", &pki.root.pem());
-    let pins = write(
-        dir.path(),
-        "pins.yaml",
-        &pins_yaml(&[pki.int.pin()], up.addr, ""),
-    );
     // The single-threaded runtime: signals and reloads work there too.
-    let (mut child, listen, _) = spawn_binary(&pins, &["--workers", "1", "--no-watch"]);
-    wait_listening(listen).await;
+    let mut p = TestProxy::builder()
+        .pinset(&pins_yaml(&[pki.int.pin()], up.addr, ""))
+        .file("ca.pem", pki.root.pem())
+        .args(&["--workers", "1", "--no-watch"])
+        .stderr_uncaptured()
+        .spawn()
+        .await;
+    let listen = p.listen;
     assert_eq!(get(listen, &format!("http://{HOST}/")).await.status, 200);
     write(
-        dir.path(),
+        p.dir.path(),
         "pins.yaml",
         &pins_yaml(&[Pin::from_bytes([3; 32])], up.addr, ""),
     );
@@ -412,7 +411,7 @@ async fn sighup_reloads_the_binary() {
         200,
         "--no-watch: no reload without SIGHUP"
     );
-    let pid = child.id().unwrap().to_string();
+    let pid = p.child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -429,7 +428,7 @@ async fn sighup_reloads_the_binary() {
         .status()
         .unwrap()
         .success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
         .await
         .unwrap()
         .unwrap();

@@ -52,7 +52,10 @@ fn allow_yaml(port: u16) -> String {
 /// F1: `::ffff:127.0.0.1` is 127.0.0.1 to the kernel.
 #[tokio::test]
 async fn mapped_loopback_cannot_reach_the_proxys_own_ports() {
-    let p = proxy("version: 1\nhosts: {}\n", &[]).await;
+    let p = TestProxy::builder()
+        .pinset("version: 1\nhosts: {}\n")
+        .run()
+        .await;
     let own = p.admin.port();
     std::fs::write(&p.pins_path, allow_yaml(own)).unwrap();
     p.reloader.reload().await.unwrap();
@@ -88,10 +91,11 @@ fn mapped_spelling_hits_the_pinned_ip_entry() {
 #[tokio::test]
 async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
     let port = echo().await;
-    let p = proxy_tuned(&allow_yaml(port), &[], |_, l| {
-        l.revoke_grace = Duration::from_millis(1000)
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&allow_yaml(port))
+        .limits(|l| l.revoke_grace = Duration::from_millis(1000))
+        .run()
+        .await;
     let (s, head, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(s, 200, "{head}");
     assert!(alive(&mut tcp).await, "the tunnel works before the reload");
@@ -127,11 +131,14 @@ async fn unlisted_tunnel_closes_when_a_reload_denies_it() {
 #[tokio::test]
 async fn tunnels_count_against_the_connection_limit_and_idle_out() {
     let port = echo().await;
-    let p = proxy_tuned(&allow_yaml(port), &[], |_, l| {
-        l.max_connections = 2;
-        l.tunnel_idle = Duration::from_millis(1200);
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&allow_yaml(port))
+        .limits(|l| {
+            l.max_connections = 2;
+            l.tunnel_idle = Duration::from_millis(1200);
+        })
+        .run()
+        .await;
     let (_, _, mut a) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     let (_, _, mut b) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert!(alive(&mut a).await && alive(&mut b).await);
@@ -163,7 +170,12 @@ async fn a_half_written_file_that_parses_is_not_swapped_in() {
     std::fs::write(dir.path().join("ca.pem"), pki.root.pem()).unwrap();
     let path = dir.path().join("pins.yaml");
     std::fs::write(&path, &full).unwrap();
-    let p = proxy_at(dir, path.clone(), true).await;
+    let p = TestProxy::builder()
+        .dir(dir)
+        .pins_path(path.clone())
+        .watch()
+        .run()
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cut = full.find("    mode: enforce").unwrap();
     let mut f = std::fs::OpenOptions::new()
@@ -205,10 +217,12 @@ async fn streaming_response_ends_when_its_pins_change() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("stream")).await;
     let yaml = pinset(HOST, &[pki.int.pin()], "", up.addr);
-    let p = proxy_tuned(&yaml, &[("ca.pem", pki.root.pem())], |_, l| {
-        l.revoke_grace = Duration::from_millis(300)
-    })
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .limits(|l| l.revoke_grace = Duration::from_millis(300))
+        .run()
+        .await;
     let tcp = TcpStream::connect(p.addr).await.unwrap();
     let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
@@ -259,11 +273,11 @@ async fn drift_view_records_an_impostor_as_failed() {
         UpstreamOpts::new("impostor").tls13_only(),
     )
     .await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &format!("http://{HOST}/")).await;
     assert_eq!(r.error(), Some("untrusted-certificate"));
     let seen = p.drift.get(HOST).unwrap();
@@ -278,11 +292,11 @@ async fn drift_view_records_an_impostor_as_failed() {
 async fn upstream_cannot_spoof_the_refusal_header() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("spoof")).await;
-    let p = proxy(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
     let r = get(p.addr, &format!("http://{HOST}/spoof")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.error(), None, "{r:?}");
@@ -316,12 +330,12 @@ async fn intercepted_tls(p: &Proxy) -> tokio_rustls::client::TlsStream<TcpStream
 async fn websocket_strips_hop_by_hop_and_closes_on_pin_change() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("ws")).await;
-    let p = proxy_tuned(
-        &pinset(HOST, &[pki.int.pin()], "", up.addr),
-        &[("ca.pem", pki.root.pem())],
-        |_, l| l.revoke_grace = Duration::from_millis(100),
-    )
-    .await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .limits(|l| l.revoke_grace = Duration::from_millis(100))
+        .run()
+        .await;
     let mut tls = intercepted_tls(&p).await;
     tls.write_all(format!("GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade, x-hop\r\nX-Hop: 1\r\nProxy-Authorization: Basic c2VjcmV0\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
         .await
@@ -381,7 +395,7 @@ async fn misdirected_requests_inside_a_tunnel_get_421() {
 #[tokio::test]
 async fn unlisted_tunnel_with_a_foreign_sni_is_refused() {
     let port = echo().await;
-    let p = proxy(&allow_yaml(port), &[]).await;
+    let p = TestProxy::builder().pinset(&allow_yaml(port)).run().await;
     let (s, _, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(s, 200);
     let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -499,7 +513,7 @@ async fn unlisted_tunnel_serves_server_first_protocols_and_judges_late_hellos() 
             });
         }
     });
-    let p = proxy(&allow_yaml(port), &[]).await;
+    let p = TestProxy::builder().pinset(&allow_yaml(port)).run().await;
     let (_, _, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     let mut banner = [0u8; 16];
     tokio::time::timeout(Duration::from_secs(2), tcp.read_exact(&mut banner))

@@ -586,3 +586,183 @@ YAML
   kubectl -n "$APP_NS" get pods -l job-name=once -o jsonpath='{range .items[*]}{.metadata.name} phase={.status.phase} sidecar={.status.initContainerStatuses[0].state}{"\n"}{end}'
   run kubectl -n "$APP_NS" logs job/once -c app
 }
+
+# --- 8: signed pinsets: the real API server calls /validate; a signed sidecar ----
+# signed_pins DIR SERIAL NEXT_PIN: DIR/pins.yaml (pins_yaml with `serial:`),
+# world-ca.pem beside it, and DIR/pins.yaml.sig by `pinproxy sign`.
+signed_pins() {
+  local dir="$1"; mkdir -p "$dir"
+  { echo "serial: $2"; pins_yaml "$3"; } >"$dir/pins.yaml"
+  cp "$E2E_RUN/world/ca.crt" "$dir/world-ca.pem"
+  (cd "$dir" && run PP sign --key ../pinset.key pins.yaml && run PP check --key ../pinset.pub pins.yaml)
+}
+
+# apply_pinset NS DIR [LABEL]: docs/kubernetes.md's hand update (the
+# entries of DIR in one object, labelled LABEL unless it is "-", kubectl
+# apply). Prints the command, kubectl's output and the exit code, which it
+# also sets APPLY_RC to; kubectl's stderr stays in DIR/apply.err.
+apply_pinset() {
+  local ns="$1" dir="$2" label="${3:-pinproxy.io/pinset=true}" f from=() rc=0
+  for f in pins.yaml pins.yaml.sig world-ca.pem; do
+    [ -f "$dir/$f" ] && from+=("--from-file=$f")
+  done
+  local create=(kubectl -n "$ns" create secret generic pinproxy-pins "${from[@]}" --dry-run=client -o yaml)
+  local tag=(kubectl label --local -f - "$label" -o yaml) shown
+  shown="${create[*]} | ${tag[*]} | kubectl apply -f -"
+  if [ "$label" = - ]; then tag=(cat); shown="${create[*]} | kubectl apply -f -"; fi
+  printf '$ (in %s/) %s\n' "${dir##*/}" "$shown"
+  (cd "$dir" && "${create[@]}" | "${tag[@]}" | kubectl apply -f -) >"$dir/apply.out" 2>"$dir/apply.err" || rc=$?
+  sed 's/^/  stdout: /' "$dir/apply.out"
+  # kubectl echoes the patch it sent (base64 data): its size stands in for it.
+  awk 'length > 400 {print "  stderr: (" length " bytes: the patch kubectl sent)"; next} {print "  stderr: " $0}' "$dir/apply.err"
+  echo "  exit code: $rc"
+  APPLY_RC=$rc
+}
+contains() { grep -qF -- "$2" "$1"; }   # FILE STRING
+
+stored_serial() {  # NS: the serial of the pins.yaml the API server holds
+  kubectl -n "$1" get secret pinproxy-pins -o jsonpath='{.data.pins\.yaml}' | base64 -d | sed -n 's/^serial: *//p'
+}
+
+pins_json() { app_exec curl -s http://127.0.0.1:9901/pins; }   # the sidecar's /pins (loopback)
+reloads() {  # RESULT: pinproxy_config_reloads_total{result=RESULT} of the sidecar
+  app_exec curl -s http://127.0.0.1:9901/metrics |
+    awk -v r="result=\"$1\"" '/^pinproxy_config_reloads_total\{/ && index($0, r) {s += $NF} END {print s + 0}'
+}
+rollback_refused() { [ "$(reloads rollback)" -ge 1 ]; }
+
+scenario_8() {
+  # The app pod of this scenario is `app` in namespace `signed`: app_exec,
+  # curl_code and app_pod read APP_NS (dynamic scope).
+  local APP_NS=signed d="$E2E_RUN/s8" r
+  mkdir -p "$d"
+  run kubectl create namespace "$APP_NS"
+  echo "--- docs/kubernetes.md, 'Signed pinsets': a key pair, the chart told the public key"
+  (cd "$d" && run PP keygen --out pinset) | tee "$d/keygen.out"
+  local key_id; key_id="$(sed -n 's/.*(id \(.*\))$/\1/p' "$d/keygen.out")"
+  check "keygen printed the key id ($key_id)" matches "$key_id" '^sha256/'
+  # The release's pins Secrets are the operator's own (pins.existingSecret):
+  # the key's ConfigMap goes to the release namespace and pins.extraNamespaces.
+  (cd "$d" && run helm upgrade pinproxy "$ROOT/charts/pinproxy" -n "$CHART_NS" --reuse-values \
+    --set-file pinset.signing.publicKey=pinset.pub --set pinset.signing.admission=true \
+    --set "pins.extraNamespaces={$APP_NS}" --wait --timeout 180s)
+  local dep; dep="$(kubectl -n "$CHART_NS" get deploy -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].metadata.name}')"
+  run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
+  # Only the new replicas (with --pinset-key) may answer /validate.
+  wait_for 90 "the old webhook replicas gone" sh -c \
+    "[ \"\$(kubectl -n $CHART_NS get pods -l app.kubernetes.io/component=webhook -o name | wc -l)\" = 2 ]"
+  check "the webhook runs with --pinset-key" sh -c \
+    "kubectl -n $CHART_NS get deploy $dep -o jsonpath='{.spec.template.spec.containers[0].args}' | tr ',' '\n' | grep -- --pinset-key"
+  run kubectl get validatingwebhookconfiguration -o custom-columns='NAME:.metadata.name,WEBHOOK:.webhooks[*].name,PATH:.webhooks[*].clientConfig.service.path,POLICY:.webhooks[*].failurePolicy,SELECTOR:.webhooks[*].objectSelector.matchLabels'
+  helm get notes pinproxy -n "$CHART_NS" >"$d/notes.txt"
+  check "the install notes give the signed update" contains "$d/notes.txt" "--from-file=pins.yaml.sig"
+  check "... and do not call the operator's pinset the chart's default" sh -c "! grep -q \"chart's default\" $d/notes.txt"
+  check "the key's ConfigMap in $APP_NS holds pinset.pub" eq \
+    "$(kubectl -n "$APP_NS" get configmap pinproxy-pinset-key -o jsonpath='{.data.cosign\.pub}')" "$(cat "$d/pinset.pub")"
+
+  echo "--- an UNSIGNED pinset, labelled: the API server asks /validate"
+  mkdir -p "$d/unsigned"
+  { echo "serial: 1"; pins_yaml "$PIN_B"; } >"$d/unsigned/pins.yaml"
+  cp "$E2E_RUN/world/ca.crt" "$d/unsigned/world-ca.pem"
+  apply_pinset "$APP_NS" "$d/unsigned"
+  check "kubectl apply exits non-zero" [ "$APPLY_RC" != 0 ]
+  check "kubectl prints the webhook's refusal" contains "$d/unsigned/apply.err" \
+    'admission webhook "pinsets.validate.pinproxy.io" denied the request: pinproxy: pins.yaml is not signed: the object has no pins.yaml.sig entry'
+  check "no Secret was created" sh -c "! kubectl -n $APP_NS get secret pinproxy-pins >/dev/null 2>&1"
+
+  echo "--- signed pinsets: v1 (serial 1: next.world.test pinned to A), v2 (serial 2: pinned to B)"
+  signed_pins "$d/v1" 1 "$PIN_A"
+  signed_pins "$d/v2" 2 "$PIN_B"
+  apply_pinset "$APP_NS" "$d/v1"
+  check "v1 (serial 1) accepted on CREATE" eq "$APPLY_RC" 0
+  apply_pinset "$APP_NS" "$d/v2"
+  check "v2 (serial 2) accepted on UPDATE" eq "$APPLY_RC" 0
+  apply_pinset "$APP_NS" "$d/v1"
+  check "v1 again (serial 1 < 2, validly signed) refused on UPDATE" [ "$APPLY_RC" != 0 ]
+  check "the refusal says rollback" contains "$d/v1/apply.err" \
+    'denied the request: pinproxy: serial 1 is lower than the serial in force (2): a rollback is refused'
+  mkdir -p "$d/edited"; cp "$d/v2/"* "$d/edited/"
+  sed -i 's/unlisted: deny/unlisted: allow/' "$d/edited/pins.yaml"
+  echo "(edited: v2 with 'unlisted: allow', v2's signature kept)"
+  apply_pinset "$APP_NS" "$d/edited"
+  check "an edited v2 refused" [ "$APPLY_RC" != 0 ]
+  check "the refusal says the signature does not verify" contains "$d/edited/apply.err" \
+    "denied the request: pinproxy: pins.yaml is not signed by a trusted key (tried $key_id): signature does not verify"
+  echo "(v1 again, dropping the label in the same update: the API server still sends it)"
+  apply_pinset "$APP_NS" "$d/v1" -
+  check "dropping the label does not let the rollback in" [ "$APPLY_RC" != 0 ]
+  check "... refused as a rollback" contains "$d/v1/apply.err" 'a rollback is refused'
+  check "the API server holds serial 2" eq "$(stored_serial "$APP_NS")" 2
+  echo "webhook log:"
+  kubectl -n "$CHART_NS" logs -l app.kubernetes.io/component=webhook --tail=-1 \
+    | grep -E 'signed pinset admitted|pinset refused at admission' | cut -c1-400 || true
+
+  echo "--- a pod injected now: the sidecar verifies the pinset with the key"
+  run kubectl apply -f - <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: $APP_NS, labels: {app: app, pinproxy.io/inject: "true"}}
+spec:
+  containers:
+    - name: app
+      image: $APP_IMAGE
+      imagePullPolicy: IfNotPresent
+      command: ["sleep", "100000"]
+YAML
+  run kubectl -n "$APP_NS" wait --for=condition=Ready pod/app --timeout 120s
+  kubectl -n "$APP_NS" get pod app -o json >"$d/pod.json"
+  python3 - "$d/pod.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))["spec"]
+side = [c for c in spec["initContainers"] if c["name"] == "pinproxy"][0]
+args = side["args"]
+keys = [args[i + 1] for i, a in enumerate(args) if a == "--pinset-key"]
+print("sidecar --pinset-key:", keys, "--state-dir:", "--state-dir" in args)
+assert keys == ["/etc/pinproxy-pinset-key/configmap/pinproxy-pinset-key/cosign.pub"], args
+assert "--state-dir" in args
+vol = [v for v in spec["volumes"] if v["name"] == "pinproxy-pinset-key"][0]
+print("volume pinproxy-pinset-key:", json.dumps(vol["projected"]["sources"]))
+assert vol["projected"]["sources"][0]["configMap"]["name"] == "pinproxy-pinset-key"
+mounts = {m["name"]: m["mountPath"] for m in side["volumeMounts"]}
+print("mounted at", mounts["pinproxy-pinset-key"], "; state at", mounts["pinproxy-state"])
+assert mounts["pinproxy-pinset-key"] == "/etc/pinproxy-pinset-key"
+PY
+  kubectl -n "$APP_NS" logs app -c pinproxy | grep -E 'signed pinset in force|pinset key' | cut -c1-400 || true
+  echo '$ kubectl exec app -c app -- curl -s http://127.0.0.1:9901/pins'
+  pins_json >"$d/pins.json"
+  local want_sha; want_sha="$(sha256sum "$d/v2/pins.yaml" | cut -d' ' -f1)"
+  python3 - "$d/pins.json" "$key_id" "$want_sha" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+print("  /pins: serial", p["serial"], "signature", json.dumps(p["signature"]))
+assert p["serial"] == 2, p["serial"]
+assert p["signature"] == {"key": sys.argv[2], "serial": 2, "sha256": sys.argv[3]}, p["signature"]
+PY
+  echo '$ curl http://next.world.test/ (v2: pinned to B, served with B)'
+  r="$(curl_code http://next.world.test/)"; echo "  -> $r"
+  check "next.world.test under the signed v2: 200" eq "$r" 200
+  echo '$ curl http://bad.world.test/ (pinned to A, served with B)'
+  r="$(curl_code http://bad.world.test/)"; echo "  -> $r"
+  check "wrong pin: 502 pin-mismatch" eq "$r" "502 pin-mismatch"
+  echo '$ curl http://unlisted.world.test/'
+  r="$(curl_code http://unlisted.world.test/)"; echo "  -> $r"
+  check "unlisted host: 403 host-not-allowed" eq "$r" "403 host-not-allowed"
+
+  echo "--- past admission: unlabel v2 (allowed: its content is judged), then v1 unlabelled (never sent)"
+  apply_pinset "$APP_NS" "$d/v2" -
+  check "v2 without the label: accepted" eq "$APPLY_RC" 0
+  apply_pinset "$APP_NS" "$d/v1" -
+  check "v1 unlabelled lands (the webhook never sees it)" eq "$APPLY_RC" 0
+  check "the API server now holds serial 1" eq "$(stored_serial "$APP_NS")" 1
+  # A pod update makes the kubelet sync the pod now, volumes included
+  # (instead of its periodic resync, which scenario 3 measures).
+  local t0; t0=$(date +%s)
+  run kubectl -n "$APP_NS" annotate pod app e2e/resync="$t0"
+  wait_for 120 "the sidecar to refuse the rollback" rollback_refused
+  echo "sidecar: pinproxy_config_reloads_total{result=\"rollback\"} $(reloads rollback), $(( $(date +%s) - t0 )) s after the annotation"
+  kubectl -n "$APP_NS" logs app -c pinproxy | grep -iE 'rollback' | tail -n 2 | cut -c1-400 || true
+  pins_json >"$d/pins-after.json"
+  python3 -c 'import json, sys; p = json.load(open(sys.argv[1])); print("  /pins: serial", p["serial"], "signature", json.dumps(p["signature"])); assert p["serial"] == 2' "$d/pins-after.json"
+  r="$(curl_code http://next.world.test/)"; echo "curl http://next.world.test/ -> $r"
+  check "v2 still in force in the sidecar: next.world.test 200" eq "$r" 200
+}

@@ -14,7 +14,8 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{upstream_handler, Pki};
+use super::upstream::upstream_handler;
+use super::Pki;
 
 pub struct AlpnSwitch {
     pub addr: std::net::SocketAddr,

@@ -29,7 +29,7 @@ use pinproxy::proxy::Limits;
 use pinproxy::upstream::{Options, Resolve, Timeouts};
 use tokio::sync::watch;
 
-use super::{write, Proxy, Run};
+use super::*;
 
 /// The in-process proxy a test talks to: a [`Proxy`] under the name the
 /// builder is entered by.
@@ -49,6 +49,7 @@ pub struct Builder {
     tunes: Vec<Tune>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    stderr_uncaptured: bool,
 }
 
 impl Proxy {
@@ -172,6 +173,15 @@ impl Builder {
         self
     }
 
+    /// Leaves the binary's stderr on the test's own instead of a pipe
+    /// (`spawn` only): for a child that runs long and is never asked for
+    /// its lines, whose unread pipe would otherwise fill and block it.
+    /// `Run::until` and `Run::more` then panic.
+    pub fn stderr_uncaptured(mut self) -> Self {
+        self.stderr_uncaptured = true;
+        self
+    }
+
     /// Writes the pinset and its files; the directory and the pinset path.
     fn prepare(&mut self) -> (tempfile::TempDir, PathBuf) {
         let dir = self
@@ -196,8 +206,8 @@ impl Builder {
     /// Builds and serves the proxy in-process; it stops when dropped.
     pub async fn run(mut self) -> Proxy {
         assert!(
-            self.args.is_empty() && self.env.is_empty(),
-            "CLI flags and environment variables reach the binary only: .spawn()"
+            self.args.is_empty() && self.env.is_empty() && !self.stderr_uncaptured,
+            "CLI flags, environment variables and stderr are the binary's only: .spawn()"
         );
         let (dir, pins) = self.prepare();
         let mut config = Config {
@@ -223,7 +233,8 @@ impl Builder {
 
     /// Runs the built binary on free loopback ports (or the `listen` and
     /// `admin` given) with the flags and environment variables set, its
-    /// stderr read line by line; returns once it listens.
+    /// stderr read line by line (unless `stderr_uncaptured`); returns once
+    /// it listens.
     pub async fn spawn(mut self) -> Spawned {
         let (dir, pins) = self.prepare();
         let mut config = Config {
@@ -240,13 +251,18 @@ impl Builder {
             .args(["--admin", &config.admin.to_string()])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stderr(std::process::Stdio::piped())
+            .stderr(if self.stderr_uncaptured {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::piped()
+            })
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-            child.stderr.take().unwrap(),
-        ));
+        let lines = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr)));
         super::wait_listening(config.listen).await;
         Spawned {
             run: Run {
@@ -309,4 +325,75 @@ pub(super) async fn start(config: Config, dir: tempfile::TempDir, pins_path: Pat
         let _ = rx.wait_for(|v| *v).await;
     }));
     p
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub live: Arc<Live>,
+    pub reloader: Arc<Reloader>,
+    pub drift: Arc<Drift>,
+    pub metrics: Arc<Metrics>,
+    pub intercept: Arc<Intercept>,
+    pub dir: tempfile::TempDir,
+    pub pins_path: PathBuf,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Proxy {
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca-out/ca.crt")
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        get_with(self.admin, &format!("http://{}{path}", self.admin), &[]).await
+    }
+
+    pub fn mismatches(&self, host: &str, mode: &str) -> u64 {
+        self.metrics
+            .pin_mismatch
+            .with_label_values(&[host, mode])
+            .get()
+    }
+
+    pub fn denied(&self, reason: &str) -> u64 {
+        self.metrics.denied_count(reason)
+    }
+
+    pub fn requests(&self, host: &str, outcome: &str) -> u64 {
+        self.metrics.requests_count(host, outcome)
+    }
+
+    pub fn tls_failures(&self, host: &str, reason: &str) -> u64 {
+        self.metrics.tls_failures_count(host, reason)
+    }
+}
+
+/// The usual fixture: a PKI for `host`, an upstream serving its chain, and
+/// a proxy pinning its intermediate.
+pub async fn pinned(host: &str) -> (Pki, Upstream, Proxy) {
+    let pki = Pki::new(&[host]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(host, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
+    (pki, up, p)
+}
+
+/// A pinset with one host entry.
+pub fn pinset(host: &str, pins: &[Pin], extra: &str, addr: SocketAddr) -> String {
+    let pins: Vec<String> = pins.iter().map(|p| p.to_string()).collect();
+    format!(
+        "version: 1\nhosts:\n  {host:?}:\n    pins: [{}]\n    trust: ca.pem\n    address: {addr}\n{extra}",
+        pins.join(", ")
+    )
 }

@@ -14,8 +14,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use pinproxy_policy::pin::Pin;
-use pinproxy_policy::Trust;
-use pinproxy_tls::cert::{self, CertInfo};
 
 /// The document `GET /learned` returns, the learn file holds and `suggest`
 /// reads.
@@ -535,60 +533,6 @@ fn path_cost(pins: &[Pin], certs: &[LearnedCert]) -> usize {
     PATH_OVERHEAD + pins.len() * 32 + certs.iter().map(|c| CERT_OVERHEAD + text(c)).sum::<usize>()
 }
 
-/// What is known of a trust anchor, which servers usually don't send.
-#[derive(Clone, Debug)]
-pub struct AnchorInfo {
-    pub subject: String,
-    /// RFC 3339, when the anchor's certificate is at hand.
-    pub not_after: Option<String>,
-}
-
-pub type Anchors = Arc<HashMap<Pin, AnchorInfo>>;
-
-/// The anchors `trust` validates with, by pin: Mozilla's root
-/// certificates (parsed once per process), or a CA bundle's certificates
-/// (read when a learning generation is built, like the bundle itself).
-pub fn anchors(trust: &Trust) -> Anchors {
-    static MOZILLA: std::sync::OnceLock<Anchors> = std::sync::OnceLock::new();
-    match trust {
-        Trust::Bundle { path, anchors } => {
-            let mut out: HashMap<Pin, AnchorInfo> = anchors
-                .iter()
-                .map(|a| {
-                    let info = AnchorInfo {
-                        subject: cert::anchor_subject(a),
-                        not_after: None,
-                    };
-                    (
-                        Pin::of_spki_contents(a.subject_public_key_info.as_ref()),
-                        info,
-                    )
-                })
-                .collect();
-            let certs = cert::read_certificates(&path.to_string_lossy()).unwrap_or_default();
-            out.extend(by_pin(&certs));
-            Arc::new(out)
-        }
-        _ => MOZILLA
-            .get_or_init(|| Arc::new(by_pin(webpki_root_certs::TLS_SERVER_ROOT_CERTS)))
-            .clone(),
-    }
-}
-
-fn by_pin(certs: &[rustls_pki_types::CertificateDer<'_>]) -> HashMap<Pin, AnchorInfo> {
-    certs
-        .iter()
-        .filter_map(|c| CertInfo::from_der(c.as_ref()).ok())
-        .filter_map(|c| {
-            let info = AnchorInfo {
-                subject: c.subject,
-                not_after: Some(c.not_after),
-            };
-            Some((c.pin.parse().ok()?, info))
-        })
-        .collect()
-}
-
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
@@ -604,9 +548,11 @@ fn unix(rfc3339: &str) -> i64 {
         .map_or(0, |t| t.unix_timestamp())
 }
 
+mod anchors;
 mod file;
 mod stream;
 
+pub use anchors::{anchors, AnchorInfo, Anchors};
 pub use file::{persist, read, write, MAX_FILE_BYTES};
 pub use stream::Chunks;
 

@@ -1,8 +1,9 @@
 //! `POST /validate`: refuses a pinset Secret/ConfigMap whose `pins.yaml`
 //! is unsigned, badly signed or rolled back, before it lands.
 //!
-//! Only objects labelled `pinproxy.io/pinset: "true"` are judged (the
-//! chart's `objectSelector` sends only those; anything else that arrives is
+//! Only objects labelled `pinproxy.io/pinset: "true"`, or whose old
+//! object was (an UPDATE removing the label), are judged (the chart's
+//! `objectSelector` sends only those; anything else that arrives is
 //! allowed). The decision is [`pinproxy_sign::admission::review`]: the same
 //! keys and the same serial reader as the sidecars, with the old object's
 //! verified serial as the floor. The message comes back in
@@ -72,9 +73,14 @@ pub fn validate(body: &[u8], pinsets: Option<&Pinsets>) -> Reply {
     };
     let operation = request.get("operation").and_then(Json::as_str);
     let object = request.get("object").filter(|o| o.is_object());
-    let Some(object) =
-        object.filter(|o| labelled(o) && matches!(operation, Some("CREATE" | "UPDATE")))
-    else {
+    let old_object = request.get("oldObject").filter(|o| o.is_object());
+    // The API server matches the objectSelector against the old object
+    // too: an UPDATE that drops the label from a pinset is judged like any
+    // other, or dropping it would let a rollback or an unsigned pinset in.
+    let Some(object) = object.filter(|o| {
+        matches!(operation, Some("CREATE" | "UPDATE"))
+            && (labelled(o) || old_object.is_some_and(labelled))
+    }) else {
         // DELETE, CONNECT, or not a pinset: not ours to judge.
         return answer(uid, None);
     };
@@ -89,10 +95,7 @@ pub fn validate(body: &[u8], pinsets: Option<&Pinsets>) -> Reply {
         Err(why) => return answer(uid, Some(("failure", why))),
     };
     // An old object that cannot be read gives no floor (as an unverified one).
-    let old = request
-        .get("oldObject")
-        .filter(|o| o.is_object())
-        .and_then(|o| Entries::of(o).ok());
+    let old = old_object.and_then(|o| Entries::of(o).ok());
     let decision = admission::review(
         &pinsets.keys,
         &new.object(),
@@ -305,6 +308,51 @@ mod tests {
         );
         let reply = validate(&review(tampered, Json::Null), Some(&p));
         assert!(!allowed(&reply));
+    }
+
+    #[test]
+    fn an_update_dropping_the_label_is_judged_too() {
+        let (key, _) = SigningKey::generate(Algorithm::EcdsaP256).unwrap();
+        let p = pinsets(&key);
+        let v1 = "version: 1\nserial: 1\nhosts: {}\n";
+        let v2 = "version: 1\nserial: 2\nhosts: {}\n";
+        let signed = |pins: &str| {
+            let sig = key.sign(pins.as_bytes()).unwrap().to_base64();
+            json!({"stringData": {PINS_KEY: pins, SIG_KEY: sig}})
+        };
+        let unlabelled = |maps: Json| {
+            let mut o = labelled("Secret", maps);
+            o["metadata"]["labels"] = json!({"app": "x"});
+            o
+        };
+        let reason =
+            |r: &Reply| r.body["response"]["status"]["details"]["causes"][0]["reason"].clone();
+        let old = labelled("Secret", signed(v2));
+        // The label dropped in the same update as a replayed serial 1.
+        let r = validate(&review(unlabelled(signed(v1)), old.clone()), Some(&p));
+        assert!(!allowed(&r), "{}", r.body);
+        assert_eq!(reason(&r), json!("rollback"), "{}", r.body);
+        // ... or as an unsigned pinset.
+        let r = validate(
+            &review(
+                unlabelled(json!({"stringData": {PINS_KEY: v1}})),
+                old.clone(),
+            ),
+            Some(&p),
+        );
+        assert_eq!(reason(&r), json!("bad-signature"), "{}", r.body);
+        // Dropping the label from the signed pinset in force is allowed.
+        let r = validate(&review(unlabelled(signed(v2)), old), Some(&p));
+        assert!(allowed(&r), "{}", r.body);
+        // Neither object labelled: not a pinset, not judged.
+        let r = validate(
+            &review(
+                unlabelled(json!({"stringData": {PINS_KEY: v1}})),
+                unlabelled(json!({})),
+            ),
+            Some(&p),
+        );
+        assert!(allowed(&r), "{}", r.body);
     }
 
     #[test]
