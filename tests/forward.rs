@@ -726,3 +726,70 @@ async fn an_upstream_that_stops_offering_h2_fails_no_request() {
     let n = handshakes(&up).await;
     assert!(n <= 1 + 20, "{n}");
 }
+
+/// The h2 client runs one connect per host while the other requests wait
+/// for it. When it times out, hyper-util ends their wait with a connect
+/// error, unsent, and each goes out again through the ALPN client on a
+/// connect of its own: its own verdict, all in parallel. Were they answered
+/// with that error, they would get a 502 unsent and uncounted; were they
+/// to retry the h2 connect in turn, the k-th would take k connect timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_an_h2_host_gone_dark_fail_together() {
+    use std::time::{Duration, Instant};
+    const N: usize = 10;
+    let connect = Duration::from_secs(1);
+    let pki = Pki::new(&[HOST]);
+    let up = support::alpn::alpn_upstream(&pki, true, Duration::ZERO).await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .timeouts(move |t| {
+            t.connect = connect;
+            t.response = Duration::from_secs(15);
+        })
+        .run()
+        .await;
+    // Known to speak h2: requests to it take the h2 client.
+    let r = get(p.addr, &url("/first")).await;
+    assert!(r.body.contains("version=HTTP/2.0"), "{r:?}");
+    // Its pooled connection closes, and no connect is answered any more.
+    up.stop_answering_connects().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (proxy, start) = (p.addr, Instant::now());
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            tokio::spawn(async move {
+                let target = url(&format!("/d{i}"));
+                let r = if i % 2 == 1 {
+                    post_to(proxy, &target, &format!("payload-{i}")).await
+                } else {
+                    get(proxy, &target).await
+                };
+                (r, start.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (r, took) = t.await.unwrap();
+        eprintln!("{took:?}: {} {:?}", r.status, r.body.trim());
+        // Each its own connect's verdict, as before the h2 client.
+        assert_eq!(
+            (r.status.as_u16(), r.error()),
+            (504, Some("upstream-timeout")),
+            "{r:?}"
+        );
+        assert!(
+            r.body.contains("timed out") && r.body.contains("connect to"),
+            "{r:?}"
+        );
+        slowest = slowest.max(took);
+    }
+    // Unsent by the h2 client's one connect, each went out on a connect of
+    // its own, in parallel: at most two connect timeouts (was N).
+    assert!(
+        slowest < 3 * connect,
+        "the slowest request took {slowest:?}"
+    );
+    assert_eq!(p.requests(HOST, "upstream-timeout"), N as u64);
+}

@@ -2,7 +2,8 @@
 //! as when a server is redeployed behind another front end: the switch
 //! also closes the connections it has open, gracefully (GOAWAY). It
 //! answers each handshake after a delay (a distant server), so requests
-//! that race for a first connection reliably overlap.
+//! that race for a first connection reliably overlap. It can also stop
+//! answering connects altogether, as a host gone dark behind a firewall.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, watch};
 
 use super::upstream::upstream_handler;
 use super::Pki;
@@ -23,6 +24,7 @@ pub struct AlpnSwitch {
     pub handshakes: Arc<AtomicUsize>,
     h1_only: Arc<AtomicBool>,
     restarts: watch::Sender<u64>,
+    go_dark: std::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>,
 }
 
 impl AlpnSwitch {
@@ -31,6 +33,41 @@ impl AlpnSwitch {
         self.h1_only.store(true, Ordering::SeqCst);
         self.restarts.send_modify(|n| *n += 1);
     }
+
+    /// From now on, connects to `addr` are never answered (the SYN is
+    /// dropped, the client's connect waits until its own timeout): the
+    /// listener is replaced by one whose accept queue is full and never
+    /// drained. Open connections close gracefully (GOAWAY).
+    pub async fn stop_answering_connects(&self) {
+        let (done, dark) = oneshot::channel();
+        let go = self.go_dark.lock().unwrap().take();
+        go.expect("not dark yet").send(done).unwrap();
+        dark.await.unwrap();
+        self.restarts.send_modify(|n| *n += 1);
+    }
+}
+
+/// A listener on `addr` (the port just released) whose accept queue is
+/// full: with a backlog of 0 the kernel queues one connection, and drops
+/// every later SYN while that one waits to be accepted, which it never is.
+/// Returned to be kept open; checked dark before it is.
+async fn full_backlog(addr: std::net::SocketAddr) -> (TcpListener, Vec<TcpStream>) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let connect = TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(300), connect).await {
+            Ok(Ok(tcp)) => queued.push(tcp),
+            Ok(Err(e)) => panic!("connect to the full listener: {e}"),
+            // Dark: this SYN was dropped.
+            Err(_) => break,
+        }
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    (listener, queued)
 }
 
 fn config(pki: &Pki, alpn: &[&[u8]]) -> Arc<ServerConfig> {
@@ -56,10 +93,25 @@ pub async fn alpn_upstream(pki: &Pki, h2: bool, delay: Duration) -> AlpnSwitch {
     let handshakes = Arc::new(AtomicUsize::new(0));
     let h1_only = Arc::new(AtomicBool::new(!h2));
     let (restarts, restarted) = watch::channel(0u64);
+    let (go_dark, mut dark) = oneshot::channel::<oneshot::Sender<()>>();
     let (count, only) = (handshakes.clone(), h1_only.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                done = &mut dark => {
+                    let Ok(done) = done else {
+                        return;
+                    };
+                    drop(listener);
+                    let _dark = full_backlog(addr).await;
+                    let _ = done.send(());
+                    // Kept (dark) for the rest of the test.
+                    std::future::pending::<()>().await;
+                    return;
+                }
+            };
+            let Ok((tcp, _)) = accepted else {
                 return;
             };
             count.fetch_add(1, Ordering::SeqCst);
@@ -93,5 +145,6 @@ pub async fn alpn_upstream(pki: &Pki, h2: bool, delay: Duration) -> AlpnSwitch {
         handshakes,
         h1_only,
         restarts,
+        go_dark: std::sync::Mutex::new(Some(go_dark)),
     }
 }
