@@ -54,10 +54,13 @@ where
 }
 
 /// As [`exchange`], through the `http2_only` client `h2`. A request it
-/// dropped unsent — the upstream speaks HTTP/1.1 ([`Failure::NoH2`]), or
-/// the connect it waited for was given up (hyper-util's "canceled") — goes
-/// out through the ALPN client `alpn` instead, body and all: learning that
-/// a host speaks HTTP/1.1 fails no request.
+/// dropped unsent goes out through the ALPN client `alpn` instead, body and
+/// all, on a connect of its own. This happens when the upstream speaks
+/// HTTP/1.1 ([`Failure::NoH2`]), so learning that fails no request. It also
+/// happens when another request's connect, which this one waited for,
+/// failed (a connect error with no [`UpstreamError`]: "request was
+/// canceled"): each waiter then gets its own verdict instead of sharing
+/// that failure.
 pub(super) async fn exchange_h2<C, D>(
     h2: &Pool<C, UpBody>,
     alpn: &Pool<D, UpBody>,

@@ -14,15 +14,19 @@
 //!   connection it makes;
 //! - when that connect finds the upstream chose HTTP/1.1, the host is
 //!   remembered as such, the connection is kept aside as a spare and the
-//!   request is refused unsent ([`Failure::NoH2`]): it goes out again
+//!   request is refused unsent
+//!   ([`Failure::NoH2`](super::error::Failure::NoH2)): it goes out again
 //!   through the ALPN client, which takes the spare rather than dialing
 //!   again — so an HTTP/1.1 upstream costs no extra handshake, and an
 //!   upstream that stops offering h2 fails no request.
 //!
-//! A failed connect is not shared: hyper-util's waiters each retry in
-//! turn, so every request still gets its own handshake and verdict (as
-//! before), but concurrent requests to a host whose connects time out
-//! wait for one another, within the response timeout.
+//! A failed connect is not shared. When the one connect fails,
+//! hyper-util ends the other requests' wait with a connect error
+//! ("request was canceled": the pool drops its waiters along with the
+//! failed connect), unsent. Each then goes out again through the ALPN
+//! client on a connect of its own, with its own handshake and verdict
+//! as before, all in parallel. So a request that waited is answered
+//! within two connect timeouts when a host's connects time out.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -38,7 +38,8 @@ pub struct Snapshot {
     pub client: Client<Connector, UpBody>,
     /// Pooled, `http2_only`, for forwarded requests to hosts that speak
     /// h2 or are not known yet: one connect per host at a time, the other
-    /// requests wait for it (hyper-util's connecting lock).
+    /// requests wait for it (hyper-util's connecting lock) and, should it
+    /// fail, go out unsent through `client` ([`super::protocol`]).
     pub client_h2: Client<H2Only, UpBody>,
     /// Pooled, for plain-HTTP passthrough requests (no TLS of ours). The
     /// Host header is the client's own: relayed as it came.
