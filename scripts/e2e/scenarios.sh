@@ -247,7 +247,20 @@ scenario_3() {
   app_exec rm -f /tmp/loop.stop
   kubectl -n "$APP_NS" exec "$pod" -c app -- python3 /tmp/loop.py 240 good.world.test next.world.test >"$loop" 2>&1 &
   local loop_pid=$!
-  wait_for 30 "the loop client's first lines" grep -q next.world.test "$loop"
+  # Seen in 3 of about 10 runs on a busy machine: the backgrounded `kubectl
+  # exec` printed nothing for 30 s and no request reached the world server,
+  # while the same client in the foreground, or started again, ran at once
+  # (cause not found). Say so, show what runs in the container, and start
+  # it once more; the scenario's checks below are unchanged.
+  if ! wait_for 30 "the loop client's first lines" grep -q next.world.test "$loop"; then
+    echo "loop client silent for 30 s (kubectl exec pid $loop_pid); processes in the app container:"
+    app_exec sh -c 'ps -ef 2>/dev/null || ls /proc | grep -E "^[0-9]+$" | while read p; do tr "\0" " " </proc/$p/cmdline; echo; done' || true
+    kill "$loop_pid" 2>/dev/null || true
+    app_exec sh -c 'pkill -f /tmp/loop.py 2>/dev/null || true' || true
+    kubectl -n "$APP_NS" exec "$pod" -c app -- python3 /tmp/loop.py 240 good.world.test next.world.test >"$loop" 2>&1 &
+    loop_pid=$!
+    wait_for 30 "the loop client's first lines (second start)" grep -q next.world.test "$loop"
+  fi
   echo "loop client under v1 (next.world.test pinned to A, served with B):"
   tail -n 2 "$loop"
   run PP_STATUS -n "$APP_NS"

@@ -16,7 +16,7 @@ fn an_injected_pod_runs_as_its_manifest_says() {
     }
     let pod = Pod::new("tp-inj");
     let pinned = Pki::new(&[PINNED]);
-    upstream_in(
+    support::pod::tls_upstream_in(
         &pod.world,
         format!("{}:443", WORLD_V4[0]).parse().unwrap(),
         &pinned,

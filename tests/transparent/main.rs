@@ -12,7 +12,6 @@ mod injected;
 mod intercept;
 mod paths;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -27,25 +26,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_pinproxy");
 /// A pinned host, an unlisted one, a denied one: three names, two servers.
 const PINNED: &str = "api.pinned.test";
 const OPEN: &str = "open.unlisted.test";
-
-/// Runs a TLS upstream on `addr` inside `ns`, on its own thread.
-fn upstream_in(ns: &Netns, addr: SocketAddr, pki: &Pki, name: &'static str) {
-    let (chain, key) = (pki.chain(), pki.leaf.key_der());
-    let (tx, rx) = std::sync::mpsc::channel();
-    ns.spawn_in(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let up = upstream_at(addr, chain, key, UpstreamOpts::new(name)).await;
-            tx.send(up.addr).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the upstream started");
-}
 
 /// A directory other UIDs can read (pinproxy runs as 65532).
 fn shared_dir() -> tempfile::TempDir {
@@ -97,18 +77,7 @@ fn start_proxy(ns: &Netns, dir: &Path) -> Proxy {
 
 /// curl as the app's UID in the pod: (exit code, stdout+stderr).
 fn curl(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let out = ns
-        .command_as(APP_UID, "curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    support::pod::curl_as(ns, APP_UID, args)
 }
 
 fn metric(ns: &Netns, name: &str) -> f64 {
@@ -172,13 +141,13 @@ fn setup(tag: &str, pins: impl Fn(&Pki) -> String) -> Setup {
     let pod = Pod::new(tag);
     let pinned = Pki::new(&[PINNED]);
     let open = Pki::new(&[OPEN]);
-    upstream_in(
+    support::pod::tls_upstream_in(
         &pod.world,
         format!("{}:443", WORLD_V4[0]).parse().unwrap(),
         &pinned,
         "pinned",
     );
-    upstream_in(
+    support::pod::tls_upstream_in(
         &pod.world,
         format!("{}:443", WORLD_V4[1]).parse().unwrap(),
         &open,

@@ -147,7 +147,7 @@ fn private_world(s: &Setup) -> netns::Proc {
     s.pod
         .app
         .ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"]);
-    upstream_in(
+    support::pod::tls_upstream_in(
         &s.pod.world,
         format!("{PRIVATE}:443").parse().unwrap(),
         &s.open,
