@@ -25,6 +25,7 @@ use tokio_rustls::TlsConnector;
 use super::egress;
 use super::error::{classify_tls, Failure, UpstreamError};
 use super::observe::{self, Observe};
+use super::protocol::Protocols;
 use super::Timeouts;
 use pinproxy_policy::host::Host;
 use pinproxy_policy::identity::ClientCert;
@@ -75,6 +76,8 @@ pub struct ConnectorInner {
     pub(super) identities: Vec<Option<Tls>>,
     pub(super) timeouts: Timeouts,
     pub(super) own_addrs: Vec<SocketAddr>,
+    /// What each upstream chose in ALPN, for the pooled clients.
+    pub(super) protocols: Arc<Protocols>,
 }
 
 impl std::ops::Deref for Connector {
@@ -406,6 +409,57 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// A connection for the pooled clients: `uri`'s host looked up again,
+    /// dialed offering h2 and HTTP/1.1, and what its upstream chose
+    /// remembered ([`Protocols`]). `h2_only`: for the `http2_only`
+    /// client, which needs h2 ([`Failure::NoH2`] otherwise).
+    async fn pooled(&self, uri: &Uri, h2_only: bool) -> Result<Conn, UpstreamError> {
+        let raw = uri.host().unwrap_or_default();
+        let host = Host::parse(raw).map_err(|e| UpstreamError {
+            failure: Failure::Unreachable,
+            host: raw.to_string(),
+            detail: e.to_string(),
+        })?;
+        let port = uri.port_u16().unwrap_or(443);
+        let known = &self.protocols;
+        if h2_only {
+            if known.known(&host, port) == Some(false) {
+                // Requests that took the h2 client before its upstream
+                // was found to speak HTTP/1.1: no dial for them.
+                return Err(no_h2(raw));
+            }
+        } else if let Some(tls) = known.take_spare(&host, port) {
+            return Ok(Conn(TokioIo::new(tls)));
+        }
+        // The pool only hands us a URI: this is the one place a
+        // forwarded request's host is looked up again (the verifier,
+        // which sees only a ServerName, is the other).
+        let entry = self.entry(&host).cloned();
+        let tls = self.connect(&host, port, entry.as_deref()).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        known.learned(&host, port, h2);
+        if h2_only && !h2 {
+            known.keep_spare(&host, port, tls);
+            return Err(no_h2(raw));
+        }
+        Ok(Conn(TokioIo::new(tls)))
+    }
+
+    /// The pooled clients' protocol memory (this generation's).
+    pub fn protocols(&self) -> &Arc<Protocols> {
+        &self.protocols
+    }
+}
+
+fn no_h2(host: &str) -> UpstreamError {
+    UpstreamError {
+        failure: Failure::NoH2,
+        host: host.to_string(),
+        detail: "the upstream chose HTTP/1.1; the request goes out again over it".to_string(),
+    }
+}
+
 impl tower_service::Service<Uri> for Connector {
     type Response = Conn;
     type Error = UpstreamError;
@@ -417,22 +471,28 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            let raw = uri.host().unwrap_or_default();
-            let host = Host::parse(raw).map_err(|e| UpstreamError {
-                failure: Failure::Unreachable,
-                host: raw.to_string(),
-                detail: e.to_string(),
-            })?;
-            let port = uri.port_u16().unwrap_or(443);
-            // The pool only hands us a URI: this is the one place a
-            // forwarded request's host is looked up again (the verifier,
-            // which sees only a ServerName, is the other).
-            let entry = this.entry(&host).cloned();
-            this.connect(&host, port, entry.as_deref())
-                .await
-                .map(|s| Conn(TokioIo::new(s)))
-        })
+        Box::pin(async move { this.pooled(&uri, false).await })
+    }
+}
+
+/// The connector of the `http2_only` client: a connection whose upstream
+/// did not choose h2 is refused with [`Failure::NoH2`] (that client would
+/// speak h2 on it regardless) and its host is HTTP/1.1 from then on.
+#[derive(Clone, Debug)]
+pub struct H2Only(pub Connector);
+
+impl tower_service::Service<Uri> for H2Only {
+    type Response = Conn;
+    type Error = UpstreamError;
+    type Future = StdPin<Box<dyn Future<Output = Result<Conn, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move { this.pooled(&uri, true).await })
     }
 }
 
