@@ -793,3 +793,63 @@ async fn concurrent_requests_to_an_h2_host_gone_dark_fail_together() {
     );
     assert_eq!(p.requests(HOST, "upstream-timeout"), N as u64);
 }
+
+/// A proxy whose entry says `upstream_protocol: <proto>`, in front of an
+/// upstream offering h2 (`h2`) or only HTTP/1.1.
+async fn fixed(pki: &Pki, h2: bool, proto: &str) -> (support::alpn::AlpnSwitch, Proxy) {
+    let up = support::alpn::alpn_upstream(pki, h2, std::time::Duration::ZERO).await;
+    let extra = format!("    upstream_protocol: {proto}\n");
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], &extra, up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
+    (up, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_h1_speaks_http1_to_an_upstream_offering_h2() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = fixed(&pki, true, "h1").await;
+    // Concurrent requests, half of them POSTs with a body: each on an
+    // HTTP/1.1 connection of the pool, though the upstream offers h2.
+    assert_all_ok(&burst(p.addr, 10, true).await, "version=HTTP/1.1");
+    // Sequential requests reuse one keep-alive connection.
+    let before = handshakes(&up).await;
+    for i in 0..5 {
+        let r = get(p.addr, &url(&format!("/b{i}"))).await;
+        assert!(r.body.contains("version=HTTP/1.1"), "{r:?}");
+    }
+    assert_eq!(handshakes(&up).await, before, "keep-alive reused");
+    assert_eq!(p.requests(HOST, "ok"), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_h2_speaks_h2_and_refuses_an_http1_only_upstream() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = fixed(&pki, true, "h2").await;
+    assert_all_ok(&burst(p.addr, 20, true).await, "version=HTTP/2.0");
+    assert_eq!(handshakes(&up).await, 1, "one multiplexed connection");
+    // An upstream that speaks only HTTP/1.1 cannot agree on h2: refused at
+    // the handshake (no_application_protocol), never spoken HTTP/1.1 to.
+    let (_up, p) = fixed(&pki, false, "h2").await;
+    let r = get(p.addr, &url("/")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.error(), Some("upstream-tls-error"), "{r:?}");
+    assert!(!r.body.contains("version="), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_auto_is_the_default_and_follows_alpn() {
+    let pki = Pki::new(&[HOST]);
+    let (_up, p) = fixed(&pki, true, "auto").await;
+    assert!(get(p.addr, &url("/"))
+        .await
+        .body
+        .contains("version=HTTP/2.0"));
+    let (_up, p) = fixed(&pki, false, "auto").await;
+    assert!(get(p.addr, &url("/"))
+        .await
+        .body
+        .contains("version=HTTP/1.1"));
+}

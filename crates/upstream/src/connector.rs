@@ -29,7 +29,7 @@ use super::protocol::Protocols;
 use super::Timeouts;
 use pinproxy_policy::host::Host;
 use pinproxy_policy::identity::ClientCert;
-use pinproxy_policy::{Decision, HostPolicy, Policy};
+use pinproxy_policy::{Decision, HostPolicy, Policy, UpstreamProtocol};
 use pinproxy_reason::Reason;
 
 /// Name resolution, injectable so tests control every answer (and never
@@ -95,11 +95,12 @@ impl std::fmt::Debug for Connector {
 }
 
 /// One generation's client configs for one identity: h2 and HTTP/1.1 by
-/// ALPN, and HTTP/1.1 only (for upgrades). Both share the generation's
-/// verifier.
+/// ALPN, HTTP/1.1 only (upgrades, `upstream_protocol: h1`) and h2 only
+/// (`upstream_protocol: h2`). All share the generation's verifier.
 pub(super) struct Tls {
     any: Arc<ClientConfig>,
     h1: Arc<ClientConfig>,
+    h2: Arc<ClientConfig>,
 }
 
 impl Tls {
@@ -107,9 +108,21 @@ impl Tls {
     pub(super) fn new(base: ClientConfig) -> Self {
         let mut h1 = base.clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut h2 = base.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         Self {
             any: Arc::new(base),
             h1: Arc::new(h1),
+            h2: Arc::new(h2),
+        }
+    }
+
+    /// The config offering what `protocol` allows in ALPN.
+    fn offering(&self, protocol: UpstreamProtocol) -> &Arc<ClientConfig> {
+        match protocol {
+            UpstreamProtocol::Auto => &self.any,
+            UpstreamProtocol::H1 => &self.h1,
+            UpstreamProtocol::H2 => &self.h2,
         }
     }
 
@@ -155,15 +168,24 @@ impl Connector {
 
     /// Resolves (or takes the entry's `address`), dials each address in
     /// turn, and completes a pinned TLS handshake with SNI = `host`,
-    /// offering h2 and HTTP/1.1. `entry` is what admission found for `host`.
+    /// offering in ALPN what the entry's (else the defaults')
+    /// `upstream_protocol` allows. `entry` is what admission found for `host`.
     pub async fn connect(
         &self,
         host: &Host,
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        let tls = &self.tls_for(entry).any;
+        let tls = self.tls_for(entry).offering(self.protocol(entry));
         self.connect_with(host, port, entry, tls, None).await
+    }
+
+    /// The HTTP version forwarded requests under `entry` (`None`: an
+    /// unlisted host) go upstream in.
+    pub fn protocol(&self, entry: Option<&HostPolicy>) -> UpstreamProtocol {
+        entry.map_or(self.policy.defaults.upstream_protocol, |e| {
+            e.upstream_protocol
+        })
     }
 
     /// As [`Connector::connect`], offering only HTTP/1.1 (for upgrades).
@@ -411,9 +433,11 @@ impl Connector {
 
 impl Connector {
     /// A connection for the pooled clients: `uri`'s host looked up again,
-    /// dialed offering h2 and HTTP/1.1, and what its upstream chose
-    /// remembered ([`Protocols`]). `h2_only`: for the `http2_only`
-    /// client, which needs h2 ([`Failure::NoH2`] otherwise).
+    /// dialed offering what its `upstream_protocol` allows, and (`auto`)
+    /// what its upstream chose remembered ([`Protocols`]). `h2_only`: for
+    /// the `http2_only` client, which needs h2 ([`Failure::NoH2`]
+    /// otherwise) — unless the entry says `h2`: then h2 is spoken whatever
+    /// the upstream named in ALPN (prior knowledge), and nothing is learned.
     async fn pooled(&self, uri: &Uri, h2_only: bool) -> Result<Conn, UpstreamError> {
         let raw = uri.host().unwrap_or_default();
         let host = Host::parse(raw).map_err(|e| UpstreamError {
@@ -422,6 +446,16 @@ impl Connector {
             detail: e.to_string(),
         })?;
         let port = uri.port_u16().unwrap_or(443);
+        // The pool only hands us a URI: this is the one place a
+        // forwarded request's host is looked up again (the verifier,
+        // which sees only a ServerName, is the other).
+        let entry = self.entry(&host).cloned();
+        if self.protocol(entry.as_deref()) != UpstreamProtocol::Auto {
+            // Fixed by the pinset: routed to the client that speaks it
+            // (`Snapshot::route`), offered alone in ALPN.
+            let tls = self.connect(&host, port, entry.as_deref()).await?;
+            return Ok(Conn(TokioIo::new(tls)));
+        }
         let known = &self.protocols;
         if h2_only {
             if known.known(&host, port) == Some(false) {
@@ -432,10 +466,6 @@ impl Connector {
         } else if let Some(tls) = known.take_spare(&host, port) {
             return Ok(Conn(TokioIo::new(tls)));
         }
-        // The pool only hands us a URI: this is the one place a
-        // forwarded request's host is looked up again (the verifier,
-        // which sees only a ServerName, is the other).
-        let entry = self.entry(&host).cloned();
         let tls = self.connect(&host, port, entry.as_deref()).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         known.learned(&host, port, h2);

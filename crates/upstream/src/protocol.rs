@@ -53,6 +53,9 @@ pub enum Route {
     H2,
     /// HTTP/1.1: the ALPN client.
     Alpn,
+    /// `upstream_protocol: h2`: the `http2_only` client, h2 by prior
+    /// knowledge, never resent over HTTP/1.1.
+    H2Prior,
 }
 
 /// What is known of one host.

@@ -52,10 +52,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Which pinned client a forwarded request to `host:port` takes
-    /// ([`super::protocol`]).
-    pub fn route(&self, host: &pinproxy_policy::host::Host, port: u16) -> Route {
-        self.connector.protocols().route(host, port)
+    /// Which pinned client a forwarded request to `host:port` under
+    /// `entry` (`None`: an unlisted host) takes: as its `upstream_protocol`
+    /// says, or for `auto` by what the upstream chose ([`super::protocol`]).
+    pub fn route(
+        &self,
+        entry: Option<&pinproxy_policy::HostPolicy>,
+        host: &pinproxy_policy::host::Host,
+        port: u16,
+    ) -> Route {
+        match self.connector.protocol(entry) {
+            pinproxy_policy::UpstreamProtocol::H1 => Route::Alpn,
+            pinproxy_policy::UpstreamProtocol::H2 => Route::H2Prior,
+            pinproxy_policy::UpstreamProtocol::Auto => self.connector.protocols().route(host, port),
+        }
     }
 
     /// Reports a request under `entry` (`None`: an unlisted host) answered.
