@@ -101,9 +101,10 @@ FILLER=$(for i in 1 2 3 4 5 6 7 8; do head -c32 /dev/urandom | base64; done)
 pinset 127.0.0.1:8443 "$LEAF" "$INT" > $P/pins.yaml
 pinset 127.0.0.1:8445 $FILLER "$INT" "$LEAF" > $P/pins-ten.yaml
 EXTRA=$'    expires: 2020-01-01\n' pinset 127.0.0.1:8445 $FILLER "$INT" "$LEAF" > $P/pins-ca.yaml   # expired pins = CA-only validation
+EXTRA=$'    upstream_protocol: h1\n' pinset 127.0.0.1:8443 "$LEAF" "$INT" > $P/pins-h1.yaml   # HTTP/1.1 upstream, as nginx/haproxy
 EXTRA=$'    ct: enforce\n' pinset 127.0.0.1:8446 "$LEAF" "$INT" > $P/pins-ct-enforce.yaml
 EXTRA=$'    ct: off\n' pinset 127.0.0.1:8446 "$LEAF" "$INT" > $P/pins-ct-off.yaml
-$BIN check $P/pins.yaml >/dev/null && $BIN check $P/pins-ten.yaml >/dev/null
+$BIN check $P/pins.yaml >/dev/null && $BIN check $P/pins-ten.yaml >/dev/null && $BIN check $P/pins-h1.yaml >/dev/null
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 running() { ps -o stat= -p $1 2>/dev/null | grep -qv Z; }     # zombies (PID 1 may not reap) count as gone
@@ -180,7 +181,7 @@ start_transparent() {
   TRANSPARENT=pptransparent
 }
 stop_all() {
-  for n in pinproxy pinproxyN ppca ppten ppctoff ppctenf pp10k pptransparent squid mitm; do stop_pid $n; done
+  for n in pinproxy pinproxyN pph1 ppca ppten ppctoff ppctenf pp10k pptransparent squid mitm; do stop_pid $n; done
   transparent_rules del
   for n in direct pinproxy pinproxyN squid mitm; do stop_pid relay-$n; done
   alive $B/upstream-fresh/logs/nginx.pid && nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf -s quit
@@ -194,6 +195,7 @@ if alive $B/upstream-fresh/logs/nginx.pid; then nginx -p $B/upstream-fresh -c $H
 else nginx -p $B/upstream-fresh -c $HERE/upstream-fresh.conf; fi
 start_pp pinproxy  15010 19010 $P/pins.yaml     1
 start_pp pinproxyN 15011 19011 $P/pins.yaml     $NCPU
+start_pp pph1      15018 19018 $P/pins-h1.yaml  1
 start_pp ppca      15012 19012 $P/pins-ca.yaml  1
 start_pp ppten     15013 19013 $P/pins-ten.yaml 1
 start_pp ppctoff   15016 19016 $P/pins-ct-off.yaml     1 --ct-log-list $B/ct/log_list.json
@@ -207,20 +209,20 @@ start_relay mitm      16007 15007 api.local:443
 sleep 0.3
 
 # target tables: forward port, relay port (CONNECT through it), CA the client trusts, PIDs
-fwd_port()   { case $1 in envoy) echo 15001;; nginx) echo 15002;; haproxy) echo 15003;; pinproxy) echo 15010;; pinproxyN) echo 15011;; ppca) echo 15012;; ppten) echo 15013;; ppctoff) echo 15016;; ppctenf) echo 15017;; esac; }
-admin_port() { case $1 in pinproxy) echo 19010;; pinproxyN) echo 19011;; ppca) echo 19012;; ppten) echo 19013;; ppctoff) echo 19016;; ppctenf) echo 19017;; pptransparent) echo 19020;; esac; }   # start_pp's admin ports
+fwd_port()   { case $1 in envoy) echo 15001;; nginx) echo 15002;; haproxy) echo 15003;; pinproxy) echo 15010;; pinproxyN) echo 15011;; pph1) echo 15018;; ppca) echo 15012;; ppten) echo 15013;; ppctoff) echo 15016;; ppctenf) echo 15017;; esac; }
+admin_port() { case $1 in pinproxy) echo 19010;; pinproxyN) echo 19011;; pph1) echo 19018;; ppca) echo 19012;; ppten) echo 19013;; ppctoff) echo 19016;; ppctenf) echo 19017;; pptransparent) echo 19020;; esac; }   # start_pp's admin ports
 relay_port() { case $1 in direct) echo 16000;; pinproxy) echo 16010;; pinproxyN) echo 16011;; squid) echo 16006;; mitm) echo 16007;; esac; }
 connect_to() { [ $1 = pptransparent ] && echo $TP_ADDR:443 || echo 127.0.0.1:$(relay_port $1); }   # where h2load dials
 ca_of()      { case $1 in pinproxy|pinproxyN|pptransparent) echo $P/ca-$1/ca.crt;; squid) echo $P/squid/ca.crt;; mitm) echo $P/mitm/mitmproxy-ca-cert.pem;; esac; }
 pids_of() {
   case $1 in
     direct) $B/peers.sh pids upstream ;;
-    pinproxy|pinproxyN|ppca|ppten|ppctoff|ppctenf|pptransparent|squid|mitm) cat $P/$1.pid ;;
+    pinproxy|pinproxyN|pph1|ppca|ppten|ppctoff|ppctenf|pptransparent|squid|mitm) cat $P/$1.pid ;;
     upstream-fresh) cat $B/upstream-fresh/logs/nginx.pid ;;   # load.py walks the tree (master + worker)
     *) $B/peers.sh pids "$1" ;;
   esac
 }
-FWD_TARGETS="direct pinproxy pinproxyN envoy nginx haproxy"
+FWD_TARGETS="direct pinproxy pph1 pinproxyN envoy nginx haproxy"   # pph1: upstream_protocol: h1
 H1_TARGETS="direct pinproxy pinproxyN squid mitm $TRANSPARENT"
 H2_TARGETS="direct pinproxy pinproxyN mitm $TRANSPARENT"      # squid 5: no HTTP/2 on bumped connections
 fwd_cmd() { # target duration connections
@@ -245,7 +247,7 @@ smoke() {
   check() { printf '%-46s %s\n' "$1" "$2" >&2; [ "$2" = 200 ] || fail=1; }
   check "direct TLS :8443" "$(curl -s -o /dev/null -w '%{http_code}' --cacert $B/pki/root.pem --resolve api.local:8443:127.0.0.1 https://api.local:8443/)"
   check "fresh-handshake upstream :8445" "$(curl -s -o /dev/null -w '%{http_code}' --cacert $B/pki/root.pem --resolve api.local:8445:127.0.0.1 https://api.local:8445/)"
-  for t in envoy nginx haproxy pinproxy pinproxyN ppca ppten ppctoff ppctenf; do
+  for t in envoy nginx haproxy pinproxy pinproxyN pph1 ppca ppten ppctoff ppctenf; do
     check "forward $t :$(fwd_port $t)" "$(curl -s -o /dev/null -w '%{http_code}' -x http://127.0.0.1:$(fwd_port $t) http://api.local/)"
   done
   # CONNECT: the client trusts ONLY that proxy's CA, so a 200 proves the TLS was intercepted (a plain

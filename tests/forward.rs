@@ -601,3 +601,255 @@ async fn unreachable_upstream_is_502() {
         "{r:?}"
     );
 }
+
+/// `n` concurrent requests through the proxy, each on its own client
+/// connection (a burst of first requests): method, path and body per `i`.
+async fn burst(proxy: std::net::SocketAddr, n: usize, post: bool) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            tokio::spawn(async move {
+                if post && i % 2 == 1 {
+                    post_to(proxy, &url(&format!("/b{i}")), &format!("payload-{i}")).await
+                } else {
+                    get(proxy, &url(&format!("/b{i}"))).await
+                }
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    replies
+}
+
+/// `POST url` with `body`, in absolute form, on a new connection.
+async fn post_to(proxy: std::net::SocketAddr, url: &str, body: &str) -> Reply {
+    use http_body_util::BodyExt as _;
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(url)
+        .header(http::header::HOST, HOST)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(20), tx.send_request(req))
+        .await
+        .expect("proxy answered in time")
+        .expect("proxy answered");
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn assert_all_ok(replies: &[Reply], version: &str) {
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert!(r.body.contains(&format!("path=/b{i} ")), "{}", r.body);
+        assert!(r.body.contains(version), "request {i}: {}", r.body);
+        if r.body.contains("body=payload") {
+            assert!(r.body.ends_with(&format!("body=payload-{i}")), "{}", r.body);
+        }
+    }
+}
+
+/// A pinned proxy in front of an upstream whose handshakes take 300 ms.
+async fn distant(pki: &Pki, h2: bool) -> (support::alpn::AlpnSwitch, Proxy) {
+    let delay = std::time::Duration::from_millis(300);
+    let up = support::alpn::alpn_upstream(pki, h2, delay).await;
+    let pins = pinset(HOST, &[pki.int.pin()], "", up.addr);
+    let p = TestProxy::builder()
+        .pinset(&pins)
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
+    (up, p)
+}
+
+/// The upstream's handshakes so far, once connects still under way (a
+/// losing racer finishes its handshake in the background) have arrived.
+async fn handshakes(up: &support::alpn::AlpnSwitch) -> usize {
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    up.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_requests_to_an_h2_upstream_shares_one_connection() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = distant(&pki, true).await;
+    assert_all_ok(&burst(p.addr, 100, true).await, "version=HTTP/2.0");
+    // One connection, made by the first request, shared by the others
+    // (before the fix: 100, one per request, 99 closed after the ALPN).
+    let n = handshakes(&up).await;
+    eprintln!("upstream TLS handshakes for 100 first requests: {n}");
+    assert_eq!(n, 1, "{n} upstream TLS handshakes for 100 first requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_requests_to_an_http1_upstream_is_served() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = distant(&pki, false).await;
+    assert_all_ok(&burst(p.addr, 100, true).await, "version=HTTP/1.1");
+    // HTTP/1.1: a connection per concurrent request, never more (the one
+    // that found out it speaks HTTP/1.1 serves its request).
+    let n = handshakes(&up).await;
+    eprintln!("upstream TLS handshakes for 100 first requests: {n}");
+    assert!(n <= 100, "{n} upstream TLS handshakes for 100 requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_offering_h2_fails_no_request() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = distant(&pki, true).await;
+    assert_all_ok(&burst(p.addr, 20, true).await, "version=HTTP/2.0");
+    assert_eq!(handshakes(&up).await, 1);
+    // Redeployed behind an HTTP/1.1-only front end: the pooled h2
+    // connection goes away (GOAWAY), the next handshake says HTTP/1.1.
+    up.stop_offering_h2();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Half of them POST a body: those the h2 client could not send go out
+    // again, body and all, over HTTP/1.1.
+    assert_all_ok(&burst(p.addr, 20, true).await, "version=HTTP/1.1");
+    assert_eq!(p.requests(HOST, "ok"), 40);
+    // No handshake wasted finding out: one connection per request at most.
+    let n = handshakes(&up).await;
+    assert!(n <= 1 + 20, "{n}");
+}
+
+/// The h2 client runs one connect per host while the other requests wait
+/// for it. When it times out, hyper-util ends their wait with a connect
+/// error, unsent, and each goes out again through the ALPN client on a
+/// connect of its own: its own verdict, all in parallel. Were they answered
+/// with that error, they would get a 502 unsent and uncounted; were they
+/// to retry the h2 connect in turn, the k-th would take k connect timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_an_h2_host_gone_dark_fail_together() {
+    use std::time::{Duration, Instant};
+    const N: usize = 10;
+    let connect = Duration::from_secs(1);
+    let pki = Pki::new(&[HOST]);
+    let up = support::alpn::alpn_upstream(&pki, true, Duration::ZERO).await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .timeouts(move |t| {
+            t.connect = connect;
+            t.response = Duration::from_secs(15);
+        })
+        .run()
+        .await;
+    // Known to speak h2: requests to it take the h2 client.
+    let r = get(p.addr, &url("/first")).await;
+    assert!(r.body.contains("version=HTTP/2.0"), "{r:?}");
+    // Its pooled connection closes, and no connect is answered any more.
+    up.stop_answering_connects().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (proxy, start) = (p.addr, Instant::now());
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            tokio::spawn(async move {
+                let target = url(&format!("/d{i}"));
+                let r = if i % 2 == 1 {
+                    post_to(proxy, &target, &format!("payload-{i}")).await
+                } else {
+                    get(proxy, &target).await
+                };
+                (r, start.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (r, took) = t.await.unwrap();
+        eprintln!("{took:?}: {} {:?}", r.status, r.body.trim());
+        // Each its own connect's verdict, as before the h2 client.
+        assert_eq!(
+            (r.status.as_u16(), r.error()),
+            (504, Some("upstream-timeout")),
+            "{r:?}"
+        );
+        assert!(
+            r.body.contains("timed out") && r.body.contains("connect to"),
+            "{r:?}"
+        );
+        slowest = slowest.max(took);
+    }
+    // Unsent by the h2 client's one connect, each went out on a connect of
+    // its own, in parallel: at most two connect timeouts (was N).
+    assert!(
+        slowest < 3 * connect,
+        "the slowest request took {slowest:?}"
+    );
+    assert_eq!(p.requests(HOST, "upstream-timeout"), N as u64);
+}
+
+/// A proxy whose entry says `upstream_protocol: <proto>`, in front of an
+/// upstream offering h2 (`h2`) or only HTTP/1.1.
+async fn fixed(pki: &Pki, h2: bool, proto: &str) -> (support::alpn::AlpnSwitch, Proxy) {
+    let up = support::alpn::alpn_upstream(pki, h2, std::time::Duration::ZERO).await;
+    let extra = format!("    upstream_protocol: {proto}\n");
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], &extra, up.addr))
+        .file("ca.pem", pki.root.pem())
+        .run()
+        .await;
+    (up, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_h1_speaks_http1_to_an_upstream_offering_h2() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = fixed(&pki, true, "h1").await;
+    // Concurrent requests, half of them POSTs with a body: each on an
+    // HTTP/1.1 connection of the pool, though the upstream offers h2.
+    assert_all_ok(&burst(p.addr, 10, true).await, "version=HTTP/1.1");
+    // Sequential requests reuse one keep-alive connection.
+    let before = handshakes(&up).await;
+    for i in 0..5 {
+        let r = get(p.addr, &url(&format!("/b{i}"))).await;
+        assert!(r.body.contains("version=HTTP/1.1"), "{r:?}");
+    }
+    assert_eq!(handshakes(&up).await, before, "keep-alive reused");
+    assert_eq!(p.requests(HOST, "ok"), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_h2_speaks_h2_and_refuses_an_http1_only_upstream() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = fixed(&pki, true, "h2").await;
+    assert_all_ok(&burst(p.addr, 20, true).await, "version=HTTP/2.0");
+    assert_eq!(handshakes(&up).await, 1, "one multiplexed connection");
+    // An upstream that speaks only HTTP/1.1 cannot agree on h2: refused at
+    // the handshake (no_application_protocol), never spoken HTTP/1.1 to.
+    let (_up, p) = fixed(&pki, false, "h2").await;
+    let r = get(p.addr, &url("/")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.error(), Some("upstream-tls-error"), "{r:?}");
+    assert!(!r.body.contains("version="), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_auto_is_the_default_and_follows_alpn() {
+    let pki = Pki::new(&[HOST]);
+    let (_up, p) = fixed(&pki, true, "auto").await;
+    assert!(get(p.addr, &url("/"))
+        .await
+        .body
+        .contains("version=HTTP/2.0"));
+    let (_up, p) = fixed(&pki, false, "auto").await;
+    assert!(get(p.addr, &url("/"))
+        .await
+        .body
+        .contains("version=HTTP/1.1"));
+}

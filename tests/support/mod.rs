@@ -2,6 +2,7 @@
 //! the proxy started in-process, and a small HTTP client that talks to it.
 #![allow(dead_code)]
 
+pub mod alpn;
 mod binary;
 mod client;
 mod hostile;

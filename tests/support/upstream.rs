@@ -300,7 +300,7 @@ type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// Echoes what it saw; `/grpc` answers with trailers; `/ws` upgrades and
 /// echoes bytes; `/hop` tells the upgrade headers it got; `/switch`
 /// answers every request with a `101` to h2c, then echoes.
-async fn upstream_handler(
+pub(super) async fn upstream_handler(
     name: &'static str,
     mut req: Request<Incoming>,
 ) -> Result<Response<UpBody>, Infallible> {

@@ -136,6 +136,33 @@ pub enum CtMode {
     Off,
 }
 
+/// `upstream_protocol:` (docs/reference.md, "Host fields"): which HTTP
+/// version a forwarded request goes upstream in. `auto` offers h2 and
+/// HTTP/1.1 by ALPN and uses what the upstream chooses; `h1` offers only
+/// HTTP/1.1 (a keep-alive pool, one request per connection at a time — what
+/// nginx, haproxy and Envoy do by default, and cheaper per request when the
+/// app speaks HTTP/1.1 anyway); `h2` offers only h2 and refuses an upstream
+/// that does not choose it. Upgrades (WebSocket) are HTTP/1.1 whatever this
+/// says; CONNECT tunnels carry what the app speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Auto,
+    H1,
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::H1 => "h1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
 impl CtMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -201,6 +228,9 @@ pub struct Defaults {
     /// `defaults.ct` as written: what `trust: webpki` entries without a
     /// `ct:` of their own inherit (`report` when not written).
     pub ct_written: Option<CtMode>,
+    /// The HTTP version unlisted hosts and entries without their own
+    /// `upstream_protocol:` go upstream in.
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 /// One `hosts:` entry after validation.
@@ -228,6 +258,8 @@ pub struct HostPolicy {
     pub crls: Option<Arc<Crls>>,
     /// Certificate Transparency on the validated path.
     pub ct: CtMode,
+    /// The HTTP version forwarded requests go upstream in.
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 impl HostPolicy {
@@ -306,6 +338,7 @@ impl Policy {
                 // Nothing is admitted: nothing to judge.
                 ct: CtMode::Off,
                 ct_written: None,
+                upstream_protocol: UpstreamProtocol::Auto,
             },
             hosts: Vec::new(),
             entries: Patterns::default(),

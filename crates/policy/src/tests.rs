@@ -362,6 +362,8 @@ mod identity;
 // === Certificate Transparency (docs/reference.md, "Certificate Transparency and OCSP") ===
 
 mod ct;
+mod upstream_protocol;
+
 #[test]
 fn serial_is_a_positive_integer_read_by_the_loader_and_by_serial() {
     use super::load::{serial, SerialError};

@@ -293,6 +293,7 @@ impl<'a> Validator<'a> {
             report_uri,
             ct,
             ct_written: d.ct,
+            upstream_protocol: d.upstream_protocol.unwrap_or_default(),
             unlisted: d.unlisted.unwrap_or(Unlisted::Deny),
             mode: d.mode.unwrap_or(Mode::Enforce),
             trust,
@@ -390,6 +391,7 @@ impl<'a> Validator<'a> {
             names,
             crls,
             ct,
+            upstream_protocol: w.upstream_protocol.unwrap_or(d.upstream_protocol),
         })
     }
 

@@ -7,7 +7,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::identity::CrlPolicy;
-use super::{CtMode, Mode, Unlisted};
+use super::{CtMode, Mode, Unlisted, UpstreamProtocol};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +44,8 @@ pub(super) struct DefaultsWire {
     /// Certificate Transparency for unlisted hosts and `trust: webpki`
     /// entries without their own.
     pub(super) ct: Option<CtMode>,
+    /// The HTTP version forwarded requests go upstream in.
+    pub(super) upstream_protocol: Option<UpstreamProtocol>,
 }
 
 #[derive(Deserialize, Default)]
@@ -67,6 +69,8 @@ pub(super) struct HostWire {
     pub(super) crl_policy: Option<CrlPolicy>,
     /// Certificate Transparency on the validated path.
     pub(super) ct: Option<CtMode>,
+    /// The HTTP version forwarded requests go upstream in.
+    pub(super) upstream_protocol: Option<UpstreamProtocol>,
 }
 
 /// `client_cert: {cert, key}`: paths relative to the pinset file.

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client as Pool;
 
 use super::refusal::UnaskedSwitch;
 use super::ERROR_HEADER;
-use pinproxy_upstream::{RequestBody, UpBody, UpstreamError};
+use pinproxy_upstream::{Failure, RequestBody, UpBody, UpstreamError};
 
 /// Why an exchange with the upstream produced no response.
 pub(super) enum Exchange {
@@ -50,31 +50,139 @@ pub(super) async fn exchange<C>(
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
+    send_via(client, None::<&Pool<C, UpBody>>, req, timeout).await
+}
+
+/// As [`exchange`], through the `http2_only` client `h2`. A request it
+/// dropped unsent goes out through the ALPN client `alpn` instead, body and
+/// all, on a connect of its own. This happens when the upstream speaks
+/// HTTP/1.1 ([`Failure::NoH2`]), so learning that fails no request. It also
+/// happens when another request's connect, which this one waited for,
+/// failed (a connect error with no [`UpstreamError`]: "request was
+/// canceled"): each waiter then gets its own verdict instead of sharing
+/// that failure.
+pub(super) async fn exchange_h2<C, D>(
+    h2: &Pool<C, UpBody>,
+    alpn: &Pool<D, UpBody>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Exchange>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    D: Connect + Clone + Send + Sync + 'static,
+{
+    send_via(h2, Some(alpn), req, timeout).await
+}
+
+async fn send_via<C, D>(
+    client: &Pool<C, UpBody>,
+    fallback: Option<&Pool<D, UpBody>>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Exchange>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    D: Connect + Clone + Send + Sync + 'static,
+{
     let deadline = tokio::time::Instant::now() + timeout;
-    let (parts, body) = req.into_parts();
-    let replay = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
-        let mut again = Request::new(Either::Right(Empty::new()));
-        *again.method_mut() = parts.method.clone();
-        *again.uri_mut() = parts.uri.clone();
-        *again.version_mut() = parts.version;
-        *again.headers_mut() = parts.headers.clone();
-        again
-    });
+    let (parts, mut body) = req.into_parts();
+    let empty = body.is_end_stream();
+    let idempotent = is_idempotent(&parts.method) && empty;
+    // An empty body needs no reclaiming (sent again as `Empty`): the
+    // channel is only for bodies.
+    let reclaim = fallback.filter(|_| !empty).map(|_| body.reclaimable());
+    let head = (idempotent || fallback.is_some()).then(|| Head::of(&parts));
     let first = Request::from_parts(parts, Either::Left(body));
     let err = match tokio::time::timeout_at(deadline, client.request(first)).await {
         Err(_) => return Err(Exchange::TimedOut),
         Ok(Ok(resp)) => return unswitched(resp),
         Ok(Err(e)) => e,
     };
-    let retry = replay.filter(|_| !err.is_connect() && UpstreamError::find(&err).is_none());
+    let unsent = match UpstreamError::find(&err) {
+        Some(u) => u.failure == Failure::NoH2,
+        None => err.is_connect(),
+    };
+    if let (true, Some(alpn), Some(head)) = (unsent, fallback, &head) {
+        // No connection for it: nothing was sent, the body is back.
+        let body = match reclaim {
+            None => Some(Either::Right(Empty::new())),
+            Some(mut rx) => rx.try_recv().ok().map(Either::Left),
+        };
+        if let Some(body) = body {
+            tracing::debug!(error = %err, "resending over HTTP/1.1");
+            let err =
+                match tokio::time::timeout_at(deadline, alpn.request(head.request(body))).await {
+                    Err(_) => return Err(Exchange::TimedOut),
+                    Ok(Ok(resp)) => return unswitched(resp),
+                    Ok(Err(e)) => e,
+                };
+            return retry_once(alpn, idempotent, Some(head), err, deadline).await;
+        }
+    }
+    retry_once(client, idempotent, head.as_ref(), err, deadline).await
+}
+
+/// After `err`, sends `head` once more through `client` if that is safe
+/// (an idempotent, bodiless request that failed on the connection itself).
+async fn retry_once<C>(
+    client: &Pool<C, UpBody>,
+    idempotent: bool,
+    head: Option<&Head>,
+    err: hyper_util::client::legacy::Error,
+    deadline: tokio::time::Instant,
+) -> Result<Response<Incoming>, Exchange>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let retry =
+        head.filter(|_| idempotent && !err.is_connect() && UpstreamError::find(&err).is_none());
     let Some(again) = retry else {
         return Err(Exchange::Failed(err.into()));
     };
     tracing::debug!(error = %err, "upstream connection failed under an idempotent request; retrying once");
-    match tokio::time::timeout_at(deadline, client.request(again)).await {
+    once(client, again.request(Either::Right(Empty::new())), deadline).await
+}
+
+async fn once<C>(
+    client: &Pool<C, UpBody>,
+    req: Request<UpBody>,
+    deadline: tokio::time::Instant,
+) -> Result<Response<Incoming>, Exchange>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    match tokio::time::timeout_at(deadline, client.request(req)).await {
         Err(_) => Err(Exchange::TimedOut),
         Ok(Ok(resp)) => unswitched(resp),
         Ok(Err(e)) => Err(Exchange::Failed(e.into())),
+    }
+}
+
+/// A request's head, kept to send it again.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn request(&self, body: UpBody) -> Request<UpBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }
 

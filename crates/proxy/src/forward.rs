@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 
 use super::admit::{admit, Place};
 use super::exchange::{
-    exchange, response_headers, strip_hop_by_hop, te_trailers, wants_trailers, Exchange,
+    exchange, exchange_h2, response_headers, strip_hop_by_hop, te_trailers, wants_trailers,
+    Exchange,
 };
 use super::refusal::{refuse, upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
@@ -22,7 +23,7 @@ use super::{passthrough, plain, upgrade, Body, Client, Context, Revocation, Stre
 use pinproxy_policy::host::Host;
 use pinproxy_policy::Target;
 use pinproxy_reason::Reason;
-use pinproxy_upstream::{RequestBody, Snapshot};
+use pinproxy_upstream::{RequestBody, Route, Snapshot};
 
 pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Response<Body> {
     let target = match parse_absolute(req.uri()) {
@@ -99,7 +100,13 @@ pub async fn send(
     parts.headers.remove(header::HOST);
     let (body, fault) = RequestBody::new(body);
     let out = Request::from_parts(parts, body);
-    match exchange(&snap.client, out, ctx.timeouts.response).await {
+    let timeout = ctx.timeouts.response;
+    let sent = match snap.route(entry.as_deref(), &target.host, target.port) {
+        Route::H2 => exchange_h2(&snap.client_h2, &snap.client, out, timeout).await,
+        Route::Alpn => exchange(&snap.client, out, timeout).await,
+        Route::H2Prior => exchange(&snap.client_h2, out, timeout).await,
+    };
+    match sent {
         Err(Exchange::TimedOut) => upstream_timed_out(ctx, label, &target.host),
         Ok(resp) => {
             snap.count_ok(entry.as_deref());

@@ -137,6 +137,9 @@ pub fn upstream_refusal(ctx: &Context, admitted: &str, err: &UpstreamError) -> R
         Failure::Untrusted(_) => Reason::UntrustedCertificate,
         Failure::Tls(_) => Reason::UpstreamTlsError,
         Failure::PrivateAddress => Reason::PrivateAddress,
+        // Resent over HTTP/1.1 before any refusal (forward::send); were it
+        // not, the upstream would be unreachable the way it was asked.
+        Failure::NoH2 => Reason::UpstreamUnreachable,
     };
     refuse(ctx, reason, Some(admitted), &err.host, &err.detail)
 }

@@ -384,6 +384,7 @@ mod tests {
             names: Vec::new(),
             crls: None,
             ct: pinproxy_policy::CtMode::Off,
+            upstream_protocol: pinproxy_policy::UpstreamProtocol::Auto,
         }
     }
 

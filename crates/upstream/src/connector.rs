@@ -25,10 +25,11 @@ use tokio_rustls::TlsConnector;
 use super::egress;
 use super::error::{classify_tls, Failure, UpstreamError};
 use super::observe::{self, Observe};
+use super::protocol::Protocols;
 use super::Timeouts;
 use pinproxy_policy::host::Host;
 use pinproxy_policy::identity::ClientCert;
-use pinproxy_policy::{Decision, HostPolicy, Policy};
+use pinproxy_policy::{Decision, HostPolicy, Policy, UpstreamProtocol};
 use pinproxy_reason::Reason;
 
 /// Name resolution, injectable so tests control every answer (and never
@@ -75,6 +76,8 @@ pub struct ConnectorInner {
     pub(super) identities: Vec<Option<Tls>>,
     pub(super) timeouts: Timeouts,
     pub(super) own_addrs: Vec<SocketAddr>,
+    /// What each upstream chose in ALPN, for the pooled clients.
+    pub(super) protocols: Arc<Protocols>,
 }
 
 impl std::ops::Deref for Connector {
@@ -92,11 +95,12 @@ impl std::fmt::Debug for Connector {
 }
 
 /// One generation's client configs for one identity: h2 and HTTP/1.1 by
-/// ALPN, and HTTP/1.1 only (for upgrades). Both share the generation's
-/// verifier.
+/// ALPN, HTTP/1.1 only (upgrades, `upstream_protocol: h1`) and h2 only
+/// (`upstream_protocol: h2`). All share the generation's verifier.
 pub(super) struct Tls {
     any: Arc<ClientConfig>,
     h1: Arc<ClientConfig>,
+    h2: Arc<ClientConfig>,
 }
 
 impl Tls {
@@ -104,9 +108,21 @@ impl Tls {
     pub(super) fn new(base: ClientConfig) -> Self {
         let mut h1 = base.clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut h2 = base.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         Self {
             any: Arc::new(base),
             h1: Arc::new(h1),
+            h2: Arc::new(h2),
+        }
+    }
+
+    /// The config offering what `protocol` allows in ALPN.
+    fn offering(&self, protocol: UpstreamProtocol) -> &Arc<ClientConfig> {
+        match protocol {
+            UpstreamProtocol::Auto => &self.any,
+            UpstreamProtocol::H1 => &self.h1,
+            UpstreamProtocol::H2 => &self.h2,
         }
     }
 
@@ -152,15 +168,24 @@ impl Connector {
 
     /// Resolves (or takes the entry's `address`), dials each address in
     /// turn, and completes a pinned TLS handshake with SNI = `host`,
-    /// offering h2 and HTTP/1.1. `entry` is what admission found for `host`.
+    /// offering in ALPN what the entry's (else the defaults')
+    /// `upstream_protocol` allows. `entry` is what admission found for `host`.
     pub async fn connect(
         &self,
         host: &Host,
         port: u16,
         entry: Option<&HostPolicy>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        let tls = &self.tls_for(entry).any;
+        let tls = self.tls_for(entry).offering(self.protocol(entry));
         self.connect_with(host, port, entry, tls, None).await
+    }
+
+    /// The HTTP version forwarded requests under `entry` (`None`: an
+    /// unlisted host) go upstream in.
+    pub fn protocol(&self, entry: Option<&HostPolicy>) -> UpstreamProtocol {
+        entry.map_or(self.policy.defaults.upstream_protocol, |e| {
+            e.upstream_protocol
+        })
     }
 
     /// As [`Connector::connect`], offering only HTTP/1.1 (for upgrades).
@@ -406,6 +431,65 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// A connection for the pooled clients: `uri`'s host looked up again,
+    /// dialed offering what its `upstream_protocol` allows, and (`auto`)
+    /// what its upstream chose remembered ([`Protocols`]). `h2_only`: for
+    /// the `http2_only` client, which needs h2 ([`Failure::NoH2`]
+    /// otherwise) — unless the entry says `h2`: then h2 is spoken whatever
+    /// the upstream named in ALPN (prior knowledge), and nothing is learned.
+    async fn pooled(&self, uri: &Uri, h2_only: bool) -> Result<Conn, UpstreamError> {
+        let raw = uri.host().unwrap_or_default();
+        let host = Host::parse(raw).map_err(|e| UpstreamError {
+            failure: Failure::Unreachable,
+            host: raw.to_string(),
+            detail: e.to_string(),
+        })?;
+        let port = uri.port_u16().unwrap_or(443);
+        // The pool only hands us a URI: this is the one place a
+        // forwarded request's host is looked up again (the verifier,
+        // which sees only a ServerName, is the other).
+        let entry = self.entry(&host).cloned();
+        if self.protocol(entry.as_deref()) != UpstreamProtocol::Auto {
+            // Fixed by the pinset: routed to the client that speaks it
+            // (`Snapshot::route`), offered alone in ALPN.
+            let tls = self.connect(&host, port, entry.as_deref()).await?;
+            return Ok(Conn(TokioIo::new(tls)));
+        }
+        let known = &self.protocols;
+        if h2_only {
+            if known.known(&host, port) == Some(false) {
+                // Requests that took the h2 client before its upstream
+                // was found to speak HTTP/1.1: no dial for them.
+                return Err(no_h2(raw));
+            }
+        } else if let Some(tls) = known.take_spare(&host, port) {
+            return Ok(Conn(TokioIo::new(tls)));
+        }
+        let tls = self.connect(&host, port, entry.as_deref()).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        known.learned(&host, port, h2);
+        if h2_only && !h2 {
+            known.keep_spare(&host, port, tls);
+            return Err(no_h2(raw));
+        }
+        Ok(Conn(TokioIo::new(tls)))
+    }
+
+    /// The pooled clients' protocol memory (this generation's).
+    pub fn protocols(&self) -> &Arc<Protocols> {
+        &self.protocols
+    }
+}
+
+fn no_h2(host: &str) -> UpstreamError {
+    UpstreamError {
+        failure: Failure::NoH2,
+        host: host.to_string(),
+        detail: "the upstream chose HTTP/1.1; the request goes out again over it".to_string(),
+    }
+}
+
 impl tower_service::Service<Uri> for Connector {
     type Response = Conn;
     type Error = UpstreamError;
@@ -417,22 +501,28 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            let raw = uri.host().unwrap_or_default();
-            let host = Host::parse(raw).map_err(|e| UpstreamError {
-                failure: Failure::Unreachable,
-                host: raw.to_string(),
-                detail: e.to_string(),
-            })?;
-            let port = uri.port_u16().unwrap_or(443);
-            // The pool only hands us a URI: this is the one place a
-            // forwarded request's host is looked up again (the verifier,
-            // which sees only a ServerName, is the other).
-            let entry = this.entry(&host).cloned();
-            this.connect(&host, port, entry.as_deref())
-                .await
-                .map(|s| Conn(TokioIo::new(s)))
-        })
+        Box::pin(async move { this.pooled(&uri, false).await })
+    }
+}
+
+/// The connector of the `http2_only` client: a connection whose upstream
+/// did not choose h2 is refused with [`Failure::NoH2`] (that client would
+/// speak h2 on it regardless) and its host is HTTP/1.1 from then on.
+#[derive(Clone, Debug)]
+pub struct H2Only(pub Connector);
+
+impl tower_service::Service<Uri> for H2Only {
+    type Response = Conn;
+    type Error = UpstreamError;
+    type Future = StdPin<Box<dyn Future<Output = Result<Conn, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move { this.pooled(&uri, true).await })
     }
 }
 

@@ -22,9 +22,12 @@ pub enum Failure {
     Tls(Reason),
     /// An unlisted host resolved only to private, loopback or link-local addresses.
     PrivateAddress,
+    /// The h2 client's connect found the upstream speaks HTTP/1.1: the
+    /// request was never sent, and goes out again over HTTP/1.1.
+    NoH2,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{host}: {detail}")]
 pub struct UpstreamError {
     pub failure: Failure,

@@ -9,6 +9,9 @@
 //! - [`Connector`] ([`connector`]) resolves (or takes an entry's
 //!   `address`), applies the [`egress`] rules to unlisted hosts, dials and
 //!   completes the pinned handshake.
+//! - [`Protocols`] ([`protocol`]) remembers what each upstream chose in
+//!   ALPN, so a host that speaks h2 gets one connection, not one per
+//!   request of a burst.
 //! - [`UpstreamError`] ([`error`]) says why an upstream could not be
 //!   reached or trusted, in the terms of the contract's reasons.
 //! - [`Observe`] ([`observe`]) is how this room reports dials, handshakes,
@@ -22,14 +25,16 @@ pub mod egress;
 pub mod error;
 pub mod observe;
 pub mod passthrough;
+pub mod protocol;
 pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use connector::{Conn, Connector, Resolve, SystemResolver};
+pub use connector::{Conn, Connector, H2Only, Resolve, SystemResolver};
 pub use error::{Failure, UpstreamError};
 pub use observe::{Observe, Requests};
+pub use protocol::{Protocols, Route};
 pub use snapshot::{BodyFault, RequestBody, Shared, Snapshot, UpBody};
 
 /// Timeouts for reaching an upstream.

@@ -10,9 +10,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::ClientConfig;
 use rustls_pki_types::TrustAnchor;
 
-use super::connector::{Connector, ConnectorInner, Resolve, Tls};
+use super::connector::{Connector, ConnectorInner, H2Only, Resolve, Tls};
 use super::observe::{Observe, Requests};
 use super::passthrough::Plain;
+use super::protocol::Route;
 use super::{Options, Timeouts};
 use pinproxy_policy::Policy;
 use pinproxy_tls::ct::LogListInForce;
@@ -32,8 +33,14 @@ pub struct Snapshot {
     /// Dials with this generation's TLS configs (also for WebSocket
     /// upgrades, which need an HTTP/1.1-only connection).
     pub connector: Connector,
-    /// Pooled, for forwarded requests (h2 or HTTP/1.1 by ALPN).
+    /// Pooled, for forwarded requests (h2 or HTTP/1.1 by ALPN): hosts
+    /// known to speak HTTP/1.1 ([`Snapshot::route`]).
     pub client: Client<Connector, UpBody>,
+    /// Pooled, `http2_only`, for forwarded requests to hosts that speak
+    /// h2 or are not known yet: one connect per host at a time, the other
+    /// requests wait for it (hyper-util's connecting lock) and, should it
+    /// fail, go out unsent through `client` ([`super::protocol`]).
+    pub client_h2: Client<H2Only, UpBody>,
     /// Pooled, for plain-HTTP passthrough requests (no TLS of ours). The
     /// Host header is the client's own: relayed as it came.
     pub plain: Client<Plain, UpBody>,
@@ -45,6 +52,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Which pinned client a forwarded request to `host:port` under
+    /// `entry` (`None`: an unlisted host) takes: as its `upstream_protocol`
+    /// says, or for `auto` by what the upstream chose ([`super::protocol`]).
+    pub fn route(
+        &self,
+        entry: Option<&pinproxy_policy::HostPolicy>,
+        host: &pinproxy_policy::host::Host,
+        port: u16,
+    ) -> Route {
+        match self.connector.protocol(entry) {
+            pinproxy_policy::UpstreamProtocol::H1 => Route::Alpn,
+            pinproxy_policy::UpstreamProtocol::H2 => Route::H2Prior,
+            pinproxy_policy::UpstreamProtocol::Auto => self.connector.protocols().route(host, port),
+        }
+    }
+
     /// Reports a request under `entry` (`None`: an unlisted host) answered.
     pub fn count_ok(&self, entry: Option<&pinproxy_policy::HostPolicy>) {
         self.requests.ok(entry);
@@ -56,9 +79,12 @@ impl Snapshot {
 /// pooled client reports it only as a failed send (over h2, as a stream
 /// reset), which reads like the upstream's.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` once handed back ([`RequestBody::reclaimable`]).
+    inner: Option<Incoming>,
     /// `None` for a body that was complete from the start (no allocation).
     fault: Option<Arc<OnceLock<String>>>,
+    /// Where the body goes when dropped before its first frame was read.
+    give_back: Option<tokio::sync::oneshot::Sender<RequestBody>>,
 }
 
 /// Why a [`RequestBody`] could not be read, once it failed.
@@ -71,11 +97,33 @@ impl RequestBody {
         let fault = (!inner.is_end_stream()).then(Arc::default);
         (
             Self {
-                inner,
+                inner: Some(inner),
                 fault: fault.clone(),
+                give_back: None,
             },
             BodyFault(fault),
         )
+    }
+
+    /// Hands the body back through the returned receiver if it is dropped
+    /// before its first frame was read: a request the pooled client
+    /// dropped without sending (its connect failed) can be sent again.
+    pub fn reclaimable(&mut self) -> tokio::sync::oneshot::Receiver<RequestBody> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.give_back = Some(tx);
+        rx
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(tx) = self.give_back.take() {
+            let _ = tx.send(RequestBody {
+                inner: self.inner.take(),
+                fault: self.fault.take(),
+                give_back: None,
+            });
+        }
     }
 }
 
@@ -97,7 +145,12 @@ impl hyper::body::Body for RequestBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // Read from: no longer the sender's to send again.
+        self.give_back = None;
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Err(e))) = &polled {
             if let Some(fault) = &self.fault {
                 let mut why = e.to_string();
@@ -111,11 +164,16 @@ impl hyper::body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner
+            .as_ref()
+            .is_none_or(hyper::body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        )
     }
 }
 
@@ -201,6 +259,7 @@ impl Snapshot {
             identities,
             timeouts: shared.timeouts,
             own_addrs: shared.own_addrs.clone(),
+            protocols: Arc::default(),
         });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -208,6 +267,12 @@ impl Snapshot {
             .pool_idle_timeout(shared.timeouts.pool_idle)
             .pool_max_idle_per_host(256)
             .build(connector.clone());
+        let client_h2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(shared.timeouts.pool_idle)
+            .http2_only(true)
+            .build(H2Only(connector.clone()));
         let plain = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -229,6 +294,7 @@ impl Snapshot {
             requests: reports.requests,
             generation,
             client,
+            client_h2,
             plain,
             unlisted_plain,
             connector,
