@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""idle10k.py PROXY_PID [N=10000] [PORT=15014] [--silent]: open N keep-alive client connections to the proxy,
+"""idle10k.py PROXY_PID [N=10000] [PORT=15014] [--silent] [--admin PORT]: open N keep-alive client connections to the proxy,
 send one absolute-form GET on each (so every connection has served a request and sits idle in keep-alive),
 then report the proxy's RSS. With --silent the connections are opened and never speak (the baseline for
 "what does an idle connection that has served a request cost, against one that never did").
@@ -7,9 +7,11 @@ then report the proxy's RSS. With --silent the connections are opened and never 
 RSS is sampled at fixed times after the last response (1 s, 2 s, 5 s: a sidecar's memory limit is hit by
 the peak, so the figure must not depend on when one looks), and 2 s after every connection was closed.
 Beside each RSS sample: the kernel's memory for the proxy's sockets (`ss -tm` totals of skmem r+t+f+w over
-the proxy's listening port), so a figure can be explained. Per-connection cost = (RSS at +1 s - RSS
+the proxy's listening port), and with --admin (pinproxy's admin port) the allocator's committed bytes and
+their peak from /metrics (bench/allocator.py), so a figure can be explained. Per-connection cost = (RSS at +1 s - RSS
 before) / connections. Raises RLIMIT_NOFILE to the hard limit. Loopback only; bounded."""
 import asyncio, json, os, re, resource, subprocess, sys, time
+import allocator
 AT = tuple(float(x) for x in os.environ.get("IDLE_AT", "1,2,5").split(","))
 
 def rss_kb(pid, field="VmRSS"):
@@ -38,10 +40,10 @@ def socket_kb(port):
                 total += int(k.group(2))
     return round(total / 1024)
 
-async def main(pid, n, port, silent):
+async def main(pid, n, port, silent, admin):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    before, before_parts = rss_kb(pid), rss_parts(pid)
+    before, before_parts, heap_before = rss_kb(pid), rss_parts(pid), allocator.scrape(admin)
     conns, ok, sem = [], 0, asyncio.Semaphore(200)
     async def opener():
         nonlocal ok
@@ -62,9 +64,10 @@ async def main(pid, n, port, silent):
     samples = {}
     for at in AT:
         await asyncio.sleep(max(0.0, t1 + at - time.monotonic()))
-        samples[at] = (rss_kb(pid), socket_kb(port), rss_parts(pid))
+        samples[at] = (rss_kb(pid), socket_kb(port), rss_parts(pid), allocator.scrape(admin))
     for w in conns: w.close()
     await asyncio.sleep(2)
+    after_close, parts_after_close = rss_kb(pid), rss_parts(pid)
     held = samples[1][0]
     print(json.dumps({"mode": "silent" if silent else "served", "connections": len(conns),
                       "per_conn_kib": round((held - before) / max(len(conns), 1), 2), "ok_200": ok, "errors": len(errs), "first_error": errs[:1],
@@ -73,9 +76,16 @@ async def main(pid, n, port, silent):
                       "socket_kb_at": {f"{at:g}s": s[1] for at, s in samples.items()},
                       "rss_parts_before": before_parts,
                       "rss_parts_at": {f"{at:g}s": s[2] for at, s in samples.items()},
-                      "rss_after_close_kb": rss_kb(pid), "rss_parts_after_close": rss_parts(pid)}))
+                      "rss_after_close_kb": after_close, "rss_parts_after_close": parts_after_close,
+                      # the allocator's figures (KiB) at the same moments; null without --admin
+                      "allocator_before": heap_before,
+                      "allocator_at": {f"{at:g}s": s[3] for at, s in samples.items()},
+                      "allocator_after_close": allocator.scrape(admin)}))
 
 if __name__ == "__main__":
     silent = "--silent" in sys.argv; av = [x for x in sys.argv if x != "--silent"]
+    admin = None
+    if "--admin" in av:
+        i = av.index("--admin"); admin = int(av[i + 1]); del av[i:i + 2]
     asyncio.run(main(int(av[1]), int(av[2]) if len(av) > 2 else 10000,
-                     int(av[3]) if len(av) > 3 else 15014, silent))
+                     int(av[3]) if len(av) > 3 else 15014, silent, admin))

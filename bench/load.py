@@ -3,7 +3,7 @@
 record to OUT/runs.jsonl. bench/run.sh calls it once per (repetition, workload, target), interleaved.
 
 usage: load.py --out DIR --rep N --workload W --target T --pids "PID..." [--upstream-pids "PID..."]
-               [--relay-pids "PID..."] [--settle S] [--timeout S] -- COMMAND...
+               [--relay-pids "PID..."] [--settle S] [--timeout S] [--admin-port PORT] -- COMMAND...
 
 COMMAND is wrk (--latency) or h2load (--log-file=FILE, optionally --warm-up-time): the tool is recognised
 from argv[0]. What is measured, and over which interval:
@@ -19,13 +19,16 @@ from argv[0]. What is measured, and over which interval:
   - foreign CPU: all CPU busy on the machine (/proc/stat) minus proxy, upstream, relay and the load tool
     itself (its rusage): other people's work on this shared machine, as % of all cores. Shown per run.
   - RSS (VmRSS of the tree): idle before the run, max under load (sampled every 0.25 s), and idle again
-    SETTLE seconds after the run ended (the "idle RSS after load").
+    SETTLE seconds after the run ended (the "idle RSS after load"). With --admin-port (pinproxy's admin
+    port): beside both idle RSS figures, the allocator's committed bytes and their peak from /metrics
+    (bench/allocator.py), so an idle RSS figure says whether it is heap mimalloc keeps.
   - latency: wrk's --latency percentiles; h2load prints none, so p50/p99 come from its --log-file
     (one line per request of the measured interval: start µs, status, duration µs).
   - new upstream connections: accepted-connections delta of the upstream's stub_status (127.0.0.1:8081).
 A run that does not end within --timeout is killed and recorded as stalled (no figures), never retried.
 """
 import argparse, json, os, re, signal, subprocess, sys, threading, time
+import allocator
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -126,6 +129,7 @@ def main():
     ap.add_argument("--pids", required=True); ap.add_argument("--upstream-pids", default="")
     ap.add_argument("--relay-pids", default=""); ap.add_argument("--settle", type=float, default=2)
     ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--admin-port", type=int, default=None)
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -137,6 +141,8 @@ def main():
         os.unlink(logf)                     # h2load appends to an existing log file
     rec = {"rep": a.rep, "workload": a.workload, "target": a.target, "cmd": " ".join(cmd), "start": round(time.time(), 1)}
     rec["idle_rss_kb"] = rss_kb(a.pids)
+    heap = allocator.scrape(a.admin_port) or {}
+    rec["idle_committed_kb"], rec["idle_committed_peak_kb"] = heap.get("committed_kb"), heap.get("committed_peak_kb")
     acc0 = upstream_accepted()
     stop, maxrss = threading.Event(), [rec["idle_rss_kb"]]
 
@@ -189,6 +195,8 @@ def main():
     rec["max_rss_kb"] = maxrss[0]
     time.sleep(a.settle)
     rec["rss_after_kb"] = rss_kb(a.pids)
+    heap = allocator.scrape(a.admin_port) or {}
+    rec["committed_after_kb"], rec["committed_peak_after_kb"] = heap.get("committed_kb"), heap.get("committed_peak_kb")
     rec["tail"] = text[-600:] if (rec.get("parse_error") or rec["stalled"] or rec.get("bad")) else ""
     with open(os.path.join(a.out, "runs.jsonl"), "a") as f:
         f.write(json.dumps(rec) + "\n")

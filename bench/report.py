@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """report.py RESULTS_DIR: every table of one bench/run.sh run, then the target verdicts.
 
-Inputs (all written by that one run): runs.jsonl (bench/load.py, one record per load run), and per repetition
+Inputs (all written by that one run): runs.jsonl (bench/load.py, one record per load run; the allocator's
+committed bytes beside idle RSS for pinproxy targets), and per repetition
 idle10k-{served,silent}-repN.json, connrate-*-repN.json, reload-repN.json, startup[-ca]-repN.json; sizes.txt, machine.txt, background.txt.
 
 Cells are median [min–max] over the repetitions. Ratios are PER-REPETITION PAIRED: targets ran interleaved,
@@ -115,6 +116,16 @@ if served:
           f"({min(x['connections'] for x in served)}–{max(x['connections'] for x in served)} conns, {min(x['ok_200'] for x in served)}+ × 200) |")
     print(f"| RSS MiB, 10,000 idle conns that never spoke | {rng([x['rss_with_idle_conns_kb'] / 1024 for x in silent])} |")
     print(f"| per-connection KiB: served one request / never spoke | {rng([x['per_conn_kib'] for x in served], '{:.2f}')} / {rng([x['per_conn_kib'] for x in silent], '{:.2f}')} |")
+    # the allocator's committed bytes beside those RSS figures (idle10k.py --admin; absent in older runs)
+    heap = lambda xs, at, k="committed_kb": [h[k] / 1024 for h in ((x.get("allocator_at") or {}).get(at) if at else x.get("allocator_before") for x in xs) if h and k in h]
+    if heap(served + silent, None):
+        print(f"|   allocator committed MiB: fresh / 10,000 served at +1 s / never spoke at +1 s | {rng(heap(served + silent, None))} / {rng(heap(served, '1s'))} / {rng(heap(silent, '1s'))} |")
+        print(f"|   allocator committed peak MiB, 10,000 served / never spoke | {rng(heap(served, '1s', 'committed_peak_kb'))} / {rng(heap(silent, '1s', 'committed_peak_kb'))} |")
+for w in ("fwd", "connect-h1", "connect-h2"):
+    if series(w, "pinproxy", "committed_after_kb"):   # load.py --admin-port (absent in older runs)
+        print(f"| {w}, 1 worker: idle RSS MiB before / after the run; allocator committed MiB before / after | "
+              f"{rng([v / 1024 for v in series(w, 'pinproxy', 'idle_rss_kb')])} / {rng([v / 1024 for v in series(w, 'pinproxy', 'rss_after_kb')])}; "
+              f"{rng([v / 1024 for v in series(w, 'pinproxy', 'idle_committed_kb')])} / {rng([v / 1024 for v in series(w, 'pinproxy', 'committed_after_kb')])} |")
 if cd and cc:
     print(f"| new TLS conns/s, fresh client handshake each: direct / CONNECT interception | {rng([x['conns_per_s'] for x in cd], '{:,.0f}')} / {rng([x['conns_per_s'] for x in cc], '{:,.0f}')} |")
     print(f"| server CPU µs per new client TLS conn: upstream (direct) / pinproxy (CONNECT) | {rng([x['server_cpu_us_per_conn'] for x in cd], '{:.0f}')} / {rng([x['server_cpu_us_per_conn'] for x in cc], '{:.0f}')} |")

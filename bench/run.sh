@@ -210,6 +210,7 @@ sleep 0.3
 
 # target tables: forward port, relay port (CONNECT through it), CA the client trusts, PIDs
 fwd_port()   { case $1 in envoy) echo 15001;; nginx) echo 15002;; haproxy) echo 15003;; pinproxy) echo 15010;; pinproxyN) echo 15011;; pph1) echo 15018;; ppca) echo 15012;; ppten) echo 15013;; ppctoff) echo 15016;; ppctenf) echo 15017;; esac; }
+admin_port() { case $1 in pinproxy) echo 19010;; pinproxyN) echo 19011;; pph1) echo 19018;; ppca) echo 19012;; ppten) echo 19013;; ppctoff) echo 19016;; ppctenf) echo 19017;; pptransparent) echo 19020;; esac; }   # start_pp's admin ports
 relay_port() { case $1 in direct) echo 16000;; pinproxy) echo 16010;; pinproxyN) echo 16011;; squid) echo 16006;; mitm) echo 16007;; esac; }
 connect_to() { [ $1 = pptransparent ] && echo $TP_ADDR:443 || echo 127.0.0.1:$(relay_port $1); }   # where h2load dials
 ca_of()      { case $1 in pinproxy|pinproxyN|pptransparent) echo $P/ca-$1/ca.crt;; squid) echo $P/squid/ca.crt;; mitm) echo $P/mitm/mitmproxy-ca-cert.pem;; esac; }
@@ -294,9 +295,10 @@ OUT=$B/results/pinproxy-$(date +%Y%m%d-%H%M%S); mkdir -p $OUT
 python3 $HERE/background.py "background before" 5 | tee $OUT/background.txt >&2
 UPP=$($B/peers.sh pids upstream)
 measure() { # rep workload target pids upstream-pids relay-pids cmd...
-  local r=$1 w=$2 t=$3 pp=$4 up=$5 rl=$6; shift 6
+  local r=$1 w=$2 t=$3 pp=$4 up=$5 rl=$6 adm; shift 6
+  adm=$(admin_port $t); adm=${adm:+--admin-port $adm}   # pinproxy targets: the allocator's figures beside RSS
   python3 $HERE/load.py --out $OUT --rep $r --workload $w --target $t --pids "$pp" --upstream-pids "$up" \
-    --relay-pids "$rl" --settle $SETTLE --timeout $((D + 3 + 30)) -- "$@"
+    --relay-pids "$rl" --settle $SETTLE --timeout $((D + 3 + 30)) $adm -- "$@"
 }
 for r in $(seq $REPS); do
   log "repetition $r/$REPS: forward, CONNECT h1, CONNECT h2, pin cost, new-conn rate, 10k idle conns, reload, startup"
@@ -321,7 +323,7 @@ for r in $(seq $REPS); do
   for mode in served silent; do
     ( ulimit -n 20000
       start_pp pp10k 15014 19014 $P/pins.yaml 1 --max-connections 12000 --header-timeout 300
-      python3 $HERE/idle10k.py "$(cat $P/pp10k.pid)" 10000 15014 $([ $mode = silent ] && echo --silent) > $OUT/idle10k-$mode-rep$r.json
+      python3 $HERE/idle10k.py "$(cat $P/pp10k.pid)" 10000 15014 --admin 19014 $([ $mode = silent ] && echo --silent) > $OUT/idle10k-$mode-rep$r.json
       stop_pid pp10k ); cat $OUT/idle10k-$mode-rep$r.json >&2
   done
   # live pins: kubelet-style ..data swap -> enforcement (6 swaps); start -> /readyz (6 starts, and 6 with --ca-out)

@@ -11,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     pinproxy::proxy::memory::install_trim(trim);
+    pinproxy::control::metrics::install_heap_stats(heap_stats);
     match Cli::try_parse() {
         Ok(c) => cli::main(c),
         Err(e) => {
@@ -31,4 +32,30 @@ fn trim() {
     // SAFETY: mi_collect takes no pointers; it only walks mimalloc's own
     // structures for the calling thread and the shared arenas.
     unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// mimalloc's own figures, for `/metrics` (`pinproxy_allocator_…`): what
+/// RSS is made of (docs/reference.md, "Metrics"). On Linux "committed" is
+/// what mimalloc holds mapped read/write; its peak is since start.
+fn heap_stats() -> pinproxy::control::metrics::HeapStats {
+    let (mut committed, mut peak) = (0usize, 0usize);
+    let null = std::ptr::null_mut();
+    // SAFETY: every out-parameter is nullable; the two given point at
+    // live locals, which mimalloc only writes one usize each to.
+    unsafe {
+        libmimalloc_sys::mi_process_info(
+            null,
+            null,
+            null,
+            null,
+            null,
+            &mut committed,
+            &mut peak,
+            null,
+        )
+    };
+    pinproxy::control::metrics::HeapStats {
+        committed: committed as u64,
+        committed_peak: peak as u64,
+    }
 }

@@ -8,6 +8,8 @@
 //! - Half-open admin connections cannot starve the process of descriptors:
 //!   the proxy keeps serving, a reload still reads its files, and `/readyz`
 //!   answers a new connection once the half-open ones are timed out or gone.
+//! - `/metrics` carries the allocator's own figures, read at each scrape
+//!   (issue 27, item 4): they explain a memory figure beside RSS.
 
 mod support;
 
@@ -298,4 +300,69 @@ async fn half_open_admin_connections_starve_nothing() {
     .await
     .expect("/readyz answered once the half-open connections were gone");
     assert_eq!(ready, 200);
+}
+
+// === the allocator's figures ===
+
+/// `pinproxy_allocator_committed_bytes` and `…_committed_peak_bytes` of
+/// the binary at `admin`, scraped now.
+async fn allocator(admin: std::net::SocketAddr) -> (f64, f64) {
+    let r = get(admin, &format!("http://{admin}/metrics")).await;
+    assert_eq!(r.status, 200);
+    let value = |name: &str| {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("/metrics has no sample of {name}:\n{}", r.body))
+    };
+    (
+        value("pinproxy_allocator_committed_bytes"),
+        value("pinproxy_allocator_committed_peak_bytes"),
+    )
+}
+
+/// The built binary reports mimalloc's committed bytes and their peak,
+/// read at scrape time: present at start, peak ≥ current > 0, and the
+/// peak rises while 2,000 client connections have a request in flight at
+/// once (each holds its read and write buffers then), so the figure is
+/// the allocator's, read live, not one taken at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_the_allocators_figures_read_at_each_scrape() {
+    const CLIENTS: usize = 2_000;
+    let pki = Pki::new(&["api.pinned.test"]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let proxy = TestProxy::builder()
+        .pinset(&pinset("api.pinned.test", &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .spawn()
+        .await;
+    let (committed, peak) = allocator(proxy.admin).await;
+    assert!(committed > 0.0, "committed at start: {committed}");
+    assert!(peak >= committed, "peak {peak} below current {committed}");
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(tokio::net::TcpStream::connect(proxy.listen).await.unwrap());
+    }
+    let request = b"GET http://api.pinned.test/ HTTP/1.1\r\nHost: api.pinned.test\r\n\r\n";
+    for c in &mut clients {
+        c.write_all(request).await.unwrap();
+    }
+    for c in &mut clients {
+        let head = tokio::time::timeout(Duration::from_secs(30), read_head(c))
+            .await
+            .expect("the proxy answered every client")
+            .expect("a response head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let (held, peak_after) = allocator(proxy.admin).await;
+    assert!(held > 0.0, "committed with {CLIENTS} connections: {held}");
+    assert!(peak_after >= held, "peak {peak_after} below current {held}");
+    assert!(
+        peak_after > peak,
+        "{CLIENTS} requests in flight at once did not raise the allocator's \
+         peak ({peak} before, {peak_after} after): the figure is not read live"
+    );
+    drop(clients);
 }

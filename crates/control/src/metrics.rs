@@ -22,6 +22,10 @@ use pinproxy_reason::{
 };
 use pinproxy_tls::ct::{LogListInForce, StapleVerdict, Verdict as CtVerdict};
 
+mod allocator;
+
+pub use allocator::{install_heap_stats, HeapStats};
+
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
@@ -133,6 +137,7 @@ impl Metrics {
             .expect("valid metric"),
         );
         build_info.set(1.0);
+        register(&registry, &names, allocator::Allocator::new());
 
         let m = Self {
             pin_mismatch: counter(
