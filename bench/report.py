@@ -171,8 +171,8 @@ def chk(name, vs, op, limit, unit="×", note="", fg=()):
 
 best_fwd_cpu = lambda i: mn(val("fwd", "nginx", "cpu_us", i), val("fwd", "haproxy", "cpu_us", i))
 best_fwd_rps = lambda i: mx(val("fwd", "envoy", "rps", i), val("fwd", "nginx", "rps", i), val("fwd", "haproxy", "rps", i))
-chk("forward CPU/req ≤ 0.7× the better of nginx and haproxy", paired(V("fwd", "pph1", "cpu_us"), best_fwd_cpu), "<=", 0.7, note="pinproxy 1 worker, `upstream_protocol: h1` (HTTP/1.1 upstream, as nginx and haproxy) / min(nginx, haproxy) per rep", fg=[("fwd", "pph1"), ("fwd", "nginx"), ("fwd", "haproxy")])
-chk("forward CPU/req, h2 upstream (`auto`), vs the better of nginx and haproxy", paired(V("fwd", "pinproxy", "cpu_us"), best_fwd_cpu), "<=", 0.7, note="pinproxy 1 worker, `upstream_protocol: auto` (the upstream chooses h2: one multiplexed connection) / min(nginx, haproxy) per rep", fg=[("fwd", "pinproxy"), ("fwd", "nginx"), ("fwd", "haproxy")])
+chk("forward CPU/req ≤ 0.7× the better of nginx and haproxy", paired(V("fwd", "pinproxy", "cpu_us"), best_fwd_cpu), "<=", 0.7, note="pinproxy 1 worker, default `upstream_protocol: auto` (the upstream chooses h2: one multiplexed connection) / min(nginx, haproxy) per rep", fg=[("fwd", "pinproxy"), ("fwd", "nginx"), ("fwd", "haproxy")])
+chk("forward CPU/req with `upstream_protocol: h1`, vs the better of nginx and haproxy", paired(V("fwd", "pph1", "cpu_us"), best_fwd_cpu), "<=", 0.7, note="pinproxy 1 worker, HTTP/1.1 upstream pool (as nginx and haproxy) / min(nginx, haproxy) per rep", fg=[("fwd", "pph1"), ("fwd", "nginx"), ("fwd", "haproxy")])
 chk("forward req/s ≥ 1.1× best peer (1 worker)", paired(V("fwd", "pinproxy", "rps"), best_fwd_rps), ">=", 1.1, note="/ max(Envoy, nginx, haproxy) per rep", fg=[("fwd", t) for t in ("pinproxy", "envoy", "nginx", "haproxy")])
 chk("forward req/s ≥ 1.1× best peer (N workers)", paired(V("fwd", "pinproxyN", "rps"), best_fwd_rps), ">=", 1.1, fg=[("fwd", t) for t in ("pinproxyN", "envoy", "nginx", "haproxy")])
 for w, label in (("connect-h1", "CONNECT h1"), ("connect-h2", "CONNECT h2")):
