@@ -49,17 +49,25 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
             host: target.host,
             port: plain_port,
         };
-        return passthrough::forward(&ctx, &snap, admission, plain, req, rx).await;
+        // Boxed, as are the other rare paths below: an `async fn`'s future
+        // is as large as its largest await, and hyper moves and allocates the
+        // whole of it for every request (5.5 KB unboxed, most of it the
+        // upgrade relay's state; docs/benchmarks.md).
+        return Box::pin(passthrough::forward(&ctx, &snap, admission, plain, req, rx)).await;
     }
     // Only listed hosts are upgraded to TLS: an unlisted host has no pin
     // to check, and its http:// service may have no TLS port at all.
     let plain = (admission.is_unlisted() && req.uri().scheme() == Some(&Scheme::HTTP))
         .then_some(plain_port);
     if upgrade::is_upgrade(&req) {
-        return upgrade::relay_plain(&ctx, &snap, admission, target, plain, req, &client, rx).await;
+        let relay = upgrade::relay_plain(&ctx, &snap, admission, target, plain, req, &client, rx);
+        return Box::pin(relay).await;
     }
     if let Some(port) = plain {
-        return plain::forward(&ctx, &snap, admission, target, port, req, rx).await;
+        return Box::pin(plain::forward(
+            &ctx, &snap, admission, target, port, req, rx,
+        ))
+        .await;
     }
     let entry = admission.entry().cloned();
     let revocation = Revocation {

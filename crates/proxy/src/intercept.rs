@@ -141,7 +141,11 @@ async fn inner_request(
         Err(refused) => return refused.into(),
     };
     if upgrade::is_upgrade(&req) {
-        return upgrade::relay(&ctx, &snap, admission, target, req, &client, generation).await;
+        // Boxed: the rare upgrade would otherwise size every request's future.
+        return Box::pin(upgrade::relay(
+            &ctx, &snap, admission, target, req, &client, generation,
+        ))
+        .await;
     }
     // The whole tunnel is revoked by its owner task; no per-request watch.
     let entry = admission.entry().cloned();

@@ -240,7 +240,9 @@ async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Re
         return refuse(&ctx, Reason::HeadTooLarge, None, "", &message).into();
     }
     if req.method() == http::Method::CONNECT {
-        connect::handle(ctx, req, client).await
+        // Boxed: once per tunnel, not per request; keeps it out of the size
+        // of every forwarded request's future.
+        Box::pin(connect::handle(ctx, req, client)).await
     } else {
         forward::handle(ctx, req, client).await
     }
