@@ -140,10 +140,11 @@ pub enum CtMode {
 /// version a forwarded request goes upstream in. `auto` offers h2 and
 /// HTTP/1.1 by ALPN and uses what the upstream chooses; `h1` offers only
 /// HTTP/1.1 (a keep-alive pool, one request per connection at a time — what
-/// nginx, haproxy and Envoy do by default, and cheaper per request when the
-/// app speaks HTTP/1.1 anyway); `h2` offers only h2 and refuses an upstream
-/// that does not choose it. Upgrades (WebSocket) are HTTP/1.1 whatever this
-/// says; CONNECT tunnels carry what the app speaks.
+/// nginx, haproxy and Envoy do by default; more CPU under concurrent load
+/// than h2, docs/benchmarks.md); `h2` offers only h2 and speaks it by prior
+/// knowledge, even if the upstream names no protocol in ALPN. Upgrades
+/// (WebSocket) are HTTP/1.1 whatever this says; CONNECT tunnels to
+/// unlisted hosts carry what the app speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {

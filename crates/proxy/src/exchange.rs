@@ -60,7 +60,8 @@ where
 /// happens when another request's connect, which this one waited for,
 /// failed (a connect error with no [`UpstreamError`]: "request was
 /// canceled"): each waiter then gets its own verdict instead of sharing
-/// that failure.
+/// that failure. For an `upstream_protocol: h2` entry `alpn` is the
+/// unpooled `http2_only` client instead (never HTTP/1.1).
 pub(super) async fn exchange_h2<C, D>(
     h2: &Pool<C, UpBody>,
     alpn: &Pool<D, UpBody>,

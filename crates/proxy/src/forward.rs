@@ -112,7 +112,7 @@ pub async fn send(
     let sent = match snap.route(entry.as_deref(), &target.host, target.port) {
         Route::H2 => exchange_h2(&snap.client_h2, &snap.client, out, timeout).await,
         Route::Alpn => exchange(&snap.client, out, timeout).await,
-        Route::H2Prior => exchange(&snap.client_h2, out, timeout).await,
+        Route::H2Prior => exchange_h2(&snap.client_h2, &snap.client_h2_once, out, timeout).await,
     };
     match sent {
         Err(Exchange::TimedOut) => upstream_timed_out(ctx, label, &target.host),

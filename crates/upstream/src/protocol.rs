@@ -26,7 +26,13 @@
 //! failed connect), unsent. Each then goes out again through the ALPN
 //! client on a connect of its own, with its own handshake and verdict
 //! as before, all in parallel. So a request that waited is answered
-//! within two connect timeouts when a host's connects time out.
+//! within two connects' time (each bounded by the connect and handshake
+//! timeouts) when a host's connects fail.
+//!
+//! When the memory is full (`MAX_HOSTS`, `MAX_PORTS`), a host it has no
+//! room for takes the ALPN client: a connection per concurrent request, as
+//! before this memory existed — never an h2 connect refused on every
+//! request because its answer cannot be remembered.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,8 +44,8 @@ use tokio_rustls::client::TlsStream;
 use pinproxy_policy::host::Host;
 
 /// At most this many hosts are remembered per generation (wildcard and
-/// unlisted hosts are unbounded): beyond it a host is served through the
-/// h2 client until its first connect says otherwise, and not remembered.
+/// unlisted hosts are unbounded): beyond it a new host is served through
+/// the ALPN client, and not remembered.
 const MAX_HOSTS: usize = 4096;
 
 /// How long a spare HTTP/1.1 connection waits for the request it was made
@@ -63,8 +69,9 @@ pub enum Route {
 struct State {
     /// `Some(true)`: the upstream chose h2 on its last connection.
     h2: Option<bool>,
-    /// An unused HTTP/1.1 connection, made by the h2 client's connect.
-    spare: Option<(TlsStream<TcpStream>, Instant)>,
+    /// An unused HTTP/1.1 connection, made by the h2 client's connect
+    /// (boxed: most hosts never have one, and a full map stays small).
+    spare: Option<(Box<TlsStream<TcpStream>>, Instant)>,
 }
 
 /// At most this many ports are remembered per host.
@@ -124,13 +131,26 @@ impl Protocols {
         Some(f(&mut ports[i].1))
     }
 
-    /// Which client a request to `host:port` takes.
+    /// Which client a request to `host:port` takes: the h2 client unless
+    /// the host is known to speak HTTP/1.1, or there is no room to
+    /// remember what it speaks (then a connect refused for speaking
+    /// HTTP/1.1 would be refused again on every request).
     pub fn route(&self, host: &Host, port: u16) -> Route {
-        match get(&self.lock(), host, port) {
+        let hosts = self.lock();
+        let Some(ports) = hosts.get(host) else {
+            return if hosts.len() >= MAX_HOSTS {
+                Route::Alpn
+            } else {
+                Route::H2
+            };
+        };
+        match port_of(ports, port) {
             Some(State {
                 h2: Some(false), ..
             }) => Route::Alpn,
-            _ => Route::H2,
+            Some(_) => Route::H2,
+            None if ports.len() >= MAX_PORTS => Route::Alpn,
+            None => Route::H2,
         }
     }
 
@@ -152,13 +172,30 @@ impl Protocols {
         port: u16,
         tls: TlsStream<TcpStream>,
     ) {
-        let kept = self.with(host, port, |s| s.spare = Some((tls, Instant::now())));
+        let at = Instant::now();
+        let kept = self.with(host, port, |s| s.spare = Some((Box::new(tls), at)));
         if kept.is_some() {
             let (this, host) = (self.clone(), host.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(SPARE_FOR).await;
-                drop(this.take_spare(&host, port));
+                drop(this.take_spare_made_at(&host, port, at));
             });
+        }
+    }
+
+    /// The spare connection to `host:port` if it is the one kept at `at`
+    /// (a newer spare is left for its own request).
+    fn take_spare_made_at(
+        &self,
+        host: &Host,
+        port: u16,
+        at: Instant,
+    ) -> Option<Box<TlsStream<TcpStream>>> {
+        let mut hosts = self.lock();
+        let state = get_mut(&mut hosts, host, port)?;
+        match &state.spare {
+            Some((_, made)) if *made == at => state.spare.take().map(|(tls, _)| tls),
+            _ => None,
         }
     }
 
@@ -167,7 +204,7 @@ impl Protocols {
         let spare = get_mut(&mut self.lock(), host, port)?.spare.take();
         // Closed (dropped) outside the lock.
         let (tls, at) = spare?;
-        (at.elapsed() < SPARE_FOR).then_some(tls)
+        (at.elapsed() < SPARE_FOR).then_some(*tls)
     }
 }
 
@@ -205,7 +242,9 @@ mod tests {
         let extra = MAX_PORTS as u16;
         p.learned(&host(), extra, false);
         assert_eq!(p.known(&host(), extra), None);
-        assert_eq!(p.route(&host(), extra), Route::H2);
+        // No room to learn what it speaks: the ALPN client, which needs
+        // no memory (never an h2 connect refused on every request).
+        assert_eq!(p.route(&host(), extra), Route::Alpn);
         assert_eq!(p.known(&host(), 0), Some(false));
         for i in 0..MAX_HOSTS {
             let h = Host::parse(&format!("h{i}.example.com")).unwrap();
@@ -214,5 +253,11 @@ mod tests {
         let last = Host::parse("last.example.com").unwrap();
         p.learned(&last, 443, false);
         assert_eq!(p.known(&last, 443), None);
+        assert_eq!(p.route(&last, 443), Route::Alpn);
+        // Hosts already remembered keep their route.
+        let first = Host::parse("h0.example.com").unwrap();
+        assert_eq!(p.route(&first, 443), Route::Alpn);
+        p.learned(&first, 443, true);
+        assert_eq!(p.route(&first, 443), Route::H2);
     }
 }

@@ -41,6 +41,11 @@ pub struct Snapshot {
     /// requests wait for it (hyper-util's connecting lock) and, should it
     /// fail, go out unsent through `client` ([`super::protocol`]).
     pub client_h2: Client<H2Only, UpBody>,
+    /// Not pooled, `http2_only`: for a request to an `upstream_protocol:
+    /// h2` entry that waited on the h2 client's connect when that connect
+    /// failed — it goes out again on a connect of its own, with its own
+    /// verdict (no connecting lock without a pool).
+    pub client_h2_once: Client<H2Only, UpBody>,
     /// Pooled, for plain-HTTP passthrough requests (no TLS of ours). The
     /// Host header is the client's own: relayed as it came.
     pub plain: Client<Plain, UpBody>,
@@ -273,6 +278,11 @@ impl Snapshot {
             .pool_idle_timeout(shared.timeouts.pool_idle)
             .http2_only(true)
             .build(H2Only(connector.clone()));
+        let client_h2_once = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_max_idle_per_host(0)
+            .http2_only(true)
+            .build(H2Only(connector.clone()));
         let plain = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -295,6 +305,7 @@ impl Snapshot {
             generation,
             client,
             client_h2,
+            client_h2_once,
             plain,
             unlisted_plain,
             connector,
