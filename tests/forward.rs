@@ -604,12 +604,12 @@ async fn unreachable_upstream_is_502() {
 
 /// `n` concurrent requests through the proxy, each on its own client
 /// connection (a burst of first requests): method, path and body per `i`.
-async fn burst(proxy: std::net::SocketAddr, n: usize, post: bool) -> Vec<Reply> {
+async fn burst(proxy: std::net::SocketAddr, n: usize, posts: bool) -> Vec<Reply> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             tokio::spawn(async move {
-                if post && i % 2 == 1 {
-                    post_to(proxy, &url(&format!("/b{i}")), &format!("payload-{i}")).await
+                if posts && i % 2 == 1 {
+                    post(proxy, &url(&format!("/b{i}")), &format!("payload-{i}")).await
                 } else {
                     get(proxy, &url(&format!("/b{i}"))).await
                 }
@@ -623,37 +623,7 @@ async fn burst(proxy: std::net::SocketAddr, n: usize, post: bool) -> Vec<Reply> 
     replies
 }
 
-/// `POST url` with `body`, in absolute form, on a new connection.
-async fn post_to(proxy: std::net::SocketAddr, url: &str, body: &str) -> Reply {
-    use http_body_util::BodyExt as _;
-    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let io = hyper_util::rt::TokioIo::new(tcp);
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::post(url)
-        .header(http::header::HOST, HOST)
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap();
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(20), tx.send_request(req))
-        .await
-        .expect("proxy answered in time")
-        .expect("proxy answered");
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-/// Every reply of a [`burst`] with `post`: 200, its own path, `version`,
+/// Every reply of a [`burst`] with `posts`: 200, its own path, `version`,
 /// and each POST's body arrived whole, exactly once (the GETs' empty).
 fn assert_all_ok(replies: &[Reply], version: &str) {
     for (i, r) in replies.iter().enumerate() {
@@ -766,7 +736,7 @@ async fn concurrent_requests_to_an_h2_host_gone_dark_fail_together() {
             tokio::spawn(async move {
                 let target = url(&format!("/d{i}"));
                 let r = if i % 2 == 1 {
-                    post_to(proxy, &target, &format!("payload-{i}")).await
+                    post(proxy, &target, &format!("payload-{i}")).await
                 } else {
                     get(proxy, &target).await
                 };

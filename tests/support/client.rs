@@ -1,4 +1,4 @@
-//! A small HTTP client of the proxy: GET, raw bytes, a kept connection.
+//! A small HTTP client of the proxy: GET, POST, raw bytes, a kept connection.
 
 use super::*;
 
@@ -27,6 +27,12 @@ pub async fn get_with(proxy: SocketAddr, url: &str, headers: &[(&str, &str)]) ->
     conn.get(url, headers).await
 }
 
+/// Sends `POST url` with `body`, in absolute form, on a new connection.
+pub async fn post(proxy: SocketAddr, url: &str, body: &str) -> Reply {
+    let mut conn = ProxyConn::open(proxy).await;
+    conn.post(url, &[], body).await
+}
+
 /// One keep-alive client connection to the proxy.
 pub struct ProxyConn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -45,8 +51,24 @@ impl ProxyConn {
     }
 
     pub async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(http::Method::GET, url, headers, Bytes::new())
+            .await
+    }
+
+    pub async fn post(&mut self, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let body = Bytes::from(body.to_string());
+        self.send(http::Method::POST, url, headers, body).await
+    }
+
+    async fn send(
+        &mut self,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
         let uri: http::Uri = url.parse().unwrap();
-        let mut req = Request::get(uri.clone());
+        let mut req = Request::builder().method(method).uri(uri.clone());
         let has_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
         if !has_host {
             if let Some(a) = uri.authority() {
@@ -56,7 +78,7 @@ impl ProxyConn {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let req = req.body(Full::new(body)).unwrap();
         self.sender.ready().await.unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(20), self.sender.send_request(req))
             .await
