@@ -335,6 +335,16 @@ done
 rm -f $OUT/h2load.log
 python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >&2
 
+# How much of link/symbol-order.txt (build.rs, bench/link-order.sh) this binary's symbols still match:
+# a file gone stale (another toolchain, new Cargo.lock) lays out little and the memory figures show it.
+link_order_found() {
+  local f=$ROOT/link/symbol-order.txt
+  [ -f "$f" ] || { echo "no link/symbol-order.txt"; return; }
+  local n found
+  n=$(grep -vc '^#' "$f")
+  found=$(comm -12 <(grep -v '^#' "$f" | LC_ALL=C sort -u) <(nm "$BIN" 2>/dev/null | awk '{print $NF}' | LC_ALL=C sort -u) | wc -l)
+  echo "$found of $n symbols of link/symbol-order.txt are in the binary ($(readelf -S "$BIN" 2>/dev/null | grep -q '\.relr\.dyn' && echo RELR || echo 'no RELR'))"
+}
 { echo "pinproxy_bytes $(stat -c %s $BIN)"
   cp $BIN $P/pinproxy.stripped && strip $P/pinproxy.stripped && echo "pinproxy_stripped_bytes $(stat -c %s $P/pinproxy.stripped)"
   echo "envoy_bytes $(stat -L -c %s "$(envoy_bin)")"
@@ -344,6 +354,7 @@ python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >
 } > $OUT/sizes.txt
 { echo "$NCPU cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo $PRETTY_NAME), kernel $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "binary: $BUILT_FROM; pinproxy $(cd $ROOT && git rev-parse --short HEAD 2>/dev/null)$(cd $ROOT && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo +dirty) ($($BIN --version)), $(rustc --version)"
+  echo "link order: $(link_order_found)"
   echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $2}'); nginx $(nginx -v 2>&1 | cut -d/ -f2); haproxy $(haproxy -v | head -1 | awk '{print $3}'); envoy $("$(envoy_bin)" --version | grep -o '[0-9a-f]*/1\.[0-9.]*' | cut -d/ -f2); squid $(squid -v | head -1 | awk '{print $4}'); mitmproxy $($MV/bin/mitmdump --version | awk '/Mitmproxy/{print $2}')"
   echo "settings: $REPS repetitions, ${D} s per run (h2load: +${WARM} s warm-up not counted), settle ${SETTLE} s; pinproxyN = --workers $NCPU; ${TRANSPARENT:-transparent target skipped (no REDIRECT rule: root and iptables needed)}"
   echo "wall time of this run: $(( $(date +%s) - T_START )) s"
