@@ -34,53 +34,90 @@ fn version_of<'a>(lock: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
-/// For an optimised build linked by lld (rustc's default linker on
-/// x86_64 Linux since 1.90), lays out the functions pinproxy runs together,
-/// in the order `link/symbol-order.txt` lists them (bench/link-order.sh
-/// writes it), and packs relative relocations (RELR, glibc 2.36+): a fresh
-/// instance then maps ~5 MiB of the binary instead of ~9.5
-/// (docs/benchmarks.md, "Memory"). Any other linker, target or toolchain
-/// links as before: the options are lld's, and a symbol the file names
-/// that the binary lacks is skipped, so a stale file costs memory, never a
-/// build. `PINPROXY_LINK_ORDER=0` turns it off.
+/// For an optimised x86_64-unknown-linux-gnu build whose linker is lld
+/// (rustup's toolchains since 1.90 link with it by default), lays out the
+/// functions pinproxy runs together, in the order `link/symbol-order.txt`
+/// lists them (bench/link-order.sh writes it), and packs relative
+/// relocations (RELR) when this machine's glibc has them (2.36+): a fresh
+/// instance then maps ~5 MiB less of the binary (docs/benchmarks.md, "Code
+/// layout"). Whether the linker takes the options is not guessed from the
+/// toolchain's version: an empty program is linked with them first, with
+/// the same rustc, flags and linker, and the options are used only if that
+/// link succeeds — any other linker, target or toolchain links as before.
+/// A symbol the file names that the binary lacks is skipped, so a stale
+/// file costs memory, never a build. `PINPROXY_LINK_ORDER=0` turns both
+/// off, `PINPROXY_RELR=0` only the packing (a binary built with it needs
+/// glibc 2.36+ where it runs).
 fn link_order() {
     println!("cargo:rerun-if-changed=link/symbol-order.txt");
     println!("cargo:rerun-if-env-changed=PINPROXY_LINK_ORDER");
+    println!("cargo:rerun-if-env-changed=PINPROXY_RELR");
     let env = |k: &str| std::env::var(k).unwrap_or_default();
-    let lld_by_default = env("TARGET") == "x86_64-unknown-linux-gnu"
-        && rustc_minor().is_some_and(|minor| minor >= 90)
-        // A linker of the user's choosing (target.<triple>.linker, or
-        // -C linker / -C linker-features in RUSTFLAGS) may not be lld.
-        && env("RUSTC_LINKER").is_empty()
-        && !env("CARGO_ENCODED_RUSTFLAGS").contains("link");
-    if env("PROFILE") != "release" || env("PINPROXY_LINK_ORDER") == "0" || !lld_by_default {
+    // PROFILE is "release" for every profile that inherits from release.
+    if env("PROFILE") != "release"
+        || env("TARGET") != "x86_64-unknown-linux-gnu"
+        || env("PINPROXY_LINK_ORDER") == "0"
+    {
         return;
     }
     let order = Path::new(&env("CARGO_MANIFEST_DIR")).join("link/symbol-order.txt");
-    if order.is_file() {
-        println!(
-            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            order.display()
-        );
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    // One argument each (-Xlinker), so no character of the path is special.
+    let mut args: Vec<String> = Vec::new();
+    match order.to_str() {
+        Some(path) if order.is_file() => args.extend([
+            "-Xlinker".into(),
+            format!("--symbol-ordering-file={path}"),
+            "-Xlinker".into(),
+            "--no-warn-symbol-ordering".into(),
+        ]),
+        _ => {}
     }
-    if glibc_at_least(2, 36) {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    let relr: Vec<String> = if env("PINPROXY_RELR") != "0" && glibc_at_least(2, 36) {
+        vec!["-Wl,-z,pack-relative-relocs".into()]
+    } else {
+        Vec::new()
+    };
+    let chosen = [[args.clone(), relr].concat(), args]
+        .into_iter()
+        .find(|set| !set.is_empty() && links_with(set));
+    for arg in chosen.unwrap_or_default() {
+        println!("cargo:rustc-link-arg-bins={arg}");
     }
 }
 
-/// The minor version of the compiler building this (`rustc 1.95.0 …`).
-fn rustc_minor() -> Option<u32> {
+/// Whether an empty program links with `args` added, built the way this
+/// crate's binary is (the same rustc, target, RUSTFLAGS and linker).
+fn links_with(args: &[String]) -> bool {
+    let Some(out) = std::env::var_os("OUT_DIR").map(std::path::PathBuf::from) else {
+        return false;
+    };
+    let src = out.join("link_probe.rs");
+    if std::fs::write(&src, "fn main() {}\n").is_err() {
+        return false;
+    }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = std::process::Command::new(rustc)
-        .arg("--version")
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    let version = text.split_whitespace().nth(1)?;
-    let mut parts = version.split('.');
-    (parts.next()? == "1").then_some(())?;
-    parts.next()?.parse().ok()
+    let mut cmd = std::process::Command::new(rustc);
+    cmd.arg("--crate-name=link_probe")
+        .arg("--edition=2021")
+        .arg("-Copt-level=0")
+        .arg(format!(
+            "--target={}",
+            std::env::var("TARGET").unwrap_or_default()
+        ))
+        .arg("-o")
+        .arg(out.join("link_probe"))
+        .arg(&src);
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+        cmd.arg(format!("-Clinker={linker}"));
+    }
+    for arg in args {
+        cmd.arg(format!("-Clink-arg={arg}"));
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd.status().is_ok_and(|s| s.success())
 }
 
 /// Whether this machine's glibc (which the binary links against) is at

@@ -342,8 +342,8 @@ link_order_found() {
   [ -f "$f" ] || { echo "no link/symbol-order.txt"; return; }
   local n found
   n=$(grep -vc '^#' "$f")
-  found=$(comm -12 <(grep -v '^#' "$f" | LC_ALL=C sort -u) <(nm "$BIN" 2>/dev/null | awk '{print $NF}' | LC_ALL=C sort -u) | wc -l)
-  echo "$found of $n symbols of link/symbol-order.txt are in the binary ($(readelf -S "$BIN" 2>/dev/null | grep -q '\.relr\.dyn' && echo RELR || echo 'no RELR'))"
+  found=$(LC_ALL=C comm -12 <(grep -v '^#' "$f" | LC_ALL=C sort -u) <(nm --defined-only "$BIN" 2>/dev/null | awk '{print $NF}' | LC_ALL=C sort -u) | wc -l)
+  echo "$found of $n symbols of link/symbol-order.txt are in the binary ($(grep -q '\.relr\.dyn' <(readelf -S "$BIN" 2>/dev/null) && echo RELR || echo 'no RELR'))"
 }
 { echo "pinproxy_bytes $(stat -c %s $BIN)"
   cp $BIN $P/pinproxy.stripped && strip $P/pinproxy.stripped && echo "pinproxy_stripped_bytes $(stat -c %s $P/pinproxy.stripped)"
