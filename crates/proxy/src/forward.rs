@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 
 use super::admit::{admit, Place};
 use super::exchange::{
-    exchange, exchange_h2, response_headers, strip_hop_by_hop, te_trailers, wants_trailers,
-    Exchange,
+    exchange, exchange_h2, has_hop_by_hop, response_headers, strip_hop_by_hop, te_trailers,
+    wants_trailers, Exchange,
 };
 use super::refusal::{refuse, upstream_failed, upstream_timed_out};
 use super::target::{parse_absolute, TargetError};
@@ -99,10 +99,12 @@ pub async fn send(
         }
     };
     parts.version = Version::HTTP_11;
-    let trailers = wants_trailers(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
-    if trailers {
-        parts.headers.insert(header::TE, te_trailers());
+    if has_hop_by_hop(&parts.headers) {
+        let trailers = wants_trailers(&parts.headers);
+        strip_hop_by_hop(&mut parts.headers);
+        if trailers {
+            parts.headers.insert(header::TE, te_trailers());
+        }
     }
     // The client regenerates Host from the URL authority.
     parts.headers.remove(header::HOST);
