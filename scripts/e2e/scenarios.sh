@@ -241,7 +241,19 @@ for s in r["sidecars"]:
 
 scenario_3() {
   local pod; pod="$(app_pod)"
-  kubectl -n "$APP_NS" exec -i "$pod" -c app -- sh -c 'cat > /tmp/loop.py' <"$ROOT/scripts/e2e/loop_client.py"
+  # Copied through `kubectl exec -i` and checked: the kubelet's stream
+  # proxy was seen to drop the stdin of such an exec ("broken pipe" in
+  # kubelet.log), leaving an empty script that python3 ran silently.
+  local want tries=0
+  want="$(sha256sum <"$ROOT/scripts/e2e/loop_client.py" | cut -d' ' -f1)"
+  until [ "$(app_exec python3 -c 'import hashlib; print(hashlib.sha256(open("/tmp/loop.py", "rb").read()).hexdigest())' 2>/dev/null)" = "$want" ]; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 3 ]; then
+      echo "could not copy loop_client.py into the app container (3 tries)"
+      return 1
+    fi
+    kubectl -n "$APP_NS" exec -i "$pod" -c app -- sh -c 'cat > /tmp/loop.py' <"$ROOT/scripts/e2e/loop_client.py" || true
+  done
   # The client runs in the app container; its lines stream to the node.
   local loop="$E2E_RUN/logs/scenario-3-loop.log"
   app_exec rm -f /tmp/loop.stop
