@@ -13,8 +13,11 @@
 # with the bench's pinsets and load — forward (h2 upstream and `upstream_protocol: h1`), CONNECT
 # interception over HTTP/1.1 and h2, fresh upstream handshakes with 10 pins and with `ct: enforce`,
 # /metrics — against the bench peers (bench/run.sh --smoke starts them if they are not up).
-# Symbols are the mangled names, which depend on the toolchain and Cargo.lock: rerun this after
-# either changes (bench/run.sh reports how many of the file's symbols its binary still has). A
+# Symbols are the mangled names, which depend on the toolchain and Cargo.lock, and on the code:
+# a change anywhere can renumber local symbols (`….1648` → `….1650`) of std functions every request
+# runs. Rerun this after a toolchain or Cargo.lock change and before a release (bench/run.sh reports
+# how many of the file's symbols its binary still has: 13 fewer after one small change cost 0.5 MiB
+# at start and 0.7–1.1 MiB after load, docs/benchmarks.md "Code layout"). A
 # stale file costs memory, never correctness: names the linker does not find are skipped. Two runs
 # differ by a few dozen names at the margins (what the end of a load happens to run: stream resets,
 # thread exits); such a difference is not worth a commit.
