@@ -39,7 +39,7 @@ fn version_of<'a>(lock: &'a str, name: &str) -> Option<&'a str> {
 /// functions pinproxy runs together, in the order `link/symbol-order.txt`
 /// lists them (bench/link-order.sh writes it), and packs relative
 /// relocations (RELR) when this machine's glibc has them (2.36+): a fresh
-/// instance then maps ~5 MiB less of the binary (docs/benchmarks.md, "Code
+/// instance then maps ~4 MiB less of the binary (docs/benchmarks.md, "Code
 /// layout"). Whether the linker takes the options is not guessed from the
 /// toolchain's version: an empty program is linked with them first, with
 /// the same rustc, flags and linker, and the options are used only if that
