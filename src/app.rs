@@ -153,6 +153,12 @@ pub enum Error {
          e.g. an emptyDir)"
     )]
     LearnFile { path: PathBuf, why: String },
+    #[error(
+        "--state-dir {path}: {why} (PINPROXY_STATE_DIR names an existing writable directory, e.g. \
+         an emptyDir; it is not created, so that a path off the volume cannot lose the rollback \
+         floor at every restart)"
+    )]
+    StateDir { path: PathBuf, why: String },
 }
 
 /// The flags that choose each listener's address, as a port clash names them.
@@ -254,6 +260,9 @@ impl App {
         }
         if let Some(path) = &config.learn_file {
             prepare_learn_file(path)?;
+        }
+        if let Some(dir) = config.signing.as_ref().and_then(|s| s.state_dir.as_ref()) {
+            check_state_dir(dir)?;
         }
         // Watch before the first read, so no change after it is missed.
         let mut watcher = config
@@ -525,6 +534,32 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error
     TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { flag, addr, source })
+}
+
+/// Checks `--state-dir` at start rather than at the first serial it
+/// keeps: it must be a directory pinproxy can write in. A missing one is
+/// not created (unlike `--learn-file`'s): a mistyped path would put the
+/// floor in the container's own layer, lost at every restart, and the
+/// sidecar would otherwise start but never apply a pinset.
+fn check_state_dir(dir: &std::path::Path) -> Result<(), Error> {
+    let refuse = |why: String| Error::StateDir {
+        path: dir.to_path_buf(),
+        why,
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(refuse("not a directory".into())),
+        Err(e) => return Err(refuse(e.to_string())),
+    }
+    // The floor is written as a temporary file renamed over `serial`.
+    let probe = dir.join(format!(".serial.{}.probe", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| refuse(format!("cannot write in it: {e}")))
 }
 
 /// Checks `--learn-file` at start rather than at its first save: creates

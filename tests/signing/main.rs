@@ -466,6 +466,78 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
     eprintln!("| replay across a restart, no --state-dir | applied (documented limit) | 4 |");
 }
 
+/// `--state-dir` is checked at start: a missing directory (or a file) stops
+/// `run` naming the flag, where it used to start and refuse every request
+/// for good; an unreadable floor in an existing one says that nothing is
+/// in force, not that a last good pinset is.
+#[tokio::test]
+async fn a_state_dir_that_is_not_there_stops_the_start() {
+    let w = World::new().await;
+    let keys = tempfile::tempdir().unwrap();
+    let a = Key::new(keys.path(), "a", Algorithm::EcdsaP256);
+    let ka = a.public.display().to_string();
+    let secret = tempfile::tempdir().unwrap();
+    let v1 = w.good(1);
+    let vol = SecretVolume::new(
+        secret.path(),
+        &files(&v1, Some(&a.sign(&v1)), &w.pki.root.pem()),
+    );
+    let pins = vol.path("pins.yaml").display().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("state");
+    let file = write(state.path(), "a-file", "");
+    for (dir, why) in [(&missing, "No such file"), (&file, "not a directory")] {
+        let d = dir.display().to_string();
+        // Bounded: a start that is not refused runs until killed.
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+            .args(["run", "--pins", &pins, "--listen", "127.0.0.1:0"])
+            .args([
+                "--admin",
+                "127.0.0.1:0",
+                "--pinset-key",
+                &ka,
+                "--state-dir",
+                &d,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{d}: still running after 10 s: the start was not refused"))
+            .unwrap();
+        let (code, err) = (out.status.code(), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(code, Some(1), "{d}: {err}");
+        assert!(
+            err.contains(&format!("pinproxy: --state-dir {d}: ")) && err.contains(why),
+            "{d}: {err}"
+        );
+    }
+
+    // An existing directory with a corrupt floor: started, nothing applied.
+    std::fs::create_dir(&missing).unwrap();
+    std::fs::write(missing.join("serial"), "not a serial\n").unwrap();
+    let d = missing.display().to_string();
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&["--pinset-key", &ka, "--state-dir", &d])
+        .spawn()
+        .await;
+    let seen = run.until("pinset load failed").await;
+    let line = seen.last().unwrap();
+    assert!(line.contains("nothing is in force yet"), "{line}");
+    assert!(
+        !seen.iter().any(|l| l.contains("last good pinset stays")),
+        "{seen:?}"
+    );
+    let ready = admin(&run, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("corrupt"), "{}", ready.body);
+    assert_eq!(fetch(&run).await.error(), Some("no-pinset"));
+}
+
 /// The real cosign (scripts/tools/cosign.sh; scripts/test.sh exports
 /// PINPROXY_COSIGN): a pinset it signs with `sign-blob --key` is applied
 /// with its cosign.pub as `--pinset-key`.

@@ -337,6 +337,12 @@ impl Reloader {
                 "signed pinset refused; the last good pinset stays in force \
                  (retried when the file or its signature changes)"
             ),
+            _ if nothing_in_force => tracing::error!(
+                result = result.as_str(),
+                error = %e,
+                "pinset load failed; nothing is in force yet, so every request is refused \
+                 (retried when the file, a file it names or the CT log list changes)"
+            ),
             _ => tracing::error!(
                 result = result.as_str(),
                 error = %e,
