@@ -73,6 +73,42 @@ fn pin_output_equals_the_openssl_pipeline() {
     assert_eq!(code, 1, "{err}");
 }
 
+/// A file `check` or `pin` cannot use at all is the command failing:
+/// one `pinproxy: …` line on stderr (docs/reference.md, "Exit codes"),
+/// nothing on stdout, exit 1.
+#[test]
+fn unusable_files_are_errors_on_stderr_with_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let missing = missing.to_str().unwrap();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml");
+    let good = good.to_str().unwrap();
+    let missing_pem = dir.path().join("missing.pem");
+    for (args, says) in [
+        (vec!["check", missing], format!("cannot read {missing}: ")),
+        (
+            vec!["check", good, "--max-pinset-bytes", "10"],
+            format!("{good} is larger than the 10-byte limit"),
+        ),
+        (
+            vec!["pin", missing_pem.to_str().unwrap()],
+            format!("cannot read {}: ", missing_pem.display()),
+        ),
+        (
+            vec!["pin", good],
+            format!("{good}: not a certificate, public key"),
+        ),
+    ] {
+        let (code, out, err) = pinproxy(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert_eq!(out, "", "{args:?}: nothing on stdout");
+        assert!(
+            err.starts_with(&format!("pinproxy: {says}")) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// webpki keeps a trust anchor's SPKI without its SEQUENCE; the root pin
 /// pinproxy computes from an anchor must still equal openssl's.
 #[test]

@@ -62,10 +62,9 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
             }
             return Err(Error::Reported);
         }
-        Err(Unusable::Load(e)) => {
-            println!("{e}");
-            return Err(Error::Reported);
-        }
+        // Not read at all (missing, unreadable, over the size cap): the
+        // command failed, on stderr as `pinproxy: …`.
+        Err(Unusable::Load(e)) => return Err(Error::failed(e)),
     };
     for w in &policy.warnings {
         println!("{}: warning: {w}", args.path.display());

@@ -72,7 +72,9 @@ pub fn pin(args: &PinArgs) -> Result<(), Error> {
                 }
             }
             Err(e) => {
-                eprintln!("{e}");
+                // The other files are still read; each error is one
+                // `pinproxy: …` line on stderr, as main prints them.
+                eprintln!("pinproxy: {e}");
                 failed = true;
             }
         }
