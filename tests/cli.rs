@@ -176,6 +176,24 @@ fn check_accepts_a_good_file_and_warns() {
     assert_eq!(code, 0, "examples/pins.yaml: {out}");
 }
 
+/// `version --ct-log-list` prints the built-in list *and* the one in use;
+/// its help must not say "instead of".
+#[test]
+fn version_help_says_the_list_is_described_besides_the_built_in_one() {
+    let (code, out, _) = pinproxy(&["version", "--help"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("instead of"), "{out}");
+    assert!(
+        out.contains("Also describe this CT log list, after the built-in one"),
+        "{out}"
+    );
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/ct/data/log_list.json");
+    let (code, out, _) = pinproxy(&["version", "--ct-log-list", list.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("CT log list built in: "), "{out}");
+    assert!(out.contains("CT log list in use: "), "{out}");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let (code, _, _) = pinproxy(&["check"]);
