@@ -176,6 +176,38 @@ fn check_accepts_a_good_file_and_warns() {
     assert_eq!(code, 0, "examples/pins.yaml: {out}");
 }
 
+/// `check --key` takes a comma-separated list as `run --pinset-key` and
+/// `PINPROXY_PINSET_KEY` do: any one of the keys may verify.
+#[test]
+fn check_key_accepts_a_comma_separated_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |f: &str| dir.path().join(f).display().to_string();
+    for prefix in ["old", "new"] {
+        let (code, out, err) = pinproxy(&["keygen", "--out", &at(prefix)]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml"),
+    )
+    .unwrap();
+    let pins = dir.path().join("pins.yaml");
+    std::fs::write(&pins, format!("serial: 3\n{good}")).unwrap();
+    let pins = pins.display().to_string();
+    let (code, out, err) = pinproxy(&["sign", "--key", &at("new.key"), &pins]);
+    assert_eq!(code, 0, "{out}{err}");
+    let both = format!("{},{}", at("old.pub"), at("new.pub"));
+    let (code, out, err) = pinproxy(&["check", &pins, "--key", &both]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{pins}: signature ok (serial 3, key sha256/")),
+        "{out}"
+    );
+    // Only the key that did not sign: refused, so both were read.
+    let (code, out, _) = pinproxy(&["check", &pins, "--key", &at("old.pub")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(": error: bad-signature: "), "{out}");
+}
+
 /// `version --ct-log-list` prints the built-in list *and* the one in use;
 /// its help must not say "instead of".
 #[test]

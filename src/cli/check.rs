@@ -39,8 +39,9 @@ pub struct CheckArgs {
     #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
     pub ct_log_list: Option<PathBuf>,
     /// Also verify PATH.sig with this public key, as `run --pinset-key`
-    /// does (repeatable: any one may verify), and require a valid serial.
-    #[arg(long, value_name = "PUB")]
+    /// does (repeatable or comma-separated: any one may verify), and
+    /// require a valid serial.
+    #[arg(long, value_name = "PUB", value_delimiter = ',')]
     pub key: Vec<PathBuf>,
 }
 
