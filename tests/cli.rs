@@ -161,6 +161,33 @@ fn check_rejects_each_malformed_fixture_naming_host_and_field() {
     assert!(seen >= 25, "only {seen} fixtures");
 }
 
+/// An unknown field no longer hides the file's other problems: each
+/// unknown block key is reported, and the rest is still validated.
+#[test]
+fn check_lists_every_problem_beside_unknown_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nhosts:\n  api.local.test:\n    pins: [\"sha256/notbase64!\"]\n    bogus: 1\n    \
+         mode: report\n  other.test:\n    pins: []\n    also_bogus:\n      - x\n",
+    )
+    .unwrap();
+    let (code, out, err) = pinproxy(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let p = path.display();
+    let errors: Vec<&str> = out.lines().collect();
+    assert_eq!(errors.len(), 4, "{out}");
+    for (line, expect) in errors.iter().zip([
+        format!("{p}: error: line 5, column 5: hosts.api.local.test: unknown field `bogus`"),
+        format!("{p}: error: line 9, column 5: hosts.other.test: unknown field `also_bogus`"),
+        format!("{p}: error: line 4: host \"api.local.test\": pins[0]: "),
+        format!("{p}: error: line 8: host \"other.test\": pins: empty"),
+    ]) {
+        assert!(line.starts_with(&expect), "{expect:?} in:\n{out}");
+    }
+}
+
 #[test]
 fn check_accepts_a_good_file_and_warns() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml");
