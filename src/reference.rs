@@ -191,6 +191,55 @@ fn every_chain_outcome_and_report_type_is_in_the_reference() {
 /// Every subcommand has its section, and every long flag (and the
 /// variable that sets it) is in it. `webhook` takes `inject`'s sidecar
 /// options, listed once under `inject`.
+/// Every field of the `/learned` document (and of the learn file, the
+/// same document) is in the schema under "Learning".
+#[test]
+fn every_learned_field_is_in_the_reference() {
+    use crate::control::learn::{Doc, LearnedCert, LearnedHost, LearnedPath};
+    let cert = LearnedCert {
+        pin: String::new(),
+        position: String::new(),
+        subject: None,
+        not_after: None,
+    };
+    let path = LearnedPath {
+        pins: Vec::new(),
+        certs: vec![cert],
+        seen: 0,
+        first_seen: String::new(),
+        last_seen: String::new(),
+        ct: Some(String::new()),
+    };
+    let host = LearnedHost {
+        host: String::new(),
+        port: 0,
+        trust: String::new(),
+        seen: 0,
+        first_seen: String::new(),
+        last_seen: String::new(),
+        paths: vec![path],
+    };
+    let doc = Doc {
+        hosts: vec![host],
+        ..Doc::default()
+    };
+    let json = serde_json::to_value(&doc).expect("a Doc serializes");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object().expect("an object").keys().cloned().collect()
+    };
+    let mut all = keys(&json);
+    all.extend(keys(&json["hosts"][0]));
+    all.extend(keys(&json["hosts"][0]["paths"][0]));
+    all.extend(keys(&json["hosts"][0]["paths"][0]["certs"][0]));
+    let learning = section("## Learning");
+    let missing: Vec<String> = all
+        .iter()
+        .filter(|k| !learning.contains(&format!("\"{k}\"")))
+        .map(|k| format!("Learning, /learned schema: \"{k}\""))
+        .collect();
+    assert_none_missing(missing);
+}
+
 #[test]
 fn every_command_and_flag_is_in_the_reference() {
     let mut missing = Vec::new();

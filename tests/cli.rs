@@ -73,6 +73,42 @@ fn pin_output_equals_the_openssl_pipeline() {
     assert_eq!(code, 1, "{err}");
 }
 
+/// A file `check` or `pin` cannot use at all is the command failing:
+/// one `pinproxy: …` line on stderr (docs/reference.md, "Exit codes"),
+/// nothing on stdout, exit 1.
+#[test]
+fn unusable_files_are_errors_on_stderr_with_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let missing = missing.to_str().unwrap();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml");
+    let good = good.to_str().unwrap();
+    let missing_pem = dir.path().join("missing.pem");
+    for (args, says) in [
+        (vec!["check", missing], format!("cannot read {missing}: ")),
+        (
+            vec!["check", good, "--max-pinset-bytes", "10"],
+            format!("{good} is larger than the 10-byte limit"),
+        ),
+        (
+            vec!["pin", missing_pem.to_str().unwrap()],
+            format!("cannot read {}: ", missing_pem.display()),
+        ),
+        (
+            vec!["pin", good],
+            format!("{good}: not a certificate, public key"),
+        ),
+    ] {
+        let (code, out, err) = pinproxy(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert_eq!(out, "", "{args:?}: nothing on stdout");
+        assert!(
+            err.starts_with(&format!("pinproxy: {says}")) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// webpki keeps a trust anchor's SPKI without its SEQUENCE; the root pin
 /// pinproxy computes from an anchor must still equal openssl's.
 #[test]
@@ -125,6 +161,33 @@ fn check_rejects_each_malformed_fixture_naming_host_and_field() {
     assert!(seen >= 25, "only {seen} fixtures");
 }
 
+/// An unknown field no longer hides the file's other problems: each
+/// unknown block key is reported, and the rest is still validated.
+#[test]
+fn check_lists_every_problem_beside_unknown_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nhosts:\n  api.local.test:\n    pins: [\"sha256/notbase64!\"]\n    bogus: 1\n    \
+         mode: report\n  other.test:\n    pins: []\n    also_bogus:\n      - x\n",
+    )
+    .unwrap();
+    let (code, out, err) = pinproxy(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let p = path.display();
+    let errors: Vec<&str> = out.lines().collect();
+    assert_eq!(errors.len(), 4, "{out}");
+    for (line, expect) in errors.iter().zip([
+        format!("{p}: error: line 5, column 5: hosts.api.local.test: unknown field `bogus`"),
+        format!("{p}: error: line 9, column 5: hosts.other.test: unknown field `also_bogus`"),
+        format!("{p}: error: line 4: host \"api.local.test\": pins[0]: "),
+        format!("{p}: error: line 8: host \"other.test\": pins: empty"),
+    ]) {
+        assert!(line.starts_with(&expect), "{expect:?} in:\n{out}");
+    }
+}
+
 #[test]
 fn check_accepts_a_good_file_and_warns() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml");
@@ -138,6 +201,56 @@ fn check_accepts_a_good_file_and_warns() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pins.yaml");
     let (code, out, _) = pinproxy(&["check", example.to_str().unwrap()]);
     assert_eq!(code, 0, "examples/pins.yaml: {out}");
+}
+
+/// `check --key` takes a comma-separated list as `run --pinset-key` and
+/// `PINPROXY_PINSET_KEY` do: any one of the keys may verify.
+#[test]
+fn check_key_accepts_a_comma_separated_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |f: &str| dir.path().join(f).display().to_string();
+    for prefix in ["old", "new"] {
+        let (code, out, err) = pinproxy(&["keygen", "--out", &at(prefix)]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml"),
+    )
+    .unwrap();
+    let pins = dir.path().join("pins.yaml");
+    std::fs::write(&pins, format!("serial: 3\n{good}")).unwrap();
+    let pins = pins.display().to_string();
+    let (code, out, err) = pinproxy(&["sign", "--key", &at("new.key"), &pins]);
+    assert_eq!(code, 0, "{out}{err}");
+    let both = format!("{},{}", at("old.pub"), at("new.pub"));
+    let (code, out, err) = pinproxy(&["check", &pins, "--key", &both]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{pins}: signature ok (serial 3, key sha256/")),
+        "{out}"
+    );
+    // Only the key that did not sign: refused, so both were read.
+    let (code, out, _) = pinproxy(&["check", &pins, "--key", &at("old.pub")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(": error: bad-signature: "), "{out}");
+}
+
+/// `version --ct-log-list` prints the built-in list *and* the one in use;
+/// its help must not say "instead of".
+#[test]
+fn version_help_says_the_list_is_described_besides_the_built_in_one() {
+    let (code, out, _) = pinproxy(&["version", "--help"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("instead of"), "{out}");
+    assert!(
+        out.contains("Also describe this CT log list, after the built-in one"),
+        "{out}"
+    );
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/ct/data/log_list.json");
+    let (code, out, _) = pinproxy(&["version", "--ct-log-list", list.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("CT log list built in: "), "{out}");
+    assert!(out.contains("CT log list in use: "), "{out}");
 }
 
 #[test]

@@ -439,6 +439,25 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("refusing to roll back"), "{out}");
+    // A target in a directory that does not exist: the error says which
+    // step failed and names the directory.
+    let nowhere = d.join("missing-dir");
+    let (code, out, err) = support::run_pinproxy(&[
+        "ct-update",
+        "--from",
+        list.to_str().unwrap(),
+        "--out",
+        nowhere.join("log_list.json").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.starts_with(&format!(
+            "pinproxy ct-update: cannot write {}: the directory {} does not exist (",
+            nowhere.join("log_list.json.tmp").display(),
+            nowhere.display()
+        )),
+        "{err}"
+    );
     let broken = write(&d, "broken.json", "{\"operators\": [");
     let (code, out, _) = support::run_pinproxy(&["ct-update", "--from", broken.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");

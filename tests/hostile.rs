@@ -325,10 +325,11 @@ async fn the_size_limit_is_configurable_and_named_in_the_error() {
         .args(["check", big.to_str().unwrap()])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // Not read at all: the command failed, on stderr (reference.md, "Exit codes").
+    let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("larger than the 4194304-byte limit"),
+        text.starts_with("pinproxy: ") && text.contains("larger than the 4194304-byte limit"),
         "{text}"
     );
 }

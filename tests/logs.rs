@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::proxy::TestProxy;
 use support::*;
 
@@ -207,4 +209,61 @@ async fn startup_lines_name_the_listeners_and_the_flag_at_fault() {
         err.contains("cannot read") && !err.contains("watch"),
         "{err}"
     );
+}
+
+/// A ClientHello naming another host than the one dialed is logged with
+/// that name as sent, quoted: never Rust debug text (`Ok(Name(…))`,
+/// `Some(…)`). Both places that refuse it: the interception of a pinned
+/// host and an unlisted byte tunnel.
+#[tokio::test]
+async fn sni_mismatch_detail_names_the_sni_plainly() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            // Held open, never answered: the refusal comes first.
+            tokio::spawn(async move {
+                let _s = s;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            });
+        }
+    });
+    let yaml = format!(
+        "version: 1\ndefaults:\n  unlisted: allow\n  allow_private: true\n  ports: [{port}]\n\
+         hosts:\n  {HOST}:\n    pins: [{}]\n    address: 127.0.0.1:{port}\n",
+        pinproxy::policy::pin::Pin::from_bytes([8; 32])
+    );
+    let mut run = TestProxy::builder()
+        .pinset(&yaml)
+        .args(&["--log-format", "json"])
+        .spawn()
+        .await;
+    for (target, detail) in [
+        (
+            format!("{HOST}:{port}"),
+            "the TLS SNI \"other.pinned.test\" names another host than the one dialed",
+        ),
+        (
+            format!("127.0.0.1:{port}"),
+            "the TLS SNI \"other.pinned.test\" names another host than the CONNECT",
+        ),
+    ] {
+        let (status, _, tcp) = connect_status(run.listen, &target).await;
+        assert_eq!(status, 200, "CONNECT {target}");
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("other.pinned.test").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .expect_err("a foreign SNI is refused");
+        let lines = run.until("sni-mismatch").await;
+        let event = json(lines.last().unwrap());
+        assert_eq!(event["detail"], detail, "{event}");
+    }
 }

@@ -211,6 +211,80 @@ async fn pin_connect_snippet_carries_trust_and_address_and_marks_untrusted() {
     assert!(out.contains(&format!("    address: {addr}\n")), "{out}");
 }
 
+/// `pin --connect IP:PORT --servername NAME`: the snippet is keyed by the
+/// name, so it carries `address:` (pasted without it, pinproxy would
+/// resolve the name instead of dialing the server tested); another DNS
+/// name dialed is named in a comment. A chain that validated for a name
+/// it does not carry prints that validated path, anchor included and
+/// labelled as one, not an "UNTRUSTED" presented chain.
+#[tokio::test]
+async fn pin_connect_snippet_reaches_what_was_tested_and_keeps_a_wrong_names_path() {
+    let pki = support::Pki::new(&["live.test"]);
+    let up = support::upstream(
+        pki.chain(),
+        pki.leaf.key_der(),
+        support::UpstreamOpts::new("live"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::write(dir.path(), "ca.pem", &pki.root.pem());
+    let (addr, port) = (up.addr.to_string(), up.addr.port());
+    let ca = ca.display().to_string();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pinproxy(&args)
+        })
+    };
+    let pin = |rest: &[&str]| -> Vec<String> {
+        ["pin", "--ca-file", &ca]
+            .iter()
+            .chain(rest)
+            .map(|a| a.to_string())
+            .collect()
+    };
+
+    let by_ip = pin(&["--connect", &addr, "--servername", "live.test"]);
+    let (code, out, err) = run(by_ip).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("  live.test:\n    pins:\n"), "{out}");
+    assert!(out.contains(&format!("    address: {addr}\n")), "{out}");
+
+    let other = format!("localhost:{port}");
+    let by_name = pin(&["--connect", &other, "--servername", "live.test"]);
+    let (code, out, err) = run(by_name).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("    address: "), "no IP was dialed: {out}");
+    assert!(
+        out.contains("    # address: IP:PORT   # tested by dialing localhost;"),
+        "{out}"
+    );
+
+    let wrong = format!("wrong.test:{port}");
+    let wrong_name = pin(&["--connect", &wrong, "--address", &addr]);
+    let (code, out, _) = run(wrong_name).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("# WRONG NAME"), "{out}");
+    assert!(!out.contains("UNTRUSTED"), "the chain validated: {out}");
+    let snippet = out.split_once("  wrong.test:\n").expect("a snippet").1;
+    let int = pki.int.pin();
+    let root = pki.root.pin();
+    assert!(
+        snippet.contains(&format!(
+            "- {int}  # intermediate: O=pinproxy tests, CN=Test Intermediate"
+        )),
+        "{snippet}"
+    );
+    assert!(
+        snippet.contains(&format!("- {root}  # root / top of chain: trust anchor")),
+        "{snippet}"
+    );
+    assert!(
+        snippet.contains(&format!("    address: {addr}\n")),
+        "{snippet}"
+    );
+}
+
 /// The app container's environment exactly as `pinproxy inject` writes it
 /// for `pod.in.yaml`, with the CA directory moved to `ca_dir`.
 fn injected_env(ca_dir: &Path, proxy: std::net::SocketAddr) -> Vec<(String, String)> {

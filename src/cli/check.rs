@@ -39,8 +39,9 @@ pub struct CheckArgs {
     #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
     pub ct_log_list: Option<PathBuf>,
     /// Also verify PATH.sig with this public key, as `run --pinset-key`
-    /// does (repeatable: any one may verify), and require a valid serial.
-    #[arg(long, value_name = "PUB")]
+    /// does (repeatable or comma-separated: any one may verify), and
+    /// require a valid serial.
+    #[arg(long, value_name = "PUB", value_delimiter = ',')]
     pub key: Vec<PathBuf>,
 }
 
@@ -62,10 +63,9 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
             }
             return Err(Error::Reported);
         }
-        Err(Unusable::Load(e)) => {
-            println!("{e}");
-            return Err(Error::Reported);
-        }
+        // Not read at all (missing, unreadable, over the size cap): the
+        // command failed, on stderr as `pinproxy: …`.
+        Err(Unusable::Load(e)) => return Err(Error::failed(e)),
     };
     for w in &policy.warnings {
         println!("{}: warning: {w}", args.path.display());

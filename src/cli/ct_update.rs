@@ -80,7 +80,7 @@ pub fn ct_update(args: &CtUpdateArgs) -> Result<(), Error> {
         );
         return Err(Error::Reported);
     }
-    install(out, &bytes).map_err(|e| Error::failed(format!("{}: {e}", out.display())))?;
+    install(out, &bytes).map_err(Error::failed)?;
     println!(
         "{}: installed; a pinproxy run with --ct-log-list {} reloads it",
         out.display(),
@@ -172,7 +172,7 @@ fn changes(old: &LogListInForce, new: &LogListInForce) -> String {
 
 /// Writes `bytes` to `out` by way of a temporary file in its directory,
 /// synced, then renamed over it.
-fn install(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn install(out: &Path, bytes: &[u8]) -> Result<(), String> {
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -180,11 +180,27 @@ fn install(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = out.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let (shown, dir_shown) = (tmp.display(), dir.display());
+    let mut f = std::fs::File::create(&tmp).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("cannot write {shown}: the directory {dir_shown} does not exist ({e})")
+        }
+        _ => format!("cannot write {shown} in {dir_shown}: {e}"),
+    })?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
     drop(f);
-    std::fs::rename(&tmp, out)?;
+    let renamed = written
+        .map_err(|e| format!("cannot write {shown}: {e}"))
+        .and_then(|()| {
+            std::fs::rename(&tmp, out)
+                .map_err(|e| format!("cannot rename {shown} to {}: {e}", out.display()))
+        });
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     // The rename itself is durable once the directory is synced.
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("installed, but cannot sync the directory {dir_shown}: {e}"))
 }

@@ -72,7 +72,9 @@ pub fn pin(args: &PinArgs) -> Result<(), Error> {
                 }
             }
             Err(e) => {
-                eprintln!("{e}");
+                // The other files are still read; each error is one
+                // `pinproxy: …` line on stderr, as main prints them.
+                eprintln!("pinproxy: {e}");
                 failed = true;
             }
         }
@@ -136,11 +138,21 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
     if let Some(checks) = &seen.checks {
         print_transparency(checks);
     }
+    // Pasted, the entry must reach the server that was tested: when that
+    // was not the name the entry is keyed by (an IP, or another name),
+    // say where.
+    let (address, dialed_name) = match (address, &host) {
+        (Some(a), _) => (Some(a), None),
+        (None, _) if host == name => (None, None),
+        (None, Host::Ip(ip)) => (Some(SocketAddr::new(*ip, port)), None),
+        (None, Host::Name(n)) => (None, Some(n.clone())),
+    };
     let snippet = Snippet {
         host: name.to_string(),
         port,
         trust: ca_file.map(|f| f.display().to_string()),
         address,
+        dialed_name,
         names: names.iter().map(|n| n.to_string()).collect(),
         client_cert: seen.client_auth.requested,
     };
@@ -164,6 +176,10 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
                      this trust; the snippet below pins the chain *as presented*, unvalidated. \
                      Fix trust (--ca-file / trust:) first, then pin from a validated chain."
                 );
+                print!(
+                    "{}",
+                    snippet.render(&seen.presented_info(), Some(Invalid::Untrusted))
+                );
             } else {
                 // Only the name check comes after a validated path.
                 println!(
@@ -172,13 +188,18 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
                      identity is one of the names it presents (a SPIFFE ID, a Service name), run \
                      again with --name <that SAN>; the snippet then carries names:."
                 );
+                // The path that validated, anchor included, as for a
+                // valid server: only the name is wrong.
+                print!(
+                    "{}",
+                    snippet.render(&on_validated_path(&seen), Some(Invalid::WrongName))
+                );
             }
-            print!("{}", snippet.render(&seen.presented_info(), true));
             Err(Error::Reported)
         }
         None => {
             println!("# pinset snippet (pin an intermediate or root and keep a backup pin):");
-            print!("{}", snippet.render(&on_validated_path(&seen), false));
+            print!("{}", snippet.render(&on_validated_path(&seen), None));
             Ok(())
         }
     }
@@ -240,22 +261,42 @@ fn on_validated_path(seen: &probe::Seen) -> Vec<CertInfo> {
     on_path
 }
 
+/// Why a snippet must not be pasted as it is.
+#[derive(Clone, Copy)]
+enum Invalid {
+    /// No path validated: the chain as presented.
+    Untrusted,
+    /// A path validated; the name check failed.
+    WrongName,
+}
+
 /// A pinset entry for what `pin --connect` saw, with the settings it used.
 struct Snippet {
     host: String,
     port: u16,
     trust: Option<String>,
     address: Option<SocketAddr>,
+    /// The DNS name dialed, when not the entry's own (no `address:` can
+    /// say it: the operator must).
+    dialed_name: Option<String>,
     names: Vec<String>,
     /// The server asked for a client certificate.
     client_cert: bool,
 }
 
 impl Snippet {
-    fn render(&self, chain: &[CertInfo], untrusted: bool) -> String {
+    fn render(&self, chain: &[CertInfo], invalid: Option<Invalid>) -> String {
         let mut s = String::new();
-        if untrusted {
-            s.push_str("# UNTRUSTED chain: do not paste before it validates\n");
+        match invalid {
+            Some(Invalid::Untrusted) => {
+                s.push_str("# UNTRUSTED chain: do not paste before it validates\n")
+            }
+            Some(Invalid::WrongName) => s.push_str(&format!(
+                "# pinset snippet of the validated path; the certificate does not name {}: \
+                 do not paste before it does\n",
+                comment::escape(&self.host)
+            )),
+            None => {}
         }
         s.push_str(&cert::yaml_snippet(&self.host, chain));
         if let Some(trust) = &self.trust {
@@ -265,6 +306,13 @@ impl Snippet {
         }
         if let Some(a) = self.address {
             s.push_str(&format!("    address: {a}\n"));
+        }
+        if let Some(dialed) = &self.dialed_name {
+            s.push_str(&format!(
+                "    # address: IP:PORT   # tested by dialing {}; without address: pinproxy \
+                 resolves the name above\n",
+                comment::escape(dialed)
+            ));
         }
         if self.port != 443 {
             s.push_str(&format!("    ports: [{}]\n", self.port));

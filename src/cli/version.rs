@@ -11,8 +11,8 @@ use crate::tls::ct::LogListInForce;
 
 #[derive(Args, Debug)]
 pub struct VersionArgs {
-    /// Describe this CT log list instead of the built-in one (as `run
-    /// --ct-log-list`, and the same variable).
+    /// Also describe this CT log list, after the built-in one, as the
+    /// list in use (as `run --ct-log-list`, and the same variable).
     #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
     pub ct_log_list: Option<PathBuf>,
 }

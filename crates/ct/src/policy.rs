@@ -353,9 +353,12 @@ impl fmt::Display for CtReport {
                     f.write_str(", one of them qualified, usable or read-only now")?;
                 }
             }
-            None => {
-                f.write_str(": no SCTs in the certificate, the TLS handshake or an OCSP staple")?
-            }
+            // pinproxy never passes `Delivered::tls` (rustls does not hand
+            // the extension over), and this text is what operators read.
+            None => f.write_str(
+                ": no SCTs in the certificate or a stapled OCSP response \
+                 (SCTs in the TLS extension are not read)",
+            )?,
         }
         let problems: Vec<String> = self
             .scts

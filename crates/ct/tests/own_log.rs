@@ -336,7 +336,8 @@ fn no_scts_at_all_is_none() {
     assert_eq!(report.verdict(), Verdict::None);
     assert_eq!(
         report.to_string(),
-        "none: no SCTs in the certificate, the TLS handshake or an OCSP staple"
+        "none: no SCTs in the certificate or a stapled OCSP response \
+         (SCTs in the TLS extension are not read)"
     );
 }
 

@@ -9,6 +9,7 @@
 //! pass *before* the YAML parser sees the text (libyaml's flow-collection
 //! handling is quadratic in depth; aliases are "billion laughs").
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use super::Policy;
 mod named;
 mod shape;
 mod source;
+mod unknown;
 
 pub use named::named_files;
 pub use source::{read, read_between, signature_path, Source, SIGNATURE_SUFFIX};
@@ -115,7 +117,10 @@ pub enum SerialError {
 /// signature check, the admission webhook and the load that applies a
 /// file cannot read two different serials from the same bytes.
 pub fn serial(bytes: &[u8]) -> Result<u64, SerialError> {
-    let (wire, _) = wire_of(bytes).map_err(SerialError::Invalid)?;
+    let (wire, _, unknown) = wire_of(bytes).map_err(SerialError::Invalid)?;
+    if !unknown.is_empty() {
+        return Err(SerialError::Invalid(unknown));
+    }
     match wire.serial {
         None => Err(SerialError::Missing),
         Some(0) => Err(SerialError::Zero),
@@ -137,13 +142,20 @@ fn parse_in(
     now: OffsetDateTime,
     caps: Caps,
 ) -> Result<Policy, Vec<Problem>> {
-    let (wire, text) = wire_of(bytes)?;
-    Validator::new(text, shown, read_from, now, caps).run(wire, bytes)
+    let (wire, text, mut unknown) = wire_of(bytes)?;
+    let validated = Validator::new(&text, shown, read_from, now, caps).run(wire, bytes);
+    if unknown.is_empty() {
+        return validated;
+    }
+    // Unknown keys were blanked out to validate the rest: still refused.
+    unknown.extend(validated.err().unwrap_or_default());
+    Err(unknown)
 }
 
 /// The text's wire shape: UTF-8, not empty, within the shape limits, and
-/// what the YAML parser makes of it.
-fn wire_of(bytes: &[u8]) -> Result<(FileWire, &str), Vec<Problem>> {
+/// what the YAML parser makes of it, with the problems of any unknown keys
+/// it had to blank out (and the text without them, lines kept) to get it.
+fn wire_of(bytes: &[u8]) -> Result<(FileWire, Cow<'_, str>, Vec<Problem>), Vec<Problem>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         vec![Problem::new(
             None,
@@ -167,17 +179,26 @@ fn wire_of(bytes: &[u8]) -> Result<(FileWire, &str), Vec<Problem>> {
     if let Err(problem) = shape::check(text) {
         return Err(vec![problem]);
     }
-    let wire: FileWire = serde_yaml::from_str(text).map_err(|e| {
-        let loc = e.location();
-        vec![Problem {
-            host: None,
-            field: None,
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            message: strip_location(&e.to_string()),
-        }]
-    })?;
-    Ok((wire, text))
+    let pruned = unknown::parse(text);
+    let mut problems: Vec<Problem> = pruned.unknown.iter().map(yaml_problem).collect();
+    match pruned.parsed {
+        Ok(wire) => Ok((wire, pruned.text, problems)),
+        Err(e) => {
+            problems.push(yaml_problem(&e));
+            Err(problems)
+        }
+    }
+}
+
+fn yaml_problem(e: &serde_yaml::Error) -> Problem {
+    let loc = e.location();
+    Problem {
+        host: None,
+        field: None,
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message: strip_location(&e.to_string()),
+    }
 }
 
 /// serde_yaml appends " at line N column M"; we print the location first.

@@ -119,7 +119,8 @@ async fn tunnel_unlisted(
         let revoked = revoked(ctx.clone(), generation, target.clone(), admission, peer);
         tokio::select! {
             done = splice => {
-                if let tunnel::Spliced::Refused(Hello::Tls(sni)) = done {
+                if let tunnel::Spliced::Refused(Hello::Tls(Some(sni))) = done {
+                    // `{:?}` of the name as received: quoted, control bytes escaped.
                     let message = format!("the TLS SNI {sni:?} names another host than the CONNECT");
                     let host = target.host.to_string();
                     refuse(&ctx, Reason::SniMismatch, Some(&label), &host, &message).close();

@@ -47,8 +47,9 @@ pub async fn serve<IO>(
     };
     // The host dialed, the name verified and the pinset entry must be one
     // name: a different SNI is domain fronting.
-    if let Some(sni) = start.client_hello().server_name().map(Host::parse) {
-        if sni.as_ref() != Ok(&target.host) {
+    if let Some(sni) = start.client_hello().server_name() {
+        if Host::parse(sni).as_ref() != Ok(&target.host) {
+            // `{:?}` of the name as received: quoted, control bytes escaped.
             let message = format!("the TLS SNI {sni:?} names another host than the one dialed");
             let host = target.host.to_string();
             // Answered with a TLS alert.

@@ -398,4 +398,28 @@ mod tests {
         let a2 = i.server_config(&a).unwrap();
         assert!(!Arc::ptr_eq(&first, &a2), "the oldest entry was evicted");
     }
+
+    /// `ca-bundle.crt` is written from `webpki-root-certs` while the
+    /// verifier trusts `webpki-roots`: the two crates must carry the same
+    /// roots, or an app trusting the bundle disagrees with pinproxy about
+    /// which chains validate (1.0.11 of the one with 1.0.10 of the other
+    /// left two roots out of the bundle).
+    #[test]
+    fn bundle_roots_are_the_verifier_roots() {
+        let bundle = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+        let verifier = webpki_roots::TLS_SERVER_ROOTS;
+        assert_eq!(
+            bundle.len(),
+            verifier.len(),
+            "webpki-root-certs and webpki-roots differ in size: keep their versions in step"
+        );
+        for cert in bundle {
+            let anchor = webpki::anchor_from_trusted_cert(cert).unwrap();
+            assert!(
+                verifier.iter().any(|a| a.subject == anchor.subject
+                    && a.subject_public_key_info == anchor.subject_public_key_info),
+                "a root in webpki-root-certs is not a webpki-roots anchor"
+            );
+        }
+    }
 }
