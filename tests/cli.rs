@@ -179,10 +179,10 @@ fn check_lists_every_problem_beside_unknown_fields() {
     let errors: Vec<&str> = out.lines().collect();
     assert_eq!(errors.len(), 4, "{out}");
     for (line, expect) in errors.iter().zip([
-        format!("{p}: error: line 5, column 5: hosts.api.local.test: unknown field `bogus`"),
-        format!("{p}: error: line 9, column 5: hosts.other.test: unknown field `also_bogus`"),
         format!("{p}: error: line 4: host \"api.local.test\": pins[0]: "),
+        format!("{p}: error: line 5, column 5: hosts.api.local.test: unknown field `bogus`"),
         format!("{p}: error: line 8: host \"other.test\": pins: empty"),
+        format!("{p}: error: line 9, column 5: hosts.other.test: unknown field `also_bogus`"),
     ]) {
         assert!(line.starts_with(&expect), "{expect:?} in:\n{out}");
     }

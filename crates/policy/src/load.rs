@@ -147,8 +147,10 @@ fn parse_in(
     if unknown.is_empty() {
         return validated;
     }
-    // Unknown keys were blanked out to validate the rest: still refused.
+    // Unknown keys were blanked out to validate the rest: still refused,
+    // every problem in the order of the file's lines.
     unknown.extend(validated.err().unwrap_or_default());
+    unknown.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
     Err(unknown)
 }
 

@@ -27,6 +27,8 @@ enum Refusal {
     TooDeep,
     Anchor,
     Alias,
+    /// A line break libyaml knows and this scan does not split at.
+    Break(&'static str),
 }
 
 /// Where the scan is, across lines.
@@ -48,12 +50,40 @@ struct Scan {
 pub(super) fn check(text: &str) -> Result<(), Problem> {
     let mut scan = Scan::default();
     for (i, line) in text.split('\n').enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line).as_bytes();
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some((col, what)) = foreign_break(line) {
+            return Err(problem(
+                Refusal::Break(what),
+                i + 1,
+                col + 1,
+                line.as_bytes(),
+            ));
+        }
+        let line = line.as_bytes();
         if let Err((refusal, col)) = scan.line(line) {
             return Err(problem(refusal, i + 1, col + 1, line));
         }
     }
     Ok(())
+}
+
+/// The first line break inside `line` (split at `\n`, a final `\r`
+/// removed) that libyaml would end a line at: a lone CR, NEL, LS or PS.
+/// This scan splits at `\n` only, so after one of them a comment would end
+/// for the parser and not for the scan — and what follows it (an anchor,
+/// a deep nesting) would reach the parser unchecked. A pinset has no use
+/// for them: refused, with the (0-based, byte) column.
+fn foreign_break(line: &str) -> Option<(usize, &'static str)> {
+    line.char_indices().find_map(|(i, c)| {
+        let what = match c {
+            '\r' => "a carriage return not followed by a line feed",
+            '\u{85}' => "U+0085 (next line)",
+            '\u{2028}' => "U+2028 (line separator)",
+            '\u{2029}' => "U+2029 (paragraph separator)",
+            _ => return None,
+        };
+        Some((i, what))
+    })
 }
 
 fn problem(refusal: Refusal, line: usize, column: usize, text: &[u8]) -> Problem {
@@ -64,6 +94,9 @@ fn problem(refusal: Refusal, line: usize, column: usize, text: &[u8]) -> Problem
         .collect();
     let token = token.trim_end_matches(':');
     let message = match refusal {
+        Refusal::Break(what) => format!(
+            "{what}: YAML ends a line there; a pinset's lines end with \\n (or \\r\\n) only"
+        ),
         Refusal::TooDeep => format!(
             "nested deeper than {MAX_DEPTH} levels (a pinset needs 6); refused before parsing"
         ),
@@ -235,6 +268,27 @@ mod tests {
             check(&PINSET.replace('\n', "\r\n")).map_err(|p| p.to_string()),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_line_break_only_yaml_knows_is_refused_where_it_is() {
+        // libyaml ends the comment at each of these, so the alias after it
+        // would reach the parser as structure.
+        for (brk, what) in [
+            ("\r", "carriage return"),
+            ("\u{85}", "U+0085"),
+            ("\u{2028}", "U+2028"),
+            ("\u{2029}", "U+2029"),
+        ] {
+            let text = format!("version: 1\n# trust{brk}x: [&s 'AAAA', *s, *s]\nhosts: {{}}\n");
+            let p = refused(&text);
+            assert_eq!((p.line, p.column), (Some(2), Some(8)), "{what}: {p}");
+            assert!(p.message.contains(what), "{p}");
+            // In a quoted value too: a pinset has no use for them.
+            let p = refused(&format!("version: 1\nhosts: {{}}\nx: \"a{brk}b\"\n"));
+            assert_eq!(p.line, Some(3), "{what}: {p}");
+        }
+        // \r\n line endings stay fine (the PINSET test above).
     }
 
     #[test]

@@ -38,9 +38,13 @@ pub(super) fn parse(text: &str) -> Pruned<'_> {
             }
             Err(e) => e,
         };
+        // Every text the parser sees passes the shape check first: blanking
+        // a line can end a quoted scalar early and turn its contents into
+        // structure (an anchor, a deep nesting) the check never saw.
         let blanked = (unknown.len() < MAX_PRUNED)
             .then(|| blank_unknown_key(&text, &e))
-            .flatten();
+            .flatten()
+            .filter(|next| super::shape::check(next).is_ok());
         match blanked {
             Some(next) => {
                 unknown.push(e);
@@ -78,6 +82,7 @@ fn blank_unknown_key(text: &str, e: &serde_yaml::Error) -> Option<String> {
         let trimmed = l.trim_start_matches(' ');
         let depth = l.len() - trimmed.len();
         let inside = trimmed.is_empty()
+            || trimmed == "\r"
             || trimmed.starts_with('#')
             || depth > indent
             || (depth == indent && (trimmed == "-" || trimmed.starts_with("- ")));
@@ -111,6 +116,29 @@ mod tests {
         assert_eq!(p.text.lines().nth(5), Some("    mode: enforce"));
         assert_eq!(p.text.lines().nth(4), Some(""));
         assert!(!p.text.contains("- 2"), "{}", p.text);
+    }
+
+    #[test]
+    fn blanking_never_hands_the_parser_what_the_shape_check_refuses() {
+        // The unknown key opens a quoted scalar that the shape check reads
+        // to the end of the file; blanking its line would turn the rest
+        // into an anchor and its aliases ("billion laughs").
+        let text = "bogus: \"\nversion: 1\npassthrough: [&s 'AAAA', *s, *s, *s]\n";
+        assert!(super::super::shape::check(text).is_ok());
+        let p = parse(text);
+        assert!(p.unknown.is_empty(), "blanked: {}", p.text);
+        let e = p.parsed.err().expect("refused");
+        assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+        assert_eq!(p.text, text);
+    }
+
+    #[test]
+    fn a_crlf_blank_line_stays_inside_the_unknown_block() {
+        let text = "version: 1\r\nbogus:\r\n  a: 1\r\n\r\n  b: 2\r\nhosts: {}\r\n";
+        let p = parse(text);
+        assert!(p.parsed.is_ok(), "{:?}\n{}", p.parsed.err(), p.text);
+        assert_eq!(p.unknown.len(), 1);
+        assert!(!p.text.contains("b: 2"), "{}", p.text);
     }
 
     #[test]
