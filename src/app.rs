@@ -154,8 +154,8 @@ pub enum Error {
     )]
     LearnFile { path: PathBuf, why: String },
     #[error(
-        "--state-dir {path}: {why} (PINPROXY_STATE_DIR names an existing writable directory, e.g. \
-         an emptyDir; it is not created, so that a path off the volume cannot lose the rollback \
+        "--state-dir {path}: {why} (PINPROXY_STATE_DIR names an existing directory, e.g. an \
+         emptyDir; it is not created, so that a path off the volume cannot lose the rollback \
          floor at every restart)"
     )]
     StateDir { path: PathBuf, why: String },
@@ -537,10 +537,12 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error
 }
 
 /// Checks `--state-dir` at start rather than at the first serial it
-/// keeps: it must be a directory pinproxy can write in. A missing one is
-/// not created (unlike `--learn-file`'s): a mistyped path would put the
-/// floor in the container's own layer, lost at every restart, and the
-/// sidecar would otherwise start but never apply a pinset.
+/// keeps: it must be a directory. A missing one is not created (unlike
+/// `--learn-file`'s): a mistyped path would put the floor in the
+/// container's own layer, lost at every restart, and the sidecar would
+/// otherwise start but never apply a pinset. One it cannot write in is
+/// only warned about: a floor set by hand in a read-only volume is read
+/// at every start, and a failed write is logged per pinset as before.
 fn check_state_dir(dir: &std::path::Path) -> Result<(), Error> {
     let refuse = |why: String| Error::StateDir {
         path: dir.to_path_buf(),
@@ -559,7 +561,14 @@ fn check_state_dir(dir: &std::path::Path) -> Result<(), Error> {
         .truncate(true)
         .open(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| refuse(format!("cannot write in it: {e}")))
+        .unwrap_or_else(|e| {
+            tracing::warn!(
+                state_dir = %dir.display(),
+                error = %e,
+                "--state-dir is not writable: the rollback floor in it is read, never raised"
+            )
+        });
+    Ok(())
 }
 
 /// Checks `--learn-file` at start rather than at its first save: creates

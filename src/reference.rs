@@ -188,9 +188,6 @@ fn every_chain_outcome_and_report_type_is_in_the_reference() {
     assert_none_missing(missing);
 }
 
-/// Every subcommand has its section, and every long flag (and the
-/// variable that sets it) is in it. `webhook` takes `inject`'s sidecar
-/// options, listed once under `inject`.
 /// Every field of the `/learned` document (and of the learn file, the
 /// same document) is in the schema under "Learning".
 #[test]
@@ -240,6 +237,9 @@ fn every_learned_field_is_in_the_reference() {
     assert_none_missing(missing);
 }
 
+/// Every subcommand has its section, and every long flag (and the
+/// variable that sets it) is in it. `webhook` takes `inject`'s sidecar
+/// options, listed once under `inject`.
 #[test]
 fn every_command_and_flag_is_in_the_reference() {
     let mut missing = Vec::new();
