@@ -26,6 +26,8 @@ use crate::sign::{KeyRing, StateDir};
 use crate::tls::ca::{self, Intercept};
 use crate::upstream::{Options, Shared, Snapshot};
 
+mod files;
+
 /// Everything a running proxy is built from.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -259,10 +261,16 @@ impl App {
             .into());
         }
         if let Some(path) = &config.learn_file {
-            prepare_learn_file(path)?;
+            files::learn_file(path).map_err(|why| Error::LearnFile {
+                path: path.clone(),
+                why,
+            })?;
         }
         if let Some(dir) = config.signing.as_ref().and_then(|s| s.state_dir.as_ref()) {
-            check_state_dir(dir)?;
+            files::state_dir(dir).map_err(|why| Error::StateDir {
+                path: dir.clone(),
+                why,
+            })?;
         }
         // Watch before the first read, so no change after it is missed.
         let mut watcher = config
@@ -534,71 +542,4 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error
     TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { flag, addr, source })
-}
-
-/// Checks `--state-dir` at start rather than at the first serial it
-/// keeps: it must be a directory. A missing one is not created (unlike
-/// `--learn-file`'s): a mistyped path would put the floor in the
-/// container's own layer, lost at every restart, and the sidecar would
-/// otherwise start but never apply a pinset. One it cannot write in is
-/// only warned about: a floor set by hand in a read-only volume is read
-/// at every start, and a failed write is logged per pinset as before.
-fn check_state_dir(dir: &std::path::Path) -> Result<(), Error> {
-    let refuse = |why: String| Error::StateDir {
-        path: dir.to_path_buf(),
-        why,
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(refuse("not a directory".into())),
-        Err(e) => return Err(refuse(e.to_string())),
-    }
-    // The floor is written as a temporary file renamed over `serial`.
-    let probe = dir.join(format!(".serial.{}.probe", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .unwrap_or_else(|e| {
-            tracing::warn!(
-                state_dir = %dir.display(),
-                error = %e,
-                "--state-dir is not writable: the rollback floor in it is read, never raised"
-            )
-        });
-    Ok(())
-}
-
-/// Checks `--learn-file` at start rather than at its first save: creates
-/// its directory if it can, and refuses to start when the file cannot be
-/// written there (the saver writes `FILE.tmp`, then renames it).
-fn prepare_learn_file(path: &std::path::Path) -> Result<(), Error> {
-    let refuse = |why: String| Error::LearnFile {
-        path: path.to_path_buf(),
-        why,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| {
-        refuse(format!(
-            "cannot create its directory {}: {e}",
-            dir.display()
-        ))
-    })?;
-    if path.is_dir() {
-        return Err(refuse("is a directory".into()));
-    }
-    let mut probe = path.as_os_str().to_owned();
-    probe.push(".tmp");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| refuse(format!("cannot write in {}: {e}", dir.display())))
 }
