@@ -7,7 +7,8 @@ Inputs (all written by that one run): runs.jsonl (bench/load.py, one record per 
 committed bytes beside idle RSS for pinproxy targets), and per repetition
 idle10k-{served,silent}-repN.json, connrate-*-repN.json, reload-repN.json, startup[-ca]-repN.json; sizes.txt, machine.txt, background.txt.
 
-Cells are median [min–max] over the repetitions. Ratios are PER-REPETITION PAIRED: targets ran interleaved,
+A target measured in parts inside one repetition (the handshake pairs, run A B B A) counts as one run: its
+parts' CPU, requests and time summed. Cells are median [min–max] over the repetitions. Ratios are PER-REPETITION PAIRED: targets ran interleaved,
 so repetition i of A is compared with repetition i of B (measured seconds apart, under the same background
 load); a ratio row shows the median [min–max] of those per-rep ratios. A verdict is "met" only when the
 whole range is on the right side of the target, "not met" when the whole range is on the wrong side, and
@@ -23,6 +24,29 @@ for k, dd in enumerate(DIRS):   # repetition r of run k becomes k*1000 + r: pair
     for l in ((dd / "runs.jsonl").read_text().splitlines() if (dd / "runs.jsonl").exists() else []):
         if l.strip():
             rec = json.loads(l); rec["rep"] = k * 1000 + rec["rep"]; runs.append(rec)
+
+
+def merge(parts):
+    """One record from the runs of one (rep, workload, target) measured in parts (run.sh's A B B A pairs):
+    CPU, requests and time summed, so the per-request figures are those of all parts together."""
+    ok = [r for r in parts if not r.get("stalled") and r.get("requests")]
+    if len(ok) < len(parts) or len(ok) < 2:
+        return dict(parts[0], stalled=True) if len(ok) < len(parts) else parts[0]
+    n = sum(r["requests"] for r in ok); t = sum(r["interval_s"] for r in ok)
+    w = lambda k: sum(r[k] * r["requests"] for r in ok) / n if all(r.get(k) is not None for r in ok) else None
+    out = dict(ok[0], parts=len(ok), requests=n, interval_s=t, proxy_cpu_s=sum(r["proxy_cpu_s"] for r in ok),
+               rps=sum(r["rps"] * r["interval_s"] for r in ok) / t, p50=w("p50"), p99=w("p99"),
+               upstream_cpu_us=w("upstream_cpu_us"), bad=sum(r.get("bad") or 0 for r in ok),
+               foreign_cpu_pct=max(r.get("foreign_cpu_pct") or 0 for r in ok),
+               max_rss_kb=max(r.get("max_rss_kb") or 0 for r in ok), rss_after_kb=ok[-1].get("rss_after_kb"))
+    out["cpu_us"] = out["proxy_cpu_s"] / n * 1e6
+    return out
+
+
+groups = {}
+for rec in runs:
+    groups.setdefault((rec["rep"], rec["workload"], rec["target"]), []).append(rec)
+runs = [merge(g) for g in groups.values()]
 REPS = sorted({r["rep"] for r in runs})
 J = lambda f: json.loads((d / f).read_text()) if (d / f).exists() else None
 def reps_of(pattern): return [json.loads(p.read_text()) for dd in DIRS for p in sorted(dd.glob(pattern), key=lambda p: int(p.stem.rsplit("rep", 1)[1]))]
@@ -127,6 +151,10 @@ if served:
     print(f"| fresh idle RSS MiB (started, no traffic yet) | {rng([x['rss_before_kb'] / 1024 for x in served + silent])} |")
     print(f"| RSS MiB, 10,000 idle keep-alive conns that served one request | {rng([x['rss_with_idle_conns_kb'] / 1024 for x in served])} "
           f"({min(x['connections'] for x in served)}–{max(x['connections'] for x in served)} conns, {min(x['ok_200'] for x in served)}+ × 200) |")
+    held = [x["held_at_1s"] for x in served + silent if x.get("held_at_1s") is not None]   # absent in older runs
+    if held and min(held) < min(x["connections"] for x in served + silent):
+        # the rest refused (503, closed): over --max-connections, lowered to what the open-files limit carries
+        print(f"| connections the proxy held at +1 s (of {served[0]['connections']} opened; per-connection KiB is over these) | {rng(held, '{:.0f}')} |")
     print(f"| RSS MiB, 10,000 idle conns that never spoke | {rng([x['rss_with_idle_conns_kb'] / 1024 for x in silent])} |")
     print(f"| per-connection KiB: served one request / never spoke | {rng([x['per_conn_kib'] for x in served], '{:.2f}')} / {rng([x['per_conn_kib'] for x in silent], '{:.2f}')} |")
     # the allocator's committed bytes beside those RSS figures (idle10k.py --admin; absent in older runs)
