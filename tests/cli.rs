@@ -253,6 +253,29 @@ fn version_help_says_the_list_is_described_besides_the_built_in_one() {
     assert!(out.contains("CT log list in use: "), "{out}");
 }
 
+/// `pinproxy version | head -1`: the reader closes the pipe after one line.
+/// The command ends as other tools do, by SIGPIPE, without a panic's
+/// message and backtrace on stderr.
+#[test]
+fn a_reader_that_goes_away_ends_a_one_shot_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/ct/data/log_list.json");
+    // The reading end is closed before the command starts: its first
+    // write meets no reader, whatever the timing.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["version", "--ct-log-list", list.to_str().unwrap()])
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let (code, _, _) = pinproxy(&["check"]);
