@@ -81,6 +81,24 @@ if ! (cd "$ROOT" && cargo build --release --quiet); then
   fi
   echo "WARNING: cargo build failed; measuring $BUILT_FROM" >&2
 fi
+# How much of link/symbol-order.txt (build.rs, bench/link-order.sh) this binary's symbols still match:
+# a file gone stale (another toolchain, new Cargo.lock) lays out little and the memory figures show it.
+link_order_found() {
+  local f=$ROOT/link/symbol-order.txt
+  [ -f "$f" ] || { echo "no link/symbol-order.txt"; return; }
+  local n found
+  n=$(grep -vc '^#' "$f")
+  found=$(LC_ALL=C comm -12 <(grep -v '^#' "$f" | LC_ALL=C sort -u) <(nm --defined-only "$BIN" 2>/dev/null | awk '{print $NF}' | LC_ALL=C sort -u) | wc -l)
+  echo "$found of $n symbols of link/symbol-order.txt are in the binary ($(grep -q '\.relr\.dyn' <(readelf -S "$BIN" 2>/dev/null) && echo RELR || echo 'no RELR'))"
+}
+# Checked now rather than read in the results 15 minutes later: a stale file (a new dependency, a new
+# toolchain, Cargo.lock) lays out little, and fresh RSS then reads ~1.5 MiB higher (1,972 of 2,873 names
+# once: 7.7-8.3 MiB fresh against 6.5-7.1).
+LO=$(link_order_found); read -r LO_FOUND _ LO_N _ <<< "$LO"
+if [ "${LO_FOUND:-0}" -lt $(( ${LO_N:-0} * 85 / 100 )) ] 2>/dev/null; then
+  echo "WARNING: link/symbol-order.txt is stale for this binary ($LO): the memory figures will be high;" >&2
+  echo "         regenerate it (bench/link-order.sh, peers up) and commit it before a recorded run" >&2
+fi
 mkdir -p $P $B/upstream-fresh/{logs,tmp} $B/ct
 # The ct row's upstream leaf (3 embedded SCTs from 3 test logs) and their log list; remade when 30 days
 # old (the list must stay under Chrome's 70-day limit, or enforce acts as report)
@@ -342,16 +360,6 @@ done
 rm -f $OUT/h2load.log
 python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >&2
 
-# How much of link/symbol-order.txt (build.rs, bench/link-order.sh) this binary's symbols still match:
-# a file gone stale (another toolchain, new Cargo.lock) lays out little and the memory figures show it.
-link_order_found() {
-  local f=$ROOT/link/symbol-order.txt
-  [ -f "$f" ] || { echo "no link/symbol-order.txt"; return; }
-  local n found
-  n=$(grep -vc '^#' "$f")
-  found=$(LC_ALL=C comm -12 <(grep -v '^#' "$f" | LC_ALL=C sort -u) <(nm --defined-only "$BIN" 2>/dev/null | awk '{print $NF}' | LC_ALL=C sort -u) | wc -l)
-  echo "$found of $n symbols of link/symbol-order.txt are in the binary ($(grep -q '\.relr\.dyn' <(readelf -S "$BIN" 2>/dev/null) && echo RELR || echo 'no RELR'))"
-}
 { echo "pinproxy_bytes $(stat -c %s $BIN)"
   cp $BIN $P/pinproxy.stripped && strip $P/pinproxy.stripped && echo "pinproxy_stripped_bytes $(stat -c %s $P/pinproxy.stripped)"
   echo "envoy_bytes $(stat -L -c %s "$(envoy_bin)")"
