@@ -13,30 +13,13 @@ fn main() -> ExitCode {
     pinproxy::proxy::memory::install_trim(trim);
     pinproxy::control::metrics::install_heap_stats(heap_stats);
     match Cli::try_parse() {
-        Ok(c) => {
-            if !matches!(c.command, cli::Command::Run(_) | cli::Command::Webhook(_)) {
-                end_quietly_when_the_reader_goes();
-            }
-            cli::main(c)
-        }
+        Ok(c) => cli::main(c),
         Err(e) => {
             let _ = e.print();
             // clap: 0 for --help/--version, 2 for usage errors.
             ExitCode::from(e.exit_code() as u8)
         }
     }
-}
-
-/// A one-shot command whose reader goes away (`pinproxy check … | head -1`)
-/// ends as other Unix tools do, killed by SIGPIPE, rather than panicking in
-/// `println!` ("failed printing to stdout: Broken pipe"): Rust's runtime
-/// ignores SIGPIPE before `main`. The two servers (`run`, `webhook`) keep it
-/// ignored: a write to a closed socket or log pipe is an error they handle,
-/// never a reason to stop.
-fn end_quietly_when_the_reader_goes() {
-    // SAFETY: sets the default disposition of one signal; no handler runs
-    // our code, and no other thread exists yet.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 /// Hands the runtime thread's free mimalloc pages back to the kernel (see

@@ -54,12 +54,12 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
     let policy = match load(args, caps) {
         Ok(p) => p,
         Err(Unusable::Signature(why)) => {
-            println!("{}: error: {why}", args.path.display());
+            outln!("{}: error: {why}", args.path.display());
             return Err(Error::Reported);
         }
         Err(Unusable::Load(policy::Error::Invalid { path, problems })) => {
             for p in &problems {
-                println!("{}: error: {p}", path.display());
+                outln!("{}: error: {p}", path.display());
             }
             return Err(Error::Reported);
         }
@@ -68,11 +68,11 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
         Err(Unusable::Load(e)) => return Err(Error::failed(e)),
     };
     for w in &policy.warnings {
-        println!("{}: warning: {w}", args.path.display());
+        outln!("{}: warning: {w}", args.path.display());
     }
     let n = policy.hosts.len();
     let hosts = if n == 1 { "host" } else { "hosts" };
-    println!("{}: ok ({n} {hosts})", args.path.display());
+    outln!("{}: ok ({n} {hosts})", args.path.display());
     if !args.live {
         return Ok(());
     }
@@ -84,7 +84,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
     };
     if policy.hosts.iter().any(|h| h.ct != CtMode::Off) {
         let now = rustls::pki_types::UnixTime::now();
-        println!("CT log list: {}", list.describe(now));
+        outln!("CT log list: {}", list.describe(now));
     }
     let rt = small_runtime()?;
     let now = time::OffsetDateTime::now_utc();
@@ -131,7 +131,7 @@ fn verify(args: &CheckArgs, source: &policy::load::Source) -> Result<(), String>
         policy::load::serial,
     )
     .map_err(|r| format!("{}: {r}", r.result_label()))?;
-    println!(
+    outln!(
         "{}: signature ok (serial {}, key {}, sha256 {})",
         args.path.display(),
         accepted.serial(),
@@ -149,7 +149,7 @@ async fn live(
     list: &std::sync::Arc<LogListInForce>,
 ) -> bool {
     if entry.name.starts_with('*') {
-        println!(
+        outln!(
             "{}: skipped (a wildcard names no single server)",
             entry.name
         );
@@ -183,12 +183,12 @@ async fn live(
     {
         Ok(s) => s,
         Err(e) => {
-            println!("{}: UNREACHABLE: {e}", entry.name);
+            outln!("{}: UNREACHABLE: {e}", entry.name);
             return false;
         }
     };
     if let Some(e) = &seen.error {
-        println!("{}: UNTRUSTED: {e}", entry.name);
+        outln!("{}: UNTRUSTED: {e}", entry.name);
         return false;
     }
     let mut ok = true;
@@ -219,13 +219,13 @@ async fn live(
         Outcome::PassUnpinned => "ok (unpinned)".into(),
     };
     if !matching.is_empty() {
-        println!("{}: {verdict}", entry.name);
+        outln!("{}: {verdict}", entry.name);
     } else {
         let live: Vec<String> = validated
             .iter()
             .map(|(p, at)| format!("{p} ({})", at.as_str()))
             .collect();
-        println!(
+        outln!(
             "{}: {verdict}; live chain pins: {}",
             entry.name,
             live.join(", ")
@@ -233,26 +233,26 @@ async fn live(
     }
     match j.next_pins_matched {
         None => {}
-        Some(false) => println!(
+        Some(false) => outln!(
             "{}: next_pins: MISMATCH — the live chain carries none of next_pins",
             entry.name
         ),
-        Some(true) => println!(
+        Some(true) => outln!(
             "{}: next_pins: ok, matches {}",
             entry.name,
             on_path(&entry.next_pins).join(", ")
         ),
     }
     for line in rotation(entry, j.next_pins_matched) {
-        println!("{}: rotation: {line}", entry.name);
+        outln!("{}: rotation: {line}", entry.name);
     }
     if let Some((line, fine)) = client_auth(entry, &seen.client_auth) {
-        println!("{}: client certificate: {line}", entry.name);
+        outln!("{}: client certificate: {line}", entry.name);
         ok &= fine;
     }
     if let Some(checks) = &seen.checks {
         for (line, fine) in transparency(checks) {
-            println!("{}: {line}", entry.name);
+            outln!("{}: {line}", entry.name);
             ok &= fine;
         }
     }

@@ -45,22 +45,22 @@ pub fn ct_update(args: &CtUpdateArgs) -> Result<(), Error> {
         Ok(l) => l,
         Err(e) => {
             for problem in problems(&e) {
-                println!("{shown}: error: {problem}");
+                outln!("{shown}: error: {problem}");
             }
             return Err(Error::Reported);
         }
     };
-    println!("{shown}: ok: {}", new.describe(now));
-    println!("{shown}: {}", census(&new));
+    outln!("{shown}: ok: {}", new.describe(now));
+    outln!("{shown}: {}", census(&new));
     let (current, at_out) = current(args.out.as_deref(), args.max_file_bytes);
-    println!(
+    outln!(
         "{shown}: against the list it replaces ({}, {}): {}",
         current.label(),
         current.source(),
         changes(&current, &new)
     );
     if new.is_stale(now) {
-        println!(
+        outln!(
             "{shown}: warning: {} days old: with this list ct: enforce acts as ct: report \
              (Chrome stops enforcing at 70 days); fetch a newer one",
             new.age_days(now)
@@ -70,7 +70,7 @@ pub fn ct_update(args: &CtUpdateArgs) -> Result<(), Error> {
         return Ok(());
     };
     if at_out && new.timestamp() < current.timestamp() {
-        println!(
+        outln!(
             "{shown}: error: it is older than the list at {} ({} < {}): refusing to roll \
              back; remove {} first to install an older list on purpose",
             out.display(),
@@ -81,7 +81,7 @@ pub fn ct_update(args: &CtUpdateArgs) -> Result<(), Error> {
         return Err(Error::Reported);
     }
     install(out, &bytes).map_err(Error::failed)?;
-    println!(
+    outln!(
         "{}: installed; a pinproxy run with --ct-log-list {} reloads it",
         out.display(),
         out.display()
@@ -103,7 +103,7 @@ fn current(out: Option<&Path>, max: u64) -> (Arc<LogListInForce>, bool) {
         Some(p) => match LogListInForce::read(p, max) {
             Ok(l) => (Arc::new(l), true),
             Err(e) => {
-                println!("{}: warning: the list there is replaced: {e}", p.display());
+                outln!("{}: warning: the list there is replaced: {e}", p.display());
                 (LogListInForce::builtin(), false)
             }
         },

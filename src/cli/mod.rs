@@ -9,12 +9,28 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `print!` for a command's output: ends the command quietly when the
+/// reader has gone ([`out`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::out::write(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for a command's output ([`out`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod check;
 pub mod ct_update;
 pub mod duration;
 pub mod fds;
 pub mod inject;
 pub mod logging;
+pub mod out;
 pub mod pin;
 pub mod redirect;
 pub mod run;

@@ -68,7 +68,7 @@ pub fn pin(args: &PinArgs) -> Result<(), Error> {
         match keyfile::read(file, &provider) {
             Ok(found) => {
                 for f in found {
-                    println!("{}", f.line);
+                    outln!("{}", f.line);
                 }
             }
             Err(e) => {
@@ -133,7 +133,7 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
         || format!("{host}:{port}"),
         |a| format!("{host}:{port} at {a}"),
     );
-    println!("# chain presented by {dialed} (SNI {name}), leaf first");
+    outln!("# chain presented by {dialed} (SNI {name}), leaf first");
     print_chain(&seen);
     if let Some(checks) = &seen.checks {
         print_transparency(checks);
@@ -157,7 +157,7 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
         client_cert: seen.client_auth.requested,
     };
     if seen.client_auth.requested {
-        println!(
+        outln!(
             "# the server asked for a client certificate (mTLS); none was presented{}",
             match &seen.client_auth.refused {
                 Some(why) => format!(" and it refused the connection ({why})"),
@@ -169,20 +169,20 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
         Some(e) => {
             // Still useful: the operator sees what the server sends. But
             // pinproxy would refuse it until the chain validates.
-            println!("# NOT VALID: {}", comment::escape(e));
+            outln!("# NOT VALID: {}", comment::escape(e));
             if seen.paths.is_empty() {
-                println!(
+                outln!(
                     "# UNTRUSTED: pinproxy would refuse this server (untrusted-certificate) with \
                      this trust; the snippet below pins the chain *as presented*, unvalidated. \
                      Fix trust (--ca-file / trust:) first, then pin from a validated chain."
                 );
-                print!(
+                out!(
                     "{}",
                     snippet.render(&seen.presented_info(), Some(Invalid::Untrusted))
                 );
             } else {
                 // Only the name check comes after a validated path.
-                println!(
+                outln!(
                     "# WRONG NAME: the chain validated, the name did not: pinproxy would refuse \
                      this server (untrusted-certificate, reason wrong-name). If the server's \
                      identity is one of the names it presents (a SPIFFE ID, a Service name), run \
@@ -190,7 +190,7 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
                 );
                 // The path that validated, anchor included, as for a
                 // valid server: only the name is wrong.
-                print!(
+                out!(
                     "{}",
                     snippet.render(&on_validated_path(&seen), Some(Invalid::WrongName))
                 );
@@ -198,8 +198,8 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
             Err(Error::Reported)
         }
         None => {
-            println!("# pinset snippet (pin an intermediate or root and keep a backup pin):");
-            print!("{}", snippet.render(&on_validated_path(&seen), None));
+            outln!("# pinset snippet (pin an intermediate or root and keep a backup pin):");
+            out!("{}", snippet.render(&on_validated_path(&seen), None));
             Ok(())
         }
     }
@@ -215,12 +215,12 @@ fn print_chain(seen: &probe::Seen) {
             Ok(p) if validated.contains(&p) => "",
             _ => "  [not on a validated path]",
         };
-        println!("{}{mark}", info.line());
+        outln!("{}{mark}", info.line());
     }
     for path in &seen.paths {
         if let Some(anchor) = path.last() {
             if !presented.iter().any(|i| i.pin == anchor.to_string()) {
-                println!("{anchor}  (trust anchor of a validated path)");
+                outln!("{anchor}  (trust anchor of a validated path)");
             }
         }
     }
@@ -229,19 +229,19 @@ fn print_chain(seen: &probe::Seen) {
 /// The leaf's SCTs (log id, timestamp, log and operator, how delivered,
 /// verified or not), the CT verdict and the OCSP staple, as comments.
 fn print_transparency(c: &PathChecks) {
-    println!(
+    outln!(
         "# Certificate Transparency (the CT policy as ct: enforce would judge it): {}",
         comment::escape(&c.ct_line())
     );
     for sct in c.scts() {
-        println!("#   SCT {}", comment::escape(&sct.to_string()));
+        outln!("#   SCT {}", comment::escape(&sct.to_string()));
     }
     let must = if c.must_staple {
         " (the leaf is must-staple)"
     } else {
         ""
     };
-    println!("# OCSP staple: {}{must}", comment::escape(&c.staple_line()));
+    outln!("# OCSP staple: {}{must}", comment::escape(&c.staple_line()));
 }
 
 /// The certificates of the first validated path, leaf first, anchor last.

@@ -47,7 +47,7 @@ pub fn sign(args: &SignArgs) -> Result<(), Error> {
     let out = sig_path(&args.file);
     std::fs::write(&out, signature.to_base64())
         .map_err(|e| Error::failed(format!("cannot write {}: {e}", out.display())))?;
-    println!(
+    outln!(
         "{}: signed (serial {serial}, key {}, sha256 {})",
         out.display(),
         key.public_key().id(),
@@ -80,7 +80,7 @@ pub fn keygen(args: &KeygenArgs) -> Result<(), Error> {
         let _ = std::fs::remove_file(&private);
         return Err(e);
     }
-    println!(
+    outln!(
         "{}: private key ({}; keep it out of the cluster)\n{}: public key for run --pinset-key \
          (id {})",
         private.display(),

@@ -18,8 +18,8 @@ pub fn status(args: &StatusArgs) -> Result<(), Error> {
         .block_on(status::collect(api, args.namespace.as_deref()))
         .map_err(Error::failed)?;
     match args.output {
-        Output::Text => print!("{}", status::render_text(&report)),
-        Output::Json => println!("{}", status::render_json(&report)),
+        Output::Text => out!("{}", status::render_text(&report)),
+        Output::Json => outln!("{}", status::render_json(&report)),
     }
     Ok(())
 }

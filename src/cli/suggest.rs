@@ -121,7 +121,7 @@ pub fn suggest(args: &SuggestArgs) -> Result<(), Error> {
             list.join("; ")
         )));
     }
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }
 

@@ -24,32 +24,32 @@ pub fn version(args: &VersionArgs) -> Result<(), Error> {
     } else {
         "release"
     };
-    println!(
+    outln!(
         "pinproxy {} ({}-{}, {build} build)",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH,
         std::env::consts::OS,
     );
-    println!(
+    outln!(
         "rustls {} (ring); OCSP stapling requested on every upstream handshake",
         env!("PINPROXY_RUSTLS_VERSION")
     );
-    println!(
+    outln!(
         "webpki-roots {}: {} Mozilla root CAs (trust: webpki)",
         env!("PINPROXY_WEBPKI_ROOTS_VERSION"),
         crate::tls::verify::webpki_roots().len()
     );
     let builtin = LogListInForce::builtin();
-    println!(
+    outln!(
         "CT log list built in: Chrome's v3 list {}",
         builtin.describe(now)
     );
     if let Some(path) = &args.ct_log_list {
         let list = LogListInForce::read(path, crate::policy::load::DEFAULT_MAX_FILE_BYTES)
             .map_err(Error::failed)?;
-        println!("CT log list in use: {}", list.describe(now));
+        outln!("CT log list in use: {}", list.describe(now));
     } else {
-        println!(
+        outln!(
             "note: Chrome's log list terms do not allow its use for CT enforcement outside \
              Chrome without Chrome's written permission: mount a list you may use with \
              run --ct-log-list (docs/reference.md, \"Certificate Transparency and OCSP\")"

@@ -1,0 +1,29 @@
+//! A command's output on stdout, for `out!` and `outln!` (this module's
+//! parent): `print!` and `println!` panic when stdout is a pipe whose reader
+//! has gone (`pinproxy version | head -1`: "failed printing to stdout: Broken
+//! pipe", a backtrace, exit 101), because Rust ignores SIGPIPE. Here the
+//! command ends as a tool killed by SIGPIPE would look to a shell: exit
+//! status 141, nothing on stderr. SIGPIPE itself stays ignored, so a pipe to
+//! a child (`redirect` feeding `iptables-restore`) still fails with an error
+//! the command reports.
+
+use std::io::{self, Write as _};
+use std::process;
+
+/// What a shell reports for a command killed by SIGPIPE (128 + 13).
+pub const READER_GONE: i32 = 141;
+
+/// Writes `args` to stdout; ends the process if it cannot.
+pub fn write(args: std::fmt::Arguments<'_>) {
+    if let Err(e) = io::stdout().lock().write_fmt(args) {
+        cannot_write(&e);
+    }
+}
+
+fn cannot_write(e: &io::Error) -> ! {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        process::exit(READER_GONE);
+    }
+    eprintln!("pinproxy: cannot write the output: {e}");
+    process::exit(1)
+}
