@@ -30,11 +30,13 @@ def held_conns(port):
     Fewer than asked when the proxy refused some (503 and close: over --max-connections, which pinproxy
     lowers to what the open-files limit carries)."""
     try:
-        out = subprocess.run(["ss", "-tnH", "state", "established", f"sport = :{port}"],
-                             capture_output=True, text=True, timeout=30).stdout
+        ss = subprocess.run(["ss", "-tnH", "state", "established", f"sport = :{port}"],
+                            capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return sum(1 for l in out.splitlines() if l.strip())
+    if ss.returncode != 0:
+        return None
+    return sum(1 for l in ss.stdout.splitlines() if l.strip())
 
 def socket_kb(port):
     """Kernel socket memory (receive + send queues, forward allocations) of the proxy's side of the

@@ -29,9 +29,11 @@ for k, dd in enumerate(DIRS):   # repetition r of run k becomes k*1000 + r: pair
 def merge(parts):
     """One record from the runs of one (rep, workload, target) measured in parts (run.sh's A B B A pairs):
     CPU, requests and time summed, so the per-request figures are those of all parts together."""
+    if len(parts) == 1:
+        return parts[0]
     ok = [r for r in parts if not r.get("stalled") and r.get("requests")]
-    if len(ok) < len(parts) or len(ok) < 2:
-        return dict(parts[0], stalled=True) if len(ok) < len(parts) else parts[0]
+    if len(ok) < len(parts):   # a part without figures: the target has none for this repetition
+        return dict(parts[0], stalled=True)
     n = sum(r["requests"] for r in ok); t = sum(r["interval_s"] for r in ok)
     w = lambda k: sum(r[k] * r["requests"] for r in ok) / n if all(r.get(k) is not None for r in ok) else None
     out = dict(ok[0], parts=len(ok), requests=n, interval_s=t, proxy_cpu_s=sum(r["proxy_cpu_s"] for r in ok),
@@ -220,7 +222,7 @@ if any(r["target"] == "pptransparent" for r in runs):
         chk(f"transparent p99 ≤ 1.1× CONNECT's ({label})", paired(V(w, "pptransparent", "p99"), V(w, "pinproxy", "p99")), "<=", 1.1, fg=[(w, "pptransparent"), (w, "pinproxy")])
 if served:
     chk("idle keep-alive conns that served one request (10,000 opened, as many held as the open-files limit allows) RSS, 1 s after the last response", [x["rss_with_idle_conns_kb"] / 1024 for x in served], "<=", 40, "MiB",
-        note="a fresh instance per rep; connections as many as the open-files limit carries (`connections` in idle10k-served-repN.json)")
+        note="a fresh instance per rep; connections as many as the open-files limit carries (`held_at_1s` in idle10k-served-repN.json)")
     per = {i + 1: x["per_conn_kib"] for i, x in enumerate(served)}; per_s = {i + 1: x["per_conn_kib"] for i, x in enumerate(silent)}
     chk("idle conn that served a request ≤ 2× one that never did (per-conn KiB)", [per[i] / per_s[i] for i in per if per_s.get(i)], "<=", 2.0,
         note=f"per rep: {'; '.join(f'{per[i]:.2f}/{per_s[i]:.2f}' for i in per if per_s.get(i))} KiB")

@@ -253,26 +253,44 @@ fn version_help_says_the_list_is_described_besides_the_built_in_one() {
     assert!(out.contains("CT log list in use: "), "{out}");
 }
 
-/// `pinproxy version | head -1`: the reader closes the pipe after one line.
-/// The command ends as a tool killed by SIGPIPE looks to a shell (exit
-/// status 141), without a panic's message and backtrace on stderr.
+/// `pinproxy version | head -1`, `pinproxy inject … | kubectl apply -f -`,
+/// `pinproxy redirect --dry-run | less` quit early: the reader goes away before the output is all written. The command ends
+/// as a tool killed by SIGPIPE looks to a shell (exit status 141), without
+/// a panic's message and backtrace or an error on stderr.
 #[test]
 fn a_reader_that_goes_away_ends_a_one_shot_command_quietly() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
     use std::process::Stdio;
-    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/ct/data/log_list.json");
-    // The reading end is closed before the command starts: its first
-    // write meets no reader, whatever the timing.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args(["version", "--ct-log-list", list.to_str().unwrap()])
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.is_empty(), "{stderr}");
-    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let list = root.join("crates/ct/data/log_list.json");
+    let manifest = root.join("tests/fixtures/inject/deployment.in.yaml");
+    for args in [
+        vec!["version", "--ct-log-list", list.to_str().unwrap()],
+        vec!["inject", "-f", manifest.to_str().unwrap()],
+        vec![
+            "redirect",
+            "--dry-run",
+            "--proxy-uid",
+            "1337",
+            "--port",
+            "3128",
+        ],
+    ] {
+        // The reading end is closed before the command starts: its first
+        // write meets no reader (EPIPE), whatever the timing.
+        let (reader, writer) = UnixStream::pair().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+            .args(&args)
+            .stdout(Stdio::from(OwnedFd::from(writer)))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

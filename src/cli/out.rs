@@ -20,10 +20,45 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     }
 }
 
-fn cannot_write(e: &io::Error) -> ! {
+/// Ends the command as [`write`] does when `e` says the reader has gone;
+/// for commands that write their output themselves and report other errors.
+pub fn end_if_reader_gone(e: &io::Error) {
     if e.kind() == io::ErrorKind::BrokenPipe {
         process::exit(READER_GONE);
     }
+}
+
+/// Locked stdout for a command that writes its output itself
+/// (`redirect`): a broken pipe ends the command as [`write`] does; other
+/// errors go back to the caller.
+pub struct Stdout(io::StdoutLock<'static>);
+
+impl Stdout {
+    pub fn lock() -> Self {
+        Self(io::stdout().lock())
+    }
+}
+
+impl io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf);
+        if let Err(e) = &n {
+            end_if_reader_gone(e);
+        }
+        n
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let done = self.0.flush();
+        if let Err(e) = &done {
+            end_if_reader_gone(e);
+        }
+        done
+    }
+}
+
+fn cannot_write(e: &io::Error) -> ! {
+    end_if_reader_gone(e);
     eprintln!("pinproxy: cannot write the output: {e}");
     process::exit(1)
 }

@@ -71,7 +71,7 @@ pub struct RedirectArgs {
 }
 
 pub fn redirect(args: &RedirectArgs) -> Result<(), Error> {
-    let mut stdout = io::stdout().lock();
+    let mut stdout = super::out::Stdout::lock();
     execute(args, &mut stdout)
 }
 
