@@ -4,12 +4,7 @@
 use super::Error;
 
 pub fn inject(args: &crate::k8s::inject::InjectArgs) -> Result<(), Error> {
-    crate::k8s::inject::run(args).map_err(|e| {
-        // `inject | kubectl apply -f -` whose reader stopped: as every
-        // command's output (super::out).
-        if let crate::k8s::inject::InjectError::Write(io) = &e {
-            super::out::end_if_reader_gone(io);
-        }
-        Error::failed(e)
-    })
+    // A reader that has gone (`inject | kubectl apply -f -` when kubectl
+    // fails) ends the command as every command's output does (super::out).
+    crate::k8s::inject::run(args, &mut super::out::Stdout::lock()).map_err(Error::failed)
 }

@@ -20,16 +20,15 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Ends the command as [`write`] does when `e` says the reader has gone;
-/// for commands that write their output themselves and report other errors.
-pub fn end_if_reader_gone(e: &io::Error) {
+/// Ends the command as [`write`] does when `e` says the reader has gone.
+fn end_if_reader_gone(e: &io::Error) {
     if e.kind() == io::ErrorKind::BrokenPipe {
         process::exit(READER_GONE);
     }
 }
 
 /// Locked stdout for a command that writes its output itself
-/// (`redirect`): a broken pipe ends the command as [`write`] does; other
+/// (`redirect`, `inject`): a broken pipe ends the command as [`write`] does; other
 /// errors go back to the caller.
 pub struct Stdout(io::StdoutLock<'static>);
 

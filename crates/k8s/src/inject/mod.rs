@@ -387,8 +387,9 @@ impl Default for InjectOptions {
 
 // === entry points ===
 
-/// `pinproxy inject`: read the file (or stdin), write the injected stream to stdout.
-pub fn run(args: &InjectArgs) -> Result<(), InjectError> {
+/// `pinproxy inject`: read the file (or stdin), write the injected stream
+/// to `out` (the command's stdout).
+pub fn run(args: &InjectArgs, out: &mut impl Write) -> Result<(), InjectError> {
     let opts = InjectOptions::from(&args.sidecar);
     let input = if args.file.as_os_str() == "-" {
         let mut s = String::new();
@@ -409,10 +410,8 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectError> {
     for w in &injected.warnings {
         eprintln!("pinproxy inject: warning: {w}");
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(injected.output.as_bytes())
-        .and_then(|()| stdout.flush())
+    out.write_all(injected.output.as_bytes())
+        .and_then(|()| out.flush())
         .map_err(InjectError::Write)
 }
 
