@@ -305,15 +305,7 @@ fn usage_errors_exit_2() {
 
 #[tokio::test]
 async fn pin_connect_and_check_live_against_a_local_server() {
-    let pki = support::Pki::new(&["live.test"]);
-    let up = support::upstream(
-        pki.chain(),
-        pki.leaf.key_der(),
-        support::UpstreamOpts::new("live"),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = support::write(dir.path(), "ca.pem", &pki.root.pem());
+    let support::LiveServer { pki, up, dir, ca } = support::live_server().await;
     let target = format!("127.0.0.1:{}", up.addr.port());
     let out = tokio::task::spawn_blocking({
         let ca = ca.clone();

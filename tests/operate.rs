@@ -155,15 +155,12 @@ fn check_grammar_and_the_deny_everything_warning() {
 /// untrusted chain still prints one, marked, with exit 1.
 #[tokio::test]
 async fn pin_connect_snippet_carries_trust_and_address_and_marks_untrusted() {
-    let pki = support::Pki::new(&["live.test"]);
-    let up = support::upstream(
-        pki.chain(),
-        pki.leaf.key_der(),
-        support::UpstreamOpts::new("live"),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = support::write(dir.path(), "ca.pem", &pki.root.pem());
+    let support::LiveServer {
+        pki,
+        up,
+        dir: _dir,
+        ca,
+    } = support::live_server().await;
     let addr = up.addr.to_string();
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
@@ -219,15 +216,12 @@ async fn pin_connect_snippet_carries_trust_and_address_and_marks_untrusted() {
 /// labelled as one, not an "UNTRUSTED" presented chain.
 #[tokio::test]
 async fn pin_connect_snippet_reaches_what_was_tested_and_keeps_a_wrong_names_path() {
-    let pki = support::Pki::new(&["live.test"]);
-    let up = support::upstream(
-        pki.chain(),
-        pki.leaf.key_der(),
-        support::UpstreamOpts::new("live"),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = support::write(dir.path(), "ca.pem", &pki.root.pem());
+    let support::LiveServer {
+        pki,
+        up,
+        dir: _dir,
+        ca,
+    } = support::live_server().await;
     let (addr, port) = (up.addr.to_string(), up.addr.port());
     let ca = ca.display().to_string();
     let run = |args: Vec<String>| {

@@ -473,3 +473,22 @@ fn tokio_stream_iter<T: Send + Unpin + 'static>(
     }
     Iter(items.into_iter())
 }
+
+/// A TLS server for `live.test` on 127.0.0.1 with a PKI of its own, and
+/// that PKI's root written to `ca.pem` in a temporary directory: what the
+/// `pin --connect` and `check --live` tests dial.
+pub struct LiveServer {
+    pub pki: super::Pki,
+    pub up: Upstream,
+    /// Holds `ca` (and whatever else a test writes there) until dropped.
+    pub dir: tempfile::TempDir,
+    pub ca: std::path::PathBuf,
+}
+
+pub async fn live_server() -> LiveServer {
+    let pki = super::Pki::new(&["live.test"]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("live")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = super::write(dir.path(), "ca.pem", &pki.root.pem());
+    LiveServer { pki, up, dir, ca }
+}
