@@ -10,23 +10,33 @@
 #
 # Base images are pinned by version. To pin by digest as well, resolve them
 # where a registry is reachable and append @sha256:… to the FROM lines
-# (e.g. `docker buildx imagetools inspect rust:1.95.0-alpine3.22`); the
+# (e.g. `docker buildx imagetools inspect rust:1.95.0-bookworm`); the
 # build args below keep the versions in one place.
 ARG RUST_VERSION=1.95.0
+ARG DEBIAN_VERSION=bookworm
 ARG ALPINE_VERSION=3.22
 ARG DISTROLESS_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 # --- build --------------------------------------------------------------------
-FROM rust:${RUST_VERSION}-alpine${ALPINE_VERSION} AS build
-# musl-dev: libc headers and crt objects for ring's C/asm code. On Alpine the
-# native target is *-linux-musl and links statically by default.
-RUN apk add --no-cache musl-dev
+# The static musl binary, built the way scripts/e2e.sh builds the one CI runs
+# in its cluster: rustup's x86_64-unknown-linux-gnu toolchain with the musl
+# target added, `--target x86_64-unknown-linux-musl`. The same toolchain and
+# command give the same symbol names, so link/symbol-order-musl.txt lays the
+# binary's code out (build.rs; docs/benchmarks.md, "Code layout"): a native
+# build on rust:alpine names every function differently and is not laid out.
+FROM rust:${RUST_VERSION}-${DEBIAN_VERSION} AS build
+# musl-tools: musl-gcc, for ring's C and assembly; the Rust side of the musl
+# target is self-contained (its libc, start-up code and rust-lld ship with it).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin pinproxy \
- && install -D -m 0755 target/release/pinproxy /out/pinproxy
+    cargo build --release --locked --target x86_64-unknown-linux-musl --bin pinproxy \
+ && install -D -m 0755 target/x86_64-unknown-linux-musl/release/pinproxy /out/pinproxy
 # Fails the build if the binary is not self-contained (no loader on distroless/static).
 RUN /out/pinproxy --help >/dev/null \
  && if grep -q 'ld-musl' /out/pinproxy; then echo "pinproxy is dynamically linked" >&2; exit 1; fi

@@ -63,7 +63,7 @@ MUSL_TARGET_DIR="${MUSL_TARGET_DIR:-$E2E_CACHE/cargo-target}"
 # build's binary. A stamp of the sources makes any other tree rebuild the
 # workspace's own crates — pinproxy and its room crates, each judged by
 # mtimes too — (the dependencies stay cached).
-stamp="$(cd "$ROOT" && find Cargo.toml Cargo.lock src crates -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+stamp="$(cd "$ROOT" && find Cargo.toml Cargo.lock build.rs link src crates -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
 mkdir -p "$MUSL_TARGET_DIR"
 if [ "$(cat "$MUSL_TARGET_DIR/.e2e-stamp" 2>/dev/null)" != "$stamp" ]; then
   mapfile -t own < <(cd "$ROOT" && cargo metadata --no-deps --format-version 1 --offline \

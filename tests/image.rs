@@ -167,3 +167,51 @@ fn a_plain_build_still_produces_the_distroless_proxy_image() {
         "the proxy image carries no iptables"
     );
 }
+
+/// The image's binary is built as scripts/e2e.sh builds the one CI runs in
+/// its cluster — `--target x86_64-unknown-linux-musl` from rustup's gnu
+/// toolchain — and the Dockerfile installs what that build writes: the
+/// same command gives the same mangled names, which is what lets
+/// link/symbol-order-musl.txt (build.rs) lay the image's code out. A
+/// native build (rust:alpine, no `--target`) names every function
+/// differently and would silently not be laid out.
+#[test]
+fn the_image_binary_is_built_as_ci_builds_it_so_its_layout_applies() {
+    let stages = dockerfile();
+    let build = stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some("build"))
+        .expect("a stage named build");
+    let runs = build.runs();
+    let target = "x86_64-unknown-linux-musl";
+    assert!(
+        runs.contains(&format!("rustup target add {target}")),
+        "{runs}"
+    );
+    assert!(
+        runs.contains(&format!(
+            "cargo build --release --locked --target {target} --bin pinproxy"
+        )),
+        "{runs}"
+    );
+    assert!(
+        runs.contains(&format!("target/{target}/release/pinproxy /out/pinproxy")),
+        "{runs}"
+    );
+
+    let e2e = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/e2e.sh"))
+        .expect("read scripts/e2e.sh");
+    assert!(e2e.contains(&format!("MUSL={target}\n")), "scripts/e2e.sh");
+    assert!(
+        e2e.contains("cargo build --release --locked --target \"$MUSL\" --bin pinproxy"),
+        "scripts/e2e.sh"
+    );
+
+    let order = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/link/symbol-order-musl.txt"
+    ))
+    .expect("read link/symbol-order-musl.txt");
+    assert!(order.lines().next().is_some_and(|l| l.contains(target)));
+    assert!(order.lines().filter(|l| !l.starts_with('#')).count() > 1000);
+}

@@ -101,7 +101,7 @@ build_pinproxy() {
   ctx="$(mktemp -d)"
   # The `build` stage's output, where the runtime stage copies it from
   # (COPY --from=build /out/pinproxy): a build context named like the
-  # stage replaces it, so rust:alpine is never pulled. The main context is
+  # stage replaces it, so the rust image is never pulled. The main context is
   # empty: the runtime stage copies nothing else.
   mkdir -p "$ctx/build/out" "$ctx/main"
   install -m 0755 "$bin" "$ctx/build/out/pinproxy"
