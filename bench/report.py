@@ -184,6 +184,29 @@ if sizes:
           f"{mib(sizes.get('envoy_bytes'))} / {mib(sizes.get('nginx_bytes'))} / {mib(sizes.get('haproxy_bytes'))} / {mib(sizes.get('squid_bytes'))} |")
 print()
 
+# ---- the image's static binary beside this one (bench/after-load.sh, after the repetitions) --------------
+al = {}
+for dd in DIRS:
+    f = dd / "after-load.txt"
+    for line in (f.read_text().splitlines()[1:] if f.exists() else []):
+        parts = line.split()
+        if len(parts) == 5:
+            al.setdefault((pathlib.Path(parts[0]).name, parts[1]), []).append([float(x) for x in parts[2:]])
+if al:
+    print("### The image's static binary (x86_64-unknown-linux-musl) beside this build: bench/after-load.sh\n")
+    print("RSS MiB (median anonymous + file-backed in brackets): fresh (1 s after /readyz), then 2 s after each 5 s load, in this")
+    print("order, one fresh instance per round, the two binaries alternated; median [min–max] over rounds.\n")
+    whens = [("fresh", "fresh"), ("fwd", "forward"), ("c-h1", "CONNECT h1"), ("c-h2", "CONNECT h2"), ("fwd2", "forward again")]
+    print("| binary | " + " | ".join(w[1] for w in whens) + " | last − fresh |\n|---|" + "---:|" * (len(whens) + 1))
+    for name, label in (("pinproxy-gnu", "this build (gnu, what the tables above measure)"), ("pinproxy-image", "the image's (static musl)")):
+        if (name, "fresh") not in al:
+            continue
+        cell = lambda w: (f"{rng([x[2] for x in al[(name, w)]])} ({st.median(x[0] for x in al[(name, w)]):.1f} + "
+                          f"{st.median(x[1] for x in al[(name, w)]):.1f})" if (name, w) in al else "n/a")
+        growth = [b[2] - a[2] for a, b in zip(al[(name, "fresh")], al.get((name, "fwd2"), []))]
+        print(f"| {label} | " + " | ".join(cell(w) for w, _ in whens) + f" | {rng(growth) if growth else 'n/a'} |")
+    print()
+
 # ---- targets ---------------------------------------------------------------------------------------------
 V = lambda w, t, k: (lambda i: val(w, t, k, i))
 rows = []

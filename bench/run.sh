@@ -22,6 +22,8 @@
 #        connrate   new client TLS connection per request: direct vs CONNECT interception (bench/connrate.py)
 #        idle10k    10,000 idle keep-alive connections that served a request / never spoke (bench/idle10k.py)
 #        reload     ..data swap -> enforcement (6 swaps), startup: start -> /readyz (6 starts, 6 with --ca-out)
+#      after the repetitions: bench/after-load.sh, REPS rounds, this binary alternated with the image's static
+#      one (x86_64-unknown-linux-musl, built as the Dockerfile builds it): fresh RSS and 2 s after each load
 #   5. bench/report.py prints every table and the target verdicts from that one run;
 #      the machine's background load (loadavg + a 5 s CPU sample) is recorded before and after, and every
 #      load run records the CPU other processes used meanwhile ("foreign CPU").
@@ -83,13 +85,14 @@ if ! (cd "$ROOT" && cargo build --release --quiet); then
 fi
 # How much of link/symbol-order.txt (build.rs, bench/link-order.sh) this binary's symbols still match:
 # a file gone stale (another toolchain, new Cargo.lock) lays out little and the memory figures show it.
-link_order_found() {
-  local f=$ROOT/link/symbol-order.txt
-  [ -f "$f" ] || { echo "no link/symbol-order.txt"; return; }
+link_order_found() {   # [FILE BIN]: the gnu binary and its file by default
+  local name=${1:-symbol-order.txt} bin=${2:-$BIN}
+  local f=$ROOT/link/$name
+  [ -f "$f" ] || { echo "no link/$name"; return; }
   local n found
   n=$(grep -vc '^#' "$f")
-  found=$(LC_ALL=C comm -12 <(grep -v '^#' "$f" | LC_ALL=C sort -u) <(nm --defined-only "$BIN" 2>/dev/null | awk '{print $NF}' | LC_ALL=C sort -u) | wc -l)
-  echo "$found of $n symbols of link/symbol-order.txt are in the binary ($(grep -q '\.relr\.dyn' <(readelf -S "$BIN" 2>/dev/null) && echo RELR || echo 'no RELR'))"
+  found=$(LC_ALL=C comm -12 <(grep -v '^#' "$f" | LC_ALL=C sort -u) <(nm --defined-only "$bin" 2>/dev/null | awk '{print $NF}' | LC_ALL=C sort -u) | wc -l)
+  echo "$found of $n symbols of link/$name are in the binary ($(grep -q '\.relr\.dyn' <(readelf -S "$bin" 2>/dev/null) && echo RELR || echo 'no RELR'))"
 }
 # Checked now rather than read in the results 15 minutes later: a stale file (a new dependency, a new
 # toolchain, Cargo.lock) lays out little, and fresh RSS then reads ~1.5 MiB higher (1,972 of 2,873 names
@@ -100,6 +103,17 @@ if [ ! -f "$ROOT/link/symbol-order.txt" ]; then
 elif [ "${LO_FOUND:-0}" -lt $(( ${LO_N:-0} * 80 / 100 )) ] 2>/dev/null; then
   echo "WARNING: link/symbol-order.txt is stale for this binary ($LO): the memory figures will be high;" >&2
   echo "         regenerate it (bench/link-order.sh, peers up) and commit it before a recorded run" >&2
+fi
+# The image's static binary (Dockerfile, scripts/e2e.sh: --target x86_64-unknown-linux-musl), measured
+# beside this one after the repetitions (bench/after-load.sh): it is what runs in a pod, laid out by its
+# own file (link/symbol-order-musl.txt). Not for --smoke; a failure here skips its rows, not the run.
+MUSL=x86_64-unknown-linux-musl; IMAGE_BIN=$CARGO_TARGET_DIR/$MUSL/release/pinproxy; IMAGE_SKIP=""
+if [ $SMOKE = 0 ]; then
+  log "building the image's static binary (--target $MUSL)"
+  rustup target list --installed 2>/dev/null | grep -qx $MUSL || rustup target add $MUSL >&2 || IMAGE_SKIP="rustup target add $MUSL failed"
+  [ -n "$IMAGE_SKIP" ] || command -v musl-gcc >/dev/null || apt-get install -y -q musl-tools >&2 || IMAGE_SKIP="apt-get install musl-tools failed"
+  [ -n "$IMAGE_SKIP" ] || (cd "$ROOT" && cargo build --release --quiet --locked --target $MUSL --bin pinproxy) || IMAGE_SKIP="cargo build --target $MUSL failed"
+  [ -z "$IMAGE_SKIP" ] || echo "WARNING: the image's binary is not measured: $IMAGE_SKIP" >&2
 fi
 mkdir -p $P $B/upstream-fresh/{logs,tmp} $B/ct
 # The ct row's upstream leaf (3 embedded SCTs from 3 test logs) and their log list; remade when 30 days
@@ -360,6 +374,13 @@ for r in $(seq $REPS); do
   cat $OUT/connrate-*-rep$r.json $OUT/reload-rep$r.json $OUT/startup-rep$r.json $OUT/startup-ca-rep$r.json >&2
 done
 rm -f $OUT/h2load.log
+if [ $SMOKE = 0 ] && [ -z "$IMAGE_SKIP" ]; then
+  log "the image's static binary beside this one: fresh, and 2 s after each of four loads (bench/after-load.sh, $REPS rounds)"
+  cp "$BIN" $P/pinproxy-gnu && cp "$IMAGE_BIN" $P/pinproxy-image
+  if WORK=$P/after-load "$HERE/after-load.sh" --rounds $REPS $P/pinproxy-gnu $P/pinproxy-image > $OUT/after-load.txt; then
+    cat $OUT/after-load.txt >&2
+  else echo "WARNING: bench/after-load.sh failed: the image's rows are missing" >&2; rm -f $OUT/after-load.txt; fi
+fi
 python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >&2
 
 { echo "pinproxy_bytes $(stat -c %s $BIN)"
@@ -372,6 +393,7 @@ python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >
 { echo "$NCPU cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo $PRETTY_NAME), kernel $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "binary: $BUILT_FROM; pinproxy $(cd $ROOT && git rev-parse --short HEAD 2>/dev/null)$(cd $ROOT && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo +dirty) ($($BIN --version)), $(rustc --version)"
   echo "link order: $(link_order_found)"
+  echo "image binary ($MUSL): ${IMAGE_SKIP:-$(file -b "$IMAGE_BIN" | grep -o 'static-pie linked'); link order: $(link_order_found symbol-order-musl.txt "$IMAGE_BIN")}"
   echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $2}'); nginx $(nginx -v 2>&1 | cut -d/ -f2); haproxy $(haproxy -v | head -1 | awk '{print $3}'); envoy $("$(envoy_bin)" --version | grep -o '[0-9a-f]*/1\.[0-9.]*' | cut -d/ -f2); squid $(squid -v | head -1 | awk '{print $4}'); mitmproxy $($MV/bin/mitmdump --version | awk '/Mitmproxy/{print $2}')"
   echo "settings: $REPS repetitions, ${D} s per run (h2load: +${WARM} s warm-up not counted), settle ${SETTLE} s; pinproxyN = --workers $NCPU; ${TRANSPARENT:-transparent target skipped (no REDIRECT rule: root and iptables needed)}"
   echo "wall time of this run: $(( $(date +%s) - T_START )) s"
