@@ -18,28 +18,32 @@ ARG ALPINE_VERSION=3.22
 ARG DISTROLESS_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 # --- build --------------------------------------------------------------------
-# The static musl binary, built the way scripts/e2e.sh builds the one CI runs
-# in its cluster: rustup's x86_64-unknown-linux-gnu toolchain with the musl
-# target added, `--target x86_64-unknown-linux-musl`. The same toolchain and
-# command give the same symbol names, so link/symbol-order-musl.txt lays the
-# binary's code out (build.rs; docs/benchmarks.md, "Code layout"): a native
-# build on rust:alpine names every function differently and is not laid out.
+# The static musl binary for this platform (x86_64 for amd64, aarch64 for
+# arm64), built the way scripts/e2e.sh builds the one CI runs in its cluster:
+# rustup's toolchain with the musl target added, `--target <arch>-unknown-
+# linux-musl`. On x86_64, the same rustc (RUST_VERSION, the one that wrote
+# link/symbol-order-musl.txt) and the same command give the same symbol
+# names, so that file lays the binary's code out (build.rs; docs/
+# benchmarks.md, "Code layout"): a native build on rust:alpine names every
+# function differently and is not laid out.
 FROM rust:${RUST_VERSION}-${DEBIAN_VERSION} AS build
 # musl-tools: musl-gcc, for ring's C and assembly; the Rust side of the musl
-# target is self-contained (its libc, start-up code and rust-lld ship with it).
+# target is self-contained (its libc and start-up code ship with the target,
+# rust-lld with the toolchain).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
+ && rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl --bin pinproxy \
- && install -D -m 0755 target/x86_64-unknown-linux-musl/release/pinproxy /out/pinproxy
+    T="$(uname -m)-unknown-linux-musl" \
+ && cargo build --release --locked --target "$T" --bin pinproxy \
+ && install -D -m 0755 "target/$T/release/pinproxy" /out/pinproxy
 # Fails the build if the binary is not self-contained (no loader on distroless/static).
 RUN /out/pinproxy --help >/dev/null \
- && if grep -q 'ld-musl' /out/pinproxy; then echo "pinproxy is dynamically linked" >&2; exit 1; fi
+ && if readelf -lW /out/pinproxy | grep -q INTERP; then echo "pinproxy is dynamically linked" >&2; exit 1; fi
 
 # --- init: transparent mode's rule installer ---------------------------------
 # A separate image, as linkerd2-proxy-init is (Istio instead puts iptables in

@@ -112,11 +112,21 @@ fn link_order() {
     for lld in &linkers {
         for (extra, run) in &extras {
             let set = [lld.clone(), extra.clone()].concat();
-            if !extra.is_empty() && probe(&set, *run) {
+            if extra.is_empty() {
+                continue;
+            }
+            if probe(&set, *run) {
                 for arg in set {
                     println!("cargo:rustc-link-arg-bins={arg}");
                 }
                 return;
+            }
+            if *run && probe(&set, false) {
+                // Safe (the next set has no RELR), but worth a word: a
+                // cross build, or a libc whose start-up code lacks RELR.
+                println!(
+                    "cargo:warning=the static binary links with RELR but the probe built so did not run here: built without it"
+                );
             }
         }
     }

@@ -111,9 +111,17 @@ MUSL=x86_64-unknown-linux-musl; IMAGE_BIN=$CARGO_TARGET_DIR/$MUSL/release/pinpro
 if [ $SMOKE = 0 ]; then
   log "building the image's static binary (--target $MUSL)"
   rustup target list --installed 2>/dev/null | grep -qx $MUSL || rustup target add $MUSL >&2 || IMAGE_SKIP="rustup target add $MUSL failed"
-  [ -n "$IMAGE_SKIP" ] || command -v musl-gcc >/dev/null || apt-get install -y -q musl-tools >&2 || IMAGE_SKIP="apt-get install musl-tools failed"
+  [ -n "$IMAGE_SKIP" ] || command -v musl-gcc >/dev/null || { apt-get update -q >&2 && apt-get install -y -q musl-tools >&2; } \
+    || IMAGE_SKIP="apt-get install musl-tools failed"
   [ -n "$IMAGE_SKIP" ] || (cd "$ROOT" && cargo build --release --quiet --locked --target $MUSL --bin pinproxy) || IMAGE_SKIP="cargo build --target $MUSL failed"
-  [ -z "$IMAGE_SKIP" ] || echo "WARNING: the image's binary is not measured: $IMAGE_SKIP" >&2
+  if [ -n "$IMAGE_SKIP" ]; then echo "WARNING: the image's binary is not measured: $IMAGE_SKIP" >&2
+  else
+    read -r LOM_FOUND _ LOM_N _ <<< "$(link_order_found symbol-order-musl.txt "$IMAGE_BIN")"
+    if [ "${LOM_FOUND:-0}" -lt $(( ${LOM_N:-0} * 80 / 100 )) ] 2>/dev/null; then
+      echo "WARNING: link/symbol-order-musl.txt is stale for the image's binary ($LOM_FOUND of $LOM_N names): its rows" >&2
+      echo "         will be high; regenerate it (bench/link-order.sh --musl) and commit it before a recorded run" >&2
+    fi
+  fi
 fi
 mkdir -p $P $B/upstream-fresh/{logs,tmp} $B/ct
 # The ct row's upstream leaf (3 embedded SCTs from 3 test logs) and their log list; remade when 30 days
@@ -376,10 +384,10 @@ done
 rm -f $OUT/h2load.log
 if [ $SMOKE = 0 ] && [ -z "$IMAGE_SKIP" ]; then
   log "the image's static binary beside this one: fresh, and 2 s after each of four loads (bench/after-load.sh, $REPS rounds)"
-  cp "$BIN" $P/pinproxy-gnu && cp "$IMAGE_BIN" $P/pinproxy-image
-  if WORK=$P/after-load "$HERE/after-load.sh" --rounds $REPS $P/pinproxy-gnu $P/pinproxy-image > $OUT/after-load.txt; then
+  if install -m 0755 "$BIN" $P/pinproxy-gnu && install -m 0755 "$IMAGE_BIN" $P/pinproxy-image \
+     && WORK=$P/after-load "$HERE/after-load.sh" --rounds $REPS $P/pinproxy-gnu $P/pinproxy-image > $OUT/after-load.txt; then
     cat $OUT/after-load.txt >&2
-  else echo "WARNING: bench/after-load.sh failed: the image's rows are missing" >&2; rm -f $OUT/after-load.txt; fi
+  else echo "WARNING: the image's rows could not be measured (copying the binaries or bench/after-load.sh failed)" >&2; rm -f $OUT/after-load.txt; fi
 fi
 python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >&2
 
@@ -393,7 +401,7 @@ python3 $HERE/background.py "background after " 5 | tee -a $OUT/background.txt >
 { echo "$NCPU cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo $PRETTY_NAME), kernel $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
   echo "binary: $BUILT_FROM; pinproxy $(cd $ROOT && git rev-parse --short HEAD 2>/dev/null)$(cd $ROOT && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo +dirty) ($($BIN --version)), $(rustc --version)"
   echo "link order: $(link_order_found)"
-  echo "image binary ($MUSL): ${IMAGE_SKIP:-$(file -b "$IMAGE_BIN" | grep -o 'static-pie linked'); link order: $(link_order_found symbol-order-musl.txt "$IMAGE_BIN")}"
+  echo "image binary ($MUSL): ${IMAGE_SKIP:-$(readelf -lW "$IMAGE_BIN" 2>/dev/null | grep -q INTERP && echo dynamic || echo static); link order: $(link_order_found symbol-order-musl.txt "$IMAGE_BIN")}"
   echo "wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $2}'); nginx $(nginx -v 2>&1 | cut -d/ -f2); haproxy $(haproxy -v | head -1 | awk '{print $3}'); envoy $("$(envoy_bin)" --version | grep -o '[0-9a-f]*/1\.[0-9.]*' | cut -d/ -f2); squid $(squid -v | head -1 | awk '{print $4}'); mitmproxy $($MV/bin/mitmdump --version | awk '/Mitmproxy/{print $2}')"
   echo "settings: $REPS repetitions, ${D} s per run (h2load: +${WARM} s warm-up not counted), settle ${SETTLE} s; pinproxyN = --workers $NCPU; ${TRANSPARENT:-transparent target skipped (no REDIRECT rule: root and iptables needed)}"
   echo "wall time of this run: $(( $(date +%s) - T_START )) s"

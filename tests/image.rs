@@ -169,39 +169,47 @@ fn a_plain_build_still_produces_the_distroless_proxy_image() {
 }
 
 /// The image's binary is built as scripts/e2e.sh builds the one CI runs in
-/// its cluster — `--target x86_64-unknown-linux-musl` from rustup's gnu
-/// toolchain — and the Dockerfile installs what that build writes: the
-/// same command gives the same mangled names, which is what lets
-/// link/symbol-order-musl.txt (build.rs) lay the image's code out. A
-/// native build (rust:alpine, no `--target`) names every function
-/// differently and would silently not be laid out.
+/// its cluster — rustup's toolchain, `--target <arch>-unknown-linux-musl`
+/// — by the rustc that wrote link/symbol-order-musl.txt, and the Dockerfile
+/// installs what that build writes. cargo hashes `rustc -vV` and whether
+/// `--target` was given into every mangled name, so only that build's names
+/// match the file and get laid out (build.rs): a native build on rust:alpine
+/// or another rustc would silently not be.
 #[test]
 fn the_image_binary_is_built_as_ci_builds_it_so_its_layout_applies() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+        .expect("read Dockerfile");
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == "FROM rust:${RUST_VERSION}-${DEBIAN_VERSION} AS build"),
+        "the build stage is rustup's toolchain on Debian"
+    );
+    let rust_version = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ARG RUST_VERSION="))
+        .expect("ARG RUST_VERSION=");
+
     let stages = dockerfile();
     let build = stages
         .iter()
         .find(|s| s.name.as_deref() == Some("build"))
         .expect("a stage named build");
     let runs = build.runs();
-    let target = "x86_64-unknown-linux-musl";
-    assert!(
-        runs.contains(&format!("rustup target add {target}")),
-        "{runs}"
-    );
-    assert!(
-        runs.contains(&format!(
-            "cargo build --release --locked --target {target} --bin pinproxy"
-        )),
-        "{runs}"
-    );
-    assert!(
-        runs.contains(&format!("target/{target}/release/pinproxy /out/pinproxy")),
-        "{runs}"
-    );
+    for wanted in [
+        "rustup target add \"$(uname -m)-unknown-linux-musl\"",
+        "T=\"$(uname -m)-unknown-linux-musl\"",
+        "cargo build --release --locked --target \"$T\" --bin pinproxy",
+        "\"target/$T/release/pinproxy\" /out/pinproxy",
+    ] {
+        assert!(runs.contains(wanted), "{wanted} not in {runs}");
+    }
 
     let e2e = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/e2e.sh"))
         .expect("read scripts/e2e.sh");
-    assert!(e2e.contains(&format!("MUSL={target}\n")), "scripts/e2e.sh");
+    assert!(
+        e2e.contains("MUSL=x86_64-unknown-linux-musl\n"),
+        "scripts/e2e.sh"
+    );
     assert!(
         e2e.contains("cargo build --release --locked --target \"$MUSL\" --bin pinproxy"),
         "scripts/e2e.sh"
@@ -212,6 +220,13 @@ fn the_image_binary_is_built_as_ci_builds_it_so_its_layout_applies() {
         "/link/symbol-order-musl.txt"
     ))
     .expect("read link/symbol-order-musl.txt");
-    assert!(order.lines().next().is_some_and(|l| l.contains(target)));
+    let mut header = order.lines().take_while(|l| l.starts_with('#'));
+    assert!(header
+        .next()
+        .is_some_and(|l| l.contains("x86_64-unknown-linux-musl")));
+    assert!(
+        header.any(|l| l.contains(&format!("with rustc {rust_version} ("))),
+        "link/symbol-order-musl.txt was not written by rustc {rust_version}, the Dockerfile's"
+    );
     assert!(order.lines().filter(|l| !l.starts_with('#')).count() > 1000);
 }
