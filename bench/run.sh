@@ -98,31 +98,30 @@ link_order_found() {   # [FILE BIN]: the gnu binary and its file by default
 # Checked now rather than read in the results 15 minutes later: a stale file (a new dependency, a new
 # toolchain, Cargo.lock) lays out little, and fresh RSS then reads ~1.5 MiB higher (1,972 of 2,873 names
 # once, 69 %: 7.7-8.3 MiB fresh against 6.5-7.1; a fresh file matches ~87 %, libc's names being absent).
-LO=$(link_order_found); read -r LO_FOUND _ LO_N _ <<< "$LO"
-if [ ! -f "$ROOT/link/symbol-order.txt" ]; then
-  echo "WARNING: no link/symbol-order.txt: the binary is not laid out and the memory figures will be high" >&2
-elif [ "${LO_FOUND:-0}" -lt $(( ${LO_N:-0} * 80 / 100 )) ] 2>/dev/null; then
-  echo "WARNING: link/symbol-order.txt is stale for this binary ($LO): the memory figures will be high;" >&2
-  echo "         regenerate it (bench/link-order.sh, peers up) and commit it before a recorded run" >&2
-fi
+warn_if_stale() {   # FILE BIN WHAT REGEN: a warning when BIN is not laid out by link/FILE
+  local lo found n
+  lo=$(link_order_found "$1" "$2"); read -r found _ n _ <<< "$lo"
+  if [ ! -f "$ROOT/link/$1" ]; then
+    echo "WARNING: no link/$1: $3 is not laid out and its memory figures will be high" >&2
+  elif [ "${found:-0}" -lt $(( ${n:-0} * 80 / 100 )) ] 2>/dev/null; then
+    echo "WARNING: link/$1 is stale for $3 ($lo): its memory figures will be high;" >&2
+    echo "         regenerate it ($4, peers up) and commit it before a recorded run" >&2
+  fi
+}
+warn_if_stale symbol-order.txt "$BIN" "this binary" bench/link-order.sh
 # The image's static binary (Dockerfile, scripts/e2e.sh: --target x86_64-unknown-linux-musl), measured
 # beside this one after the repetitions (bench/after-load.sh): it is what runs in a pod, laid out by its
 # own file (link/symbol-order-musl.txt). Not for --smoke; a failure here skips its rows, not the run.
 MUSL=x86_64-unknown-linux-musl; IMAGE_BIN=$CARGO_TARGET_DIR/$MUSL/release/pinproxy; IMAGE_SKIP=""
-if [ $SMOKE = 0 ]; then
+if [ $SMOKE = 1 ]; then IMAGE_SKIP="not built for --smoke"
+else
   log "building the image's static binary (--target $MUSL)"
   rustup target list --installed 2>/dev/null | grep -qx $MUSL || rustup target add $MUSL >&2 || IMAGE_SKIP="rustup target add $MUSL failed"
   [ -n "$IMAGE_SKIP" ] || command -v musl-gcc >/dev/null || { apt-get update -q >&2 && apt-get install -y -q musl-tools >&2; } \
     || IMAGE_SKIP="apt-get install musl-tools failed"
   [ -n "$IMAGE_SKIP" ] || (cd "$ROOT" && cargo build --release --quiet --locked --target $MUSL --bin pinproxy) || IMAGE_SKIP="cargo build --target $MUSL failed"
   if [ -n "$IMAGE_SKIP" ]; then echo "WARNING: the image's binary is not measured: $IMAGE_SKIP" >&2
-  else
-    read -r LOM_FOUND _ LOM_N _ <<< "$(link_order_found symbol-order-musl.txt "$IMAGE_BIN")"
-    if [ "${LOM_FOUND:-0}" -lt $(( ${LOM_N:-0} * 80 / 100 )) ] 2>/dev/null; then
-      echo "WARNING: link/symbol-order-musl.txt is stale for the image's binary ($LOM_FOUND of $LOM_N names): its rows" >&2
-      echo "         will be high; regenerate it (bench/link-order.sh --musl) and commit it before a recorded run" >&2
-    fi
-  fi
+  else warn_if_stale symbol-order-musl.txt "$IMAGE_BIN" "the image's binary" "bench/link-order.sh --musl"; fi
 fi
 mkdir -p $P $B/upstream-fresh/{logs,tmp} $B/ct
 # The ct row's upstream leaf (3 embedded SCTs from 3 test logs) and their log list; remade when 30 days
@@ -383,7 +382,7 @@ for r in $(seq $REPS); do
   cat $OUT/connrate-*-rep$r.json $OUT/reload-rep$r.json $OUT/startup-rep$r.json $OUT/startup-ca-rep$r.json >&2
 done
 rm -f $OUT/h2load.log
-if [ $SMOKE = 0 ] && [ -z "$IMAGE_SKIP" ]; then
+if [ -z "$IMAGE_SKIP" ]; then
   log "the image's static binary beside this one: fresh, and 2 s after each of four loads (bench/after-load.sh, $REPS rounds)"
   if install -m 0755 "$BIN" $P/pinproxy-gnu && install -m 0755 "$IMAGE_BIN" $P/pinproxy-image \
      && WORK=$P/after-load "$HERE/after-load.sh" --rounds $REPS $P/pinproxy-gnu $P/pinproxy-image > $OUT/after-load.txt; then
