@@ -306,7 +306,7 @@ impl App {
         let ct_list = reload::read_ct_list(config.ct_log_list.as_deref(), config.max_file_bytes)?;
         let mut warnings = policy.warnings.clone();
         let metrics = Metrics::new();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let intercept = Arc::new(match &config.ca {
             CaSource::Generate => Intercept::generate(
                 provider.clone(),

@@ -27,12 +27,11 @@ fn client_config(roots_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     for c in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut cfg = ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Arc::new(cfg)
 }

@@ -250,13 +250,11 @@ async fn sni_mismatch_detail_names_the_sni_plainly() {
     ] {
         let (status, _, tcp) = connect_status(run.listen, &target).await;
         assert_eq!(status, 200, "CONNECT {target}");
-        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
+        let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
         let name = rustls_pki_types::ServerName::try_from("other.pinned.test").unwrap();
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
             .connect(name, tcp)

@@ -186,13 +186,11 @@ async fn connect_is_tunnelled_without_interception() {
     // bytes reach the real server.
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.root.der()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)

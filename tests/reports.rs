@@ -239,17 +239,15 @@ async fn untrusted_chains_and_report_mode_mismatches_are_reported_over_verified_
     // defaults.trust names: reports validate it as any client would.
     let pki = Pki::new(&["api.test"]);
     let collector_leaf = leaf(&["127.0.0.1"], &pki.int);
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![collector_leaf.cert.clone(), pki.int.der()],
-        collector_leaf.key_der(),
-    )
-    .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![collector_leaf.cert.clone(), pki.int.der()],
+            collector_leaf.key_der(),
+        )
+        .unwrap();
     let mut c = collector(Behaviour::Accept, Some(tls)).await;
     let audit = leaf(&["audit.test"], &pki.int);
     let up = upstream(

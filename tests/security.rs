@@ -310,13 +310,11 @@ async fn intercepted_tls(p: &Proxy) -> tokio_rustls::client::TlsStream<TcpStream
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(p.intercept.ca_pem().as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(rustls_pki_types::ServerName::try_from(HOST).unwrap(), tcp)
@@ -398,13 +396,11 @@ async fn unlisted_tunnel_with_a_foreign_sni_is_refused() {
     let p = TestProxy::builder().pinset(&allow_yaml(port)).run().await;
     let (s, _, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert_eq!(s, 200);
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
     let err = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(rustls_pki_types::ServerName::try_from(HOST).unwrap(), tcp)
         .await
@@ -428,7 +424,7 @@ fn loaded_ca_publishes_only_its_certificate_and_must_match_its_key() {
         &format!("{}{}", ca.pem(), ca.key.serialize_pem()),
     );
     let key = write(dir.path(), "ca.key", &ca.key.serialize_pem());
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pinproxy::tls::provider();
     let metrics = pinproxy::control::metrics::Metrics::new();
     let i = pinproxy::tls::ca::Intercept::load(
         &combined,
@@ -525,13 +521,11 @@ async fn unlisted_tunnel_serves_server_first_protocols_and_judges_late_hellos() 
 
     let (_, _, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
     // The banner arrives first; rustls then sees garbage or our alert:
     // either way no handshake with the fronted name gets through.
     let r = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))

@@ -28,7 +28,7 @@ type Routes = Arc<Mutex<HashMap<String, (u16, String)>>>;
 async fn fake_api(routes: Routes) -> (std::net::SocketAddr, String) {
     let ca = root("fake API CA");
     let server = leaf(&["127.0.0.1"], &ca);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pinproxy::tls::provider();
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -305,7 +305,7 @@ async fn call(
     server_name: &str,
     req: http::Request<Full<Bytes>>,
 ) -> Result<(u16, Json), String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::CryptoProvider::clone(&pinproxy::tls::provider()).install_default();
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {

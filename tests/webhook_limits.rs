@@ -69,7 +69,7 @@ async fn tls_to(
     addr: std::net::SocketAddr,
     ca: rustls_pki_types::CertificateDer<'static>,
 ) -> TlsStream<TcpStream> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::CryptoProvider::clone(&pinproxy::tls::provider()).install_default();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).unwrap();
     let mut cfg = rustls::ClientConfig::builder()

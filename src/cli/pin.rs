@@ -62,7 +62,7 @@ pub fn pin(args: &PinArgs) -> Result<(), Error> {
     if let Some(target) = &args.connect {
         return pin_connect(target, args);
     }
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = crate::tls::provider();
     let mut failed = false;
     for file in &args.files {
         match keyfile::read(file, &provider) {

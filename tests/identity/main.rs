@@ -281,12 +281,11 @@ fn pod_ca_client(p: &Proxy, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     for c in CertificateDer::pem_slice_iter(p.intercept.ca_pem().as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut cfg = ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Arc::new(cfg)
 }

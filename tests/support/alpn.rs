@@ -71,7 +71,7 @@ async fn full_backlog(addr: std::net::SocketAddr) -> (TcpListener, Vec<TcpStream
 }
 
 fn config(pki: &Pki, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pinproxy::tls::provider();
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -72,7 +72,7 @@ pub async fn upstream_at(
     key: PrivateKeyDer<'static>,
     opts: UpstreamOpts,
 ) -> Upstream {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pinproxy::tls::provider();
     let signing = provider.key_provider.load_private_key(key).unwrap();
     let certified = Arc::new(CertifiedKey::new(chain, signing));
     let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -102,7 +102,7 @@ pub async fn mtls_upstream(
     client_roots: &[CertificateDer<'static>],
     name: &'static str,
 ) -> MtlsUpstream {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pinproxy::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
     for r in client_roots {
         roots.add(r.clone()).unwrap();
@@ -199,7 +199,7 @@ fn certified(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Arc<CertifiedKey> {
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = pinproxy::tls::provider();
     let signing = provider.key_provider.load_private_key(key).unwrap();
     Arc::new(CertifiedKey::new(chain, signing))
 }
@@ -219,7 +219,7 @@ pub async fn switchable_upstream(
 ) -> SwitchableUpstream {
     let name = opts.name;
     let resolver = Arc::new(SwitchResolver(std::sync::Mutex::new(certified(chain, key))));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pinproxy::tls::provider();
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -421,12 +421,7 @@ mod tests {
             // Nothing listens on port 9 of an unroutable documentation address;
             // the deliveries fail, which this test doesn't wait for.
             uri: "http://192.0.2.1:9/r".parse().unwrap(),
-            tls: collector::tls(
-                Arc::new(rustls::crypto::ring::default_provider()),
-                &[],
-                None,
-            )
-            .unwrap(),
+            tls: collector::tls(pinproxy_tls::provider(), &[], None).unwrap(),
         };
         let mut built = 0;
         for _ in 0..5 {

@@ -13,3 +13,14 @@ pub mod inject;
 pub mod redirect;
 pub mod status;
 pub mod webhook;
+
+use std::sync::Arc;
+
+/// rustls's *ring* provider, for the webhook's server and the API client.
+/// The proxy's own is `pinproxy_tls::provider()` (the same provider; this
+/// room does not see that one): its comment says why *ring*, deprecated
+/// by rustls 0.23.48 for having no post-quantum key exchange.
+#[allow(deprecated)]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -246,16 +246,14 @@ pub(super) fn read_client_cert(
     };
     let leaf = leaf_facts(leaf.as_ref()).map_err(|e| invalid(&cert.shown, e))?;
     let key_der = private_key(&key_bytes).map_err(|e| invalid(&key.shown, e))?;
-    let provider = rustls::crypto::ring::default_provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key_der)
-        .map_err(|e| {
-            invalid(
-                &key.shown,
-                format!("unusable private key (RSA or ECDSA P-256/P-384 expected): {e}"),
-            )
-        })?;
+    // What *ring*'s provider does with a key (`KeyProvider::load_private_key`);
+    // this room does not see the TLS room's `provider()`.
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| {
+        invalid(
+            &key.shown,
+            format!("unusable private key (RSA or ECDSA P-256/P-384 expected): {e}"),
+        )
+    })?;
     let certified = CertifiedKey::new(chain, signing);
     if certified.keys_match().is_err() {
         return Err(FileError::Mismatch {

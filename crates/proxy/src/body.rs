@@ -178,7 +178,7 @@ mod tests {
         let shared = Shared::new(Arc::new(telemetry.clone()), Options::default(), Vec::new());
         let (live, publisher) = Live::new(snapshot(ALLOW, 1, &shared), &telemetry);
         let grace = Duration::from_secs(5);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = pinproxy_tls::provider();
         let ctx = Arc::new(Context {
             live: live.clone(),
             metrics: metrics.clone(),

@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn cache_reuses_and_stays_bounded() {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::provider();
         let minted =
             IntCounterVec::new(prometheus::Opts::new("minted", "test"), &["result"]).unwrap();
         let i = Intercept::generate(provider, minted, 2).unwrap();

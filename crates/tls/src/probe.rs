@@ -324,7 +324,7 @@ pub async fn probe_with(
     expect: Expect<'_>,
     timeout: Duration,
 ) -> Result<Seen, ProbeError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::provider();
     let recorder = Arc::new(Recorder {
         anchors,
         names: expect.names.to_vec(),

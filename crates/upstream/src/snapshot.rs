@@ -210,7 +210,7 @@ impl Shared {
         Self {
             resolver: options.resolver,
             roots: verify::webpki_roots(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: pinproxy_tls::provider(),
             observe,
             timeouts: options.timeouts,
             own_addrs,

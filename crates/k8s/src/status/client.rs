@@ -183,7 +183,7 @@ fn tls_config(cfg: &ApiConfig) -> Result<Arc<ClientConfig>, ApiError> {
             ));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::provider();
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ApiError::Tls(e.to_string()))?

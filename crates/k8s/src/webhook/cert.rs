@@ -77,16 +77,14 @@ impl CertReloader {
 
     /// A rustls server config that resolves every handshake through `self`.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, WebhookError> {
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| WebhookError::Tls {
-            path: "<config>".into(),
-            reason: e.to_string(),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(self.clone());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| WebhookError::Tls {
+                path: "<config>".into(),
+                reason: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }

@@ -35,7 +35,7 @@ fn context() -> Arc<Context> {
     )
     .unwrap();
     let (live, _publisher) = Live::new(snapshot, &telemetry);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = pinproxy_tls::provider();
     Arc::new(Context {
         live,
         metrics: metrics.clone(),
