@@ -16,11 +16,16 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-/// rustls's *ring* provider, for the webhook's server and the API client.
-/// The proxy's own is `pinproxy_tls::provider()` (the same provider; this
-/// room does not see that one): its comment says why *ring*, deprecated
-/// by rustls 0.23.48 for having no post-quantum key exchange.
+/// rustls's *ring* provider, for the webhook's server and the API client,
+/// key exchange X25519 first. The proxy's own is `pinproxy_tls::provider()`
+/// (the same provider; this room does not see that one): its comments say
+/// why *ring* (deprecated by rustls 0.23.48 for having no post-quantum key
+/// exchange) and why the groups are listed (0.23.48 moved P-384 first).
 #[allow(deprecated)]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
+    Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![X25519, SECP256R1, SECP384R1],
+        ..rustls::crypto::ring::default_provider()
+    })
 }

@@ -15,7 +15,8 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 /// The cryptography of every TLS connection pinproxy makes or accepts:
-/// rustls's *ring* provider, one instance for the process.
+/// rustls's *ring* provider, key exchange X25519 first, one instance for
+/// the process.
 ///
 /// rustls 0.23.48 deprecated `ring::default_provider` because *ring* has no
 /// post-quantum key exchange (X25519MLKEM768); rustls's other provider,
@@ -23,10 +24,88 @@ use rustls::crypto::CryptoProvider;
 /// static musl build, the binary's size and code layout, the benchmarks'
 /// figures), not made by the update that brought the deprecation: this is
 /// the one place that names *ring*'s provider.
-#[allow(deprecated)]
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
+    PROVIDER.get_or_init(|| Arc::new(ring_provider())).clone()
+}
+
+/// *ring*'s provider with its key exchange groups in the order rustls
+/// shipped them until 0.23.48: X25519, P-256, P-384. 0.23.48 moved P-384
+/// first, so a client built on the default sends a P-384 key share in
+/// every upstream handshake (servers choose among the client's shares in
+/// the client's order, so they answer in P-384): a slower key exchange on
+/// both sides of every fresh upstream connection, for no gain pinproxy
+/// wants. The TLS server side (interception) follows the client's order
+/// either way.
+#[allow(deprecated)]
+fn ring_provider() -> CryptoProvider {
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
+    CryptoProvider {
+        kx_groups: vec![X25519, SECP256R1, SECP384R1],
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConnection, HandshakeKind, NamedGroup, ServerConnection};
+
+    use super::*;
+
+    /// A real handshake (in memory) between a client built on
+    /// [`provider`] and a server that prefers P-384 (rustls's own default
+    /// since 0.23.48): X25519 is negotiated, in one round trip.
+    #[test]
+    fn upstream_handshakes_use_x25519_without_a_retry() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["up.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let p384_first = CryptoProvider {
+            kx_groups: vec![
+                rustls::crypto::ring::kx_group::SECP384R1,
+                rustls::crypto::ring::kx_group::X25519,
+            ],
+            ..(*provider()).clone()
+        };
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(p384_first))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let name = ServerName::try_from("up.test").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            buf.clear();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets().unwrap();
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!c.is_handshaking(), "handshake did not finish");
+        let group = c.negotiated_key_exchange_group().map(|g| g.name());
+        assert_eq!(group, Some(NamedGroup::X25519));
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+    }
 }
