@@ -19,6 +19,11 @@ if ! curl -s -o /dev/null --cacert $B/pki/root.pem --resolve api.local:8443:127.
   STOP=0 "$HERE/run.sh" --smoke >&2
 fi
 mkdir -p "$W"
+# Each binary runs from a copy made now: how much of a binary's code a fault maps depends on how its
+# file sits in the page cache (a file written a moment ago against one read back hours later: 0.2–0.4
+# MiB of RSS apart for the same binary, measured), so binaries compared here enter it the same way.
+COPIES=()
+for i in $(seq $#); do install -m 0755 "${!i}" "$W/bin$i"; COPIES+=("$W/bin$i"); done
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
 mib() { awk -v k="$1" '$1 == k":" {printf "%.1f", $2 / 1024}' "/proc/$2/status"; }
@@ -26,9 +31,10 @@ row() { printf '%-40s %-7s %6s %6s %6s\n' "$1" "$2" "$(mib RssAnon "$3")" "$(mib
 
 printf '%-40s %-7s %6s %6s %6s\n' binary when anon file rss
 for r in $(seq "$ROUNDS"); do
-  for bin in "$@"; do
+  for i in $(seq $#); do
+    bin=${!i}
     rm -rf "$W/ca"
-    "$bin" run --pins $P/pins.yaml --listen 127.0.0.1:15061 --admin 127.0.0.1:19061 --workers 1 \
+    "${COPIES[$((i - 1))]}" run --pins $P/pins.yaml --listen 127.0.0.1:15061 --admin 127.0.0.1:19061 --workers 1 \
       --ca-out "$W/ca" > "$W/pinproxy.log" 2>&1 &
     pid=$!; PIDS+=($pid)
     "$P/connect-relay" 16061 127.0.0.1:15061 api.local:443 > "$W/relay.log" 2>&1 &
