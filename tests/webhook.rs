@@ -305,13 +305,14 @@ async fn call(
     server_name: &str,
     req: http::Request<Full<Bytes>>,
 ) -> Result<(u16, Json), String> {
-    let _ = rustls::crypto::CryptoProvider::clone(&pinproxy::tls::provider()).install_default();
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder()
+    let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));

@@ -69,10 +69,11 @@ async fn tls_to(
     addr: std::net::SocketAddr,
     ca: rustls_pki_types::CertificateDer<'static>,
 ) -> TlsStream<TcpStream> {
-    let _ = rustls::crypto::CryptoProvider::clone(&pinproxy::tls::provider()).install_default();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
+    let mut cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];

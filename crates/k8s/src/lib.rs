@@ -29,3 +29,26 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         ..rustls::crypto::ring::default_provider()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::NamedGroup;
+
+    /// The same groups, in the same order, as `pinproxy_tls::provider()`.
+    #[test]
+    fn key_exchange_groups_are_x25519_p256_p384_in_that_order() {
+        let names: Vec<NamedGroup> = super::provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
+        );
+    }
+}

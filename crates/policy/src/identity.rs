@@ -246,8 +246,9 @@ pub(super) fn read_client_cert(
     };
     let leaf = leaf_facts(leaf.as_ref()).map_err(|e| invalid(&cert.shown, e))?;
     let key_der = private_key(&key_bytes).map_err(|e| invalid(&key.shown, e))?;
-    // What *ring*'s provider does with a key (`KeyProvider::load_private_key`);
-    // this room does not see the TLS room's `provider()`.
+    // What *ring*'s provider does with a key (`KeyProvider::load_private_key`:
+    // wiped when dropped); this room does not see the TLS room's `provider()`.
+    let key_der = zeroize::Zeroizing::new(key_der);
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| {
         invalid(
             &key.shown,

@@ -53,9 +53,27 @@ mod tests {
 
     use super::*;
 
+    /// The groups, in order: X25519, then the two NIST curves as fallbacks
+    /// (docs/reference.md, "Proxy behaviour").
+    #[test]
+    fn key_exchange_groups_are_x25519_p256_p384_in_that_order() {
+        let names: Vec<NamedGroup> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            names,
+            [
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
+        );
+    }
+
     /// A real handshake (in memory) between a client built on
-    /// [`provider`] and a server that prefers P-384 (rustls's own default
-    /// since 0.23.48): X25519 is negotiated, in one round trip.
+    /// [`provider`] and a rustls server that supports P-384 first in its
+    /// list (rustls's own default since 0.23.48; a rustls server follows
+    /// the client's order, so this checks what the client offers): X25519
+    /// is negotiated, in one round trip (a client leading with a share the
+    /// server lacks would need a HelloRetryRequest).
     #[test]
     fn upstream_handshakes_use_x25519_without_a_retry() {
         let key = rcgen::KeyPair::generate().unwrap();
