@@ -22,6 +22,7 @@ mkdir -p "$W"
 # Each binary runs from a copy made now: how much of a binary's code a fault maps depends on how its
 # file sits in the page cache (a file written a moment ago against one read back hours later: 0.2–0.4
 # MiB of RSS apart for the same binary, measured), so binaries compared here enter it the same way.
+[ "$(stat -f -c %T "$W")" != tmpfs ] || echo "warning: $W is on tmpfs: the copies' code counts as shared memory (RssShmem), not in the file column; set WORK= to a directory on disk" >&2
 COPIES=()
 for i in $(seq $#); do install -m 0755 "${!i}" "$W/bin$i"; COPIES+=("$W/bin$i"); done
 PIDS=()
