@@ -103,6 +103,25 @@ fn yaml_to_json(text: &str) -> Json {
     serde_json::to_value(v).unwrap()
 }
 
+/// The k8s room's provider (webhook server, `status` client) is a copy of
+/// the proxy's, kept apart by the room map: both offer the same key
+/// exchange groups in the same order (the proxy's list is pinned by
+/// `pinproxy-tls`'s own tests: X25519, P-256, P-384).
+#[test]
+fn the_webhook_offers_the_proxys_key_exchange_groups() {
+    let names = |p: &rustls::crypto::CryptoProvider| -> Vec<rustls::NamedGroup> {
+        p.kx_groups.iter().map(|g| g.name()).collect()
+    };
+    assert_eq!(
+        names(&pinproxy::k8s::provider()),
+        names(&pinproxy::tls::provider())
+    );
+    assert_eq!(
+        names(&pinproxy::k8s::provider()).first(),
+        Some(&rustls::NamedGroup::X25519)
+    );
+}
+
 #[test]
 fn patched_pod_equals_inject_output() {
     for (case, pod_yaml) in fixture_pods() {
