@@ -209,12 +209,6 @@ async fn half_open_admin_connections_starve_nothing() {
         dir.path(),
         &[("pins.yaml", &good), ("ca.pem", &pki.root.pem())],
     );
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
     let (listen, admin) = (free(), free());
     // A hard limit of 256 descriptors, as a tight container would have.
     let script = format!(

@@ -600,12 +600,6 @@ async fn every_resolved_address_is_tried_in_turn() {
 async fn running_out_of_file_descriptors_does_not_stop_the_listener() {
     let dir = tempfile::tempdir().unwrap();
     let pins = write(dir.path(), "pins.yaml", "version: 1\nhosts: {}\n");
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
     let (listen, admin) = (free(), free());
     let mut child = tokio::process::Command::new("prlimit")
         .args([

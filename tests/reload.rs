@@ -517,12 +517,6 @@ async fn mismatch_logs_are_structured_and_rate_limited() {
         "pins.yaml",
         &pins_yaml(&[Pin::from_bytes([5; 32])], up.addr, ""),
     );
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
     let (listen, admin) = (free(), free());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
         .args([

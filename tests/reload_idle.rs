@@ -110,12 +110,6 @@ async fn binary_on_plain_files(dir: &Path) -> Running {
     let ca = write(dir, "ca.pem", &pki.root.pem());
     let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let pins = write(dir, "pins.yaml", &pinset(HOST, &[pki.int.pin()], "", addr));
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
     let (listen, admin) = (free(), free());
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))

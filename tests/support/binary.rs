@@ -31,13 +31,7 @@ pub fn spawn_binary(
     std::net::SocketAddr,
     std::net::SocketAddr,
 ) {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
+    let (listen, admin) = (super::proxy::free(), super::proxy::free());
     let mut args = vec![
         "run".to_string(),
         "--pins".into(),

@@ -297,11 +297,24 @@ impl std::ops::DerefMut for Spawned {
     }
 }
 
-fn free() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A loopback address nothing listens on, for a proxy to bind later, and
+/// never one this test process handed out before: the port is free only
+/// until someone binds it, and two tests running at once were once given
+/// the same one (the second proxy then failed with "Address already in
+/// use").
+pub fn free() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Builds the proxy from `config` and serves it until the [`Proxy`] is
