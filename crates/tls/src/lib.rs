@@ -30,7 +30,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// *ring*'s provider with its key exchange groups in the order rustls
-/// shipped them until 0.23.48: X25519, P-256, P-384. 0.23.48 moved P-384
+/// shipped them through 0.23.46: X25519, P-256, P-384. 0.23.48 moved P-384
 /// first, so a client built on the default sends a P-384 key share in
 /// every upstream handshake (servers choose among the client's shares in
 /// the client's order, so they answer in P-384): a slower key exchange on
