@@ -22,8 +22,11 @@ use rustls::crypto::CryptoProvider;
 /// post-quantum key exchange (X25519MLKEM768); rustls's other provider,
 /// aws-lc-rs, has. Moving to it is a change of its own (a C library in the
 /// static musl build, the binary's size and code layout, the benchmarks'
-/// figures), not made by the update that brought the deprecation: this is
-/// the one place that names *ring*'s provider.
+/// figures), not made by the update that brought the deprecation. This and
+/// the k8s room's copy (`pinproxy_k8s::provider`, which the room map keeps
+/// from seeing this one; `tests/webhook.rs` ties the two) are the only
+/// places that name *ring*'s provider; `clippy.toml` keeps rustls's
+/// process default out.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER.get_or_init(|| Arc::new(ring_provider())).clone()
