@@ -8,9 +8,11 @@
 
 /// `text` safe inside a `#` comment: every character YAML (1.1 or 1.2)
 /// could take for a line break (`\n`, `\r`, NEL, LS, PS), every other
-/// control character, and the invisible ones that change how a reviewer
-/// reads a line (bidi overrides and isolates, zero-width characters, BOM)
-/// are written as escapes.
+/// control character, every character a YAML reader refuses anywhere in a
+/// document (outside YAML 1.2's `c-printable`: the noncharacters U+FFFE and
+/// U+FFFF), and the invisible ones that change how a reviewer reads a line
+/// (bidi overrides and isolates, zero-width characters, BOM) are written as
+/// escapes.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -18,13 +20,24 @@ pub fn escape(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() || invisible(c) => {
+            c if c.is_control() || !printable(c) || invisible(c) => {
                 out.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
             }
             c => out.push(c),
         }
     }
     out
+}
+
+/// YAML 1.2's `c-printable`, the characters a document may hold at all: a
+/// reader stops at any other (libyaml: "control characters are not
+/// allowed"), so one such character in a comment would make the whole
+/// pinset unreadable.
+fn printable(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..
+    )
 }
 
 fn invisible(c: char) -> bool {
@@ -50,5 +63,21 @@ mod tests {
         let doc = format!("a: 1 # {out}\nb: 2\n");
         let v: serde_yaml::Value = serde_yaml::from_str(&doc).unwrap();
         assert_eq!(v.as_mapping().unwrap().len(), 2);
+    }
+
+    /// Found by `suggest`'s property test: a certificate's notAfter text
+    /// holding U+FFFE made the suggested pinset unreadable ("control
+    /// characters are not allowed"), though U+FFFE is no control character.
+    #[test]
+    fn every_character_stays_readable_yaml() {
+        let all: String = (0..=0x10ffff).filter_map(char::from_u32).collect();
+        let doc = format!("a: 1 # {}\nb: 2\n", escape(&all));
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&doc).unwrap_or_else(|e| panic!("not YAML: {e}"));
+        assert_eq!(v.as_mapping().map(|m| m.len()), Some(2));
+        assert_eq!(
+            escape("\u{fffe}\u{ffff}\u{fffd}"),
+            "\\u{fffe}\\u{ffff}\u{fffd}"
+        );
     }
 }
