@@ -384,8 +384,9 @@ struct Fields<'a> {
 ///
 /// Key and fields come from the YAML serializer, which quotes whatever
 /// needs it; what is only for people (subjects, dates: text a server chose)
-/// goes into comments with every control character escaped, so nothing
-/// learned can end a comment and write YAML of its own.
+/// goes into comments through `comment::escape` (line breaks, controls and
+/// what a YAML reader refuses become escapes), so nothing learned can end a
+/// comment and write YAML of its own, or make the file unreadable.
 fn render(e: &Entry, indent: &str, defaults: &(String, Vec<u16>)) -> Result<String, Error> {
     let fields = Fields {
         pins: &e.pins,
