@@ -160,7 +160,7 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
         outln!(
             "# the server asked for a client certificate (mTLS); none was presented{}",
             match &seen.client_auth.refused {
-                Some(why) => format!(" and it refused the connection ({why})"),
+                Some(why) => format!(" and it refused the connection ({})", comment::escape(why)),
                 None => String::new(),
             }
         );

@@ -40,10 +40,24 @@ fn printable(c: char) -> bool {
     )
 }
 
+/// Characters that show nothing, or reorder what follows (the "Trojan
+/// Source" list and Unicode's other default-ignorable format characters):
+/// soft hyphen, Arabic letter mark, Mongolian vowel separator, zero-width
+/// characters and marks, bidi embeddings, overrides and isolates, invisible
+/// operators, deprecated format characters, BOM, interlinear annotation
+/// characters and tag characters.
 fn invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
+        '\u{ad}'
+            | '\u{61c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e007f}'
     )
 }
 
@@ -78,6 +92,15 @@ mod tests {
         assert_eq!(
             escape("\u{fffe}\u{ffff}\u{fffd}"),
             "\\u{fffe}\\u{ffff}\u{fffd}"
+        );
+    }
+
+    /// Text that shows nothing or reorders what follows is shown as escapes.
+    #[test]
+    fn invisible_characters_are_shown() {
+        assert_eq!(
+            escape("a\u{ad}\u{61c}\u{180e}\u{206a}\u{fff9}\u{e0041}b"),
+            "a\\u{ad}\\u{61c}\\u{180e}\\u{206a}\\u{fff9}\\u{e0041}b"
         );
     }
 }
