@@ -261,6 +261,16 @@ fn on_validated_path(seen: &probe::Seen) -> Vec<CertInfo> {
     on_path
 }
 
+/// `text` as a YAML value: plain when YAML reads it back as that very
+/// string (`ca.pem`, `/etc/pki/ca.pem`), else double-quoted (a path with
+/// ` #` or `: `, one that reads as a number or a boolean).
+fn scalar(text: &str) -> String {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(serde_yaml::Value::String(s)) if s == text => s,
+        _ => comment::double_quoted(text),
+    }
+}
+
 /// Why a snippet must not be pasted as it is.
 #[derive(Clone, Copy)]
 enum Invalid {
@@ -301,7 +311,8 @@ impl Snippet {
         s.push_str(&cert::yaml_snippet(&self.host, chain));
         if let Some(trust) = &self.trust {
             s.push_str(&format!(
-                "    trust: {trust}   # relative paths resolve against the pinset file\n"
+                "    trust: {}   # relative paths resolve against the pinset file\n",
+                scalar(trust)
             ));
         }
         if let Some(a) = self.address {
@@ -318,7 +329,11 @@ impl Snippet {
             s.push_str(&format!("    ports: [{}]\n", self.port));
         }
         if !self.names.is_empty() {
-            let quoted: Vec<String> = self.names.iter().map(|n| format!("{n:?}")).collect();
+            let quoted: Vec<String> = self
+                .names
+                .iter()
+                .map(|n| comment::double_quoted(n))
+                .collect();
             s.push_str(&format!("    names: [{}]\n", quoted.join(", ")));
         }
         if self.client_cert {
@@ -327,5 +342,41 @@ impl Snippet {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operator's own values reach the snippet as the values they are.
+    #[test]
+    fn snippet_holds_trust_and_names_exactly() {
+        let trust = "/etc/my #certs/ca: x.pem";
+        let names = vec!["spiffe://a.test/ns/\"x\"".to_string(), "b.test".to_string()];
+        let snippet = Snippet {
+            host: "live.test".into(),
+            port: 443,
+            trust: Some(trust.into()),
+            address: None,
+            dialed_name: None,
+            names: names.clone(),
+            client_cert: false,
+        };
+        let doc = format!("hosts:\n{}", snippet.render(&[], None));
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&doc).unwrap_or_else(|e| panic!("not YAML ({e}):\n{doc}"));
+        let entry = &v["hosts"]["live.test"];
+        assert_eq!(entry["trust"].as_str(), Some(trust), "{doc}");
+        let got: Vec<&str> = entry["names"]
+            .as_sequence()
+            .map(|s| s.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, names, "{doc}");
+        for plain in ["ca.pem", "/etc/pki/ca.pem", "./a b/ca.pem"] {
+            assert_eq!(scalar(plain), plain);
+        }
+        assert_eq!(scalar("true"), "\"true\"");
+        assert_eq!(scalar("1.5"), "\"1.5\"");
     }
 }

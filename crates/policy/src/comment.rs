@@ -29,6 +29,29 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// `text` as a YAML double-quoted scalar that reads back as exactly `text`:
+/// `"` and `\` escaped, and every character [`escape`] would escape written
+/// as a YAML escape (`\uXXXX`, `\UXXXXXXXX`). For values pinproxy writes
+/// into a snippet that the plain form could not hold (a path with ` #` or
+/// `: `, a name with a quote).
+pub fn double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || !printable(c) || invisible(c) => match u32::from(c) {
+                n @ 0..=0xffff => out.push_str(&format!("\\u{n:04X}")),
+                n => out.push_str(&format!("\\U{n:08X}")),
+            },
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// YAML 1.2's `c-printable`, the characters a document may hold at all: a
 /// reader stops at any other (libyaml: "control characters are not
 /// allowed"), so one such character in a comment would make the whole
@@ -92,6 +115,29 @@ mod tests {
         assert_eq!(
             escape("\u{fffe}\u{ffff}\u{fffd}"),
             "\\u{fffe}\\u{ffff}\u{fffd}"
+        );
+    }
+
+    #[test]
+    fn double_quoted_reads_back_as_every_character() {
+        let all: String = (0..=0x10ffff).filter_map(char::from_u32).collect();
+        for text in [
+            all.as_str(),
+            "/etc/my #certs/ca: x.pem",
+            "a\"b\\c",
+            "",
+            "true",
+            "1.5",
+        ] {
+            let doc = format!("k: {}   # a comment\nb: 2\n", double_quoted(text));
+            let v: serde_yaml::Value =
+                serde_yaml::from_str(&doc).unwrap_or_else(|e| panic!("not YAML: {e}"));
+            assert_eq!(v["k"].as_str(), Some(text));
+            assert_eq!(v["b"].as_u64(), Some(2));
+        }
+        assert_eq!(
+            double_quoted("a\"\u{202e}\u{1f600}"),
+            "\"a\\\"\\u202E\u{1f600}\""
         );
     }
 
