@@ -1,10 +1,12 @@
-//! Text inside a YAML `#` comment that stays inside it.
+//! Text inside a YAML `#` comment that stays inside it, and values written
+//! so that YAML reads them back as they are.
 //!
 //! pinproxy writes pinsets for people to paste or apply (`suggest`, `pin
 //! --connect`), with comments describing certificates: subjects and names a
 //! server chose. A line break in such text would end the comment and what
 //! follows would be YAML — an entry the server wrote into the operator's
-//! pinset. [`escape`] is the one way such text enters a comment.
+//! pinset. [`escape`] is the one way such text enters a comment;
+//! [`double_quoted`] writes a value the plain form cannot hold.
 
 /// `text` safe inside a `#` comment: every character YAML (1.1 or 1.2)
 /// could take for a line break (`\n`, `\r`, NEL, LS, PS), every other
