@@ -376,6 +376,22 @@ mod tests {
         for plain in ["ca.pem", "/etc/pki/ca.pem", "./a b/ca.pem"] {
             assert_eq!(scalar(plain), plain);
         }
+        // A key YAML would misread plain is quoted (a leading `*` is an
+        // alias).
+        let wild = Snippet {
+            host: "*.x.test".into(),
+            trust: None,
+            names: Vec::new(),
+            ..snippet
+        };
+        let doc = format!("hosts:\n{}", wild.render(&[], None));
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&doc).unwrap_or_else(|e| panic!("not YAML ({e}):\n{doc}"));
+        let keys: Vec<&str> = v["hosts"]
+            .as_mapping()
+            .map(|m| m.keys().filter_map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["*.x.test"], "{doc}");
         assert_eq!(scalar("true"), "\"true\"");
         assert_eq!(scalar("1.5"), "\"1.5\"");
     }

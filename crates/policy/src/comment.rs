@@ -22,9 +22,7 @@ pub fn escape(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() || !printable(c) || invisible(c) => {
-                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
-            }
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
             c => out.push(c),
         }
     }
@@ -43,7 +41,7 @@ pub fn double_quoted(text: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() || !printable(c) || invisible(c) => match u32::from(c) {
+            c if hidden(c) => match u32::from(c) {
                 n @ 0..=0xffff => out.push_str(&format!("\\u{n:04X}")),
                 n => out.push_str(&format!("\\U{n:08X}")),
             },
@@ -52,6 +50,13 @@ pub fn double_quoted(text: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// What both [`escape`] and [`double_quoted`] write as an escape: controls
+/// (line breaks among them), what a YAML reader refuses, and what a reader
+/// of the text would not see.
+fn hidden(c: char) -> bool {
+    c.is_control() || !printable(c) || invisible(c)
 }
 
 /// YAML 1.2's `c-printable`, the characters a document may hold at all: a

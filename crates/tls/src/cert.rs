@@ -141,7 +141,7 @@ pub fn yaml_snippet(host: &str, chain: &[CertInfo]) -> String {
 
 fn yaml_key(host: &str) -> String {
     if host.starts_with('*') || host.contains(':') {
-        format!("{host:?}")
+        comment::double_quoted(host)
     } else {
         host.to_string()
     }
