@@ -407,9 +407,13 @@ async fn unlisted_tunnel_with_a_foreign_sni_is_refused() {
         .expect_err("refused");
     assert!(err.to_string().contains("HandshakeFailure"), "{err}");
     assert_eq!(p.denied("sni-mismatch"), 1);
+    // Counted as what it was, a refusal, and not as a tunnel too.
+    assert_eq!(p.requests("unlisted", "tunnel"), 0);
     // Non-TLS bytes pass: unlisted tunnels carry any protocol.
     let (_, _, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
     assert!(alive(&mut tcp).await);
+    assert_eq!(p.requests("unlisted", "tunnel"), 1);
+    assert_eq!(p.denied("sni-mismatch"), 1);
 }
 
 /// F13: a combined cert+key file never publishes the key; a key that

@@ -13,6 +13,7 @@
 //! Every tunnel holds its client connection's slot, closes when idle, and
 //! closes when a reload means it would no longer be admitted.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -107,13 +108,22 @@ async fn tunnel_unlisted(
             return;
         };
         let label = admission.label().to_string();
-        ctx.metrics.served(&label, RequestOutcome::Tunnel);
         // The host dialed and the name the client's TLS asks for must be
         // one name here too (domain fronting through an unlisted alias).
+        // The tunnel counts as served once its first message passes that
+        // check (a refused one counts only as `sni-mismatch`), or when it
+        // ends without one (a client that never spoke).
+        let counted = AtomicBool::new(false);
         let host = target.host.clone();
-        let accept = |hello: &Hello| match hello {
-            Hello::Tls(Some(sni)) => Host::parse(sni).as_ref() == Ok(&host),
-            _ => true,
+        let accept = |hello: &Hello| {
+            let ok = match hello {
+                Hello::Tls(Some(sni)) => Host::parse(sni).as_ref() == Ok(&host),
+                _ => true,
+            };
+            if ok && !counted.swap(true, Ordering::Relaxed) {
+                ctx.metrics.served(&label, RequestOutcome::Tunnel);
+            }
+            ok
         };
         let splice = tunnel::splice_checked(up, upstream, ctx.limits.tunnel_idle, accept);
         let revoked = revoked(ctx.clone(), generation, target.clone(), admission, peer);
@@ -124,9 +134,13 @@ async fn tunnel_unlisted(
                     let message = format!("the TLS SNI {sni:?} names another host than the CONNECT");
                     let host = target.host.to_string();
                     refuse(&ctx, Reason::SniMismatch, Some(&label), &host, &message).close();
+                    return;
                 }
             }
             _ = revoked => tracing::info!(host = %target.host, "closing tunnel: a reload no longer admits it"),
+        }
+        if !counted.swap(true, Ordering::Relaxed) {
+            ctx.metrics.served(&label, RequestOutcome::Tunnel);
         }
     });
     Response::new(Either::Right(Full::default()))
