@@ -342,6 +342,12 @@ async fn expired_pinset_is_not_enforced_but_pin_only_fails_closed() {
         "{r:?}"
     );
     assert!(r.body.contains("expired"), "{}", r.body);
+    // Refused before any handshake, and still where the pin-mismatch
+    // alert looks: every request it blocks is counted.
+    assert_eq!(p.mismatches(HOST, "enforce"), 1);
+    get(p.addr, &url("/")).await;
+    assert_eq!(p.mismatches(HOST, "enforce"), 2);
+    assert_eq!(p.requests(HOST, "pin-mismatch"), 2);
 }
 
 #[tokio::test]

@@ -142,7 +142,7 @@ impl Metrics {
         let m = Self {
             pin_mismatch: counter(
                 "pin_mismatch_total",
-                "Handshakes whose validated chain carried no configured pin.",
+                "Handshakes whose validated chain carried no configured pin, and requests a pin-only entry past its expires refused.",
                 &["host", "mode"],
             ),
             next_pins_mismatch: counter(

@@ -69,6 +69,15 @@ pub async fn admit(
             })
         }
         Err(r) => {
+            if let (Reason::PinMismatch, Some(e)) = (r.reason, &r.entry) {
+                // A `pin-only` entry past `expires`, refused before any
+                // handshake: what is blocked for a pin reason counts where
+                // the pin-mismatch alert looks, handshake or not.
+                ctx.metrics
+                    .pin_mismatch
+                    .with_label_values(&[&e.name, e.mode.as_str()])
+                    .inc();
+            }
             let entry = r.entry.as_ref().map(|e| e.name.as_str());
             let host = target.host.to_string();
             Err(refuse(ctx, r.reason, entry, &host, &r.message))
