@@ -265,3 +265,30 @@ async fn sni_mismatch_detail_names_the_sni_plainly() {
         assert_eq!(event["detail"], detail, "{event}");
     }
 }
+
+/// A pinset's warnings at start are the event reloads log them as
+/// (`pinset warning`, with `generation` and `warning`), so one query finds
+/// them whenever they were loaded.
+#[tokio::test]
+async fn warnings_at_start_are_the_documented_event() {
+    let pki = Pki::new(&[HOST]);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &pki.root.pem());
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let pins = write(
+        dir.path(),
+        "pins.yaml",
+        &pinset(HOST, &[pki.int.pin()], "", addr),
+    );
+    let mut run = TestProxy::builder()
+        .pins_path(pins)
+        .args(&["--log-format", "json", "--no-watch"])
+        .spawn()
+        .await;
+    let lines = run.until("pinset warning").await;
+    let event = json(lines.last().unwrap());
+    assert_eq!(event["level"], "WARN");
+    assert_eq!(event["generation"], 1);
+    let warning = event["warning"].as_str().expect("a string field");
+    assert!(warning.contains("only one pin"), "{event}");
+}

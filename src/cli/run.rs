@@ -58,7 +58,7 @@ pub struct RunArgs {
     pub ca_out: Option<PathBuf>,
     /// A PEM file of CA certificates to add to DIR/ca-bundle.crt, e.g. the
     /// cluster's internal CA, so direct (NO_PROXY) TLS keeps verifying.
-    /// Repeatable.
+    /// Repeatable, or comma-separated.
     #[arg(
         long,
         env = "PINPROXY_CA_BUNDLE_EXTRA",
@@ -118,7 +118,8 @@ pub struct RunArgs {
     /// Transparent listener for connections the kernel redirects to pinproxy
     /// (`pinproxy redirect`), e.g. 127.0.0.1:15001; off by default. With
     /// 127.0.0.1:PORT, [::1]:PORT is listened on too where the pod has IPv6
-    /// (IPv6 connections are redirected there). Repeatable.
+    /// (IPv6 connections are redirected there). Repeatable, or
+    /// comma-separated.
     #[arg(
         long,
         env = "PINPROXY_TRANSPARENT",
@@ -157,8 +158,8 @@ pub struct RunArgs {
     /// A public key (PEM: cosign's `cosign.pub`, or the .pub of `pinproxy
     /// keygen`; ECDSA P-256 or Ed25519) the pinset must be signed with:
     /// the file is applied only when `<pins>.sig` beside it verifies with
-    /// one of the keys and its `serial:` does not go back. Repeatable (the
-    /// old and the new key during a key rotation). Mount it from another
+    /// one of the keys and its `serial:` does not go back. Repeatable, or
+    /// comma-separated (the old and the new key during a key rotation). Mount it from another
     /// object than the pins Secret. Until a signed pinset is applied the
     /// proxy refuses everything and /readyz says why.
     #[arg(
@@ -303,8 +304,10 @@ async fn run_async(args: RunArgs) -> Result<(), Error> {
         Signals::new().map_err(|e| Error::failed(format!("cannot listen for signals: {e}")))?;
     let (config, grace) = run_config(&args)?;
     let app = App::build(config).await.map_err(Error::failed)?;
+    // The event a reload logs its warnings as (the first generation is 1;
+    // a signed pinset's are logged by the reloader that applies it).
     for w in app.warnings() {
-        tracing::warn!("{}: warning: {w}", args.pins.display());
+        tracing::warn!(generation = 1, warning = %w, pins = %args.pins.display(), "pinset warning");
     }
     let transparent = if app.transparent_addrs().is_empty() {
         "off".to_string()
