@@ -1,78 +1,113 @@
-//! The shape of a pinset's YAML, checked in one linear pass before the
-//! YAML parser sees the text.
+//! The shape of a pinset's YAML, checked by a YAML parser of its own
+//! before serde_yaml's parser (libyaml) sees the text.
 //!
 //! libyaml's handling of flow collections is quadratic in their depth (a
 //! 400 KB file of `[` parses for minutes), and aliases can expand a small
-//! file into a huge value ("billion laughs"). A pinset needs neither: its
+//! file into a huge value ("billion laughs"): serde_yaml parses the whole
+//! document before anything can look at it. A pinset needs neither: its
 //! deepest value is a pin list inside a host entry inside `hosts:`, and an
-//! anchor saves nothing an operator cannot write out. So this refuses
-//! nesting deeper than [`MAX_DEPTH`] and every anchor and alias, at the
-//! line and column where they start.
+//! anchor saves nothing an operator cannot write out. So this reads the
+//! text event by event with yaml-rust2's parser and stops at the first
+//! anchor, alias or nesting deeper than [`MAX_DEPTH`], at the line and
+//! column where it is — before libyaml is given the text at all.
 //!
-//! The scan is a tokenizer's outline, not a YAML parser: it follows quotes,
-//! comments and block scalars well enough never to mistake their contents
-//! for structure, and counts an upper bound of the nesting (block
-//! indentation levels, `- `/`? ` entries and open `[`/`{`). Whatever it
-//! lets through, the real parser still judges.
+//! It is a parser and not an outline of YAML's rules: two outlines written
+//! here missed cases (a value right after a quoted key's `:` in a flow
+//! mapping, a block scalar in a compact `- a: |` entry) and let an alias
+//! bomb and a deep nesting through. Text this parser cannot read is
+//! refused too, with its reason: what it cannot read cannot be vouched for.
+//! Where YAML 1.1 (libyaml) and 1.2 (this parser) differ on what ends a
+//! line, the characters concerned are refused outright.
+
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::Marker;
 
 use super::Problem;
 
-/// How deep a pinset may nest (block levels plus open flow collections).
-/// A pinset needs six; anything near this is not a pinset.
+/// How deep a pinset may nest (mappings and sequences, block or flow).
+/// A pinset needs four; anything near this is not a pinset.
 pub(super) const MAX_DEPTH: usize = 32;
 
 /// Why the text was refused before parsing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Refusal {
     TooDeep,
     Anchor,
     Alias,
-    /// A line break libyaml knows and this scan does not split at.
+    /// A line break libyaml knows and YAML 1.2 does not.
     Break(&'static str),
+    /// Text the parser cannot read: its reason.
+    Syntax(String),
 }
 
-/// Where the scan is, across lines.
-#[derive(Default)]
-struct Scan {
-    /// Columns of the open block nodes (indentation and `- ` entries).
-    blocks: Vec<usize>,
-    /// Open `[` / `{`.
-    flow: usize,
-    /// Inside a quoted scalar (which may span lines): its quote.
-    quote: Option<u8>,
-    /// Inside a block scalar (`|`, `>`): the indentation of its parent.
-    block_scalar: Option<usize>,
-    /// The next non-blank character starts a node.
-    node_start: bool,
-}
-
-/// `Ok` if the text is shallow enough and has no anchor or alias.
+/// `Ok` if the text is shallow enough, has no anchor or alias, and parses.
 pub(super) fn check(text: &str) -> Result<(), Problem> {
-    let mut scan = Scan::default();
     for (i, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if let Some((col, what)) = foreign_break(line) {
-            return Err(problem(
-                Refusal::Break(what),
-                i + 1,
-                col + 1,
-                line.as_bytes(),
-            ));
-        }
-        let line = line.as_bytes();
-        if let Err((refusal, col)) = scan.line(line) {
-            return Err(problem(refusal, i + 1, col + 1, line));
+            let col = line[..col].chars().count();
+            return Err(problem(Refusal::Break(what), i + 1, col, line));
         }
     }
-    Ok(())
+    events(text).map_err(|(refusal, at)| {
+        let line = text
+            .split('\n')
+            .nth(at.line().saturating_sub(1))
+            .unwrap_or("");
+        let mut col = at.col();
+        if refusal == Refusal::Anchor {
+            // The event starts at the node; its anchor is the last `&`
+            // before it on the line (a tag may stand between them).
+            let before: Vec<char> = line.chars().take(col).collect();
+            if let Some(amp) = before.iter().rposition(|&c| c == '&') {
+                col = amp;
+            }
+        }
+        problem(refusal, at.line().max(1), col, line)
+    })
+}
+
+/// The parser's events, until the first refused one.
+fn events(text: &str) -> Result<(), (Refusal, Marker)> {
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let (event, at) = parser.next_token().map_err(|e| {
+            let reason = e.info();
+            let refusal = if reason.contains("unknown anchor") {
+                Refusal::Alias
+            } else if reason.contains("recursion limit") {
+                Refusal::TooDeep
+            } else {
+                Refusal::Syntax(reason.to_string())
+            };
+            (refusal, *e.marker())
+        })?;
+        match event {
+            Event::Alias(_) => return Err((Refusal::Alias, at)),
+            Event::Scalar(_, _, anchor, _) if anchor != 0 => return Err((Refusal::Anchor, at)),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if anchor != 0 {
+                    return Err((Refusal::Anchor, at));
+                }
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err((Refusal::TooDeep, at));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::StreamEnd => return Ok(()),
+            _ => {}
+        }
+    }
 }
 
 /// The first line break inside `line` (split at `\n`, a final `\r`
-/// removed) that libyaml would end a line at: a lone CR, NEL, LS or PS.
-/// This scan splits at `\n` only, so after one of them a comment would end
-/// for the parser and not for the scan — and what follows it (an anchor,
-/// a deep nesting) would reach the parser unchecked. A pinset has no use
-/// for them: refused, with the (0-based, byte) column.
+/// removed) that libyaml would end a line at and YAML 1.2 would not: a
+/// lone CR (both do), NEL, LS or PS. After one of them a comment would end
+/// for libyaml and not for the check's parser — and what follows it (an
+/// anchor, a deep nesting) would reach libyaml unchecked. A pinset has no
+/// use for them: refused, with the (0-based, byte) column.
 fn foreign_break(line: &str) -> Option<(usize, &'static str)> {
     line.char_indices().find_map(|(i, c)| {
         let what = match c {
@@ -86,9 +121,12 @@ fn foreign_break(line: &str) -> Option<(usize, &'static str)> {
     })
 }
 
-fn problem(refusal: Refusal, line: usize, column: usize, text: &[u8]) -> Problem {
-    let token: String = String::from_utf8_lossy(&text[column - 1..])
+/// The problem at `line` (1-based) and `column` (0-based, in characters)
+/// of the text, whose line is `text`.
+fn problem(refusal: Refusal, line: usize, column: usize, text: &str) -> Problem {
+    let token: String = text
         .chars()
+        .skip(column)
         .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | ']' | '}'))
         .take(40)
         .collect();
@@ -98,7 +136,7 @@ fn problem(refusal: Refusal, line: usize, column: usize, text: &[u8]) -> Problem
             "{what}: YAML ends a line there; a pinset's lines end with \\n (or \\r\\n) only"
         ),
         Refusal::TooDeep => format!(
-            "nested deeper than {MAX_DEPTH} levels (a pinset needs 6); refused before parsing"
+            "nested deeper than {MAX_DEPTH} levels (a pinset needs 4); refused before parsing"
         ),
         Refusal::Anchor => format!(
             "YAML anchor {token:?}: anchors and aliases are not allowed in a pinset; write each value out"
@@ -109,142 +147,14 @@ fn problem(refusal: Refusal, line: usize, column: usize, text: &[u8]) -> Problem
         Refusal::Alias => format!(
             "YAML alias {token:?}: anchors and aliases are not allowed in a pinset; write each value out"
         ),
+        Refusal::Syntax(reason) => reason,
     };
     Problem {
         host: None,
         field: None,
         line: Some(line),
-        column: Some(column),
+        column: Some(column + 1),
         message,
-    }
-}
-
-// === impl Scan ===
-
-impl Scan {
-    /// Scans one line; on refusal, what and at which (0-based) column.
-    fn line(&mut self, line: &[u8]) -> Result<(), (Refusal, usize)> {
-        let indent = line.iter().take_while(|&&c| c == b' ').count();
-        let blank = indent == line.len() || line[indent] == b'#';
-        if let Some(parent) = self.block_scalar {
-            if blank || indent > parent {
-                return Ok(());
-            }
-            self.block_scalar = None;
-        }
-        let mut start = 0;
-        if self.quote.is_none() && self.flow == 0 {
-            if blank {
-                return Ok(());
-            }
-            // A new block line: close the nodes it is not inside of.
-            while self.blocks.last().is_some_and(|&c| c >= indent) {
-                self.blocks.pop();
-            }
-            self.open_block(indent)?;
-            self.node_start = true;
-            start = indent;
-        }
-        self.chars(line, start, indent)
-    }
-
-    fn open_block(&mut self, col: usize) -> Result<(), (Refusal, usize)> {
-        self.blocks.push(col);
-        self.depth_ok(col)
-    }
-
-    fn open_flow(&mut self, col: usize) -> Result<(), (Refusal, usize)> {
-        self.flow += 1;
-        self.depth_ok(col)
-    }
-
-    fn depth_ok(&self, col: usize) -> Result<(), (Refusal, usize)> {
-        if self.blocks.len() + self.flow > MAX_DEPTH {
-            return Err((Refusal::TooDeep, col));
-        }
-        Ok(())
-    }
-
-    fn chars(&mut self, line: &[u8], start: usize, indent: usize) -> Result<(), (Refusal, usize)> {
-        let blank_after = |i: usize| line.get(i + 1).is_none_or(|c| matches!(c, b' ' | b'\t'));
-        let mut i = start;
-        let mut after_space = true;
-        while i < line.len() {
-            let c = line[i];
-            if let Some(q) = self.quote {
-                match c {
-                    b'\\' if q == b'"' => i += 1,
-                    b'\'' if q == b'\'' && line.get(i + 1) == Some(&b'\'') => i += 1,
-                    _ if c == q => {
-                        self.quote = None;
-                        self.node_start = false;
-                    }
-                    _ => {}
-                }
-                i += 1;
-                continue;
-            }
-            if matches!(c, b' ' | b'\t') {
-                after_space = true;
-                i += 1;
-                continue;
-            }
-            if c == b'#' && after_space {
-                break; // a comment runs to the end of the line
-            }
-            after_space = false;
-            if self.node_start {
-                match c {
-                    b'[' | b'{' => self.open_flow(i)?,
-                    b'*' => return Err((Refusal::Alias, i)),
-                    b'&' => return Err((Refusal::Anchor, i)),
-                    b'"' | b'\'' => self.quote = Some(c),
-                    b'|' | b'>' if self.flow == 0 => {
-                        self.block_scalar = Some(indent);
-                        return Ok(());
-                    }
-                    b'-' | b'?' if self.flow == 0 && blank_after(i) => self.open_block(i + 1)?,
-                    b'?' | b':' if blank_after(i) => {}
-                    b'!' => {
-                        // A tag: skip it; the node follows.
-                        while i + 1 < line.len() && !matches!(line[i + 1], b' ' | b'\t') {
-                            i += 1;
-                        }
-                    }
-                    b']' | b'}' => self.close_flow(),
-                    b',' if self.flow > 0 => {}
-                    _ => self.node_start = false,
-                }
-            } else {
-                match c {
-                    b':' if blank_after(i)
-                        || (self.flow > 0
-                            && matches!(
-                                line.get(i + 1),
-                                Some(b',' | b'[' | b']' | b'{' | b'}')
-                            )) =>
-                    {
-                        self.node_start = true
-                    }
-                    b',' if self.flow > 0 => self.node_start = true,
-                    // Not valid YAML here, but counted: the parser may
-                    // still descend into it before it gives up.
-                    b'[' | b'{' if self.flow > 0 => {
-                        self.open_flow(i)?;
-                        self.node_start = true;
-                    }
-                    b']' | b'}' if self.flow > 0 => self.close_flow(),
-                    _ => {}
-                }
-            }
-            i += 1;
-        }
-        Ok(())
-    }
-
-    fn close_flow(&mut self) {
-        self.flow = self.flow.saturating_sub(1);
-        self.node_start = false;
     }
 }
 
@@ -294,9 +204,16 @@ mod tests {
     #[test]
     fn deep_flow_collections_are_refused_where_they_pass_the_limit() {
         let p = refused(&format!("version: 1\nhosts: {}\n", "[".repeat(400_000)));
-        // Depth 1 is `hosts:`'s line; the 32nd `[` (column 39) makes 33.
-        assert_eq!((p.line, p.column), (Some(2), Some(7 + MAX_DEPTH)));
+        // The parser gives up within its look-ahead, not at the line's end.
+        assert_eq!(p.line, Some(2));
+        assert!(p.column.is_some_and(|c| c < 2_000), "{p}");
         assert!(p.message.contains("nested deeper than 32"), "{p}");
+        // Where the nesting closes again, at the 33rd level: 1 for the
+        // top mapping, 31 more `[` are fine.
+        let ok = format!("hosts: {}{}\n", "[".repeat(31), "]".repeat(31));
+        check(&ok).unwrap();
+        let p = refused(&format!("hosts: {}{}\n", "[".repeat(32), "]".repeat(32)));
+        assert_eq!((p.line, p.column), (Some(1), Some(7 + MAX_DEPTH)), "{p}");
         let p = refused(&format!("version: 1\nhosts: {{a: {}\n", "{b: ".repeat(100)));
         assert_eq!(p.line, Some(2));
         // Flow collections may span lines.
@@ -312,6 +229,41 @@ mod tests {
         let p = refused(&format!("hosts:\n  {}x\n", "- ".repeat(100)));
         assert_eq!(p.line, Some(2));
         refused(&format!("hosts:\n  {}x\n", "? ".repeat(100)));
+    }
+
+    /// What got past the outline this check replaced (an attack review):
+    /// an anchor right after a quoted key's `:` in a flow mapping, and
+    /// structure after a block scalar in a compact `- a: |` entry, which
+    /// YAML ends at the entry's indentation.
+    #[test]
+    fn what_got_past_the_outline_is_refused() {
+        let bomb = format!(
+            "version: 1\nhosts: {{\"h0\":&e {{\"pins\":[\"{}\"]}}, \"\":*e, \"\":*e}}\n",
+            "A".repeat(1000)
+        );
+        let p = refused(&bomb);
+        assert_eq!((p.line, p.column), (Some(2), Some(14)), "{p}");
+        assert!(p.message.contains("anchor \"&e\""), "{p}");
+        let hidden = |depth: usize| {
+            format!(
+                "version: 1\nhosts: {{}}\npassthrough:\n- a: |\n   x\n  b: {}{}\n  c: &anchor 1\n  d: *anchor\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        let p = refused(&hidden(80_000));
+        assert_eq!(p.line, Some(6), "{p}");
+        assert!(p.message.contains("nested deeper than 32"), "{p}");
+        let p = refused(&hidden(3));
+        assert_eq!((p.line, p.column), (Some(7), Some(6)), "{p}");
+        assert!(p.message.contains("anchor \"&anchor\""), "{p}");
+    }
+
+    #[test]
+    fn text_the_parser_cannot_read_is_refused_with_its_reason() {
+        let p = refused("version: 1\nhosts:\n  a.test: b: c\n");
+        assert_eq!(p.line, Some(3), "{p}");
+        assert!(p.message.contains("mapping values are not allowed"), "{p}");
     }
 
     #[test]
