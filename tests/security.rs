@@ -388,6 +388,30 @@ async fn misdirected_requests_inside_a_tunnel_get_421() {
     );
 }
 
+/// Inside an intercepted tunnel as on the forward path: an HTTP/1.1
+/// request carries exactly one Host (RFC 9112 §3.2); two, or none, is 400
+/// and never reaches the upstream — the second Host is never judged. So
+/// is a CONNECT inside the tunnel.
+#[tokio::test]
+async fn a_request_inside_a_tunnel_with_two_hosts_or_none_is_400() {
+    let (_, up, p) = pinned(HOST).await;
+    for head in [
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nHost: other.pinned.test\r\n\r\n"),
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
+        // A CONNECT to the tunnel's own host: nothing to open (it used to
+        // be answered with an empty response).
+        format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n"),
+    ] {
+        let mut tls = intercepted_tls(&p).await;
+        tls.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_head(&mut tls).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+        assert!(answer.contains("x-pinproxy-error: bad-request"), "{answer}");
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(p.denied("bad-request"), 3);
+}
+
 /// F12: an unlisted byte tunnel whose ClientHello names another host is
 /// refused with a TLS alert (domain fronting through an unlisted alias).
 #[tokio::test]

@@ -142,7 +142,7 @@ pub async fn send(
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (which the
 /// URL's authority then overrides); two, or none, is a bad request.
-fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+pub(crate) fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() != Version::HTTP_11 {
         return None;
     }

@@ -116,6 +116,16 @@ async fn inner_request(
     req: Request<Incoming>,
     client: Client,
 ) -> Response<Body> {
+    // As on the forward path: one Host, neither none nor two.
+    let problem = if req.method() == http::Method::CONNECT {
+        Some("CONNECT inside an intercepted tunnel: the tunnel already goes to its host")
+    } else {
+        forward::host_problem(&req)
+    };
+    if let Some(why) = problem {
+        let host = target.host.to_string();
+        return refuse(&ctx, Reason::BadRequest, None, &host, why).into();
+    }
     if let Some(named) = request_authority(&req) {
         let same = named
             .parse::<Authority>()
