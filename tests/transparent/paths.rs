@@ -404,3 +404,65 @@ fn upgrades_on_the_transparent_paths() {
     );
     drop(proxy);
 }
+
+/// Connects to argv[1]:443 without SNI (as clients do for an IP, or with
+/// SNI turned off), verifying nothing, and sends `GET /` with `Host:
+/// argv[2]`: the status line, or "refused".
+const NO_SNI_GET: &str = r#"
+import socket, ssl, sys
+addr, host = sys.argv[1], sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+try:
+    with socket.create_connection((addr, 443), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname=None) as t:
+            t.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            print(t.recv(4096).split(b"\r\n")[0].decode())
+except (ssl.SSLError, OSError) as e:
+    print("refused", type(e).__name__)
+"#;
+
+/// A hello without SNI names no host, so it is judged by where it goes:
+/// to the `address:` of a pinned entry it is intercepted and pinned as
+/// that host (an attack review had it spliced, unpinned, under `unlisted:
+/// allow` — a rogue chain there reached the app), elsewhere it is unlisted
+/// traffic, spliced as before.
+#[test]
+fn a_hello_without_sni_to_a_pinned_address_is_pinned() {
+    if netns::skip("a_hello_without_sni_to_a_pinned_address_is_pinned") {
+        return;
+    }
+    // Pins the server's chain does not carry: only a pin check refuses it.
+    let wrong = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string();
+    let s = setup("tp-nosni", |_| pinset(std::slice::from_ref(&wrong)));
+    let app = &s.pod.app;
+    let _proxy = start_proxy(app, s.dir.path());
+    let got = python_in(app, NO_SNI_GET, &[WORLD_V4[0], PINNED]);
+    assert_eq!(got, "HTTP/1.1 502 Bad Gateway", "{got}");
+    assert_eq!(
+        metric(
+            app,
+            &format!("pinproxy_requests_total{{host=\"{PINNED}\",outcome=\"pin-mismatch\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            app,
+            "pinproxy_transparent_connections_total{outcome=\"intercepted\",protocol=\"tls\"}"
+        ),
+        1.0
+    );
+    // Another address, named by no entry: unlisted, spliced as before.
+    let got = python_in(app, NO_SNI_GET, &[WORLD_V4[1], OPEN]);
+    assert!(!got.starts_with("refused"), "{got}");
+    assert_eq!(
+        metric(
+            app,
+            "pinproxy_transparent_connections_total{outcome=\"spliced\",protocol=\"tls\"}"
+        ),
+        1.0
+    );
+    let _ = (&s.pinned, &s.open);
+}

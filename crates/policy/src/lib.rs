@@ -354,6 +354,18 @@ impl Policy {
         }
     }
 
+    /// The entries whose `address:` is `addr` (an IPv4-mapped IPv6
+    /// address is its IPv4 one), in file order: for a connection that
+    /// names no host (a TLS hello without SNI), the hosts it may be for.
+    /// Linear in the entries; such connections are rare.
+    pub fn by_address(&self, addr: SocketAddr) -> impl Iterator<Item = &Arc<HostPolicy>> {
+        let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
+        let want = canonical(addr);
+        self.hosts
+            .iter()
+            .filter(move |h| h.address.is_some_and(|a| canonical(a) == want))
+    }
+
     /// Finds the entry for a normalized host: exact first, then `*.` one
     /// label up, then `**.` from the longest suffix. IPs only ever match
     /// exact entries.

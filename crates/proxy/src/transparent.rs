@@ -232,7 +232,10 @@ async fn tls(
     client: Client,
 ) -> Outcome {
     let host = match sni.as_deref().map(Host::parse) {
-        None => Host::from_ip(orig.ip()),
+        None => match no_sni_host(&ctx, orig) {
+            Ok(h) => h,
+            Err(refused) => return alert(&mut io, refused).await,
+        },
         Some(Ok(h)) => h,
         Some(Err(_)) => {
             let refused = refuse(
@@ -295,6 +298,41 @@ enum Refuse {
     TlsAlert,
     /// The client sent nothing: closed.
     Close,
+}
+
+/// The host a TLS hello without SNI is judged as: the entry whose
+/// `address:` is where the app dialed, when exactly one names it —
+/// intercepted and pinned as if the hello had named it, so that leaving
+/// SNI out does not turn a pinned host into unlisted traffic — else the
+/// address itself (an entry keyed by the IP, or unlisted). Several entries
+/// on the address, or a wildcard one, cannot be told apart:
+/// `misdirected-request`.
+fn no_sni_host(ctx: &Context, orig: SocketAddr) -> Result<Host, Refused> {
+    let snap = ctx.live.load();
+    let mut named = snap.policy.by_address(orig);
+    let Some(first) = named.next() else {
+        return Ok(Host::from_ip(orig.ip()));
+    };
+    let others: Vec<&str> = named.map(|e| e.name.as_str()).collect();
+    match Host::parse(&first.name) {
+        Ok(host) if others.is_empty() && !first.name.starts_with('*') => Ok(host),
+        _ => {
+            let mut names = vec![first.name.as_str()];
+            names.extend(others);
+            let message = format!(
+                "a TLS hello without SNI to {orig}, the address: of {names:?}: which host it is \
+                 for cannot be told; the app must send SNI"
+            );
+            let host = orig.to_string();
+            Err(refuse(
+                ctx,
+                Reason::MisdirectedRequest,
+                None,
+                &host,
+                &message,
+            ))
+        }
+    }
 }
 
 /// Splices a passthrough or unlisted-and-allowed connection to its
