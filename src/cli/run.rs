@@ -159,9 +159,9 @@ pub struct RunArgs {
     /// keygen`; ECDSA P-256 or Ed25519) the pinset must be signed with:
     /// the file is applied only when `<pins>.sig` beside it verifies with
     /// one of the keys and its `serial:` does not go back. Repeatable, or
-    /// comma-separated (the old and the new key during a key rotation). Mount it from another
-    /// object than the pins Secret. Until a signed pinset is applied the
-    /// proxy refuses everything and /readyz says why.
+    /// comma-separated (the old and the new key during a key rotation).
+    /// Mount it from another object than the pins Secret. Until a signed
+    /// pinset is applied the proxy refuses everything and /readyz says why.
     #[arg(
         long,
         env = "PINPROXY_PINSET_KEY",

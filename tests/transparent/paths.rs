@@ -466,3 +466,27 @@ fn a_hello_without_sni_to_a_pinned_address_is_pinned() {
     );
     let _ = (&s.pinned, &s.open);
 }
+
+/// Two entries on one `address:` cannot be told apart without SNI: the
+/// hello is refused (`misdirected-request`) rather than pinned as either.
+#[test]
+fn a_hello_without_sni_to_an_address_two_entries_share_is_refused() {
+    if netns::skip("a_hello_without_sni_to_an_address_two_entries_share_is_refused") {
+        return;
+    }
+    let s = setup("tp-nosni2", |pki| {
+        let pin = pki.int.pin().to_string();
+        format!(
+            "{}  other.pinned.test:\n    pins: [{pin}]\n    trust: ca.pem\n    address: {}:443\n",
+            pinset(std::slice::from_ref(&pin)),
+            WORLD_V4[0]
+        )
+    });
+    let app = &s.pod.app;
+    let _proxy = start_proxy(app, s.dir.path());
+    let misdirected = "pinproxy_denied_total{reason=\"misdirected-request\"}";
+    let got = python_in(app, NO_SNI_GET, &[WORLD_V4[0], PINNED]);
+    assert!(got.starts_with("refused"), "{got}");
+    assert_eq!(metric(app, misdirected), 1.0);
+    let _ = (&s.pinned, &s.open);
+}

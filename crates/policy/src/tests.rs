@@ -140,6 +140,24 @@ fn defaults_apply_and_entries_override() {
     assert_eq!((b.mode, b.ports.clone()), (Mode::Enforce, vec![9443]));
 }
 
+/// For a connection that names no host: the entries whose `address:` it
+/// dialed, IPv4-mapped IPv6 read as IPv4, the port compared too.
+#[test]
+fn entries_by_address() {
+    let p = ok(&format!(
+        "version: 1\nhosts:\n  a.test:\n    pins: [{PIN_A}]\n    address: 203.0.113.5:443\n  b.test:\n    pins: [{PIN_A}]\n    address: 203.0.113.5:443\n  c.test:\n    pins: [{PIN_A}]\n    address: 203.0.113.5:8443\n  d.test:\n    pins: [{PIN_A}]\n"
+    ));
+    let names = |a: &str| -> Vec<String> {
+        p.by_address(a.parse().unwrap())
+            .map(|e| e.name.clone())
+            .collect()
+    };
+    assert_eq!(names("203.0.113.5:443"), ["a.test", "b.test"]);
+    assert_eq!(names("[::ffff:203.0.113.5]:443"), ["a.test", "b.test"]);
+    assert_eq!(names("203.0.113.5:8443"), ["c.test"]);
+    assert!(names("203.0.113.6:443").is_empty());
+}
+
 #[test]
 fn ip_literal_entries() {
     let p = ok(&format!("version: 1\nhosts:\n  \"127.0.0.1\":\n    pins: [{PIN_A}]\n  \"[::1]\":\n    pins: [{PIN_A}]\n"));

@@ -50,7 +50,7 @@ use super::tunnel::{self, Hello, HelloReader, Rewind};
 use super::{forward, intercept, Accepted, Client, Context, Handoff};
 use pinproxy_policy::admission::Admission;
 use pinproxy_policy::host::Host;
-use pinproxy_policy::Target;
+use pinproxy_policy::{Decision, Policy, Target};
 use pinproxy_reason::{
     Reason, RequestOutcome, TransparentOutcome as Outcome, TransparentProtocol as Protocol,
 };
@@ -231,8 +231,10 @@ async fn tls(
     sni: Option<String>,
     client: Client,
 ) -> Outcome {
+    let generation = ctx.live.subscribe();
+    let snap = ctx.live.load_full();
     let host = match sni.as_deref().map(Host::parse) {
-        None => match no_sni_host(&ctx, orig) {
+        None => match no_sni_host(&ctx, &snap.policy, orig) {
             Ok(h) => h,
             Err(refused) => return alert(&mut io, refused).await,
         },
@@ -252,8 +254,6 @@ async fn tls(
         host,
         port: orig.port(),
     };
-    let generation = ctx.live.subscribe();
-    let snap = ctx.live.load_full();
     // The app chose the address: passthrough CIDRs judge that address.
     let admission = match admit(&ctx, &snap, &target, Place::Dialed(orig.ip())).await {
         Ok(a) => a.admission,
@@ -304,14 +304,18 @@ enum Refuse {
 /// `address:` is where the app dialed, when exactly one names it —
 /// intercepted and pinned as if the hello had named it, so that leaving
 /// SNI out does not turn a pinned host into unlisted traffic — else the
-/// address itself (an entry keyed by the IP, or unlisted). Several entries
-/// on the address, or a wildcard one, cannot be told apart:
-/// `misdirected-request`.
-fn no_sni_host(ctx: &Context, orig: SocketAddr) -> Result<Host, Refused> {
-    let snap = ctx.live.load();
-    let mut named = snap.policy.by_address(orig);
+/// address itself (an entry keyed by the IP — which comes first: an app
+/// that dials an IP without SNI most likely means the IP — or unlisted).
+/// Several entries on the address, or a wildcard one, cannot be told
+/// apart: `misdirected-request`.
+fn no_sni_host(ctx: &Context, policy: &Policy, orig: SocketAddr) -> Result<Host, Refused> {
+    let ip = Host::from_ip(orig.ip());
+    if matches!(policy.lookup(&ip), Decision::Listed(_)) {
+        return Ok(ip);
+    }
+    let mut named = policy.by_address(orig);
     let Some(first) = named.next() else {
-        return Ok(Host::from_ip(orig.ip()));
+        return Ok(ip);
     };
     let others: Vec<&str> = named.map(|e| e.name.as_str()).collect();
     match Host::parse(&first.name) {
