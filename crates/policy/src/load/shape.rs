@@ -1,5 +1,5 @@
-//! The shape of a pinset's YAML, checked by a YAML parser of its own
-//! before serde_yaml's parser (libyaml) sees the text.
+//! The shape of a pinset's YAML, checked event by event before serde_yaml
+//! parses the text.
 //!
 //! libyaml's handling of flow collections is quadratic in their depth (a
 //! 400 KB file of `[` parses for minutes), and aliases can expand a small
@@ -7,20 +7,21 @@
 //! document before anything can look at it. A pinset needs neither: its
 //! deepest value is a pin list inside a host entry inside `hosts:`, and an
 //! anchor saves nothing an operator cannot write out. So this reads the
-//! text event by event with yaml-rust2's parser and stops at the first
-//! anchor, alias or nesting deeper than [`MAX_DEPTH`], at the line and
-//! column where it is — before libyaml is given the text at all.
+//! text with libyaml's own parser (libyaml-safer, a safe Rust port of the
+//! libyaml serde_yaml runs) and stops at the first anchor, alias or
+//! nesting deeper than [`MAX_DEPTH`], at the line and column where it is —
+//! before serde_yaml is given the text at all.
 //!
-//! It is a parser and not an outline of YAML's rules: two outlines written
-//! here missed cases (a value right after a quoted key's `:` in a flow
-//! mapping, a block scalar in a compact `- a: |` entry) and let an alias
-//! bomb and a deep nesting through. Text this parser cannot read is
-//! refused too, with its reason: what it cannot read cannot be vouched for.
-//! Where YAML 1.1 (libyaml) and 1.2 (this parser) differ on what ends a
-//! line, the characters concerned are refused outright.
+//! The same parser, because two readings of one text are the hole: a
+//! hand-written outline of YAML's rules missed a value right after a
+//! quoted key's `:` and a block scalar in a compact `- a: |` entry, and a
+//! YAML 1.2 parser tried next read a leading BOM, `[?&a x]` and an empty
+//! block scalar before `---` differently from libyaml — each let an alias
+//! bomb or a deep nesting through. Text the parser cannot read is left to
+//! serde_yaml, which stops at the same place with its own message; nothing
+//! before that place was refused, so nothing dangerous precedes it.
 
-use yaml_rust2::parser::{Event, Parser};
-use yaml_rust2::scanner::Marker;
+use libyaml_safer::{EventData, Mark, Parser};
 
 use super::Problem;
 
@@ -29,18 +30,17 @@ use super::Problem;
 pub(super) const MAX_DEPTH: usize = 32;
 
 /// Why the text was refused before parsing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Refusal {
     TooDeep,
     Anchor,
     Alias,
-    /// A line break libyaml knows and YAML 1.2 does not.
+    /// A line break YAML knows and a pinset has no use for.
     Break(&'static str),
-    /// Text the parser cannot read: its reason.
-    Syntax(String),
 }
 
-/// `Ok` if the text is shallow enough, has no anchor or alias, and parses.
+/// `Ok` if the text is shallow enough and has no anchor or alias (as far
+/// as it parses: serde_yaml reports the rest).
 pub(super) fn check(text: &str) -> Result<(), Problem> {
     for (i, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -50,11 +50,9 @@ pub(super) fn check(text: &str) -> Result<(), Problem> {
         }
     }
     events(text).map_err(|(refusal, at)| {
-        let line = text
-            .split('\n')
-            .nth(at.line().saturating_sub(1))
-            .unwrap_or("");
-        let mut col = at.col();
+        let line_no = usize::try_from(at.line).unwrap_or(usize::MAX);
+        let line = text.split('\n').nth(line_no).unwrap_or("");
+        let mut col = usize::try_from(at.column).unwrap_or(0);
         if refusal == Refusal::Anchor {
             // The event starts at the node; its anchor is the last `&`
             // before it on the line (a tag may stand between them).
@@ -63,31 +61,29 @@ pub(super) fn check(text: &str) -> Result<(), Problem> {
                 col = amp;
             }
         }
-        problem(refusal, at.line().max(1), col, line)
+        problem(refusal, line_no.saturating_add(1), col, line)
     })
 }
 
-/// The parser's events, until the first refused one.
-fn events(text: &str) -> Result<(), (Refusal, Marker)> {
-    let mut parser = Parser::new_from_str(text);
+/// The parser's events, until the first refused one or the first error.
+fn events(text: &str) -> Result<(), (Refusal, Mark)> {
+    let mut input = text.as_bytes();
+    let mut parser = Parser::new();
+    parser.set_input_string(&mut input);
     let mut depth = 0usize;
     loop {
-        let (event, at) = parser.next_token().map_err(|e| {
-            let reason = e.info();
-            let refusal = if reason.contains("unknown anchor") {
-                Refusal::Alias
-            } else if reason.contains("recursion limit") {
-                Refusal::TooDeep
-            } else {
-                Refusal::Syntax(reason.to_string())
-            };
-            (refusal, *e.marker())
-        })?;
-        match event {
-            Event::Alias(_) => return Err((Refusal::Alias, at)),
-            Event::Scalar(_, _, anchor, _) if anchor != 0 => return Err((Refusal::Anchor, at)),
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                if anchor != 0 {
+        let event = match parser.parse() {
+            Ok(event) => event,
+            Err(e) => return wildcard_key(text, &e).map_or(Ok(()), Err),
+        };
+        let at = event.start_mark;
+        match event.data {
+            EventData::Alias { .. } => return Err((Refusal::Alias, at)),
+            EventData::Scalar {
+                anchor: Some(_), ..
+            } => return Err((Refusal::Anchor, at)),
+            EventData::SequenceStart { anchor, .. } | EventData::MappingStart { anchor, .. } => {
+                if anchor.is_some() {
                     return Err((Refusal::Anchor, at));
                 }
                 depth += 1;
@@ -95,19 +91,39 @@ fn events(text: &str) -> Result<(), (Refusal, Marker)> {
                     return Err((Refusal::TooDeep, at));
                 }
             }
-            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
-            Event::StreamEnd => return Ok(()),
+            EventData::SequenceEnd | EventData::MappingEnd => depth = depth.saturating_sub(1),
+            EventData::StreamEnd => return Ok(()),
             _ => {}
         }
     }
 }
 
+/// An unquoted wildcard host key (`*.a.test:`) is an alias to libyaml,
+/// and one whose name it cannot scan: the error's line, where a node
+/// starts with `*.`, gets the hint to quote it. Any other error is
+/// serde_yaml's to report.
+fn wildcard_key(text: &str, e: &libyaml_safer::Error) -> Option<(Refusal, Mark)> {
+    let mark = e.problem_mark()?;
+    let line = text.split('\n').nth(usize::try_from(mark.line).ok()?)?;
+    let chars: Vec<char> = line.chars().collect();
+    let column = (0..chars.len()).find(|&i| {
+        chars[i..].starts_with(&['*', '.'])
+            && chars[..i]
+                .iter()
+                .rev()
+                .find(|c| **c != ' ')
+                .is_none_or(|c| matches!(c, ':' | '-' | '[' | '{' | ','))
+    })?;
+    let mut at = mark;
+    at.column = u64::try_from(column).ok()?;
+    Some((Refusal::Alias, at))
+}
+
 /// The first line break inside `line` (split at `\n`, a final `\r`
-/// removed) that libyaml would end a line at and YAML 1.2 would not: a
-/// lone CR (both do), NEL, LS or PS. After one of them a comment would end
-/// for libyaml and not for the check's parser — and what follows it (an
-/// anchor, a deep nesting) would reach libyaml unchecked. A pinset has no
-/// use for them: refused, with the (0-based, byte) column.
+/// removed) that YAML 1.1 ends a line at: a lone CR, NEL, LS or PS. YAML
+/// 1.2 readers do not (a comment would run on past one of them), so a
+/// pinset that holds one reads two ways to two tools. A pinset has no use
+/// for them: refused, with the (0-based, byte) column.
 fn foreign_break(line: &str) -> Option<(usize, &'static str)> {
     line.char_indices().find_map(|(i, c)| {
         let what = match c {
@@ -147,7 +163,6 @@ fn problem(refusal: Refusal, line: usize, column: usize, text: &str) -> Problem 
         Refusal::Alias => format!(
             "YAML alias {token:?}: anchors and aliases are not allowed in a pinset; write each value out"
         ),
-        Refusal::Syntax(reason) => reason,
     };
     Problem {
         host: None,
@@ -259,11 +274,35 @@ mod tests {
         assert!(p.message.contains("anchor \"&anchor\""), "{p}");
     }
 
+    /// What a YAML 1.2 parser, tried as this check, read differently from
+    /// libyaml (a differential fuzz of the two): a leading BOM, `?` right
+    /// before a node in a flow collection, an empty block scalar before
+    /// `---`. libyaml saw anchors and aliases in each; so does the check.
     #[test]
-    fn text_the_parser_cannot_read_is_refused_with_its_reason() {
-        let p = refused("version: 1\nhosts:\n  a.test: b: c\n");
-        assert_eq!(p.line, Some(3), "{p}");
-        assert!(p.message.contains("mapping values are not allowed"), "{p}");
+    fn what_a_yaml_1_2_parser_read_differently_is_refused() {
+        for text in [
+            "\u{FEFF}[&a [lol, lol], *a]\n",
+            "# c\n\u{FEFF}{\"version\": 1, \"x\": &a [lol], \"y\": *a}\n",
+            "version: 1\npassthrough: [?&a lol, ?*a, ?*a]\n",
+            "|\n---\nk: &a [x]\nj: [*a, *a]\n",
+        ] {
+            let p = refused(text);
+            assert!(p.message.contains("anchor"), "{text:?}: {p}");
+        }
+        let deep = format!("\u{FEFF}{{{}", "\"a\":{".repeat(20).repeat(2000));
+        assert!(refused(&deep).message.contains("nested deeper than 32"));
+        let deep = format!("|\n---\n{}\n", "[".repeat(40_000));
+        assert!(refused(&deep).message.contains("nested deeper than 32"));
+    }
+
+    /// Text libyaml cannot read is serde_yaml's to report, with its own
+    /// message; the check refuses only what came before the error.
+    #[test]
+    fn a_syntax_error_is_left_to_the_parser_unless_something_came_first() {
+        check("version: 1\nhosts:\n  a.test: b: c\n").unwrap();
+        check("version: 1\nhosts: [[[\n").unwrap();
+        let p = refused("version: 1\nx: &a 1\nhosts:\n  a.test: b: c\n");
+        assert_eq!(p.line, Some(2), "{p}");
     }
 
     #[test]
