@@ -249,9 +249,8 @@ mod tests {
     #[test]
     fn deep_flow_collections_are_refused_where_they_pass_the_limit() {
         let p = refused(&format!("version: 1\nhosts: {}\n", "[".repeat(400_000)));
-        // The parser gives up within its look-ahead, not at the line's end.
-        assert_eq!(p.line, Some(2));
-        assert!(p.column.is_some_and(|c| c < 2_000), "{p}");
+        // Depth 1 is the top mapping; the 32nd `[` (column 39) makes 33.
+        assert_eq!((p.line, p.column), (Some(2), Some(7 + MAX_DEPTH)));
         assert!(p.message.contains("nested deeper than 32"), "{p}");
         // Where the nesting closes again, at the 33rd level: 1 for the
         // top mapping, 31 more `[` are fine.
