@@ -168,7 +168,7 @@ fn problem(refusal: Refusal, line: usize, column: usize, text: &str) -> Problem 
             "{what}: YAML ends a line there; a pinset's lines end with \\n (or \\r\\n) only"
         ),
         Refusal::Unreadable => "the YAML check could not read this text (its parser, \
-             libyaml-safer, panicked: the stderr lines before this one are its own); a pinset \
+             libyaml-safer, panicked; its own message is on stderr); a pinset \
              written as documented never does this — simplify the YAML around tags and flow \
              collections"
             .to_string(),
