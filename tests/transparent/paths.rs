@@ -247,20 +247,27 @@ fn passthrough_cidrs_and_allow_private_are_the_same_on_every_path() {
     }
 }
 
-/// Connects to argv[2]:443 with SNI argv[1], verifying nothing: which
-/// server answered ("reached open"/"reached pinned"), or "refused".
-const SNI_CLIENT: &str = r#"
+/// Connects to argv[1]:443 with SNI argv[2] (none if empty), verifying
+/// nothing. Without argv[3]: which server answered ("reached open" /
+/// "reached pinned"); with it, sends `GET /` with `Host: argv[3]` and
+/// prints the status line. "refused" if the handshake or the connection
+/// failed.
+const TLS_CLIENT: &str = r#"
 import socket, ssl, sys
-sni, addr = sys.argv[1], sys.argv[2]
+addr, sni, host = sys.argv[1], sys.argv[2] or None, (sys.argv[3:] or [None])[0]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 try:
     with socket.create_connection((addr, 443), timeout=10) as s:
         with ctx.wrap_socket(s, server_hostname=sni) as t:
-            der = t.getpeercert(binary_form=True)
-            who = "open" if b"open.unlisted.test" in der else "pinned" if b"api.pinned.test" in der else "other"
-            print("reached", who)
+            if host is None:
+                der = t.getpeercert(binary_form=True)
+                who = "open" if b"open.unlisted.test" in der else "pinned" if b"api.pinned.test" in der else "other"
+                print("reached", who)
+            else:
+                t.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                print(t.recv(4096).split(b"\r\n")[0].decode())
 except (ssl.SSLError, OSError) as e:
     print("refused", type(e).__name__)
 "#;
@@ -288,7 +295,7 @@ fn a_passthrough_name_is_spliced_only_to_where_it_resolves() {
         &format!("127.0.0.1 localhost\n{} svc.cluster.local\n", WORLD_V4[1]),
     );
     let _proxy = start_proxy(app, s.dir.path());
-    let sni = |name: &str, addr: &str| python_in(app, SNI_CLIENT, &[name, addr]);
+    let sni = |name: &str, addr: &str| python_in(app, TLS_CLIENT, &[addr, name]);
     let misdirected = "pinproxy_denied_total{reason=\"misdirected-request\"}";
     // The name where it resolves: spliced to that server.
     assert_eq!(sni("svc.cluster.local", WORLD_V4[1]), "reached open");
@@ -405,24 +412,6 @@ fn upgrades_on_the_transparent_paths() {
     drop(proxy);
 }
 
-/// Connects to argv[1]:443 without SNI (as clients do for an IP, or with
-/// SNI turned off), verifying nothing, and sends `GET /` with `Host:
-/// argv[2]`: the status line, or "refused".
-const NO_SNI_GET: &str = r#"
-import socket, ssl, sys
-addr, host = sys.argv[1], sys.argv[2]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-try:
-    with socket.create_connection((addr, 443), timeout=10) as s:
-        with ctx.wrap_socket(s, server_hostname=None) as t:
-            t.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            print(t.recv(4096).split(b"\r\n")[0].decode())
-except (ssl.SSLError, OSError) as e:
-    print("refused", type(e).__name__)
-"#;
-
 /// A hello without SNI names no host, so it is judged by where it goes:
 /// to the `address:` of a pinned entry it is intercepted and pinned as
 /// that host (an attack review had it spliced, unpinned, under `unlisted:
@@ -438,7 +427,7 @@ fn a_hello_without_sni_to_a_pinned_address_is_pinned() {
     let s = setup("tp-nosni", |_| pinset(std::slice::from_ref(&wrong)));
     let app = &s.pod.app;
     let _proxy = start_proxy(app, s.dir.path());
-    let got = python_in(app, NO_SNI_GET, &[WORLD_V4[0], PINNED]);
+    let got = python_in(app, TLS_CLIENT, &[WORLD_V4[0], "", PINNED]);
     assert_eq!(got, "HTTP/1.1 502 Bad Gateway", "{got}");
     assert_eq!(
         metric(
@@ -455,7 +444,7 @@ fn a_hello_without_sni_to_a_pinned_address_is_pinned() {
         1.0
     );
     // Another address, named by no entry: unlisted, spliced as before.
-    let got = python_in(app, NO_SNI_GET, &[WORLD_V4[1], OPEN]);
+    let got = python_in(app, TLS_CLIENT, &[WORLD_V4[1], "", OPEN]);
     assert!(!got.starts_with("refused"), "{got}");
     assert_eq!(
         metric(
@@ -485,7 +474,7 @@ fn a_hello_without_sni_to_an_address_two_entries_share_is_refused() {
     let app = &s.pod.app;
     let _proxy = start_proxy(app, s.dir.path());
     let misdirected = "pinproxy_denied_total{reason=\"misdirected-request\"}";
-    let got = python_in(app, NO_SNI_GET, &[WORLD_V4[0], PINNED]);
+    let got = python_in(app, TLS_CLIENT, &[WORLD_V4[0], "", PINNED]);
     assert!(got.starts_with("refused"), "{got}");
     assert_eq!(metric(app, misdirected), 1.0);
     let _ = (&s.pinned, &s.open);
