@@ -180,11 +180,11 @@ pub struct RunArgs {
         requires = "pinset_key"
     )]
     pub state_dir: Option<PathBuf>,
-    /// Worker threads (default 1: a single-threaded runtime, the cheapest
-    /// per request; one worker serves tens of thousands of requests/s).
-    /// Raise it for a pod whose egress needs more than one CPU.
-    #[arg(long, env = "PINPROXY_WORKERS")]
-    pub workers: Option<usize>,
+    /// Worker threads (1: a single-threaded runtime, the cheapest per
+    /// request; one worker serves tens of thousands of requests/s). Raise
+    /// it for a pod whose egress needs more than one CPU; 0 counts as 1.
+    #[arg(long, env = "PINPROXY_WORKERS", default_value_t = 1)]
+    pub workers: usize,
 }
 
 pub fn run(mut args: RunArgs) -> Result<(), Error> {
@@ -207,7 +207,7 @@ pub fn run(mut args: RunArgs) -> Result<(), Error> {
     // skips work-stealing and cross-thread wakeups, which cost 1.4–2.7× CPU
     // per request with two workers on two cores (docs/benchmarks.md,
     // "Workers"); a sidecar rarely needs more than one core.
-    let workers = args.workers.unwrap_or(1).max(1);
+    let workers = args.workers.max(1);
     let mut rt = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
