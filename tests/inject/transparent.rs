@@ -316,6 +316,67 @@ fn transparent_mode_takes_the_uid_switch_away() {
     );
 }
 
+/// The rules live in the network namespace the app shares, and pinproxy's
+/// process in the PID namespace it may share: an app container adding a
+/// capability that changes either (an attack review deleted the rules
+/// from one with `NET_ADMIN` and reached the remote unpinned) is refused
+/// like one that can change UID, under the same override.
+#[test]
+fn transparent_mode_refuses_capabilities_that_undo_the_rules() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let opts = options_for("transparent");
+    let migrate = "          args: [\"migrate\"]\n";
+    assert!(input.contains(migrate));
+    for (cap, does) in [
+        ("NET_ADMIN", "iptables rules"),
+        ("cap_sys_admin", "namespaces"),
+        ("SYS_PTRACE", "pinproxy's process"),
+        ("BPF", "BPF programs"),
+        ("SYS_MODULE", "kernel modules"),
+    ] {
+        let adds = input.replace(
+            migrate,
+            &format!("{migrate}          securityContext:\n            capabilities:\n              add: [NET_BIND_SERVICE, {cap}]\n"),
+        );
+        let err = inject_stream(&adds, &opts).unwrap_err();
+        assert!(
+            matches!(err, InjectError::RuleChange { .. }),
+            "{cap}: {err}"
+        );
+        let msg = err.to_string();
+        let named = cap.to_ascii_uppercase().replace("CAP_", "");
+        assert!(
+            msg.contains("\"migrate\"")
+                && msg.contains(&named)
+                && msg.contains(does)
+                && msg.contains("pinproxy.io/allow-setuid"),
+            "{msg}"
+        );
+        // The override accepts it as written, with the warning.
+        let allowed = adds.replace(
+            "      labels:\n        app: ledger\n    spec:",
+            "      labels:\n        app: ledger\n      annotations:\n        pinproxy.io/allow-setuid: \"true\"\n    spec:",
+        );
+        assert_ne!(allowed, adds);
+        let done = inject_stream_with_warnings(&allowed, &opts).unwrap();
+        assert!(
+            done.warnings
+                .iter()
+                .any(|w| w.message.contains("egresses around pinproxy")),
+            "{:?}",
+            done.warnings
+        );
+        // Outside transparent mode the rules are not ours to guard.
+        inject_stream(&adds, &options_for("deployment")).unwrap();
+    }
+    // Capabilities that change neither are left alone.
+    let harmless = input.replace(
+        migrate,
+        &format!("{migrate}          securityContext:\n            capabilities:\n              add: [NET_BIND_SERVICE, NET_RAW, CHOWN]\n"),
+    );
+    inject_stream(&harmless, &opts).unwrap();
+}
+
 /// The lock's UDP options reach the init container's `redirect` args;
 /// a bad `CIDR:PORT`, or either option without the lock, is refused.
 #[test]

@@ -273,6 +273,17 @@ pub enum InjectError {
         why: String,
         uid: u32,
     },
+    #[error(
+        "{at}: container {container:?} adds the capability {cap}: in transparent mode it could \
+         {does}, and bypass pinproxy. Drop it from its securityContext, or set the pod annotation \
+         pinproxy.io/allow-setuid: \"true\" to accept the bypass"
+    )]
+    RuleChange {
+        at: Box<TemplateRef>,
+        container: String,
+        cap: String,
+        does: String,
+    },
     #[error("invalid inject option: {0}")]
     Options(String),
     #[error("reading {path}: {source}")]

@@ -13,6 +13,12 @@
 //! unless the pod says [`ALLOW_SETUID_ANNOTATION`]: then nothing is changed
 //! and a warning says what that costs.
 //!
+//! The rules live in the network namespace every container of the pod
+//! shares, and pinproxy's process in the PID namespace they may share: an
+//! app container that adds a capability to change either ([`UNDOES_RULES`]:
+//! `NET_ADMIN` deletes the rules, `SYS_PTRACE` takes over pinproxy's process,
+//! …) is refused the same way, under the same override.
+//!
 //! What injection added is recorded in [`RECORD_ANNOTATION`], so turning
 //! transparent mode off (or setting the override) takes exactly that out
 //! again and leaves the manifest's own settings alone.
@@ -71,6 +77,18 @@ pub(super) fn check(tmpl: &Mapping, opts: &InjectOptions, at: &Subject) -> Resul
                 uid: opts.redirect.uid,
             });
         }
+        let added = caps(c, "add");
+        if let Some((cap, does)) = UNDOES_RULES
+            .iter()
+            .find(|(cap, _)| added.iter().any(|a| a == cap))
+        {
+            return Err(InjectError::RuleChange {
+                at: at.template(),
+                container: name.to_string(),
+                cap: (*cap).to_string(),
+                does: (*does).to_string(),
+            });
+        }
     }
     Ok(())
 }
@@ -125,7 +143,8 @@ pub(super) fn apply(
     Ok((opts.transparent && allow).then(|| {
         format!(
             "{ALLOW_SETUID_ANNOTATION}: \"true\": the app containers keep the means to change \
-             UID; a root process (or a set-user-ID binary) that becomes UID {} egresses around \
+             UID and the capabilities they add; a root process (or a set-user-ID binary) that \
+             becomes UID {}, or one that rewrites the pod's rules (NET_ADMIN), egresses around \
              pinproxy and the lock",
             opts.redirect.uid
         )
@@ -156,6 +175,23 @@ fn caps(c: &Value, list: &str) -> Vec<String> {
         .map(|l| l.iter().filter_map(cap_name).collect())
         .unwrap_or_default()
 }
+
+/// Capabilities an app container must not add in transparent mode, and
+/// what each would let it do to the redirect (`ALL`, which holds them too,
+/// is refused as a means to change UID first).
+const UNDOES_RULES: [(&str, &str); 5] = [
+    ("NET_ADMIN", "delete or rewrite the pod's iptables rules"),
+    (
+        "SYS_ADMIN",
+        "enter other namespaces and change the pod's network",
+    ),
+    (
+        "SYS_PTRACE",
+        "take over pinproxy's process when the pod shares its process namespace",
+    ),
+    ("BPF", "load BPF programs that rewrite the pod's traffic"),
+    ("SYS_MODULE", "load kernel modules"),
+];
 
 /// Why container `c` must keep the means to change UID, as its
 /// securityContext says.
