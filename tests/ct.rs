@@ -689,3 +689,59 @@ async fn stapled_ocsp_good_revoked_expired_unauthorised_and_must_staple() {
     assert_eq!(ct(&p, "good.test", "none"), 0);
     drop(servers);
 }
+
+/// Every upstream connection is judged, resumed or not: a server whose
+/// staple turns `revoked` is refused on the next connection, though it
+/// would resume the session the good staple passed (an attack review had
+/// it pass on resumed TLS 1.2 and 1.3 sessions: rustls does not call the
+/// verifier when it resumes, so revocation, CT, pin dates and expiry
+/// went unchecked for as long as the server kept resuming).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_server_is_judged_again_on_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let ocsp = Ocsp::new(&d);
+    let key = KeyPair::generate().unwrap();
+    let good = ocsp.ca.issue(params(&ocsp.ca, "good.test", 1), &key);
+    // s_server issues session tickets and reads -status_file on every
+    // full handshake; -www answers HTTP/1.0 and closes, so every request
+    // is a new connection.
+    let s = s_server(
+        &d,
+        "s0",
+        &good,
+        &key,
+        Some(&ocsp.respond("resp", "good", &good)),
+    )
+    .await;
+    let pin = pin_of(&ocsp.ca.spki());
+    let pins = write(
+        &d,
+        "pins.yaml",
+        &format!(
+            "version: 1\nhosts:\n{}",
+            entry("good.test", &pin, s.addr, "")
+        ),
+    );
+    let p = TestProxy::builder().dir(dir).pins_path(pins).run().await;
+    for n in 1..=2 {
+        let r = fetch(&p, "good.test").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(staples(&p, "good"), n, "connection {n} was not judged");
+    }
+    // The CA revokes the leaf; the server staples what its responder says.
+    let index = std::fs::read_to_string(d.join("index.txt")).unwrap();
+    let revoked = index.replacen(
+        "V\t991231235959Z\t\t1001",
+        "R\t991231235959Z\t240101000000Z,keyCompromise\t1001",
+        1,
+    );
+    assert_ne!(revoked, index);
+    write(&d, "index.txt", &revoked);
+    let staple = ocsp.respond("resp", "good", &good);
+    std::fs::write(d.join("s0.ocsp.der"), staple).unwrap();
+    let r = fetch(&p, "good.test").await;
+    refused(&r, "revoked");
+    assert_eq!(p.tls_failures("good.test", "revoked"), 1);
+    drop(s);
+}

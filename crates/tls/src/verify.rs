@@ -5,9 +5,9 @@
 //! webpki keeps searching other paths — cross-signed roots — while one
 //! lacks a pin.
 //!
-//! One verifier belongs to one pinset snapshot; rustls (≥ 0.23.24) resumes a
-//! session only under the same verifier `Arc`, so a reload can never resume
-//! a session verified under older pins.
+//! One verifier belongs to one pinset snapshot. rustls does not call it on
+//! a resumed handshake, so the upstream configs never resume
+//! (`pinproxy_upstream::resumption`): every connection is judged here.
 
 use std::sync::Arc;
 

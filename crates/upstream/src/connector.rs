@@ -126,12 +126,13 @@ impl Tls {
         }
     }
 
-    /// `base` presenting `cert` (mTLS), with a session store of its own:
-    /// a session is only ever resumed under the identity it was made with.
+    /// `base` presenting `cert` (mTLS), with a store of its own (it holds
+    /// key-exchange hints only: sessions are never resumed,
+    /// [`super::resumption`]).
     pub(super) fn presenting(base: &ClientConfig, cert: &ClientCert) -> Self {
         let mut cfg = base.clone();
         cfg.client_auth_cert_resolver = Arc::new(Present(cert.certified.clone()));
-        cfg.resumption = rustls::client::Resumption::default();
+        cfg.resumption = super::resumption::never();
         Self::new(cfg)
     }
 }

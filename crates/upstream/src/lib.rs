@@ -2,10 +2,10 @@
 //!
 //! - [`Snapshot`] ([`snapshot`]) is everything that depends on one
 //!   generation: the policy, the rustls configs built around that
-//!   generation's pin verifier (with their own session store) and a pooled
-//!   HTTP client. hyper-util's pool keys on (scheme, authority) only, so the
-//!   client lives inside the snapshot: after a reload no idle connection or
-//!   TLS session verified under older pins can be reused.
+//!   generation's pin verifier (never resuming a session: [`resumption`])
+//!   and a pooled HTTP client. hyper-util's pool keys on (scheme,
+//!   authority) only, so the client lives inside the snapshot: after a
+//!   reload no idle connection verified under older pins can be reused.
 //! - [`Connector`] ([`connector`]) resolves (or takes an entry's
 //!   `address`), applies the [`egress`] rules to unlisted hosts, dials and
 //!   completes the pinned handshake.
@@ -26,6 +26,7 @@ pub mod error;
 pub mod observe;
 pub mod passthrough;
 pub mod protocol;
+pub mod resumption;
 pub mod snapshot;
 
 use std::sync::Arc;

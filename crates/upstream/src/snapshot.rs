@@ -249,6 +249,8 @@ impl Snapshot {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Every connection is a full, judged handshake ([`super::resumption`]).
+        tls.resumption = super::resumption::never();
         // OCSP stapling needs nothing here: rustls offers status_request in
         // every ClientHello and hands the staple to the verifier.
         let identities = policy
