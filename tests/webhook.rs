@@ -622,6 +622,77 @@ fn transparent_pods_lose_the_uid_switch_or_are_denied() {
     assert_eq!(app["securityContext"], json!({"privileged": true}), "{doc}");
 }
 
+/// A container a later mutating webhook adds is locked when the API server
+/// calls pinproxy again (the chart's `reinvocationPolicy: IfNeeded`): the
+/// second review's patch gives it the drops and touches nothing else. An
+/// attack review had such a container (root, default capabilities) become
+/// the proxy's UID under `Never`.
+#[test]
+fn a_container_added_after_injection_is_locked_on_reinvocation() {
+    let mut o = opts();
+    o.transparent = true;
+    o.redirect.lock = true;
+    let pod = simple_pod(json!({}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    let mut injected = patched(&pod, &reply);
+    injected["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "agent", "image": "vault:1", "securityContext": {"runAsUser": 0}}));
+    let reply = review(
+        admission_review(&injected).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    let again = patched(&injected, &reply);
+    let containers = again["spec"]["containers"].as_array().unwrap();
+    let agent = containers
+        .iter()
+        .find(|c| c["name"] == json!("agent"))
+        .unwrap();
+    assert_eq!(
+        agent["securityContext"],
+        json!({"runAsUser": 0, "capabilities": {"drop": ["SETUID", "SETGID"]}, "allowPrivilegeEscalation": false}),
+        "{again}"
+    );
+    // Only the agent (and the record of what injection added) changed.
+    let mut expected = injected.clone();
+    expected["spec"]["containers"] = again["spec"]["containers"].clone();
+    expected["metadata"]["annotations"]["pinproxy.io/uid-lock"] =
+        again["metadata"]["annotations"]["pinproxy.io/uid-lock"].clone();
+    assert_eq!(again, expected);
+    let unchanged: Vec<_> = containers
+        .iter()
+        .filter(|c| c["name"] != json!("agent"))
+        .collect();
+    let before: Vec<_> = injected["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] != json!("agent"))
+        .collect();
+    assert_eq!(unchanged, before);
+    // Injection is a fixed point: a third call changes nothing.
+    let reply = review(
+        admission_review(&again).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    assert!(response(&reply).get("patch").is_none(), "{}", reply.body);
+
+    let chart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/pinproxy/templates/webhook.yaml"
+    ))
+    .unwrap();
+    assert!(chart.contains("reinvocationPolicy: IfNeeded"), "{chart}");
+    assert!(!chart.contains("reinvocationPolicy: Never"));
+}
+
 /// The options `pinproxy webhook` runs with when the chart passes no layout
 /// flag (sidecar.nativeSidecar: true).
 fn webhook_default_options() -> InjectOptions {
