@@ -77,12 +77,57 @@ pub enum BundleError {
     TooLarge { path: PathBuf, limit: u64 },
 }
 
-/// The file's bytes, or `None` when it is over `max`. The size on disk is
-/// only a hint (a file can grow while it is read, and pipes report none):
-/// the read itself stops after `max + 1` bytes.
+/// Opens `path` for reading if it is a regular file, with its size.
+///
+/// Every file a pinset load reads can be written by whoever writes the
+/// pins Secret or ConfigMap, signing key or not, and a volume holds
+/// symlinks: `/dev/zero` never ends, a FIFO blocks the open until a writer
+/// comes and then the read until it leaves. The open does not wait
+/// (`O_NONBLOCK`), and the type is judged on the opened descriptor, not
+/// the path, so no swap between a check and the read can put a device
+/// there. Symlinks are followed (the kubelet's whole layout is symlinks);
+/// a loop is the open's own error.
+pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            NotRegular(kind_of(&meta.file_type())),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// A file that is not a regular file: never read.
+#[derive(Debug, thiserror::Error)]
+#[error("not a regular file ({0}): refused without reading it")]
+pub struct NotRegular(&'static str);
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    }
+}
+
+/// The file's bytes, or `None` when it is over `max`. Only a regular file
+/// is read ([`open_regular`]). Its size is only a hint (a file can grow
+/// while it is read): the read itself stops after `max + 1` bytes.
 pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let file = std::fs::File::open(path)?;
-    let hint = file.metadata()?.len();
+    let (file, hint) = open_regular(path)?;
     if hint > max {
         return Ok(None);
     }

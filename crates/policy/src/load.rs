@@ -18,8 +18,8 @@ use time::OffsetDateTime;
 
 use super::files::read_bundle;
 pub use super::files::{
-    read_capped, BundleError, Caps, DEFAULT_MAX_BYTES, DEFAULT_MAX_CRL_ENTRIES,
-    DEFAULT_MAX_FILE_BYTES,
+    open_regular, read_capped, BundleError, Caps, NotRegular, DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CRL_ENTRIES, DEFAULT_MAX_FILE_BYTES,
 };
 pub use super::problem::Problem;
 use super::validate::Validator;
