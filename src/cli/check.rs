@@ -105,9 +105,9 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
 /// version, verified first) and validates it.
 fn load(args: &CheckArgs, caps: policy::load::Caps) -> Result<policy::Policy, Unusable> {
     let signed = !args.key.is_empty();
-    let source = policy::load::read(&args.path, caps, signed).map_err(Unusable::Load)?;
+    let mut source = policy::load::read(&args.path, caps, signed).map_err(Unusable::Load)?;
     if signed {
-        verify(args, &source).map_err(Unusable::Signature)?;
+        verify(args, &mut source).map_err(Unusable::Signature)?;
     }
     policy::load::load_source(&source, caps).map_err(Unusable::Load)
 }
@@ -121,16 +121,10 @@ enum Unusable {
 
 /// Checks the signature and serial as the proxy would with no pinset in
 /// force yet (a rollback needs the floor of a running sidecar).
-fn verify(args: &CheckArgs, source: &policy::load::Source) -> Result<(), String> {
+fn verify(args: &CheckArgs, source: &mut policy::load::Source) -> Result<(), String> {
     let keys = crate::sign::read_keys(&args.key).map_err(|e| e.to_string())?;
-    let accepted = crate::sign::check(
-        &keys,
-        &source.bytes,
-        source.signature.as_deref(),
-        None,
-        policy::load::serial,
-    )
-    .map_err(|r| format!("{}: {r}", r.result_label()))?;
+    let accepted = crate::control::reload::check_signed(&keys, source, None)
+        .map_err(|r| format!("{}: {r}", r.result_label()))?;
     outln!(
         "{}: signature ok (serial {}, key {}, sha256 {})",
         args.path.display(),

@@ -40,7 +40,7 @@ use pinproxy_tls::ct::{ListError, LogListInForce};
 use pinproxy_upstream::{Shared, Snapshot};
 
 pub use self::error::Error;
-pub use self::signed::Signing;
+pub use self::signed::{check_signed, Signing};
 pub use self::watch::{Watcher, DEBOUNCE};
 
 /// Loads that may run at once: the one in progress and the newest. A third

@@ -32,7 +32,10 @@ mod source;
 mod unknown;
 
 pub use named::named_files;
-pub use source::{read, read_between, signature_path, Source, SIGNATURE_SUFFIX};
+pub use source::{
+    read, read_between, read_signature, signature_path, SignatureError, Source, MAX_SIGNATURE_READ,
+    SIGNATURE_SUFFIX,
+};
 
 /// Why a pinset file was not loaded.
 #[derive(Debug, thiserror::Error)]

@@ -119,6 +119,10 @@ fn message(keys: &KeyRing, refusal: &Refusal) -> String {
         Refusal::BadSignature(VerifyError::TooLarge { len }) => {
             format!("{untrusted}: {SIG_KEY} is {len} bytes, larger than any signature")
         }
+        // An object's entry is bytes, never a file: only for completeness.
+        Refusal::BadSignature(VerifyError::Unreadable(e)) => {
+            format!("{untrusted}: {SIG_KEY} cannot be read: {e}")
+        }
         Refusal::BadSignature(VerifyError::NotBase64(e)) => format!(
             "{untrusted}: {SIG_KEY} is not base64 (cosign sign-blob writes one base64 line): {e}"
         ),

@@ -41,8 +41,16 @@ pub enum VerifyError {
     Missing,
     #[error("the signature file is empty")]
     Empty,
-    #[error("the signature file is {len} bytes, larger than any signature")]
-    TooLarge { len: usize },
+    /// `len`: the file's size (its metadata's, when it was not read whole).
+    #[error(
+        "the signature file is {len} bytes, larger than any signature \
+         (at most {MAX_SIGNATURE_FILE} bytes)"
+    )]
+    TooLarge { len: u64 },
+    /// There, but not readable as a file: not a regular file (a FIFO, a
+    /// device, a directory), a symlink loop, no permission.
+    #[error("the signature file cannot be read: {0}")]
+    Unreadable(#[source] std::io::Error),
     #[error("the signature file is not base64 (cosign sign-blob writes one base64 line): {0}")]
     NotBase64(#[source] base64::DecodeError),
     #[error(
@@ -139,7 +147,7 @@ impl KeyRing {
 fn decode(signature_file: &[u8]) -> Result<Vec<u8>, VerifyError> {
     if signature_file.len() > MAX_SIGNATURE_FILE {
         return Err(VerifyError::TooLarge {
-            len: signature_file.len(),
+            len: signature_file.len() as u64,
         });
     }
     let text = signature_file.trim_ascii();
@@ -251,10 +259,12 @@ mod tests {
             ring.verify(b"x", b"not base64!"),
             Err(VerifyError::NotBase64(_))
         ));
-        assert!(matches!(
-            ring.verify(b"x", &[b'A'; MAX_SIGNATURE_FILE + 1]),
-            Err(VerifyError::TooLarge { .. })
-        ));
+        let err = ring.verify(b"x", &[b'A'; MAX_SIGNATURE_FILE + 1]);
+        assert!(matches!(err, Err(VerifyError::TooLarge { len: 4097 })));
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "the signature file is 4097 bytes, larger than any signature (at most 4096 bytes)"
+        );
     }
 
     #[test]

@@ -20,9 +20,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use pinproxy_policy::load::Caps;
+use pinproxy_policy::load::{Caps, SignatureError, Source};
 use pinproxy_policy::{self as policy, Policy, Signed};
-use pinproxy_sign::{Accepted, Floor, KeyRing, Refusal, Sha256, StateDir};
+use pinproxy_sign::{Accepted, Floor, KeyRing, Refusal, Sha256, StateDir, VerifyError};
 
 use super::Error;
 use crate::Readiness;
@@ -49,6 +49,31 @@ enum Held {
 pub(super) struct Loaded {
     pub(super) policy: Policy,
     pub(super) accepted: Option<Accepted>,
+}
+
+/// [`pinproxy_sign::check`] on a pinset and its `.sig` as read (taken
+/// out of `source`): a `.sig` that is there but cannot be read — not a
+/// regular file, a symlink loop, larger than any signature — is refused as
+/// a bad signature, as a missing one is, by the reloader and by
+/// `check --key` alike.
+pub fn check_signed(
+    keys: &KeyRing,
+    source: &mut Source,
+    floor: Option<&Floor>,
+) -> Result<Accepted, Refusal> {
+    let signature = std::mem::replace(&mut source.signature, Ok(None)).map_err(|e| {
+        Refusal::BadSignature(match e {
+            SignatureError::TooLarge { len } => VerifyError::TooLarge { len },
+            SignatureError::Read(e) => VerifyError::Unreadable(e),
+        })
+    })?;
+    pinproxy_sign::check(
+        keys,
+        &source.bytes,
+        signature.as_deref(),
+        floor,
+        policy::load::serial,
+    )
 }
 
 // === impl Signing ===
@@ -126,21 +151,16 @@ impl Signing {
     /// checks them against the keys and the floor, and loads the file
     /// (blocking: run off the async workers).
     pub(super) fn load(&self, path: &Path, caps: Caps) -> Result<Loaded, Error> {
-        let source = policy::load::read(path, caps, true)?;
+        let mut source = policy::load::read(path, caps, true)?;
         let floor = self.current_floor()?;
-        let refused = |refusal| Error::Refused {
-            path: path.to_path_buf(),
-            sha256: Sha256::of(&source.bytes),
-            refusal: Box::new(refusal),
-        };
-        let accepted = pinproxy_sign::check(
-            &self.keys,
-            &source.bytes,
-            source.signature.as_deref(),
-            floor.as_ref(),
-            policy::load::serial,
-        )
-        .map_err(refused)?;
+        let accepted =
+            check_signed(&self.keys, &mut source, floor.as_ref()).map_err(|refusal| {
+                Error::Refused {
+                    path: path.to_path_buf(),
+                    sha256: Sha256::of(&source.bytes),
+                    refusal: Box::new(refusal),
+                }
+            })?;
         let mut policy = policy::load::load_source(&source, caps)?;
         // One parser read both; anything else is a bug, and refusing is safe.
         if policy.serial != Some(accepted.serial().get()) {

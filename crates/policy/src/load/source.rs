@@ -15,7 +15,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use super::{read_capped, Caps, Error};
+use super::{open_regular, read_capped, Caps, Error};
 
 /// The signature file is the pinset file's name with this appended
 /// (`pins.yaml.sig`), beside it.
@@ -23,14 +23,14 @@ pub const SIGNATURE_SUFFIX: &str = ".sig";
 
 /// At most this much of a signature file is read: a real one is under 100
 /// bytes, and the verifier refuses anything over 4 KiB by its length.
-const MAX_SIGNATURE_READ: u64 = 8 * 1024;
+pub const MAX_SIGNATURE_READ: u64 = 8 * 1024;
 
 /// Reads are done again at most this often when the directory keeps moving.
 const ATTEMPTS: usize = 4;
 
 /// A pinset file's bytes and, when asked for, its signature's, from one
 /// version of the directory.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Source {
     /// The path as configured (what messages name).
     pub path: PathBuf,
@@ -38,8 +38,24 @@ pub struct Source {
     pub real: PathBuf,
     pub bytes: Vec<u8>,
     /// `<file>.sig` beside [`Source::real`]; `None` when there is none (or
-    /// it was not asked for).
-    pub signature: Option<Vec<u8>>,
+    /// it was not asked for); an error when it is there but cannot be
+    /// read — a bad signature, not a pinset that cannot be read.
+    pub signature: Result<Option<Vec<u8>>, SignatureError>,
+}
+
+/// Why the signature file beside a pinset was not read. Whoever can write
+/// the pinset can write this too: it refuses the signature, as a missing
+/// one does.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    /// Not a regular file (a FIFO, a device, a directory), a symlink loop,
+    /// no permission, an I/O error.
+    #[error("the signature file cannot be read: {0}")]
+    Read(#[source] std::io::Error),
+    /// Its size (from the file's metadata) is over [`MAX_SIGNATURE_READ`]:
+    /// not read at all.
+    #[error("the signature file is {len} bytes, larger than any signature")]
+    TooLarge { len: u64 },
 }
 
 /// Where the signature of the pinset file at `real` (a resolved path) is.
@@ -113,16 +129,9 @@ fn read_once(
     };
     between();
     let signature = if signature {
-        let sig = signature_path(&real);
-        match read_signature(&sig) {
-            Ok(s) => s,
-            Err(e) => {
-                let shown = signature_path(path);
-                return (Some(real), Err(read_err(&shown, e)));
-            }
-        }
+        read_signature(&signature_path(&real))
     } else {
-        None
+        Ok(None)
     };
     let source = Source {
         path: path.to_path_buf(),
@@ -133,15 +142,22 @@ fn read_once(
     (Some(real), Ok(source))
 }
 
-/// The signature file's first bytes (enough to judge it), `None` if absent.
-fn read_signature(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let file = match std::fs::File::open(path) {
+/// The signature file's bytes (at most [`MAX_SIGNATURE_READ`]), `None` if
+/// it is absent. Only a regular file is read, and only when its size is
+/// within the limit: the verifier judges the rest by that size.
+pub fn read_signature(path: &Path) -> Result<Option<Vec<u8>>, SignatureError> {
+    let (file, len) = match open_regular(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(SignatureError::Read(e)),
     };
+    if len > MAX_SIGNATURE_READ {
+        return Err(SignatureError::TooLarge { len });
+    }
     let mut bytes = Vec::new();
-    file.take(MAX_SIGNATURE_READ).read_to_end(&mut bytes)?;
+    file.take(MAX_SIGNATURE_READ)
+        .read_to_end(&mut bytes)
+        .map_err(SignatureError::Read)?;
     Ok(Some(bytes))
 }
 
@@ -209,7 +225,7 @@ mod tests {
         .unwrap();
         assert_eq!(swaps, 2, "read twice");
         assert_eq!(src.bytes, b"pins v2");
-        assert_eq!(src.signature.as_deref(), Some(&b"sig v2"[..]));
+        assert_eq!(src.signature.unwrap().as_deref(), Some(&b"sig v2"[..]));
     }
 
     #[test]
@@ -226,7 +242,7 @@ mod tests {
         // The old pair could be read whole, but the path moved on: the
         // newer version is read, never v1's pins with v2's signature.
         assert_eq!(src.bytes, b"pins v2");
-        assert_eq!(src.signature.as_deref(), Some(&b"sig v2"[..]));
+        assert_eq!(src.signature.unwrap().as_deref(), Some(&b"sig v2"[..]));
         assert!(src
             .real
             .starts_with(std::fs::canonicalize(v.dir.path()).unwrap()));
@@ -258,21 +274,85 @@ mod tests {
         let path = dir.path().join("pins.yaml");
         std::fs::write(&path, "x").unwrap();
         let src = read(&path, Caps::default(), true).unwrap();
-        assert_eq!(src.signature, None);
+        assert_eq!(src.signature.unwrap(), None);
         std::fs::write(dir.path().join("pins.yaml.sig"), "s").unwrap();
         let src = read(&path, Caps::default(), true).unwrap();
-        assert_eq!(src.signature.as_deref(), Some(&b"s"[..]));
+        assert_eq!(src.signature.unwrap().as_deref(), Some(&b"s"[..]));
         let src = read(&path, Caps::default(), false).unwrap();
-        assert_eq!(src.signature, None, "not asked for");
+        assert_eq!(src.signature.unwrap(), None, "not asked for");
     }
 
     #[test]
-    fn a_huge_signature_file_is_read_only_in_part() {
+    fn a_huge_signature_file_is_refused_by_its_size_unread() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pins.yaml");
         std::fs::write(&path, "x").unwrap();
         std::fs::write(dir.path().join("pins.yaml.sig"), vec![b'A'; 1 << 20]).unwrap();
         let src = read(&path, Caps::default(), true).unwrap();
-        assert_eq!(src.signature.unwrap().len() as u64, MAX_SIGNATURE_READ);
+        let err = src.signature.unwrap_err();
+        assert!(
+            matches!(err, SignatureError::TooLarge { len } if len == 1 << 20),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the signature file is 1048576 bytes, larger than any signature"
+        );
+        // Within the read limit it is read whole: the verifier judges it.
+        let just = usize::try_from(MAX_SIGNATURE_READ).unwrap();
+        std::fs::write(dir.path().join("pins.yaml.sig"), vec![b'A'; just]).unwrap();
+        let src = read(&path, Caps::default(), true).unwrap();
+        assert_eq!(src.signature.unwrap().unwrap().len(), just);
+    }
+
+    /// Whoever writes the Secret can make `.sig` anything a symlink can
+    /// point at. None of these is read, none blocks, and each is the
+    /// signature refused — the pinset itself was read.
+    #[test]
+    fn a_signature_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.yaml");
+        std::fs::write(&path, "x").unwrap();
+        let sig = dir.path().join("pins.yaml.sig");
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("fifo"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        std::fs::create_dir(dir.path().join("a-dir")).unwrap();
+        for (target, why) in [
+            ("/dev/zero", "a character device"),
+            ("fifo", "a FIFO"),
+            ("a-dir", "a directory"),
+            ("pins.yaml.sig", "symbolic links"),
+        ] {
+            let _ = std::fs::remove_file(&sig);
+            symlink(target, &sig).unwrap();
+            let src = read(&path, Caps::default(), true).unwrap();
+            assert_eq!(src.bytes, b"x");
+            let err = src.signature.unwrap_err();
+            assert!(matches!(err, SignatureError::Read(_)), "{target}: {err:?}");
+            assert!(err.to_string().contains(why), "{target}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_pinset_that_is_not_a_regular_file_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.yaml");
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        let err = read(&path, Caps::default(), true).unwrap_err().to_string();
+        assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        symlink("/dev/zero", &path).unwrap();
+        let err = read(&path, Caps::default(), false).unwrap_err().to_string();
+        assert!(
+            err.contains("not a regular file (a character device)"),
+            "{err}"
+        );
     }
 }
