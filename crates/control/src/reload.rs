@@ -73,8 +73,8 @@ pub struct Reloader {
     /// Reloads failed since the last one that succeeded.
     failing: AtomicU64,
     /// The inputs in force and the ones that failed last (held only
-    /// briefly, off the async workers when it reads files).
-    versions: Arc<std::sync::Mutex<Versions>>,
+    /// briefly, never while a file is read).
+    versions: std::sync::Mutex<Versions>,
     /// With `--pinset-key`: the keys and the rollback floor.
     signing: Option<Arc<Signing>>,
 }
@@ -129,7 +129,7 @@ impl Reloader {
             loads: Semaphore::new(LOADS_IN_FLIGHT),
             judged: Mutex::new(0),
             failing: AtomicU64::new(0),
-            versions: Arc::default(),
+            versions: std::sync::Mutex::default(),
             signing: None,
         })
     }
@@ -353,23 +353,22 @@ impl Reloader {
     }
 
     /// The digest of the inputs as they are now, taken before they are
-    /// loaded (see [`version`]).
+    /// loaded (see [`version`]). The files are read off the async workers
+    /// and without the `versions` lock: whatever they are, a reload that
+    /// judges or fails meanwhile never waits for them.
     async fn digest(&self) -> Option<version::Digest> {
-        let (versions, path, max) = (
-            self.versions.clone(),
-            self.pins_path.clone(),
-            self.caps.pinset,
-        );
+        let mut named = self.lock_versions().names();
+        let (path, caps) = (self.pins_path.clone(), self.caps);
         let signed = self.signing.is_some();
         let list = self.ct_log_list.clone();
-        tokio::task::spawn_blocking(move || {
-            versions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .digest(&path, max, signed, list.as_deref())
+        let (digest, named) = tokio::task::spawn_blocking(move || {
+            let d = version::digest(&path, caps, signed, list.as_deref(), &mut named);
+            (d, named)
         })
         .await
-        .ok()
+        .ok()?;
+        self.lock_versions().remember(named);
+        Some(digest)
     }
 
     /// Builds a snapshot of `policy` and swaps it in, unless it is what is

@@ -154,7 +154,7 @@ async fn settle_waits_for_every_file_the_pinset_names() {
         })
     };
     let start = tokio::time::Instant::now();
-    settle(&[cert, key]).await;
+    settle(&[cert, key], 1 << 20).await;
     assert!(writer.is_finished(), "settled between the two writes");
     assert!(start.elapsed() >= DEBOUNCE * 3, "{:?}", start.elapsed());
 }
@@ -178,7 +178,7 @@ async fn settle_waits_for_a_writer_to_stop() {
         })
     };
     let start = tokio::time::Instant::now();
-    settle(std::slice::from_ref(&path)).await;
+    settle(std::slice::from_ref(&path), 1 << 20).await;
     let waited = start.elapsed();
     assert!(writer.is_finished(), "settled while the writer was writing");
     assert!(

@@ -15,12 +15,12 @@
 //! read: if a file changes in between, the next event sees a digest that
 //! differs and reloads, so a change is never skipped.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use ring::digest::{Context, SHA256};
 
 use pinproxy_policy as policy;
+use pinproxy_policy::load::Caps;
 
 /// A digest of one version of the inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,10 +33,13 @@ pub(super) struct Versions {
     pub(super) in_force: Option<Digest>,
     /// The inputs of the last version that failed, until one succeeds.
     pub(super) failed: Option<Digest>,
-    /// The pinset text last digested and the files it names: the text is
-    /// parsed for its names only when it changes.
-    named: Option<(Digest, Vec<PathBuf>)>,
+    named: Named,
 }
+
+/// The pinset text last digested and the files it names: the text is
+/// parsed for its names only when it changes.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Named(Option<(Digest, Vec<PathBuf>)>);
 
 /// What a digest says about a version.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,64 +63,86 @@ impl Versions {
     /// The files the last digested pinset text names (for the watcher).
     pub(super) fn named(&self) -> Vec<PathBuf> {
         self.named
+            .0
             .as_ref()
             .map(|(_, n)| n.clone())
             .unwrap_or_default()
     }
 
-    /// Digests the pinset at `pins` (at most `max + 1` bytes of it), with
-    /// `signed` its signature file, the files it names and the CT log list
-    /// `ct_list`, if one is read. A pinset that cannot be read is one
-    /// version too (deleted, or unreadable): it fails once, not on every
-    /// event.
-    pub(super) fn digest(
-        &mut self,
-        pins: &Path,
-        max: u64,
-        signed: bool,
-        ct_list: Option<&Path>,
-    ) -> Digest {
-        // The pinset and its signature through one resolution of `..data`,
-        // as the load reads them: a new signature alone is a new version.
-        let real = std::fs::canonicalize(pins).unwrap_or_else(|_| pins.to_path_buf());
-        let Some(bytes) = read_capped(&real, max) else {
-            let mut ctx = Context::new(&SHA256);
-            ctx.update(b"the pinset could not be read");
-            if let Some(list) = ct_list {
-                digest_file(list, &mut ctx);
-            }
-            return finish(ctx);
-        };
-        let text = Digest(sha256(&bytes));
-        let named = match &self.named {
-            Some((d, named)) if *d == text => named.clone(),
-            _ => {
-                let named = if names_files(&bytes, max) {
-                    policy::load::named_files(pins, &bytes)
-                } else {
-                    Vec::new()
-                };
-                self.named = Some((text, named.clone()));
-                named
-            }
-        };
-        let mut ctx = Context::new(&SHA256);
-        ctx.update(&text.0);
-        if signed {
-            ctx.update(b"signature\0");
-            digest_file(&policy::load::signature_path(&real), &mut ctx);
-        }
-        for file in &named {
-            ctx.update(file.as_os_str().as_encoded_bytes());
-            ctx.update(&[0]);
-            digest_file(file, &mut ctx);
-        }
-        if let Some(list) = ct_list {
-            ctx.update(b"ct-log-list\0");
-            digest_file(list, &mut ctx);
-        }
-        finish(ctx)
+    /// What [`digest`] starts from: taken out under the lock, so the
+    /// files are read without it.
+    pub(super) fn names(&self) -> Named {
+        self.named.clone()
     }
+
+    /// What [`digest`] learnt, put back.
+    pub(super) fn remember(&mut self, named: Named) {
+        self.named = named;
+    }
+}
+
+/// Digests the pinset at `pins` (within `caps.pinset`), with `signed` its
+/// signature file, the files it names and the CT log list `ct_list` (each
+/// within `caps.file`), if one is read; `named` is updated when the text's
+/// names are new. A pinset that cannot be read is one version too (deleted,
+/// unreadable, not a regular file): it fails once, not on every event.
+///
+/// Every file is read as the load reads it ([`policy::load::read_capped`]):
+/// a regular file within its cap, or not at all — the Secret's writer can
+/// make any of them `/dev/zero` or a FIFO, and a digest that never ends
+/// would hold a load slot, and every later reload, for good. Blocking; no
+/// lock held.
+pub(super) fn digest(
+    pins: &Path,
+    caps: Caps,
+    signed: bool,
+    ct_list: Option<&Path>,
+    named: &mut Named,
+) -> Digest {
+    // The pinset and its signature through one resolution of `..data`,
+    // as the load reads them: a new signature alone is a new version.
+    let real = std::fs::canonicalize(pins).unwrap_or_else(|_| pins.to_path_buf());
+    let Ok(Some(bytes)) = policy::load::read_capped(&real, caps.pinset) else {
+        let mut ctx = Context::new(&SHA256);
+        ctx.update(b"the pinset could not be read");
+        if let Some(list) = ct_list {
+            digest_file(list, caps.file, &mut ctx);
+        }
+        return finish(ctx);
+    };
+    let text = Digest(sha256(&bytes));
+    let files = match &named.0 {
+        Some((d, files)) if *d == text => files.clone(),
+        _ => {
+            let files = if names_files(&bytes) {
+                policy::load::named_files(pins, &bytes)
+            } else {
+                Vec::new()
+            };
+            named.0 = Some((text, files.clone()));
+            files
+        }
+    };
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&text.0);
+    if signed {
+        ctx.update(b"signature\0");
+        match policy::load::read_signature(&policy::load::signature_path(&real)) {
+            Ok(Some(sig)) => digest_bytes(&sig, &mut ctx),
+            Ok(None) => ctx.update(b"missing"),
+            Err(e) => unreadable(&e.to_string(), &mut ctx),
+        }
+    }
+    for file in &files {
+        ctx.update(file.as_os_str().as_encoded_bytes());
+        ctx.update(&[0]);
+        digest_file(file, caps.file, &mut ctx);
+    }
+    if let Some(list) = ct_list {
+        ctx.update(b"ct-log-list\0");
+        digest_file(list, caps.file, &mut ctx);
+    }
+    finish(ctx)
 }
 
 fn finish(ctx: Context) -> Digest {
@@ -126,12 +151,12 @@ fn finish(ctx: Context) -> Digest {
     Digest(out)
 }
 
-/// Whether the text may name a file at all: a file over the size limit is
-/// refused unparsed (and must not be parsed here either), and most
-/// pinsets name none — neither is parsed a second time for its names.
-fn names_files(bytes: &[u8], max: u64) -> bool {
+/// Whether the text may name a file at all: most pinsets name none, and
+/// are not parsed a second time for their names. (The text is within the
+/// size limit: a larger one was not read.)
+fn names_files(bytes: &[u8]) -> bool {
     let keys: [&[u8]; 3] = [b"trust", b"client_cert", b"crls"];
-    bytes.len() as u64 <= max && keys.iter().any(|k| bytes.windows(k.len()).any(|w| w == *k))
+    keys.iter().any(|k| bytes.windows(k.len()).any(|w| w == *k))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -140,44 +165,52 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn read_capped(path: &Path, max: u64) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .ok()?;
-    Some(bytes)
+/// A file within `max` bytes into `ctx`; one that is missing, over the
+/// limit or unreadable hashes as such (its becoming readable is a change).
+/// The tags keep the cases apart from any content.
+fn digest_file(path: &Path, max: u64, ctx: &mut Context) {
+    match policy::load::read_capped(path, max) {
+        Ok(Some(bytes)) => digest_bytes(&bytes, ctx),
+        Ok(None) => ctx.update(b"\x01over the size limit"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ctx.update(b"\x02missing"),
+        Err(e) => unreadable(&e.to_string(), ctx),
+    }
 }
 
-/// Streams a file into `ctx` (a missing or unreadable file hashes as such:
-/// its appearing is a change).
-fn digest_file(path: &Path, ctx: &mut Context) {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        ctx.update(b"missing");
-        return;
-    };
-    let mut buf = [0u8; 64 * 1024];
-    let mut len: u64 = 0;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                ctx.update(&buf[..n]);
-                len += n as u64;
-            }
-            Err(_) => {
-                ctx.update(b"unreadable");
-                break;
-            }
-        }
-    }
-    ctx.update(&len.to_be_bytes());
+fn digest_bytes(bytes: &[u8], ctx: &mut Context) {
+    ctx.update(b"\x00");
+    ctx.update(&(bytes.len() as u64).to_be_bytes());
+    ctx.update(bytes);
+}
+
+fn unreadable(why: &str, ctx: &mut Context) {
+    ctx.update(b"\x03unreadable: ");
+    ctx.update(why.as_bytes());
+    ctx.update(&[0]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn caps(max: u64) -> Caps {
+        Caps {
+            pinset: max,
+            file: max,
+            ..Caps::default()
+        }
+    }
+
+    impl Versions {
+        /// [`digest`], remembering the names as the reloader does.
+        fn digest(&mut self, pins: &Path, max: u64, signed: bool, list: Option<&Path>) -> Digest {
+            let mut named = self.names();
+            let d = super::digest(pins, caps(max), signed, list, &mut named);
+            self.remember(named);
+            d
+        }
+    }
 
     #[test]
     fn a_named_file_changing_changes_the_digest_and_a_touch_does_not() {
@@ -250,13 +283,79 @@ mod tests {
         assert_eq!(v.digest(&pins, 1 << 20, false, None), plain);
     }
 
+    /// Whoever writes the Secret can point the signature, a named file or
+    /// the pinset itself at `/dev/zero` or a FIFO: the digest reads none
+    /// of them (it returns, where it used to spin or block for good), and
+    /// each is a version of its own.
     #[test]
-    fn only_a_pinset_within_the_limit_that_mentions_a_file_is_parsed_for_names() {
-        assert!(names_files(b"hosts: {a: {trust: ca.pem}}", 100));
-        assert!(names_files(b"client_cert: {}", 100));
-        assert!(names_files(b"crls: []", 100));
-        assert!(!names_files(b"version: 1\nhosts: {}\n", 100));
-        assert!(!names_files(b"trust: ca.pem", 5), "over the limit");
+    fn files_that_are_not_regular_files_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("pins.yaml");
+        let (ca, sig) = (dir.path().join("ca.pem"), dir.path().join("pins.yaml.sig"));
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::write(&pins, "version: 1\ndefaults: {trust: ca.pem}\nhosts: {}\n").unwrap();
+        std::fs::write(&ca, "ca").unwrap();
+        std::fs::write(&sig, "AAAA").unwrap();
+        let mut v = Versions::default();
+        let good = v.digest(&pins, 1 << 20, true, None);
+        let mut seen = vec![good];
+        for (file, target) in [
+            (&sig, "/dev/zero"),
+            (&sig, "fifo"),
+            (&ca, "/dev/zero"),
+            (&ca, "fifo"),
+        ] {
+            let kept = std::fs::read(file).unwrap_or_default();
+            std::fs::remove_file(file).unwrap();
+            symlink(target, file).unwrap();
+            let d = v.digest(&pins, 1 << 20, true, None);
+            assert!(
+                !seen.contains(&d),
+                "{file:?} -> {target}: a version of its own"
+            );
+            seen.push(d);
+            std::fs::remove_file(file).unwrap();
+            std::fs::write(file, kept).unwrap();
+        }
+        assert_eq!(v.digest(&pins, 1 << 20, true, None), good);
+        // The pinset itself a FIFO, or /dev/zero: "could not be read".
+        std::fs::rename(&pins, dir.path().join("kept.yaml")).unwrap();
+        symlink("fifo", &pins).unwrap();
+        let unreadable = v.digest(&pins, 1 << 20, true, None);
+        std::fs::remove_file(&pins).unwrap();
+        symlink("/dev/zero", &pins).unwrap();
+        assert_eq!(v.digest(&pins, 1 << 20, true, None), unreadable);
+    }
+
+    #[test]
+    fn a_named_file_over_the_limit_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("pins.yaml");
+        std::fs::write(&pins, "version: 1\ndefaults: {trust: ca.pem}\nhosts: {}\n").unwrap();
+        std::fs::write(dir.path().join("ca.pem"), vec![b'a'; 200]).unwrap();
+        let mut v = Versions::default();
+        let big = v.digest(&pins, 100, false, None);
+        std::fs::write(dir.path().join("ca.pem"), vec![b'b'; 200]).unwrap();
+        assert_eq!(
+            v.digest(&pins, 100, false, None),
+            big,
+            "only its being over the limit counts"
+        );
+        std::fs::write(dir.path().join("ca.pem"), vec![b'b'; 100]).unwrap();
+        assert_ne!(v.digest(&pins, 100, false, None), big);
+    }
+
+    #[test]
+    fn only_a_pinset_that_mentions_a_file_is_parsed_for_names() {
+        assert!(names_files(b"hosts: {a: {trust: ca.pem}}"));
+        assert!(names_files(b"client_cert: {}"));
+        assert!(names_files(b"crls: []"));
+        assert!(!names_files(b"version: 1\nhosts: {}\n"));
     }
 
     #[test]
@@ -265,7 +364,7 @@ mod tests {
         let v = Versions {
             in_force: Some(a),
             failed: Some(b),
-            named: None,
+            named: Named::default(),
         };
         assert_eq!(v.judge(Some(a)), Known::InForce);
         assert_eq!(v.judge(Some(b)), Known::Failed);

@@ -95,7 +95,8 @@ impl Watcher {
                         let mut files = vec![reloader.pins_path().to_path_buf()];
                         files.extend(reloader.live().load().policy.watched_files());
                         files.extend(reloader.ct_log_list().map(Path::to_path_buf));
-                        self.settle_burst(first, &files).await;
+                        let max = reloader.caps.pinset.max(reloader.caps.file);
+                        self.settle_burst(first, &files, max).await;
                         let reloader = reloader.clone();
                         reloads.spawn(async move {
                             let _ = reloader.reload_changed().await;
@@ -112,7 +113,7 @@ impl Watcher {
     }
 
     /// Debounces a burst of events that began with `first`.
-    async fn settle_burst(&mut self, first: bool, files: &[PathBuf]) {
+    async fn settle_burst(&mut self, first: bool, files: &[PathBuf], max: u64) {
         // Let the writer finish its burst of renames.
         tokio::time::sleep(DEBOUNCE).await;
         let mut in_place = first;
@@ -124,24 +125,27 @@ impl Watcher {
         // host cut off before its `mode: enforce`, a certificate beside the
         // old key — so wait until two reads a debounce apart agree.
         if in_place {
-            settle(files).await;
+            settle(files, max).await;
             while self.events.try_recv().is_ok() {}
         }
     }
 }
 
-/// Waits (bounded) until the files' contents stop changing.
-pub(super) async fn settle(files: &[PathBuf]) {
+/// Waits (bounded) until the files' contents stop changing. Each is read
+/// as a load reads it: only a regular file, and only within `max` bytes
+/// (a symlink to `/dev/zero` or a FIFO would never settle, nor return).
+pub(super) async fn settle(files: &[PathBuf], max: u64) {
     let digest = |files: Vec<PathBuf>| async move {
         tokio::task::spawn_blocking(move || {
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
             for f in &files {
                 // A missing file hashes as missing: its appearing is a change.
-                match std::fs::read(f) {
-                    Ok(b) => {
+                match pinproxy_policy::load::read_capped(f, max) {
+                    Ok(Some(b)) => {
                         ctx.update(&(b.len() as u64).to_be_bytes());
                         ctx.update(&b);
                     }
+                    Ok(None) => ctx.update(b"+"),
                     Err(_) => ctx.update(b"-"),
                 }
             }
