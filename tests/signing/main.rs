@@ -11,6 +11,8 @@
 //! - the README's "Emergency: unpin one host now" commands, run as written
 //!   against a proxy under load, with the time from the signed files landing
 //!   to the first request served under them (drill.rs);
+//! - a `.sig` or a CA bundle that is not a regular file (`/dev/zero`, a
+//!   FIFO) is refused and never freezes the reloader (special.rs);
 //! - the webhook's `POST /validate`, the built binary over TLS answering
 //!   curl, refusing an unsigned Secret update with a message an operator
 //!   reads (webhook.rs).
@@ -19,6 +21,7 @@
 mod support;
 
 mod drill;
+mod special;
 mod webhook;
 
 use std::path::{Path, PathBuf};

@@ -36,6 +36,13 @@ impl SecretVolume {
     }
 
     pub fn update(&mut self, files: &[(&str, &str)]) {
+        self.update_then(files, |_| {});
+    }
+
+    /// [`update`](Self::update), calling `then` with the new version's
+    /// directory before it is swapped in (to put a symlink or a FIFO
+    /// there: whatever the Secret's writer can make the kubelet write).
+    pub fn update_then(&mut self, files: &[(&str, &str)], then: impl FnOnce(&Path)) {
         self.n += 1;
         let old = std::fs::read_link(self.dir.join("..data")).ok();
         let ts = format!("..2026_11_24_08_00_00.{:04}", self.n);
@@ -46,6 +53,7 @@ impl SecretVolume {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, contents).unwrap();
         }
+        then(&ts_dir);
         let tmp = self.dir.join("..data_tmp");
         std::os::unix::fs::symlink(&ts, &tmp).unwrap();
         std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
