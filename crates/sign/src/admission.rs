@@ -10,9 +10,14 @@
 //! once wrote past the webhook (it was down, or not yet installed) pin the
 //! floor at 2^64-1 and block every real update. The sidecars keep their own
 //! floor either way; this check only stops a bad object before it lands.
+//!
+//! The old object is no floor for a CREATE: deleting the object and
+//! creating it again with an old serial passes that check. The webhook's
+//! minimum serial (`--pinset-min-serial`, [`review_with_minimum`]) is a
+//! floor for every CREATE and UPDATE, old object or not.
 
 use crate::check::{check, BoxError, Refusal};
-use crate::serial::Floor;
+use crate::serial::{Floor, Serial};
 use crate::verify::{KeyIds, KeyRing, VerifyError};
 use crate::Accepted;
 
@@ -69,6 +74,21 @@ pub fn review<E>(
 where
     E: Into<BoxError>,
 {
+    review_with_minimum(keys, new, old, None, serial_of)
+}
+
+/// [`review`], refusing as `rollback` a serial below `minimum` (the
+/// webhook's `--pinset-min-serial`) whatever the old object says.
+pub fn review_with_minimum<E>(
+    keys: &KeyRing,
+    new: &Object<'_>,
+    old: Option<&Object<'_>>,
+    minimum: Option<Serial>,
+    serial_of: impl Fn(&[u8]) -> Result<u64, E>,
+) -> Admission
+where
+    E: Into<BoxError>,
+{
     let Some(pins) = new.pins else {
         return Admission::Deny(Denial {
             reason: "failure",
@@ -77,7 +97,7 @@ where
             ),
         });
     };
-    let floor = old.and_then(|old| floor_of(keys, old, &serial_of));
+    let floor = Floor::at_least(old.and_then(|old| floor_of(keys, old, &serial_of)), minimum);
     match check(keys, pins, new.signature, floor.as_ref(), &serial_of) {
         Ok(accepted) => Admission::Allow(accepted),
         Err(refusal) => Admission::Deny(Denial {

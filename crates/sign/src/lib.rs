@@ -13,7 +13,8 @@
 //!   format) and says which key verified ([`Verified`]).
 //! - [`signer`]: [`SigningKey`] signs (`pinproxy sign`) and generates key
 //!   pairs (`pinproxy keygen`), writing what cosign writes.
-//! - [`serial`]: the rollback [`Floor`]: serials only go up.
+//! - [`serial`]: the rollback [`Floor`]: serials only go up, and never
+//!   below a minimum set outside the Secret (`--pinset-min-serial`).
 //! - [`state`]: the floor kept in `--state-dir` across restarts.
 //! - [`check()`]: signature → serial → floor, shared by reloader and webhook;
 //!   yields an [`Accepted`] or a [`Refusal`] with its metric label.
@@ -39,7 +40,7 @@ pub mod verify;
 pub use check::{check, Accepted, BoxError, Refusal};
 pub use key::{Algorithm, KeyError, KeyId, PublicKey};
 pub use keyfile::{read_key, read_keys, read_signing_key, KeyFileError};
-pub use serial::{Floor, RollbackError, Serial, ZeroSerial};
+pub use serial::{Floor, RollbackError, Serial, SerialTextError, ZeroSerial};
 pub use signer::{GeneratedPem, SignError, Signature, SigningKey};
 pub use state::{StateDir, StateError};
 pub use verify::{KeyRing, KeyRingError, Verified, VerifyError};

@@ -7,6 +7,13 @@
 //! a signer must not produce and an attacker holding a leaked old key could:
 //! refused too. The same serial with the same bytes is a re-delivery
 //! (a sidecar restart, a label-only Secret update): allowed.
+//!
+//! A floor learnt from what was applied lives only as long as the pod that
+//! learnt it (`--state-dir` is an emptyDir): a new pod has none, and would
+//! apply whatever validly signed serial the Secret holds. The minimum serial
+//! (`--pinset-min-serial`, [`Floor::minimum`]) is a floor set by the
+//! platform team in the pod's arguments, outside the Secret: every pod
+//! starts with it, and whoever writes the Secret cannot lower it.
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -21,9 +28,20 @@ pub struct Serial(NonZeroU64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Floor {
     serial: Serial,
-    /// `None` only for a state file an operator wrote with a bare serial:
-    /// then an equal serial cannot be compared and is let through.
+    /// `None` for a state file an operator wrote with a bare serial, and
+    /// for a minimum: then an equal serial cannot be compared and is let
+    /// through.
     sha256: Option<Sha256>,
+    origin: Origin,
+}
+
+/// Where a floor comes from: what the refusal says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A pinset applied (in memory, or kept in `--state-dir`).
+    InForce,
+    /// `--pinset-min-serial`.
+    Minimum,
 }
 
 /// Why a validly signed pinset was refused (`reason: rollback`).
@@ -34,6 +52,10 @@ pub enum RollbackError {
         "serial {serial} is lower than the serial in force ({in_force}): a rollback is refused"
     )]
     Lower { serial: Serial, in_force: Serial },
+    #[error(
+        "serial {serial} is lower than the minimum serial ({minimum}, --pinset-min-serial): a rollback is refused"
+    )]
+    BelowMinimum { serial: Serial, minimum: Serial },
     #[error("serial {serial} is the serial in force but the content differs (sha256 {sha256}, in force {in_force_sha256}): a changed pinset needs a higher serial")]
     SameSerialDifferentContent {
         serial: Serial,
@@ -47,6 +69,16 @@ pub enum RollbackError {
 #[error("serial must be a positive integer, not 0")]
 pub struct ZeroSerial;
 
+/// A serial given as text (`--pinset-min-serial N`) that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SerialTextError {
+    #[error("serial must be a positive integer: {0}")]
+    NotANumber(#[from] std::num::ParseIntError),
+    #[error(transparent)]
+    Zero(#[from] ZeroSerial),
+}
+
 // === impl Serial ===
 
 impl Serial {
@@ -56,6 +88,14 @@ impl Serial {
 
     pub fn get(self) -> u64 {
         self.0.get()
+    }
+}
+
+impl std::str::FromStr for Serial {
+    type Err = SerialTextError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Serial::new(text.trim().parse()?)?)
     }
 }
 
@@ -73,6 +113,7 @@ impl Floor {
         Floor {
             serial,
             sha256: Some(sha256),
+            origin: Origin::InForce,
         }
     }
 
@@ -81,7 +122,34 @@ impl Floor {
         Floor {
             serial,
             sha256: None,
+            origin: Origin::InForce,
         }
+    }
+
+    /// The minimum serial (`--pinset-min-serial`): a lower serial is a
+    /// rollback, the minimum itself with any content is not.
+    pub fn minimum(serial: Serial) -> Self {
+        Floor {
+            serial,
+            sha256: None,
+            origin: Origin::Minimum,
+        }
+    }
+
+    /// The floor in effect: `floor` (from what was applied), raised to
+    /// `minimum` when that is higher. At an equal serial `floor` wins: it
+    /// knows the content in force.
+    pub fn at_least(floor: Option<Floor>, minimum: Option<Serial>) -> Option<Floor> {
+        match (floor, minimum) {
+            (Some(f), Some(m)) if f.serial >= m => Some(f),
+            (_, Some(m)) => Some(Floor::minimum(m)),
+            (f, None) => f,
+        }
+    }
+
+    /// Whether this floor is a `--pinset-min-serial`.
+    pub fn is_minimum(&self) -> bool {
+        self.origin == Origin::Minimum
     }
 
     pub fn serial(&self) -> Serial {
@@ -96,9 +164,15 @@ impl Floor {
     /// one in force.
     pub fn check(&self, serial: Serial, sha256: &Sha256) -> Result<(), RollbackError> {
         if serial < self.serial {
-            return Err(RollbackError::Lower {
-                serial,
-                in_force: self.serial,
+            return Err(match self.origin {
+                Origin::InForce => RollbackError::Lower {
+                    serial,
+                    in_force: self.serial,
+                },
+                Origin::Minimum => RollbackError::BelowMinimum {
+                    serial,
+                    minimum: self.serial,
+                },
             });
         }
         match &self.sha256 {
@@ -179,9 +253,58 @@ mod tests {
     }
 
     #[test]
+    fn the_minimum_is_a_floor_a_new_pod_starts_with() {
+        let a = Sha256::of(b"a");
+        let min = Floor::minimum(serial(3));
+        assert_eq!(
+            min.check(serial(2), &a),
+            Err(RollbackError::BelowMinimum {
+                serial: serial(2),
+                minimum: serial(3)
+            })
+        );
+        assert_eq!(min.check(serial(3), &a), Ok(()));
+        assert_eq!(min.check(serial(4), &a), Ok(()));
+        assert_eq!(
+            min.check(serial(1), &a).unwrap_err().to_string(),
+            "serial 1 is lower than the minimum serial (3, --pinset-min-serial): a rollback is refused"
+        );
+    }
+
+    #[test]
+    fn the_floor_in_effect_is_the_higher_one() {
+        let a = Sha256::of(b"a");
+        assert_eq!(Floor::at_least(None, None), None);
+        assert_eq!(
+            Floor::at_least(None, Some(serial(3))),
+            Some(Floor::minimum(serial(3)))
+        );
+        let kept = Floor::new(serial(5), a);
+        assert_eq!(Floor::at_least(Some(kept), None), Some(kept));
+        assert_eq!(Floor::at_least(Some(kept), Some(serial(3))), Some(kept));
+        // Equal: the kept floor knows the content, so it still refuses
+        // other bytes under the same serial.
+        assert_eq!(Floor::at_least(Some(kept), Some(serial(5))), Some(kept));
+        let raised = Floor::at_least(Some(kept), Some(serial(9))).expect("a floor");
+        assert!(raised.is_minimum() && raised.serial() == serial(9));
+        assert!(!kept.is_minimum());
+    }
+
+    #[test]
     fn zero_is_not_a_serial() {
         assert_eq!(Serial::new(0), Err(ZeroSerial));
         assert_eq!(serial(1).get(), 1);
+        assert_eq!("7".parse::<Serial>(), Ok(serial(7)));
+        assert_eq!(
+            "0".parse::<Serial>(),
+            Err(SerialTextError::Zero(ZeroSerial))
+        );
+        for bad in ["", "-1", "x", "1.5", "18446744073709551616"] {
+            assert!(
+                matches!(bad.parse::<Serial>(), Err(SerialTextError::NotANumber(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -238,3 +238,53 @@ fn objects_without_a_pinset_or_a_serial_are_denied() {
         "{message}"
     );
 }
+
+/// The old object is no floor for a CREATE: deleting the object and
+/// creating it with an old serial passed. The webhook's minimum serial is
+/// a floor for every CREATE and UPDATE.
+#[test]
+fn a_create_below_the_minimum_serial_is_a_rollback() {
+    use pinproxy_sign::admission::review_with_minimum;
+    use pinproxy_sign::Serial;
+    let w = World::new();
+    let min = Some(Serial::new(3).expect("positive"));
+    let (old1, v3) = (pinset(1, ""), pinset(3, ""));
+    let (s1, s3) = (w.sig(&old1), w.sig(&v3));
+    // Without a minimum, the CREATE of serial 1 passes: the gap closed here.
+    assert_eq!(w.allow(object(&old1, &s1), None), 1);
+    let judge = |new: Object<'_>, old: Option<Object<'_>>| {
+        review_with_minimum(&w.keys, &new, old.as_ref(), min, serial_of)
+    };
+    match judge(object(&old1, &s1), None) {
+        Admission::Deny(d) => {
+            assert_eq!(d.reason(), "rollback");
+            assert_eq!(
+                d.message(),
+                "pinproxy: serial 1 is lower than the minimum serial (3, --pinset-min-serial): \
+                 a rollback is refused"
+            );
+        }
+        Admission::Allow(a) => panic!("admitted: {a:?}"),
+    }
+    // An UPDATE from an old object below the minimum too.
+    let old2 = pinset(2, "");
+    let s2 = w.sig(&old2);
+    assert!(matches!(
+        judge(object(&old1, &s1), Some(object(&old2, &s2))),
+        Admission::Deny(_)
+    ));
+    // The minimum itself, and above it, pass.
+    for (pins, sig, n) in [(&v3, &s3, 3), (&pinset(4, ""), &w.sig(&pinset(4, "")), 4)] {
+        match judge(object(pins, sig), None) {
+            Admission::Allow(a) => assert_eq!(a.serial().get(), n),
+            Admission::Deny(d) => panic!("denied: {}", d.message()),
+        }
+    }
+    // An old object above the minimum is still the floor.
+    let v5 = pinset(5, "");
+    let s5 = w.sig(&v5);
+    assert!(matches!(
+        judge(object(&v3, &s3), Some(object(&v5, &s5))),
+        Admission::Deny(_)
+    ));
+}
