@@ -22,7 +22,7 @@ use crate::control::telemetry::{Sinks, Telemetry};
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy::{self, Policy};
 use crate::proxy::{self, transparent, Limits};
-use crate::sign::{KeyRing, StateDir};
+use crate::sign::{KeyRing, Serial, StateDir};
 use crate::tls::ca::{self, Intercept};
 use crate::upstream::{Options, Shared, Snapshot};
 
@@ -72,12 +72,14 @@ pub struct Config {
     pub ct_log_list: Option<PathBuf>,
 }
 
-/// `run --pinset-key` and `--state-dir`.
+/// `run --pinset-key`, `--state-dir` and `--pinset-min-serial`.
 #[derive(Clone, Debug)]
 pub struct SigningConfig {
     pub keys: KeyRing,
     /// Where the highest serial applied is kept across restarts.
     pub state_dir: Option<PathBuf>,
+    /// `--pinset-min-serial`: the floor every start begins with.
+    pub min_serial: Option<Serial>,
 }
 
 /// What `pinproxy run` uses when no flag is given (the pinset path aside):
@@ -297,7 +299,7 @@ impl App {
         // a signed pinset (below): the sidecar starts refusing everything.
         let signing = config.signing.as_ref().map(|s| {
             let state = s.state_dir.clone().map(StateDir::new);
-            Signing::new(s.keys.clone(), state, readiness.clone())
+            Signing::new(s.keys.clone(), state, s.min_serial, readiness.clone())
         });
         let (policy, generation) = match &signing {
             None => (policy::load::load_with(&config.pins, config.caps())?, 1),

@@ -180,6 +180,18 @@ pub struct RunArgs {
         requires = "pinset_key"
     )]
     pub state_dir: Option<PathBuf>,
+    /// With --pinset-key: the lowest serial applied, a rollback floor every
+    /// start begins with (the --state-dir floor is lost with the pod). A
+    /// signed pinset with a lower serial is refused `rollback`. Raise it
+    /// when retiring a signing key or a pinned key: to the serial of the
+    /// first pinset without it.
+    #[arg(
+        long,
+        env = "PINPROXY_PINSET_MIN_SERIAL",
+        value_name = "N",
+        requires = "pinset_key"
+    )]
+    pub pinset_min_serial: Option<crate::sign::Serial>,
     /// Worker threads (1: a single-threaded runtime, the cheapest per
     /// request; one worker serves tens of thousands of requests/s). Raise
     /// it for a pod whose egress needs more than one CPU; 0 counts as 1.
@@ -284,7 +296,8 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
     Ok((config, args.shutdown_grace))
 }
 
-/// `--pinset-key` and `--state-dir`; `None` without a key.
+/// `--pinset-key`, `--state-dir` and `--pinset-min-serial`; `None` without
+/// a key.
 fn signing(args: &RunArgs) -> Result<Option<SigningConfig>, Error> {
     if args.pinset_key.is_empty() {
         return Ok(None);
@@ -296,6 +309,7 @@ fn signing(args: &RunArgs) -> Result<Option<SigningConfig>, Error> {
     Ok(Some(SigningConfig {
         keys,
         state_dir: args.state_dir.clone(),
+        min_serial: args.pinset_min_serial,
     }))
 }
 

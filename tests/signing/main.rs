@@ -469,6 +469,142 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
     eprintln!("| replay across a restart, no --state-dir | applied (documented limit) | 4 |");
 }
 
+/// The `--state-dir` floor is the pod's own: a new pod (rollout,
+/// reschedule, scale-up) had none and applied an old signed pinset the
+/// Secret's writer put back. `--pinset-min-serial`, in the pod's args, is a
+/// floor every start begins with: below it is refused `rollback` at start
+/// and at reload, as a floor kept in `--state-dir` is.
+#[tokio::test]
+async fn a_new_pod_refuses_a_serial_below_the_minimum() {
+    let w = World::new().await;
+    let keys = tempfile::tempdir().unwrap();
+    let a = Key::new(keys.path(), "a", Algorithm::EcdsaP256);
+    let ka = a.public.display().to_string();
+    let ca = w.pki.root.pem();
+    // Serial 1 pins another key: the retired one an attacker holds.
+    let old1 = w.pinset(1, &w.wrong, "enforce");
+    let (v3, v4) = (w.good(3), w.good(4));
+    let secret = tempfile::tempdir().unwrap();
+    let mut vol = SecretVolume::new(secret.path(), &files(&old1, Some(&a.sign(&old1)), &ca));
+    // A new pod: a fresh, empty --state-dir.
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&[
+            "--pinset-key",
+            &ka,
+            "--state-dir",
+            &st,
+            "--pinset-min-serial",
+            "3",
+        ])
+        .spawn()
+        .await;
+    let seen = run.until("NOT READY").await;
+    let ready = admin(&run, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("rollback") && ready.body.contains("minimum serial (3"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(fetch(&run).await.error(), Some("no-pinset"));
+    assert_eq!(reloads(&run, "rollback").await, 1);
+    // Logged as a --state-dir floor's refusal is: result, file, key.
+    let hash = sha256_hex(old1.as_bytes());
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("rollback") && l.contains(&hash) && l.contains(&a.id)),
+        "{seen:#?}"
+    );
+    eprintln!("| new pod, old signed serial 1, --pinset-min-serial 3 | refused: rollback, not ready | 0 |");
+
+    // The minimum itself is applied, then a newer one.
+    vol.update(&files(&v3, Some(&a.sign(&v3)), &ca));
+    run.until("signed pinset in force").await;
+    assert_eq!(in_force(&run).await.0, 3);
+    assert_eq!(fetch(&run).await.status, 200);
+    vol.update(&files(&v4, Some(&a.sign(&v4)), &ca));
+    counted(&run, "success", 1).await;
+    assert_eq!(in_force(&run).await.0, 4);
+
+    // Reload to the old serial: refused, the last good one stays.
+    vol.update(&files(&old1, Some(&a.sign(&old1)), &ca));
+    counted(&run, "rollback", 2).await;
+    assert_eq!(in_force(&run).await.0, 4);
+    assert_eq!(fetch(&run).await.status, 200);
+    drop(run);
+
+    // Without a --state-dir at all, the minimum still holds at start.
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&["--pinset-key", &ka, "--pinset-min-serial", "3"])
+        .spawn()
+        .await;
+    run.until("NOT READY").await;
+    assert_eq!(reloads(&run, "rollback").await, 1);
+    assert_eq!(fetch(&run).await.error(), Some("no-pinset"));
+}
+
+/// A running pod below the minimum (the minimum raised past the serial it
+/// holds in `--state-dir`): the higher floor is the minimum.
+#[tokio::test]
+async fn the_minimum_raises_a_lower_kept_floor() {
+    let w = World::new().await;
+    let keys = tempfile::tempdir().unwrap();
+    let a = Key::new(keys.path(), "a", Algorithm::Ed25519);
+    let ka = a.public.display().to_string();
+    let ca = w.pki.root.pem();
+    let v2 = w.good(2);
+    let secret = tempfile::tempdir().unwrap();
+    let vol = SecretVolume::new(secret.path(), &files(&v2, Some(&a.sign(&v2)), &ca));
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("serial"), "1\n").unwrap();
+    let st = state.path().display().to_string();
+    let mut run = TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(&[
+            "--pinset-key",
+            &ka,
+            "--state-dir",
+            &st,
+            "--pinset-min-serial",
+            "5",
+        ])
+        .spawn()
+        .await;
+    run.until("NOT READY").await;
+    let ready = admin(&run, "/readyz").await;
+    assert!(ready.body.contains("minimum serial (5"), "{}", ready.body);
+}
+
+/// `--pinset-min-serial` is a floor for signed pinsets only, and a
+/// positive integer.
+#[test]
+fn the_minimum_needs_a_key_and_a_serial() {
+    for (args, expect) in [
+        (vec!["--pinset-min-serial", "3"], "--pinset-key"),
+        (
+            vec!["--pinset-key", "k.pub", "--pinset-min-serial", "0"],
+            "positive integer",
+        ),
+        (
+            vec!["--pinset-key", "k.pub", "--pinset-min-serial", "x"],
+            "positive integer",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+            .args(["run", "--pins", "pins.yaml"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+}
+
 /// `--state-dir` is checked at start: a missing directory (or a file) stops
 /// `run` naming the flag, where it used to start and refuse every request
 /// for good; an unreadable floor in an existing one says that nothing is

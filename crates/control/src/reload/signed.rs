@@ -16,13 +16,19 @@
 //! for the sake of the record. The floor in memory still protects this
 //! process; only a restart would fall back to the floor last written, which
 //! is never lower than what an earlier restart had.
+//!
+//! `--state-dir` is an emptyDir: a new pod starts with no floor and would
+//! apply any validly signed serial the Secret holds. `--pinset-min-serial`
+//! is the floor every pod starts with; the floor in effect is the higher of
+//! it and the one learnt (held or kept), and a serial below it is refused
+//! as any rollback is.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pinproxy_policy::load::{Caps, SignatureError, Source};
 use pinproxy_policy::{self as policy, Policy, Signed};
-use pinproxy_sign::{Accepted, Floor, KeyRing, Refusal, Sha256, StateDir, VerifyError};
+use pinproxy_sign::{Accepted, Floor, KeyRing, Refusal, Serial, Sha256, StateDir, VerifyError};
 
 use super::Error;
 use crate::Readiness;
@@ -31,6 +37,8 @@ use crate::Readiness;
 pub struct Signing {
     keys: KeyRing,
     state: Option<StateDir>,
+    /// `--pinset-min-serial`: a floor no pod starts without.
+    minimum: Option<Serial>,
     floor: Mutex<Held>,
     readiness: Arc<Readiness>,
 }
@@ -38,7 +46,8 @@ pub struct Signing {
 /// The floor as known to this process.
 #[derive(Clone, Copy, Debug)]
 enum Held {
-    /// `None`: nothing applied yet and no state kept.
+    /// The floor in effect, the minimum included; `None`: nothing applied
+    /// yet, no state kept and no minimum.
     Known(Option<Floor>),
     /// `--state-dir`'s file could not be read: nothing may be applied
     /// until it can (it is read again on every attempt).
@@ -79,18 +88,26 @@ pub fn check_signed(
 // === impl Signing ===
 
 impl Signing {
-    /// Reads the floor kept in `state` (blocking; at start). The sidecar
-    /// is not ready until a signed pinset is applied: `readiness` says why
-    /// meanwhile.
-    pub fn new(keys: KeyRing, state: Option<StateDir>, readiness: Arc<Readiness>) -> Self {
+    /// Reads the floor kept in `state` (blocking; at start); `minimum` is
+    /// `--pinset-min-serial`. The sidecar is not ready until a signed
+    /// pinset is applied: `readiness` says why meanwhile.
+    pub fn new(
+        keys: KeyRing,
+        state: Option<StateDir>,
+        minimum: Option<Serial>,
+        readiness: Arc<Readiness>,
+    ) -> Self {
         readiness.wait_for_pinset("no signed pinset has been loaded yet".into());
+        if let Some(m) = minimum {
+            tracing::info!(serial = %m, "minimum serial (--pinset-min-serial)");
+        }
         let held = match state.as_ref().map(StateDir::load) {
-            None => Held::Known(None),
+            None => Held::Known(Floor::at_least(None, minimum)),
             Some(Ok(floor)) => {
                 if let Some(f) = &floor {
                     tracing::info!(serial = %f.serial(), "rollback floor read from the state directory");
                 }
-                Held::Known(floor)
+                Held::Known(Floor::at_least(floor, minimum))
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "rollback floor unknown: no pinset is applied");
@@ -101,6 +118,7 @@ impl Signing {
         Signing {
             keys,
             state,
+            minimum,
             floor: Mutex::new(held),
             readiness,
         }
@@ -110,11 +128,11 @@ impl Signing {
         &self.keys
     }
 
-    /// The floor in force (`None` before any pinset).
+    /// The floor in effect (`None` before any pinset, without a minimum).
     pub fn floor(&self) -> Option<Floor> {
         match *self.lock() {
             Held::Known(f) => f,
-            Held::Unknown => None,
+            Held::Unknown => Floor::at_least(None, self.minimum),
         }
     }
 
@@ -133,9 +151,9 @@ impl Signing {
             return Ok(f);
         }
         let Some(state) = &self.state else {
-            return Ok(None);
+            return Ok(Floor::at_least(None, self.minimum));
         };
-        let floor = state.load()?;
+        let floor = Floor::at_least(state.load()?, self.minimum);
         let mut held = self.lock();
         if let Held::Unknown = *held {
             tracing::info!("the rollback state is readable again");
@@ -183,7 +201,11 @@ impl Signing {
     /// Whether `accepted` may still replace what is in force now (a newer
     /// load may have raised the floor since it was checked).
     pub(super) fn admit(&self, path: &Path, accepted: &Accepted) -> Result<(), Error> {
-        let Held::Known(Some(floor)) = *self.lock() else {
+        let held = match *self.lock() {
+            Held::Known(f) => f,
+            Held::Unknown => None,
+        };
+        let Some(floor) = Floor::at_least(held, self.minimum) else {
             return Ok(());
         };
         floor
