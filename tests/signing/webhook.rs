@@ -213,3 +213,59 @@ async fn the_webhook_refuses_unsigned_badly_signed_and_rolled_back_pinsets() {
     delete["request"]["object"] = Json::Null;
     assert_eq!(post(dir.path(), addr, &delete)["allowed"], json!(true));
 }
+
+/// DELETE then CREATE of an old serial: a CREATE has no old object, so the
+/// old object's serial is no floor. `--pinset-min-serial` is.
+#[tokio::test]
+async fn delete_then_create_below_the_minimum_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new().await;
+    let a = Key::new(dir.path(), "a", Algorithm::EcdsaP256);
+    let tls = Pki::new(&[NAME]);
+    std::fs::write(dir.path().join("ca.pem"), tls.root.pem()).unwrap();
+    let chain = pem("CERTIFICATE", &tls.leaf.cert) + &tls.int.pem();
+    std::fs::write(dir.path().join("tls.crt"), chain).unwrap();
+    std::fs::write(dir.path().join("tls.key"), tls.leaf.key.serialize_pem()).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _webhook = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["webhook", "--listen", &addr.to_string(), "--tls-cert"])
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--pinset-key")
+        .arg(&a.public)
+        .args(["--pinset-key-from", "configmap/pinproxy-pinset-key"])
+        .args(["--pinset-min-serial", "3"])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(addr).await;
+
+    let signed = |n: u64| {
+        let v = w.good(n);
+        object(
+            "Secret",
+            true,
+            &[("pins.yaml", &v), ("pins.yaml.sig", &a.sign(&v))],
+        )
+    };
+    let mut delete = review("DELETE", &signed(3), Some(&signed(3)));
+    delete["request"]["object"] = Json::Null;
+    assert_eq!(post(dir.path(), addr, &delete)["allowed"], json!(true));
+    let r = post(dir.path(), addr, &review("CREATE", &signed(1), None));
+    let printed = kubectl(&r);
+    assert_eq!(cause(&r), "rollback", "{r}");
+    assert!(
+        printed.ends_with(
+            "pinproxy: serial 1 is lower than the minimum serial (3, --pinset-min-serial): \
+             a rollback is refused"
+        ),
+        "{printed}"
+    );
+    let r = post(dir.path(), addr, &review("CREATE", &signed(3), None));
+    assert_eq!(r["allowed"], json!(true), "{r}");
+}

@@ -183,6 +183,15 @@ pub struct SidecarArgs {
         value_name = "KIND/NAME[:KEY]"
     )]
     pub pinset_key_from: Vec<super::PinsetKey>,
+    /// With --pinset-key-from: the sidecar's `--pinset-min-serial`, the
+    /// lowest pinset serial it applies (its --state-dir floor is lost with
+    /// the pod; this one is in the pod's arguments, which the pins
+    /// Secret's writer cannot change). With the webhook's --pinset-key,
+    /// `POST /validate` also denies a pinset object below it. Raise it when
+    /// retiring a signing key or a pinned key: to the serial of the first
+    /// pinset without it.
+    #[arg(long, env = "PINPROXY_INJECT_PINSET_MIN_SERIAL", value_name = "N")]
+    pub pinset_min_serial: Option<pinproxy_sign::Serial>,
     /// Log format of the sidecar (its `run --log-format`).
     #[arg(long = "sidecar-log-format", env = "PINPROXY_INJECT_LOG_FORMAT", default_value = "json",
           value_parser = ["text", "json"])]
@@ -238,6 +247,7 @@ impl From<&SidecarArgs> for InjectOptions {
             identity_secrets: a.identity_secrets.clone(),
             learn_file: a.learn_file.clone().filter(|f| !f.trim().is_empty()),
             pinset_key_from: a.pinset_key_from.clone(),
+            pinset_min_serial: a.pinset_min_serial,
         }
     }
 }

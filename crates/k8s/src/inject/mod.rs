@@ -162,6 +162,8 @@ pub struct InjectOptions {
     /// Public keys the pinset must be signed with (`run --pinset-key`),
     /// from ConfigMaps/Secrets; with any, `--state-dir` on an emptyDir.
     pub pinset_key_from: Vec<PinsetKey>,
+    /// The sidecar's `--pinset-min-serial` (with keys only).
+    pub pinset_min_serial: Option<pinproxy_sign::Serial>,
 }
 
 /// Transparent mode's settings: the init container's `pinproxy redirect`
@@ -392,6 +394,7 @@ impl Default for InjectOptions {
             identity_secrets: Vec::new(),
             learn_file: None,
             pinset_key_from: Vec::new(),
+            pinset_min_serial: None,
         }
     }
 }

@@ -22,6 +22,12 @@ impl InjectOptions {
                 self.pins_secret
             ));
         }
+        if self.pinset_min_serial.is_some() && self.pinset_key_from.is_empty() {
+            return bad(
+                "--pinset-min-serial needs --pinset-key-from: it is a floor for signed pinsets"
+                    .into(),
+            );
+        }
         if self.proxy_port == 0 || self.admin_port == 0 || self.proxy_port == self.admin_port {
             return bad(format!(
                 "ports must be non-zero and distinct (proxy {}, admin {})",

@@ -91,7 +91,8 @@ impl InjectOptions {
         out
     }
 
-    /// `--pinset-key FILE …` and `--state-dir`, when keys are configured.
+    /// `--pinset-key FILE …`, `--state-dir` and `--pinset-min-serial`, when
+    /// keys are configured.
     pub(super) fn signing_args(&self) -> Vec<String> {
         let keys = self.pinset_keys();
         if keys.is_empty() {
@@ -102,6 +103,9 @@ impl InjectOptions {
             args.extend(["--pinset-key".to_string(), k.file()]);
         }
         args.extend(["--state-dir".to_string(), STATE_DIR.to_string()]);
+        if let Some(min) = self.pinset_min_serial {
+            args.extend(["--pinset-min-serial".to_string(), min.to_string()]);
+        }
         args
     }
 
@@ -187,6 +191,38 @@ mod tests {
         );
         assert_eq!(o.signing_volumes().len(), 2);
         assert_eq!(o.signing_mounts().len(), 2);
+    }
+
+    /// The floor a new pod starts with: in the pod's args, which the pins
+    /// Secret's writer cannot change.
+    #[test]
+    fn the_minimum_serial_goes_to_the_sidecar() {
+        let o = InjectOptions {
+            pinset_key_from: vec!["configmap/a".parse().unwrap()],
+            pinset_min_serial: Some("4".parse().unwrap()),
+            ..InjectOptions::default()
+        };
+        o.validate().expect("valid");
+        let args = o.signing_args();
+        assert_eq!(
+            args[args.len() - 2..],
+            ["--pinset-min-serial".to_string(), "4".to_string()]
+        );
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  \
+            template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      \
+            - {name: app, image: app:1}\n";
+        let out = crate::inject::inject_stream(deployment, &o).unwrap();
+        assert!(out.contains("--pinset-min-serial"), "{out}");
+        // Without keys it would be ignored: refused instead.
+        let alone = InjectOptions {
+            pinset_min_serial: Some("4".parse().unwrap()),
+            ..InjectOptions::default()
+        };
+        let err = alone.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--pinset-min-serial needs --pinset-key-from"),
+            "{err}"
+        );
     }
 
     #[test]

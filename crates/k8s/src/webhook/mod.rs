@@ -161,7 +161,9 @@ pub async fn run(args: &WebhookArgs, serial_of: SerialReader) -> Result<(), Webh
         for id in keys.ids() {
             tracing::info!(key = %id, "pinset key for POST /validate");
         }
-        Some(Arc::new(Pinsets::new(keys, serial_of)))
+        Some(Arc::new(
+            Pinsets::new(keys, serial_of).with_minimum(opts.pinset_min_serial),
+        ))
     };
     let certs = Arc::new(CertReloader::load(&args.tls_cert, &args.tls_key)?);
     let listener = TcpListener::bind(args.listen)

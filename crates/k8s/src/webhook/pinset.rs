@@ -4,9 +4,11 @@
 //! Only objects labelled `pinproxy.io/pinset: "true"`, or whose old
 //! object was (an UPDATE removing the label), are judged (the chart's
 //! `objectSelector` sends only those; anything else that arrives is
-//! allowed). The decision is [`pinproxy_sign::admission::review`]: the same
-//! keys and the same serial reader as the sidecars, with the old object's
-//! verified serial as the floor. The message comes back in
+//! allowed). The decision is [`pinproxy_sign::admission::review_with_minimum`]:
+//! the same keys and the same serial reader as the sidecars, with the old
+//! object's verified serial as the floor, raised to `--pinset-min-serial`.
+//! DELETE is not judged: without a minimum, DELETE then CREATE of an old
+//! serial passes (a CREATE has no old object). The message comes back in
 //! `response.status.message`, which `kubectl apply` prints as
 //! `admission webhook "…" denied the request: pinproxy: …`.
 //!
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use http::StatusCode;
 use pinproxy_sign::admission::{self, Admission, Object, PINS_KEY, SIG_KEY};
-use pinproxy_sign::{BoxError, KeyRing};
+use pinproxy_sign::{BoxError, KeyRing, Serial};
 use serde_json::{json, Value as Json};
 
 use super::Reply;
@@ -34,19 +36,31 @@ pub type SerialReader = Arc<dyn Fn(&[u8]) -> Result<u64, BoxError> + Send + Sync
 pub struct Pinsets {
     keys: KeyRing,
     serial_of: SerialReader,
+    /// `--pinset-min-serial`: a floor for every CREATE and UPDATE.
+    minimum: Option<Serial>,
 }
 
 impl std::fmt::Debug for Pinsets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pinsets")
             .field("keys", &self.keys.ids())
+            .field("minimum", &self.minimum)
             .finish_non_exhaustive()
     }
 }
 
 impl Pinsets {
     pub fn new(keys: KeyRing, serial_of: SerialReader) -> Self {
-        Pinsets { keys, serial_of }
+        Pinsets {
+            keys,
+            serial_of,
+            minimum: None,
+        }
+    }
+
+    /// Denies (`rollback`) a pinset object whose serial is below `minimum`.
+    pub fn with_minimum(self, minimum: Option<Serial>) -> Self {
+        Pinsets { minimum, ..self }
     }
 }
 
@@ -96,10 +110,11 @@ pub fn validate(body: &[u8], pinsets: Option<&Pinsets>) -> Reply {
     };
     // An old object that cannot be read gives no floor (as an unverified one).
     let old = old_object.and_then(|o| Entries::of(o).ok());
-    let decision = admission::review(
+    let decision = admission::review_with_minimum(
         &pinsets.keys,
         &new.object(),
         old.as_ref().map(Entries::object).as_ref(),
+        pinsets.minimum,
         |b: &[u8]| (pinsets.serial_of)(b),
     );
     let subject = Subject::of(request);
@@ -353,6 +368,50 @@ mod tests {
             Some(&p),
         );
         assert!(allowed(&r), "{}", r.body);
+    }
+
+    /// A CREATE has no old object: DELETE then CREATE of an old serial
+    /// passed. The minimum serial denies it.
+    #[test]
+    fn a_create_below_the_minimum_serial_is_denied() {
+        let (key, _) = SigningKey::generate(Algorithm::EcdsaP256).unwrap();
+        let min = Some(Serial::new(3).unwrap());
+        let p = pinsets(&key).with_minimum(min);
+        let signed = |serial: u64| {
+            let pins = format!("version: 1\nserial: {serial}\nhosts: {{}}\n");
+            let sig = key.sign(pins.as_bytes()).unwrap().to_base64();
+            labelled(
+                "Secret",
+                json!({"stringData": {PINS_KEY: pins, SIG_KEY: sig}}),
+            )
+        };
+        let create = |object: Json| {
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                   "request": {"uid": "u1", "operation": "CREATE", "object": object}})
+            .to_string()
+            .into_bytes()
+        };
+        let r = validate(&create(signed(1)), Some(&p));
+        assert!(!allowed(&r), "{}", r.body);
+        let status = &r.body["response"]["status"];
+        assert_eq!(status["details"]["causes"][0]["reason"], json!("rollback"));
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("lower than the minimum serial (3, --pinset-min-serial)"),
+            "{}",
+            r.body
+        );
+        // An UPDATE from an old object that is itself below the minimum.
+        let r = validate(&review(signed(2), signed(1)), Some(&p));
+        assert!(!allowed(&r), "{}", r.body);
+        for n in [3, 4] {
+            let r = validate(&create(signed(n)), Some(&p));
+            assert!(allowed(&r), "serial {n}: {}", r.body);
+        }
+        // Without the minimum the CREATE of serial 1 passes (the gap).
+        assert!(allowed(&validate(&create(signed(1)), Some(&pinsets(&key)))));
     }
 
     #[test]
