@@ -22,6 +22,13 @@ impl InjectOptions {
                 self.pins_secret
             ));
         }
+        if let Some(key) = self.key_in(&self.pins_secret) {
+            return bad(format!(
+                "--pinset-key-from {key} is the pins Secret ({}): whoever writes the pins \
+                 could write the key too; keep the key in another object",
+                self.pins_secret
+            ));
+        }
         if self.pinset_min_serial.is_some() && self.pinset_key_from.is_empty() {
             return bad(
                 "--pinset-min-serial needs --pinset-key-from: it is a floor for signed pinsets"

@@ -109,6 +109,14 @@ impl InjectOptions {
         args
     }
 
+    /// Whether `secret` (a pins Secret) is also where a pinset key is read
+    /// from: whoever writes the pins could then write the key too.
+    pub(super) fn key_in(&self, secret: &str) -> Option<&PinsetKey> {
+        self.pinset_key_from
+            .iter()
+            .find(|k| k.0.kind == ExtraCaKind::Secret && k.0.name == secret)
+    }
+
     /// The keys' projected volume and the state emptyDir; none without keys.
     pub(super) fn signing_volumes(&self) -> Vec<Value> {
         let keys = self.pinset_keys();
@@ -223,6 +231,42 @@ mod tests {
             err.contains("--pinset-min-serial needs --pinset-key-from"),
             "{err}"
         );
+    }
+
+    /// `--help` says "never the pins Secret": whoever writes the pins
+    /// would also write the key.
+    #[test]
+    fn the_key_is_never_read_from_the_pins_secret() {
+        let o = InjectOptions {
+            pinset_key_from: vec!["secret/pinproxy-pins:cosign.pub".parse().unwrap()],
+            ..InjectOptions::default()
+        };
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("is the pins Secret (pinproxy-pins)"), "{err}");
+        // A ConfigMap of the same name is another object.
+        let o = InjectOptions {
+            pinset_key_from: vec!["configmap/pinproxy-pins".parse().unwrap()],
+            ..InjectOptions::default()
+        };
+        o.validate().expect("a ConfigMap is not the Secret");
+        // A template naming the key's Secret as its pins Secret.
+        let o = InjectOptions {
+            pinset_key_from: vec!["secret/keys".parse().unwrap()],
+            ..InjectOptions::default()
+        };
+        o.validate().expect("valid");
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n    \
+            pinproxy.io/pins-secret: keys\nspec:\n  containers:\n  - {name: app, image: app:1}\n";
+        let err = crate::inject::inject_stream(pod, &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pinproxy.io/pins-secret")
+                && err.contains("--pinset-key-from secret/keys"),
+            "{err}"
+        );
+        let other = pod.replace("pins-secret: keys", "pins-secret: shop-pins");
+        crate::inject::inject_stream(&other, &o).expect("another Secret");
     }
 
     #[test]

@@ -241,6 +241,12 @@ fn label_and_pins_secret(
             "annotation {PINS_SECRET_ANNOTATION}: {secret:?} is not a valid Secret name"
         )));
     }
+    if let Some(key) = opts.key_in(&secret) {
+        return Err(at.malformed(&format!(
+            "annotation {PINS_SECRET_ANNOTATION}: {secret:?} is where the pinset key is read \
+             from (--pinset-key-from {key}): whoever writes the pins could write the key too"
+        )));
+    }
     child_mapping(meta, "labels")
         .ok_or_else(|| at.malformed("metadata.labels is not a mapping"))?
         .insert(s(INJECTED_LABEL), s("true"));
