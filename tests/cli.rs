@@ -1,4 +1,4 @@
-//! The `pin` and `check` commands, run as the built binary.
+//! The `pin`, `check` and `sign` commands, run as the built binary.
 
 mod support;
 use support::run_pinproxy as pinproxy;
@@ -386,4 +386,79 @@ async fn pin_connect_and_check_live_against_a_local_server() {
         pki.root.pin()
     );
     assert!(out.1.contains(&live), "{}", out.1);
+}
+
+/// `sign` loads the file as `check` does (without `--live`) before it
+/// signs: a pinset every sidecar would refuse (`failure`) is not signed,
+/// and the reasons are `check`'s.
+#[test]
+fn sign_refuses_a_pinset_that_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |f: &str| dir.path().join(f).display().to_string();
+    let (code, out, err) = pinproxy(&["keygen", "--out", &at("k")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (fixture, expect) in [
+        ("bad_pin_base64.yaml", "pins[1]: pin is not valid base64"),
+        ("missing_bundle.yaml", "trust: cannot read CA bundle"),
+    ] {
+        let body = std::fs::read_to_string(fixtures.join(fixture)).unwrap();
+        let pins = dir.path().join(fixture);
+        std::fs::write(&pins, format!("serial: 9\n{body}")).unwrap();
+        let p = pins.display().to_string();
+        let (code, out, err) = pinproxy(&["sign", "--key", &at("k.key"), &p]);
+        assert_eq!(code, 1, "{fixture}: {out}{err}");
+        assert!(
+            out.contains(&format!("{p}: error: ")) && out.contains(expect),
+            "{fixture}: {out}{err}"
+        );
+        assert!(out.contains(&format!("{p}: not signed")), "{out}");
+        assert!(
+            !Path::new(&format!("{p}.sig")).exists(),
+            "{fixture}: signed anyway"
+        );
+    }
+}
+
+/// `FILE.sig` is replaced, never followed: a symlink there used to have
+/// its target overwritten with the signature.
+#[test]
+fn sign_replaces_a_symlinked_sig_without_writing_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |f: &str| dir.path().join(f).display().to_string();
+    let (code, out, err) = pinproxy(&["keygen", "--out", &at("k")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.yaml"),
+    )
+    .unwrap();
+    std::fs::write(at("pins.yaml"), format!("serial: 2\n{good}")).unwrap();
+    std::fs::write(at("precious.txt"), "precious\n").unwrap();
+    std::os::unix::fs::symlink(at("precious.txt"), at("pins.yaml.sig")).unwrap();
+    let (code, out, err) = pinproxy(&["sign", "--key", &at("k.key"), &at("pins.yaml")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(at("precious.txt")).unwrap(),
+        "precious\n"
+    );
+    let sig = dir.path().join("pins.yaml.sig");
+    assert!(!sig.symlink_metadata().unwrap().is_symlink());
+    let (code, out, err) = pinproxy(&["check", &at("pins.yaml"), "--key", &at("k.pub")]);
+    assert_eq!(code, 0, "the replaced .sig verifies: {out}{err}");
+    // Nothing left behind but the files named.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "k.key",
+            "k.pub",
+            "pins.yaml",
+            "pins.yaml.sig",
+            "precious.txt"
+        ]
+    );
 }

@@ -57,15 +57,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
             outln!("{}: error: {why}", args.path.display());
             return Err(Error::Reported);
         }
-        Err(Unusable::Load(policy::Error::Invalid { path, problems })) => {
-            for p in &problems {
-                outln!("{}: error: {p}", path.display());
-            }
-            return Err(Error::Reported);
-        }
-        // Not read at all (missing, unreadable, over the size cap): the
-        // command failed, on stderr as `pinproxy: …`.
-        Err(Unusable::Load(e)) => return Err(Error::failed(e)),
+        Err(Unusable::Load(e)) => return Err(reported(e)),
     };
     for w in &policy.warnings {
         outln!("{}: warning: {w}", args.path.display());
@@ -110,6 +102,22 @@ fn load(args: &CheckArgs, caps: policy::load::Caps) -> Result<policy::Policy, Un
         verify(args, &mut source).map_err(Unusable::Signature)?;
     }
     policy::load::load_source(&source, caps).map_err(Unusable::Load)
+}
+
+/// A load error as `check` reports it: each problem of an invalid file on
+/// stdout, `PATH: error: …` ([`Error::Reported`]); a file not read at all
+/// (missing, unreadable, over the size cap) fails the command, on stderr as
+/// `pinproxy: …`. `sign` refuses with the same words.
+pub(super) fn reported(e: policy::Error) -> Error {
+    match e {
+        policy::Error::Invalid { path, problems } => {
+            for p in &problems {
+                outln!("{}: error: {p}", path.display());
+            }
+            Error::Reported
+        }
+        e => Error::failed(e),
+    }
 }
 
 /// Why `check` refuses a file.

@@ -21,6 +21,16 @@ pub struct SignArgs {
     pub key: PathBuf,
     /// The pinset file; the signature is written to FILE.sig beside it.
     pub file: PathBuf,
+    /// As `run --max-pinset-bytes` (and the same variable): FILE is loaded
+    /// as the proxy will load it before it is signed.
+    #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = policy::load::DEFAULT_MAX_BYTES)]
+    pub max_pinset_bytes: u64,
+    /// As `run --max-file-bytes`.
+    #[arg(long, env = "PINPROXY_MAX_FILE_BYTES", default_value_t = policy::load::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+    /// As `run --max-crl-entries`.
+    #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = policy::load::DEFAULT_MAX_CRL_ENTRIES)]
+    pub max_crl_entries: usize,
 }
 
 #[derive(Args, Debug)]
@@ -34,24 +44,41 @@ pub struct KeygenArgs {
     pub ed25519: bool,
 }
 
-/// Signs the exact bytes of a pinset with a valid `serial:`.
+/// Signs the exact bytes of a pinset that loads (as `check` loads it,
+/// without `--live`) and has a valid `serial:`.
 pub fn sign(args: &SignArgs) -> Result<(), Error> {
     let key = sign::read_signing_key(&args.key).map_err(Error::failed)?;
-    let bytes = std::fs::read(&args.file)
-        .map_err(|e| Error::failed(format!("cannot read {}: {e}", args.file.display())))?;
+    let caps = policy::load::Caps {
+        pinset: args.max_pinset_bytes,
+        file: args.max_file_bytes,
+        crl_entries: args.max_crl_entries,
+    };
+    // One read: the bytes loaded are the bytes signed.
+    let source = policy::load::read(&args.file, caps, false).map_err(Error::failed)?;
     // A signed file without a valid serial is refused by every sidecar:
     // say so now rather than sign it.
-    let serial = policy::load::serial(&bytes)
+    let serial = policy::load::serial(&source.bytes)
         .map_err(|e| Error::failed(format!("{}: not signed: {e}", args.file.display())))?;
-    let signature = key.sign(&bytes).map_err(Error::failed)?;
+    // So is one that does not load: a signature on it only gets a sidecar
+    // to refuse it later, as a `failure` with the key's blessing.
+    let loaded = policy::load::load_source(&source, caps).map_err(|e| {
+        let e = super::check::reported(e);
+        if matches!(e, Error::Reported) {
+            outln!("{}: not signed", args.file.display());
+        }
+        e
+    })?;
+    for w in &loaded.warnings {
+        outln!("{}: warning: {w}", args.file.display());
+    }
+    let signature = key.sign(&source.bytes).map_err(Error::failed)?;
     let out = sig_path(&args.file);
-    std::fs::write(&out, signature.to_base64())
-        .map_err(|e| Error::failed(format!("cannot write {}: {e}", out.display())))?;
+    replace(&out, signature.to_base64().as_bytes())?;
     outln!(
         "{}: signed (serial {serial}, key {}, sha256 {})",
         out.display(),
         key.public_key().id(),
-        sign::Sha256::of(&bytes)
+        sign::Sha256::of(&source.bytes)
     );
     Ok(())
 }
@@ -100,6 +127,23 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// Writes `bytes` to `path` through a new file in the same directory,
+/// renamed over it: a symlink at `path` is replaced, never followed (a
+/// `FILE.sig` pointing elsewhere would have had its target overwritten),
+/// and a reader sees the old signature or the new one, never half.
+fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = write_new(&tmp, bytes, 0o644).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .map_err(|e| Error::failed(format!("cannot write {}: {e}", path.display())))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Creates `path` (never replacing a file) with `mode`, and writes `bytes`.
