@@ -161,6 +161,14 @@ PYEOF
 why="$(helm template pinproxy "$CHART" --set pinset.signing.publicKey=x 2>&1 || true)"
 grep -q "would have no pins.yaml.sig" <<<"$why" \
   || die "signing without pins.signature is not refused with a reason: $why"
+# pinset.signing.minSerial reaches the webhook (and so every sidecar) as
+# --pinset-min-serial; one above the chart's own pinset's serial is refused.
+helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" --set pinset.signing.minSerial=1000000 \
+  --set pins.existingSecret=p | grep -q -- "- --pinset-min-serial=1000000$" \
+  || die "pinset.signing.minSerial is not passed as --pinset-min-serial"
+why="$(helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" --set pinset.signing.minSerial=2 2>&1 || true)"
+grep -q "below pinset.signing.minSerial 2" <<<"$why" \
+  || die "a minSerial above pins.content's serial is not refused with a reason: $why"
 
 # The chart must refuse nonsense values through values.schema.json.
 log "helm template rejects invalid values (values.schema.json)"
@@ -180,6 +188,8 @@ refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
 refuse --set 'pinset.signing.publicKeyFrom={pod/x}' --set pins.existingSecret=p
 refuse --set pinset.signing.failurePolicy=Sometimes
+refuse --set pinset.signing.minSerial=-1
+refuse --set pinset.signing.minSerial=3  # a floor for signed pinsets: needs a key
 # The NetworkPolicy makes the operator choose what happens to other ports.
 refuse --set networkPolicy.enabled=true
 refuse --set networkPolicy.enabled=true --set networkPolicy.otherPorts=maybe
