@@ -7,6 +7,20 @@ use serde_json::{json, Value as Json};
 use super::{Mode, Reply};
 use crate::inject::{self, InjectOptions};
 
+/// Containers and init containers a pod may have for the webhook to inject
+/// it. Kubernetes sets no limit, and real pods have a handful (a few dozen
+/// at the very most); but injection adds ~2 KB of environment and mounts to
+/// every app container, so a 600 KB review of 18,000 one-line containers
+/// came back as a 33 MB patch and four at once took the webhook to 1.4 GB.
+/// Past this cap a pod that asked for injection is denied, never admitted
+/// unpinned.
+pub const MAX_CONTAINERS: usize = 100;
+
+/// Largest JSONPatch answered, bytes of JSON (before base64). Under
+/// [`MAX_CONTAINERS`] a real patch is tens of KB; this catches what the
+/// cap does not foresee (a huge `JAVA_TOOL_OPTIONS` merged and sent back).
+pub const MAX_PATCH_BYTES: usize = 1024 * 1024;
+
 /// Answer one AdmissionReview body. Pure: no I/O, never panics on input.
 pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
     let doc: Json = match serde_json::from_slice(body) {
@@ -52,17 +66,37 @@ fn is_pod_create(request: &Json) -> bool {
 /// Inject the Pod of a CREATE review, if it opted in: a patch, warnings
 /// (a `hostNetwork` pod is allowed unmodified), or a denial saying why.
 fn review_pod(uid: &str, request: &Json, pod: &Json, mode: Mode, opts: &InjectOptions) -> Reply {
+    // Whether the pod asked, from its metadata alone: a pod that did not
+    // is let through before anything in proportion to it is built.
+    let marked = match serde_yaml::to_value(pod.get("metadata")) {
+        Ok(meta) => {
+            let mut m = serde_yaml::Mapping::new();
+            m.insert("metadata".into(), meta);
+            serde_yaml::Value::Mapping(m)
+        }
+        Err(e) => return bad(uid, &format!("pod cannot be read: {e}")),
+    };
+    let wanted = match mode {
+        Mode::OptIn => inject::has_inject_marker(&marked, true),
+        Mode::OptOut => true,
+    };
+    if !wanted || inject::has_inject_marker(&marked, false) {
+        return allow(uid, None, &[]);
+    }
+    let containers = container_count(pod);
+    if containers > MAX_CONTAINERS {
+        return bad(
+            uid,
+            &format!(
+                "pinproxy cannot inject this pod: it has {containers} containers and init \
+                 containers, over the webhook's limit of {MAX_CONTAINERS}"
+            ),
+        );
+    }
     let mut yaml_pod: serde_yaml::Value = match serde_yaml::to_value(pod) {
         Ok(v) => v,
         Err(e) => return bad(uid, &format!("pod cannot be read: {e}")),
     };
-    let wanted = match mode {
-        Mode::OptIn => inject::has_inject_marker(&yaml_pod, true),
-        Mode::OptOut => true,
-    };
-    if !wanted || inject::has_inject_marker(&yaml_pod, false) {
-        return allow(uid, None, &[]);
-    }
     let report = match inject::inject_pod_report(&mut yaml_pod, opts) {
         Ok(r) => r,
         Err(e) => return bad(uid, &format!("pinproxy cannot inject this pod: {e}")),
@@ -86,8 +120,27 @@ fn review_pod(uid: &str, request: &Json, pod: &Json, mode: Mode, opts: &InjectOp
         Ok(new) => new,
         Err(e) => return bad(uid, &format!("injected pod cannot be encoded: {e}")),
     };
+    drop(yaml_pod);
     let mut ops = Vec::new();
     diff("", pod, &new, &mut ops);
+    drop(new);
+    let patch = match (!ops.is_empty())
+        .then(|| serde_json::to_vec(&ops))
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => return bad(uid, &format!("patch cannot be encoded: {e}")),
+    };
+    if let Some(p) = patch.as_ref().filter(|p| p.len() > MAX_PATCH_BYTES) {
+        return bad(
+            uid,
+            &format!(
+                "pinproxy cannot inject this pod: its patch would be {} bytes, over the \
+                 webhook's limit of {MAX_PATCH_BYTES}",
+                p.len()
+            ),
+        );
+    }
     tracing::info!(
         uid,
         namespace = subject.namespace,
@@ -97,11 +150,17 @@ fn review_pod(uid: &str, request: &Json, pod: &Json, mode: Mode, opts: &InjectOp
         warnings = %warnings.join("; "),
         "pod injected"
     );
-    allow(
-        uid,
-        (!ops.is_empty()).then_some(Json::Array(ops)),
-        &warnings,
-    )
+    allow(uid, patch.as_deref(), &warnings)
+}
+
+/// `spec.containers` and `spec.initContainers` together.
+fn container_count(pod: &Json) -> usize {
+    let spec = pod.get("spec");
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|field| spec.and_then(|s| s.get(field)).and_then(Json::as_array))
+        .map(Vec::len)
+        .sum()
 }
 
 /// A review refused. Without a uid the API server cannot match an answer:
@@ -154,14 +213,13 @@ impl<'a> PodRef<'a> {
     }
 }
 
-/// Let the pod through, with `patch` applied and `warnings` shown to the
-/// client (kubectl prints them).
-fn allow(uid: &str, patch: Option<Json>, warnings: &[String]) -> Reply {
+/// Let the pod through, with `patch` (JSONPatch as JSON text) applied and
+/// `warnings` shown to the client (kubectl prints them).
+fn allow(uid: &str, patch: Option<&[u8]>, warnings: &[String]) -> Reply {
     let mut response = json!({ "uid": uid, "allowed": true });
     if let Some(patch) = patch {
-        let bytes = serde_json::to_vec(&patch).unwrap_or_default();
         response["patchType"] = json!("JSONPatch");
-        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch));
     }
     if !warnings.is_empty() {
         response["warnings"] = json!(warnings);
@@ -190,7 +248,12 @@ pub(super) fn error_reply(status: StatusCode, uid: &str, message: &str) -> Reply
 }
 
 /// RFC 6902 operations turning `old` into `new`: objects are compared key by
-/// key, anything else that differs is replaced whole.
+/// key, arrays element by element ([`diff_arrays`]), anything else that
+/// differs is replaced whole.
+///
+/// Element by element, so the patch holds what injection adds, not copies
+/// of the containers it touched: replacing `spec.containers` whole made a
+/// patch as large as the pod, on top of the pod.
 fn diff(path: &str, old: &Json, new: &Json, ops: &mut Vec<Json>) {
     if old == new {
         return;
@@ -208,8 +271,50 @@ fn diff(path: &str, old: &Json, new: &Json, ops: &mut Vec<Json>) {
                 }
             }
         }
+        (Json::Array(a), Json::Array(b)) if diff_arrays(path, a, b, ops) => {}
         _ => ops.push(json!({ "op": "replace", "path": path, "value": new })),
     }
+}
+
+/// Injection inserts or removes one run of elements (the sidecar first in
+/// `initContainers`, env and mounts appended, an old copy taken out) and
+/// edits others in place. So: the longest prefix and suffix that stay
+/// (equal, or objects with the same `name`) are diffed pairwise and the run
+/// between them is added or removed. Any split gives a correct patch (each
+/// pair is diffed whole); this one keeps it small. `false`, pushing
+/// nothing, when the arrays are not so related: the caller replaces whole.
+fn diff_arrays(path: &str, a: &[Json], b: &[Json], ops: &mut Vec<Json>) -> bool {
+    let same = |x: &Json, y: &Json| {
+        x == y
+            || matches!((x.get("name"), y.get("name")), (Some(n), Some(m)) if n.is_string() && n == m)
+    };
+    let shorter = a.len().min(b.len());
+    let prefix = a.iter().zip(b).take_while(|(x, y)| same(x, y)).count();
+    let suffix = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(shorter - prefix)
+        .take_while(|(x, y)| same(x, y))
+        .count();
+    if prefix + suffix < shorter {
+        return false;
+    }
+    // a = a[..prefix] + run_a + a[tail..]; b likewise, one run empty.
+    let (tail_a, tail_b) = (a.len() - suffix, b.len() - suffix);
+    for (i, (x, y)) in a[..prefix].iter().zip(&b[..prefix]).enumerate() {
+        diff(&format!("{path}/{i}"), x, y, ops);
+    }
+    for _ in prefix..tail_a {
+        ops.push(json!({ "op": "remove", "path": format!("{path}/{prefix}") }));
+    }
+    for (i, y) in b.iter().enumerate().take(tail_b).skip(prefix) {
+        ops.push(json!({ "op": "add", "path": format!("{path}/{i}"), "value": y }));
+    }
+    for (i, (x, y)) in a[tail_a..].iter().zip(&b[tail_b..]).enumerate() {
+        diff(&format!("{path}/{}", tail_b + i), x, y, ops);
+    }
+    true
 }
 
 fn escape(key: &str) -> String {
@@ -220,18 +325,135 @@ fn escape(key: &str) -> String {
 mod tests {
     use super::*;
 
+    fn ops(old: Json, new: Json) -> Vec<Json> {
+        let mut ops = Vec::new();
+        diff("", &old, &new, &mut ops);
+        ops
+    }
+
     #[test]
     fn diff_escapes_and_nests() {
         let old = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": [1]}});
         let new = json!({"metadata": {"labels": {"a": "1", "pinproxy.io/injected": "true"}}, "spec": {"x": [1, 2]}});
-        let mut ops = Vec::new();
-        diff("", &old, &new, &mut ops);
         assert_eq!(
-            ops,
+            ops(old, new),
             vec![
                 json!({"op": "add", "path": "/metadata/labels/pinproxy.io~1injected", "value": "true"}),
-                json!({"op": "replace", "path": "/spec/x", "value": [1, 2]}),
+                json!({"op": "add", "path": "/spec/x/1", "value": 2}),
             ]
+        );
+    }
+
+    /// The sidecar goes first and every container is edited in place: the
+    /// patch names the new element and the edits, never a whole list.
+    #[test]
+    fn arrays_are_diffed_by_element_around_one_inserted_run() {
+        let old =
+            json!({"c": [{"name": "a"}, {"name": "b", "env": [{"name": "X", "value": "1"}]}]});
+        let new = json!({"c": [
+            {"name": "pinproxy"},
+            {"name": "a", "env": [{"name": "P", "value": "p"}]},
+            {"name": "b", "env": [{"name": "X", "value": "2"}, {"name": "P", "value": "p"}]},
+        ]});
+        assert_eq!(
+            ops(old, new),
+            vec![
+                json!({"op": "add", "path": "/c/0", "value": {"name": "pinproxy"}}),
+                json!({"op": "add", "path": "/c/1/env", "value": [{"name": "P", "value": "p"}]}),
+                json!({"op": "replace", "path": "/c/2/env/0/value", "value": "2"}),
+                json!({"op": "add", "path": "/c/2/env/1", "value": {"name": "P", "value": "p"}}),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_run_is_removed_and_what_follows_shifts() {
+        let old = json!([{"name": "a"}, {"name": "x"}, {"name": "y"}, {"name": "b"}]);
+        let new = json!([{"name": "a"}, {"name": "b", "v": 1}]);
+        assert_eq!(
+            ops(old, new),
+            vec![
+                json!({"op": "remove", "path": "/1"}),
+                json!({"op": "remove", "path": "/1"}),
+                json!({"op": "add", "path": "/1/v", "value": 1}),
+            ]
+        );
+    }
+
+    /// Elements changed in two places: no single run explains it, so the
+    /// array is replaced whole (still correct, just larger).
+    #[test]
+    fn unrelated_arrays_are_replaced_whole() {
+        assert_eq!(
+            ops(json!({"x": ["a", "b"]}), json!({"x": ["c", "b", "d"]})),
+            vec![json!({"op": "replace", "path": "/x", "value": ["c", "b", "d"]})]
+        );
+    }
+
+    fn pod_review(containers: usize) -> Vec<u8> {
+        let list: Vec<Json> = (0..containers)
+            .map(|i| json!({"name": format!("c{i}"), "image": "app:1"}))
+            .collect();
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "operation": "CREATE",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "object": {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "p", "labels": {"pinproxy.io/inject": "true"}},
+                    "spec": {"containers": list}
+                }
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_pod_over_the_container_cap_is_denied_and_one_at_it_injected() {
+        let opts = InjectOptions::default();
+        let over = review(&pod_review(MAX_CONTAINERS + 1), Mode::OptIn, &opts);
+        let r = &over.body["response"];
+        assert_eq!(r["allowed"], json!(false), "{r}");
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("101 containers and init containers, over the webhook's limit of 100"),
+            "{r}"
+        );
+        let at = review(&pod_review(MAX_CONTAINERS), Mode::OptIn, &opts);
+        assert_eq!(at.body["response"]["allowed"], json!(true));
+        assert!(at.body["response"]["patch"].is_string());
+        // Not asked: not ours to judge, however large.
+        let unmarked = String::from_utf8(pod_review(MAX_CONTAINERS + 1))
+            .unwrap()
+            .replace("pinproxy.io/inject", "other");
+        let r = review(unmarked.as_bytes(), Mode::OptIn, &opts);
+        assert_eq!(r.body["response"]["allowed"], json!(true));
+        assert!(r.body["response"].get("patch").is_none());
+    }
+
+    /// Injection sends back what it merges into: a container's 1.1 MB
+    /// `JAVA_TOOL_OPTIONS` would make a patch over the limit.
+    #[test]
+    fn a_patch_over_the_limit_is_denied() {
+        let mut doc: Json = serde_json::from_slice(&pod_review(1)).unwrap();
+        doc["request"]["object"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "JAVA_TOOL_OPTIONS", "value": "-Xss1m ".repeat(160_000)}]);
+        let r = review(
+            doc.to_string().as_bytes(),
+            Mode::OptIn,
+            &InjectOptions::default(),
+        );
+        let r = &r.body["response"];
+        assert_eq!(r["allowed"], json!(false));
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("pinproxy cannot inject this pod: its patch would be ")
+                && message.ends_with("bytes, over the webhook's limit of 1048576"),
+            "{message}"
         );
     }
 }
