@@ -19,11 +19,32 @@
 //!   body timeout), and when clients together hold the whole budget the
 //!   next body gets `503` at once instead of memory; at most
 //!   [`Limits::reviews`] bodies are parsed and reviewed at once;
-//! - at most [`Limits::max_connections`] connections are served (more
-//!   wait in the kernel's accept queue).
+//! - at most [`Limits::max_connections`] connections are served; when all
+//!   are taken the oldest one that has not sent a request is closed to make
+//!   room (`slots`), and only when every one has sent a request do new ones
+//!   wait in the kernel's accept queue. A TLS handshake must finish within
+//!   3 s.
 //!
-//! Memory is so bounded by `body_budget` plus `reviews` parses of at most
-//! `max_json_values`, whatever arrives.
+//! The input side alone did not bound memory: what the webhook *builds*
+//! grew with the pod, not the body. Injection adds ~2 KB to every app
+//! container, so 600 KB of one-line containers became a 33 MB patch (and
+//! its base64, and the answer's text) and four such reviews took the
+//! webhook to 1.4 GB. So, per review (`review`):
+//! - a pod that asks for injection with more than `MAX_CONTAINERS`
+//!   containers and init containers is denied before anything is built
+//!   from it: what injection adds is then at most that many times a few KB;
+//! - the patch is diffed element by element, so it holds what injection
+//!   adds, not a copy of every container it touched; a patch over
+//!   `MAX_PATCH_BYTES` is denied, not sent;
+//! - a review holds its body, the parsed review and the pod's YAML form
+//!   (each in proportion to the body and its `max_json_values`: a 600 KB
+//!   review of 18,000 containers parses to ~20 MB), plus the patch. Four
+//!   such reviews at once peak at ~60 MB RSS (they were 1.4 GB).
+//!
+//! Memory is so bounded by `body_budget`, plus `reviews` reviews each a
+//! small multiple of a body of at most `max_body` bytes and
+//! `max_json_values` values, plus at most `MAX_PATCH_BYTES` of patch (and
+//! its base64) each, whatever arrives.
 
 use std::time::Duration;
 

@@ -28,7 +28,11 @@
 //!
 //! What a client may cost is bounded ([`Limits`]): bodies over 3.5 MiB get
 //! `413` before they are buffered, heads and bodies have timeouts, and
-//! connections and reviews in flight are capped — on every path.
+//! connections and reviews in flight are capped — on every path; a pod
+//! with more than [`MAX_CONTAINERS`] containers, or whose patch would pass
+//! [`MAX_PATCH_BYTES`], is denied. When every connection slot is taken, the
+//! oldest connection that has not sent a request is closed to make room
+//! ([`slots`]).
 //!
 //! TLS: the serving certificate and key are re-read every
 //! `--cert-reload-interval` seconds and swapped in when their bytes change
@@ -57,14 +61,19 @@ mod cert;
 mod limits;
 pub mod pinset;
 mod review;
+mod slots;
 
 pub use cert::CertReloader;
 pub use limits::{Limits, DEFAULT_MAX_BODY};
 pub use pinset::{validate, Pinsets, SerialReader};
 use review::error_reply;
-pub use review::review;
+pub use review::{review, MAX_CONTAINERS, MAX_PATCH_BYTES};
+use slots::Slots;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to complete its TLS handshake. The API server does it
+/// in milliseconds; every second allowed here is a second an idle client
+/// holds a connection slot (it was 10 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 // === types ===
@@ -273,22 +282,20 @@ pub async fn serve_all(
         .timer(TokioTimer::new())
         .max_concurrent_streams(8)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Slots::new(limits.max_connections);
     let gates = Gates {
         reviews: Arc::new(Semaphore::new(limits.reviews.max(1))),
         budget: Arc::new(Semaphore::new(limits.body_budget.max(limits.max_body))),
     };
     tokio::pin!(shutdown);
     loop {
-        // A slot first: past the cap, connections wait in the kernel's
-        // accept queue and cost us nothing.
-        let slot = tokio::select! {
+        // Room first (a free slot, or an idle connection to close): until
+        // then connections wait in the kernel's accept queue and cost us
+        // nothing.
+        tokio::select! {
             _ = &mut shutdown => break,
-            s = connections.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-        };
+            () = slots.ready() => {}
+        }
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -301,6 +308,10 @@ pub async fn serve_all(
                 }
             },
         };
+        let (slot, evicted) = tokio::select! {
+            _ = &mut shutdown => break,
+            s = slots.admit() => s,
+        };
         let acceptor = acceptor.clone();
         let opts = opts.clone();
         let pinsets = pinsets.clone();
@@ -308,24 +319,36 @@ pub async fn serve_all(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+            let slot = Arc::new(slot);
+            let serve = async {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let slot = slot.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    slot.busy();
+                    handle(req, opts.clone(), pinsets.clone(), limits, gates.clone())
+                });
+                let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             };
-            let svc = hyper::service::service_fn(move |req| {
-                handle(req, opts.clone(), pinsets.clone(), limits, gates.clone())
-            });
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // Dropping the connection closes it.
+            tokio::select! {
+                () = serve => {}
+                () = evicted.wait() => {
+                    tracing::debug!(%peer, "idle connection closed to make room");
+                }
             }
         });
     }
