@@ -175,12 +175,10 @@ pub async fn run(args: &WebhookArgs, serial_of: SerialReader) -> Result<(), Webh
         ))
     };
     let certs = Arc::new(CertReloader::load(&args.tls_cert, &args.tls_key)?);
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| WebhookError::Bind {
-            addr: args.listen,
-            source,
-        })?;
+    let listener = listen(args.listen).map_err(|source| WebhookError::Bind {
+        addr: args.listen,
+        source,
+    })?;
     tracing::info!(addr = %args.listen, "webhook listening");
     let every = Duration::from_secs(args.cert_reload_interval.max(1));
     let timeout = Duration::from_secs(args.request_timeout.max(1));
@@ -201,6 +199,22 @@ pub async fn run(args: &WebhookArgs, serial_of: SerialReader) -> Result<(), Webh
         shutdown_signal(),
     )
     .await
+}
+
+/// Connections the kernel queues until they are accepted. The default (128)
+/// overflows under clients that reconnect whenever they are closed; then
+/// every client's SYN is dropped and retried only after a second or more.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() {
@@ -310,7 +324,13 @@ pub async fn serve_all(
         };
         let (slot, evicted) = tokio::select! {
             _ = &mut shutdown => break,
-            s = slots.admit() => s,
+            s = slots.admit(peer.ip()) => match s {
+                Some(s) => s,
+                None => {
+                    tracing::debug!(%peer, "too many idle connections from this address; closed");
+                    continue;
+                }
+            },
         };
         let acceptor = acceptor.clone();
         let opts = opts.clone();

@@ -20,6 +20,14 @@
 //! `max_connections` per `GRACE` (256 a second by default) past any number
 //! of idle clients.
 //!
+//! One source address may hold at most [`PER_SOURCE`] idle connections: a
+//! new one past that closes the same address's oldest idle connection (once
+//! past its grace) or, if all of them are younger, is closed itself at once.
+//! So one client reconnecting as fast as it can holds a few slots and
+//! keeps the accept queue moving (the kernel's queue holds only 128: once
+//! it overflows, everyone's SYNs are dropped and retried seconds later),
+//! instead of filling the slots and the queue for the API server.
+//!
 //! A connection that has sent a request (its head parsed, the body perhaps
 //! still arriving) is never closed for room: it is bounded by the body
 //! timeout and budget instead. When every slot holds such a connection, new
@@ -32,6 +40,7 @@
 //! [`Limits::max_connections`]: super::Limits::max_connections
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,6 +52,11 @@ use tokio::time::Instant;
 /// milliseconds, tens through a managed control plane's tunnel.
 pub(super) const GRACE: Duration = Duration::from_millis(500);
 
+/// Idle connections one source address may hold. The API server multiplexes
+/// its reviews over HTTP/2 and opens a few connections at most, each idle
+/// for milliseconds.
+pub(super) const PER_SOURCE: usize = 16;
+
 /// The slots of one server.
 pub(super) struct Slots {
     max: usize,
@@ -53,9 +67,15 @@ pub(super) struct Slots {
 
 struct State {
     next: u64,
-    /// Open connections by age (ids grow). `Some`: still idle, since
-    /// when, and the sender that closes it; `None`: it has sent a request.
-    open: BTreeMap<u64, Option<(Instant, oneshot::Sender<()>)>>,
+    /// Open connections by age (ids grow).
+    open: BTreeMap<u64, Open>,
+}
+
+struct Open {
+    source: IpAddr,
+    /// Still idle: since when, and the sender that closes it. `None`: it
+    /// has sent a request.
+    idle: Option<(Instant, oneshot::Sender<()>)>,
 }
 
 /// What a new connection can have now.
@@ -105,29 +125,55 @@ impl Slots {
         }
     }
 
-    /// A slot for a connection just accepted, closing the oldest idle
-    /// connection if none is free. If no connection is idle any more (they
-    /// sent requests since [`Slots::ready`]), waits for a slot to be given
-    /// back.
-    pub(super) async fn admit(self: &Arc<Self>) -> (Slot, Evicted) {
+    /// A slot for a connection just accepted from `source`, closing the
+    /// oldest idle connection if none is free. If no connection is idle any
+    /// more (they sent requests since [`Slots::ready`]), waits for a slot
+    /// to be given back. `None`: `source` holds [`PER_SOURCE`] idle
+    /// connections, all within their grace; close this one.
+    pub(super) async fn admit(self: &Arc<Self>, source: IpAddr) -> Option<(Slot, Evicted)> {
+        {
+            let mut state = self.lock();
+            let theirs = state
+                .open
+                .iter()
+                .filter(|(_, o)| o.source == source && o.idle.is_some());
+            if theirs.clone().count() >= PER_SOURCE {
+                let oldest = theirs.map(|(id, o)| (*id, o.idle.as_ref().map(|i| i.0)));
+                return match oldest.take(1).next() {
+                    Some((id, Some(since))) if since.elapsed() >= GRACE => {
+                        Self::evict(&mut state, id);
+                        Some(self.take(&mut state, source))
+                    }
+                    _ => None,
+                };
+            }
+        }
         loop {
             let freed = self.freed.notified();
             let until = {
                 let mut state = self.lock();
                 match self.room(&state) {
-                    Room::Free => return self.take(&mut state),
+                    Room::Free => return Some(self.take(&mut state, source)),
                     Room::Evict(id) => {
-                        if let Some(Some((_, close))) = state.open.remove(&id) {
-                            // Its task may already be ending: nothing to close.
-                            let _ = close.send(());
-                        }
+                        Self::evict(&mut state, id);
                         tracing::debug!("all connection slots taken; closed the oldest idle one");
-                        return self.take(&mut state);
+                        return Some(self.take(&mut state, source));
                     }
                     Room::Wait(until) => until,
                 }
             };
             wait(freed, until).await;
+        }
+    }
+
+    fn evict(state: &mut State, id: u64) {
+        if let Some(Open {
+            idle: Some((_, close)),
+            ..
+        }) = state.open.remove(&id)
+        {
+            // Its task may already be ending: nothing to close.
+            let _ = close.send(());
         }
     }
 
@@ -139,7 +185,7 @@ impl Slots {
         match state
             .open
             .iter()
-            .find_map(|(id, idle)| Some((*id, idle.as_ref()?.0)))
+            .find_map(|(id, o)| Some((*id, o.idle.as_ref()?.0)))
         {
             Some((id, since)) if since.elapsed() >= GRACE => Room::Evict(id),
             Some((_, since)) => Room::Wait(Some(since + GRACE)),
@@ -147,11 +193,12 @@ impl Slots {
         }
     }
 
-    fn take(self: &Arc<Self>, state: &mut State) -> (Slot, Evicted) {
+    fn take(self: &Arc<Self>, state: &mut State, source: IpAddr) -> (Slot, Evicted) {
         let id = state.next;
         state.next += 1;
         let (close, closed) = oneshot::channel();
-        state.open.insert(id, Some((Instant::now(), close)));
+        let idle = Some((Instant::now(), close));
+        state.open.insert(id, Open { source, idle });
         (
             Slot {
                 id,
@@ -185,8 +232,8 @@ async fn wait(freed: tokio::sync::futures::Notified<'_>, until: Option<Instant>)
 impl Slot {
     /// The connection has sent a request: no longer closed for room.
     pub(super) fn busy(&self) {
-        if let Some(idle) = self.slots.lock().open.get_mut(&self.id) {
-            *idle = None;
+        if let Some(open) = self.slots.lock().open.get_mut(&self.id) {
+            open.idle = None;
         }
     }
 }
@@ -223,18 +270,22 @@ mod tests {
         }
     }
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_oldest_idle_connection_makes_room_and_busy_ones_never_do() {
         let slots = Slots::new(3);
-        let (first, first_out) = now(slots.admit()).await.unwrap();
-        let (second, second_out) = now(slots.admit()).await.unwrap();
-        let (third, third_out) = now(slots.admit()).await.unwrap();
+        let (first, first_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
+        let (second, second_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
+        let (third, third_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
         first.busy();
         // Full; two are idle, but not yet for the grace period.
         assert!(now(slots.ready()).await.is_none());
         tokio::time::advance(GRACE).await;
         assert!(now(slots.ready()).await.is_some());
-        let (_fourth, _) = now(slots.admit()).await.unwrap();
+        let (_fourth, _) = now(slots.admit(ip(1))).await.unwrap().unwrap();
         assert!(
             now(second_out.wait()).await.is_some(),
             "the oldest idle one goes"
@@ -263,11 +314,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn room_is_made_once_the_grace_period_passes() {
         let slots = Slots::new(1);
-        let (_only, out) = now(slots.admit()).await.unwrap();
+        let (_only, out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
         let started = Instant::now();
         slots.ready().await;
         assert_eq!(started.elapsed(), GRACE);
-        let (_new, _) = now(slots.admit()).await.unwrap();
+        let (_new, _) = now(slots.admit(ip(1))).await.unwrap().unwrap();
         assert!(now(out.wait()).await.is_some());
+    }
+
+    /// One address past its share closes its own oldest idle connection,
+    /// or, within the grace, the new one; others are not affected.
+    #[tokio::test(start_paused = true)]
+    async fn one_source_holds_a_few_idle_slots() {
+        let slots = Slots::new(128);
+        let mut mine = Vec::new();
+        for _ in 0..PER_SOURCE {
+            mine.push(now(slots.admit(ip(1))).await.unwrap().unwrap());
+        }
+        assert!(now(slots.admit(ip(1))).await.unwrap().is_none());
+        assert!(now(slots.admit(ip(2))).await.unwrap().is_some());
+        tokio::time::advance(GRACE).await;
+        let (_first, first_out) = mine.remove(0);
+        let _new = now(slots.admit(ip(1))).await.unwrap().unwrap();
+        assert!(now(first_out.wait()).await.is_some());
+        // Busy connections do not count.
+        for (slot, _) in &mine {
+            slot.busy();
+        }
+        assert!(now(slots.admit(ip(1))).await.unwrap().is_some());
     }
 }
