@@ -279,11 +279,147 @@ fn requests_outside_the_registration_pass_untouched() {
     );
     assert!(response(&reply).get("patch").is_none());
 
+    // An UPDATE of a pod that was not injected: not ours to judge.
     let (_, pod_yaml) = fixture_pods().remove(0);
-    let mut r = admission_review(&yaml_to_json(&pod_yaml));
+    let pod = yaml_to_json(&pod_yaml);
+    let mut r = admission_review(&pod);
     r["request"]["operation"] = json!("UPDATE");
+    r["request"]["oldObject"] = pod.clone();
     let reply = review(r.to_string().as_bytes(), Mode::OptOut, &opts());
+    assert_eq!(response(&reply)["allowed"], json!(true), "{}", reply.body);
     assert!(response(&reply).get("patch").is_none());
+    // An UPDATE without the object it replaces cannot be judged.
+    r["request"].as_object_mut().unwrap().remove("oldObject");
+    let reply = review(r.to_string().as_bytes(), Mode::OptOut, &opts());
+    assert_eq!(response(&reply)["allowed"], json!(false), "{}", reply.body);
+}
+
+/// An UPDATE review of `old` becoming `new` (`sub`: the subresource).
+fn update_review(old: &Json, new: &Json, sub: &str) -> Json {
+    let mut r = admission_review(new);
+    r["request"]["operation"] = json!("UPDATE");
+    r["request"]["oldObject"] = old.clone();
+    if !sub.is_empty() {
+        r["request"]["subResource"] = json!(sub);
+    }
+    r
+}
+
+/// After creation the API server lets a pod's images change and ephemeral
+/// containers join (an attack review swapped the sidecar's image for a
+/// relay running as the proxy's UID, and ran `kubectl debug` as root with
+/// SETUID in a transparent pod): the sidecar's and the redirect's images
+/// stay; an ephemeral container in a transparent pod gets the UID lock or
+/// is refused as an app container is at injection.
+#[test]
+fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
+    let mut o = opts();
+    o.transparent = true;
+    o.redirect.lock = true;
+    let pod = simple_pod(json!({}));
+    let reply = review(
+        admission_review(&pod).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    let injected = patched(&pod, &reply);
+    let judged = |old: &Json, new: &Json, sub: &str| {
+        review(
+            update_review(old, new, sub).to_string().as_bytes(),
+            Mode::OptOut,
+            &o,
+        )
+    };
+    let judge = |old: &Json, new: &Json, sub: &str| response(&judged(old, new, sub)).clone();
+    let set_image = |pod: &Json, list: &str, name: &str, image: &str| {
+        let mut p = pod.clone();
+        let c = p["spec"][list]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["name"] == json!(name))
+            .unwrap();
+        c["image"] = json!(image);
+        p
+    };
+    for (list, name) in [
+        ("initContainers", "pinproxy"),
+        ("initContainers", "pinproxy-redirect"),
+    ] {
+        let swapped = set_image(&injected, list, name, "evil/relay:1");
+        let r = judge(&injected, &swapped, "");
+        assert_eq!(r["allowed"], json!(false), "{name}: {r}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(name) && msg.contains("evil/relay:1"), "{msg}");
+    }
+    // The app's image, labels: allowed, untouched.
+    let mut relabelled = set_image(&injected, "containers", "app", "a:2");
+    relabelled["metadata"]["labels"]["team"] = json!("x");
+    let r = judge(&injected, &relabelled, "");
+    assert_eq!(r["allowed"], json!(true), "{r}");
+    assert!(r.get("patch").is_none(), "{r}");
+
+    // kubectl debug: a root container with the runtime's capabilities.
+    let debug = |sc: Json| {
+        let mut p = injected.clone();
+        let mut c = json!({"name": "debugger", "image": "busybox", "stdin": true});
+        if !sc.is_null() {
+            c["securityContext"] = sc;
+        }
+        p["spec"]["ephemeralContainers"] = json!([c]);
+        p
+    };
+    let added = debug(Json::Null);
+    let locked = patched(&added, &judged(&injected, &added, "ephemeralcontainers"));
+    assert_eq!(
+        locked["spec"]["ephemeralContainers"][0]["securityContext"],
+        json!({"capabilities": {"drop": ["SETUID", "SETGID"]}, "allowPrivilegeEscalation": false}),
+        "{locked}"
+    );
+    for (sc, why) in [
+        (json!({"privileged": true}), "privileged"),
+        (json!({"capabilities": {"add": ["NET_ADMIN"]}}), "NET_ADMIN"),
+        (json!({"runAsUser": 1337}), "1337"),
+    ] {
+        let r = judge(&injected, &debug(sc.clone()), "ephemeralcontainers");
+        assert_eq!(r["allowed"], json!(false), "{sc}: {r}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("debugger")
+                && msg.contains(why)
+                && msg.contains("pinproxy.io/allow-setuid"),
+            "{msg}"
+        );
+    }
+    // One already there is not judged again.
+    let r = judge(&locked, &locked, "ephemeralcontainers");
+    assert!(r.get("patch").is_none(), "{r}");
+    // Outside transparent mode ephemeral containers are the app's business.
+    let plain = patched(
+        &pod,
+        &review(
+            admission_review(&pod).to_string().as_bytes(),
+            Mode::OptOut,
+            &opts(),
+        ),
+    );
+    let mut plain_debug = plain.clone();
+    plain_debug["spec"]["ephemeralContainers"] =
+        json!([{"name": "debugger", "image": "busybox", "securityContext": {"privileged": true}}]);
+    let r = judge(&plain, &plain_debug, "ephemeralcontainers");
+    assert_eq!(r["allowed"], json!(true), "{r}");
+    assert!(r.get("patch").is_none(), "{r}");
+
+    let chart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/pinproxy/templates/webhook.yaml"
+    ))
+    .unwrap();
+    assert!(
+        chart.contains("operations: [\"UPDATE\"]")
+            && chart.contains("resources: [\"pods\", \"pods/ephemeralcontainers\"]"),
+        "{chart}"
+    );
 }
 
 // --- over TLS ---------------------------------------------------------------

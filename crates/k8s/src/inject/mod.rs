@@ -67,7 +67,7 @@ pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
 pub use learn::LEARN_VOLUME;
 pub use signing::{PinsetKey, KEY_DIR, KEY_VOLUME, STATE_DIR, STATE_VOLUME};
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
-pub use uid_lock::{ALLOW_SETUID_ANNOTATION, RECORD_ANNOTATION as UID_LOCK_ANNOTATION};
+pub use uid_lock::{lock_added, ALLOW_SETUID_ANNOTATION, RECORD_ANNOTATION as UID_LOCK_ANNOTATION};
 
 use documents::{fix_octal_modes, split_documents};
 use template::{inject_document, inject_template};

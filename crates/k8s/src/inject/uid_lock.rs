@@ -151,6 +151,37 @@ pub(super) fn apply(
     }))
 }
 
+/// A container added to a running pod in transparent mode (an ephemeral
+/// container, `kubectl debug`), judged as injection judges an app
+/// container: `Err` says why it is refused (it could change UID, add a
+/// capability that undoes the rules, or runs as the proxy's `uid`),
+/// otherwise it gets the drops it lacks.
+pub fn lock_added(c: &mut Value, uid: u32) -> Result<(), String> {
+    if let Some(why) = keeps_uid_change(c) {
+        return Err(format!("it can change its UID ({why})"));
+    }
+    let added = caps(c, "add");
+    if let Some((cap, does)) = UNDOES_RULES
+        .iter()
+        .find(|(cap, _)| added.iter().any(|a| a == cap))
+    {
+        return Err(format!("it adds the capability {cap}: it could {does}"));
+    }
+    let runs_as = c
+        .get("securityContext")
+        .and_then(|sc| sc.get("runAsUser"))
+        .and_then(Value::as_u64);
+    if runs_as == Some(u64::from(uid)) {
+        return Err(format!("it runs as UID {uid}, which the rules let through"));
+    }
+    let Value::Mapping(m) = c else {
+        return Err("it is not a mapping".into());
+    };
+    forbid(m, Vec::new())
+        .map(drop)
+        .ok_or_else(|| "its securityContext or capabilities is not a mapping".into())
+}
+
 /// The app containers and app init containers of a template.
 fn app_containers(tmpl: &Mapping) -> impl Iterator<Item = &Value> {
     let spec = tmpl.get("spec");

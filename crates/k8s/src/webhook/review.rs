@@ -39,28 +39,161 @@ pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
         Some(u) if !u.is_empty() => u,
         _ => return bad("", "malformed AdmissionReview: request.uid missing"),
     };
-    if !is_pod_create(request) {
+    if !is_pod(request) {
         // Outside what the webhook is registered for: let it through untouched.
         return allow(uid, None, &[]);
     }
-    let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
+    let operation = request.get("operation").and_then(Json::as_str);
+    let sub_resource = request
+        .get("subResource")
+        .and_then(Json::as_str)
+        .unwrap_or("");
+    let object = |field: &str| request.get(field).filter(|o| o.is_object());
+    let (Some(pod), old) = (object("object"), object("oldObject")) else {
         return bad(
             uid,
             "malformed AdmissionReview: request.object is not a Pod object",
         );
     };
-    review_pod(uid, request, pod, mode, opts)
+    match (operation, sub_resource, old) {
+        (Some("CREATE"), "", _) => review_pod(uid, request, pod, mode, opts),
+        (Some("UPDATE"), "", Some(old)) => review_update(uid, old, pod),
+        (Some("UPDATE"), "ephemeralcontainers", Some(old)) => review_ephemeral(uid, old, pod, opts),
+        (Some("UPDATE"), "" | "ephemeralcontainers", None) => bad(
+            uid,
+            "malformed AdmissionReview: an UPDATE without request.oldObject",
+        ),
+        _ => allow(uid, None, &[]),
+    }
 }
 
-fn is_pod_create(request: &Json) -> bool {
+fn is_pod(request: &Json) -> bool {
     let kind = request.get("kind");
-    let is_pod = kind.and_then(|k| k.get("kind")).and_then(Json::as_str) == Some("Pod")
+    kind.and_then(|k| k.get("kind")).and_then(Json::as_str) == Some("Pod")
         && kind
             .and_then(|k| k.get("group"))
             .and_then(Json::as_str)
             .unwrap_or("")
-            .is_empty();
-    is_pod && request.get("operation").and_then(Json::as_str) == Some("CREATE")
+            .is_empty()
+}
+
+/// Whether `pod` was injected: the label injection sets, or a container
+/// named as the sidecar.
+fn injected(pod: &Json) -> bool {
+    pod.pointer("/metadata/labels")
+        .and_then(|l| l.get(inject::INJECTED_LABEL))
+        .and_then(Json::as_str)
+        == Some("true")
+        || image_of(pod, inject::CONTAINER_NAME).is_some()
+}
+
+/// The image of the container or init container named `name`, if any.
+fn image_of<'a>(pod: &'a Json, name: &str) -> Option<&'a Json> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|f| pod.get("spec")?.get(*f)?.as_array())
+        .flatten()
+        .find(|c| c.get("name").and_then(Json::as_str) == Some(name))
+        .map(|c| c.get("image").unwrap_or(&Json::Null))
+}
+
+/// An UPDATE of an injected pod (Kubernetes lets it change images,
+/// labels, annotations and little else): the sidecar's and the redirect's
+/// images stay. Swapped, either could run anything as the proxy's UID,
+/// which transparent mode's rules let through, while the pod still says
+/// it is injected. App images may change (what user an image runs as is
+/// not visible here, as at creation).
+fn review_update(uid: &str, old: &Json, new: &Json) -> Reply {
+    if !injected(old) {
+        return allow(uid, None, &[]);
+    }
+    for name in [inject::CONTAINER_NAME, inject::REDIRECT_CONTAINER_NAME] {
+        let (before, after) = (image_of(old, name), image_of(new, name));
+        if before != after {
+            return bad(
+                uid,
+                &format!(
+                    "pinproxy: the image of container {name:?} of an injected pod cannot be \
+                     changed ({} → {}); recreate the pod (a rollout) to change it",
+                    before.map_or("none".into(), Json::to_string),
+                    after.map_or("none".into(), Json::to_string),
+                ),
+            );
+        }
+    }
+    allow(uid, None, &[])
+}
+
+/// Ephemeral containers added to a running pod (`kubectl debug`): in a
+/// transparent pod (the redirect's init container is there) each new one
+/// is judged as an app container is at injection — refused if it could
+/// change UID, add a capability that undoes the rules, or runs as the
+/// proxy's UID, otherwise given the drops — unless the pod carries the
+/// override annotation. Elsewhere they are the app's business, as at
+/// creation.
+fn review_ephemeral(uid: &str, old: &Json, new: &Json, opts: &InjectOptions) -> Reply {
+    let transparent = image_of(old, inject::REDIRECT_CONTAINER_NAME).is_some();
+    let overridden = old
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(inject::ALLOW_SETUID_ANNOTATION))
+        .and_then(Json::as_str)
+        .map(str::trim)
+        == Some("true");
+    if !transparent || overridden {
+        return allow(uid, None, &[]);
+    }
+    let names = |pod: &Json| -> Vec<String> {
+        pod.pointer("/spec/ephemeralContainers")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(Json::as_str).map(str::to_string))
+            .collect()
+    };
+    let before = names(old);
+    let mut locked = new.clone();
+    let Some(list) = locked
+        .pointer_mut("/spec/ephemeralContainers")
+        .and_then(Json::as_array_mut)
+    else {
+        return allow(uid, None, &[]);
+    };
+    for c in list.iter_mut() {
+        let name = c.get("name").and_then(Json::as_str).unwrap_or("<unnamed>");
+        if before.iter().any(|b| b == name) {
+            continue;
+        }
+        let name = name.to_string();
+        let mut yaml: serde_yaml::Value = match serde_yaml::to_value(&*c) {
+            Ok(v) => v,
+            Err(e) => return bad(uid, &format!("ephemeral container cannot be read: {e}")),
+        };
+        if let Err(why) = inject::lock_added(&mut yaml, opts.redirect.uid) {
+            return bad(
+                uid,
+                &format!(
+                    "pinproxy: ephemeral container {name:?} cannot join this transparent pod: \
+                     {why}, and bypass pinproxy. Drop that from its securityContext, or set the \
+                     pod annotation {}: \"true\" to accept the bypass",
+                    inject::ALLOW_SETUID_ANNOTATION
+                ),
+            );
+        }
+        *c = match serde_json::to_value(&yaml) {
+            Ok(v) => v,
+            Err(e) => return bad(uid, &format!("ephemeral container cannot be encoded: {e}")),
+        };
+    }
+    let mut ops = Vec::new();
+    diff("", new, &locked, &mut ops);
+    let patch = match (!ops.is_empty())
+        .then(|| serde_json::to_vec(&ops))
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => return bad(uid, &format!("patch cannot be encoded: {e}")),
+    };
+    allow(uid, patch.as_deref(), &[])
 }
 
 /// Inject the Pod of a CREATE review, if it opted in: a patch, warnings
