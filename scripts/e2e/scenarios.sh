@@ -202,6 +202,17 @@ proc, root = spec["process"], spec["root"]
 print("sidecar process: args", proc["args"], "uid", proc["user"]["uid"], "root readonly", root.get("readonly"))
 assert proc["args"][0] in ("pinproxy", "/usr/local/bin/pinproxy") and proc["user"]["uid"] == 65532 and root.get("readonly") is True
 PY
+  # After admission the webhook judges UPDATEs too: the sidecar's image
+  # cannot be swapped for something else running as its UID.
+  local image out
+  image="$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.spec.initContainers[0].image}')"
+  out="$(kubectl -n "$APP_NS" patch pod "$pod" --type=json \
+    -p '[{"op": "replace", "path": "/spec/initContainers/0/image", "value": "evil.test/relay:1"}]' 2>&1 || true)"
+  echo "kubectl patch pod $pod (the sidecar's image -> evil.test/relay:1): $out"
+  check "the API server denied swapping the sidecar's image" sh -c 'printf %s "$1" | grep -q "cannot be changed"' _ "$out"
+  check "the sidecar's image is unchanged" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.spec.initContainers[0].image}')" "$image"
+  run kubectl -n "$APP_NS" label pod "$pod" e2e-update=allowed
+  check "other updates of the pod pass" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.labels.e2e-update}')" allowed
 }
 
 # --- 2: from inside the app container ---------------------------------------------
