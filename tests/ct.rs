@@ -745,3 +745,43 @@ async fn a_resumable_server_is_judged_again_on_every_connection() {
     assert_eq!(p.tls_failures("good.test", "revoked"), 1);
     drop(s);
 }
+
+/// A must-staple leaf whose serial is 25 octets — over RFC 5280's 20, which
+/// webpki accepts — under `ct: off` (a private CA): refused without a
+/// staple and with one saying `revoked`, as any must-staple leaf is. Such
+/// a leaf once went unread by the OCSP checks and passed both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_must_staple_leaf_with_a_long_serial_still_needs_a_good_staple() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let ocsp = Ocsp::new(&d);
+    let key = KeyPair::generate().unwrap();
+    let serial: Vec<u8> = std::iter::once(0x11).chain(1..25).collect();
+    let mut p = params(&ocsp.ca, "long.test", 9);
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    p.custom_extensions.push(must_staple());
+    let leaf = ocsp.ca.issue(p, &key);
+    let hex: String = serial.iter().map(|b| format!("{b:02X}")).collect();
+    write(
+        &d,
+        "index.txt",
+        &format!("R\t991231235959Z\t240101000000Z,keyCompromise\t{hex}\tunknown\t/CN=long.test\n"),
+    );
+    let revoked = ocsp.respond("resp", "long", &leaf);
+    let none = s_server(&d, "none", &leaf, &key, None).await;
+    let stapled = s_server(&d, "revoked", &leaf, &key, Some(&revoked)).await;
+    let pin = pin_of(&ocsp.ca.spki());
+    let names = ", names: [\"long.test\"]";
+    let yaml = format!(
+        "version: 1\nhosts:\n{}{}",
+        entry("long-none.test", &pin, none.addr, names),
+        entry("long-revoked.test", &pin, stapled.addr, names),
+    );
+    let pins = write(&d, "pins.yaml", &yaml);
+    let p = TestProxy::builder().dir(dir).pins_path(pins).run().await;
+    for host in ["long-none.test", "long-revoked.test"] {
+        let r = fetch(&p, host).await;
+        refused(&r, "must-staple");
+        assert_eq!(p.tls_failures(host, "ocsp-required"), 1, "{host}");
+    }
+}

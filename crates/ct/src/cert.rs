@@ -10,16 +10,25 @@
 //! whose issuer and AKI are changed back to the final issuer's: rebuilding
 //! from the final certificate gives those same bytes, so the case needs no
 //! code here — only `issuer_key_hash`, which is always the final issuer's.
+//!
+//! Certificates are read with `x509-cert`'s `Raw` profile, not its RFC 5280
+//! one: webpki accepts a serial longer than 20 octets (as browsers do), and
+//! a leaf the verifier trusts but these checks could not read would skip
+//! must-staple and revocation. `Raw` relaxes only the serial's length.
 
 use der::asn1::{ObjectIdentifier as Oid, OctetStringRef};
 use der::{Decode, Encode, Reader, SliceReader};
 use rustls_pki_types::UnixTime;
+use x509_cert::certificate::{CertificateInner, Raw};
 use x509_cert::ext::Extension;
-use x509_cert::Certificate;
 
 use crate::key::{KeyError, PublicKey, SignatureError};
 use crate::oid;
 use crate::time::Instant;
+
+/// A certificate as these checks read it: any serial length (see the
+/// module doc).
+pub(crate) type Certificate = CertificateInner<Raw>;
 
 /// Why a certificate could not be read.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -227,6 +236,17 @@ impl Issuer {
     pub(crate) fn public_key_bits(&self) -> Result<Vec<u8>, CertError> {
         spki_key_bits(&self.spki)
     }
+}
+
+/// Whether the DER of a certificate that could not be parsed contains the
+/// TLS Feature extension's OID anywhere. Such a leaf may be must-staple:
+/// a caller that cannot read it refuses it rather than skip the rule
+/// (a false match only refuses a certificate nothing here can read).
+pub fn mentions_tls_feature(der: &[u8]) -> bool {
+    // OBJECT IDENTIFIER, length 8, 1.3.6.1.5.5.7.1.24.
+    const TLS_FEATURE_DER: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x18];
+    der.windows(TLS_FEATURE_DER.len())
+        .any(|w| w == TLS_FEATURE_DER)
 }
 
 /// A parsed certificate together with the exact bytes its signature covers.

@@ -51,12 +51,16 @@ impl Pki {
     }
 
     fn leaf(&self, name: &str, serial: u8, extra: &[CustomExtension]) {
+        self.leaf_with_serial(name, &[0x10, serial], extra);
+    }
+
+    fn leaf_with_serial(&self, name: &str, serial: &[u8], extra: &[CustomExtension]) {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec![format!("{name}.test")]).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("{name}.test"));
-        params.serial_number = Some(SerialNumber::from_slice(&[0x10, serial]));
+        params.serial_number = Some(SerialNumber::from_slice(serial));
         params.custom_extensions = extra.to_vec();
         let cert = params
             .signed_by(&key, &self.ca.cert, &self.ca.key)
@@ -388,6 +392,36 @@ fn must_staple_is_read_from_rcgen_and_openssl_certificates() {
         &[feature(vec![0x30, 0x03, 0x02, 0x01, 0x11])],
     );
     assert!(!pki.leaf_der("v2only").must_staple());
+}
+
+/// A leaf with a 25-octet serial: over RFC 5280's 20, yet webpki (and
+/// browsers) accept it, so these checks must read it too — else its
+/// must-staple and a staple saying `revoked` would go unseen. A staple for
+/// it is `invalid` (`x509-ocsp` holds CertIDs to 20 octets), which a
+/// must-staple leaf refuses as `ocsp-required`.
+#[test]
+fn a_leaf_with_a_serial_over_20_octets_is_read_and_its_must_staple_holds() {
+    let pki = Pki::new();
+    let serial: Vec<u8> = std::iter::once(0x11).chain(1..25).collect();
+    let feature = CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 24],
+        vec![0x30, 0x03, 0x02, 0x01, 0x05],
+    );
+    pki.leaf_with_serial("long", &serial, &[feature]);
+    let leaf = pki.leaf_der("long");
+    assert_eq!(leaf.serial(), &serial[..]);
+    assert!(leaf.must_staple());
+    let hex: String = serial.iter().map(|b| format!("{b:02X}")).collect();
+    pki.write(
+        "index.txt",
+        &format!("R\t991231235959Z\t240101000000Z,keyCompromise\t{hex}\tunknown\t/CN=long.test\n"),
+    );
+    let revoked = pki.respond("resp", "long", &[]);
+    let report = check_staple(&leaf, &pki.issuer(), Some(&revoked), unix(now_ms()));
+    assert_ne!(report.verdict(), StapleVerdict::Good, "{report}");
+    assert_ne!(report.refusal(true), None, "{report}");
+    let absent = check_staple(&leaf, &pki.issuer(), None, unix(now_ms()));
+    assert_eq!(absent.refusal(true), Some(Refusal::OcspRequired));
 }
 
 /// An RSA PKI made by openssl alone: its own encoding of the TLS Feature

@@ -17,6 +17,12 @@
 //!    leaf that does not comply refuses (`ct-policy`), unless the log list
 //!    is 70 days old or older: then `enforce` acts as `report`.
 //!
+//! A leaf or issuer webpki accepted but these checks cannot read is not
+//! waved through: when a staple was sent, the leaf may be must-staple (it
+//! names the TLS Feature extension), or CT is enforced, the path is
+//! refused (`bad-encoding`) — skipping the checks would let exactly such a
+//! certificate past revocation and must-staple.
+//!
 //! SCTs in the TLS `signed_certificate_timestamp` extension are not
 //! seen: rustls 0.23 neither offers the extension nor passes what a server
 //! sends to the verifier (docs/reference.md, "Certificate Transparency and
@@ -77,6 +83,8 @@ pub struct PathChecks {
     pub staple: Option<StapleReport>,
     /// The server stapled something (even if it could not be judged).
     pub stapled: bool,
+    /// RFC 7633 must-staple; for a leaf that cannot be read, whether it
+    /// names the TLS Feature extension at all.
     pub must_staple: bool,
     /// Why the leaf or its issuer could not be read for these checks
     /// (webpki accepted them; the DER parser here is stricter).
@@ -101,6 +109,11 @@ pub enum Refused {
          valid OCSP response: {0}"
     )]
     OcspRequired(String),
+    #[error(
+        "the certificate cannot be read for the OCSP and Certificate Transparency checks, which \
+         it is subject to (a staple was sent, it may be must-staple, or ct: enforce): {0}"
+    )]
+    Unreadable(String),
 }
 
 impl Refused {
@@ -109,6 +122,7 @@ impl Refused {
             Refused::CtPolicy(_) => Reason::CtPolicy,
             Refused::Revoked(_) => Reason::Revoked,
             Refused::OcspRequired(_) => Reason::OcspRequired,
+            Refused::Unreadable(_) => Reason::BadEncoding,
         }
     }
 }
@@ -140,6 +154,8 @@ pub fn check_path(
         Ok(v) => v,
         Err(e) => {
             out.unreadable = Some(e.to_string());
+            // Unread, the leaf might still be must-staple.
+            out.must_staple = pinproxy_ct::cert::mentions_tls_feature(leaf_der);
             return out;
         }
     };
@@ -235,8 +251,14 @@ impl PathChecks {
         self.mode == CtMode::Enforce && self.stale
     }
 
-    /// What these checks refuse, revocation first.
+    /// What these checks refuse: certificates they had to judge but could
+    /// not read, then revocation, then CT.
     pub fn refusal(&self) -> Option<Refused> {
+        if let Some(why) = &self.unreadable {
+            if self.stapled || self.must_staple || self.enforced() {
+                return Some(Refused::Unreadable(why.clone()));
+            }
+        }
         if let Some(s) = &self.staple {
             match s.refusal(self.must_staple) {
                 Some(ocsp::Refusal::Revoked) => return Some(Refused::Revoked(s.to_string())),

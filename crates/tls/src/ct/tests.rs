@@ -201,7 +201,9 @@ fn unreadable_certificates_and_garbage_staples_are_counted_not_trusted() {
     );
     assert_eq!(c.ct_verdict(), Some(Verdict::BadSignature));
     assert_eq!(c.staple_verdict(), StapleVerdict::Invalid);
-    assert!(matches!(c.refusal(), Some(Refused::CtPolicy(_))));
+    let refused = c.refusal().expect("unreadable under enforce refuses");
+    assert!(matches!(refused, Refused::Unreadable(_)), "{refused}");
+    assert_eq!(refused.reason(), Reason::BadEncoding);
     let leaf = data("google-leaf-2023.pem");
     let c = check_path(
         &list,
@@ -222,6 +224,50 @@ fn unreadable_certificates_and_garbage_staples_are_counted_not_trusted() {
         c.refusal().is_none(),
         "an invalid staple on an ordinary leaf is soft-fail"
     );
+}
+
+/// webpki accepted the chain, these checks cannot read it: under `off` or
+/// `report` that used to skip must-staple and a `revoked` staple silently.
+/// Now a staple sent, a leaf that may be must-staple, or `enforce` refuses
+/// (`bad-encoding`); with none of them the path passes, counted as before.
+#[test]
+fn unreadable_certificates_fail_closed_whenever_a_check_applies() {
+    let ca = data("gts-ca-1c3.pem");
+    let list = LogListInForce::builtin();
+    let now = at(BUILTIN_TIMESTAMP);
+    // Not parseable, but naming the TLS Feature extension's OID.
+    let mut must = b"not DER".to_vec();
+    must.extend_from_slice(&[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x18]);
+    let cases: [(CtMode, &[u8], &[u8], bool); 6] = [
+        (CtMode::Off, b"not DER", b"junk", true),
+        (CtMode::Report, b"not DER", b"junk", true),
+        (CtMode::Off, &must, b"", true),
+        (CtMode::Report, &must, b"", true),
+        (CtMode::Off, b"not DER", b"", false),
+        (CtMode::Report, b"not DER", b"", false),
+    ];
+    for (mode, leaf, staple, refuses) in cases {
+        let c = check_path(&list, mode, leaf, IssuerOf::Cert(&ca), staple, now, None);
+        assert!(c.unreadable.is_some(), "{c}");
+        let refused = c.refusal();
+        assert_eq!(refused.is_some(), refuses, "{mode:?} {staple:?}: {c}");
+        if let Some(r) = refused {
+            assert!(matches!(r, Refused::Unreadable(_)), "{r}");
+            assert_eq!(r.reason(), Reason::BadEncoding);
+        }
+    }
+    // An unreadable issuer (here: no certificate at all) is the same.
+    let leaf = data("google-leaf-2023.pem");
+    let c = check_path(
+        &list,
+        CtMode::Off,
+        &leaf,
+        IssuerOf::Cert(b"not DER"),
+        b"junk",
+        now,
+        None,
+    );
+    assert!(matches!(c.refusal(), Some(Refused::Unreadable(_))), "{c}");
 }
 
 #[test]
