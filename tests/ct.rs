@@ -458,6 +458,39 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
         )),
         "{err}"
     );
+    // A list dated years ahead is refused; one already installed there
+    // (written by hand, or by a pinproxy that took such lists) does not
+    // make the real list a rollback.
+    let future = write(&d, "future.json", &list_json(now + days(3650), &logs(true)));
+    let (code, out, _) = support::run_pinproxy(&[
+        "ct-update",
+        "--from",
+        future.to_str().unwrap(),
+        "--out",
+        installed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("more than a day ahead of this machine's clock"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&list).unwrap()
+    );
+    std::fs::copy(&future, &installed).unwrap();
+    let (code, out, _) = support::run_pinproxy(&[
+        "ct-update",
+        "--from",
+        list.to_str().unwrap(),
+        "--out",
+        installed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&list).unwrap()
+    );
     let broken = write(&d, "broken.json", "{\"operators\": [");
     let (code, out, _) = support::run_pinproxy(&["ct-update", "--from", broken.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
@@ -512,6 +545,15 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
     let r = fetch(&p, "ok.test").await;
     refused(&r, "unknown-log");
     assert_eq!(ct(&p, "ok.test", "unknown-log"), 2);
+
+    // A list from the future: the reload fails the same way.
+    let failures = failed();
+    volume.update(&[("log_list.json", &list_json(now + days(3650), &logs(true)))]);
+    until("the refused future list", || failed() > failures).await;
+    assert_eq!(generation(&p), g);
+    let r = fetch(&p, "ok.test").await;
+    refused(&r, "unknown-log");
+    assert_eq!(ct(&p, "ok.test", "unknown-log"), 3);
     drop(servers);
 }
 

@@ -4,7 +4,9 @@
 //! 1 — says what changes against the list it replaces, and with `--out`
 //! installs it atomically (written beside the target, then renamed, so a
 //! watching pinproxy never reads half a list). A list older than the one
-//! at `--out` is refused: that would be a rollback.
+//! at `--out` (or than now, if that list claims to be from the future) is
+//! refused: that would be a rollback. A list dated more than a day ahead
+//! of the clock is refused as `run` refuses it.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,8 @@ pub fn ct_update(args: &CtUpdateArgs) -> Result<(), Error> {
                 args.max_file_bytes
             ))
         })?;
-    let new = match LogListInForce::from_bytes(&bytes, ListSource::File(args.from.clone())) {
+    let new = match LogListInForce::from_bytes_at(&bytes, ListSource::File(args.from.clone()), now)
+    {
         Ok(l) => l,
         Err(e) => {
             for problem in problems(&e) {
@@ -69,7 +72,10 @@ pub fn ct_update(args: &CtUpdateArgs) -> Result<(), Error> {
     let Some(out) = &args.out else {
         return Ok(());
     };
-    if at_out && new.timestamp() < current.timestamp() {
+    // Against the clock too: a list installed from the future (before
+    // such lists were refused, or within the day's margin) must not
+    // block the real lists that follow it.
+    if at_out && new.timestamp() < current.timestamp().min(now) {
         outln!(
             "{shown}: error: it is older than the list at {} ({} < {}): refusing to roll \
              back; remove {} first to install an older list on purpose",

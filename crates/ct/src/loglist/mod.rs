@@ -30,6 +30,12 @@ use crate::time::Instant;
 /// (ct_policy.md, "CT Enforcement Timeout": 70 days, 10 weeks).
 pub const MAX_AGE: Duration = Duration::from_secs(70 * 86_400);
 
+/// How far ahead of this machine's clock a list's `log_list_timestamp` may
+/// be. A list from the future would never turn stale and, installed, would
+/// make every real newer list look like a rollback; a day covers clocks
+/// that are merely wrong by a time zone.
+pub const MAX_FUTURE: Duration = Duration::from_secs(86_400);
+
 /// A log's id: SHA-256 of its DER SubjectPublicKeyInfo (RFC 6962 §3.2).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LogId(pub [u8; 32]);
@@ -43,6 +49,11 @@ pub enum LogListError {
     Timestamp(String),
     #[error("the list names no logs")]
     Empty,
+    #[error(
+        "log_list_timestamp {timestamp} is more than a day ahead of this machine's clock \
+         ({now}): a list from the future would never turn stale; check the clock, or the list"
+    )]
+    FromTheFuture { timestamp: Instant, now: Instant },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Logs(Vec<LogIssue>),
 }
@@ -268,6 +279,20 @@ impl LogList {
     /// `all_logs_list.json` (every known log) rather than `log_list.json`.
     pub fn is_all_logs(&self) -> bool {
         self.is_all_logs
+    }
+
+    /// Refuses a list whose timestamp is more than [`MAX_FUTURE`] ahead of
+    /// `now`. Not part of [`LogList::from_json`], which knows no clock:
+    /// whoever takes a list into force calls this too.
+    pub fn check_not_future(&self, now: UnixTime) -> Result<(), LogListError> {
+        let now = Instant::from_unix(now);
+        if self.timestamp > now.plus(MAX_FUTURE) {
+            return Err(LogListError::FromTheFuture {
+                timestamp: self.timestamp,
+                now,
+            });
+        }
+        Ok(())
     }
 
     /// Whole days from the list's timestamp to `now` (0 for a list from

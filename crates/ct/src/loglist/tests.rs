@@ -117,6 +117,26 @@ fn staleness_is_seventy_days_as_chromium_counts_them() {
     assert_eq!(list.age_days(t("2025-03-12T00:00:00Z")), 70);
 }
 
+/// A list dated 2036 once passed as "0 days old", never turned stale and
+/// made every real list after it a rollback: more than a day ahead of the
+/// clock is refused.
+#[test]
+fn a_list_more_than_a_day_ahead_of_the_clock_is_refused() {
+    let list = LogList::from_json(list_with(None, "").as_bytes()).expect("parses");
+    let t = |s: &str| at(s).as_unix();
+    assert!(list.check_not_future(t("2025-06-01T00:00:00Z")).is_ok());
+    assert!(list.check_not_future(t("2024-12-31T00:00:00Z")).is_ok()); // exactly a day
+    let err = list
+        .check_not_future(t("2024-12-30T23:59:59Z"))
+        .expect_err("a day and a second ahead");
+    assert!(matches!(err, LogListError::FromTheFuture { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("log_list_timestamp 2025-01-01T00:00:00Z is more than a day ahead"),
+        "{err}"
+    );
+}
+
 #[test]
 fn every_bad_log_is_reported() {
     let good = list_with(None, "");

@@ -62,8 +62,15 @@ impl LogListInForce {
             .clone()
     }
 
-    /// Reads and validates a v3 log list file of at most `max` bytes.
+    /// Reads and validates a v3 log list file of at most `max` bytes, and
+    /// refuses one dated more than a day ahead of the clock
+    /// ([`Self::from_bytes_at`]).
     pub fn read(path: &Path, max: u64) -> Result<Self, ListError> {
+        Self::read_at(path, max, UnixTime::now())
+    }
+
+    /// [`Self::read`] at `now`.
+    pub fn read_at(path: &Path, max: u64, now: UnixTime) -> Result<Self, ListError> {
         let bytes = read_capped(path, max)
             .map_err(|source| ListError::Read {
                 path: path.to_path_buf(),
@@ -73,7 +80,7 @@ impl LogListInForce {
                 path: path.to_path_buf(),
                 limit: max,
             })?;
-        Self::from_bytes(&bytes, ListSource::File(path.to_path_buf())).map_err(|source| {
+        Self::from_bytes_at(&bytes, ListSource::File(path.to_path_buf()), now).map_err(|source| {
             ListError::Invalid {
                 path: path.to_path_buf(),
                 source,
@@ -89,6 +96,20 @@ impl LogListInForce {
             source,
             sha256: sha256(bytes),
         })
+    }
+
+    /// Validates a v3 log list's bytes for use at `now`: also refuses a
+    /// list dated more than [`pinproxy_ct::loglist::MAX_FUTURE`] ahead of
+    /// `now` (it would never turn stale, and would block every newer list
+    /// as a rollback).
+    pub fn from_bytes_at(
+        bytes: &[u8],
+        source: ListSource,
+        now: UnixTime,
+    ) -> Result<Self, LogListError> {
+        let list = Self::from_bytes(bytes, source)?;
+        list.list.check_not_future(now)?;
+        Ok(list)
     }
 
     pub fn list(&self) -> &LogList {
