@@ -3,13 +3,21 @@
 //! timestamp not in the future. Whether the SCTs together satisfy Chrome's
 //! policy is [`crate::policy`]'s question.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use crate::cert::{Issuer, Leaf};
 use crate::key::SignatureError;
-use crate::loglist::{LogId, LogList, Standing};
+use crate::loglist::{Log, LogId, LogList, Standing};
 use crate::sct::{self, Entry, Sct, SignedEntry};
 use crate::time::{Instant, CLOCK_SKEW};
+
+/// At most this many SCTs of one list are checked; the rest are ignored.
+/// Each costs a signature verification on a runtime thread, and a staple
+/// (which the server chooses) can carry hundreds. Ignoring SCTs can only
+/// lower the count of valid ones, so this fails closed; Chrome's policy
+/// needs 3 at most, and real certificates carry 2 to 5.
+pub const MAX_SCTS_PER_LIST: usize = 32;
 
 /// How an SCT reached us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,6 +44,12 @@ pub enum SctStatus {
     FutureTimestamp,
     /// An SCT version other than v1: ignored (RFC 6962 §3.2).
     UnsupportedVersion(u8),
+    /// Not verified: an SCT from the same log in the same list was
+    /// already valid, and a second one cannot add to the count.
+    SameLogAgain,
+    /// This many more SCTs in the list, past [`MAX_SCTS_PER_LIST`], were
+    /// not looked at.
+    OverLimit(usize),
     /// The SCT, its list, or the certificate it is about cannot be read.
     Malformed(String),
 }
@@ -155,14 +169,32 @@ fn check_list(
     d: Delivery,
     now: Instant,
 ) -> Vec<CheckedSct> {
-    let entries = match sct::parse_list(bytes) {
+    let mut entries = match sct::parse_list(bytes) {
         Ok(e) => e,
         Err(e) => return vec![CheckedSct::unreadable(d, e)],
     };
-    entries
+    let over = entries.len().saturating_sub(MAX_SCTS_PER_LIST);
+    entries.truncate(MAX_SCTS_PER_LIST);
+    // Logs with a valid SCT so far: another SCT from one of them is not
+    // worth a signature verification.
+    let mut counted: HashSet<LogId> = HashSet::new();
+    let mut out: Vec<CheckedSct> = entries
         .into_iter()
         .map(|e| match e {
-            Entry::V1(s) => check_one(list, s, entry, d, now),
+            Entry::V1(s) if counted.contains(&s.log_id) => CheckedSct {
+                delivery: d,
+                status: SctStatus::SameLogAgain,
+                log: log_info(list, &s, now),
+                sct: Some(s),
+            },
+            Entry::V1(s) => {
+                let id = s.log_id;
+                let checked = check_one(list, s, entry, d, now);
+                if checked.is_valid() {
+                    counted.insert(id);
+                }
+                checked
+            }
             Entry::Unsupported { version } => CheckedSct {
                 delivery: d,
                 status: SctStatus::UnsupportedVersion(version),
@@ -171,7 +203,16 @@ fn check_list(
             },
             Entry::Malformed(err) => CheckedSct::unreadable(d, err),
         })
-        .collect()
+        .collect();
+    if over > 0 {
+        out.push(CheckedSct {
+            delivery: d,
+            status: SctStatus::OverLimit(over),
+            sct: None,
+            log: None,
+        });
+    }
+    out
 }
 
 fn check_one(
@@ -189,11 +230,7 @@ fn check_one(
             log: None,
         };
     };
-    let info = LogInfo {
-        description: log.description.clone(),
-        operator: list.operator_at(log, sct.instant()).to_string(),
-        standing: log.standing_at(now),
-    };
+    let info = info_of(list, log, &sct, now);
     let signed = sct.signed_data(entry);
     let status = match log
         .key
@@ -208,6 +245,20 @@ fn check_one(
         status,
         sct: Some(sct),
         log: Some(info),
+    }
+}
+
+/// What the list says about the log of `sct` (`None`: not in it).
+fn log_info(list: &LogList, sct: &Sct, now: Instant) -> Option<LogInfo> {
+    list.log(&sct.log_id)
+        .map(|log| info_of(list, log, sct, now))
+}
+
+fn info_of(list: &LogList, log: &Log, sct: &Sct, now: Instant) -> LogInfo {
+    LogInfo {
+        description: log.description.clone(),
+        operator: list.operator_at(log, sct.instant()).to_string(),
+        standing: log.standing_at(now),
     }
 }
 
@@ -229,6 +280,14 @@ impl fmt::Display for SctStatus {
             SctStatus::BadSignature(e) => write!(f, "bad signature ({e})"),
             SctStatus::FutureTimestamp => f.write_str("timestamp in the future"),
             SctStatus::UnsupportedVersion(v) => write!(f, "unsupported SCT version {v}, ignored"),
+            SctStatus::SameLogAgain => {
+                f.write_str("not checked: this log's SCT in the same list already counts")
+            }
+            SctStatus::OverLimit(n) => write!(
+                f,
+                "{n} more SCT{} in the list not checked (at most {MAX_SCTS_PER_LIST} per list)",
+                if *n == 1 { "" } else { "s" }
+            ),
             SctStatus::Malformed(why) => write!(f, "malformed ({why})"),
         }
     }
@@ -240,6 +299,7 @@ impl fmt::Display for CheckedSct {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.sct {
             Some(s) => write!(f, "{} {} ", s.log_id, s.instant())?,
+            None if matches!(self.status, SctStatus::OverLimit(_)) => {}
             None => f.write_str("(unreadable) ")?,
         }
         match &self.log {

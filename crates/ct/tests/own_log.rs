@@ -546,3 +546,65 @@ impl Drop for KillOnDrop {
         self.stop();
     }
 }
+
+/// A staple is the server's to fill: one with hundreds of SCTs once cost
+/// a signature verification each, ~20 ms of a runtime thread per
+/// handshake. Only the first `MAX_SCTS_PER_LIST` of a list are looked at,
+/// and a log already counted in it is not verified again — which can only
+/// lower the count: B's SCT past the limit does not count, so the list
+/// does not comply.
+#[test]
+fn many_scts_in_one_list_are_capped_and_a_counted_log_is_not_verified_again() {
+    use pinproxy_ct::verify::MAX_SCTS_PER_LIST;
+    let w = World::new();
+    let list = w.list(None);
+    let key = KeyPair::generate().expect("key");
+    let der = w.ca.issue(w.ca.leaf_params(7, 90), &key);
+    let leaf = Leaf::parse(&der).expect("leaf");
+    let a1 = w.a1.sign_cert(&der, w.now - HOUR);
+    let b = w.b.sign_cert(&der, w.now - HOUR);
+    let check = |scts: &[Vec<u8>]| {
+        let bytes = tls_list(scts);
+        w.check(
+            &list,
+            &leaf,
+            Delivered {
+                tls: None,
+                ocsp: Some(&bytes),
+            },
+        )
+    };
+
+    // Within the limit: A1 counted once, its copies not verified, B counts.
+    let mut within = vec![a1.clone(); MAX_SCTS_PER_LIST - 1];
+    within.push(b.clone());
+    let report = check(&within);
+    assert_eq!(report.verdict(), Verdict::Ok, "{report}");
+    let statuses: Vec<&SctStatus> = report.scts().iter().map(|s| s.status()).collect();
+    assert_eq!(statuses.len(), MAX_SCTS_PER_LIST);
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| ***s == SctStatus::SameLogAgain)
+            .count(),
+        MAX_SCTS_PER_LIST - 2,
+        "{report}"
+    );
+
+    // Past the limit: B is ignored, and the rest are summed up in one entry.
+    let mut over = vec![a1; MAX_SCTS_PER_LIST + 10];
+    over.push(b);
+    let report = check(&over);
+    assert_eq!(report.verdict(), Verdict::TooFewScts, "{report}");
+    assert_eq!(report.scts().len(), MAX_SCTS_PER_LIST + 1);
+    assert_eq!(
+        report.scts().last().map(|s| s.status().clone()),
+        Some(SctStatus::OverLimit(11))
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("11 more SCTs in the list not checked (at most 32 per list)"),
+        "{report}"
+    );
+}
