@@ -514,3 +514,31 @@ fn an_openssl_made_must_staple_leaf_and_rsa_responses() {
         Some(Refusal::OcspRequired)
     );
 }
+
+/// One response, several SingleResponses for the same leaf: any `revoked`
+/// wins, then `good` — whatever their order. Taking the first match once
+/// let "good" placed before "revoked" hide the revocation.
+#[test]
+fn several_single_responses_for_the_leaf_revoked_wins_then_good() {
+    use support::responder::{revoked_at, with_statuses};
+    use x509_ocsp::CertStatus;
+    let pki = Pki::new();
+    let leaf = pki.leaf_der("leaf");
+    let now = now_ms();
+    let good = || CertStatus::Good(der::asn1::Null);
+    let revoked = || revoked_at(now - days(2));
+    let unknown = || CertStatus::Unknown(der::asn1::Null);
+    let cases = [
+        (vec![good(), revoked()], StapleVerdict::Revoked),
+        (vec![revoked(), good()], StapleVerdict::Revoked),
+        (vec![unknown(), revoked(), good()], StapleVerdict::Revoked),
+        (vec![unknown(), good()], StapleVerdict::Good),
+        (vec![good(), unknown()], StapleVerdict::Good),
+        (vec![unknown()], StapleVerdict::Invalid),
+    ];
+    for (statuses, want) in cases {
+        let response = with_statuses(&pki.ca, leaf.der(), now - days(1), now + days(1), &statuses);
+        let report = check_staple(&leaf, &pki.issuer(), Some(&response), unix(now));
+        assert_eq!(report.verdict(), want, "{statuses:?}: {report}");
+    }
+}

@@ -4,7 +4,8 @@
 //! A staple is `good` only when all of this holds:
 //! - it is a successful `id-pkix-ocsp-basic` response that parses;
 //! - one of its SingleResponses has the leaf's CertID: issuer name hash,
-//!   issuer key hash and serial, with SHA-1 or SHA-256;
+//!   issuer key hash and serial, with SHA-1 or SHA-256 (when several do,
+//!   a `revoked` one is judged, else a `good` one);
 //! - it is signed by the issuer, or by a delegated responder whose
 //!   certificate is in the response, names the issuer as its issuer, is
 //!   signed by the issuer's key, carries id-kp-OCSPSigning and is valid
@@ -295,7 +296,10 @@ fn unwrap_basic(bytes: &[u8]) -> Result<(BasicOcspResponse, Vec<u8>), OcspError>
     Ok((basic, tbs))
 }
 
-/// The SingleResponse whose CertID is the leaf's.
+/// The SingleResponse for the leaf, among all whose CertID is the leaf's:
+/// a `revoked` one if any, else a `good` one, else the first. A response
+/// may hold several for one certificate; taking the first would let
+/// "good" placed before "revoked" hide the revocation.
 fn find_single<'b>(
     basic: &'b BasicOcspResponse,
     leaf: &Leaf,
@@ -312,11 +316,11 @@ fn find_single<'b>(
     };
     let sha1 = hashes(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     let sha256 = hashes(&ring::digest::SHA256);
-    basic
+    let mine: Vec<&SingleResponse> = basic
         .tbs_response_data
         .responses
         .iter()
-        .find(|s| {
+        .filter(|s| {
             let id = &s.cert_id;
             let (n, k) = match id.hash_algorithm.oid {
                 oid::SHA1 => &sha1,
@@ -327,6 +331,19 @@ fn find_single<'b>(
                 && id.issuer_key_hash.as_bytes() == k.as_ref()
                 && id.serial_number.as_bytes() == leaf.serial()
         })
+        .collect();
+    let revoked = || {
+        mine.iter()
+            .find(|s| matches!(s.cert_status, CertStatus::Revoked(_)))
+    };
+    let good = || {
+        mine.iter()
+            .find(|s| matches!(s.cert_status, CertStatus::Good(_)))
+    };
+    revoked()
+        .or_else(good)
+        .or_else(|| mine.first())
+        .copied()
         .ok_or(OcspError::NotForThisCertificate)
 }
 

@@ -35,6 +35,44 @@ pub fn good_with_scts(
     next_update: u64,
     scts: Option<&[u8]>,
 ) -> Vec<u8> {
+    respond(
+        ca,
+        leaf_der,
+        this_update,
+        next_update,
+        &[CertStatus::Good(Null)],
+        scts,
+    )
+}
+
+/// A response for `leaf_der` signed by the CA itself with one
+/// SingleResponse per status, all for the leaf, in this order.
+pub fn with_statuses(
+    ca: &Ca,
+    leaf_der: &[u8],
+    this_update: u64,
+    next_update: u64,
+    statuses: &[CertStatus],
+) -> Vec<u8> {
+    respond(ca, leaf_der, this_update, next_update, statuses, None)
+}
+
+/// A revoked status, revoked at `at` (ms).
+pub fn revoked_at(at: u64) -> CertStatus {
+    CertStatus::Revoked(x509_ocsp::RevokedInfo {
+        revocation_time: time(at),
+        revocation_reason: None,
+    })
+}
+
+fn respond(
+    ca: &Ca,
+    leaf_der: &[u8],
+    this_update: u64,
+    next_update: u64,
+    statuses: &[CertStatus],
+    scts: Option<&[u8]>,
+) -> Vec<u8> {
     let leaf = Certificate::from_der(leaf_der).expect("leaf");
     let issuer = Certificate::from_der(&ca.der()).expect("issuer");
     let name = leaf.tbs_certificate.issuer.to_der().expect("name");
@@ -73,13 +111,16 @@ pub fn good_with_scts(
         version: Version::V1,
         responder_id: ResponderId::ByName(issuer.tbs_certificate.subject.clone()),
         produced_at: time(this_update),
-        responses: vec![SingleResponse {
-            cert_id,
-            cert_status: CertStatus::Good(Null),
-            this_update: time(this_update),
-            next_update: Some(time(next_update)),
-            single_extensions,
-        }],
+        responses: statuses
+            .iter()
+            .map(|status| SingleResponse {
+                cert_id: cert_id.clone(),
+                cert_status: *status,
+                this_update: time(this_update),
+                next_update: Some(time(next_update)),
+                single_extensions: single_extensions.clone(),
+            })
+            .collect(),
         response_extensions: None,
     };
     let tbs = data.to_der().expect("tbs");
