@@ -288,13 +288,14 @@ impl<'a> Validator<'a> {
                 .map_err(|e| self.err(None, Some("defaults.report_uri"), line, e.into()))
                 .ok()
         });
-        let ct = self.ct_defaults(d.ct, &trust);
+        let unlisted = d.unlisted.unwrap_or(Unlisted::Deny);
+        let ct = self.ct_defaults(d.ct, &trust, unlisted);
         Defaults {
             report_uri,
             ct,
             ct_written: d.ct,
             upstream_protocol: d.upstream_protocol.unwrap_or_default(),
-            unlisted: d.unlisted.unwrap_or(Unlisted::Deny),
+            unlisted,
             mode: d.mode.unwrap_or(Mode::Enforce),
             trust,
             ports,

@@ -98,6 +98,39 @@ fn enforce_under_pin_only_is_a_load_error_and_under_a_private_ca_a_warning() {
     assert!(p.warnings.iter().any(|w| w.to_string().contains("none")));
 }
 
+/// `defaults.ct: enforce` reads as if it held every unlisted host, but an
+/// unlisted CONNECT and a transparent splice are byte tunnels pinproxy
+/// never judges: with `unlisted: allow` or `learn` the pinset loads with a
+/// warning saying so; with `deny` there is no unlisted traffic to mislead.
+#[test]
+fn defaults_ct_enforce_with_unlisted_traffic_warns_that_tunnels_are_not_judged() {
+    let dir = dir_with_bundle();
+    for unlisted in ["allow", "learn"] {
+        let yaml =
+            format!("version: 1\ndefaults:\n  unlisted: {unlisted}\n  ct: enforce\nhosts: {{}}\n");
+        let p = load(dir.path(), &yaml).unwrap();
+        assert_eq!(p.defaults.ct, CtMode::Enforce);
+        let w: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 1, "{unlisted}: {w:?}");
+        assert_eq!(p.warnings[0].field.as_deref(), Some("defaults.ct"));
+        assert_eq!(p.warnings[0].line, Some(4), "{w:?}");
+        assert!(w[0].contains("byte tunnels"), "{w:?}");
+    }
+    for yaml in [
+        "version: 1\ndefaults:\n  unlisted: deny\n  ct: enforce\nhosts: {}\n",
+        "version: 1\ndefaults:\n  unlisted: allow\n  ct: report\nhosts: {}\n",
+    ] {
+        let p = load(dir.path(), yaml).unwrap();
+        assert!(
+            !p.warnings
+                .iter()
+                .any(|w| w.to_string().contains("byte tunnels")),
+            "{yaml}: {:?}",
+            p.warnings
+        );
+    }
+}
+
 #[test]
 fn an_unknown_ct_value_is_refused_and_a_ct_change_is_a_change_of_enforcement() {
     let dir = dir_with_bundle();

@@ -10,22 +10,36 @@
 //! the private CA's own logs, otherwise every connection is refused.
 
 use super::{Entry, Trust, Validator};
-use crate::CtMode;
+use crate::{CtMode, Unlisted};
 
 const PRIVATE_ENFORCE: &str = "enforce under a private CA bundle refuses every certificate \
                                not logged in a log on the CT log list: a private CA's \
                                certificates usually are not (CT covers publicly-trusted CAs); \
                                keep it only with a --ct-log-list naming the CA's own logs";
+const UNLISTED_TUNNELS: &str = "enforce does not reach most unlisted traffic: a CONNECT \
+                                (HTTPS_PROXY) to an unlisted host and a transparent splice \
+                                are byte tunnels, judged by the app's own TLS, not by \
+                                pinproxy; only absolute-form https:// requests, whose TLS \
+                                pinproxy makes, are judged. List the hosts CT must hold for";
 const PIN_ONLY: &str = "enforce needs a validated path — a pin-only entry has no validated \
                         path whose leaf CT could judge; the pin is the trust here";
 
 // === impl Validator ===
 
 impl Validator<'_> {
-    /// `defaults.ct`: the mode unlisted hosts get (they are validated under
-    /// `defaults.trust`), and what webpki entries inherit.
-    pub(super) fn ct_defaults(&mut self, written: Option<CtMode>, trust: &Trust) -> CtMode {
+    /// `defaults.ct`: the mode unlisted hosts get where pinproxy makes
+    /// their TLS (validated under `defaults.trust`), and what webpki
+    /// entries inherit.
+    pub(super) fn ct_defaults(
+        &mut self,
+        written: Option<CtMode>,
+        trust: &Trust,
+        unlisted: Unlisted,
+    ) -> CtMode {
         let line = self.lines.default_field("ct");
+        if written == Some(CtMode::Enforce) && unlisted != Unlisted::Deny {
+            self.warn(None, Some("defaults.ct"), line, UNLISTED_TUNNELS.into());
+        }
         match (written, trust) {
             (Some(CtMode::Enforce), Trust::Bundle { .. }) => {
                 self.warn(
