@@ -129,3 +129,62 @@ fn chart_webhook_flags_exist() {
     }
     assert!(n >= 5);
 }
+
+/// The shipped alert rules: promtool accepts them and their unit tests
+/// pass; the chart's and the kustomize base's copies carry the same
+/// groups; every alert has a promtool test and a row in the docs' table.
+#[test]
+fn alert_rules_pass_promtool_and_every_copy_test_and_doc_has_each_alert() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("deploy/prometheus");
+    for args in [
+        &["check", "rules", "pinproxy-rules.yaml"][..],
+        &["test", "rules", "pinproxy-rules.test.yaml"][..],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool is installed (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let yaml = |text: &str| serde_yaml::from_str::<serde_yaml::Value>(text).unwrap();
+    let canonical = yaml(&read("deploy/prometheus/pinproxy-rules.yaml"));
+    let groups = &canonical["groups"];
+    assert_eq!(
+        &yaml(&read("charts/pinproxy/files/pinproxy-rules.yaml"))["groups"],
+        groups,
+        "the chart's copy differs: python3 scripts/k8s-validate.py --write-rules"
+    );
+    assert_eq!(
+        &yaml(&read("deploy/base/prometheusrule.yaml"))["spec"]["groups"],
+        groups,
+        "the PrometheusRule differs: python3 scripts/k8s-validate.py --write-rules"
+    );
+    let alerts: Vec<&str> = groups
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert!(alerts.contains(&"PinproxyCtLogListStale"), "{alerts:?}");
+    let tests = read("deploy/prometheus/pinproxy-rules.test.yaml");
+    let docs = read("docs/kubernetes.md");
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "{alert} has no promtool test"
+        );
+        assert!(
+            docs.contains(&format!("| `{alert}` |")),
+            "{alert} is not in docs/kubernetes.md's table"
+        );
+    }
+}
