@@ -513,6 +513,25 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(ct(&p, "oneop.test", "stale-list"), 1);
     assert_eq!(p.tls_failures("oneop.test", "ct-policy"), 1);
+    // What the stale-list alert counts: enforce that refused nothing, not
+    // a stale list under report (a verdict like any other).
+    let degraded = |host: &str| {
+        p.metrics
+            .ct_enforce_degraded
+            .with_label_values(&[host])
+            .get()
+    };
+    assert_eq!(degraded("oneop.test"), 1);
+    let r = fetch(&p, "report.test").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(ct(&p, "report.test", "stale-list"), 1);
+    // (Read before `degraded` would make the series.)
+    let exposed = p.admin_get("/metrics").await.body;
+    assert!(
+        exposed.contains("pinproxy_ct_enforce_degraded_total{host=\"oneop.test\"} 1")
+            && !exposed.contains("pinproxy_ct_enforce_degraded_total{host=\"report.test\"}"),
+        "{exposed}"
+    );
     let pins_view: serde_json::Value =
         serde_json::from_str(&p.admin_get("/pins").await.body).unwrap();
     let shown = &pins_view["ct_log_list"];

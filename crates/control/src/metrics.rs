@@ -55,6 +55,10 @@ pub struct Metrics {
     pub learned_hosts: IntGauge,
     /// Certificate Transparency verdicts, by pinset entry (or `unlisted`).
     pub ct_verdicts: IntCounterVec,
+    /// Handshakes under `ct: enforce` judged with a stale log list, which
+    /// refused nothing: what an alert on a stale list must count (a
+    /// stale list under `report` costs nothing).
+    pub ct_enforce_degraded: IntCounterVec,
     pub ocsp_staples: IntCounterVec,
     /// `log_list_timestamp` of the CT log list in force.
     pub ct_log_list_timestamp: Gauge,
@@ -245,6 +249,11 @@ impl Metrics {
                 "Certificate Transparency verdicts on validated leaves, by pinset entry (or unlisted) and result.",
                 &["host", "result"],
             ),
+            ct_enforce_degraded: counter(
+                "ct_enforce_degraded_total",
+                "Handshakes to an entry with ct: enforce judged with a CT log list 70 days old or older: enforce acted as report.",
+                &["host"],
+            ),
             ocsp_staples: counter(
                 "ocsp_staples_total",
                 "OCSP responses stapled by upstream servers, by verdict (absent: none stapled).",
@@ -354,6 +363,22 @@ impl Metrics {
                 let _ = self.ct_verdicts.remove_label_values(&[name, v.as_str()]);
             }
         }
+        // ct_enforce_degraded_total at 0 for entries that enforce, gone
+        // for the rest.
+        let unlisted_enforces =
+            policy.defaults.unlisted.admits() && policy.defaults.ct == CtMode::Enforce;
+        let modes = policy
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.ct == CtMode::Enforce))
+            .chain(std::iter::once(("unlisted", unlisted_enforces)));
+        for (name, enforces) in modes {
+            if enforces {
+                self.ct_enforce_degraded.with_label_values(&[name]);
+            } else {
+                let _ = self.ct_enforce_degraded.remove_label_values(&[name]);
+            }
+        }
     }
 
     /// Shows the CT log list in force.
@@ -362,11 +387,21 @@ impl Metrics {
             .set(list.timestamp().as_secs() as f64);
     }
 
-    /// Counts what CT and the OCSP staple said on one validated path.
-    pub fn checked(&self, host: &str, ct: Option<CtVerdict>, staple: StapleVerdict) {
+    /// Counts what CT and the OCSP staple said on one validated path;
+    /// `degraded`: `ct: enforce` acted as `report` (a stale list).
+    pub fn checked(
+        &self,
+        host: &str,
+        ct: Option<CtVerdict>,
+        staple: StapleVerdict,
+        degraded: bool,
+    ) {
         self.ocsp_staples
             .with_label_values(&[staple.as_str()])
             .inc();
+        if degraded {
+            self.ct_enforce_degraded.with_label_values(&[host]).inc();
+        }
         if let Some(v) = ct {
             self.ct_verdicts
                 .with_label_values(&[host, v.as_str()])
@@ -402,6 +437,7 @@ impl Metrics {
         for v in CtVerdict::ALL {
             let _ = self.ct_verdicts.remove_label_values(&[host, v.as_str()]);
         }
+        let _ = self.ct_enforce_degraded.remove_label_values(&[host]);
     }
 
     // === counting ===

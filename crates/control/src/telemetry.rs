@@ -432,7 +432,7 @@ impl Generation {
     /// (rate-limited) while a stale log list keeps `enforce` from acting.
     fn count_checks(&self, host: &str, c: &PathChecks) {
         self.metrics
-            .checked(host, c.ct_verdict(), c.staple_verdict());
+            .checked(host, c.ct_verdict(), c.staple_verdict(), c.degraded());
         if c.degraded() {
             if let Some(suppressed) = self.limiter.allow("\0ct-stale-list") {
                 tracing::warn!(
