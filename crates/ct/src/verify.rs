@@ -3,7 +3,6 @@
 //! timestamp not in the future. Whether the SCTs together satisfy Chrome's
 //! policy is [`crate::policy`]'s question.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use crate::cert::{Issuer, Leaf};
@@ -44,9 +43,6 @@ pub enum SctStatus {
     FutureTimestamp,
     /// An SCT version other than v1: ignored (RFC 6962 §3.2).
     UnsupportedVersion(u8),
-    /// Not verified: an SCT from the same log in the same list was
-    /// already valid, and a second one cannot add to the count.
-    SameLogAgain,
     /// This many more SCTs in the list, past [`MAX_SCTS_PER_LIST`], were
     /// not looked at.
     OverLimit(usize),
@@ -175,26 +171,14 @@ fn check_list(
     };
     let over = entries.len().saturating_sub(MAX_SCTS_PER_LIST);
     entries.truncate(MAX_SCTS_PER_LIST);
-    // Logs with a valid SCT so far: another SCT from one of them is not
-    // worth a signature verification.
-    let mut counted: HashSet<LogId> = HashSet::new();
+    // Every SCT under the cap is verified, a log's second one too: an
+    // embedded SCT's eligibility depends on its own timestamp (a retired
+    // log counts only before its retirement, and the earliest timestamp
+    // is the issuance), so skipping one could refuse a compliant leaf.
     let mut out: Vec<CheckedSct> = entries
         .into_iter()
         .map(|e| match e {
-            Entry::V1(s) if counted.contains(&s.log_id) => CheckedSct {
-                delivery: d,
-                status: SctStatus::SameLogAgain,
-                log: log_info(list, &s, now),
-                sct: Some(s),
-            },
-            Entry::V1(s) => {
-                let id = s.log_id;
-                let checked = check_one(list, s, entry, d, now);
-                if checked.is_valid() {
-                    counted.insert(id);
-                }
-                checked
-            }
+            Entry::V1(s) => check_one(list, s, entry, d, now),
             Entry::Unsupported { version } => CheckedSct {
                 delivery: d,
                 status: SctStatus::UnsupportedVersion(version),
@@ -248,12 +232,6 @@ fn check_one(
     }
 }
 
-/// What the list says about the log of `sct` (`None`: not in it).
-fn log_info(list: &LogList, sct: &Sct, now: Instant) -> Option<LogInfo> {
-    list.log(&sct.log_id)
-        .map(|log| info_of(list, log, sct, now))
-}
-
 fn info_of(list: &LogList, log: &Log, sct: &Sct, now: Instant) -> LogInfo {
     LogInfo {
         description: log.description.clone(),
@@ -280,9 +258,6 @@ impl fmt::Display for SctStatus {
             SctStatus::BadSignature(e) => write!(f, "bad signature ({e})"),
             SctStatus::FutureTimestamp => f.write_str("timestamp in the future"),
             SctStatus::UnsupportedVersion(v) => write!(f, "unsupported SCT version {v}, ignored"),
-            SctStatus::SameLogAgain => {
-                f.write_str("not checked: this log's SCT in the same list already counts")
-            }
             SctStatus::OverLimit(n) => write!(
                 f,
                 "{n} more SCT{} in the list not checked (at most {MAX_SCTS_PER_LIST} per list)",
