@@ -57,6 +57,18 @@ async fn s_server(
     key: &KeyPair,
     staple: Option<&[u8]>,
 ) -> Server {
+    s_server_with(dir, name, cert, key, staple, &[]).await
+}
+
+/// [`s_server`] with more of its options (`-tls1_2`).
+async fn s_server_with(
+    dir: &Path,
+    name: &str,
+    cert: &[u8],
+    key: &KeyPair,
+    staple: Option<&[u8]>,
+    extra: &[&str],
+) -> Server {
     let cert_path = write(dir, &format!("{name}.crt"), &pem("CERTIFICATE", cert));
     let key_path = write(dir, &format!("{name}.key"), &key.serialize_pem());
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -79,6 +91,7 @@ async fn s_server(
         std::fs::write(&status, response).unwrap();
         args.extend(["-status_file".into(), status.display().to_string()]);
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut child = Command::new("openssl")
         .args(&args)
         .stdin(Stdio::piped())
@@ -759,6 +772,13 @@ async fn stapled_ocsp_good_revoked_expired_unauthorised_and_must_staple() {
 /// went unchecked for as long as the server kept resuming).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumable_server_is_judged_again_on_every_connection() {
+    // TLS 1.3 (tickets) and TLS 1.2 (session ids and tickets).
+    for extra in [&[][..], &["-tls1_2"][..]] {
+        judged_again(extra).await;
+    }
+}
+
+async fn judged_again(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let ocsp = Ocsp::new(&d);
@@ -767,12 +787,13 @@ async fn a_resumable_server_is_judged_again_on_every_connection() {
     // s_server issues session tickets and reads -status_file on every
     // full handshake; -www answers HTTP/1.0 and closes, so every request
     // is a new connection.
-    let s = s_server(
+    let s = s_server_with(
         &d,
         "s0",
         &good,
         &key,
         Some(&ocsp.respond("resp", "good", &good)),
+        extra,
     )
     .await;
     let pin = pin_of(&ocsp.ca.spki());
@@ -788,7 +809,11 @@ async fn a_resumable_server_is_judged_again_on_every_connection() {
     for n in 1..=2 {
         let r = fetch(&p, "good.test").await;
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(staples(&p, "good"), n, "connection {n} was not judged");
+        assert_eq!(
+            staples(&p, "good"),
+            n,
+            "{extra:?}: connection {n} was not judged"
+        );
     }
     // The CA revokes the leaf; the server staples what its responder says.
     let index = std::fs::read_to_string(d.join("index.txt")).unwrap();
