@@ -352,6 +352,29 @@ fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
         let msg = r["status"]["message"].as_str().unwrap();
         assert!(msg.contains(name) && msg.contains("evil/relay:1"), "{msg}");
     }
+    // Its pinproxy.io/ labels and annotations stay (the review after this
+    // one walked around the image rule by dropping the selector's label
+    // first, and unlocked ephemeral containers by adding the override).
+    let mut unlabelled = injected.clone();
+    unlabelled["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pinproxy.io/injected")
+        .expect("injection labels the pod");
+    let mut overridden = injected.clone();
+    overridden["metadata"]["annotations"]["pinproxy.io/allow-setuid"] = json!("true");
+    for (changed, name) in [
+        (&unlabelled, "pinproxy.io/injected"),
+        (&overridden, "pinproxy.io/allow-setuid"),
+    ] {
+        let r = judge(&injected, changed, "");
+        assert_eq!(r["allowed"], json!(false), "{name}: {r}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(name) && msg.contains("recreate the pod"),
+            "{msg}"
+        );
+    }
     // The app's image, labels: allowed, untouched.
     let mut relabelled = set_image(&injected, "containers", "app", "a:2");
     relabelled["metadata"]["labels"]["team"] = json!("x");

@@ -213,6 +213,12 @@ PY
   check "the sidecar's image is unchanged" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.spec.initContainers[0].image}')" "$image"
   run kubectl -n "$APP_NS" label pod "$pod" e2e-update=allowed
   check "other updates of the pod pass" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.labels.e2e-update}')" allowed
+  # Dropping the selector's own label first would take the next update out
+  # of the webhook's sight: pinproxy.io/ labels are frozen too.
+  out="$(kubectl -n "$APP_NS" label pod "$pod" pinproxy.io/inject- 2>&1 || true)"
+  echo "kubectl label pod $pod pinproxy.io/inject- : $out"
+  check "the API server denied dropping pinproxy.io/inject" sh -c 'printf %s "$1" | grep -q "cannot be changed after creation"' _ "$out"
+  check "the label is still there" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.labels.pinproxy\.io/inject}')" true
 }
 
 # --- 2: from inside the app container ---------------------------------------------
@@ -544,6 +550,17 @@ scenario_6() {
   # The narrow scope: a pod that did not ask never calls the webhook.
   run kubectl -n optin run plain --image "$APP_IMAGE" --image-pull-policy IfNotPresent --restart Never --command -- sleep 600
   check "a pod that did not ask is created while the webhook is down" sh -c "kubectl -n optin get pod plain >/dev/null"
+  # Updates of injected pods: only what the webhook judges waits for it
+  # (the chart's matchConditions); a controller's label patch goes through.
+  local app; app="$(app_pod)"
+  run kubectl -n "$APP_NS" label pod "$app" e2e-outage=passed
+  check "an unrelated update of an injected pod passes while the webhook is down" \
+    eq "$(kubectl -n "$APP_NS" get pod "$app" -o jsonpath='{.metadata.labels.e2e-outage}')" passed
+  local out; out="$(kubectl -n "$APP_NS" patch pod "$app" --type=json \
+    -p '[{"op": "replace", "path": "/spec/initContainers/0/image", "value": "evil.test/relay:1"}]' 2>&1 || true)"
+  echo "the sidecar's image swap while the webhook is down: $out"
+  check "an image swap is refused while the webhook is down (failurePolicy Fail)" \
+    sh -c '! printf %s "$1" | grep -q "patched"' _ "$out"
   run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=2
   run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
   # Webhook back: the same requests are injected.

@@ -183,7 +183,7 @@ pub struct RunArgs {
     /// With --pinset-key: the lowest serial applied, a rollback floor every
     /// start begins with (the --state-dir floor is lost with the pod). A
     /// signed pinset with a lower serial is refused `rollback`. Raise it
-    /// when retiring a signing key or a pinned key: to the serial of the
+    /// when retiring a pinned key: to the serial of the
     /// first pinset without it.
     #[arg(
         long,

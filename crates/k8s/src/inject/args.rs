@@ -188,7 +188,7 @@ pub struct SidecarArgs {
     /// the pod; this one is in the pod's arguments, which the pins
     /// Secret's writer cannot change). With the webhook's --pinset-key,
     /// `POST /validate` also denies a pinset object below it. Raise it when
-    /// retiring a signing key or a pinned key: to the serial of the first
+    /// retiring a pinned key: to the serial of the first
     /// pinset without it.
     #[arg(long, env = "PINPROXY_INJECT_PINSET_MIN_SERIAL", value_name = "N")]
     pub pinset_min_serial: Option<pinproxy_sign::Serial>,

@@ -77,6 +77,9 @@ fn is_pod(request: &Json) -> bool {
             .is_empty()
 }
 
+/// The prefix of pinproxy's labels and annotations.
+const PINPROXY_PREFIX: &str = "pinproxy.io/";
+
 /// Whether `pod` was injected: the label injection sets, or a container
 /// named as the sidecar.
 fn injected(pod: &Json) -> bool {
@@ -102,10 +105,45 @@ fn image_of<'a>(pod: &'a Json, name: &str) -> Option<&'a Json> {
 /// images stay. Swapped, either could run anything as the proxy's UID,
 /// which transparent mode's rules let through, while the pod still says
 /// it is injected. App images may change (what user an image runs as is
-/// not visible here, as at creation).
+/// not visible here, as at creation). Its `pinproxy.io/` labels and
+/// annotations stay too: they decided how it was injected, the chart's
+/// selectors match them (dropping `pinproxy.io/inject` would take the
+/// pod's next update out of this webhook's sight), and the override
+/// annotation added afterwards would unlock what was locked.
 fn review_update(uid: &str, old: &Json, new: &Json) -> Reply {
     if !injected(old) {
         return allow(uid, None, &[]);
+    }
+    for field in ["labels", "annotations"] {
+        let ours = |pod: &'_ Json| -> Vec<(String, Json)> {
+            let mut kv: Vec<(String, Json)> = pod
+                .get("metadata")
+                .and_then(|m| m.get(field))
+                .and_then(Json::as_object)
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with(PINPROXY_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            kv.sort_by(|a, b| a.0.cmp(&b.0));
+            kv
+        };
+        let (before, after) = (ours(old), ours(new));
+        if before != after {
+            let changed = before
+                .iter()
+                .chain(&after)
+                .map(|(k, _)| k.as_str())
+                .find(|k| before.iter().find(|(b, _)| b == k) != after.iter().find(|(a, _)| a == k))
+                .unwrap_or(PINPROXY_PREFIX);
+            return bad(
+                uid,
+                &format!(
+                    "pinproxy: the {field} {changed:?} of an injected pod cannot be changed after \
+                     creation (they decided how it was injected); recreate the pod to change it"
+                ),
+            );
+        }
     }
     for name in [inject::CONTAINER_NAME, inject::REDIRECT_CONTAINER_NAME] {
         let (before, after) = (image_of(old, name), image_of(new, name));
