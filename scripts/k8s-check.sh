@@ -163,8 +163,11 @@ grep -q "would have no pins.yaml.sig" <<<"$why" \
   || die "signing without pins.signature is not refused with a reason: $why"
 # pinset.signing.minSerial reaches the webhook (and so every sidecar) as
 # --pinset-min-serial; one above the chart's own pinset's serial is refused.
-helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" --set pinset.signing.minSerial=1000000 \
-  --set pins.existingSecret=p | grep -q -- "- --pinset-min-serial=1000000$" \
+# (Rendered first: under pipefail, `helm … | grep -q` fails whenever grep
+# stops reading before helm has written everything.)
+rendered="$(helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" --set pinset.signing.minSerial=1000000 \
+  --set pins.existingSecret=p)"
+grep -q -- "- --pinset-min-serial=1000000$" <<<"$rendered" \
   || die "pinset.signing.minSerial is not passed as --pinset-min-serial"
 why="$(helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" --set pinset.signing.minSerial=2 2>&1 || true)"
 grep -q "below pinset.signing.minSerial 2" <<<"$why" \
