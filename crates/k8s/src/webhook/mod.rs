@@ -62,6 +62,7 @@ mod limits;
 pub mod pinset;
 mod review;
 mod slots;
+mod update;
 
 pub use cert::CertReloader;
 pub use limits::{Limits, DEFAULT_MAX_BODY};
