@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::proxy::TestProxy;
+use crate::sidecar;
 use crate::support::*;
 use crate::{admin, fetch, files, in_force, World, HOST};
 
@@ -68,11 +68,7 @@ async fn emergency_drill_follows_the_readme() {
     let mut vol = SecretVolume::new(secret.path(), &files(&v41, Some(&s41), &ca));
     let key = work.path().join("pinset.pub").display().to_string();
     let st = state.path().display().to_string();
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &key, "--state-dir", &st])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &key, "--state-dir", &st]).await;
     run.until("signed pinset in force").await;
     assert_eq!(fetch(&run).await.error(), Some("pin-mismatch"));
 

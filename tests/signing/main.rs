@@ -158,6 +158,15 @@ struct Row {
     in_force: u64,
 }
 
+/// A sidecar on `vol`'s `pins.yaml` with `args` (`--pinset-key …`).
+async fn sidecar(vol: &SecretVolume, args: &[&str]) -> support::proxy::Spawned {
+    TestProxy::builder()
+        .pins_path(vol.path("pins.yaml"))
+        .args(args)
+        .spawn()
+        .await
+}
+
 fn print_table(rows: &[Row]) {
     eprintln!("| attack | result | serial in force after |");
     eprintln!("|---|---|---|");
@@ -195,11 +204,11 @@ async fn attacks_on_a_running_sidecar_are_refused_and_the_last_good_pinset_stays
         b.public.display().to_string(),
     );
     let st = state.path().display().to_string();
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka, "--pinset-key", &kb, "--state-dir", &st])
-        .spawn()
-        .await;
+    let mut run = sidecar(
+        &vol,
+        &["--pinset-key", &ka, "--pinset-key", &kb, "--state-dir", &st],
+    )
+    .await;
     run.until("signed pinset in force").await;
     assert_eq!(admin(&run, "/readyz").await.status, 200);
     assert_eq!(fetch(&run).await.status, 200);
@@ -376,11 +385,7 @@ async fn a_start_without_a_valid_signature_is_not_ready_and_refuses_everything()
     ] {
         let secret = tempfile::tempdir().unwrap();
         let mut vol = SecretVolume::new(secret.path(), &files(&v1, sig.as_deref(), &ca));
-        let mut run = TestProxy::builder()
-            .pins_path(vol.path("pins.yaml"))
-            .args(&["--pinset-key", &ka])
-            .spawn()
-            .await;
+        let mut run = sidecar(&vol, &["--pinset-key", &ka]).await;
         run.until("NOT READY").await;
         let ready = admin(&run, "/readyz").await;
         assert_eq!(ready.status, 503);
@@ -427,11 +432,7 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
     let (s4, s5) = (a.sign(&v4), a.sign(&v5));
 
     let mut vol = SecretVolume::new(secret.path(), &files(&v5, Some(&s5), &ca));
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka, "--state-dir", &st])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &ka, "--state-dir", &st]).await;
     run.until("signed pinset in force").await;
     // The floor is written just after the swap: wait for it, then stop.
     for _ in 0..200 {
@@ -444,11 +445,7 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
 
     // The attacker replays serial 4 and restarts the pod's sidecar.
     vol.update(&files(&v4, Some(&s4), &ca));
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka, "--state-dir", &st])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &ka, "--state-dir", &st]).await;
     run.until("NOT READY").await;
     let ready = admin(&run, "/readyz").await;
     assert_eq!(ready.status, 503);
@@ -459,11 +456,7 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
 
     // Without --state-dir the floor is what the sidecar starts with: the
     // README's stated limit.
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &ka]).await;
     run.until("signed pinset in force").await;
     assert_eq!(in_force(&run).await.0, 4);
     eprintln!("| replay across a restart, no --state-dir | applied (documented limit) | 4 |");
@@ -489,18 +482,18 @@ async fn a_new_pod_refuses_a_serial_below_the_minimum() {
     // A new pod: a fresh, empty --state-dir.
     let state = tempfile::tempdir().unwrap();
     let st = state.path().display().to_string();
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&[
+    let mut run = sidecar(
+        &vol,
+        &[
             "--pinset-key",
             &ka,
             "--state-dir",
             &st,
             "--pinset-min-serial",
             "3",
-        ])
-        .spawn()
-        .await;
+        ],
+    )
+    .await;
     let seen = run.until("NOT READY").await;
     let ready = admin(&run, "/readyz").await;
     assert_eq!(ready.status, 503);
@@ -537,11 +530,7 @@ async fn a_new_pod_refuses_a_serial_below_the_minimum() {
     drop(run);
 
     // Without a --state-dir at all, the minimum still holds at start.
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka, "--pinset-min-serial", "3"])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &ka, "--pinset-min-serial", "3"]).await;
     run.until("NOT READY").await;
     assert_eq!(reloads(&run, "rollback").await, 1);
     assert_eq!(fetch(&run).await.error(), Some("no-pinset"));
@@ -562,18 +551,18 @@ async fn the_minimum_raises_a_lower_kept_floor() {
     let state = tempfile::tempdir().unwrap();
     std::fs::write(state.path().join("serial"), "1\n").unwrap();
     let st = state.path().display().to_string();
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&[
+    let mut run = sidecar(
+        &vol,
+        &[
             "--pinset-key",
             &ka,
             "--state-dir",
             &st,
             "--pinset-min-serial",
             "5",
-        ])
-        .spawn()
-        .await;
+        ],
+    )
+    .await;
     run.until("NOT READY").await;
     let ready = admin(&run, "/readyz").await;
     assert!(ready.body.contains("minimum serial (5"), "{}", ready.body);
@@ -659,11 +648,7 @@ async fn a_state_dir_that_is_not_there_stops_the_start() {
     std::fs::create_dir(&missing).unwrap();
     std::fs::write(missing.join("serial"), "not a serial\n").unwrap();
     let d = missing.display().to_string();
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka, "--state-dir", &d])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &ka, "--state-dir", &d]).await;
     let seen = run.until("pinset load failed").await;
     let line = seen.last().unwrap();
     assert!(line.contains("nothing is in force yet"), "{line}");
@@ -733,11 +718,7 @@ async fn a_pinset_signed_by_cosign_sign_blob_is_applied() {
     let ca = w.pki.root.pem();
     let vol = SecretVolume::new(secret.path(), &files(&v7, Some(&sig), &ca));
     let key = work.path().join("cosign.pub").display().to_string();
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &key])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &key]).await;
     run.until("signed pinset in force").await;
     assert_eq!(in_force(&run).await.0, 7);
     assert_eq!(fetch(&run).await.status, 200);

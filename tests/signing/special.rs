@@ -11,7 +11,6 @@
 use std::path::Path;
 
 use pinproxy::sign::Algorithm;
-use support::proxy::TestProxy;
 
 use super::*;
 
@@ -47,11 +46,7 @@ async fn refused_then_the_next_good_version_applies(
     let secret = tempfile::tempdir().unwrap();
     let v1 = w.good(1);
     let mut vol = SecretVolume::new(secret.path(), &files(&v1, Some(&a.sign(&v1)), &ca));
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &ka]).await;
     run.until("signed pinset in force").await;
 
     let bad = w.pinset(2, &w.wrong, "enforce");
@@ -144,11 +139,7 @@ async fn a_start_with_a_fifo_signature_is_not_ready_then_applies_the_next_good_p
         mkfifo(&dir.join("pins.yaml.sig"))
     });
     // spawn() waits (bounded) for the listener: it used to never come up.
-    let mut run = TestProxy::builder()
-        .pins_path(vol.path("pins.yaml"))
-        .args(&["--pinset-key", &ka])
-        .spawn()
-        .await;
+    let mut run = sidecar(&vol, &["--pinset-key", &ka]).await;
     run.until("NOT READY").await;
     let ready = admin(&run, "/readyz").await;
     assert_eq!(ready.status, 503);
