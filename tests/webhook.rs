@@ -59,6 +59,24 @@ fn patched(pod: &Json, reply: &Reply) -> Json {
     doc
 }
 
+/// The options with transparent mode and its lock on.
+fn transparent_opts() -> InjectOptions {
+    let mut o = opts();
+    o.transparent = true;
+    o.redirect.lock = true;
+    o
+}
+
+/// `pod` as the webhook's CREATE review under `o` patches it.
+fn inject_reviewed(pod: &Json, o: &InjectOptions) -> Json {
+    let reply = review(
+        admission_review(pod).to_string().as_bytes(),
+        Mode::OptOut,
+        o,
+    );
+    patched(pod, &reply)
+}
+
 /// The Pods a controller would create from each workload fixture, as YAML.
 fn fixture_pods() -> Vec<(String, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject");
@@ -313,16 +331,8 @@ fn update_review(old: &Json, new: &Json, sub: &str) -> Json {
 /// is refused as an app container is at injection.
 #[test]
 fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
-    let mut o = opts();
-    o.transparent = true;
-    o.redirect.lock = true;
-    let pod = simple_pod(json!({}));
-    let reply = review(
-        admission_review(&pod).to_string().as_bytes(),
-        Mode::OptOut,
-        &o,
-    );
-    let injected = patched(&pod, &reply);
+    let (o, pod) = (transparent_opts(), simple_pod(json!({})));
+    let injected = inject_reviewed(&pod, &o);
     let judged = |old: &Json, new: &Json, sub: &str| {
         review(
             update_review(old, new, sub).to_string().as_bytes(),
@@ -418,14 +428,7 @@ fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
     let r = judge(&locked, &locked, "ephemeralcontainers");
     assert!(r.get("patch").is_none(), "{r}");
     // Outside transparent mode ephemeral containers are the app's business.
-    let plain = patched(
-        &pod,
-        &review(
-            admission_review(&pod).to_string().as_bytes(),
-            Mode::OptOut,
-            &opts(),
-        ),
-    );
+    let plain = inject_reviewed(&pod, &opts());
     let mut plain_debug = plain.clone();
     plain_debug["spec"]["ephemeralContainers"] =
         json!([{"name": "debugger", "image": "busybox", "securityContext": {"privileged": true}}]);
@@ -728,16 +731,8 @@ fn a_pod_that_names_another_proxy_is_denied_with_the_reason() {
 /// naming the override annotation, and allowed unchanged with it.
 #[test]
 fn transparent_pods_lose_the_uid_switch_or_are_denied() {
-    let mut o = opts();
-    o.transparent = true;
-    o.redirect.lock = true;
-    let pod = simple_pod(json!({}));
-    let reply = review(
-        admission_review(&pod).to_string().as_bytes(),
-        Mode::OptOut,
-        &o,
-    );
-    let doc = patched(&pod, &reply);
+    let (o, pod) = (transparent_opts(), simple_pod(json!({})));
+    let doc = inject_reviewed(&pod, &o);
     let app = doc["spec"]["containers"]
         .as_array()
         .unwrap()
@@ -788,16 +783,8 @@ fn transparent_pods_lose_the_uid_switch_or_are_denied() {
 /// the proxy's UID under `Never`.
 #[test]
 fn a_container_added_after_injection_is_locked_on_reinvocation() {
-    let mut o = opts();
-    o.transparent = true;
-    o.redirect.lock = true;
-    let pod = simple_pod(json!({}));
-    let reply = review(
-        admission_review(&pod).to_string().as_bytes(),
-        Mode::OptOut,
-        &o,
-    );
-    let mut injected = patched(&pod, &reply);
+    let (o, pod) = (transparent_opts(), simple_pod(json!({})));
+    let mut injected = inject_reviewed(&pod, &o);
     injected["spec"]["containers"]
         .as_array_mut()
         .unwrap()
