@@ -279,11 +279,7 @@ fn transparent_mode_takes_the_uid_switch_away() {
             "{msg}"
         );
         // The override: accepted as written, with a warning saying the cost.
-        let allowed = keeps.replace(
-            "      labels:\n        app: ledger\n    spec:",
-            "      labels:\n        app: ledger\n      annotations:\n        pinproxy.io/allow-setuid: \"true\"\n    spec:",
-        );
-        assert_ne!(allowed, keeps);
+        let allowed = with_allow_setuid(&keeps);
         let done = inject_stream_with_warnings(&allowed, &opts).unwrap();
         assert!(
             !done.output.contains("pinproxy.io/uid-lock"),
@@ -353,11 +349,7 @@ fn transparent_mode_refuses_capabilities_that_undo_the_rules() {
             "{msg}"
         );
         // The override accepts it as written, with the warning.
-        let allowed = adds.replace(
-            "      labels:\n        app: ledger\n    spec:",
-            "      labels:\n        app: ledger\n      annotations:\n        pinproxy.io/allow-setuid: \"true\"\n    spec:",
-        );
-        assert_ne!(allowed, adds);
+        let allowed = with_allow_setuid(&adds);
         let done = inject_stream_with_warnings(&allowed, &opts).unwrap();
         assert!(
             done.warnings
@@ -438,4 +430,15 @@ fn env_sorted(stream: &str) -> Value {
     let mut v: Value = serde_yaml::from_str(stream).unwrap();
     walk(&mut v);
     v
+}
+
+/// `manifest` (the transparent fixture) with the pod annotation
+/// `pinproxy.io/allow-setuid: "true"`.
+fn with_allow_setuid(manifest: &str) -> String {
+    let annotated = manifest.replace(
+        "      labels:\n        app: ledger\n    spec:",
+        "      labels:\n        app: ledger\n      annotations:\n        pinproxy.io/allow-setuid: \"true\"\n    spec:",
+    );
+    assert_ne!(annotated, manifest, "the fixture's labels moved");
+    annotated
 }
