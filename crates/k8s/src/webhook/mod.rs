@@ -57,6 +57,7 @@ use tokio::sync::Semaphore;
 
 use crate::inject::{InjectError, InjectOptions, SidecarArgs};
 
+mod answer;
 mod cert;
 mod limits;
 pub mod pinset;
@@ -64,10 +65,10 @@ mod review;
 mod slots;
 mod update;
 
+use answer::error_reply;
 pub use cert::CertReloader;
 pub use limits::{Limits, DEFAULT_MAX_BODY};
 pub use pinset::{validate, Pinsets, SerialReader};
-use review::error_reply;
 pub use review::{review, MAX_CONTAINERS, MAX_PATCH_BYTES};
 use slots::Slots;
 

@@ -248,7 +248,7 @@ fn refused(uid: &str, message: &str) -> Reply {
     } else {
         StatusCode::OK
     };
-    super::review::error_reply(status, uid, message)
+    super::answer::error_reply(status, uid, message)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use serde_json::Value as Json;
 
-use super::review::{allow, bad, diff};
+use super::answer::{allow, bad, diff};
 use super::Reply;
 use crate::inject::{self, InjectOptions};
 
