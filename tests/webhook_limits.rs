@@ -377,6 +377,43 @@ async fn idle_connections_make_room_for_a_new_one() {
     assert!(!closed, "only one was needed");
 }
 
+/// A connection kept alive after its answer holds no slot for good: the
+/// final review of the eviction above had a client send one `GET /healthz`
+/// on each connection and keep them all open — never closable, since a
+/// connection that had sent a request was busy for ever — and every slot
+/// stayed taken. Once its answer is out (and the grace has passed) it is
+/// idle again and makes room; a request still in flight is never cut.
+#[tokio::test]
+async fn a_connection_kept_alive_after_its_answer_makes_room() {
+    let s = server(Some(Limits {
+        max_connections: 2,
+        header_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    }))
+    .await;
+    let mut kept = tls(&s).await;
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut kept, Duration::from_millis(300)).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && !closed, "{answer}");
+    // The other slot: a request in flight (its body still to come).
+    let mut in_flight = tls(&s).await;
+    in_flight
+        .write_all(head("Content-Length: 100\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), post_review(&s))
+        .await
+        .expect("served while a kept-alive and an in-flight connection held every slot");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_, closed) = read_until_closed(&mut kept, Duration::from_secs(1)).await;
+    assert!(closed, "the kept-alive connection made room");
+    let (_, closed) = read_until_closed(&mut in_flight, Duration::from_millis(100)).await;
+    assert!(!closed, "a request in flight is never cut");
+}
+
 /// The built webhook, on a port of 127.0.0.1, trusting `Server::ca`.
 #[cfg(target_os = "linux")]
 struct Binary {

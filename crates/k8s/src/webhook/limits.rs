@@ -20,11 +20,11 @@
 //!   next body gets `503` at once instead of memory; at most
 //!   [`Limits::reviews`] bodies are parsed and reviewed at once;
 //! - at most [`Limits::max_connections`] connections are served; when all
-//!   are taken the oldest one that has not sent a request is closed to make
-//!   room (`slots`), and only when every one has sent a request do new ones
-//!   wait in the kernel's accept queue (1024 long). One source address
-//!   holds at most 16 connections that have not sent a request. A TLS
-//!   handshake must finish within 3 s.
+//!   are taken the oldest one with no request in flight (before its first,
+//!   or kept alive after its answers) is closed to make room (`slots`), and
+//!   only when every one has a request in flight do new ones wait in the
+//!   kernel's accept queue (1024 long). One source address holds at most
+//!   16 such idle connections. A TLS handshake must finish within 3 s.
 //!
 //! The input side alone did not bound memory: what the webhook *builds*
 //! grew with the pod, not the body. Injection adds ~2 KB to every app

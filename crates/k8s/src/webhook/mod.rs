@@ -31,7 +31,7 @@
 //! connections and reviews in flight are capped — on every path; a pod
 //! with more than [`MAX_CONTAINERS`] containers, or whose patch would pass
 //! [`MAX_PATCH_BYTES`], is denied. When every connection slot is taken, the
-//! oldest connection that has not sent a request is closed to make room
+//! oldest connection with no request in flight is closed to make room
 //! ([`slots`]).
 //!
 //! TLS: the serving certificate and key are re-read every
@@ -357,8 +357,14 @@ pub async fn serve_all(
                 };
                 let slot = slot.clone();
                 let svc = hyper::service::service_fn(move |req| {
-                    slot.busy();
-                    handle(req, opts.clone(), pinsets.clone(), limits, gates.clone())
+                    // Not closed for room until the answer is ready.
+                    let serving = slot.serving();
+                    let answer = handle(req, opts.clone(), pinsets.clone(), limits, gates.clone());
+                    async move {
+                        let answer = answer.await;
+                        drop(serving);
+                        answer
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(tls), svc);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {

@@ -28,14 +28,16 @@
 //! it overflows, everyone's SYNs are dropped and retried seconds later),
 //! instead of filling the slots and the queue for the API server.
 //!
-//! A connection that has sent a request (its head parsed, the body perhaps
-//! still arriving) is never closed for room: it is bounded by the body
-//! timeout and budget instead. When every slot holds such a connection, new
-//! connections wait in the kernel's accept queue as before.
-//!
-//! Residual: a client that sends one cheap request per connection (`GET
-//! /healthz`) and then keeps it open is not evictable; HTTP/1 keep-alive
-//! is bounded by the request-head timeout, HTTP/2 only by the client.
+//! A connection is idle whenever no request is in flight on it: before its
+//! first request, and between requests on a connection kept alive (a
+//! client that sent one cheap `GET /healthz` on each of its connections and
+//! kept them open held every slot for good, HTTP/2 ones as long as it
+//! answered pings). A request in flight (its head parsed, until its answer
+//! is ready) is never cut: it is bounded by the body timeout and budget
+//! instead, and its connection becomes idle — closable after [`GRACE`],
+//! time enough to write the answer — when its last request is answered.
+//! When every slot holds a request in flight, new connections wait in the
+//! kernel's accept queue as before.
 //!
 //! [`Limits::max_connections`]: super::Limits::max_connections
 
@@ -73,9 +75,12 @@ struct State {
 
 struct Open {
     source: IpAddr,
-    /// Still idle: since when, and the sender that closes it. `None`: it
-    /// has sent a request.
-    idle: Option<(Instant, oneshot::Sender<()>)>,
+    /// Requests in flight on it.
+    in_flight: usize,
+    /// Idle (no request in flight) since when; `None` while serving.
+    idle: Option<Instant>,
+    /// Closes the connection when it is evicted.
+    close: oneshot::Sender<()>,
 }
 
 /// What a new connection can have now.
@@ -138,7 +143,7 @@ impl Slots {
                 .iter()
                 .filter(|(_, o)| o.source == source && o.idle.is_some());
             if theirs.clone().count() >= PER_SOURCE {
-                let oldest = theirs.map(|(id, o)| (*id, o.idle.as_ref().map(|i| i.0)));
+                let oldest = theirs.map(|(id, o)| (*id, o.idle));
                 return match oldest.take(1).next() {
                     Some((id, Some(since))) if since.elapsed() >= GRACE => {
                         Self::evict(&mut state, id);
@@ -167,13 +172,9 @@ impl Slots {
     }
 
     fn evict(state: &mut State, id: u64) {
-        if let Some(Open {
-            idle: Some((_, close)),
-            ..
-        }) = state.open.remove(&id)
-        {
+        if let Some(open) = state.open.remove(&id) {
             // Its task may already be ending: nothing to close.
-            let _ = close.send(());
+            let _ = open.close.send(());
         }
     }
 
@@ -182,11 +183,7 @@ impl Slots {
             return Room::Free;
         }
         // Ids grow with age: the first idle one is the oldest.
-        match state
-            .open
-            .iter()
-            .find_map(|(id, o)| Some((*id, o.idle.as_ref()?.0)))
-        {
+        match state.open.iter().find_map(|(id, o)| Some((*id, o.idle?))) {
             Some((id, since)) if since.elapsed() >= GRACE => Room::Evict(id),
             Some((_, since)) => Room::Wait(Some(since + GRACE)),
             None => Room::Wait(None),
@@ -197,8 +194,15 @@ impl Slots {
         let id = state.next;
         state.next += 1;
         let (close, closed) = oneshot::channel();
-        let idle = Some((Instant::now(), close));
-        state.open.insert(id, Open { source, idle });
+        state.open.insert(
+            id,
+            Open {
+                source,
+                in_flight: 0,
+                idle: Some(Instant::now()),
+                close,
+            },
+        );
         (
             Slot {
                 id,
@@ -230,10 +234,33 @@ async fn wait(freed: tokio::sync::futures::Notified<'_>, until: Option<Instant>)
 // === impl Slot ===
 
 impl Slot {
-    /// The connection has sent a request: no longer closed for room.
-    pub(super) fn busy(&self) {
+    /// A request on this connection is being served: it is not closed for
+    /// room until the returned guard is dropped (its answer ready) and no
+    /// other request is in flight.
+    pub(super) fn serving(self: &Arc<Self>) -> Serving {
         if let Some(open) = self.slots.lock().open.get_mut(&self.id) {
+            open.in_flight += 1;
             open.idle = None;
+        }
+        Serving(self.clone())
+    }
+}
+
+/// One request in flight on a connection ([`Slot::serving`]).
+pub(super) struct Serving(Arc<Slot>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let slot = &self.0;
+        let mut state = slot.slots.lock();
+        if let Some(open) = state.open.get_mut(&slot.id) {
+            open.in_flight = open.in_flight.saturating_sub(1);
+            if open.in_flight == 0 {
+                open.idle = Some(Instant::now());
+                drop(state);
+                // Room may be made from it once its grace has passed.
+                slot.slots.freed.notify_one();
+            }
         }
     }
 }
@@ -249,7 +276,7 @@ impl Drop for Slot {
 
 impl Evicted {
     /// Resolves if, and only if, the connection is to be closed for room
-    /// (a connection marked [`Slot::busy`] never is).
+    /// (never while a request is in flight on it, [`Slot::serving`]).
     pub(super) async fn wait(self) {
         if self.0.await.is_err() {
             std::future::pending::<()>().await;
@@ -280,7 +307,8 @@ mod tests {
         let (first, first_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
         let (second, second_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
         let (third, third_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
-        first.busy();
+        let (first, third) = (Arc::new(first), Arc::new(third));
+        let first_serving = first.serving();
         // Full; two are idle, but not yet for the grace period.
         assert!(now(slots.ready()).await.is_none());
         tokio::time::advance(GRACE).await;
@@ -294,7 +322,7 @@ mod tests {
         assert!(now(third_out.as_mut()).await.is_none());
         let mut first_out = std::pin::pin!(first_out.wait());
         assert!(now(first_out.as_mut()).await.is_none(), "busy: kept");
-        third.busy();
+        let third_serving = third.serving();
         // Full of busy connections and one young idle one: wait.
         assert!(now(slots.ready()).await.is_none());
         drop(second);
@@ -302,12 +330,52 @@ mod tests {
             now(slots.ready()).await.is_none(),
             "the evicted slot was already reused"
         );
-        drop(first);
+        drop((first_serving, first));
         assert!(now(slots.ready()).await.is_some());
         assert!(
             now(first_out).await.is_none(),
             "a slot given back is not an eviction"
         );
+        drop(third_serving);
+    }
+
+    /// A connection kept alive after its answer is idle again: once past
+    /// the grace it makes room (a client that sent one `GET /healthz` on
+    /// each connection and kept them all open held every slot for good);
+    /// one with a request still in flight never does.
+    #[tokio::test(start_paused = true)]
+    async fn a_served_connection_kept_alive_is_idle_again() {
+        let slots = Slots::new(2);
+        let (kept, kept_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
+        let (long, long_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
+        let (kept, long) = (Arc::new(kept), Arc::new(long));
+        let answered = kept.serving();
+        let _in_flight = long.serving();
+        drop(answered);
+        // Answered just now: within its grace, time to write the answer.
+        assert!(now(slots.ready()).await.is_none());
+        tokio::time::advance(GRACE).await;
+        assert!(now(slots.ready()).await.is_some());
+        let (new, _) = now(slots.admit(ip(2))).await.unwrap().unwrap();
+        assert!(
+            now(kept_out.wait()).await.is_some(),
+            "the kept-alive one goes"
+        );
+        let mut long_out = std::pin::pin!(long_out.wait());
+        assert!(now(long_out.as_mut()).await.is_none(), "in flight: kept");
+        // Two requests at once: idle only after both.
+        drop((kept, new));
+        let (two, two_out) = now(slots.admit(ip(3))).await.unwrap().unwrap();
+        let two = Arc::new(two);
+        let (a, b) = (two.serving(), two.serving());
+        drop(a);
+        tokio::time::advance(GRACE).await;
+        let mut two_out = std::pin::pin!(two_out.wait());
+        assert!(now(slots.ready()).await.is_none(), "one still in flight");
+        assert!(now(two_out.as_mut()).await.is_none());
+        drop(b);
+        tokio::time::advance(GRACE).await;
+        assert!(now(slots.ready()).await.is_some());
     }
 
     /// `ready` wakes by itself when the oldest idle connection comes of age.
@@ -337,10 +405,9 @@ mod tests {
         let (_first, first_out) = mine.remove(0);
         let _new = now(slots.admit(ip(1))).await.unwrap().unwrap();
         assert!(now(first_out.wait()).await.is_some());
-        // Busy connections do not count.
-        for (slot, _) in &mine {
-            slot.busy();
-        }
+        // Connections with a request in flight do not count.
+        let mine: Vec<Arc<Slot>> = mine.into_iter().map(|(s, _)| Arc::new(s)).collect();
+        let _serving: Vec<Serving> = mine.iter().map(|s| s.serving()).collect();
         assert!(now(slots.admit(ip(1))).await.unwrap().is_some());
     }
 }
