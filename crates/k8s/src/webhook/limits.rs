@@ -20,7 +20,7 @@
 //!   next body gets `503` at once instead of memory; at most
 //!   [`Limits::reviews`] bodies are parsed and reviewed at once;
 //! - at most [`Limits::max_connections`] connections are served; when all
-//!   are taken the oldest one with no request in flight (before its first,
+//!   are taken the one idle longest, no request in flight (before its first,
 //!   or kept alive after its answers) is closed to make room (`slots`), and
 //!   only when every one has a request in flight do new ones wait in the
 //!   kernel's accept queue (1024 long). One source address holds at most

@@ -31,7 +31,7 @@
 //! connections and reviews in flight are capped — on every path; a pod
 //! with more than [`MAX_CONTAINERS`] containers, or whose patch would pass
 //! [`MAX_PATCH_BYTES`], is denied. When every connection slot is taken, the
-//! oldest connection with no request in flight is closed to make room
+//! connection idle the longest (no request in flight) is closed to make room
 //! ([`slots`]).
 //!
 //! TLS: the serving certificate and key are re-read every

@@ -7,10 +7,10 @@
 //! finishes its handshake in milliseconds and then sends its review at
 //! once, so a connection still in its handshake, or past it without having
 //! sent a request head, is the cheapest thing to lose: when every slot is
-//! taken, a new connection is accepted and the *oldest* such idle
-//! connection is closed to make room. A new connection from the API server
-//! stays idle only for its milliseconds of handshake, so it is the newest,
-//! not the oldest, when room is made.
+//! taken, a new connection is accepted and the idle connection idle the
+//! longest is closed to make room. A new connection from the API server
+//! stays idle only for its milliseconds of handshake, so it is the last,
+//! not the first, to go when room is made.
 //!
 //! Only a connection idle for at least [`GRACE`] is closed for room: a
 //! client that reconnects at once whenever it is closed would otherwise
@@ -21,7 +21,7 @@
 //! of idle clients.
 //!
 //! One source address may hold at most [`PER_SOURCE`] idle connections: a
-//! new one past that closes the same address's oldest idle connection (once
+//! new one past that closes the same address's longest idle connection (once
 //! past its grace) or, if all of them are younger, is closed itself at once.
 //! So one client reconnecting as fast as it can holds a few slots and
 //! keeps the accept queue moving (the kernel's queue holds only 128: once
@@ -88,7 +88,7 @@ enum Room {
     Free,
     /// By closing this idle connection.
     Evict(u64),
-    /// Nothing until a slot is given back, or this instant (when the oldest
+    /// Nothing until a slot is given back, or this instant (when the longest
     /// idle connection has been idle for [`GRACE`]).
     Wait(Option<Instant>),
 }
@@ -131,7 +131,7 @@ impl Slots {
     }
 
     /// A slot for a connection just accepted from `source`, closing the
-    /// oldest idle connection if none is free. If no connection is idle any
+    /// longest idle connection if none is free. If no connection is idle any
     /// more (they sent requests since [`Slots::ready`]), waits for a slot
     /// to be given back. `None`: `source` holds [`PER_SOURCE`] idle
     /// connections, all within their grace; close this one.
@@ -143,9 +143,8 @@ impl Slots {
                 .iter()
                 .filter(|(_, o)| o.source == source && o.idle.is_some());
             if theirs.clone().count() >= PER_SOURCE {
-                let oldest = theirs.map(|(id, o)| (*id, o.idle));
-                return match oldest.take(1).next() {
-                    Some((id, Some(since))) if since.elapsed() >= GRACE => {
+                return match longest_idle(theirs) {
+                    Some((id, since)) if since.elapsed() >= GRACE => {
                         Self::evict(&mut state, id);
                         Some(self.take(&mut state, source))
                     }
@@ -161,7 +160,7 @@ impl Slots {
                     Room::Free => return Some(self.take(&mut state, source)),
                     Room::Evict(id) => {
                         Self::evict(&mut state, id);
-                        tracing::debug!("all connection slots taken; closed the oldest idle one");
+                        tracing::debug!("all connection slots taken; closed the longest idle one");
                         return Some(self.take(&mut state, source));
                     }
                     Room::Wait(until) => until,
@@ -182,8 +181,10 @@ impl Slots {
         if state.open.len() < self.max {
             return Room::Free;
         }
-        // Ids grow with age: the first idle one is the oldest.
-        match state.open.iter().find_map(|(id, o)| Some((*id, o.idle?))) {
+        // The one idle longest: not the oldest opened, which may have been
+        // answered a moment ago (a connection kept alive is idle again
+        // after each answer) while others have been idle for long.
+        match longest_idle(state.open.iter()) {
             Some((id, since)) if since.elapsed() >= GRACE => Room::Evict(id),
             Some((_, since)) => Room::Wait(Some(since + GRACE)),
             None => Room::Wait(None),
@@ -217,6 +218,12 @@ impl Slots {
         // in a way that matters: keep serving.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Of `open`, the connection idle the longest, and since when.
+fn longest_idle<'a>(open: impl Iterator<Item = (&'a u64, &'a Open)>) -> Option<(u64, Instant)> {
+    open.filter_map(|(id, o)| Some((*id, o.idle?)))
+        .min_by_key(|&(id, since)| (since, id))
 }
 
 async fn wait(freed: tokio::sync::futures::Notified<'_>, until: Option<Instant>) {
@@ -376,6 +383,38 @@ mod tests {
         drop(b);
         tokio::time::advance(GRACE).await;
         assert!(now(slots.ready()).await.is_some());
+    }
+
+    /// The connection idle the longest makes room, not the oldest opened:
+    /// one answered a moment ago (kept alive, idle again) must not hide
+    /// another idle far past the grace (the final review's case: the
+    /// oldest connection sending a request every 400 ms held off every
+    /// eviction).
+    #[tokio::test(start_paused = true)]
+    async fn the_connection_idle_longest_makes_room() {
+        let slots = Slots::new(2);
+        let (old, old_out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
+        let (_young, young_out) = now(slots.admit(ip(2))).await.unwrap().unwrap();
+        let old = Arc::new(old);
+        tokio::time::advance(GRACE * 4).await;
+        drop(old.serving());
+        assert!(now(slots.ready()).await.is_some(), "the other is long idle");
+        let _new = now(slots.admit(ip(3))).await.unwrap().unwrap();
+        assert!(now(young_out.wait()).await.is_some(), "idle longest: goes");
+        let mut old_out = std::pin::pin!(old_out.wait());
+        assert!(now(old_out.as_mut()).await.is_none(), "just answered: kept");
+        // The same within one source's share.
+        let slots = Slots::new(128);
+        let mut mine = Vec::new();
+        for _ in 0..PER_SOURCE {
+            let (s, out) = now(slots.admit(ip(1))).await.unwrap().unwrap();
+            mine.push((Arc::new(s), out));
+        }
+        tokio::time::advance(GRACE * 4).await;
+        drop(mine[0].0.serving());
+        let _new = now(slots.admit(ip(1))).await.unwrap().unwrap();
+        let (_, second_out) = mine.remove(1);
+        assert!(now(second_out.wait()).await.is_some());
     }
 
     /// `ready` wakes by itself when the oldest idle connection comes of age.
