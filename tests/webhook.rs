@@ -377,13 +377,17 @@ fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
         (&unlabelled, "pinproxy.io/injected"),
         (&overridden, "pinproxy.io/allow-setuid"),
     ] {
-        let r = judge(&injected, changed, "");
-        assert_eq!(r["allowed"], json!(false), "{name}: {r}");
-        let msg = r["status"]["message"].as_str().unwrap();
-        assert!(
-            msg.contains(name) && msg.contains("recreate the pod"),
-            "{msg}"
-        );
+        // Through the status subresource too: it keeps metadata changes
+        // (the review of the freeze dropped a label there).
+        for sub in ["", "status"] {
+            let r = judge(&injected, changed, sub);
+            assert_eq!(r["allowed"], json!(false), "{name} {sub:?}: {r}");
+            let msg = r["status"]["message"].as_str().unwrap();
+            assert!(
+                msg.contains(name) && msg.contains("recreate the pod"),
+                "{msg}"
+            );
+        }
     }
     // The app's image, labels: allowed, untouched.
     let mut relabelled = set_image(&injected, "containers", "app", "a:2");
@@ -443,7 +447,8 @@ fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
     .unwrap();
     assert!(
         chart.contains("operations: [\"UPDATE\"]")
-            && chart.contains("resources: [\"pods\", \"pods/ephemeralcontainers\"]"),
+            && chart
+                .contains("resources: [\"pods\", \"pods/status\", \"pods/ephemeralcontainers\"]"),
         "{chart}"
     );
 }

@@ -219,6 +219,12 @@ PY
   echo "kubectl label pod $pod pinproxy.io/inject- : $out"
   check "the API server denied dropping pinproxy.io/inject" sh -c 'printf %s "$1" | grep -q "cannot be changed after creation"' _ "$out"
   check "the label is still there" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.labels.pinproxy\.io/inject}')" true
+  # ...also through the status subresource, which keeps metadata changes.
+  out="$(kubectl -n "$APP_NS" patch pod "$pod" --subresource=status --type=merge \
+    -p '{"metadata": {"labels": {"pinproxy.io/inject": null}}}' 2>&1 || true)"
+  echo "kubectl patch pod $pod --subresource=status (drop pinproxy.io/inject): $out"
+  check "the API server denied it through pods/status" sh -c 'printf %s "$1" | grep -q "cannot be changed after creation"' _ "$out"
+  check "the label is still there" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.labels.pinproxy\.io/inject}')" true
 }
 
 # --- 2: from inside the app container ---------------------------------------------
@@ -560,7 +566,7 @@ scenario_6() {
     -p '[{"op": "replace", "path": "/spec/initContainers/0/image", "value": "evil.test/relay:1"}]' 2>&1 || true)"
   echo "the sidecar's image swap while the webhook is down: $out"
   check "an image swap is refused while the webhook is down (failurePolicy Fail)" \
-    sh -c '! printf %s "$1" | grep -q "patched"' _ "$out"
+    sh -c 'printf %s "$1" | grep -q "failed calling webhook"' _ "$out"
   run kubectl -n "$CHART_NS" scale deploy "$dep" --replicas=2
   run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
   # Webhook back: the same requests are injected.

@@ -56,11 +56,14 @@ pub fn review(body: &[u8], mode: Mode, opts: &InjectOptions) -> Reply {
     };
     match (operation, sub_resource, old) {
         (Some("CREATE"), "", _) => review_pod(uid, request, pod, mode, opts),
-        (Some("UPDATE"), "", Some(old)) => update::review_update(uid, old, pod),
+        // `status` too: an update through it keeps metadata changes (the
+        // status strategy resets only spec), so a label dropped there
+        // would escape the freeze.
+        (Some("UPDATE"), "" | "status", Some(old)) => update::review_update(uid, old, pod),
         (Some("UPDATE"), "ephemeralcontainers", Some(old)) => {
             update::review_ephemeral(uid, old, pod, opts)
         }
-        (Some("UPDATE"), "" | "ephemeralcontainers", None) => bad(
+        (Some("UPDATE"), "" | "status" | "ephemeralcontainers", None) => bad(
             uid,
             "malformed AdmissionReview: an UPDATE without request.oldObject",
         ),
