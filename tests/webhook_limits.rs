@@ -28,9 +28,11 @@ struct Server {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// A webhook server with `limits` (`None`: `serve`'s defaults).
-async fn server(limits: Option<Limits>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+/// A CA and a serving certificate for [`NAME`] it signed, written to `dir`
+/// as `tls.crt` and `tls.key`: (the CA, the two paths).
+fn serving_cert(
+    dir: &std::path::Path,
+) -> (rcgen::Certificate, std::path::PathBuf, std::path::PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -40,9 +42,16 @@ async fn server(limits: Option<Limits>) -> Server {
         .unwrap()
         .signed_by(&key, &ca, &ca_key)
         .unwrap();
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca, cert_path, key_path)
+}
+
+/// A webhook server with `limits` (`None`: `serve`'s defaults).
+async fn server(limits: Option<Limits>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert_path, key_path) = serving_cert(dir.path());
     let certs = Arc::new(CertReloader::load(&cert_path, &key_path).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -427,18 +436,7 @@ struct Binary {
 impl Binary {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![NAME.to_string()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let (ca, cert_path, key_path) = serving_cert(dir.path());
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
