@@ -16,16 +16,11 @@ use crate::tls::ct::{LogListInForce, PathChecks, Verdict as CtVerdict};
 use crate::tls::probe;
 use crate::tls::verdict::{judge, Outcome};
 
-#[derive(Args, Debug)]
-pub struct CheckArgs {
-    /// The pinset file.
-    pub path: PathBuf,
-    /// Also dial every exact host and report which pins its live chain
-    /// matches, each labelled leaf, intermediate or anchor.
-    #[arg(long)]
-    pub live: bool,
-    /// As `run --max-pinset-bytes` (and the same variable), so check
-    /// judges a file as the proxy will.
+/// The loader's size limits, as `run` takes them (and the same
+/// variables), so `check` and `sign` judge a file as the proxy will.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct LoadCaps {
+    /// As `run --max-pinset-bytes`.
     #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = policy::load::DEFAULT_MAX_BYTES)]
     pub max_pinset_bytes: u64,
     /// As `run --max-file-bytes`.
@@ -34,6 +29,28 @@ pub struct CheckArgs {
     /// As `run --max-crl-entries`.
     #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = policy::load::DEFAULT_MAX_CRL_ENTRIES)]
     pub max_crl_entries: usize,
+}
+
+impl LoadCaps {
+    pub fn caps(self) -> policy::load::Caps {
+        policy::load::Caps {
+            pinset: self.max_pinset_bytes,
+            file: self.max_file_bytes,
+            crl_entries: self.max_crl_entries,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The pinset file.
+    pub path: PathBuf,
+    /// Also dial every exact host and report which pins its live chain
+    /// matches, each labelled leaf, intermediate or anchor.
+    #[arg(long)]
+    pub live: bool,
+    #[command(flatten)]
+    pub caps: LoadCaps,
     /// As `run --ct-log-list`: the CT log list `--live` judges SCTs with
     /// (default: the built-in one).
     #[arg(long, env = "PINPROXY_CT_LOG_LIST", value_name = "FILE")]
@@ -46,11 +63,7 @@ pub struct CheckArgs {
 }
 
 pub fn check(args: &CheckArgs) -> Result<(), Error> {
-    let caps = policy::load::Caps {
-        pinset: args.max_pinset_bytes,
-        file: args.max_file_bytes,
-        crl_entries: args.max_crl_entries,
-    };
+    let caps = args.caps.caps();
     let policy = match load(args, caps) {
         Ok(p) => p,
         Err(Unusable::Signature(why)) => {
@@ -70,7 +83,7 @@ pub fn check(args: &CheckArgs) -> Result<(), Error> {
     }
     let list = match &args.ct_log_list {
         Some(path) => std::sync::Arc::new(
-            LogListInForce::read(path, args.max_file_bytes).map_err(Error::failed)?,
+            LogListInForce::read(path, args.caps.max_file_bytes).map_err(Error::failed)?,
         ),
         None => LogListInForce::builtin(),
     };

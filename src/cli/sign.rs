@@ -21,16 +21,9 @@ pub struct SignArgs {
     pub key: PathBuf,
     /// The pinset file; the signature is written to FILE.sig beside it.
     pub file: PathBuf,
-    /// As `run --max-pinset-bytes` (and the same variable): FILE is loaded
-    /// as the proxy will load it before it is signed.
-    #[arg(long, env = "PINPROXY_MAX_PINSET_BYTES", default_value_t = policy::load::DEFAULT_MAX_BYTES)]
-    pub max_pinset_bytes: u64,
-    /// As `run --max-file-bytes`.
-    #[arg(long, env = "PINPROXY_MAX_FILE_BYTES", default_value_t = policy::load::DEFAULT_MAX_FILE_BYTES)]
-    pub max_file_bytes: u64,
-    /// As `run --max-crl-entries`.
-    #[arg(long, env = "PINPROXY_MAX_CRL_ENTRIES", default_value_t = policy::load::DEFAULT_MAX_CRL_ENTRIES)]
-    pub max_crl_entries: usize,
+    /// FILE is loaded as the proxy will load it before it is signed.
+    #[command(flatten)]
+    pub caps: super::check::LoadCaps,
 }
 
 #[derive(Args, Debug)]
@@ -48,11 +41,7 @@ pub struct KeygenArgs {
 /// without `--live`) and has a valid `serial:`.
 pub fn sign(args: &SignArgs) -> Result<(), Error> {
     let key = sign::read_signing_key(&args.key).map_err(Error::failed)?;
-    let caps = policy::load::Caps {
-        pinset: args.max_pinset_bytes,
-        file: args.max_file_bytes,
-        crl_entries: args.max_crl_entries,
-    };
+    let caps = args.caps.caps();
     // One read: the bytes loaded are the bytes signed.
     let source = policy::load::read(&args.file, caps, false).map_err(Error::failed)?;
     // A signed file without a valid serial is refused by every sidecar:
