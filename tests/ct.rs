@@ -442,6 +442,32 @@ async fn enforce_refuses_what_the_ct_policy_refuses_and_the_log_list_reloads() {
         std::fs::read(&installed).unwrap(),
         std::fs::read(&list).unwrap()
     );
+    // A symlink planted where the temporary file goes is replaced, not
+    // followed: the file it points to keeps its contents.
+    let victim = write(&d, "victim.txt", "not a log list\n");
+    let tmp = d.join("installed.json.tmp");
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let (code, out, err) = support::run_pinproxy(&[
+        "ct-update",
+        "--from",
+        list.to_str().unwrap(),
+        "--out",
+        installed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "not a log list\n"
+    );
+    assert!(std::fs::symlink_metadata(&installed).unwrap().is_file());
+    assert!(
+        std::fs::symlink_metadata(&tmp).is_err(),
+        "{tmp:?} left behind"
+    );
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&list).unwrap()
+    );
     let older = write(&d, "older.json", &list_json(now - days(5), &logs(true)));
     let (code, out, _) = support::run_pinproxy(&[
         "ct-update",

@@ -9,6 +9,7 @@
 //! of the clock is refused as `run` refuses it.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -187,7 +188,7 @@ fn install(out: &Path, bytes: &[u8]) -> Result<(), String> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let (shown, dir_shown) = (tmp.display(), dir.display());
-    let mut f = std::fs::File::create(&tmp).map_err(|e| match e.kind() {
+    let mut f = create_new(&tmp).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             format!("cannot write {shown}: the directory {dir_shown} does not exist ({e})")
         }
@@ -209,4 +210,25 @@ fn install(out: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("installed, but cannot sync the directory {dir_shown}: {e}"))
+}
+
+/// A new file at `tmp`, never one reached through a symlink: a leftover
+/// `tmp` (an interrupted run's, or a link someone planted there to have
+/// the list written over another file) is removed — the link itself, not
+/// what it points to — and the file created afresh.
+fn create_new(tmp: &Path) -> std::io::Result<std::fs::File> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(tmp)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(tmp)?;
+            open()
+        }
+        other => other,
+    }
 }
