@@ -161,3 +161,40 @@ async fn a_start_with_a_fifo_signature_is_not_ready_then_applies_the_next_good_p
     assert_eq!(admin(&run, "/readyz").await.status, 200);
     assert_eq!(fetch(&run).await.status, 200);
 }
+
+/// The signature covers the pinset's bytes alone: a CA bundle it names
+/// changing under it reloads, but the line does not say a signature
+/// verified the change — it names what changed.
+#[tokio::test]
+async fn a_changed_ca_bundle_alone_is_not_logged_as_signature_verified() {
+    let w = World::new().await;
+    let keys = tempfile::tempdir().unwrap();
+    let a = Key::new(keys.path(), "a", Algorithm::EcdsaP256);
+    let ka = a.public.display().to_string();
+    let ca = w.pki.root.pem();
+    let secret = tempfile::tempdir().unwrap();
+    let v1 = w.good(1);
+    let sig = a.sign(&v1);
+    let mut vol = SecretVolume::new(secret.path(), &files(&v1, Some(&sig), &ca));
+    let mut run = sidecar(&vol, &["--pinset-key", &ka]).await;
+    run.until("signed pinset in force").await;
+
+    let another = Pki::new(&[HOST]).root.pem();
+    let swapped = format!("{ca}{another}");
+    vol.update(&files(&v1, Some(&sig), &swapped));
+    let line = logged(&mut run, &["pinset reloaded", "changed=\"named-files\""]).await;
+    assert!(!line.contains("signature verified"), "{line}");
+    assert!(line.contains("unsigned files changed"), "{line}");
+    assert!(line.contains(&sha256_hex(v1.as_bytes())), "{line}");
+
+    let v2 = w.good(2);
+    vol.update(&files(&v2, Some(&a.sign(&v2)), &ca));
+    logged(
+        &mut run,
+        &[
+            "pinset reloaded (signature verified)",
+            "changed=\"pinset,named-files\"",
+        ],
+    )
+    .await;
+}

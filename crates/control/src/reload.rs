@@ -402,15 +402,28 @@ impl Reloader {
             warn_if_weaker(&old.policy, &new.policy, &names);
             let metrics = self.publisher.metrics();
             metrics.reloaded(ReloadResult::Success);
+            let changed = changed(&old, &new);
             match &new.policy.signature {
+                // The signature covers the pinset file's bytes alone: when
+                // they did not change, saying it verified would vouch for
+                // files it does not cover.
+                Some(s) if old.policy.pins_sha256 == new.policy.pins_sha256 => tracing::info!(
+                    generation,
+                    serial = s.serial,
+                    key = %s.key,
+                    sha256 = %s.sha256,
+                    changed,
+                    "pinset reloaded (unsigned files changed; the signed pinset did not)"
+                ),
                 Some(s) => tracing::info!(
                     generation,
                     serial = s.serial,
                     key = %s.key,
                     sha256 = %s.sha256,
+                    changed,
                     "pinset reloaded (signature verified)"
                 ),
-                None => tracing::info!(generation, "pinset reloaded"),
+                None => tracing::info!(generation, changed, "pinset reloaded"),
             }
         }
         // An expiring client certificate or an expired CRL is worth a line
@@ -420,6 +433,25 @@ impl Reloader {
         }
         Ok(Reloaded::Swapped(generation))
     }
+}
+
+/// What differs between two snapshots' inputs, for the reload line:
+/// `pinset`, `named-files` (CA bundles, CRLs, client certificates and keys
+/// the pinset names), `ct-log-list`, comma-separated.
+fn changed(old: &Snapshot, new: &Snapshot) -> String {
+    let pins = old.policy.pins_sha256 != new.policy.pins_sha256;
+    let named = old.policy.named_sha256 != new.policy.named_sha256;
+    let list = old.ct_list.sha256() != new.ct_list.sha256();
+    [
+        (pins, "pinset"),
+        (named, "named-files"),
+        (list, "ct-log-list"),
+    ]
+    .iter()
+    .filter(|(yes, _)| *yes)
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(",")
 }
 
 /// The CT log list at `path` (the built-in one for `None`), within `max`

@@ -290,6 +290,9 @@ pub struct Policy {
     /// SHA-256 of the pins file's bytes alone, hex: what `pinproxy status`
     /// compares with the Secret's `pins.yaml`.
     pub pins_sha256: String,
+    /// SHA-256 of the files it names alone (paths and contents), hex:
+    /// what the reload line's `changed` tells apart from the pinset.
+    pub named_sha256: String,
     pub warnings: Vec<Problem>,
     /// Per entry (by `index`), its own `report_uri`.
     report_uris: Vec<Option<ReportUri>>,
@@ -346,6 +349,7 @@ impl Policy {
             passthrough: Passthrough::default(),
             source_hash: String::new(),
             pins_sha256: String::new(),
+            named_sha256: String::new(),
             warnings: Vec::new(),
             report_uris: Vec::new(),
             serial: None,

@@ -183,6 +183,7 @@ impl<'a> Validator<'a> {
             passthrough,
             source_hash: self.source_hash(bytes),
             pins_sha256: hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()),
+            named_sha256: self.named_hash(),
             warnings: self.warnings,
             report_uris,
             serial,
@@ -223,12 +224,23 @@ impl<'a> Validator<'a> {
     fn source_hash(&self, bytes: &[u8]) -> String {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(bytes);
+        self.hash_named(&mut ctx);
+        hex(ctx.finish().as_ref())
+    }
+
+    /// Of the files the pinset names alone.
+    fn named_hash(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        self.hash_named(&mut ctx);
+        hex(ctx.finish().as_ref())
+    }
+
+    fn hash_named(&self, ctx: &mut ring::digest::Context) {
         for (path, contents) in &self.bundles {
             ctx.update(path.as_os_str().as_encoded_bytes());
             ctx.update(&(contents.len() as u64).to_be_bytes());
             ctx.update(contents);
         }
-        hex(ctx.finish().as_ref())
     }
 
     fn err(&mut self, host: Option<&str>, field: Option<&str>, line: Option<usize>, msg: String) {
