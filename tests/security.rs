@@ -440,6 +440,34 @@ async fn unlisted_tunnel_with_a_foreign_sni_is_refused() {
     assert_eq!(p.denied("sni-mismatch"), 1);
 }
 
+/// The fifth review's F1: an empty TLS handshake record (`16 03 01 00
+/// 00`) before the ClientHello made it unreadable to the check, which then
+/// let it through as "not TLS" — and the upstream's OpenSSL skips empty
+/// records, so any SNI reached it. Unreadable TLS is refused as
+/// `sni-mismatch`.
+#[tokio::test]
+async fn unlisted_tunnel_with_an_empty_record_before_a_foreign_sni_is_refused() {
+    let port = echo().await;
+    let p = TestProxy::builder().pinset(&allow_yaml(port)).run().await;
+    let (s, _, mut tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
+    assert_eq!(s, 200);
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x00])
+        .await
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let err = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(rustls_pki_types::ServerName::try_from(HOST).unwrap(), tcp)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("HandshakeFailure"), "{err}");
+    assert_eq!(p.denied("sni-mismatch"), 1);
+    assert_eq!(p.requests("unlisted", "tunnel"), 0);
+}
+
 /// F13: a combined cert+key file never publishes the key; a key that
 /// doesn't match the certificate is refused.
 #[test]

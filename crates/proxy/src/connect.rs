@@ -118,7 +118,11 @@ async fn tunnel_unlisted(
         let accept = |hello: &Hello| {
             let ok = match hello {
                 Hello::Tls(Some(sni)) => Host::parse(sni).as_ref() == Ok(&host),
-                _ => true,
+                // TLS whose name cannot be read cannot be checked either:
+                // an empty handshake record before the ClientHello got any
+                // SNI past this check (the upstream's OpenSSL skips it).
+                Hello::Unreadable => false,
+                Hello::Tls(None) | Hello::Other => true,
             };
             if ok && !counted.swap(true, Ordering::Relaxed) {
                 ctx.metrics.served(&label, RequestOutcome::Tunnel);
@@ -129,9 +133,18 @@ async fn tunnel_unlisted(
         let revoked = revoked(ctx.clone(), generation, target.clone(), admission, peer);
         tokio::select! {
             done = splice => {
-                if let tunnel::Spliced::Refused(Hello::Tls(Some(sni))) = done {
+                let message = match done {
                     // `{:?}` of the name as received: quoted, control bytes escaped.
-                    let message = format!("the TLS SNI {sni:?} names another host than the CONNECT");
+                    tunnel::Spliced::Refused(Hello::Tls(Some(sni))) => {
+                        format!("the TLS SNI {sni:?} names another host than the CONNECT")
+                    }
+                    tunnel::Spliced::Refused(_) => "the tunnel's first bytes are a TLS \
+                        handshake record but no readable ClientHello: the name it asks for \
+                        cannot be checked against the CONNECT"
+                        .to_string(),
+                    tunnel::Spliced::Done => String::new(),
+                };
+                if !message.is_empty() {
                     let host = target.host.to_string();
                     refuse(&ctx, Reason::SniMismatch, Some(&label), &host, &message).close();
                     return;

@@ -181,7 +181,10 @@ async fn peek(
         }
         match reader.feed(chunk) {
             Some(Hello::Tls(sni)) => return Some((First::Tls(sni), reader.bytes().to_vec())),
-            Some(Hello::Other) => return Some((First::Other, reader.bytes().to_vec())),
+            // Neither TLS to judge nor HTTP: what any other protocol gets.
+            Some(Hello::Other | Hello::Unreadable) => {
+                return Some((First::Other, reader.bytes().to_vec()))
+            }
             None if reader.bytes().len() >= MAX_PEEK => {
                 return Some((First::Other, reader.bytes().to_vec()))
             }

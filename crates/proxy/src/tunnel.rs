@@ -122,7 +122,11 @@ where
 pub enum Hello {
     /// A TLS ClientHello, with its SNI if any.
     Tls(Option<String>),
-    /// Not TLS (or not parseable as a ClientHello).
+    /// Starts as a TLS handshake record but is no ClientHello rustls can
+    /// read — an empty record first (OpenSSL skips it, rustls does not),
+    /// a broken or oversized one: the name it asks for cannot be checked.
+    Unreadable,
+    /// Not TLS.
     Other,
 }
 
@@ -156,7 +160,7 @@ impl HelloReader {
         }
         while !fresh.is_empty() {
             if self.acceptor.read_tls(&mut fresh).is_err() {
-                return Some(Hello::Other);
+                return Some(Hello::Unreadable);
             }
         }
         match self.acceptor.accept() {
@@ -164,7 +168,7 @@ impl HelloReader {
                 accepted.client_hello().server_name().map(str::to_string),
             )),
             Ok(None) if self.buf.len() < MAX_HELLO => None,
-            _ => Some(Hello::Other),
+            _ => Some(Hello::Unreadable),
         }
     }
 }
