@@ -233,3 +233,53 @@ async fn an_entry_beats_passthrough() {
 fn policy_pin() -> pinproxy::policy::pin::Pin {
     pinproxy::policy::pin::Pin::from_bytes([7; 32])
 }
+
+/// The fifth review's F2: a pinned entry whose `address:` lies in a
+/// passthrough CIDR was reachable unpinned through that CIDR — `CONNECT`
+/// to the address, or a short alias resolving to it, got a raw tunnel or
+/// a plain relay. The address is kept out of every CIDR (with a load
+/// warning): only the entry's name reaches it, pinned.
+#[tokio::test]
+async fn a_pinned_address_inside_a_passthrough_cidr_is_not_passed_through() {
+    let name = "vault.security.svc.cluster.local";
+    let pki = Pki::new(&[name]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("pinned")).await;
+    let yaml = format!(
+        "version: 1\npassthrough: [127.0.0.0/8]\n{}",
+        pinset(name, &[policy_pin()], "", up.addr).trim_start_matches("version: 1\n")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.root.pem()).unwrap();
+    let policy =
+        pinproxy::policy::load::parse(yaml.as_bytes(), dir.path(), time::OffsetDateTime::now_utc())
+            .unwrap();
+    assert!(
+        policy.warnings.iter().any(|w| w
+            .to_string()
+            .contains("lies in passthrough CIDR 127.0.0.0/8")),
+        "{:?}",
+        policy.warnings
+    );
+    let p = TestProxy::builder()
+        .pinset(&yaml)
+        .file("ca.pem", pki.root.pem())
+        .resolver(resolver(&["vault"]))
+        .run()
+        .await;
+    // By its name: pinned (and the pin is wrong).
+    let r = get(p.addr, &format!("http://{name}/")).await;
+    assert_eq!(r.error(), Some("pin-mismatch"), "{r:?}");
+    // By its address, and by an alias resolving to it: not passed through.
+    let (status, head, _) = connect_status(p.addr, &up.addr.to_string()).await;
+    assert_eq!(status, 403, "{head}");
+    assert!(head.contains("host-not-allowed"), "{head}");
+    let r = get(p.addr, &format!("http://vault:{}/", up.addr.port())).await;
+    assert_eq!(r.error(), Some("host-not-allowed"), "{r:?}");
+    assert_eq!(p.requests("127.0.0.0/8", "passthrough"), 0);
+    // Every other address in the CIDR still passes.
+    assert_eq!(
+        policy.passthrough.by_address("127.0.0.2".parse().unwrap()),
+        Some("127.0.0.0/8")
+    );
+    assert_eq!(policy.passthrough.by_address(up.addr.ip()), None);
+}

@@ -22,6 +22,8 @@ pub struct Passthrough {
     cidrs: Vec<(IpNet, Arc<str>)>,
     /// The items as written, in file order.
     items: Vec<String>,
+    /// Addresses pinned entries dial (`address:`): no CIDR holds them.
+    pinned: Vec<IpAddr>,
 }
 
 /// One `passthrough:` item.
@@ -94,9 +96,33 @@ impl Passthrough {
         }
     }
 
-    /// The CIDR item holding `ip`, as written.
+    /// Keeps `ip`, the `address:` of a pinned entry, out of every CIDR: it
+    /// is reached by that entry's name, pinned, and never relayed because
+    /// it lies in a CIDR — by IP literal, or by another name resolving to
+    /// it (the fifth review: `CONNECT <the entry's address>` or a short
+    /// alias got a raw tunnel to the pinned service). Returns the CIDR it
+    /// lay in, if any, for the load warning.
+    pub(crate) fn keep_out(&mut self, ip: IpAddr) -> Option<Arc<str>> {
+        let ip = ip.to_canonical();
+        let label = self.by_address(ip).map(Arc::from)?;
+        self.pinned.push(ip);
+        Some(label)
+    }
+
+    /// Whether `ip` is the `address:` of a pinned entry that lies in a CIDR
+    /// ([`Passthrough::keep_out`]): not dialed for a passthrough name
+    /// either.
+    pub fn is_kept_out(&self, ip: IpAddr) -> bool {
+        self.pinned.contains(&ip.to_canonical())
+    }
+
+    /// The CIDR item holding `ip`, as written; never for the address of a
+    /// pinned entry ([`Passthrough::keep_out`]).
     pub fn by_address(&self, ip: IpAddr) -> Option<&str> {
         let ip = ip.to_canonical();
+        if self.pinned.contains(&ip) {
+            return None;
+        }
         self.cidrs
             .iter()
             .find(|(net, _)| net.contains(&ip))

@@ -123,7 +123,7 @@ impl<'a> Validator<'a> {
         }
         let serial = self.serial(wire.serial);
         let defaults = self.defaults(wire.defaults);
-        let passthrough = self.passthrough(wire.passthrough.unwrap_or_default());
+        let mut passthrough = self.passthrough(wire.passthrough.unwrap_or_default());
         let mut entries: Patterns<Arc<HostPolicy>> = Patterns::default();
         let mut hosts = Vec::new();
         let mut report_uris = Vec::new();
@@ -157,6 +157,19 @@ impl<'a> Validator<'a> {
             let Some(mut policy) = self.host(&entry, wire, &defaults) else {
                 continue;
             };
+            if let Some(cidr) = policy.address.and_then(|a| passthrough.keep_out(a.ip())) {
+                let ip = policy.address.map(|a| a.ip().to_canonical());
+                self.warn(
+                    Some(&key),
+                    Some("address"),
+                    line,
+                    format!(
+                        "address {} lies in passthrough CIDR {cidr}; it is not passed through \
+                         (by IP or by another name resolving to it): only {key:?} reaches it, pinned",
+                        ip.map(|i| i.to_string()).unwrap_or_default()
+                    ),
+                );
+            }
             policy.index = hosts.len();
             report_uris.push(report_uri);
             let policy = Arc::new(policy);

@@ -65,6 +65,11 @@ impl Connector {
         orig: SocketAddr,
     ) -> Result<(), String> {
         let ip = orig.ip().to_canonical();
+        if self.policy.passthrough.is_kept_out(ip) {
+            return Err(format!(
+                "passthrough host {host} was dialed at {orig}, the address of a pinned entry"
+            ));
+        }
         if self.policy.passthrough.by_address(ip).is_some() {
             return Ok(());
         }
@@ -89,8 +94,17 @@ impl Connector {
         host: &Host,
         port: u16,
     ) -> Result<Vec<SocketAddr>, UpstreamError> {
-        let addrs = self.resolve(host, port).await?;
+        let mut addrs = self.resolve(host, port).await?;
         if self.policy.passthrough.by_host(host).is_some() {
+            // Never to a pinned entry's address, by any name.
+            addrs.retain(|a| !self.policy.passthrough.is_kept_out(a.ip()));
+            if addrs.is_empty() {
+                return Err(UpstreamError::new(
+                    Failure::PrivateAddress,
+                    host,
+                    "resolves only to the address of a pinned entry, which is reached pinned, by its name",
+                ));
+            }
             return Ok(addrs);
         }
         let inside: Vec<SocketAddr> = addrs
