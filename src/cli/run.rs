@@ -19,6 +19,11 @@ Every flag can also be set by the environment variable shown. \
 PINPROXY_LOG sets the log filter (error, warn, info, debug, trace, \
 or per module, e.g. pinproxy=debug); default info."
 )]
+#[command(group(
+    clap::ArgGroup::new("pinset_keys")
+        .args(["pinset_key", "pinset_key_pem"])
+        .multiple(true)
+))]
 pub struct RunArgs {
     /// The pinset file (mount the Secret as a directory, never with subPath).
     #[arg(long, env = "PINPROXY_PINS")]
@@ -169,7 +174,22 @@ pub struct RunArgs {
         value_name = "FILE"
     )]
     pub pinset_key: Vec<PathBuf>,
-    /// With --pinset-key: a directory (an emptyDir) where the highest
+    /// The same keys as --pinset-key, given as text: one or more PEM public
+    /// keys, concatenated (any one may verify), alongside or instead of
+    /// --pinset-key files. What `pinproxy inject --pinset-key-inline` gives
+    /// the sidecar: in the pod spec, a key no object in the workload's
+    /// namespace can replace.
+    #[arg(
+        long,
+        env = "PINPROXY_PINSET_KEY_PEM",
+        value_name = "PEM",
+        hide_env_values = true,
+        // A PEM value starts with "-----BEGIN".
+        allow_hyphen_values = true
+    )]
+    pub pinset_key_pem: Vec<String>,
+    /// With --pinset-key or --pinset-key-pem: a directory (an emptyDir)
+    /// where the highest
     /// serial applied is kept (file `serial`), so a restart does not accept
     /// an older signed pinset. Without it the floor is the first serial
     /// applied after each start.
@@ -177,10 +197,11 @@ pub struct RunArgs {
         long,
         env = "PINPROXY_STATE_DIR",
         value_name = "DIR",
-        requires = "pinset_key"
+        requires = "pinset_keys"
     )]
     pub state_dir: Option<PathBuf>,
-    /// With --pinset-key: the lowest serial applied, a rollback floor every
+    /// With --pinset-key or --pinset-key-pem: the lowest serial applied, a
+    /// rollback floor every
     /// start begins with (the --state-dir floor is lost with the pod). A
     /// signed pinset with a lower serial is refused `rollback`. Raise it
     /// when retiring a pinned key: to the serial of the
@@ -189,7 +210,7 @@ pub struct RunArgs {
         long,
         env = "PINPROXY_PINSET_MIN_SERIAL",
         value_name = "N",
-        requires = "pinset_key"
+        requires = "pinset_keys"
     )]
     pub pinset_min_serial: Option<crate::sign::Serial>,
     /// Worker threads (1: a single-threaded runtime, the cheapest per
@@ -296,13 +317,23 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
     Ok((config, args.shutdown_grace))
 }
 
-/// `--pinset-key`, `--state-dir` and `--pinset-min-serial`; `None` without
-/// a key.
+/// `--pinset-key`, `--pinset-key-pem`, `--state-dir` and
+/// `--pinset-min-serial`; `None` without a key.
 fn signing(args: &RunArgs) -> Result<Option<SigningConfig>, Error> {
-    if args.pinset_key.is_empty() {
+    if args.pinset_key.is_empty() && args.pinset_key_pem.is_empty() {
         return Ok(None);
     }
-    let keys = crate::sign::read_keys(&args.pinset_key).map_err(Error::failed)?;
+    let mut all = Vec::new();
+    for path in &args.pinset_key {
+        all.push(crate::sign::read_key(path).map_err(Error::failed)?);
+    }
+    for text in &args.pinset_key_pem {
+        let inline = crate::sign::parse_keys(text.as_bytes()).map_err(|e| {
+            Error::failed(format!("--pinset-key-pem (PINPROXY_PINSET_KEY_PEM): {e}"))
+        })?;
+        all.extend(inline);
+    }
+    let keys = crate::sign::KeyRing::new(all).map_err(Error::failed)?;
     for key in keys.keys() {
         tracing::info!(key = %key.id(), algorithm = key.algorithm().as_str(), "pinset key");
     }

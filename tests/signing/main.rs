@@ -11,6 +11,7 @@
 //! - the README's "Emergency: unpin one host now" commands, run as written
 //!   against a proxy under load, with the time from the signed files landing
 //!   to the first request served under them (drill.rs);
+//! - keys given inline (`run --pinset-key-pem`) (inline.rs);
 //! - a `.sig` or a CA bundle that is not a regular file (`/dev/zero`, a
 //!   FIFO) is refused and never freezes the reloader (special.rs);
 //! - the webhook's `POST /validate`, the built binary over TLS answering
@@ -21,6 +22,7 @@
 mod support;
 
 mod drill;
+mod inline;
 mod special;
 mod webhook;
 

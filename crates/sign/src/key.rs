@@ -142,6 +142,11 @@ impl PublicKey {
             1 => blocks.remove(0),
             n => return Err(KeyError::SeveralPem(n)),
         };
+        Self::from_block(&block)
+    }
+
+    /// One PEM block, which must be a `PUBLIC KEY`.
+    pub(crate) fn from_block(block: &pem::Pem) -> Result<Self, KeyError> {
         match block.tag() {
             "PUBLIC KEY" => Self::from_spki_der(block.contents()),
             "CERTIFICATE" => Err(KeyError::Certificate),

@@ -28,6 +28,14 @@ pub enum KeyFileError {
     },
     #[error("no public key given")]
     Empty,
+    /// A key given inline (`run --pinset-key-pem`): `block` counts from 1;
+    /// 0 when the text as a whole is refused.
+    #[error("{}{source}", InlineBlock(*block))]
+    Inline {
+        block: usize,
+        #[source]
+        source: KeyError,
+    },
     #[error("private key {path}: {source}")]
     Private {
         path: PathBuf,
@@ -74,6 +82,44 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyFileError> {
     })
 }
 
+/// Reads keys given as text rather than as files (`run --pinset-key-pem`,
+/// what `inject --pinset-key-inline` puts in the pod spec): one or more PEM
+/// `PUBLIC KEY` blocks, concatenated. Every block must be a public key —
+/// a stray certificate or private key is refused, not skipped — and the
+/// error says which block.
+pub fn parse_keys(text: &[u8]) -> Result<Vec<PublicKey>, KeyFileError> {
+    let whole = |source| KeyFileError::Inline { block: 0, source };
+    if text.len() > MAX_KEY_FILE {
+        return Err(whole(KeyError::TooLarge));
+    }
+    let blocks = pem::parse_many(text).map_err(|e| whole(KeyError::NotPem(e)))?;
+    if blocks.is_empty() {
+        return Err(whole(KeyError::NoPem));
+    }
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            PublicKey::from_block(b).map_err(|source| KeyFileError::Inline {
+                block: i + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// "PEM block N: " before an inline key's error, nothing for the whole text.
+struct InlineBlock(usize);
+
+impl std::fmt::Display for InlineBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, "PEM block {n}: "),
+        }
+    }
+}
+
 /// Reads every key file, in order, into a ring (a key given twice is
 /// kept once).
 pub fn read_keys(paths: &[PathBuf]) -> Result<KeyRing, KeyFileError> {
@@ -118,6 +164,37 @@ mod tests {
         let huge = dir.path().join("huge.pub");
         std::fs::write(&huge, vec![b'A'; 1 << 20]).expect("write");
         assert!(read_keys(&[huge])
+            .unwrap_err()
+            .to_string()
+            .contains("larger"));
+    }
+
+    /// `run --pinset-key-pem`: several keys in one text, each block a
+    /// public key, errors naming the block and never the key bytes.
+    #[test]
+    fn inline_keys_are_parsed_block_by_block() {
+        let (_, a) = SigningKey::generate(Algorithm::EcdsaP256).expect("keygen");
+        let (_, b) = SigningKey::generate(Algorithm::Ed25519).expect("keygen");
+        let both = format!("{}\n{}", a.public_pem, b.public_pem);
+        let keys = parse_keys(both.as_bytes()).expect("two keys");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].algorithm(), Algorithm::Ed25519);
+        // A stray private key is refused, naming its block.
+        let with_private = format!("{}{}", a.public_pem, b.private_pem.as_str());
+        let text = parse_keys(with_private.as_bytes()).unwrap_err().to_string();
+        assert!(
+            text.starts_with("PEM block 2: ") && text.contains("private key"),
+            "{text}"
+        );
+        assert!(!text.contains("BEGIN"), "no key bytes in errors: {text}");
+        for bad in [
+            "",
+            "not pem",
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        ] {
+            assert!(parse_keys(bad.as_bytes()).is_err(), "{bad:?} parsed");
+        }
+        assert!(parse_keys(&vec![b'A'; 1 << 20])
             .unwrap_err()
             .to_string()
             .contains("larger"));

@@ -8,7 +8,8 @@
 //!
 //! - [`key`]: PEM public keys (ECDSA P-256 as in `cosign.pub`, Ed25519) and
 //!   their ids, `sha256/<base64 SHA-256 of the SPKI>`.
-//! - [`read_keys`]: key files (`--pinset-key`) into a [`KeyRing`].
+//! - [`read_keys`]: key files (`--pinset-key`) into a [`KeyRing`];
+//!   [`parse_keys`]: keys given inline (`--pinset-key-pem`).
 //! - [`verify`]: a [`KeyRing`] checks a `.sig` (cosign `sign-blob --key`
 //!   format) and says which key verified ([`Verified`]).
 //! - [`signer`]: [`SigningKey`] signs (`pinproxy sign`) and generates key
@@ -39,7 +40,7 @@ pub mod verify;
 
 pub use check::{check, Accepted, BoxError, Refusal};
 pub use key::{Algorithm, KeyError, KeyId, PublicKey};
-pub use keyfile::{read_key, read_keys, read_signing_key, KeyFileError};
+pub use keyfile::{parse_keys, read_key, read_keys, read_signing_key, KeyFileError};
 pub use serial::{Floor, RollbackError, Serial, SerialTextError, ZeroSerial};
 pub use signer::{GeneratedPem, SignError, Signature, SigningKey};
 pub use state::{StateDir, StateError};
