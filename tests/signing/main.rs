@@ -11,7 +11,9 @@
 //! - the README's "Emergency: unpin one host now" commands, run as written
 //!   against a proxy under load, with the time from the signed files landing
 //!   to the first request served under them (drill.rs);
-//! - keys given inline (`run --pinset-key-pem`) (inline.rs);
+//! - keys given inline (`run --pinset-key-pem`), and the sidecar of a pod
+//!   `inject --pinset-key-inline` renders, run with its args and env
+//!   (inline.rs);
 //! - a `.sig` or a CA bundle that is not a regular file (`/dev/zero`, a
 //!   FIFO) is refused and never freezes the reloader (special.rs);
 //! - the webhook's `POST /validate`, the built binary over TLS answering

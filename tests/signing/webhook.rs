@@ -1,5 +1,6 @@
 //! `pinproxy webhook --pinset-key`: the built binary over TLS, called by
-//! curl as the API server would call `POST /validate`.
+//! curl as the API server would call `POST /validate`; and `POST /inject`
+//! with `--pinset-key-inline`, the key the sidecar gets in its env.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -65,6 +66,11 @@ fn review(operation: &str, new: &Json, old: Option<&Json>) -> Json {
 /// POSTs `body` to `/validate` with curl, verifying the webhook's
 /// certificate against `ca`.
 fn post(dir: &Path, addr: SocketAddr, body: &Json) -> Json {
+    post_to(dir, addr, "/validate", body)
+}
+
+/// POSTs `body` to `path` as [`post`] does.
+fn post_to(dir: &Path, addr: SocketAddr, path: &str, body: &Json) -> Json {
     let file = dir.join("review.json");
     std::fs::write(&file, body.to_string()).unwrap();
     let out = std::process::Command::new("curl")
@@ -73,7 +79,7 @@ fn post(dir: &Path, addr: SocketAddr, body: &Json) -> Json {
         .args(["--resolve", &format!("{NAME}:{}:127.0.0.1", addr.port())])
         .args(["-H", "content-type: application/json", "--data-binary"])
         .arg(format!("@{}", file.display()))
-        .arg(format!("https://{NAME}:{}/validate", addr.port()))
+        .arg(format!("https://{NAME}:{}{path}", addr.port()))
         .output()
         .unwrap();
     assert!(
@@ -268,4 +274,103 @@ async fn delete_then_create_below_the_minimum_is_denied() {
     );
     let r = post(dir.path(), addr, &review("CREATE", &signed(3), None));
     assert_eq!(r["allowed"], json!(true), "{r}");
+}
+
+/// The chart's way: the same key file for `/validate` (`--pinset-key`) and
+/// for the sidecars (`--pinset-key-inline`). The patch gives the sidecar the
+/// key in its env and mounts no key volume; the patched pod's sidecar env
+/// parses back to the same key.
+#[tokio::test]
+async fn the_webhook_gives_the_sidecar_the_key_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Key::new(dir.path(), "a", Algorithm::EcdsaP256);
+    let tls = Pki::new(&[NAME]);
+    std::fs::write(dir.path().join("ca.pem"), tls.root.pem()).unwrap();
+    let chain = pem("CERTIFICATE", &tls.leaf.cert) + &tls.int.pem();
+    std::fs::write(dir.path().join("tls.crt"), chain).unwrap();
+    std::fs::write(dir.path().join("tls.key"), tls.leaf.key.serialize_pem()).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _webhook = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["webhook", "--listen", &addr.to_string(), "--tls-cert"])
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--pinset-key")
+        .arg(&a.public)
+        .arg("--pinset-key-inline")
+        .arg(&a.public)
+        .args(["--pinset-min-serial", "3"])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(addr).await;
+
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop",
+                     "labels": {"app": "web", "pinproxy.io/inject": "true"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    });
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "d2b5c1e0-6f1a-4c2b-9a57-3c1f0e2b7a11",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:shop:deployer"},
+            "object": pod,
+            "dryRun": false
+        }
+    });
+    let r = post_to(dir.path(), addr, "/inject", &body);
+    assert_eq!(r["allowed"], json!(true), "{r}");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(r["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch).expect("patch applies");
+    let spec = &doc["spec"];
+    let side = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == json!("pinproxy"))
+        .unwrap();
+    let pem_env = side["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == json!("PINPROXY_PINSET_KEY_PEM"))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no PINPROXY_PINSET_KEY_PEM: {side}"));
+    assert_eq!(pem_env, std::fs::read_to_string(&a.public).unwrap());
+    let args: Vec<&str> = side["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Json::as_str)
+        .collect();
+    assert!(!args.contains(&"--pinset-key"), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--pinset-min-serial", "3"]),
+        "{args:?}"
+    );
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        !volumes.contains(&"pinproxy-pinset-key") && volumes.contains(&"pinproxy-state"),
+        "{volumes:?}"
+    );
 }

@@ -173,7 +173,8 @@ pub struct SidecarArgs {
     pub learn_file: Option<String>,
     /// A public key the pinset must be signed with: configmap/NAME[:KEY] or
     /// secret/NAME[:KEY] in the workload's namespace (KEY defaults to
-    /// cosign.pub), never the pins Secret. Repeatable (old and new key
+    /// cosign.pub), never the pins Secret. Whoever can edit that object
+    /// can replace the key: prefer --pinset-key-inline. Repeatable (old and new key
     /// during a rotation). The sidecar gets `--pinset-key` for each and
     /// `--state-dir` on an emptyDir, so a restart keeps the rollback floor.
     #[arg(
@@ -183,8 +184,23 @@ pub struct SidecarArgs {
         value_name = "KIND/NAME[:KEY]"
     )]
     pub pinset_key_from: Vec<super::PinsetKey>,
-    /// With --pinset-key-from: the sidecar's `--pinset-min-serial`, the
-    /// lowest pinset serial it applies (its --state-dir floor is lost with
+    /// A PEM public key file the pinset must be signed with, read now (at
+    /// inject time; the webhook at its start) and given to the sidecar in
+    /// its env (`PINPROXY_PINSET_KEY_PEM`, `run --pinset-key-pem`): in the
+    /// pod spec, which nobody can change once the pod exists, so no object
+    /// in the workload's namespace can replace the key. Repeatable or
+    /// comma-separated (old and new key during a rotation). The sidecar
+    /// also gets `--state-dir` on an emptyDir. Not with --pinset-key-from.
+    #[arg(
+        long,
+        env = "PINPROXY_INJECT_PINSET_KEY_INLINE",
+        value_delimiter = ',',
+        value_name = "FILE",
+        value_parser = super::InlineKey::parse_arg
+    )]
+    pub pinset_key_inline: Vec<super::InlineKey>,
+    /// With --pinset-key-inline or --pinset-key-from: the sidecar's
+    /// `--pinset-min-serial`, the lowest pinset serial it applies (its --state-dir floor is lost with
     /// the pod; this one is in the pod's arguments, which the pins
     /// Secret's writer cannot change). With the webhook's --pinset-key,
     /// `POST /validate` also denies a pinset object below it. Raise it when
@@ -247,6 +263,7 @@ impl From<&SidecarArgs> for InjectOptions {
             identity_secrets: a.identity_secrets.clone(),
             learn_file: a.learn_file.clone().filter(|f| !f.trim().is_empty()),
             pinset_key_from: a.pinset_key_from.clone(),
+            pinset_key_inline: a.pinset_key_inline.iter().map(|k| k.key.clone()).collect(),
             pinset_min_serial: a.pinset_min_serial,
         }
     }

@@ -65,7 +65,9 @@ mod yaml;
 pub use args::{InjectArgs, SidecarArgs};
 pub use identity::{IDENTITY_ANNOTATION, IDENTITY_DIR};
 pub use learn::LEARN_VOLUME;
-pub use signing::{PinsetKey, KEY_DIR, KEY_VOLUME, STATE_DIR, STATE_VOLUME};
+pub use signing::{
+    InlineKey, PinsetKey, KEY_DIR, KEY_PEM_ENV, KEY_VOLUME, STATE_DIR, STATE_VOLUME,
+};
 pub use trust::{ExtraCa, ExtraCaError, ExtraCaKind, CA_EXTRA_DIR, CA_EXTRA_VOLUME};
 pub use uid_lock::{lock_added, ALLOW_SETUID_ANNOTATION, RECORD_ANNOTATION as UID_LOCK_ANNOTATION};
 
@@ -162,6 +164,11 @@ pub struct InjectOptions {
     /// Public keys the pinset must be signed with (`run --pinset-key`),
     /// from ConfigMaps/Secrets; with any, `--state-dir` on an emptyDir.
     pub pinset_key_from: Vec<PinsetKey>,
+    /// Public keys given to the sidecar in its env (`run
+    /// --pinset-key-pem`), read from the injector's own files; with any,
+    /// `--state-dir` on an emptyDir. Refused together with
+    /// `pinset_key_from`.
+    pub pinset_key_inline: Vec<pinproxy_sign::PublicKey>,
     /// The sidecar's `--pinset-min-serial` (with keys only).
     pub pinset_min_serial: Option<pinproxy_sign::Serial>,
 }
@@ -394,6 +401,7 @@ impl Default for InjectOptions {
             identity_secrets: Vec::new(),
             learn_file: None,
             pinset_key_from: Vec::new(),
+            pinset_key_inline: Vec::new(),
             pinset_min_serial: None,
         }
     }

@@ -29,9 +29,18 @@ impl InjectOptions {
                 self.pins_secret
             ));
         }
-        if self.pinset_min_serial.is_some() && self.pinset_key_from.is_empty() {
+        if !self.pinset_key_inline.is_empty() && !self.pinset_key_from.is_empty() {
             return bad(
-                "--pinset-min-serial needs --pinset-key-from: it is a floor for signed pinsets"
+                "--pinset-key-inline and --pinset-key-from together: a key from the workload's \
+                 namespace would verify as well as the inline one, so whoever can edit that \
+                 namespace could still sign pinsets; give the keys inline only"
+                    .into(),
+            );
+        }
+        if self.pinset_min_serial.is_some() && !self.signs() {
+            return bad(
+                "--pinset-min-serial needs --pinset-key-inline or --pinset-key-from: it is a \
+                 floor for signed pinsets"
                     .into(),
             );
         }

@@ -24,7 +24,9 @@ impl InjectOptions {
             c.insert(s("restartPolicy"), s("Always"));
         }
         c.insert(s("args"), self.sidecar_args(pins_secret_dir));
-        c.insert(s("env"), pod_identity_env());
+        let mut env = pod_identity_env();
+        env.extend(self.signing_env());
+        c.insert(s("env"), Value::Sequence(env));
         c.insert(s("ports"), self.sidecar_ports());
         // startupProbe holds the app back (native sidecar) until the pinset
         // is loaded and ca.crt written; it allows 60 s for that.
@@ -154,7 +156,7 @@ impl InjectOptions {
 
 /// The pod's name and namespace from the downward API: failure reports
 /// say which workload saw the failure.
-fn pod_identity_env() -> Value {
+fn pod_identity_env() -> Vec<Value> {
     let field = |name: &str, path: &str| {
         map([
             ("name", s(name)),
@@ -164,10 +166,10 @@ fn pod_identity_env() -> Value {
             ),
         ])
     };
-    Value::Sequence(vec![
+    vec![
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
-    ])
+    ]
 }
 
 fn admin_probe(path: &str, period: i64, failures: i64) -> Value {

@@ -1,11 +1,25 @@
-//! `--pinset-key-from`: the public keys the sidecar verifies the pinset
-//! with (`run --pinset-key`), mounted from objects other than the pins
-//! Secret, and the emptyDir where it keeps the rollback floor
-//! (`run --state-dir`) across container restarts.
+//! The public keys the sidecar verifies the pinset with, and the emptyDir
+//! where it keeps the rollback floor (`run --state-dir`) across container
+//! restarts. Two ways to give the keys:
+//!
+//! - `--pinset-key-inline FILE`: the key is read when injecting and put in
+//!   the sidecar's env (`PINPROXY_PINSET_KEY_PEM`, read by `run
+//!   --pinset-key-pem`). A container's env cannot be changed once the pod
+//!   exists, so nobody who edits objects in the workload's namespace can
+//!   replace the key.
+//! - `--pinset-key-from configmap/…|secret/…`: a projected volume of an
+//!   object in the workload's namespace (`run --pinset-key FILE`). Whoever
+//!   can edit that object can swap in their own key and sign pinsets with
+//!   it; kept for clusters where that object is guarded otherwise.
+//!
+//! The two are refused together (`options`): a namespace key beside the
+//! inline one would verify just as well and reopen the hole.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use pinproxy_sign::PublicKey;
 use serde_yaml::Value;
 
 use super::trust::{ExtraCa, ExtraCaKind};
@@ -23,6 +37,33 @@ pub const STATE_DIR: &str = "/var/lib/pinproxy-state";
 /// The key read when `:KEY` is not given: the name `cosign
 /// generate-key-pair` writes.
 pub const DEFAULT_KEY: &str = "cosign.pub";
+/// The sidecar's env variable carrying the inline keys (`run
+/// --pinset-key-pem`).
+pub const KEY_PEM_ENV: &str = "PINPROXY_PINSET_KEY_PEM";
+
+/// A public key file read when the options are parsed
+/// (`--pinset-key-inline FILE`), so a file that is not a public key stops
+/// `inject` and `webhook` at start, naming the flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineKey {
+    pub path: PathBuf,
+    pub key: PublicKey,
+}
+
+impl InlineKey {
+    /// Reads one PEM public key (as `run --pinset-key` does).
+    pub fn read(path: &Path) -> Result<Self, pinproxy_sign::KeyFileError> {
+        Ok(InlineKey {
+            path: path.to_path_buf(),
+            key: pinproxy_sign::read_key(path)?,
+        })
+    }
+
+    /// clap's value parser for `--pinset-key-inline`.
+    pub fn parse_arg(value: &str) -> Result<Self, String> {
+        Self::read(Path::new(value)).map_err(|e| e.to_string())
+    }
+}
 
 /// A public key in a ConfigMap or Secret: `configmap/NAME[:KEY]` or
 /// `secret/NAME[:KEY]`, KEY defaulting to `cosign.pub`.
@@ -91,15 +132,30 @@ impl InjectOptions {
         out
     }
 
-    /// `--pinset-key FILE …`, `--state-dir` and `--pinset-min-serial`, when
-    /// keys are configured.
+    /// The inline keys, each once, in the order given.
+    pub(super) fn inline_keys(&self) -> Vec<&PublicKey> {
+        let mut out: Vec<&PublicKey> = Vec::new();
+        for k in &self.pinset_key_inline {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// Whether the sidecar verifies signed pinsets (keys either way).
+    pub(super) fn signs(&self) -> bool {
+        !self.pinset_key_from.is_empty() || !self.pinset_key_inline.is_empty()
+    }
+
+    /// `--pinset-key FILE …` (keys from objects), `--state-dir` and
+    /// `--pinset-min-serial`, when keys are configured either way.
     pub(super) fn signing_args(&self) -> Vec<String> {
-        let keys = self.pinset_keys();
-        if keys.is_empty() {
+        if !self.signs() {
             return Vec::new();
         }
         let mut args = Vec::new();
-        for k in keys {
+        for k in self.pinset_keys() {
             args.extend(["--pinset-key".to_string(), k.file()]);
         }
         args.extend(["--state-dir".to_string(), STATE_DIR.to_string()]);
@@ -117,38 +173,58 @@ impl InjectOptions {
             .find(|k| k.0.kind == ExtraCaKind::Secret && k.0.name == secret)
     }
 
-    /// The keys' projected volume and the state emptyDir; none without keys.
-    pub(super) fn signing_volumes(&self) -> Vec<Value> {
-        let keys = self.pinset_keys();
+    /// The sidecar's `PINPROXY_PINSET_KEY_PEM`: the inline keys' PEM,
+    /// concatenated (re-encoded from the parsed key, so the same key gives
+    /// the same pod whatever the file's line endings); none without.
+    pub(super) fn signing_env(&self) -> Vec<Value> {
+        let keys = self.inline_keys();
         if keys.is_empty() {
             return Vec::new();
         }
-        let sources = keys.iter().map(|k| k.projection()).collect();
-        vec![
-            map([
+        let pem: String = keys.iter().map(|k| k.to_pem()).collect();
+        vec![map([("name", s(KEY_PEM_ENV)), ("value", s(&pem))])]
+    }
+
+    /// The keys' projected volume (keys from objects only) and the state
+    /// emptyDir; none without keys.
+    pub(super) fn signing_volumes(&self) -> Vec<Value> {
+        if !self.signs() {
+            return Vec::new();
+        }
+        let keys = self.pinset_keys();
+        let mut out = Vec::new();
+        if !keys.is_empty() {
+            let sources = keys.iter().map(|k| k.projection()).collect();
+            out.push(map([
                 ("name", s(KEY_VOLUME)),
                 ("projected", map([("sources", Value::Sequence(sources))])),
-            ]),
-            map([
-                ("name", s(STATE_VOLUME)),
-                ("emptyDir", map([("sizeLimit", s("1Mi"))])),
-            ]),
-        ]
+            ]));
+        }
+        out.push(map([
+            ("name", s(STATE_VOLUME)),
+            ("emptyDir", map([("sizeLimit", s("1Mi"))])),
+        ]));
+        out
     }
 
     /// The sidecar's mounts of [`Self::signing_volumes`].
     pub(super) fn signing_mounts(&self) -> Vec<Value> {
-        if self.pinset_keys().is_empty() {
+        if !self.signs() {
             return Vec::new();
         }
-        vec![
-            map([
+        let mut out = Vec::new();
+        if !self.pinset_keys().is_empty() {
+            out.push(map([
                 ("name", s(KEY_VOLUME)),
                 ("mountPath", s(KEY_DIR)),
                 ("readOnly", Value::Bool(true)),
-            ]),
-            map([("name", s(STATE_VOLUME)), ("mountPath", s(STATE_DIR))]),
-        ]
+            ]));
+        }
+        out.push(map([
+            ("name", s(STATE_VOLUME)),
+            ("mountPath", s(STATE_DIR)),
+        ]));
+        out
     }
 }
 
@@ -228,7 +304,7 @@ mod tests {
         };
         let err = alone.validate().unwrap_err().to_string();
         assert!(
-            err.contains("--pinset-min-serial needs --pinset-key-from"),
+            err.contains("--pinset-min-serial needs --pinset-key-inline or --pinset-key-from"),
             "{err}"
         );
     }
@@ -267,6 +343,109 @@ mod tests {
         );
         let other = pod.replace("pins-secret: keys", "pins-secret: shop-pins");
         crate::inject::inject_stream(&other, &o).expect("another Secret");
+    }
+
+    fn key_pem() -> String {
+        let (_, pem) = pinproxy_sign::SigningKey::generate(pinproxy_sign::Algorithm::EcdsaP256)
+            .expect("keygen");
+        pem.public_pem
+    }
+
+    /// `--pinset-key-inline`: the key is in the sidecar's env, the pod has
+    /// no key volume (nothing in the namespace to swap), and the state
+    /// emptyDir and the floor come as with keys from objects.
+    #[test]
+    fn inline_keys_go_in_the_sidecars_env_and_no_volume() {
+        let (a, b) = (key_pem(), key_pem());
+        let parse = |p: &str| PublicKey::from_pem(p.as_bytes()).expect("key");
+        let o = InjectOptions {
+            pinset_key_inline: vec![parse(&a), parse(&b), parse(&a)],
+            pinset_min_serial: Some("7".parse().unwrap()),
+            ..InjectOptions::default()
+        };
+        o.validate().expect("valid");
+        assert_eq!(
+            o.signing_args(),
+            ["--state-dir", STATE_DIR, "--pinset-min-serial", "7"]
+        );
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  \
+            template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      \
+            - {name: app, image: app:1}\n";
+        let once = crate::inject::inject_stream(deployment, &o).unwrap();
+        let doc: Value = serde_yaml::from_str(&once).unwrap();
+        let spec = &doc["spec"]["template"]["spec"];
+        let side = &spec["initContainers"][0];
+        let env = side["env"].as_sequence().expect("env");
+        let pem = env
+            .iter()
+            .find(|e| e["name"] == s(KEY_PEM_ENV))
+            .and_then(|e| e["value"].as_str())
+            .expect("PINPROXY_PINSET_KEY_PEM");
+        // Each key once, in order, each still a valid key.
+        assert_eq!(pem, format!("{a}{b}"));
+        assert_eq!(pinproxy_sign::parse_keys(pem.as_bytes()).unwrap().len(), 2);
+        let volumes: Vec<&str> = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        assert!(volumes.contains(&STATE_VOLUME), "{volumes:?}");
+        assert!(!volumes.contains(&KEY_VOLUME), "{volumes:?}");
+        assert!(!once.contains(KEY_DIR), "{once}");
+        assert_eq!(
+            crate::inject::inject_stream(&once, &o).unwrap(),
+            once,
+            "idempotent"
+        );
+        // A pod that arrives with a sidecar carrying another key (its
+        // creator's): the injector's keys replace it.
+        let c = key_pem();
+        let theirs = InjectOptions {
+            pinset_key_inline: vec![parse(&c)],
+            ..InjectOptions::default()
+        };
+        let forged = crate::inject::inject_stream(deployment, &theirs).unwrap();
+        let fixed = crate::inject::inject_stream(&forged, &o).unwrap();
+        let value = |s: &str| serde_yaml::from_str::<Value>(s).unwrap();
+        assert_eq!(
+            value(&fixed),
+            value(&once),
+            "the creator's key is replaced (key order aside)"
+        );
+        // From keys in a ConfigMap to inline keys: the key volume goes.
+        let from = InjectOptions {
+            pinset_key_from: vec!["configmap/pinset-key".parse().unwrap()],
+            ..InjectOptions::default()
+        };
+        let old = crate::inject::inject_stream(deployment, &from).unwrap();
+        assert!(old.contains(KEY_VOLUME));
+        let moved = crate::inject::inject_stream(&old, &o).unwrap();
+        assert!(
+            !moved.contains(KEY_VOLUME) && moved.contains(KEY_PEM_ENV),
+            "{moved}"
+        );
+        // And back without keys: the env goes too.
+        let plain = crate::inject::inject_stream(&once, &InjectOptions::default()).unwrap();
+        for gone in [KEY_PEM_ENV, "--state-dir", STATE_VOLUME] {
+            assert!(!plain.contains(gone), "{gone} left behind:\n{plain}");
+        }
+    }
+
+    /// A key from the namespace beside the inline one would verify as
+    /// well: refused together, saying why.
+    #[test]
+    fn inline_and_namespace_keys_are_refused_together() {
+        let o = InjectOptions {
+            pinset_key_inline: vec![PublicKey::from_pem(key_pem().as_bytes()).unwrap()],
+            pinset_key_from: vec!["configmap/pinset-key".parse().unwrap()],
+            ..InjectOptions::default()
+        };
+        let err = o.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--pinset-key-inline and --pinset-key-from together"),
+            "{err}"
+        );
     }
 
     #[test]

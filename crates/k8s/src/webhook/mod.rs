@@ -165,6 +165,11 @@ pub struct Reply {
 pub async fn run(args: &WebhookArgs, serial_of: SerialReader) -> Result<(), WebhookError> {
     let opts = InjectOptions::from(&args.sidecar);
     opts.validate()?;
+    // Read once, here: a changed key file reaches new pods after a restart
+    // (the chart rolls the Deployment when its key values change).
+    for key in &args.sidecar.pinset_key_inline {
+        tracing::info!(key = %key.key.id(), file = %key.path.display(), "pinset key given to sidecars inline");
+    }
     let pinsets = if args.pinset_key.is_empty() {
         None
     } else {
