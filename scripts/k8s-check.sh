@@ -152,11 +152,84 @@ assert w["clientConfig"]["service"]["path"] == "/validate"
 assert w["objectSelector"] == {"matchLabels": {"pinproxy.io/pinset": "true"}}
 args = next(c["args"] for d in docs if d["kind"] == "Deployment"
             for c in d["spec"]["template"]["spec"]["containers"] if c.get("args", [""])[0] == "webhook")
-assert any(a.startswith("--pinset-key-from=configmap/") for a in args), args
+assert "--pinset-key-inline=/etc/pinproxy-webhook/pinset-key/cosign.pub" in args, args
+assert not any(a.startswith("--pinset-key-from") for a in args), args
 assert any(a.startswith("--pinset-key=/etc/pinproxy-webhook/pinset-key/") for a in args), args
 PYEOF
 "$PINPROXY_BIN" check --key "$OUT/pinset-key.pub" "$OUT/signed-pins.yaml" \
   || die "pinproxy check --key refuses the chart's signed pinset"
+
+# pinset.signing.inline (the default): the key reaches each sidecar in its
+# pod spec, never from an object in the workload's namespace. The chart's
+# webhook args, its key file as the ConfigMap mount holds it, fed to the
+# real `pinproxy inject`: the sidecar's PINPROXY_PINSET_KEY_PEM is the key,
+# no key volume, and that key verifies the chart's signed pinset.
+log "chart signing, inline: the webhook's args give a sidecar the chart's key in its env"
+helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" \
+  --set 'pins.extraNamespaces={shop}' >"$OUT/helm-inline.yaml"
+validate "$OUT/helm-inline.yaml"
+"$PY" - "$OUT/helm-inline.yaml" "$OUT" >"$OUT/inject-args" <<'PYEOF' || die "the chart's inline key wiring is incomplete"
+import os, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+out = sys.argv[2]
+cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-pinset-key")]
+# Only the webhook's namespace: no workload namespace holds the key.
+assert [c["metadata"]["namespace"] for c in cms] == ["pinproxy-system"], cms
+dep = next(d for d in docs if d["kind"] == "Deployment"
+           and d["metadata"]["labels"].get("app.kubernetes.io/component") == "webhook")
+pod = dep["spec"]["template"]
+assert "checksum/pinset-key" in pod["metadata"]["annotations"], pod["metadata"]
+c = pod["spec"]["containers"][0]
+mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/pinproxy-webhook/pinset-key")
+vol = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+assert vol["configMap"]["name"] == cms[0]["metadata"]["name"], vol
+keydir = os.path.join(out, "webhook-pinset-key")
+os.makedirs(keydir, exist_ok=True)
+for k, v in cms[0]["data"].items():
+    open(os.path.join(keydir, k), "w").write(v)
+webhook_only = ("--listen", "--tls-cert", "--tls-key", "--cert-reload-interval", "--pinset-key=",
+                "--max-body-bytes", "--request-timeout", "--max-connections")
+assert c["args"][0] == "webhook", c["args"]
+for a in c["args"][1:]:
+    if a.startswith(webhook_only):
+        continue
+    print(a.replace("/etc/pinproxy-webhook/pinset-key", keydir))
+PYEOF
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  containers:\n  - {name: app, image: app:1}\n' \
+  >"$OUT/pod.yaml"
+mapfile -t inject_args <"$OUT/inject-args"
+"$PINPROXY_BIN" inject -f "$OUT/pod.yaml" "${inject_args[@]}" >"$OUT/pod-injected.yaml" \
+  || die "pinproxy inject refuses the chart's webhook args"
+"$PY" - "$OUT/pod-injected.yaml" "$OUT/pinset-key.pub" "$OUT/sidecar-key.pub" <<'PYEOF' || die "the injected sidecar lacks the chart's key inline"
+import sys, yaml
+pod = yaml.safe_load(open(sys.argv[1]))
+side = next(c for c in pod["spec"]["initContainers"] if c["name"] == "pinproxy")
+env = {e["name"]: e.get("value") for e in side["env"]}
+pem = env["PINPROXY_PINSET_KEY_PEM"]
+assert pem.strip() == open(sys.argv[2]).read().strip(), pem
+assert "--pinset-key" not in side["args"] and "--state-dir" in side["args"], side["args"]
+assert "pinproxy-pinset-key" not in [v["name"] for v in pod["spec"]["volumes"]], pod["spec"]["volumes"]
+open(sys.argv[3], "w").write(pem)
+PYEOF
+"$PINPROXY_BIN" check --key "$OUT/sidecar-key.pub" "$OUT/signed-pins.yaml" \
+  || die "the key the sidecar gets inline does not verify the chart's signed pinset"
+# A new key must restart the webhook (it reads key files at start).
+a="$(helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" | grep 'checksum/pinset-key:')"
+b="$(helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" --set-string pinset.signing.nextPublicKey="$(cat "$OUT/pinset-key.pub")" \
+  | grep 'checksum/pinset-key:')"
+[ -n "$a" ] && [ "$a" != "$b" ] || die "a new pinset key does not change the webhook's pod template"
+rendered="$(helm template pinproxy "$CHART" -f "$CHART/ci/full-values.yaml" --set-string pinset.signing.nextPublicKey="$(cat "$OUT/pinset-key.pub")")"
+grep -q -- "- --pinset-key-inline=/etc/pinproxy-webhook/pinset-key/next.pub$" <<<"$rendered" \
+  || die "pinset.signing.nextPublicKey is not given inline"
+# inline: false keeps the old way: the ConfigMap in every
+# pins.extraNamespaces namespace, mounted by the sidecars.
+log "chart signing, inline: false: the key ConfigMap per namespace, --pinset-key-from"
+rendered="$(helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" \
+  --set 'pins.extraNamespaces={shop}' --set pinset.signing.inline=false)"
+grep -q -- "- --pinset-key-from=configmap/pinproxy-pinset-key:cosign.pub$" <<<"$rendered" \
+  || die "pinset.signing.inline=false does not pass --pinset-key-from"
+! grep -q -- "--pinset-key-inline" <<<"$rendered" || die "inline=false still passes --pinset-key-inline"
+grep -q "^  namespace: shop$" <<<"$rendered" || die "inline=false: no key ConfigMap in pins.extraNamespaces"
 # Signing on, the chart's own Secret unsigned: refused, saying why.
 why="$(helm template pinproxy "$CHART" --set pinset.signing.publicKey=x 2>&1 || true)"
 grep -q "would have no pins.yaml.sig" <<<"$why" \
@@ -191,6 +264,7 @@ refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
 refuse --set 'pinset.signing.publicKeyFrom={pod/x}' --set pins.existingSecret=p
 refuse --set pinset.signing.failurePolicy=Sometimes
+refuse --set pinset.signing.inline=maybe
 refuse --set pinset.signing.minSerial=-1
 refuse --set pinset.signing.minSerial=3  # a floor for signed pinsets: needs a key
 # The NetworkPolicy makes the operator choose what happens to other ports.

@@ -139,10 +139,21 @@ secret/{{ .secret }}:{{ .key | default "ca.crt" }}
 {{- printf "%s-pinset-key" (include "pinproxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The --pinset-key-from values of the injected sidecars, one per line. */}}
+{{/*
+Whether the webhook gives sidecars pinset.signing.publicKey inline (in the
+pod spec: --pinset-key-inline), "true" or "". Unset counts as true (values
+reused from a release before the option existed).
+*/}}
+{{- define "pinproxy.pinsetKeyInline" -}}
+{{- $s := .Values.pinset.signing -}}
+{{- if and $s.publicKey (not $s.publicKeyFrom) (ne (toString $s.inline) "false") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The --pinset-key-from values of the injected sidecars, one per line (none when inline). */}}
 {{- define "pinproxy.pinsetKeyFrom" -}}
 {{- $s := .Values.pinset.signing -}}
-{{- if $s.publicKeyFrom -}}
+{{- if include "pinproxy.pinsetKeyInline" . -}}
+{{- else if $s.publicKeyFrom -}}
 {{- range $s.publicKeyFrom }}
 {{ . }}
 {{- end -}}
