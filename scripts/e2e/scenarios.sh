@@ -708,8 +708,9 @@ scenario_8() {
   (cd "$d" && run PP keygen --out pinset) | tee "$d/keygen.out"
   local key_id; key_id="$(sed -n 's/.*(id \(.*\))$/\1/p' "$d/keygen.out")"
   check "keygen printed the key id ($key_id)" matches "$key_id" '^sha256/'
-  # The release's pins Secrets are the operator's own (pins.existingSecret):
-  # the key's ConfigMap goes to the release namespace and pins.extraNamespaces.
+  # The release's pins Secrets are the operator's own (pins.existingSecret).
+  # pinset.signing.inline (the default): the key's ConfigMap stays in the
+  # release namespace, the webhook copies the key into each pod it injects.
   (cd "$d" && run helm upgrade pinproxy "$ROOT/charts/pinproxy" -n "$CHART_NS" --reuse-values \
     --set-file pinset.signing.publicKey=pinset.pub --set pinset.signing.admission=true \
     --set "pins.extraNamespaces={$APP_NS}" --wait --timeout 180s)
@@ -719,13 +720,17 @@ scenario_8() {
   wait_for 90 "the old webhook replicas gone" sh -c \
     "[ \"\$(kubectl -n $CHART_NS get pods -l app.kubernetes.io/component=webhook -o name | wc -l)\" = 2 ]"
   check "the webhook runs with --pinset-key" sh -c \
-    "kubectl -n $CHART_NS get deploy $dep -o jsonpath='{.spec.template.spec.containers[0].args}' | tr ',' '\n' | grep -- --pinset-key"
+    "kubectl -n $CHART_NS get deploy $dep -o jsonpath='{.spec.template.spec.containers[0].args}' | tr ',' '\n' | grep -- --pinset-key="
+  check "... and gives sidecars the key with --pinset-key-inline" sh -c \
+    "kubectl -n $CHART_NS get deploy $dep -o jsonpath='{.spec.template.spec.containers[0].args}' | tr ',' '\n' | grep -- --pinset-key-inline="
   run kubectl get validatingwebhookconfiguration -o custom-columns='NAME:.metadata.name,WEBHOOK:.webhooks[*].name,PATH:.webhooks[*].clientConfig.service.path,POLICY:.webhooks[*].failurePolicy,SELECTOR:.webhooks[*].objectSelector.matchLabels'
   helm get notes pinproxy -n "$CHART_NS" >"$d/notes.txt"
   check "the install notes give the signed update" contains "$d/notes.txt" "--from-file=pins.yaml.sig"
   check "... and do not call the operator's pinset the chart's default" sh -c "! grep -q \"chart's default\" $d/notes.txt"
-  check "the key's ConfigMap in $APP_NS holds pinset.pub" eq \
-    "$(kubectl -n "$APP_NS" get configmap pinproxy-pinset-key -o jsonpath='{.data.cosign\.pub}')" "$(cat "$d/pinset.pub")"
+  check "the key's ConfigMap in $CHART_NS holds pinset.pub" eq \
+    "$(kubectl -n "$CHART_NS" get configmap pinproxy-pinset-key -o jsonpath='{.data.cosign\.pub}')" "$(cat "$d/pinset.pub")"
+  check "no key ConfigMap in $APP_NS (nothing there for its editors to replace)" sh -c \
+    "! kubectl -n $APP_NS get configmap pinproxy-pinset-key >/dev/null 2>&1"
 
   echo "--- an UNSIGNED pinset, labelled: the API server asks /validate"
   mkdir -p "$d/unsigned"
@@ -778,21 +783,21 @@ spec:
 YAML
   run kubectl -n "$APP_NS" wait --for=condition=Ready pod/app --timeout 120s
   kubectl -n "$APP_NS" get pod app -o json >"$d/pod.json"
-  python3 - "$d/pod.json" <<'PY'
+  python3 - "$d/pod.json" "$d/pinset.pub" <<'PY'
 import json, sys
 spec = json.load(open(sys.argv[1]))["spec"]
 side = [c for c in spec["initContainers"] if c["name"] == "pinproxy"][0]
 args = side["args"]
-keys = [args[i + 1] for i, a in enumerate(args) if a == "--pinset-key"]
-print("sidecar --pinset-key:", keys, "--state-dir:", "--state-dir" in args)
-assert keys == ["/etc/pinproxy-pinset-key/configmap/pinproxy-pinset-key/cosign.pub"], args
-assert "--state-dir" in args
-vol = [v for v in spec["volumes"] if v["name"] == "pinproxy-pinset-key"][0]
-print("volume pinproxy-pinset-key:", json.dumps(vol["projected"]["sources"]))
-assert vol["projected"]["sources"][0]["configMap"]["name"] == "pinproxy-pinset-key"
+env = {e["name"]: e.get("value") for e in side["env"]}
+pem = env.get("PINPROXY_PINSET_KEY_PEM") or ""
+print("sidecar env PINPROXY_PINSET_KEY_PEM:", pem.splitlines()[:1], "--state-dir:", "--state-dir" in args)
+assert pem.strip() == open(sys.argv[2]).read().strip(), pem
+assert "--pinset-key" not in args and "--state-dir" in args, args
+names = [v["name"] for v in spec["volumes"]]
+print("volumes:", names)
+assert "pinproxy-pinset-key" not in names, names
 mounts = {m["name"]: m["mountPath"] for m in side["volumeMounts"]}
-print("mounted at", mounts["pinproxy-pinset-key"], "; state at", mounts["pinproxy-state"])
-assert mounts["pinproxy-pinset-key"] == "/etc/pinproxy-pinset-key"
+print("state at", mounts["pinproxy-state"])
 PY
   kubectl -n "$APP_NS" logs app -c pinproxy | grep -E 'signed pinset in force|pinset key' | cut -c1-400 || true
   echo '$ kubectl exec app -c app -- curl -s http://127.0.0.1:9901/pins'
