@@ -228,6 +228,11 @@ fn the_chart_selects_the_opt_in_label_and_fails_closed() {
     }
     assert!(webhook["replicas"].as_u64().unwrap() >= 2);
     assert!(webhook.get("annotatedPods").is_none());
+    // Pods of labelled namespaces may opt out unless the operator says not.
+    assert_eq!(
+        webhook["labelledNamespaces"]["podOptOut"].as_bool(),
+        Some(true)
+    );
 }
 
 #[test]
@@ -451,6 +456,70 @@ fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
                 .contains("resources: [\"pods\", \"pods/status\", \"pods/ephemeralcontainers\"]"),
         "{chart}"
     );
+}
+
+/// `--pod-opt-out refuse` (chart `webhook.labelledNamespaces.podOptOut:
+/// false`): in a labelled namespace a pod that says `pinproxy.io/inject:
+/// "false"`, by label or annotation, is denied, the message naming the
+/// namespace rule and the way out; under `allow` (the default) it passes
+/// untouched, unpinned, as before. A fourth attack review found that any
+/// pod creator could opt out of a namespace the operator meant to pin.
+#[test]
+fn a_pod_opting_out_of_a_labelled_namespace_is_refused_only_under_refuse() {
+    let pod = simple_pod(json!({}));
+    let verdict = |mode: Mode, review_body: &Json| {
+        let reply = review(review_body.to_string().as_bytes(), mode, &opts());
+        (reply.status.as_u16(), response(&reply).clone())
+    };
+    for (field, value) in [
+        ("labels", "false"),
+        ("annotations", "false"),
+        ("annotations", "disabled"),
+    ] {
+        let mut out = pod.clone();
+        out["metadata"][field] = json!({"pinproxy.io/inject": value});
+        let creation = admission_review(&out);
+        let (_, r) = verdict(Mode::OptOut, &creation);
+        assert_eq!(r["allowed"], json!(true), "allow, {field} {value}: {r}");
+        assert!(r.get("patch").is_none(), "allow, {field} {value}: {r}");
+        let (status, r) = verdict(Mode::Required, &creation);
+        assert_eq!((status, &r["allowed"]), (200, &json!(false)), "{r}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("namespace \"shop\" is labelled pinproxy.io/inject=enabled")
+                && msg.contains("--pod-opt-out refuse")
+                && msg.contains("ask the cluster operator")
+                && msg.contains("webhook.labelledNamespaces.podOptOut: true"),
+            "{msg}"
+        );
+        // The switch is the labelled namespaces' rule: `/inject` (pods
+        // that opt in one by one) is not concerned.
+        let (_, r) = verdict(Mode::OptIn, &creation);
+        assert_eq!(r["allowed"], json!(true), "{r}");
+        assert!(r.get("patch").is_none(), "{r}");
+    }
+    // A pod that does not opt out is injected as it is under allow.
+    let (_, required) = verdict(Mode::Required, &admission_review(&pod));
+    let (_, optional) = verdict(Mode::OptOut, &admission_review(&pod));
+    assert_eq!(required, optional);
+    assert!(required["patch"].is_string(), "{required}");
+
+    // After creation the opt-out decides nothing (injection happens at
+    // creation), so the switch leaves UPDATEs to the freeze: an injected
+    // pod cannot take it whatever the switch says, and a pod created
+    // before its namespace was labelled, unpinned, may: it runs as it was
+    // created either way, and is injected when it is recreated.
+    let injected = inject_reviewed(&pod, &opts());
+    let mut late_out = injected.clone();
+    late_out["metadata"]["labels"]["pinproxy.io/inject"] = json!("false");
+    let mut unpinned_out = pod.clone();
+    unpinned_out["metadata"]["labels"] = json!({"pinproxy.io/inject": "false"});
+    for mode in [Mode::OptIn, Mode::OptOut, Mode::Required] {
+        let (_, r) = verdict(mode, &update_review(&injected, &late_out, ""));
+        assert_eq!(r["allowed"], json!(false), "{mode:?}: {r}");
+        let (_, r) = verdict(mode, &update_review(&pod, &unpinned_out, ""));
+        assert_eq!(r["allowed"], json!(true), "{mode:?}: {r}");
+    }
 }
 
 // --- over TLS ---------------------------------------------------------------
@@ -924,51 +993,91 @@ fn json_keys(line: &str) -> Vec<String> {
         .0
 }
 
+/// The built binary serving `pinproxy webhook` on a free port with `args`
+/// and `env` added, logging JSON at info; returns once it answers.
+struct Binary {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    pki: Pki,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let pki = Pki::new();
+        let (cert, key) = pki.leaf("webhook.test");
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+            .args(["webhook", "--listen", &addr.to_string()])
+            .arg("--tls-cert")
+            .arg(&cert_path)
+            .arg("--tls-key")
+            .arg(&key_path)
+            .args(["--image", "ghcr.io/pinproxy/pinproxy:test"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("PINPROXY_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let me = Binary {
+            child,
+            addr,
+            pki,
+            _dir: dir,
+        };
+        let health = || {
+            http::Request::get("/healthz")
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        for _ in 0..100 {
+            if call(addr, &me.pki.ca_pem, "webhook.test", health())
+                .await
+                .is_ok()
+            {
+                return me;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the webhook never answered on {addr}");
+    }
+
+    /// POST `body` to `path`: (HTTP status, the AdmissionReview's response).
+    async fn post(&self, path: &str, body: Vec<u8>) -> (u16, Json) {
+        let (status, doc) = call(
+            self.addr,
+            &self.pki.ca_pem,
+            "webhook.test",
+            post(path, body),
+        )
+        .await
+        .unwrap();
+        (status, doc["response"].clone())
+    }
+
+    /// Stops the binary: what it logged on stderr.
+    async fn stop(mut self) -> String {
+        self.child.start_kill().unwrap();
+        let out = self.child.wait_with_output().await.unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn the_binary_logs_injections_and_refusals_as_json_without_duplicate_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let pki = Pki::new();
-    let (cert, key) = pki.leaf("webhook.test");
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
-        .args(["webhook", "--listen", &addr.to_string()])
-        .arg("--tls-cert")
-        .arg(&cert_path)
-        .arg("--tls-key")
-        .arg(&key_path)
-        .args(["--image", "ghcr.io/pinproxy/pinproxy:test"])
-        .env("PINPROXY_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let health = || {
-        http::Request::get("/healthz")
-            .header("host", "x")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let mut up = false;
-    for _ in 0..100 {
-        if call(addr, &pki.ca_pem, "webhook.test", health())
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the webhook never answered on {addr}");
-
+    let binary = Binary::start(&[], &[]).await;
     let mut pod = simple_pod(json!({}));
     pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
         "name": "agent-5d4f", "uid": "1", "controller": true}]);
@@ -979,18 +1088,9 @@ async fn the_binary_logs_injections_and_refusals_as_json_without_duplicate_keys(
             .into_bytes(),
         b"{oops".to_vec(),
     ] {
-        call(
-            addr,
-            &pki.ca_pem,
-            "webhook.test",
-            post("/inject-namespace", body),
-        )
-        .await
-        .unwrap();
+        binary.post("/inject-namespace", body).await;
     }
-    child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
+    let logs = binary.stop().await;
     let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 4, "{logs}");
     for line in &lines {
@@ -1026,4 +1126,66 @@ async fn the_binary_logs_injections_and_refusals_as_json_without_duplicate_keys(
         refused["error"].as_str().unwrap().contains("not JSON"),
         "{refused}"
     );
+}
+
+/// The switch as the chart sets it (`--pod-opt-out refuse`) and by its
+/// environment variable, through the built binary: `/inject-namespace`
+/// refuses an opted-out pod, `/inject` does not judge it; without the
+/// switch it passes.
+#[tokio::test]
+async fn the_binary_refuses_opt_outs_in_labelled_namespaces_when_told_to() {
+    use clap::Parser;
+    let parse = |extra: &[&str]| {
+        let mut argv = vec!["pinproxy", "webhook", "--tls-cert", "/c", "--tls-key", "/k"];
+        argv.extend_from_slice(extra);
+        pinproxy::cli::Cli::try_parse_from(argv).map(|cli| match cli.command {
+            pinproxy::cli::Command::Webhook(args) => args.pod_opt_out,
+            _ => unreachable!(),
+        })
+    };
+    use pinproxy::k8s::webhook::PodOptOut;
+    assert_eq!(parse(&[]).unwrap(), PodOptOut::Allow);
+    assert_eq!(
+        parse(&["--pod-opt-out", "refuse"]).unwrap(),
+        PodOptOut::Refuse
+    );
+    assert_eq!(parse(&["--pod-opt-out=allow"]).unwrap(), PodOptOut::Allow);
+    let err = parse(&["--pod-opt-out", "never"]).unwrap_err().to_string();
+    assert!(err.contains("allow") && err.contains("refuse"), "{err}");
+
+    let mut out = simple_pod(json!({}));
+    out["metadata"]["labels"] = json!({"pinproxy.io/inject": "false"});
+    let body = || admission_review(&out).to_string().into_bytes();
+    for (args, env) in [
+        (&["--pod-opt-out", "refuse"][..], &[][..]),
+        (&[][..], &[("PINPROXY_WEBHOOK_POD_OPT_OUT", "refuse")][..]),
+    ] {
+        let binary = Binary::start(args, env).await;
+        let (status, r) = binary.post("/inject-namespace", body()).await;
+        assert_eq!((status, &r["allowed"]), (200, &json!(false)), "{r}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("namespace \"shop\""), "{msg}");
+        let (_, r) = binary.post("/inject", body()).await;
+        assert_eq!(r["allowed"], json!(true), "{r}");
+        let (_, r) = binary
+            .post(
+                "/inject-namespace",
+                admission_review(&simple_pod(json!({})))
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await;
+        assert!(r["patch"].is_string(), "{r}");
+        let logs = binary.stop().await;
+        assert!(
+            logs.contains("pods in labelled namespaces may not opt out")
+                && logs.contains("admission review refused"),
+            "{logs}"
+        );
+    }
+    let binary = Binary::start(&[], &[]).await;
+    let (_, r) = binary.post("/inject-namespace", body()).await;
+    assert_eq!(r["allowed"], json!(true), "{r}");
+    assert!(r.get("patch").is_none(), "{r}");
+    binary.stop().await;
 }

@@ -5,7 +5,7 @@
 //! goes through [`crate::inject::inject_pod`] — the code behind
 //! `pinproxy inject` — and the difference comes back as a base64 JSONPatch.
 //!
-//! Two paths, one per webhook entry in the chart:
+//! The paths (the chart's webhook entries call the first two):
 //! - `POST /inject`: opt-in. Pods labelled `pinproxy.io/inject: "true"`
 //!   are injected, others pass untouched. The chart's `objectSelector`
 //!   sends this path labelled pods only, so it can fail closed without
@@ -14,7 +14,11 @@
 //!   cannot select on).
 //! - `POST /inject-namespace`: for namespaces labelled
 //!   `pinproxy.io/inject=enabled`; every Pod is injected unless it says
-//!   `pinproxy.io/inject: "false"`.
+//!   `pinproxy.io/inject: "false"` — or, with `--pod-opt-out refuse`
+//!   ([`PodOptOut`]), a Pod that says so is denied.
+//! - UPDATEs of injected Pods arrive on `/inject` (the chart's third entry,
+//!   selected by the label injection sets) and are judged the same on
+//!   either path ([`update`]).
 //! - `POST /validate` (with `--pinset-key`): a validating webhook for
 //!   Secrets/ConfigMaps labelled `pinproxy.io/pinset: "true"`; an unsigned,
 //!   badly signed or rolled-back pinset is denied with a message `kubectl`
@@ -120,8 +124,29 @@ pub struct WebhookArgs {
         value_name = "FILE"
     )]
     pub pinset_key: Vec<PathBuf>,
+    /// What `POST /inject-namespace` does with a pod that opts out
+    /// (`pinproxy.io/inject: "false"`, label or annotation): `allow` lets
+    /// it through without the sidecar, `refuse` denies its creation.
+    #[arg(
+        long,
+        env = "PINPROXY_WEBHOOK_POD_OPT_OUT",
+        value_enum,
+        default_value_t = PodOptOut::Allow
+    )]
+    pub pod_opt_out: PodOptOut,
     #[command(flatten)]
     pub sidecar: SidecarArgs,
+}
+
+/// `--pod-opt-out`: whether a pod in a namespace labelled
+/// `pinproxy.io/inject=enabled` may opt out of injection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodOptOut {
+    /// The pod is let through untouched, unpinned.
+    #[default]
+    Allow,
+    /// The pod's creation is denied, naming the namespace rule.
+    Refuse,
 }
 
 /// Which pods a path injects.
@@ -132,6 +157,31 @@ pub enum Mode {
     OptIn,
     /// Every pod except those that say `pinproxy.io/inject: "false"`.
     OptOut,
+    /// Every pod; one that says `pinproxy.io/inject: "false"` is denied
+    /// (`--pod-opt-out refuse`).
+    Required,
+}
+
+/// What the webhook judges by besides injection's options: the keys of
+/// `POST /validate` and whether a labelled namespace's pods may opt out.
+#[derive(Debug, Clone, Default)]
+pub struct Judging {
+    /// Without, `/validate` denies every labelled object: it cannot judge
+    /// them.
+    pub pinsets: Option<Arc<Pinsets>>,
+    pub pod_opt_out: PodOptOut,
+}
+
+// === impl PodOptOut ===
+
+impl PodOptOut {
+    /// The mode of `POST /inject-namespace`.
+    pub fn namespace_mode(self) -> Mode {
+        match self {
+            PodOptOut::Allow => Mode::OptOut,
+            PodOptOut::Refuse => Mode::Required,
+        }
+    }
 }
 
 /// Errors that stop the webhook from starting or serving.
@@ -196,11 +246,18 @@ pub async fn run(args: &WebhookArgs, serial_of: SerialReader) -> Result<(), Webh
         max_connections: args.max_connections.max(1),
         ..Limits::default()
     };
+    if args.pod_opt_out == PodOptOut::Refuse {
+        tracing::info!("pods in labelled namespaces may not opt out (--pod-opt-out refuse)");
+    }
+    let judging = Judging {
+        pinsets,
+        pod_opt_out: args.pod_opt_out,
+    };
     serve_all(
         listener,
         certs,
         Arc::new(opts),
-        pinsets,
+        judging,
         every,
         limits,
         shutdown_signal(),
@@ -274,17 +331,25 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebhookError> {
-    serve_all(listener, certs, opts, None, reload_every, limits, shutdown).await
+    serve_all(
+        listener,
+        certs,
+        opts,
+        Judging::default(),
+        reload_every,
+        limits,
+        shutdown,
+    )
+    .await
 }
 
-/// As [`serve_with`], also judging pinset objects on `POST /validate`
-/// with `pinsets` (without, `/validate` denies every labelled object: it
-/// cannot judge them).
+/// As [`serve_with`], also judging by `judging`: pinset objects on `POST
+/// /validate`, and pods opting out on `POST /inject-namespace`.
 pub async fn serve_all(
     listener: TcpListener,
     certs: Arc<CertReloader>,
     opts: Arc<InjectOptions>,
-    pinsets: Option<Arc<Pinsets>>,
+    judging: Judging,
     reload_every: Duration,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
@@ -341,7 +406,7 @@ pub async fn serve_all(
         };
         let acceptor = acceptor.clone();
         let opts = opts.clone();
-        let pinsets = pinsets.clone();
+        let judging = judging.clone();
         let gates = gates.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -364,7 +429,7 @@ pub async fn serve_all(
                 let svc = hyper::service::service_fn(move |req| {
                     // Not closed for room until the answer is ready.
                     let serving = slot.serving();
-                    let answer = handle(req, opts.clone(), pinsets.clone(), limits, gates.clone());
+                    let answer = handle(req, opts.clone(), judging.clone(), limits, gates.clone());
                     async move {
                         let answer = answer.await;
                         drop(serving);
@@ -425,7 +490,7 @@ struct Gates {
 async fn handle(
     req: Request<Incoming>,
     opts: Arc<InjectOptions>,
-    pinsets: Option<Arc<Pinsets>>,
+    judging: Judging,
     limits: Limits,
     gates: Gates,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -433,7 +498,7 @@ async fn handle(
     let mode = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => return Ok(respond(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::POST, "/inject") => Some(Mode::OptIn),
-        (&Method::POST, "/inject-namespace") => Some(Mode::OptOut),
+        (&Method::POST, "/inject-namespace") => Some(judging.pod_opt_out.namespace_mode()),
         (&Method::POST, "/validate") => None,
         (_, "/inject" | "/inject-namespace" | "/validate") => {
             return Ok(respond(
@@ -475,7 +540,7 @@ async fn handle(
     };
     let reply = match mode {
         Some(mode) => review(&body.bytes, mode, &opts),
-        None => validate(&body.bytes, pinsets.as_deref()),
+        None => validate(&body.bytes, judging.pinsets.as_deref()),
     };
     Ok(respond(reply.status, &reply.body))
 }

@@ -96,8 +96,11 @@ fn review_pod(uid: &str, request: &Json, pod: &Json, mode: Mode, opts: &InjectOp
     };
     let wanted = match mode {
         Mode::OptIn => inject::has_inject_marker(&marked, true),
-        Mode::OptOut => true,
+        Mode::OptOut | Mode::Required => true,
     };
+    if mode == Mode::Required && inject::has_inject_marker(&marked, false) {
+        return bad(uid, &opt_out_refused(PodRef::of(request, pod).namespace));
+    }
     if !wanted || inject::has_inject_marker(&marked, false) {
         return allow(uid, None, &[]);
     }
@@ -169,6 +172,19 @@ fn review_pod(uid: &str, request: &Json, pod: &Json, mode: Mode, opts: &InjectOp
         "pod injected"
     );
     allow(uid, patch.as_deref(), &warnings)
+}
+
+/// Why a pod opting out of a labelled namespace is denied, and what to do.
+fn opt_out_refused(namespace: &str) -> String {
+    format!(
+        "pinproxy: namespace {namespace:?} is labelled {inject}=enabled, where every pod is \
+         injected and none may opt out (webhook --pod-opt-out refuse); remove {inject}: \
+         \"false\" from the pod's labels and annotations, or ask the cluster operator to run \
+         it in a namespace without that label (the chart's \
+         webhook.labelledNamespaces.podOptOut: true allows opt-outs in every labelled \
+         namespace)",
+        inject = inject::INJECT_ANNOTATION,
+    )
 }
 
 /// `spec.containers` and `spec.initContainers` together.
