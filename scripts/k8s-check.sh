@@ -115,6 +115,25 @@ log "chart defaults: observing pinset, webhook available with one replica down"
   --passthrough 10.96.0.0/12 --passthrough 10.244.0.0/16 --passthrough fd00:10:244::/56 \
   "$OUT/helm-observe.yaml" || die "the default pinset lacks the CIDRs it was given"
 
+# Which webhook entry the API server calls for what (scripts/k8s-validate.py
+# works it out from the rules and selectors): one UPDATE entry for every
+# injected pod whatever its namespace's labels, and the pod opt-out switch.
+log "webhook entries: CREATE and UPDATE routing (defaults; podOptOut: false; Kubernetes 1.27)"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-webhooks "$OUT/helm-default.yaml" \
+  || die "the webhook entries do not route CREATEs and UPDATEs as docs/kubernetes.md says"
+helm template pinproxy "$CHART" --namespace pinproxy-system \
+  --set webhook.labelledNamespaces.podOptOut=false >"$OUT/helm-refuse.yaml"
+validate "$OUT/helm-refuse.yaml"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-webhooks --pod-opt-out refuse "$OUT/helm-refuse.yaml" \
+  || die "webhook.labelledNamespaces.podOptOut=false does not refuse opt-outs"
+helm template pinproxy "$CHART" --namespace pinproxy-system --kube-version 1.27.0 >"$OUT/helm-1.27.yaml"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-webhooks --no-updates "$OUT/helm-1.27.yaml" \
+  || die "Kubernetes 1.27 (no matchConditions) gets an UPDATE entry"
+helm template pinproxy "$CHART" --namespace pinproxy-system --set webhook.labelledPods.failurePolicy=Ignore \
+  >"$OUT/helm-mixed.yaml"
+"$PY" "$ROOT/scripts/k8s-validate.py" --check-webhooks "$OUT/helm-mixed.yaml" \
+  || die "the UPDATE entry's failurePolicy does not follow the CREATE entries'"
+
 # The default pinset is the one tests/chart_default.rs runs through the
 # binary (an unlisted host passes, in-cluster plain HTTP passes): keep the
 # fixture equal to the rendering, and let pinproxy itself accept both.
@@ -260,6 +279,8 @@ refuse --set webhook.replicas=1 --set webhook.labelledPods.failurePolicy=Fail \
   --set webhook.labelledNamespaces.failurePolicy=Ignore
 # The old key of the opt-in webhook (annotation-era) is refused, not ignored.
 refuse --set webhook.annotatedPods.enabled=true
+refuse --set webhook.labelledNamespaces.podOptOut=maybe
+refuse --set webhook.labelledPods.podOptOut=false  # the namespace entry's switch
 refuse --set 'pins.defaultPinset.serviceCIDRs={10.96.0.0}'
 refuse --set 'sidecar.caBundleExtra[0].key=ca.crt'
 refuse --set 'pinset.signing.publicKeyFrom={pod/x}' --set pins.existingSecret=p

@@ -25,6 +25,18 @@
       minAvailable 1 selecting them), and both injection webhooks fail
       closed while seeing only pods that asked (the label on the pod or
       its namespace; an annotation alone is never selected).
+
+  k8s-validate.py --check-webhooks [--pod-opt-out allow|refuse] [--no-updates]
+                  [--release-namespace NS] FILE
+      FILE is a `helm template` of the chart. Which MutatingWebhookConfiguration
+      entries the API server would call, worked out from their rules and
+      selectors: a CREATE by exactly one entry for a pod that asked (its
+      label, or its namespace's), by none for one that did not or that opts
+      out (--pod-opt-out allow) and by the namespace entry for one that opts
+      out in a labelled namespace (refuse, the webhook's --pod-opt-out=refuse
+      set; the release namespace's own pods never); an UPDATE of an injected
+      pod by exactly one entry whatever its namespace's labels, with the
+      matchConditions (none with --no-updates: Kubernetes < 1.28).
 """
 import argparse
 import os
@@ -179,8 +191,9 @@ def check_chart_defaults(path, want_passthrough):
     mwc = one("MutatingWebhookConfiguration")
     hooks = {w["name"]: w for w in mwc.get("webhooks") or []}
     policies = {n: w.get("failurePolicy") for n, w in hooks.items()}
-    if policies != {"pods.inject.pinproxy.io": "Fail", "namespaces.inject.pinproxy.io": "Fail"}:
-        errors.append("webhook failure policies are %r, want Fail for both" % policies)
+    if policies != {"pods.inject.pinproxy.io": "Fail", "namespaces.inject.pinproxy.io": "Fail",
+                    "updates.inject.pinproxy.io": "Fail"}:
+        errors.append("webhook failure policies are %r, want Fail for all three" % policies)
     # Fail is safe only because each webhook sees nothing but pods that
     # asked: the label on the pod, or the label on its namespace.
     pods = hooks.get("pods.inject.pinproxy.io") or {}
@@ -208,6 +221,92 @@ def check_chart_defaults(path, want_passthrough):
     if not errors:
         print("OK    %s: observing default pinset (passthrough %s); webhook %d replicas, PDB minAvailable 1"
               % (path, ", ".join(passthrough), spec.get("replicas")))
+    return not errors
+
+
+def check_webhooks(path, pod_opt_out, updates, release_ns):
+    docs = documents(path)
+    errors = []
+    mwcs = [d for d in docs if d.get("kind") == "MutatingWebhookConfiguration"]
+    if len(mwcs) != 1:
+        print("ERROR %s: want one MutatingWebhookConfiguration, found %d" % (path, len(mwcs)))
+        return False
+    hooks = mwcs[0].get("webhooks") or []
+
+    def ops(w):
+        return {o for r in w.get("rules") or [] for o in r.get("operations") or []}
+
+    def called(op, ns_labels, pod_labels):
+        return sorted(w["name"] for w in hooks
+                      if op in ops(w) and selects(w.get("namespaceSelector"), ns_labels)
+                      and selects(w.get("objectSelector"), pod_labels))
+
+    def ns(name, **labels):
+        return dict(labels, **{"kubernetes.io/metadata.name": name})
+
+    labelled = ns("shop", **{"pinproxy.io/inject": "enabled"})
+    plain = ns("other")
+    pods, nss, upd = "pods.inject.pinproxy.io", "namespaces.inject.pinproxy.io", "updates.inject.pinproxy.io"
+    optout = "refuse" == pod_opt_out
+    # CREATE: who injects what.
+    for where, labels, want in [
+        (labelled, {}, [nss]),
+        (labelled, {"pinproxy.io/inject": "true"}, [nss]),
+        (labelled, {"pinproxy.io/inject": "false"}, [nss] if optout else []),
+        (plain, {"pinproxy.io/inject": "true"}, [pods]),
+        (plain, {}, []),
+        (plain, {"pinproxy.io/inject": "false"}, []),
+        (ns("kube-system"), {"pinproxy.io/inject": "true"}, []),
+        # The webhook's own pods (pinproxy.io/inject: "false"), were its
+        # namespace labelled: never sent to themselves.
+        (ns(release_ns, **{"pinproxy.io/inject": "enabled"}), {"pinproxy.io/inject": "false"}, []),
+    ]:
+        got = called("CREATE", where, labels)
+        if got != want:
+            errors.append("CREATE of a pod labelled %r in namespace %r calls %r, want %r" % (labels, where, got, want))
+    # UPDATE: every injected pod, by one entry, whatever its namespace says
+    # now (the label removed from a labelled namespace); nothing else.
+    injected = {"pinproxy.io/injected": "true"}
+    for where in [labelled, ns("shop"), plain, ns("kube-system")]:
+        for labels, want in [
+            (injected, [upd] if updates else []),
+            (dict(injected, **{"pinproxy.io/inject": "true"}), [upd] if updates else []),
+            ({"pinproxy.io/inject": "true"}, []),
+            ({}, []),
+        ]:
+            got = called("UPDATE", where, labels)
+            if got != want:
+                errors.append("UPDATE of a pod labelled %r in namespace %r calls %r, want %r" % (labels, where, got, want))
+    byname = {w["name"]: w for w in hooks}
+    if updates:
+        u = byname.get(upd) or {}
+        res = sorted(r for rule in u.get("rules") or [] for r in rule.get("resources") or [])
+        if res != ["pods", "pods/ephemeralcontainers", "pods/status"]:
+            errors.append("%s: resources %r" % (upd, res))
+        exprs = [c.get("expression", "") for c in u.get("matchConditions") or []]
+        if len(exprs) != 1 or "pinproxy.io/" not in exprs[0] or "ephemeralcontainers" not in exprs[0]:
+            errors.append("%s: matchConditions %r" % (upd, exprs))
+        if (u.get("clientConfig") or {}).get("service", {}).get("path") != "/inject":
+            errors.append("%s: path is not /inject" % upd)
+        if u.get("reinvocationPolicy") != "IfNeeded":
+            errors.append("%s: reinvocationPolicy %r" % (upd, u.get("reinvocationPolicy")))
+        creating = [w.get("failurePolicy") for n, w in byname.items() if n != upd]
+        want = "Fail" if "Fail" in creating else "Ignore"
+        if u.get("failurePolicy") != want:
+            errors.append("%s: failurePolicy %r, want %r (the CREATE entries: %r)" % (upd, u.get("failurePolicy"), want, creating))
+    for n, w in byname.items():
+        if n != upd and (ops(w) != {"CREATE"} or w.get("matchConditions")):
+            errors.append("%s: operations %r, matchConditions %r: want CREATE only" % (n, sorted(ops(w)), w.get("matchConditions")))
+    args = [a for d in docs if d.get("kind") == "Deployment"
+            for c in d["spec"]["template"]["spec"]["containers"] if (c.get("args") or [""])[0] == "webhook"
+            for a in c["args"]]
+    if ("--pod-opt-out=refuse" in args) != optout:
+        errors.append("webhook args %r, want --pod-opt-out=refuse %s" % (args, "set" if optout else "unset"))
+    for e in errors:
+        print("ERROR %s: %s" % (path, e))
+    if not errors:
+        print("OK    %s: %s; pod opt-out %s" % (path, ", ".join(
+            "%s %s" % (w["name"], "/".join(sorted(ops(w)))) for w in hooks), pod_opt_out))
     return not errors
 
 
@@ -266,6 +365,10 @@ def main():
     ap.add_argument("--write-rules", action="store_true")
     ap.add_argument("--check-chart-defaults", action="store_true")
     ap.add_argument("--passthrough", action="append", default=[])
+    ap.add_argument("--check-webhooks", action="store_true")
+    ap.add_argument("--pod-opt-out", choices=["allow", "refuse"], default="allow")
+    ap.add_argument("--no-updates", action="store_true")
+    ap.add_argument("--release-namespace", default="pinproxy-system")
     ap.add_argument("--extract-pinset", action="store_true",
                     help="print the pins.yaml of FILE's pins Secret")
     ap.add_argument("files", nargs="*")
@@ -277,6 +380,9 @@ def main():
         ap.error("no files")
     if args.extract_pinset:
         return 0 if all([extract_pinset(f) for f in args.files]) else 1
+    if args.check_webhooks:
+        return 0 if all([check_webhooks(f, args.pod_opt_out, not args.no_updates, args.release_namespace)
+                         for f in args.files]) else 1
     if args.check_chart_defaults:
         return 0 if all([check_chart_defaults(f, args.passthrough) for f in args.files]) else 1
     if args.compare_rules:

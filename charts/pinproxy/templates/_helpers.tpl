@@ -165,3 +165,16 @@ configmap/{{ $name }}:next.pub
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when pods of labelled namespaces may not opt out
+(webhook.labelledNamespaces.podOptOut: false), else empty. A boolean false
+only: a release upgraded with --reuse-values has no such key and keeps
+allowing, as before the switch existed.
+*/}}
+{{- define "pinproxy.refusePodOptOut" -}}
+{{- $w := .Values.webhook.labelledNamespaces -}}
+{{- if and $w.enabled (hasKey $w "podOptOut") (kindIs "bool" $w.podOptOut) (not $w.podOptOut) -}}
+true
+{{- end -}}
+{{- end }}
