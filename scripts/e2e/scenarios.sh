@@ -225,6 +225,30 @@ PY
   echo "kubectl patch pod $pod --subresource=status (drop pinproxy.io/inject): $out"
   check "the API server denied it through pods/status" sh -c 'printf %s "$1" | grep -q "cannot be changed after creation"' _ "$out"
   check "the label is still there" eq "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.labels.pinproxy\.io/inject}')" true
+  # A pod injected only because its namespace is labelled stays judged
+  # once the label is removed from the namespace (a fourth attack review:
+  # the namespace entry no longer matched it, and nothing judged its
+  # UPDATEs). The label is put back before anything is asserted.
+  run kubectl -n "$APP_NS" run ns-only --image "$APP_IMAGE" --image-pull-policy IfNotPresent \
+    --restart Never --command -- sleep 600
+  check "a pod with no pinproxy.io/ label of its own got the sidecar from its namespace" sh -c \
+    "kubectl -n $APP_NS get pod ns-only -o jsonpath='{.spec.initContainers[0].name} {.metadata.labels}' | grep -q '^pinproxy .*pinproxy.io/injected'"
+  run kubectl label namespace "$APP_NS" pinproxy.io/inject-
+  sleep 2  # the API server's namespace informer sees the change
+  local swap drop
+  swap="$(kubectl -n "$APP_NS" patch pod ns-only --type=json \
+    -p '[{"op": "replace", "path": "/spec/initContainers/0/image", "value": "evil.test/relay:1"}]' 2>&1 || true)"
+  drop="$(kubectl -n "$APP_NS" label pod ns-only pinproxy.io/injected- 2>&1 || true)"
+  local after; after="$(kubectl -n "$APP_NS" get pod ns-only -o jsonpath='{.spec.initContainers[0].image} {.metadata.labels.pinproxy\.io/injected}')"
+  run kubectl label namespace "$APP_NS" pinproxy.io/inject=enabled
+  run kubectl -n "$APP_NS" delete pod ns-only --wait=false
+  echo "namespace label removed; kubectl patch pod ns-only (the sidecar's image -> evil.test/relay:1): $swap"
+  echo "namespace label removed; kubectl label pod ns-only pinproxy.io/injected- : $drop"
+  echo "ns-only's sidecar image and pinproxy.io/injected afterwards: $after"
+  check "with the namespace label removed, the API server still denied swapping the sidecar's image" \
+    sh -c 'printf %s "$1" | grep -q "cannot be changed"' _ "$swap"
+  check "...and dropping pinproxy.io/injected" sh -c 'printf %s "$1" | grep -q "cannot be changed after creation"' _ "$drop"
+  check "the sidecar's image and the label are unchanged" eq "$after" "$image true"
 }
 
 # --- 2: from inside the app container ---------------------------------------------
@@ -579,6 +603,33 @@ scenario_6() {
     kubectl -n "$ns" delete pod probe2 --wait=false >/dev/null
   done
   kubectl -n optin delete pod plain --wait=false >/dev/null
+  # webhook.labelledNamespaces.podOptOut: false — every pod of a labelled
+  # namespace is pinned: one that opts out (label or annotation) is not
+  # created, the refusal names the namespace rule; outside labelled
+  # namespaces the opt-out still holds. The default is put back after.
+  run helm upgrade pinproxy "$ROOT/charts/pinproxy" -n "$CHART_NS" --reuse-values \
+    --set webhook.labelledNamespaces.podOptOut=false --wait --timeout 180s
+  run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
+  echo "webhook args: $(kubectl -n "$CHART_NS" get deploy "$dep" -o jsonpath='{.spec.template.spec.containers[0].args}')"
+  local how rc
+  for how in "--labels pinproxy.io/inject=false" "--annotations pinproxy.io/inject=false"; do
+    rc=0
+    # shellcheck disable=SC2086
+    out="$(kubectl -n "$APP_NS" run opted-out --image "$APP_IMAGE" --image-pull-policy IfNotPresent $how \
+      --restart Never --command -- sleep 600 2>&1)" || rc=$?
+    echo "$ kubectl -n $APP_NS run opted-out $how -> exit $rc: $out"
+    check "podOptOut false: a pod opting out ($how) in $APP_NS is refused" [ "$rc" != 0 ]
+    check "the refusal names the namespace rule" matches "$out" "namespace .$APP_NS. is labelled pinproxy.io/inject=enabled.*--pod-opt-out refuse"
+    check "no pod was created" sh -c "! kubectl -n $APP_NS get pod opted-out >/dev/null 2>&1"
+  done
+  run kubectl -n optin run opted-out --image "$APP_IMAGE" --image-pull-policy IfNotPresent \
+    --labels pinproxy.io/inject=false --restart Never --command -- sleep 600
+  check "outside labelled namespaces the opt-out holds (no sidecar)" sh -c \
+    "! kubectl -n optin get pod opted-out -o jsonpath='{.spec.initContainers[*].name}' | grep -q pinproxy"
+  kubectl -n optin delete pod opted-out --wait=false >/dev/null
+  run helm upgrade pinproxy "$ROOT/charts/pinproxy" -n "$CHART_NS" --reuse-values \
+    --set webhook.labelledNamespaces.podOptOut=true --wait --timeout 180s
+  run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
 }
 
 # --- 7: shutdown and Jobs ---------------------------------------------------------
