@@ -185,7 +185,17 @@ PYEOF
 # no key volume, and that key verifies the chart's signed pinset.
 log "chart signing, inline: the webhook's args give a sidecar the chart's key in its env"
 helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" \
-  --set 'pins.extraNamespaces={shop}' >"$OUT/helm-inline.yaml"
+  --set 'pins.extraNamespaces={shop}' --set pinset.signing.keepNamespaceKeys=false >"$OUT/helm-inline.yaml"
+# By default the workload namespaces keep the ConfigMap for pods injected
+# before inline (their key volume names it); new pods never read it.
+helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" \
+  --set 'pins.extraNamespaces={shop}' >"$OUT/helm-inline-kept.yaml"
+"$PY" - "$OUT/helm-inline-kept.yaml" <<'PYEOF' || die "the default no longer keeps the key ConfigMap for pods injected before inline"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-pinset-key")]
+assert sorted(c["metadata"]["namespace"] for c in cms) == ["pinproxy-system", "shop"], cms
+PYEOF
 validate "$OUT/helm-inline.yaml"
 "$PY" - "$OUT/helm-inline.yaml" "$OUT" >"$OUT/inject-args" <<'PYEOF' || die "the chart's inline key wiring is incomplete"
 import os, sys, yaml

@@ -764,6 +764,7 @@ scenario_8() {
   # release namespace, the webhook copies the key into each pod it injects.
   (cd "$d" && run helm upgrade pinproxy "$ROOT/charts/pinproxy" -n "$CHART_NS" --reuse-values \
     --set-file pinset.signing.publicKey=pinset.pub --set pinset.signing.admission=true \
+    --set pinset.signing.keepNamespaceKeys=false \
     --set "pins.extraNamespaces={$APP_NS}" --wait --timeout 180s)
   local dep; dep="$(kubectl -n "$CHART_NS" get deploy -l app.kubernetes.io/component=webhook -o jsonpath='{.items[0].metadata.name}')"
   run kubectl -n "$CHART_NS" rollout status deploy "$dep" --timeout 120s
