@@ -412,14 +412,9 @@ async fn a_request_inside_a_tunnel_with_two_hosts_or_none_is_400() {
     assert_eq!(p.denied("bad-request"), 3);
 }
 
-/// F12: an unlisted byte tunnel whose ClientHello names another host is
-/// refused with a TLS alert (domain fronting through an unlisted alias).
-#[tokio::test]
-async fn unlisted_tunnel_with_a_foreign_sni_is_refused() {
-    let port = echo().await;
-    let p = TestProxy::builder().pinset(&allow_yaml(port)).run().await;
-    let (s, _, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
-    assert_eq!(s, 200);
+/// Sends a ClientHello for [`HOST`] over `tcp`; asserts the proxy answered
+/// with a handshake-failure alert.
+async fn refused_with_an_alert(tcp: TcpStream) {
     let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -430,6 +425,17 @@ async fn unlisted_tunnel_with_a_foreign_sni_is_refused() {
         .await
         .expect_err("refused");
     assert!(err.to_string().contains("HandshakeFailure"), "{err}");
+}
+
+/// F12: an unlisted byte tunnel whose ClientHello names another host is
+/// refused with a TLS alert (domain fronting through an unlisted alias).
+#[tokio::test]
+async fn unlisted_tunnel_with_a_foreign_sni_is_refused() {
+    let port = echo().await;
+    let p = TestProxy::builder().pinset(&allow_yaml(port)).run().await;
+    let (s, _, tcp) = connect_status(p.addr, &format!("127.0.0.1:{port}")).await;
+    assert_eq!(s, 200);
+    refused_with_an_alert(tcp).await;
     assert_eq!(p.denied("sni-mismatch"), 1);
     // Counted as what it was, a refusal, and not as a tunnel too.
     assert_eq!(p.requests("unlisted", "tunnel"), 0);
@@ -454,16 +460,7 @@ async fn unlisted_tunnel_with_an_empty_record_before_a_foreign_sni_is_refused() 
     tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x00])
         .await
         .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(pinproxy::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let err = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(rustls_pki_types::ServerName::try_from(HOST).unwrap(), tcp)
-        .await
-        .expect_err("refused");
-    assert!(err.to_string().contains("HandshakeFailure"), "{err}");
+    refused_with_an_alert(tcp).await;
     assert_eq!(p.denied("sni-mismatch"), 1);
     assert_eq!(p.requests("unlisted", "tunnel"), 0);
 }
