@@ -164,7 +164,7 @@ impl<'a> Validator<'a> {
                     Some("address"),
                     line,
                     format!(
-                        "address {} lies in passthrough CIDR {cidr}; it is not passed through \
+                        "{} lies in passthrough CIDR {cidr}; it is not passed through \
                          (by IP or by another name resolving to it): only {key:?} reaches it, pinned",
                         ip.map(|i| i.to_string()).unwrap_or_default()
                     ),
