@@ -523,3 +523,33 @@ async fn a_loaded_ca_signs_leaves_that_curl_accepts() {
     assert!(stdout.contains("path=/ca"), "{stdout}");
     let _ = p.child.start_kill();
 }
+
+/// An h2 request inside an intercepted tunnel whose `host` names another
+/// host than its `:authority` is refused 421 (RFC 9113 §8.3.1: a server
+/// should treat it as malformed): it used to be served on `:authority`,
+/// the two names disagreeing unnoticed. The same host in both is served.
+#[tokio::test]
+async fn an_h2_host_header_naming_another_host_is_misdirected() {
+    let (_pki, up, p) = setup(&[], UpstreamOpts::new("h2").h2_only()).await;
+    let stream = tunnel(&p, &[b"h2"]).await;
+    let (mut s, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = |host: &str| {
+        Request::get(format!("https://{HOST}/x"))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let resp = s.send_request(req("other.pinned.test")).await.unwrap();
+    assert_eq!(resp.status(), 421);
+    assert_eq!(
+        resp.headers().get("x-pinproxy-error").unwrap(),
+        "misdirected-request"
+    );
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let resp = s.send_request(req(HOST)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}

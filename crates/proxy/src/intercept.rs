@@ -126,7 +126,10 @@ async fn inner_request(
         let host = target.host.to_string();
         return refuse(&ctx, Reason::BadRequest, None, &host, why).into();
     }
-    if let Some(named) = request_authority(&req) {
+    // Every name the request gives must be the tunnel's: an h2 request's
+    // `:authority` and, when it also sends one, its `host` (RFC 9113
+    // §8.3.1: a server should treat a differing one as malformed).
+    for named in request_authorities(&req) {
         let same = named
             .parse::<Authority>()
             .ok()
@@ -163,15 +166,17 @@ async fn inner_request(
     forward::send(&ctx, &snap, entry, target, req, None).await
 }
 
-/// The authority a request names: h2 `:authority` / absolute URI, else Host.
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
+/// The authorities a request names: h2 `:authority` / absolute URI, else
+/// Host — and, over h2, a `host` sent beside `:authority` too (HTTP/1.1's
+/// absolute form overrides Host instead: RFC 9112 §3.2.2). A Host that is
+/// not text names no host pinproxy could match: taken lossily, it fails
+/// the check.
+fn request_authorities<B>(req: &Request<B>) -> impl Iterator<Item = String> {
+    let uri = req.uri().authority().map(|a| a.as_str().to_string());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .filter(|_| uri.is_none() || req.version() == http::Version::HTTP_2);
+    uri.into_iter().chain(host)
 }
