@@ -133,6 +133,20 @@ helm template pinproxy "$CHART" --namespace pinproxy-system --set webhook.labell
   >"$OUT/helm-mixed.yaml"
 "$PY" "$ROOT/scripts/k8s-validate.py" --check-webhooks "$OUT/helm-mixed.yaml" \
   || die "the UPDATE entry's failurePolicy does not follow the CREATE entries'"
+# Both creation entries off (pods injected by `pinproxy inject`, the webhook
+# only judging pinsets): the UPDATE entry alone, failing closed.
+helm template pinproxy "$CHART" --namespace pinproxy-system \
+  --set webhook.labelledPods.enabled=false --set webhook.labelledNamespaces.enabled=false \
+  >"$OUT/helm-updates-only.yaml"
+validate "$OUT/helm-updates-only.yaml"
+"$PY" - "$OUT/helm-updates-only.yaml" <<'PYEOF' || die "with both creation entries off, nothing freezes pods injected by pinproxy inject"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+mwc = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+assert len(mwc) == 1, mwc
+hooks = [(w["name"], w["failurePolicy"]) for w in mwc[0]["webhooks"]]
+assert hooks == [("updates.inject.pinproxy.io", "Fail")], hooks
+PYEOF
 
 # The default pinset is the one tests/chart_default.rs runs through the
 # binary (an unlisted host passes, in-cluster plain HTTP passes): keep the
@@ -191,6 +205,16 @@ helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-v
 helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" \
   --set 'pins.extraNamespaces={shop}' >"$OUT/helm-inline-kept.yaml"
 "$PY" - "$OUT/helm-inline-kept.yaml" <<'PYEOF' || die "the default no longer keeps the key ConfigMap for pods injected before inline"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-pinset-key")]
+assert sorted(c["metadata"]["namespace"] for c in cms) == ["pinproxy-system", "shop"], cms
+PYEOF
+# A release upgraded with --reuse-values from before keepNamespaceKeys
+# existed has no such value: it counts as true, as inline's absence does.
+helm template pinproxy "$CHART" --namespace pinproxy-system -f "$CHART/ci/full-values.yaml" \
+  --set 'pins.extraNamespaces={shop}' --set pinset.signing.keepNamespaceKeys=null >"$OUT/helm-inline-unset.yaml"
+"$PY" - "$OUT/helm-inline-unset.yaml" <<'PYEOF' || die "an unset keepNamespaceKeys deletes the key ConfigMap pods injected before inline mount"
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-pinset-key")]
