@@ -114,6 +114,38 @@ fn an_app_that_already_names_a_proxy_is_refused_unless_overridden() {
     }
 }
 
+/// Kubernetes takes the last of two env entries with one name: with
+/// `--override-proxy` (or a template injected before) a second
+/// `HTTPS_PROXY` survived injection, which replaced only the first, and
+/// sent the app to the other proxy while the pod looked injected (the
+/// sixth review). Every entry of the name is replaced by the one injected.
+#[test]
+fn a_duplicated_proxy_variable_is_replaced_whole() {
+    let input = app_deployment(
+        "[{name: HTTPS_PROXY, value: 'http://127.0.0.1:3128'}, \
+          {name: HTTPS_PROXY, value: 'http://corp-proxy:8080'}]",
+        "[]",
+    );
+    let (code, _, stderr) = inject_cli(&[], &input);
+    assert_eq!(code, 1, "the foreign one is a conflict: {stderr}");
+    assert!(
+        stderr.contains("HTTPS_PROXY=http://corp-proxy:8080"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = inject_cli(&["--override-proxy"], &input);
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_yaml::from_str(&stdout).unwrap();
+    let env = &doc["spec"]["template"]["spec"]["containers"][0]["env"];
+    let got: Vec<&str> = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"].as_str() == Some("HTTPS_PROXY"))
+        .filter_map(|e| e["value"].as_str())
+        .collect();
+    assert_eq!(got, ["http://127.0.0.1:3128"]);
+}
+
 #[test]
 fn proxy_values_that_are_ours_or_empty_are_not_a_conflict() {
     let env =

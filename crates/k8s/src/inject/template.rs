@@ -502,12 +502,27 @@ fn default_container_annotation(tmpl: &mut Mapping, first_app: Option<String>) {
 
 // === YAML values ===
 
-/// Replace the entry with the same `name`, else append.
+/// Replace the entry with the same `name` (the first; any later one with
+/// that name is removed), else append. Kubernetes takes the *last* of two
+/// env entries with one name: a second `HTTPS_PROXY` left behind would
+/// win over the one injected.
 fn upsert_named(list: &mut Vec<Value>, item: Value) {
     let name = item.get("name").cloned();
-    match list.iter_mut().find(|v| v.get("name") == name.as_ref()) {
-        Some(slot) => *slot = item,
-        None => list.push(item),
+    let mut item = Some(item);
+    list.retain_mut(|v| {
+        if v.get("name") != name.as_ref() {
+            return true;
+        }
+        match item.take() {
+            Some(it) => {
+                *v = it;
+                true
+            }
+            None => false,
+        }
+    });
+    if let Some(it) = item {
+        list.push(it);
     }
 }
 
