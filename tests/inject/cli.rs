@@ -144,6 +144,27 @@ fn a_duplicated_proxy_variable_is_replaced_whole() {
         .filter_map(|e| e["value"].as_str())
         .collect();
     assert_eq!(got, ["http://127.0.0.1:3128"]);
+    // JAVA_TOOL_OPTIONS: appended to the app's effective (last) value.
+    let input = app_deployment(
+        "[{name: JAVA_TOOL_OPTIONS, value: '-Xmx1g'}, {name: JAVA_TOOL_OPTIONS, value: '-Xmx2g'}]",
+        "[]",
+    );
+    let (code, stdout, stderr) = inject_cli(&[], &input);
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_yaml::from_str(&stdout).unwrap();
+    let env = &doc["spec"]["template"]["spec"]["containers"][0]["env"];
+    let got: Vec<&str> = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"].as_str() == Some("JAVA_TOOL_OPTIONS"))
+        .filter_map(|e| e["value"].as_str())
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("-Xmx2g -Dhttp.proxyHost=127.0.0.1 "),
+        "{got:?}"
+    );
 }
 
 #[test]

@@ -459,9 +459,10 @@ fn configure_app_containers(
         for (name, value) in &env {
             upsert_named(list, map([("name", s(name)), ("value", s(value))]));
         }
+        // The app's effective value: Kubernetes takes the last entry.
         let theirs = list
             .iter()
-            .find(|v| v.get("name").and_then(Value::as_str) == Some(JAVA_TOOL_OPTIONS))
+            .rfind(|v| v.get("name").and_then(Value::as_str) == Some(JAVA_TOOL_OPTIONS))
             .and_then(env_value);
         let merged = merge_java_tool_options(theirs.as_deref(), &java);
         if merged.is_empty() {
