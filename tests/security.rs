@@ -214,6 +214,25 @@ async fn a_half_written_file_that_parses_is_not_swapped_in() {
 /// removes its host's pin.
 #[tokio::test]
 async fn streaming_response_ends_when_its_pins_change() {
+    stream_ends_when_its_pins_change(&[]).await;
+}
+
+/// The same for a WebSocket handshake the upstream declines with an
+/// ordinary streaming response: the upgrade relay returned that body with
+/// no revocation watch, and it streamed on after the reload (the seventh
+/// review's F3).
+#[tokio::test]
+async fn a_declined_upgrades_stream_ends_when_its_pins_change() {
+    stream_ends_when_its_pins_change(&[
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ])
+    .await;
+}
+
+async fn stream_ends_when_its_pins_change(headers: &[(&str, &str)]) {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("stream")).await;
     let yaml = pinset(HOST, &[pki.int.pin()], "", up.addr);
@@ -228,8 +247,11 @@ async fn streaming_response_ends_when_its_pins_change() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{HOST}/stream"))
-        .header("host", HOST)
+    let mut req = http::Request::get(format!("http://{HOST}/stream")).header("host", HOST);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = s.send_request(req).await.unwrap();

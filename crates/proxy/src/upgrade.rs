@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, watch};
 use tokio_util::either::Either as EitherIo;
 
-use super::body::revoked;
+use super::body::{revoked, Revocation};
 use super::exchange::{response_headers, strip_hop_by_hop};
 use super::refusal::{
     refuse, upstream_failed, upstream_refusal, upstream_timed_out, UnaskedSwitch,
@@ -178,7 +178,7 @@ async fn relay_with(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !switched_to_websocket(&resp) {
         return upstream_failed(ctx, &label, &target.host, &UnaskedSwitch);
     }
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let watch = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         let client_io = match side {
             ClientSide::Hyper(on) => Either::Left(on),
@@ -191,7 +191,23 @@ async fn relay_with(
             let _guard = guard;
             splice_upgraded(ctx, admitted, client_io, upstream).await;
         });
-    }
+        None
+    } else {
+        // Declined: its body is a response like any other, and ends as one
+        // does when a reload revokes the admission (it streamed on).
+        let Admitted {
+            admission,
+            target,
+            generation,
+            ..
+        } = admitted;
+        let revocation = Revocation {
+            ctx: ctx.clone(),
+            rx: generation,
+            admission,
+        };
+        Some(Box::new((revocation, target)))
+    };
     let outcome = match admitted_plain {
         Some(_) => RequestOutcome::PlainHttp,
         None => RequestOutcome::Ok,
@@ -205,7 +221,7 @@ async fn relay_with(
         // Declined: an ordinary response, framed and stripped as one.
         response_headers(&mut parts.headers);
     }
-    Response::from_parts(parts, Either::Left(Streamed::new(body, None)))
+    Response::from_parts(parts, Either::Left(Streamed::new(body, watch)))
 }
 
 /// Splices the client's and the upstream's upgraded streams once both are
