@@ -553,3 +553,45 @@ async fn an_h2_host_header_naming_another_host_is_misdirected() {
     let resp = s.send_request(req(HOST)).await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// `--tunnel-idle-timeout` on an intercepted h2 connection is judged by its
+/// requests, not its bytes: PINGs (pinproxy's every 30 s and the client's
+/// answers, or a client's own) kept a connection that sent no request
+/// open for good, holding its slot (the seventh review's F4). A response
+/// streaming longer than the timeout is not cut; once it is done and
+/// nothing more is asked, the connection closes although the client keeps
+/// pinging.
+#[tokio::test]
+async fn an_intercepted_h2_connection_idles_out_while_it_only_pings() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("h2")).await;
+    let p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .limits(|l| l.tunnel_idle = Duration::from_millis(1000))
+        .run()
+        .await;
+    let stream = tunnel(&p, &[b"h2"]).await;
+    let (mut s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // 50 chunks over 5 s: longer than the timeout, never idle.
+    let req = Request::get(format!("https://{HOST}/stream"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body).lines().count(), 50);
+    // Now only PINGs: closed within the timeout and a margin.
+    let closed = tokio::time::timeout(Duration::from_secs(4), conn).await;
+    assert!(
+        closed.is_ok(),
+        "an h2 connection that only pinged stayed open past --tunnel-idle-timeout"
+    );
+}

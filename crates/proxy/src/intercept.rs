@@ -69,15 +69,24 @@ pub async fn serve<IO>(
         }
         Err(_) => return,
     };
+    // Idle is judged by requests, not bytes: h2's PINGs (ours every 30 s,
+    // and the client's answers or its own) kept a connection that never
+    // sent a request open past --tunnel-idle-timeout, holding its slot.
+    // A request is activity from its head until its response's last
+    // frame; each response frame moves the clock too.
     let clock = tunnel::Clock::new();
-    let stream = tunnel::Activity::new(stream, clock.clone());
     let svc_ctx = ctx.clone();
     let svc_target = target.clone();
+    let svc_clock = clock.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
         let target = svc_target.clone();
         let client = client.clone();
-        async move { Ok::<_, std::convert::Infallible>(inner_request(ctx, target, req, client).await) }
+        let busy = svc_clock.busy();
+        async move {
+            let resp = inner_request(ctx, target, req, client).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, busy }))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -179,4 +188,35 @@ fn request_authorities<B>(req: &Request<B>) -> impl Iterator<Item = String> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .filter(|_| uri.is_none() || req.version() == http::Version::HTTP_2);
     uri.into_iter().chain(host)
+}
+
+/// A response body that holds its connection busy until its last frame,
+/// and moves the connection's clock with each frame.
+struct Tracked {
+    body: Body,
+    busy: tunnel::Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = <Body as hyper::body::Body>::Data;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.busy.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }

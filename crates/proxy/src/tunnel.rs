@@ -4,7 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,10 +20,31 @@ pub struct Activity<S> {
     clock: Arc<Clock>,
 }
 
-/// Milliseconds since `start` of the last activity, shared by both sides.
+/// Milliseconds since `start` of the last activity, shared by both sides;
+/// and, for a connection judged by its requests ([`Clock::busy`]), how many
+/// are in flight — it is not idle while one is.
 pub struct Clock {
     start: Instant,
     last: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight on a connection whose [`Clock`] it holds busy;
+/// dropped when its response has been sent whole.
+pub struct Busy(Arc<Clock>);
+
+impl Busy {
+    /// Notes activity on its connection (a response frame sent).
+    pub fn touch(&self) {
+        self.0.touch();
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
 }
 
 impl Clock {
@@ -31,10 +52,18 @@ impl Clock {
         Arc::new(Self {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
-    fn touch(&self) {
+    /// A request has started: not idle until the guard is dropped.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    pub fn touch(&self) {
         self.last
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -43,11 +72,17 @@ impl Clock {
         self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
     }
 
-    /// Resolves once nothing moved for `idle`.
+    /// Resolves once nothing moved, and no request was in flight, for
+    /// `idle`.
     pub async fn idle(&self, idle: Duration) {
         loop {
             let deadline = self.last() + idle;
             tokio::time::sleep_until(deadline).await;
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // Counted from when the last one ends ([`Busy`]'s drop).
+                self.touch();
+                continue;
+            }
             if self.last() + idle <= Instant::now() {
                 return;
             }
