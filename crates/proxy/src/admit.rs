@@ -11,7 +11,7 @@ use super::refusal::{refuse, Refused};
 use super::Context;
 use pinproxy_policy::admission::{self, Admission, Target};
 use pinproxy_reason::Reason;
-use pinproxy_upstream::Snapshot;
+use pinproxy_upstream::{Share, Snapshot};
 
 /// What admission said, and the addresses a passthrough-by-CIDR name
 /// resolved to (dialed as they are, never resolved again).
@@ -50,7 +50,13 @@ pub async fn admit(
     let answer = admission::decide(&snap.policy, target, now);
     let (ips, resolved) = match place {
         _ if !answer.wants_addresses() => (Vec::new(), None),
-        Place::Resolve => match snap.connector.resolve(&target.host, target.port).await {
+        // Only unlisted names want addresses: they take no lookup slot
+        // held for the pinset's hosts.
+        Place::Resolve => match snap
+            .connector
+            .resolve(&target.host, target.port, Share::Unlisted)
+            .await
+        {
             Ok(addrs) => (addrs.iter().map(SocketAddr::ip).collect(), Some(addrs)),
             // Unresolvable: judged as the name alone (the dial then fails
             // as `upstream-unreachable`, if it is let through at all).

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::dns::{LookupError, Lookups, Share};
 use super::egress;
 use super::error::{classify_tls, Failure, UpstreamError};
 use super::observe::{self, Observe};
@@ -32,42 +33,14 @@ use pinproxy_policy::identity::ClientCert;
 use pinproxy_policy::{Decision, HostPolicy, Policy, UpstreamProtocol};
 use pinproxy_reason::Reason;
 
-/// Name resolution, injectable so tests control every answer (and never
-/// ask a real resolver).
-pub trait Resolve: Send + Sync + std::fmt::Debug {
-    fn resolve(
-        &self,
-        name: &str,
-        port: u16,
-    ) -> StdPin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static>>;
-}
-
-/// The system resolver (getaddrinfo on a blocking thread).
-#[derive(Debug)]
-pub struct SystemResolver;
-
-impl Resolve for SystemResolver {
-    fn resolve(
-        &self,
-        name: &str,
-        port: u16,
-    ) -> StdPin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static>> {
-        let name = name.to_string();
-        Box::pin(async move {
-            Ok(tokio::net::lookup_host((name.as_str(), port))
-                .await?
-                .collect())
-        })
-    }
-}
-
 /// Dials an upstream with this generation's pinned TLS config. Cheap to
 /// clone: the HTTP client clones it for every request.
 #[derive(Clone)]
 pub struct Connector(Arc<ConnectorInner>);
 
 pub struct ConnectorInner {
-    pub(super) resolver: Arc<dyn Resolve>,
+    /// Every lookup goes through it (bounded, shared by generations).
+    pub(super) lookups: Arc<Lookups>,
     pub(super) observe: Arc<dyn Observe>,
     pub(super) policy: Arc<Policy>,
     /// Without a client certificate: unlisted hosts and entries with none.
@@ -270,10 +243,10 @@ impl Connector {
         if let Some(e) = entry {
             return match e.address {
                 Some(a) => Ok(vec![a]),
-                None => self.resolve(host, port).await,
+                None => self.resolve(host, port, Share::Listed).await,
             };
         }
-        let addrs = self.resolve(host, port).await?;
+        let addrs = self.resolve(host, port, Share::Unlisted).await?;
         // Unlisted egress can't be turned against the pod or the cluster:
         // checked on the resolved addresses, so DNS rebinding can't bypass it.
         let allowed: Vec<SocketAddr> = addrs
@@ -366,35 +339,36 @@ impl Connector {
         egress::allowed(addr, &self.own_addrs, self.policy.defaults.allow_private)
     }
 
-    pub async fn resolve(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {
-        match host {
-            Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
-            Host::Name(name) => {
-                let lookup = self.resolver.resolve(name, port);
-                match tokio::time::timeout(self.timeouts.connect, lookup).await {
-                    Err(_) => Err(UpstreamError::new(
-                        Failure::Timeout,
-                        host,
-                        "DNS lookup timed out",
-                    )),
-                    Ok(Err(e)) => Err(UpstreamError::new(
-                        Failure::Unreachable,
-                        host,
-                        format!("DNS lookup failed: {e}"),
-                    )),
-                    Ok(Ok(addrs)) => {
-                        if addrs.is_empty() {
-                            Err(UpstreamError::new(
-                                Failure::Unreachable,
-                                host,
-                                "DNS lookup returned no address",
-                            ))
-                        } else {
-                            Ok(addrs)
-                        }
-                    }
-                }
+    /// `host`'s addresses (an IP literal is its own), looked up within the
+    /// connect timeout — waiting for a lookup slot of `share` included
+    /// ([`Lookups`]): a name the pinset lists (`Share::Listed`) always has
+    /// one, whatever unlisted names hold.
+    pub async fn resolve(
+        &self,
+        host: &Host,
+        port: u16,
+        share: Share,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let name = match host {
+            Host::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
+            Host::Name(name) => name,
+        };
+        let within = self.timeouts.connect;
+        match self.lookups.lookup(name, port, share, within).await {
+            Err(e @ (LookupError::TimedOut | LookupError::NoSlot { .. })) => {
+                Err(UpstreamError::new(Failure::Timeout, host, e.to_string()))
             }
+            Err(e @ LookupError::Failed(_)) => Err(UpstreamError::new(
+                Failure::Unreachable,
+                host,
+                e.to_string(),
+            )),
+            Ok(addrs) if addrs.is_empty() => Err(UpstreamError::new(
+                Failure::Unreachable,
+                host,
+                "DNS lookup returned no address",
+            )),
+            Ok(addrs) => Ok(addrs),
         }
     }
 

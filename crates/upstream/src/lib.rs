@@ -6,6 +6,9 @@
 //!   and a pooled HTTP client. hyper-util's pool keys on (scheme,
 //!   authority) only, so the client lives inside the snapshot: after a
 //!   reload no idle connection verified under older pins can be reused.
+//! - [`Lookups`] ([`dns`]) bounds name lookups in flight (getaddrinfo
+//!   holds a thread each), keeping a share for hosts the pinset lists, and
+//!   joins requests for one name into one lookup.
 //! - [`Connector`] ([`connector`]) resolves (or takes an entry's
 //!   `address`), applies the [`egress`] rules to unlisted hosts, dials and
 //!   completes the pinned handshake.
@@ -21,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connector;
+pub mod dns;
 pub mod egress;
 pub mod error;
 pub mod observe;
@@ -32,7 +36,8 @@ pub mod snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use connector::{Conn, Connector, H2Only, Resolve, SystemResolver};
+pub use connector::{Conn, Connector, H2Only};
+pub use dns::{Lookups, Resolve, Share, SystemResolver};
 pub use error::{Failure, UpstreamError};
 pub use observe::{Observe, Requests};
 pub use protocol::{Protocols, Route};
@@ -65,6 +70,8 @@ pub struct Options {
     /// Name resolution; tests inject their own so no name reaches DNS.
     pub resolver: Arc<dyn Resolve>,
     pub timeouts: Timeouts,
+    /// Name lookups in flight at most ([`Lookups`]).
+    pub max_dns_lookups: usize,
 }
 
 impl Default for Options {
@@ -72,6 +79,7 @@ impl Default for Options {
         Self {
             resolver: Arc::new(SystemResolver),
             timeouts: Timeouts::default(),
+            max_dns_lookups: Lookups::DEFAULT_MAX,
         }
     }
 }

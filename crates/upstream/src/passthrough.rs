@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::connector::Connector;
+use super::dns::Share;
 use super::error::{Failure, UpstreamError};
 use pinproxy_policy::host::Host;
 
@@ -73,8 +74,9 @@ impl Connector {
         if self.policy.passthrough.by_address(ip).is_some() {
             return Ok(());
         }
+        // A name the pinset lists: a lookup slot is held for it.
         let addrs = self
-            .resolve(host, orig.port())
+            .resolve(host, orig.port(), Share::Listed)
             .await
             .map_err(|e| e.detail)?;
         if addrs.iter().any(|a| a.ip().to_canonical() == ip) {
@@ -94,8 +96,16 @@ impl Connector {
         host: &Host,
         port: u16,
     ) -> Result<Vec<SocketAddr>, UpstreamError> {
-        let mut addrs = self.resolve(host, port).await?;
-        if self.policy.passthrough.by_host(host).is_some() {
+        // Listed by name, it may take a reserved lookup slot; admitted by
+        // the CIDR its addresses fall in, it is an unlisted name.
+        let named = self.policy.passthrough.by_host(host).is_some();
+        let share = if named {
+            Share::Listed
+        } else {
+            Share::Unlisted
+        };
+        let mut addrs = self.resolve(host, port, share).await?;
+        if named {
             // Never to a pinned entry's address, by any name.
             addrs.retain(|a| !self.policy.passthrough.is_kept_out(a.ip()));
             if addrs.is_empty() {

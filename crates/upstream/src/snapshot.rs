@@ -10,7 +10,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::ClientConfig;
 use rustls_pki_types::TrustAnchor;
 
-use super::connector::{Connector, ConnectorInner, H2Only, Resolve, Tls};
+use super::connector::{Connector, ConnectorInner, H2Only, Tls};
+use super::dns::Lookups;
 use super::observe::{Observe, Requests};
 use super::passthrough::Plain;
 use super::protocol::Route;
@@ -193,7 +194,8 @@ impl std::fmt::Debug for Snapshot {
 /// Things a snapshot needs that outlive generations.
 #[derive(Clone, Debug)]
 pub struct Shared {
-    pub resolver: Arc<dyn Resolve>,
+    /// Every name lookup, bounded across generations.
+    pub lookups: Arc<Lookups>,
     pub roots: Arc<[TrustAnchor<'static>]>,
     pub provider: Arc<CryptoProvider>,
     /// Where dials, handshakes, verdicts and requests are reported.
@@ -208,7 +210,7 @@ impl Shared {
     /// `own_addrs`: the proxy's and admin listeners' bound addresses.
     pub fn new(observe: Arc<dyn Observe>, options: Options, own_addrs: Vec<SocketAddr>) -> Self {
         Self {
-            resolver: options.resolver,
+            lookups: Arc::new(Lookups::new(options.resolver, options.max_dns_lookups)),
             roots: verify::webpki_roots(),
             provider: pinproxy_tls::provider(),
             observe,
@@ -259,7 +261,7 @@ impl Snapshot {
             .map(|h| h.client_cert.as_ref().map(|c| Tls::presenting(&tls, c)))
             .collect();
         let connector = Connector::new(ConnectorInner {
-            resolver: shared.resolver.clone(),
+            lookups: shared.lookups.clone(),
             observe: shared.observe.clone(),
             policy: policy.clone(),
             tls: Tls::new(tls),
