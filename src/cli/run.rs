@@ -10,7 +10,7 @@ use clap::Args;
 use super::{duration, init_tracing, Error, LogFormat};
 use crate::app::{App, CaSource, Config, SigningConfig};
 use crate::proxy::Limits;
-use crate::upstream::{Options, Timeouts};
+use crate::upstream::{Lookups, Options, Timeouts};
 
 #[derive(Args, Debug, Clone)]
 #[command(
@@ -84,6 +84,12 @@ pub struct RunArgs {
     /// Upstream TCP connect timeout (and DNS lookup timeout).
     #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub connect_timeout: Duration,
+    /// Name lookups in flight at most (getaddrinfo holds a thread each
+    /// until it returns); a quarter of them are held for hosts the pinset
+    /// lists. A lookup that gets no slot within the connect timeout is
+    /// `upstream-timeout`.
+    #[arg(long, env = "PINPROXY_MAX_DNS_LOOKUPS", default_value_t = Lookups::DEFAULT_MAX)]
+    pub max_dns_lookups: usize,
     /// Upstream TLS handshake timeout.
     #[arg(long, env = "PINPROXY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
     pub handshake_timeout: Duration,
@@ -277,6 +283,7 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
             response: args.response_timeout,
             ..Timeouts::default()
         },
+        max_dns_lookups: args.max_dns_lookups,
         ..Options::default()
     };
     let ca = match (&args.ca_cert, &args.ca_key) {
