@@ -140,6 +140,8 @@ pub fn upstream_refusal(ctx: &Context, admitted: &str, err: &UpstreamError) -> R
         // Resent over HTTP/1.1 before any refusal (forward::send); were it
         // not, the upstream would be unreachable the way it was asked.
         Failure::NoH2 => Reason::UpstreamUnreachable,
+        // `--max-upstream-connections` reached: no upstream was dialed.
+        Failure::Overloaded => Reason::Overloaded,
     };
     refuse(ctx, reason, Some(admitted), &err.host, &err.detail)
 }

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::budget::{Budget, Socket};
 use super::dns::{LookupError, Lookups, Share};
 use super::egress;
 use super::error::{classify_tls, Failure, UpstreamError};
@@ -51,6 +52,9 @@ pub struct ConnectorInner {
     pub(super) own_addrs: Vec<SocketAddr>,
     /// What each upstream chose in ALPN, for the pooled clients.
     pub(super) protocols: Arc<Protocols>,
+    /// The process-wide upstream connection budget every dial takes a
+    /// permit from (shared by all generations).
+    pub(super) budget: Budget,
 }
 
 impl std::ops::Deref for Connector {
@@ -125,7 +129,9 @@ impl ResolvesClientCert for Present {
 }
 
 /// A pinned TLS connection, as the HTTP client sees it.
-pub struct Conn(TokioIo<TlsStream<TcpStream>>);
+/// It holds its socket's budget permit ([`Socket`]) for as long as the
+/// pool keeps it, idle or not.
+pub struct Conn(TokioIo<TlsStream<Socket>>);
 
 impl Connector {
     pub(super) fn new(inner: ConnectorInner) -> Self {
@@ -149,7 +155,7 @@ impl Connector {
         host: &Host,
         port: u16,
         entry: Option<&HostPolicy>,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    ) -> Result<TlsStream<Socket>, UpstreamError> {
         let tls = self.tls_for(entry).offering(self.protocol(entry));
         self.connect_with(host, port, entry, tls, None).await
     }
@@ -168,7 +174,7 @@ impl Connector {
         host: &Host,
         port: u16,
         entry: Option<&HostPolicy>,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    ) -> Result<TlsStream<Socket>, UpstreamError> {
         let tls = &self.tls_for(entry).h1;
         self.connect_with(host, port, entry, tls, None).await
     }
@@ -193,7 +199,7 @@ impl Connector {
 
     /// A plain TCP connection to an unlisted host (for byte tunnels), with
     /// the same resolution and egress rules.
-    pub async fn dial_unlisted(&self, host: &Host, port: u16) -> Result<TcpStream, UpstreamError> {
+    pub async fn dial_unlisted(&self, host: &Host, port: u16) -> Result<Socket, UpstreamError> {
         let tcp = self.dial_unlisted_plain(host, port).await?;
         self.learn_by_probe(host, port, None);
         Ok(tcp)
@@ -205,7 +211,7 @@ impl Connector {
         &self,
         host: &Host,
         port: u16,
-    ) -> Result<TcpStream, UpstreamError> {
+    ) -> Result<Socket, UpstreamError> {
         let addrs = self.addresses(host, port, None).await?;
         self.dial(host, &addrs).await
     }
@@ -281,7 +287,7 @@ impl Connector {
         entry: Option<&HostPolicy>,
         tls: &Arc<ClientConfig>,
         at: Option<&[SocketAddr]>,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    ) -> Result<TlsStream<Socket>, UpstreamError> {
         let label = entry.map_or("unlisted", |e| e.name.as_str());
         let start = Instant::now();
         let addrs = match at {
@@ -372,17 +378,30 @@ impl Connector {
         }
     }
 
+    /// The one place an upstream TCP connection is opened: with a permit
+    /// of the upstream connection budget, or refused at once without one.
     pub(super) async fn dial(
         &self,
         host: &Host,
         addrs: &[SocketAddr],
-    ) -> Result<TcpStream, UpstreamError> {
+    ) -> Result<Socket, UpstreamError> {
+        let Some(permit) = self.budget.try_acquire() else {
+            return Err(UpstreamError::new(
+                Failure::Overloaded,
+                host,
+                format!(
+                    "pinproxy holds its {} upstream connections (--max-upstream-connections); \
+                     try again once some have closed",
+                    self.budget.size()
+                ),
+            ));
+        };
         let mut last = None;
         for addr in addrs {
             match tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    return Ok(s);
+                    return Ok(Socket::new(s, permit));
                 }
                 Ok(Err(e)) => {
                     last = Some(UpstreamError::new(

@@ -25,6 +25,9 @@ pub enum Failure {
     /// The h2 client's connect found the upstream speaks HTTP/1.1: the
     /// request was never sent, and goes out again over HTTP/1.1.
     NoH2,
+    /// The upstream connection budget is spent
+    /// ([`Budget`](super::budget::Budget)): refused before any dial.
+    Overloaded,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]

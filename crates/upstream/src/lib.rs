@@ -12,6 +12,10 @@
 //! - [`Connector`] ([`connector`]) resolves (or takes an entry's
 //!   `address`), applies the [`egress`] rules to unlisted hosts, dials and
 //!   completes the pinned handshake.
+//! - [`Budget`] ([`budget`]) counts every upstream socket, idle pooled
+//!   ones included, against one process-wide limit: a dial past it is
+//!   refused (`overloaded`), so upstreams never take the descriptors the
+//!   listeners, `/readyz` and reloads need.
 //! - [`Protocols`] ([`protocol`]) remembers what each upstream chose in
 //!   ALPN, so a host that speaks h2 gets one connection, not one per
 //!   request of a burst.
@@ -23,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod connector;
 pub mod dns;
 pub mod egress;
@@ -36,6 +41,7 @@ pub mod snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budget::{Budget, Socket};
 pub use connector::{Conn, Connector, H2Only};
 pub use dns::{Lookups, Resolve, Share, SystemResolver};
 pub use error::{Failure, UpstreamError};
@@ -72,6 +78,8 @@ pub struct Options {
     pub timeouts: Timeouts,
     /// Name lookups in flight at most ([`Lookups`]).
     pub max_dns_lookups: usize,
+    /// The upstream sockets all generations may hold open at once.
+    pub budget: Budget,
 }
 
 impl Default for Options {
@@ -80,6 +88,7 @@ impl Default for Options {
             resolver: Arc::new(SystemResolver),
             timeouts: Timeouts::default(),
             max_dns_lookups: Lookups::DEFAULT_MAX,
+            budget: Budget::unlimited(),
         }
     }
 }

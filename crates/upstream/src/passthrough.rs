@@ -11,13 +11,12 @@ use std::net::SocketAddr;
 use std::pin::Pin as StdPin;
 use std::task::{Context, Poll};
 
-use http::Uri;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
+use super::budget::Socket;
 use super::connector::Connector;
 use super::dns::Share;
 use super::error::{Failure, UpstreamError};
+use http::Uri;
+use hyper_util::rt::TokioIo;
 use pinproxy_policy::host::Host;
 
 /// The pools' connector for plain HTTP: passthrough traffic (exempt from
@@ -38,7 +37,7 @@ impl Connector {
         host: &Host,
         port: u16,
         addrs: Option<Vec<SocketAddr>>,
-    ) -> Result<TcpStream, UpstreamError> {
+    ) -> Result<Socket, UpstreamError> {
         let addrs = match addrs {
             Some(a) => a,
             None => self.passthrough_addresses(host, port).await?,
@@ -134,7 +133,7 @@ impl Connector {
 }
 
 impl tower_service::Service<Uri> for Plain {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Socket>;
     type Error = UpstreamError;
     type Future = StdPin<Box<dyn Future<Output = Result<Self::Response, UpstreamError>> + Send>>;
 

@@ -38,9 +38,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::budget::Socket;
 use pinproxy_policy::host::Host;
 
 /// At most this many hosts are remembered per generation (wildcard and
@@ -71,7 +71,7 @@ struct State {
     h2: Option<bool>,
     /// An unused HTTP/1.1 connection, made by the h2 client's connect
     /// (boxed: most hosts never have one, and a full map stays small).
-    spare: Option<(Box<TlsStream<TcpStream>>, Instant)>,
+    spare: Option<(Box<TlsStream<Socket>>, Instant)>,
 }
 
 /// At most this many ports are remembered per host.
@@ -170,7 +170,7 @@ impl Protocols {
         self: &std::sync::Arc<Self>,
         host: &Host,
         port: u16,
-        tls: TlsStream<TcpStream>,
+        tls: TlsStream<Socket>,
     ) {
         let at = Instant::now();
         let kept = self.with(host, port, |s| s.spare = Some((Box::new(tls), at)));
@@ -190,7 +190,7 @@ impl Protocols {
         host: &Host,
         port: u16,
         at: Instant,
-    ) -> Option<Box<TlsStream<TcpStream>>> {
+    ) -> Option<Box<TlsStream<Socket>>> {
         let mut hosts = self.lock();
         let state = get_mut(&mut hosts, host, port)?;
         match &state.spare {
@@ -200,7 +200,7 @@ impl Protocols {
     }
 
     /// The spare connection to `host:port`, if one is fresh.
-    pub(super) fn take_spare(&self, host: &Host, port: u16) -> Option<TlsStream<TcpStream>> {
+    pub(super) fn take_spare(&self, host: &Host, port: u16) -> Option<TlsStream<Socket>> {
         let spare = get_mut(&mut self.lock(), host, port)?.spare.take();
         // Closed (dropped) outside the lock.
         let (tls, at) = spare?;

@@ -10,6 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::ClientConfig;
 use rustls_pki_types::TrustAnchor;
 
+use super::budget::{Budget, IDLE_PER_HOST};
 use super::connector::{Connector, ConnectorInner, H2Only, Tls};
 use super::dns::Lookups;
 use super::observe::{Observe, Requests};
@@ -204,6 +205,9 @@ pub struct Shared {
     /// pinproxy's own listeners (admin, proxy): never a target for
     /// unlisted egress, whatever `allow_private` says.
     pub own_addrs: Vec<SocketAddr>,
+    /// The upstream connection budget, one for every generation: a reload
+    /// does not close the old generation's connections at once.
+    pub budget: Budget,
 }
 
 impl Shared {
@@ -216,6 +220,7 @@ impl Shared {
             observe,
             timeouts: options.timeouts,
             own_addrs,
+            budget: options.budget,
         }
     }
 }
@@ -269,17 +274,19 @@ impl Snapshot {
             timeouts: shared.timeouts,
             own_addrs: shared.own_addrs.clone(),
             protocols: Arc::default(),
+            budget: shared.budget.clone(),
         });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(shared.timeouts.pool_idle)
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(IDLE_PER_HOST)
             .build(connector.clone());
         let client_h2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(shared.timeouts.pool_idle)
+            .pool_max_idle_per_host(IDLE_PER_HOST)
             .http2_only(true)
             .build(H2Only(connector.clone()));
         let client_h2_once = Client::builder(TokioExecutor::new())
@@ -291,6 +298,7 @@ impl Snapshot {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(shared.timeouts.pool_idle)
+            .pool_max_idle_per_host(IDLE_PER_HOST)
             .set_host(false)
             .build(Plain {
                 connector: connector.clone(),
@@ -300,6 +308,7 @@ impl Snapshot {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(shared.timeouts.pool_idle)
+            .pool_max_idle_per_host(IDLE_PER_HOST)
             .build(Plain {
                 connector: connector.clone(),
                 unlisted: true,
