@@ -10,7 +10,7 @@ use clap::Args;
 use super::{duration, init_tracing, Error, LogFormat};
 use crate::app::{App, CaSource, Config, SigningConfig};
 use crate::proxy::Limits;
-use crate::upstream::{Lookups, Options, Timeouts};
+use crate::upstream::{Budget, Lookups, Options, Timeouts};
 
 #[derive(Args, Debug, Clone)]
 #[command(
@@ -81,6 +81,13 @@ pub struct RunArgs {
     /// descriptors each) after a reserve for reloads and the admin port.
     #[arg(long, env = "PINPROXY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Maximum upstream sockets open at once, for every client and path
+    /// together (idle pooled connections included); a dial beyond it gets
+    /// 503 `overloaded`. Default: the effective --max-connections. Lowered
+    /// at start, with a warning, to what the open-files limit leaves
+    /// beside the client connections.
+    #[arg(long, env = "PINPROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
+    pub max_upstream_connections: Option<usize>,
     /// Upstream TCP connect timeout (and DNS lookup timeout).
     #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub connect_timeout: Duration,
@@ -241,6 +248,21 @@ pub fn run(mut args: RunArgs) -> Result<(), Error> {
             );
             args.max_connections = budget;
         }
+        let admin = args.admin_max_connections.max(1);
+        let clients = args.max_connections.max(1);
+        let upstream = super::fds::upstream_budget(nofile, admin, clients);
+        // The default, the client connections' number, always fits.
+        if let Some(requested) = args.max_upstream_connections.filter(|&r| r > upstream) {
+            tracing::warn!(
+                nofile,
+                requested,
+                max_upstream_connections = upstream,
+                "--max-upstream-connections lowered to what the open-files limit leaves \
+                 beside the client connections and the reserve; raise the limit \
+                 (ulimit -n) for more"
+            );
+            args.max_upstream_connections = Some(upstream);
+        }
     }
     // One worker by default, as linkerd2-proxy: a current-thread runtime
     // skips work-stealing and cross-thread wakeups, which cost 1.4–2.7× CPU
@@ -284,6 +306,11 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
             ..Timeouts::default()
         },
         max_dns_lookups: args.max_dns_lookups,
+        budget: Budget::new(
+            args.max_upstream_connections
+                .unwrap_or(args.max_connections)
+                .max(1),
+        ),
         ..Options::default()
     };
     let ca = match (&args.ca_cert, &args.ca_key) {
