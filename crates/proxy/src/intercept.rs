@@ -25,6 +25,10 @@ use pinproxy_policy::host::Host;
 use pinproxy_policy::Target;
 use pinproxy_reason::Reason;
 
+/// Concurrent h2 streams an intercepted tunnel serves (SETTINGS
+/// `MAX_CONCURRENT_STREAMS`); more are refused by the h2 layer.
+pub const MAX_STREAMS: u32 = 100;
+
 /// Terminates the client's TLS on `io` and serves it until it closes or
 /// idles out.
 pub async fn serve<IO>(
@@ -94,9 +98,13 @@ pub async fn serve<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.limits.header_read_timeout)
         .max_buf_size(super::parse_buffer(&ctx.limits));
+    // Each stream to an HTTP/1.1 upstream holds an upstream connection of
+    // its own (from the upstream budget): Envoy's default of 100 streams
+    // per client connection, not hyper's 200.
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
