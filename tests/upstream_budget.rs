@@ -117,16 +117,16 @@ impl Limited {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let lines = self.lines.lock().unwrap();
-            if lines
+            let seen = self
+                .lines
+                .lock()
+                .unwrap()
                 .iter()
                 .filter(|l| l.contains("SIGHUP: new pinset in force"))
-                .count()
-                >= n
-            {
+                .count();
+            if seen >= n {
                 return true;
             }
-            drop(lines);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
@@ -210,6 +210,7 @@ async fn idle_pooled_connections_to_many_names_stay_within_the_budget() {
     let ready = p.readyz().await;
     let reloaded = p.reload(&pinset, 1).await;
     let emfile = p.log_has("Too many open files");
+    eprintln!("{ok} served, {overloaded} overloaded, others {other:?}; /readyz {ready:?}, reload {reloaded}");
     assert!(
         !emfile && ready == Some(200) && reloaded,
         "while the budget is spent: EMFILE in the log: {emfile}, /readyz: {ready:?}, \
@@ -355,6 +356,7 @@ async fn h2_streams_in_a_tunnel_stay_within_the_budget() {
             other => panic!("only held streams and 503 overloaded: {other:?}"),
         }
     }
+    eprintln!("{refused} streams refused overloaded, {holding} held; /readyz {ready:?}, reload {reloaded}");
     assert_eq!(refused + holding, 300, "{refused} refused, {holding} held");
 
     // Let go: the held streams are answered, and the tunnel serves again.
