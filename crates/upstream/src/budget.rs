@@ -33,9 +33,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// default is unbounded): a burst's worth to reuse, not a budget's worth.
 pub const IDLE_PER_HOST: usize = 32;
 
+/// The budget `run` gives without flags: its default `--max-connections`.
+pub const DEFAULT_SIZE: usize = 4096;
+
 /// The upstream sockets pinproxy may hold open at once. Cheap to clone:
 /// every clone counts against the same budget.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Budget {
     permits: Arc<Semaphore>,
     size: usize,
@@ -67,11 +70,6 @@ impl Budget {
         }
     }
 
-    /// A budget no process reaches (tests, and a runner that sets none).
-    pub fn unlimited() -> Self {
-        Self::new(Semaphore::MAX_PERMITS)
-    }
-
     /// A permit, or `None` at once when the budget is spent.
     pub fn try_acquire(&self) -> Option<Permit> {
         self.permits
@@ -94,7 +92,16 @@ impl Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Self::unlimited()
+        Self::new(DEFAULT_SIZE)
+    }
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("size", &self.size)
+            .field("in_use", &self.in_use())
+            .finish()
     }
 }
 

@@ -88,7 +88,7 @@ impl Default for Options {
             resolver: Arc::new(SystemResolver),
             timeouts: Timeouts::default(),
             max_dns_lookups: Lookups::DEFAULT_MAX,
-            budget: Budget::unlimited(),
+            budget: Budget::default(),
         }
     }
 }
