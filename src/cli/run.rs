@@ -83,9 +83,9 @@ pub struct RunArgs {
     pub max_connections: usize,
     /// Maximum upstream sockets open at once, for every client and path
     /// together (idle pooled connections included); a dial beyond it gets
-    /// 503 `overloaded`. Default: the effective --max-connections. Lowered
-    /// at start, with a warning, to what the open-files limit leaves
-    /// beside the client connections.
+    /// 503 `overloaded`. Default: 1024, or the effective --max-connections
+    /// if lower. Lowered at start, with a warning, to what the open-files
+    /// limit leaves beside the client connections.
     #[arg(long, env = "PINPROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
     pub max_upstream_connections: Option<usize>,
     /// Upstream TCP connect timeout (and DNS lookup timeout).
@@ -251,7 +251,7 @@ pub fn run(mut args: RunArgs) -> Result<(), Error> {
         let admin = args.admin_max_connections.max(1);
         let clients = args.max_connections.max(1);
         let upstream = super::fds::upstream_budget(nofile, admin, clients);
-        // The default, the client connections' number, always fits.
+        // The default (1024, or the client connections' number if lower) always fits.
         if let Some(requested) = args.max_upstream_connections.filter(|&r| r > upstream) {
             tracing::warn!(
                 nofile,
@@ -308,7 +308,10 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
         max_dns_lookups: args.max_dns_lookups,
         budget: Budget::new(
             args.max_upstream_connections
-                .unwrap_or(args.max_connections)
+                .unwrap_or(
+                    args.max_connections
+                        .min(crate::upstream::budget::DEFAULT_SIZE),
+                )
                 .max(1),
         ),
         ..Options::default()

@@ -33,8 +33,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// default is unbounded): a burst's worth to reuse, not a budget's worth.
 pub const IDLE_PER_HOST: usize = 32;
 
-/// The budget `run` gives without flags: its default `--max-connections`.
-pub const DEFAULT_SIZE: usize = 4096;
+/// The budget `run` gives without flags (lowered to `--max-connections`
+/// when that is lower): Envoy's default circuit-breaker `max_connections`
+/// per cluster. Idle pooled connections cost ~30 KB each, so this bounds
+/// them near 30 MB, well inside the chart's sidecar memory limit (4,096
+/// would not be).
+pub const DEFAULT_SIZE: usize = 1024;
 
 /// The upstream sockets pinproxy may hold open at once. Cheap to clone:
 /// every clone counts against the same budget.
