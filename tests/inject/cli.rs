@@ -114,6 +114,18 @@ fn an_app_that_already_names_a_proxy_is_refused_unless_overridden() {
     }
 }
 
+/// The values of the first container's env entries named `name`, in order.
+fn env_values(rendered: &str, name: &str) -> Vec<String> {
+    let doc: Value = serde_yaml::from_str(rendered).unwrap();
+    let env = &doc["spec"]["template"]["spec"]["containers"][0]["env"];
+    env.as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"].as_str() == Some(name))
+        .filter_map(|e| e["value"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Kubernetes takes the last of two env entries with one name: with
 /// `--override-proxy` (or a template injected before) a second
 /// `HTTPS_PROXY` survived injection, which replaced only the first, and
@@ -134,15 +146,7 @@ fn a_duplicated_proxy_variable_is_replaced_whole() {
     );
     let (code, stdout, stderr) = inject_cli(&["--override-proxy"], &input);
     assert_eq!(code, 0, "{stderr}");
-    let doc: Value = serde_yaml::from_str(&stdout).unwrap();
-    let env = &doc["spec"]["template"]["spec"]["containers"][0]["env"];
-    let got: Vec<&str> = env
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter(|e| e["name"].as_str() == Some("HTTPS_PROXY"))
-        .filter_map(|e| e["value"].as_str())
-        .collect();
+    let got = env_values(&stdout, "HTTPS_PROXY");
     assert_eq!(got, ["http://127.0.0.1:3128"]);
     // JAVA_TOOL_OPTIONS: appended to the app's effective (last) value.
     let input = app_deployment(
@@ -151,15 +155,7 @@ fn a_duplicated_proxy_variable_is_replaced_whole() {
     );
     let (code, stdout, stderr) = inject_cli(&[], &input);
     assert_eq!(code, 0, "{stderr}");
-    let doc: Value = serde_yaml::from_str(&stdout).unwrap();
-    let env = &doc["spec"]["template"]["spec"]["containers"][0]["env"];
-    let got: Vec<&str> = env
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter(|e| e["name"].as_str() == Some("JAVA_TOOL_OPTIONS"))
-        .filter_map(|e| e["value"].as_str())
-        .collect();
+    let got = env_values(&stdout, "JAVA_TOOL_OPTIONS");
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
         got[0].starts_with("-Xmx2g -Dhttp.proxyHost=127.0.0.1 "),
