@@ -390,8 +390,8 @@ impl Connector {
                 Failure::Overloaded,
                 host,
                 format!(
-                    "pinproxy holds its {} upstream connections (--max-upstream-connections); \
-                     try again once some have closed",
+                    "every upstream connection pinproxy may hold is open \
+                     (--max-upstream-connections {}); try again once some have closed",
                     self.budget.size()
                 ),
             ));
