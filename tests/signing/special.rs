@@ -26,6 +26,44 @@ fn dev_zero(path: &Path) {
     std::os::unix::fs::symlink("/dev/zero", path).unwrap();
 }
 
+/// A Secret volume holding serial 1, validly signed by `a` (`ka`: its
+/// public key's path for `--pinset-key`), with the CA bundle `ca`.
+struct Start {
+    w: World,
+    a: Key,
+    ka: String,
+    ca: String,
+    v1: String,
+    /// `a`'s signature of `v1`, as in the volume.
+    sig1: String,
+    vol: SecretVolume,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Start {
+    async fn new() -> Self {
+        let w = World::new().await;
+        let keys = tempfile::tempdir().unwrap();
+        let a = Key::new(keys.path(), "a", Algorithm::EcdsaP256);
+        let ka = a.public.display().to_string();
+        let ca = w.pki.root.pem();
+        let secret = tempfile::tempdir().unwrap();
+        let v1 = w.good(1);
+        let sig1 = a.sign(&v1);
+        let vol = SecretVolume::new(secret.path(), &files(&v1, Some(&sig1), &ca));
+        Start {
+            w,
+            a,
+            ka,
+            ca,
+            v1,
+            sig1,
+            vol,
+            _dirs: (keys, secret),
+        }
+    }
+}
+
 /// Starts with a good serial 1; delivers serial 2 (the wrong pin, validly
 /// signed) with `name` replaced by `make`; asserts it is refused, counted
 /// as `result` and logged naming `why`, with serial 1 still in force; then
@@ -38,14 +76,15 @@ async fn refused_then_the_next_good_version_applies(
     why: &str,
     hangup: bool,
 ) {
-    let w = World::new().await;
-    let keys = tempfile::tempdir().unwrap();
-    let a = Key::new(keys.path(), "a", Algorithm::EcdsaP256);
-    let ka = a.public.display().to_string();
-    let ca = w.pki.root.pem();
-    let secret = tempfile::tempdir().unwrap();
-    let v1 = w.good(1);
-    let mut vol = SecretVolume::new(secret.path(), &files(&v1, Some(&a.sign(&v1)), &ca));
+    let Start {
+        w,
+        a,
+        ka,
+        ca,
+        mut vol,
+        _dirs,
+        ..
+    } = Start::new().await;
     let mut run = sidecar(&vol, &["--pinset-key", &ka]).await;
     run.until("signed pinset in force").await;
 
@@ -127,14 +166,16 @@ async fn a_ca_bundle_symlinked_to_dev_zero_fails_and_the_next_version_applies() 
 
 #[tokio::test]
 async fn a_start_with_a_fifo_signature_is_not_ready_then_applies_the_next_good_pinset() {
-    let w = World::new().await;
-    let keys = tempfile::tempdir().unwrap();
-    let a = Key::new(keys.path(), "a", Algorithm::EcdsaP256);
-    let ka = a.public.display().to_string();
-    let ca = w.pki.root.pem();
-    let secret = tempfile::tempdir().unwrap();
-    let v1 = w.good(1);
-    let mut vol = SecretVolume::new(secret.path(), &files(&v1, Some(&a.sign(&v1)), &ca));
+    let Start {
+        w,
+        a,
+        ka,
+        ca,
+        v1,
+        mut vol,
+        _dirs,
+        ..
+    } = Start::new().await;
     vol.update_then(&files(&v1, None, &ca), |dir| {
         mkfifo(&dir.join("pins.yaml.sig"))
     });
@@ -167,15 +208,16 @@ async fn a_start_with_a_fifo_signature_is_not_ready_then_applies_the_next_good_p
 /// verified the change — it names what changed.
 #[tokio::test]
 async fn a_changed_ca_bundle_alone_is_not_logged_as_signature_verified() {
-    let w = World::new().await;
-    let keys = tempfile::tempdir().unwrap();
-    let a = Key::new(keys.path(), "a", Algorithm::EcdsaP256);
-    let ka = a.public.display().to_string();
-    let ca = w.pki.root.pem();
-    let secret = tempfile::tempdir().unwrap();
-    let v1 = w.good(1);
-    let sig = a.sign(&v1);
-    let mut vol = SecretVolume::new(secret.path(), &files(&v1, Some(&sig), &ca));
+    let Start {
+        w,
+        a,
+        ka,
+        ca,
+        v1,
+        sig1: sig,
+        mut vol,
+        _dirs,
+    } = Start::new().await;
     let mut run = sidecar(&vol, &["--pinset-key", &ka]).await;
     run.until("signed pinset in force").await;
 
