@@ -14,9 +14,11 @@ pub fn status(args: &StatusArgs) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The message may carry what the API server or a pod said: escaped
+    // as the report is.
     let report = rt
         .block_on(status::collect(api, args.namespace.as_deref()))
-        .map_err(Error::failed)?;
+        .map_err(|e| Error::failed(status::visible(&e.to_string()).into_owned()))?;
     match args.output {
         Output::Text => out!("{}", status::render_text(&report)),
         Output::Json => outln!("{}", status::render_json(&report)),

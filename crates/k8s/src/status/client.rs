@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
@@ -24,8 +24,36 @@ use super::kubeconfig::ApiConfig;
 
 /// Per request: connect, TLS, headers and body.
 const TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest body read (a pod list of a big cluster).
-const MAX_BODY: usize = 256 << 20;
+/// Most of an error answer read for its message (a Kubernetes Status is a
+/// few hundred bytes; the message shown is cut at 300 characters anyway).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// How much of a body [`Api::get`] reads before giving up on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap(pub usize);
+
+impl Cap {
+    /// One page of a list (`limit=`[`PAGE_ITEMS`]): 250 pods average 20–40
+    /// KiB; 64 MiB leaves room for pods with large specs or annotations.
+    pub const LIST_PAGE: Cap = Cap(64 << 20);
+    /// One object (a Secret holds at most 1 MiB of data, base64 in JSON).
+    pub const OBJECT: Cap = Cap(4 << 20);
+}
+
+impl std::fmt::Display for Cap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 >= 1 << 20 && self.0 % (1 << 20) == 0 {
+            write!(f, "{} MiB", self.0 >> 20)
+        } else if self.0 >= 1 << 10 && self.0 % (1 << 10) == 0 {
+            write!(f, "{} KiB", self.0 >> 10)
+        } else {
+            write!(f, "{} bytes", self.0)
+        }
+    }
+}
+
+/// Items per page of a list ([`Api::list`]), as `kubectl`'s `--chunk-size`.
+pub const PAGE_ITEMS: usize = 250;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,6 +69,12 @@ pub enum ApiError {
     },
     #[error("GET {path}: timed out after {}s", TIMEOUT.as_secs())]
     Timeout { path: String },
+    #[error("GET {path}: answer larger than {cap}")]
+    TooLarge { path: String, cap: Cap },
+    #[error("GET {path}: a line longer than {cap}")]
+    LineTooLong { path: String, cap: Cap },
+    #[error("GET {path}: reading the answer: {message}")]
+    Read { path: String, message: String },
 }
 
 pub struct Api {
@@ -71,16 +105,140 @@ impl Api {
         &self.cfg.source
     }
 
-    /// GET `path` (under the server URL); a non-2xx answer is an error
-    /// carrying the Status message the API server sent.
-    pub async fn get(&self, path: &str) -> Result<Bytes, ApiError> {
-        match tokio::time::timeout(TIMEOUT, self.get_inner(path)).await {
+    /// GET `path` (under the server URL), its body whole if it is at most
+    /// `cap`; a non-2xx answer is an error carrying the Status message the
+    /// API server sent.
+    pub async fn get(&self, path: &str, cap: Cap) -> Result<Bytes, ApiError> {
+        self.timed(path, async {
+            let mut body = self.send(path).await?;
+            let mut out = Vec::new();
+            while let Some(chunk) = next_chunk(&mut body, path).await? {
+                if chunk.len() > cap.0 - out.len() {
+                    return Err(ApiError::TooLarge {
+                        path: path.into(),
+                        cap,
+                    });
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Bytes::from(out))
+        })
+        .await
+    }
+
+    /// GET `path` and hand its body to `line` one line at a time (without
+    /// its `\n`, decoded lossily), holding at most one line in memory: an
+    /// answer larger than `cap`, or a line longer than `max_line`, is an
+    /// error.
+    pub async fn get_lines(
+        &self,
+        path: &str,
+        cap: Cap,
+        max_line: Cap,
+        mut line: impl FnMut(&str),
+    ) -> Result<(), ApiError> {
+        self.timed(path, async {
+            let mut body = self.send(path).await?;
+            let (mut read, mut partial) = (0usize, Vec::new());
+            while let Some(chunk) = next_chunk(&mut body, path).await? {
+                read += chunk.len();
+                if read > cap.0 {
+                    return Err(ApiError::TooLarge {
+                        path: path.into(),
+                        cap,
+                    });
+                }
+                let mut rest = &chunk[..];
+                while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                    if partial.len() + nl > max_line.0 {
+                        break;
+                    }
+                    partial.extend_from_slice(&rest[..nl]);
+                    line(&String::from_utf8_lossy(&partial));
+                    partial.clear();
+                    rest = &rest[nl + 1..];
+                }
+                if partial.len() + rest.len() > max_line.0 {
+                    return Err(ApiError::LineTooLong {
+                        path: path.into(),
+                        cap: max_line,
+                    });
+                }
+                partial.extend_from_slice(rest);
+            }
+            if !partial.is_empty() {
+                line(&String::from_utf8_lossy(&partial));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every item of the list at `path`, one page (`limit`/`continue`) of
+    /// at most `Cap::LIST_PAGE` at a time, handed to `page` as it comes.
+    pub async fn list(
+        &self,
+        path: &str,
+        mut page: impl FnMut(Vec<serde_json::Value>),
+    ) -> Result<(), ApiError> {
+        let mut next: Option<String> = None;
+        loop {
+            let mut url = format!("{path}?limit={PAGE_ITEMS}");
+            if let Some(token) = &next {
+                url.push_str("&continue=");
+                url.push_str(&query_escape(token));
+            }
+            let body = self.get(&url, Cap::LIST_PAGE).await?;
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| ApiError::Read {
+                    path: url.clone(),
+                    message: format!("unexpected answer from the API server: {e}"),
+                })?;
+            drop(body);
+            let token = v
+                .pointer("/metadata/continue")
+                .and_then(|c| c.as_str())
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            // The same token again would ask for the same page for ever.
+            if token.is_some() && token == next {
+                return Err(ApiError::Read {
+                    path: url,
+                    message: "the API server sent the same continue token again".into(),
+                });
+            }
+            next = token;
+            match v.get_mut("items").map(serde_json::Value::take) {
+                Some(serde_json::Value::Array(items)) => page(items),
+                Some(serde_json::Value::Null) | None => {}
+                Some(_) => {
+                    return Err(ApiError::Read {
+                        path: url,
+                        message: "unexpected answer from the API server: items is not a list"
+                            .into(),
+                    })
+                }
+            }
+            if next.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        path: &str,
+        work: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(TIMEOUT, work).await {
             Ok(r) => r,
             Err(_) => Err(ApiError::Timeout { path: path.into() }),
         }
     }
 
-    async fn get_inner(&self, path: &str) -> Result<Bytes, ApiError> {
+    /// Sends GET `path`: the body of a 2xx answer, else the error with
+    /// the message of the (first [`MAX_ERROR_BODY`] bytes of the) body.
+    async fn send(&self, path: &str) -> Result<hyper::body::Incoming, ApiError> {
         let connect_err = |message: String| ApiError::Connect {
             server: self.cfg.server.clone(),
             message,
@@ -123,20 +281,62 @@ impl Api {
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| connect_err(format!("reading {path}: {e}")))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(ApiError::Status {
-                path: path.into(),
-                status,
-                detail: status_message(&body),
-            });
+        let mut body = resp.into_body();
+        if status.is_success() {
+            return Ok(body);
         }
-        Ok(body)
+        let mut text = Vec::new();
+        while text.len() < MAX_ERROR_BODY {
+            match next_chunk(&mut body, path).await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_ERROR_BODY - text.len();
+                    text.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Err(ApiError::Status {
+            path: path.into(),
+            status,
+            detail: status_message(&text),
+        })
     }
+}
+
+/// The next chunk of data of `body`, `None` at its end.
+async fn next_chunk(
+    body: &mut hyper::body::Incoming,
+    path: &str,
+) -> Result<Option<Bytes>, ApiError> {
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Err(e)) => {
+                return Err(ApiError::Read {
+                    path: path.into(),
+                    message: e.to_string(),
+                })
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+/// `s` for a query string: everything but unreserved characters
+/// percent-encoded (a `continue` token is opaque).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `host:port` for connecting: the authority, with port 443 added when

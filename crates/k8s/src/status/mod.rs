@@ -23,10 +23,10 @@ mod fleet;
 mod kubeconfig;
 mod render;
 
-pub use client::{Api, ApiError};
+pub use client::{Api, ApiError, Cap};
 pub use fleet::{asked_for_injection, parse_metrics, sidecar_of, Sidecar};
 pub use kubeconfig::{load as kubeconfig_load, ApiConfig, ConfigError};
-pub use render::{render_json, render_text};
+pub use render::{needs_escape, render_json, render_text, visible};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StatusArgs {
@@ -97,6 +97,9 @@ pub struct SidecarRow {
     pub nearest_expiry: Option<String>,
     pub version: Option<String>,
     pub image: String,
+    /// Columns whose value `/metrics` gave malformed (shown `invalid`).
+    #[serde(skip)]
+    pub invalid: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +119,15 @@ pub struct Report {
 
 /// Pods in flight at once when reading sidecars.
 const CONCURRENCY: usize = 8;
+/// Most of a sidecar's `/metrics` read. It is read a line at a time, never
+/// whole, but a pod may serve anything: past this it is an error in its row.
+/// A sidecar serves about 10 bytes of `/metrics` per byte of its pinset
+/// file with minimal entries (11 series per host: 10.4 MB for a 1 MiB
+/// file of 14,320 hosts), so a pinset at the default `--max-pinset-bytes`
+/// (4 MiB) fits.
+const METRICS_CAP: Cap = Cap(64 << 20);
+/// Longest `/metrics` line: a host label is at most 255 characters.
+const METRICS_LINE_CAP: Cap = Cap(64 << 10);
 
 /// `YYYY-MM-DD` of a Unix time.
 fn date(t: i64) -> String {
@@ -131,42 +143,44 @@ fn decode(what: &str, body: &[u8]) -> Result<Value, StatusError> {
     })
 }
 
+/// What a pod list says about one pod, kept once its page is dropped.
+struct PodFacts {
+    namespace: String,
+    name: String,
+    phase: String,
+    sidecar: Option<Sidecar>,
+    /// Why it should have the sidecar, when it has none.
+    asked_by: Option<String>,
+}
+
 /// Builds the report through `api`.
 pub async fn collect(api: Arc<Api>, namespace: Option<&str>) -> Result<Report, StatusError> {
     let pods_path = match namespace {
         Some(ns) => format!("/api/v1/namespaces/{ns}/pods"),
         None => "/api/v1/pods".to_string(),
     };
-    let pods = decode("pods", &api.get(&pods_path).await?)?;
     let ns_labels = namespace_labels(&api, namespace).await?;
+    let mut pods = Vec::new();
+    api.list(&pods_path, |items| {
+        for pod in &items {
+            pods.push(pod_facts(pod, &ns_labels));
+        }
+    })
+    .await?;
     let mut report = Report::default();
     let mut secrets: HashMap<(String, String), Result<String, String>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    for pod in pods
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let ns = pod
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let name = pod
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let phase = pod
-            .pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or("Unknown")
-            .to_owned();
-        let Some(sidecar) = sidecar_of(pod) else {
-            let labels = ns_labels.get(&ns).cloned().unwrap_or_default();
-            if let Some(asked_by) = asked_for_injection(pod, &labels) {
+    for pod in pods {
+        let PodFacts {
+            namespace: ns,
+            name,
+            phase,
+            sidecar,
+            asked_by,
+        } = pod;
+        let Some(sidecar) = sidecar else {
+            if let Some(asked_by) = asked_by {
                 if !matches!(phase.as_str(), "Succeeded" | "Failed") {
                     report.without_sidecar.push(MissingRow {
                         namespace: ns,
@@ -209,10 +223,35 @@ pub async fn collect(api: Arc<Api>, namespace: Option<&str>) -> Result<Report, S
     Ok(report)
 }
 
+fn pod_facts(pod: &Value, ns_labels: &BTreeMap<String, BTreeMap<String, String>>) -> PodFacts {
+    let text = |p: &str, default: &str| {
+        pod.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_owned()
+    };
+    let namespace = text("/metadata/namespace", "");
+    let sidecar = sidecar_of(pod);
+    let asked_by = match sidecar {
+        Some(_) => None,
+        None => asked_for_injection(pod, ns_labels.get(&namespace).unwrap_or(&BTreeMap::new())),
+    };
+    PodFacts {
+        name: text("/metadata/name", ""),
+        phase: text("/status/phase", "Unknown"),
+        namespace,
+        sidecar,
+        asked_by,
+    }
+}
+
 /// The SHA-256 of `pins.yaml` in Secret `ns/name`, or why there is none.
 async fn secret_hash(api: &Api, ns: &str, name: &str) -> Result<String, String> {
     let body = api
-        .get(&format!("/api/v1/namespaces/{ns}/secrets/{name}"))
+        .get(
+            &format!("/api/v1/namespaces/{ns}/secrets/{name}"),
+            Cap::OBJECT,
+        )
         .await
         .map_err(|e| format!("secret {name}: {e}"))?;
     let v: Value = serde_json::from_slice(&body).map_err(|e| format!("secret {name}: {e}"))?;
@@ -226,13 +265,15 @@ async fn namespace_labels(
     let items: Vec<Value> = match namespace {
         Some(ns) => vec![decode(
             "namespace",
-            &api.get(&format!("/api/v1/namespaces/{ns}")).await?,
+            &api.get(&format!("/api/v1/namespaces/{ns}"), Cap::OBJECT)
+                .await?,
         )?],
-        None => decode("namespaces", &api.get("/api/v1/namespaces").await?)?
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
+        None => {
+            let mut all = Vec::new();
+            api.list("/api/v1/namespaces", |items| all.extend(items))
+                .await?;
+            all
+        }
     };
     Ok(items
         .iter()
@@ -272,6 +313,7 @@ async fn row(
         nearest_expiry: None,
         version: None,
         image: sidecar.image.clone(),
+        invalid: Vec::new(),
         namespace,
         pod,
     };
@@ -283,28 +325,62 @@ async fn row(
         "/api/v1/namespaces/{}/pods/{}:{}/proxy/metrics",
         r.namespace, r.pod, sidecar.admin_port
     );
-    match api.get(&path).await {
-        Ok(body) => {
-            let m = parse_metrics(&String::from_utf8_lossy(&body));
+    let mut parser = fleet::MetricsParser::default();
+    match api
+        .get_lines(&path, METRICS_CAP, METRICS_LINE_CAP, |l| parser.line(l))
+        .await
+    {
+        Ok(()) => {
+            let m = parser.finish();
+            let invalid = |what| m.invalid.contains(&what);
             r.generation = m.generation;
             r.pins_sha256 = m.pins_sha256;
             r.nearest_expiry = m.nearest_expiry.map(|(t, h)| format!("{} {h}", date(t)));
-            r.mismatches = Some(m.mismatches as u64);
+            r.mismatches = (!invalid(fleet::MISMATCHES)).then_some(m.mismatches);
             r.version = m.version;
-            r.last_reload = Some(match m.last_reload_ok {
-                Some(true) => "ok".into(),
-                Some(false) => format!("failing ({} failed)", m.reload_failures),
-                None if m.reload_failures > 0.0 => format!("{} failed", m.reload_failures),
-                None => "ok".into(),
+            r.last_reload = (!invalid(fleet::RELOADS) && !invalid(fleet::LAST_RELOAD)).then(|| {
+                match m.last_reload_ok {
+                    Some(true) => "ok".into(),
+                    Some(false) => format!("failing ({} failed)", m.reload_failures),
+                    None if m.reload_failures > 0 => format!("{} failed", m.reload_failures),
+                    None => "ok".into(),
+                }
             });
-            if r.pins_sha256.is_none() {
+            for (what, column) in [
+                (fleet::SHA256, "pins_sha256"),
+                (fleet::GENERATION, "generation"),
+                (fleet::MISMATCHES, "mismatches"),
+                (fleet::RELOADS, "last_reload"),
+                (fleet::LAST_RELOAD, "last_reload"),
+                (fleet::EXPIRY, "nearest_expiry"),
+                (fleet::VERSION, "version"),
+            ] {
+                if invalid(what) && !r.invalid.contains(&column) {
+                    r.invalid.push(column);
+                }
+            }
+            if !m.invalid.is_empty() {
+                r.detail = Some(format!(
+                    "/metrics: not what pinproxy serves: {}",
+                    m.invalid.join(", ")
+                ));
+            } else if r.pins_sha256.is_none() {
                 r.detail = Some(
                     "/metrics has no pinproxy_pinset_info: a pinproxy older than status".into(),
+                );
+            } else if r.pins_sha256.as_deref() == Some("") {
+                // A signed sidecar that has applied nothing since it started.
+                r.detail = Some(
+                    "no pinset in force: every request is refused (no-pinset) until a validly \
+                     signed pinset is applied; the sidecar's /readyz and log say why"
+                        .into(),
                 );
             }
         }
         Err(e) => r.detail = Some(format!("/metrics: {e}")),
     }
+    // Only a well-formed hash (64 lowercase hex digits, as the Secret's)
+    // equal to the Secret's is SYNCED.
     r.state = match (&r.pins_sha256, &r.secret_sha256) {
         (None, _) => State::Unknown,
         (Some(_), None) => {
