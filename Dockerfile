@@ -67,15 +67,18 @@ RUN for p in iptables-save iptables-restore ip6tables-save ip6tables-restore \
     done \
  && iptables-restore --version | grep -q nf_tables \
  && ip6tables-restore --version | grep -q nf_tables \
- && pinproxy redirect --dry-run --proxy-uid 65532 --port 15001 >/dev/null
+ && pinproxy redirect --dry-run --proxy-uid 1337 --port 15001 >/dev/null
 LABEL org.opencontainers.image.title="pinproxy-init" \
       org.opencontainers.image.description="Installs pinproxy's transparent-mode nat rules in a pod's network namespace" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Root: iptables needs it (with NET_ADMIN) in the pod's network namespace.
 USER 0:0
 ENTRYPOINT ["pinproxy"]
-# --proxy-uid is the proxy image's USER below; --port its --transparent port.
-CMD ["redirect", "--proxy-uid", "65532", "--port", "15001"]
+# --proxy-uid and --port are what `pinproxy inject` gives the sidecar in
+# transparent mode (`--transparent-uid`, `--transparent-port`). Not the proxy
+# image's USER below: 65532 is distroless' "nonroot", the USER of many app
+# images too, and every process of that UID would be let through unpinned.
+CMD ["redirect", "--proxy-uid", "1337", "--port", "15001"]
 
 # --- runtime ------------------------------------------------------------------
 # The last stage: what a plain `docker build .` produces.

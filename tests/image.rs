@@ -1,11 +1,13 @@
 //! What can be checked of the `Dockerfile` without a container engine: the
 //! init image's command line is one this binary accepts, it names the UID
-//! the proxy image runs as (or the proxy's own traffic would loop), its
+//! and port `inject` gives the transparent sidecar (not the proxy image's
+//! USER, which is distroless' "nonroot", that of many app images), its
 //! build checks every program `pinproxy redirect` can run, and a plain
 //! `docker build .` still produces the proxy image.
 
 use clap::Parser;
 use pinproxy::cli::{Cli, Command};
+use pinproxy::k8s::inject::InjectOptions;
 use pinproxy::k8s::redirect::Backend;
 
 /// One `FROM` stage: its name (`AS …`) and its instructions, continuation
@@ -96,7 +98,7 @@ fn named<'a>(stages: &'a [Stage], name: &str) -> &'a Stage {
 }
 
 #[test]
-fn init_image_command_is_a_redirect_this_binary_accepts_for_the_proxy_images_uid() {
+fn init_image_command_is_a_redirect_this_binary_accepts_for_the_injected_sidecars_uid() {
     let stages = dockerfile();
     let init = named(&stages, "init");
     let runtime = stages.last().expect("stages");
@@ -111,14 +113,21 @@ fn init_image_command_is_a_redirect_this_binary_accepts_for_the_proxy_images_uid
     };
     assert!(!args.dry_run && !args.remove, "{args:?}");
 
-    // The proxy image's USER is the UID whose traffic must not be redirected.
+    // The UID whose traffic is let through unredirected is the one
+    // injection runs the transparent sidecar as, and the port its listener.
+    let injected = InjectOptions::default().redirect;
+    assert_eq!(args.proxy_uid, Some(injected.uid));
+    assert_eq!(args.port, Some(injected.port));
+    // Review 8: it was the proxy image's USER, 65532 — distroless
+    // "nonroot", the USER of many app images, whose every process the
+    // init image's defaults then let through unpinned.
     let user = runtime.last("USER");
-    let uid: u32 = user
+    let image_uid: u32 = user
         .split(':')
         .next()
         .and_then(|u| u.parse().ok())
         .unwrap_or_else(|| panic!("runtime USER {user:?} is not numeric"));
-    assert_eq!(args.proxy_uid, Some(uid));
+    assert_ne!(args.proxy_uid, Some(image_uid));
     assert_eq!(init.last("USER"), "0:0", "iptables needs root");
 }
 

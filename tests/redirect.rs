@@ -466,6 +466,18 @@ fn legacy_backend_redirects_and_removes() {
         "direct 192.0.2.2:443"
     );
     assert_eq!(listener.accepted(), 2);
+    // The legacy lock is default-deny too: UDP-Lite does not leave.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("udplite.log");
+    let _udplite = lock::udplite_echo(&pod, &log);
+    for host in ["192.0.2.2", "2001:db8::2"] {
+        assert_eq!(
+            lock::send_other(&pod, "udplite", host, 443),
+            lock::DROPPED_ERRNO,
+            "{host}"
+        );
+    }
+    assert_eq!(lock::heard(&log), 0);
 
     let again = saved(&pod.app, "iptables-legacy-save");
     redirect(&pod.app, &args);

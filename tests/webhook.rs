@@ -415,12 +415,27 @@ fn an_injected_pod_keeps_its_sidecar_and_locks_ephemeral_containers() {
     let locked = patched(&added, &judged(&injected, &added, "ephemeralcontainers"));
     assert_eq!(
         locked["spec"]["ephemeralContainers"][0]["securityContext"],
-        json!({"capabilities": {"drop": ["SETUID", "SETGID"]}, "allowPrivilegeEscalation": false}),
+        json!({"capabilities": {"drop": ["SETUID", "SETGID", "NET_RAW"]}, "allowPrivilegeEscalation": false}),
         "{locked}"
+    );
+    // NET_RAW already dropped by the debug profile: not dropped twice.
+    let own = debug(json!({"capabilities": {"drop": ["NET_RAW"]}}));
+    let locked_own = patched(&own, &judged(&injected, &own, "ephemeralcontainers"));
+    assert_eq!(
+        locked_own["spec"]["ephemeralContainers"][0]["securityContext"]["capabilities"]["drop"],
+        json!(["NET_RAW", "SETUID", "SETGID"]),
+        "{locked_own}"
     );
     for (sc, why) in [
         (json!({"privileged": true}), "privileged"),
         (json!({"capabilities": {"add": ["NET_ADMIN"]}}), "NET_ADMIN"),
+        // An AF_PACKET socket writes frames no iptables rule sees.
+        (json!({"capabilities": {"add": ["NET_RAW"]}}), "NET_RAW"),
+        // `kubectl debug --profile=netadmin`.
+        (
+            json!({"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}),
+            "NET_ADMIN",
+        ),
         (json!({"runAsUser": 1337}), "1337"),
     ] {
         let r = judge(&injected, &debug(sc.clone()), "ephemeralcontainers");
@@ -801,8 +816,9 @@ fn a_pod_that_names_another_proxy_is_denied_with_the_reason() {
 
 /// Issue 24 item 6 through the webhook: in transparent mode the app
 /// container of a pod without a securityContext is patched to drop
-/// SETUID/SETGID and privilege escalation; a privileged one is denied,
-/// naming the override annotation, and allowed unchanged with it.
+/// SETUID/SETGID (and, review 8, NET_RAW) and privilege escalation; a
+/// privileged one, or one adding NET_RAW, is denied, naming the override
+/// annotation, and allowed unchanged with it.
 #[test]
 fn transparent_pods_lose_the_uid_switch_or_are_denied() {
     let (o, pod) = (transparent_opts(), simple_pod(json!({})));
@@ -815,8 +831,22 @@ fn transparent_pods_lose_the_uid_switch_or_are_denied() {
         .unwrap();
     assert_eq!(
         app["securityContext"],
-        json!({"capabilities": {"drop": ["SETUID", "SETGID"]}, "allowPrivilegeEscalation": false}),
+        json!({"capabilities": {"drop": ["SETUID", "SETGID", "NET_RAW"]}, "allowPrivilegeEscalation": false}),
         "{doc}"
+    );
+    let raw = simple_pod(json!({"containers": [{"name": "app", "image": "a:1",
+        "securityContext": {"capabilities": {"add": ["NET_RAW"]}}}]}));
+    let reply = review(
+        admission_review(&raw).to_string().as_bytes(),
+        Mode::OptOut,
+        &o,
+    );
+    let r = response(&reply);
+    assert_eq!(r["allowed"], json!(false), "{r}");
+    let msg = r["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("NET_RAW") && msg.contains("pinproxy.io/allow-setuid"),
+        "{msg}"
     );
     let privileged = simple_pod(json!({"containers": [{"name": "app", "image": "a:1",
         "securityContext": {"privileged": true}}]}));
@@ -876,7 +906,7 @@ fn a_container_added_after_injection_is_locked_on_reinvocation() {
         .unwrap();
     assert_eq!(
         agent["securityContext"],
-        json!({"runAsUser": 0, "capabilities": {"drop": ["SETUID", "SETGID"]}, "allowPrivilegeEscalation": false}),
+        json!({"runAsUser": 0, "capabilities": {"drop": ["SETUID", "SETGID", "NET_RAW"]}, "allowPrivilegeEscalation": false}),
         "{again}"
     );
     // Only the agent (and the record of what injection added) changed.

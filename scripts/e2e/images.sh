@@ -140,7 +140,7 @@ build_init() {
   cp /etc/protocols "$r/etc/" 2>/dev/null || true
   _commit_rootfs "$r" "$INIT_IMAGE" "$out" --user 0:0 \
     --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --entrypoint '["pinproxy"]' --cmd 'redirect --proxy-uid 65532 --port 15001'
+    --entrypoint '["pinproxy"]' --cmd 'redirect --proxy-uid 1337 --port 15001'
   rm -rf "$work"
 }
 

@@ -511,6 +511,46 @@ YAML
   check "the direct server saw no request" eq "$(grep -c "GET /" "$E2E_RUN/logs/world-direct.log" || true)" "$before"
   # Control: the same server from the node answers (the lock, not the route, stopped it).
   check "control: direct.world.test answers from the node" sh -c "curl -sf http://$WORLD_PLAIN_IP/ >/dev/null"
+  # Review 8: the app container runs as root without a securityContext of its
+  # own, so it would hold the runtime's default NET_RAW: injection drops it, and
+  # no packet socket (whose frames no iptables rule sees) can be opened.
+  local drops; drops="$(kubectl -n "$ns" get pod legacy-app -o jsonpath='{.spec.containers[?(@.name=="app")].securityContext.capabilities.drop}')"
+  echo "app container capabilities.drop: $drops"
+  check "injection dropped NET_RAW from the app container" matches "$drops" 'NET_RAW'
+  r="$($ex python3 -c 'import socket
+try:
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print("opened")
+except OSError as e:
+    print("refused", e.errno)' 2>&1)"
+  echo "AF_PACKET socket in the app container -> $r"
+  check "no packet socket in the app container" eq "$r" "refused 1"
+  # The lock is default-deny: UDP-Lite (any process may open it) is dropped.
+  r="$($ex python3 -c 'import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
+try:
+    s.sendto(b"x", (sys.argv[1], 443)); print("sent")
+except OSError as e:
+    print("refused", e.errno)' "$WORLD_PLAIN_IP" 2>&1)"
+  echo "UDP-Lite datagram to direct.world.test:443 -> $r"
+  check "the lock drops UDP-Lite" eq "$r" "refused 1"
+  check "the lock ends in a DROP of every protocol" sh -c \
+    "ip netns exec $netns iptables-nft-save 2>/dev/null | grep -qx -- '-A PINPROXY_LOCK -j DROP'"
+  # With the chart's UPDATE entry (scenario 1), kubectl debug is judged as an app
+  # container: --profile=netadmin (NET_ADMIN, NET_RAW) is refused, baseline joins
+  # without NET_RAW.
+  if kubectl get mutatingwebhookconfiguration -o jsonpath='{..webhooks[*].name}' 2>/dev/null | grep -q updates.inject.pinproxy.io; then
+    r="$(kubectl -n "$ns" debug legacy-app --image "$APP_IMAGE" --image-pull-policy IfNotPresent \
+      --profile=netadmin -c netadmin -- sleep 600 2>&1 || true)"
+    echo "kubectl debug --profile=netadmin -> $r"
+    check "a netadmin debug container is refused in a transparent pod" matches "$r" 'NET_ADMIN'
+    run kubectl -n "$ns" debug legacy-app --image "$APP_IMAGE" --image-pull-policy IfNotPresent \
+      --profile=baseline -c baseline -- sleep 600
+    drops="$(kubectl -n "$ns" get pod legacy-app -o jsonpath='{.spec.ephemeralContainers[?(@.name=="baseline")].securityContext.capabilities.drop}')"
+    echo "baseline debug container capabilities.drop: $drops"
+    check "a baseline debug container joins without NET_RAW" matches "$drops" 'NET_RAW'
+  else
+    echo "(no updates.inject.pinproxy.io entry: kubectl debug is not judged; run scenario 1 first to check it)"
+  fi
 }
 
 # --- 6: the webhook scaled to 0: failurePolicy as documented ---------------------

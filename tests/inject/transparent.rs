@@ -198,10 +198,11 @@ fn transparent_mode_switches_off_cleanly() {
 }
 
 /// Transparent mode: no app container keeps a way to change UID (a root
-/// process could become pinproxy's UID, which the rules let through):
-/// SETUID and SETGID dropped, no privilege escalation, unless the
-/// securityContext already guarantees it; a container that must keep them
-/// is refused unless the pod says `pinproxy.io/allow-setuid: "true"`.
+/// process could become pinproxy's UID, which the rules let through) or
+/// to send around the rules: SETUID, SETGID and NET_RAW dropped, no
+/// privilege escalation, unless the securityContext already guarantees
+/// it; a container that must keep them is refused unless the pod says
+/// `pinproxy.io/allow-setuid: "true"`.
 #[test]
 fn transparent_mode_takes_the_uid_switch_away() {
     let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
@@ -215,8 +216,8 @@ fn transparent_mode_takes_the_uid_switch_away() {
             .find(|c| c["name"].as_str() == Some(name))
             .unwrap_or_else(|| panic!("no container {name}"))
     };
-    // No securityContext (root by default when runAsUser is unset): both
-    // capabilities dropped, escalation off.
+    // No securityContext (root by default when runAsUser is unset): the
+    // three capabilities dropped, escalation off.
     let out = inject_stream(&input, &opts).unwrap();
     for name in ["app", "migrate"] {
         let sc = &container(&out, name)["securityContext"];
@@ -227,7 +228,7 @@ fn transparent_mode_takes_the_uid_switch_away() {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        assert_eq!(drop, ["SETUID", "SETGID"], "{name}");
+        assert_eq!(drop, ["SETUID", "SETGID", "NET_RAW"], "{name}");
     }
     let sidecar = &container(&out, "pinproxy")["securityContext"];
     assert_eq!(sidecar["runAsUser"].as_u64(), Some(1337), "{out}");
@@ -248,7 +249,7 @@ fn transparent_mode_takes_the_uid_switch_away() {
         "{out}"
     );
     assert!(
-        out.contains("pinproxy.io/uid-lock: app=SETGID+SETUID+allowPrivilegeEscalation\n"),
+        out.contains("pinproxy.io/uid-lock: app=NET_RAW+SETGID+SETUID+allowPrivilegeEscalation\n"),
         "{out}"
     );
 
@@ -325,6 +326,7 @@ fn transparent_mode_refuses_capabilities_that_undo_the_rules() {
     assert!(input.contains(migrate));
     for (cap, does) in [
         ("NET_ADMIN", "iptables rules"),
+        ("CAP_NET_RAW", "AF_PACKET"),
         ("cap_sys_admin", "namespaces"),
         ("SYS_PTRACE", "pinproxy's process"),
         ("BPF", "BPF programs"),
@@ -348,25 +350,128 @@ fn transparent_mode_refuses_capabilities_that_undo_the_rules() {
                 && msg.contains("pinproxy.io/allow-setuid"),
             "{msg}"
         );
-        // The override accepts it as written, with the warning.
+        // The override accepts it as written, with the warning (which
+        // names what the kept NET_RAW costs).
         let allowed = with_allow_setuid(&adds);
         let done = inject_stream_with_warnings(&allowed, &opts).unwrap();
         assert!(
             done.warnings
                 .iter()
-                .any(|w| w.message.contains("egresses around pinproxy")),
+                .any(|w| w.message.contains("egresses around pinproxy")
+                    && w.message.contains("NET_RAW")),
             "{:?}",
             done.warnings
         );
+        assert!(done.output.contains(cap), "{}", done.output);
         // Outside transparent mode the rules are not ours to guard.
         inject_stream(&adds, &options_for("deployment")).unwrap();
     }
     // Capabilities that change neither are left alone.
     let harmless = input.replace(
         migrate,
-        &format!("{migrate}          securityContext:\n            capabilities:\n              add: [NET_BIND_SERVICE, NET_RAW, CHOWN]\n"),
+        &format!("{migrate}          securityContext:\n            capabilities:\n              add: [NET_BIND_SERVICE, CHOWN]\n"),
     );
     inject_stream(&harmless, &opts).unwrap();
+}
+
+/// Review 8: a root app container keeps the runtime's default NET_RAW, and
+/// an `AF_PACKET` socket writes frames that never meet the pod's iptables
+/// rules (redirect and lock alike). Transparent mode drops it from every
+/// app container, records it with the rest, and takes it out again when
+/// transparent mode is switched off or the override is set — also from a
+/// pod injected before NET_RAW was dropped.
+#[test]
+fn transparent_mode_drops_net_raw_and_takes_it_out_again() {
+    let input = std::fs::read_to_string(fixtures().join("transparent.in.yaml")).unwrap();
+    let opts = options_for("transparent");
+    let mut off = options_for("transparent");
+    off.transparent = false;
+    let migrate = "          args: [\"migrate\"]\n";
+    let container = |out: &str, name: &str| -> Value {
+        let doc: Value = serde_yaml::from_str(out).unwrap();
+        let spec = &pod_specs(&doc)[0]["spec"];
+        ["initContainers", "containers"]
+            .iter()
+            .flat_map(|f| spec[*f].as_sequence().cloned().unwrap_or_default())
+            .find(|c| c["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no container {name}"))
+    };
+    let drops = |c: &Value| -> Vec<String> {
+        c["securityContext"]["capabilities"]["drop"]
+            .as_sequence()
+            .map(|l| {
+                l.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // The migrate init container already drops NET_RAW itself: it is not
+    // dropped twice, not recorded for it, and stays when switched off.
+    let own = input.replace(
+        migrate,
+        &format!("{migrate}          securityContext:\n            capabilities:\n              drop: [NET_RAW]\n"),
+    );
+    assert_ne!(own, input);
+    let on = inject_stream(&own, &opts).unwrap();
+    assert_eq!(
+        drops(&container(&on, "app")),
+        ["SETUID", "SETGID", "NET_RAW"]
+    );
+    assert_eq!(
+        drops(&container(&on, "migrate")),
+        ["NET_RAW", "SETUID", "SETGID"]
+    );
+    assert!(
+        on.contains("pinproxy.io/uid-lock: \"app=NET_RAW+SETGID+SETUID+allowPrivilegeEscalation;migrate=SETGID+SETUID+allowPrivilegeEscalation\"\n"),
+        "{on}"
+    );
+    // Injecting again changes nothing.
+    assert_eq!(inject_stream(&on, &opts).unwrap(), on);
+    let back = inject_stream(&on, &off).unwrap();
+    assert!(!back.contains("uid-lock"), "{back}");
+    assert!(!back.contains("SETUID"), "{back}");
+    assert!(
+        container(&back, "app").get("securityContext").is_none(),
+        "{back}"
+    );
+    assert_eq!(drops(&container(&back, "migrate")), ["NET_RAW"]);
+
+    // The override takes out what injection added, NET_RAW included.
+    let overridden = on.replace(
+        "      annotations:\n",
+        "      annotations:\n        pinproxy.io/allow-setuid: \"true\"\n",
+    );
+    assert_ne!(overridden, on);
+    let allowed = inject_stream(&overridden, &opts).unwrap();
+    assert!(!allowed.contains("uid-lock"), "{allowed}");
+    assert!(
+        container(&allowed, "app").get("securityContext").is_none(),
+        "{allowed}"
+    );
+
+    // A pod injected before NET_RAW was dropped (its record lists only the
+    // UID switch): injecting again adds and records NET_RAW; switching off
+    // then takes out all of it.
+    let earlier = on
+        .replace(
+            "app=NET_RAW+SETGID+SETUID+allowPrivilegeEscalation",
+            "app=SETGID+SETUID+allowPrivilegeEscalation",
+        )
+        .replace(
+            "            - SETGID\n            - NET_RAW\n",
+            "            - SETGID\n",
+        );
+    assert_eq!(drops(&container(&earlier, "app")), ["SETUID", "SETGID"]);
+    let upgraded = inject_stream(&earlier, &opts).unwrap();
+    assert_eq!(upgraded, on);
+    let back = inject_stream(&upgraded, &off).unwrap();
+    assert!(
+        container(&back, "app").get("securityContext").is_none(),
+        "{back}"
+    );
 }
 
 /// The lock's UDP options reach the init container's `redirect` args;

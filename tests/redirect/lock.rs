@@ -150,6 +150,12 @@ fn h3_client(pod: &Pod, python: &str, addr: &str, bundle: &str, fallback: bool) 
 /// `needles` (`iptables -L -v -n -x`: how an operator sees kernel drops;
 /// protocols are numbers there: 6 TCP, 17 UDP).
 fn rule_packets(pod: &Pod, program: &str, needles: &[&str]) -> u64 {
+    rule_packets_where(pod, program, needles, &[])
+}
+
+/// The same, for the first rule with every one of `needles` and none of
+/// `not`.
+fn rule_packets_where(pod: &Pod, program: &str, needles: &[&str], not: &[&str]) -> u64 {
     let out = check(
         pod.app
             .command(program)
@@ -157,10 +163,10 @@ fn rule_packets(pod: &Pod, program: &str, needles: &[&str]) -> u64 {
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     text.lines()
-        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .find(|l| needles.iter().all(|n| l.contains(n)) && !not.iter().any(|n| l.contains(n)))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no rule with {needles:?} in:\n{text}"))
+        .unwrap_or_else(|| panic!("no rule with {needles:?} and without {not:?} in:\n{text}"))
 }
 
 #[test]
@@ -366,8 +372,11 @@ fn allow_udp_lets_one_destination_through_and_log_drops_adds_rate_limited_logs()
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(ntp.received(), 3);
     assert_eq!(sink.received(), 0);
-    // The log rule saw both refused datagrams (it only logs, at a limited rate).
-    assert!(rule_packets(&pod, "iptables", &["LOG", " 17 "]) >= 2);
+    // The log rule before the last refusals (every protocol: the lock is
+    // default-deny) saw both refused datagrams (it only logs, at a
+    // limited rate); the TCP one before the reset saw none.
+    assert!(rule_packets_where(&pod, "iptables", &["LOG"], &["tcp flags"]) >= 2);
+    assert_eq!(rule_packets(&pod, "iptables", &["LOG", "tcp flags"]), 0);
 }
 
 /// Connects to argv[1]:argv[2] and prints the server's line, or the error.
@@ -500,3 +509,207 @@ if " 200 " in status + " ":
 else:
     print(status)
 "#;
+
+/// Sends one datagram of another protocol than UDP from inside the pod and
+/// waits 2 s for an answer: argv[1] is `udplite` (IPPROTO_UDPLITE, 136:
+/// any process may open it) or `ping` (an ICMP(v6) echo request with a
+/// payload, on the unprivileged ICMP socket `ping_group_range` opens).
+/// Prints "answered", "silent", "error ERRNO" or "unsupported ERRNO".
+const SEND_OTHER: &str = r#"
+import errno, socket, struct, sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+v6 = ":" in host
+family = socket.AF_INET6 if v6 else socket.AF_INET
+proto = {"udplite": 136, "ping": socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP}[kind]
+name = lambda e: errno.errorcode.get(e.errno, str(e))
+try:
+    s = socket.socket(family, socket.SOCK_DGRAM, proto)
+except OSError as e:
+    print("unsupported", name(e)); sys.exit()
+s.settimeout(2)
+payload = b"tunnelled past the lock?"
+if kind == "ping":
+    payload = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 0, 1) + payload
+try:
+    s.sendto(payload, (host, port))
+except OSError as e:
+    print("error", name(e)); sys.exit()
+try:
+    s.recv(256)
+    print("answered")
+except socket.timeout:
+    print("silent")
+except OSError as e:
+    print("error", name(e))
+"#;
+
+/// A UDP-Lite echo server on port 443, IPv4 and IPv6, that appends a line
+/// to argv[1] for each datagram it hears.
+const UDPLITE_ECHO: &str = r#"
+import socket, sys, threading
+def serve(family, addr):
+    s = socket.socket(family, socket.SOCK_DGRAM, 136)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, 443))
+    while True:
+        d, peer = s.recvfrom(256)
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{peer[0]}\n")
+        s.sendto(d, peer)
+for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    threading.Thread(target=serve, args=(family, addr), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+/// [`SEND_OTHER`] as the app.
+pub(crate) fn send_other(pod: &Pod, kind: &str, host: &str, port: u16) -> String {
+    python_as(
+        &pod.app,
+        APP_UID,
+        SEND_OTHER,
+        &[kind, host, &port.to_string()],
+    )
+}
+
+/// The world's [`UDPLITE_ECHO`]; what it heard is read from `log`.
+pub(crate) fn udplite_echo(pod: &Pod, log: &std::path::Path) -> netns::Proc {
+    spawn_ready(
+        pod.world
+            .command(netns::python())
+            .args(["-I", "-c", UDPLITE_ECHO])
+            .arg(log),
+        "the UDP-Lite echo server",
+    )
+}
+
+/// Lines the UDP-Lite echo server wrote: one per datagram it heard.
+pub(crate) fn heard(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Review 8: the lock listed what it refused (TCP SYNs, UDP), so UDP-Lite
+/// (protocol 136: no privilege needed) and ICMP echo with a payload (where
+/// `ping_group_range` opens it, as Docker and containerd 2.x do for every
+/// pod) left a locked pod unpinned. The lock is default-deny now: both are
+/// refused over IPv4 and IPv6, while DNS to the pod's resolver, the TCP
+/// redirect, pinproxy's own traffic, IPv6 neighbour discovery and the
+/// ICMP errors of the pod's kernel still pass.
+#[test]
+fn the_lock_refuses_every_protocol_it_does_not_let_through() {
+    if netns::skip("the_lock_refuses_every_protocol_it_does_not_let_through") {
+        return;
+    }
+    let pod = Pod::new("proto");
+    let (resolver, other) = (WORLD_V4[0], WORLD_V4[1]);
+    pod.app
+        .etc("resolv.conf", &format!("nameserver {resolver}\n"));
+    // What Docker and containerd 2.x set in every pod: any GID may open
+    // an ICMP echo socket.
+    pod.app.sysctl("net.ipv4.ping_group_range", "0 2147483647");
+    let dir = shared_dir();
+    let log = dir.path().join("udplite.log");
+    let _udplite = udplite_echo(&pod, &log);
+    let pod_dns = udp::dns(
+        &pod.world,
+        format!("{resolver}:53").parse().unwrap(),
+        &[(PINNED, resolver.parse().unwrap())],
+    );
+    let _world = netns::serve(&pod.world, "direct", &[443, 8080]);
+    let redirected: [SocketAddr; 2] = [
+        SocketAddr::from(([127, 0, 0, 1], 15001)),
+        "[::1]:15001".parse().unwrap(),
+    ];
+    let listener = netns::OriginalDstListener::start(&pod.app, &redirected);
+
+    // Without the lock both protocols reach the world and are answered:
+    // what follows is not refused for want of a route.
+    redirect(&pod.app, &[]);
+    for host in [other, WORLD_V6[1]] {
+        assert_eq!(send_other(&pod, "udplite", host, 443), "answered", "{host}");
+        assert_eq!(send_other(&pod, "ping", host, 0), "answered", "{host}");
+    }
+    assert_eq!(heard(&log), 2);
+
+    let out = redirect(&pod.app, &["--lock"]);
+    // Refused at the sender (the drop in OUTPUT fails sendto), and
+    // nothing arrives.
+    for host in [other, WORLD_V6[1]] {
+        assert_eq!(
+            send_other(&pod, "udplite", host, 443),
+            DROPPED_ERRNO,
+            "{host}"
+        );
+    }
+    assert!(out.contains("-A PINPROXY_LOCK -j DROP"), "{out}");
+    assert_eq!(send_other(&pod, "ping", other, 0), DROPPED_ERRNO);
+    // The kernel's ICMPv6 echo socket does not report the drop: no answer.
+    assert_eq!(send_other(&pod, "ping", WORLD_V6[1], 0), "silent");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(heard(&log), 2, "a UDP-Lite datagram left the locked pod");
+    // The lock's last rule counted them, per family.
+    assert!(rule_packets(&pod, "iptables", &["DROP", "0.0.0.0/0"]) >= 2);
+    assert!(rule_packets(&pod, "ip6tables", &["DROP", "::/0"]) >= 2);
+
+    // Still through: DNS to the pod's resolver, the redirect (IPv4 and
+    // IPv6), pinproxy's own connections.
+    let asked = pod_dns.received();
+    assert_eq!(
+        dns_query(&pod, APP_UID, resolver, PINNED),
+        format!("answer {resolver}")
+    );
+    assert_eq!(pod_dns.received(), asked + 1);
+    let app = |host, port| netns::connect(&pod.app, APP_UID, host, port);
+    assert_eq!(app(other, 443), format!("original {other}:443"));
+    assert_eq!(
+        app(WORLD_V6[1], 443),
+        format!("original [{}]:443", WORLD_V6[1])
+    );
+    assert_eq!(listener.accepted(), 2);
+    // IPv6 needs neighbour discovery, which the kernel sends under no
+    // socket's UID: with the neighbour forgotten, pinproxy's own IPv6
+    // connection must solicit it again through the lock.
+    pod.app.ip(&["-6", "neigh", "flush", "dev", "eth0"]);
+    assert_eq!(
+        netns::connect(&pod.app, PROXY_UID, WORLD_V6[0], 8080),
+        format!("direct [{}]:8080", WORLD_V6[0])
+    );
+    assert!(
+        rule_packets(&pod, "ip6tables", &["RETURN", "ipv6-icmptype 135"]) >= 1,
+        "the neighbour solicitation went through its rule"
+    );
+    // The pod's kernel still answers a datagram to a closed port with
+    // ICMP port-unreachable (a client in the world hears ECONNREFUSED).
+    assert_eq!(
+        python_as(&pod.world, 0, ICMP_PROBE, &[netns::APP_V4, "9"]),
+        "ECONNREFUSED"
+    );
+    assert_eq!(
+        python_as(&pod.world, 0, ICMP_PROBE, &[netns::APP_V6, "9"]),
+        "ECONNREFUSED"
+    );
+
+    // Rerunning with the lock changes nothing; --remove opens it again.
+    let v4 = saved_rules(&pod, "iptables-save");
+    redirect(&pod.app, &["--lock"]);
+    assert_eq!(saved_rules(&pod, "iptables-save"), v4);
+    redirect(&pod.app, &["--remove"]);
+    assert_eq!(send_other(&pod, "udplite", other, 443), "answered");
+    assert_eq!(heard(&log), 3);
+}
+
+/// What `send_other` prints when the lock drops the datagram in OUTPUT.
+pub(crate) const DROPPED_ERRNO: &str = "error EPERM";
+
+/// `program` (iptables-save…)'s rules without comments and counters.
+fn saved_rules(pod: &Pod, program: &str) -> String {
+    let out = check(&mut pod.app.command(program));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,23 +1,29 @@
-//! Transparent mode: no app container may become pinproxy.
+//! Transparent mode: no app container may become pinproxy, or send
+//! around the rules.
 //!
 //! The rules let pinproxy's UID through unredirected, so a process that
 //! can switch to that UID egresses around the pins: root with `CAP_SETUID`
 //! (the default when `runAsUser` is unset) calls `setuid(1337)`, and any
 //! process can exec a set-user-ID binary owned by 1337 unless
-//! `no_new_privs` is set. So in transparent mode every app container (and
-//! app init container) gets `capabilities.drop: [SETUID, SETGID]` and
-//! `allowPrivilegeEscalation: false` (no_new_privs), unless its
-//! securityContext already says so (`drop: [ALL]` counts). A container that
-//! must keep them — `privileged: true`, `SETUID`/`SETGID`/`ALL` in
-//! `capabilities.add`, `allowPrivilegeEscalation: true` — is refused,
-//! unless the pod says [`ALLOW_SETUID_ANNOTATION`]: then nothing is changed
-//! and a warning says what that costs.
+//! `no_new_privs` is set. And the rules are iptables `OUTPUT` rules, which
+//! a packet socket never meets: root with `CAP_NET_RAW` (also in the
+//! runtimes' default set) writes whole frames onto `eth0` with `AF_PACKET`,
+//! past the redirect and the lock. So in transparent mode every app
+//! container (and app init container) gets `capabilities.drop: [SETUID,
+//! SETGID, NET_RAW]` and `allowPrivilegeEscalation: false` (no_new_privs),
+//! unless its securityContext already says so (`drop: [ALL]` counts). A
+//! container that must keep them — `privileged: true`, `SETUID`/`SETGID`/
+//! `ALL` in `capabilities.add`, `allowPrivilegeEscalation: true`, or
+//! `NET_RAW` added ([`UNDOES_RULES`]) — is refused, unless the pod says
+//! [`ALLOW_SETUID_ANNOTATION`]: then nothing is changed and a warning says
+//! what that costs.
 //!
 //! The rules live in the network namespace every container of the pod
 //! shares, and pinproxy's process in the PID namespace they may share: an
-//! app container that adds a capability to change either ([`UNDOES_RULES`]:
-//! `NET_ADMIN` deletes the rules, `SYS_PTRACE` takes over pinproxy's process,
-//! …) is refused the same way, under the same override.
+//! app container that adds a capability to change or get around either
+//! ([`UNDOES_RULES`]: `NET_ADMIN` deletes the rules, `NET_RAW` sends around
+//! them, `SYS_PTRACE` takes over pinproxy's process, …) is refused the same
+//! way, under the same override.
 //!
 //! What injection added is recorded in [`RECORD_ANNOTATION`], so turning
 //! transparent mode off (or setting the override) takes exactly that out
@@ -35,12 +41,18 @@ use super::{is_redirect, is_sidecar, InjectError, InjectOptions};
 /// change UID in transparent mode (and so to bypass pinproxy).
 pub const ALLOW_SETUID_ANNOTATION: &str = "pinproxy.io/allow-setuid";
 /// Pod annotation written by injection: which container got which of
-/// `drop: SETUID`, `drop: SETGID`, `allowPrivilegeEscalation: false`, as
-/// `app=SETGID+SETUID+allowPrivilegeEscalation;migrate=SETUID`.
+/// `drop: SETUID`, `drop: SETGID`, `drop: NET_RAW`,
+/// `allowPrivilegeEscalation: false`, as
+/// `app=NET_RAW+SETGID+SETUID+allowPrivilegeEscalation;migrate=SETUID`.
 pub const RECORD_ANNOTATION: &str = "pinproxy.io/uid-lock";
 
 const SETUID: &str = "SETUID";
 const SETGID: &str = "SETGID";
+/// Packet sockets (`AF_PACKET`) and raw IP: the first never meets an
+/// iptables rule.
+const NET_RAW: &str = "NET_RAW";
+/// What injection drops from every app container in transparent mode.
+const DROPPED: [&str; 3] = [SETUID, SETGID, NET_RAW];
 const NO_ESCALATION: &str = "allowPrivilegeEscalation";
 
 /// Per container, what injection added.
@@ -143,9 +155,10 @@ pub(super) fn apply(
     Ok((opts.transparent && allow).then(|| {
         format!(
             "{ALLOW_SETUID_ANNOTATION}: \"true\": the app containers keep the means to change \
-             UID and the capabilities they add; a root process (or a set-user-ID binary) that \
-             becomes UID {}, or one that rewrites the pod's rules (NET_ADMIN), egresses around \
-             pinproxy and the lock",
+             UID, NET_RAW and the capabilities they add; a root process (or a set-user-ID \
+             binary) that becomes UID {}, one that sends raw frames past the pod's rules \
+             (NET_RAW, in the runtime's default set), or one that rewrites them (NET_ADMIN), \
+             egresses around pinproxy and the lock",
             opts.redirect.uid
         )
     }))
@@ -210,8 +223,12 @@ fn caps(c: &Value, list: &str) -> Vec<String> {
 /// Capabilities an app container must not add in transparent mode, and
 /// what each would let it do to the redirect (`ALL`, which holds them too,
 /// is refused as a means to change UID first).
-const UNDOES_RULES: [(&str, &str); 5] = [
+const UNDOES_RULES: [(&str, &str); 6] = [
     ("NET_ADMIN", "delete or rewrite the pod's iptables rules"),
+    (
+        NET_RAW,
+        "send raw frames (AF_PACKET) that no iptables rule of the pod sees",
+    ),
     (
         "SYS_ADMIN",
         "enter other namespaces and change the pod's network",
@@ -252,7 +269,7 @@ fn forbid(c: &mut Mapping, before: Vec<String>) -> Option<Vec<String>> {
     let all = dropped.iter().any(|d| d == "ALL");
     let mut ours = before;
     let sc = child(c, "securityContext")?;
-    for cap in [SETUID, SETGID] {
+    for cap in DROPPED {
         if !all && !dropped.iter().any(|d| d == cap) {
             let caps = child(sc, "capabilities")?;
             let drop = caps
@@ -321,7 +338,7 @@ fn read_record(tmpl: &Mapping) -> Record {
         .and_then(|a| a.get(RECORD_ANNOTATION))
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let known = [SETUID, SETGID, NO_ESCALATION];
+    let known = [SETUID, SETGID, NET_RAW, NO_ESCALATION];
     text.split(';')
         .filter_map(|part| part.split_once('='))
         .map(|(name, items)| {

@@ -24,12 +24,15 @@
 //!        PINPROXY_LOCK:     the same RETURNs, then
 //!                           [LOG, rate-limited: --log-drops]
 //!                           tcp SYN -> REJECT --reject-with tcp-reset
-//!                           udp replies (ctstate ESTABLISHED) -> RETURN
+//!                           tcp (not a SYN) -> RETURN
+//!                           replies (ctstate ESTABLISHED,RELATED) -> RETURN
 //!                           udp -d resolver --dport 53 -> RETURN
 //!                           udp -d --allow-udp CIDR --dport PORT -> RETURN
+//!                           icmp errors TCP needs; v6: + packet-too-big,
+//!                             neighbour/router solicitation -> RETURN
 //!                           [LOG, rate-limited: --log-drops]
 //!                           udp --dport 443 -> REJECT icmp(6)-port-unreachable
-//!                           udp -> DROP
+//!                           everything else -> DROP
 //! ```
 //!
 //! The nat hook runs before filter's, so a redirected connection reaches
@@ -39,9 +42,12 @@
 //! of silently. Only SYNs are rejected, so the replies of connections the
 //! app *accepts* are never touched. UDP cannot be redirected (pinproxy
 //! speaks TCP): the lock keeps DNS to the pod's resolvers and what
-//! `--allow-udp` lists, makes QUIC fail fast so clients fall back to TCP,
-//! and drops the rest ([`udp`]). Other protocols (ICMP, SCTP) are not
-//! locked: none carries TLS to a pinned host.
+//! `--allow-udp` lists, makes QUIC fail fast so clients fall back to TCP
+//! ([`udp`]). Every other protocol (UDP-Lite, SCTP, ICMP echo, …) is
+//! dropped but the ICMP errors and neighbour discovery the kernel needs:
+//! the lock lists what it lets out, not what it refuses (`lock.rs`).
+//! iptables rules never see packet sockets (`AF_PACKET`): injection drops
+//! `CAP_NET_RAW` from app containers for that.
 //!
 //! # All TCP by default
 //!
@@ -99,6 +105,7 @@ use std::process::ExitStatus;
 use std::str::FromStr;
 
 mod apply;
+mod lock;
 mod render;
 mod save;
 pub mod udp;

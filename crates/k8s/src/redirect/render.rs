@@ -2,7 +2,7 @@
 //! namespace from what it holds to exactly the rules of a [`Config`].
 
 use super::{
-    udp, Config, Family, Installed, Ports, Table, LOCK_CHAIN, OUTPUT_CHAIN, REDIRECT_CHAIN,
+    lock, Config, Family, Installed, Ports, Table, LOCK_CHAIN, OUTPUT_CHAIN, REDIRECT_CHAIN,
 };
 
 /// iptables' multiport match takes at most 15 ports.
@@ -44,13 +44,7 @@ pub fn render(cfg: &Config, family: Family, installed: &Installed) -> String {
     // filter: the lock, or whatever an earlier --lock left.
     if cfg.lock {
         let mut rules = exemptions(cfg, family, LOCK_CHAIN);
-        if cfg.udp.log {
-            rules.push(udp::tcp_log_rule(LOCK_CHAIN));
-        }
-        rules.push(format!(
-            "-A {LOCK_CHAIN} -p tcp --syn -j REJECT --reject-with tcp-reset"
-        ));
-        rules.extend(udp::rules(&cfg.udp, family, LOCK_CHAIN));
+        rules.extend(lock::rules(&cfg.udp, family, LOCK_CHAIN));
         table_section(
             &mut out,
             "filter",
@@ -212,11 +206,15 @@ COMMIT
 -A PINPROXY_LOCK -d 127.0.0.0/8 -j RETURN
 -A PINPROXY_LOCK -d 10.96.0.0/12 -j RETURN
 -A PINPROXY_LOCK -p tcp --syn -j REJECT --reject-with tcp-reset
--A PINPROXY_LOCK -p udp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+-A PINPROXY_LOCK -p tcp -j RETURN
+-A PINPROXY_LOCK -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
 -A PINPROXY_LOCK -d 10.96.0.10/32 -p udp -m udp --dport 53 -j RETURN
 -A PINPROXY_LOCK -d 10.0.0.0/8 -p udp -m udp --dport 123 -j RETURN
+-A PINPROXY_LOCK -p icmp -m icmp --icmp-type destination-unreachable -j RETURN
+-A PINPROXY_LOCK -p icmp -m icmp --icmp-type time-exceeded -j RETURN
+-A PINPROXY_LOCK -p icmp -m icmp --icmp-type parameter-problem -j RETURN
 -A PINPROXY_LOCK -p udp -m udp --dport 443 -j REJECT --reject-with icmp-port-unreachable
--A PINPROXY_LOCK -p udp -j DROP
+-A PINPROXY_LOCK -j DROP
 -I OUTPUT 1 -j PINPROXY_LOCK
 COMMIT
 "

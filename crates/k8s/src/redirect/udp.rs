@@ -9,15 +9,17 @@
 //!   lines of `/etc/resolv.conf` when the rules are installed: the init
 //!   container shares the pod's) and to each `--allow-udp CIDR:PORT`;
 //! - let through when it answers a flow that came in (`ctstate
-//!   ESTABLISHED,RELATED`), as the TCP lock lets accepted connections
-//!   answer: a UDP *server* in the pod keeps working;
+//!   ESTABLISHED,RELATED`, for every protocol: `lock.rs`), as the
+//!   TCP lock lets accepted connections answer: a UDP *server* in the pod
+//!   keeps working;
 //! - **rejected with ICMP port-unreachable on port 443**: QUIC clients on
 //!   connected sockets (browsers, curl, quiche, ngtcp2) see the refusal at
 //!   once and fall back to TCP, which is redirected and pinned;
-//! - dropped otherwise. The kernel drops it, so pinproxy's metrics cannot
-//!   see it: `iptables -L PINPROXY_LOCK -v -n` counts packets per rule, and
-//!   `--log-drops` adds a rate-limited `LOG` rule (kernel log, prefix
-//!   `pinproxy-lock: `).
+//! - dropped otherwise, by the lock's last rule, which drops every
+//!   protocol it has not let through. The kernel drops it, so pinproxy's
+//!   metrics cannot see it: `iptables -L PINPROXY_LOCK -v -n` counts
+//!   packets per rule, and `--log-drops` adds a rate-limited `LOG` rule
+//!   (kernel log, prefix `pinproxy-lock: `).
 
 use std::fmt;
 use std::io;
@@ -149,11 +151,9 @@ pub fn read_nameservers(path: &Path) -> io::Result<Vec<IpAddr>> {
 
 // === rendering ===
 
-/// The lock chain's UDP rules for `family`, after the exemptions.
-pub(super) fn rules(udp: &Udp, family: Family, chain: &str) -> Vec<String> {
-    let mut rules = vec![format!(
-        "-A {chain} -p udp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
-    )];
+/// The lock chain's RETURNs for the UDP that passes in `family`.
+pub(super) fn allowed(udp: &Udp, family: Family, chain: &str) -> Vec<String> {
+    let mut rules = Vec::new();
     for ip in udp.resolvers.iter().filter(|ip| Family::of(ip) == family) {
         let host = Cidr::host(*ip);
         rules.push(format!(
@@ -166,25 +166,22 @@ pub(super) fn rules(udp: &Udp, family: Family, chain: &str) -> Vec<String> {
             a.cidr, a.port
         ));
     }
-    if udp.log {
-        rules.push(format!(
-            "-A {chain} -p udp {LOG_LIMIT} -j LOG --log-prefix \"{LOG_PREFIX}\""
-        ));
-    }
+    rules
+}
+
+/// The rule that rejects QUIC loudly instead of dropping it.
+pub(super) fn quic_reject(family: Family, chain: &str) -> String {
     let unreachable = match family {
         Family::V4 => "icmp-port-unreachable",
         Family::V6 => "icmp6-port-unreachable",
     };
-    rules.push(format!(
-        "-A {chain} -p udp -m udp --dport {QUIC_PORT} -j REJECT --reject-with {unreachable}"
-    ));
-    rules.push(format!("-A {chain} -p udp -j DROP"));
-    rules
+    format!("-A {chain} -p udp -m udp --dport {QUIC_PORT} -j REJECT --reject-with {unreachable}")
 }
 
-/// The rate-limited LOG rule before the TCP lock's reset.
-pub(super) fn tcp_log_rule(chain: &str) -> String {
-    format!("-A {chain} -p tcp --syn {LOG_LIMIT} -j LOG --log-prefix \"{LOG_PREFIX}\"")
+/// A rate-limited LOG rule for the packets `matches` (`"-p tcp --syn "`,
+/// or `""` for all) selects: `--log-drops`.
+pub(super) fn log_rule(chain: &str, matches: &str) -> String {
+    format!("-A {chain} {matches}{LOG_LIMIT} -j LOG --log-prefix \"{LOG_PREFIX}\"")
 }
 
 #[cfg(test)]
@@ -237,7 +234,7 @@ options ndots:5
     }
 
     #[test]
-    fn udp_rules_allow_dns_and_listed_destinations_then_reject_quic_then_drop() {
+    fn udp_passes_to_the_resolvers_and_listed_destinations_and_quic_is_rejected() {
         let udp = Udp {
             resolvers: vec!["10.96.0.10".parse().unwrap(), "fd00::a".parse().unwrap()],
             allow: vec![
@@ -247,34 +244,31 @@ options ndots:5
             log: false,
         };
         assert_eq!(
-            rules(&udp, Family::V4, "L"),
+            allowed(&udp, Family::V4, "L"),
             [
-                "-A L -p udp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
                 "-A L -d 10.96.0.10/32 -p udp -m udp --dport 53 -j RETURN",
                 "-A L -d 10.0.0.0/8 -p udp -m udp --dport 123 -j RETURN",
-                "-A L -p udp -m udp --dport 443 -j REJECT --reject-with icmp-port-unreachable",
-                "-A L -p udp -j DROP",
             ]
         );
-        let v6 = rules(&udp, Family::V6, "L");
-        assert!(v6.contains(&"-A L -d fd00::a/128 -p udp -m udp --dport 53 -j RETURN".into()));
-        assert!(v6.contains(&"-A L -d fd00::/8 -p udp -m udp --dport 123 -j RETURN".into()));
-        assert!(v6.contains(
-            &"-A L -p udp -m udp --dport 443 -j REJECT --reject-with icmp6-port-unreachable".into()
-        ));
-        assert!(!v6.iter().any(|r| r.contains("10.")), "{v6:?}");
-
-        let logged = rules(
-            &Udp {
-                log: true,
-                ..Udp::default()
-            },
-            Family::V4,
-            "L",
+        assert_eq!(
+            allowed(&udp, Family::V6, "L"),
+            [
+                "-A L -d fd00::a/128 -p udp -m udp --dport 53 -j RETURN",
+                "-A L -d fd00::/8 -p udp -m udp --dport 123 -j RETURN",
+            ]
         );
-        let log = logged.iter().position(|r| r.contains("-j LOG")).unwrap();
-        let reject = logged.iter().position(|r| r.contains("REJECT")).unwrap();
-        assert!(log < reject, "{logged:?}");
-        assert!(logged[log].contains("-m limit --limit 6/min"), "{logged:?}");
+        assert_eq!(
+            quic_reject(Family::V4, "L"),
+            "-A L -p udp -m udp --dport 443 -j REJECT --reject-with icmp-port-unreachable"
+        );
+        assert_eq!(
+            quic_reject(Family::V6, "L"),
+            "-A L -p udp -m udp --dport 443 -j REJECT --reject-with icmp6-port-unreachable"
+        );
+        assert_eq!(
+            log_rule("L", "-p tcp --syn "),
+            "-A L -p tcp --syn -m limit --limit 6/min --limit-burst 10 -j LOG \
+             --log-prefix \"pinproxy-lock: \""
+        );
     }
 }
