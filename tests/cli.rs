@@ -233,6 +233,17 @@ fn check_key_accepts_a_comma_separated_list() {
     let (code, out, _) = pinproxy(&["check", &pins, "--key", &at("old.pub")]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(": error: bad-signature: "), "{out}");
+    // No signature at all: the error says how one is made.
+    std::fs::remove_file(format!("{pins}.sig")).unwrap();
+    let (code, out, _) = pinproxy(&["check", &pins, "--key", &both]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{pins}: error: bad-signature: the signature file is missing: \
+             `pinproxy sign --key KEY FILE` writes FILE.sig beside the pinset"
+        )),
+        "{out}"
+    );
 }
 
 /// `version --ct-log-list` prints the built-in list *and* the one in use;

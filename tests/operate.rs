@@ -208,6 +208,62 @@ async fn pin_connect_snippet_carries_trust_and_address_and_marks_untrusted() {
     assert!(out.contains(&format!("    address: {addr}\n")), "{out}");
 }
 
+/// A self-signed server (the README's first example) is untrusted by any
+/// CA, and `trust: pin-only` is how it is pinned: the output says so
+/// instead of only "fix trust first". A chain issued by a CA does not get
+/// the hint.
+#[tokio::test]
+async fn pin_connect_points_a_self_signed_server_at_pin_only() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["self.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(
+        rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+    );
+    let up = upstream(vec![cert.der().clone()], key_der, UpstreamOpts::new("self")).await;
+    let addr = up.addr.to_string();
+    let args = [
+        "pin".to_string(),
+        "--connect".into(),
+        format!("self.test:{}", up.addr.port()),
+        "--address".into(),
+        addr,
+    ];
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pinproxy(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("# UNTRUSTED chain: do not paste"), "{out}");
+    assert!(
+        out.contains("# SELF-SIGNED: the server presents one certificate it issued itself")
+            && out.contains("`trust: pin-only`"),
+        "{out}"
+    );
+
+    // Untrusted, but issued by a CA: no pin-only hint.
+    let support::LiveServer { up, dir: _dir, .. } = support::live_server().await;
+    let args = [
+        "pin".to_string(),
+        "--connect".into(),
+        format!("live.test:{}", up.addr.port()),
+        "--address".into(),
+        up.addr.to_string(),
+    ];
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pinproxy(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("SELF-SIGNED"), "{out}");
+}
+
 /// `pin --connect IP:PORT --servername NAME`: the snippet is keyed by the
 /// name, so it carries `address:` (pasted without it, pinproxy would
 /// resolve the name instead of dialing the server tested); another DNS

@@ -313,11 +313,21 @@ fn transparency(c: &PathChecks) -> Vec<(String, bool)> {
 
 /// Every pin on the validated paths (leaf first) with its place: the leaf,
 /// an intermediate, the trust anchor; ordered leaf, intermediates, anchors,
-/// each once. Under pin-only the one path is the leaf alone.
+/// each once. Under pin-only the one path is the leaf alone. A server that
+/// sends its root along gets a path with the root twice, as presented and
+/// as the anchor (same key): it is the anchor, not an intermediate.
 fn placed(paths: &[Vec<Pin>]) -> Vec<(Pin, Position)> {
+    let paths: Vec<Vec<Pin>> = paths
+        .iter()
+        .map(|path| {
+            let mut path = path.clone();
+            path.dedup();
+            path
+        })
+        .collect();
     let mut out: Vec<(Pin, Position)> = Vec::new();
     for want in Position::ALL {
-        for path in paths {
+        for path in &paths {
             let last = path.len().saturating_sub(1);
             for (i, pin) in path.iter().enumerate() {
                 let at = match i {
@@ -436,5 +446,24 @@ mod tests {
             ]
         );
         assert_eq!(placed(&[vec![pin(9)]]), vec![(pin(9), Position::Leaf)]);
+    }
+
+    #[test]
+    fn a_root_the_server_sends_along_is_the_anchor() {
+        // webpki's path for a server sending leaf + its root: the root as
+        // presented, then the same root (same key) as the trust anchor.
+        let pin = |b: u8| Pin::from_bytes([b; 32]);
+        assert_eq!(
+            placed(&[vec![pin(1), pin(3), pin(3)]]),
+            vec![(pin(1), Position::Leaf), (pin(3), Position::Anchor)]
+        );
+        assert_eq!(
+            placed(&[vec![pin(1), pin(2), pin(3), pin(3)]]),
+            vec![
+                (pin(1), Position::Leaf),
+                (pin(2), Position::Intermediate),
+                (pin(3), Position::Anchor)
+            ]
+        );
     }
 }

@@ -176,6 +176,20 @@ fn pin_connect(target: &str, args: &PinArgs) -> Result<(), Error> {
                      this trust; the snippet below pins the chain *as presented*, unvalidated. \
                      Fix trust (--ca-file / trust:) first, then pin from a validated chain."
                 );
+                let presented = seen.presented_info();
+                if let [only] = presented.as_slice() {
+                    if only.subject == only.issuer {
+                        // A self-signed internal service: no CA will ever
+                        // validate it, and pin-only is the way to pin it.
+                        outln!(
+                            "# SELF-SIGNED: the server presents one certificate it issued \
+                             itself. If you trust this service by its key alone, pin its leaf \
+                             with `trust: pin-only` (no CA validation; the name is still \
+                             checked): the snippet's pin, `trust: pin-only` instead of a CA, \
+                             and a backup key's pin (`pinproxy pin next.key`)."
+                        );
+                    }
+                }
                 out!(
                     "{}",
                     snippet.render(&seen.presented_info(), Some(Invalid::Untrusted))

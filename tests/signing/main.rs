@@ -454,6 +454,16 @@ async fn a_restart_with_state_dir_keeps_the_floor() {
     let ready = admin(&run, "/readyz").await;
     assert_eq!(ready.status, 503);
     assert!(ready.body.contains("rollback"), "{}", ready.body);
+    // Nothing is in force: the floor is named as what it is.
+    assert!(
+        ready.body.contains(
+            "serial 4 is lower than the serial kept in --state-dir (5, applied by this pod \
+             before this start)"
+        ),
+        "{}",
+        ready.body
+    );
+    assert!(!ready.body.contains("serial in force"), "{}", ready.body);
     assert_eq!(fetch(&run).await.error(), Some("no-pinset"));
     assert_eq!(reloads(&run, "rollback").await, 1);
     eprintln!("| replay across a restart, --state-dir | refused: rollback, not ready | 0 (floor 5 kept) |");

@@ -168,7 +168,7 @@ async fn the_webhook_refuses_unsigned_badly_signed_and_rolled_back_pinsets() {
     assert!(
         printed.ends_with(
             "denied the request: pinproxy: pins.yaml is not signed: the object has no pins.yaml.sig entry \
-             (cosign sign-blob --key cosign.key pins.yaml > pins.yaml.sig, or pinproxy sign --key KEY pins.yaml)"
+             (cosign sign-blob --key cosign.key --tlog-upload=false pins.yaml > pins.yaml.sig, or pinproxy sign --key KEY pins.yaml)"
         ),
         "{printed}"
     );

@@ -129,7 +129,7 @@ fn message(keys: &KeyRing, refusal: &Refusal) -> String {
     match refusal {
         Refusal::BadSignature(VerifyError::Missing) => format!(
             "pinproxy: {PINS_KEY} is not signed: the object has no {SIG_KEY} entry \
-             (cosign sign-blob --key cosign.key {PINS_KEY} > {SIG_KEY}, \
+             (cosign sign-blob --key cosign.key --tlog-upload=false {PINS_KEY} > {SIG_KEY}, \
              or pinproxy sign --key KEY {PINS_KEY})"
         ),
         Refusal::BadSignature(VerifyError::NoKeyVerifies { shape, .. }) => {

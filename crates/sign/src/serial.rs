@@ -38,8 +38,13 @@ pub struct Floor {
 /// Where a floor comes from: what the refusal says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// A pinset applied (in memory, or kept in `--state-dir`).
+    /// A pinset applied since this start (or, at admission, the object
+    /// replaced).
     InForce,
+    /// Read from `--state-dir` at start: what this pod applied before this
+    /// start. Nothing of it is in force yet, so the refusal must not say
+    /// "the serial in force".
+    Kept,
     /// `--pinset-min-serial`.
     Minimum,
 }
@@ -61,6 +66,17 @@ pub enum RollbackError {
         serial: Serial,
         sha256: Sha256,
         in_force_sha256: Sha256,
+    },
+    /// Below the floor read from `--state-dir`, before anything is in force.
+    #[error(
+        "serial {serial} is lower than the serial kept in --state-dir ({kept}, applied by this pod before this start): a rollback is refused"
+    )]
+    LowerThanKept { serial: Serial, kept: Serial },
+    #[error("serial {serial} is the serial kept in --state-dir (applied by this pod before this start) with other content (sha256 {sha256}, kept {kept_sha256}): a changed pinset needs a higher serial")]
+    KeptSerialDifferentContent {
+        serial: Serial,
+        sha256: Sha256,
+        kept_sha256: Sha256,
     },
 }
 
@@ -126,6 +142,21 @@ impl Floor {
         }
     }
 
+    /// This floor as read from `--state-dir` at start: its refusals name
+    /// the state directory, not a pinset in force.
+    pub fn kept(self) -> Self {
+        Floor {
+            origin: Origin::Kept,
+            ..self
+        }
+    }
+
+    /// Whether `other` is the same floor (serial and content), wherever
+    /// each came from.
+    pub fn same_as(&self, other: &Floor) -> bool {
+        self.serial == other.serial && self.sha256 == other.sha256
+    }
+
     /// The minimum serial (`--pinset-min-serial`): a lower serial is a
     /// rollback, the minimum itself with any content is not.
     pub fn minimum(serial: Serial) -> Self {
@@ -169,6 +200,10 @@ impl Floor {
                     serial,
                     in_force: self.serial,
                 },
+                Origin::Kept => RollbackError::LowerThanKept {
+                    serial,
+                    kept: self.serial,
+                },
                 Origin::Minimum => RollbackError::BelowMinimum {
                     serial,
                     minimum: self.serial,
@@ -176,13 +211,18 @@ impl Floor {
             });
         }
         match &self.sha256 {
-            Some(in_force) if serial == self.serial && in_force != sha256 => {
-                Err(RollbackError::SameSerialDifferentContent {
+            Some(held) if serial == self.serial && held != sha256 => Err(match self.origin {
+                Origin::Kept => RollbackError::KeptSerialDifferentContent {
                     serial,
                     sha256: *sha256,
-                    in_force_sha256: *in_force,
-                })
-            }
+                    kept_sha256: *held,
+                },
+                Origin::InForce | Origin::Minimum => RollbackError::SameSerialDifferentContent {
+                    serial,
+                    sha256: *sha256,
+                    in_force_sha256: *held,
+                },
+            }),
             _ => Ok(()),
         }
     }
@@ -305,6 +345,35 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_floor_kept_in_the_state_dir_is_not_called_in_force() {
+        // At start nothing is in force: the floor is what the pod applied
+        // before, read from --state-dir, and the refusal says so.
+        let kept = Floor::new(serial(7), Sha256::of(b"a")).kept();
+        assert_eq!(
+            kept.check(serial(6), &Sha256::of(b"b"))
+                .unwrap_err()
+                .to_string(),
+            "serial 6 is lower than the serial kept in --state-dir (7, applied by this pod \
+             before this start): a rollback is refused"
+        );
+        let err = kept.check(serial(7), &Sha256::of(b"b")).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "serial 7 is the serial kept in --state-dir (applied by this pod before this \
+                 start) with other content (sha256 "
+            ),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("in force"), "{err}");
+        assert_eq!(kept.check(serial(7), &Sha256::of(b"a")), Ok(()));
+        assert!(kept.same_as(&Floor::new(serial(7), Sha256::of(b"a"))));
+        assert!(!kept.is_minimum());
+        // Raised by the minimum, the minimum speaks.
+        let raised = Floor::at_least(Some(kept), Some(serial(9))).expect("a floor");
+        assert!(raised.is_minimum());
     }
 
     #[test]

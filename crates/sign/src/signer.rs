@@ -60,7 +60,7 @@ pub enum SignError {
     NoPem,
     #[error("the private key file holds {0} PEM blocks; give exactly one key")]
     SeveralPem(usize),
-    #[error("this is a cosign private key ({label}); sign with `cosign sign-blob --key cosign.key FILE`, or use a PKCS#8 key (`pinproxy keygen` writes one)")]
+    #[error("this is a cosign private key ({label}); sign with `cosign sign-blob --key cosign.key --tlog-upload=false FILE > FILE.sig`, or use a PKCS#8 key (`pinproxy keygen` writes one)")]
     CosignKey { label: String },
     #[error("this is an encrypted PKCS#8 key; pinproxy reads unencrypted PKCS#8 or SEC1 PEM (`openssl pkcs8 -in KEY -out PLAIN.key` decrypts it)")]
     Encrypted,

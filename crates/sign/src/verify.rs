@@ -37,7 +37,10 @@ pub struct Verified {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
-    #[error("the signature file is missing")]
+    #[error(
+        "the signature file is missing: `pinproxy sign --key KEY FILE` writes FILE.sig beside \
+         the pinset (or `cosign sign-blob --key cosign.key --tlog-upload=false FILE > FILE.sig`)"
+    )]
     Missing,
     #[error("the signature file is empty")]
     Empty,

@@ -79,7 +79,7 @@ fn an_unsigned_object_is_denied_with_how_to_sign() {
     assert_eq!(
         message,
         "pinproxy: pins.yaml is not signed: the object has no pins.yaml.sig entry \
-         (cosign sign-blob --key cosign.key pins.yaml > pins.yaml.sig, \
+         (cosign sign-blob --key cosign.key --tlog-upload=false pins.yaml > pins.yaml.sig, \
          or pinproxy sign --key KEY pins.yaml)"
     );
 }

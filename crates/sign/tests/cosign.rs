@@ -241,7 +241,8 @@ fn a_cosign_private_key_is_refused_with_a_pointer_to_cosign() {
     assert_eq!(
         err.to_string(),
         "this is a cosign private key (ENCRYPTED SIGSTORE PRIVATE KEY); sign with \
-         `cosign sign-blob --key cosign.key FILE`, or use a PKCS#8 key (`pinproxy keygen` writes one)"
+         `cosign sign-blob --key cosign.key --tlog-upload=false FILE > FILE.sig`, or use a PKCS#8 key \
+         (`pinproxy keygen` writes one)"
     );
     // And as a public key, a private key file is named for what it is.
     let err = PublicKey::from_pem(&s.read("cosign.key")).unwrap_err();

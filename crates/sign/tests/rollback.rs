@@ -99,20 +99,35 @@ fn the_floor_survives_a_restart_in_the_state_dir() {
     let restarted = StateDir::new(dir.path());
     let floor = restarted.load().expect("load").expect("a floor");
     assert_eq!(floor.serial().get(), 7);
+    // Nothing is in force yet after the restart: the refusals name the
+    // state directory the floor came from, not "the serial in force".
+    match s.reload(&pinset(6, ""), Some(&floor)) {
+        Err(Refusal::Rollback {
+            source: RollbackError::LowerThanKept { serial, kept },
+            ..
+        }) => assert_eq!((serial.get(), kept.get()), (6, 7)),
+        other => panic!("replay after restart: {other:?}"),
+    }
+    let err = s
+        .reload(&pinset(7, "# edited\n"), Some(&floor))
+        .expect_err("same serial, other bytes, after restart");
     assert!(
-        s.reload(&pinset(6, ""), Some(&floor)).is_err(),
-        "replay after restart"
+        matches!(
+            err,
+            Refusal::Rollback {
+                source: RollbackError::KeptSerialDifferentContent { .. },
+                ..
+            }
+        ),
+        "{err}"
     );
-    assert!(
-        s.reload(&pinset(7, "# edited\n"), Some(&floor)).is_err(),
-        "same serial, other bytes, after restart"
-    );
+    assert!(err.to_string().contains("kept in --state-dir"), "{err}");
     s.reload(&v7, Some(&floor))
         .expect("the same pinset re-delivered");
     let v9 = pinset(9, "");
     let floor = s.reload(&v9, Some(&floor)).expect("v9");
     restarted.store(&floor).expect("store over the old floor");
-    assert_eq!(restarted.load().expect("load"), Some(floor));
+    assert_eq!(restarted.load().expect("load"), Some(floor.kept()));
 }
 
 #[test]
@@ -144,12 +159,15 @@ fn a_corrupt_state_file_is_an_error_never_no_floor() {
 
     // The running process still holds its floor and writes it back whole.
     state.store(&floor).expect("store over the damaged file");
-    assert_eq!(state.load().expect("load"), Some(floor));
+    assert_eq!(state.load().expect("load"), Some(floor.kept()));
 
     // An operator may set a floor by hand with the serial alone.
     fs::write(state.path(), "12\n").expect("hand-written");
     let hand = state.load().expect("load").expect("a floor");
-    assert_eq!(hand, Floor::serial_only(Serial::new(12).expect("positive")));
+    assert_eq!(
+        hand,
+        Floor::serial_only(Serial::new(12).expect("positive")).kept()
+    );
 }
 
 #[test]

@@ -228,7 +228,7 @@ impl Signing {
         let raised = {
             let mut held = self.lock();
             let raised = match *held {
-                Held::Known(Some(f)) => f != floor,
+                Held::Known(Some(f)) => !f.same_as(&floor),
                 _ => true,
             };
             *held = Held::Known(Some(floor));
