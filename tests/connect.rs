@@ -595,3 +595,65 @@ async fn an_intercepted_h2_connection_idles_out_while_it_only_pings() {
         "an h2 connection that only pinged stayed open past --tunnel-idle-timeout"
     );
 }
+
+/// Reads one h2 frame: (type, flags, stream, payload).
+async fn h2_frame(s: &mut TlsStream<TcpStream>) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.expect("an h2 frame header");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)
+        .await
+        .expect("an h2 frame payload");
+    (head[3], head[4], stream, payload)
+}
+
+/// The h2 server inside a tunnel (review 9): windows for request bodies of
+/// 1 MiB (stream and connection, stated, not left to hyper); the header
+/// list limit of HTTP/1.1 (64 KiB + 4 KiB of slack), not hyper's 16 KiB.
+#[tokio::test]
+async fn the_tunnels_h2_server_advertises_bounded_windows_and_the_head_limit() {
+    let (_pki, _up, p) = setup(&[], UpstreamOpts::new("h2").h2_only()).await;
+    let mut s = tunnel(&p, &[b"h2"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The client preface and an empty SETTINGS.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface written");
+    let mut settings = std::collections::HashMap::new();
+    let mut conn_window: u64 = 65_535;
+    let read = async {
+        // The server's SETTINGS come first; its connection WINDOW_UPDATE
+        // and the ACK of ours follow.
+        let mut acked = false;
+        while settings.is_empty() || conn_window == 65_535 || !acked {
+            let (kind, flags, stream, payload) = h2_frame(&mut s).await;
+            match kind {
+                0x4 if flags & 0x1 == 0 => {
+                    for e in payload.chunks_exact(6) {
+                        let id = u16::from_be_bytes([e[0], e[1]]);
+                        let v = u32::from_be_bytes([e[2], e[3], e[4], e[5]]);
+                        settings.insert(id, v);
+                    }
+                }
+                0x4 => acked = true,
+                0x8 if stream == 0 => {
+                    let [a, b, c, d] = payload[..] else {
+                        panic!("a WINDOW_UPDATE of {} bytes", payload.len());
+                    };
+                    conn_window += u64::from(u32::from_be_bytes([a, b, c, d]) & 0x7fff_ffff);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("SETTINGS, a WINDOW_UPDATE and an ACK within 5 s");
+    // 0x3 MAX_CONCURRENT_STREAMS, 0x4 INITIAL_WINDOW_SIZE, 0x6 MAX_HEADER_LIST_SIZE.
+    assert_eq!(settings.get(&0x3), Some(&100), "{settings:?}");
+    assert_eq!(settings.get(&0x4), Some(&(1024 * 1024)), "{settings:?}");
+    assert_eq!(settings.get(&0x6), Some(&(68 * 1024)), "{settings:?}");
+    assert_eq!(conn_window, 1024 * 1024);
+}

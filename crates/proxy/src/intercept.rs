@@ -29,6 +29,21 @@ use pinproxy_reason::Reason;
 /// `MAX_CONCURRENT_STREAMS`); more are refused by the h2 layer.
 pub const MAX_STREAMS: u32 = 100;
 
+/// Response bytes h2 queues per stream beyond what the client has read
+/// (hyper: 400 KiB). A client that opens its windows wide and stops reading
+/// holds at most this per stream, 6.4 MiB per tunnel at `MAX_STREAMS`.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
+/// The windows pinproxy opens to the client for request bodies, stated
+/// rather than left to hyper's defaults (the same 1 MiB each). Request
+/// bytes pinproxy has not yet sent upstream are bounded per tunnel by the
+/// connection window, so a smaller stream window saves no memory; it costs
+/// uploads round trips: a 50 MiB upload through a tunnel on a CPU-contended
+/// loopback ran at 19-34 MiB/s with 64 KiB stream windows (Envoy's edge
+/// value), 28-32 with 256 KiB, 65-70 with 1 MiB (review 9's measurement).
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// Terminates the client's TLS on `io` and serves it until it closes or
 /// idles out.
 pub async fn serve<IO>(
@@ -105,6 +120,13 @@ pub async fn serve<IO>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        .max_send_buf_size(SEND_BUFFER)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // The same head limit as HTTP/1.1 in the tunnel, the parser's
+        // (hyper's h2 default is 16 KiB: h2 heads of 16-64 KiB got a bare
+        // 431 that HTTP/1.1 let through).
+        .max_header_list_size(super::h2_header_list(&ctx.limits))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -17,6 +17,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::crypto::CryptoProvider;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -30,6 +31,12 @@ use prometheus::IntCounterVec;
 /// How long a minted leaf is valid, and when the cache re-mints it.
 const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 const LEAF_REFRESH: Duration = Duration::from_secs(12 * 3600);
+
+/// Resumable sessions kept for all minted leaves together (rustls keeps
+/// 256 per config by default: ~70 KiB per leaf, ~90 MiB at a full leaf
+/// cache, review 9). Two TLS 1.3 tickets per full handshake; measured
+/// ~0.8 MiB when full. Past it the oldest go: a full handshake, not a fault.
+const SESSIONS: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,12 +64,26 @@ pub struct Intercept {
     cache: Mutex<LeafCache>,
     /// `pinproxy_intercept_leaf_certificates_total{result}`.
     minted: IntCounterVec,
+    /// One bounded session store behind every minted config, each config
+    /// seeing only its own host's part of it (`Sessions`).
+    sessions: Arc<ServerSessionMemoryCache>,
 }
 
 impl std::fmt::Debug for Intercept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Intercept").finish_non_exhaustive()
     }
+}
+
+/// A minted config's view of the shared session store: keys are prefixed
+/// with the host, so a session (or TLS 1.3 ticket) issued under one minted
+/// leaf is never found under another. rustls refuses a resumption whose SNI
+/// differs, but IP hosts have no SNI, and which config serves a connection
+/// is pinproxy's choice (the CONNECT target), not the client's.
+#[derive(Debug)]
+struct Sessions {
+    prefix: Vec<u8>,
+    store: Arc<ServerSessionMemoryCache>,
 }
 
 struct LeafCache {
@@ -188,6 +209,7 @@ impl Intercept {
                 order: VecDeque::new(),
             }),
             minted,
+            sessions: ServerSessionMemoryCache::new(SESSIONS),
         }
     }
 
@@ -325,7 +347,46 @@ impl Intercept {
             .with_single_cert(chain, key_der)
             .map_err(|e| fail(e.to_string()))?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.session_storage = Arc::new(Sessions::new(host, self.sessions.clone()));
         Ok(cfg)
+    }
+}
+
+// === impl Sessions ===
+
+impl Sessions {
+    fn new(host: &Host, store: Arc<ServerSessionMemoryCache>) -> Self {
+        // Length-prefixed, so no host's prefix is the start of another's.
+        let name = host.to_string().into_bytes();
+        let mut prefix = Vec::with_capacity(name.len() + 2);
+        prefix.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes());
+        prefix.extend_from_slice(&name);
+        Self { prefix, store }
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl StoresServerSessions for Sessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.store.put(self.key(&key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.get(&self.key(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.take(&self.key(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        self.store.can_cache()
     }
 }
 
@@ -381,6 +442,7 @@ pub fn refusing_config(provider: Arc<CryptoProvider>) -> Option<Arc<ServerConfig
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::ServerName;
 
     #[test]
     fn cache_reuses_and_stays_bounded() {
@@ -397,6 +459,116 @@ mod tests {
         assert_eq!(i.cached_leaves(), 2);
         let a2 = i.server_config(&a).unwrap();
         assert!(!Arc::ptr_eq(&first, &a2), "the oldest entry was evicted");
+    }
+
+    /// Any name's ticket, offered for any name: what a confused or hostile
+    /// client could do. rustls' own client keys tickets by name.
+    #[derive(Debug, Default)]
+    struct AnyTicket(Mutex<Vec<rustls::client::Tls13ClientSessionValue>>);
+
+    impl rustls::client::ClientSessionStore for AnyTicket {
+        fn set_kx_hint(&self, _: ServerName<'static>, _: rustls::NamedGroup) {}
+        fn kx_hint(&self, _: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+            None
+        }
+        fn set_tls12_session(
+            &self,
+            _: ServerName<'static>,
+            _: rustls::client::Tls12ClientSessionValue,
+        ) {
+        }
+        fn tls12_session(
+            &self,
+            _: &ServerName<'_>,
+        ) -> Option<rustls::client::Tls12ClientSessionValue> {
+            None
+        }
+        fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+        fn insert_tls13_ticket(
+            &self,
+            _: ServerName<'static>,
+            value: rustls::client::Tls13ClientSessionValue,
+        ) {
+            self.0.lock().unwrap().push(value);
+        }
+        fn take_tls13_ticket(
+            &self,
+            _: &ServerName<'static>,
+        ) -> Option<rustls::client::Tls13ClientSessionValue> {
+            self.0.lock().unwrap().pop()
+        }
+    }
+
+    /// A handshake in memory, pumped until the client has read the
+    /// server's tickets; returns how the client saw it end.
+    fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> rustls::HandshakeKind {
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut c = rustls::ClientConnection::new(client, name).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..8 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets().unwrap();
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        c.handshake_kind().unwrap()
+    }
+
+    /// Minted configs share one session store, but a session issued under
+    /// one host's leaf resumes only under that host: never under another
+    /// name (rustls checks the SNI too) nor another IP (no SNI to check).
+    #[test]
+    fn sessions_resume_only_under_the_host_that_issued_them() {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let provider = crate::provider();
+        let minted =
+            IntCounterVec::new(prometheus::Opts::new("minted", "test"), &["result"]).unwrap();
+        let i = Intercept::generate(provider.clone(), minted, 8).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(i.ca_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        for (a, b) in [("a.test", "b.test"), ("10.0.0.1", "10.0.0.2")] {
+            let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            client.resumption = rustls::client::Resumption::store(Arc::new(AnyTicket::default()));
+            let client = Arc::new(client);
+            let cfg_a = i.server_config(&Host::parse(a).unwrap()).unwrap();
+            let cfg_b = i.server_config(&Host::parse(b).unwrap()).unwrap();
+            assert_eq!(handshake(cfg_a.clone(), client.clone(), a), Full, "{a}");
+            assert_eq!(
+                handshake(cfg_a.clone(), client.clone(), a),
+                Resumed,
+                "{a}: a minted leaf still resumes its own sessions"
+            );
+            assert_eq!(
+                handshake(cfg_b.clone(), client.clone(), b),
+                Full,
+                "{b} must not resume {a}'s session"
+            );
+        }
     }
 
     /// `ca-bundle.crt` is written from `webpki-root-certs` while the

@@ -267,15 +267,16 @@ impl Connector {
                 .collect::<Vec<_>>()
                 .join(", ");
             let why = if addrs.iter().any(|a| egress::is_own(a, &self.own_addrs)) {
-                "is pinproxy's own listener"
+                format!("is pinproxy's own listener ({list})")
             } else {
-                "resolves only to private, loopback or link-local addresses"
+                // Say what the operator can do: the guard is deliberate.
+                format!(
+                    "resolves only to private, loopback or link-local addresses ({list}), which \
+                     unlisted hosts may not reach: give it an entry in the pinset, list it under \
+                     passthrough: (an in-cluster service), or set defaults.allow_private: true"
+                )
             };
-            return Err(UpstreamError::new(
-                Failure::PrivateAddress,
-                host,
-                format!("{why} ({list})"),
-            ));
+            return Err(UpstreamError::new(Failure::PrivateAddress, host, why));
         }
         Ok(allowed)
     }

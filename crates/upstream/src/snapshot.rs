@@ -21,6 +21,16 @@ use pinproxy_policy::Policy;
 use pinproxy_tls::ct::LogListInForce;
 use pinproxy_tls::verify::{self, PinVerifier};
 
+/// hyper's HTTP/1.1 read buffer for upstream connections (hyper: ~408 KiB),
+/// which holds a response head while it arrives and response bytes a slow
+/// client has not taken yet (review 9: ~1 MiB per stalled client). It also
+/// bounds response heads from HTTP/1.1 upstreams: one still unfinished past
+/// it is `upstream-tls-error` (hyper's buffer grows by doubling, so a head
+/// arriving at once may parse up to ~112 KiB). 64 KiB: the request-head
+/// limit, four times what h2 upstreams already get (hyper's h2 client,
+/// 16 KiB), about Envoy's `max_response_headers_kb` (60 KiB).
+pub const READ_BUFFER: usize = 64 * 1024;
+
 /// A request body sent upstream: the client's own (watched for faults), or
 /// empty (a retry of a bodiless request).
 pub type UpBody = http_body_util::Either<RequestBody, http_body_util::Empty<bytes::Bytes>>;
@@ -279,6 +289,7 @@ impl Snapshot {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http1_max_buf_size(READ_BUFFER)
             .pool_idle_timeout(shared.timeouts.pool_idle)
             .pool_max_idle_per_host(IDLE_PER_HOST)
             .build(connector.clone());
@@ -297,6 +308,7 @@ impl Snapshot {
         let plain = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http1_max_buf_size(READ_BUFFER)
             .pool_idle_timeout(shared.timeouts.pool_idle)
             .pool_max_idle_per_host(IDLE_PER_HOST)
             .set_host(false)
@@ -307,6 +319,7 @@ impl Snapshot {
         let unlisted_plain = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http1_max_buf_size(READ_BUFFER)
             .pool_idle_timeout(shared.timeouts.pool_idle)
             .pool_max_idle_per_host(IDLE_PER_HOST)
             .build(Plain {
