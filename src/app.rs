@@ -15,18 +15,20 @@ use crate::control::admin::{self, Admin};
 use crate::control::drift::Drift;
 use crate::control::learn;
 use crate::control::logs::LogLimiter;
-use crate::control::metrics::Metrics;
+use crate::control::metrics::{Budgets, Metrics};
 use crate::control::reload::{self, Hangups, Signing, Watcher};
 use crate::control::reports::{self, Reporter};
 use crate::control::telemetry::{Sinks, Telemetry};
 use crate::control::{Live, Readiness, Reloader};
 use crate::policy::{self, Policy};
+use crate::proxy::overload::{self, MaxMemory};
 use crate::proxy::{self, transparent, Limits};
 use crate::sign::{KeyRing, Serial, StateDir};
 use crate::tls::ca::{self, Intercept};
 use crate::upstream::{Options, Shared, Snapshot};
 
 mod files;
+mod memory;
 
 /// Everything a running proxy is built from.
 #[derive(Clone, Debug)]
@@ -45,6 +47,9 @@ pub struct Config {
     pub ca_bundle_extra: Vec<PathBuf>,
     pub leaf_cache: usize,
     pub limits: Limits,
+    /// Resident memory past which new work is refused `overloaded`
+    /// (`--max-memory`; `auto` reads the container's limit at build).
+    pub max_memory: MaxMemory,
     pub upstream: Options,
     /// Watch the pinset's directory (and its bundles') for changes.
     pub watch: bool,
@@ -97,6 +102,7 @@ impl Default for Config {
             ca_bundle_extra: Vec::new(),
             leaf_cache: 1024,
             limits: Limits::default(),
+            max_memory: MaxMemory::Auto,
             upstream: Options::default(),
             watch: true,
             sighup: true,
@@ -163,6 +169,13 @@ pub enum Error {
          floor at every restart)"
     )]
     StateDir { path: PathBuf, why: String },
+    #[error(
+        "--max-memory {limit} bytes is not above what pinproxy already holds at start \
+         ({resident} bytes resident): every connection and request would be refused \
+         overloaded from the first sample on; give a limit well above it (PINPROXY_MAX_MEMORY, \
+         e.g. 110Mi under a 128Mi container limit), or 0 for off"
+    )]
+    MaxMemoryTooLow { limit: u64, resident: u64 },
 }
 
 /// The flags that choose each listener's address, as a port clash names them.
@@ -191,6 +204,8 @@ pub struct App {
     admin_listener: TcpListener,
     transparent: Vec<TcpListener>,
     ctx: Arc<proxy::Context>,
+    /// The memory guard's limit, bytes (`None`: off).
+    memory_limit: Option<u64>,
     admin: Admin,
     admin_options: admin::Options,
     watcher: Option<Watcher>,
@@ -350,11 +365,18 @@ impl App {
             config.upstream.clone(),
             own_addrs,
         );
+        metrics.watch_capacity(Budgets {
+            connections: config.limits.max_connections.max(1),
+            upstream: shared.budget.clone(),
+            lookups: shared.lookups.clone(),
+        });
         let sinks = telemetry.sinks.clone();
         let (live, publisher) = Live::new(
             Snapshot::build(policy, ct_list, generation, &shared)?,
             &telemetry,
         );
+        let memory_limit = memory::guard_limit(config.max_memory, overload::resident().ok())
+            .map_err(|(limit, resident)| Error::MaxMemoryTooLow { limit, resident })?;
         let ctx = Arc::new(proxy::Context {
             live: live.clone(),
             metrics: metrics.clone(),
@@ -364,6 +386,7 @@ impl App {
             provider: shared.provider.clone(),
             refusal_logs: LogLimiter::new(Duration::from_secs(10), 5),
             connections: proxy::Context::connection_slots(&config.limits),
+            overload: Default::default(),
         });
         let drift = telemetry.drift.clone();
         let admin = Admin {
@@ -425,6 +448,7 @@ impl App {
             admin_listener,
             transparent,
             ctx,
+            memory_limit,
             admin,
             admin_options: config.admin_options,
             watcher,
@@ -460,6 +484,13 @@ impl App {
             ))
         });
         let trim = Some(tokio::spawn(proxy::memory::trim_after_releases()));
+        let guard = self.memory_limit.map(|limit| {
+            tokio::spawn(overload::guard(
+                self.ctx.overload.clone(),
+                limit,
+                self.metrics.clone(),
+            ))
+        });
         // One shutdown for every listener: the transparent ones stop
         // accepting when the proxy listener does.
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -488,7 +519,7 @@ impl App {
         for t in transparent {
             let _ = t.await;
         }
-        for task in [watcher, hup, trim].into_iter().flatten() {
+        for task in [watcher, hup, trim, guard].into_iter().flatten() {
             task.abort();
         }
         // What was learned since the last save is written before exit.

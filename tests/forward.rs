@@ -431,6 +431,15 @@ async fn unlisted_allow_validates_the_chain_without_pins() {
         (403, Some("private-address")),
         "{r:?}"
     );
+    // The body says what the operator can do about it.
+    assert!(
+        r.body.contains(&format!(
+            "resolves only to private, loopback or link-local addresses (127.0.0.1:{port}), \
+             which unlisted hosts may not reach: give it an entry in the pinset, list it under \
+             passthrough: (an in-cluster service), or set defaults.allow_private: true"
+        )),
+        "{r:?}"
+    );
     assert_eq!(p.denied("private-address"), 1);
     // An untrusted chain fails for unlisted hosts too.
     let other = Pki::new(&["127.0.0.1"]);

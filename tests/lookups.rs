@@ -99,5 +99,24 @@ async fn black_holed_unlisted_names_do_not_starve_a_pinned_hosts_lookup() {
     assert!(took < Duration::from_secs(1), "pinned.test waited {took:?}");
     // The unlisted share of the default cap (32 less a quarter).
     assert!(flood <= 24, "{flood} lookups of unlisted names in flight");
+    // What an operator sees: the unlisted share of the slots is taken.
+    let metrics = p.admin_get("/metrics").await.body;
+    let sample = |name: &str| {
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    assert_eq!(
+        (
+            sample("pinproxy_dns_lookups_active"),
+            sample("pinproxy_dns_lookups_limit")
+        ),
+        (Some(24.0), Some(32.0)),
+        "lookups holding a slot, and the cap"
+    );
     drop(held);
 }

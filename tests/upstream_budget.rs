@@ -132,6 +132,26 @@ impl Limited {
         false
     }
 
+    /// A sample of `/metrics` (a metric without labels), `None` when
+    /// absent or the admin listener does not answer within 3 s.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let ask = async {
+            let mut tcp = TcpStream::connect(self.admin).await.ok()?;
+            tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = Vec::new();
+            tcp.read_to_end(&mut out).await.ok()?;
+            let text = String::from_utf8_lossy(&out).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        tokio::time::timeout(Duration::from_secs(3), ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
     fn log_has(&self, needle: &str) -> bool {
         self.lines
             .lock()
@@ -207,6 +227,14 @@ async fn idle_pooled_connections_to_many_names_stay_within_the_budget() {
             }
         }
     }
+    // What an operator sees while it refuses: every upstream socket the
+    // budget allows is open (the idle pooled ones).
+    let budget = BUDGET as f64;
+    let gauges = (
+        p.metric("pinproxy_upstream_connections_active").await,
+        p.metric("pinproxy_upstream_connections_limit").await,
+        p.metric("pinproxy_connections_limit").await,
+    );
     let ready = p.readyz().await;
     let reloaded = p.reload(&pinset, 1).await;
     let emfile = p.log_has("Too many open files");
@@ -217,6 +245,11 @@ async fn idle_pooled_connections_to_many_names_stay_within_the_budget() {
          SIGHUP reload applied: {reloaded} ({ok} served, {overloaded} overloaded, others: {other:?})"
     );
     assert!(other.is_empty(), "only 200 or 503 overloaded: {other:?}");
+    assert_eq!(
+        gauges,
+        (Some(budget), Some(budget), Some(budget)),
+        "upstream sockets open, their limit, the client connections' limit"
+    );
     assert!(
         ok <= BUDGET && overloaded > 0,
         "{ok} served (budget {BUDGET}), {overloaded} refused overloaded"
@@ -237,6 +270,11 @@ async fn idle_pooled_connections_to_many_names_stay_within_the_budget() {
     assert!(
         matches!(last, Some((200, _))),
         "served again once idle connections closed: {last:?}"
+    );
+    let open = p.metric("pinproxy_upstream_connections_active").await;
+    assert!(
+        matches!(open, Some(n) if n < budget),
+        "the closed connections gave their places back: {open:?} open"
     );
 }
 

@@ -88,6 +88,19 @@ pub struct RunArgs {
     /// limit leaves beside the client connections.
     #[arg(long, env = "PINPROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
     pub max_upstream_connections: Option<usize>,
+    /// Resident memory past which pinproxy is overloaded: new client
+    /// connections and new requests get 503 `overloaded` (work already
+    /// admitted runs on) until it is below 90 % of it again, instead of
+    /// the container being OOM-killed. Bytes, or with Ki, Mi, Gi (110Mi);
+    /// auto: 90 % of the container's memory limit (cgroup v2 memory.max,
+    /// or v1 memory.limit_in_bytes; none: off); 0: off.
+    #[arg(
+        long,
+        env = "PINPROXY_MAX_MEMORY",
+        default_value = "auto",
+        value_name = "BYTES"
+    )]
+    pub max_memory: crate::proxy::overload::MaxMemory,
     /// Upstream TCP connect timeout (and DNS lookup timeout).
     #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub connect_timeout: Duration,
@@ -338,6 +351,7 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
         ca_bundle_extra: args.ca_bundle_extra.clone(),
         leaf_cache: args.leaf_cache,
         limits,
+        max_memory: args.max_memory,
         upstream,
         watch: !args.no_watch,
         sighup: true,

@@ -6,13 +6,11 @@
 //! ([`Reason::counted`]), so no call site picks counters by hand.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prometheus::proto::MetricType;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use pinproxy_policy::{CtMode, Policy};
@@ -23,8 +21,12 @@ use pinproxy_reason::{
 use pinproxy_tls::ct::{LogListInForce, StapleVerdict, Verdict as CtVerdict};
 
 mod allocator;
+mod capacity;
+mod memory;
+mod reading;
 
 pub use allocator::{install_heap_stats, HeapStats};
+pub use capacity::Budgets;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -62,6 +64,10 @@ pub struct Metrics {
     pub ocsp_staples: IntCounterVec,
     /// `log_list_timestamp` of the CT log list in force.
     pub ct_log_list_timestamp: Gauge,
+    /// Limits and their use, read from the budgets at scrape time.
+    capacity: capacity::Capacity,
+    /// The memory guard's limit, figure and state.
+    memory: memory::Memory,
     /// Every metric's full name, as registered.
     names: Vec<String>,
 }
@@ -142,6 +148,8 @@ impl Metrics {
         );
         build_info.set(1.0);
         register(&registry, &names, allocator::Allocator::new());
+        let capacity = register(&registry, &names, capacity::Capacity::new());
+        let memory = register(&registry, &names, memory::Memory::new());
 
         let m = Self {
             pin_mismatch: counter(
@@ -269,6 +277,8 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
+            capacity,
+            memory,
             names: names.into_inner(),
         };
         for v in StapleVerdict::ALL {
@@ -500,88 +510,24 @@ impl Metrics {
             .inc();
     }
 
-    // === reading (tests, tools): never creates a series ===
-
-    /// Every metric's full name (`pinproxy_…`), registered or not yet
-    /// holding a series: what docs/reference.md must list.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
+    /// From now on `/metrics` shows the limits in force and how much of
+    /// each is in use (`connections_limit`, `upstream_connections_*`,
+    /// `dns_lookups_*`); the first call wins.
+    pub fn watch_capacity(&self, budgets: Budgets) {
+        self.capacity.watch(budgets);
     }
 
-    /// Every sample in the registry, `family{label="value",…}` → value
-    /// (a histogram by its count): what a test compares before and after.
-    pub fn samples(&self) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
-        for family in self.registry.gather() {
-            for metric in family.get_metric() {
-                let labels: Vec<String> = metric
-                    .get_label()
-                    .iter()
-                    .map(|l| format!("{}={:?}", l.name(), l.value()))
-                    .collect();
-                let value = match family.get_field_type() {
-                    MetricType::COUNTER => metric.get_counter().get_value(),
-                    MetricType::GAUGE => metric.get_gauge().get_value(),
-                    _ => metric.get_histogram().get_sample_count() as f64,
-                };
-                out.insert(format!("{}{{{}}}", family.name(), labels.join(",")), value);
-            }
-        }
-        out
+    /// The memory guard runs with `limit` bytes (`--max-memory` in force):
+    /// from now on its gauges have samples; the first call wins.
+    pub fn watch_memory(&self, limit: u64) {
+        self.memory.watch(limit);
     }
 
-    /// `pinproxy_denied_total{reason}`.
-    pub fn denied_count(&self, reason: &str) -> u64 {
-        read(&self.denied, &[("reason", reason)])
+    /// The memory guard's last sample: the resident set and whether it
+    /// refuses new work.
+    pub fn memory_sampled(&self, resident: u64, overloaded: bool) {
+        self.memory.sampled(resident, overloaded);
     }
-
-    /// `pinproxy_requests_total{host,outcome}`.
-    pub fn requests_count(&self, host: &str, outcome: &str) -> u64 {
-        read(&self.requests, &[("host", host), ("outcome", outcome)])
-    }
-
-    /// `pinproxy_tls_verify_failures_total{host,reason}`.
-    pub fn tls_failures_count(&self, host: &str, reason: &str) -> u64 {
-        read(
-            &self.tls_verify_failures,
-            &[("host", host), ("reason", reason)],
-        )
-    }
-
-    /// `pinproxy_transparent_connections_total{protocol,outcome}`.
-    pub fn transparent_count(&self, protocol: &str, outcome: &str) -> u64 {
-        read(
-            &self.transparent_connections,
-            &[("protocol", protocol), ("outcome", outcome)],
-        )
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(8 * 1024);
-        let families = self.registry.gather();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        buf
-    }
-}
-
-/// The value of the series of `vec` with `labels`, 0 if it does not exist
-/// (reading never creates it).
-fn read(vec: &IntCounterVec, labels: &[(&str, &str)]) -> u64 {
-    use prometheus::core::Collector;
-    vec.collect()
-        .iter()
-        .flat_map(|family| family.get_metric())
-        .find(|m| {
-            labels.iter().all(|(name, value)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *name && l.value() == *value)
-            })
-        })
-        .map_or(0, |m| m.get_counter().get_value() as u64)
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 //! admitted exactly once — one [`admission::decide`], one clock reading —
 //! here, and the [`Admission`] is carried along to where the target is
 //! dialed and to what watches it for revocation. A refusal is made (logged
-//! and counted) here too.
+//! and counted) here too. While the memory guard says the process is
+//! overloaded ([`super::overload`]), everything is refused here first:
+//! new work on connections already open.
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::overload;
 use super::refusal::{refuse, Refused};
 use super::Context;
 use pinproxy_policy::admission::{self, Admission, Target};
@@ -39,13 +42,18 @@ pub enum Place {
 /// Admits `target` under the snapshot `snap`: the policy is asked once, at
 /// one instant, and the answer completed by the target's addresses where
 /// they can decide. A refusal is logged and counted (under the entry the
-/// target matched, if any) before it is returned to be answered.
+/// target matched, if any) before it is returned to be answered. Over
+/// `--max-memory`, `overloaded` before the policy is asked.
 pub async fn admit(
     ctx: &Context,
     snap: &Snapshot,
     target: &Target,
     place: Place,
 ) -> Result<Admitted, Refused> {
+    if ctx.overload.is_on() {
+        let host = target.host.to_string();
+        return Err(overloaded(ctx, &host));
+    }
     let now = time::OffsetDateTime::now_utc();
     let answer = admission::decide(&snap.policy, target, now);
     let (ips, resolved) = match place {
@@ -101,10 +109,19 @@ pub fn admit_silent(
     snap: &Snapshot,
     orig: SocketAddr,
 ) -> Result<Admission, Refused> {
+    if ctx.overload.is_on() {
+        return Err(overloaded(ctx, &orig.to_string()));
+    }
     admission::by_address(&snap.policy, orig.ip()).ok_or_else(|| {
         let message = "the client sent nothing (a server-first protocol such as MySQL, SSH or \
                        SMTP?); list the destination in a passthrough: CIDR, or leave it out of \
                        the redirect (--transparent-exclude-cidr, --transparent-ports)";
         refuse(ctx, Reason::BadRequest, None, &orig.to_string(), message)
     })
+}
+
+/// New work refused while resident memory is over `--max-memory`.
+#[cold]
+fn overloaded(ctx: &Context, host: &str) -> Refused {
+    refuse(ctx, Reason::Overloaded, None, host, overload::REFUSAL)
 }

@@ -193,6 +193,7 @@ mod tests {
             provider,
             refusal_logs: pinproxy_control::logs::LogLimiter::new(grace, 5),
             connections: Context::connection_slots(&Limits::default()),
+            overload: Default::default(),
         });
         let target = Target {
             host: Host::parse("unlisted.test").unwrap(),

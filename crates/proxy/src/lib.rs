@@ -3,6 +3,9 @@
 //!
 //! - [`serve`] accepts clients (bounded by `--max-connections`) and drains
 //!   them on shutdown; `conn` serves HTTP/1.1 on each and parks idle ones.
+//!   While [`overload`]'s memory guard says the process is over
+//!   `--max-memory`, new connections are refused there and new requests
+//!   in [`admit::admit`].
 //! - Absolute-form requests go to [`forward`] (unlisted hosts' `http://`
 //!   to [`plain`]), CONNECT to [`connect`] (interception for pinned hosts,
 //!   [`tunnel`]s for unlisted ones), redirected connections to
@@ -26,6 +29,7 @@ pub mod forward;
 pub mod intercept;
 pub mod memory;
 pub mod original_dst;
+pub mod overload;
 pub mod passthrough;
 pub mod plain;
 pub mod refusal;
@@ -72,6 +76,9 @@ pub struct Context {
     /// `--max-connections` slots, shared by every proxy and transparent
     /// listener (see [`Context::connection_slots`]).
     pub connections: Arc<Semaphore>,
+    /// On while resident memory is over `--max-memory` (set by
+    /// [`overload::guard`]): new connections and requests are refused.
+    pub overload: Arc<overload::Overload>,
 }
 
 impl Context {
@@ -141,7 +148,8 @@ pub struct Accepted {
 }
 
 /// Accepts on `listener` until `shutdown` resolves — each connection under
-/// the connection limit (beyond it: 503 `overloaded`), handled by `handle`
+/// the connection limit and while not overloaded (else: 503 `overloaded`,
+/// the log detail naming the limit), handled by `handle`
 /// on a tracked task — then stops accepting and drains up to the drain
 /// timeout. EMFILE and friends back off instead of spinning or exiting.
 pub(crate) async fn accept_loop<F, Fut>(
@@ -171,14 +179,23 @@ pub(crate) async fn accept_loop<F, Fut>(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let refused = refuse(
-                &ctx,
-                Reason::Overloaded,
-                None,
-                "",
-                "connection limit reached",
-            );
+        let overloaded = ctx.overload.is_on();
+        let permit = match overloaded {
+            false => permits.clone().try_acquire_owned().ok(),
+            true => None,
+        };
+        let Some(permit) = permit else {
+            let message = match overloaded {
+                true => overload::REFUSAL.to_string(),
+                // Named as the upstream budget's refusal is: the flag and its value.
+                false => format!(
+                    "every client connection pinproxy may serve is open (--max-connections {}, \
+                     the proxy and transparent listeners together); try again once some have \
+                     closed",
+                    ctx.limits.max_connections.max(1)
+                ),
+            };
+            let refused = refuse(&ctx, Reason::Overloaded, None, "", &message);
             match refusals.clone().try_acquire_owned() {
                 Ok(slot) => {
                     tracker.spawn(async move {
@@ -248,12 +265,32 @@ async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -> Re
     }
 }
 
-/// hyper's parse buffer: twice the header limit, so a head over the limit
-/// but within the buffer reaches us and gets a 431 *with* its reason;
-/// only heads beyond twice the limit get the parser's bare 431.
+/// hyper's parse buffer: the header limit plus `HEAD_SLACK`, so a head of
+/// the limit parses and one just over it still reaches us and gets a 431
+/// *with* its reason; a head still unfinished past it gets the parser's
+/// bare 431 at once. hyper holds what it has read of an unfinished head
+/// (up to `--header-timeout`): with twice the limit that was ~138 KiB per
+/// connection (review 9), now ~77 KiB. Not a byte-exact cap: hyper reads
+/// into whatever its buffer's growth left free, so a head that arrives at
+/// once may parse up to ~112 KiB. Also the most a client's write queue holds.
 pub fn parse_buffer(limits: &Limits) -> usize {
-    limits.max_header_bytes.saturating_mul(2).max(8192)
+    limits.max_header_bytes.saturating_add(HEAD_SLACK).max(8192)
 }
+
+/// The h2 server's `SETTINGS_MAX_HEADER_LIST_SIZE` inside intercepted
+/// tunnels: the head limit plus the slack HPACK's 32 bytes per field need,
+/// as `parse_buffer` is for HTTP/1.1 there (requests inside a tunnel meet
+/// the parsers' limits only; `handle`'s 431 with a reason is the
+/// listener's). Over it, h2's bare 431.
+pub fn h2_header_list(limits: &Limits) -> u32 {
+    u32::try_from(limits.max_header_bytes.saturating_add(HEAD_SLACK)).unwrap_or(u32::MAX)
+}
+
+/// Bytes a parser may hold beyond `max_header_bytes`: `head_size` counts
+/// names, values and the target, and the head as sent also has the method,
+/// `http://`, the version and line ends (h2: 32 bytes per field), so a
+/// head just over the limit by `head_size` may be a little more on the wire.
+pub const HEAD_SLACK: usize = 4096;
 
 /// Approximate size of a request head as sent (target, names, values).
 fn head_size<B>(req: &Request<B>) -> usize {

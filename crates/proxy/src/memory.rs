@@ -79,6 +79,14 @@ async fn trim_loop(releases: &'static Releases, trim: fn()) {
 /// allocator to itself.
 static TRIM: OnceLock<fn()> = OnceLock::new();
 
+/// Gives freed memory back now, on this thread (the memory guard, when it
+/// trips: `overload`).
+pub(crate) fn trim_now() {
+    if let Some(trim) = TRIM.get() {
+        trim();
+    }
+}
+
 /// Installs the function that gives freed memory back; the first call wins.
 pub fn install_trim(trim: fn()) {
     let _ = TRIM.set(trim);

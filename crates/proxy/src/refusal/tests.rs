@@ -47,6 +47,7 @@ fn context() -> Arc<Context> {
         provider,
         refusal_logs: pinproxy_control::logs::LogLimiter::new(Duration::from_secs(10), 5),
         connections: Context::connection_slots(&Limits::default()),
+        overload: Default::default(),
     })
 }
 

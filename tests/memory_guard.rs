@@ -1,0 +1,219 @@
+//! The memory guard (`run --max-memory`; the ninth review): past the
+//! limit the built binary refuses new connections and new requests on
+//! connections already open `503 overloaded`, keeps `/readyz` 200 and the
+//! admin port answering, and serves again once the memory that pushed it
+//! over is released.
+//!
+//! The binary, not an in-process proxy: the guard judges the process's
+//! resident set, which a proxy inside the test process would share with
+//! the test. What pushes it over is the review's F3, unfinished request
+//! heads: each connection holds the bytes it has sent of a head until the
+//! head ends or the header timeout (raised here, so none ends first).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use support::*;
+
+const HOST: &str = "api.memguard.test";
+
+/// Bytes of one unfinished head: under the 64 KiB head limit, so it is
+/// held, not refused.
+const HEAD_BYTES: usize = 60 * 1024;
+
+/// How far above the idle resident set the limit is set.
+const MARGIN: u64 = 12 << 20;
+
+/// Most holders opened before giving up (far under --max-connections).
+const MAX_HOLDERS: usize = 3000;
+
+/// A metric's value on the admin port, if it has a sample.
+async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let r = get(admin, &format!("http://{admin}/metrics")).await;
+    assert_eq!(r.status, 200, "/metrics answers");
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls (bounded) until `name` reads `want`.
+async fn wait_metric(admin: SocketAddr, name: &str, want: f64) {
+    let mut last = None;
+    for _ in 0..400 {
+        last = metric(admin, name).await;
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never read {want}: last {last:?}");
+}
+
+/// A connection that sent most of a request head and never ends it.
+async fn holder(proxy: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    let mut head = format!("GET http://{HOST}/ HTTP/1.1\r\nHost: {HOST}\r\nx-fill: ").into_bytes();
+    head.resize(HEAD_BYTES, b'a');
+    tcp.write_all(&head).await.unwrap();
+    tcp
+}
+
+/// The binary serving `HOST` (pinned, upstream `up`) with `--max-memory`.
+async fn start(pki: &Pki, up: &Upstream, max_memory: &str) -> Spawned {
+    TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .args(&["--no-watch", "--header-timeout", "10m"])
+        .args(&["--max-memory", max_memory])
+        .spawn()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_memory_new_work_is_refused_overloaded_until_it_falls_back() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let url = format!("http://{HOST}/");
+
+    // The idle resident set of this binary, after one request (its pools
+    // and code paths warmed), as the guard itself reads it.
+    let idle = {
+        let p = start(&pki, &up, "1Gi").await;
+        assert_eq!(get(p.listen, &url).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        metric(p.admin, "pinproxy_memory_resident_bytes")
+            .await
+            .expect("the guard samples the resident set") as u64
+    };
+    let limit = idle + MARGIN;
+    let mut p = start(&pki, &up, &limit.to_string()).await;
+    let (proxy, admin) = (p.listen, p.admin);
+    p.until("memory guard on").await;
+
+    // A keep-alive connection opened, and served, before the overload.
+    let mut open = ProxyConn::open(proxy).await;
+    assert_eq!(open.get(&url, &[]).await.status, 200);
+    assert_eq!(
+        metric(admin, "pinproxy_memory_limit_bytes").await,
+        Some(limit as f64)
+    );
+    assert_eq!(metric(admin, "pinproxy_overloaded").await, Some(0.0));
+    let refused_before = metric(admin, "pinproxy_denied_total{reason=\"overloaded\"}")
+        .await
+        .unwrap_or(0.0);
+
+    // Unfinished heads until the guard trips.
+    let mut holders = Vec::new();
+    while metric(admin, "pinproxy_overloaded").await != Some(1.0) {
+        assert!(
+            holders.len() < MAX_HOLDERS,
+            "{} unfinished heads of {HEAD_BYTES} bytes and not overloaded (limit {limit}, \
+             resident {:?})",
+            holders.len(),
+            metric(admin, "pinproxy_memory_resident_bytes").await
+        );
+        for _ in 0..25 {
+            holders.push(holder(proxy).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = p
+        .until("overloaded: resident memory over --max-memory")
+        .await;
+    let warn = lines.last().unwrap();
+    assert!(
+        warn.contains("WARN") && warn.contains(&format!("limit={limit}")),
+        "{warn}"
+    );
+    let resident = metric(admin, "pinproxy_memory_resident_bytes").await;
+    eprintln!(
+        "idle {idle} B, limit {limit} B: overloaded after {} unfinished heads, resident {resident:?}",
+        holders.len()
+    );
+    assert!(
+        resident.is_some_and(|r| r > limit as f64 * 0.9),
+        "{resident:?}"
+    );
+
+    // A new connection: answered before any request is read (raw, as a
+    // client library may see the answer before it has sent its request).
+    let req = format!("GET {url} HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let fresh = raw(proxy, req.as_bytes()).await;
+    assert!(fresh.starts_with("HTTP/1.1 503 "), "{fresh}");
+    assert!(fresh.contains("x-pinproxy-error: overloaded"), "{fresh}");
+    assert!(fresh.contains("--max-memory"), "{fresh}");
+    // A new request on the connection already open.
+    let again = open.get(&url, &[]).await;
+    assert_eq!(again.status, 503, "{again:?}");
+    assert_eq!(again.error(), Some("overloaded"));
+    assert!(again.body.contains("--max-memory"), "{}", again.body);
+    // Shedding load is not a failure: still ready, the admin port answers.
+    let ready = get(admin, &format!("http://{admin}/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(metric(admin, "pinproxy_overloaded").await, Some(1.0));
+    let refused = metric(admin, "pinproxy_denied_total{reason=\"overloaded\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        refused >= refused_before + 2.0,
+        "{refused_before} → {refused}"
+    );
+
+    // The holders go; the memory is given back and the guard clears.
+    drop(holders);
+    wait_metric(admin, "pinproxy_overloaded", 0.0).await;
+    p.until("no longer overloaded").await;
+    assert_eq!(open.get(&url, &[]).await.status, 200, "the open connection");
+    assert_eq!(get(proxy, &url).await.status, 200, "a new connection");
+}
+
+/// A limit at or below what the process holds at start would refuse
+/// everything from the first sample on, for good: `run` refuses to start
+/// and says why, naming the figures.
+#[test]
+fn a_limit_below_what_pinproxy_holds_at_start_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = write(
+        dir.path(),
+        "pins.yaml",
+        "version: 1\ndefaults:\n  unlisted: allow\nhosts: {}\n",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pinproxy"))
+        .args(["run", "--no-watch", "--max-memory", "1Mi"])
+        .args(["--pins", pins.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // Bounded: a binary that starts anyway runs until killed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "still running after 10 s, or: {err}"
+    );
+    assert!(
+        err.contains(
+            "--max-memory 1048576 bytes is not above what pinproxy already holds at start"
+        ) && err.contains("bytes resident"),
+        "{err}"
+    );
+}
