@@ -9,6 +9,8 @@ mod support;
 
 #[path = "redirect/lock.rs"]
 mod lock;
+#[path = "redirect/multicast.rs"]
+mod multicast;
 
 use std::net::SocketAddr;
 use std::process::Output;

@@ -149,7 +149,7 @@ fn h3_client(pod: &Pod, python: &str, addr: &str, bundle: &str, fallback: bool) 
 /// Packets counted by the lock's rule whose line contains every one of
 /// `needles` (`iptables -L -v -n -x`: how an operator sees kernel drops;
 /// protocols are numbers there: 6 TCP, 17 UDP).
-fn rule_packets(pod: &Pod, program: &str, needles: &[&str]) -> u64 {
+pub(crate) fn rule_packets(pod: &Pod, program: &str, needles: &[&str]) -> u64 {
     rule_packets_where(pod, program, needles, &[])
 }
 

@@ -15,9 +15,17 @@
 //!   (fragmentation-needed is one of its codes), time-exceeded,
 //!   parameter-problem, and for IPv6 packet-too-big — and IPv6's neighbour
 //!   discovery and router solicitation, without which no IPv6 packet
-//!   leaves the link. An unprivileged process cannot write these (it would
-//!   need a raw socket, `CAP_NET_RAW`, which injection drops): the kernel
-//!   does.
+//!   leaves the link;
+//! - the multicast membership reports of IGMP (IPv4, protocol 2) and MLD
+//!   (ICMPv6 130, 131, 132, 143): the kernel sends them when a socket joins
+//!   a group and, for IPv6, for the solicited-node groups of every address.
+//!   Dropped, a multicast receiver in the pod stops hearing its groups
+//!   behind an IGMP/MLD-snooping switch or bridge (review 10 F7).
+//!
+//! An unprivileged process cannot write any of the ICMP or IGMP that
+//! passes (it would need a raw socket, `CAP_NET_RAW`, which injection
+//! drops; the unprivileged ICMP socket sends only echo requests): the
+//! kernel does, and what it writes carries no payload an app chose.
 //!
 //! Everything else is refused, whatever its protocol: UDP 443 with ICMP
 //! port-unreachable (QUIC clients fall back to TCP at once), the rest
@@ -35,7 +43,7 @@ const ICMP_V4: [&str; 3] = [
     "time-exceeded",
     "parameter-problem",
 ];
-const ICMP_V6: [&str; 7] = [
+const ICMP_V6: [&str; 11] = [
     "destination-unreachable",
     "packet-too-big",
     "time-exceeded",
@@ -43,6 +51,12 @@ const ICMP_V6: [&str; 7] = [
     "router-solicitation",
     "neighbour-solicitation",
     "neighbour-advertisement",
+    // MLD: query, report, done, MLDv2 report. Numbers, because older
+    // ip6tables have no names for them (and iptables-save prints numbers).
+    "130",
+    "131",
+    "132",
+    "143",
 ];
 
 // === rendering ===
@@ -70,16 +84,21 @@ pub(super) fn rules(udp: &Udp, family: Family, chain: &str) -> Vec<String> {
     rules
 }
 
-/// The RETURNs of the ICMP (ICMPv6) types that pass.
+/// The RETURNs of the ICMP (ICMPv6) types that pass, and for IPv4 IGMP
+/// (IPv6's MLD is ICMPv6).
 fn icmp(family: Family, chain: &str) -> Vec<String> {
     let (proto, types) = match family {
         Family::V4 => ("-p icmp -m icmp --icmp-type", &ICMP_V4[..]),
         Family::V6 => ("-p ipv6-icmp -m icmp6 --icmpv6-type", &ICMP_V6[..]),
     };
-    types
+    let mut rules: Vec<String> = types
         .iter()
         .map(|t| format!("-A {chain} {proto} {t} -j RETURN"))
-        .collect()
+        .collect();
+    if family == Family::V4 {
+        rules.push(format!("-A {chain} -p igmp -j RETURN"));
+    }
+    rules
 }
 
 #[cfg(test)]
@@ -104,6 +123,7 @@ mod tests {
                 "-A L -p icmp -m icmp --icmp-type destination-unreachable -j RETURN",
                 "-A L -p icmp -m icmp --icmp-type time-exceeded -j RETURN",
                 "-A L -p icmp -m icmp --icmp-type parameter-problem -j RETURN",
+                "-A L -p igmp -j RETURN",
                 "-A L -p udp -m udp --dport 443 -j REJECT --reject-with icmp-port-unreachable",
                 "-A L -j DROP",
             ]
@@ -117,11 +137,16 @@ mod tests {
             "router-solicitation",
             "neighbour-solicitation",
             "neighbour-advertisement",
+            "130",
+            "131",
+            "132",
+            "143",
         ] {
             let rule = format!("-A L -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN");
             assert!(v6.contains(&rule), "{rule}: {v6:?}");
         }
         assert!(!v6.iter().any(|r| r.contains("echo")), "{v6:?}");
+        assert!(!v6.iter().any(|r| r.contains("igmp")), "{v6:?}");
         assert_eq!(v6.last().map(String::as_str), Some("-A L -j DROP"));
         // Nothing but the last rule matches every protocol: each RETURN
         // names its protocol or asks conntrack.

@@ -30,6 +30,7 @@
 //!                           udp -d --allow-udp CIDR --dport PORT -> RETURN
 //!                           icmp errors TCP needs; v6: + packet-too-big,
 //!                             neighbour/router solicitation -> RETURN
+//!                           multicast reports: igmp; v6: MLD -> RETURN
 //!                           [LOG, rate-limited: --log-drops]
 //!                           udp --dport 443 -> REJECT icmp(6)-port-unreachable
 //!                           everything else -> DROP
@@ -44,7 +45,8 @@
 //! speaks TCP): the lock keeps DNS to the pod's resolvers and what
 //! `--allow-udp` lists, makes QUIC fail fast so clients fall back to TCP
 //! ([`udp`]). Every other protocol (UDP-Lite, SCTP, ICMP echo, …) is
-//! dropped but the ICMP errors and neighbour discovery the kernel needs:
+//! dropped but the ICMP errors, neighbour discovery and multicast
+//! membership reports (IGMP, MLD) the kernel sends:
 //! the lock lists what it lets out, not what it refuses (`lock.rs`).
 //! iptables rules never see packet sockets (`AF_PACKET`): injection drops
 //! `CAP_NET_RAW` from app containers for that.

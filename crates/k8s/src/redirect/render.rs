@@ -213,6 +213,7 @@ COMMIT
 -A PINPROXY_LOCK -p icmp -m icmp --icmp-type destination-unreachable -j RETURN
 -A PINPROXY_LOCK -p icmp -m icmp --icmp-type time-exceeded -j RETURN
 -A PINPROXY_LOCK -p icmp -m icmp --icmp-type parameter-problem -j RETURN
+-A PINPROXY_LOCK -p igmp -j RETURN
 -A PINPROXY_LOCK -p udp -m udp --dport 443 -j REJECT --reject-with icmp-port-unreachable
 -A PINPROXY_LOCK -j DROP
 -I OUTPUT 1 -j PINPROXY_LOCK
