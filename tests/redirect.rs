@@ -11,6 +11,8 @@ mod support;
 mod lock;
 #[path = "redirect/multicast.rs"]
 mod multicast;
+#[path = "redirect/unnamed.rs"]
+mod unnamed;
 
 use std::net::SocketAddr;
 use std::process::Output;

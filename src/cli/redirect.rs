@@ -45,8 +45,9 @@ pub struct RedirectArgs {
     /// 10.0.0.0/8:123 for NTP, [fd00::/8]:123). Repeatable.
     #[arg(long, value_name = "CIDR:PORT", requires = "lock")]
     pub allow_udp: Vec<UdpAllow>,
-    /// The resolv.conf whose nameservers --lock lets DNS (UDP port 53)
-    /// reach: the pod's, which the init container shares.
+    /// The resolv.conf whose nameservers DNS reaches: over TCP (port 53)
+    /// never redirected, lock or not; over UDP let through by --lock. The
+    /// pod's, which the init container shares.
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
     /// Under --lock, log what the lock refuses to the kernel log
@@ -104,24 +105,34 @@ fn execute(args: &RedirectArgs, out: &mut impl Write) -> Result<(), Error> {
         args.lock,
     )
     .map_err(|e| Error::Usage(e.to_string()))?;
-    let cfg = if args.lock {
-        let resolvers = udp::read_nameservers(&args.resolv_conf)
-            .map_err(|e| Error::failed(format!("reading {}: {e}", args.resolv_conf.display())))?;
-        if resolvers.is_empty() {
+    // The resolvers, lock or not: DNS over TCP to them is never redirected.
+    let resolvers = match udp::read_nameservers(&args.resolv_conf) {
+        Ok(r) => r,
+        Err(e) if args.lock => {
+            let path = args.resolv_conf.display();
+            return Err(Error::failed(format!("reading {path}: {e}")));
+        }
+        Err(e) => {
             eprintln!(
-                "pinproxy redirect: warning: no nameserver in {}: under --lock, UDP DNS \
-                 reaches only loopback resolvers",
+                "pinproxy redirect: warning: reading {}: {e}: DNS over TCP to the pod's \
+                 resolvers is redirected (and refused)",
                 args.resolv_conf.display()
             );
+            Vec::new()
         }
-        cfg.with_udp(Udp {
-            resolvers,
-            allow: args.allow_udp.clone(),
-            log: args.log_drops,
-        })
-    } else {
-        cfg
     };
+    if args.lock && resolvers.is_empty() {
+        eprintln!(
+            "pinproxy redirect: warning: no nameserver in {}: under --lock, DNS \
+             reaches only loopback resolvers",
+            args.resolv_conf.display()
+        );
+    }
+    let cfg = cfg.with_udp(Udp {
+        resolvers,
+        allow: args.allow_udp.clone(),
+        log: args.log_drops,
+    });
     if args.dry_run {
         for family in Family::ALL {
             dry_run_header(out, args.iptables_mode, family)?;

@@ -18,6 +18,7 @@
 //!                           RETURN  owner --exclude-uid…
 //!                           RETURN  -o lo, -d 127.0.0.0/8 | ::1/128
 //!                           RETURN  -d --exclude-cidr…
+//!                           RETURN  tcp -d resolver --dport 53  DNS over TCP
 //!                           tcp [--dports --ports] -> PINPROXY_REDIRECT
 //!        PINPROXY_REDIRECT: REDIRECT --to-ports --port  (127.0.0.1 / ::1)
 //! filter OUTPUT -> PINPROXY_LOCK              (--lock only, inserted first)
@@ -57,10 +58,13 @@
 //! istio-iptables does (`-i '*'`, all ports, opt-out with exclusions): TLS
 //! on 8443, 6443 or 9200 is as unpinned as on 443, and a port list misses
 //! such ports silently. The cost is that protocols pinproxy does not speak
-//! (databases, DNS over TCP) reach its listener and are refused there;
-//! exclude their destinations with `--exclude-cidr` (e.g. the cluster's
-//! Service CIDR) or list the ports to take with `--ports`. Loud breakage
-//! over silent bypass.
+//! (databases, message queues) reach its listener: spliced there when
+//! their destination lies in a `passthrough:` CIDR, else refused; exclude
+//! their destinations with `--exclude-cidr` (e.g. the cluster's Service
+//! CIDR) or list the ports to take with `--ports`. Loud breakage over
+//! silent bypass. DNS over TCP to the pod's resolvers (the `nameserver`s of
+//! `--resolv-conf`) is never redirected: the resolver is the pod's own,
+//! UDP DNS reaches it anyway, and a truncated answer is retried over TCP.
 //!
 //! # Mechanism: `iptables-restore --noflush`
 //!
@@ -420,7 +424,9 @@ impl Config {
         })
     }
 
-    /// What the lock does with UDP (nothing without `lock`).
+    /// The pod's resolvers, and what the lock does with UDP (nothing
+    /// without `lock`; DNS over TCP to the resolvers is never redirected,
+    /// lock or not).
     pub fn with_udp(mut self, mut udp: Udp) -> Config {
         dedup_in_order(&mut udp.resolvers);
         dedup_in_order(&mut udp.allow);

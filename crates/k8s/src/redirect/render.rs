@@ -2,7 +2,7 @@
 //! namespace from what it holds to exactly the rules of a [`Config`].
 
 use super::{
-    lock, Config, Family, Installed, Ports, Table, LOCK_CHAIN, OUTPUT_CHAIN, REDIRECT_CHAIN,
+    lock, udp, Config, Family, Installed, Ports, Table, LOCK_CHAIN, OUTPUT_CHAIN, REDIRECT_CHAIN,
 };
 
 /// iptables' multiport match takes at most 15 ports.
@@ -78,7 +78,8 @@ pub fn render_remove(installed: &Installed) -> Option<String> {
 }
 
 /// The RETURNs shared by the nat and lock chains: what is never redirected
-/// (or, for the lock, never rejected).
+/// (or, for the lock, never rejected). DNS over TCP to the pod's resolvers
+/// is among them, so it passes the lock before the SYN reset.
 fn exemptions(cfg: &Config, family: Family, chain: &str) -> Vec<String> {
     let mut rules = vec![format!(
         "-A {chain} -m owner --uid-owner {} -j RETURN",
@@ -92,6 +93,7 @@ fn exemptions(cfg: &Config, family: Family, chain: &str) -> Vec<String> {
     for cidr in cfg.exclude_cidrs.iter().filter(|c| c.family() == family) {
         rules.push(format!("-A {chain} -d {cidr} -j RETURN"));
     }
+    rules.extend(udp::dns_tcp(&cfg.udp, family, chain));
     rules
 }
 
@@ -194,6 +196,7 @@ mod tests {
 -A PINPROXY_OUTPUT -o lo -j RETURN
 -A PINPROXY_OUTPUT -d 127.0.0.0/8 -j RETURN
 -A PINPROXY_OUTPUT -d 10.96.0.0/12 -j RETURN
+-A PINPROXY_OUTPUT -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j RETURN
 -A PINPROXY_OUTPUT -p tcp -m multiport --dports 80,443 -j PINPROXY_REDIRECT
 -A PINPROXY_REDIRECT -p tcp -j REDIRECT --to-ports 15001
 -I OUTPUT 1 -p tcp -j PINPROXY_OUTPUT
@@ -205,6 +208,7 @@ COMMIT
 -A PINPROXY_LOCK -o lo -j RETURN
 -A PINPROXY_LOCK -d 127.0.0.0/8 -j RETURN
 -A PINPROXY_LOCK -d 10.96.0.0/12 -j RETURN
+-A PINPROXY_LOCK -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j RETURN
 -A PINPROXY_LOCK -p tcp --syn -j REJECT --reject-with tcp-reset
 -A PINPROXY_LOCK -p tcp -j RETURN
 -A PINPROXY_LOCK -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
@@ -239,6 +243,25 @@ COMMIT
         let text = render(&cfg, Family::V4, &Installed::default());
         assert!(text.contains("-A PINPROXY_OUTPUT -p tcp -j PINPROXY_REDIRECT\n"));
         assert!(!text.contains("multiport"));
+        assert!(!text.contains("*filter"), "{text}");
+    }
+
+    /// Review 10 F5: DNS over TCP to the pod's resolvers is not redirected
+    /// without the lock either (pinproxy would close it).
+    #[test]
+    fn dns_over_tcp_to_the_resolvers_is_never_redirected() {
+        let udp = Udp {
+            resolvers: vec!["10.96.0.10".parse().unwrap()],
+            ..Udp::default()
+        };
+        let cfg = Config::new(65532, 15001, &[], &[], &[], false)
+            .unwrap()
+            .with_udp(udp);
+        let text = render(&cfg, Family::V4, &Installed::default());
+        let rule = "-A PINPROXY_OUTPUT -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j RETURN\n";
+        let redirect = "-A PINPROXY_OUTPUT -p tcp -j PINPROXY_REDIRECT\n";
+        assert!(text.find(rule) < text.find(redirect), "{text}");
+        assert!(text.contains(rule), "{text}");
         assert!(!text.contains("*filter"), "{text}");
     }
 

@@ -7,7 +7,9 @@
 //!
 //! - let through to the pod's resolvers on port 53 (the `nameserver`
 //!   lines of `/etc/resolv.conf` when the rules are installed: the init
-//!   container shares the pod's) and to each `--allow-udp CIDR:PORT`;
+//!   container shares the pod's) and to each `--allow-udp CIDR:PORT`
+//!   (DNS over TCP to the same resolvers is neither redirected nor reset,
+//!   lock or not: [`dns_tcp`]);
 //! - let through when it answers a flow that came in (`ctstate
 //!   ESTABLISHED,RELATED`, for every protocol: `lock.rs`), as the
 //!   TCP lock lets accepted connections answer: a UDP *server* in the pod
@@ -55,7 +57,8 @@ pub struct UdpAllowError {
 /// What the lock does with UDP, beyond the exemptions every protocol has.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Udp {
-    /// The pod's resolvers (port 53).
+    /// The pod's resolvers (port 53). DNS over TCP to them is never
+    /// redirected nor locked, with or without the lock ([`dns_tcp`]).
     pub resolvers: Vec<IpAddr>,
     /// `--allow-udp`.
     pub allow: Vec<UdpAllow>,
@@ -169,6 +172,23 @@ pub(super) fn allowed(udp: &Udp, family: Family, chain: &str) -> Vec<String> {
     rules
 }
 
+/// The RETURNs that keep DNS over TCP to the pod's resolvers out of the
+/// redirect (nat) and the lock's reset (filter), for `family`. pinproxy
+/// speaks no DNS: redirected, such a query was closed, and glibc and Go
+/// retry a truncated UDP answer over TCP (many endpoints, DNSSEC, long
+/// TXT), so the lookup failed (review 10 F5). It reaches what UDP DNS
+/// already reaches, nothing more.
+pub(super) fn dns_tcp(udp: &Udp, family: Family, chain: &str) -> Vec<String> {
+    udp.resolvers
+        .iter()
+        .filter(|ip| Family::of(ip) == family)
+        .map(|ip| {
+            let host = Cidr::host(*ip);
+            format!("-A {chain} -d {host} -p tcp -m tcp --dport {DNS_PORT} -j RETURN")
+        })
+        .collect()
+}
+
 /// The rule that rejects QUIC loudly instead of dropping it.
 pub(super) fn quic_reject(family: Family, chain: &str) -> String {
     let unreachable = match family {
@@ -256,6 +276,14 @@ options ndots:5
                 "-A L -d fd00::a/128 -p udp -m udp --dport 53 -j RETURN",
                 "-A L -d fd00::/8 -p udp -m udp --dport 123 -j RETURN",
             ]
+        );
+        assert_eq!(
+            dns_tcp(&udp, Family::V4, "N"),
+            ["-A N -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j RETURN"]
+        );
+        assert_eq!(
+            dns_tcp(&udp, Family::V6, "N"),
+            ["-A N -d fd00::a/128 -p tcp -m tcp --dport 53 -j RETURN"]
         );
         assert_eq!(
             quic_reject(Family::V4, "L"),
