@@ -2,7 +2,8 @@
 //!
 //! Client-first protocols pinproxy does not speak, on redirected
 //! connections (review 10 F5): DNS over TCP to the pod's own resolver is
-//! left out of the redirect (and the lock).
+//! left out of the redirect (and the lock), and any other such protocol to
+//! a `passthrough:` CIDR is spliced, as server-first ones are.
 
 use crate::support::netns::{self, spawn_ready, Pod, WORLD_V4};
 use crate::support::pod::{python_as, redirect, shared_dir, PodProxy, APP_UID};
@@ -123,4 +124,32 @@ fn dns_over_tcp_to_the_pods_resolver_is_answered_with_and_without_the_lock() {
     assert_eq!(query(&pod, WORLD_V4[1], 53), "closed");
     assert_eq!(query(&pod, RESOLVER, 5432), "closed");
     assert_eq!(proxy.metric(&pod.app, refused), 2.0);
+}
+
+/// Review 10 F5, second part: a client-first protocol pinproxy does not
+/// speak (PostgreSQL, Redis; here DNS over TCP to a server that is not the
+/// pod's resolver) was closed even to a `passthrough:` CIDR, where a
+/// server-first one is spliced. It is spliced now; outside the CIDR it is
+/// still refused.
+#[test]
+fn a_client_first_protocol_to_a_passthrough_cidr_is_spliced() {
+    if netns::skip("a_client_first_protocol_to_a_passthrough_cidr_is_spliced") {
+        return;
+    }
+    let pins = format!(
+        "version: 1\nhosts: {{}}\npassthrough: [\"{}/32\"]\ndefaults:\n  unlisted: deny\n",
+        WORLD_V4[1]
+    );
+    let (pod, _resolver, _other, proxy, _dir) = lab("clientfirst", &pins);
+    redirect(&pod.app, &["--lock"]);
+    let metric = |outcome: &str| {
+        let name = format!(
+            "pinproxy_transparent_connections_total{{outcome=\"{outcome}\",protocol=\"other\"}}"
+        );
+        proxy.metric(&pod.app, &name)
+    };
+    assert_eq!(query(&pod, WORLD_V4[1], 5432), "answer");
+    assert_eq!(metric("spliced"), 1.0);
+    assert_eq!(query(&pod, RESOLVER, 5432), "closed", "outside the CIDR");
+    assert_eq!(metric("refused"), 1.0);
 }

@@ -16,6 +16,17 @@ use pinproxy_policy::admission::{self, Admission, Target};
 use pinproxy_reason::Reason;
 use pinproxy_upstream::{Share, Snapshot};
 
+/// Why a redirected connection that names no host, in no passthrough
+/// CIDR, is refused, and what to do about it: it sent nothing, or sent
+/// neither TLS nor HTTP.
+const SILENT: &str = "the client sent nothing (a server-first protocol such as MySQL, SSH or \
+                      SMTP?); list the destination in a passthrough: CIDR, or leave it out of \
+                      the redirect (--transparent-exclude-cidr, --transparent-ports)";
+const NEITHER: &str = "neither TLS nor HTTP on a redirected connection (a client-first protocol \
+                       such as PostgreSQL or Redis?); list the destination in a passthrough: \
+                       CIDR, or leave it out of the redirect (--transparent-exclude-cidr, \
+                       --transparent-ports)";
+
 /// What admission said, and the addresses a passthrough-by-CIDR name
 /// resolved to (dialed as they are, never resolved again).
 #[derive(Debug)]
@@ -99,23 +110,23 @@ pub async fn admit(
     }
 }
 
-/// Admits a redirected connection that sent nothing within the first-byte
-/// timeout by the address the app dialed alone — without bytes no name is
-/// known: passed through when a `passthrough:` CIDR holds it (a database,
-/// SSH, SMTP in the cluster). Anything else is refused (`bad-request`:
-/// there is nothing to judge), logged and counted.
-pub fn admit_silent(
+/// Admits a redirected connection that names no host — it sent nothing
+/// within the first-byte timeout (a server-first protocol), or neither TLS
+/// nor HTTP (PostgreSQL, Redis) — by the address the app dialed alone:
+/// passed through when a `passthrough:` CIDR holds it (a database, SSH,
+/// SMTP in the cluster). Anything else is refused (`bad-request`: there is
+/// nothing to judge), logged and counted.
+pub fn admit_unnamed(
     ctx: &Context,
     snap: &Snapshot,
     orig: SocketAddr,
+    silent: bool,
 ) -> Result<Admission, Refused> {
     if ctx.overload.is_on() {
         return Err(overloaded(ctx, &orig.to_string()));
     }
     admission::by_address(&snap.policy, orig.ip()).ok_or_else(|| {
-        let message = "the client sent nothing (a server-first protocol such as MySQL, SSH or \
-                       SMTP?); list the destination in a passthrough: CIDR, or leave it out of \
-                       the redirect (--transparent-exclude-cidr, --transparent-ports)";
+        let message = if silent { SILENT } else { NEITHER };
         refuse(ctx, Reason::BadRequest, None, &orig.to_string(), message)
     })
 }

@@ -21,7 +21,11 @@
 //!   server's banner. Without bytes no name is known, so only the original
 //!   destination can decide: in a `passthrough:` CIDR it is spliced, else
 //!   closed and counted (`silent`);
-//! - anything else is closed and counted.
+//! - neither TLS nor HTTP (a client-first protocol: PostgreSQL, Redis,
+//!   Kafka): no name either, judged like the silent case by the original
+//!   destination alone (review 10 F5: it used to be closed even there);
+//! - a TLS handshake record that is no readable ClientHello is closed and
+//!   counted: it asks for a name that cannot be checked.
 //!
 //! A connection whose original destination is one of pinproxy's own
 //! listeners is refused: the loop guard. pinproxy's own upstream traffic is
@@ -41,7 +45,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::admit::{admit, admit_silent, Place};
+use super::admit::{admit, admit_unnamed, Place};
 use super::body::revoked;
 use super::ech;
 use super::original_dst::original_dst;
@@ -66,7 +70,10 @@ enum First {
     /// A complete ClientHello, with its SNI if any.
     Tls(Option<String>),
     Http,
+    /// Neither TLS nor HTTP: a client-first protocol (PostgreSQL, Redis).
     Other,
+    /// A TLS handshake record that is no ClientHello we can read.
+    Unreadable,
     /// Nothing within the first-byte timeout: the client waits for the
     /// server to speak first.
     Silent,
@@ -135,13 +142,14 @@ pub(super) async fn handle(a: Accepted, ctx: Arc<Context>, own: Arc<[SocketAddr]
             served(Protocol::Http, Outcome::Served);
             http(ctx, io, orig, client, a.stop).await;
         }
-        First::Silent => {
-            let outcome = server_first(ctx, io, orig).await;
+        First::Silent | First::Other => {
+            let silent = first == First::Silent;
+            let outcome = unnamed(ctx, io, orig, silent).await;
             served(Protocol::Other, outcome);
         }
-        First::Other => {
+        First::Unreadable => {
             served(Protocol::Other, Outcome::Refused);
-            let message = "neither TLS nor HTTP on a redirected connection";
+            let message = "a TLS handshake that is no readable ClientHello";
             refuse(&ctx, Reason::BadRequest, None, &orig.to_string(), message).close();
         }
     }
@@ -181,29 +189,35 @@ async fn peek(
         }
         match reader.feed(chunk) {
             Some(Hello::Tls(sni)) => return Some((First::Tls(sni), reader.bytes().to_vec())),
-            // Neither TLS to judge nor HTTP: what any other protocol gets.
+            // A handshake record, but no hello whose name can be judged.
             Some(Hello::Other | Hello::Unreadable) => {
-                return Some((First::Other, reader.bytes().to_vec()))
+                return Some((First::Unreadable, reader.bytes().to_vec()))
             }
             None if reader.bytes().len() >= MAX_PEEK => {
-                return Some((First::Other, reader.bytes().to_vec()))
+                return Some((First::Unreadable, reader.bytes().to_vec()))
             }
             None => {}
         }
     }
 }
 
-/// A connection whose client said nothing within the first-byte timeout:
-/// spliced when its original destination lies in a `passthrough:` CIDR
-/// (a database, SSH, SMTP in the cluster), else refused and closed.
-async fn server_first(ctx: Arc<Context>, io: Rewind<TcpStream>, orig: SocketAddr) -> Outcome {
+/// A connection that names no host — its client said nothing within the
+/// first-byte timeout (`silent`), or neither TLS nor HTTP: spliced when its
+/// original destination lies in a `passthrough:` CIDR (a database, SSH,
+/// SMTP in the cluster), else refused and closed.
+async fn unnamed(
+    ctx: Arc<Context>,
+    io: Rewind<TcpStream>,
+    orig: SocketAddr,
+    silent: bool,
+) -> Outcome {
     let target = Target {
         host: Host::from_ip(orig.ip()),
         port: orig.port(),
     };
     let generation = ctx.live.subscribe();
     let snap = ctx.live.load_full();
-    match admit_silent(&ctx, &snap, orig) {
+    match admit_unnamed(&ctx, &snap, orig, silent) {
         Ok(admission) => {
             let connector = snap.connector.clone();
             splice(
@@ -220,7 +234,11 @@ async fn server_first(ctx: Arc<Context>, io: Rewind<TcpStream>, orig: SocketAddr
         }
         Err(refused) => {
             refused.close();
-            Outcome::Silent
+            if silent {
+                Outcome::Silent
+            } else {
+                Outcome::Refused
+            }
         }
     }
 }
