@@ -44,6 +44,20 @@ impl Handoff {
     }
 }
 
+/// The connection task's side of a [`Handoff`]: an unclaimed Sender is
+/// dropped with it, on every way out of `serve_http` (an error, the future
+/// dropped), so a tunnel task awaiting the stream wakes and ends. Review 10
+/// F0: a CONNECT whose client reset before the `200` left the Sender in
+/// the handoff, and the intercept task that held that handoff waited on
+/// its own Sender for good, with the connection's slot.
+struct Unclaimed(Arc<Handoff>);
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        drop(self.0.take());
+    }
+}
+
 /// Requests in flight on one connection, and a counter of requests seen,
 /// to tell when it has been idle long enough to park.
 #[derive(Default)]
@@ -156,7 +170,7 @@ async fn serve_http(
     stop: &mut watch::Receiver<bool>,
     may_park: bool,
 ) -> Served {
-    let handoff = client.handoff.clone();
+    let handoff = Unclaimed(client.handoff.clone());
     let activity = Arc::new(Activity::default());
     let svc_ctx = ctx.clone();
     let svc_activity = activity.clone();
@@ -206,7 +220,7 @@ async fn serve_http(
     let parts = conn.into_parts();
     let rest = parts.io.into_inner().rewind(parts.read_buf);
     // A CONNECT was answered 200: the tunnel takes the stream.
-    if let Some(tx) = handoff.take() {
+    if let Some(tx) = handoff.0.take() {
         let _ = tx.send(rest);
         return Served::Done;
     }

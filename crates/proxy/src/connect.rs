@@ -65,6 +65,13 @@ pub async fn handle(ctx: Arc<Context>, req: Request<Incoming>, client: Client) -
             // The connection task hands the client stream over once the
             // 200 is written.
             let upgrade = client.handoff.claim();
+            // Not the handoff holding the Sender the task waits on: the
+            // tunnel serves its own connection (hyper's upgrades, not this
+            // handoff), and a task that held it could wait on itself.
+            let client = Client {
+                handoff: Arc::default(),
+                ..client
+            };
             let tracker = client.tracker.clone();
             tracker.spawn(async move {
                 let Ok(up) = upgrade.await else {
