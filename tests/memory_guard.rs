@@ -2,7 +2,9 @@
 //! limit the built binary refuses new connections and new requests on
 //! connections already open `503 overloaded`, keeps `/readyz` 200 and the
 //! admin port answering, and serves again once the memory that pushed it
-//! over is released.
+//! over is released. A connection opened before the guard tripped, silent
+//! or parked between requests, is refused when it speaks, before any of
+//! its request is buffered, and closed (the tenth review's F1).
 //!
 //! The binary, not an in-process proxy: the guard judges the process's
 //! resident set, which a proxy inside the test process would share with
@@ -15,7 +17,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::*;
@@ -63,6 +65,15 @@ async fn holder(proxy: SocketAddr) -> TcpStream {
     tcp
 }
 
+/// Sends `bytes` on `tcp` and reads the answer until the proxy closes
+/// (at most 5 s).
+async fn answer(tcp: &mut TcpStream, bytes: &[u8]) -> String {
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The binary serving `HOST` (pinned, upstream `up`) with `--max-memory`.
 async fn start(pki: &Pki, up: &Upstream, max_memory: &str) -> Spawned {
     TestProxy::builder()
@@ -98,6 +109,9 @@ async fn over_max_memory_new_work_is_refused_overloaded_until_it_falls_back() {
     // A keep-alive connection opened, and served, before the overload.
     let mut open = ProxyConn::open(proxy).await;
     assert_eq!(open.get(&url, &[]).await.status, 200);
+    // Connections opened before the overload that have not spoken yet.
+    let mut silent = TcpStream::connect(proxy).await.unwrap();
+    let mut silent_after = TcpStream::connect(proxy).await.unwrap();
     assert_eq!(
         metric(admin, "pinproxy_memory_limit_bytes").await,
         Some(limit as f64)
@@ -147,11 +161,24 @@ async fn over_max_memory_new_work_is_refused_overloaded_until_it_falls_back() {
     assert!(fresh.starts_with("HTTP/1.1 503 "), "{fresh}");
     assert!(fresh.contains("x-pinproxy-error: overloaded"), "{fresh}");
     assert!(fresh.contains("--max-memory"), "{fresh}");
-    // A new request on the connection already open.
+    // A new request on the connection already open (parked by now): the
+    // answer, and the connection closed.
     let again = open.get(&url, &[]).await;
     assert_eq!(again.status, 503, "{again:?}");
     assert_eq!(again.error(), Some("overloaded"));
     assert!(again.body.contains("--max-memory"), "{}", again.body);
+    // A connection opened before the overload that speaks only now, with
+    // a head it never ends: refused at once, not held in hyper's buffer
+    // until the header timeout.
+    let mut head = format!("GET {url} HTTP/1.1\r\nHost: {HOST}\r\nx-fill: ").into_bytes();
+    head.resize(HEAD_BYTES, b'a');
+    let woken = answer(&mut silent, &head).await;
+    assert!(
+        woken.starts_with("HTTP/1.1 503 "),
+        "a connection opened before the overload, woken by an unfinished head: {woken:?}"
+    );
+    assert!(woken.contains("x-pinproxy-error: overloaded"), "{woken}");
+    assert!(woken.contains("--max-memory"), "{woken}");
     // Shedding load is not a failure: still ready, the admin port answers.
     let ready = get(admin, &format!("http://{admin}/readyz")).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
@@ -160,7 +187,7 @@ async fn over_max_memory_new_work_is_refused_overloaded_until_it_falls_back() {
         .await
         .unwrap_or(0.0);
     assert!(
-        refused >= refused_before + 2.0,
+        refused >= refused_before + 3.0,
         "{refused_before} → {refused}"
     );
 
@@ -168,7 +195,12 @@ async fn over_max_memory_new_work_is_refused_overloaded_until_it_falls_back() {
     drop(holders);
     wait_metric(admin, "pinproxy_overloaded", 0.0).await;
     p.until("no longer overloaded").await;
-    assert_eq!(open.get(&url, &[]).await.status, 200, "the open connection");
+    let req = format!("GET {url} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let served = answer(&mut silent_after, req.as_bytes()).await;
+    assert!(
+        served.starts_with("HTTP/1.1 200 "),
+        "a connection opened before the overload, speaking after it: {served:?}"
+    );
     assert_eq!(get(proxy, &url).await.status, 200, "a new connection");
 }
 

@@ -14,12 +14,14 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::refusal::refuse;
-use super::{handle, parse_buffer, tunnel, Body, Client, ConnGuard, Context};
+use super::{handle, overload, parse_buffer, tunnel, write_refusal, Body, Client, ConnGuard};
+use super::{Context, REFUSAL_WRITE};
 use pinproxy_reason::Reason;
 
 /// The client side of a connection: a TCP stream with any bytes hyper had
@@ -129,6 +131,12 @@ pub(super) async fn serve_connection(
         if !io.has_prefix() && !first_byte(&io, &ctx, &mut stop).await {
             return;
         }
+        // Accepted (or parked) before the memory guard tripped, woken now:
+        // refused before hyper's buffers exist, as a new connection is.
+        if ctx.overload.is_on() {
+            refuse_woken(io, &ctx).await;
+            return;
+        }
         let client = Client {
             tracker: tracker.clone(),
             guard: guard.clone(),
@@ -159,6 +167,29 @@ async fn first_byte(io: &ClientIo, ctx: &Context, stop: &mut watch::Receiver<boo
         }
         _ = stop.changed() => false,
     }
+}
+
+/// Answers a connection that woke while the process is overloaded with
+/// `503 overloaded`, raw, and closes it. Review 10 F1: connections opened
+/// while memory was low (silent, or parked between requests) went
+/// straight into hyper when their first byte came, and each could then
+/// hold an unfinished head of up to ~112 KiB: a client that pre-opened
+/// thousands got past the guard to the OOM killer.
+///
+/// The request is never read, so the write side is shut first and what
+/// the client sent is read and thrown away (a little at a time, within
+/// the refusal's second): a socket closed with unread bytes resets, and
+/// the reset may beat the answer to the client.
+async fn refuse_woken(mut io: ClientIo, ctx: &Context) {
+    let refused = refuse(ctx, Reason::Overloaded, None, "", overload::REFUSAL);
+    let answer = async {
+        write_refusal(&mut io, &refused).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 512];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_WRITE, answer).await;
 }
 
 /// Serves HTTP/1.1 on `io` until the connection closes, is handed to a

@@ -232,12 +232,24 @@ pub(crate) async fn accept_loop<F, Fut>(
 /// Answers a connection over the limit before any request is read: the
 /// refusal, written raw, and the connection closed.
 async fn refuse_overloaded(mut stream: TcpStream, refused: Refused) {
+    let _ = tokio::time::timeout(REFUSAL_WRITE, write_refusal(&mut stream, &refused)).await;
+}
+
+/// How long a refusal written raw may take to leave.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Writes `refused` as a whole HTTP/1.1 response that closes the
+/// connection, without reading the request (hyper never sees it).
+async fn write_refusal<S>(stream: &mut S, refused: &Refused) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
     let (status, reason, body) = (refused.status(), refused.reason(), refused.body());
     let msg = format!(
         "HTTP/1.1 {status}\r\n{ERROR_HEADER}: {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
+    stream.write_all(msg.as_bytes()).await
 }
 
 /// One client connection, as its requests' handlers see it.
