@@ -93,6 +93,23 @@ impl Context {
 /// closed unanswered, so a flood cannot spend descriptors on refusals.
 pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
+/// `SO_SNDBUF` asked for on every accepted client socket, proxy and
+/// transparent listeners alike (the kernel doubles it: 512 KiB of queue);
+/// it also turns off send-buffer autotuning for the socket. On loopback,
+/// the app's hop, autotuning grows a stalled reader's queue to
+/// `tcp_wmem`'s maximum (4 MiB), memory charged to the container's cgroup
+/// but in no figure the guard judges (review 10 F6). 100 unlisted CONNECT
+/// tunnels whose client stopped reading: pinproxy's sockets held 432 MiB
+/// without the cap, 81 MiB with it (~0.8 MiB a tunnel, 29 MiB of it
+/// upstream receive queues, which autotune only as far as pinproxy reads).
+/// The hop is loopback or the pod's network, where this is many times the
+/// bandwidth-delay product: 50 MiB through the debug build, forward and
+/// CONNECT, took the same time with and without it within a loaded
+/// machine's noise (median of 11: 0.16 / 0.19 s forward, 0.21 / 0.23 s
+/// CONNECT). Upstream sockets are left to autotune: there the window is
+/// the throughput over a real round trip.
+pub const CLIENT_SEND_BUFFER: usize = 256 * 1024;
+
 /// Listener limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -209,6 +226,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_SEND_BUFFER);
         let accepted = Accepted {
             stream,
             peer,
