@@ -15,7 +15,7 @@ pub(super) fn guard_limit(
     max: MaxMemory,
     resident: Option<u64>,
 ) -> Result<Option<u64>, (u64, u64)> {
-    match max.resolve(std::path::Path::new(overload::CGROUP_ROOT)) {
+    match max.resolve(std::path::Path::new(overload::FS_ROOT)) {
         Resolved::On { limit, from } => {
             if let Some(resident) = resident.filter(|&r| limit <= r) {
                 if matches!(max, MaxMemory::Auto) {

@@ -37,6 +37,9 @@ use std::time::Duration;
 use pinproxy_control::metrics::Metrics;
 
 use super::memory;
+use cgroup::Cgroup;
+
+mod cgroup;
 
 /// How often the resident set is read.
 pub const INTERVAL: Duration = Duration::from_millis(250);
@@ -49,12 +52,8 @@ pub const CLEAR_PERCENT: u64 = 90;
 /// percent.
 pub const AUTO_PERCENT: u64 = 90;
 
-/// Where the cgroup file system is mounted.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// A cgroup v1 limit at or above this is "no limit": v1 has no `max`, it
-/// says 2^63 rounded down to a page (9223372036854771712).
-const V1_UNLIMITED: u64 = 1 << 62;
+/// The root under which `auto` reads `/proc/self` and `/sys/fs/cgroup`.
+pub const FS_ROOT: &str = "/";
 
 /// The refusal's detail, in its log line and body: which limit it was.
 pub const REFUSAL: &str = "memory over --max-memory: new connections and requests are refused \
@@ -138,16 +137,16 @@ pub enum Resolved {
 
 impl MaxMemory {
     /// The limit in force: as given, or (`auto`) [`AUTO_PERCENT`] of the
-    /// memory limit the cgroup file system under `cgroup_root` states
-    /// (v2 `memory.max`, else v1 `memory/memory.limit_in_bytes`).
-    pub fn resolve(self, cgroup_root: &Path) -> Resolved {
+    /// memory limit of the process's cgroup as seen under `root` ([`FS_ROOT`]
+    /// but in tests): the smallest from its own cgroup up to the mount.
+    pub fn resolve(self, root: &Path) -> Resolved {
         match self {
             Self::Off => Resolved::Off("--max-memory 0".into()),
             Self::Bytes(limit) => Resolved::On {
                 limit,
                 from: "--max-memory".into(),
             },
-            Self::Auto => match cgroup_limit(cgroup_root) {
+            Self::Auto => match cgroup::limit(root) {
                 Cgroup::Limit { bytes, path } => Resolved::On {
                     limit: bytes / 100 * AUTO_PERCENT + bytes % 100 * AUTO_PERCENT / 100,
                     from: format!(
@@ -162,43 +161,10 @@ impl MaxMemory {
                 )),
                 Cgroup::Unknown => Resolved::Off(format!(
                     "--max-memory auto: no cgroup memory limit found under {}",
-                    cgroup_root.display()
+                    root.join("sys/fs/cgroup").display()
                 )),
             },
         }
-    }
-}
-
-/// What the cgroup file system says of the memory limit.
-#[derive(Debug, PartialEq, Eq)]
-enum Cgroup {
-    Limit {
-        bytes: u64,
-        path: std::path::PathBuf,
-    },
-    Unlimited {
-        path: std::path::PathBuf,
-    },
-    /// Neither file is there or readable (not Linux, no cgroup mounted).
-    Unknown,
-}
-
-fn cgroup_limit(root: &Path) -> Cgroup {
-    let v2 = root.join("memory.max");
-    if let Ok(text) = std::fs::read_to_string(&v2) {
-        return match text.trim() {
-            "max" => Cgroup::Unlimited { path: v2 },
-            n => match n.parse() {
-                Ok(bytes) => Cgroup::Limit { bytes, path: v2 },
-                Err(_) => Cgroup::Unknown,
-            },
-        };
-    }
-    let v1 = root.join("memory").join("memory.limit_in_bytes");
-    match std::fs::read_to_string(&v1).map(|t| t.trim().parse::<u64>()) {
-        Ok(Ok(bytes)) if bytes >= V1_UNLIMITED => Cgroup::Unlimited { path: v1 },
-        Ok(Ok(bytes)) => Cgroup::Limit { bytes, path: v1 },
-        _ => Cgroup::Unknown,
     }
 }
 
@@ -320,7 +286,7 @@ mod tests {
 
     #[test]
     fn auto_takes_ninety_percent_of_the_cgroup_limit_v2_then_v1() {
-        let v2 = root(&[("memory.max", "134217728\n")]);
+        let v2 = root(&[("sys/fs/cgroup/memory.max", "134217728\n")]);
         let Resolved::On { limit, from } = MaxMemory::Auto.resolve(v2.path()) else {
             panic!("v2 limit not found");
         };
@@ -333,15 +299,15 @@ mod tests {
 
         // v2 wins over v1 where both are (a hybrid mount).
         let both = root(&[
-            ("memory.max", "1048576\n"),
-            ("memory/memory.limit_in_bytes", "2097152\n"),
+            ("sys/fs/cgroup/memory.max", "1048576\n"),
+            ("sys/fs/cgroup/memory/memory.limit_in_bytes", "2097152\n"),
         ]);
         assert!(matches!(
             MaxMemory::Auto.resolve(both.path()),
             Resolved::On { limit: 943718, .. }
         ));
 
-        let v1 = root(&[("memory/memory.limit_in_bytes", "268435456\n")]);
+        let v1 = root(&[("sys/fs/cgroup/memory/memory.limit_in_bytes", "268435456\n")]);
         let Resolved::On { limit, from } = MaxMemory::Auto.resolve(v1.path()) else {
             panic!("v1 limit not found");
         };
@@ -351,11 +317,14 @@ mod tests {
 
     #[test]
     fn no_limit_or_no_cgroup_is_off() {
-        let max = root(&[("memory.max", "max\n")]);
+        let max = root(&[("sys/fs/cgroup/memory.max", "max\n")]);
         assert!(
             matches!(MaxMemory::Auto.resolve(max.path()), Resolved::Off(why) if why.contains("no memory limit"))
         );
-        let v1 = root(&[("memory/memory.limit_in_bytes", "9223372036854771712\n")]);
+        let v1 = root(&[(
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        )]);
         assert!(
             matches!(MaxMemory::Auto.resolve(v1.path()), Resolved::Off(why) if why.contains("no memory limit"))
         );
@@ -363,7 +332,7 @@ mod tests {
         assert!(
             matches!(MaxMemory::Auto.resolve(none.path()), Resolved::Off(why) if why.contains("no cgroup"))
         );
-        let garbage = root(&[("memory.max", "lots\n")]);
+        let garbage = root(&[("sys/fs/cgroup/memory.max", "lots\n")]);
         assert!(matches!(
             MaxMemory::Auto.resolve(garbage.path()),
             Resolved::Off(_)
