@@ -485,11 +485,14 @@ impl App {
         });
         let trim = Some(tokio::spawn(proxy::memory::trim_after_releases()));
         let guard = self.memory_limit.map(|limit| {
-            tokio::spawn(overload::guard(
-                self.ctx.overload.clone(),
+            let live = self.ctx.live.clone();
+            tokio::spawn(overload::guard(overload::Guard {
+                overload: self.ctx.overload.clone(),
                 limit,
-                self.metrics.clone(),
-            ))
+                unhealthy_after: self.ctx.limits.overloaded_unhealthy_after,
+                metrics: self.metrics.clone(),
+                generation: Box::new(move || live.load().generation),
+            }))
         });
         // One shutdown for every listener: the transparent ones stop
         // accepting when the proxy listener does.

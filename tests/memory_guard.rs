@@ -204,6 +204,88 @@ async fn over_max_memory_new_work_is_refused_overloaded_until_it_falls_back() {
     assert_eq!(get(proxy, &url).await.status, 200, "a new connection");
 }
 
+/// Hosts in the pinset a reload brings in: each costs some KiB resident
+/// (its metric series above all), so the reload alone takes the process
+/// well over a limit set just above its start figure, for good.
+const BIG_PINSET_HOSTS: usize = 4000;
+
+/// The tenth review's F2: a guard that cannot clear (here a reload grew
+/// the working set over the limit) refused every egress request while
+/// `/healthz` stayed 200, so nothing restarted the pod. Now the reload
+/// says it left memory over the limit, and after
+/// `--overloaded-unhealthy-after` (3 s here) `/healthz` fails with the
+/// reason, for the liveness probe; `/readyz` stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_that_cannot_clear_fails_healthz_after_the_bound() {
+    let pki = Pki::new(&[HOST]);
+    let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
+    let idle = {
+        let p = start(&pki, &up, "1Gi").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        metric(p.admin, "pinproxy_memory_resident_bytes")
+            .await
+            .expect("the guard samples the resident set") as u64
+    };
+    let limit = idle + (16 << 20);
+    let mut p = TestProxy::builder()
+        .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
+        .file("ca.pem", pki.root.pem())
+        .args(&["--no-watch", "--max-memory", &limit.to_string()])
+        .args(&["--overloaded-unhealthy-after", "3s"])
+        .spawn()
+        .await;
+    let admin = p.admin;
+    p.until("memory guard on").await;
+    assert_eq!(
+        get(admin, &format!("http://{admin}/healthz")).await.status,
+        200
+    );
+
+    let pin = pki.int.pin();
+    let hosts: String = (0..BIG_PINSET_HOSTS)
+        .map(|i| format!("  h{i}.big.test: {{pins: [\"{pin}\"]}}\n"))
+        .collect();
+    std::fs::write(
+        &p.pins_path,
+        format!("version: 1\ndefaults:\n  unlisted: allow\nhosts:\n{hosts}"),
+    )
+    .expect("write the pinset");
+    p.signal("-HUP");
+    p.until("overloaded: resident memory over --max-memory")
+        .await;
+    let healthz = get(admin, &format!("http://{admin}/healthz")).await;
+    assert_eq!(
+        healthz.status, 200,
+        "unhealthy before the bound: {}",
+        healthz.body
+    );
+    let reload = p.until("the pinset reload left resident memory over").await;
+    assert!(
+        reload
+            .last()
+            .is_some_and(|l| l.contains("WARN") && l.contains("generation=2")),
+        "{reload:?}"
+    );
+
+    let stuck = p.until("memory guard stuck").await;
+    assert!(
+        stuck.last().is_some_and(|l| l.contains("WARN")),
+        "{stuck:?}"
+    );
+    let healthz = get(admin, &format!("http://{admin}/healthz")).await;
+    assert_eq!(healthz.status, 503, "{}", healthz.body);
+    assert!(
+        healthz.body.starts_with("unhealthy: overloaded for 3s"),
+        "{}",
+        healthz.body
+    );
+    assert_eq!(
+        get(admin, &format!("http://{admin}/readyz")).await.status,
+        200
+    );
+    assert_eq!(metric(admin, "pinproxy_overloaded").await, Some(1.0));
+}
+
 /// A limit at or below what the process holds at start would refuse
 /// everything from the first sample on, for good: `run` refuses to start
 /// and says why, naming the figures.

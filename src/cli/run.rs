@@ -92,8 +92,9 @@ pub struct RunArgs {
     /// connections and new requests get 503 `overloaded` (work already
     /// admitted runs on) until it is below 90 % of it again, instead of
     /// the container being OOM-killed. Bytes, or with Ki, Mi, Gi (110Mi);
-    /// auto: 90 % of the container's memory limit (cgroup v2 memory.max,
-    /// or v1 memory.limit_in_bytes; none: off); 0: off.
+    /// auto: 90 % of the memory limit of pinproxy's own cgroup, the
+    /// smallest from it up to the cgroup mount (v2 memory.max, v1
+    /// memory.limit_in_bytes or hierarchical_memory_limit; none: off); 0: off.
     #[arg(
         long,
         env = "PINPROXY_MAX_MEMORY",
@@ -101,6 +102,11 @@ pub struct RunArgs {
         value_name = "BYTES"
     )]
     pub max_memory: crate::proxy::overload::MaxMemory,
+    /// After the memory guard has refused new work this long without a
+    /// break, /healthz fails (503, with the reason) so the liveness probe
+    /// restarts the container; 0: never.
+    #[arg(long, env = "PINPROXY_OVERLOADED_UNHEALTHY_AFTER", default_value = "2m", value_parser = duration::parse)]
+    pub overloaded_unhealthy_after: Duration,
     /// Upstream TCP connect timeout (and DNS lookup timeout).
     #[arg(long, env = "PINPROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
     pub connect_timeout: Duration,
@@ -309,6 +315,7 @@ fn run_config(args: &RunArgs) -> Result<(Config, Duration), Error> {
         tunnel_idle: args.tunnel_idle_timeout,
         revoke_grace: args.revoke_grace,
         first_byte_timeout: args.transparent_first_byte_timeout,
+        overloaded_unhealthy_after: Some(args.overloaded_unhealthy_after).filter(|d| !d.is_zero()),
         ..Limits::default()
     };
     let upstream = Options {

@@ -165,7 +165,13 @@ fn route(admin: &Admin, local: bool, req: Request<Incoming>) -> Response<Body> {
         );
     }
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => match admin.metrics.unhealthy() {
+            None => text(StatusCode::OK, "ok\n"),
+            Some(why) => owned_text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {why}\n"),
+            ),
+        },
         "/readyz" => {
             if admin.readiness.is_ready() {
                 text(StatusCode::OK, "ready\n")

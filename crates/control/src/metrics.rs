@@ -528,6 +528,17 @@ impl Metrics {
     pub fn memory_sampled(&self, resident: u64, overloaded: bool) {
         self.memory.sampled(resident, overloaded);
     }
+
+    /// The guard has been on too long (`Some(why)`): `/healthz` fails so
+    /// the liveness probe restarts the container; `None` once it clears.
+    pub fn memory_unhealthy(&self, why: Option<String>) {
+        self.memory.set_unhealthy(why);
+    }
+
+    /// Why `/healthz` fails, if it does.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.memory.unhealthy()
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,10 @@ pub struct Limits {
     /// decides it is a server-first protocol (MySQL, SSH, SMTP): spliced
     /// when its destination is a passthrough CIDR, else closed.
     pub first_byte_timeout: Duration,
+    /// After the memory guard has refused new work this long without a
+    /// break, `/healthz` fails so the liveness probe restarts the
+    /// container (`None`: never); see [`overload`].
+    pub overloaded_unhealthy_after: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -138,6 +142,7 @@ impl Default for Limits {
             tunnel_idle: Duration::from_secs(3600),
             revoke_grace: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(1),
+            overloaded_unhealthy_after: Some(overload::UNHEALTHY_AFTER),
         }
     }
 }

@@ -38,8 +38,10 @@ use pinproxy_control::metrics::Metrics;
 
 use super::memory;
 use cgroup::Cgroup;
+use stuck::{Reload, Stuck};
 
 mod cgroup;
+mod stuck;
 
 /// How often the resident set is read.
 pub const INTERVAL: Duration = Duration::from_millis(250);
@@ -47,6 +49,13 @@ pub const INTERVAL: Duration = Duration::from_millis(250);
 /// The guard clears once the resident set is below this share of the
 /// limit, in percent.
 pub const CLEAR_PERCENT: u64 = 90;
+
+/// `--overloaded-unhealthy-after`'s default: long enough for admitted
+/// work to finish and release what tripped the guard (a burst of
+/// unfinished heads ends within `--header-timeout`, 30 s), short enough
+/// that a guard that cannot clear is restarted within minutes (plus the
+/// probe's own 3 × 10 s).
+pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(120);
 
 /// `--max-memory auto`: this share of the container's memory limit, in
 /// percent.
@@ -181,25 +190,35 @@ pub fn resident() -> io::Result<u64> {
     Ok(pages.saturating_mul(rustix::param::page_size() as u64))
 }
 
+/// What the guard judges against, and what it reports to.
+pub struct Guard {
+    pub overload: Arc<Overload>,
+    /// `--max-memory` in force, bytes.
+    pub limit: u64,
+    /// `--overloaded-unhealthy-after` (`None`: `/healthz` never fails).
+    pub unhealthy_after: Option<Duration>,
+    pub metrics: Arc<Metrics>,
+    /// The pinset generation in force: a reload is judged by the memory
+    /// it leaves.
+    pub generation: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
 /// Samples the resident set every [`INTERVAL`] and turns `overload` on
 /// above `limit` and off below [`CLEAR_PERCENT`] of it, logging each
 /// change and keeping the gauges; runs until dropped.
-pub async fn guard(overload: Arc<Overload>, limit: u64, metrics: Arc<Metrics>) {
-    guard_with(overload, limit, metrics, resident, memory::trim_now).await
+pub async fn guard(guard: Guard) {
+    guard_with(guard, resident, memory::trim_now).await
 }
 
-async fn guard_with(
-    overload: Arc<Overload>,
-    limit: u64,
-    metrics: Arc<Metrics>,
-    read: fn() -> io::Result<u64>,
-    trim: fn(),
-) {
+async fn guard_with(g: Guard, read: fn() -> io::Result<u64>, trim: fn()) {
+    let (overload, limit, metrics) = (&g.overload, g.limit, &g.metrics);
     metrics.watch_memory(limit);
     let clear = limit / 100 * CLEAR_PERCENT;
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
+    let mut stuck = Stuck::default();
+    let mut reload = Reload::new((g.generation)());
     loop {
         tick.tick().await;
         let resident = match read() {
@@ -240,6 +259,8 @@ async fn guard_with(
                 );
             }
         }
+        stuck.judge(now, resident, clear, g.unhealthy_after, metrics);
+        reload.judge((g.generation)(), now, resident, clear);
         metrics.memory_sampled(resident, now);
     }
 }
@@ -381,9 +402,13 @@ mod tests {
         assert_eq!(gauge(&metrics, "pinproxy_memory_limit_bytes"), None);
         FIGURE.store(500, Ordering::SeqCst);
         let task = tokio::spawn(guard_with(
-            overload.clone(),
-            1000,
-            metrics.clone(),
+            Guard {
+                overload: overload.clone(),
+                limit: 1000,
+                unhealthy_after: None,
+                metrics: metrics.clone(),
+                generation: Box::new(|| 1),
+            },
             figure,
             count_trim,
         ));
@@ -426,6 +451,77 @@ mod tests {
         let trims = TRIMS.load(Ordering::SeqCst);
         sample().await;
         assert_eq!(TRIMS.load(Ordering::SeqCst), trims, "trimmed while clear");
+        task.abort();
+    }
+
+    static STUCK_FIGURE: AtomicU64 = AtomicU64::new(0);
+
+    fn stuck_figure() -> io::Result<u64> {
+        Ok(STUCK_FIGURE.load(Ordering::SeqCst))
+    }
+
+    /// In virtual time: a guard on for `unhealthy_after` without a break
+    /// fails `/healthz` (the metrics' reason), one that clears before
+    /// does not, and clearing makes it healthy again.
+    #[tokio::test(start_paused = true)]
+    async fn a_guard_on_too_long_fails_liveness_until_it_clears() {
+        let metrics = Metrics::new();
+        let overload = Arc::new(Overload::default());
+        STUCK_FIGURE.store(2000, Ordering::SeqCst);
+        let task = tokio::spawn(guard_with(
+            Guard {
+                overload: overload.clone(),
+                limit: 1000,
+                unhealthy_after: Some(Duration::from_secs(120)),
+                metrics: metrics.clone(),
+                generation: Box::new(|| 1),
+            },
+            stuck_figure,
+            || {},
+        ));
+        let wait = |secs| async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            tokio::task::yield_now().await;
+        };
+        wait(60).await;
+        assert!(overload.is_on());
+        // A break resets the clock.
+        STUCK_FIGURE.store(100, Ordering::SeqCst);
+        wait(1).await;
+        assert!(!overload.is_on());
+        STUCK_FIGURE.store(2000, Ordering::SeqCst);
+        wait(100).await;
+        assert!(overload.is_on());
+        assert_eq!(metrics.unhealthy(), None, "on for 100 s only");
+        wait(21).await;
+        let why = metrics.unhealthy().expect("unhealthy after 120 s on");
+        assert!(why.starts_with("overloaded for 120s"), "{why}");
+        assert!(why.contains("2000 bytes"), "{why}");
+
+        STUCK_FIGURE.store(100, Ordering::SeqCst);
+        wait(1).await;
+        assert!(!overload.is_on());
+        assert_eq!(metrics.unhealthy(), None, "healthy again once clear");
+        task.abort();
+    }
+
+    /// `None` (`--overloaded-unhealthy-after 0`): never unhealthy.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_bound_liveness_never_fails() {
+        let metrics = Metrics::new();
+        let task = tokio::spawn(guard_with(
+            Guard {
+                overload: Arc::default(),
+                limit: 0,
+                unhealthy_after: None,
+                metrics: metrics.clone(),
+                generation: Box::new(|| 1),
+            },
+            resident,
+            || {},
+        ));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(metrics.unhealthy(), None);
         task.abort();
     }
 }

@@ -6,7 +6,7 @@
 //! starts one) the limit and the figure have no sample (absent, not 0: an
 //! unknown figure is not a small one), and `overloaded` is 0.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -19,6 +19,9 @@ pub(super) struct Memory {
     overloaded: IntGauge,
     /// Set once the guard runs.
     guarded: Arc<OnceLock<()>>,
+    /// Why `/healthz` fails: the guard has been on too long (no figure,
+    /// so it lives here beside the ones the guard sets).
+    unhealthy: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -57,6 +60,7 @@ impl Memory {
                 "1 while resident memory is over --max-memory and new connections and requests are refused overloaded (until below 90 % of it), else 0.",
             ),
             guarded: Arc::default(),
+            unhealthy: Arc::default(),
         }
     }
 
@@ -70,6 +74,20 @@ impl Memory {
     pub(super) fn sampled(&self, resident: u64, overloaded: bool) {
         self.resident.set(clamp(resident));
         self.overloaded.set(i64::from(overloaded));
+    }
+
+    pub(super) fn set_unhealthy(&self, why: Option<String>) {
+        *self
+            .unhealthy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = why;
+    }
+
+    pub(super) fn unhealthy(&self) -> Option<String> {
+        self.unhealthy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn gauges(&self) -> [&IntGauge; 3] {
