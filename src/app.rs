@@ -204,8 +204,9 @@ pub struct App {
     admin_listener: TcpListener,
     transparent: Vec<TcpListener>,
     ctx: Arc<proxy::Context>,
-    /// The memory guard's limit, bytes (`None`: off).
-    memory_limit: Option<u64>,
+    /// The memory guard's limit, bytes, and the cgroup `memory.stat`
+    /// whose socket buffers it counts (`None`: off).
+    memory_limit: Option<memory::Limit>,
     admin: Admin,
     admin_options: admin::Options,
     watcher: Option<Watcher>,
@@ -484,16 +485,19 @@ impl App {
             ))
         });
         let trim = Some(tokio::spawn(proxy::memory::trim_after_releases()));
-        let guard = self.memory_limit.map(|limit| {
-            let live = self.ctx.live.clone();
-            tokio::spawn(overload::guard(overload::Guard {
-                overload: self.ctx.overload.clone(),
-                limit,
-                unhealthy_after: self.ctx.limits.overloaded_unhealthy_after,
-                metrics: self.metrics.clone(),
-                generation: Box::new(move || live.load().generation),
-            }))
-        });
+        let guard = self
+            .memory_limit
+            .map(|memory::Limit { bytes: limit, sock }| {
+                let live = self.ctx.live.clone();
+                tokio::spawn(overload::guard(overload::Guard {
+                    overload: self.ctx.overload.clone(),
+                    limit,
+                    unhealthy_after: self.ctx.limits.overloaded_unhealthy_after,
+                    metrics: self.metrics.clone(),
+                    sock,
+                    generation: Box::new(move || live.load().generation),
+                }))
+            });
         // One shutdown for every listener: the transparent ones stop
         // accepting when the proxy listener does.
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -2,7 +2,16 @@
 //! whether it can work at all (a limit at or below what the process
 //! already holds would refuse everything from the first sample on).
 
+use std::path::PathBuf;
+
 use crate::proxy::overload::{self, MaxMemory, Resolved};
+
+/// The guard's limit, bytes, and the cgroup v2 `memory.stat` whose
+/// socket buffers it counts.
+pub(super) struct Limit {
+    pub bytes: u64,
+    pub sock: Option<PathBuf>,
+}
 
 /// What `--max-memory` comes to (`auto`: from the container's cgroup),
 /// logged with where it came from: the guard's limit, or `None` when off.
@@ -14,9 +23,9 @@ use crate::proxy::overload::{self, MaxMemory, Resolved};
 pub(super) fn guard_limit(
     max: MaxMemory,
     resident: Option<u64>,
-) -> Result<Option<u64>, (u64, u64)> {
+) -> Result<Option<Limit>, (u64, u64)> {
     match max.resolve(std::path::Path::new(overload::FS_ROOT)) {
-        Resolved::On { limit, from } => {
+        Resolved::On { limit, from, sock } => {
             if let Some(resident) = resident.filter(|&r| limit <= r) {
                 if matches!(max, MaxMemory::Auto) {
                     tracing::warn!(
@@ -40,9 +49,10 @@ pub(super) fn guard_limit(
             tracing::info!(
                 max_memory = limit,
                 from = %from,
+                sock = ?sock,
                 "memory guard on: past it new connections and requests are refused overloaded"
             );
-            Ok(Some(limit))
+            Ok(Some(Limit { bytes: limit, sock }))
         }
         Resolved::Off(why) => {
             tracing::info!(why = %why, "memory guard off");

@@ -23,12 +23,16 @@
 //! `memory.current`: it includes page cache the kernel reclaims only under
 //! pressure, which near 90 % may never come, so a guard on it could stay
 //! tripped. Kernel socket buffers are charged to the container but are in
-//! no figure of the process: they, and what admitted work still grows by,
-//! are what the default's 10 % below the container's limit is for.
+//! no figure of the process: with `auto` on cgroup v2 the guard adds the
+//! `sock` line of its cgroup's `memory.stat` (a stalled reader can hold
+//! megabytes there, the tenth review's F6); v1 states it per cgroup only
+//! with kmem accounting on, so there they, and what admitted work still
+//! grows by, are what the default's 10 % below the container's limit is
+//! for.
 
 use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -140,8 +144,14 @@ pub enum Resolved {
     /// No guard; why.
     Off(String),
     /// The guard refuses new work above `limit` bytes; `from` says where
-    /// the figure came from.
-    On { limit: u64, from: String },
+    /// the figure came from. `sock`: the cgroup v2 `memory.stat` whose
+    /// socket buffers count too (`auto` from a v2 cgroup only: the kernel
+    /// charges them against that limit).
+    On {
+        limit: u64,
+        from: String,
+        sock: Option<PathBuf>,
+    },
 }
 
 impl MaxMemory {
@@ -154,10 +164,15 @@ impl MaxMemory {
             Self::Bytes(limit) => Resolved::On {
                 limit,
                 from: "--max-memory".into(),
+                sock: None,
             },
             Self::Auto => match cgroup::limit(root) {
                 Cgroup::Limit { bytes, path } => Resolved::On {
                     limit: bytes / 100 * AUTO_PERCENT + bytes % 100 * AUTO_PERCENT / 100,
+                    sock: path
+                        .ends_with("memory.max")
+                        .then(|| cgroup::memory_stat(root))
+                        .flatten(),
                     from: format!(
                         "--max-memory auto: {AUTO_PERCENT} % of the container's memory limit \
                          ({bytes} bytes, {})",
@@ -198,6 +213,10 @@ pub struct Guard {
     /// `--overloaded-unhealthy-after` (`None`: `/healthz` never fails).
     pub unhealthy_after: Option<Duration>,
     pub metrics: Arc<Metrics>,
+    /// A cgroup v2 `memory.stat` whose `sock` figure (kernel socket
+    /// buffers, charged to the container but in no figure of the process)
+    /// is added to the resident set.
+    pub sock: Option<PathBuf>,
     /// The pinset generation in force: a reload is judged by the memory
     /// it leaves.
     pub generation: Box<dyn Fn() -> u64 + Send + Sync>,
@@ -222,7 +241,7 @@ async fn guard_with(g: Guard, read: fn() -> io::Result<u64>, trim: fn()) {
     loop {
         tick.tick().await;
         let resident = match read() {
-            Ok(r) => r,
+            Ok(r) => r.saturating_add(g.sock.as_deref().and_then(cgroup::sock).unwrap_or(0)),
             Err(e) => {
                 if !std::mem::replace(&mut warned, true) {
                     tracing::warn!(error = %e, "memory guard: cannot read the resident set; not judging");
@@ -308,7 +327,7 @@ mod tests {
     #[test]
     fn auto_takes_ninety_percent_of_the_cgroup_limit_v2_then_v1() {
         let v2 = root(&[("sys/fs/cgroup/memory.max", "134217728\n")]);
-        let Resolved::On { limit, from } = MaxMemory::Auto.resolve(v2.path()) else {
+        let Resolved::On { limit, from, .. } = MaxMemory::Auto.resolve(v2.path()) else {
             panic!("v2 limit not found");
         };
         assert_eq!(limit, 134217728 / 10 * 9 + 134217728 % 10 * 9 / 10);
@@ -329,7 +348,7 @@ mod tests {
         ));
 
         let v1 = root(&[("sys/fs/cgroup/memory/memory.limit_in_bytes", "268435456\n")]);
-        let Resolved::On { limit, from } = MaxMemory::Auto.resolve(v1.path()) else {
+        let Resolved::On { limit, from, .. } = MaxMemory::Auto.resolve(v1.path()) else {
             panic!("v1 limit not found");
         };
         assert_eq!(limit, 241591910);
@@ -363,7 +382,8 @@ mod tests {
             MaxMemory::Bytes(5).resolve(none.path()),
             Resolved::On {
                 limit: 5,
-                from: "--max-memory".into()
+                from: "--max-memory".into(),
+                sock: None,
             }
         );
         assert!(matches!(
@@ -407,6 +427,7 @@ mod tests {
                 limit: 1000,
                 unhealthy_after: None,
                 metrics: metrics.clone(),
+                sock: None,
                 generation: Box::new(|| 1),
             },
             figure,
@@ -474,6 +495,7 @@ mod tests {
                 limit: 1000,
                 unhealthy_after: Some(Duration::from_secs(120)),
                 metrics: metrics.clone(),
+                sock: None,
                 generation: Box::new(|| 1),
             },
             stuck_figure,
@@ -515,6 +537,7 @@ mod tests {
                 limit: 0,
                 unhealthy_after: None,
                 metrics: metrics.clone(),
+                sock: None,
                 generation: Box::new(|| 1),
             },
             resident,
@@ -522,6 +545,48 @@ mod tests {
         ));
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert_eq!(metrics.unhealthy(), None);
+        task.abort();
+    }
+
+    static SOCK_FIGURE: AtomicU64 = AtomicU64::new(0);
+
+    fn sock_figure() -> io::Result<u64> {
+        Ok(SOCK_FIGURE.load(Ordering::SeqCst))
+    }
+
+    /// Socket buffers the kernel charges to the cgroup (v2 `memory.stat`
+    /// `sock`) count: 600 resident + 500 of sockets is over 1000.
+    #[tokio::test(start_paused = true)]
+    async fn cgroup_socket_buffers_count_toward_the_limit() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let stat = dir.path().join("memory.stat");
+        std::fs::write(&stat, "anon 600\nsock 500\n").expect("write memory.stat");
+        let metrics = Metrics::new();
+        let overload = Arc::new(Overload::default());
+        SOCK_FIGURE.store(600, Ordering::SeqCst);
+        let task = tokio::spawn(guard_with(
+            Guard {
+                overload: overload.clone(),
+                limit: 1000,
+                unhealthy_after: None,
+                metrics: metrics.clone(),
+                sock: Some(stat.clone()),
+                generation: Box::new(|| 1),
+            },
+            sock_figure,
+            || {},
+        ));
+        tokio::time::sleep(INTERVAL).await;
+        tokio::task::yield_now().await;
+        assert!(overload.is_on(), "600 resident + 500 sock is over 1000");
+        assert_eq!(
+            gauge(&metrics, "pinproxy_memory_resident_bytes"),
+            Some(1100.0)
+        );
+        std::fs::write(&stat, "anon 600\nsock 0\n").expect("write memory.stat");
+        tokio::time::sleep(INTERVAL).await;
+        tokio::task::yield_now().await;
+        assert!(!overload.is_on(), "the sockets drained");
         task.abort();
     }
 }

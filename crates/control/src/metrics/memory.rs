@@ -53,7 +53,7 @@ impl Memory {
             ),
             resident: gauge(
                 "memory_resident_bytes",
-                "The process's resident memory at the memory guard's last sample (a few times a second); absent when the guard is off.",
+                "The process's resident memory (with --max-memory auto on cgroup v2, plus the socket buffers charged to its cgroup) at the memory guard's last sample (a few times a second); absent when the guard is off.",
             ),
             overloaded: gauge(
                 "overloaded",

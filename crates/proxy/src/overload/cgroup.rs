@@ -85,6 +85,28 @@ pub fn limit(root: &Path) -> Cgroup {
     mount_root(&root.join(MOUNT))
 }
 
+/// The process's own cgroup v2 `memory.stat`, whose `sock` line is what
+/// the kernel charges that cgroup for socket buffers; `None` without a v2
+/// cgroup (v1 states it per cgroup only with kmem accounting on).
+pub fn memory_stat(root: &Path) -> Option<PathBuf> {
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).ok();
+    let (mount, leaf) = own(
+        Version::V2,
+        &read("proc/self/cgroup")?,
+        &read("proc/self/mountinfo")?,
+    )?;
+    let stat = root.join(mount).join(leaf).join("memory.stat");
+    stat.is_file().then_some(stat)
+}
+
+/// `sock` in a cgroup v2 `memory.stat`, bytes.
+pub fn sock(stat: &Path) -> Option<u64> {
+    std::fs::read_to_string(stat)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("sock ")?.trim().parse().ok())
+}
+
 /// The process's cgroup of `version`: its hierarchy's mount point, and
 /// the cgroup's directory below it (both relative, to join under a root).
 fn own(version: Version, cgroups: &str, mounts: &str) -> Option<(PathBuf, PathBuf)> {
@@ -409,6 +431,31 @@ mod tests {
             ("proc/self/mountinfo", V2_MOUNT),
         ]);
         assert_eq!(limit(t.path()), Cgroup::Unknown);
+    }
+
+    #[test]
+    fn the_v2_cgroup_memory_stat_and_its_sock_figure() {
+        let t = tree(&[
+            ("proc/self/cgroup", "0::/kubepods/ctr\n"),
+            ("proc/self/mountinfo", V2_MOUNT),
+            (
+                "sys/fs/cgroup/kubepods/ctr/memory.stat",
+                "anon 1\nfile 2\nkernel 3\nsock 4194304\nshmem 0\n",
+            ),
+        ]);
+        let stat = memory_stat(t.path()).expect("the v2 cgroup's memory.stat");
+        assert_eq!(
+            stat,
+            t.path().join("sys/fs/cgroup/kubepods/ctr/memory.stat")
+        );
+        assert_eq!(sock(&stat), Some(4194304));
+        // v1 only: none.
+        let t = tree(&[
+            ("proc/self/cgroup", "4:memory:/ctr\n"),
+            ("proc/self/mountinfo", V1_MOUNT),
+            ("sys/fs/cgroup/memory/ctr/memory.stat", "sock 1\n"),
+        ]);
+        assert_eq!(memory_stat(t.path()), None);
     }
 
     #[test]
