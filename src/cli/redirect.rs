@@ -35,10 +35,12 @@ pub struct RedirectArgs {
     pub exclude_uid: Vec<u32>,
     /// Also reset outbound TCP that was not redirected, from every UID but
     /// pinproxy's and the excluded ones (loopback excepted), so a bypass
-    /// fails loudly; and lock UDP: DNS to the resolvers of --resolv-conf
-    /// and --allow-udp destinations pass, UDP 443 (QUIC) is rejected with
-    /// ICMP port-unreachable (clients fall back to TCP at once), the rest
-    /// is dropped.
+    /// fails loudly; and lock the rest, default-deny: UDP DNS to the
+    /// resolvers of --resolv-conf and --allow-udp destinations pass, UDP
+    /// 443 (QUIC) is rejected with ICMP port-unreachable (clients fall back
+    /// to TCP at once), and every other packet is dropped but replies, the
+    /// ICMP errors TCP needs, IPv6 neighbour discovery and the kernel's
+    /// IGMP and MLD reports.
     #[arg(long)]
     pub lock: bool,
     /// Under --lock, also let UDP to this destination through (e.g.

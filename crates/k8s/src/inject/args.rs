@@ -130,9 +130,10 @@ pub struct SidecarArgs {
     pub transparent_exclude_cidr: Vec<String>,
     /// Also reject (TCP reset) outbound connections that are not
     /// redirected, e.g. to ports outside --transparent-ports: a bypass fails
-    /// loudly; and lock UDP: DNS to the pod's resolvers passes, UDP 443
-    /// (QUIC) is rejected so clients fall back to TCP, the rest is dropped.
-    /// Excluded CIDRs stay reachable.
+    /// loudly; and lock the rest, default-deny: DNS to the pod's resolvers
+    /// passes, UDP 443 (QUIC) is rejected so clients fall back to TCP,
+    /// every other protocol is dropped (`redirect --lock`). Excluded CIDRs
+    /// stay reachable.
     #[arg(long, env = "PINPROXY_INJECT_TRANSPARENT_LOCK")]
     pub transparent_lock: bool,
     /// UDP destinations the lock lets through besides DNS (CIDR:PORT,
