@@ -134,9 +134,21 @@ pub(super) async fn serve_connection(
         // Accepted (or parked) before the memory guard tripped, woken now:
         // refused before hyper's buffers exist, as a new connection is.
         if ctx.overload.is_on() {
-            refuse_woken(io, &ctx).await;
+            refuse_woken(io, &ctx, overload::REFUSAL).await;
             return;
         }
+        // Not on, but its head is charged against the headroom the last
+        // sample left, until the parser has it: a burst of heads within
+        // one sample must not take memory past the limit before the guard
+        // sees it (review 10 F1).
+        let charge = overload::reserve::head_charge(parse_buffer(&ctx.limits));
+        let head = match ctx.overload.reserve(charge) {
+            Ok(head) => head,
+            Err(overload::reserve::NoRoom) => {
+                refuse_woken(io, &ctx, overload::reserve::NO_ROOM).await;
+                return;
+            }
+        };
         let client = Client {
             tracker: tracker.clone(),
             guard: guard.clone(),
@@ -145,7 +157,7 @@ pub(super) async fn serve_connection(
         // Boxed: the task itself stays small while the connection waits
         // (parked or new), and hyper's connection state exists only while
         // it is being served.
-        match Box::pin(serve_http(io, &ctx, client, &mut stop, may_park)).await {
+        match Box::pin(serve_http(io, &ctx, client, head, &mut stop, may_park)).await {
             Served::Done => return,
             Served::Parked(rest) => {
                 may_park = !rest.has_prefix();
@@ -169,8 +181,9 @@ async fn first_byte(io: &ClientIo, ctx: &Context, stop: &mut watch::Receiver<boo
     }
 }
 
-/// Answers a connection that woke while the process is overloaded with
-/// `503 overloaded`, raw, and closes it. Review 10 F1: connections opened
+/// Answers a connection that woke while the process is overloaded, or
+/// with no headroom left for its head, with `503 overloaded` (`detail`
+/// says which), raw, and closes it. Review 10 F1: connections opened
 /// while memory was low (silent, or parked between requests) went
 /// straight into hyper when their first byte came, and each could then
 /// hold an unfinished head of up to ~112 KiB: a client that pre-opened
@@ -180,8 +193,8 @@ async fn first_byte(io: &ClientIo, ctx: &Context, stop: &mut watch::Receiver<boo
 /// the client sent is read and thrown away (a little at a time, within
 /// the refusal's second): a socket closed with unread bytes resets, and
 /// the reset may beat the answer to the client.
-async fn refuse_woken(mut io: ClientIo, ctx: &Context) {
-    let refused = refuse(ctx, Reason::Overloaded, None, "", overload::REFUSAL);
+async fn refuse_woken(mut io: ClientIo, ctx: &Context, detail: &str) {
+    let refused = refuse(ctx, Reason::Overloaded, None, "", detail);
     let answer = async {
         write_refusal(&mut io, &refused).await?;
         io.shutdown().await?;
@@ -194,10 +207,14 @@ async fn refuse_woken(mut io: ClientIo, ctx: &Context) {
 
 /// Serves HTTP/1.1 on `io` until the connection closes, is handed to a
 /// tunnel, or has been quiet for [`PARK_AFTER`] (then it is parked).
+/// `head`, the reservation for the first head, is given back when that
+/// head reaches the service (one relaxed load per later request) or, at
+/// the latest, with the service when this returns.
 async fn serve_http(
     io: ClientIo,
     ctx: &Arc<Context>,
     client: Client,
+    head: Option<overload::reserve::Reservation>,
     stop: &mut watch::Receiver<bool>,
     may_park: bool,
 ) -> Served {
@@ -206,6 +223,9 @@ async fn serve_http(
     let svc_ctx = ctx.clone();
     let svc_activity = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
+        if let Some(head) = &head {
+            head.release();
+        }
         let ctx = svc_ctx.clone();
         let client = client.clone();
         let activity = svc_activity.clone();

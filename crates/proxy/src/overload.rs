@@ -11,7 +11,8 @@
 //! proxy is *overloaded*: the accept loop answers new client connections
 //! as it does past `--max-connections`, and [`crate::admit`] refuses every
 //! new request, stream, CONNECT and redirected connection — one relaxed
-//! load of [`Overload::is_on`], nothing else on the request path. Work
+//! load of [`Overload::is_on`], nothing else on the request path. A woken
+//! connection's head is charged to the headroom first ([`reserve`]). Work
 //! already admitted runs on: the guard bounds new work, not old. It asks
 //! the allocator to give freed memory back at once when it trips, and
 //! clears with hysteresis, below [`CLEAR_PERCENT`] of the limit, so it
@@ -34,7 +35,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ use cgroup::Cgroup;
 use stuck::{Reload, Stuck};
 
 mod cgroup;
+pub mod reserve;
 mod stuck;
 
 /// How often the resident set is read.
@@ -72,11 +74,16 @@ pub const FS_ROOT: &str = "/";
 pub const REFUSAL: &str = "memory over --max-memory: new connections and requests are refused \
                            until it falls back";
 
-/// Whether the proxy is overloaded now: set by [`guard`] alone, read on
-/// every request.
-#[derive(Debug, Default)]
+/// Whether the proxy is overloaded now, and the headroom the last sample
+/// left for woken connections' heads ([`reserve`]): written by [`guard`]
+/// alone, read on every request and every wake. `Default`: no guard.
+#[derive(Debug)]
 pub struct Overload {
     on: AtomicBool,
+    /// The limit minus the resident set, 0 while on; [`reserve::UNGUARDED`]
+    /// without a guard.
+    headroom: AtomicU64,
+    reserved: AtomicU64,
 }
 
 // === impl Overload ===
@@ -260,6 +267,7 @@ async fn guard_with(g: Guard, read: fn() -> io::Result<u64>, trim: fn()) {
             // at once when tripping, then at every sample until clear.
             trim();
         }
+        overload.set_headroom(if now { 0 } else { limit - resident });
         if now != was {
             overload.on.store(now, Ordering::Relaxed);
             if now {
@@ -287,7 +295,6 @@ async fn guard_with(g: Guard, read: fn() -> io::Result<u64>, trim: fn()) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn sizes_parse_as_the_flag_documents() {
