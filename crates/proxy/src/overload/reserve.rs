@@ -93,7 +93,7 @@ impl Overload {
         }))
     }
 
-    /// Bytes reserved now (tests and logs).
+    /// Bytes reserved now.
     pub fn reserved(&self) -> u64 {
         self.reserved.load(Ordering::Relaxed)
     }
