@@ -420,6 +420,19 @@ mod tests {
         metrics.samples().get(&format!("{name}{{}}")).copied()
     }
 
+    /// A guard of `limit` bytes with no liveness bound, no socket figure
+    /// and one pinset generation: what each test then changes.
+    fn judged(overload: &Arc<Overload>, metrics: &Arc<Metrics>, limit: u64) -> Guard {
+        Guard {
+            overload: overload.clone(),
+            limit,
+            unhealthy_after: None,
+            metrics: metrics.clone(),
+            sock: None,
+            generation: Box::new(|| 1),
+        }
+    }
+
     /// In virtual time: on above the limit (trimming at once), still on
     /// between 90 % and the limit, off below 90 %; the gauges follow.
     #[tokio::test(start_paused = true)]
@@ -429,14 +442,7 @@ mod tests {
         assert_eq!(gauge(&metrics, "pinproxy_memory_limit_bytes"), None);
         FIGURE.store(500, Ordering::SeqCst);
         let task = tokio::spawn(guard_with(
-            Guard {
-                overload: overload.clone(),
-                limit: 1000,
-                unhealthy_after: None,
-                metrics: metrics.clone(),
-                sock: None,
-                generation: Box::new(|| 1),
-            },
+            judged(&overload, &metrics, 1000),
             figure,
             count_trim,
         ));
@@ -498,12 +504,8 @@ mod tests {
         STUCK_FIGURE.store(2000, Ordering::SeqCst);
         let task = tokio::spawn(guard_with(
             Guard {
-                overload: overload.clone(),
-                limit: 1000,
                 unhealthy_after: Some(Duration::from_secs(120)),
-                metrics: metrics.clone(),
-                sock: None,
-                generation: Box::new(|| 1),
+                ..judged(&overload, &metrics, 1000)
             },
             stuck_figure,
             || {},
@@ -539,14 +541,7 @@ mod tests {
     async fn without_a_bound_liveness_never_fails() {
         let metrics = Metrics::new();
         let task = tokio::spawn(guard_with(
-            Guard {
-                overload: Arc::default(),
-                limit: 0,
-                unhealthy_after: None,
-                metrics: metrics.clone(),
-                sock: None,
-                generation: Box::new(|| 1),
-            },
+            judged(&Arc::default(), &metrics, 0),
             resident,
             || {},
         ));
@@ -573,12 +568,8 @@ mod tests {
         SOCK_FIGURE.store(600, Ordering::SeqCst);
         let task = tokio::spawn(guard_with(
             Guard {
-                overload: overload.clone(),
-                limit: 1000,
-                unhealthy_after: None,
-                metrics: metrics.clone(),
                 sock: Some(stat.clone()),
-                generation: Box::new(|| 1),
+                ..judged(&overload, &metrics, 1000)
             },
             sock_figure,
             || {},
