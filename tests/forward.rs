@@ -667,6 +667,29 @@ async fn distant(pki: &Pki, h2: bool) -> (support::alpn::AlpnSwitch, Proxy) {
     (up, p)
 }
 
+/// A host's idle pool keeps what its concurrency needs: 64 concurrent
+/// requests to an HTTP/1.1 upstream, three rounds, open 64 connections
+/// in the first and none after. Before, the pool kept 32 idle per host and
+/// every later round dialed the other 32 again: under wrk's 50 keep-alive
+/// clients 5.8 % of requests were a fresh upstream TLS handshake, and the
+/// forward path's CPU per request was 2.65× nginx's instead of ~1.1×.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_an_http1_upstream_reuse_its_pool() {
+    let pki = Pki::new(&[HOST]);
+    let (up, p) = distant(&pki, false).await;
+    assert_all_ok(&burst(p.addr, 64, true).await, "version=HTTP/1.1");
+    let first = handshakes(&up).await;
+    for _ in 0..2 {
+        assert_all_ok(&burst(p.addr, 64, true).await, "version=HTTP/1.1");
+    }
+    let later = handshakes(&up).await - first;
+    eprintln!("upstream TLS handshakes: {first} in the first round, {later} in two more");
+    assert!(
+        later <= 4,
+        "{later} upstream TLS handshakes in two more rounds of 64 ({first} in the first)"
+    );
+}
+
 /// The upstream's handshakes so far, once connects still under way (a
 /// losing racer finishes its handshake in the background) have arrived.
 async fn handshakes(up: &support::alpn::AlpnSwitch) -> usize {
