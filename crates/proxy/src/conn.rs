@@ -133,8 +133,11 @@ pub(super) async fn serve_connection(
         }
         // Accepted (or parked) before the memory guard tripped, woken now:
         // refused before hyper's buffers exist, as a new connection is.
+        // The refusals are boxed, as `serve_http` is: inline, their state
+        // (a 512-byte sink, the write and its timer) sat in every waiting
+        // connection's task (+0.5 KiB per idle connection, measured).
         if ctx.overload.is_on() {
-            refuse_woken(io, &ctx, overload::REFUSAL).await;
+            Box::pin(refuse_woken(io, &ctx, overload::REFUSAL)).await;
             return;
         }
         // Not on, but its head is charged against the headroom the last
@@ -145,7 +148,7 @@ pub(super) async fn serve_connection(
         let head = match ctx.overload.reserve(charge) {
             Ok(head) => head,
             Err(overload::reserve::NoRoom) => {
-                refuse_woken(io, &ctx, overload::reserve::NO_ROOM).await;
+                Box::pin(refuse_woken(io, &ctx, overload::reserve::NO_ROOM)).await;
                 return;
             }
         };
