@@ -118,22 +118,27 @@ async fn start(pki: &Pki, up: &Upstream, max_memory: &str) -> Spawned {
         .await
 }
 
+/// The idle resident set of this binary as the guard itself reads it, in
+/// an instance of its own: after one request (its pools and code paths
+/// warmed) when `warm`.
+async fn idle_resident(pki: &Pki, up: &Upstream, warm: bool) -> u64 {
+    let p = start(pki, up, "1Gi").await;
+    if warm {
+        assert_eq!(get(p.listen, &format!("http://{HOST}/")).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    metric(p.admin, "pinproxy_memory_resident_bytes")
+        .await
+        .expect("the guard samples the resident set") as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_memory_new_work_is_refused_overloaded_until_it_falls_back() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
     let url = format!("http://{HOST}/");
 
-    // The idle resident set of this binary, after one request (its pools
-    // and code paths warmed), as the guard itself reads it.
-    let idle = {
-        let p = start(&pki, &up, "1Gi").await;
-        assert_eq!(get(p.listen, &url).await.status, 200);
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        metric(p.admin, "pinproxy_memory_resident_bytes")
-            .await
-            .expect("the guard samples the resident set") as u64
-    };
+    let idle = idle_resident(&pki, &up, true).await;
     let limit = idle + RELOAD_MARGIN;
     let mut p = start(&pki, &up, &limit.to_string()).await;
     let (proxy, admin) = (p.listen, p.admin);
@@ -240,13 +245,7 @@ const BIG_PINSET_HOSTS: usize = 4000;
 async fn a_guard_that_cannot_clear_fails_healthz_after_the_bound() {
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
-    let idle = {
-        let p = start(&pki, &up, "1Gi").await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        metric(p.admin, "pinproxy_memory_resident_bytes")
-            .await
-            .expect("the guard samples the resident set") as u64
-    };
+    let idle = idle_resident(&pki, &up, false).await;
     let limit = idle + (16 << 20);
     let mut p = TestProxy::builder()
         .pinset(&pinset(HOST, &[pki.int.pin()], "", up.addr))
@@ -312,14 +311,7 @@ async fn unfinished_heads_arriving_at_once_on_preopened_connections_stay_under_t
     let pki = Pki::new(&[HOST]);
     let up = upstream(pki.chain(), pki.leaf.key_der(), UpstreamOpts::new("real")).await;
     let url = format!("http://{HOST}/");
-    let idle = {
-        let p = start(&pki, &up, "1Gi").await;
-        assert_eq!(get(p.listen, &url).await.status, 200);
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        metric(p.admin, "pinproxy_memory_resident_bytes")
-            .await
-            .expect("the guard samples the resident set") as u64
-    };
+    let idle = idle_resident(&pki, &up, true).await;
     let limit = idle + MARGIN;
     let mut p = start(&pki, &up, &limit.to_string()).await;
     let (proxy, admin) = (p.listen, p.admin);
